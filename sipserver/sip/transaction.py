@@ -1,0 +1,170 @@
+"""Non-INVITE server transactions (RFC 3261 §17.2.2), sans-I/O.
+
+The edge answers REGISTER and OPTIONS synchronously, so a transaction here is created and
+completed by the same call; what this module adds is the *Completed* state: for Timer J
+(64*T1 = 32 s on unreliable transports, 0 on reliable ones) a retransmitted request is answered
+by re-sending the stored final response instead of being processed again (RFC 3261 §17.2.2),
+which keeps a retransmitted REGISTER from counting twice against its nonce or its CSeq.
+
+Matching (RFC 3261 §17.2.3) uses the branch and sent-by of the top Via and the method. A
+retransmission is byte-identical, so the key used here is the raw top Via value, the Call-ID and
+the raw CSeq value (which carries the method); this matches RFC 3261 branches and RFC 2543
+clients alike without parsing the Via on the hot path.
+
+Time is passed in (``now``); the adapter arms one timer at :meth:`get_timer` and calls
+:meth:`handle_timer`. Timer J is the same for every entry of a transport class, so expiry order
+equals completion order and two FIFO queues give O(1) insert and expiry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = [
+    "T1",
+    "TIMER_J",
+    "ServerTransactions",
+    "TransactionKey",
+    "TransactionMatch",
+    "TransactionState",
+]
+
+#: RFC 3261 §17.1.1.1: RTT estimate, 500 ms.
+T1 = 0.5
+#: RFC 3261 §17.2.2: Timer J = 64*T1 on unreliable transports (0 on reliable ones).
+TIMER_J = 64 * T1
+
+TransactionKey = tuple[str, str, str]
+"""(top Via value, Call-ID, CSeq value) of a request."""
+
+
+class TransactionState(enum.Enum):
+    """Server transaction states of RFC 3261 Figure 8 that hold an entry."""
+
+    TRYING = "trying"
+    """Request received, no response sent yet: retransmissions are absorbed."""
+    PROCEEDING = "proceeding"
+    """A provisional response was sent: retransmissions get it again."""
+    COMPLETED = "completed"
+    """A final response was sent: retransmissions get it again until Timer J fires."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionMatch:
+    """Result of :meth:`ServerTransactions.receive`."""
+
+    is_new: bool
+    """True when the request starts a new transaction and must be processed."""
+    response: bytes | None = None
+    """For a retransmission: the last response to send again (None: absorb silently)."""
+
+
+_NEW = TransactionMatch(is_new=True)
+_ABSORB = TransactionMatch(is_new=False)
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: TransactionState
+    response: bytes | None
+    deadline: float
+
+
+class ServerTransactions:
+    """Table of live non-INVITE server transactions.
+
+    Args:
+        timer_j: how long a completed transaction on an unreliable transport keeps answering
+            retransmissions.
+        trying_timeout: safety limit for a transaction that never gets a final response (the
+            application lost it); such an entry is dropped after this many seconds.
+        max_entries: hard cap; when reached the oldest completed entries are dropped early, so a
+            flood cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        *,
+        timer_j: float = TIMER_J,
+        trying_timeout: float = TIMER_J,
+        max_entries: int = 500_000,
+    ) -> None:
+        self._timer_j = timer_j
+        self._trying_timeout = trying_timeout
+        self._max_entries = max_entries
+        self._entries: dict[TransactionKey, _Entry] = {}
+        # (deadline, key, entry) in deadline order: one queue per constant timeout.
+        self._completed: deque[tuple[float, TransactionKey, _Entry]] = deque()
+        self._pending: deque[tuple[float, TransactionKey, _Entry]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def receive(self, key: TransactionKey, *, now: float) -> TransactionMatch:
+        """Match an incoming request against the table (RFC 3261 §17.2.3).
+
+        A new request creates a transaction in the *Trying* state and returns ``is_new``.
+        A retransmission returns the response to re-send, or nothing while none was sent.
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self._max_entries:
+                self._evict_one()
+            entry = _Entry(TransactionState.TRYING, None, now + self._trying_timeout)
+            self._entries[key] = entry
+            self._pending.append((entry.deadline, key, entry))
+            return _NEW
+        if entry.response is None:
+            return _ABSORB
+        return TransactionMatch(is_new=False, response=entry.response)
+
+    def respond(
+        self, key: TransactionKey, data: bytes, *, status: int, reliable: bool, now: float
+    ) -> None:
+        """Record the response sent for ``key``.
+
+        A provisional response (1xx) moves the transaction to *Proceeding*; a final one to
+        *Completed*, where it stays for Timer J on unreliable transports and ends at once on
+        reliable ones (RFC 3261 §17.2.2).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.response = data
+        if status < 200:
+            entry.state = TransactionState.PROCEEDING
+            return
+        entry.state = TransactionState.COMPLETED
+        if reliable or self._timer_j <= 0:
+            del self._entries[key]
+            return
+        entry.deadline = now + self._timer_j
+        self._completed.append((entry.deadline, key, entry))
+
+    def get_timer(self) -> float | None:
+        """Absolute time of the next expiry, or None when the table is empty."""
+        heads = [q[0][0] for q in (self._completed, self._pending) if q]
+        return min(heads) if heads else None
+
+    def handle_timer(self, *, now: float) -> int:
+        """Drop every transaction whose timer has fired; return how many were dropped."""
+        dropped = 0
+        for queue in (self._completed, self._pending):
+            while queue and queue[0][0] <= now:
+                _, key, entry = queue.popleft()
+                # The queue may hold stale references (an entry that moved from pending to
+                # completed, or was evicted); only drop the entry that is still current.
+                if self._entries.get(key) is entry and entry.deadline <= now:
+                    del self._entries[key]
+                    dropped += 1
+        return dropped
+
+    def _evict_one(self) -> None:
+        for queue in (self._completed, self._pending):
+            while queue:
+                _, key, entry = queue.popleft()
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+                    return
