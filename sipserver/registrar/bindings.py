@@ -1,0 +1,467 @@
+"""Registrar bindings (RFC 3261 §10) and the stores that hold them.
+
+A :class:`Binding` maps an address-of-record (AOR) to one Contact URI until ``expires_at``. A
+:class:`BindingStore` keeps the bindings of every AOR; the registrar
+(:mod:`sipserver.registrar.registrar`) decides what goes in, the store only holds it.
+
+Stores are driven by the event-loop thread and never read a clock: ``now`` is passed to
+:meth:`BindingStore.expire`. Times are wall-clock epoch seconds in production so that persisted
+bindings stay meaningful across a restart.
+
+Expiry index: every AOR has at most one *live* entry ``(deadline, aor)`` in a min-heap, where the
+deadline is the earliest ``expires_at`` of its bindings at the time the entry was pushed. A refresh
+that moves the deadline later pushes nothing; the old entry pops at the old time, finds nothing
+expired and re-schedules the AOR at its current earliest deadline. A change that moves the
+deadline earlier pushes a new entry and the older one becomes stale; stale entries are recognised
+on pop (their deadline is no longer the AOR's scheduled one) and skipped. ``expire(now)`` with
+nothing due is a single comparison against the top of the heap.
+
+:class:`SqliteStore` is write-behind, like Kamailio usrloc ``db_mode=2``: memory is authoritative
+on the hot path; changed AORs are marked dirty and a background writer thread persists them in
+batches (:meth:`SqliteStore.take_changes` on the loop thread, :meth:`SqliteStore.write_changes`
+on the writer thread).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "Binding",
+    "BindingStore",
+    "MemoryStore",
+    "SqliteStore",
+    "open_store",
+]
+
+
+@dataclass(slots=True, frozen=True)
+class Binding:
+    """One registered contact of an address-of-record (RFC 3261 §10.2.1)."""
+
+    aor: str
+    """Address-of-record key, already canonical, e.g. ``"sip:demo@127.0.0.1"``."""
+    contact: str
+    """Contact URI as given, without ``<>`` and without header params."""
+    expires_at: float
+    """Absolute expiry, on the same clock as ``now`` (epoch seconds in production)."""
+    registered_at: float
+    """When the binding was created; a refresh keeps it."""
+    call_id: str
+    """Call-ID of the REGISTER that last created or refreshed it (RFC 3261 §10.3 step 8)."""
+    cseq: int
+    """CSeq number of that REGISTER."""
+    q: float | None = None
+    """The ``;q`` Contact parameter, None when absent."""
+    agent: str = ""
+    """Slug of the agent owning the AOR."""
+    source: str = ""
+    """Where the REGISTER came from, e.g. ``"udp:203.0.113.7:5060"``: requests go there (NAT)."""
+    path: tuple[str, ...] = ()
+    """Path header values (RFC 3327), outermost first."""
+    user_agent: str | None = None
+    """User-Agent header of the REGISTER."""
+    instance: str | None = None
+    """``+sip.instance`` (RFC 5626); when both sides have one, bindings match by it."""
+
+    def expires_in(self, now: float) -> int:
+        """Remaining lifetime in whole seconds, for ``;expires=`` in a 200 (RFC 3261 §10.3 step 8).
+
+        Rounded up, so an unexpired binding never reports 0 (which a UA reads as "removed");
+        the difference is first rounded to microseconds so that float noise in
+        ``now + expires`` does not turn 3600 into 3601.
+
+        Args:
+            now: current time, same clock as ``expires_at``.
+
+        Returns:
+            Seconds until expiry, 0 when already expired.
+        """
+        remaining = self.expires_at - now
+        if remaining <= 0.0:
+            return 0
+        return math.ceil(round(remaining, 6))
+
+
+class BindingStore(Protocol):
+    """Bindings of every AOR. Used from one thread (the event loop); never reads a clock."""
+
+    def get(self, aor: str) -> list[Binding]:
+        """Bindings of ``aor`` (expired ones included until :meth:`expire` removed them)."""
+        ...
+
+    def replace(self, aor: str, bindings: Sequence[Binding]) -> None:
+        """Make ``bindings`` the complete set for ``aor``; an empty sequence removes the AOR."""
+        ...
+
+    def aors(self) -> Iterator[str]:
+        """Every AOR holding at least one binding."""
+        ...
+
+    def all(self) -> Iterator[Binding]:
+        """Every binding of every AOR."""
+        ...
+
+    def count(self) -> int:
+        """Number of bindings, in O(1)."""
+        ...
+
+    def expire(self, *, now: float) -> list[Binding]:
+        """Remove and return the bindings with ``expires_at <= now``; O(1) when none is due."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (persist what is pending first)."""
+        ...
+
+
+# Rebuild the expiry heap when stale entries outnumber live ones by this factor.
+_HEAP_COMPACT_FACTOR = 4
+_HEAP_COMPACT_MIN = 1024
+
+
+class MemoryStore:
+    """In-memory :class:`BindingStore`: ``dict`` AOR -> tuple of bindings plus an expiry heap."""
+
+    __slots__ = ("_by_aor", "_count", "_heap", "_scheduled")
+
+    def __init__(self) -> None:
+        """Create an empty store."""
+        self._by_aor: dict[str, tuple[Binding, ...]] = {}
+        self._count = 0
+        # Min-heap of (deadline, aor); an entry is live iff _scheduled[aor] == deadline.
+        self._heap: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+
+    def get(self, aor: str) -> list[Binding]:
+        """Bindings of ``aor`` in insertion order (expired ones included until :meth:`expire`).
+
+        Args:
+            aor: address-of-record key.
+
+        Returns:
+            A new list; empty when the AOR is unknown.
+        """
+        return list(self._by_aor.get(aor, ()))
+
+    def replace(self, aor: str, bindings: Sequence[Binding]) -> None:
+        """Make ``bindings`` the complete set for ``aor``.
+
+        The bindings are stored as given; their ``aor`` field is not checked against ``aor``.
+
+        Args:
+            aor: address-of-record key.
+            bindings: the new bindings; empty removes the AOR.
+        """
+        new = tuple(bindings)
+        old = self._by_aor.get(aor, ())
+        self._count += len(new) - len(old)
+        if not new:
+            if old:
+                del self._by_aor[aor]
+            # Any heap entry of the AOR is now stale.
+            self._scheduled.pop(aor, None)
+            return
+        self._by_aor[aor] = new
+        deadline = min(b.expires_at for b in new) if len(new) > 1 else new[0].expires_at
+        scheduled = self._scheduled.get(aor)
+        # A later deadline needs no push: the scheduled entry pops first and re-schedules.
+        if scheduled is None or deadline < scheduled:
+            self._schedule(aor, deadline)
+
+    def aors(self) -> Iterator[str]:
+        """Every AOR holding at least one binding (a snapshot: safe to modify while iterating)."""
+        return iter(tuple(self._by_aor))
+
+    def all(self) -> Iterator[Binding]:
+        """Every binding of every AOR (a snapshot: safe to modify while iterating)."""
+        return iter([b for bindings in self._by_aor.values() for b in bindings])
+
+    def count(self) -> int:
+        """Number of bindings held, in O(1)."""
+        return self._count
+
+    def expire(self, *, now: float) -> list[Binding]:
+        """Remove and return the bindings with ``expires_at <= now``.
+
+        Args:
+            now: current time, same clock as ``expires_at``.
+
+        Returns:
+            The removed bindings; empty (after one comparison) when nothing is due.
+        """
+        heap = self._heap
+        if not heap or heap[0][0] > now:
+            return []
+        expired: list[Binding] = []
+        scheduled = self._scheduled
+        while heap and heap[0][0] <= now:
+            deadline, aor = heapq.heappop(heap)
+            if scheduled.get(aor) != deadline:
+                continue  # stale: the AOR was removed or re-scheduled earlier and handled
+            del scheduled[aor]
+            bindings = self._by_aor[aor]
+            keep = tuple(b for b in bindings if b.expires_at > now)
+            if len(keep) != len(bindings):
+                expired.extend(b for b in bindings if b.expires_at <= now)
+                self._count -= len(bindings) - len(keep)
+                if keep:
+                    self._by_aor[aor] = keep
+                else:
+                    del self._by_aor[aor]
+            if keep:
+                self._schedule(aor, min(b.expires_at for b in keep))
+        return expired
+
+    def close(self) -> None:
+        """Nothing to release; the bindings stay readable."""
+
+    def _schedule(self, aor: str, deadline: float) -> None:
+        self._scheduled[aor] = deadline
+        heap = self._heap
+        heapq.heappush(heap, (deadline, aor))
+        size = len(heap)
+        if size > _HEAP_COMPACT_MIN and size > _HEAP_COMPACT_FACTOR * len(self._scheduled):
+            # Drop the stale entries in one O(n) pass.
+            self._heap = [(d, a) for a, d in self._scheduled.items()]
+            heapq.heapify(self._heap)
+
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bindings (
+    aor TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    contact TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    registered_at REAL NOT NULL,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL,
+    q REAL,
+    agent TEXT NOT NULL,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL,
+    user_agent TEXT,
+    instance TEXT,
+    PRIMARY KEY (aor, position)
+) WITHOUT ROWID
+"""
+_COLUMNS = (
+    "aor, position, contact, expires_at, registered_at, call_id, cseq, q, agent, source, path,"
+    " user_agent, instance"
+)
+_INSERT = f"INSERT INTO bindings ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f"SELECT {_COLUMNS} FROM bindings ORDER BY aor, position"
+
+_Row = tuple[
+    str, int, str, float, float, str, int, float | None, str, str, str, str | None, str | None
+]
+"""One ``bindings`` table row."""
+_Changes = Sequence[tuple[str, tuple[Binding, ...]]]
+
+
+class SqliteStore(MemoryStore):
+    """Write-behind SQLite persistence over :class:`MemoryStore` (Kamailio usrloc ``db_mode=2``).
+
+    Memory is authoritative: reads and writes on the hot path never touch SQLite. Every
+    :meth:`replace` and :meth:`expire` marks the AOR dirty; the adapter periodically calls
+    :meth:`take_changes` on the event-loop thread and hands the snapshot to **one** background
+    writer thread, which calls :meth:`write_changes`. Bindings are immutable tuples, so the
+    snapshot is shared with the writer without copying.
+
+    Threading: the connection is opened with ``check_same_thread=False`` because it is created on
+    the loop thread and used by the writer thread. Only one thread may use it at a time: one writer
+    thread calls :meth:`write_changes`, and :meth:`flush`/:meth:`close` are called (on any thread)
+    only once that writer has stopped. A lock additionally serialises connection use, but cannot
+    order batches: a batch written after a newer one would overwrite it, hence the single writer.
+    The in-memory part (everything but :meth:`write_changes`) belongs to the loop thread.
+
+    Args:
+        path: database file; parent directories are created. ``":memory:"`` gives a private
+            in-memory database (tests).
+    """
+
+    __slots__ = ("_closed", "_conn", "_dirty", "_lock")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open (or create) the database and load every row into memory."""
+        super().__init__()
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        if os.fspath(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with conn:
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            rows: list[_Row] = conn.execute(_SELECT).fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        # Expired rows are kept: removing (and reporting) them is the registrar's next expire().
+        current_aor: str | None = None
+        group: list[Binding] = []
+        for row in rows:
+            if row[0] != current_aor:
+                if current_aor is not None:
+                    MemoryStore.replace(self, current_aor, group)
+                current_aor, group = row[0], []
+            group.append(_binding_from_row(row))
+        if current_aor is not None:
+            MemoryStore.replace(self, current_aor, group)
+
+    def replace(self, aor: str, bindings: Sequence[Binding]) -> None:
+        """Like :meth:`MemoryStore.replace`, and mark ``aor`` for persistence."""
+        super().replace(aor, bindings)
+        self._dirty.add(aor)
+
+    def expire(self, *, now: float) -> list[Binding]:
+        """Like :meth:`MemoryStore.expire`, and mark the affected AORs for persistence."""
+        expired = super().expire(now=now)
+        if expired:
+            self._dirty.update(b.aor for b in expired)
+        return expired
+
+    def take_changes(self) -> list[tuple[str, tuple[Binding, ...]]]:
+        """Snapshot the dirty AORs and clear the dirty set (event-loop thread; cheap).
+
+        Returns:
+            ``(aor, bindings)`` per changed AOR; an empty tuple means the AOR was removed.
+        """
+        if not self._dirty:
+            return []
+        dirty, self._dirty = self._dirty, set()
+        by_aor = self._by_aor
+        return [(aor, by_aor.get(aor, ())) for aor in dirty]
+
+    def requeue(self, changes: _Changes) -> None:
+        """Mark the AORs of a batch dirty again, after :meth:`write_changes` failed.
+
+        Call it on the event-loop thread; the next :meth:`take_changes` snapshots their current
+        bindings (which may be newer than the failed batch).
+
+        Args:
+            changes: the batch that was not written.
+        """
+        self._dirty.update(aor for aor, _ in changes)
+
+    def write_changes(self, changes: _Changes) -> None:
+        """Persist a batch from :meth:`take_changes` in one transaction (writer thread).
+
+        Each AOR's rows are deleted and its current bindings inserted. On error the transaction
+        is rolled back and the exception propagates; hand the batch to :meth:`requeue`.
+
+        Args:
+            changes: ``(aor, bindings)`` pairs; an empty tuple deletes the AOR.
+        """
+        if not changes:
+            return
+        rows = [
+            _row_from_binding(aor, position, b)
+            for aor, bindings in changes
+            for position, b in enumerate(bindings)
+        ]
+        with self._lock, self._conn:
+            self._conn.executemany("DELETE FROM bindings WHERE aor = ?", [(a,) for a, _ in changes])
+            if rows:
+                self._conn.executemany(_INSERT, rows)
+
+    def flush(self) -> int:
+        """Persist every pending change synchronously (shutdown, tests).
+
+        Call it only when no writer thread is running (see the class docstring).
+
+        Returns:
+            Number of AORs written.
+        """
+        changes = self.take_changes()
+        try:
+            self.write_changes(changes)
+        except BaseException:
+            self.requeue(changes)
+            raise
+        return len(changes)
+
+    def close(self) -> None:
+        """Flush pending changes and close the database; idempotent.
+
+        The in-memory bindings stay readable; later changes are no longer persisted.
+        """
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        with self._lock:
+            self._conn.close()
+
+
+def _row_from_binding(aor: str, position: int, b: Binding) -> _Row:
+    return (
+        aor,
+        position,
+        b.contact,
+        b.expires_at,
+        b.registered_at,
+        b.call_id,
+        b.cseq,
+        b.q,
+        b.agent,
+        b.source,
+        json.dumps(list(b.path)),
+        b.user_agent,
+        b.instance,
+    )
+
+
+def _binding_from_row(row: _Row) -> Binding:
+    aor, _, contact, expires_at, registered_at, call_id, cseq, q, agent, source, path = row[:11]
+    return Binding(
+        aor=aor,
+        contact=contact,
+        expires_at=expires_at,
+        registered_at=registered_at,
+        call_id=call_id,
+        cseq=cseq,
+        q=q,
+        agent=agent,
+        source=source,
+        path=tuple(str(p) for p in json.loads(path)),
+        user_agent=row[11],
+        instance=row[12],
+    )
+
+
+def open_store(kind: str, path: str | None) -> BindingStore:
+    """Open the binding store named by the configuration.
+
+    Args:
+        kind: ``"memory"`` or ``"sqlite"``.
+        path: database file for ``"sqlite"``; ignored for ``"memory"``.
+
+    Returns:
+        The store.
+
+    Raises:
+        ValueError: unknown ``kind``, or ``"sqlite"`` without a path.
+    """
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        if not path:
+            raise ValueError("sqlite binding store needs a path")
+        return SqliteStore(path)
+    raise ValueError(f"unknown binding store kind {kind!r} (expected 'memory' or 'sqlite')")
