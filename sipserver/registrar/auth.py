@@ -1,0 +1,658 @@
+"""Registrar authentication: nonces, digest verification, brute-force bans.
+
+Sans-I/O like the rest of the core: time is the ``now`` argument (the adapter passes one clock,
+e.g. ``loop.time()``; edges that share nonces across hosts must pass a clock they share, such as
+``time.time()``), and nothing here touches sockets.
+
+- :class:`NonceManager` issues stateless HMAC-signed nonces and tracks nonce-counts
+  (RFC 7616 §3.4) in bounded memory.
+- :class:`DigestAuthenticator` builds challenges (RFC 8760 §2.4) and turns an Authorization
+  header into an :class:`AuthResult` (RFC 3261 §22.4).
+- :class:`FailureTracker` bans sources after repeated failures, fail2ban style.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import ipaddress
+import math
+import re
+import secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from sipserver.sip.digest import (
+    DigestAlgorithm,
+    DigestChallenge,
+    DigestCredentials,
+    DigestError,
+    compute_ha1,
+    verify,
+)
+
+__all__ = [
+    "AuthOutcome",
+    "AuthResult",
+    "DigestAuthenticator",
+    "FailureTracker",
+    "NonceManager",
+    "NonceStatus",
+]
+
+
+class NonceStatus(enum.Enum):
+    """Verdict of :meth:`NonceManager.check`."""
+
+    VALID = enum.auto()
+    """Issued by us, fresh, and (with a nonce-count) the count is new."""
+    STALE = enum.auto()
+    """Issued by us but expired, or no longer tracked: re-challenge with ``stale=true``."""
+    INVALID = enum.auto()
+    """Not a nonce we issued (bad encoding or tag)."""
+    REPLAY = enum.auto()
+    """Fresh, but the nonce-count is not above the last one accepted for this nonce."""
+
+
+# Nonce layout, before url-safe base64: issue time (IEEE 754 double, big endian) | random |
+# truncated HMAC-SHA256 tag over a domain prefix and the first two fields. 8 + 12 + 16 = 36
+# bytes = 48 base64 characters without padding.
+_NONCE_DOMAIN = b"sipserver nonce v1\x00"
+_TIME = struct.Struct(">d")
+_RANDOM_LEN = 12
+_TAG_LEN = 16
+_BODY_LEN = _TIME.size + _RANDOM_LEN
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{48}")
+
+
+class NonceManager:
+    """Issues and checks digest nonces.
+
+    Nonces are stateless and unforgeable: each carries its issue time and random bytes, signed
+    with a truncated HMAC-SHA256 under ``secret``, so any worker or edge sharing the secret can
+    check a nonce another one issued, and issuing stores nothing.
+
+    Nonce-count replay protection (RFC 7616 §3.4) needs state: the last accepted ``nc`` per
+    nonce is kept in an LRU of at most ``max_tracked`` entries, only for unexpired nonces. When
+    the LRU is full the least recently used nonce is evicted and the *eviction horizon* (the
+    latest issue time of any evicted, unexpired nonce) moves forward. A nonce issued at or
+    before the horizon that is not tracked may have been evicted, so :meth:`check` reports it
+    STALE rather than accepting a count it can no longer verify: the client is re-challenged
+    with ``stale=true`` and retries transparently with a fresh nonce. Legitimate fresh nonces
+    are therefore only inconvenienced, never replayable, when the table overflows.
+
+    Tracking is per process: edges sharing a secret do not share nonce-counts, so a count
+    replayed to a different edge is accepted there once (as without tracking).
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        ttl: float,
+        max_tracked: int = 100_000,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        """Create a nonce manager.
+
+        Args:
+            secret: HMAC key, at least 16 bytes; share it between edges that must accept each
+                other's nonces.
+            ttl: Seconds a nonce stays fresh.
+            max_tracked: Maximum nonces whose nonce-count is remembered.
+            random_bytes: Source of nonce randomness (injectable for tests).
+
+        Raises:
+            ValueError: On a short secret or a non-positive ttl/max_tracked.
+        """
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        if max_tracked < 1:
+            raise ValueError("max_tracked must be at least 1")
+        self._secret = secret
+        self._ttl = float(ttl)
+        self._max_tracked = max_tracked
+        self._random_bytes = random_bytes
+        # nonce -> (issue time, last accepted nc), least recently used first.
+        self._tracked: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._horizon = -math.inf
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a nonce stays fresh."""
+        return self._ttl
+
+    @property
+    def tracked_count(self) -> int:
+        """Number of nonces whose nonce-count is currently remembered."""
+        return len(self._tracked)
+
+    def _tag(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, _NONCE_DOMAIN + body, hashlib.sha256).digest()[:_TAG_LEN]
+
+    def issue(self, *, now: float) -> str:
+        """Issue a fresh nonce.
+
+        Args:
+            now: Current time.
+
+        Returns:
+            48 url-safe base64 characters.
+        """
+        body = _TIME.pack(now) + self._random_bytes(_RANDOM_LEN)
+        return base64.urlsafe_b64encode(body + self._tag(body)).decode("ascii")
+
+    def _issued_at(self, nonce: str) -> float | None:
+        """Issue time of a nonce we signed, or None when it is not one."""
+        # urlsafe_b64decode silently drops characters outside the alphabet: check them first.
+        if not _NONCE_RE.fullmatch(nonce):
+            return None
+        raw = base64.urlsafe_b64decode(nonce)
+        body, tag = raw[:_BODY_LEN], raw[_BODY_LEN:]
+        if not hmac.compare_digest(tag, self._tag(body)):
+            return None
+        (issued,) = _TIME.unpack_from(body)
+        return issued if math.isfinite(issued) else None
+
+    def check(self, nonce: str, nc: int | None, *, now: float, commit: bool = True) -> NonceStatus:
+        """Check a nonce and nonce-count from a client's credentials.
+
+        Args:
+            nonce: The ``nonce`` parameter.
+            nc: The nonce-count, or None for the legacy form without qop (accepted while the
+                nonce is fresh, with no replay protection).
+            now: Current time.
+            commit: Record ``nc`` as the last seen count when VALID. Pass False to check first
+                and call :meth:`record` only once the response has been verified.
+
+        Returns:
+            INVALID for a nonce we did not issue (or one issued more than ``ttl`` in the
+            future: clocks disagree beyond reason); STALE when older than ``ttl`` or possibly
+            evicted from tracking; REPLAY when ``nc`` is not strictly greater than the last
+            accepted count; VALID otherwise.
+        """
+        issued = self._issued_at(nonce)
+        if issued is None:
+            return NonceStatus.INVALID
+        age = now - issued
+        if age < -self._ttl:
+            return NonceStatus.INVALID
+        if age > self._ttl:
+            # RFC 7616 §3.3 stale=true flow; forget its count, it can never be VALID again.
+            self._tracked.pop(nonce, None)
+            return NonceStatus.STALE
+        if nc is None:
+            return NonceStatus.VALID
+        entry = self._tracked.get(nonce)
+        if entry is None:
+            if issued <= self._horizon:
+                return NonceStatus.STALE
+            last = 0
+        else:
+            last = entry[1]
+        if nc <= last:
+            return NonceStatus.REPLAY
+        if commit:
+            self._store(nonce, issued, nc, now)
+        return NonceStatus.VALID
+
+    def record(self, nonce: str, nc: int, *, now: float) -> None:
+        """Remember ``nc`` as the last accepted count of ``nonce``.
+
+        Use after ``check(..., commit=False)`` returned VALID and the response was verified.
+        Nonces that are not ours or already expired are ignored; a lower count never
+        overwrites a higher one.
+
+        Args:
+            nonce: The nonce.
+            nc: The accepted nonce-count.
+            now: Current time.
+        """
+        issued = self._issued_at(nonce)
+        if issued is None or now - issued > self._ttl:
+            return
+        entry = self._tracked.get(nonce)
+        if entry is not None and entry[1] >= nc:
+            return
+        self._store(nonce, issued, nc, now)
+
+    def _store(self, nonce: str, issued: float, nc: int, now: float) -> None:
+        tracked = self._tracked
+        tracked[nonce] = (issued, nc)
+        tracked.move_to_end(nonce)
+        # Drop expired entries at the LRU end (amortised O(1): each entry leaves once).
+        cutoff = now - self._ttl
+        while tracked:
+            oldest = next(iter(tracked))
+            if tracked[oldest][0] >= cutoff:
+                break
+            del tracked[oldest]
+        while len(tracked) > self._max_tracked:
+            _, (evicted_issued, _) = tracked.popitem(last=False)
+            if evicted_issued > self._horizon:
+                self._horizon = evicted_issued
+
+    def purge(self, *, now: float) -> None:
+        """Forget the counts of every expired nonce (O(tracked); call periodically).
+
+        Args:
+            now: Current time.
+        """
+        cutoff = now - self._ttl
+        expired = [n for n, (issued, _) in self._tracked.items() if issued < cutoff]
+        for nonce in expired:
+            del self._tracked[nonce]
+
+
+class AuthOutcome(enum.Enum):
+    """Result class of :meth:`DigestAuthenticator.verify`; ``name.lower()`` is a metric label.
+
+    Callers should answer UNKNOWN_USER exactly like BAD_PASSWORD on the wire, so that user
+    names cannot be enumerated; the distinction is for logs only.
+    """
+
+    OK = enum.auto()
+    MISSING = enum.auto()
+    """No Authorization header: send a challenge."""
+    MALFORMED = enum.auto()
+    """Unparseable credentials, another scheme, or no qop although qop is required."""
+    WRONG_REALM = enum.auto()
+    WRONG_URI = enum.auto()
+    """The ``uri`` parameter does not match the Request-URI (RFC 7616 §3.4.6)."""
+    ALGORITHM_NOT_OFFERED = enum.auto()
+    INVALID_NONCE = enum.auto()
+    STALE_NONCE = enum.auto()
+    """Correct response on an expired nonce: re-challenge with ``stale=true`` (RFC 7616 §3.3)."""
+    REPLAY = enum.auto()
+    UNKNOWN_USER = enum.auto()
+    BAD_PASSWORD = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """Outcome of verifying one request's credentials."""
+
+    outcome: AuthOutcome
+    """What happened."""
+    username: str | None = None
+    """The authenticated user for OK and STALE_NONCE; the claimed user name where parsed."""
+    reason: str = ""
+    """Short human-readable detail for logs (never a secret)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the request is authenticated."""
+        return self.outcome is AuthOutcome.OK
+
+
+_MAX_REASON = 120
+_DUMMY_HA1 = "0" * 64
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+class DigestAuthenticator:
+    """Server side of SIP digest authentication for one realm (RFC 3261 §22.4).
+
+    :meth:`verify` checks, in order: parse (MALFORMED), realm (WRONG_REALM), algorithm among
+    those offered (ALGORITHM_NOT_OFFERED), qop present when required (MALFORMED), ``uri``
+    parameter against the Request-URI (WRONG_URI), nonce (INVALID_NONCE, REPLAY; a STALE nonce
+    is decided after the response), user (UNKNOWN_USER), response (BAD_PASSWORD), then
+    STALE_NONCE or OK.
+
+    The nonce-count is recorded only after the response proved correct, so a client without
+    the password can neither advance a legitimate client's count (making its next request a
+    REPLAY) nor fill the nonce tracking table.
+    """
+
+    def __init__(
+        self,
+        *,
+        realm: str,
+        algorithms: Sequence[DigestAlgorithm],
+        nonces: NonceManager,
+        password_for: Callable[[str], str | None],
+        require_qop: bool = True,
+        ha1_cache_size: int = 10_000,
+    ) -> None:
+        """Create an authenticator.
+
+        Args:
+            realm: The realm challenged and required in credentials.
+            algorithms: Algorithms to offer, most preferred first (RFC 8760 §2.4), e.g.
+                ``[SHA256, MD5]``.
+            nonces: Nonce issuer and checker.
+            password_for: Plain password of a user name, or None for an unknown user.
+            require_qop: Reject (MALFORMED) credentials without qop. Challenges always offer
+                ``qop="auth"`` and every current UA answers with it; the legacy form has no
+                replay protection, so a captured Authorization header could register another
+                Contact until the nonce expires. Set False only for pre-RFC 2617 devices.
+            ha1_cache_size: Maximum cached HA1 values.
+
+        Raises:
+            ValueError: On no or duplicate algorithms or an empty realm.
+        """
+        if not realm:
+            raise ValueError("realm must not be empty")
+        if not algorithms:
+            raise ValueError("at least one digest algorithm is required")
+        if len(set(algorithms)) != len(algorithms):
+            raise ValueError("duplicate digest algorithm")
+        if ha1_cache_size < 1:
+            raise ValueError("ha1_cache_size must be at least 1")
+        self._realm = realm
+        self._algorithms = tuple(algorithms)
+        self._offered = frozenset(algorithms)
+        self._nonces = nonces
+        self._password_for = password_for
+        self._require_qop = require_qop
+        self._ha1_cache: dict[tuple[str, DigestAlgorithm, str], str] = {}
+        self._ha1_cache_size = ha1_cache_size
+
+    @property
+    def realm(self) -> str:
+        """The protection realm."""
+        return self._realm
+
+    def challenges(self, *, now: float, stale: bool = False) -> list[DigestChallenge]:
+        """Build the challenges of a 401/407: one per algorithm, sharing one fresh nonce.
+
+        Args:
+            now: Current time.
+            stale: Set ``stale=true`` (after a STALE_NONCE outcome, RFC 7616 §3.3).
+
+        Returns:
+            Challenges in configured order (RFC 8760 §2.4), each with ``qop="auth"``; send each
+            as its own WWW-Authenticate (or Proxy-Authenticate) header.
+        """
+        nonce = self._nonces.issue(now=now)
+        return [
+            DigestChallenge(realm=self._realm, nonce=nonce, algorithm=a, qop="auth", stale=stale)
+            for a in self._algorithms
+        ]
+
+    def _ha1(self, username: str, password: str, algorithm: DigestAlgorithm) -> str:
+        key = (username, algorithm, password)
+        cache = self._ha1_cache
+        ha1 = cache.get(key)
+        if ha1 is None:
+            ha1 = compute_ha1(username, self._realm, password, algorithm)
+            if len(cache) >= self._ha1_cache_size:
+                del cache[next(iter(cache))]
+            cache[key] = ha1
+        return ha1
+
+    def verify(
+        self,
+        header_value: str | None,
+        *,
+        method: str,
+        request_uri: str,
+        now: float,
+        body: bytes = b"",
+    ) -> AuthResult:
+        """Verify the Authorization (or Proxy-Authorization) header of a request.
+
+        Args:
+            header_value: The header value, or None when the request has none.
+            method: The request method (part of A2).
+            request_uri: The Request-URI as received.
+            now: Current time.
+            body: Request body (hashed only for ``qop=auth-int``).
+
+        Returns:
+            The outcome, with the user name once known.
+        """
+        if header_value is None:
+            return AuthResult(AuthOutcome.MISSING)
+        try:
+            creds = DigestCredentials.parse(header_value)
+        except DigestError as exc:
+            return AuthResult(AuthOutcome.MALFORMED, reason=_short(exc.reason))
+        user = creds.username
+        if creds.realm != self._realm:
+            return AuthResult(AuthOutcome.WRONG_REALM, user, _short(f"realm {creds.realm!r}"))
+        if creds.algorithm not in self._offered:
+            return AuthResult(
+                AuthOutcome.ALGORITHM_NOT_OFFERED, user, f"algorithm {creds.algorithm.value}"
+            )
+        if creds.qop is None and self._require_qop:
+            return AuthResult(AuthOutcome.MALFORMED, user, "missing qop")
+        # RFC 7616 §3.4.6: the uri parameter must identify the Request-URI.
+        if not _uri_matches(creds.uri, request_uri):
+            return AuthResult(AuthOutcome.WRONG_URI, user, _short(f"uri {creds.uri!r}"))
+        status = self._nonces.check(creds.nonce, creds.nc, now=now, commit=False)
+        if status is NonceStatus.INVALID:
+            return AuthResult(AuthOutcome.INVALID_NONCE, user, "nonce not issued here")
+        if status is NonceStatus.REPLAY:
+            return AuthResult(AuthOutcome.REPLAY, user, f"nc {creds.nc} not increasing")
+        password = self._password_for(user)
+        if password is None:
+            # Spend the same hashing as a known user so timing does not reveal user names.
+            verify(creds, ha1=_DUMMY_HA1[: creds.algorithm.digest_size], method=method, body=body)
+            return AuthResult(AuthOutcome.UNKNOWN_USER, user, "unknown user")
+        ha1 = self._ha1(user, password, creds.algorithm)
+        if not verify(creds, ha1=ha1, method=method, body=body):
+            return AuthResult(AuthOutcome.BAD_PASSWORD, user, "response mismatch")
+        if status is NonceStatus.STALE:
+            return AuthResult(AuthOutcome.STALE_NONCE, user, "nonce expired")
+        if creds.nc is not None:
+            self._nonces.record(creds.nonce, creds.nc, now=now)
+        return AuthResult(AuthOutcome.OK, user)
+
+
+# ---------------------------------------------------------------------------------------------
+# uri parameter vs Request-URI. String equality is the fast path (every well-behaved UA copies
+# the Request-URI verbatim). Otherwise SIP/SIPS URIs are compared per RFC 3261 §19.1.4:
+# scheme, host and parameters case-insensitively, userinfo case-sensitively after unescaping,
+# parameters present in both must match, user/ttl/method/maddr present in only one never match,
+# other parameters present in only one are ignored, headers must all match. Other schemes
+# compare case-insensitively. (Kept local: the URI model lives in another module.)
+# ---------------------------------------------------------------------------------------------
+_STRICT_URI_PARAMS = frozenset({"user", "ttl", "method", "maddr"})
+_UriKey = tuple[str, str, str, dict[str, str], dict[str, str]]
+
+
+def _uri_key(uri: str) -> _UriKey | None:
+    scheme, sep, rest = uri.strip().partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("sip", "sips"):
+        return None
+    userinfo, at, hostpart = rest.partition("@")
+    if not at:
+        userinfo, hostpart = "", rest
+    hostpart, _, header_text = hostpart.partition("?")
+    hostport, *param_items = hostpart.split(";")
+    params: dict[str, str] = {}
+    for item in param_items:
+        name, _, value = item.partition("=")
+        params[unquote(name).lower()] = unquote(value).lower()
+    headers: dict[str, str] = {}
+    for item in header_text.split("&") if header_text else ():
+        name, _, value = item.partition("=")
+        headers[unquote(name).lower()] = unquote(value)
+    return scheme, unquote(userinfo), hostport.lower(), params, headers
+
+
+def _uri_matches(digest_uri: str, request_uri: str) -> bool:
+    if digest_uri == request_uri:
+        return True
+    a, b = _uri_key(digest_uri), _uri_key(request_uri)
+    if a is None or b is None:
+        return digest_uri.strip().lower() == request_uri.strip().lower()
+    if a[:3] != b[:3] or a[4] != b[4]:
+        return False
+    params_a, params_b = a[3], b[3]
+    for name in params_a.keys() | params_b.keys():
+        if name in params_a and name in params_b:
+            if params_a[name] != params_b[name]:
+                return False
+        elif name in _STRICT_URI_PARAMS:
+            return False
+    return True
+
+
+class FailureTracker:
+    """Brute-force protection: ban a source after repeated authentication failures.
+
+    A source is banned for ``ban_duration`` seconds when ``max_failures`` failures fall within
+    ``window`` seconds of each other (a sliding window: the first and the last are less than
+    ``window`` apart). While banned, further failures are not counted; when the ban ends the
+    source starts afresh.
+
+    Sources are IP address strings. IPv4-mapped IPv6 addresses count as their IPv4 address and
+    IPv6 addresses are aggregated to their ``/ipv6_prefix`` network (default /64: one
+    subscriber's allocation, which an attacker could otherwise walk through address by address).
+
+    Memory is bounded under a flood from many addresses: at most ``max_sources`` sources with
+    recent failures (the one whose last failure is oldest is dropped first) and at most
+    ``max_sources`` bans (the ones ending soonest are dropped first). Every operation is O(1)
+    amortised, provided ``now`` never decreases.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int,
+        window: float,
+        ban_duration: float,
+        max_sources: int = 100_000,
+        ipv6_prefix: int = 64,
+    ) -> None:
+        """Create a tracker.
+
+        Args:
+            max_failures: Failures within ``window`` that start a ban (>= 1).
+            window: Sliding window length in seconds.
+            ban_duration: Ban length in seconds.
+            max_sources: Bound on tracked sources and, separately, on bans.
+            ipv6_prefix: IPv6 sources are grouped by this prefix length (1-128; 128 = per
+                address).
+
+        Raises:
+            ValueError: On out-of-range arguments.
+        """
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+        if not window > 0 or not ban_duration > 0:
+            raise ValueError("window and ban_duration must be positive")
+        if max_sources < 1:
+            raise ValueError("max_sources must be at least 1")
+        if not 1 <= ipv6_prefix <= 128:
+            raise ValueError("ipv6_prefix must be in 1..128")
+        self._max_failures = max_failures
+        self._window = float(window)
+        self._ban_duration = float(ban_duration)
+        self._max_sources = max_sources
+        self._ipv6_prefix = ipv6_prefix
+        self._ipv6_shift = 128 - ipv6_prefix
+        # source -> failure times within the window (ascending); oldest last failure first.
+        self._failures: OrderedDict[str, tuple[float, ...]] = OrderedDict()
+        # source -> ban end; insertion order is end order (constant duration, monotonic now).
+        self._bans: OrderedDict[str, float] = OrderedDict()
+
+    def _source(self, ip: str) -> str:
+        if ":" not in ip:
+            return ip
+        try:
+            addr = ipaddress.IPv6Address(ip)
+        except ValueError:
+            return ip
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+        shift = self._ipv6_shift
+        network = ipaddress.IPv6Address((int(addr) >> shift) << shift)
+        return f"{network}/{self._ipv6_prefix}"
+
+    def _expire(self, now: float) -> None:
+        failures = self._failures
+        cutoff = now - self._window
+        while failures:
+            oldest = next(iter(failures))
+            if failures[oldest][-1] > cutoff:
+                break
+            del failures[oldest]
+        bans = self._bans
+        while bans:
+            oldest = next(iter(bans))
+            if bans[oldest] > now:
+                break
+            del bans[oldest]
+
+    def _banned(self, source: str, now: float) -> bool:
+        until = self._bans.get(source)
+        if until is None:
+            return False
+        if until <= now:
+            del self._bans[source]
+            return False
+        return True
+
+    def is_banned(self, ip: str, *, now: float) -> bool:
+        """Whether requests from ``ip`` are currently refused.
+
+        Args:
+            ip: Source address.
+            now: Current time.
+
+        Returns:
+            True while a ban of the source (or its IPv6 network) runs.
+        """
+        self._expire(now)
+        return self._banned(self._source(ip), now)
+
+    def record_failure(self, ip: str, *, now: float) -> bool:
+        """Count one authentication failure from ``ip``.
+
+        Args:
+            ip: Source address.
+            now: Current time.
+
+        Returns:
+            True exactly when this failure starts a ban.
+        """
+        self._expire(now)
+        source = self._source(ip)
+        if self._banned(source, now):
+            return False
+        cutoff = now - self._window
+        times = (*(t for t in self._failures.pop(source, ()) if t > cutoff), now)
+        if len(times) >= self._max_failures:
+            self._bans[source] = now + self._ban_duration
+            while len(self._bans) > self._max_sources:
+                self._bans.popitem(last=False)
+            return True
+        self._failures[source] = times
+        while len(self._failures) > self._max_sources:
+            self._failures.popitem(last=False)
+        return False
+
+    def banned_count(self, *, now: float) -> int:
+        """Number of bans running at ``now``.
+
+        Args:
+            now: Current time.
+
+        Returns:
+            The count.
+        """
+        self._expire(now)
+        return len(self._bans)
+
+    def purge(self, *, now: float) -> None:
+        """Drop expired bans and failure windows (also done lazily by every call).
+
+        Args:
+            now: Current time.
+        """
+        self._expire(now)

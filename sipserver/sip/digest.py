@@ -1,0 +1,603 @@
+"""HTTP digest authentication for SIP: RFC 3261 §22.4 with RFC 7616 and RFC 8760 algorithms.
+
+Pure functions and frozen value types, no I/O and no clock: the registrar (server side) and a
+future outbound registration client (client side) both build on this module.
+
+Supported algorithms are MD5 and SHA-256 with their ``-sess`` variants (RFC 8760 §2.3 lists
+SHA-512-256 too; it is reported as unsupported). Supported quality of protection: ``auth``,
+``auth-int`` and the legacy RFC 2069 form without ``qop`` (RFC 2617 §3.2.2.1), which RFC 3261
+§22.4 keeps for backwards compatibility.
+
+Strings are hashed as UTF-8 (RFC 7616 §3.4.4 ``charset=UTF-8``; SIP is UTF-8 throughout). The
+nonce-count is rendered as 8 lowercase hex digits (RFC 7616 §3.4: ``nc-value = 8LHEX``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DigestAlgorithm",
+    "DigestChallenge",
+    "DigestCredentials",
+    "DigestError",
+    "build_authorization",
+    "compute_ha1",
+    "compute_response",
+    "parse_auth_params",
+    "verify",
+]
+
+
+class DigestAlgorithm(enum.StrEnum):
+    """Digest algorithms (RFC 7616 §3.3, RFC 8760 §2.3), valued by their wire token."""
+
+    MD5 = "MD5"
+    MD5_SESS = "MD5-sess"
+    SHA256 = "SHA-256"
+    SHA256_SESS = "SHA-256-sess"
+
+    @property
+    def is_session(self) -> bool:
+        """Whether HA1 is re-keyed per nonce/cnonce pair (the ``-sess`` variants)."""
+        return self in (DigestAlgorithm.MD5_SESS, DigestAlgorithm.SHA256_SESS)
+
+    @property
+    def digest_size(self) -> int:
+        """Length in hex characters of a hash (and of a ``response``) for this algorithm."""
+        return 32 if self in (DigestAlgorithm.MD5, DigestAlgorithm.MD5_SESS) else 64
+
+    @classmethod
+    def from_token(cls, token: str) -> DigestAlgorithm:
+        """Parse an ``algorithm`` parameter value, case-insensitively.
+
+        Args:
+            token: The wire value, e.g. ``"SHA-256"`` or ``"md5"``.
+
+        Returns:
+            The matching algorithm.
+
+        Raises:
+            DigestError: ``"unsupported algorithm <token>"``.
+        """
+        try:
+            return _ALGORITHMS_BY_TOKEN[token.lower()]
+        except KeyError:
+            raise DigestError(f"unsupported algorithm {token}") from None
+
+
+_ALGORITHMS_BY_TOKEN = {a.value.lower(): a for a in DigestAlgorithm}
+
+_HashFactory = Callable[..., Any]
+_HASH_FACTORIES: dict[DigestAlgorithm, _HashFactory] = {
+    DigestAlgorithm.MD5: hashlib.md5,
+    DigestAlgorithm.MD5_SESS: hashlib.md5,
+    DigestAlgorithm.SHA256: hashlib.sha256,
+    DigestAlgorithm.SHA256_SESS: hashlib.sha256,
+}
+
+
+class DigestError(ValueError):
+    """A digest header or parameter set is malformed or unsupported.
+
+    The message is a short specific reason ("missing nonce", "bad nc 'xyz'", "unsupported
+    algorithm SHA-512-256") fit for logs; it never contains a password.
+    """
+
+    @property
+    def reason(self) -> str:
+        """The short reason text."""
+        return str(self.args[0]) if self.args else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Header grammar. RFC 3261 §25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+"
+# / "`" / "'" / "~"); quoted-string = DQUOTE *(qdtext / quoted-pair) DQUOTE; quoted-pair =
+# "\" (%x00-09 / %x0B-0C / %x0E-7F). RFC 3261 §25.3: the challenge and credentials are
+# auth-scheme LWS auth-param *(COMMA auth-param). Unquoted values are accepted as any run of
+# characters other than whitespace, comma, and quote (some UAs leave uri= unquoted).
+# ---------------------------------------------------------------------------------------------
+_WS = " \t\r\n"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNQUOTED_RE = re.compile(r'[^\s,"]+')
+_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_HEX8_RE = re.compile(r"[0-9A-Fa-f]{8}")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_QOP_VALUES = frozenset({"auth", "auth-int"})
+
+
+def _skip_ws(value: str, pos: int) -> int:
+    end = len(value)
+    while pos < end and value[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split a challenge or credentials header value into its scheme and parameters.
+
+    ``'Digest a=b, c="d,e"'`` gives ``("Digest", {"a": "b", "c": "d,e"})``. Parameter names
+    are lower-cased, quoted strings are unescaped, whitespace (including folded line breaks)
+    around names, ``=`` and commas is ignored, and empty list elements (``a=b,,c=d``) are
+    skipped (RFC 7235 §7 #rule).
+
+    Args:
+        value: The header value, e.g. of WWW-Authenticate or Authorization.
+
+    Returns:
+        The scheme exactly as written and a dict of parameters.
+
+    Raises:
+        DigestError: On a missing scheme, an unterminated quoted string, a duplicate parameter,
+            a parameter without ``=value``, or other text that is not an auth-param list.
+    """
+    pos = _skip_ws(value, 0)
+    m = _TOKEN_RE.match(value, pos)
+    if m is None:
+        raise DigestError("missing auth scheme")
+    scheme = m.group()
+    pos = m.end()
+    end = len(value)
+    params: dict[str, str] = {}
+    if pos < end and value[pos] not in _WS:
+        raise DigestError(f"unexpected {value[pos]!r} after auth scheme")
+    while True:
+        # Skip separators: whitespace and empty list elements.
+        while pos < end and (value[pos] in _WS or value[pos] == ","):
+            pos += 1
+        if pos >= end:
+            return scheme, params
+        m = _TOKEN_RE.match(value, pos)
+        if m is None:
+            raise DigestError(f"expected parameter name at offset {pos}")
+        name = m.group().lower()
+        pos = _skip_ws(value, m.end())
+        if pos >= end or value[pos] != "=":
+            raise DigestError(f"parameter {name} has no value")
+        pos = _skip_ws(value, pos + 1)
+        if pos < end and value[pos] == '"':
+            q = _QUOTED_RE.match(value, pos)
+            if q is None:
+                raise DigestError(f"unterminated quoted string in {name}")
+            param = _ESCAPE_RE.sub(r"\1", q.group(1))
+            pos = q.end()
+        else:
+            u = _UNQUOTED_RE.match(value, pos)
+            if u is None:
+                raise DigestError(f"parameter {name} has no value")
+            param = u.group()
+            pos = u.end()
+        if name in params:
+            raise DigestError(f"duplicate parameter {name}")
+        params[name] = param
+        pos = _skip_ws(value, pos)
+        if pos < end and value[pos] != ",":
+            raise DigestError(f"unexpected {value[pos]!r} after parameter {name}")
+
+
+def _digest_params(value: str) -> dict[str, str]:
+    """Parameters of a Digest header value; another scheme is reported before its syntax."""
+    m = _TOKEN_RE.match(value, _skip_ws(value, 0))
+    if m is not None and m.group().lower() != "digest":
+        # e.g. Basic with a token68 (RFC 7235 §2.1), which is not an auth-param list.
+        raise DigestError(f"unsupported auth scheme {m.group()}")
+    return parse_auth_params(value)[1]
+
+
+def _quote(value: str) -> str:
+    """Render a quoted-string (RFC 3261 §25.1), escaping backslash and double quote."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_header_safe(field: str, value: str | None) -> None:
+    # A CR, LF or NUL inside a header value would split or truncate the SIP message.
+    if value is not None and ("\r" in value or "\n" in value or "\x00" in value):
+        raise DigestError(f"{field} contains a control character")
+
+
+def _parse_qop_options(qop: str) -> list[str]:
+    return [option.strip().lower() for option in qop.split(",") if option.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestChallenge:
+    """One digest challenge of a 401 WWW-Authenticate or 407 Proxy-Authenticate header.
+
+    RFC 7616 §3.3. A server offering several algorithms sends one challenge per algorithm, in
+    order of preference (RFC 8760 §2.4).
+    """
+
+    realm: str
+    """Protection space shown to the user; part of HA1."""
+    nonce: str
+    """Server-issued opaque value the client must echo."""
+    algorithm: DigestAlgorithm
+    """Hash algorithm the client must use for this challenge."""
+    qop: str | None = "auth"
+    """Quality-of-protection options, comma separated ("auth", "auth,auth-int"); None for the
+    legacy RFC 2069 form."""
+    opaque: str | None = None
+    """Server data the client must echo unchanged."""
+    stale: bool = False
+    """True when the previous request failed only because its nonce expired (RFC 7616 §3.3):
+    the client retries with the new nonce without prompting for a password."""
+
+    def __post_init__(self) -> None:
+        if not self.realm:
+            raise DigestError("empty realm")
+        if not self.nonce:
+            raise DigestError("empty nonce")
+        for field, value in (("realm", self.realm), ("nonce", self.nonce), ("opaque", self.opaque)):
+            _check_header_safe(field, value)
+        if self.qop is not None:
+            options = _parse_qop_options(self.qop)
+            if not options or any(o not in _QOP_VALUES for o in options):
+                raise DigestError(f"bad qop {self.qop!r}")
+
+    def to_header(self) -> str:
+        """Render the header value.
+
+        Returns:
+            e.g. ``'Digest realm="sip.example.com", nonce="...", algorithm=SHA-256, qop="auth"'``
+            followed by ``', stale=true'`` and ``', opaque="..."'`` when set.
+        """
+        parts = [
+            f"Digest realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"algorithm={self.algorithm.value}",
+        ]
+        if self.qop is not None:
+            parts.append(f"qop={_quote(self.qop)}")
+        if self.stale:
+            parts.append("stale=true")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        return ", ".join(parts)
+
+    @classmethod
+    def parse(cls, value: str) -> DigestChallenge:
+        """Parse a WWW-Authenticate or Proxy-Authenticate header value (client side).
+
+        Args:
+            value: The header value.
+
+        Returns:
+            The challenge; ``algorithm`` defaults to MD5 when absent (RFC 3261 §22.4).
+
+        Raises:
+            DigestError: If the scheme is not Digest or realm/nonce is missing or bad.
+        """
+        params = _digest_params(value)
+        for required in ("realm", "nonce"):
+            if required not in params:
+                raise DigestError(f"missing {required}")
+        algorithm_token = params.get("algorithm")
+        algorithm = (
+            DigestAlgorithm.MD5
+            if algorithm_token is None
+            else DigestAlgorithm.from_token(algorithm_token)
+        )
+        return cls(
+            realm=params["realm"],
+            nonce=params["nonce"],
+            algorithm=algorithm,
+            qop=params.get("qop"),
+            opaque=params.get("opaque"),
+            stale=params.get("stale", "false").lower() == "true",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DigestCredentials:
+    """The digest response of an Authorization or Proxy-Authorization header (RFC 7616 §3.4).
+
+    Construction validates the combination: with ``qop``, ``nc`` and ``cnonce`` are required;
+    ``-sess`` algorithms require ``cnonce``; ``response`` is hex of the algorithm's length.
+    """
+
+    username: str
+    """User name as sent; looked up by the server."""
+    realm: str
+    """Realm the client answered; must be the server's."""
+    nonce: str
+    """Nonce echoed from the challenge."""
+    uri: str
+    """The ``uri`` parameter, normally the Request-URI (RFC 7616 §3.4.6)."""
+    response: str
+    """Hex digest computed by the client, stored lower-cased."""
+    algorithm: DigestAlgorithm = DigestAlgorithm.MD5
+    """Algorithm used; MD5 when the parameter is absent (RFC 3261 §22.4)."""
+    qop: str | None = None
+    """Chosen quality of protection ("auth" or "auth-int"), or None for the legacy form."""
+    nc: int | None = None
+    """Nonce count (sent as 8 hex digits), required with qop."""
+    cnonce: str | None = None
+    """Client nonce, required with qop and with ``-sess`` algorithms."""
+    opaque: str | None = None
+    """Opaque value echoed from the challenge."""
+
+    def __post_init__(self) -> None:
+        if self.qop is not None:
+            if self.qop not in _QOP_VALUES:
+                raise DigestError(f"bad qop {self.qop!r}")
+            if self.nc is None:
+                raise DigestError("missing nc (required with qop)")
+            if self.cnonce is None:
+                raise DigestError("missing cnonce (required with qop)")
+        elif self.nc is not None:
+            raise DigestError("nc without qop")
+        if self.nc is not None and not 1 <= self.nc <= 0xFFFFFFFF:
+            raise DigestError(f"bad nc {self.nc}")
+        if self.algorithm.is_session and self.cnonce is None:
+            raise DigestError(f"missing cnonce (required by {self.algorithm.value})")
+        if len(self.response) != self.algorithm.digest_size or not _HEX_RE.fullmatch(self.response):
+            raise DigestError(f"bad response for {self.algorithm.value}")
+        lowered = self.response.lower()
+        if lowered != self.response:
+            # Frozen dataclass: normalise once at construction (RFC 7616: response is LHEX).
+            object.__setattr__(self, "response", lowered)
+        for field in ("username", "realm", "nonce", "uri", "cnonce", "opaque"):
+            _check_header_safe(field, getattr(self, field))
+
+    @classmethod
+    def parse(cls, value: str) -> DigestCredentials:
+        """Parse an Authorization or Proxy-Authorization header value.
+
+        Args:
+            value: The header value; the scheme must be Digest (any case).
+
+        Returns:
+            The credentials.
+
+        Raises:
+            DigestError: Naming the problem, e.g. "missing nonce", "bad nc '12'",
+                "unsupported algorithm SHA-512-256", "unsupported auth scheme Basic".
+        """
+        params = _digest_params(value)
+        for required in ("username", "realm", "nonce", "uri", "response"):
+            if required not in params:
+                raise DigestError(f"missing {required}")
+        if params.get("userhash", "false").lower() == "true":
+            # RFC 7616 §3.4.4; not used by SIP user agents.
+            raise DigestError("userhash not supported")
+        algorithm_token = params.get("algorithm")
+        algorithm = (
+            DigestAlgorithm.MD5
+            if algorithm_token is None
+            else DigestAlgorithm.from_token(algorithm_token)
+        )
+        qop = params.get("qop")
+        if qop is not None:
+            qop = qop.lower()
+        nc_text = params.get("nc")
+        nc: int | None = None
+        if nc_text is not None:
+            if not _HEX8_RE.fullmatch(nc_text):
+                raise DigestError(f"bad nc {nc_text!r}")
+            nc = int(nc_text, 16)
+            if nc == 0:
+                raise DigestError(f"bad nc {nc_text!r}")
+        return cls(
+            username=params["username"],
+            realm=params["realm"],
+            nonce=params["nonce"],
+            uri=params["uri"],
+            response=params["response"],
+            algorithm=algorithm,
+            qop=qop,
+            nc=nc,
+            cnonce=params.get("cnonce"),
+            opaque=params.get("opaque"),
+        )
+
+    def to_header(self) -> str:
+        """Render the header value (client side), parameters in RFC 7616 §3.4 order.
+
+        Returns:
+            e.g. ``'Digest username="bob", realm="...", nonce="...", uri="sip:...",
+            response="...", algorithm=SHA-256, cnonce="...", qop=auth, nc=00000001'``.
+        """
+        parts = [
+            f"Digest username={_quote(self.username)}",
+            f"realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"uri={_quote(self.uri)}",
+            f"response={_quote(self.response)}",
+            f"algorithm={self.algorithm.value}",
+        ]
+        if self.cnonce is not None:
+            parts.append(f"cnonce={_quote(self.cnonce)}")
+        if self.opaque is not None:
+            parts.append(f"opaque={_quote(self.opaque)}")
+        if self.qop is not None:
+            parts.append(f"qop={self.qop}")
+        if self.nc is not None:
+            parts.append(f"nc={self.nc:08x}")
+        return ", ".join(parts)
+
+
+def _hash(algorithm: DigestAlgorithm, data: str | bytes) -> str:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # usedforsecurity=False keeps MD5 available on FIPS builds; digest mandates it.
+    digest: str = _HASH_FACTORIES[algorithm](raw, usedforsecurity=False).hexdigest()
+    return digest
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: DigestAlgorithm) -> str:
+    """Compute H(A1) = H(username ":" realm ":" password) (RFC 7616 §3.4.2).
+
+    For ``-sess`` algorithms this is the base value; the session HA1,
+    H(base ":" nonce ":" cnonce), is derived by :func:`compute_response`, so a server can store
+    one HA1 per user and algorithm family.
+
+    Args:
+        username: User name.
+        realm: Realm.
+        password: Plain password.
+        algorithm: Algorithm whose hash to use.
+
+    Returns:
+        Lowercase hex digest.
+    """
+    return _hash(algorithm, f"{username}:{realm}:{password}")
+
+
+def compute_response(
+    *,
+    ha1: str,
+    algorithm: DigestAlgorithm,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None,
+    nc: int | None,
+    cnonce: str | None,
+    body: bytes = b"",
+) -> str:
+    """Compute the ``response`` parameter.
+
+    With qop (RFC 7616 §3.4.1): KD(HA1, nonce ":" nc ":" cnonce ":" qop ":" H(A2)), where
+    A2 = method ":" uri for ``auth`` and method ":" uri ":" H(body) for ``auth-int``
+    (RFC 7616 §3.4.3). Without qop (RFC 2617 §3.2.2.1, RFC 2069): KD(HA1, nonce ":" H(A2)).
+
+    Args:
+        ha1: Base H(A1) from :func:`compute_ha1`.
+        algorithm: Algorithm; ``-sess`` variants re-key HA1 with nonce and cnonce
+            (RFC 7616 §3.4.2).
+        method: SIP method of the request, e.g. ``"REGISTER"``.
+        uri: The ``uri`` parameter value.
+        nonce: Server nonce.
+        qop: ``"auth"``, ``"auth-int"`` or None.
+        nc: Nonce count, required with qop.
+        cnonce: Client nonce, required with qop and with ``-sess``.
+        body: Message body, hashed for ``auth-int`` only.
+
+    Returns:
+        Lowercase hex digest.
+
+    Raises:
+        DigestError: On an unknown qop or a missing nc/cnonce.
+    """
+    if algorithm.is_session:
+        if cnonce is None:
+            raise DigestError(f"missing cnonce (required by {algorithm.value})")
+        ha1 = _hash(algorithm, f"{ha1}:{nonce}:{cnonce}")
+    if qop is None:
+        ha2 = _hash(algorithm, f"{method}:{uri}")
+        return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
+    if qop == "auth":
+        ha2 = _hash(algorithm, f"{method}:{uri}")
+    elif qop == "auth-int":
+        ha2 = _hash(algorithm, f"{method}:{uri}:{_hash(algorithm, body)}")
+    else:
+        raise DigestError(f"bad qop {qop!r}")
+    if nc is None:
+        raise DigestError("missing nc (required with qop)")
+    if cnonce is None:
+        raise DigestError("missing cnonce (required with qop)")
+    return _hash(algorithm, f"{ha1}:{nonce}:{nc:08x}:{cnonce}:{qop}:{ha2}")
+
+
+def verify(credentials: DigestCredentials, *, ha1: str, method: str, body: bytes = b"") -> bool:
+    """Check a client's response against the expected one in constant time.
+
+    Args:
+        credentials: Parsed credentials.
+        ha1: Base H(A1) of the user for ``credentials.algorithm``.
+        method: SIP method of the request carrying the credentials.
+        body: Request body (used with ``qop=auth-int``).
+
+    Returns:
+        True when the response matches.
+    """
+    try:
+        expected = compute_response(
+            ha1=ha1,
+            algorithm=credentials.algorithm,
+            method=method,
+            uri=credentials.uri,
+            nonce=credentials.nonce,
+            qop=credentials.qop,
+            nc=credentials.nc,
+            cnonce=credentials.cnonce,
+            body=body,
+        )
+    except DigestError:
+        return False
+    return hmac.compare_digest(expected, credentials.response)
+
+
+def build_authorization(
+    challenge: DigestChallenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+    body: bytes = b"",
+) -> str:
+    """Answer a challenge (client side): the Authorization header value.
+
+    Chooses ``qop=auth`` when offered, else ``auth-int``; uses the legacy form when the
+    challenge has no qop.
+
+    Args:
+        challenge: The challenge to answer.
+        username: User name.
+        password: Plain password.
+        method: SIP method of the request being authorized.
+        uri: Request-URI of that request.
+        cnonce: Client nonce (random, chosen by the caller).
+        nc: Nonce count: 1 for the first request with this nonce, then 2, 3...
+        body: Request body (only hashed for ``auth-int``).
+
+    Returns:
+        The header value.
+
+    Raises:
+        DigestError: If the challenge offers no supported qop.
+    """
+    qop: str | None = None
+    if challenge.qop is not None:
+        options = _parse_qop_options(challenge.qop)
+        if "auth" in options:
+            qop = "auth"
+        elif "auth-int" in options:
+            qop = "auth-int"
+        else:  # pragma: no cover - DigestChallenge validation prevents it
+            raise DigestError(f"no supported qop in {challenge.qop!r}")
+    use_cnonce = qop is not None or challenge.algorithm.is_session
+    ha1 = compute_ha1(username, challenge.realm, password, challenge.algorithm)
+    response = compute_response(
+        ha1=ha1,
+        algorithm=challenge.algorithm,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        qop=qop,
+        nc=nc if qop is not None else None,
+        cnonce=cnonce if use_cnonce else None,
+        body=body,
+    )
+    credentials = DigestCredentials(
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        nc=nc if qop is not None else None,
+        cnonce=cnonce if use_cnonce else None,
+        opaque=challenge.opaque,
+    )
+    return credentials.to_header()

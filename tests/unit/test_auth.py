@@ -1,0 +1,616 @@
+"""Tests for sipserver.registrar.auth: nonces, the digest authenticator, the failure tracker."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from sipserver.registrar import auth as auth_module
+from sipserver.registrar.auth import (
+    AuthOutcome,
+    AuthResult,
+    DigestAuthenticator,
+    FailureTracker,
+    NonceManager,
+    NonceStatus,
+    _uri_matches,
+)
+from sipserver.sip.digest import (
+    DigestAlgorithm,
+    DigestChallenge,
+    build_authorization,
+    compute_ha1,
+)
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+REALM = "sip.example.com"
+URI = "sip:sip.example.com"
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+def counter_bytes() -> Callable[[int], bytes]:
+    """Deterministic, distinct 'random' bytes."""
+    counter = itertools.count()
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+def make_nonces(*, ttl: float = 60.0, max_tracked: int = 100) -> NonceManager:
+    return NonceManager(SECRET, ttl=ttl, max_tracked=max_tracked, random_bytes=counter_bytes())
+
+
+# --- NonceManager ----------------------------------------------------------------------------
+
+
+def test_issue_is_stateless_and_unique() -> None:
+    nonces = make_nonces()
+    a, b = nonces.issue(now=100.0), nonces.issue(now=100.0)
+    assert a != b
+    assert len(a) == 48
+    assert set(a) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert nonces.tracked_count == 0
+
+
+def test_fresh_nonce_is_valid_until_ttl() -> None:
+    nonces = make_nonces(ttl=60.0)
+    nonce = nonces.issue(now=100.0)
+    assert nonces.check(nonce, None, now=100.0) is NonceStatus.VALID
+    assert nonces.check(nonce, None, now=160.0) is NonceStatus.VALID
+    assert nonces.check(nonce, None, now=160.001) is NonceStatus.STALE
+    assert nonces.check(nonce, 1, now=160.001) is NonceStatus.STALE
+
+
+def test_legacy_nc_none_accepted_repeatedly_while_fresh() -> None:
+    nonces = make_nonces()
+    nonce = nonces.issue(now=0.0)
+    for t in (1.0, 2.0, 3.0):
+        assert nonces.check(nonce, None, now=t) is NonceStatus.VALID
+    assert nonces.tracked_count == 0
+
+
+def test_nonce_count_must_increase() -> None:
+    nonces = make_nonces()
+    nonce = nonces.issue(now=0.0)
+    assert nonces.check(nonce, 1, now=1.0) is NonceStatus.VALID
+    assert nonces.check(nonce, 1, now=2.0) is NonceStatus.REPLAY
+    assert nonces.check(nonce, 2, now=3.0) is NonceStatus.VALID
+    assert nonces.check(nonce, 1, now=4.0) is NonceStatus.REPLAY
+    assert nonces.check(nonce, 7, now=5.0) is NonceStatus.VALID  # gaps are allowed
+    assert nonces.check(nonce, 7, now=6.0) is NonceStatus.REPLAY
+
+
+def test_check_without_commit_then_record() -> None:
+    nonces = make_nonces()
+    nonce = nonces.issue(now=0.0)
+    assert nonces.check(nonce, 1, now=1.0, commit=False) is NonceStatus.VALID
+    assert nonces.check(nonce, 1, now=1.0, commit=False) is NonceStatus.VALID
+    assert nonces.tracked_count == 0
+    nonces.record(nonce, 1, now=1.0)
+    assert nonces.check(nonce, 1, now=2.0) is NonceStatus.REPLAY
+    nonces.record(nonce, 0, now=2.0)  # never lowers the count
+    assert nonces.check(nonce, 1, now=2.0) is NonceStatus.REPLAY
+
+
+def test_record_ignores_foreign_and_expired_nonces() -> None:
+    nonces = make_nonces(ttl=10.0)
+    nonces.record("x" * 48, 1, now=0.0)
+    old = nonces.issue(now=0.0)
+    nonces.record(old, 1, now=11.0)
+    assert nonces.tracked_count == 0
+
+
+def test_nonce_shared_between_managers_with_same_secret() -> None:
+    issuer, checker = make_nonces(), make_nonces()
+    assert checker.check(issuer.issue(now=5.0), 1, now=6.0) is NonceStatus.VALID
+    other = NonceManager(b"another secret, 32 bytes long!!!", ttl=60.0)
+    assert other.check(issuer.issue(now=5.0), 1, now=6.0) is NonceStatus.INVALID
+
+
+def _flip(nonce: str, index: int) -> str:
+    replacement = "A" if nonce[index] != "A" else "B"
+    return nonce[:index] + replacement + nonce[index + 1 :]
+
+
+@pytest.mark.parametrize("index", [0, 5, 11, 20, 32, 47])
+def test_tampered_nonce_is_invalid(index: int) -> None:
+    nonces = make_nonces()
+    nonce = nonces.issue(now=0.0)
+    assert nonces.check(_flip(nonce, index), 1, now=1.0) is NonceStatus.INVALID
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    ["", "abc", "x" * 47, "x" * 49, "+" * 48, "=" * 48, "A" * 46 + "==", "é" * 48, "A" * 48],
+)
+def test_garbage_nonce_is_invalid(nonce: str) -> None:
+    assert make_nonces().check(nonce, None, now=0.0) is NonceStatus.INVALID
+
+
+def test_nonce_from_far_future_is_invalid() -> None:
+    nonces = make_nonces(ttl=60.0)
+    nonce = nonces.issue(now=1000.0)
+    assert nonces.check(nonce, 1, now=1000.0 - 30.0) is NonceStatus.VALID  # small skew is fine
+    assert nonces.check(nonce, 2, now=1000.0 - 61.0) is NonceStatus.INVALID
+
+
+def test_evicted_nonce_is_stale_not_accepted() -> None:
+    nonces = make_nonces(ttl=100.0, max_tracked=2)
+    n1 = nonces.issue(now=0.0)
+    unused = nonces.issue(now=0.0)
+    n2 = nonces.issue(now=1.0)
+    n3 = nonces.issue(now=2.0)
+    assert nonces.check(n1, 1, now=3.0) is NonceStatus.VALID
+    assert nonces.check(n2, 1, now=4.0) is NonceStatus.VALID
+    assert nonces.check(n3, 1, now=5.0) is NonceStatus.VALID  # evicts n1 (least recently used)
+    assert nonces.tracked_count == 2
+    # n1's count is forgotten: replaying its nc=1 must not pass; a fresh challenge is forced.
+    assert nonces.check(n1, 1, now=6.0) is NonceStatus.STALE
+    assert nonces.check(n1, 2, now=6.0) is NonceStatus.STALE
+    # Collateral: an untracked nonce issued no later than the evicted one is STALE too.
+    assert nonces.check(unused, 1, now=6.0) is NonceStatus.STALE
+    # Tracked nonces and nonces issued after the eviction horizon are unaffected.
+    assert nonces.check(n2, 2, now=7.0) is NonceStatus.VALID
+    n4 = nonces.issue(now=8.0)
+    assert nonces.check(n4, 1, now=9.0) is NonceStatus.VALID
+
+
+def test_lru_keeps_recently_used_nonce() -> None:
+    nonces = make_nonces(ttl=100.0, max_tracked=2)
+    n1, n2, n3 = (nonces.issue(now=float(t)) for t in range(3))
+    assert nonces.check(n1, 1, now=3.0) is NonceStatus.VALID
+    assert nonces.check(n2, 1, now=4.0) is NonceStatus.VALID
+    assert nonces.check(n1, 2, now=5.0) is NonceStatus.VALID  # n1 becomes most recent
+    assert nonces.check(n3, 1, now=6.0) is NonceStatus.VALID  # evicts n2
+    assert nonces.check(n1, 3, now=7.0) is NonceStatus.VALID
+    assert nonces.check(n2, 2, now=7.0) is NonceStatus.STALE
+
+
+def test_expired_nonces_are_not_tracked() -> None:
+    nonces = make_nonces(ttl=10.0, max_tracked=1000)
+    old = [nonces.issue(now=0.0) for _ in range(5)]
+    for i, nonce in enumerate(old):
+        assert nonces.check(nonce, 1, now=float(i)) is NonceStatus.VALID
+    assert nonces.tracked_count == 5
+    fresh = nonces.issue(now=20.0)
+    assert nonces.check(fresh, 1, now=20.0) is NonceStatus.VALID
+    assert nonces.tracked_count == 1  # the expired ones were dropped on the way
+    more = nonces.issue(now=21.0)
+    assert nonces.check(more, 1, now=21.0) is NonceStatus.VALID
+    nonces.purge(now=40.0)
+    assert nonces.tracked_count == 0
+
+
+def test_expired_nonce_check_forgets_its_count() -> None:
+    nonces = make_nonces(ttl=10.0)
+    nonce = nonces.issue(now=0.0)
+    assert nonces.check(nonce, 1, now=1.0) is NonceStatus.VALID
+    assert nonces.check(nonce, 2, now=11.0) is NonceStatus.STALE
+    assert nonces.tracked_count == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"secret": b"short", "ttl": 1.0}, {"ttl": 0.0}, {"ttl": 1.0, "max_tracked": 0}],
+)
+def test_nonce_manager_validation(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"secret": SECRET}
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        NonceManager(**args)  # type: ignore[arg-type]
+
+
+# --- DigestAuthenticator ---------------------------------------------------------------------
+
+
+def make_auth(
+    algorithms: tuple[DigestAlgorithm, ...] = (DigestAlgorithm.SHA256, DigestAlgorithm.MD5),
+    *,
+    ttl: float = 60.0,
+    require_qop: bool = True,
+    users: dict[str, str] | None = None,
+    ha1_cache_size: int = 100,
+) -> DigestAuthenticator:
+    return DigestAuthenticator(
+        realm=REALM,
+        algorithms=algorithms,
+        nonces=make_nonces(ttl=ttl),
+        password_for=(USERS if users is None else users).get,
+        require_qop=require_qop,
+        ha1_cache_size=ha1_cache_size,
+    )
+
+
+def answer(
+    challenge: DigestChallenge,
+    *,
+    user: str = "alice",
+    password: str | None = None,
+    nc: int = 1,
+    uri: str = URI,
+    method: str = "REGISTER",
+) -> str:
+    return build_authorization(
+        challenge,
+        username=user,
+        password=USERS.get(user, "x") if password is None else password,
+        method=method,
+        uri=uri,
+        cnonce="client-nonce",
+        nc=nc,
+    )
+
+
+def test_challenges_share_one_nonce_in_configured_order() -> None:
+    auth = make_auth()
+    challenges = auth.challenges(now=0.0)
+    assert [c.algorithm for c in challenges] == [DigestAlgorithm.SHA256, DigestAlgorithm.MD5]
+    assert len({c.nonce for c in challenges}) == 1
+    assert all(c.qop == "auth" and c.realm == REALM and not c.stale for c in challenges)
+    assert all(c.stale for c in auth.challenges(now=0.0, stale=True))
+    assert auth.challenges(now=0.0)[0].nonce != challenges[0].nonce
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_ok_end_to_end(index: int) -> None:
+    auth = make_auth()
+    challenge = auth.challenges(now=0.0)[index]
+    result = auth.verify(answer(challenge), method="REGISTER", request_uri=URI, now=1.0)
+    assert result == AuthResult(AuthOutcome.OK, "alice")
+    assert result.ok
+    # The next request on the same nonce with the next count is accepted too.
+    again = auth.verify(answer(challenge, nc=2), method="REGISTER", request_uri=URI, now=2.0)
+    assert again.outcome is AuthOutcome.OK
+
+
+def test_missing() -> None:
+    result = make_auth().verify(None, method="REGISTER", request_uri=URI, now=0.0)
+    assert result.outcome is AuthOutcome.MISSING
+    assert not result.ok
+
+
+def test_malformed() -> None:
+    result = make_auth().verify(
+        'Digest username="alice", realm="unterminated', method="REGISTER", request_uri=URI, now=0
+    )
+    assert result.outcome is AuthOutcome.MALFORMED
+    assert "unterminated" in result.reason
+
+
+def test_malformed_without_qop_unless_allowed() -> None:
+    auth = make_auth()
+    nonce = auth.challenges(now=0.0)[0].nonce
+    legacy = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.SHA256, qop=None)
+    header = answer(legacy)
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.MALFORMED
+    assert result.reason == "missing qop"
+    lenient = make_auth(require_qop=False)
+    nonce = lenient.challenges(now=0.0)[0].nonce
+    legacy = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.SHA256, qop=None)
+    header = answer(legacy)
+    for t in (1.0, 2.0):  # no nonce-count: accepted while the nonce is fresh
+        assert lenient.verify(header, method="REGISTER", request_uri=URI, now=t).ok
+
+
+def test_wrong_realm() -> None:
+    auth = make_auth()
+    c = auth.challenges(now=0.0)[0]
+    other = DigestChallenge(realm="evil.example.com", nonce=c.nonce, algorithm=c.algorithm)
+    result = auth.verify(answer(other), method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.WRONG_REALM
+    assert result.username == "alice"
+
+
+def test_wrong_uri() -> None:
+    auth = make_auth()
+    c = auth.challenges(now=0.0)[0]
+    header = answer(c, uri="sip:other.example.com")
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.WRONG_URI
+
+
+def test_equivalent_uri_is_accepted() -> None:
+    auth = make_auth()
+    c = auth.challenges(now=0.0)[0]
+    header = answer(c, uri="SIP:SIP.Example.COM;transport=udp")
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.OK
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "match"),
+    [
+        ("sip:example.com", "sip:example.com", True),
+        ("sip:EXAMPLE.com", "sip:example.COM", True),
+        ("sip:alice@example.com", "sip:alice@EXAMPLE.COM", True),
+        ("sip:Alice@example.com", "sip:alice@example.com", False),  # userinfo case-sensitive
+        ("sip:%61lice@example.com", "sip:alice@example.com", True),
+        ("sip:example.com", "sips:example.com", False),
+        ("sip:example.com", "sip:example.com:5060", False),
+        ("sip:example.com;transport=TCP", "sip:example.com;Transport=tcp", True),
+        ("sip:example.com;transport=tcp", "sip:example.com", True),
+        ("sip:example.com;transport=tcp", "sip:example.com;transport=udp", False),
+        ("sip:example.com;user=phone", "sip:example.com", False),
+        ("sip:example.com;maddr=1.2.3.4", "sip:example.com", False),
+        ("sip:example.com;lr;transport=tcp", "sip:example.com;transport=tcp;lr", True),
+        ("sip:example.com?subject=a", "sip:example.com", False),
+        ("tel:+14155550100", "TEL:+14155550100", True),
+        ("tel:+14155550100", "sip:+14155550100@example.com", False),
+    ],
+)
+def test_uri_matching(a: str, b: str, match: bool) -> None:
+    assert _uri_matches(a, b) is match
+    assert _uri_matches(b, a) is match
+
+
+def test_algorithm_not_offered() -> None:
+    auth = make_auth((DigestAlgorithm.SHA256,))
+    nonce = auth.challenges(now=0.0)[0].nonce
+    md5 = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.MD5)
+    result = auth.verify(answer(md5), method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.ALGORITHM_NOT_OFFERED
+    assert result.reason == "algorithm MD5"
+
+
+def test_invalid_nonce() -> None:
+    auth = make_auth()
+    forged = DigestChallenge(realm=REALM, nonce="A" * 48, algorithm=DigestAlgorithm.SHA256)
+    result = auth.verify(answer(forged), method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.INVALID_NONCE
+
+
+def test_stale_nonce_with_correct_response() -> None:
+    auth = make_auth(ttl=30.0)
+    challenge = auth.challenges(now=0.0)[0]
+    result = auth.verify(answer(challenge), method="REGISTER", request_uri=URI, now=31.0)
+    assert result == AuthResult(AuthOutcome.STALE_NONCE, "alice", "nonce expired")
+
+
+def test_stale_nonce_with_wrong_response_is_bad_password() -> None:
+    auth = make_auth(ttl=30.0)
+    challenge = auth.challenges(now=0.0)[0]
+    header = answer(challenge, password="guess")
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=31.0)
+    assert result.outcome is AuthOutcome.BAD_PASSWORD
+
+
+def test_replay() -> None:
+    auth = make_auth()
+    header = answer(auth.challenges(now=0.0)[0])
+    assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0).ok
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=2.0)
+    assert result.outcome is AuthOutcome.REPLAY
+
+
+def test_unknown_user() -> None:
+    auth = make_auth()
+    header = answer(auth.challenges(now=0.0)[0], user="mallory")
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
+    assert result == AuthResult(AuthOutcome.UNKNOWN_USER, "mallory", "unknown user")
+
+
+def test_bad_password_does_not_burn_the_nonce_count() -> None:
+    auth = make_auth()
+    challenge = auth.challenges(now=0.0)[0]
+    wrong = answer(challenge, password="guess")
+    result = auth.verify(wrong, method="REGISTER", request_uri=URI, now=1.0)
+    assert result == AuthResult(AuthOutcome.BAD_PASSWORD, "alice", "response mismatch")
+    # The legitimate client's first request with nc=1 still succeeds.
+    assert auth.verify(answer(challenge), method="REGISTER", request_uri=URI, now=2.0).ok
+
+
+def test_response_is_bound_to_method() -> None:
+    auth = make_auth()
+    header = answer(auth.challenges(now=0.0)[0], method="INVITE")
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
+    assert result.outcome is AuthOutcome.BAD_PASSWORD
+
+
+def test_auth_int_is_accepted() -> None:
+    auth = make_auth()
+    c = auth.challenges(now=0.0)[0]
+    offered = DigestChallenge(realm=REALM, nonce=c.nonce, algorithm=c.algorithm, qop="auth-int")
+    body = b"<body/>"
+    header = build_authorization(
+        offered,
+        username="bob",
+        password="builder",
+        method="REGISTER",
+        uri=URI,
+        cnonce="cn",
+        body=body,
+    )
+    tampered = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0, body=b"x")
+    assert tampered.outcome is AuthOutcome.BAD_PASSWORD
+    assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0, body=body).ok
+
+
+def test_ha1_is_cached_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def counting(username: str, realm: str, password: str, algorithm: DigestAlgorithm) -> str:
+        calls.append(username)
+        return compute_ha1(username, realm, password, algorithm)
+
+    monkeypatch.setattr(auth_module, "compute_ha1", counting)
+    auth = make_auth(ha1_cache_size=1)
+    challenge = auth.challenges(now=0.0)[0]
+    for nc in (1, 2, 3):
+        assert auth.verify(answer(challenge, nc=nc), method="REGISTER", request_uri=URI, now=1).ok
+    assert calls == ["alice"]
+    header = answer(challenge, user="bob", nc=4)
+    assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0).ok
+    assert len(auth._ha1_cache) == 1
+
+
+def test_password_change_takes_effect() -> None:
+    users = {"alice": "old"}
+    auth = make_auth(users=users)
+    challenge = auth.challenges(now=0.0)[0]
+    header = answer(challenge, password="old")
+    assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0).ok
+    users["alice"] = "new"
+    header = answer(challenge, password="old", nc=2)
+    result = auth.verify(header, method="REGISTER", request_uri=URI, now=2.0)
+    assert result.outcome is AuthOutcome.BAD_PASSWORD
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"realm": ""},
+        {"algorithms": ()},
+        {"algorithms": (DigestAlgorithm.MD5, DigestAlgorithm.MD5)},
+        {"ha1_cache_size": 0},
+    ],
+)
+def test_authenticator_validation(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {
+        "realm": REALM,
+        "algorithms": (DigestAlgorithm.SHA256,),
+        "nonces": make_nonces(),
+        "password_for": USERS.get,
+    }
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        DigestAuthenticator(**args)  # type: ignore[arg-type]
+
+
+# --- FailureTracker --------------------------------------------------------------------------
+
+
+def make_tracker(**kwargs: float) -> FailureTracker:
+    args: dict[str, float] = {"max_failures": 3, "window": 10.0, "ban_duration": 30.0}
+    args.update(kwargs)
+    return FailureTracker(**args)  # type: ignore[arg-type]
+
+
+def test_ban_after_n_failures_within_window() -> None:
+    tracker = make_tracker()
+    assert tracker.record_failure("192.0.2.1", now=0.0) is False
+    assert tracker.record_failure("192.0.2.1", now=1.0) is False
+    assert not tracker.is_banned("192.0.2.1", now=1.5)
+    assert tracker.record_failure("192.0.2.1", now=2.0) is True
+    assert tracker.is_banned("192.0.2.1", now=2.0)
+    assert not tracker.is_banned("192.0.2.2", now=2.0)
+    assert tracker.banned_count(now=2.0) == 1
+    # Further failures while banned do not start another ban.
+    assert tracker.record_failure("192.0.2.1", now=3.0) is False
+    assert tracker.banned_count(now=3.0) == 1
+
+
+def test_no_ban_when_failures_spread_beyond_window() -> None:
+    tracker = make_tracker()
+    for t in (0.0, 6.0, 12.0, 18.0, 24.0, 30.0):
+        assert tracker.record_failure("192.0.2.1", now=t) is False
+    assert not tracker.is_banned("192.0.2.1", now=30.0)
+    # Exactly `window` apart is outside the window.
+    tracker = make_tracker(max_failures=2)
+    assert tracker.record_failure("192.0.2.9", now=0.0) is False
+    assert tracker.record_failure("192.0.2.9", now=10.0) is False
+    assert tracker.record_failure("192.0.2.9", now=19.9) is True
+
+
+def test_ban_expires_and_source_starts_afresh() -> None:
+    tracker = make_tracker()
+    for t in (0.0, 1.0, 2.0):
+        tracker.record_failure("192.0.2.1", now=t)
+    assert tracker.is_banned("192.0.2.1", now=31.9)
+    assert not tracker.is_banned("192.0.2.1", now=32.0)
+    assert tracker.banned_count(now=32.0) == 0
+    assert tracker.record_failure("192.0.2.1", now=33.0) is False
+    assert tracker.record_failure("192.0.2.1", now=34.0) is False
+    assert tracker.record_failure("192.0.2.1", now=35.0) is True
+
+
+def test_banned_count_expires_lazily() -> None:
+    tracker = make_tracker(max_failures=1)
+    for i in range(5):
+        assert tracker.record_failure(f"192.0.2.{i}", now=float(i))
+    assert tracker.banned_count(now=4.0) == 5
+    assert tracker.banned_count(now=32.0) == 2  # bans from t=0,1,2 ended at 30,31,32
+    assert tracker.banned_count(now=100.0) == 0
+
+
+def test_purge_drops_expired_state() -> None:
+    tracker = make_tracker()
+    tracker.record_failure("192.0.2.1", now=0.0)
+    for t in (0.0, 1.0, 2.0):
+        tracker.record_failure("192.0.2.2", now=t)
+    assert len(tracker._failures) == 1 and len(tracker._bans) == 1
+    tracker.purge(now=11.0)
+    assert len(tracker._failures) == 0 and len(tracker._bans) == 1
+    tracker.purge(now=32.0)
+    assert len(tracker._bans) == 0
+
+
+def test_memory_bounded_under_distinct_source_flood() -> None:
+    tracker = make_tracker(max_failures=3, window=3600.0, max_sources=1000)
+    for i in range(1_000_000):
+        tracker.record_failure(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", now=i * 1e-3)
+    assert len(tracker._failures) == 1000
+    assert len(tracker._bans) == 0
+    # The most recent sources are the ones kept.
+    assert tracker.record_failure("10.15.66.63", now=1000.0) is False  # i = 999_999
+    assert tracker.record_failure("10.15.66.63", now=1000.0) is True
+
+
+def test_bans_bounded_under_distinct_source_flood() -> None:
+    tracker = make_tracker(max_failures=1, window=60.0, ban_duration=3600.0, max_sources=1000)
+    for i in range(1_000_000):
+        assert tracker.record_failure(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", now=i * 1e-3)
+    assert len(tracker._bans) == 1000
+    assert len(tracker._failures) == 0
+    assert tracker.banned_count(now=1000.0) == 1000
+    # Bans ending soonest (the oldest) were evicted; the latest remain.
+    assert not tracker.is_banned("10.0.0.0", now=1000.0)
+    assert tracker.is_banned("10.15.66.63", now=1000.0)
+
+
+def test_ipv6_sources_grouped_by_64() -> None:
+    tracker = make_tracker()
+    tracker.record_failure("2001:db8::1", now=0.0)
+    tracker.record_failure("2001:DB8:0:0:ffff::2", now=1.0)
+    assert tracker.record_failure("2001:db8::abcd:3", now=2.0) is True
+    assert tracker.is_banned("2001:db8:0:0:1234::9", now=3.0)
+    assert tracker.is_banned("2001:0db8:0000::1", now=3.0)
+    assert not tracker.is_banned("2001:db8:0:1::1", now=3.0)
+    assert not tracker.is_banned("192.0.2.1", now=3.0)
+
+
+def test_ipv6_per_address_and_mapped() -> None:
+    tracker = make_tracker(ipv6_prefix=128)
+    tracker.record_failure("2001:db8::1", now=0.0)
+    tracker.record_failure("2001:db8::2", now=1.0)
+    assert tracker.record_failure("2001:db8::3", now=2.0) is False
+    tracker.record_failure("::ffff:192.0.2.7", now=3.0)
+    tracker.record_failure("192.0.2.7", now=4.0)
+    assert tracker.record_failure("::FFFF:192.0.2.7", now=5.0) is True
+    assert tracker.is_banned("192.0.2.7", now=6.0)
+    assert tracker.is_banned("::ffff:c000:207", now=6.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_failures": 0},
+        {"window": 0.0},
+        {"ban_duration": -1.0},
+        {"max_sources": 0},
+        {"ipv6_prefix": 0},
+        {"ipv6_prefix": 129},
+    ],
+)
+def test_tracker_validation(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        make_tracker(**kwargs)
+
+
+def test_accessors_and_unparseable_sources() -> None:
+    assert make_nonces(ttl=42.0).ttl == 42.0
+    assert make_auth().realm == REALM
+    tracker = make_tracker(max_failures=2)
+    assert tracker.record_failure("not:an:address", now=0.0) is False
+    assert tracker.record_failure("not:an:address", now=1.0) is True
+    assert tracker.is_banned("not:an:address", now=2.0)

@@ -1,0 +1,441 @@
+"""Tests for sipserver.sip.digest: RFC 7616 / RFC 2617 vectors, parsing, client-server trip."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from sipserver.sip.digest import (
+    DigestAlgorithm,
+    DigestChallenge,
+    DigestCredentials,
+    DigestError,
+    build_authorization,
+    compute_ha1,
+    compute_response,
+    parse_auth_params,
+    verify,
+)
+
+# RFC 7616 §3.9.1 example inputs.
+RFC7616_REALM = "http-auth@example.org"
+RFC7616_NONCE = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v"
+RFC7616_CNONCE = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
+RFC7616_OPAQUE = "FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    [
+        (DigestAlgorithm.MD5, "8ca523f5e9506fed4657c9700eebdbec"),
+        (
+            DigestAlgorithm.SHA256,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+        ),
+    ],
+)
+def test_rfc7616_vectors(algorithm: DigestAlgorithm, expected: str) -> None:
+    ha1 = compute_ha1("Mufasa", RFC7616_REALM, "Circle of Life", algorithm)
+    response = compute_response(
+        ha1=ha1,
+        algorithm=algorithm,
+        method="GET",
+        uri="/dir/index.html",
+        nonce=RFC7616_NONCE,
+        qop="auth",
+        nc=1,
+        cnonce=RFC7616_CNONCE,
+    )
+    assert response == expected
+
+
+def test_rfc7616_vector_through_parse_and_verify() -> None:
+    header = (
+        'Digest username="Mufasa", realm="http-auth@example.org", uri="/dir/index.html", '
+        "algorithm=SHA-256, "
+        f'nonce="{RFC7616_NONCE}", nc=00000001, cnonce="{RFC7616_CNONCE}", qop=auth, '
+        'response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1", '
+        f'opaque="{RFC7616_OPAQUE}"'
+    )
+    creds = DigestCredentials.parse(header)
+    ha1 = compute_ha1("Mufasa", RFC7616_REALM, "Circle of Life", DigestAlgorithm.SHA256)
+    assert verify(creds, ha1=ha1, method="GET")
+    assert not verify(creds, ha1=ha1, method="POST")
+    wrong = compute_ha1("Mufasa", RFC7616_REALM, "Circle of life", DigestAlgorithm.SHA256)
+    assert not verify(creds, ha1=wrong, method="GET")
+
+
+def test_rfc2617_md5_vector() -> None:
+    ha1 = compute_ha1("Mufasa", "testrealm@host.com", "Circle Of Life", DigestAlgorithm.MD5)
+    response = compute_response(
+        ha1=ha1,
+        algorithm=DigestAlgorithm.MD5,
+        method="GET",
+        uri="/dir/index.html",
+        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        qop="auth",
+        nc=1,
+        cnonce="0a4f113b",
+    )
+    assert response == "6629fae49393a05397450978507c4ef1"
+
+
+def _md5(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.md5(data).hexdigest()
+
+
+def test_legacy_no_qop_matches_rfc2069_formula() -> None:
+    ha1 = _md5("bob:example.com:pw")
+    expected = _md5(f"{ha1}:abc:{_md5('REGISTER:sip:example.com')}")
+    got = compute_response(
+        ha1=compute_ha1("bob", "example.com", "pw", DigestAlgorithm.MD5),
+        algorithm=DigestAlgorithm.MD5,
+        method="REGISTER",
+        uri="sip:example.com",
+        nonce="abc",
+        qop=None,
+        nc=None,
+        cnonce=None,
+    )
+    assert got == expected
+
+
+def test_auth_int_hashes_body() -> None:
+    ha1 = _md5("bob:example.com:pw")
+    body = b"v=0\r\n"
+    ha2 = _md5(f"INVITE:sip:x@example.com:{_md5(body)}")
+    expected = _md5(f"{ha1}:n:0000000a:c:auth-int:{ha2}")
+    got = compute_response(
+        ha1=ha1,
+        algorithm=DigestAlgorithm.MD5,
+        method="INVITE",
+        uri="sip:x@example.com",
+        nonce="n",
+        qop="auth-int",
+        nc=10,
+        cnonce="c",
+        body=body,
+    )
+    assert got == expected
+
+
+def test_sess_variant_rekeys_ha1() -> None:
+    base = _md5("bob:example.com:pw")
+    session = _md5(f"{base}:n:c")
+    ha2 = _md5("REGISTER:sip:example.com")
+    expected = _md5(f"{session}:n:00000001:c:auth:{ha2}")
+    assert compute_ha1("bob", "example.com", "pw", DigestAlgorithm.MD5_SESS) == base
+    got = compute_response(
+        ha1=base,
+        algorithm=DigestAlgorithm.MD5_SESS,
+        method="REGISTER",
+        uri="sip:example.com",
+        nonce="n",
+        qop="auth",
+        nc=1,
+        cnonce="c",
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("qop", "nc", "cnonce", "reason"),
+    [
+        ("auth", None, "c", "missing nc"),
+        ("auth", 1, None, "missing cnonce"),
+        ("auth-conf", 1, "c", "bad qop"),
+    ],
+)
+def test_compute_response_errors(
+    qop: str | None, nc: int | None, cnonce: str | None, reason: str
+) -> None:
+    with pytest.raises(DigestError, match=reason):
+        compute_response(
+            ha1="0" * 32,
+            algorithm=DigestAlgorithm.MD5,
+            method="REGISTER",
+            uri="sip:a",
+            nonce="n",
+            qop=qop,
+            nc=nc,
+            cnonce=cnonce,
+        )
+
+
+def test_sess_without_cnonce_is_an_error() -> None:
+    with pytest.raises(DigestError, match="missing cnonce"):
+        compute_response(
+            ha1="0" * 64,
+            algorithm=DigestAlgorithm.SHA256_SESS,
+            method="REGISTER",
+            uri="sip:a",
+            nonce="n",
+            qop=None,
+            nc=None,
+            cnonce=None,
+        )
+
+
+# --- parse_auth_params ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme", "params"),
+    [
+        ('Digest a=b, c="d,e"', "Digest", {"a": "b", "c": "d,e"}),
+        ("digest A=b", "digest", {"a": "b"}),
+        ('Digest realm="a \\"quoted\\" \\\\ realm"', "Digest", {"realm": 'a "quoted" \\ realm'}),
+        ('  Digest   a = "x" ,b=y,,  c="" ', "Digest", {"a": "x", "b": "y", "c": ""}),
+        ("Digest a=b,\r\n\tc=d", "Digest", {"a": "b", "c": "d"}),
+        ("Digest", "Digest", {}),
+        (
+            'Digest uri="sip:a@b;transport=tcp", NC=00000001',
+            "Digest",
+            {
+                "uri": "sip:a@b;transport=tcp",
+                "nc": "00000001",
+            },
+        ),
+        ("Digest uri=sip:bob@example.com", "Digest", {"uri": "sip:bob@example.com"}),
+    ],
+)
+def test_parse_auth_params(value: str, scheme: str, params: dict[str, str]) -> None:
+    assert parse_auth_params(value) == (scheme, params)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "missing auth scheme"),
+        ('Digest a="unterminated', "unterminated"),
+        ('Digest a="ends in backslash\\"', "unterminated"),
+        ("Digest a", "has no value"),
+        ("Digest a=", "has no value"),
+        ("Digest a=,b=c", "has no value"),
+        ("Digest a=b c=d", "unexpected"),
+        ('Digest a="b"c', "unexpected"),
+        ("Digest a=b, a=c", "duplicate parameter a"),
+        ("Digest =b", "expected parameter name"),
+        ("Digest, a=b", "unexpected"),
+        ('Digest a="x"; b=c', "unexpected"),
+    ],
+)
+def test_parse_auth_params_garbage(value: str, reason: str) -> None:
+    with pytest.raises(DigestError, match=reason):
+        parse_auth_params(value)
+
+
+# --- DigestCredentials.parse -----------------------------------------------------------------
+
+GOOD = (
+    'Digest username="bob", realm="example.com", nonce="n1", uri="sip:example.com", '
+    'response="{resp}", algorithm={alg}, qop=auth, nc=0000000a, cnonce="c1", opaque="o"'
+)
+
+
+def test_credentials_parse_fields() -> None:
+    creds = DigestCredentials.parse(GOOD.format(resp="AB" * 32, alg="sha-256"))
+    assert creds == DigestCredentials(
+        username="bob",
+        realm="example.com",
+        nonce="n1",
+        uri="sip:example.com",
+        response="ab" * 32,
+        algorithm=DigestAlgorithm.SHA256,
+        qop="auth",
+        nc=10,
+        cnonce="c1",
+        opaque="o",
+    )
+
+
+def test_credentials_algorithm_defaults_to_md5() -> None:
+    value = 'DIGEST username="bob", realm="r", nonce="n", uri="sip:r", response="' + "0" * 32 + '"'
+    creds = DigestCredentials.parse(value)
+    assert creds.algorithm is DigestAlgorithm.MD5
+    assert creds.qop is None and creds.nc is None and creds.cnonce is None
+
+
+@pytest.mark.parametrize("missing", ["username", "realm", "nonce", "uri", "response"])
+def test_credentials_missing_param(missing: str) -> None:
+    params = {
+        "username": '"bob"',
+        "realm": '"r"',
+        "nonce": '"n"',
+        "uri": '"sip:r"',
+        "response": '"' + "0" * 32 + '"',
+    }
+    del params[missing]
+    value = "Digest " + ", ".join(f"{k}={v}" for k, v in params.items())
+    with pytest.raises(DigestError, match=f"missing {missing}"):
+        DigestCredentials.parse(value)
+
+
+BASE = 'Digest username="bob", realm="r", nonce="n", uri="sip:r", '
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        ('response="' + "0" * 32 + '", qop=auth, nc=1, cnonce="c"', "bad nc '1'"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=0000000g, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=000000001, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=00000000, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, cnonce="c"', "missing nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=00000001', "missing cnonce"),
+        ('response="' + "0" * 32 + '", nc=00000001', "nc without qop"),
+        ('response="' + "0" * 32 + '", qop=auth-conf, nc=00000001, cnonce="c"', "bad qop"),
+        ('response="' + "0" * 64 + '", algorithm=SHA-512-256', "unsupported algorithm SHA-512-256"),
+        ('response="' + "0" * 32 + '", algorithm=SHA-256', "bad response for SHA-256"),
+        ('response="' + "z" * 32 + '"', "bad response for MD5"),
+        ('response="' + "0" * 32 + '", algorithm=MD5-sess', "missing cnonce"),
+        ('response="' + "0" * 32 + '", userhash=true', "userhash not supported"),
+    ],
+)
+def test_credentials_bad_values(tail: str, reason: str) -> None:
+    with pytest.raises(DigestError, match=reason):
+        DigestCredentials.parse(BASE + tail)
+
+
+def test_credentials_other_scheme() -> None:
+    with pytest.raises(DigestError, match="unsupported auth scheme Basic"):
+        DigestCredentials.parse("Basic Ym9iOnB3")
+
+
+def test_credentials_reject_header_injection() -> None:
+    with pytest.raises(DigestError, match="control character"):
+        DigestCredentials(
+            username="bob\r\nVia: x",
+            realm="r",
+            nonce="n",
+            uri="sip:r",
+            response="0" * 32,
+        )
+
+
+def test_credentials_round_trip() -> None:
+    creds = DigestCredentials(
+        username='we"ird\\user',
+        realm="r",
+        nonce="n",
+        uri="sip:r;transport=tcp",
+        response="f" * 64,
+        algorithm=DigestAlgorithm.SHA256_SESS,
+        qop="auth",
+        nc=0xFFFFFFFF,
+        cnonce="c,c",
+        opaque="o",
+    )
+    assert DigestCredentials.parse(creds.to_header()) == creds
+
+
+# --- DigestChallenge --------------------------------------------------------------------------
+
+
+def test_challenge_to_header() -> None:
+    challenge = DigestChallenge(
+        realm="sip.example.com", nonce="abc", algorithm=DigestAlgorithm.SHA256
+    )
+    assert challenge.to_header() == (
+        'Digest realm="sip.example.com", nonce="abc", algorithm=SHA-256, qop="auth"'
+    )
+    stale = DigestChallenge(
+        realm="r", nonce="n", algorithm=DigestAlgorithm.MD5, stale=True, opaque="o"
+    )
+    assert stale.to_header() == (
+        'Digest realm="r", nonce="n", algorithm=MD5, qop="auth", stale=true, opaque="o"'
+    )
+    legacy = DigestChallenge(realm="r", nonce="n", algorithm=DigestAlgorithm.MD5, qop=None)
+    assert legacy.to_header() == 'Digest realm="r", nonce="n", algorithm=MD5'
+
+
+def test_challenge_round_trip() -> None:
+    challenge = DigestChallenge(
+        realm='r "x"', nonce="n", algorithm=DigestAlgorithm.SHA256_SESS, stale=True, opaque="o"
+    )
+    assert DigestChallenge.parse(challenge.to_header()) == challenge
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"realm": ""}, "empty realm"),
+        ({"nonce": ""}, "empty nonce"),
+        ({"qop": "auth-conf"}, "bad qop"),
+        ({"nonce": "a\nb"}, "control character"),
+    ],
+)
+def test_challenge_validation(kwargs: dict[str, str], reason: str) -> None:
+    fields: dict[str, object] = {"realm": "r", "nonce": "n", "algorithm": DigestAlgorithm.MD5}
+    fields.update(kwargs)
+    with pytest.raises(DigestError, match=reason):
+        DigestChallenge(**fields)  # type: ignore[arg-type]
+
+
+# --- client <-> server end to end -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", list(DigestAlgorithm))
+@pytest.mark.parametrize("qop", ["auth", "auth-int", "auth,auth-int", None])
+def test_build_authorization_verifies(algorithm: DigestAlgorithm, qop: str | None) -> None:
+    challenge = DigestChallenge(
+        realm="sip.example.com", nonce="nonce-1", algorithm=algorithm, qop=qop, opaque="op"
+    )
+    body = b"some body"
+    header = build_authorization(
+        challenge,
+        username="alice",
+        password="s3cret",
+        method="REGISTER",
+        uri="sip:sip.example.com",
+        cnonce="cn",
+        nc=3,
+        body=body,
+    )
+    creds = DigestCredentials.parse(header)
+    assert creds.algorithm is algorithm
+    assert creds.opaque == "op"
+    assert creds.qop == (None if qop is None else ("auth-int" if qop == "auth-int" else "auth"))
+    assert creds.nc == (None if qop is None else 3)
+    ha1 = compute_ha1("alice", "sip.example.com", "s3cret", algorithm)
+    assert verify(creds, ha1=ha1, method="REGISTER", body=body)
+    assert not verify(creds, ha1=ha1, method="INVITE", body=body)
+    bad = compute_ha1("alice", "sip.example.com", "wrong", algorithm)
+    assert not verify(creds, ha1=bad, method="REGISTER", body=body)
+
+
+def test_algorithm_tokens() -> None:
+    assert DigestAlgorithm.from_token("sha-256-SESS") is DigestAlgorithm.SHA256_SESS
+    assert DigestAlgorithm("MD5") is DigestAlgorithm.MD5
+    assert str(DigestAlgorithm.SHA256) == "SHA-256"
+    with pytest.raises(DigestError, match="unsupported algorithm SHA-512-256"):
+        DigestAlgorithm.from_token("SHA-512-256")
+
+
+def test_challenge_parse_defaults_and_errors() -> None:
+    challenge = DigestChallenge.parse('digest realm="r", nonce="n", qop="auth,auth-int"')
+    assert challenge == DigestChallenge(
+        realm="r", nonce="n", algorithm=DigestAlgorithm.MD5, qop="auth,auth-int"
+    )
+    assert DigestChallenge.parse('Digest realm="r", nonce="n"').qop is None
+    with pytest.raises(DigestError, match="missing nonce"):
+        DigestChallenge.parse('Digest realm="r"')
+    with pytest.raises(DigestError, match="unsupported auth scheme Basic"):
+        DigestChallenge.parse('Basic realm="r"')
+
+
+@pytest.mark.parametrize("nc", [0, 0x1_0000_0000])
+def test_credentials_nc_range(nc: int) -> None:
+    with pytest.raises(DigestError, match="bad nc"):
+        DigestCredentials(
+            username="u",
+            realm="r",
+            nonce="n",
+            uri="sip:r",
+            response="0" * 32,
+            qop="auth",
+            nc=nc,
+            cnonce="c",
+        )
