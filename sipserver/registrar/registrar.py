@@ -171,6 +171,11 @@ class Registrar:
         """The limits in force."""
         return self._policy
 
+    @property
+    def store(self) -> BindingStore:
+        """The bindings store this registrar writes to."""
+        return self._store
+
     def handle_register(self, request: RegisterRequest, *, now: float) -> RegisterResult:
         """Apply an authenticated REGISTER (RFC 3261 §10.3 steps 6-8).
 

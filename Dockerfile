@@ -1,0 +1,21 @@
+# sipserver: SIP edge + registrar (more components arrive with later releases).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/sipserver
+COPY pyproject.toml README.md ./
+COPY sipserver ./sipserver
+COPY config ./config
+RUN pip install . \
+ && mkdir -p /etc/sipserver /var/lib/sipserver \
+ && cp config/examples/docker.yaml /etc/sipserver/sipserver.yaml \
+ && useradd --system --home /var/lib/sipserver sipserver \
+ && chown sipserver /var/lib/sipserver
+
+USER sipserver
+WORKDIR /var/lib/sipserver
+VOLUME ["/var/lib/sipserver"]
+EXPOSE 5060/udp 5060/tcp 8080/tcp
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+ENTRYPOINT ["sipserver"]
+CMD ["run", "--config", "/etc/sipserver/sipserver.yaml", "--log-format", "json"]

@@ -1,0 +1,292 @@
+"""REGISTER-with-digest benchmark: sipserver against the Kamailio reference, same run.
+
+SIPp sends REGISTER, gets 401, answers the challenge and expects 200, for 10,000 distinct AORs at
+increasing rates. For each rate the script reports successful registrations, failures and the
+server's CPU time (utime+stime of the process from /proc), then the ratio of registrations per
+CPU-second: sipserver / Kamailio. Both servers do the same work per registration: look up the
+AOR's credentials, check the digest, write the binding (sipserver: memory store, like Kamailio's
+usrloc db_mode=0; ``--store sqlite`` measures the write-behind SQLite store instead).
+
+Kamailio runs from ../shared/bench/kamailio/kamailio.cfg when ``kamailio`` is installed
+(``apt-get install kamailio``); otherwise only sipserver's figures are printed.
+
+Usage::
+
+    python bench/register.py                    # rates 1000,2000,4000 for 5 s each
+    python bench/register.py --rates 500,1000 --seconds 10 --store sqlite
+    python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+KAMAILIO_DIR = REPO.parent / "shared" / "bench" / "kamailio"
+SCENARIO = HERE / "sipp" / "reg_auth.xml"
+USERS = 10_000
+AUTH_USER = "bench"
+PASSWORD = "secret"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of the processes (and their reaped children) in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def user_name(i: int) -> str:
+    # Dial strings, so that one sipserver agent can own all 10,000 AORs as its numbers.
+    return f"4420{i:07d}"
+
+
+def write_users(path: Path) -> None:
+    with path.open("w") as f:
+        f.write("SEQUENTIAL\n")
+        for i in range(1, USERS + 1):
+            f.write(f"{user_name(i)};{PASSWORD}\n")
+
+
+@dataclass
+class Run:
+    rate: int
+    ok: int
+    failed: int
+    cpu: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.ok / self.cpu if self.cpu > 0 else float("nan")
+
+
+def run_sipp(port: int, users: Path, rate: int, calls: int, workdir: Path) -> tuple[int, int]:
+    stat = workdir / f"stat_{port}_{rate}.csv"
+    for old in workdir.glob(f"stat_{port}_{rate}*.csv"):
+        old.unlink()
+    cmd = [
+        "sipp",
+        f"127.0.0.1:{port}",
+        "-sf",
+        str(SCENARIO),
+        "-inf",
+        str(users),
+        "-au",
+        AUTH_USER,
+        "-ap",
+        PASSWORD,
+        "-r",
+        str(rate),
+        "-m",
+        str(calls),
+        "-l",
+        str(max(rate, 100)),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-nostdin",
+        "-timeout",
+        f"{calls // rate + 30}s",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-fd",
+        "1",
+    ]
+    subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls // rate + 60)
+    with stat.open() as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    header, last = rows[0], rows[-1]
+    ok = int(last[header.index("SuccessfulCall(C)")])
+    failed = int(last[header.index("FailedCall(C)")])
+    return ok, failed
+
+
+def measure(pids: list[int], port: int, users: Path, rate: int, seconds: float, wd: Path) -> Run:
+    calls = int(rate * seconds)
+    before = cpu_seconds(pids)
+    ok, failed = run_sipp(port, users, rate, calls, wd)
+    after = cpu_seconds(pids)
+    return Run(rate, ok, failed, after - before)
+
+
+def start_sipserver(
+    wd: Path, store: str, profile: str | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    sip_port, http_port = free_port(), free_port()
+    numbers = [user_name(i) for i in range(1, USERS + 1)]
+    config = {
+        "server": {
+            "http": f"127.0.0.1:{http_port}",
+            "public_url": f"http://127.0.0.1:{http_port}",
+            "data_dir": str(wd / "data"),
+            "store": store,
+            "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": [], "max_contacts_per_aor": 10},
+        },
+        "agents": [
+            {
+                "slug": "bench",
+                "sip": {
+                    "enabled": True,
+                    "numbers": numbers,
+                    "username": AUTH_USER,
+                    "password": PASSWORD,
+                },
+            }
+        ],
+    }
+    cfg = wd / "sipserver.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", profile]
+    cmd += ["-m", "sipserver", "run", "-c", str(cfg), "--log-level", "warning"]
+    proc = subprocess.Popen(
+        cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=(wd / "sipserver.log").open("wb")
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1).read()
+            return proc, sip_port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((wd / "sipserver.log").read_text()) from None
+            time.sleep(0.2)
+    raise RuntimeError("sipserver did not start")
+
+
+def start_kamailio(wd: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    if shutil.which("kamailio") is None or not (KAMAILIO_DIR / "kamailio.cfg").exists():
+        return None
+    pid_file = wd / "kam.pid"
+    proc = subprocess.Popen(
+        [
+            "kamailio",
+            "-f",
+            str(KAMAILIO_DIR / "kamailio.cfg"),
+            "-P",
+            str(pid_file),
+            "-m",
+            "256",
+            "-M",
+            "16",
+            "-DD",
+            "-E",
+        ],
+        cwd=wd,
+        stdout=subprocess.DEVNULL,
+        stderr=(wd / "kamailio.log").open("wb"),
+    )
+    time.sleep(2.0)
+    if proc.poll() is not None:
+        print("kamailio failed to start:", (wd / "kamailio.log").read_text()[-2000:])
+        return None
+    return proc, 5090
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="1000,2000,4000", help="comma-separated calls/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate step")
+    parser.add_argument("--store", default="memory", choices=("memory", "sqlite"))
+    parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
+    parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
+    args = parser.parse_args()
+    if shutil.which("sipp") is None:
+        print("SIPp is required: apt-get install sip-tester", file=sys.stderr)
+        return 2
+    rates = [int(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory(prefix="sipserver-bench-") as tmp:
+        wd = Path(tmp)
+        users = wd / "users.csv"
+        write_users(users)
+        results: dict[str, list[Run]] = {}
+        sips, sip_port = start_sipserver(wd, args.store, args.profile)
+        try:
+            results["sipserver"] = [
+                measure([sips.pid], sip_port, users, r, args.seconds, wd) for r in rates
+            ]
+        finally:
+            stop(sips)
+        kam = None if args.no_kamailio else start_kamailio(wd)
+        if kam is not None:
+            kproc, kport = kam
+            try:
+                pids = [kproc.pid, *children(kproc.pid)]
+                results["kamailio"] = [
+                    measure(pids, kport, users, r, args.seconds, wd) for r in rates
+                ]
+            finally:
+                stop(kproc)
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    print(f"REGISTER+digest, {USERS} AORs, store={args.store}, {os.cpu_count()} cores")
+    print(f"CPU: {cpu_model}")
+    print(
+        f"{'server':<10} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
+        f"{'reg/cpu-s':>10} {'us/reg':>7}"
+    )
+    for name, runs in results.items():
+        for run in runs:
+            us = 1e6 * run.cpu / run.ok if run.ok else float("nan")
+            print(
+                f"{name:<10} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
+                f"{run.per_cpu_second:>10.0f} {us:>7.1f}"
+            )
+    if "kamailio" in results:
+        for ours, ref in zip(results["sipserver"], results["kamailio"], strict=True):
+            ratio = ours.per_cpu_second / ref.per_cpu_second
+            print(
+                f"ratio at {ours.rate}/s: sipserver/kamailio "
+                f"registrations per CPU-second = {ratio:.2f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

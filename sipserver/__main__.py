@@ -1,0 +1,4 @@
+from sipserver.cli import main
+import sys
+
+sys.exit(main())

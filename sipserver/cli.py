@@ -1,0 +1,177 @@
+"""Command line: ``sipserver run | check-config | agents | gen-secret``.
+
+Run ``sipserver <command> --help`` for the options of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from collections.abc import Sequence
+
+from sipserver import __version__
+from sipserver.config import Config, ConfigError, embedded_config_path, load_config
+
+__all__ = ["main"]
+
+_CONFIG_HELP = (
+    "YAML configuration file (default: the embedded demo config, which runs offline on "
+    "loopback ports; also settable with SIPSERVER_CONFIG)"
+)
+
+
+def _load(path: str | None) -> Config:
+    import os
+
+    return load_config(path or os.environ.get("SIPSERVER_CONFIG") or None)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sipserver.observability import configure_logging, get_logger
+    from sipserver.server import Server
+
+    configure_logging(args.log_format, args.log_level)
+    log = get_logger("sipserver.cli")
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error in {args.config or embedded_config_path()}:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    log.info("config_loaded", source=str(args.config or embedded_config_path()))
+    try:
+        asyncio.run(Server(config).run())
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {len(exc.errors)} error(s)", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: OK ({len(config.agents)} agent(s), {len(config.models)} model(s), "
+        f"{len(config.users)} user(s))"
+    )
+    return 0
+
+
+def _cmd_agents(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    public_url = config.server.public_url
+    for agent in config.agents:
+        print(f"{agent.slug}  ({agent.name})")
+        if agent.sip.enabled:
+            numbers = ", ".join(agent.sip.numbers) or "-"
+            print(f"  sip numbers      {numbers}")
+            print(f"  sip username     {agent.sip.username}")
+            allowed = ", ".join(agent.sip.allowed_ips) or "any address"
+            print(f"  sip allowed from {allowed}")
+        else:
+            print("  sip              disabled")
+        urls = agent.urls(public_url)
+        for key, label in (
+            ("websocket", "websocket"),
+            ("twilio_webhook", "twilio webhook"),
+            ("listens", "listens webhook"),
+        ):
+            if key in urls:
+                print(f"  {label:<16} {urls[key]}")
+        print()
+    return 0
+
+
+def _cmd_gen_secret(args: argparse.Namespace) -> int:
+    # token_urlsafe(n) yields about 1.3 characters per byte; trim to the exact length asked.
+    print(secrets.token_urlsafe(args.length)[: args.length])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sipserver`` command."""
+    parser = argparse.ArgumentParser(
+        prog="sipserver",
+        description="SIP server that puts realtime AI voice agents on phone lines.",
+    )
+    parser.add_argument("--version", action="version", version=f"sipserver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="start the server",
+        description="Start the SIP edge (registrar), HTTP (metrics at /metrics) and workers.",
+    )
+    run.add_argument("-c", "--config", help=_CONFIG_HELP)
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="log rendering: console on a TTY and JSON otherwise by default",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="minimum log level (default: info)",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate FILE and print every error with its key path; exit 1 on errors.",
+    )
+    check.add_argument("file", metavar="FILE", help="YAML configuration file")
+    check.set_defaults(func=_cmd_check_config)
+
+    agents = sub.add_parser(
+        "agents",
+        help="list agents with their SIP numbers and URLs",
+        description=(
+            "Print each agent's SIP numbers and credentials user, and its websocket, Twilio "
+            "webhook and AI Listens URLs built from server.public_url."
+        ),
+    )
+    agents.add_argument("-c", "--config", help=_CONFIG_HELP)
+    agents.set_defaults(func=_cmd_agents)
+
+    gen = sub.add_parser(
+        "gen-secret",
+        help="print a new random URL-safe secret",
+        description="Print a new URL-safe random secret for websocket.secret or passwords.",
+    )
+    gen.add_argument(
+        "--length", type=int, default=43, help="characters (>= 32, default 43 = 256 bits)"
+    )
+    gen.set_defaults(func=_cmd_gen_secret)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sipserver`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "gen-secret" and args.length < 32:
+        parser.error("--length must be at least 32")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

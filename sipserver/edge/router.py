@@ -1,0 +1,445 @@
+"""What the SIP edge does with each message: sans-I/O request routing.
+
+:class:`SipRouter` takes raw bytes from a transport plus the source address and the time, and
+returns the datagrams to send. It owns the non-INVITE transaction table, answers OPTIONS, runs the
+REGISTER pipeline (domain check -> ban check -> CIDR allow-list -> digest auth -> registrar) and
+turns every failure into the right SIP response. It never raises on peer input: anything that
+cannot be parsed becomes a 400 when a response can be addressed, and is dropped and counted
+otherwise.
+
+No sockets, no clock reads: the asyncio adapter in :mod:`sipserver.edge.transport` feeds it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sipserver.config import Agent, Config
+from sipserver.observability import Metrics, get_logger
+from sipserver.registrar.acl import AllowList
+from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
+from sipserver.registrar.registrar import ContactSpec, RegisterRequest, Registrar
+from sipserver.sip.headers import NameAddr, Via, parse_contacts
+from sipserver.sip.message import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    make_response,
+    parse_message,
+)
+from sipserver.sip.transaction import ServerTransactions
+
+__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter"]
+
+log = get_logger(__name__)
+
+#: Methods this edge serves, advertised in Allow (RFC 3261 §20.5).
+ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE"
+#: Methods defined by RFC 3261 and its extensions that the edge recognises but does not serve:
+#: answered 405 (RFC 3261 §8.2.1). Unrecognised methods get 501 (RFC 3261 §21.5.2).
+_RECOGNISED_UNSUPPORTED = frozenset(
+    {"INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
+)
+_SERVER_HEADER = ("Server", "sipserver")
+_AUTH_FAILURES_THAT_BAN = frozenset(
+    {AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER, AuthOutcome.WRONG_REALM}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from."""
+
+    transport: str
+    """``udp`` or ``tcp``."""
+    host: str
+    """Source IP address (no brackets)."""
+    port: int
+    """Source port."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to send."""
+
+    data: bytes
+    host: str
+    """Destination address for datagram transports; stream transports reply on the connection."""
+    port: int
+
+
+class SipRouter:
+    """Sans-I/O SIP request handling of the edge.
+
+    Args:
+        config: the validated configuration (agents, realm, domains, registrar policy).
+        registrar: REGISTER semantics and the bindings store.
+        authenticator: digest challenges and verification.
+        tracker: authentication failures and bans per source address.
+        metrics: Prometheus metrics.
+        local_hosts: addresses the server listens on; a Request-URI naming one of them (or an IP
+            literal when listening on a wildcard address) is for this server.
+        force_rport: answer datagrams to their source port even without ``;rport`` (RFC 3581
+            behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registrar: Registrar,
+        authenticator: DigestAuthenticator,
+        tracker: FailureTracker,
+        metrics: Metrics,
+        local_hosts: Iterable[str] = (),
+        force_rport: bool = True,
+    ) -> None:
+        self._config = config
+        self._registrar = registrar
+        self._auth = authenticator
+        self._tracker = tracker
+        self._metrics = metrics
+        self._transactions = ServerTransactions()
+        self._realm = config.server.effective_realm
+        self._force_rport = force_rport
+        self._domains = {d.lower() for d in config.server.domains}
+        self._domains.update({config.server.public_host.lower(), self._realm.lower(), "localhost"})
+        self._accept_any_ip = False
+        self._local_ips: set[str] = set()
+        for host in local_hosts:
+            ip = _as_ip(host)
+            if ip is None:
+                self._domains.add(host.lower())
+            elif ip.is_unspecified:
+                self._accept_any_ip = True
+            else:
+                self._local_ips.add(str(ip))
+        self._acls: dict[str, AllowList] = {
+            a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
+        }
+
+    @property
+    def transactions(self) -> ServerTransactions:
+        """The transaction table (the adapter drives its timer)."""
+        return self._transactions
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle_message(self, data: bytes, peer: Peer, *, now: float) -> list[Outgoing]:
+        """Process one received SIP message and return what to send back.
+
+        Args:
+            data: one complete message (a datagram, or one framed message from a stream).
+            peer: where it came from.
+            now: wall-clock time in seconds (bindings and nonces outlive restarts).
+        """
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            return self._reject_unparseable(exc, peer, now=now)
+        if isinstance(message, SipResponse):
+            # The edge sends no requests yet, so every response is stray (RFC 3261 §18.1.2).
+            self._metrics.message_in(peer.transport, "RESPONSE")
+            return []
+        self._metrics.message_in(peer.transport, message.method)
+        if message.method == "ACK":
+            # ACK to a non-2xx final response is absorbed by the INVITE transaction; there is
+            # no dialog on the edge yet, so there is nothing else to do (RFC 3261 §17.2.1).
+            return []
+        headers = message.headers
+        key = (headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or "")
+        match = self._transactions.receive(key, now=now)
+        if not match.is_new:
+            self._metrics.retransmissions.inc()
+            if match.response is None:
+                return []
+            return [self._address(match.response, message, peer)]
+        try:
+            response = self._dispatch(message, peer, now=now)
+        except (ValueError, KeyError) as exc:
+            # A header the dispatcher needed was malformed in a way the parser lets through
+            # (it parses most values lazily). The peer gets a 400 naming the problem.
+            response = self._response(message, 400, _reason(exc))
+        raw = response.encode()
+        self._transactions.respond(
+            key, raw, status=response.status, reliable=peer.transport != "udp", now=now
+        )
+        self._metrics.message_out(peer.transport, response.status)
+        return [self._address(raw, message, peer)]
+
+    def handle_timer(self, *, now: float) -> None:
+        """Expire transactions and bindings; refresh the gauges. Call about once a second."""
+        self._transactions.handle_timer(now=now)
+        self._registrar.expire(now=now)
+        self._tracker.purge(now=now)
+        self._metrics.registrations_active.set(self._registrar.store.count())
+        self._metrics.banned_sources.set(self._tracker.banned_count(now=now))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float) -> SipResponse:
+        method = request.method
+        if method == "REGISTER":
+            return self._register(request, peer, now=now)
+        if method == "OPTIONS":
+            if not self._is_local(request.request_uri().host):
+                return self._response(request, 404, "Domain Not Served")
+            return self._response(
+                request,
+                200,
+                headers=(
+                    ("Allow", ALLOWED_METHODS),
+                    ("Accept", "application/sdp"),
+                    ("Supported", "path"),
+                ),
+            )
+        if method in ("BYE", "CANCEL"):
+            return self._response(request, 481)
+        if method == "INVITE":
+            # Calls are routed to media workers by a later part of the edge; until a call
+            # path exists nobody can take the call.
+            return self._response(request, 480, "No Media Worker")
+        status = 405 if method in _RECOGNISED_UNSUPPORTED else 501
+        return self._response(request, status, headers=(("Allow", ALLOWED_METHODS),))
+
+    # ------------------------------------------------------------------ REGISTER
+
+    def _register(self, request: SipRequest, peer: Peer, *, now: float) -> SipResponse:
+        metrics = self._metrics
+        if not self._is_local(request.request_uri().host):
+            # RFC 3261 §10.3 step 1: this registrar has no bindings for that domain.
+            metrics.register_result("foreign_domain")
+            return self._response(request, 403, "Domain Not Served")
+        if self._tracker.is_banned(peer.host, now=now):
+            metrics.register_result("banned")
+            metrics.banned_requests.inc()
+            return self._response(request, 403)
+        to = request.to()
+        aor_user = to.uri.user or ""
+        agent = self._agent_for_aor(aor_user)
+        if agent is not None and not self._acls[agent.slug].allows(peer.host):
+            metrics.register_result("acl_denied")
+            log.info("register_acl_denied", agent=agent.slug, source=peer.host)
+            return self._response(request, 403, "Source Address Not Allowed")
+
+        authorization = request.headers.get("Authorization")
+        if authorization is None:
+            metrics.register_result("challenged")
+            return self._challenge(request, now=now, stale=False)
+        result = self._auth.verify(
+            authorization, method="REGISTER", request_uri=request.uri, now=now
+        )
+        outcome = result.outcome
+        if outcome is not AuthOutcome.OK:
+            return self._auth_failed(request, peer, outcome, result.username, now=now)
+        # The credentials are good; they must be the credentials of the agent owning the AOR.
+        owner = self._config.agent_by_sip_username(result.username or "")
+        if owner is None or (agent is not None and owner.slug != agent.slug) or agent is None:
+            metrics.register_result("forbidden_aor")
+            metrics.auth_failures.labels("aor_mismatch").inc()
+            log.info("register_aor_mismatch", user=result.username, aor=aor_user, source=peer.host)
+            return self._response(request, 403, "Not Your Address-of-Record")
+
+        contacts_raw = request.headers.get_all("Contact")
+        contacts = parse_contacts(contacts_raw) if contacts_raw else []
+        expires_raw = request.headers.get("Expires")
+        register = RegisterRequest(
+            aor=f"sip:{aor_user}@{self._realm}",
+            agent=agent.slug,
+            call_id=request.call_id,
+            cseq=request.cseq[0],
+            contacts=() if contacts == "*" else tuple(_contact_spec(c) for c in contacts),
+            wildcard=contacts == "*",
+            expires=_parse_expires(expires_raw) if expires_raw is not None else None,
+            source=f"{peer.transport}:{_host_port(peer.host, peer.port)}",
+            path=tuple(request.headers.get_all("Path")),
+            user_agent=request.headers.get("User-Agent"),
+        )
+        outcome_reg = self._registrar.handle_register(register, now=now)
+        if outcome_reg.status != 200:
+            metrics.register_result(
+                "interval_too_brief" if outcome_reg.status == 423 else "rejected"
+            )
+            extra: tuple[tuple[str, str], ...] = ()
+            if outcome_reg.min_expires is not None:
+                extra = (("Min-Expires", str(outcome_reg.min_expires)),)
+            return self._response(request, outcome_reg.status, outcome_reg.reason, headers=extra)
+        metrics.register_result("ok")
+        if outcome_reg.added or outcome_reg.removed:
+            metrics.registrations_active.set(self._registrar.store.count())
+            log.debug(
+                "register_ok",
+                agent=agent.slug,
+                aor=register.aor,
+                added=outcome_reg.added,
+                removed=outcome_reg.removed,
+                source=register.source,
+            )
+        headers: list[tuple[str, str]] = [
+            ("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome_reg.bindings
+        ]
+        headers.extend(("Path", p) for p in register.path)
+        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        return self._response(request, 200, headers=headers)
+
+    def _auth_failed(
+        self,
+        request: SipRequest,
+        peer: Peer,
+        outcome: AuthOutcome,
+        username: str | None,
+        *,
+        now: float,
+    ) -> SipResponse:
+        metrics = self._metrics
+        reason = outcome.name.lower()
+        if outcome is AuthOutcome.STALE_NONCE:
+            # RFC 7616 §3.3: the password was right, only the nonce aged; no failure counted.
+            metrics.register_result("stale")
+            return self._challenge(request, now=now, stale=True)
+        metrics.auth_failures.labels(reason).inc()
+        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
+            # A nonce from before a restart, or a re-sent Authorization: challenge afresh.
+            metrics.register_result("challenged")
+            return self._challenge(request, now=now, stale=False)
+        if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
+            metrics.bans.inc()
+            log.warning(
+                "source_banned",
+                source=peer.host,
+                user=username,
+                reason=reason,
+                max_failures=self._config.server.sip.ban.max_failures,
+                duration=self._config.server.sip.ban.duration,
+            )
+        log.info("register_auth_failed", source=peer.host, user=username, reason=reason)
+        metrics.register_result("auth_failed")
+        if outcome is AuthOutcome.MALFORMED:
+            return self._response(request, 400, "Malformed Authorization")
+        return self._response(request, 403)
+
+    def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> SipResponse:
+        headers = [
+            ("WWW-Authenticate", c.to_header()) for c in self._auth.challenges(now=now, stale=stale)
+        ]
+        return self._response(request, 401, headers=headers)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _agent_for_aor(self, user: str) -> Agent | None:
+        config = self._config
+        agent = config.agent_by_sip_username(user)
+        if agent is None:
+            agent = config.agent_by_number(user)
+        if agent is None or not agent.sip.enabled:
+            return None
+        return agent
+
+    def _is_local(self, host: str) -> bool:
+        host = host.lower()
+        if host in self._domains:
+            return True
+        ip = _as_ip(host)
+        if ip is None:
+            return False
+        return self._accept_any_ip or str(ip) in self._local_ips
+
+    def _response(
+        self,
+        request: SipRequest,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> SipResponse:
+        to_tag = None
+        if status >= 200 and "tag=" not in (request.headers.get("To") or ""):
+            # RFC 3261 §8.2.6.2: a final response gets a To tag; a stable one per request
+            # keeps retransmitted answers identical.
+            to_tag = _to_tag(request)
+        return make_response(
+            request, status, reason, to_tag=to_tag, headers=(*headers, _SERVER_HEADER)
+        )
+
+    def _reject_unparseable(self, exc: SipParseError, peer: Peer, *, now: float) -> list[Outgoing]:
+        partial = exc.partial
+        if partial is None:
+            self._metrics.parse_errors.labels(peer.transport, "no").inc()
+            log.debug("sip_unparseable_dropped", source=peer.host, reason=exc.reason)
+            return []
+        self._metrics.parse_errors.labels(peer.transport, "yes").inc()
+        log.info("sip_bad_request", source=peer.host, reason=exc.reason, method=partial.method)
+        if partial.method == "ACK":
+            return []  # RFC 3261 §17.2.1: never answer an ACK
+        try:
+            response = make_response(partial, exc.status, exc.reason, headers=(_SERVER_HEADER,))
+            raw = response.encode()
+            out = self._address(raw, partial, peer)
+        except (ValueError, KeyError):
+            return []
+        self._metrics.message_out(peer.transport, exc.status)
+        return [out]
+
+    def _address(self, raw: bytes, request: SipRequest, peer: Peer) -> Outgoing:
+        """Where a response goes: RFC 3261 §18.2.2 with RFC 3581 rport."""
+        if peer.transport != "udp" or self._force_rport:
+            return Outgoing(raw, peer.host, peer.port)
+        try:
+            via = Via.parse(request.headers.get("Via") or "")
+        except ValueError:
+            return Outgoing(raw, peer.host, peer.port)
+        if via.has_rport:
+            return Outgoing(raw, peer.host, peer.port)
+        return Outgoing(raw, peer.host, via.port or 5060)
+
+
+def _contact_spec(contact: NameAddr) -> ContactSpec:
+    expires = contact.param("expires")
+    q = contact.param("q")
+    instance = contact.param("+sip.instance")
+    return ContactSpec(
+        uri=str(contact.uri),
+        expires=_parse_expires(expires) if expires is not None else None,
+        q=float(q) if q is not None else None,
+        instance=instance.strip('"') if instance is not None else None,
+    )
+
+
+def _parse_expires(value: str) -> int:
+    """Expires values are delta-seconds (RFC 3261 §20.19); huge values are clamped later."""
+    value = value.strip()
+    if not value.isdigit():
+        raise ValueError(f"Invalid Expires {value!r}")
+    return min(int(value), 2**32 - 1)
+
+
+def _to_tag(request: SipRequest) -> str:
+    # Deterministic per request: the same request always gets the same tag.
+    import hashlib
+
+    digest = hashlib.blake2s(
+        f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}".encode(
+            "utf-8", "surrogateescape"
+        ),
+        digest_size=8,
+    )
+    return digest.hexdigest()
+
+
+def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\r", " ").replace("\n", " ")
+    return (text[:80] or "Bad Request").capitalize() if text else "Bad Request"

@@ -1,0 +1,218 @@
+"""asyncio UDP and TCP listeners of the SIP edge: the I/O around :class:`SipRouter`.
+
+UDP: one datagram is one message (RFC 3261 §18.3); CRLF keepalives are ignored. TCP: messages
+are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answered with a CRLF
+pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection;
+connections idle longer than ``idle_timeout`` are closed. Every listener takes ``host:port`` with
+IPv4 or IPv6 (``[::]:5060``) addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from sipserver.edge.router import Outgoing, Peer, SipRouter
+from sipserver.observability import Metrics, get_logger
+from sipserver.sip.framing import FramingError, StreamFramer
+
+__all__ = ["SipListeners", "parse_host_port"]
+
+log = get_logger(__name__)
+
+Clock = Callable[[], float]
+
+
+def parse_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` / ``host`` into (host without brackets, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+        return host, port
+    if value.count(":") == 1:
+        host, _, port_s = value.partition(":")
+        return host, int(port_s)
+    return value, default_port
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, router: SipRouter, clock: Clock) -> None:
+        self._router = router
+        self._clock = clock
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's datagram transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if len(data) <= 4 and not data.strip():
+            return  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
+        host, port = str(addr[0]), int(addr[1])
+        out = self._router.handle_message(data, Peer("udp", host, port), now=self._clock())
+        transport = self.transport
+        if transport is None:
+            return
+        for item in out:
+            transport.sendto(item.data, (item.host, item.port))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the peer went away; nothing to do.
+        log.debug("udp_error", error=str(exc))
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, listeners: SipListeners) -> None:
+        self._listeners = listeners
+        self._framer = StreamFramer(max_message_size=listeners.max_message_size)
+        self._transport: asyncio.Transport | None = None
+        self._peer = Peer("tcp", "", 0)
+        self._last_activity = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        addr = self._transport.get_extra_info("peername")
+        self._peer = Peer("tcp", str(addr[0]), int(addr[1]))
+        self._last_activity = time.monotonic()
+        self._listeners.connections.add(self)
+        self._listeners.metrics.tcp_connections.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self in self._listeners.connections:
+            self._listeners.connections.discard(self)
+            self._listeners.metrics.tcp_connections.dec()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._last_activity = time.monotonic()
+        try:
+            messages = self._framer.feed(data)
+        except FramingError as exc:
+            log.info("sip_tcp_framing_error", source=self._peer.host, reason=str(exc))
+            self._listeners.metrics.parse_errors.labels("tcp", "no").inc()
+            transport.close()
+            return
+        router = self._listeners.router
+        for message in messages:
+            if message == b"\r\n\r\n":
+                transport.write(b"\r\n")
+                continue
+            out: list[Outgoing] = router.handle_message(
+                message, self._peer, now=self._listeners.clock()
+            )
+            for item in out:
+                transport.write(item.data)
+
+    def idle_for(self, now: float) -> float:
+        return now - self._last_activity
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class SipListeners:
+    """The UDP and TCP listeners of the edge plus the router's periodic timer.
+
+    Args:
+        router: the sans-I/O request handler.
+        metrics: metrics registry (TCP connection gauge, framing errors).
+        clock: wall-clock time source handed to the router (``time.time`` in production).
+        max_message_size: largest TCP message accepted.
+        idle_timeout: close TCP connections idle for longer than this (seconds).
+    """
+
+    def __init__(
+        self,
+        router: SipRouter,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        max_message_size: int = 65535,
+        idle_timeout: float = 600.0,
+    ) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.clock = clock
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.connections: set[_TcpConnection] = set()
+        self.bound: list[tuple[str, str, int]] = []
+        """(transport, host, port) of every listener, with the real port when 0 was asked."""
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self, udp: list[str], tcp: list[str]) -> None:
+        """Bind every listener; raises OSError naming the address that could not be bound."""
+        loop = asyncio.get_running_loop()
+        for spec in udp:
+            host, port = parse_host_port(spec)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self.router, self.clock),
+                    local_addr=(host, port),
+                    family=family,
+                )
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot bind SIP UDP {spec}: {exc.strerror}") from exc
+            sock = transport.get_extra_info("socket")
+            _grow_buffers(sock)
+            self._udp.append(transport)
+            self.bound.append(("udp", host, int(sock.getsockname()[1])))
+        for spec in tcp:
+            host, port = parse_host_port(spec)
+            try:
+                server = await loop.create_server(
+                    lambda: _TcpConnection(self), host=host, port=port, reuse_address=True
+                )
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot bind SIP TCP {spec}: {exc.strerror}") from exc
+            self._tcp.append(server)
+            self.bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+        self._ticker = asyncio.create_task(self._tick(), name="sip-edge-timer")
+        for transport_name, host, port in self.bound:
+            log.info("sip_listening", transport=transport_name, host=host, port=port)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.router.handle_timer(now=self.clock())
+                now = time.monotonic()
+                for conn in list(self.connections):
+                    if conn.idle_for(now) > self.idle_timeout:
+                        conn.close()
+            except Exception:  # keep the timer alive whatever one tick hit
+                log.exception("sip_timer_failed")
+
+    async def stop(self) -> None:
+        """Close every listener and connection."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for transport in self._udp:
+            transport.close()
+        for server in self._tcp:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._tcp:
+            await server.wait_closed()
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    # Bursts of REGISTERs (a PBX restart re-registering thousands of phones) overflow the
+    # default 208 KiB receive buffer; ask for more (the kernel caps it at rmem_max).
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)

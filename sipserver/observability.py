@@ -1,0 +1,191 @@
+"""Structured logging (structlog) and the Prometheus metrics of the server.
+
+Logs are rendered for people on a TTY and as one JSON object per line otherwise (or as chosen with
+``--log-format``). Metrics live in one :class:`Metrics` object built on its own
+:class:`prometheus_client.CollectorRegistry`, so tests can build as many servers as they like in
+one process. Hot-path counters are pre-bound to their label values once, because ``labels()`` is
+a dictionary lookup under a lock on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "LogFormat",
+    "Metrics",
+    "configure_logging",
+    "get_logger",
+]
+
+LogFormat = Literal["auto", "console", "json"]
+
+#: Methods counted under their own label; anything else is counted as ``OTHER`` so that a
+#: scanner sending random method names cannot blow up the metric's cardinality.
+KNOWN_METHODS = (
+    "REGISTER",
+    "OPTIONS",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "MESSAGE",
+    "REFER",
+)
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Configure structlog and the standard library logging it writes through.
+
+    Args:
+        fmt: ``console`` (coloured key=value lines), ``json`` (one object per line) or ``auto``
+            (console when stderr is a TTY, JSON otherwise).
+        level: minimum level name (``debug``, ``info``, ``warning``, ``error``).
+    """
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """Return a structlog logger whose events carry ``module=name``.
+
+    The logger is a lazy proxy: it picks up :func:`configure_logging` even when it was created
+    at import time, before logging was configured.
+    """
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module=name)
+    return logger
+
+
+class Metrics:
+    """Every Prometheus metric of the server, registered on one registry.
+
+    Attributes are the metric objects; the ``*_by_*`` dictionaries hold pre-bound children for
+    label values used on the hot path.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.registrations_active = Gauge(
+            "sipserver_registrations_active",
+            "Current registrar bindings (registered contacts).",
+            registry=r,
+        )
+        self.register_requests = Counter(
+            "sipserver_register_requests",
+            "REGISTER requests handled, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "sipserver_auth_failures",
+            "Digest authentication failures, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.bans = Counter(
+            "sipserver_bans",
+            "Source addresses banned after repeated authentication failures.",
+            registry=r,
+        )
+        self.banned_sources = Gauge(
+            "sipserver_banned_sources",
+            "Source addresses currently banned.",
+            registry=r,
+        )
+        self.banned_requests = Counter(
+            "sipserver_banned_requests",
+            "Requests refused because their source address is banned.",
+            registry=r,
+        )
+        self.messages_in = Counter(
+            "sipserver_sip_messages_in",
+            "SIP messages received, by method (responses count as method RESPONSE).",
+            ["transport", "method"],
+            registry=r,
+        )
+        self.messages_out = Counter(
+            "sipserver_sip_messages_out",
+            "SIP responses sent, by status code.",
+            ["transport", "status"],
+            registry=r,
+        )
+        self.parse_errors = Counter(
+            "sipserver_sip_parse_errors",
+            "SIP messages that could not be parsed, by whether a 400 could be sent back.",
+            ["transport", "answered"],
+            registry=r,
+        )
+        self.retransmissions = Counter(
+            "sipserver_sip_retransmissions",
+            "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2).",
+            registry=r,
+        )
+        self.tcp_connections = Gauge(
+            "sipserver_sip_tcp_connections",
+            "Open SIP TCP connections.",
+            registry=r,
+        )
+        self._in: dict[tuple[str, str], Counter] = {}
+        self._out: dict[tuple[str, int], Counter] = {}
+        self._register: dict[str, Counter] = {}
+
+    def message_in(self, transport: str, method: str) -> None:
+        """Count one received SIP message (``method`` is ``RESPONSE`` for responses)."""
+        if method not in KNOWN_METHODS and method != "RESPONSE":
+            method = "OTHER"
+        key = (transport, method)
+        child = self._in.get(key)
+        if child is None:
+            child = self._in[key] = self.messages_in.labels(transport, method)
+        child.inc()
+
+    def message_out(self, transport: str, status: int) -> None:
+        """Count one sent SIP response."""
+        key = (transport, status)
+        child = self._out.get(key)
+        if child is None:
+            child = self._out[key] = self.messages_out.labels(transport, str(status))
+        child.inc()
+
+    def register_result(self, result: str) -> None:
+        """Count one REGISTER outcome (``ok``, ``challenged``, ``auth_failed`` ...)."""
+        child = self._register.get(result)
+        if child is None:
+            child = self._register[result] = self.register_requests.labels(result)
+        child.inc()
+
+    def render(self) -> bytes:
+        """Return the registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

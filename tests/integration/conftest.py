@@ -1,0 +1,231 @@
+"""Real-process fixtures: a sipserver subprocess on loopback ports and a SIPp runner."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "sipp_scenarios"
+
+DEMO_USER = "alice"
+DEMO_PASSWORD = "alice-password-1"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as s2:
+            try:
+                s2.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def base_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, Any]:
+    """A small config: two agents on loopback, SQLite bindings under data_dir."""
+    return {
+        "server": {
+            "public_host": "127.0.0.1",
+            "public_url": f"http://127.0.0.1:{http_port}",
+            "http": f"127.0.0.1:{http_port}",
+            "data_dir": str(data_dir),
+            "sip": {
+                "udp": [f"127.0.0.1:{sip_port}"],
+                "tcp": [f"127.0.0.1:{sip_port}"],
+                "ban": {"max_failures": 3, "window": 60, "duration": 120},
+            },
+        },
+        "models": {"m": {"type": "custom"}},
+        "agents": [
+            {
+                "slug": "alice",
+                "realtime": {"enabled": True, "model": "m"},
+                "sip": {
+                    "enabled": True,
+                    "numbers": ["+15005550101"],
+                    "username": DEMO_USER,
+                    "password": DEMO_PASSWORD,
+                },
+            },
+            {
+                "slug": "fenced",
+                "sip": {
+                    "enabled": True,
+                    "numbers": ["+15005550102"],
+                    "username": "fenced",
+                    "password": "fenced-password-1",
+                    "allowed_ips": ["192.0.2.0/24"],
+                },
+            },
+        ],
+    }
+
+
+@dataclass
+class ServerProcess:
+    """A sipserver subprocess started from a config dict."""
+
+    config: dict[str, Any]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "server.log"
+
+    @property
+    def sip_port(self) -> int:
+        return int(self.config["server"]["sip"]["udp"][0].rsplit(":", 1)[1])
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config['server']['http']}"
+
+    def start(self) -> None:
+        cfg = self.workdir / "sipserver.yaml"
+        cfg.write_text(yaml.safe_dump(self.config))
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sipserver", "run", "-c", str(cfg), "--log-format", "json"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sipserver exited early:\n{self.log_path.read_text()}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1).read()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"sipserver did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as r:
+            body: bytes = r.read()
+        return body.decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Value of one sample from /metrics (0.0 when absent)."""
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[ServerProcess] = []
+
+    def make(mutate: Any = None) -> ServerProcess:
+        sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+        config = base_config(sip_port, http_port, tmp_path / "data")
+        if mutate is not None:
+            mutate(config)
+        server = ServerProcess(config, tmp_path)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> ServerProcess:
+    s: ServerProcess = server_factory()
+    return s
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    output: str
+
+
+def sipp_path() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.fail("SIPp is not installed (apt-get install sip-tester; scripts/test does it)")
+    return path
+
+
+def run_sipp(
+    scenario: str,
+    port: int,
+    *,
+    service: str = DEMO_USER,
+    password: str = DEMO_PASSWORD,
+    auth_user: str | None = None,
+    transport: str = "udp",
+    calls: int = 1,
+    extra: tuple[str, ...] = (),
+    workdir: Path | None = None,
+) -> SippResult:
+    """Run one SIPp scenario from tests/sipp_scenarios against 127.0.0.1:port."""
+    cmd = [
+        sipp_path(),
+        f"127.0.0.1:{port}",
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-s",
+        service,
+        "-au",
+        auth_user or service,
+        "-ap",
+        password,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM)),
+        "-m",
+        str(calls),
+        "-t",
+        "t1" if transport == "tcp" else "u1",
+        "-timeout",
+        "15s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str((workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"),
+        *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=workdir)
+    err_file = (workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"
+    errors = err_file.read_text(errors="replace") if err_file.exists() else ""
+    return SippResult(proc.returncode, proc.stdout.decode(errors="replace") + errors)

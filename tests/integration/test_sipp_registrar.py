@@ -1,0 +1,112 @@
+"""SIPp scenarios against a real sipserver process (UDP and TCP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import DEMO_USER, ServerProcess, run_sipp
+
+pytestmark = pytest.mark.integration
+
+TRANSPORTS = ["udp", "tcp"]
+
+
+def assert_ok(result: Any) -> None:
+    assert result.returncode == 0, result.output
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_register_with_digest(server: ServerProcess, transport: str) -> None:
+    assert_ok(run_sipp("register.xml", server.sip_port, transport=transport))
+    assert server.metric("sipserver_registrations_active") == 1
+    assert server.metric("sipserver_register_requests_total", result="ok") == 1
+    assert server.metric("sipserver_register_requests_total", result="challenged") == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_wrong_password_is_refused(server: ServerProcess, transport: str) -> None:
+    result = run_sipp(
+        "register_rejected.xml", server.sip_port, password="wrong", transport=transport
+    )
+    assert_ok(result)
+    assert server.metric("sipserver_auth_failures_total", reason="bad_password") == 1
+    assert server.metric("sipserver_registrations_active") == 0
+
+
+def test_unknown_user_is_challenged_then_refused(server: ServerProcess) -> None:
+    # Unknown users get the same challenge as known ones, so scanners cannot enumerate them.
+    assert_ok(run_sipp("register_rejected.xml", server.sip_port, service="mallory"))
+    assert server.metric("sipserver_auth_failures_total", reason="unknown_user") == 1
+
+
+def test_source_outside_cidr_gets_403_without_challenge(server: ServerProcess) -> None:
+    # Agent "fenced" only accepts 192.0.2.0/24; SIPp sends from 127.0.0.1.
+    result = run_sipp(
+        "register_forbidden.xml", server.sip_port, service="fenced", password="fenced-password-1"
+    )
+    assert_ok(result)
+    assert server.metric("sipserver_register_requests_total", result="acl_denied") == 1
+
+
+def test_cidr_allows_loopback_network(server_factory: Any) -> None:
+    def allow_loopback(config: dict[str, Any]) -> None:
+        config["agents"][1]["sip"]["allowed_ips"] = ["127.0.0.0/8"]
+
+    server = server_factory(allow_loopback)
+    assert_ok(
+        run_sipp("register.xml", server.sip_port, service="fenced", password="fenced-password-1")
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_unregister(server: ServerProcess, transport: str) -> None:
+    assert_ok(run_sipp("unregister.xml", server.sip_port, transport=transport))
+    assert server.metric("sipserver_registrations_active") == 0
+
+
+def test_wildcard_unregister_removes_every_contact(server: ServerProcess) -> None:
+    assert_ok(run_sipp("unregister_wildcard.xml", server.sip_port))
+    assert server.metric("sipserver_registrations_active") == 0
+
+
+def test_refresh_updates_expiry(server: ServerProcess) -> None:
+    assert_ok(run_sipp("register_refresh.xml", server.sip_port))
+    assert server.metric("sipserver_registrations_active") == 1
+
+
+def test_interval_too_brief(server: ServerProcess) -> None:
+    assert_ok(run_sipp("register_too_brief.xml", server.sip_port))
+    assert server.metric("sipserver_registrations_active") == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_options_ping(server: ServerProcess, transport: str) -> None:
+    assert_ok(run_sipp("options.xml", server.sip_port, transport=transport))
+    assert server.metric("sipserver_sip_messages_in_total", transport=transport, method="OPTIONS")
+
+
+def test_malformed_request_gets_400_and_server_stays_up(server: ServerProcess) -> None:
+    assert_ok(run_sipp("bad_request.xml", server.sip_port))
+    assert server.metric("sipserver_sip_parse_errors_total", transport="udp", answered="yes") == 1
+
+
+def test_brute_force_bans_source(server: ServerProcess) -> None:
+    # ban.max_failures is 3 in the test config: three wrong passwords, then even the right
+    # password is refused without a challenge.
+    for _ in range(3):
+        assert_ok(run_sipp("register_rejected.xml", server.sip_port, password="wrong"))
+    assert server.metric("sipserver_bans_total") == 1
+    assert server.metric("sipserver_banned_sources") >= 0  # refreshed by the 1 s timer
+    assert_ok(run_sipp("register_forbidden.xml", server.sip_port))
+    assert server.metric("sipserver_register_requests_total", result="banned") == 1
+
+
+def test_registrations_survive_restart(server: ServerProcess) -> None:
+    assert_ok(run_sipp("register.xml", server.sip_port))
+    assert server.stop() == 0
+    server.start()
+    assert server.metric("sipserver_registrations_active") == 1
+    # A binding query (REGISTER without Contact) lists the contact registered before.
+    assert_ok(run_sipp("register_query.xml", server.sip_port, service=DEMO_USER))
