@@ -13,11 +13,12 @@ No sockets, no clock reads: the asyncio adapter in :mod:`sipserver.edge.transpor
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sipserver.config import Agent, Config
+from sipserver.config import Agent, Config, normalize_number
 from sipserver.observability import Metrics, get_logger
 from sipserver.registrar.acl import AllowList
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
@@ -120,6 +121,18 @@ class SipRouter:
         self._acls: dict[str, AllowList] = {
             a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
         }
+        # Plain dicts for the per-request lookups (the config's own lookups normalise numbers
+        # and go through pydantic attribute access, which costs microseconds per call).
+        self._by_username: dict[str, Agent] = {}
+        self._by_number: dict[str, Agent] = {}
+        for agent in config.agents:
+            if not agent.sip.enabled:
+                continue
+            if agent.sip.username:
+                self._by_username[agent.sip.username] = agent
+            for number in agent.sip.numbers:
+                self._by_number[number] = agent
+                self._by_number[normalize_number(number)] = agent
 
     @property
     def transactions(self) -> ServerTransactions:
@@ -236,7 +249,7 @@ class SipRouter:
         if outcome is not AuthOutcome.OK:
             return self._auth_failed(request, peer, outcome, result.username, now=now)
         # The credentials are good; they must be the credentials of the agent owning the AOR.
-        owner = self._config.agent_by_sip_username(result.username or "")
+        owner = self._by_username.get(result.username or "")
         if owner is None or (agent is not None and owner.slug != agent.slug) or agent is None:
             metrics.register_result("forbidden_aor")
             metrics.auth_failures.labels("aor_mismatch").inc()
@@ -330,12 +343,9 @@ class SipRouter:
     # ------------------------------------------------------------------ helpers
 
     def _agent_for_aor(self, user: str) -> Agent | None:
-        config = self._config
-        agent = config.agent_by_sip_username(user)
+        agent = self._by_username.get(user) or self._by_number.get(user)
         if agent is None:
-            agent = config.agent_by_number(user)
-        if agent is None or not agent.sip.enabled:
-            return None
+            agent = self._by_number.get(normalize_number(user))
         return agent
 
     def _is_local(self, host: str) -> bool:
@@ -418,8 +428,6 @@ def _parse_expires(value: str) -> int:
 
 def _to_tag(request: SipRequest) -> str:
     # Deterministic per request: the same request always gets the same tag.
-    import hashlib
-
     digest = hashlib.blake2s(
         f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}".encode(
             "utf-8", "surrogateescape"

@@ -123,6 +123,8 @@ class NonceManager:
         # nonce -> (issue time, last accepted nc), least recently used first.
         self._tracked: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._horizon = -math.inf
+        self._last_nonce = ""
+        self._last_issued: float | None = None
 
     @property
     def ttl(self) -> float:
@@ -151,6 +153,9 @@ class NonceManager:
 
     def _issued_at(self, nonce: str) -> float | None:
         """Issue time of a nonce we signed, or None when it is not one."""
+        if nonce == self._last_nonce:
+            # check() and record() of one request look at the same nonce: verify the tag once.
+            return self._last_issued
         # urlsafe_b64decode silently drops characters outside the alphabet: check them first.
         if not _NONCE_RE.fullmatch(nonce):
             return None
@@ -159,7 +164,10 @@ class NonceManager:
         if not hmac.compare_digest(tag, self._tag(body)):
             return None
         (issued,) = _TIME.unpack_from(body)
-        return issued if math.isfinite(issued) else None
+        if not math.isfinite(issued):
+            return None
+        self._last_nonce, self._last_issued = nonce, issued
+        return issued
 
     def check(self, nonce: str, nc: int | None, *, now: float, commit: bool = True) -> NonceStatus:
         """Check a nonce and nonce-count from a client's credentials.
@@ -357,6 +365,19 @@ class DigestAuthenticator:
         self._require_qop = require_qop
         self._ha1_cache: dict[tuple[str, DigestAlgorithm, str], str] = {}
         self._ha1_cache_size = ha1_cache_size
+        # Header text around the nonce, rendered once per (algorithm, stale): a 401 then costs
+        # one nonce and a string join instead of building and validating challenge objects.
+        marker = "N0NCE"
+        self._templates: dict[bool, tuple[tuple[str, str], ...]] = {}
+        for stale in (False, True):
+            rendered = []
+            for a in self._algorithms:
+                text = DigestChallenge(
+                    realm=realm, nonce=marker, algorithm=a, qop="auth", stale=stale
+                ).to_header()
+                before, _, after = text.partition(marker)
+                rendered.append((before, after))
+            self._templates[stale] = tuple(rendered)
 
     @property
     def realm(self) -> str:
@@ -379,6 +400,19 @@ class DigestAuthenticator:
             DigestChallenge(realm=self._realm, nonce=nonce, algorithm=a, qop="auth", stale=stale)
             for a in self._algorithms
         ]
+
+    def challenge_headers(self, *, now: float, stale: bool = False) -> list[str]:
+        """The header values of :meth:`challenges`, rendered (the 401 hot path).
+
+        Args:
+            now: Current time.
+            stale: Set ``stale=true``.
+
+        Returns:
+            One WWW-Authenticate (or Proxy-Authenticate) value per algorithm, in order.
+        """
+        nonce = self._nonces.issue(now=now)
+        return [before + nonce + after for before, after in self._templates[stale]]
 
     def _ha1(self, username: str, password: str, algorithm: DigestAlgorithm) -> str:
         key = (username, algorithm, password)

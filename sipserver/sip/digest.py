@@ -120,7 +120,61 @@ def _skip_ws(value: str, pos: int) -> int:
     return pos
 
 
+# Fast path: one regex match per parameter (the loop runs in C inside each match). Any input it
+# does not accept is handed to the strict parser below, which either accepts it too or raises
+# the precise DigestError, so both paths accept exactly the same language.
+_SCHEME_RE = re.compile(r"[ \t\r\n]*([A-Za-z0-9\-.!%*_+`'~]+)(?:[ \t\r\n]+|\Z)")
+_PARAM_RE = re.compile(
+    r"[ \t\r\n,]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]*=[ \t\r\n]*"
+    r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]+))'
+    r"[ \t\r\n]*(?:,[ \t\r\n,]*|\Z)",
+    re.DOTALL,
+)
+
+
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split a challenge or credentials header value into its scheme and parameters.
+
+    ``'Digest a=b, c="d,e"'`` gives ``("Digest", {"a": "b", "c": "d,e"})``. Parameter names
+    are lower-cased, quoted strings are unescaped, whitespace (including folded line breaks)
+    around names, ``=`` and commas is ignored, and empty list elements (``a=b,,c=d``) are
+    skipped (RFC 7235 §7 #rule).
+
+    Args:
+        value: The header value, e.g. of WWW-Authenticate or Authorization.
+
+    Returns:
+        The scheme exactly as written and a dict of parameters.
+
+    Raises:
+        DigestError: On a missing scheme, an unterminated quoted string, a duplicate parameter,
+            a parameter without ``=value``, or other text that is not an auth-param list.
+    """
+    m = _SCHEME_RE.match(value)
+    if m is None:
+        return _parse_auth_params_strict(value)
+    scheme = m.group(1)
+    pos = m.end()
+    end = len(value)
+    params: dict[str, str] = {}
+    match = _PARAM_RE.match
+    while pos < end:
+        p = match(value, pos)
+        if p is None:
+            return _parse_auth_params_strict(value)
+        name, quoted, bare = p.groups()
+        name = name.lower()
+        if name in params:
+            return _parse_auth_params_strict(value)
+        if quoted is not None:
+            params[name] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        else:
+            params[name] = bare
+        pos = p.end()
+    return scheme, params
+
+
+def _parse_auth_params_strict(value: str) -> tuple[str, dict[str, str]]:
     """Split a challenge or credentials header value into its scheme and parameters.
 
     ``'Digest a=b, c="d,e"'`` gives ``("Digest", {"a": "b", "c": "d,e"})``. Parameter names

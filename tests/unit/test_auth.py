@@ -614,3 +614,16 @@ def test_accessors_and_unparseable_sources() -> None:
     assert tracker.record_failure("not:an:address", now=0.0) is False
     assert tracker.record_failure("not:an:address", now=1.0) is True
     assert tracker.is_banned("not:an:address", now=2.0)
+
+
+def test_challenge_headers_render_the_same_challenges() -> None:
+    nonces = NonceManager(b"k" * 32, ttl=300, random_bytes=lambda n: b"\x01" * n)
+    auth = DigestAuthenticator(
+        realm="example.com",
+        algorithms=[DigestAlgorithm.SHA256, DigestAlgorithm.MD5],
+        nonces=nonces,
+        password_for=lambda _: None,
+    )
+    for stale in (False, True):
+        expected = [c.to_header() for c in auth.challenges(now=5.0, stale=stale)]
+        assert auth.challenge_headers(now=5.0, stale=stale) == expected

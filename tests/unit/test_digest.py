@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from sipserver.sip.digest import (
@@ -439,3 +441,47 @@ def test_credentials_nc_range(nc: int) -> None:
             nc=nc,
             cnonce="c",
         )
+
+
+# The fast parser hands anything it does not accept to the strict one; both must agree on every
+# input: same result, or the strict parser's error.
+_AUTH_ALPHABET = 'Digest rnu=",\\ \t\r\nab-.:@;%'
+
+
+@hypothesis.given(hypothesis.strategies.text(alphabet=_AUTH_ALPHABET, max_size=60))
+@hypothesis.settings(max_examples=3000, deadline=None)
+def test_fast_auth_param_parser_agrees_with_strict(value: str) -> None:
+    from sipserver.sip.digest import _parse_auth_params_strict
+
+    try:
+        expected: object = _parse_auth_params_strict(value)
+    except DigestError as exc:
+        expected = ("error", str(exc))
+    try:
+        got: object = parse_auth_params(value)
+    except DigestError as exc:
+        got = ("error", str(exc))
+    assert got == expected
+
+
+_st = hypothesis.strategies
+
+
+@_st.composite
+def _auth_headers(draw: _st.DrawFn) -> str:
+    parts = []
+    for _ in range(draw(_st.integers(0, 6))):
+        name = draw(_st.sampled_from(["username", "realm", "nonce", "uri", "qop", "nc", "X-y"]))
+        raw = draw(_st.text(alphabet='abc:@;,= \\"\t', max_size=12))
+        value = draw(_st.sampled_from([f'"{raw}"', raw, f'"{raw}', raw.strip()]))
+        eq = draw(_st.sampled_from(["=", " = ", "\t="]))
+        parts.append(f"{name}{eq}{value}")
+    sep = draw(_st.sampled_from([", ", ",", " ,", ",,", " "]))
+    scheme = draw(_st.sampled_from(["Digest ", "digest\t", "Digest", " Digest  "]))
+    return scheme + sep.join(parts)
+
+
+@hypothesis.given(_auth_headers())
+@hypothesis.settings(max_examples=3000, deadline=None)
+def test_fast_auth_param_parser_agrees_on_structured_input(value: str) -> None:
+    test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
