@@ -1,0 +1,376 @@
+"""The edge's request handling, in memory: bytes in, bytes out, time stepped by hand.
+
+These run the real parser, digest code, registrar and store (no fakes); the same behaviour is
+exercised over real sockets with SIPp in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import yaml
+
+from sipserver.config import parse_config
+from sipserver.edge.router import Peer, SipRouter
+from sipserver.observability import Metrics
+from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
+from sipserver.registrar.bindings import MemoryStore
+from sipserver.registrar.registrar import Registrar, RegistrarPolicy
+from sipserver.sip.digest import DigestAlgorithm, DigestChallenge, build_authorization
+from sipserver.sip.message import SipResponse, parse_message
+
+PEER = Peer("udp", "198.51.100.7", 5062)
+NOW = 1_800_000_000.0
+_branches = itertools.count()
+
+
+def make_router(
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256"), **sip: Any
+) -> tuple[SipRouter, Metrics]:
+    raw = {
+        "server": {
+            "public_host": "sip.example.com",
+            "sip": {
+                "udp": ["0.0.0.0:5060"],
+                "tcp": [],
+                "digest_algorithms": list(algorithms),
+                "ban": {"max_failures": 3, "window": 60, "duration": 300},
+                **sip,
+            },
+        },
+        "agents": [
+            {
+                "slug": "alice",
+                "sip": {
+                    "enabled": True,
+                    "numbers": ["+15005550101"],
+                    "username": "alice",
+                    "password": "alice-pw-123",
+                },
+            },
+            {
+                "slug": "bob",
+                "sip": {
+                    "enabled": True,
+                    "numbers": ["+15005550102"],
+                    "username": "bob",
+                    "password": "bob-pw-1234",
+                    "allowed_ips": ["203.0.113.0/24"],
+                },
+            },
+        ],
+    }
+    config = parse_config(yaml.safe_dump(raw), env={})
+    s = config.server.sip
+    metrics = Metrics()
+    registrar = Registrar(
+        MemoryStore(),
+        RegistrarPolicy(min_expires=s.min_expires, max_expires=s.max_expires),
+    )
+    auth = DigestAuthenticator(
+        realm=config.server.effective_realm,
+        algorithms=[DigestAlgorithm(a) for a in s.digest_algorithms],
+        nonces=NonceManager(b"s" * 32, ttl=s.nonce_ttl),
+        password_for={"alice": "alice-pw-123", "bob": "bob-pw-1234"}.get,
+    )
+    tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
+    router = SipRouter(
+        config,
+        registrar=registrar,
+        authenticator=auth,
+        tracker=tracker,
+        metrics=metrics,
+        local_hosts=["0.0.0.0"],
+        force_rport=s.force_rport,
+    )
+    return router, metrics
+
+
+def request(
+    method: str = "REGISTER",
+    user: str = "alice",
+    *,
+    uri: str = "sip:sip.example.com",
+    cseq: int = 1,
+    call_id: str = "call-1",
+    contact: str | None = "<sip:alice@198.51.100.7:5062>",
+    expires: int | None = 3600,
+    authorization: str | None = None,
+    branch: str | None = None,
+    via_params: str = ";rport",
+) -> bytes:
+    branch = branch or f"z9hG4bK{next(_branches)}"
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP 198.51.100.7:5062;branch={branch}{via_params}",
+        f"From: <sip:{user}@sip.example.com>;tag=f1",
+        f"To: <sip:{user}@sip.example.com>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        "Max-Forwards: 70",
+    ]
+    if contact is not None:
+        lines.append(f"Contact: {contact}")
+    if expires is not None:
+        lines.append(f"Expires: {expires}")
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    lines += ["Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def send(router: SipRouter, data: bytes, *, now: float = NOW, peer: Peer = PEER) -> SipResponse:
+    out = router.handle_message(data, peer, now=now)
+    assert len(out) == 1, out
+    response = parse_message(out[0].data)
+    assert isinstance(response, SipResponse)
+    return response
+
+
+def register(
+    router: SipRouter,
+    user: str = "alice",
+    password: str = "alice-pw-123",
+    *,
+    algorithm: str | None = None,
+    now: float = NOW,
+    peer: Peer = PEER,
+    **kw: Any,
+) -> SipResponse:
+    """REGISTER, answer the challenge (the one for ``algorithm`` or the first), return the
+    final response."""
+    challenge_resp = send(router, request(user=user, cseq=1, **kw), now=now, peer=peer)
+    assert challenge_resp.status == 401, challenge_resp
+    challenges = [
+        DigestChallenge.parse(v) for v in challenge_resp.headers.get_all("WWW-Authenticate")
+    ]
+    chosen = challenges[0]
+    if algorithm is not None:
+        chosen = next(c for c in challenges if c.algorithm.value == algorithm)
+    auth = build_authorization(
+        chosen,
+        username=user,
+        password=password,
+        method="REGISTER",
+        uri=kw.get("uri", "sip:sip.example.com"),
+        cnonce="c0ffee",
+    )
+    return send(router, request(user=user, cseq=2, authorization=auth, **kw), now=now, peer=peer)
+
+
+def test_options_is_answered_with_allow() -> None:
+    router, _ = make_router()
+    resp = send(router, request("OPTIONS", contact=None, expires=None))
+    assert resp.status == 200
+    assert "REGISTER" in (resp.headers.get("Allow") or "")
+    assert "tag=" in (resp.headers.get("To") or "")
+
+
+def test_options_for_foreign_domain_is_404() -> None:
+    router, _ = make_router()
+    resp = send(router, request("OPTIONS", uri="sip:elsewhere.example.org"))
+    assert resp.status == 404
+
+
+def test_register_for_foreign_domain_is_403() -> None:
+    router, _ = make_router()
+    assert send(router, request(uri="sip:elsewhere.example.org")).status == 403
+
+
+def test_challenge_offers_every_algorithm_in_configured_order() -> None:
+    for order in (("MD5", "SHA-256"), ("SHA-256", "MD5")):
+        router, _ = make_router(order)
+        resp = send(router, request())
+        offered = [
+            DigestChallenge.parse(v).algorithm.value
+            for v in resp.headers.get_all("WWW-Authenticate")
+        ]
+        assert offered == list(order)
+        nonces = {DigestChallenge.parse(v).nonce for v in resp.headers.get_all("WWW-Authenticate")}
+        assert len(nonces) == 1
+
+
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
+def test_register_with_each_algorithm(algorithm: str) -> None:
+    router, metrics = make_router()
+    resp = register(router, algorithm=algorithm)
+    assert resp.status == 200
+    contacts = resp.headers.get_all("Contact")
+    assert contacts == ["<sip:alice@198.51.100.7:5062>;expires=3600"]
+    assert resp.headers.get("Date")
+    assert sample(metrics, "sipserver_registrations_active") == 1
+
+
+def test_register_by_number_aor() -> None:
+    router, _ = make_router()
+    # A trunk may register its number as the AOR user while authenticating as the agent.
+    resp = send(router, request(user="+15005550101"))
+    challenge = DigestChallenge.parse(resp.headers.get_all("WWW-Authenticate")[0])
+    auth = build_authorization(
+        challenge,
+        username="alice",
+        password="alice-pw-123",
+        method="REGISTER",
+        uri="sip:sip.example.com",
+        cnonce="x",
+    )
+    final = send(router, request(user="+15005550101", cseq=2, authorization=auth))
+    assert final.status == 200
+
+
+def test_wrong_password_is_403_and_bans_after_three() -> None:
+    router, metrics = make_router()
+    for i in range(3):
+        resp = register(router, password="nope", now=NOW + i, call_id=f"c{i}")
+        assert resp.status == 403
+    # Banned: even the right password gets 403 without a challenge.
+    resp = send(router, request(call_id="c9"), now=NOW + 5)
+    assert resp.status == 403
+    assert resp.headers.get("WWW-Authenticate") is None
+    assert sample(metrics, "sipserver_bans_total") == 1
+    # The ban lasts `duration` (300 s), then the source may register again.
+    assert register(router, now=NOW + 400, call_id="c10").status == 200
+
+
+def test_unknown_user_is_challenged_like_a_known_one() -> None:
+    router, _ = make_router()
+    assert send(router, request(user="mallory")).status == 401
+    assert register(router, user="mallory", password="x").status == 403
+
+
+def test_credentials_of_another_agent_are_refused() -> None:
+    router, _ = make_router()
+    resp = send(router, request(user="alice"))
+    challenge = DigestChallenge.parse(resp.headers.get_all("WWW-Authenticate")[0])
+    auth = build_authorization(
+        challenge,
+        username="bob",
+        password="bob-pw-1234",
+        method="REGISTER",
+        uri="sip:sip.example.com",
+        cnonce="x",
+    )
+    assert send(router, request(user="alice", cseq=2, authorization=auth)).status == 403
+
+
+def test_cidr_is_checked_before_any_challenge() -> None:
+    router, _ = make_router()
+    resp = send(router, request(user="bob"))
+    assert resp.status == 403
+    assert resp.headers.get("WWW-Authenticate") is None
+    inside = Peer("udp", "203.0.113.9", 5060)
+    assert register(router, user="bob", password="bob-pw-1234", peer=inside).status == 200
+
+
+def test_stale_nonce_gets_a_stale_challenge() -> None:
+    router, _ = make_router(nonce_ttl=30)
+    first = send(router, request())
+    challenge = DigestChallenge.parse(first.headers.get_all("WWW-Authenticate")[0])
+    auth = build_authorization(
+        challenge,
+        username="alice",
+        password="alice-pw-123",
+        method="REGISTER",
+        uri="sip:sip.example.com",
+        cnonce="x",
+    )
+    resp = send(router, request(cseq=2, authorization=auth), now=NOW + 31)
+    assert resp.status == 401
+    assert all("stale=true" in v for v in resp.headers.get_all("WWW-Authenticate"))
+
+
+def test_replayed_authorization_is_rechallenged() -> None:
+    router, _ = make_router()
+    first = send(router, request())
+    challenge = DigestChallenge.parse(first.headers.get_all("WWW-Authenticate")[0])
+    auth = build_authorization(
+        challenge,
+        username="alice",
+        password="alice-pw-123",
+        method="REGISTER",
+        uri="sip:sip.example.com",
+        cnonce="x",
+    )
+    assert send(router, request(cseq=2, authorization=auth)).status == 200
+    # Same nc again in a new transaction: a replay, so a fresh challenge.
+    assert send(router, request(cseq=3, authorization=auth)).status == 401
+
+
+def test_malformed_authorization_is_400() -> None:
+    router, _ = make_router()
+    resp = send(router, request(authorization='Digest username="alice", realm="x'))
+    assert resp.status == 400
+
+
+def test_interval_too_brief_has_min_expires() -> None:
+    router, _ = make_router()
+    resp = register(router, expires=10)
+    assert resp.status == 423
+    assert resp.headers.get("Min-Expires") == "60"
+
+
+def test_retransmission_is_answered_from_the_transaction() -> None:
+    router, metrics = make_router()
+    data = request(branch="z9hG4bKsame")
+    first = router.handle_message(data, PEER, now=NOW)
+    second = router.handle_message(data, PEER, now=NOW + 0.5)
+    assert first[0].data == second[0].data
+    assert sample(metrics, "sipserver_sip_retransmissions_total") == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [("INVITE", 480), ("BYE", 481), ("CANCEL", 481), ("SUBSCRIBE", 405), ("FOO", 501)],
+)
+def test_methods_without_service(method: str, status: int) -> None:
+    router, _ = make_router()
+    resp = send(router, request(method, contact=None, expires=None))
+    assert resp.status == status
+    if status in (405, 501):
+        assert resp.headers.get("Allow")
+
+
+def test_ack_gets_no_answer() -> None:
+    router, _ = make_router()
+    assert router.handle_message(request("ACK"), PEER, now=NOW) == []
+
+
+def test_unparseable_without_addressing_is_dropped_and_counted() -> None:
+    router, metrics = make_router()
+    assert router.handle_message(b"\x00garbage\r\n\r\n", PEER, now=NOW) == []
+    assert sample(metrics, "sipserver_sip_parse_errors_total", transport="udp", answered="no") == 1
+
+
+def test_bad_request_with_addressing_gets_400() -> None:
+    router, metrics = make_router()
+    data = request("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS")
+    out = router.handle_message(data, PEER, now=NOW)
+    # The 400 echoes the broken CSeq (RFC 3261 §8.2.6.2), so it is checked as bytes.
+    assert out[0].data.startswith(b"SIP/2.0 400 Invalid CSeq\r\n")
+    assert b"\r\nCall-ID: call-1\r\n" in out[0].data
+    assert sample(metrics, "sipserver_sip_parse_errors_total", transport="udp", answered="yes") == 1
+
+
+def test_response_goes_to_via_port_without_rport_when_not_forced() -> None:
+    router, _ = make_router(force_rport=False)
+    out = router.handle_message(
+        request("OPTIONS", via_params=""), Peer("udp", "198.51.100.7", 40000), now=NOW
+    )
+    assert (out[0].host, out[0].port) == ("198.51.100.7", 5062)
+    out = router.handle_message(request("OPTIONS"), Peer("udp", "198.51.100.7", 40000), now=NOW)
+    assert (out[0].host, out[0].port) == ("198.51.100.7", 40000)
+
+
+def test_bindings_expire_on_the_timer() -> None:
+    router, metrics = make_router()
+    assert register(router, expires=60).status == 200
+    router.handle_timer(now=NOW + 59)
+    assert sample(metrics, "sipserver_registrations_active") == 1
+    router.handle_timer(now=NOW + 61)
+    assert sample(metrics, "sipserver_registrations_active") == 0
