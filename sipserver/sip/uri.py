@@ -1,0 +1,319 @@
+"""SIP and SIPS URIs (RFC 3261 §19.1), parsed with string methods only.
+
+``SipUri.parse`` splits ``sip:user:password@host:port;params?headers`` with ``find`` and
+``partition``; the only regular expressions are single character classes (linear, no
+backtracking). Values are kept raw (escapes included) so that ``str(SipUri.parse(s))`` gives ``s``
+back, except that parameter names are lower-cased. Comparison per RFC 3261 §19.1.4 is
+:func:`uri_equal`; :meth:`SipUri.aor` gives the canonical address-of-record key of §10.3.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, replace
+from urllib.parse import unquote
+
+__all__ = ["SipUri", "split_host_port", "uri_equal"]
+
+#: Characters never allowed unescaped anywhere in a SIP URI (RFC 3261 §25.1: no whitespace,
+#: controls, non-ASCII, or the delimiters ``<>"`` and ``{}|\\^``).
+_FORBIDDEN = re.compile(r'[^\x21-\x7e]|[<>"{}|\\^`]')
+#: RFC 3261 §25.1 hostname characters (``_`` tolerated: it is common in the wild).
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.\-]+")
+#: RFC 3261 §25.1 token, used for URI parameter names.
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+
+Params = tuple[tuple[str, str | None], ...]
+"""``;name=value`` parameters in order; names lower-cased, value None for a bare flag."""
+
+
+#: Memo of recently parsed URIs: SipUri is immutable and the same Request-URIs, AORs and
+#: contacts recur on every registration refresh. Bounded (cleared when full): peers choose the
+#: strings.
+_PARSED: dict[str, SipUri] = {}
+_PARSED_MAX = 4096
+_PARSED_KEY_MAX = 256  # longer URIs are parsed every time: bounds the memo's memory
+
+
+def _parse_port(text: str) -> int:
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()):
+        raise ValueError(f"Invalid port {text!r}")
+    port = int(text)
+    if not 0 < port <= 65535:
+        raise ValueError(f"Port {port} out of range 1-65535")
+    return port
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """Split an RFC 3261 ``hostport`` (``host``, ``host:port``, ``[v6]``, ``[v6]:port``).
+
+    Args:
+        text: the hostport, without surrounding whitespace.
+
+    Returns:
+        ``(host, port)``; IPv6 hosts keep their brackets, port is None when absent.
+
+    Raises:
+        ValueError: empty host, bad IPv6 reference, bad host characters or a port outside
+            1-65535.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"Unterminated IPv6 reference in {text!r}")
+        try:
+            ipaddress.IPv6Address(text[1:end])
+        except ValueError:
+            raise ValueError(f"Invalid IPv6 reference {text[: end + 1]!r}") from None
+        host = text[: end + 1]
+        rest = text[end + 1 :]
+        if not rest:
+            return host, None
+        if rest[0] != ":":
+            raise ValueError(f"Unexpected {rest!r} after IPv6 reference")
+        return host, _parse_port(rest[1:])
+    host, sep, port_text = text.partition(":")
+    if not host:
+        raise ValueError("Empty host")
+    if ":" in port_text:
+        raise ValueError(f"IPv6 address must be enclosed in brackets: {text!r}")
+    if _HOSTNAME.fullmatch(host) is None:
+        raise ValueError(f"Invalid host {host!r}")
+    if not sep:
+        return host, None
+    return host, _parse_port(port_text)
+
+
+def _parse_uri_params(text: str) -> Params:
+    params: list[tuple[str, str | None]] = []
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if _TOKEN.fullmatch(name) is None:
+            raise ValueError(f"Invalid URI parameter {part!r}")
+        params.append((name.lower(), value if sep else None))
+    return tuple(params)
+
+
+def _parse_uri_headers(text: str) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    for part in text.split("&"):
+        name, sep, value = part.partition("=")
+        if not name or not sep:
+            raise ValueError(f"Invalid URI header {part!r}")
+        headers.append((name, value))
+    return tuple(headers)
+
+
+def _format_params(params: Params) -> str:
+    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1).
+
+    Build one with :meth:`parse`; ``str()`` gives the wire form back.
+    """
+
+    scheme: str
+    """``sip`` or ``sips`` (lower-cased)."""
+    user: str | None
+    """User part, raw: escapes (``%XX``) and telephone-subscriber ``;`` params kept as sent."""
+    password: str | None
+    """Password of the userinfo (deprecated by RFC 3261 §19.1.1, still parsed)."""
+    host: str
+    """Host name or IP literal as sent; IPv6 references keep their brackets (``[::1]``)."""
+    port: int | None = None
+    """Port, or None when the URI names none."""
+    params: Params = ()
+    """URI parameters in order, names lower-cased, values raw."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """``?name=value&...`` header components, raw."""
+
+    @classmethod
+    def parse(cls, text: str) -> SipUri:
+        """Parse a SIP or SIPS URI.
+
+        Args:
+            text: the URI, without angle brackets or surrounding whitespace.
+
+        Returns:
+            The parsed URI.
+
+        Raises:
+            ValueError: with a message naming the problem (scheme, empty host, port range,
+                IPv6 reference, forbidden character, empty user, bad parameter).
+        """
+        cached = _PARSED.get(text)
+        if cached is not None and cls is SipUri:
+            return cached
+        scheme, sep, rest = text.partition(":")
+        low = scheme.lower()
+        if not sep or (low != "sip" and low != "sips"):
+            raise ValueError(f"Unsupported URI scheme in {text[:40]!r}")
+        if _FORBIDDEN.search(rest) is not None:
+            raise ValueError(f"Invalid character in URI {text[:60]!r}")
+        user: str | None = None
+        password: str | None = None
+        at = rest.find("@")
+        if at >= 0:
+            userinfo = rest[:at]
+            rest = rest[at + 1 :]
+            user, colon, pw = userinfo.partition(":")
+            if colon:
+                password = pw
+            if not user:
+                raise ValueError("Empty user part")
+        headers: tuple[tuple[str, str], ...] = ()
+        qmark = rest.find("?")
+        if qmark >= 0:
+            headers = _parse_uri_headers(rest[qmark + 1 :])
+            rest = rest[:qmark]
+        params: Params = ()
+        semi = rest.find(";")
+        if semi >= 0:
+            params = _parse_uri_params(rest[semi + 1 :])
+            rest = rest[:semi]
+        host, port = split_host_port(rest)
+        uri = cls(low, user, password, host, port, params, headers)
+        if len(text) <= _PARSED_KEY_MAX:
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[text] = uri
+        return uri
+
+    def __str__(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out += (":", self.password)
+            out.append("@")
+        out.append(self.host)
+        if self.port is not None:
+            out += (":", str(self.port))
+        if self.params:
+            out.append(_format_params(self.params))
+        if self.headers:
+            out += ("?", "&".join(f"{n}={v}" for n, v in self.headers))
+        return "".join(out)
+
+    def param(self, name: str) -> str | None:
+        """Value of URI parameter ``name`` (case-insensitive); None if absent or valueless."""
+        name = name.lower()
+        for n, v in self.params:
+            if n == name:
+                return v
+        return None
+
+    def has_param(self, name: str) -> bool:
+        """Whether URI parameter ``name`` (case-insensitive) is present, with or without value."""
+        name = name.lower()
+        return any(n == name for n, _ in self.params)
+
+    def with_params(self, **params: str | int | None) -> SipUri:
+        """Copy with parameters set (replaced in place when present, else appended).
+
+        A None value sets a valueless flag parameter (``;lr``).
+        """
+        return replace(self, params=_set_params(self.params, params))
+
+    def without_params(self, *names: str) -> SipUri:
+        """Copy without the named parameters (case-insensitive)."""
+        drop = {n.lower() for n in names}
+        return replace(self, params=tuple(p for p in self.params if p[0] not in drop))
+
+    @property
+    def host_is_ip(self) -> bool:
+        """True when the host is an IPv4 or IPv6 literal."""
+        try:
+            ipaddress.ip_address(self.host.strip("[]"))
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def transport(self) -> str | None:
+        """The ``transport`` parameter, lower-cased, or None."""
+        value = self.param("transport")
+        return value.lower() if value is not None else None
+
+    def aor(self) -> str:
+        """Address-of-record key (RFC 3261 §10.3 step 5).
+
+        ``scheme:user@host`` with scheme and host lower-cased, escapes in the user part decoded,
+        and no password, port, parameters or headers.
+        """
+        host = self.host.lower()
+        user = self.user
+        if user is None:
+            return f"{self.scheme}:{host}"
+        if "%" in user:
+            user = unquote(user, errors="surrogateescape")
+        return f"{self.scheme}:{user}@{host}"
+
+
+def _set_params(current: Params, updates: dict[str, str | int | None]) -> Params:
+    params = list(current)
+    for raw_name, raw_value in updates.items():
+        name = raw_name.lower()
+        value = None if raw_value is None else str(raw_value)
+        for i, (n, _) in enumerate(params):
+            if n == name:
+                params[i] = (name, value)
+                break
+        else:
+            params.append((name, value))
+    return tuple(params)
+
+
+# RFC 3261 §19.1.4: these parameters must match when present in either URI.
+_MUST_MATCH = ("user", "ttl", "method", "maddr", "transport")
+
+
+def _host_key(host: str) -> str:
+    host = host.lower()
+    if host.startswith("["):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return host
+    return host
+
+
+def _unescape(value: str | None) -> str | None:
+    if value is None or "%" not in value:
+        return value
+    return unquote(value, errors="surrogateescape")
+
+
+def uri_equal(a: SipUri, b: SipUri) -> bool:
+    """Compare two SIP URIs per RFC 3261 §19.1.4.
+
+    Scheme and host compare case-insensitively; user and password case-sensitively after
+    decoding escapes; a port present in one URI only makes them differ. The ``user``, ``ttl``,
+    ``method``, ``maddr`` and ``transport`` parameters must match when present in either URI;
+    any other parameter is compared only when both URIs have it. Header components must be
+    present in both and equal.
+
+    Returns:
+        True when the URIs are equivalent.
+    """
+    if a.scheme.lower() != b.scheme.lower():
+        return False
+    if _unescape(a.user) != _unescape(b.user) or _unescape(a.password) != _unescape(b.password):
+        return False
+    if _host_key(a.host) != _host_key(b.host) or a.port != b.port:
+        return False
+    pa = {n: (_unescape(v) or "").lower() if v is not None else None for n, v in a.params}
+    pb = {n: (_unescape(v) or "").lower() if v is not None else None for n, v in b.params}
+    for name in _MUST_MATCH:
+        if (name in pa or name in pb) and pa.get(name, "\0") != pb.get(name, "\0"):
+            return False
+    for name, value in pa.items():
+        if name in pb and pb[name] != value:
+            return False
+    ha = {n.lower(): _unescape(v) for n, v in a.headers}
+    hb = {n.lower(): _unescape(v) for n, v in b.headers}
+    return ha == hb

@@ -1,0 +1,278 @@
+"""SIP URIs (RFC 3261 §19.1): parsing, formatting, AOR keys and comparison."""
+
+from __future__ import annotations
+
+import contextlib
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipserver.sip.uri import SipUri, split_host_port, uri_equal
+
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("sip:alice@example.com", ("sip", "alice", None, "example.com", None, (), ())),
+        ("SIP:alice@Example.COM", ("sip", "alice", None, "Example.COM", None, (), ())),
+        ("sips:bob@example.com:5061", ("sips", "bob", None, "example.com", 5061, (), ())),
+        ("sip:example.com", ("sip", None, None, "example.com", None, (), ())),
+        ("sip:192.0.2.1:5060", ("sip", None, None, "192.0.2.1", 5060, (), ())),
+        ("sip:[::1]", ("sip", None, None, "[::1]", None, (), ())),
+        ("sip:u@[2001:db8::1]:5070", ("sip", "u", None, "[2001:db8::1]", 5070, (), ())),
+        ("sip:u:secret@h", ("sip", "u", "secret", "h", None, (), ())),
+        ("sip:u:@h", ("sip", "u", "", "h", None, (), ())),
+        (
+            "sip:u@h;transport=TCP;lr;Maddr=239.255.255.1",
+            (
+                "sip",
+                "u",
+                None,
+                "h",
+                None,
+                (("transport", "TCP"), ("lr", None), ("maddr", "239.255.255.1")),
+                (),
+            ),
+        ),
+        (
+            "sip:u@h?Subject=hi%20there&Priority=urgent",
+            ("sip", "u", None, "h", None, (), (("Subject", "hi%20there"), ("Priority", "urgent"))),
+        ),
+        (
+            "sip:+1555;isub=1;postd=pp22@gw.example.com;user=phone",
+            (
+                "sip",
+                "+1555;isub=1;postd=pp22",
+                None,
+                "gw.example.com",
+                None,
+                (("user", "phone"),),
+                (),
+            ),
+        ),
+        (
+            "sip:%61lice%40home@example.com",
+            ("sip", "%61lice%40home", None, "example.com", None, (), ()),
+        ),
+        ("sip:a?b@example.com", ("sip", "a?b", None, "example.com", None, (), ())),
+        ("sip:my_host.example-1.com", ("sip", None, None, "my_host.example-1.com", None, (), ())),
+        ("sip:h;p=", ("sip", None, None, "h", None, (("p", ""),), ())),
+    ],
+)
+def test_parse(text: str, fields: tuple[object, ...]) -> None:
+    uri = SipUri.parse(text)
+    assert (
+        uri.scheme,
+        uri.user,
+        uri.password,
+        uri.host,
+        uri.port,
+        uri.params,
+        uri.headers,
+    ) == fields
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@example.com",
+        "sips:bob:pw@example.com:5061;transport=tls;lr?h=v&x=y",
+        "sip:[2001:db8::1]:5070;maddr=[2001:db8::2]",
+        "sip:+1555;isub=1@gw;user=phone",
+        "sip:%61@h",
+    ],
+)
+def test_str_round_trips(text: str) -> None:
+    assert str(SipUri.parse(text)) == text
+
+
+def test_param_names_are_lower_cased_values_kept() -> None:
+    uri = SipUri.parse("sip:h;Transport=TCP;LR")
+    assert str(uri) == "sip:h;transport=TCP;lr"
+    assert uri.param("TRANSPORT") == "TCP" and uri.transport == "tcp"
+    assert uri.has_param("lr") and uri.param("lr") is None
+    assert not uri.has_param("maddr") and uri.param("maddr") is None
+    assert SipUri.parse("sip:h").transport is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tel:+15551234", "Unsupported URI scheme"),
+        ("http://example.com", "Unsupported URI scheme"),
+        ("alice@example.com", "Unsupported URI scheme"),
+        ("", "Unsupported URI scheme"),
+        ("sip:", "Empty host"),
+        ("sip:alice@", "Empty host"),
+        ("sip:@example.com", "Empty user part"),
+        ("sip::pw@example.com", "Empty user part"),
+        ("sip:alice@example.com:0", "out of range"),
+        ("sip:alice@example.com:65536", "out of range"),
+        ("sip:alice@example.com:", "Invalid port"),
+        ("sip:alice@example.com:50a", "Invalid port"),
+        ("sip:alice@example.com:123456", "Invalid port"),
+        ("sip:alice@[::1", "Unterminated IPv6 reference"),
+        ("sip:alice@[::g]", "Invalid IPv6 reference"),
+        ("sip:alice@[192.0.2.1]", "Invalid IPv6 reference"),
+        ("sip:alice@[::1]x", "after IPv6 reference"),
+        ("sip:alice@2001:db8::1", "must be enclosed in brackets"),
+        ("sip:alice@exa mple.com", "Invalid character"),
+        ("sip:alice@example.com>", "Invalid character"),
+        ("sip:ali\u00e7e@example.com", "Invalid character"),
+        ("sip:alice@exa!mple.com", "Invalid host"),
+        ("sip:alice@example.com;", "Invalid URI parameter"),
+        ("sip:alice@example.com;a b", "Invalid character"),
+        ("sip:alice@example.com;=x", "Invalid URI parameter"),
+        ("sip:alice@example.com?novalue", "Invalid URI header"),
+        ("sip:alice@example.com?=v", "Invalid URI header"),
+    ],
+)
+def test_parse_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SipUri.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("example.com", "example.com", None),
+        ("example.com:5060", "example.com", 5060),
+        ("[::1]", "[::1]", None),
+        ("[::1]:1", "[::1]", 1),
+        ("10.0.0.1:65535", "10.0.0.1", 65535),
+    ],
+)
+def test_split_host_port(text: str, host: str, port: int | None) -> None:
+    assert split_host_port(text) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("text", "aor"),
+    [
+        ("sip:Alice@Example.COM:5070;transport=tcp?x=y", "sip:Alice@example.com"),
+        ("SIPS:bob:pw@EXAMPLE.com", "sips:bob@example.com"),
+        ("sip:%61lice@example.com", "sip:alice@example.com"),
+        ("sip:example.com;lr", "sip:example.com"),
+        ("sip:+1555;isub=1@[2001:DB8::1]", "sip:+1555;isub=1@[2001:db8::1]"),
+    ],
+)
+def test_aor(text: str, aor: str) -> None:
+    assert SipUri.parse(text).aor() == aor
+
+
+@pytest.mark.parametrize(
+    ("text", "is_ip"),
+    [
+        ("sip:192.0.2.1", True),
+        ("sip:[::1]", True),
+        ("sip:example.com", False),
+        ("sip:1.2.3", False),
+    ],
+)
+def test_host_is_ip(text: str, is_ip: bool) -> None:
+    assert SipUri.parse(text).host_is_ip is is_ip
+
+
+def test_with_and_without_params() -> None:
+    uri = SipUri.parse("sip:a@h;transport=udp;lr")
+    changed = uri.with_params(transport="tcp", ob=None, ttl=5)
+    assert str(changed) == "sip:a@h;transport=tcp;lr;ob;ttl=5"
+    assert str(changed.without_params("LR", "ttl")) == "sip:a@h;transport=tcp;ob"
+    assert str(uri) == "sip:a@h;transport=udp;lr"  # immutable
+
+
+def test_parse_is_memoised_but_values_are_immutable() -> None:
+    first = SipUri.parse("sip:memo@example.com")
+    assert SipUri.parse("sip:memo@example.com") is first
+    with pytest.raises(AttributeError):
+        first.host = "other"  # type: ignore[misc]
+
+
+# RFC 3261 §19.1.4: equivalent and non-equivalent pairs (written for this project).
+EQUAL = [
+    (
+        "sip:%61lice@atlanta.example.com;transport=TCP",
+        "sip:alice@AtLanTa.Example.COM;Transport=tcp",
+    ),
+    ("sip:carol@chicago.example.com", "sip:carol@chicago.example.com;newparam=5"),
+    ("sip:carol@chicago.example.com;security=on", "sip:carol@chicago.example.com;newparam=5"),
+    ("sip:bob@biloxi.example.com;lr", "sip:bob@biloxi.example.com;LR"),
+    ("sip:bob@[2001:db8::1]", "sip:bob@[2001:DB8:0::1]"),
+    ("sip:bob@h?subject=project%2dx", "sip:bob@h?Subject=project-x"),
+    ("SIP:bob@h", "sip:bob@h"),
+]
+NOT_EQUAL = [
+    ("sip:ALICE@atlanta.example.com", "sip:alice@atlanta.example.com"),
+    ("sip:bob@biloxi.example.com", "sip:bob@biloxi.example.com:5060"),
+    ("sip:bob@biloxi.example.com", "sip:bob@biloxi.example.com;transport=udp"),
+    ("sip:bob@h;user=phone", "sip:bob@h"),
+    ("sip:bob@h;ttl=1", "sip:bob@h;ttl=2"),
+    ("sip:bob@h;method=INVITE", "sip:bob@h"),
+    ("sip:bob@h;maddr=239.1.1.1", "sip:bob@h"),
+    ("sip:bob@h;security=on", "sip:bob@h;security=off"),
+    ("sip:bob@h", "sips:bob@h"),
+    ("sip:bob@h", "sip:h"),
+    ("sip:bob:a@h", "sip:bob:b@h"),
+    ("sip:bob@h?subject=a", "sip:bob@h"),
+    ("sip:bob@h?subject=a", "sip:bob@h?subject=b"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), EQUAL)
+def test_uri_equal(a: str, b: str) -> None:
+    ua, ub = SipUri.parse(a), SipUri.parse(b)
+    assert uri_equal(ua, ub) and uri_equal(ub, ua)
+
+
+@pytest.mark.parametrize(("a", "b"), NOT_EQUAL)
+def test_uri_not_equal(a: str, b: str) -> None:
+    ua, ub = SipUri.parse(a), SipUri.parse(b)
+    assert not uri_equal(ua, ub) and not uri_equal(ub, ua)
+
+
+def test_uri_equal_is_not_transitive_over_unknown_params() -> None:
+    # RFC 3261 §19.1.4 notes this: each pair equal, the ends differ.
+    a = SipUri.parse("sip:carol@h;security=on")
+    b = SipUri.parse("sip:carol@h")
+    c = SipUri.parse("sip:carol@h;security=off")
+    assert uri_equal(a, b) and uri_equal(b, c) and not uri_equal(a, c)
+
+
+LABEL = string.ascii_letters + string.digits
+USER = string.ascii_letters + string.digits + "-_.!~*'()&=+$,;?/"
+PARAM = string.ascii_lowercase + string.digits + "-_.!~*'"
+
+uris = st.builds(
+    SipUri,
+    scheme=st.sampled_from(["sip", "sips"]),
+    user=st.none() | st.text(USER, min_size=1, max_size=12).filter(lambda u: "@" not in u),
+    password=st.none(),
+    host=st.lists(st.text(LABEL, min_size=1, max_size=8), min_size=1, max_size=3).map(".".join)
+    | st.ip_addresses(v=4).map(str)
+    | st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+    port=st.none() | st.integers(1, 65535),
+    params=st.lists(
+        st.tuples(st.text(PARAM, min_size=1, max_size=6), st.none() | st.text(PARAM, max_size=6)),
+        max_size=3,
+    ).map(tuple),
+    headers=st.lists(
+        st.tuples(st.text(LABEL, min_size=1, max_size=6), st.text(LABEL, max_size=6)), max_size=2
+    ).map(tuple),
+)
+
+
+@given(uris)
+@settings(max_examples=300, deadline=None)
+def test_generated_uris_round_trip(uri: SipUri) -> None:
+    parsed = SipUri.parse(str(uri))
+    assert parsed == uri
+    assert uri_equal(parsed, uri)
+
+
+@given(st.text(max_size=60))
+@settings(max_examples=500, deadline=None)
+def test_parse_raises_only_value_error(text: str) -> None:
+    with contextlib.suppress(ValueError):
+        SipUri.parse("sip:" + text)
