@@ -104,6 +104,8 @@ class SipRouter:
         self._tracker = tracker
         self._metrics = metrics
         self._transactions = ServerTransactions()
+        self._date_second = -1
+        self._date_text = ""
         self._realm = config.server.effective_realm
         self._force_rport = force_rport
         self._domains = {d.lower() for d in config.server.domains}
@@ -195,6 +197,9 @@ class SipRouter:
 
     def _dispatch(self, request: SipRequest, peer: Peer, *, now: float) -> SipResponse:
         method = request.method
+        if not request.uri[:4].lower().startswith("sip"):
+            # tel:, urn: ...: this edge routes SIP URIs only (RFC 3261 §8.2.2.1).
+            return self._response(request, 416)
         if method == "REGISTER":
             return self._register(request, peer, now=now)
         if method == "OPTIONS":
@@ -295,7 +300,7 @@ class SipRouter:
             ("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome_reg.bindings
         ]
         headers.extend(("Path", p) for p in register.path)
-        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        headers.append(("Date", self._date(now)))
         return self._response(request, 200, headers=headers)
 
     def _auth_failed(
@@ -347,6 +352,14 @@ class SipRouter:
         if agent is None:
             agent = self._by_number.get(normalize_number(user))
         return agent
+
+    def _date(self, now: float) -> str:
+        """RFC 3261 §20.17 Date (RFC 1123 form), rendered once per second."""
+        second = int(now)
+        if second != self._date_second:
+            self._date_second = second
+            self._date_text = email.utils.formatdate(second, usegmt=True)
+        return self._date_text
 
     def _is_local(self, host: str) -> bool:
         host = host.lower()

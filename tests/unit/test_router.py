@@ -374,3 +374,9 @@ def test_bindings_expire_on_the_timer() -> None:
     assert sample(metrics, "sipserver_registrations_active") == 1
     router.handle_timer(now=NOW + 61)
     assert sample(metrics, "sipserver_registrations_active") == 0
+
+
+def test_non_sip_request_uri_is_416() -> None:
+    router, _ = make_router()
+    resp = send(router, request("OPTIONS", uri="tel:+15005550101", contact=None, expires=None))
+    assert resp.status == 416
