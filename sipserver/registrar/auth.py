@@ -163,7 +163,7 @@ class NonceManager:
         body, tag = raw[:_BODY_LEN], raw[_BODY_LEN:]
         if not hmac.compare_digest(tag, self._tag(body)):
             return None
-        (issued,) = _TIME.unpack_from(body)
+        issued: float = _TIME.unpack_from(body)[0]
         if not math.isfinite(issued):
             return None
         self._last_nonce, self._last_issued = nonce, issued
