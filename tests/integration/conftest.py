@@ -195,11 +195,13 @@ def run_sipp(
     calls: int = 1,
     extra: tuple[str, ...] = (),
     workdir: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> SippResult:
-    """Run one SIPp scenario from tests/sipp_scenarios against 127.0.0.1:port."""
+    """Run one SIPp scenario from tests/sipp_scenarios against host:port (IPv4 or IPv6)."""
+    remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     cmd = [
         sipp_path(),
-        f"127.0.0.1:{port}",
+        remote,
         "-sf",
         str(SCENARIOS / scenario),
         "-s",
@@ -209,7 +211,7 @@ def run_sipp(
         "-ap",
         password,
         "-i",
-        "127.0.0.1",
+        host,
         "-p",
         str(free_port(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM)),
         "-m",

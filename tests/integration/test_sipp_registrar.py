@@ -110,3 +110,17 @@ def test_registrations_survive_restart(server: ServerProcess) -> None:
     assert server.metric("sipserver_registrations_active") == 1
     # A binding query (REGISTER without Contact) lists the contact registered before.
     assert_ok(run_sipp("register_query.xml", server.sip_port, service=DEMO_USER))
+
+
+def test_ipv6_listeners(server_factory: Any) -> None:
+    # IPv6 on loopback ([::1]); SIPp registers over UDP and pings over TCP.
+    def ipv6(config: dict[str, Any]) -> None:
+        port = config["server"]["sip"]["udp"][0].rsplit(":", 1)[1]
+        config["server"]["sip"]["udp"].append(f"[::1]:{port}")
+        config["server"]["sip"]["tcp"].append(f"[::1]:{port}")
+
+    server = server_factory(ipv6)
+    for scenario, transport in (("register.xml", "udp"), ("options.xml", "tcp")):
+        result = run_sipp(scenario, server.sip_port, transport=transport, host="::1")
+        assert_ok(result)
+    assert server.metric("sipserver_registrations_active") == 1

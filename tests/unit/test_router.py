@@ -380,3 +380,29 @@ def test_non_sip_request_uri_is_416() -> None:
     router, _ = make_router()
     resp = send(router, request("OPTIONS", uri="tel:+15005550101", contact=None, expires=None))
     assert resp.status == 416
+
+
+def test_scanner_flood_keeps_memory_bounded() -> None:
+    # A scanner tries many user names from many addresses (SIPVicious-style). Every structure
+    # that grows with peers is capped: failure tracking, bans, nonce-count tracking, the
+    # transaction table.
+    router, metrics = make_router()
+    router._tracker = FailureTracker(max_failures=3, window=60, ban_duration=300, max_sources=500)
+    for i in range(3000):
+        peer = Peer("udp", f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", 5060)
+        for attempt in range(3):
+            resp = register(
+                router,
+                user=f"user{i}",
+                password="guess",
+                peer=peer,
+                now=NOW + i * 0.01,
+                call_id=f"scan-{i}-{attempt}",
+            )
+            assert resp.status == 403
+    tracker = router._tracker
+    assert len(tracker._failures) <= 500
+    assert len(tracker._bans) <= 500
+    assert sample(metrics, "sipserver_auth_failures_total", reason="unknown_user") == 9000
+    assert sample(metrics, "sipserver_bans_total") == 3000
+    assert sample(metrics, "sipserver_registrations_active") in (None, 0.0)
