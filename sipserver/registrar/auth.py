@@ -375,7 +375,9 @@ class DigestAuthenticator:
                 text = DigestChallenge(
                     realm=realm, nonce=marker, algorithm=a, qop="auth", stale=stale
                 ).to_header()
-                before, _, after = text.partition(marker)
+                # The nonce is rendered after the realm: a realm containing the marker text
+                # must not split the template.
+                before, _, after = text.rpartition(marker)
                 rendered.append((before, after))
             self._templates[stale] = tuple(rendered)
 
@@ -519,6 +521,10 @@ def _uri_key(uri: str) -> _UriKey | None:
 
 def _uri_matches(digest_uri: str, request_uri: str) -> bool:
     if digest_uri == request_uri:
+        return True
+    if "[" in request_uri and digest_uri == request_uri.replace("[", "").replace("]", ""):
+        # Some UAs (SIPp 3.6 among them) drop the brackets of an IPv6 host in the digest uri
+        # ("sip:::1:5060" for "sip:[::1]:5060"); the rest must still match exactly.
         return True
     a, b = _uri_key(digest_uri), _uri_key(request_uri)
     if a is None or b is None:

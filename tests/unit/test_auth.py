@@ -627,3 +627,22 @@ def test_challenge_headers_render_the_same_challenges() -> None:
     for stale in (False, True):
         expected = [c.to_header() for c in auth.challenges(now=5.0, stale=stale)]
         assert auth.challenge_headers(now=5.0, stale=stale) == expected
+
+
+@pytest.mark.parametrize("realm", ["N0NCE.example.com", 'a "quoted" \\ realm N0NCE'])
+def test_challenge_headers_with_a_realm_containing_the_template_marker(realm: str) -> None:
+    nonces = NonceManager(b"k" * 32, ttl=300, random_bytes=lambda n: b"\x02" * n)
+    auth = DigestAuthenticator(
+        realm=realm,
+        algorithms=[DigestAlgorithm.MD5, DigestAlgorithm.SHA256_SESS],
+        nonces=nonces,
+        password_for=lambda _: None,
+    )
+    for stale in (False, True):
+        expected = [c.to_header() for c in auth.challenges(now=7.0, stale=stale)]
+        assert auth.challenge_headers(now=7.0, stale=stale) == expected
+
+
+def test_digest_uri_without_ipv6_brackets_matches() -> None:
+    assert _uri_matches("sip:::1:5060", "sip:[::1]:5060")
+    assert not _uri_matches("sip:::2:5060", "sip:[::1]:5060")
