@@ -340,8 +340,9 @@ class SipRouter:
         return self._response(request, 403)
 
     def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> SipResponse:
+        # Pre-rendered templates: the same text as DigestChallenge.to_header() of challenges().
         headers = [
-            ("WWW-Authenticate", c.to_header()) for c in self._auth.challenges(now=now, stale=stale)
+            ("WWW-Authenticate", h) for h in self._auth.challenge_headers(now=now, stale=stale)
         ]
         return self._response(request, 401, headers=headers)
 
