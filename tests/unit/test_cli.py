@@ -98,3 +98,18 @@ def test_run_with_bad_config_exits_with_errors(tmp_path: Path) -> None:
     result = run_cli("run", "-c", str(bad))
     assert result.returncode == 2
     assert "server.http" in result.stderr
+
+
+def test_docker_config_validates_without_environment() -> None:
+    from sipserver.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "config" / "examples" / "docker.yaml", env={})
+    assert config.server.sip.udp == ["0.0.0.0:5060"]
+    assert config.server.http == "0.0.0.0:8080"
+    custom = load_config(
+        root / "config" / "examples" / "docker.yaml",
+        env={"PUBLIC_URL": "https://voice.example.com", "SIP_PASSWORD": "s3cret-s3cret"},
+    )
+    assert custom.server.public_url == "https://voice.example.com"
+    assert custom.agents[0].sip.password == "s3cret-s3cret"
