@@ -28,6 +28,7 @@ from sipserver.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    encode_response,
     make_response,
     parse_message,
 )
@@ -45,6 +46,8 @@ _RECOGNISED_UNSUPPORTED = frozenset(
     {"INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
 )
 _SERVER_HEADER = ("Server", "sipserver")
+#: A response to send: its status and its wire form.
+_Reply = tuple[int, bytes]
 _AUTH_FAILURES_THAT_BAN = frozenset(
     {AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER, AuthOutcome.WRONG_REALM}
 )
@@ -173,16 +176,15 @@ class SipRouter:
                 return []
             return [self._address(match.response, message, peer)]
         try:
-            response = self._dispatch(message, peer, now=now)
+            status, raw = self._dispatch(message, peer, now=now)
         except (ValueError, KeyError) as exc:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
-            response = self._response(message, 400, _reason(exc))
-        raw = response.encode()
+            status, raw = self._response(message, 400, _reason(exc))
         self._transactions.respond(
-            key, raw, status=response.status, reliable=peer.transport != "udp", now=now
+            key, raw, status=status, reliable=peer.transport != "udp", now=now
         )
-        self._metrics.message_out(peer.transport, response.status)
+        self._metrics.message_out(peer.transport, status)
         return [self._address(raw, message, peer)]
 
     def handle_timer(self, *, now: float) -> None:
@@ -195,7 +197,7 @@ class SipRouter:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float) -> SipResponse:
+    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float) -> _Reply:
         method = request.method
         if not request.uri[:4].lower().startswith("sip"):
             # tel:, urn: ...: this edge routes SIP URIs only (RFC 3261 §8.2.2.1).
@@ -225,7 +227,7 @@ class SipRouter:
 
     # ------------------------------------------------------------------ REGISTER
 
-    def _register(self, request: SipRequest, peer: Peer, *, now: float) -> SipResponse:
+    def _register(self, request: SipRequest, peer: Peer, *, now: float) -> _Reply:
         metrics = self._metrics
         if not self._is_local(request.request_uri().host):
             # RFC 3261 §10.3 step 1: this registrar has no bindings for that domain.
@@ -311,7 +313,7 @@ class SipRouter:
         username: str | None,
         *,
         now: float,
-    ) -> SipResponse:
+    ) -> _Reply:
         metrics = self._metrics
         reason = outcome.name.lower()
         if outcome is AuthOutcome.STALE_NONCE:
@@ -339,7 +341,7 @@ class SipRouter:
             return self._response(request, 400, "Malformed Authorization")
         return self._response(request, 403)
 
-    def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> SipResponse:
+    def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
         # Pre-rendered templates: the same text as DigestChallenge.to_header() of challenges().
         headers = [
             ("WWW-Authenticate", h) for h in self._auth.challenge_headers(now=now, stale=stale)
@@ -378,15 +380,17 @@ class SipRouter:
         reason: str | None = None,
         *,
         headers: Iterable[tuple[str, str]] = (),
-    ) -> SipResponse:
+    ) -> _Reply:
+        """The status and wire form of a response to ``request`` (see make_response)."""
         to_tag = None
         if status >= 200 and "tag=" not in (request.headers.get("To") or ""):
             # RFC 3261 §8.2.6.2: a final response gets a To tag; a stable one per request
             # keeps retransmitted answers identical.
             to_tag = _to_tag(request)
-        return make_response(
+        raw = encode_response(
             request, status, reason, to_tag=to_tag, headers=(*headers, _SERVER_HEADER)
         )
+        return status, raw
 
     def _reject_unparseable(self, exc: SipParseError, peer: Peer, *, now: float) -> list[Outgoing]:
         partial = exc.partial

@@ -1031,3 +1031,51 @@ def test_many_headers() -> None:
     request = parse_request(options(*[f"X-H{i}: {i}" for i in range(5000)]))
     assert len(request.headers) == 5005
     assert request.headers.get("x-h4999") == "4999"
+
+
+# ------------------------------------------------------------------ encode_response fast path
+
+_response_extra_names = st.sampled_from(
+    ["Contact", "Date", "Server", "Path", "Content-Length", "l", "content-length", "X-Odd", "m"]
+)
+_response_extra_values = st.sampled_from(
+    ["<sip:a@192.0.2.1>;expires=60", "", "7", "line\r\nbreak", "bare\nlf", "caf\xe9", "\udcff"]
+)
+
+
+@given(
+    valid_requests(),
+    st.integers(100, 699) | st.sampled_from([99, 200, 401, 700]),
+    st.none() | st.sampled_from(["OK", "Not Your Address-of-Record", "bad\r\nreason", ""]),
+    st.none() | st.sampled_from(["t1", "abc0123456789def", "bad tag", ""]),
+    st.lists(st.tuples(_response_extra_names, _response_extra_values), max_size=5),
+    st.booleans(),
+    st.sampled_from([False] * 7 + [True]),
+)
+@settings(max_examples=1500, deadline=None)
+def test_encode_response_agrees_with_make_response(
+    request: SipRequest,
+    status: int,
+    reason: str | None,
+    to_tag: str | None,
+    extra: list[tuple[str, str]],
+    tagged_to: bool,
+    drop_from: bool,
+) -> None:
+    if tagged_to:
+        request.headers.set("To", (request.headers.get("To") or "") + ";tag=existing")
+    if drop_from:
+        request.headers.remove("From")
+    try:
+        expected: object = make_response(
+            request, status, reason, to_tag=to_tag, headers=iter(extra)
+        ).encode()
+    except ValueError as exc:
+        expected = ("error", type(exc), str(exc))
+    try:
+        got: object = message_module.encode_response(
+            request, status, reason, to_tag=to_tag, headers=iter(extra)
+        )
+    except ValueError as exc:
+        got = ("error", type(exc), str(exc))
+    assert got == expected
