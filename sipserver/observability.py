@@ -152,6 +152,12 @@ class Metrics:
             "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2).",
             registry=r,
         )
+        self.config_reloads = Counter(
+            "sipserver_config_reloads",
+            "Configuration reloads (SIGHUP / sipserver reload), by result (ok, invalid).",
+            ["result"],
+            registry=r,
+        )
         self.tcp_connections = Gauge(
             "sipserver_sip_tcp_connections",
             "Open SIP TCP connections.",

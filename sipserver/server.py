@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import signal
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sipserver.config import Config
+from sipserver.config import Config, ConfigError, load_config
 from sipserver.edge.router import SipRouter
 from sipserver.edge.transport import SipListeners, parse_host_port
 from sipserver.observability import Metrics, get_logger
@@ -25,14 +26,30 @@ from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceM
 from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.sip.digest import DigestAlgorithm
+from sipserver.sip.transaction import ServerTransactions
 from sipserver.web.app import build_app
 
-__all__ = ["Server"]
+__all__ = ["Server", "pid_file_path"]
 
 log = get_logger(__name__)
 
 #: How often write-behind binding changes are flushed to SQLite.
 FLUSH_INTERVAL = 0.5
+
+
+def pid_file_path(config: Config) -> Path:
+    """``<data_dir>/sipserver.pid``: the process id of the server running ``config``."""
+    return Path(config.server.data_dir) / "sipserver.pid"
+
+
+def _failure_tracker(config: Config) -> FailureTracker:
+    ban = config.server.sip.ban
+    return FailureTracker(
+        max_failures=ban.max_failures,
+        window=ban.window,
+        ban_duration=ban.duration,
+        max_sources=ban.max_tracked_sources,
+    )
 
 
 class Server:
@@ -41,17 +58,45 @@ class Server:
     Args:
         config: validated configuration.
         metrics: metrics registry (a fresh one by default).
+        config_path: the file ``config`` came from (None: the embedded default); SIGHUP
+            re-reads it (:meth:`reload_from_file`).
     """
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        config_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.metrics = metrics or Metrics()
         sip = config.server.sip
         kind, path = config.server.store_url
         if kind == "sqlite" and path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.store: BindingStore = open_store(kind, path)
-        self.registrar = Registrar(
+        self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
+        self.tracker = _failure_tracker(config)
+        self.router = self._build_router(config, transactions=None)
+        self.listeners = SipListeners(
+            self.router, self.metrics, max_message_size=sip.max_message_size
+        )
+        self.metrics.registrations_active.set(self.store.count())
+        self._http_runner: web.AppRunner | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
+        self._flusher: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.http_port: int | None = None
+
+    def _build_router(
+        self, config: Config, *, transactions: ServerTransactions | None
+    ) -> SipRouter:
+        """The edge's request handling for ``config``, over this server's store, nonces and
+        bans (which outlive a reload)."""
+        sip = config.server.sip
+        registrar = Registrar(
             self.store,
             RegistrarPolicy(
                 min_expires=sip.min_expires,
@@ -65,37 +110,65 @@ class Server:
             for a in config.agents
             if a.sip.enabled and a.sip.username and a.sip.password
         }
-        self.authenticator = DigestAuthenticator(
+        authenticator = DigestAuthenticator(
             realm=config.server.effective_realm,
             algorithms=[DigestAlgorithm(a) for a in sip.digest_algorithms],
-            nonces=NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl),
+            nonces=self.nonces,
             password_for=passwords.get,
         )
-        self.tracker = FailureTracker(
-            max_failures=sip.ban.max_failures,
-            window=sip.ban.window,
-            ban_duration=sip.ban.duration,
-            max_sources=sip.ban.max_tracked_sources,
-        )
         local_hosts = [parse_host_port(s)[0] for s in (*sip.udp, *sip.tcp)]
-        self.router = SipRouter(
+        return SipRouter(
             config,
-            registrar=self.registrar,
-            authenticator=self.authenticator,
+            registrar=registrar,
+            authenticator=authenticator,
             tracker=self.tracker,
             metrics=self.metrics,
             local_hosts=local_hosts,
             force_rport=sip.force_rport,
+            transactions=transactions,
         )
-        self.listeners = SipListeners(
-            self.router, self.metrics, max_message_size=sip.max_message_size
-        )
-        self.metrics.registrations_active.set(self.store.count())
-        self._http_runner: web.AppRunner | None = None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
-        self._flusher: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
-        self.http_port: int | None = None
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new, already validated configuration to the running server.
+
+        Agents, credentials, allow-lists, realm, digest algorithms and registrar limits take
+        effect at once; bindings, outstanding nonces and transactions are kept. Settings bound
+        at start-up (listen addresses, HTTP, store, data_dir, nonce lifetime, ban policy) need
+        a restart: their keys are returned (and logged) when they changed.
+        """
+        old = self.config.server
+        new = config.server
+        restart_keys = [
+            key
+            for key, before, after in (
+                ("server.sip.udp", old.sip.udp, new.sip.udp),
+                ("server.sip.tcp", old.sip.tcp, new.sip.tcp),
+                ("server.sip.max_message_size", old.sip.max_message_size, new.sip.max_message_size),
+                ("server.sip.nonce_ttl", old.sip.nonce_ttl, new.sip.nonce_ttl),
+                ("server.sip.ban", old.sip.ban, new.sip.ban),
+                ("server.http", old.http, new.http),
+                ("server.store", old.store, new.store),
+                ("server.data_dir", old.data_dir, new.data_dir),
+            )
+            if before != after
+        ]
+        self.router = self._build_router(config, transactions=self.router.transactions)
+        self.listeners.router = self.router
+        self.config = config
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("config_reloaded", agents=len(config.agents), restart_needed_for=restart_keys)
+        return restart_keys
+
+    def reload_from_file(self) -> bool:
+        """Re-read :attr:`config_path` and apply it; an invalid file changes nothing."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config_reload_failed", source=str(self.config_path), errors=exc.errors)
+            return False
+        self.reload(config)
+        return True
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
@@ -163,7 +236,12 @@ class Server:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stopped.set)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
         await self.start()
+        pid_file = self.pid_file
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
         log.info(
             "started",
             agents=len(self.config.agents),
@@ -174,6 +252,13 @@ class Server:
             await self._stopped.wait()
         finally:
             await self.stop()
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+
+    @property
+    def pid_file(self) -> Path:
+        """Where ``run`` records its process id (``sipserver reload`` signals it)."""
+        return pid_file_path(self.config)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to return (thread-unsafe; call on the loop)."""

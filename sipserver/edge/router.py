@@ -88,6 +88,8 @@ class SipRouter:
             literal when listening on a wildcard address) is for this server.
         force_rport: answer datagrams to their source port even without ``;rport`` (RFC 3581
             behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
+        transactions: the transaction table to use (a config reload hands over the old one, so
+            retransmissions across the reload are still answered).
     """
 
     def __init__(
@@ -100,13 +102,14 @@ class SipRouter:
         metrics: Metrics,
         local_hosts: Iterable[str] = (),
         force_rport: bool = True,
+        transactions: ServerTransactions | None = None,
     ) -> None:
         self._config = config
         self._registrar = registrar
         self._auth = authenticator
         self._tracker = tracker
         self._metrics = metrics
-        self._transactions = ServerTransactions()
+        self._transactions = transactions if transactions is not None else ServerTransactions()
         self._date_second = -1
         self._date_text = ""
         self._realm = config.server.effective_realm

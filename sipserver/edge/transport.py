@@ -41,9 +41,9 @@ def parse_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, router: SipRouter, clock: Clock) -> None:
-        self._router = router
-        self._clock = clock
+    def __init__(self, listeners: SipListeners) -> None:
+        # The router is looked up per datagram: a config reload swaps it on the listeners.
+        self._listeners = listeners
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -54,7 +54,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if len(data) <= 4 and not data.strip():
             return  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
         host, port = str(addr[0]), int(addr[1])
-        out = self._router.handle_message(data, Peer("udp", host, port), now=self._clock())
+        listeners = self._listeners
+        out = listeners.router.handle_message(data, Peer("udp", host, port), now=listeners.clock())
         transport = self.transport
         if transport is None:
             return
@@ -158,7 +159,7 @@ class SipListeners:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self.router, self.clock),
+                    lambda: _UdpProtocol(self),
                     local_addr=(host, port),
                     family=family,
                 )

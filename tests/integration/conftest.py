@@ -102,8 +102,12 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://{self.config['server']['http']}"
 
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "sipserver.yaml"
+
     def start(self) -> None:
-        cfg = self.workdir / "sipserver.yaml"
+        cfg = self.config_file
         cfg.write_text(yaml.safe_dump(self.config))
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
