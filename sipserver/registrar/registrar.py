@@ -230,20 +230,7 @@ class Registrar:
             index = self._find(working, spec)
             if index is None:
                 if expires:
-                    binding = Binding(
-                        aor=request.aor,
-                        contact=spec.uri,
-                        expires_at=now + expires,
-                        registered_at=now,
-                        call_id=call_id,
-                        cseq=cseq,
-                        q=spec.q,
-                        agent=request.agent,
-                        source=request.source,
-                        path=request.path,
-                        user_agent=request.user_agent,
-                        instance=spec.instance,
-                    )
+                    binding = _binding(request, spec, expires_at=now + expires, registered_at=now)
                     working.append(binding)
                     fresh.append(binding)
                     added += 1
@@ -259,19 +246,8 @@ class Registrar:
                 del working[index]
                 removed += 1
                 continue
-            binding = Binding(
-                aor=request.aor,
-                contact=spec.uri,
-                expires_at=now + expires,
-                registered_at=old.registered_at,
-                call_id=call_id,
-                cseq=cseq,
-                q=spec.q,
-                agent=request.agent,
-                source=request.source,
-                path=request.path,
-                user_agent=request.user_agent,
-                instance=spec.instance,
+            binding = _binding(
+                request, spec, expires_at=now + expires, registered_at=old.registered_at
             )
             working[index] = binding
             fresh.append(binding)
@@ -353,6 +329,27 @@ class Registrar:
             if (instance is None or b.instance is None) and contact_key(b.contact) == key:
                 return i
         return None
+
+
+def _binding(
+    request: RegisterRequest, spec: ContactSpec, *, expires_at: float, registered_at: float
+) -> Binding:
+    """The binding ``spec`` of ``request`` becomes (new, or refreshing one registered at
+    ``registered_at``)."""
+    return Binding(
+        aor=request.aor,
+        contact=spec.uri,
+        expires_at=expires_at,
+        registered_at=registered_at,
+        call_id=request.call_id,
+        cseq=request.cseq,
+        q=spec.q,
+        agent=request.agent,
+        source=request.source,
+        path=request.path,
+        user_agent=request.user_agent,
+        instance=spec.instance,
+    )
 
 
 def _contains(bindings: list[Binding], binding: Binding) -> bool:

@@ -746,6 +746,34 @@ def _has_tag(value: str) -> bool:
     return any(p.partition("=")[0].strip(" \t").lower() == "tag" for p in params.split(";")[1:])
 
 
+def _response_head(
+    request: SipRequest, status: int, reason: str | None, to_tag: str | None
+) -> tuple[str, str, str, str, str, str]:
+    """Checked reason and the copied Via/From/To(+tag)/Call-ID/CSeq of a response
+    (RFC 3261 §8.2.6.2), shared by :func:`make_response` and :func:`encode_response`."""
+    if not 100 <= status <= 699:
+        raise ValueError(f"Invalid status {status}")
+    if reason is None:
+        reason = REASON_PHRASES.get(status) or _CLASS_REASONS[status // 100]
+    elif "\n" in reason or "\r" in reason:
+        raise ValueError("Reason phrase contains a line break")
+    source = request.headers
+    first = source._first
+    try:
+        via = first["Via"]
+        from_ = first["From"]
+        to = first["To"]
+        call_id = first["Call-ID"]
+        cseq = first["CSeq"]
+    except KeyError as exc:
+        raise ValueError(f"Request has no {exc.args[0]}") from None
+    if to_tag is not None and not _has_tag(to):
+        if _TOKEN.fullmatch(to_tag) is None:
+            raise ValueError(f"Invalid tag {to_tag!r}")
+        to = f"{to};tag={to_tag}"
+    return reason, via, from_, to, call_id, cseq
+
+
 def make_response(
     request: SipRequest,
     status: int,
@@ -769,26 +797,8 @@ def make_response(
         ValueError: bad status, reason or tag, a request lacking a copied header, or a bad
             extra header.
     """
-    if not 100 <= status <= 699:
-        raise ValueError(f"Invalid status {status}")
-    if reason is None:
-        reason = REASON_PHRASES.get(status) or _CLASS_REASONS[status // 100]
-    elif "\n" in reason or "\r" in reason:
-        raise ValueError("Reason phrase contains a line break")
+    reason, via, from_, to, call_id, cseq = _response_head(request, status, reason, to_tag)
     source = request.headers
-    first = source._first
-    try:
-        via = first["Via"]
-        from_ = first["From"]
-        to = first["To"]
-        call_id = first["Call-ID"]
-        cseq = first["CSeq"]
-    except KeyError as exc:
-        raise ValueError(f"Request has no {exc.args[0]}") from None
-    if to_tag is not None and not _has_tag(to):
-        if _TOKEN.fullmatch(to_tag) is None:
-            raise ValueError(f"Invalid tag {to_tag!r}")
-        to = f"{to};tag={to_tag}"
     vias = source._multi.get("Via")
     if vias is None:
         items = [("Via", via), ("From", from_), ("To", to), ("Call-ID", call_id), ("CSeq", cseq)]
@@ -831,26 +841,8 @@ def encode_response(
     Raises:
         ValueError: as :func:`make_response`.
     """
-    if not 100 <= status <= 699:
-        raise ValueError(f"Invalid status {status}")
-    if reason is None:
-        reason = REASON_PHRASES.get(status) or _CLASS_REASONS[status // 100]
-    elif "\n" in reason or "\r" in reason:
-        raise ValueError("Reason phrase contains a line break")
+    reason, via, from_, to, call_id, cseq = _response_head(request, status, reason, to_tag)
     source = request.headers
-    first = source._first
-    try:
-        via = first["Via"]
-        from_ = first["From"]
-        to = first["To"]
-        call_id = first["Call-ID"]
-        cseq = first["CSeq"]
-    except KeyError as exc:
-        raise ValueError(f"Request has no {exc.args[0]}") from None
-    if to_tag is not None and not _has_tag(to):
-        if _TOKEN.fullmatch(to_tag) is None:
-            raise ValueError(f"Invalid tag {to_tag!r}")
-        to = f"{to};tag={to_tag}"
     if not isinstance(headers, tuple | list):
         headers = tuple(headers)
     vias = source._multi.get("Via")
