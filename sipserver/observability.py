@@ -152,6 +152,11 @@ class Metrics:
             "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2).",
             registry=r,
         )
+        self.internal_errors = Counter(
+            "sipserver_sip_internal_errors",
+            "Requests answered 500 because handling them raised an unexpected error.",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "sipserver_config_reloads",
             "Configuration reloads (SIGHUP / sipserver reload), by result (ok, invalid).",

@@ -184,6 +184,11 @@ class SipRouter:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
             status, raw = self._response(message, 400, _reason(exc))
+        except Exception:
+            # A bug must cost one request, not the edge: log it with the stack, answer 500.
+            log.exception("sip_request_failed", method=message.method, source=peer.host)
+            self._metrics.internal_errors.inc()
+            status, raw = self._response(message, 500)
         self._transactions.respond(
             key, raw, status=status, reliable=peer.transport != "udp", now=now
         )

@@ -406,3 +406,15 @@ def test_scanner_flood_keeps_memory_bounded() -> None:
     assert sample(metrics, "sipserver_auth_failures_total", reason="unknown_user") == 9000
     assert sample(metrics, "sipserver_bans_total") == 3000
     assert sample(metrics, "sipserver_registrations_active") in (None, 0.0)
+
+
+def test_unexpected_error_costs_one_request_not_the_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    router, metrics = make_router()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Registrar, "handle_register", broken)
+    assert register(router).status == 500
+    assert sample(metrics, "sipserver_sip_internal_errors_total") == 1
+    assert send(router, request("OPTIONS", contact=None, expires=None)).status == 200
