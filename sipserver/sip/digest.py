@@ -175,23 +175,8 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
 
 
 def _parse_auth_params_strict(value: str) -> tuple[str, dict[str, str]]:
-    """Split a challenge or credentials header value into its scheme and parameters.
-
-    ``'Digest a=b, c="d,e"'`` gives ``("Digest", {"a": "b", "c": "d,e"})``. Parameter names
-    are lower-cased, quoted strings are unescaped, whitespace (including folded line breaks)
-    around names, ``=`` and commas is ignored, and empty list elements (``a=b,,c=d``) are
-    skipped (RFC 7235 §7 #rule).
-
-    Args:
-        value: The header value, e.g. of WWW-Authenticate or Authorization.
-
-    Returns:
-        The scheme exactly as written and a dict of parameters.
-
-    Raises:
-        DigestError: On a missing scheme, an unterminated quoted string, a duplicate parameter,
-            a parameter without ``=value``, or other text that is not an auth-param list.
-    """
+    """:func:`parse_auth_params`, one character class at a time: the reference grammar, and
+    the path that names the problem in its DigestError."""
     pos = _skip_ws(value, 0)
     m = _TOKEN_RE.match(value, pos)
     if m is None:

@@ -22,6 +22,7 @@ from sipserver.sip.digest import DigestAlgorithm, DigestChallenge, build_authori
 from sipserver.sip.message import SipResponse, parse_message
 
 PEER = Peer("udp", "198.51.100.7", 5062)
+URI = "sip:sip.example.com"
 NOW = 1_800_000_000.0
 _branches = itertools.count()
 
@@ -133,6 +134,14 @@ def send(router: SipRouter, data: bytes, *, now: float = NOW, peer: Peer = PEER)
     return response
 
 
+def answer(challenge_resp: SipResponse, user: str, password: str, uri: str = URI) -> str:
+    """Authorization answering the first challenge of a 401."""
+    challenge = DigestChallenge.parse(challenge_resp.headers.get_all("WWW-Authenticate")[0])
+    return build_authorization(
+        challenge, username=user, password=password, method="REGISTER", uri=uri, cnonce="x"
+    )
+
+
 def register(
     router: SipRouter,
     user: str = "alice",
@@ -211,15 +220,7 @@ def test_register_by_number_aor() -> None:
     router, _ = make_router()
     # A trunk may register its number as the AOR user while authenticating as the agent.
     resp = send(router, request(user="+15005550101"))
-    challenge = DigestChallenge.parse(resp.headers.get_all("WWW-Authenticate")[0])
-    auth = build_authorization(
-        challenge,
-        username="alice",
-        password="alice-pw-123",
-        method="REGISTER",
-        uri="sip:sip.example.com",
-        cnonce="x",
-    )
+    auth = answer(resp, "alice", "alice-pw-123")
     final = send(router, request(user="+15005550101", cseq=2, authorization=auth))
     assert final.status == 200
 
@@ -247,15 +248,7 @@ def test_unknown_user_is_challenged_like_a_known_one() -> None:
 def test_credentials_of_another_agent_are_refused() -> None:
     router, _ = make_router()
     resp = send(router, request(user="alice"))
-    challenge = DigestChallenge.parse(resp.headers.get_all("WWW-Authenticate")[0])
-    auth = build_authorization(
-        challenge,
-        username="bob",
-        password="bob-pw-1234",
-        method="REGISTER",
-        uri="sip:sip.example.com",
-        cnonce="x",
-    )
+    auth = answer(resp, "bob", "bob-pw-1234")
     assert send(router, request(user="alice", cseq=2, authorization=auth)).status == 403
 
 
@@ -271,15 +264,7 @@ def test_cidr_is_checked_before_any_challenge() -> None:
 def test_stale_nonce_gets_a_stale_challenge() -> None:
     router, _ = make_router(nonce_ttl=30)
     first = send(router, request())
-    challenge = DigestChallenge.parse(first.headers.get_all("WWW-Authenticate")[0])
-    auth = build_authorization(
-        challenge,
-        username="alice",
-        password="alice-pw-123",
-        method="REGISTER",
-        uri="sip:sip.example.com",
-        cnonce="x",
-    )
+    auth = answer(first, "alice", "alice-pw-123")
     resp = send(router, request(cseq=2, authorization=auth), now=NOW + 31)
     assert resp.status == 401
     assert all("stale=true" in v for v in resp.headers.get_all("WWW-Authenticate"))
@@ -288,15 +273,7 @@ def test_stale_nonce_gets_a_stale_challenge() -> None:
 def test_replayed_authorization_is_rechallenged() -> None:
     router, _ = make_router()
     first = send(router, request())
-    challenge = DigestChallenge.parse(first.headers.get_all("WWW-Authenticate")[0])
-    auth = build_authorization(
-        challenge,
-        username="alice",
-        password="alice-pw-123",
-        method="REGISTER",
-        uri="sip:sip.example.com",
-        cnonce="x",
-    )
+    auth = answer(first, "alice", "alice-pw-123")
     assert send(router, request(cseq=2, authorization=auth)).status == 200
     # Same nc again in a new transaction: a replay, so a fresh challenge.
     assert send(router, request(cseq=3, authorization=auth)).status == 401
