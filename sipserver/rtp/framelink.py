@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -650,7 +650,7 @@ class FrameLink:
         except (ConnectionError, OSError):
             return  # the peer is gone; records() ends with EOF on the read side
 
-    async def records(self) -> AsyncIterator[LinkRecord]:
+    async def records(self) -> AsyncGenerator[LinkRecord, None]:
         """Yield the peer's records until EOF (or until this end is closed).
 
         Yields:

@@ -339,8 +339,12 @@ def _frames(records: list[LinkRecord]) -> list[AudioFrame]:
 
 async def test_records_flow_both_ways() -> None:
     worker, main = await _pair()
-    to_main = [*RECORDS[:3], Audio((AudioFrame(7, 0, 0, PCM),)), Dtmf(7, "1", 80, "rfc4733")]
-    to_worker = [Audio((AudioFrame(7, 0, 0, PCM),)), CallEnded(7, "session")]
+    to_main: list[LinkRecord] = [
+        *RECORDS[:3],
+        Audio((AudioFrame(7, 0, 0, PCM),)),
+        Dtmf(7, "1", 80, "rfc4733"),
+    ]
+    to_worker: list[LinkRecord] = [Audio((AudioFrame(7, 0, 0, PCM),)), CallEnded(7, "session")]
     for r in to_main:
         worker.send(r)
     for r in to_worker:
