@@ -1,0 +1,302 @@
+"""The media worker pool: spawn worker processes, track them over the frame link, pick one per
+call, restart the ones that die.
+
+Each worker is a process (``python -m sipserver.rtp.pjsua2_worker``) with its own SIP port on
+loopback and its own RTP port range. It connects back to the frame link socket and says HELLO
+with its SIP address and capacity (read from the library, never assumed here). A worker counts
+as *up* from its HELLO until its process exits or its link closes; then every call it held is
+reported lost (the edge ends those dialogs) and a replacement is started with a back-off.
+
+Scaling: at least ``min_workers`` run; when the free capacity of the up workers falls below
+``spare_calls`` another is started, up to ``max_workers``. :meth:`pick` returns the least loaded
+up worker, ``FULL`` when every up worker is at capacity, or None when none is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sipserver.observability import get_logger
+from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, serve_links
+
+__all__ = ["FULL", "MediaWorker", "WorkerPool", "WorkerPoolSettings"]
+
+log = get_logger(__name__)
+
+
+class _Full(enum.Enum):
+    FULL = "full"
+
+
+FULL: Literal[_Full.FULL] = _Full.FULL
+"""Returned by :meth:`WorkerPool.pick` when every worker that is up is at capacity."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPoolSettings:
+    """How many workers, where they listen, and which RTP ports each one gets."""
+
+    link_path: str
+    """Unix socket of the frame link (the pool listens, workers connect)."""
+    min_workers: int = 1
+    max_workers: int = 4
+    spare_calls: int = 1
+    """Start another worker when fewer free call slots than this remain."""
+    sip_host: str = "127.0.0.1"
+    rtp_host: str = "127.0.0.1"
+    rtp_port_start: int = 20000
+    rtp_ports_per_worker: int = 40
+    """Each worker gets its own slice of the RTP range (2 ports per call: RTP + RTCP)."""
+    sample_rate: int = 8000
+    restart_backoff: float = 1.0
+    """Seconds before a dead worker's slot is started again (doubles up to 30 s while it keeps
+    dying within 10 s of its start)."""
+
+
+@dataclass
+class MediaWorker:
+    """One worker process as the pool sees it."""
+
+    worker_id: str
+    slot: int
+    """Index of its RTP port slice."""
+    process: asyncio.subprocess.Process | None = None
+    link: FrameLink | None = None
+    hello: Hello | None = None
+    calls: set[int] = field(default_factory=set)
+    """Worker-local call numbers in progress."""
+    reserved: int = 0
+    """Calls routed to the worker whose media has not started yet."""
+    started_at: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.hello is not None and self.link is not None and not self.link.closed
+
+    @property
+    def capacity(self) -> int:
+        return self.hello.capacity if self.hello is not None else 0
+
+    @property
+    def load(self) -> int:
+        return len(self.calls) + self.reserved
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.load)
+
+
+RecordHandler = Callable[[MediaWorker, LinkRecord], None]
+LostHandler = Callable[[MediaWorker, set[int]], None]
+
+
+class WorkerPool:
+    """Supervises the media worker processes.
+
+    Args:
+        settings: pool size, addresses and port ranges.
+        on_record: called on the event loop for every record a worker sends (after HELLO).
+        on_worker_lost: called with the worker and the calls it held when it goes away.
+        command: the worker command line without its options (tests may replace it).
+    """
+
+    def __init__(
+        self,
+        settings: WorkerPoolSettings,
+        *,
+        on_record: RecordHandler,
+        on_worker_lost: LostHandler,
+        command: tuple[str, ...] = (sys.executable, "-m", "sipserver.rtp.pjsua2_worker"),
+    ) -> None:
+        if not 1 <= settings.min_workers <= settings.max_workers:
+            raise ValueError("need 1 <= min_workers <= max_workers")
+        self.settings = settings
+        self._on_record = on_record
+        self._on_worker_lost = on_worker_lost
+        self._command = command
+        self._workers: dict[str, MediaWorker] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._backoff: dict[int, float] = {}
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def workers(self) -> list[MediaWorker]:
+        return list(self._workers.values())
+
+    def by_id(self, worker_id: str) -> MediaWorker | None:
+        return self._workers.get(worker_id)
+
+    def pick(self) -> MediaWorker | Literal[_Full.FULL] | None:
+        """The least loaded worker that is up and has a free call slot."""
+        up = [w for w in self._workers.values() if w.up]
+        if not up:
+            return None
+        best = max(up, key=lambda w: (w.free, -w.load))
+        if best.free <= 0:
+            return FULL
+        return best
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Listen for worker links and start ``min_workers`` workers."""
+        self._server = await serve_links(self.settings.link_path, self._serve)
+        for _ in range(self.settings.min_workers):
+            self._spawn(self._free_slot())
+
+    async def wait_ready(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``count`` workers are up (start-up and tests)."""
+        deadline = time.monotonic() + timeout
+        while sum(w.up for w in self._workers.values()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} media workers came up in {timeout} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after 5 s) and the link server."""
+        self._closing = True
+        for worker in list(self._workers.values()):
+            proc = worker.process
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for worker in list(self._workers.values()):
+            proc = worker.process
+            if proc is None:
+                continue
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def reserve(self, worker: MediaWorker) -> None:
+        """Count a call routed to ``worker`` before its media starts."""
+        worker.reserved += 1
+        self._maybe_scale()
+
+    def release(self, worker: MediaWorker) -> None:
+        """Undo :meth:`reserve` (the call started, failed or was cancelled)."""
+        worker.reserved = max(0, worker.reserved - 1)
+
+    # ------------------------------------------------------------------ internals
+
+    def _free_slot(self) -> int:
+        used = {w.slot for w in self._workers.values()}
+        return next(i for i in itertools.count() if i not in used)
+
+    def _maybe_scale(self) -> None:
+        if self._closing or len(self._workers) >= self.settings.max_workers:
+            return
+        starting = any(not w.up for w in self._workers.values())
+        free = sum(w.free for w in self._workers.values() if w.up)
+        if not starting and free < self.settings.spare_calls:
+            self._spawn(self._free_slot())
+
+    def _spawn(self, slot: int) -> None:
+        s = self.settings
+        worker_id = f"w{next(self._ids)}"
+        worker = MediaWorker(worker_id=worker_id, slot=slot, started_at=time.monotonic())
+        self._workers[worker_id] = worker
+        args = [
+            *self._command,
+            "--link",
+            s.link_path,
+            "--worker-id",
+            worker_id,
+            "--sip-host",
+            s.sip_host,
+            "--sip-port",
+            "0",
+            "--rtp-host",
+            s.rtp_host,
+            "--rtp-port",
+            str(s.rtp_port_start + slot * s.rtp_ports_per_worker),
+            "--rtp-port-count",
+            str(s.rtp_ports_per_worker),
+            "--sample-rate",
+            str(s.sample_rate),
+        ]
+        task = asyncio.create_task(self._run(worker, args), name=f"media-worker-{worker_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, worker: MediaWorker, args: list[str]) -> None:
+        worker.process = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        log.info("media_worker_started", worker=worker.worker_id, pid=worker.process.pid)
+        code = await worker.process.wait()
+        self._lost(worker, f"exited with {code}")
+
+    async def _serve(self, link: FrameLink) -> None:
+        worker: MediaWorker | None = None
+        try:
+            async for record in link.records():
+                if worker is None:
+                    if not isinstance(record, Hello) or record.worker_id not in self._workers:
+                        log.warning("media_worker_unknown_link", record=type(record).__name__)
+                        return
+                    worker = self._workers[record.worker_id]
+                    worker.link, worker.hello = link, record
+                    log.info(
+                        "media_worker_up",
+                        worker=worker.worker_id,
+                        sip=f"{record.sip_host}:{record.sip_port}",
+                        capacity=record.capacity,
+                    )
+                    continue
+                self._on_record(worker, record)
+        finally:
+            if worker is not None:
+                self._lost(worker, "link closed")
+
+    def _lost(self, worker: MediaWorker, why: str) -> None:
+        if self._workers.get(worker.worker_id) is not worker:
+            return  # already handled (link closed and process exited both report it)
+        del self._workers[worker.worker_id]
+        calls = set(worker.calls)
+        worker.calls.clear()
+        if worker.process is not None and worker.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+        if self._closing:
+            return
+        log.warning("media_worker_lost", worker=worker.worker_id, why=why, calls=len(calls))
+        self._on_worker_lost(worker, calls)
+        self.restarts += 1
+        lived = time.monotonic() - worker.started_at
+        backoff = self._backoff.get(worker.slot, self.settings.restart_backoff)
+        self._backoff[worker.slot] = min(30.0, backoff * 2) if lived < 10 else backoff
+        loop = asyncio.get_running_loop()
+        loop.call_later(backoff, self._respawn, worker.slot)
+
+    def _respawn(self, slot: int) -> None:
+        if self._closing:
+            return
+        if len(self._workers) < self.settings.max_workers:
+            self._spawn(slot)

@@ -1,0 +1,91 @@
+"""The media worker pool with stand-in worker processes: start, pick, scale, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
+from sipserver.rtp.framelink import LinkRecord
+
+pytestmark = pytest.mark.integration
+
+WORKER = (sys.executable, str(Path(__file__).with_name("link_worker.py")), "--capacity", "2")
+
+
+def make_pool(tmp_path: Path, **kw: int) -> tuple[WorkerPool, list[tuple[str, set[int]]]]:
+    lost: list[tuple[str, set[int]]] = []
+
+    def on_record(worker: MediaWorker, record: LinkRecord) -> None:
+        pass
+
+    def on_lost(worker: MediaWorker, calls: set[int]) -> None:
+        lost.append((worker.worker_id, calls))
+
+    settings = WorkerPoolSettings(
+        link_path=str(tmp_path / "run" / "link.sock"), restart_backoff=0.1, **kw
+    )
+    pool = WorkerPool(settings, on_record=on_record, on_worker_lost=on_lost, command=WORKER)
+    return pool, lost
+
+
+async def test_pick_least_loaded_then_full(tmp_path: Path) -> None:
+    pool, _ = make_pool(tmp_path, min_workers=2, max_workers=2)
+    await pool.start()
+    try:
+        await pool.wait_ready(2, timeout=20)
+        first = pool.pick()
+        assert isinstance(first, MediaWorker) and first.capacity == 2
+        pool.reserve(first)
+        second = pool.pick()
+        assert isinstance(second, MediaWorker) and second is not first
+        for worker in pool.workers:
+            while worker.free:
+                pool.reserve(worker)
+        assert pool.pick() is FULL
+        pool.release(first)
+        assert pool.pick() is first
+    finally:
+        await pool.stop()
+
+
+async def test_scales_up_when_spare_capacity_runs_out(tmp_path: Path) -> None:
+    pool, _ = make_pool(tmp_path, min_workers=1, max_workers=3, spare_calls=1)
+    await pool.start()
+    try:
+        await pool.wait_ready(1, timeout=20)
+        worker = pool.pick()
+        assert isinstance(worker, MediaWorker)
+        pool.reserve(worker)
+        pool.reserve(worker)  # capacity 2 used up: a second worker is started
+        await pool.wait_ready(2, timeout=20)
+        assert len(pool.workers) == 2
+    finally:
+        await pool.stop()
+
+
+async def test_dead_worker_is_reported_and_restarted(tmp_path: Path) -> None:
+    pool, lost = make_pool(tmp_path, min_workers=2, max_workers=2)
+    await pool.start()
+    try:
+        await pool.wait_ready(2, timeout=20)
+        victim, other = pool.workers
+        victim.calls.update({1, 2})
+        assert victim.process is not None
+        os.kill(victim.process.pid, signal.SIGKILL)
+        for _ in range(200):
+            if lost:
+                break
+            await asyncio.sleep(0.05)
+        assert lost == [(victim.worker_id, {1, 2})]
+        assert other.up  # the other worker is untouched
+        await pool.wait_ready(2, timeout=20)
+        assert pool.restarts == 1
+        assert victim.worker_id not in {w.worker_id for w in pool.workers}
+    finally:
+        await pool.stop()
