@@ -185,6 +185,30 @@ class SipServerConfig(_Model):
         return [parse_host_port(item) for item in self.tcp]
 
 
+class MediaConfig(_Model):
+    """Media workers: the processes that answer calls (SIP on loopback) and carry their RTP."""
+
+    worker_host: Host = "127.0.0.1"
+    """Address the workers' SIP listeners bind to; the edge forwards calls there."""
+    rtp_host: Host = "127.0.0.1"
+    """Address RTP binds to and that the workers put in their SDP."""
+    rtp_port_min: int = Field(20000, ge=1024, le=65535)
+    """First UDP port of the RTP range (split between workers, 2 ports per call)."""
+    rtp_port_max: int = Field(20999, ge=1024, le=65535)
+    """Last UDP port of the RTP range."""
+    min_workers: int = Field(1, ge=1)
+    """Workers kept running even when idle; ``server.workers`` is the maximum."""
+    sample_rate: Literal[8000, 16000] = 8000
+    """PCM rate of the frames between workers and sessions."""
+
+    @model_validator(mode="after")
+    def _port_order(self) -> MediaConfig:
+        if self.rtp_port_min + 16 > self.rtp_port_max:
+            message = f"must be at least rtp_port_min + 16 ({self.rtp_port_min + 16})"
+            raise RuleErrors([(("rtp_port_max",), message)])
+        return self
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -201,11 +225,20 @@ class ServerConfig(_Model):
     sip: SipServerConfig = Field(default_factory=SipServerConfig)
     """The SIP edge."""
     workers: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
-    """Media worker processes: ``auto`` (one per core) or a number >= 1."""
+    """Most media worker processes: ``auto`` (one per core) or a number >= 1."""
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    """Media workers and RTP."""
     store: Annotated[str, AfterValidator(rules.check_store)] = "sqlite"
     """Bindings store: ``memory``, ``sqlite`` (``<data_dir>/bindings.db``) or ``sqlite://PATH``."""
     data_dir: str = Field("./var", min_length=1)
     """Directory for state files (the bindings database, ...)."""
+
+    @property
+    def max_workers(self) -> int:
+        """:attr:`workers` as a number (``auto``: the number of CPU cores)."""
+        if self.workers == "auto":
+            return max(1, os.cpu_count() or 1)
+        return self.workers
 
     @property
     def effective_realm(self) -> str:

@@ -1086,3 +1086,21 @@ def test_lookups() -> None:
 )
 def test_normalize_number(number: str, expected: str) -> None:
     assert normalize_number(number) == expected
+
+
+def test_media_port_range_must_hold_a_worker() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            "server:\n  media:\n    rtp_port_min: 30000\n    rtp_port_max: 30010\n", env={}
+        )
+    assert any(
+        e.startswith("server.media.rtp_port_max: must be at least") for e in info.value.errors
+    )
+
+
+def test_workers_auto_means_cores() -> None:
+    import os
+
+    config = parse_config("server:\n  workers: auto\n", env={})
+    assert config.server.max_workers == max(1, os.cpu_count() or 1)
+    assert parse_config("server:\n  workers: 3\n", env={}).server.max_workers == 3
