@@ -1,0 +1,164 @@
+"""AudioMediaPort <-> asyncio: per-call frames cross threads through bounded queues.
+
+pjsua2 calls :meth:`CallAudioPort.onFrameReceived` and :meth:`CallAudioPort.onFrameRequested`
+from its media clock thread (pjlib creates it; the SWIG director takes the GIL itself), once per
+20 ms tick and call. Neither callback may block or do real work there: a slow callback delays the
+frames of every call of the process.
+
+- Inbound (caller -> session): the frame is copied (``bytes(frame.buf)``) and handed to the asyncio
+  loop with ``loop.call_soon_threadsafe``; the loop thread batches it onto the frame link.
+- Outbound (session -> caller): the loop thread pushes frames into :class:`OutboundFrames`, a
+  bounded deque; the media clock thread pops one per tick without waiting. An empty queue plays
+  silence (counted as underflow); a full queue drops its oldest frame (counted as overflow).
+
+Each counter has a single writer thread, so plain integer updates under the GIL are enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pjsua2 as pj  # type: ignore[import-untyped]
+
+__all__ = ["BridgeCounters", "CallAudioPort", "OutboundFrames", "frame_bytes", "media_format"]
+
+FRAME_MS = 20
+"""Frame duration of every port (pjsua2's audioFramePtime default)."""
+
+DEFAULT_OUTBOUND_FRAMES = 50
+"""Outbound queue bound: one second of audio at 20 ms per frame."""
+
+
+def frame_bytes(sample_rate: int) -> int:
+    """Bytes of one 20 ms mono s16le frame at ``sample_rate``."""
+    return sample_rate * FRAME_MS // 1000 * 2
+
+
+def media_format(sample_rate: int) -> pj.MediaFormatAudio:
+    """The PCM format of a call port: mono, 16-bit, 20 ms frames at ``sample_rate``."""
+    fmt = pj.MediaFormatAudio()
+    fmt.init(pj.PJMEDIA_FORMAT_PCM, sample_rate, 1, FRAME_MS * 1000, 16)
+    return fmt
+
+
+@dataclass(slots=True)
+class BridgeCounters:
+    """Per-call frame counters; each field is written by one thread only."""
+
+    rx_frames: int = 0
+    """Frames received from the caller (media clock thread)."""
+    rx_dropped: int = 0
+    """Inbound frames that could not be handed to the loop (loop closed)."""
+    tx_frames: int = 0
+    """Frames of session audio played to the caller (media clock thread)."""
+    tx_underflow: int = 0
+    """Ticks with no session audio queued: silence was played (media clock thread)."""
+    tx_overflow: int = 0
+    """Session frames dropped because the outbound queue was full (loop thread)."""
+
+
+class OutboundFrames:
+    """Bounded frame queue from the loop thread (push) to the media clock thread (pop).
+
+    ``collections.deque`` append/popleft are atomic under the GIL, so neither side locks or waits.
+    """
+
+    def __init__(
+        self,
+        frame_size: int,
+        counters: BridgeCounters,
+        maxlen: int = DEFAULT_OUTBOUND_FRAMES,
+    ) -> None:
+        """Create an empty queue.
+
+        Args:
+            frame_size: bytes per frame; shorter frames are padded with silence, longer truncated.
+            counters: the call's counters (tx_overflow written here, underflow/frames in pop).
+            maxlen: frames held at most; pushing onto a full queue drops the oldest.
+        """
+        self._frames: collections.deque[bytes] = collections.deque(maxlen=maxlen)
+        self._maxlen = maxlen
+        self._size = frame_size
+        self._silence = bytes(frame_size)
+        self._counters = counters
+
+    def push(self, pcm: bytes) -> None:
+        """Queue one frame for the caller (loop thread)."""
+        if len(pcm) != self._size:
+            pcm = pcm[: self._size].ljust(self._size, b"\x00")
+        if len(self._frames) >= self._maxlen:
+            self._counters.tx_overflow += 1
+        self._frames.append(pcm)
+
+    def clear(self) -> None:
+        """Drop every queued frame (barge-in)."""
+        self._frames.clear()
+
+    def pop(self) -> bytes:
+        """Next frame for the caller, or silence (media clock thread; never blocks)."""
+        try:
+            pcm = self._frames.popleft()
+        except IndexError:
+            self._counters.tx_underflow += 1
+            return self._silence
+        self._counters.tx_frames += 1
+        return pcm
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
+    """The conference port of one call: caller frames out to the loop, session frames in.
+
+    Create it with :meth:`create`, then connect ``call_audio.startTransmit(port)`` (receive) and
+    ``port.startTransmit(call_audio)`` (send). Keep a reference for as long as pjsua2 uses it and
+    drop it from a pjsua-registered thread.
+    """
+
+    def __init__(
+        self,
+        call: int,
+        outbound: OutboundFrames,
+        counters: BridgeCounters,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[int, bytes], None],
+    ) -> None:
+        """Args:
+        call: the worker-local call number passed to ``deliver``.
+        outbound: the queue ``onFrameRequested`` pops.
+        counters: the call's counters.
+        loop: the asyncio loop that receives the caller's frames.
+        deliver: ``deliver(call, pcm)`` runs in the loop thread for every received frame.
+        """
+        super().__init__()
+        self.call = call
+        self.outbound = outbound
+        self.counters = counters
+        self._loop = loop
+        self._deliver = deliver
+
+    def create(self, sample_rate: int) -> None:
+        """Register the port with pjsua's conference bridge at ``sample_rate``."""
+        self.createPort(f"call{self.call}", media_format(sample_rate))
+
+    def onFrameReceived(self, frame: pj.MediaFrame) -> None:
+        """Media clock thread: copy the caller's frame and hand it to the loop."""
+        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            return
+        pcm = bytes(frame.buf)
+        self.counters.rx_frames += 1
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, self.call, pcm)
+        except RuntimeError:  # the loop is closed: the worker is shutting down
+            self.counters.rx_dropped += 1
+
+    def onFrameRequested(self, frame: pj.MediaFrame) -> None:
+        """Media clock thread: give pjsua2 the next session frame (silence when none)."""
+        pcm = self.outbound.pop()
+        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        frame.buf = pj.ByteVector(pcm)
+        frame.size = len(pcm)

@@ -1,0 +1,794 @@
+"""pjsua2 media worker: a SIP user agent on loopback that turns calls into 20 ms PCM frames.
+
+Run as a process (the dispatcher starts one per slot)::
+
+    python -m sipserver.rtp.pjsua2_worker --link PATH --sip-host 127.0.0.1 --sip-port 0 \
+        --rtp-port 40000 --rtp-port-count 200 --worker-id pjsua2-0 [--sample-rate 8000]
+
+One pjsua2 Endpoint per process (pjsua is a singleton): null sound device, a UDP SIP transport on
+``sip_host:sip_port`` (port 0 picks one; HELLO reports it), RTP ports from the given range, codecs
+PCMU > PCMA > G722 (every other codec disabled), RFC 4733 telephone-event, no registration.
+Capacity is read from the library after ``libInit`` (``pjsua_call_get_max_count``: the PyPI wheel
+clamps ``maxCalls`` to its compile-time PJSUA_MAX_CALLS, 4) and sent in HELLO; pjsua itself
+answers 486 to a call beyond it.
+
+Threads:
+
+- **pjsua thread** (:class:`PjsuaThread`): owns the Endpoint from ``libCreate`` to ``libDestroy``
+  (``threadCnt=0``) and polls ``libHandleEvents(10 ms)`` in a loop; every SIP/call callback runs
+  there. The loop thread asks it for work (hang up, shut down) through a queue drained between
+  polls, so every pjsua2 API call happens on the thread that owns the library. A dedicated thread
+  rather than ``run_in_executor`` per poll: ``libHandleEvents`` blocks in ``select()`` (with the
+  GIL released, measured), a thread-pool hop every 10 ms costs more and runs on changing threads
+  that would each need ``libRegisterThread``.
+- **media clock thread** (pjlib's): frame callbacks of :mod:`sipserver.rtp.bridge`.
+- **asyncio loop** (main thread): the frame link. Callbacks of the other threads reach it with
+  ``loop.call_soon_threadsafe`` and never wait for it.
+
+The link dropping ends the worker with exit status 1 after hanging up its calls (the dispatcher
+restarts it); SIGTERM/SIGINT hang up every call, destroy the library and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import gc
+import itertools
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pjsua2 as pj  # type: ignore[import-untyped]
+
+from sipserver.rtp.bridge import BridgeCounters, CallAudioPort, OutboundFrames, frame_bytes
+from sipserver.rtp.framelink import (
+    Audio,
+    AudioFrame,
+    CallEnded,
+    CallStarted,
+    Dtmf,
+    FrameLink,
+    Hello,
+    LinkRecord,
+    Stats,
+    open_link,
+)
+
+__all__ = ["Pjsua2Worker", "PjsuaThread", "WorkerOptions", "main"]
+
+POLL_MS = 10
+"""``libHandleEvents`` timeout of the pjsua thread: upper bound on command latency."""
+
+CODEC_PRIORITY = {"PCMU/8000/1": 255, "PCMA/8000/1": 254, "G722/16000/1": 253}
+"""Codecs offered/accepted, best first; every other codec of the wheel gets priority 0 (off)."""
+
+BATCH_DELAY = 0.005
+"""Seconds the loop waits after the first frame of a tick before sending the AUDIO record.
+
+The conference bridge delivers the frames of all calls back to back on one clock tick, so a few
+milliseconds gather the whole tick into one record."""
+
+MAX_PENDING_FRAMES_PER_CALL = 50
+"""Inbound frames held per call when the loop cannot flush (1 s); older ones are dropped."""
+
+DTMF_IS_END = 1 << 1
+"""``PJMEDIA_STREAM_DTMF_IS_END`` flag of ``OnDtmfEventParam.flags`` (not exported by SWIG)."""
+
+HANGUP_GRACE = 3.0
+"""Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Command line of a worker process."""
+
+    link: str
+    """Path of the main process's frame link unix socket."""
+    sip_host: str
+    """Address of the SIP transport (loopback)."""
+    sip_port: int
+    """SIP port; 0 lets the OS pick one (reported in HELLO)."""
+    rtp_host: str
+    """Address RTP sockets bind to (defaults to sip_host)."""
+    rtp_port: int
+    """First RTP port of this worker's range."""
+    rtp_port_count: int
+    """Ports in the range (each call uses an RTP + RTCP pair)."""
+    worker_id: str
+    """Name of the worker in HELLO."""
+    sample_rate: int = 8000
+    """PCM sample rate on the frame link: 8000 or 16000."""
+    stats_interval: float = 5.0
+    """Seconds between STATS records."""
+    log_level: int = 1
+    """pjsua log level (0-6) written to stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartedInfo:
+    """What the pjsua thread tells the loop when a call's media starts."""
+
+    record: CallStarted
+    outbound: OutboundFrames
+    counters: BridgeCounters
+
+
+# ------------------------------------------------------------------------------------------------
+# pjsua thread
+# ------------------------------------------------------------------------------------------------
+
+
+def _native() -> ctypes.CDLL:
+    """The wheel's extension module as a C library: the PJSIP C API it exports."""
+    lib = ctypes.CDLL(sys.modules["pjsua2._pjsua2"].__file__)
+    lib.pjsua_call_get_max_count.restype = ctypes.c_uint
+    lib.pjsua_call_get_max_count.argtypes = []
+    lib.pjsip_rdata_get_dlg.restype = ctypes.c_void_p
+    lib.pjsip_rdata_get_dlg.argtypes = [ctypes.c_void_p]
+    lib.pjsip_dlg_respond.restype = ctypes.c_int
+    lib.pjsip_dlg_respond.argtypes = (
+        ctypes.c_void_p,  # pjsip_dialog *
+        ctypes.c_void_p,  # pjsip_rx_data *
+        ctypes.c_int,  # status code
+        ctypes.c_void_p,  # const pj_str_t *reason (NULL = default)
+        ctypes.c_void_p,  # const pjsip_hdr *headers
+        ctypes.c_void_p,  # const pjsip_msg_body *body
+    )
+    return lib
+
+
+def _max_calls(lib: ctypes.CDLL) -> int:
+    """Effective call limit of the running library (after libInit clamped ``maxCalls``).
+
+    pjsua2 has no getter for the effective UaConfig; ``pjsua_call_get_max_count()`` is the
+    PJSUA C API's, exported by the extension module.
+    """
+    return int(lib.pjsua_call_get_max_count())
+
+
+def _respond_in_dialog(lib: ctypes.CDLL, rdata: object, status: int) -> bool:
+    """Answer an in-dialog request from inside its transaction callback (pjsua2 cannot).
+
+    ``rdata`` is ``SipRxData.pjRxData`` (a SWIG ``void *``). Without an answer the dialog layer
+    replies ``500 Unhandled by dialog usages`` once the callback returns.
+    """
+    if rdata is None:
+        return False
+    address = int(rdata)  # type: ignore[call-overload]
+    dlg = lib.pjsip_rdata_get_dlg(address)
+    if not dlg:
+        return False
+    return int(lib.pjsip_dlg_respond(dlg, address, status, None, None, None)) == 0
+
+
+def _parse_invite(whole_msg: str) -> tuple[str, dict[str, str]]:
+    """Request-URI and headers (folded lines joined, repeated names comma-joined) of an INVITE."""
+    head = whole_msg.split("\r\n\r\n", 1)[0].replace("\r\n ", " ").replace("\r\n\t", " ")
+    lines = head.split("\r\n")
+    parts = lines[0].split(" ")
+    request_uri = parts[1] if len(parts) == 3 else ""
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        name, value = name.strip(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return request_uri, headers
+
+
+def _dtmf_info_digit(body: str) -> tuple[str, int] | None:
+    """Digit and duration of an ``application/dtmf`` (bare digit) INFO body."""
+    text = body.strip()
+    if len(text) == 1 and text.upper() in "0123456789*#ABCD":
+        return text.upper(), 0
+    return None
+
+
+class WorkerCall(pj.Call):  # type: ignore[misc]
+    """One call of the worker; callbacks run in the pjsua thread."""
+
+    def __init__(
+        self, owner: PjsuaThread, account: pj.Account, call_id: int, number: int, invite: str
+    ) -> None:
+        super().__init__(account, call_id)
+        self.owner = owner
+        self.number = number
+        """Worker-local call number on the frame link."""
+        self.request_uri, self.headers = _parse_invite(invite)
+        self.port: CallAudioPort | None = None
+        self.started = False
+        """CALL_STARTED was sent: the main process knows this call."""
+        self.ended = False
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        try:
+            ci = self.getInfo()
+            if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.owner.call_disconnected(self, ci.lastReason, int(ci.lastStatusCode))
+        except Exception as exc:  # a director callback must never raise into pjsua
+            self.owner.log(f"onCallState: {exc!r}")
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        try:
+            if self.port is not None or self.ended:
+                return
+            ci = self.getInfo()
+            for mi in ci.media:
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    self.owner.media_active(self, ci, int(mi.index))
+                    return
+        except pj.Error as exc:
+            self.owner.log(f"onCallMediaState: {exc.info()}")
+        except Exception as exc:
+            self.owner.log(f"onCallMediaState: {exc!r}")
+
+    def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:
+        """RFC 4733 telephone-event: reported once, at the end of the event (with its duration)."""
+        try:
+            if prm.method == pj.PJSUA_DTMF_METHOD_RFC2833 and prm.flags & DTMF_IS_END:
+                self.owner.dtmf(self, str(prm.digit), int(prm.duration), "rfc4733")
+        except Exception as exc:
+            self.owner.log(f"onDtmfEvent: {exc!r}")
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
+        """SIP INFO ``application/dtmf-relay`` (parsed and answered 200 by pjsua)."""
+        try:
+            if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO:
+                self.owner.dtmf(self, str(prm.digit), int(prm.duration), "info")
+        except Exception as exc:
+            self.owner.log(f"onDtmfDigit: {exc!r}")
+
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        """SIP INFO ``application/dtmf`` (a bare digit): pjsua neither parses nor answers it."""
+        try:
+            if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+                return
+            state = prm.e.body.tsxState
+            tsx = state.tsx
+            if (
+                state.type != pj.PJSIP_EVENT_RX_MSG
+                or tsx.role != pj.PJSIP_ROLE_UAS
+                or tsx.state != pj.PJSIP_TSX_STATE_TRYING
+                or tsx.method != "INFO"
+            ):
+                return
+            rdata = state.src.rdata
+            head, _, content = str(rdata.wholeMsg).partition("\r\n\r\n")
+            ctype = ""
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() in ("content-type", "c"):
+                    ctype = value.strip().lower().split(";")[0].strip()
+            if ctype != "application/dtmf":
+                return  # dtmf-relay and media control are pjsua's (onDtmfDigit)
+            found = _dtmf_info_digit(content)
+            if self.owner.native is not None:
+                _respond_in_dialog(
+                    self.owner.native, rdata.pjRxData, 200 if found is not None else 400
+                )
+            if found is not None:
+                self.owner.dtmf(self, found[0], found[1], "info")
+        except Exception as exc:
+            self.owner.log(f"onCallTsxState: {exc!r}")
+
+
+class WorkerAccount(pj.Account):  # type: ignore[misc]
+    """The local account that receives every INVITE (no registration)."""
+
+    def __init__(self, owner: PjsuaThread) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        try:
+            self.owner.incoming_call(self, int(prm.callId), str(prm.rdata.wholeMsg))
+        except pj.Error as exc:
+            self.owner.log(f"onIncomingCall: {exc.info()}")
+        except Exception as exc:
+            self.owner.log(f"onIncomingCall: {exc!r}")
+
+
+class WorkerEndpoint(pj.Endpoint):  # type: ignore[misc]
+    """Endpoint that counts the calls pjsua refused by itself (486 beyond capacity)."""
+
+    def __init__(self, owner: PjsuaThread) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def onRejectedIncomingCall(self, prm: pj.OnRejectedIncomingCallParam) -> None:
+        self.owner.calls_refused += 1
+
+
+@dataclass
+class _Sink:
+    """Loop-thread callbacks the pjsua thread reports to (through call_soon_threadsafe)."""
+
+    call_started: Callable[[StartedInfo], None]
+    call_ended: Callable[[CallEnded], None]
+    dtmf: Callable[[Dtmf], None]
+    deliver: Callable[[int, bytes], None]
+
+
+class PjsuaThread(threading.Thread):
+    """Owns the pjsua2 Endpoint and polls it; see the module docstring."""
+
+    def __init__(
+        self, options: WorkerOptions, loop: asyncio.AbstractEventLoop, sink: _Sink
+    ) -> None:
+        super().__init__(name="pjsua", daemon=True)
+        self.options = options
+        self.loop = loop
+        self.sink = sink
+        self.ready = threading.Event()
+        self.startup_error: BaseException | None = None
+        self.sip_port = 0
+        self.capacity = 0
+        self.native: ctypes.CDLL | None = None
+        self.calls_refused = 0
+        self.calls_total = 0
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._stopping = False
+        self._ep: WorkerEndpoint | None = None
+        self._account: WorkerAccount | None = None
+        self._calls: dict[int, WorkerCall] = {}  # by call number
+        self._graveyard: list[object] = []  # ended calls/ports, dropped after the callback
+        self._numbers = itertools.count(1)
+
+    # -- called from the loop thread --------------------------------------------------------------
+
+    def submit(self, command: Callable[[], None]) -> None:
+        """Run ``command`` in the pjsua thread between two polls."""
+        self._commands.put(command)
+
+    def stop(self) -> None:
+        """Ask the thread to hang up every call, destroy the library and end."""
+        self.submit(self._request_stop)
+
+    # -- pjsua thread ------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        print(f"pjsua2-worker {self.options.worker_id}: {text}", file=sys.stderr, flush=True)
+
+    def _notify(self, fn: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def run(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:
+            self.startup_error = exc
+            self.ready.set()
+            self._destroy()
+            return
+        self.ready.set()
+        ep = self._ep
+        assert ep is not None
+        while not self._stopping:
+            self._run_commands()
+            ep.libHandleEvents(POLL_MS)
+            self._graveyard.clear()
+        self._shutdown()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                command()
+            except pj.Error as exc:
+                self.log(f"command failed: {exc.info()}")
+            except Exception as exc:
+                self.log(f"command failed: {exc!r}")
+
+    def _start(self) -> None:
+        opts = self.options
+        ep = WorkerEndpoint(self)
+        self._ep = ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = False
+        # Ask for far more than any build allows; libInit clamps to PJSUA_MAX_CALLS and
+        # _max_calls() reads the effective value back.
+        cfg.uaConfig.maxCalls = 1024
+        cfg.uaConfig.userAgent = f"sipserver-pjsua2-worker/{opts.worker_id}"
+        cfg.logConfig.level = opts.log_level
+        cfg.logConfig.consoleLevel = opts.log_level
+        cfg.medConfig.clockRate = opts.sample_rate
+        cfg.medConfig.sndClockRate = opts.sample_rate
+        cfg.medConfig.audioFramePtime = 20
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.noVad = True
+        ep.libInit(cfg)
+        self.native = _native()
+        self.capacity = _max_calls(self.native)
+
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = opts.sip_host
+        tcfg.port = opts.sip_port
+        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        local_name = str(ep.transportGetInfo(tid).localName)
+        self.sip_port = int(local_name.rsplit(":", 1)[1])
+
+        ep.audDevManager().setNullDev()
+        for codec in ep.codecEnum2():
+            ep.codecSetPriority(codec.codecId, CODEC_PRIORITY.get(codec.codecId, 0))
+        ep.libStart()
+
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{opts.worker_id}@{opts.sip_host}:{self.sip_port}"
+        acfg.sipConfig.transportId = tid
+        acfg.mediaConfig.transportConfig.boundAddress = opts.rtp_host
+        acfg.mediaConfig.transportConfig.port = opts.rtp_port
+        acfg.mediaConfig.transportConfig.portRange = opts.rtp_port_count
+        account = WorkerAccount(self)
+        account.create(acfg, True)
+        self._account = account
+
+    def incoming_call(self, account: WorkerAccount, call_id: int, invite: str) -> None:
+        number = next(self._numbers)
+        call = WorkerCall(self, account, call_id, number, invite)
+        self._calls[number] = call
+        self.calls_total += 1
+        op = pj.CallOpParam()
+        op.statusCode = 180
+        call.answer(op)
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        call.answer(op)
+
+    def media_active(self, call: WorkerCall, ci: pj.CallInfo, med_idx: int) -> None:
+        opts = self.options
+        counters = BridgeCounters()
+        outbound = OutboundFrames(frame_bytes(opts.sample_rate), counters)
+        port = CallAudioPort(call.number, outbound, counters, self.loop, self.sink.deliver)
+        port.create(opts.sample_rate)
+        call.port = port
+        audio = call.getAudioMedia(med_idx)
+        audio.startTransmit(port)
+        port.startTransmit(audio)
+        si = call.getStreamInfo(med_idx)
+        record = CallStarted(
+            call=call.number,
+            sip_call_id=str(ci.callIdString),
+            from_uri=str(ci.remoteUri),
+            to_uri=str(ci.localUri),
+            request_uri=call.request_uri,
+            codec=f"{si.codecName}/{si.codecClockRate}",
+            remote_rtp=str(si.remoteRtpAddress),
+            headers=call.headers,
+        )
+        call.started = True
+        self._notify(self.sink.call_started, StartedInfo(record, outbound, counters))
+
+    def call_disconnected(self, call: WorkerCall, reason: str, status: int) -> None:
+        if call.ended:
+            return
+        call.ended = True
+        self._calls.pop(call.number, None)
+        # pjsua2 may still use both objects until this callback returns: drop them after it.
+        self._graveyard.append(call)
+        if call.port is not None:
+            self._graveyard.append(call.port)
+            call.port = None
+        if call.started:
+            self._notify(self.sink.call_ended, CallEnded(call.number, str(reason), status))
+
+    def dtmf(self, call: WorkerCall, digit: str, duration_ms: int, method: str) -> None:
+        if not call.started or digit.upper() not in "0123456789*#ABCD" or len(digit) != 1:
+            return
+        record = Dtmf(
+            call.number,
+            digit.upper(),
+            max(0, min(duration_ms, 0xFFFF)),
+            "info" if method == "info" else "rfc4733",
+        )
+        self._notify(self.sink.dtmf, record)
+
+    def hangup(self, number: int, status: int = 0) -> None:
+        """Hang up a call: BYE when answered, else a final response (603 unless ``status``)."""
+        call = self._calls.get(number)
+        if call is None or call.ended:
+            return
+        op = pj.CallOpParam()
+        if status >= 300:
+            op.statusCode = status
+        call.hangup(op)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+
+    def _shutdown(self) -> None:
+        ep = self._ep
+        assert ep is not None
+        if self._calls:
+            with contextlib.suppress(pj.Error):
+                ep.hangupAllCalls()
+            deadline = time.monotonic() + HANGUP_GRACE
+            while self._calls and time.monotonic() < deadline:
+                ep.libHandleEvents(POLL_MS)
+        self._destroy()
+
+    def _destroy(self) -> None:
+        """Drop every Python reference pjsua2 objects hold, then libDestroy (see notes)."""
+        self._calls.clear()
+        self._graveyard.clear()
+        if self._account is not None:
+            with contextlib.suppress(pj.Error):
+                self._account.shutdown()
+            self._account = None
+        gc.collect()
+        ep = self._ep
+        if ep is not None:
+            with contextlib.suppress(pj.Error):
+                ep.libDestroy()
+            self._ep = None
+        gc.collect()
+
+
+# ------------------------------------------------------------------------------------------------
+# asyncio side
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _LinkCall:
+    """Loop-thread state of one call on the frame link."""
+
+    outbound: OutboundFrames
+    counters: BridgeCounters
+    rx_seq: int = 0
+    rx_timestamp: int = 0
+    pending: list[AudioFrame] = field(default_factory=list)
+
+
+class Pjsua2Worker:
+    """The worker process: pjsua thread + frame link."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self._samples = options.sample_rate * 20 // 1000
+        self._calls: dict[int, _LinkCall] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._link: FrameLink | None = None
+        self._pj: PjsuaThread | None = None
+        self._stop = asyncio.Event()
+        self.counters: dict[str, int] = {
+            "calls_started": 0,
+            "calls_ended": 0,
+            "rx_frames": 0,
+            "rx_overflow": 0,
+            "rx_dropped": 0,
+            "tx_frames": 0,
+            "tx_underflow": 0,
+            "tx_overflow": 0,
+            "tx_unknown_call": 0,
+            "dtmf": 0,
+        }
+
+    # -- records towards main ---------------------------------------------------------------------
+
+    def _send(self, record: LinkRecord) -> None:
+        if self._link is not None:
+            self._link.send(record)
+
+    def _on_call_started(self, info: StartedInfo) -> None:
+        self._calls[info.record.call] = _LinkCall(info.outbound, info.counters)
+        self.counters["calls_started"] += 1
+        self._send(info.record)
+
+    def _on_call_ended(self, record: CallEnded) -> None:
+        call = self._calls.pop(record.call, None)
+        if call is not None:
+            if call.pending:  # the last frames go before CALL_ENDED
+                self._send(Audio(tuple(call.pending)))
+                call.pending.clear()
+            self._retire_counters(call.counters)
+        self.counters["calls_ended"] += 1
+        self._send(record)
+
+    def _on_dtmf(self, record: Dtmf) -> None:
+        self.counters["dtmf"] += 1
+        self._flush()  # audio before the digit, in order
+        self._send(record)
+
+    def _deliver(self, number: int, pcm: bytes) -> None:
+        call = self._calls.get(number)
+        if call is None:
+            return
+        call.pending.append(AudioFrame(number, call.rx_seq, call.rx_timestamp, pcm))
+        call.rx_seq = (call.rx_seq + 1) & 0xFFFFFFFF
+        call.rx_timestamp = (call.rx_timestamp + self._samples) & 0xFFFFFFFF
+        if len(call.pending) > MAX_PENDING_FRAMES_PER_CALL:
+            del call.pending[0]
+            self.counters["rx_overflow"] += 1
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(BATCH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        """Send the frames of every call gathered for this tick as one AUDIO record."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        frames: list[AudioFrame] = []
+        for call in self._calls.values():
+            if call.pending:
+                frames.extend(call.pending)
+                call.pending.clear()
+        if frames:
+            self._send(Audio(tuple(frames)))
+
+    def _retire_counters(self, c: BridgeCounters) -> None:
+        self.counters["rx_frames"] += c.rx_frames
+        self.counters["rx_dropped"] += c.rx_dropped
+        self.counters["tx_frames"] += c.tx_frames
+        self.counters["tx_underflow"] += c.tx_underflow
+        self.counters["tx_overflow"] += c.tx_overflow
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the worker: ended calls' totals plus the live calls'."""
+        out = dict(self.counters)
+        for call in self._calls.values():
+            c = call.counters
+            out["rx_frames"] += c.rx_frames
+            out["rx_dropped"] += c.rx_dropped
+            out["tx_frames"] += c.tx_frames
+            out["tx_underflow"] += c.tx_underflow
+            out["tx_overflow"] += c.tx_overflow
+        pj_thread = self._pj
+        out["calls"] = len(self._calls)
+        out["capacity"] = pj_thread.capacity if pj_thread else 0
+        out["calls_refused"] = pj_thread.calls_refused if pj_thread else 0
+        if self._link is not None:
+            out["dropped_frames"] = self._link.dropped_frames
+            out["lost_frames"] = self._link.lost_frames
+        return out
+
+    # -- records from main ----------------------------------------------------------------------
+
+    def _on_record(self, record: LinkRecord) -> None:
+        pj_thread = self._pj
+        assert pj_thread is not None
+        if isinstance(record, Audio):
+            for frame in record.frames:
+                call = self._calls.get(frame.call)
+                if call is None:
+                    self.counters["tx_unknown_call"] += 1
+                else:
+                    call.outbound.push(frame.pcm)
+        elif isinstance(record, CallEnded):
+            number, status = record.call, record.status
+            pj_thread.submit(lambda: pj_thread.hangup(number, status))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.stats_interval)
+            self._send(Stats(self.stats()))
+
+    async def _read_link(self, link: FrameLink) -> None:
+        async for record in link.records():
+            self._on_record(record)
+
+    async def run(self) -> int:
+        """Run until SIGTERM (returns 0) or until the link drops (returns 1)."""
+        loop = asyncio.get_running_loop()
+        sink = _Sink(self._on_call_started, self._on_call_ended, self._on_dtmf, self._deliver)
+        pj_thread = PjsuaThread(self.options, loop, sink)
+        self._pj = pj_thread
+        pj_thread.start()
+        await loop.run_in_executor(None, pj_thread.ready.wait)
+        if pj_thread.startup_error is not None:
+            raise pj_thread.startup_error
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        status = 1
+        try:
+            link = await open_link(self.options.link)
+        except OSError as exc:
+            pj_thread.log(f"cannot connect the frame link {self.options.link}: {exc}")
+            await self._stop_pjsua()
+            return 1
+        self._link = link
+        link.send(
+            Hello(
+                worker_id=self.options.worker_id,
+                pid=os.getpid(),
+                kind="pjsua2",
+                sip_host=self.options.sip_host,
+                sip_port=pj_thread.sip_port,
+                capacity=pj_thread.capacity,
+                sample_rate=self.options.sample_rate,
+            )
+        )
+        pj_thread.log(
+            f"ready: sip {self.options.sip_host}:{pj_thread.sip_port}, "
+            f"capacity {pj_thread.capacity}"
+        )
+        reader = asyncio.create_task(self._read_link(link))
+        stats = asyncio.create_task(self._stats_loop())
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                status = 0
+            else:
+                pj_thread.log("frame link closed by main: hanging up")
+                error = reader.exception()
+                if error is not None:
+                    pj_thread.log(f"frame link error: {error!r}")
+        finally:
+            await self._stop_pjsua()
+            self._flush()
+            if status == 0:
+                self._send(Stats(self.stats()))
+            for task in (reader, stats, stopper):
+                task.cancel()
+            await asyncio.gather(reader, stats, stopper, return_exceptions=True)
+            await link.close(flush_timeout=1.0)
+        return status
+
+    async def _stop_pjsua(self) -> None:
+        pj_thread = self._pj
+        if pj_thread is None or not pj_thread.is_alive():
+            return
+        pj_thread.stop()
+        await asyncio.get_running_loop().run_in_executor(None, pj_thread.join)
+        await asyncio.sleep(0)  # run the CALL_ENDED callbacks the thread queued last
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerOptions:
+    """Parse the worker's command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m sipserver.rtp.pjsua2_worker", description="pjsua2 media worker"
+    )
+    p.add_argument("--link", required=True, help="frame link unix socket of the main process")
+    p.add_argument("--sip-host", default="127.0.0.1")
+    p.add_argument("--sip-port", type=int, default=0, help="0 = pick a free port")
+    p.add_argument("--rtp-host", default=None, help="RTP bind address (default: --sip-host)")
+    p.add_argument("--rtp-port", type=int, required=True, help="first port of the RTP range")
+    p.add_argument("--rtp-port-count", type=int, required=True)
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--sample-rate", type=int, default=8000, choices=(8000, 16000))
+    p.add_argument("--stats-interval", type=float, default=5.0)
+    p.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    a = p.parse_args(argv)
+    return WorkerOptions(
+        link=a.link,
+        sip_host=a.sip_host,
+        sip_port=a.sip_port,
+        rtp_host=a.rtp_host or a.sip_host,
+        rtp_port=a.rtp_port,
+        rtp_port_count=a.rtp_port_count,
+        worker_id=a.worker_id,
+        sample_rate=a.sample_rate,
+        stats_interval=a.stats_interval,
+        log_level=a.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry: run the worker, return its exit status."""
+    options = parse_args(argv)
+    return asyncio.run(Pjsua2Worker(options).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

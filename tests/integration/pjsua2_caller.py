@@ -1,0 +1,139 @@
+"""A pjsua2 user agent that places one call, for integration tests (run as a subprocess).
+
+    python tests/integration/pjsua2_caller.py --uri sip:+1500@127.0.0.1:5080 \
+        --play in.wav --record out.wav --seconds 4 --dtmf '#'
+
+Places a call to ``--uri`` (offer PCMU only), plays ``--play`` (a mono 16-bit WAV, once) into
+the call as soon as media is up, records what it receives to ``--record`` (8 kHz mono WAV), and
+after ``--seconds`` sends ``--dtmf`` as RFC 4733 telephone-events. Then it waits up to
+``--wait-bye`` seconds for the far end to hang up; if it does not, the caller hangs up itself.
+Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int, ...}``.
+Exit status 0 unless pjsua2 failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+import pjsua2 as pj  # type: ignore[import-untyped]
+
+RATE = 8000
+
+
+class CallerCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, acc: pj.Account, args: argparse.Namespace) -> None:
+        super().__init__(acc)
+        self.args = args
+        self.player: pj.AudioMediaPlayer | None = None
+        self.recorder: pj.AudioMediaRecorder | None = None
+        self.media_at: float | None = None
+        self.disconnected = False
+        self.status = 0
+        self.reason = ""
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        ci = self.getInfo()
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+            self.status = int(ci.lastStatusCode)
+            self.reason = str(ci.lastReason)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        if self.media_at is not None:
+            return
+        ci = self.getInfo()
+        for mi in ci.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                audio = self.getAudioMedia(mi.index)
+                self.recorder = pj.AudioMediaRecorder()
+                self.recorder.createRecorder(self.args.record)
+                audio.startTransmit(self.recorder)
+                self.player = pj.AudioMediaPlayer()
+                self.player.createPlayer(self.args.play, pj.PJMEDIA_FILE_NO_LOOP)
+                self.player.startTransmit(audio)
+                self.media_at = time.monotonic()
+                return
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--uri", required=True)
+    p.add_argument("--play", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--dtmf", default="")
+    p.add_argument("--wait-bye", type=float, default=5.0)
+    args = p.parse_args()
+
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 1
+    cfg.logConfig.consoleLevel = 1
+    cfg.medConfig.clockRate = RATE
+    cfg.medConfig.sndClockRate = RATE
+    cfg.medConfig.ecTailLen = 0
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    tcfg = pj.TransportConfig()
+    tcfg.boundAddress = "127.0.0.1"
+    tcfg.port = 0
+    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    ep.audDevManager().setNullDev()
+    for codec in ep.codecEnum2():
+        ep.codecSetPriority(codec.codecId, 255 if codec.codecId == "PCMU/8000/1" else 0)
+    ep.libStart()
+    acfg = pj.AccountConfig()
+    acfg.idUri = "sip:caller@127.0.0.1"
+    acfg.sipConfig.transportId = tid
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acc = pj.Account()
+    acc.create(acfg)
+
+    call = CallerCall(acc, args)
+    call.makeCall(args.uri, pj.CallOpParam(True))
+    result: dict[str, object] = {}
+    deadline = time.monotonic() + 15
+    while not call.disconnected and call.media_at is None and time.monotonic() < deadline:
+        ep.libHandleEvents(10)
+    ended_by = "never-connected"
+    if call.media_at is not None and not call.disconnected:
+        until = call.media_at + args.seconds
+        while not call.disconnected and time.monotonic() < until:
+            ep.libHandleEvents(10)
+        if args.dtmf and not call.disconnected:
+            prm = pj.CallSendDtmfParam()
+            prm.digits = args.dtmf
+            prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+            prm.duration = 160
+            call.sendDtmf(prm)
+        until = time.monotonic() + args.wait_bye
+        while not call.disconnected and time.monotonic() < until:
+            ep.libHandleEvents(10)
+        ended_by = "remote" if call.disconnected else "local"
+        if not call.disconnected:
+            call.hangup(pj.CallOpParam())
+            until = time.monotonic() + 2
+            while not call.disconnected and time.monotonic() < until:
+                ep.libHandleEvents(10)
+    result = {"ended_by": ended_by, "status": call.status, "reason": call.reason}
+    # drop every pjsua2 object before libDestroy (asserts otherwise)
+    call.player = None
+    call.recorder = None  # closes the WAV (header sizes written)
+    del call
+    acc.shutdown()
+    del acc
+    gc.collect()
+    ep.libDestroy()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
