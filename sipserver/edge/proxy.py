@@ -54,11 +54,15 @@ from dataclasses import dataclass, field
 
 from sipserver.sip.headers import NameAddr, Via, parse_contacts, split_comma_list
 from sipserver.sip.invite_transaction import (
+    MAX_FORWARDS,
     ClientState,
     ClientTransaction,
     ResponseAction,
     ServerTransaction,
     TimerAction,
+    build_ack,
+    build_cancel,
+    server_key,
 )
 from sipserver.sip.message import Headers, SipRequest, SipResponse, encode_response
 
@@ -78,8 +82,6 @@ __all__ = [
 
 #: Header the edge sets on the INVITE to the worker: the slug of the agent the call is for.
 AGENT_HEADER = "X-Sipserver-Agent"
-#: RFC 3261 §16.6 step 3: Max-Forwards set on requests that arrive without one.
-DEFAULT_MAX_FORWARDS = 70
 _LIST_NAMES = frozenset(("Via", "Route", "Record-Route"))
 
 
@@ -317,11 +319,7 @@ class CallProxy:
             _hostport_key(outside.host, outside.port),
             _hostport_key(inside.host, inside.port),
         }
-        double = outside != inside
-        marker = ";r2=on" if double else ""
-        self._rr_outside = f"<sip:{outside.hostport};transport={outside.transport};lr{marker}>"
-        self._rr_inside = f"<sip:{inside.hostport};transport={inside.transport};lr{marker}>"
-        self._record_routes = (self._rr_inside, self._rr_outside) if double else (self._rr_outside,)
+        self._record_routes: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -350,7 +348,7 @@ class CallProxy:
             (483 Max-Forwards exhausted, 482 Call-ID of a call in progress, 400 malformed).
         """
         try:
-            key = _server_key(request)
+            key = server_key(request)
             existing = self._servers.get(key)
             if existing is not None:
                 return self._retransmitted(existing)
@@ -398,7 +396,7 @@ class CallProxy:
         items = _set_received(items, source)
         items = [(n, v) for n, v in items if n != "Route" and n != AGENT_HEADER]
         items = _set_max_forwards(items, max_forwards)
-        items = _insert_record_routes(items, self._record_routes)
+        items = _insert_record_routes(items, self._record_routes_for(source.transport))
         items.append((AGENT_HEADER, agent))
         target = f"sip:{user}@{worker.hostport}" if user else f"sip:{worker.hostport}"
         out.append(
@@ -432,8 +430,8 @@ class CallProxy:
                     return True
                 return branch.startswith(self._stem) and message.call_id in self._calls
             if message.method == "INVITE" and message.to().tag is None:
-                return _server_key(message) in self._servers
-            if message.method == "CANCEL" and _server_key(message, "INVITE") in self._servers:
+                return server_key(message) in self._servers
+            if message.method == "CANCEL" and server_key(message, "INVITE") in self._servers:
                 return True
             return message.call_id in self._calls
         except ValueError:
@@ -447,7 +445,7 @@ class CallProxy:
         """
         is_ack = request.method == "ACK"
         try:
-            leg = self._servers.get(_server_key(request))
+            leg = self._servers.get(server_key(request))
             if leg is not None:
                 if is_ack:
                     if leg.txn.receive_ack(now=now):
@@ -573,11 +571,12 @@ class CallProxy:
         self, request: SipRequest, source: Endpoint, call: _Call, *, now: float
     ) -> list[Send]:
         method = request.method
-        from_tag = request.from_().tag
-        if from_tag == call.caller_tag and from_tag is not None:
-            side = _Side.CALLER
-        elif (from_tag is not None and from_tag == call.worker_tag) or source == call.worker:
+        # The worker is known by its address (loopback, not spoofable from outside); anything
+        # else must carry the caller's tag in From.
+        if source == call.worker:
             side = _Side.WORKER
+        elif request.from_().tag == call.caller_tag:
+            side = _Side.CALLER
         else:
             return [] if method == "ACK" else [self._stateless(request, source, 481)]
         max_forwards = request.max_forwards
@@ -612,7 +611,7 @@ class CallProxy:
             data = _encode_request(method, request.uri, [("Via", via), *items], request.body)
             return [Send(data, to)]
 
-        server = self._new_server(request, source, call, side, _server_key(request))
+        server = self._new_server(request, source, call, side, server_key(request))
         out: list[Send] = []
         if method == "INVITE":
             # RFC 3261 §16.2: a 100 Trying for the re-INVITE too.
@@ -627,11 +626,11 @@ class CallProxy:
         return out
 
     def _cancel(self, request: SipRequest, source: Endpoint, *, now: float) -> list[Send]:
-        invite = self._servers.get(_server_key(request, "INVITE"))
+        invite = self._servers.get(server_key(request, "INVITE"))
         if invite is None:
             # RFC 3261 §9.2: no matching transaction.
             return [self._stateless(request, source, 481)]
-        server = self._new_server(request, source, invite.call, invite.side, _server_key(request))
+        server = self._new_server(request, source, invite.call, invite.side, server_key(request))
         server.to_tag = invite.to_tag
         out = self._answer(server, 200, None, now=now)
         if invite.txn.final_sent:
@@ -647,24 +646,13 @@ class CallProxy:
         return out
 
     def _send_cancel(self, client: _ClientLeg, *, now: float) -> Send:
-        """CANCEL for a pending INVITE client transaction (RFC 3261 §9.1): same Request-URI,
-        Call-ID, To, From, CSeq number and Route, and the INVITE's top Via (same branch)."""
+        # RFC 3261 §16.10: CANCEL the pending client transaction (same branch, §9.1).
         client.cancel_pending = False
-        request = client.request
-        headers = request.headers
-        items: list[tuple[str, str]] = [("Via", headers.get_all("Via")[0])]
-        items += [("Route", r) for r in headers.get_all("Route")]
-        items.append(("Max-Forwards", str(DEFAULT_MAX_FORWARDS)))
-        for name in ("From", "To", "Call-ID"):
-            items.append((name, headers.get(name) or ""))
-        items.append(("CSeq", f"{request.cseq[0]} CANCEL"))
-        data = _encode_request("CANCEL", request.uri, items, b"")
-        branch = client.key[0]
+        cancel = build_cancel(client.request)
+        data = cancel.encode()
         txn = ClientTransaction.start(invite=False, reliable=client.to.reliable, now=now)
-        cancel = SipRequest("CANCEL", request.uri, Headers(items))
-        leg = _ClientLeg(
-            (branch, "CANCEL"), txn, cancel, data, client.to, None, client.call, client.side
-        )
+        key = (client.key[0], "CANCEL")
+        leg = _ClientLeg(key, txn, cancel, data, client.to, None, client.call, client.side)
         self._add_client(leg)
         return Send(data, client.to)
 
@@ -701,7 +689,7 @@ class CallProxy:
         branch = f"{self._stem}{next(self._counter):x}"
         items = [("Via", self._via(call.caller, branch, toward_worker=False))]
         items += [("Route", r) for r in call.routes_to_caller]
-        items.append(("Max-Forwards", str(DEFAULT_MAX_FORWARDS)))
+        items.append(("Max-Forwards", str(MAX_FORWARDS)))
         items += [("From", call.worker_to or ""), ("To", call.invite_from)]
         items += [("Call-ID", call.call_id), ("CSeq", f"{call.worker_cseq} BYE")]
         items.append(("Reason", 'SIP;cause=500;text="Media Worker Lost"'))
@@ -726,13 +714,15 @@ class CallProxy:
         call = leg.call
         method = leg.key[1]
         if action is ResponseAction.FORWARD_AND_ACK:
-            leg.ack = _build_ack(leg.request, response)
+            leg.ack = build_ack(leg.request, response).encode()
             out.append(Send(leg.ack, leg.to))
         if leg.initial and call is not None:
             self._track_dialog(call, response, now=now)
         if leg.cancel_pending and 100 <= status < 200:
             out.append(self._send_cancel(leg, now=now))
         server = leg.server
+        if server is not None and not server.alive and method == "INVITE" and status < 300:
+            return out + self._stray_response(response, leg.key[0], method)
         if status == 100 or server is None or not server.alive:
             # RFC 3261 §16.7 step 5: 100 is not forwarded; responses to the edge's own
             # requests (CANCEL, BYE of a lost worker) end here.
@@ -916,6 +906,26 @@ class CallProxy:
     ) -> Send:
         return Send(encode_response(request, status, reason, to_tag=_to_tag(request)), source)
 
+    def _record_routes_for(self, transport: str) -> tuple[str, ...]:
+        """The edge's Record-Route entries for a caller on ``transport`` (RFC 5658 §4).
+
+        The outside entry names the caller's transport, so that in-dialog requests come back
+        the same way; one entry when it would equal the inside one.
+        """
+        entries = self._record_routes.get(transport)
+        if entries is None:
+            inside = self._inside
+            outside = Endpoint(transport, self._outside.host, self._outside.port)
+            if outside == inside:
+                entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
+            else:
+                entries = tuple(
+                    f"<sip:{e.hostport};transport={e.transport};lr;r2=on>"
+                    for e in (inside, outside)
+                )
+            self._record_routes[transport] = entries
+        return entries
+
     def _via(self, to: Endpoint, branch: str, *, toward_worker: bool) -> str:
         """The edge's Via: its inside address towards workers, outside towards callers."""
         local = self._inside if toward_worker else self._outside
@@ -943,18 +953,6 @@ class CallProxy:
 
 
 # ------------------------------------------------------------------ message helpers
-
-
-def _server_key(request: SipRequest, method: str | None = None) -> tuple[str, str, str]:
-    """RFC 3261 §17.2.3: branch, sent-by and method (ACK matches the INVITE)."""
-    via = request.top_via()
-    method = method or ("INVITE" if request.method == "ACK" else request.method)
-    branch = via.branch or ""
-    if branch.startswith("z9hG4bK"):
-        return branch, via.sent_by.lower(), method
-    # RFC 2543 clients: the raw top Via, Call-ID and CSeq number identify the transaction.
-    raw = f"{request.headers.get('Via')}|{request.call_id}|{request.cseq[0]}"
-    return raw, "", method
 
 
 def _explode(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -987,7 +985,7 @@ def _set_received(items: list[tuple[str, str]], source: Endpoint) -> list[tuple[
 def _set_max_forwards(items: list[tuple[str, str]], current: int | None) -> list[tuple[str, str]]:
     # RFC 3261 §16.6 step 3: decrement, or add 70 when absent.
     if current is None:
-        return [*items, ("Max-Forwards", str(DEFAULT_MAX_FORWARDS))]
+        return [*items, ("Max-Forwards", str(MAX_FORWARDS))]
     return [(n, str(current - 1) if n == "Max-Forwards" else v) for n, v in items]
 
 
@@ -1009,20 +1007,6 @@ def _encode_request(method: str, uri: str, items: list[tuple[str, str]], body: b
 
 def _encode_response(response: SipResponse, items: list[tuple[str, str]]) -> bytes:
     return SipResponse(response.status, response.reason, Headers(items), response.body).encode()
-
-
-def _build_ack(invite: SipRequest, response: SipResponse) -> bytes:
-    """ACK for a non-2xx final response (RFC 3261 §17.1.1.3): the INVITE's Request-URI, top
-    Via, Route, From, Call-ID and CSeq number; the response's To."""
-    headers = invite.headers
-    items: list[tuple[str, str]] = [("Via", headers.get_all("Via")[0])]
-    items += [("Route", r) for r in headers.get_all("Route")]
-    items.append(("Max-Forwards", str(DEFAULT_MAX_FORWARDS)))
-    items.append(("From", headers.get("From") or ""))
-    items.append(("To", response.headers.get("To") or ""))
-    items.append(("Call-ID", headers.get("Call-ID") or ""))
-    items.append(("CSeq", f"{invite.cseq[0]} ACK"))
-    return _encode_request("ACK", invite.uri, items, b"")
 
 
 def _is_toward_caller(call: _Call, response: SipResponse) -> bool:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sipserver.sip.message import Headers, SipRequest, SipResponse
+
 __all__ = [
     "T1",
     "T2",
@@ -36,6 +38,9 @@ __all__ = [
     "ServerState",
     "ServerTransaction",
     "TimerAction",
+    "build_ack",
+    "build_cancel",
+    "server_key",
 ]
 
 #: RFC 3261 §17.1.1.1: RTT estimate.
@@ -52,6 +57,8 @@ TIMER_B = 64 * T1
 TIMER_C = 181.0
 #: RFC 3261 §17.1.1.2: Timer D, "at least 32 seconds" on unreliable transports.
 TIMER_D = 32.0
+#: RFC 3261 §8.1.1.6: Max-Forwards of requests built here.
+MAX_FORWARDS = 70
 
 
 class ClientState(enum.Enum):
@@ -340,3 +347,52 @@ class ServerTransaction:
         self.interval = min(self.interval * 2, T2)
         self.retransmit_at = now + self.interval
         return TimerAction.RETRANSMIT
+
+
+# ------------------------------------------------------------------ matching and building
+
+
+def server_key(request: SipRequest, method: str | None = None) -> tuple[str, str, str]:
+    """The server transaction a request belongs to (RFC 3261 §17.2.3).
+
+    Branch, sent-by and method, where an ACK matches its INVITE. ``method`` overrides the
+    method (a CANCEL looks up its INVITE with ``method="INVITE"``). RFC 2543 requests (no magic
+    cookie) are keyed by their raw top Via, Call-ID and CSeq number instead.
+
+    Raises:
+        ValueError: a malformed top Via or CSeq.
+    """
+    via = request.top_via()
+    method = method or ("INVITE" if request.method == "ACK" else request.method)
+    branch = via.branch or ""
+    if branch.startswith("z9hG4bK"):
+        return branch, via.sent_by.lower(), method
+    raw = f"{request.headers.get('Via')}|{request.call_id}|{request.cseq[0]}"
+    return raw, "", method
+
+
+def _copy(request: SipRequest, method: str, to: str) -> SipRequest:
+    headers = request.headers
+    items: list[tuple[str, str]] = [("Via", headers.get_all("Via")[0])]
+    items += [("Route", r) for r in headers.get_all("Route")]
+    items.append(("Max-Forwards", str(MAX_FORWARDS)))
+    items.append(("From", headers.get("From") or ""))
+    items.append(("To", to))
+    items.append(("Call-ID", headers.get("Call-ID") or ""))
+    items.append(("CSeq", f"{request.cseq[0]} {method}"))
+    return SipRequest(method, request.uri, Headers(items))
+
+
+def build_ack(invite: SipRequest, response: SipResponse) -> SipRequest:
+    """The ACK a client transaction sends for a non-2xx final response (RFC 3261 §17.1.1.3).
+
+    The INVITE's Request-URI, top Via (same branch), Route, From, Call-ID and CSeq number, and
+    the response's To (with its tag).
+    """
+    return _copy(invite, "ACK", response.headers.get("To") or "")
+
+
+def build_cancel(invite: SipRequest) -> SipRequest:
+    """CANCEL for a pending INVITE (RFC 3261 §9.1): its Request-URI, top Via (same branch),
+    Route, From, To, Call-ID and CSeq number."""
+    return _copy(invite, "CANCEL", invite.headers.get("To") or "")

@@ -680,14 +680,16 @@ def test_owns_and_strays() -> None:
     assert response(only(reply, CALLER)).status == 481
 
 
-@pytest.mark.parametrize("transport", ["tcp"])
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
 def test_reliable_caller_has_no_retransmissions(transport: str) -> None:
     source = Endpoint(transport, "198.51.100.7", 50000)
     net, caller, worker = Net(), caller_ua(), worker_ua()
     invite = request(to(net.invite(caller.make_invite(), source), WORKER)[0])
-    assert invite.headers.get_all("Record-Route")[1] == (
-        "<sip:203.0.113.10:5060;transport=udp;lr;r2=on>"
-    )
+    # The outside Record-Route names the caller's transport (RFC 5658).
+    assert invite.headers.get_all("Record-Route") == [
+        RR_INSIDE,
+        f"<sip:203.0.113.10:5060;transport={transport};lr;r2=on>",
+    ]
     sends = net.deliver(worker.answer(invite, 486), WORKER)
     busy = response(to(sends, source)[0])
     # No Timer G towards a reliable transport; Timer H still bounds the wait for the ACK.
@@ -700,3 +702,101 @@ def test_via_helper_roundtrip() -> None:
     # The received/rport the edge sets on the sender's Via parse back.
     via = Via.parse("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx;rport")
     assert via.with_params(received="198.51.100.7", rport=5062).rport == 5062
+
+
+def test_worker_503_becomes_500() -> None:
+    # RFC 3261 §16.7 step 6: a 503 is not forwarded upstream.
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    invite = request(to(net.invite(caller.make_invite()), WORKER)[0])
+    sends = net.deliver(worker.answer(invite, 503), WORKER)
+    relayed = response(to(sends, CALLER)[0])
+    assert relayed.status == 500
+    net.deliver(caller.ack_failure(relayed), CALLER)
+    net.assert_empty()
+
+
+def test_late_2xx_retransmission_is_forwarded_statelessly() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    invite = request(to(net.invite(caller.make_invite()), WORKER)[0])
+    worker.on_invite(invite)
+    ok_data = worker.answer(invite, 200)
+    only(net.deliver(ok_data, WORKER), CALLER)
+    net.advance(net.now + 40)  # Timers L and M are over; the call goes on
+    assert net.proxy.sizes()["client_transactions"] == 0
+    assert response(only(net.deliver(ok_data, WORKER), CALLER)).status == 200
+
+
+def test_spoofed_worker_request_from_outside_is_refused() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    # Someone outside sends a BYE that claims to come from the worker's side of the dialog.
+    mallory = UA("mallory", Endpoint("udp", "192.0.2.66", 5060), "sip:m@192.0.2.66", "sip:m@x")
+    mallory.call_id, mallory.local, mallory.remote = worker.call_id, worker.local, worker.remote
+    mallory.remote_target = caller.contact
+    mallory.route_set = [RR_OUTSIDE]
+    reply = net.deliver(mallory.in_dialog("BYE"), mallory.address)
+    assert response(only(reply, mallory.address)).status == 481
+    assert net.proxy.active_calls() == 1
+
+
+def test_bye_retransmission_and_timeout() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    net.events()
+    bye_data = caller.in_dialog("BYE")
+    bye = request(only(net.deliver(bye_data, CALLER), WORKER))
+    # Retransmitted by the caller before any answer: absorbed (the edge retransmits itself).
+    assert net.deliver(bye_data, CALLER) == []
+    # RFC 3261 §17.1.2.2 Timer E: 0.5, 1.5, 3.5, 7.5, then every T2.
+    sends = net.advance(net.now + 31.9)
+    assert sends[:4] == [Send(sends[0].data, WORKER)] * 4
+    assert request(parse(sends[0].data)).top_via().branch == bye.top_via().branch
+    # Timer F: no 408 towards the caller (RFC 4320), the call ends.
+    assert net.advance(net.now + 0.2) == []
+    (ended,) = net.events()
+    assert isinstance(ended, CallEnded) and ended.reason is EndReason.TIMEOUT
+    net.assert_empty()
+
+
+def test_bye_answered_retransmission_gets_the_200_again() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    bye_data = caller.in_dialog("BYE")
+    bye = request(only(net.deliver(bye_data, CALLER), WORKER))
+    ok = net.deliver(worker.answer(bye, 200), WORKER)
+    assert net.deliver(bye_data, CALLER) == ok
+    net.assert_empty()
+
+
+def test_cancel_after_answer_and_unknown_cancel() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    # RFC 3261 §9.2: a CANCEL of a completed INVITE is answered 200 and has no effect.
+    assert response(only(net.deliver(caller.cancel(), CALLER), CALLER)).status == 200
+    assert net.proxy.active_calls() == 1
+    stranger = caller_ua(Endpoint("udp", "198.51.100.50", 5060))
+    stranger.make_invite()
+    cancel = request(parse(stranger.cancel()))
+    assert not net.proxy.owns(cancel)
+    reply = net.proxy.handle_request(cancel, stranger.address, now=net.now)
+    assert response(only(reply, stranger.address)).status == 481
+
+
+def test_tcp_caller_full_call() -> None:
+    source = Endpoint("tcp", "198.51.100.7", 50000)
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker, source=source)
+    bye = request(only(net.deliver(worker.in_dialog("BYE"), WORKER), source))
+    assert bye.top_via().transport == "TCP"
+    only(net.deliver(caller.answer(bye, 200), source), WORKER)
+    net.assert_empty()
+
+
+def test_malformed_in_dialog_request_gets_400() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    # A target refresh whose Contact cannot be parsed.
+    data = caller.in_dialog("INVITE", body=SDP).replace(b"Contact: <", b"Contact: <<", 1)
+    reply = net.deliver(data, CALLER)
+    assert response(only(reply, CALLER)).status == 400
+    assert net.proxy.active_calls() == 1
