@@ -83,6 +83,7 @@ __all__ = [
 #: Header the edge sets on the INVITE to the worker: the slug of the agent the call is for.
 AGENT_HEADER = "X-Sipserver-Agent"
 _LIST_NAMES = frozenset(("Via", "Route", "Record-Route"))
+_LOST = "Media Worker Lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,6 @@ class _Call:
     answered_at: float | None = None
     ended_at: float | None = None
     legs: int = 0
-    invite_leg: _ServerLeg | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -274,7 +274,7 @@ class _ClientLeg:
     to: Endpoint
     server: _ServerLeg | None
     call: _Call | None
-    side: _Side  # the side the request came from (the edge for locally built requests: None)
+    side: _Side  # the side the request came from (or stands for, for the edge's own BYE)
     ack: bytes | None = None
     cancel_pending: bool = False
     alive: bool = True
@@ -385,7 +385,6 @@ class CallProxy:
         self._calls[call_id] = call
         self._by_worker[worker_id] = self._by_worker.get(worker_id, 0) + 1
         server = self._new_server(request, source, call, _Side.CALLER, key)
-        call.invite_leg = server
         trying = encode_response(request, 100)
         server.txn.send_response(100, trying, now=now)
         out = [Send(trying, source)]
@@ -521,14 +520,18 @@ class CallProxy:
         for call in [c for c in self._calls.values() if c.worker_id == worker_id]:
             if call.state is CallState.TERMINATED:
                 continue
+            hung_up = False
             for client in [c for c in self._clients.values() if c.call is call]:
                 if client.to == call.worker:
                     self._remove(client)
                     server = client.server
                     if server is not None and server.alive and not server.txn.final_sent:
-                        status = 200 if server.request.method == "BYE" else 500
-                        out.extend(self._answer(server, status, "Media Worker Lost", now=now))
-            if call.state is CallState.CONFIRMED:
+                        if server.request.method == "BYE":
+                            hung_up = True  # the caller's BYE is answered: no BYE to send
+                            out.extend(self._answer(server, 200, None, now=now))
+                        else:
+                            out.extend(self._answer(server, 500, _LOST, now=now))
+            if call.state is CallState.CONFIRMED and not hung_up:
                 out.append(self._bye_to_caller(call, now=now))
             self._end(call, EndReason.WORKER_LOST, None, now)
         return out
@@ -879,10 +882,9 @@ class CallProxy:
         self._forget_if_done(call)
 
     def _forget_if_done(self, call: _Call) -> None:
-        if call.state is CallState.TERMINATED and call.legs <= 0:
-            if self._calls.get(call.call_id) is call:
-                del self._calls[call.call_id]
-            call.invite_leg = None
+        done = call.state is CallState.TERMINATED and call.legs <= 0
+        if done and self._calls.get(call.call_id) is call:
+            del self._calls[call.call_id]
 
     # ------------------------------------------------------------------ helpers
 

@@ -800,3 +800,50 @@ def test_malformed_in_dialog_request_gets_400() -> None:
     reply = net.deliver(data, CALLER)
     assert response(only(reply, CALLER)).status == 400
     assert net.proxy.active_calls() == 1
+
+
+def test_timer_c_without_487_ends_with_408() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    invite = request(to(net.invite(caller.make_invite()), WORKER)[0])
+    net.deliver(worker.answer(invite, 180), WORKER)
+    net.events()
+    # Each 18x resets Timer C (RFC 3261 §16.7 step 2).
+    net.advance(T0 + 100)
+    net.deliver(worker.answer(invite, 183), WORKER)
+    assert net.advance(T0 + 280.9) == []
+    assert request(only(net.advance(T0 + 281), WORKER)).method == "CANCEL"
+    # The worker never answers the CANCEL nor the INVITE: 408 after 64*T1.
+    sends = net.advance(T0 + 281 + 32)
+    final = response(to(sends, CALLER)[0])
+    assert final.status == 408
+    (ended,) = net.events()
+    assert isinstance(ended, CallEnded) and ended.reason is EndReason.TIMEOUT
+    net.deliver(caller.ack_failure(final), CALLER)
+    net.assert_empty()
+
+
+def test_worker_death_answers_requests_in_flight() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    only(net.deliver(caller.in_dialog("BYE"), CALLER), WORKER)  # the worker never answers
+    sends = net.proxy.terminate_calls_of_worker("w1", now=net.now)
+    reply = response(only(sends, CALLER))
+    assert (reply.status, reply.cseq) == (200, (2, "BYE"))
+    assert net.proxy.active_calls() == 0
+    assert all(s.to != WORKER for s in net.advance(net.now + 60))
+    net.assert_empty()
+
+
+def test_prack_and_early_update_follow_the_early_dialog() -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    invite = request(to(net.invite(caller.make_invite()), WORKER)[0])
+    worker.on_invite(invite)
+    progress = response(only(net.deliver(worker.answer(invite, 183), WORKER), CALLER))
+    caller.on_answer(progress)  # early dialog: route set and target from the 183
+    prack = request(only(net.deliver(caller.in_dialog("PRACK"), CALLER), WORKER))
+    assert prack.uri == worker.contact and "Route" not in prack.headers
+    assert response(only(net.deliver(worker.answer(prack, 200), WORKER), CALLER)).status == 200
+    update = request(only(net.deliver(worker.in_dialog("UPDATE"), WORKER), CALLER))
+    assert update.uri == caller.contact
+    info = net.proxy.get_call(caller.call_id)
+    assert info is not None and info.state is CallState.EARLY
