@@ -13,6 +13,8 @@ import itertools
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipserver.edge.proxy import (
     AGENT_HEADER,
@@ -27,7 +29,13 @@ from sipserver.edge.proxy import (
     Send,
 )
 from sipserver.sip.headers import NameAddr, Via
-from sipserver.sip.message import SipRequest, SipResponse, make_response, parse_message
+from sipserver.sip.message import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    make_response,
+    parse_message,
+)
 
 OUTSIDE = Endpoint("udp", "203.0.113.10", 5060)
 INSIDE = Endpoint("udp", "127.0.0.1", 5070)
@@ -91,7 +99,7 @@ class UA:
 
     def _via(self) -> str:
         branch = f"z9hG4bK{self.name}{next(self.branches)}"
-        return f"SIP/2.0/UDP {self.address.host}:{self.address.port};branch={branch};rport"
+        return f"SIP/2.0/UDP {self.address.hostport};branch={branch};rport"
 
     def _build(
         self,
@@ -847,3 +855,50 @@ def test_prack_and_early_update_follow_the_early_dialog() -> None:
     assert update.uri == caller.contact
     info = net.proxy.get_call(caller.call_id)
     assert info is not None and info.state is CallState.EARLY
+
+
+def test_ipv6_caller_and_edge() -> None:
+    outside = Endpoint("udp", "2001:db8::10", 5060)
+    source = Endpoint("udp", "2001:db8::7", 5062)
+    net = Net(proxy=CallProxy(outside=outside, inside=INSIDE, instance="t"))
+    caller = UA("alice", source, "sip:alice@[2001:db8::7]:5062", "sip:alice@example.net")
+    worker = worker_ua()
+    invite = establish(net, caller, worker, source=source)
+    assert invite.headers.get_all("Record-Route")[1] == (
+        "<sip:[2001:db8::10]:5060;transport=udp;lr;r2=on>"
+    )
+    assert invite.vias()[1].received == "2001:db8::7"
+    bye = request(only(net.deliver(worker.in_dialog("BYE"), WORKER), source))
+    assert bye.top_via().host == "[2001:db8::10]"
+    only(net.deliver(caller.answer(bye, 200), source), WORKER)
+    net.assert_empty()
+
+
+_HEADER_NAMES = ["Via", "Route", "From", "To", "Contact", "CSeq", "Max-Forwards", "Call-ID"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    method=st.sampled_from(["BYE", "INVITE", "ACK", "CANCEL", "INFO", "UPDATE"]),
+    drop=st.sets(st.sampled_from(_HEADER_NAMES)),
+    junk=st.text(alphabet='<>;:=,@" abc123', max_size=12),
+    target=st.sampled_from(_HEADER_NAMES),
+    from_worker=st.booleans(),
+)
+def test_peer_input_never_raises(
+    method: str, drop: set[str], junk: str, target: str, from_worker: bool
+) -> None:
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    ua, source = (worker, WORKER) if from_worker else (caller, CALLER)
+    lines = ua.in_dialog(method).decode().split("\r\n")
+    lines = [line for line in lines if line.split(":", 1)[0] not in drop]
+    lines = [f"{line}{junk}" if line.startswith(f"{target}:") else line for line in lines]
+    try:
+        message = parse_message("\r\n".join(lines).encode())
+    except SipParseError:
+        return
+    if isinstance(message, SipRequest) and net.proxy.owns(message):
+        for send in net.proxy.handle_request(message, source, now=net.now):
+            parse_message(send.data)
+    net.advance(net.now + 100)
