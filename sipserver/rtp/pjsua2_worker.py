@@ -26,7 +26,8 @@ Threads:
   ``loop.call_soon_threadsafe`` and never wait for it.
 
 The link dropping ends the worker with exit status 1 after hanging up its calls (the dispatcher
-restarts it); SIGTERM/SIGINT hang up every call, destroy the library and exit 0.
+restarts it), as does the pjsua thread ending unexpectedly; SIGTERM/SIGINT hang up every call,
+destroy the library and exit 0. A library that fails to start exits 2.
 """
 
 from __future__ import annotations
@@ -167,6 +168,11 @@ def _respond_in_dialog(lib: ctypes.CDLL, rdata: object, status: int) -> bool:
     if not dlg:
         return False
     return int(lib.pjsip_dlg_respond(dlg, address, status, None, None, None)) == 0
+
+
+def _describe(exc: BaseException) -> str:
+    """``pjsua2.Error`` prints poorly: use its ``info()``."""
+    return str(exc.info()) if isinstance(exc, pj.Error) else repr(exc)
 
 
 def _parse_invite(whole_msg: str) -> tuple[str, dict[str, str]]:
@@ -316,6 +322,7 @@ class _Sink:
     call_ended: Callable[[CallEnded], None]
     dtmf: Callable[[Dtmf], None]
     deliver: Callable[[int, bytes], None]
+    stopped: Callable[[], None]
 
 
 class PjsuaThread(threading.Thread):
@@ -373,11 +380,18 @@ class PjsuaThread(threading.Thread):
         self.ready.set()
         ep = self._ep
         assert ep is not None
-        while not self._stopping:
-            self._run_commands()
-            ep.libHandleEvents(POLL_MS)
-            self._graveyard.clear()
-        self._shutdown()
+        try:
+            while not self._stopping:
+                self._run_commands()
+                ep.libHandleEvents(POLL_MS)
+                self._graveyard.clear()
+        except Exception as exc:
+            self.log(f"poll loop failed: {_describe(exc)}")
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                self._notify(self.sink.stopped)
 
     def _run_commands(self) -> None:
         while True:
@@ -387,10 +401,8 @@ class PjsuaThread(threading.Thread):
                 return
             try:
                 command()
-            except pj.Error as exc:
-                self.log(f"command failed: {exc.info()}")
             except Exception as exc:
-                self.log(f"command failed: {exc!r}")
+                self.log(f"command failed: {_describe(exc)}")
 
     def _start(self) -> None:
         opts = self.options
@@ -569,6 +581,7 @@ class Pjsua2Worker:
         self._link: FrameLink | None = None
         self._pj: PjsuaThread | None = None
         self._stop = asyncio.Event()
+        self._pjsua_died = False
         self.counters: dict[str, int] = {
             "calls_started": 0,
             "calls_ended": 0,
@@ -676,6 +689,11 @@ class Pjsua2Worker:
             number, status = record.call, record.status
             pj_thread.submit(lambda: pj_thread.hangup(number, status))
 
+    def _on_pjsua_stopped(self) -> None:
+        if not self._stop.is_set():  # the pjsua thread ended without being asked to
+            self._pjsua_died = True
+            self._stop.set()
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def _stats_loop(self) -> None:
@@ -690,13 +708,20 @@ class Pjsua2Worker:
     async def run(self) -> int:
         """Run until SIGTERM (returns 0) or until the link drops (returns 1)."""
         loop = asyncio.get_running_loop()
-        sink = _Sink(self._on_call_started, self._on_call_ended, self._on_dtmf, self._deliver)
+        sink = _Sink(
+            self._on_call_started,
+            self._on_call_ended,
+            self._on_dtmf,
+            self._deliver,
+            self._on_pjsua_stopped,
+        )
         pj_thread = PjsuaThread(self.options, loop, sink)
         self._pj = pj_thread
         pj_thread.start()
         await loop.run_in_executor(None, pj_thread.ready.wait)
         if pj_thread.startup_error is not None:
-            raise pj_thread.startup_error
+            pj_thread.log(f"pjsua2 failed to start: {_describe(pj_thread.startup_error)}")
+            return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         status = 1
@@ -728,7 +753,7 @@ class Pjsua2Worker:
         try:
             done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
-                status = 0
+                status = 1 if self._pjsua_died else 0
             else:
                 pj_thread.log("frame link closed by main: hanging up")
                 error = reader.exception()

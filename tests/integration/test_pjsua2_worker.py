@@ -195,7 +195,9 @@ async def workdir() -> AsyncIterator[Path]:
 
 
 @pytest.fixture
-async def worker(workdir: Path) -> AsyncIterator[Worker]:
+async def worker(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Worker]:
+    """A worker process linked to a MainSide; ``indirect`` parametrization sets the sample rate."""
+    sample_rate = getattr(request, "param", RATE)
     main = MainSide()
     sock = str(workdir / "link.sock")
     server = await serve_links(sock, main.on_link)
@@ -207,6 +209,7 @@ async def worker(workdir: Path) -> AsyncIterator[Worker]:
             "--link", sock, "--sip-host", "127.0.0.1", "--sip-port", "0",
             "--rtp-port", str(rtp_base), "--rtp-port-count", "80",
             "--worker-id", "pjsua2-test", "--stats-interval", "1",
+            "--sample-rate", str(sample_rate),
             stdout=log_file, stderr=log_file,
         )  # fmt: skip
     w = Worker(proc, main, log)
@@ -459,3 +462,44 @@ async def test_pjsua2_caller_echo_correlates(worker: Worker, workdir: Path, echo
         lambda r: isinstance(r, Stats) and r.counters["tx_frames"] > 100, timeout=5
     )
     assert stats[-1].counters["tx_overflow"] == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+@pytest.mark.parametrize(
+    ("worker", "pts", "codec", "frame_size"),
+    [
+        (8000, "8", "PCMA/8000", 320),
+        # GSM is disabled; among the rest the answer follows the offer's order (pjmedia's
+        # PJMEDIA_SDP_NEG_PREFER_REMOTE_CODEC_ORDER), priorities only rank our own offers
+        (8000, "3 8 0", "PCMA/8000", 320),
+        (16000, "9", "G722/16000", 640),
+        (16000, "0", "PCMU/8000", 640),  # the link rate does not depend on the codec
+    ],
+    indirect=["worker"],
+)
+async def test_codec_negotiation_and_link_rate(
+    worker: Worker, workdir: Path, pts: str, codec: str, frame_size: int
+) -> None:
+    assert worker.hello is not None
+    assert worker.hello.sample_rate * 20 // 1000 * 2 == frame_size
+    sipp = asyncio.create_task(
+        run_sipp(workdir, "uac_codec_offer.xml", worker.sip_port, "-key", "pts", pts)
+    )
+    main = worker.main
+    (call,) = await main.wait_for(lambda r: isinstance(r, CallStarted), timeout=10)
+    assert call.codec == codec  # type: ignore[union-attr]
+    frames = await main.wait_for(lambda r: isinstance(r, Audio), timeout=5)
+    assert {len(f.pcm) for r in frames for f in r.frames} == {frame_size}  # type: ignore[union-attr]
+    main.send(CallEnded(call.call, "session"))  # type: ignore[union-attr]
+    code, out = await sipp
+    assert code == 0, out
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+async def test_unsupported_codec_is_rejected_488(worker: Worker, workdir: Path) -> None:
+    code, out = await run_sipp(
+        workdir, "uac_codec_offer.xml", worker.sip_port, "-key", "pts", "3", timeout=10
+    )
+    assert code == 0, out  # the 488 branch (a 200 would wait for a BYE and time out)
+    assert not worker.main.of(CallStarted)
+    assert worker.proc.returncode is None
