@@ -468,13 +468,16 @@ class RecordDecoder:
                 a payload that is truncated or has trailing bytes, bad JSON or a bad field.
         """
         buf = self._buffer
-        buf += data
-        end = len(buf)
-        if end < 5:
-            return []
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data  # common case: no tail pending, parse the read without copying it
+        end = len(src)
         records: list[LinkRecord] = []
         off = 0
-        with memoryview(buf) as view:
+        with memoryview(src) as view:
             while end - off >= 5:
                 length, rtype = _HEAD.unpack_from(view, off)
                 if length == 0 or length > MAX_RECORD_LENGTH:
@@ -486,7 +489,10 @@ class RecordDecoder:
                     break
                 records.append(_decode(rtype, view[off + 5 : stop]))
                 off = stop
-        del buf[:off]
+        if src is buf:
+            del buf[:off]
+        elif off < end:
+            buf += data[off:]
         return records
 
 
