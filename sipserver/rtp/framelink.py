@@ -244,6 +244,17 @@ def _encode_audio(record: Audio) -> bytes:
     return b"".join(parts)
 
 
+def _encode_frame(f: AudioFrame) -> bytes:
+    """One frame of an AUDIO payload: ``call, seq, timestamp, nbytes, pcm``."""
+    n = len(f.pcm)
+    if n & 1:
+        raise ValueError(f"odd PCM length {n} in frame of call {f.call}")
+    try:
+        return _FRAME.pack(f.call, f.seq, f.timestamp, n) + f.pcm
+    except struct.error as exc:
+        raise ValueError(f"AUDIO frame field out of range: {exc}") from None
+
+
 def encode(record: LinkRecord) -> bytes:
     """Encode one record, length prefix included.
 
@@ -502,15 +513,15 @@ class RecordDecoder:
 
 
 class _AudioEntry:
-    """Audio frames waiting in the send queue; frames may be dropped from the front."""
+    """Encoded frames of one AUDIO record waiting in the send queue; the oldest may be dropped."""
 
     __slots__ = ("frames",)
 
-    def __init__(self, frames: tuple[AudioFrame, ...]) -> None:
-        self.frames: deque[AudioFrame] = deque(frames)
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames: deque[bytes] = deque(frames)
 
 
-_Entry = _AudioEntry | Hello | CallStarted | CallEnded | Dtmf | Stats | Ping | Pong
+_Entry = _AudioEntry | bytes  # bytes: an encoded control record
 
 #: Bytes the writer gathers into one ``write`` at most (more waits for the next round).
 _BATCH_BYTES = 256 * 1024
@@ -595,14 +606,19 @@ class FrameLink:
         if isinstance(record, Audio):
             if not record.frames:
                 return
-            entry = _AudioEntry(record.frames)
+            # Encoded now, so a bad field raises here, in the caller, not in the writer task.
+            chunks = [_encode_frame(f) for f in record.frames]
+            _head(RecordType.AUDIO, 2 + sum(map(len, chunks)))  # size and count limits
+            if len(chunks) > 0xFFFF:
+                raise ValueError(f"AUDIO record with {len(chunks)} frames (at most 65535)")
+            entry = _AudioEntry(chunks)
             self._queue.append(entry)
             self._audio.append(entry)
-            self._queued_frames += len(record.frames)
+            self._queued_frames += len(chunks)
             if self._queued_frames > self._max_frames:
                 self._drop_oldest(self._queued_frames - self._max_frames)
         else:
-            self._queue.append(record)
+            self._queue.append(encode(record))
         self._wakeup.set()
 
     def _drop_oldest(self, count: int) -> None:
@@ -626,17 +642,21 @@ class FrameLink:
         size = 0
         while queue and size < _BATCH_BYTES:
             entry = queue.popleft()
-            if isinstance(entry, _AudioEntry):
-                if not entry.frames:
-                    continue
-                self._audio.popleft()  # entry is necessarily the first audio entry
-                self._queued_frames -= len(entry.frames)
-                data = encode(Audio(tuple(entry.frames)))
-            else:
-                data = encode(entry)
-            parts.append(data)
-            size += len(data)
-        self.sent_records += len(parts)
+            if isinstance(entry, bytes):
+                parts.append(entry)
+                size += len(entry)
+                self.sent_records += 1
+                continue
+            frames = entry.frames
+            if not frames:  # every frame was dropped
+                continue
+            self._audio.popleft()  # entry is necessarily the first audio entry
+            self._queued_frames -= len(frames)
+            payload = 2 + sum(map(len, frames))
+            parts.append(_HEAD.pack(payload + 1, RecordType.AUDIO) + _U16.pack(len(frames)))
+            parts.extend(frames)
+            size += payload + 5
+            self.sent_records += 1
         return b"".join(parts)
 
     async def _write_loop(self) -> None:
@@ -705,19 +725,28 @@ class FrameLink:
         """
         self._closing = True
         self._wakeup.set()
+        flushed = True
         if not self._writer_task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._writer_task), flush_timeout)
             if not self._writer_task.done():
+                flushed = False
                 self._writer_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer_task
         self._queue.clear()
         self._audio.clear()
         self._queued_frames = 0
+        transport = self._writer.transport
+        if not flushed:
+            transport.abort()  # the peer stopped reading: a graceful close would wait forever
         self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), max(flush_timeout, 0.1))
+        except TimeoutError:
+            transport.abort()  # bytes still in the transport buffer and the peer is stuck
+        except (ConnectionError, OSError):
+            pass
 
 
 async def open_link(path: str, *, max_queued_frames: int = 500) -> FrameLink:

@@ -429,6 +429,36 @@ async def test_slow_peer_drops_oldest_audio_and_keeps_control_records() -> None:
     await receiver.close()
 
 
+async def test_close_does_not_wait_for_a_stuck_peer() -> None:
+    sender, receiver = await _pair(max_queued_frames=20)
+    seq = 0
+    while sender.dropped_frames == 0 and seq < 100_000:
+        sender.send(Audio((AudioFrame(1, seq, 0, PCM),)))
+        seq += 1
+        await asyncio.sleep(0)
+    assert sender.dropped_frames > 0
+    await sender.close(flush_timeout=0)  # returns although the peer never reads
+    got = await _collect(receiver)  # a prefix of what was sent, then EOF
+    seqs = [f.seq for f in _frames(got)]
+    assert seqs == sorted(seqs)
+    assert 0 < len(seqs) < seq
+    await receiver.close()
+
+
+async def test_send_rejects_bad_records_in_the_caller() -> None:
+    a, b = await _pair()
+    with pytest.raises(ValueError):
+        a.send(Audio((AudioFrame(1, 0, 0, b"\x00"),)))
+    with pytest.raises(ValueError):
+        a.send(Dtmf(1, "x", 0, "info"))
+    a.send(Ping(3))  # the writer is unharmed
+    assert a.queued_records == 1
+    rx = asyncio.create_task(_collect(b))
+    await a.close()
+    assert await rx == [Ping(3)]
+    await b.close()
+
+
 async def test_overflow_drops_oldest_frames_within_a_record() -> None:
     a, b = await _pair(max_queued_frames=3)
     # No await between sends: everything is still queued, so the overflow is deterministic.
