@@ -902,3 +902,57 @@ def test_peer_input_never_raises(
         for send in net.proxy.handle_request(message, source, now=net.now):
             parse_message(send.data)
     net.advance(net.now + 100)
+
+
+# ------------------------------------------------------------------ the state machines alone
+
+
+def test_client_transaction_timers() -> None:
+    from sipserver.sip.invite_transaction import (
+        T2,
+        ClientState,
+        ClientTransaction,
+        ResponseAction,
+        TimerAction,
+    )
+
+    # Non-INVITE: Timer E doubles up to T2; in Proceeding it fires every T2 (§17.1.2.2).
+    txn = ClientTransaction.start(invite=False, reliable=False, now=0.0)
+    fired = []
+    while (deadline := txn.deadline()) is not None and deadline < 3:
+        assert txn.handle_timer(now=deadline) is TimerAction.RETRANSMIT
+        fired.append(deadline)
+    assert fired == [0.5, 1.5]
+    assert txn.receive_response(180, now=2.0) is ResponseAction.FORWARD
+    assert txn.state is ClientState.PROCEEDING
+    assert txn.handle_timer(now=3.5) is TimerAction.RETRANSMIT
+    assert txn.retransmit_at == 3.5 + T2
+    assert txn.receive_response(200, now=4.0) is ResponseAction.FORWARD
+    assert txn.receive_response(200, now=4.1) is ResponseAction.ABSORB
+    assert txn.deadline() == 4.0 + 5.0  # Timer K = T4
+    assert txn.handle_timer(now=9.0) is TimerAction.TERMINATED
+
+    # INVITE over TCP: no Timer A, Timer D zero.
+    txn = ClientTransaction.start(invite=True, reliable=True, now=0.0)
+    assert txn.retransmit_at is None and txn.timeout_at == 32.0
+    assert txn.receive_response(486, now=1.0) is ResponseAction.FORWARD_AND_ACK
+    assert txn.receive_response(486, now=1.0) is ResponseAction.ACK_AGAIN
+    assert txn.deadline() == 1.0
+
+
+def test_server_transaction_states() -> None:
+    from sipserver.sip.invite_transaction import ServerState, ServerTransaction, TimerAction
+
+    txn = ServerTransaction.start(invite=True, reliable=False)
+    assert txn.send_response(100, b"100", now=0.0)
+    assert txn.retransmission() == b"100"
+    assert txn.send_response(200, b"200", now=1.0)
+    assert txn.state is ServerState.ACCEPTED and txn.retransmission() is None
+    assert not txn.receive_ack(now=1.5)  # the ACK for a 2xx belongs to the dialog
+    assert not txn.send_response(486, b"486", now=2.0)
+    assert txn.handle_timer(now=33.0) is TimerAction.TERMINATED
+
+    txn = ServerTransaction.start(invite=False, reliable=True)
+    assert txn.retransmission() is None  # Trying: absorbed
+    assert txn.send_response(200, b"200", now=0.0)
+    assert txn.deadline() == 0.0  # Timer J is zero on reliable transports
