@@ -531,9 +531,10 @@ class CallProxy:
                             out.extend(self._answer(server, 200, None, now=now))
                         else:
                             out.extend(self._answer(server, 500, _LOST, now=now))
-            if call.state is CallState.CONFIRMED and not hung_up:
+            early = call.state is CallState.EARLY
+            if not early and not hung_up:
                 out.append(self._bye_to_caller(call, now=now))
-            self._end(call, EndReason.WORKER_LOST, None, now)
+            self._end(call, EndReason.WORKER_LOST, 500 if early else None, now)
         return out
 
     def active_calls(self) -> int:
@@ -847,8 +848,17 @@ class CallProxy:
 
     def _schedule(self, leg: _Leg) -> None:
         deadline = leg.txn.deadline()
-        if deadline is not None and leg.alive:
-            heapq.heappush(self._timers, (deadline, next(self._seq), leg))
+        if deadline is None or not leg.alive:
+            return
+        timers = self._timers
+        heapq.heappush(timers, (deadline, next(self._seq), leg))
+        live = len(self._clients) + len(self._servers)
+        if len(timers) > 64 and len(timers) > 4 * live:
+            # Entries whose leg ended or whose deadline moved (Timer C resets, Timer A/E/G
+            # steps) are skipped lazily; rebuild when they dominate, so the heap (and the
+            # requests its legs hold) stays proportional to the live transactions.
+            self._timers = [e for e in timers if e[2].alive and e[2].txn.deadline() == e[0]]
+            heapq.heapify(self._timers)
 
     def _remove(self, leg: _Leg) -> None:
         if not leg.alive:

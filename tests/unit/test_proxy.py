@@ -98,7 +98,7 @@ class UA:
     branches: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _via(self) -> str:
-        branch = f"z9hG4bK{self.name}{next(self.branches)}"
+        branch = f"z9hG4bK{self.name}-{self.tag}-{next(self.branches)}"
         return f"SIP/2.0/UDP {self.address.hostport};branch={branch};rport"
 
     def _build(
@@ -308,7 +308,7 @@ def test_basic_call_header_by_header() -> None:
     assert len(vias) == 2
     assert (vias[0].host, vias[0].port, vias[0].transport) == ("127.0.0.1", 5070, "UDP")
     assert vias[0].branch == "z9hG4bK-spt-1"
-    assert vias[1].branch == "z9hG4bKalice1"
+    assert vias[1].branch == f"z9hG4bKalice-{caller.tag}-1"
     assert (vias[1].received, vias[1].rport) == ("198.51.100.7", 5062)
     assert invite.max_forwards == 69
     assert invite.headers.get_all("Record-Route") == [RR_INSIDE, RR_OUTSIDE]
@@ -956,3 +956,17 @@ def test_server_transaction_states() -> None:
     assert txn.retransmission() is None  # Trying: absorbed
     assert txn.send_response(200, b"200", now=0.0)
     assert txn.deadline() == 0.0  # Timer J is zero on reliable transports
+
+
+def test_timer_heap_stays_proportional_to_live_transactions() -> None:
+    net = Net()
+    for _ in range(200):
+        caller, worker = caller_ua(), worker_ua()
+        establish(net, caller, worker)
+        bye = request(only(net.deliver(caller.in_dialog("BYE"), CALLER), WORKER))
+        net.deliver(worker.answer(bye, 200), WORKER)
+        net.now += 0.01
+    sizes = net.proxy.sizes()
+    live = sizes["client_transactions"] + sizes["server_transactions"]
+    assert sizes["timers"] <= max(64, 4 * live) + 1
+    net.assert_empty()
