@@ -419,8 +419,9 @@ class CallProxy:
         """Whether ``message`` belongs to a proxied call or transaction.
 
         The router asks before its own handling and hands such messages to
-        :meth:`handle_request` / :meth:`handle_response`. An initial INVITE (no To tag) is owned
-        only when it retransmits one being proxied.
+        :meth:`handle_request` / :meth:`handle_response`. A request without To tag (an initial
+        INVITE) is owned only when it retransmits one being proxied, a CANCEL when it matches
+        a proxied INVITE, REGISTER never.
         """
         try:
             if isinstance(message, SipResponse):
@@ -428,10 +429,14 @@ class CallProxy:
                 if (branch, message.cseq[1]) in self._clients:
                     return True
                 return branch.startswith(self._stem) and message.call_id in self._calls
-            if message.method == "INVITE" and message.to().tag is None:
+            method = message.method
+            if method == "CANCEL":
+                return server_key(message, "INVITE") in self._servers
+            if method == "REGISTER":
+                return False
+            if message.to().tag is None:
+                # Out of any dialog: only a retransmission of a request being proxied.
                 return server_key(message) in self._servers
-            if message.method == "CANCEL" and server_key(message, "INVITE") in self._servers:
-                return True
             return message.call_id in self._calls
         except ValueError:
             return False

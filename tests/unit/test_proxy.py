@@ -679,6 +679,9 @@ def test_owns_and_strays() -> None:
     establish(net, caller, worker)
     stranger = caller_ua(Endpoint("udp", "198.51.100.50", 5060))
     assert not net.proxy.owns(request(parse(stranger.make_invite())))
+    # A REGISTER that happens to reuse a call's Call-ID stays the router's.
+    register = caller.in_dialog("INFO").replace(b"INFO", b"REGISTER")
+    assert not net.proxy.owns(request(parse(register)))
     stray = make_response(request(parse(stranger.make_invite())), 200, to_tag="x").encode()
     assert not net.proxy.owns(response(parse(stray)))
     # An in-dialog request for an unknown Call-ID answers 481.
