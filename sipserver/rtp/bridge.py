@@ -23,7 +23,15 @@ from dataclasses import dataclass
 
 import pjsua2 as pj  # type: ignore[import-untyped]
 
-__all__ = ["BridgeCounters", "CallAudioPort", "OutboundFrames", "frame_bytes", "media_format"]
+__all__ = [
+    "BridgeCounters",
+    "CallAudioPort",
+    "OutboundFrames",
+    "PortBinding",
+    "PortPool",
+    "frame_bytes",
+    "media_format",
+]
 
 FRAME_MS = 20
 """Frame duration of every port (pjsua2's audioFramePtime default)."""
@@ -111,54 +119,125 @@ class OutboundFrames:
         return len(self._frames)
 
 
-class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """The conference port of one call: caller frames out to the loop, session frames in.
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    """The call a pooled port currently serves."""
 
-    Create it with :meth:`create`, then connect ``call_audio.startTransmit(port)`` (receive) and
-    ``port.startTransmit(call_audio)`` (send). Keep a reference for as long as pjsua2 uses it and
-    drop it from a pjsua-registered thread.
+    call: int
+    """Worker-local call number passed to ``deliver``."""
+    outbound: OutboundFrames
+    """The queue ``onFrameRequested`` pops."""
+    counters: BridgeCounters
+    """The call's counters."""
+
+
+class CallAudioPort(pj.AudioMediaPort):  # type: ignore[misc]
+    """A conference port that serves one call at a time: caller frames out, session frames in.
+
+    Ports are pooled (:class:`PortPool`) and never destroyed while the library runs: pjsua's
+    conference bridge (PJSIP >= 2.14) removes ports asynchronously, on its next clock tick, so a
+    port destroyed right after its call ended can still get a frame callback, on a freed Python
+    object (measured: AttributeError in the callback, then "Immortal interned string died" and
+    an abort, within ~100 short calls). A port is bound to a call with :meth:`bind` (the media
+    clock thread reads the binding once per callback, an atomic attribute read) and unbound
+    when the call ends, after which its callbacks do nothing.
     """
 
     def __init__(
         self,
-        call: int,
-        outbound: OutboundFrames,
-        counters: BridgeCounters,
+        name: str,
+        sample_rate: int,
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[int, bytes], None],
     ) -> None:
-        """Args:
-        call: the worker-local call number passed to ``deliver``.
-        outbound: the queue ``onFrameRequested`` pops.
-        counters: the call's counters.
-        loop: the asyncio loop that receives the caller's frames.
-        deliver: ``deliver(call, pcm)`` runs in the loop thread for every received frame.
+        """Create and register the port with pjsua's conference bridge (pjsua thread).
+
+        Args:
+            name: port name in pjsua's logs.
+            sample_rate: PCM rate of the frames (mono, 16-bit, 20 ms).
+            loop: the asyncio loop that receives the caller's frames.
+            deliver: ``deliver(call, pcm)`` runs in the loop thread for every received frame.
         """
         super().__init__()
-        self.call = call
-        self.outbound = outbound
-        self.counters = counters
+        self.binding: PortBinding | None = None
         self._loop = loop
         self._deliver = deliver
+        self._silence = bytes(frame_bytes(sample_rate))
+        self.createPort(name, media_format(sample_rate))
 
-    def create(self, sample_rate: int) -> None:
-        """Register the port with pjsua's conference bridge at ``sample_rate``."""
-        self.createPort(f"call{self.call}", media_format(sample_rate))
+    def bind(self, binding: PortBinding) -> None:
+        """Serve ``binding``'s call from the next frame on."""
+        self.binding = binding
+
+    def unbind(self) -> None:
+        """Stop serving the call: callbacks deliver nothing and play silence."""
+        self.binding = None
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
         """Media clock thread: copy the caller's frame and hand it to the loop."""
-        if frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO:
+        binding = self.binding
+        if binding is None or frame.type != pj.PJMEDIA_FRAME_TYPE_AUDIO:
             return
         pcm = bytes(frame.buf)
-        self.counters.rx_frames += 1
+        binding.counters.rx_frames += 1
         try:
-            self._loop.call_soon_threadsafe(self._deliver, self.call, pcm)
+            self._loop.call_soon_threadsafe(self._deliver, binding.call, pcm)
         except RuntimeError:  # the loop is closed: the worker is shutting down
-            self.counters.rx_dropped += 1
+            binding.counters.rx_dropped += 1
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
         """Media clock thread: give pjsua2 the next session frame (silence when none)."""
-        pcm = self.outbound.pop()
+        binding = self.binding
+        pcm = binding.outbound.pop() if binding is not None else self._silence
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
         frame.buf = pj.ByteVector(pcm)
         frame.size = len(pcm)
+
+
+class PortPool:
+    """Conference ports reused across calls (pjsua thread only); see :class:`CallAudioPort`."""
+
+    COOL_DOWN = 0.2
+    """Seconds a released port rests before serving another call (the bridge's queued
+    disconnections of the ended call are applied within a tick or two)."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[int, bytes], None],
+    ) -> None:
+        self._sample_rate = sample_rate
+        self._loop = loop
+        self._deliver = deliver
+        self._free: collections.deque[tuple[float, CallAudioPort]] = collections.deque()
+        self._all: list[CallAudioPort] = []
+
+    def acquire(self, binding: PortBinding, *, now: float) -> CallAudioPort:
+        """A port bound to ``binding``: a rested free one, else a new one."""
+        if self._free and self._free[0][0] + self.COOL_DOWN <= now:
+            port = self._free.popleft()[1]
+        else:
+            port = CallAudioPort(
+                f"call-port{len(self._all)}", self._sample_rate, self._loop, self._deliver
+            )
+            self._all.append(port)
+        port.bind(binding)
+        return port
+
+    def release(self, port: CallAudioPort, *, now: float) -> None:
+        """Unbind ``port`` (its call ended) and keep it for a later call."""
+        port.unbind()
+        self._free.append((now, port))
+
+    @property
+    def size(self) -> int:
+        """Ports created so far."""
+        return len(self._all)
+
+    def clear(self) -> None:
+        """Drop every port (at shutdown, when no call uses them; before libDestroy)."""
+        for port in self._all:
+            port.unbind()
+        self._free.clear()
+        self._all.clear()

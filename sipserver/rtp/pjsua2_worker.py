@@ -49,7 +49,14 @@ from dataclasses import dataclass, field
 
 import pjsua2 as pj  # type: ignore[import-untyped]
 
-from sipserver.rtp.bridge import BridgeCounters, CallAudioPort, OutboundFrames, frame_bytes
+from sipserver.rtp.bridge import (
+    BridgeCounters,
+    CallAudioPort,
+    OutboundFrames,
+    PortBinding,
+    PortPool,
+    frame_bytes,
+)
 from sipserver.rtp.framelink import (
     Audio,
     AudioFrame,
@@ -347,7 +354,8 @@ class PjsuaThread(threading.Thread):
         self._ep: WorkerEndpoint | None = None
         self._account: WorkerAccount | None = None
         self._calls: dict[int, WorkerCall] = {}  # by call number
-        self._graveyard: list[object] = []  # ended calls/ports, dropped after the callback
+        self._graveyard: list[WorkerCall] = []  # ended calls, dropped after their callback
+        self._ports: PortPool | None = None
         self._numbers = itertools.count(1)
 
     # -- called from the loop thread --------------------------------------------------------------
@@ -438,6 +446,7 @@ class PjsuaThread(threading.Thread):
         for codec in ep.codecEnum2():
             ep.codecSetPriority(codec.codecId, CODEC_PRIORITY.get(codec.codecId, 0))
         ep.libStart()
+        self._ports = PortPool(opts.sample_rate, self.loop, self.sink.deliver)
 
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{opts.worker_id}@{opts.sip_host}:{self.sip_port}"
@@ -465,8 +474,10 @@ class PjsuaThread(threading.Thread):
         opts = self.options
         counters = BridgeCounters()
         outbound = OutboundFrames(frame_bytes(opts.sample_rate), counters)
-        port = CallAudioPort(call.number, outbound, counters, self.loop, self.sink.deliver)
-        port.create(opts.sample_rate)
+        assert self._ports is not None
+        port = self._ports.acquire(
+            PortBinding(call.number, outbound, counters), now=time.monotonic()
+        )
         call.port = port
         audio = call.getAudioMedia(med_idx)
         audio.startTransmit(port)
@@ -492,8 +503,8 @@ class PjsuaThread(threading.Thread):
         self._calls.pop(call.number, None)
         # pjsua2 may still use both objects until this callback returns: drop them after it.
         self._graveyard.append(call)
-        if call.port is not None:
-            self._graveyard.append(call.port)
+        if call.port is not None and self._ports is not None:
+            self._ports.release(call.port, now=time.monotonic())
             call.port = None
         if call.started:
             self._notify(self.sink.call_ended, CallEnded(call.number, str(reason), status))
@@ -520,8 +531,10 @@ class PjsuaThread(threading.Thread):
         call.hangup(op)
 
     @property
-    def active_calls(self) -> int:
-        return len(self._calls)
+    def port_count(self) -> int:
+        """Conference ports created (pooled; bounded by the calls alive at once)."""
+        ports = self._ports
+        return ports.size if ports is not None else 0
 
     def _request_stop(self) -> None:
         self._stopping = True
@@ -535,12 +548,19 @@ class PjsuaThread(threading.Thread):
             deadline = time.monotonic() + HANGUP_GRACE
             while self._calls and time.monotonic() < deadline:
                 ep.libHandleEvents(POLL_MS)
+        # let the conference bridge apply its queued port removals before ports go away
+        deadline = time.monotonic() + PortPool.COOL_DOWN
+        while time.monotonic() < deadline:
+            ep.libHandleEvents(POLL_MS)
         self._destroy()
 
     def _destroy(self) -> None:
         """Drop every Python reference pjsua2 objects hold, then libDestroy (see notes)."""
         self._calls.clear()
         self._graveyard.clear()
+        if self._ports is not None:
+            self._ports.clear()
+            self._ports = None
         if self._account is not None:
             with contextlib.suppress(pj.Error):
                 self._account.shutdown()
@@ -668,6 +688,7 @@ class Pjsua2Worker:
         out["calls"] = len(self._calls)
         out["capacity"] = pj_thread.capacity if pj_thread else 0
         out["calls_refused"] = pj_thread.calls_refused if pj_thread else 0
+        out["ports"] = pj_thread.port_count if pj_thread else 0
         if self._link is not None:
             out["dropped_frames"] = self._link.dropped_frames
             out["lost_frames"] = self._link.lost_frames

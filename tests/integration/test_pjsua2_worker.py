@@ -238,7 +238,8 @@ async def run_sipp(
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{port}", "-sf", str(SCENARIOS / scenario), "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1", "-mp", str(media_port),
-        "-m", "1", "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+        *(() if "-m" in extra else ("-m", "1")),
+        "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(workdir / f"{scenario}.err"), *extra,
         cwd=workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -503,3 +504,34 @@ async def test_unsupported_codec_is_rejected_488(worker: Worker, workdir: Path) 
     assert code == 0, out  # the 488 branch (a 200 would wait for a BYE and time out)
     assert not worker.main.of(CallStarted)
     assert worker.proc.returncode is None
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+async def test_call_churn_reuses_ports(worker: Worker, workdir: Path) -> None:
+    """Many short calls, 4 at a time: ports are pooled, never freed under the media clock.
+
+    Freeing a call's AudioMediaPort right after the call ended crashed the worker within ~100
+    calls (the conference bridge removes ports on its next tick and called the freed object).
+    """
+    assert worker.hello is not None
+    (workdir / "pcap").mkdir()
+    write_pcmu_pcap(workdir / "pcap" / "pcmu_tone.pcap", tone(1.0))
+    calls = 120
+    concurrent = min(4, worker.hello.capacity)
+    code, out = await run_sipp(
+        workdir, "uac_pcmu_short_call.xml", worker.sip_port,
+        "-m", str(calls), "-l", str(concurrent), "-r", "25", "-d", "200", timeout=60,
+    )  # fmt: skip
+    assert code == 0, out + worker.log_text()
+    main = worker.main
+    await main.wait_for(lambda r: isinstance(r, CallEnded), timeout=5, count=calls)
+    assert len(main.of(CallStarted)) == calls
+    assert worker.proc.returncode is None
+    stats = await main.wait_for(
+        lambda r: isinstance(r, Stats) and r.counters["calls_ended"] == calls, timeout=5
+    )
+    counters = stats[-1].counters  # type: ignore[union-attr]
+    assert counters["calls"] == 0
+    assert counters["ports"] <= 2 * concurrent  # reused, not one per call
+    log = worker.log_text()
+    assert "Traceback" not in log and "Error" not in log, log
