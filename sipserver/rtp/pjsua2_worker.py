@@ -90,6 +90,9 @@ MAX_PENDING_FRAMES_PER_CALL = 50
 DTMF_IS_END = 1 << 1
 """``PJMEDIA_STREAM_DTMF_IS_END`` flag of ``OnDtmfEventParam.flags`` (not exported by SWIG)."""
 
+_MEDIA_UP = (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
+"""Audio media states in which the call has a conference slot to connect the port to."""
+
 HANGUP_GRACE = 3.0
 """Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""
 
@@ -231,13 +234,22 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             self.owner.log(f"onCallState: {exc!r}")
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        """Media up, or changed by a re-INVITE/UPDATE (refresh, hold, codec change).
+
+        A re-INVITE may recreate the audio stream under a new conference slot, which drops
+        the port's connections (measured: frames stop after a session refresh), so every
+        media update reconnects the call's port to the call's current audio media.
+        """
         try:
-            if self.port is not None or self.ended:
+            if self.ended:
                 return
             ci = self.getInfo()
             for mi in ci.media:
-                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                    self.owner.media_active(self, ci, int(mi.index))
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in _MEDIA_UP:
+                    if self.port is None:
+                        self.owner.media_active(self, ci, int(mi.index))
+                    else:
+                        self.owner.media_changed(self, int(mi.index))
                     return
         except pj.Error as exc:
             self.owner.log(f"onCallMediaState: {exc.info()}")
@@ -495,6 +507,13 @@ class PjsuaThread(threading.Thread):
         )
         call.started = True
         self._notify(self.sink.call_started, StartedInfo(record, outbound, counters))
+
+    def media_changed(self, call: WorkerCall, med_idx: int) -> None:
+        port = call.port
+        assert port is not None
+        audio = call.getAudioMedia(med_idx)
+        audio.startTransmit(port)  # connecting a connected pair is a no-op
+        port.startTransmit(audio)
 
     def call_disconnected(self, call: WorkerCall, reason: str, status: int) -> None:
         if call.ended:

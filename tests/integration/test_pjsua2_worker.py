@@ -535,3 +535,38 @@ async def test_call_churn_reuses_ports(worker: Worker, workdir: Path) -> None:
     assert counters["ports"] <= 2 * concurrent  # reused, not one per call
     log = worker.log_text()
     assert "Traceback" not in log and "Error" not in log, log
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+@pytest.mark.parametrize(
+    ("pts", "direction"),
+    [("0", "sendrecv"), ("0", "sendonly"), ("8", "sendrecv")],
+    ids=["refresh", "hold", "switch-to-pcma"],
+)
+async def test_reinvite_keeps_audio_flowing(
+    worker: Worker, workdir: Path, pts: str, direction: str
+) -> None:
+    """A mid-call re-INVITE (session refresh, hold, codec change) keeps the port connected."""
+    (workdir / "pcap").mkdir()
+    write_pcmu_pcap(workdir / "pcap" / "pcmu_tone.pcap", tone(3.0))
+    main = worker.main
+    main.echo = True
+    code, out = await run_sipp(
+        workdir, "uac_reinvite.xml", worker.sip_port, "-key", "pts", pts,
+        "-key", "direction", direction,
+    )  # fmt: skip
+    assert code == 0, out + worker.log_text()
+    (ended,) = await main.wait_for(lambda r: isinstance(r, CallEnded), timeout=5)
+    assert ended.call == main.of(CallStarted)[0].call  # type: ignore[union-attr]
+    (call,) = main.of(CallStarted)
+    frames = main.frames(call.call)
+    assert len(frames) > 150  # ~3.5 s at 50 frames/s
+    if pts == "0":  # the PCMU pcap keeps playing: the tone is heard before and after
+        loud = [f for f in frames if rms(f.pcm) > 2000]
+        assert len(loud) > 130, len(loud)
+    stats = await main.wait_for(
+        lambda r: isinstance(r, Stats) and r.counters["calls_ended"] == 1, timeout=5
+    )
+    c = stats[-1].counters  # type: ignore[union-attr]
+    # the send side kept being clocked after the re-INVITE (a frame or silence every tick)
+    assert c["tx_frames"] + c["tx_underflow"] > 0.9 * c["rx_frames"], c
