@@ -157,6 +157,19 @@ class Metrics:
             "Requests answered 500 because handling them raised an unexpected error.",
             registry=r,
         )
+        self.call_attempts = Counter(
+            "sipserver_call_attempts",
+            "Dialog-creating INVITEs, by routing result (routed, no_such_number, challenged, "
+            "auth_failed, acl_denied, banned, no_worker, overloaded).",
+            ["result"],
+            registry=r,
+        )
+        self.calls_active = Gauge(
+            "sipserver_calls_active", "Calls in progress through the edge.", registry=r
+        )
+        self.calls_ended = Counter(
+            "sipserver_calls_ended", "Calls that ended, by reason.", ["reason"], registry=r
+        )
         self.config_reloads = Counter(
             "sipserver_config_reloads",
             "Configuration reloads (SIGHUP / sipserver reload), by result (ok, invalid).",
@@ -196,6 +209,10 @@ class Metrics:
         if child is None:
             child = self._register[result] = self.register_requests.labels(result)
         child.inc()
+
+    def call_result(self, result: str) -> None:
+        """Count one INVITE routing outcome."""
+        self.call_attempts.labels(result).inc()
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format."""

@@ -12,19 +12,33 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from sipserver.config import Config, ConfigError, load_config
+from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
+from sipserver.edge.proxy import (
+    CallAnswered,
+    CallEnded,
+    CallProxy,
+    CallRouted,
+    Endpoint,
+    ProxyEvent,
+)
 from sipserver.edge.router import SipRouter
 from sipserver.edge.transport import SipListeners, parse_host_port
 from sipserver.observability import Metrics, get_logger
+from sipserver.pipeline.echo import EchoSession, tone_greeting
+from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
 from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
+from sipserver.rtp import framelink
+from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.web.app import build_app
@@ -49,6 +63,46 @@ def _failure_tracker(config: Config) -> FailureTracker:
         window=ban.window,
         ban_duration=ban.duration,
         max_sources=ban.max_tracked_sources,
+    )
+
+
+def _call_proxy(config: Config) -> CallProxy | None:
+    """The call proxy, on the first UDP listener (workers speak UDP on loopback)."""
+    udp = config.server.sip.udp_addresses
+    if not udp:
+        return None
+    host, port = udp[0]
+    inside_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    outside_host = config.server.public_host
+    return CallProxy(
+        outside=Endpoint("udp", outside_host, port), inside=Endpoint("udp", inside_host, port)
+    )
+
+
+def _worker_pool(
+    config: Config,
+    on_record: Callable[[MediaWorker, framelink.LinkRecord], None],
+    on_lost: Callable[[MediaWorker, set[int]], None],
+) -> WorkerPool | None:
+    """The media worker pool, when any agent takes SIP calls."""
+    if not any(a.sip.enabled and a.sip.numbers for a in config.agents):
+        return None
+    media = config.server.media
+    max_workers = max(media.min_workers, config.server.max_workers)
+    per_worker = (media.rtp_port_max - media.rtp_port_min + 1) // max_workers
+    return WorkerPool(
+        WorkerPoolSettings(
+            link_path=str(Path(config.server.data_dir).resolve() / "run" / "framelink.sock"),
+            min_workers=media.min_workers,
+            max_workers=max_workers,
+            sip_host=media.worker_host,
+            rtp_host=media.rtp_host,
+            rtp_port_start=media.rtp_port_min,
+            rtp_ports_per_worker=per_worker - per_worker % 2,
+            sample_rate=media.sample_rate,
+        ),
+        on_record=on_record,
+        on_worker_lost=on_lost,
     )
 
 
@@ -79,6 +133,10 @@ class Server:
         self.store: BindingStore = open_store(kind, path)
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
         self.tracker = _failure_tracker(config)
+        self.proxy = _call_proxy(config)
+        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
+        self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+        self._reserved: dict[str, MediaWorker] = {}
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
             self.router, self.metrics, max_message_size=sip.max_message_size
@@ -126,7 +184,85 @@ class Server:
             local_hosts=local_hosts,
             force_rport=sip.force_rport,
             transactions=transactions,
+            proxy=self.proxy,
+            choose_worker=self._choose_worker,
+            on_call_event=self._call_event,
         )
+
+    # ------------------------------------------------------------------ calls
+
+    def _choose_worker(
+        self, agent: str, call_id: str
+    ) -> tuple[str, Endpoint] | Literal["full"] | None:
+        if self.pool is None:
+            return None
+        worker = self.pool.pick()
+        if worker is None:
+            return None
+        if worker is FULL:
+            return "full"
+        assert isinstance(worker, MediaWorker) and worker.hello is not None
+        self.pool.reserve(worker)
+        self._reserved[call_id] = worker
+        return worker.worker_id, Endpoint("udp", worker.hello.sip_host, worker.hello.sip_port)
+
+    def _release(self, call_id: str) -> None:
+        worker = self._reserved.pop(call_id, None)
+        if worker is not None and self.pool is not None:
+            self.pool.release(worker)
+
+    def _call_event(self, event: ProxyEvent) -> None:
+        metrics = self.metrics
+        if isinstance(event, CallRouted):
+            metrics.calls_active.inc()
+            log.info(
+                "call_routed", call_id=event.call_id, agent=event.agent, worker=event.worker_id
+            )
+        elif isinstance(event, CallAnswered):
+            log.info("call_answered", call_id=event.call_id, setup_ms=round(event.setup_time * 1e3))
+        elif isinstance(event, CallEnded):
+            metrics.calls_active.dec()
+            metrics.calls_ended.labels(str(event.reason.value)).inc()
+            self._release(event.call_id)
+            log.info(
+                "call_ended",
+                call_id=event.call_id,
+                reason=str(event.reason.value),
+                status=event.status,
+                duration=event.duration,
+            )
+
+    def _new_session(self, info: CallInfo) -> CallSession | None:
+        agent = self.config.agent_by_slug(info.agent) if info.agent else None
+        if agent is None:
+            return None
+        # The stand-in session until the voice pipeline lands: a chime, then an echo of the
+        # caller 200 ms late; DTMF # hangs up.
+        return EchoSession(
+            tone_greeting(info.sample_rate), sample_rate=info.sample_rate, hangup_digit="#"
+        )
+
+    def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
+        if isinstance(record, framelink.CallStarted):
+            self._release(record.sip_call_id)
+            worker.calls.add(record.call)
+        elif isinstance(record, framelink.CallEnded):
+            worker.calls.discard(record.call)
+        replies = self.sessions.handle(worker.worker_id, record)
+        link = worker.link
+        if link is None:
+            return
+        for reply in replies:
+            if isinstance(reply, framelink.CallEnded):
+                worker.calls.discard(reply.call)
+            link.send(reply)
+
+    def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
+        self.sessions.worker_lost(worker.worker_id)
+        for call_id in [c for c, w in self._reserved.items() if w is worker]:
+            del self._reserved[call_id]
+        for item in self.router.end_calls_of_worker(worker.worker_id, now=time.time()):
+            self.listeners.deliver(item)
 
     def reload(self, config: Config) -> list[str]:
         """Apply a new, already validated configuration to the running server.
@@ -200,6 +336,8 @@ class Server:
         log.info("http_listening", host=host, port=self.http_port or port)
         if isinstance(self.store, SqliteStore):
             self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
+        if self.pool is not None:
+            await self.pool.start()
 
     async def _flush_loop(self, store: SqliteStore) -> None:
         loop = asyncio.get_running_loop()
@@ -215,8 +353,10 @@ class Server:
                     log.exception("bindings_flush_failed", aors=len(changes))
 
     async def stop(self) -> None:
-        """Stop listening, flush the bindings and close the store."""
+        """Stop listening, stop the media workers, flush the bindings and close the store."""
         await self.listeners.stop()
+        if self.pool is not None:
+            await self.pool.stop()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

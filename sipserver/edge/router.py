@@ -15,10 +15,12 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from sipserver.config import Agent, Config, normalize_number
+from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
 from sipserver.observability import Metrics, get_logger
 from sipserver.registrar.acl import AllowList
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
@@ -34,7 +36,11 @@ from sipserver.sip.message import (
 )
 from sipserver.sip.transaction import ServerTransactions
 
-__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter"]
+__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter", "WorkerChooser"]
+_RETRY_AFTER = (("Retry-After", "5"),)
+
+WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | None"]
+"""(agent slug, Call-ID) -> the chosen (and reserved) worker, ``"full"`` or None."""
 
 log = get_logger(__name__)
 
@@ -73,6 +79,8 @@ class Outgoing:
     host: str
     """Destination address for datagram transports; stream transports reply on the connection."""
     port: int
+    transport: str = ""
+    """Transport to send on; empty: answer the way the message came (same socket/connection)."""
 
 
 class SipRouter:
@@ -90,6 +98,10 @@ class SipRouter:
             behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
         transactions: the transaction table to use (a config reload hands over the old one, so
             retransmissions across the reload are still answered).
+        proxy: the stateful call proxy; without it INVITEs are answered 480.
+        choose_worker: picks (and reserves) a media worker for a call: ``(worker_id, address)``,
+            ``"full"`` when every worker is busy, None when none is up.
+        on_call_event: receives the proxy's call events (routed, answered, ended).
     """
 
     def __init__(
@@ -103,8 +115,14 @@ class SipRouter:
         local_hosts: Iterable[str] = (),
         force_rport: bool = True,
         transactions: ServerTransactions | None = None,
+        proxy: CallProxy | None = None,
+        choose_worker: WorkerChooser | None = None,
+        on_call_event: Callable[[ProxyEvent], None] | None = None,
     ) -> None:
         self._config = config
+        self._proxy = proxy
+        self._choose_worker = choose_worker
+        self._on_call_event = on_call_event
         self._registrar = registrar
         self._auth = authenticator
         self._tracker = tracker
@@ -161,8 +179,20 @@ class SipRouter:
             message = parse_message(data)
         except SipParseError as exc:
             return self._reject_unparseable(exc, peer, now=now)
+        proxy = self._proxy
+        if proxy is not None and proxy.owns(message):
+            self._metrics.message_in(
+                peer.transport, "RESPONSE" if isinstance(message, SipResponse) else message.method
+            )
+            source = Endpoint(peer.transport, peer.host, peer.port)
+            if isinstance(message, SipResponse):
+                sends = proxy.handle_response(message, source, now=now)
+            else:
+                sends = proxy.handle_request(message, source, now=now)
+            return self._proxied(sends)
         if isinstance(message, SipResponse):
-            # The edge sends no requests yet, so every response is stray (RFC 3261 §18.1.2).
+            # Responses of proxied calls were taken above; anything else is stray
+            # (RFC 3261 §18.1.2).
             self._metrics.message_in(peer.transport, "RESPONSE")
             return []
         self._metrics.message_in(peer.transport, message.method)
@@ -179,7 +209,15 @@ class SipRouter:
                 return []
             return [self._address(match.response, message, peer)]
         try:
-            status, raw = self._dispatch(message, peer, now=now)
+            if message.method == "INVITE" and proxy is not None:
+                routed = self._invite(message, peer, proxy, now=now)
+                if isinstance(routed, list):
+                    # The proxy owns this call's transactions from here on.
+                    self._transactions.forget(key)
+                    return routed
+                status, raw = routed
+            else:
+                status, raw = self._dispatch(message, peer, now=now)
         except (ValueError, KeyError) as exc:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
@@ -194,6 +232,29 @@ class SipRouter:
         )
         self._metrics.message_out(peer.transport, status)
         return [self._address(raw, message, peer)]
+
+    def proxy_timer(self) -> float | None:
+        """When :meth:`handle_proxy_timer` must run next (the call proxy's SIP timers)."""
+        return self._proxy.get_timer() if self._proxy is not None else None
+
+    def handle_proxy_timer(self, *, now: float) -> list[Outgoing]:
+        """Fire the call proxy's due timers (retransmissions, timeouts)."""
+        if self._proxy is None:
+            return []
+        return self._proxied(self._proxy.handle_timer(now=now))
+
+    def end_calls_of_worker(self, worker_id: str, *, now: float) -> list[Outgoing]:
+        """A media worker died: BYE (or a final response) to the callers of its calls."""
+        if self._proxy is None:
+            return []
+        return self._proxied(self._proxy.terminate_calls_of_worker(worker_id, now=now))
+
+    def _proxied(self, sends: list[Send]) -> list[Outgoing]:
+        proxy = self._proxy
+        if proxy is not None and self._on_call_event is not None:
+            while (event := proxy.next_event()) is not None:
+                self._on_call_event(event)
+        return [Outgoing(s.data, s.to.host, s.to.port, s.to.transport) for s in sends]
 
     def handle_timer(self, *, now: float) -> None:
         """Expire transactions and bindings; refresh the gauges. Call about once a second."""
@@ -227,11 +288,95 @@ class SipRouter:
         if method in ("BYE", "CANCEL"):
             return self._response(request, 481)
         if method == "INVITE":
-            # Calls are routed to media workers by a later part of the edge; until a call
-            # path exists nobody can take the call.
+            # No call proxy in this edge (tests of the registrar alone): nobody takes calls.
             return self._response(request, 480, "No Media Worker")
         status = 405 if method in _RECOGNISED_UNSUPPORTED else 501
         return self._response(request, status, headers=(("Allow", ALLOWED_METHODS),))
+
+    # ------------------------------------------------------------------ INVITE
+
+    def _invite(
+        self, request: SipRequest, peer: Peer, proxy: CallProxy, *, now: float
+    ) -> _Reply | list[Outgoing]:
+        """Route a dialog-creating INVITE: number -> agent, ban, CIDR, auth, worker."""
+        metrics = self._metrics
+        if "tag=" in (request.headers.get("To") or ""):
+            # An in-dialog request for a dialog the proxy does not know (RFC 3261 §12.2.2).
+            return self._response(request, 481)
+        ruri = request.request_uri()
+        if not self._is_local(ruri.host):
+            return self._response(request, 404, "Domain Not Served")
+        number = ruri.user or request.to().uri.user or ""
+        agent = self._by_number.get(number) or self._by_number.get(normalize_number(number))
+        if agent is None:
+            metrics.call_result("no_such_number")
+            return self._response(request, 404, "No Such Number")
+        if self._tracker.is_banned(peer.host, now=now):
+            metrics.call_result("banned")
+            metrics.banned_requests.inc()
+            return self._response(request, 403)
+        if not self._acls[agent.slug].allows(peer.host):
+            metrics.call_result("acl_denied")
+            log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
+            return self._response(request, 403, "Source Address Not Allowed")
+        if agent.sip.invite_auth == "digest":
+            denied = self._authorize_invite(request, peer, agent, now=now)
+            if denied is not None:
+                return denied
+        choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
+        if choice is None:
+            metrics.call_result("no_worker")
+            return self._response(request, 480, "No Media Worker Available")
+        if choice == "full":
+            metrics.call_result("overloaded")
+            return self._response(request, 503, "All Media Workers Busy", headers=_RETRY_AFTER)
+        worker_id, worker = choice
+        request.headers.remove("Proxy-Authorization")  # consumed here, not for the worker
+        sends = proxy.route_invite(
+            request,
+            Endpoint(peer.transport, peer.host, peer.port),
+            worker_id=worker_id,
+            worker=worker,
+            agent=agent.slug,
+            now=now,
+        )
+        metrics.call_result("routed")
+        return self._proxied(sends)
+
+    def _authorize_invite(
+        self, request: SipRequest, peer: Peer, agent: Agent, *, now: float
+    ) -> _Reply | None:
+        """RFC 3261 §22.3 proxy authentication: 407 until Proxy-Authorization carries the
+        agent's credentials. Failures count toward the same ban as REGISTER failures."""
+        header = request.headers.get("Proxy-Authorization")
+        if header is None:
+            self._metrics.call_result("challenged")
+            return self._proxy_challenge(request, now=now, stale=False)
+        result = self._auth.verify(header, method="INVITE", request_uri=request.uri, now=now)
+        outcome = result.outcome
+        if outcome is AuthOutcome.OK and result.username == agent.sip.username:
+            return None
+        if outcome is AuthOutcome.STALE_NONCE:
+            return self._proxy_challenge(request, now=now, stale=True)
+        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
+            self._metrics.auth_failures.labels(outcome.name.lower()).inc()
+            return self._proxy_challenge(request, now=now, stale=False)
+        reason = "aor_mismatch" if outcome is AuthOutcome.OK else outcome.name.lower()
+        self._metrics.auth_failures.labels(reason).inc()
+        self._metrics.call_result("auth_failed")
+        if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
+            self._metrics.bans.inc()
+            log.warning("source_banned", source=peer.host, user=result.username, reason=reason)
+        log.info("invite_auth_failed", source=peer.host, user=result.username, reason=reason)
+        if outcome is AuthOutcome.MALFORMED:
+            return self._response(request, 400, "Malformed Proxy-Authorization")
+        return self._response(request, 403)
+
+    def _proxy_challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
+        headers = [
+            ("Proxy-Authenticate", h) for h in self._auth.challenge_headers(now=now, stale=stale)
+        ]
+        return self._response(request, 407, headers=headers)
 
     # ------------------------------------------------------------------ REGISTER
 

@@ -60,7 +60,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if transport is None:
             return
         for item in out:
-            transport.sendto(item.data, (item.host, item.port))
+            if item.transport in ("", "udp"):
+                transport.sendto(item.data, (item.host, item.port))
+            else:
+                listeners.deliver(item)
+        listeners.arm_proxy_timer()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: the peer went away; nothing to do.
@@ -81,11 +85,13 @@ class _TcpConnection(asyncio.Protocol):
         self._peer = Peer("tcp", str(addr[0]), int(addr[1]))
         self._last_activity = time.monotonic()
         self._listeners.connections.add(self)
+        self._listeners.by_peer[(self._peer.host, self._peer.port)] = self
         self._listeners.metrics.tcp_connections.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self in self._listeners.connections:
             self._listeners.connections.discard(self)
+            self._listeners.by_peer.pop((self._peer.host, self._peer.port), None)
             self._listeners.metrics.tcp_connections.dec()
 
     def data_received(self, data: bytes) -> None:
@@ -109,7 +115,18 @@ class _TcpConnection(asyncio.Protocol):
                 message, self._peer, now=self._listeners.clock()
             )
             for item in out:
-                transport.write(item.data)
+                if item.transport in ("", "tcp") and (item.host, item.port) == (
+                    self._peer.host,
+                    self._peer.port,
+                ):
+                    transport.write(item.data)
+                else:
+                    self._listeners.deliver(item)
+        self._listeners.arm_proxy_timer()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
 
     def idle_for(self, now: float) -> float:
         return now - self._last_activity
@@ -145,6 +162,11 @@ class SipListeners:
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
         self.connections: set[_TcpConnection] = set()
+        self.by_peer: dict[tuple[str, int], _TcpConnection] = {}
+        """Open TCP connections by the peer's (host, port): requests towards a caller that
+        reached the edge over TCP go back on its connection (RFC 3261 §18.2.2)."""
+        self._proxy_timer: asyncio.TimerHandle | None = None
+        self._proxy_timer_at: float | None = None
         self.bound: list[tuple[str, str, int]] = []
         """(transport, host, port) of every listener, with the real port when 0 was asked."""
         self._udp: list[asyncio.DatagramTransport] = []
@@ -183,6 +205,48 @@ class SipListeners:
         for transport_name, host, port in self.bound:
             log.info("sip_listening", transport=transport_name, host=host, port=port)
 
+    def deliver(self, item: Outgoing) -> None:
+        """Send a message that does not simply go back the way its trigger came."""
+        if item.transport == "tcp":
+            conn = self.by_peer.get((item.host, item.port))
+            if conn is None:
+                # Opening connections towards callers is not supported: they keep theirs open.
+                log.info("sip_tcp_peer_gone", host=item.host, port=item.port)
+                return
+            conn.write(item.data)
+            return
+        if not self._udp:
+            log.warning("sip_no_udp_listener", host=item.host, port=item.port)
+            return
+        family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
+        for transport in self._udp:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == family:
+                transport.sendto(item.data, (item.host, item.port))
+                return
+        self._udp[0].sendto(item.data, (item.host, item.port))
+
+    def arm_proxy_timer(self) -> None:
+        """(Re)arm the one timer of the call proxy at its next deadline."""
+        due = self.router.proxy_timer()
+        if due is None or (self._proxy_timer_at is not None and self._proxy_timer_at <= due):
+            return
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._proxy_timer_at = due
+        self._proxy_timer = loop.call_later(max(0.0, due - self.clock()), self._fire_proxy_timer)
+
+    def _fire_proxy_timer(self) -> None:
+        self._proxy_timer = None
+        self._proxy_timer_at = None
+        try:
+            for item in self.router.handle_proxy_timer(now=self.clock()):
+                self.deliver(item)
+        except Exception:
+            log.exception("sip_proxy_timer_failed")
+        self.arm_proxy_timer()
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -201,6 +265,8 @@ class SipListeners:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
         for transport in self._udp:
             transport.close()
         for server in self._tcp:

@@ -143,6 +143,10 @@ class ServerTransactions:
         entry.deadline = now + self._timer_j
         self._completed.append((entry.deadline, key, entry))
 
+    def forget(self, key: TransactionKey) -> None:
+        """Drop a transaction another layer took over (e.g. an INVITE handed to the proxy)."""
+        self._entries.pop(key, None)
+
     def get_timer(self) -> float | None:
         """Absolute time of the next expiry, or None when the table is empty."""
         heads = [q[0][0] for q in (self._completed, self._pending) if q]
