@@ -164,6 +164,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.media_workers_up = Gauge(
+            "sipserver_media_workers_up", "Media worker processes up (said HELLO).", registry=r
+        )
         self.calls_active = Gauge(
             "sipserver_calls_active", "Calls in progress through the edge.", registry=r
         )

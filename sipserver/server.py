@@ -137,6 +137,9 @@ class Server:
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
         self._reserved: dict[str, MediaWorker] = {}
+        pool = self.pool
+        if pool is not None:
+            self.metrics.media_workers_up.set_function(lambda: sum(w.up for w in pool.workers))
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
             self.router, self.metrics, max_message_size=sip.max_message_size
