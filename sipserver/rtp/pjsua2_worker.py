@@ -119,6 +119,9 @@ class WorkerOptions:
     """PCM sample rate on the frame link: 8000 or 16000."""
     stats_interval: float = 5.0
     """Seconds between STATS records."""
+    rtp_timeout: float = 60.0
+    """Hang up a call (BYE, reason ``rtp-timeout``) after this many seconds without an RTP
+    packet from the caller, except while the caller holds the call; 0 disables."""
     log_level: int = 1
     """pjsua log level (0-6) written to stderr."""
 
@@ -221,6 +224,16 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         """Worker-local call number on the frame link."""
         self.request_uri, self.headers = _parse_invite(invite)
         self.port: CallAudioPort | None = None
+        self.med_idx = -1
+        """Index of the call's audio media once it is up."""
+        self.on_hold = False
+        """The caller holds the call (it may stop sending RTP)."""
+        self.rx_packets = -1
+        """RTP packets received at the last RTP timeout check."""
+        self.rx_at = 0.0
+        """When the packet count last changed (time.monotonic)."""
+        self.end_reason: str | None = None
+        """Our reason for hanging up, reported instead of pjsua's."""
         self.started = False
         """CALL_STARTED was sent: the main process knows this call."""
         self.ended = False
@@ -246,6 +259,9 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             ci = self.getInfo()
             for mi in ci.media:
                 if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in _MEDIA_UP:
+                    self.med_idx = int(mi.index)
+                    self.on_hold = mi.status != pj.PJSUA_CALL_MEDIA_ACTIVE
+                    self.rx_at = time.monotonic()  # a new stream restarts the count
                     if self.port is None:
                         self.owner.media_active(self, ci, int(mi.index))
                     else:
@@ -400,11 +416,16 @@ class PjsuaThread(threading.Thread):
         self.ready.set()
         ep = self._ep
         assert ep is not None
+        next_check = time.monotonic() + 1.0
         try:
             while not self._stopping:
                 self._run_commands()
                 ep.libHandleEvents(POLL_MS)
                 self._graveyard.clear()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    self._check_rtp(now)
         except Exception as exc:
             self.log(f"poll loop failed: {_describe(exc)}")
         finally:
@@ -508,6 +529,26 @@ class PjsuaThread(threading.Thread):
         call.started = True
         self._notify(self.sink.call_started, StartedInfo(record, outbound, counters))
 
+    def _check_rtp(self, now: float) -> None:
+        """Hang up calls whose caller sent no RTP for ``rtp_timeout`` seconds."""
+        timeout = self.options.rtp_timeout
+        if timeout <= 0:
+            return
+        for call in list(self._calls.values()):
+            if call.port is None or call.on_hold or call.ended or call.end_reason:
+                continue
+            try:
+                packets = int(call.getStreamStat(call.med_idx).rtcp.rxStat.pkt)
+            except pj.Error:
+                continue  # no stream at the moment (being updated)
+            if packets != call.rx_packets:
+                call.rx_packets = packets
+                call.rx_at = now
+            elif now - call.rx_at > timeout:
+                self.log(f"call {call.number}: no RTP for {now - call.rx_at:.1f} s, hanging up")
+                call.end_reason = "rtp-timeout"
+                call.hangup(pj.CallOpParam())
+
     def media_changed(self, call: WorkerCall, med_idx: int) -> None:
         port = call.port
         assert port is not None
@@ -526,7 +567,8 @@ class PjsuaThread(threading.Thread):
             self._ports.release(call.port, now=time.monotonic())
             call.port = None
         if call.started:
-            self._notify(self.sink.call_ended, CallEnded(call.number, str(reason), status))
+            reason = call.end_reason or str(reason)
+            self._notify(self.sink.call_ended, CallEnded(call.number, reason, status))
 
     def dtmf(self, call: WorkerCall, digit: str, duration_ms: int, method: str) -> None:
         if not call.started or digit.upper() not in "0123456789*#ABCD" or len(digit) != 1:
@@ -833,6 +875,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     p.add_argument("--worker-id", required=True)
     p.add_argument("--sample-rate", type=int, default=8000, choices=(8000, 16000))
     p.add_argument("--stats-interval", type=float, default=5.0)
+    p.add_argument(
+        "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
+    )
     p.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
     a = p.parse_args(argv)
     return WorkerOptions(
@@ -845,6 +890,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         worker_id=a.worker_id,
         sample_rate=a.sample_rate,
         stats_interval=a.stats_interval,
+        rtp_timeout=a.rtp_timeout,
         log_level=a.log_level,
     )
 

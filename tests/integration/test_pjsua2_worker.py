@@ -196,8 +196,8 @@ async def workdir() -> AsyncIterator[Path]:
 
 @pytest.fixture
 async def worker(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Worker]:
-    """A worker process linked to a MainSide; ``indirect`` parametrization sets the sample rate."""
-    sample_rate = getattr(request, "param", RATE)
+    """A worker process linked to a MainSide; ``indirect`` parametrization adds CLI options."""
+    options: dict[str, str] = getattr(request, "param", {})
     main = MainSide()
     sock = str(workdir / "link.sock")
     server = await serve_links(sock, main.on_link)
@@ -209,7 +209,7 @@ async def worker(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator
             "--link", sock, "--sip-host", "127.0.0.1", "--sip-port", "0",
             "--rtp-port", str(rtp_base), "--rtp-port-count", "80",
             "--worker-id", "pjsua2-test", "--stats-interval", "1",
-            "--sample-rate", str(sample_rate),
+            *(x for item in options.items() for x in item),
             stdout=log_file, stderr=log_file,
         )  # fmt: skip
     w = Worker(proc, main, log)
@@ -469,12 +469,17 @@ async def test_pjsua2_caller_echo_correlates(worker: Worker, workdir: Path, echo
 @pytest.mark.parametrize(
     ("worker", "pts", "codec", "frame_size"),
     [
-        (8000, "8", "PCMA/8000", 320),
+        ({}, "8", "PCMA/8000", 320),
         # GSM is disabled; among the rest the answer follows the offer's order (pjmedia's
         # PJMEDIA_SDP_NEG_PREFER_REMOTE_CODEC_ORDER), priorities only rank our own offers
-        (8000, "3 8 0", "PCMA/8000", 320),
-        (16000, "9", "G722/16000", 640),
-        (16000, "0", "PCMU/8000", 640),  # the link rate does not depend on the codec
+        ({}, "3 8 0", "PCMA/8000", 320),
+        ({"--sample-rate": "16000"}, "9", "G722/16000", 640),
+        (
+            {"--sample-rate": "16000"},
+            "0",
+            "PCMU/8000",
+            640,
+        ),  # the link rate does not depend on the codec
     ],
     indirect=["worker"],
 )
@@ -570,3 +575,24 @@ async def test_reinvite_keeps_audio_flowing(
     c = stats[-1].counters  # type: ignore[union-attr]
     # the send side kept being clocked after the re-INVITE (a frame or silence every tick)
     assert c["tx_frames"] + c["tx_underflow"] > 0.9 * c["rx_frames"], c
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+@pytest.mark.parametrize("worker", [{"--rtp-timeout": "1"}], indirect=True)
+async def test_caller_without_rtp_is_hung_up(worker: Worker, workdir: Path) -> None:
+    """A caller that sends no RTP (uac_call_wait_bye.xml plays none) gets a BYE."""
+    code, out = await run_sipp(workdir, "uac_call_wait_bye.xml", worker.sip_port, timeout=15)
+    assert code == 0, out  # SIPp received the BYE and answered it
+    (ended,) = await worker.main.wait_for(lambda r: isinstance(r, CallEnded), timeout=5)
+    assert ended.reason == "rtp-timeout"  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+@pytest.mark.parametrize("worker", [{"--rtp-timeout": "1"}], indirect=True)
+async def test_caller_with_rtp_is_not_timed_out(worker: Worker, workdir: Path) -> None:
+    (workdir / "pcap").mkdir()
+    write_pcmu_pcap(workdir / "pcap" / "pcmu_tone.pcap", tone(3.0))
+    code, out = await run_sipp(workdir, "uac_pcmu_call.xml", worker.sip_port)
+    assert code == 0, out  # the caller's own BYE after 3 s of RTP
+    (ended,) = await worker.main.wait_for(lambda r: isinstance(r, CallEnded), timeout=5)
+    assert ended.reason != "rtp-timeout"  # type: ignore[union-attr]
