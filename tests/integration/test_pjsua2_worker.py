@@ -33,6 +33,8 @@ from sipserver.rtp.framelink import (
     FrameLink,
     Hello,
     LinkRecord,
+    Ping,
+    Pong,
     Stats,
     serve_links,
 )
@@ -304,6 +306,9 @@ async def test_hello_reports_capacity_and_port(worker: Worker) -> None:
     counters = stats[0].counters  # type: ignore[union-attr]
     assert counters["capacity"] == hello.capacity
     assert counters["calls"] == 0
+    # liveness: the worker answers PING
+    worker.main.send(Ping(0xDEADBEEF01))
+    await worker.main.wait_for(lambda r: isinstance(r, Pong) and r.nonce == 0xDEADBEEF01, 5)
 
 
 @pytest.mark.skipif(SIPP is None, reason="sipp not installed")
