@@ -317,6 +317,18 @@ class Server:
             ],
             "registrations": self.store.count(),
             "agents": [a.slug for a in self.config.agents],
+            "calls": self.proxy.active_calls() if self.proxy is not None else 0,
+            "media_workers": [
+                {
+                    "id": w.worker_id,
+                    "pid": w.process.pid if w.process is not None else None,
+                    "up": w.up,
+                    "sip_port": w.hello.sip_port if w.hello is not None else None,
+                    "capacity": w.capacity,
+                    "calls": w.load,
+                }
+                for w in (self.pool.workers if self.pool is not None else [])
+            ],
         }
 
     async def start(self) -> None:
