@@ -736,7 +736,16 @@ class Pjsua2Worker:
         self.counters["tx_overflow"] += c.tx_overflow
 
     def stats(self) -> dict[str, int]:
-        """Counters of the worker: ended calls' totals plus the live calls'."""
+        """Counters of the worker (STATS): ended calls' totals plus the live calls'.
+
+        ``calls``/``capacity``: calls up now and the limit; ``calls_total``: INVITEs accepted;
+        ``calls_refused``: INVITEs pjsua refused itself (486 at capacity); ``rx_frames``: caller
+        frames; ``rx_overflow``: caller frames dropped because the loop could not flush;
+        ``tx_frames``: session frames played; ``tx_underflow``: ticks that played silence;
+        ``tx_overflow``: session frames dropped from a full outbound queue; ``tx_unknown_call``:
+        session frames for a call that is gone; ``ports``: pooled conference ports;
+        ``dropped_frames``/``lost_frames``: the frame link's send drops and receive gaps.
+        """
         out = dict(self.counters)
         for call in self._calls.values():
             c = call.counters
@@ -749,6 +758,7 @@ class Pjsua2Worker:
         out["calls"] = len(self._calls)
         out["capacity"] = pj_thread.capacity if pj_thread else 0
         out["calls_refused"] = pj_thread.calls_refused if pj_thread else 0
+        out["calls_total"] = pj_thread.calls_total if pj_thread else 0
         out["ports"] = pj_thread.port_count if pj_thread else 0
         if self._link is not None:
             out["dropped_frames"] = self._link.dropped_frames
