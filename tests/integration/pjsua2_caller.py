@@ -5,7 +5,8 @@
 
 Places a call to ``--uri`` (offer PCMU only), plays ``--play`` (a mono 16-bit WAV, once) into
 the call as soon as media is up, records what it receives to ``--record`` (8 kHz mono WAV), and
-after ``--seconds`` sends ``--dtmf`` as RFC 4733 telephone-events. Then it waits up to
+after ``--seconds`` sends ``--dtmf`` as RFC 4733 telephone-events. With ``--user/--password``
+it answers 401/407 digest challenges. Then it waits up to
 ``--wait-bye`` seconds for the far end to hang up; if it does not, the caller hangs up itself.
 Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int, ...}``.
 Exit status 0 unless pjsua2 failed.
@@ -67,6 +68,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--dtmf", default="")
     p.add_argument("--wait-bye", type=float, default=5.0)
+    p.add_argument("--user", default="", help="digest user for 401/407 challenges")
+    p.add_argument("--password", default="")
     args = p.parse_args()
 
     ep = pj.Endpoint()
@@ -93,6 +96,8 @@ def main() -> int:
     acfg.idUri = "sip:caller@127.0.0.1"
     acfg.sipConfig.transportId = tid
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    if args.user:
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
     acc = pj.Account()
     acc.create(acfg)
 

@@ -150,3 +150,57 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
         extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}"),
     )
     assert result.returncode == 0, result.output
+
+
+def test_pjsua2_caller_hears_its_echo_through_the_edge(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A real UA (pjsua2) calls the agent's number through the edge with digest auth, plays
+    noise, records what comes back: the stand-in session's chime, then the caller's own audio
+    200 ms late (cross-correlated, not merely non-silent); '#' makes the agent hang up."""
+    import json
+    import subprocess
+    import sys
+    import wave
+
+    import numpy as np
+
+    from tests.integration.test_pjsua2_worker import RATE, noise_burst
+
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    sent = noise_burst(3.0)
+    play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
+    with wave.open(str(play), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(sent.tobytes())
+    caller = Path(__file__).with_name("pjsua2_caller.py")
+    proc = subprocess.run(
+        [
+            sys.executable, str(caller),
+            "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
+            "--user", DEMO_USER, "--password", DEMO_PASSWORD,
+            "--play", str(play), "--record", str(record),
+            "--seconds", "4.5", "--dtmf", "#", "--wait-bye", "5",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ended_by"] == "remote", result  # the agent hung up on '#'
+    with wave.open(str(record), "rb") as w:
+        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    ref = sent.astype(np.float64)
+    size = 1 << (len(got) + len(ref) - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)
+    corr = corr[: len(got)]
+    lag = int(np.argmax(np.abs(corr)))
+    peak = float(np.abs(corr[lag]))
+    assert peak > 50 * (float(np.median(np.abs(corr))) + 1e-9)
+    # The session echoes 200 ms late (what arrives during the greeting is not echoed); the two
+    # RTP legs and the frame link add a few tens of ms.
+    assert 0.2 * RATE <= lag < 0.5 * RATE, lag / RATE
+    # The first 0.6 s the caller hears the greeting chime, not silence.
+    assert np.abs(got[: int(0.5 * RATE)]).max() > 1000
+    assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 1
