@@ -204,3 +204,23 @@ def test_pjsua2_caller_hears_its_echo_through_the_edge(
     # The first 0.6 s the caller hears the greeting chime, not silence.
     assert np.abs(got[: int(0.5 * RATE)]).max() > 1000
     assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 1
+
+
+def test_ip_authenticated_agent_takes_calls_without_challenge(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    def trusted_pbx(config: dict[str, Any]) -> None:
+        sip = config["agents"][0]["sip"]
+        sip["invite_auth"] = "ip"
+        sip["allowed_ips"] = ["127.0.0.0/8"]
+
+    server = server_factory(trusted_pbx)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    (tmp_path / "pcap").mkdir()
+    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(1.0))
+    result = run_sipp(
+        "uac_edge_call_ip_auth.xml", server.sip_port, service=NUMBER, workdir=tmp_path
+    )
+    assert result.returncode == 0, result.output
+    assert server.metric("sipserver_call_attempts_total", result="challenged") == 0
+    assert server.metric("sipserver_call_attempts_total", result="routed") == 1
