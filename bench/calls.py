@@ -1,0 +1,296 @@
+"""Call setup through the edge: sipserver's edge vs the Kamailio reference edge, same run.
+
+SIPp places calls (INVITE -> 407 -> authenticated INVITE -> 200 -> ACK -> 150 ms -> BYE) at a
+fixed rate. The figure is the authenticated INVITE -> 200 time (SIPp response-time repartition,
+p50/p99), plus the CPU and RSS of the processes involved. Both edges forward to the same kind of
+media worker: sipserver's own pjsua2 worker process. For the Kamailio run a standalone worker
+listens on 127.0.0.1:5070 (where ../shared/bench/kamailio/proxy.cfg relays) with a tiny frame
+link server in this script that echoes its audio.
+
+Usage::
+
+    python bench/calls.py                     # 20 calls/s, 200 calls
+    python bench/calls.py --rate 10 --calls 100 --no-kamailio
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from sipserver.rtp.framelink import Audio, FrameLink, serve_links
+
+HERE = Path(__file__).resolve().parent
+KAMAILIO_DIR = HERE.parent.parent / "shared" / "bench" / "kamailio"
+SCENARIO = HERE / "sipp" / "call_auth.xml"
+NUMBER = "+15005550199"
+USER = "bench"
+PASSWORD = "secret"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tree(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    pids = [pid]
+    for child in out.split():
+        pids.extend(tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
+    except FileNotFoundError:
+        return 0.0
+
+
+def run_sipp(port: int, rate: int, calls: int, wd: Path) -> tuple[int, int, list[float]]:
+    """Returns (successful, failed, INVITE->200 times in ms)."""
+    for old in wd.glob("*_rtt.csv"):
+        old.unlink()
+    stat = wd / f"stat_{port}.csv"
+    cmd = [
+        "sipp",
+        f"127.0.0.1:{port}",
+        "-sf",
+        str(SCENARIO),
+        "-s",
+        NUMBER,
+        "-au",
+        USER,
+        "-ap",
+        PASSWORD,
+        "-auth_uri",
+        f"{NUMBER}@127.0.0.1:{port}",
+        "-r",
+        str(rate),
+        "-m",
+        str(calls),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-nostdin",
+        "-timeout",
+        f"{calls // rate + 30}s",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        "-trace_rtt",
+        "-rtt_freq",
+        "1",
+    ]
+    subprocess.run(cmd, cwd=wd, capture_output=True, timeout=calls // rate + 60)
+    with stat.open() as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    header, last = rows[0], rows[-1]
+    ok = int(last[header.index("SuccessfulCall(C)")])
+    failed = int(last[header.index("FailedCall(C)")])
+    times: list[float] = []
+    for path in wd.glob("*_rtt.csv"):
+        with path.open() as f:
+            for row in csv.reader(f, delimiter=";"):
+                try:
+                    times.append(float(row[1]))
+                except (IndexError, ValueError):
+                    continue
+    return ok, failed, times
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_sipserver(wd: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    sip_port, http_port = free_port(), free_port()
+    config = {
+        "server": {
+            "http": f"127.0.0.1:{http_port}",
+            "public_url": f"http://127.0.0.1:{http_port}",
+            "data_dir": str(wd / "data"),
+            "store": "memory",
+            "workers": 2,
+            "media": {"min_workers": 2, "rtp_port_min": 33000, "rtp_port_max": 33399},
+            "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": []},
+        },
+        "agents": [
+            {
+                "slug": "bench",
+                "sip": {
+                    "enabled": True,
+                    "numbers": [NUMBER],
+                    "username": USER,
+                    "password": PASSWORD,
+                },
+            }
+        ],
+    }
+    (wd / "sipserver.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sipserver",
+            "run",
+            "-c",
+            "sipserver.yaml",
+            "--log-level",
+            "warning",
+        ],
+        cwd=wd,
+        stdout=subprocess.DEVNULL,
+        stderr=(wd / "sipserver.log").open("wb"),
+    )
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            body = urllib.request.urlopen(url, timeout=1).read().decode()
+            if "sipserver_media_workers_up 2.0" in body:
+                return proc, sip_port, url
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError((wd / "sipserver.log").read_text())
+        time.sleep(0.2)
+    raise RuntimeError("sipserver did not start its media workers")
+
+
+class EchoLinkServer:
+    """A frame link server in a background thread that echoes each worker's audio."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(serve_links(self.path, self._serve), self._loop).result(5)
+
+    async def _serve(self, link: FrameLink) -> None:
+        async for record in link.records():
+            if isinstance(record, Audio):
+                link.send(record)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def report(name: str, ok: int, failed: int, times: list[float], cpu: float, rss: float) -> None:
+    per_call = 1e3 * cpu / ok if ok else float("nan")
+    print(
+        f"{name:<10} ok {ok:>5} failed {failed:>4}  INVITE->200 p50 {pct(times, 0.5):6.1f} ms "
+        f"p99 {pct(times, 0.99):6.1f} ms  mean {statistics.fmean(times) if times else 0:6.1f} ms"
+        f"  CPU {per_call:6.2f} ms/call  worker RSS {rss:5.1f} MB"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=int, default=20, help="calls per second")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--no-kamailio", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("sipp") is None:
+        print("SIPp is required: apt-get install sip-tester", file=sys.stderr)
+        return 2
+    results: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="sipserver-calls-") as tmp:
+        wd = Path(tmp)
+        proc, port, _ = start_sipserver(wd)
+        try:
+            pids = tree(proc.pid)
+            before = cpu_seconds(pids)
+            ok, failed, times = run_sipp(port, args.rate, args.calls, wd)
+            cpu = cpu_seconds(pids) - before
+            rss = max((rss_mb(p) for p in pids[1:]), default=0.0)
+            report("sipserver", ok, failed, times, cpu, rss)
+            results["sipserver"] = (pct(times, 0.5), pct(times, 0.99))
+        finally:
+            stop(proc)
+        cfg = KAMAILIO_DIR / "proxy.cfg"
+        if not args.no_kamailio and shutil.which("kamailio") and cfg.exists():
+            link = EchoLinkServer(str(wd / "kam-link.sock"))
+            link.start()
+            worker = subprocess.Popen(
+                [
+                    sys.executable, "-m", "sipserver.rtp.pjsua2_worker",
+                    "--link", str(wd / "kam-link.sock"), "--worker-id", "kam",
+                    "--sip-host", "127.0.0.1", "--sip-port", "5070",
+                    "--rtp-port", "34000", "--rtp-port-count", "40",
+                ],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            kam = subprocess.Popen(
+                ["kamailio", "-f", str(cfg), "-P", str(wd / "kam.pid"), "-m", "64", "-DD", "-E"],
+                stdout=subprocess.DEVNULL,
+                stderr=(wd / "kamailio.log").open("wb"),
+            )
+            time.sleep(2.0)
+            try:
+                pids = [*tree(kam.pid), worker.pid]
+                before = cpu_seconds(pids)
+                ok, failed, times = run_sipp(5092, args.rate, args.calls, wd)
+                cpu = cpu_seconds(pids) - before
+                report("kamailio", ok, failed, times, cpu, rss_mb(worker.pid))
+                results["kamailio"] = (pct(times, 0.5), pct(times, 0.99))
+            finally:
+                stop(kam)
+                stop(worker)
+                link.stop()
+    if "kamailio" in results:
+        ours, ref = results["sipserver"], results["kamailio"]
+        print(
+            f"INVITE->200 at {args.rate} calls/s: p50 ratio {ours[0] / ref[0]:.2f}, "
+            f"p99 ratio {ours[1] / ref[1]:.2f} (sipserver / kamailio; target p99 <= 1.5)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
