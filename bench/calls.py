@@ -20,8 +20,6 @@ import asyncio
 import csv
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from _common import cpu_seconds, free_port, process_tree, sipp_counts, stop
 
 from sipserver.rtp.framelink import Audio, FrameLink, serve_links
 
@@ -41,33 +40,7 @@ SCENARIO = HERE / "sipp" / "call_auth.xml"
 NUMBER = "+15005550199"
 USER = "bench"
 PASSWORD = "secret"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tree(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    pids = [pid]
-    for child in out.split():
-        pids.extend(tree(int(child)))
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
@@ -114,11 +87,7 @@ def run_sipp(port: int, rate: int, calls: int, wd: Path) -> tuple[int, int, list
         "1",
     ]
     subprocess.run(cmd, cwd=wd, capture_output=True, timeout=calls // rate + 60)
-    with stat.open() as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    header, last = rows[0], rows[-1]
-    ok = int(last[header.index("SuccessfulCall(C)")])
-    failed = int(last[header.index("FailedCall(C)")])
+    ok, failed = sipp_counts(stat)
     times: list[float] = []
     for path in wd.glob("*_rtt.csv"):
         with path.open() as f:
@@ -213,14 +182,6 @@ class EchoLinkServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def report(name: str, ok: int, failed: int, times: list[float], cpu: float, rss: float) -> None:
     per_call = 1e3 * cpu / ok if ok else float("nan")
     print(
@@ -244,7 +205,7 @@ def main() -> int:
         wd = Path(tmp)
         proc, port, _ = start_sipserver(wd)
         try:
-            pids = tree(proc.pid)
+            pids = process_tree(proc.pid)
             before = cpu_seconds(pids)
             ok, failed, times = run_sipp(port, args.rate, args.calls, wd)
             cpu = cpu_seconds(pids) - before
@@ -273,7 +234,7 @@ def main() -> int:
             )
             time.sleep(2.0)
             try:
-                pids = [*tree(kam.pid), worker.pid]
+                pids = [*process_tree(kam.pid), worker.pid]
                 before = cpu_seconds(pids)
                 ok, failed, times = run_sipp(5092, args.rate, args.calls, wd)
                 cpu = cpu_seconds(pids) - before

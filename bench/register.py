@@ -20,11 +20,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from _common import cpu_seconds, free_port, process_tree, sipp_counts, stop
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,27 +40,6 @@ SCENARIO = HERE / "sipp" / "reg_auth.xml"
 USERS = 10_000
 AUTH_USER = "bench"
 PASSWORD = "secret"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime+stime of the processes (and their reaped children) in seconds."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def user_name(i: int) -> str:
@@ -124,11 +101,7 @@ def run_sipp(port: int, users: Path, rate: int, calls: int, workdir: Path) -> tu
         "1",
     ]
     subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls // rate + 60)
-    with stat.open() as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    header, last = rows[0], rows[-1]
-    ok = int(last[header.index("SuccessfulCall(C)")])
-    failed = int(last[header.index("FailedCall(C)")])
+    ok, failed = sipp_counts(stat)
     return ok, failed
 
 
@@ -215,14 +188,6 @@ def start_kamailio(wd: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     return proc, 5090
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="1000,2000,4000", help="comma-separated calls/s")
@@ -251,7 +216,7 @@ def main() -> int:
         if kam is not None:
             kproc, kport = kam
             try:
-                pids = [kproc.pid, *children(kproc.pid)]
+                pids = process_tree(kproc.pid)
                 results["kamailio"] = [
                     measure(pids, kport, users, r, args.seconds, wd) for r in rates
                 ]

@@ -26,23 +26,28 @@ def wait_metric(server: ServerProcess, name: str, value: float, **labels: str) -
     pytest.fail(f"{name}{labels} never reached {value}:\n{server.log_path.read_text()[-3000:]}")
 
 
-def test_authenticated_call_with_rtp_through_the_edge(
-    server: ServerProcess, tmp_path: Path
-) -> None:
-    wait_metric(server, "sipserver_media_workers_up", 1)
-    (tmp_path / "pcap").mkdir()
-    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(3.0))
+def edge_call(server: ServerProcess, workdir: Path) -> None:
+    """One authenticated SIPp call with RTP through the edge (uac_edge_call.xml); must succeed."""
     result = run_sipp(
         "uac_edge_call.xml",
         server.sip_port,
         service=NUMBER,
         auth_user=DEMO_USER,
         password=DEMO_PASSWORD,
-        workdir=tmp_path,
+        workdir=workdir,
         # SIPp's digest uri defaults to remote_ip:remote_port; make it the Request-URI.
         extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}"),
     )
     assert result.returncode == 0, result.output
+
+
+def test_authenticated_call_with_rtp_through_the_edge(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    (tmp_path / "pcap").mkdir()
+    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(3.0))
+    edge_call(server, tmp_path)
     assert server.metric("sipserver_call_attempts_total", result="challenged") == 1
     assert server.metric("sipserver_call_attempts_total", result="routed") == 1
     wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
@@ -141,16 +146,7 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
     while server.metric("sipserver_media_workers_up") < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.metric("sipserver_media_workers_up") == 3
-    result = run_sipp(
-        "uac_edge_call.xml",
-        server.sip_port,
-        service=NUMBER,
-        auth_user=DEMO_USER,
-        password=DEMO_PASSWORD,
-        workdir=tmp_path,
-        extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}"),
-    )
-    assert result.returncode == 0, result.output
+    edge_call(server, tmp_path)
 
 
 def test_pjsua2_caller_hears_its_echo_through_the_edge(
