@@ -7,6 +7,10 @@ with its SIP address and capacity (read from the library, never assumed here). A
 as *up* from its HELLO until its process exits or its link closes; then every call it held is
 reported lost (the edge ends those dialogs) and a replacement is started with a back-off.
 
+Health: every ``health_interval`` seconds each worker gets a SIP OPTIONS on its loopback port;
+``health_failures`` unanswered pings in a row kill it (a hung SIP stack behind a live process),
+and it is replaced like a worker that died.
+
 Scaling: at least ``min_workers`` run; when the free capacity of the up workers falls below
 ``spare_calls`` another is started, up to ``max_workers``. :meth:`pick` returns the least loaded
 up worker, ``FULL`` when every up worker is at capacity, or None when none is up.
@@ -58,6 +62,11 @@ class WorkerPoolSettings:
     rtp_ports_per_worker: int = 40
     """Each worker gets its own slice of the RTP range (2 ports per call: RTP + RTCP)."""
     sample_rate: int = 8000
+    health_interval: float = 5.0
+    """Seconds between SIP OPTIONS pings to each worker (0: off)."""
+    health_failures: int = 3
+    """Unanswered pings in a row after which a worker is killed (and restarted): its SIP stack
+    is hung even if its process and frame link are alive."""
     restart_backoff: float = 1.0
     """Seconds before a dead worker's slot is started again (doubles up to 30 s while it keeps
     dying within 10 s of its start)."""
@@ -94,6 +103,49 @@ class MediaWorker:
     @property
     def free(self) -> int:
         return max(0, self.capacity - self.load)
+
+
+class _OptionsPinger(asyncio.DatagramProtocol):
+    """Sends OPTIONS and waits for any final response with the same Call-ID."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._ids = itertools.count(1)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        marker = data.find(b"\r\nCall-ID: ")
+        if not data.startswith(b"SIP/2.0 2") or marker < 0:
+            return
+        end = data.find(b"\r\n", marker + 2)
+        call_id = data[marker + 11 : end].decode("ascii", "replace").strip()
+        future = self._waiting.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def ping(
+        self, transport: asyncio.DatagramTransport, host: str, port: int, timeout: float = 2.0
+    ) -> bool:
+        n = next(self._ids)
+        call_id = f"health-{n}-{id(self):x}"
+        local = transport.get_extra_info("sockname")
+        request = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK-health-{n};rport\r\n"
+            f"From: <sip:health@{local[0]}>;tag=h{n}\r\n"
+            f"To: <sip:{host}:{port}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        transport.sendto(request.encode(), (host, port))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting.pop(call_id, None)
 
 
 RecordHandler = Callable[[MediaWorker, LinkRecord], None]
@@ -158,6 +210,10 @@ class WorkerPool:
         self._server = await serve_links(self.settings.link_path, self._serve)
         for _ in range(self.settings.min_workers):
             self._spawn(self._free_slot())
+        if self.settings.health_interval > 0:
+            task = asyncio.create_task(self._health_loop(), name="media-worker-health")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def wait_ready(self, count: int = 1, timeout: float = 30.0) -> None:
         """Wait until ``count`` workers are up (start-up and tests)."""
@@ -274,6 +330,29 @@ class WorkerPool:
         finally:
             if worker is not None:
                 self._lost(worker, "link closed")
+
+    async def _health_loop(self) -> None:
+        """OPTIONS every worker that is up; kill one that stops answering."""
+        loop = asyncio.get_running_loop()
+        misses: dict[str, int] = {}
+        transport, protocol = await loop.create_datagram_endpoint(
+            _OptionsPinger, local_addr=(self.settings.sip_host, 0)
+        )
+        try:
+            while True:
+                await asyncio.sleep(self.settings.health_interval)
+                for worker in [w for w in self._workers.values() if w.up]:
+                    assert worker.hello is not None
+                    ok = await protocol.ping(
+                        transport, worker.hello.sip_host, worker.hello.sip_port
+                    )
+                    misses[worker.worker_id] = 0 if ok else misses.get(worker.worker_id, 0) + 1
+                    if misses[worker.worker_id] >= self.settings.health_failures:
+                        log.warning("media_worker_unhealthy", worker=worker.worker_id)
+                        misses.pop(worker.worker_id)
+                        self._lost(worker, "no answer to OPTIONS")
+        finally:
+            transport.close()
 
     def _lost(self, worker: MediaWorker, why: str) -> None:
         if self._workers.get(worker.worker_id) is not worker:

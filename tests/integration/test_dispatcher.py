@@ -27,8 +27,12 @@ def make_pool(tmp_path: Path, **kw: int) -> tuple[WorkerPool, list[tuple[str, se
     def on_lost(worker: MediaWorker, calls: set[int]) -> None:
         lost.append((worker.worker_id, calls))
 
+    # The stand-in workers have no SIP stack: no OPTIONS health checks for them.
     settings = WorkerPoolSettings(
-        link_path=str(tmp_path / "run" / "link.sock"), restart_backoff=0.1, **kw
+        link_path=str(tmp_path / "run" / "link.sock"),
+        restart_backoff=0.1,
+        health_interval=0,
+        **kw,
     )
     pool = WorkerPool(settings, on_record=on_record, on_worker_lost=on_lost, command=WORKER)
     return pool, lost
@@ -86,6 +90,44 @@ async def test_dead_worker_is_reported_and_restarted(tmp_path: Path) -> None:
         assert other.up  # the other worker is untouched
         await pool.wait_ready(2, timeout=20)
         assert pool.restarts == 1
+        assert victim.worker_id not in {w.worker_id for w in pool.workers}
+    finally:
+        await pool.stop()
+
+
+async def test_hung_pjsua2_worker_is_detected_by_options_and_replaced(tmp_path: Path) -> None:
+    # Real pjsua2 workers: one is frozen (SIGSTOP): its process and socket stay, but its SIP
+    # stack stops answering OPTIONS, so the pool kills and replaces it.
+    lost: list[str] = []
+    settings = WorkerPoolSettings(
+        link_path=str(tmp_path / "run" / "link.sock"),
+        min_workers=2,
+        max_workers=2,
+        rtp_port_start=35000,
+        rtp_ports_per_worker=40,
+        health_interval=0.5,
+        health_failures=2,
+        restart_backoff=0.1,
+    )
+    pool = WorkerPool(
+        settings,
+        on_record=lambda worker, record: None,
+        on_worker_lost=lambda worker, calls: lost.append(worker.worker_id),
+    )
+    await pool.start()
+    try:
+        await pool.wait_ready(2, timeout=30)
+        await asyncio.sleep(1.5)  # healthy workers answer: nothing is lost
+        assert lost == []
+        victim = pool.workers[0]
+        assert victim.process is not None
+        os.kill(victim.process.pid, signal.SIGSTOP)
+        for _ in range(100):
+            if lost:
+                break
+            await asyncio.sleep(0.1)
+        assert lost == [victim.worker_id]
+        await pool.wait_ready(2, timeout=30)
         assert victim.worker_id not in {w.worker_id for w in pool.workers}
     finally:
         await pool.stop()
