@@ -26,10 +26,10 @@ def wait_metric(server: ServerProcess, name: str, value: float, **labels: str) -
     pytest.fail(f"{name}{labels} never reached {value}:\n{server.log_path.read_text()[-3000:]}")
 
 
-def edge_call(server: ServerProcess, workdir: Path) -> None:
-    """One authenticated SIPp call with RTP through the edge (uac_edge_call.xml); must succeed."""
+def edge_call(server: ServerProcess, workdir: Path, scenario: str = "uac_edge_call.xml") -> None:
+    """One authenticated SIPp call with RTP through the edge; must succeed."""
     result = run_sipp(
-        "uac_edge_call.xml",
+        scenario,
         server.sip_port,
         service=NUMBER,
         auth_user=DEMO_USER,
@@ -221,3 +221,12 @@ def test_ip_authenticated_agent_takes_calls_without_challenge(
     assert result.returncode == 0, result.output
     assert server.metric("sipserver_call_attempts_total", result="challenged") == 0
     assert server.metric("sipserver_call_attempts_total", result="routed") == 1
+
+
+def test_hold_reinvite_through_the_edge(server: ServerProcess, tmp_path: Path) -> None:
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    (tmp_path / "pcap").mkdir()
+    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(2.0))
+    edge_call(server, tmp_path, "uac_edge_hold.xml")
+    assert server.metric("sipserver_sip_messages_in_total", transport="udp", method="INVITE") >= 3
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
