@@ -205,8 +205,8 @@ class Server:
         if worker is FULL:
             return "full"
         assert isinstance(worker, MediaWorker) and worker.hello is not None
-        self.pool.reserve(worker)
-        self._reserved[call_id] = worker
+        # Reserved only when the proxy reports CallRouted: an INVITE it refuses (482, 483,
+        # no Contact...) must not hold a call slot.
         return worker.worker_id, Endpoint("udp", worker.hello.sip_host, worker.hello.sip_port)
 
     def _release(self, call_id: str) -> None:
@@ -218,6 +218,11 @@ class Server:
         metrics = self.metrics
         if isinstance(event, CallRouted):
             metrics.calls_active.inc()
+            pool = self.pool
+            worker = pool.by_id(event.worker_id) if pool is not None else None
+            if pool is not None and worker is not None:
+                pool.reserve(worker)
+                self._reserved[event.call_id] = worker
             log.info(
                 "call_routed", call_id=event.call_id, agent=event.agent, worker=event.worker_id
             )

@@ -237,3 +237,40 @@ def test_hold_reinvite_through_the_edge(server: ServerProcess, tmp_path: Path) -
     edge_call(server, tmp_path, "uac_edge_hold.xml")
     assert server.metric("sipserver_sip_messages_in_total", transport="udp", method="INVITE") >= 3
     wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
+
+
+def test_invites_the_proxy_refuses_hold_no_call_slot(server_factory: Any, tmp_path: Path) -> None:
+    # An INVITE without Contact passes the router's checks (IP-authenticated agent) but the
+    # proxy answers 400: it must not keep a worker's call slot reserved.
+    import json
+    import socket
+    import urllib.request
+
+    def trusted_pbx(config: dict[str, Any]) -> None:
+        config["agents"][0]["sip"].update(invite_auth="ip", allowed_ips=["127.0.0.0/8"])
+
+    server = server_factory(trusted_pbx)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.bind(("127.0.0.1", 0))
+        for n in range(6):  # more than a worker's 4 slots
+            invite = (
+                f"INVITE sip:{NUMBER}@127.0.0.1:{server.sip_port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]};branch=z9hG4bK-nc{n};rport\r\n"
+                f"From: <sip:pbx@127.0.0.1>;tag=nc{n}\r\nTo: <sip:{NUMBER}@127.0.0.1>\r\n"
+                f"Call-ID: no-contact-{n}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            s.sendto(invite.encode(), ("127.0.0.1", server.sip_port))
+            while not (reply := s.recv(65535)).startswith(b"SIP/2.0 4"):
+                pass  # 100 Trying first
+            assert reply.startswith(b"SIP/2.0 400"), reply
+    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+        assert [w["calls"] for w in json.load(r)["media_workers"]] == [0]
+    (tmp_path / "pcap").mkdir()
+    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(1.0))
+    result = run_sipp(
+        "uac_edge_call_ip_auth.xml", server.sip_port, service=NUMBER, workdir=tmp_path
+    )
+    assert result.returncode == 0, result.output
