@@ -48,6 +48,38 @@ def sipp_counts(stat_file: Path) -> tuple[int, int]:
     return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
 
 
+def run_sipp_load(
+    port: int, scenario: Path, rate: int, calls: int, workdir: Path, *args: str
+) -> tuple[int, int]:
+    """Run SIPp against 127.0.0.1:port at ``rate`` calls/s for ``calls`` calls (plus ``args``),
+    in ``workdir``; return (successful, failed) from its statistics file."""
+    stat = workdir / f"stat_{port}_{rate}.csv"
+    stat.unlink(missing_ok=True)
+    cmd = [
+        "sipp",
+        f"127.0.0.1:{port}",
+        "-sf",
+        str(scenario),
+        "-r",
+        str(rate),
+        "-m",
+        str(calls),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(free_port()),
+        "-nostdin",
+        "-timeout",
+        f"{calls // rate + 30}s",
+        "-trace_stat",
+        "-stf",
+        str(stat),
+        *args,
+    ]
+    subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls // rate + 60)
+    return sipp_counts(stat)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL after 20 s."""
     proc.send_signal(signal.SIGTERM)

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from _common import cpu_seconds, free_port, process_tree, sipp_counts, stop
+from _common import cpu_seconds, free_port, process_tree, run_sipp_load, stop
 
 from sipserver.rtp.framelink import Audio, FrameLink, serve_links
 
@@ -54,40 +54,11 @@ def run_sipp(port: int, rate: int, calls: int, wd: Path) -> tuple[int, int, list
     """Returns (successful, failed, INVITE->200 times in ms)."""
     for old in wd.glob("*_rtt.csv"):
         old.unlink()
-    stat = wd / f"stat_{port}.csv"
-    cmd = [
-        "sipp",
-        f"127.0.0.1:{port}",
-        "-sf",
-        str(SCENARIO),
-        "-s",
-        NUMBER,
-        "-au",
-        USER,
-        "-ap",
-        PASSWORD,
-        "-auth_uri",
-        f"{NUMBER}@127.0.0.1:{port}",
-        "-r",
-        str(rate),
-        "-m",
-        str(calls),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_port()),
-        "-nostdin",
-        "-timeout",
-        f"{calls // rate + 30}s",
-        "-trace_stat",
-        "-stf",
-        str(stat),
-        "-trace_rtt",
-        "-rtt_freq",
-        "1",
-    ]
-    subprocess.run(cmd, cwd=wd, capture_output=True, timeout=calls // rate + 60)
-    ok, failed = sipp_counts(stat)
+    ok, failed = run_sipp_load(
+        port, SCENARIO, rate, calls, wd,
+        "-s", NUMBER, "-au", USER, "-ap", PASSWORD, "-auth_uri", f"{NUMBER}@127.0.0.1:{port}",
+        "-trace_rtt", "-rtt_freq", "1",
+    )  # fmt: skip
     times: list[float] = []
     for path in wd.glob("*_rtt.csv"):
         with path.open() as f:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from _common import cpu_seconds, free_port, process_tree, sipp_counts, stop
+from _common import cpu_seconds, free_port, process_tree, run_sipp_load, stop
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -67,42 +67,11 @@ class Run:
 
 
 def run_sipp(port: int, users: Path, rate: int, calls: int, workdir: Path) -> tuple[int, int]:
-    stat = workdir / f"stat_{port}_{rate}.csv"
-    for old in workdir.glob(f"stat_{port}_{rate}*.csv"):
-        old.unlink()
-    cmd = [
-        "sipp",
-        f"127.0.0.1:{port}",
-        "-sf",
-        str(SCENARIO),
-        "-inf",
-        str(users),
-        "-au",
-        AUTH_USER,
-        "-ap",
-        PASSWORD,
-        "-r",
-        str(rate),
-        "-m",
-        str(calls),
-        "-l",
-        str(max(rate, 100)),
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(free_port()),
-        "-nostdin",
-        "-timeout",
-        f"{calls // rate + 30}s",
-        "-trace_stat",
-        "-stf",
-        str(stat),
-        "-fd",
-        "1",
-    ]
-    subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls // rate + 60)
-    ok, failed = sipp_counts(stat)
-    return ok, failed
+    return run_sipp_load(
+        port, SCENARIO, rate, calls, workdir,
+        "-inf", str(users), "-au", AUTH_USER, "-ap", PASSWORD,
+        "-l", str(max(rate, 100)), "-fd", "1",
+    )  # fmt: skip
 
 
 def measure(pids: list[int], port: int, users: Path, rate: int, seconds: float, wd: Path) -> Run:
