@@ -1,0 +1,1 @@
+"""Model providers of the voice pipeline (protocols in :mod:`.base`)."""
