@@ -131,6 +131,17 @@ class Playout:
         self._segment_open = False
         return dropped_bytes * 1000 // (2 * self.sample_rate)
 
+    def take(self) -> list[bytes]:
+        """Remove and return everything queued (whole frames, then the partial tail), closing
+        the segment: a paused utterance that :meth:`push` can queue again to resume it."""
+        taken = list(self._frames)
+        if self._partial:
+            taken.append(bytes(self._partial))
+        self._frames.clear()
+        self._partial.clear()
+        self._segment_open = False
+        return taken
+
     def set_bed(self, pcm: bytes | None, volume: float = 1.0) -> None:
         """Set (or remove with None) the looping background bed mixed under every frame.
 

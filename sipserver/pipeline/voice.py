@@ -1,0 +1,767 @@
+"""The voice session: a caller's 20 ms frames in, the agent's spoken replies out.
+
+:class:`VoiceSession` implements :class:`~sipserver.pipeline.session.CallSession` on top of the
+model stages of :mod:`sipserver.pipeline.providers.base` and a VAD stream. Transports (SIP media
+workers, websockets, tests) drive it on a 20 ms tick; it never reads a wall clock (an injected
+:class:`~sipserver.pipeline.clock.Clock` gives time) and never blocks: model work runs in tasks
+whose results it applies on the following ticks. Tests drive it on a
+:class:`~sipserver.pipeline.clock.VirtualClock` faster than real time.
+
+A turn, in order:
+
+1. The VAD reports speech start: state ``user_speaking``; any end-of-turn wait and speculative
+   reply are dropped.
+2. The VAD reports speech end (after ``min_silence_duration``): the segment (prefix padding
+   included) goes to STT at once, while endpointing waits.
+3. The final transcript arrives: with ``preemptive_generation`` a speculative reply starts; the
+   turn detector (or the STT's own verdict) picks ``min`` or ``max_endpointing_delay``.
+4. The delay passes in silence: the turn is committed (``thinking``), the speculative reply is
+   used if its text still matches, otherwise a new one starts.
+5. LLM text is cut into sentences, each streamed through TTS into playout; the first reply
+   frame moves the state to ``speaking``; when the last frame has played, back to
+   ``listening`` and the reply joins the history.
+
+Caller speech while the agent speaks is an interruption candidate (see
+:class:`~sipserver.pipeline.interruptions.InterruptionOptions`): long enough (and with enough
+words when required) it pauses playout at once; a transcript makes it real (the reply is
+cancelled and history keeps what the caller heard), no transcript within
+``false_interruption_timeout`` makes it false (the agent resumes where it paused, or stays
+stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import soxr
+
+from sipserver.observability import get_logger
+from sipserver.pipeline.clock import Clock
+from sipserver.pipeline.endpointing import Endpointer, EndpointingOptions
+from sipserver.pipeline.events import (
+    AgentState,
+    AgentText,
+    CallEndRequested,
+    Interruption,
+    ProviderFailed,
+    SessionEvent,
+    StateChanged,
+    TranscriptReceived,
+    TurnCommitted,
+    TurnLatency,
+)
+from sipserver.pipeline.interruptions import InterruptionOptions
+from sipserver.pipeline.playout import Playout
+from sipserver.pipeline.providers.base import (
+    ChatMessage,
+    LanguageModel,
+    SpeechToText,
+    TextDelta,
+    TextToSpeech,
+    ToolCall,
+    ToolSpec,
+    Transcript,
+    TurnDetector,
+)
+from sipserver.pipeline.session import CallInfo
+from sipserver.pipeline.text import SentenceChunker
+from sipserver.pipeline.vad import SpeechEnded, SpeechStarted
+
+__all__ = ["END_CALL_TOOL", "AgentProfile", "SpeechSegments", "VoiceOptions", "VoiceSession"]
+
+log = get_logger(__name__)
+
+END_CALL_TOOL = ToolSpec(
+    name="end_call",
+    description=(
+        "End the phone call. Call it after saying goodbye, when the caller says goodbye or "
+        "asks to hang up."
+    ),
+)
+"""The tool through which the LLM ends the call (after its last words have played)."""
+
+_APOLOGY = "Sorry, I had a problem there. Could you say that again?"
+_TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
+_MAX_PENDING_SEGMENTS = 4
+
+
+class SpeechSegments(Protocol):
+    """The VAD as a session sees it (:class:`sipserver.pipeline.vad.VadStream`)."""
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the PCM :meth:`push` takes and the segments carry."""
+        ...
+
+    def push(self, pcm: bytes) -> None:
+        """Caller audio at :attr:`sample_rate`."""
+        ...
+
+    def next_event(self) -> SpeechStarted | SpeechEnded | None:
+        """The next speech boundary found since the last call, or None."""
+        ...
+
+    @property
+    def speaking(self) -> bool:
+        """The caller is in a speech segment now."""
+        ...
+
+    @property
+    def speech_duration(self) -> float:
+        """Seconds of speech in the current segment (0 outside one)."""
+        ...
+
+    def current_audio(self) -> bytes:
+        """The current segment's audio so far (prefix padding included)."""
+        ...
+
+
+class FrameMixer(Protocol):
+    """Mixes thinking/ambient sounds into outbound frames (:mod:`sipserver.pipeline.feedback`)."""
+
+    def mix(self, frame: bytes, *, thinking: bool) -> bytes:
+        """Return ``frame`` with the sounds mixed in."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """What the agent is: its instructions and call behaviour (from the agent's config)."""
+
+    instructions: str
+    greeting: str | None = None
+    """Said when the call starts (None: the agent waits for the caller)."""
+    end_call_digit: str | None = None
+    """A DTMF key that ends the call (None: keys are ignored)."""
+    language: str | None = None
+    """ISO 639-1 hint for STT and the turn model."""
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceOptions:
+    """Turn-handling settings of a ``custom`` model (DESIGN.md's settings table)."""
+
+    interruptions: InterruptionOptions = field(default_factory=InterruptionOptions)
+    endpointing: EndpointingOptions = field(default_factory=EndpointingOptions)
+    preemptive_generation: bool = True
+    interim_interval: float = 0.3
+    """Seconds between interim STT runs while interruption words are being counted."""
+
+
+@dataclass(eq=False, slots=True)
+class _Reply:
+    """One reply of the agent (the greeting, or an answer to a turn)."""
+
+    user_text: str | None
+    """The turn it answers (None: greeting or apology, spoken without the LLM)."""
+    fixed_text: str | None = None
+    committed: bool = False
+    preemptive: bool = False
+    task: asyncio.Task[None] | None = None
+    pending: list[bytes] = field(default_factory=list)
+    """Audio produced before commit (speculative replies)."""
+    pieces: list[str] = field(default_factory=list)
+    timeline: list[tuple[str, int]] = field(default_factory=list)
+    """(piece, cumulative bytes of reply audio at the end of that piece)."""
+    audio_bytes: int = 0
+    played_bytes: int = 0
+    synth_done: bool = False
+    end_call: bool = False
+    speech_end: float | None = None
+    end_of_turn: float | None = None
+    llm_first_token: float | None = None
+    tts_first_audio: float | None = None
+    first_frame: float | None = None
+
+
+class VoiceSession:
+    """A conversation with the agent on one call (a :class:`CallSession`).
+
+    Args:
+        profile: the agent.
+        options: turn-handling settings.
+        stt: speech-to-text stage.
+        llm: language model stage.
+        tts: text-to-speech stage.
+        vad: this call's VAD stream (opened on the process's batcher).
+        clock: the session clock.
+        turn_detector: end-of-turn model, or None for silence-only endpointing.
+        feedback: thinking/ambient sound mixer, or None.
+        on_event: called with every :class:`SessionEvent` (logs, metrics, dashboards).
+        history_limit: most history messages kept for the LLM (oldest dropped first).
+    """
+
+    def __init__(
+        self,
+        profile: AgentProfile,
+        options: VoiceOptions,
+        *,
+        stt: SpeechToText,
+        llm: LanguageModel,
+        tts: TextToSpeech,
+        vad: SpeechSegments,
+        clock: Clock,
+        turn_detector: TurnDetector | None = None,
+        feedback: FrameMixer | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
+        history_limit: int = 40,
+    ) -> None:
+        self.profile = profile
+        self.options = options
+        self._stt = stt
+        self._llm = llm
+        self._tts = tts
+        self._vad = vad
+        self._clock = clock
+        self._turn = turn_detector
+        self._feedback = feedback
+        self._on_event = on_event
+        self.hangup_requested: str | None = None
+        self.state = AgentState.LISTENING
+        self.history: deque[ChatMessage] = deque(maxlen=history_limit)
+        self.events: deque[SessionEvent] = deque(maxlen=1000)
+        """The latest events (bounded), for tests and the dashboard's catch-up."""
+        self._info: CallInfo | None = None
+        self._playout: Playout | None = None
+        self._to_vad: soxr.ResampleStream | None = None
+        self._rate = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._endpointer = Endpointer(options.endpointing)
+        self._turn_texts: list[str] = []
+        self._turn_audio = bytearray()  # at the STT rate, last _TURN_AUDIO_SECONDS
+        self._stt_chain: asyncio.Task[None] | None = None
+        self._stt_pending = 0
+        self._verdict: asyncio.Task[None] | None = None
+        self._reply: _Reply | None = None
+        self._speculative: _Reply | None = None
+        self._segment_during_agent = False
+        self._paused = False
+        self._held: list[bytes] = []
+        self._false_deadline: float | None = None
+        self._interim: asyncio.Task[None] | None = None
+        self._interim_at = -1e9
+        self._interim_words: int | None = None
+        self._audio_pushed = 0.0  # seconds of audio given to the VAD
+        self._closed = False
+
+    # ------------------------------------------------------------------ CallSession protocol
+
+    def on_start(self, info: CallInfo) -> None:
+        """Start the call: set up audio paths and say the greeting."""
+        self._info = info
+        self._rate = info.sample_rate
+        self._playout = Playout(info.sample_rate)
+        if self._vad.sample_rate != info.sample_rate:
+            self._to_vad = soxr.ResampleStream(
+                info.sample_rate, self._vad.sample_rate, 1, dtype="int16"
+            )
+        if self.profile.greeting:
+            reply = _Reply(user_text=None, fixed_text=self.profile.greeting, committed=True)
+            self._begin(reply)
+
+    def on_audio(self, frame: bytes) -> None:
+        """One caller frame: VAD, then every decision that depends on time."""
+        if self._closed:
+            return
+        pcm = frame
+        if self._to_vad is not None:
+            samples = np.frombuffer(frame, dtype="<i2")
+            pcm = self._to_vad.resample_chunk(samples).astype("<i2").tobytes()
+        self._vad.push(pcm)
+        self._audio_pushed += len(frame) / (2 * self._rate)
+        while (event := self._vad.next_event()) is not None:
+            if isinstance(event, SpeechStarted):
+                self._speech_started()
+            else:
+                self._speech_ended(event)
+        self._tick()
+
+    def on_dtmf(self, digit: str) -> None:
+        """A key press: ends the call when it is the profile's end-call digit."""
+        if self.profile.end_call_digit is not None and digit == self.profile.end_call_digit:
+            self._request_hangup(f"caller pressed {digit}")
+
+    def on_hangup(self, reason: str) -> None:
+        """The call is over: cancel every task."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+        log.info("voice_session_ended", call_id=self._call_id, reason=reason)
+
+    def next_frame(self) -> bytes:
+        """The next outbound frame: reply audio (or silence) with feedback sounds mixed in."""
+        playout = self._playout
+        if playout is None:
+            return b""
+        reply = self._reply
+        had_audio = playout.queued_frames > 0
+        frame = playout.pop()
+        now = self._clock.now()
+        if reply is not None and had_audio:
+            reply.played_bytes += len(frame)
+            if reply.first_frame is None:
+                reply.first_frame = now
+                self._emit_latency(reply)
+            if self.state is AgentState.THINKING or self.state is AgentState.LISTENING:
+                self._set_state(AgentState.SPEAKING)
+        if reply is not None and reply.committed and not self._paused and reply.synth_done:
+            if playout.segment_open:
+                playout.end_segment()
+            if playout.queued_frames == 0:
+                self._finish_reply(reply)
+        if self._feedback is not None:
+            frame = self._feedback.mix(frame, thinking=self.state is AgentState.THINKING)
+        return frame
+
+    # --------------------------------------------------------------------------- VAD events
+
+    def _speech_started(self) -> None:
+        self._interim_words = None
+        self._interim_at = -1e9
+        if self._agent_active():
+            self._segment_during_agent = not self._paused
+            if self._paused:
+                self._false_deadline = None
+            return
+        self._segment_during_agent = False
+        self._endpointer.speech_started()
+        self._cancel(self._verdict)
+        self._drop_speculative()
+        self._set_state(AgentState.USER_SPEAKING)
+
+    def _speech_ended(self, event: SpeechEnded) -> None:
+        silence_at = self._clock_time(event.time)
+        if self._segment_during_agent and not self._paused:
+            # Caller audio while the agent spoke that did not interrupt it (too short, too
+            # few words, interruptions off, or echo): not part of any turn.
+            self._segment_during_agent = False
+            return
+        self._segment_during_agent = False
+        if self._paused:
+            self._false_deadline = silence_at + self.options.interruptions.false_timeout
+        self._endpointer.speech_ended(silence_at)
+        self._transcribe(event.audio, silence_at)
+
+    # ---------------------------------------------------------------------------- the tick
+
+    def _tick(self) -> None:
+        now = self._clock.now()
+        opts = self.options.interruptions
+        if self._agent_active() and not self._paused and opts.allow and self._vad.speaking:
+            duration = self._vad.speech_duration
+            if opts.should_pause(duration, self._interim_words):
+                self._pause(now)
+            elif opts.min_words > 0 and duration >= opts.min_duration:
+                self._run_interim(now)
+        if (
+            self._paused
+            and self._false_deadline is not None
+            and now >= self._false_deadline
+            and not self._vad.speaking
+        ):
+            self._false_interruption(now)
+        ep = self._endpointer
+        if (
+            ep.silence_since is not None
+            and not self._paused
+            and not self._vad.speaking
+            and self._stt_pending == 0
+        ):
+            forced = ep.forced_deadline()
+            if ep.due(now) or (forced is not None and now >= forced):
+                self._commit_turn(now)
+
+    # -------------------------------------------------------------------------- STT, turns
+
+    def _transcribe(self, audio: bytes, silence_at: float) -> None:
+        if self._stt_pending >= _MAX_PENDING_SEGMENTS:
+            log.warning("stt_backlog_dropped_segment", call_id=self._call_id)
+            return
+        pcm = self._resample(audio, self._vad.sample_rate, self._stt.sample_rate)
+        previous = self._stt_chain
+        self._stt_pending += 1
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await previous
+                try:
+                    result = await self._stt.transcribe(pcm, language=self.profile.language)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._provider_failed("stt", exc)
+                    result = Transcript("")
+            finally:
+                self._stt_pending -= 1
+            self._on_transcript(result, pcm)
+
+        self._stt_chain = self._spawn(run())
+
+    def _on_transcript(self, result: Transcript, pcm: bytes) -> None:
+        now = self._clock.now()
+        text = result.text.strip()
+        if text:
+            self._emit(TranscriptReceived(now, text, True))
+        if self._paused:
+            if self.options.interruptions.is_real(result.words):
+                self._real_interruption(now)
+            else:
+                return  # the false-interruption deadline decides
+        if not text:
+            if not self._turn_texts and not self._vad.speaking:
+                self._endpointer.speech_started()  # nothing to end: noise
+                if self._reply is None:
+                    self._set_state(AgentState.LISTENING)
+            return
+        self._turn_texts.append(text)
+        self._turn_audio += pcm
+        excess = len(self._turn_audio) - int(_TURN_AUDIO_SECONDS * self._stt.sample_rate) * 2
+        if excess > 0:
+            del self._turn_audio[:excess]
+        if self._vad.speaking:
+            return  # the caller goes on: no verdict yet
+        turn_text = " ".join(self._turn_texts)
+        if self.options.preemptive_generation and self._reply is None:
+            self._drop_speculative()
+            self._speculative = _Reply(user_text=turn_text)
+            self._begin(self._speculative)
+        self._cancel(self._verdict)
+        self._verdict = self._spawn(self._decide_turn(result, turn_text))
+
+    async def _decide_turn(self, result: Transcript, turn_text: str) -> None:
+        if self._stt.native_turn_detection and result.end_of_turn is not None:
+            self._endpointer.decide(result.end_of_turn)
+            return
+        detector = self._turn
+        if detector is None:
+            self._endpointer.decide(None)
+            return
+        pcm = self._resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
+        try:
+            probability = await detector.end_of_turn_probability(
+                pcm, transcript=turn_text, language=self.profile.language
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._provider_failed("turn", exc)
+            self._endpointer.decide(None)
+            return
+        self._endpointer.decide(probability >= detector.threshold, probability=probability)
+
+    def _commit_turn(self, now: float) -> None:
+        ep = self._endpointer
+        speech_end = ep.silence_since
+        probability = ep.probability
+        ep.speech_started()  # clears the silence: nothing pending any more
+        self._cancel(self._verdict)
+        text = " ".join(self._turn_texts)
+        self._turn_texts.clear()
+        self._turn_audio.clear()
+        if not text:
+            self._set_state(AgentState.LISTENING)
+            return
+        self._emit(TurnCommitted(now, text, probability))
+        spec = self._speculative
+        self._speculative = None
+        if spec is not None and spec.user_text == text:
+            reply = spec
+            reply.preemptive = True
+        else:
+            if spec is not None:
+                self._cancel(spec.task)
+            reply = _Reply(user_text=text)
+            self._begin(reply)
+        self.history.append(ChatMessage("user", text))
+        reply.speech_end = speech_end
+        reply.end_of_turn = now
+        self._commit(reply)
+
+    # ------------------------------------------------------------------------------ replies
+
+    def _begin(self, reply: _Reply) -> None:
+        reply.task = self._spawn(self._run_reply(reply))
+        if reply.committed:
+            self._commit(reply)
+
+    def _commit(self, reply: _Reply) -> None:
+        assert self._playout is not None
+        old = self._reply
+        if old is not None and old is not reply:
+            self._cancel(old.task)
+        reply.committed = True
+        self._reply = reply
+        self._playout.clear()
+        self._playout.begin_segment()
+        for pcm in reply.pending:
+            self._playout.push(pcm)
+        reply.pending.clear()
+        self._set_state(AgentState.THINKING)
+
+    async def _run_reply(self, reply: _Reply) -> None:
+        pieces: asyncio.Queue[str | None] = asyncio.Queue(maxsize=32)
+        producer = self._spawn(self._produce_text(reply, pieces))
+        to_call: soxr.ResampleStream | None = None
+        if self._tts.sample_rate != self._rate:
+            to_call = soxr.ResampleStream(self._tts.sample_rate, self._rate, 1, dtype="int16")
+        try:
+            while (piece := await pieces.get()) is not None:
+                reply.pieces.append(piece)
+                self._emit(AgentText(self._clock.now(), piece))
+                try:
+                    async for chunk in self._tts.synthesize(piece):
+                        if reply.tts_first_audio is None:
+                            reply.tts_first_audio = self._clock.now()
+                        self._deliver(reply, self._convert(to_call, chunk, last=False))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._provider_failed("tts", exc)
+                    break
+                reply.timeline.append((piece, reply.audio_bytes))
+            if to_call is not None:
+                self._deliver(reply, self._convert(to_call, b"", last=True))
+        finally:
+            producer.cancel()
+            reply.synth_done = True
+
+    async def _produce_text(self, reply: _Reply, pieces: asyncio.Queue[str | None]) -> None:
+        try:
+            if reply.fixed_text is not None:
+                await pieces.put(reply.fixed_text)
+                return
+            chunker = SentenceChunker()
+            messages = [ChatMessage("system", self.profile.instructions), *self.history]
+            if not reply.committed:
+                assert reply.user_text is not None
+                messages.append(ChatMessage("user", reply.user_text))
+            try:
+                async for chunk in self._llm.stream(messages, tools=(END_CALL_TOOL,)):
+                    if reply.llm_first_token is None:
+                        reply.llm_first_token = self._clock.now()
+                    if isinstance(chunk, TextDelta):
+                        for piece in chunker.push(chunk.text):
+                            await pieces.put(piece)
+                    elif isinstance(chunk, ToolCall) and chunk.name == END_CALL_TOOL.name:
+                        reply.end_call = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._provider_failed("llm", exc)
+                if not reply.pieces and pieces.empty():
+                    await pieces.put(_APOLOGY)
+                return
+            for piece in chunker.flush():
+                await pieces.put(piece)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                pieces.put_nowait(None)
+
+    def _deliver(self, reply: _Reply, pcm: bytes) -> None:
+        if not pcm:
+            return
+        reply.audio_bytes += len(pcm)
+        if not reply.committed:
+            reply.pending.append(pcm)
+        elif self._paused and reply is self._reply:
+            self._held.append(pcm)
+        elif reply is self._reply and self._playout is not None:
+            self._playout.push(pcm)
+
+    def _finish_reply(self, reply: _Reply) -> None:
+        self._reply = None
+        text = " ".join(reply.pieces)
+        if text:
+            self.history.append(ChatMessage("assistant", text))
+        self._set_state(AgentState.USER_SPEAKING if self._vad.speaking else AgentState.LISTENING)
+        if reply.end_call:
+            self._request_hangup("agent ended the call")
+
+    def _drop_speculative(self) -> None:
+        spec = self._speculative
+        if spec is not None:
+            self._cancel(spec.task)
+            self._speculative = None
+
+    def _agent_active(self) -> bool:
+        return self._reply is not None and self._reply.committed
+
+    # ------------------------------------------------------------------------ interruptions
+
+    def _pause(self, now: float) -> None:
+        assert self._playout is not None
+        self._paused = True
+        self._false_deadline = None
+        self._segment_during_agent = False  # this segment is the caller's now
+        self._held = self._playout.take()
+        self._emit(Interruption(now, "paused"))
+        self._set_state(AgentState.USER_SPEAKING)
+
+    def _false_interruption(self, now: float) -> None:
+        assert self._playout is not None
+        reply = self._reply
+        self._paused = False
+        self._false_deadline = None
+        self._turn_texts.clear()
+        self._turn_audio.clear()
+        self._endpointer.speech_started()
+        held, self._held = self._held, []
+        if reply is None:
+            return
+        if self.options.interruptions.resume_false:
+            self._playout.begin_segment()
+            for pcm in held:
+                self._playout.push(pcm)
+            self._emit(Interruption(now, "resumed"))
+            self._set_state(AgentState.SPEAKING if held else AgentState.THINKING)
+        else:
+            self._stop_reply(reply, now, kind="false")
+
+    def _real_interruption(self, now: float) -> None:
+        self._paused = False
+        self._false_deadline = None
+        self._held = []
+        if self._reply is not None:
+            self._stop_reply(self._reply, now, kind="interrupted")
+
+    def _stop_reply(self, reply: _Reply, now: float, *, kind: str) -> None:
+        self._cancel(reply.task)
+        self._reply = None
+        heard = self._heard_text(reply)
+        if heard:
+            self.history.append(ChatMessage("assistant", heard))
+        self._emit(Interruption(now, kind, heard))
+        self._set_state(AgentState.USER_SPEAKING if self._vad.speaking else AgentState.LISTENING)
+
+    @staticmethod
+    def _heard_text(reply: _Reply) -> str:
+        """The words of the reply that played: whole pieces, then a share of the next one."""
+        heard: list[str] = []
+        start = 0
+        for piece, end in reply.timeline:
+            if reply.played_bytes >= end:
+                heard.append(piece)
+            else:
+                words = piece.split()
+                span = max(1, end - start)
+                share = (reply.played_bytes - start) / span
+                count = int(len(words) * max(0.0, share))
+                if count:
+                    heard.append(" ".join(words[:count]))
+                break
+            start = end
+        return " ".join(heard)
+
+    def _run_interim(self, now: float) -> None:
+        if self._interim is not None and not self._interim.done():
+            return
+        if now - self._interim_at < self.options.interim_interval:
+            return
+        self._interim_at = now
+        pcm = self._resample(
+            self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate
+        )
+
+        async def run() -> None:
+            try:
+                result = await self._stt.transcribe(
+                    pcm, final=False, language=self.profile.language
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._provider_failed("stt", exc)
+                return
+            self._interim_words = result.words
+            if result.text:
+                self._emit(TranscriptReceived(self._clock.now(), result.text, False))
+
+        self._interim = self._spawn(run())
+
+    # ------------------------------------------------------------------------------ helpers
+
+    @property
+    def _call_id(self) -> str:
+        return self._info.call_id if self._info is not None else "-"
+
+    def _clock_time(self, audio_time: float) -> float:
+        """Clock time at which the VAD's ``audio_time`` was heard."""
+        return self._clock.now() - max(0.0, self._audio_pushed - audio_time)
+
+    @staticmethod
+    def _resample(pcm: bytes, rate_in: int, rate_out: int) -> bytes:
+        if rate_in == rate_out or not pcm:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2")
+        out = soxr.resample(samples, rate_in, rate_out)
+        return bytes(np.asarray(out, dtype="<i2").tobytes())
+
+    @staticmethod
+    def _convert(stream: soxr.ResampleStream | None, pcm: bytes, *, last: bool) -> bytes:
+        if stream is None:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2")
+        out = stream.resample_chunk(samples, last=last)
+        return bytes(np.asarray(out, dtype="<i2").tobytes())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("voice_session_task_failed", call_id=self._call_id, error=repr(exc))
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[Any] | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _set_state(self, new: AgentState) -> None:
+        if new is not self.state:
+            old, self.state = self.state, new
+            self._emit(StateChanged(self._clock.now(), old, new))
+
+    def _emit(self, event: SessionEvent) -> None:
+        self.events.append(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("voice_session_listener_failed", call_id=self._call_id)
+
+    def _emit_latency(self, reply: _Reply) -> None:
+        if reply.user_text is None:
+            return
+        self._emit(
+            TurnLatency(
+                self._clock.now(),
+                reply.speech_end,
+                reply.end_of_turn,
+                reply.llm_first_token,
+                reply.tts_first_audio,
+                reply.first_frame,
+                reply.preemptive,
+            )
+        )
+
+    def _provider_failed(self, stage: str, exc: BaseException) -> None:
+        log.warning("provider_failed", call_id=self._call_id, stage=stage, error=repr(exc))
+        self._emit(ProviderFailed(self._clock.now(), stage, repr(exc)))
+
+    def _request_hangup(self, reason: str) -> None:
+        if self.hangup_requested is None:
+            self.hangup_requested = reason
+            self._emit(CallEndRequested(self._clock.now(), reason))

@@ -1,0 +1,400 @@
+"""VoiceSession on a VirtualClock: every turn-handling setting makes an observable difference.
+
+The model stages are fakes (tests/unit/voice_fakes.py) that take virtual time; the VAD is an
+energy VAD standing in for Silero. The caller is a script of tone bursts ("speech").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from sipserver.pipeline.clock import VirtualClock
+from sipserver.pipeline.endpointing import EndpointingOptions
+from sipserver.pipeline.events import (
+    AgentState,
+    CallEndRequested,
+    Interruption,
+    ProviderFailed,
+    StateChanged,
+    TurnCommitted,
+    TurnLatency,
+)
+from sipserver.pipeline.interruptions import InterruptionOptions
+from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
+from tests.unit.voice_fakes import (
+    FRAME,
+    RATE,
+    EnergyVad,
+    FakeLlm,
+    FakeStt,
+    FakeTts,
+    FakeTurn,
+    call_info,
+    is_voiced,
+    tone,
+)
+
+SILENCE = bytes(FRAME * 2)
+SPEECH = tone(0.02)
+
+
+@dataclass
+class Rig:
+    session: VoiceSession
+    clock: VirtualClock
+    stt: FakeStt
+    llm: FakeLlm
+    tts: FakeTts
+    vad: EnergyVad
+    out: list[bool] = field(default_factory=list)
+    frames: list[bytes] = field(default_factory=list)
+
+    async def run(self, seconds: float, speech: Sequence[tuple[float, float]] = ()) -> None:
+        """Drive ``seconds`` of ticks from now; the caller speaks during the given spans."""
+        start = len(self.out)
+        for i in range(round(seconds / 0.02)):
+            t = (start + i) * 0.02
+            talking = any(a <= t + 1e-9 < b for a, b in speech)
+            self.session.on_audio(SPEECH if talking else SILENCE)
+            frame = self.session.next_frame()
+            self.frames.append(frame)
+            self.out.append(is_voiced(frame))
+            await self.clock.advance(0.02)
+
+    def agent_audio_between(self, a: float, b: float) -> float:
+        """Seconds of voiced agent audio between times a and b."""
+        return sum(self.out[round(a / 0.02) : round(b / 0.02)]) * 0.02
+
+    def first_agent_audio_after(self, t: float) -> float | None:
+        for i in range(round(t / 0.02), len(self.out)):
+            if self.out[i]:
+                return i * 0.02
+        return None
+
+    def states(self) -> list[tuple[float, AgentState]]:
+        return [(e.at, e.new) for e in self.session.events if isinstance(e, StateChanged)]
+
+    def commits(self) -> list[TurnCommitted]:
+        return [e for e in self.session.events if isinstance(e, TurnCommitted)]
+
+    def interruptions(self) -> list[Interruption]:
+        return [e for e in self.session.events if isinstance(e, Interruption)]
+
+
+def make(
+    texts: Sequence[str] = ("hello there",),
+    *,
+    reply: str = "Hi. How can I help you today?",
+    greeting: str | None = None,
+    interruptions: InterruptionOptions | None = None,
+    endpointing: EndpointingOptions | None = None,
+    preemptive: bool = False,
+    turn: FakeTurn | None = None,
+    llm_kwargs: dict[str, object] | None = None,
+    end_call_digit: str | None = None,
+    stt_delay: float = 0.1,
+) -> Rig:
+    clock = VirtualClock()
+    stt = FakeStt(clock, texts, delay=stt_delay)
+    llm = FakeLlm(clock, reply=lambda m: reply, **(llm_kwargs or {}))  # type: ignore[arg-type]
+    tts = FakeTts(clock)
+    vad = EnergyVad()
+    options = VoiceOptions(
+        interruptions=interruptions or InterruptionOptions(),
+        endpointing=endpointing or EndpointingOptions(0.5, 3.0),
+        preemptive_generation=preemptive,
+    )
+    session = VoiceSession(
+        AgentProfile("Be brief.", greeting=greeting, end_call_digit=end_call_digit),
+        options,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        vad=vad,
+        clock=clock,
+        turn_detector=turn,
+    )
+    session.on_start(call_info())
+    return Rig(session, clock, stt, llm, tts, vad)
+
+
+# ------------------------------------------------------------------------------- basic turns
+
+
+async def test_greeting_plays_then_listens() -> None:
+    rig = make(greeting="Hello caller, welcome.")
+    await rig.run(2.0)
+    assert rig.agent_audio_between(0, 2.0) == pytest.approx(0.75, abs=0.05)  # 3 words
+    assert rig.session.state is AgentState.LISTENING
+    assert [m.content for m in rig.session.history] == ["Hello caller, welcome."]
+
+
+async def test_turn_reply_and_history() -> None:
+    rig = make()
+    await rig.run(5.0, speech=[(0.5, 1.5)])
+    commits = rig.commits()
+    assert [c.text for c in commits] == ["hello there"]
+    # silence starts at 1.5; vad mode: end of turn after min_endpointing_delay (0.5 s)
+    assert commits[0].at == pytest.approx(2.0, abs=0.03)
+    first = rig.first_agent_audio_after(1.5)
+    assert first is not None and first == pytest.approx(2.0 + 0.2 + 0.1, abs=0.06)
+    states = [s for _, s in rig.states()]
+    assert states[:4] == [
+        AgentState.USER_SPEAKING,
+        AgentState.THINKING,
+        AgentState.SPEAKING,
+        AgentState.LISTENING,
+    ]
+    assert [m.role for m in rig.session.history] == ["user", "assistant"]
+    assert rig.session.history[1].content == "Hi. How can I help you today?"
+    latency = next(e for e in rig.session.events if isinstance(e, TurnLatency))
+    assert latency.speech_end == pytest.approx(1.5, abs=0.03)
+    assert latency.first_frame is not None and latency.first_frame >= latency.end_of_turn
+
+
+async def test_first_piece_spoken_before_reply_is_complete() -> None:
+    rig = make(reply="Sure, here is a long answer. It has two sentences.")
+    await rig.run(6.0, speech=[(0.5, 1.0)])
+    assert rig.tts.texts == ["Sure, here is a long answer.", "It has two sentences."]
+
+
+async def test_noise_with_empty_transcript_is_no_turn() -> None:
+    rig = make(texts=[""])
+    await rig.run(3.0, speech=[(0.5, 1.0)])
+    assert rig.commits() == []
+    assert rig.llm.calls == []
+    assert rig.session.state is AgentState.LISTENING
+
+
+# ------------------------------------------------------------------------------ endpointing
+
+
+@pytest.mark.parametrize("min_delay", [0.5, 1.2])
+async def test_min_endpointing_delay(min_delay: float) -> None:
+    rig = make(endpointing=EndpointingOptions(min_delay, 3.0))
+    await rig.run(5.0, speech=[(0.5, 1.5)])
+    assert rig.commits()[0].at == pytest.approx(1.5 + min_delay, abs=0.03)
+
+
+@pytest.mark.parametrize("max_delay", [1.5, 2.5])
+async def test_max_endpointing_delay_forces_end_of_turn(max_delay: float) -> None:
+    turn = None
+
+    def unsure(text: str) -> float:
+        return 0.1
+
+    rig = make(endpointing=EndpointingOptions(0.5, max_delay))
+    turn = FakeTurn(rig.clock, unsure)
+    rig.session._turn = turn
+    await rig.run(6.0, speech=[(0.5, 1.5)])
+    assert rig.commits()[0].at == pytest.approx(1.5 + max_delay, abs=0.03)
+    assert rig.commits()[0].probability == pytest.approx(0.1)
+
+
+async def test_confident_turn_model_uses_min_delay() -> None:
+    rig = make(endpointing=EndpointingOptions(0.5, 2.5))
+    rig.session._turn = FakeTurn(rig.clock, lambda text: 0.9)
+    await rig.run(5.0, speech=[(0.5, 1.5)])
+    assert rig.commits()[0].at == pytest.approx(2.0, abs=0.03)
+
+
+async def test_new_speech_cancels_end_of_turn_wait() -> None:
+    rig = make(texts=["I would like", "to book a table"], endpointing=EndpointingOptions(0.5, 3))
+    rig.session._turn = FakeTurn(rig.clock, lambda t: 0.9 if "table" in t else 0.2)
+    # pause of 1.0 s between the two parts: longer than min delay, shorter than max.
+    await rig.run(7.0, speech=[(0.5, 1.5), (2.5, 3.5)])
+    commits = rig.commits()
+    assert [c.text for c in commits] == ["I would like to book a table"]
+    assert commits[0].at == pytest.approx(4.0, abs=0.03)
+
+
+# --------------------------------------------------------------------- preemptive generation
+
+
+async def test_preemptive_generation_saves_latency() -> None:
+    results = {}
+    for preemptive in (False, True):
+        rig = make(preemptive=preemptive, endpointing=EndpointingOptions(0.8, 3.0))
+        await rig.run(5.0, speech=[(0.5, 1.5)])
+        latency = next(e for e in rig.session.events if isinstance(e, TurnLatency))
+        assert latency.preemptive is preemptive
+        assert latency.first_frame is not None and latency.speech_end is not None
+        results[preemptive] = latency.first_frame - latency.speech_end
+    # VAD end (0.2 s of silence) + STT (0.1 s) come first; then LLM (0.2 s) and TTS first
+    # audio (0.1 s) run while endpointing still waits (0.8 s from the silence): all hidden.
+    assert results[False] == pytest.approx(0.8 + 0.3, abs=0.05)
+    assert results[True] == pytest.approx(0.8, abs=0.05)
+
+
+async def test_speculative_reply_discarded_when_user_goes_on() -> None:
+    rig = make(
+        texts=["I would like", "a table for two"],
+        preemptive=True,
+        endpointing=EndpointingOptions(0.9, 3.0),
+        reply="Done.",
+    )
+    await rig.run(7.0, speech=[(0.5, 1.5), (2.2, 3.0)])
+    assert [c.text for c in rig.commits()] == ["I would like a table for two"]
+    assert len(rig.llm.calls) == 2  # the speculative call, then the real one
+    assert rig.llm.calls[-1][-1].content == "I would like a table for two"
+    assert [m.content for m in rig.session.history][0] == "I would like a table for two"
+    # only one reply reached the caller
+    assert rig.tts.texts.count("Done.") == 2
+    assert rig.agent_audio_between(0, 3.5) == 0
+
+
+# --------------------------------------------------------------------------- interruptions
+
+LONG = "This is a rather long answer that goes on and on for quite a few words indeed."
+
+
+def _long_reply_rig(interruptions: InterruptionOptions, texts: Sequence[str]) -> Rig:
+    return make(texts=texts, reply=LONG, interruptions=interruptions)
+
+
+@pytest.mark.parametrize(("min_duration", "pauses"), [(0.5, False), (0.2, True)])
+async def test_min_interruption_duration(min_duration: float, pauses: bool) -> None:
+    rig = _long_reply_rig(InterruptionOptions(min_duration=min_duration), ["question", ""])
+    # agent starts speaking at ~2.3 s; a 0.3 s cough at 3.0
+    await rig.run(8.0, speech=[(0.5, 1.5), (3.0, 3.3)])
+    kinds = [i.kind for i in rig.interruptions()]
+    assert ("paused" in kinds) is pauses
+    if pauses:
+        # playout stopped at once: no agent audio right after the pause
+        paused_at = rig.interruptions()[0].at
+        assert rig.agent_audio_between(paused_at + 0.04, paused_at + 0.4) == 0
+
+
+async def test_false_interruption_resumes_same_audio() -> None:
+    rig = _long_reply_rig(
+        InterruptionOptions(min_duration=0.2, false_timeout=1.0), ["question", ""]
+    )
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.0, 3.3)])
+    kinds = [i.kind for i in rig.interruptions()]
+    assert kinds == ["paused", "resumed"]
+    resumed = rig.interruptions()[1]
+    # false timeout counts from the end of the interrupting speech (3.3 s)
+    assert resumed.at == pytest.approx(3.3 + 1.0, abs=0.05)
+    # the whole reply was heard: 17 words x 0.25 s of audio in total
+    assert sum(rig.out) * 0.02 == pytest.approx(17 * 0.25, abs=0.1)
+    assert rig.session.history[-1].content == LONG
+
+
+async def test_false_interruption_without_resume_stops() -> None:
+    rig = _long_reply_rig(
+        InterruptionOptions(min_duration=0.2, false_timeout=1.0, resume_false=False),
+        ["question", ""],
+    )
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.0, 3.3)])
+    kinds = [i.kind for i in rig.interruptions()]
+    assert kinds == ["paused", "false"]
+    assert rig.agent_audio_between(4.4, 12.0) == 0
+    heard = rig.session.history[-1].content
+    assert heard and LONG.startswith(heard) and heard != LONG
+
+
+@pytest.mark.parametrize("timeout", [0.6, 1.5])
+async def test_false_interruption_timeout(timeout: float) -> None:
+    rig = _long_reply_rig(
+        InterruptionOptions(min_duration=0.2, false_timeout=timeout), ["question", ""]
+    )
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.0, 3.3)])
+    assert rig.interruptions()[1].at == pytest.approx(3.3 + timeout, abs=0.05)
+
+
+async def test_real_interruption_cancels_and_keeps_heard_text() -> None:
+    rig = _long_reply_rig(InterruptionOptions(min_duration=0.2), ["question", "wait stop"])
+    rig.llm.reply = lambda m: LONG if len(m) == 2 else "Sure, stopping."
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.5, 4.0)])
+    kinds = [i.kind for i in rig.interruptions()]
+    assert kinds == ["paused", "interrupted"]
+    heard = rig.interruptions()[1].heard
+    # the agent spoke from ~2.3 s to the pause at ~3.7 s: about 5 words of 0.25 s
+    assert LONG.startswith(heard) and 3 <= len(heard.split()) <= 7
+    roles = [(m.role, m.content) for m in rig.session.history]
+    assert roles[:3] == [("user", "question"), ("assistant", heard), ("user", "wait stop")]
+    assert roles[3] == ("assistant", "Sure, stopping.")
+
+
+async def test_interruptions_disabled_ignores_caller() -> None:
+    rig = _long_reply_rig(InterruptionOptions(allow=False), ["question", "wait stop"])
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.0, 4.5)])
+    assert rig.interruptions() == []
+    assert sum(rig.out) * 0.02 == pytest.approx(17 * 0.25, abs=0.1)
+    assert [c.text for c in rig.commits()] == ["question"]
+    assert len(rig.stt.finals) == 1  # speech during the agent was not transcribed
+
+
+@pytest.mark.parametrize(("min_words", "pause_after"), [(0, 0.2), (3, 1.2)])
+async def test_min_interruption_words(min_words: int, pause_after: float) -> None:
+    rig = _long_reply_rig(
+        InterruptionOptions(min_duration=0.2, min_words=min_words), ["question", "hold on now"]
+    )
+    await rig.run(12.0, speech=[(0.5, 1.5), (3.0, 4.5)])
+    paused = rig.interruptions()[0]
+    assert paused.kind == "paused"
+    # interim STT (every 0.3 s, 0.1 s each) counts 3 words per second of audio: the 4th run,
+    # on 1.1 s of speech, finds 3 words
+    assert paused.at - 3.0 == pytest.approx(pause_after, abs=0.15)
+    if min_words:
+        assert rig.stt.interims >= 1
+
+
+# ----------------------------------------------------------------------- ending, failures
+
+
+async def test_end_call_tool_hangs_up_after_goodbye() -> None:
+    rig = make(texts=["bye"], reply="Goodbye!", llm_kwargs={"end_call_when": lambda m: True})
+    await rig.run(1.9, speech=[(0.5, 1.0)])
+    assert rig.session.hangup_requested is None  # still saying goodbye (1.8 s to 2.05 s)
+    await rig.run(1.0)
+    assert rig.session.hangup_requested == "agent ended the call"
+    assert any(isinstance(e, CallEndRequested) for e in rig.session.events)
+    assert rig.session.history[-1].content == "Goodbye!"
+
+
+async def test_dtmf_end_call_digit() -> None:
+    rig = make(end_call_digit="#")
+    rig.session.on_dtmf("5")
+    assert rig.session.hangup_requested is None
+    rig.session.on_dtmf("#")
+    assert rig.session.hangup_requested == "caller pressed #"
+    rig2 = make()
+    rig2.session.on_dtmf("#")
+    assert rig2.session.hangup_requested is None
+
+
+async def test_llm_failure_gets_spoken_apology() -> None:
+    rig = make(llm_kwargs={"fail": True})
+    await rig.run(6.0, speech=[(0.5, 1.5)])
+    assert any(isinstance(e, ProviderFailed) and e.stage == "llm" for e in rig.session.events)
+    assert rig.tts.texts == ["Sorry, I had a problem there. Could you say that again?"]
+    assert rig.agent_audio_between(2.0, 6.0) > 1.0
+
+
+async def test_feedback_mixer_told_when_thinking() -> None:
+    seen: list[bool] = []
+
+    class Mixer:
+        def mix(self, frame: bytes, *, thinking: bool) -> bytes:
+            seen.append(thinking)
+            return frame
+
+    rig = make()
+    rig.session._feedback = Mixer()
+    await rig.run(4.0, speech=[(0.5, 1.5)])
+    thinking_ticks = [i * 0.02 for i, t in enumerate(seen) if t]
+    assert thinking_ticks[0] == pytest.approx(2.0, abs=0.03)
+    assert thinking_ticks[-1] == pytest.approx(2.28, abs=0.05)
+
+
+async def test_hangup_cancels_tasks() -> None:
+    rig = make()
+    await rig.run(2.1, speech=[(0.5, 1.5)])
+    assert rig.session._tasks
+    rig.session.on_hangup("bye")
+    await rig.clock.advance(0.1)
+    assert not rig.session._tasks
