@@ -26,7 +26,6 @@ from sipserver.pipeline.interruptions import InterruptionOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 from tests.unit.voice_fakes import (
     FRAME,
-    RATE,
     EnergyVad,
     FakeLlm,
     FakeStt,
@@ -240,7 +239,7 @@ async def test_speculative_reply_discarded_when_user_goes_on() -> None:
     assert [c.text for c in rig.commits()] == ["I would like a table for two"]
     assert len(rig.llm.calls) == 2  # the speculative call, then the real one
     assert rig.llm.calls[-1][-1].content == "I would like a table for two"
-    assert [m.content for m in rig.session.history][0] == "I would like a table for two"
+    assert rig.session.history[0].content == "I would like a table for two"
     # only one reply reached the caller
     assert rig.tts.texts.count("Done.") == 2
     assert rig.agent_audio_between(0, 3.5) == 0
