@@ -43,6 +43,7 @@ import soxr
 
 from sipserver.observability import get_logger
 from sipserver.pipeline.clock import Clock
+from sipserver.pipeline.echo_gate import EchoGate
 from sipserver.pipeline.endpointing import Endpointer, EndpointingOptions
 from sipserver.pipeline.events import (
     AgentState,
@@ -152,6 +153,9 @@ class VoiceOptions:
     preemptive_generation: bool = True
     interim_interval: float = 0.3
     """Seconds between interim STT runs while interruption words are being counted."""
+    echo_gate: bool = True
+    """Caller audio that correlates with the agent's own recent audio (line echo) does not
+    count as interrupting speech (:mod:`sipserver.pipeline.echo_gate`)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -248,6 +252,9 @@ class VoiceSession:
         self._interim_at = -1e9
         self._interim_words: int | None = None
         self._audio_pushed = 0.0  # seconds of audio given to the VAD
+        self._echo: EchoGate | None = None
+        self._frame_seconds = 0.02
+        self._live_speech = 0.0  # seconds of caller speech (not echo) in the current segment
         self._closed = False
 
     # ------------------------------------------------------------------ CallSession protocol
@@ -257,6 +264,8 @@ class VoiceSession:
         self._info = info
         self._rate = info.sample_rate
         self._playout = Playout(info.sample_rate)
+        if self.options.echo_gate:
+            self._echo = EchoGate(info.sample_rate)
         if self._vad.sample_rate != info.sample_rate:
             self._to_vad = soxr.ResampleStream(
                 info.sample_rate, self._vad.sample_rate, 1, dtype="int16"
@@ -274,7 +283,10 @@ class VoiceSession:
             samples = np.frombuffer(frame, dtype="<i2")
             pcm = self._to_vad.resample_chunk(samples).astype("<i2").tobytes()
         self._vad.push(pcm)
-        self._audio_pushed += len(frame) / (2 * self._rate)
+        if self._echo is not None:
+            self._echo.heard(frame)
+        self._frame_seconds = len(frame) / (2 * self._rate)
+        self._audio_pushed += self._frame_seconds
         while (event := self._vad.next_event()) is not None:
             if isinstance(event, SpeechStarted):
                 self._speech_started()
@@ -318,6 +330,8 @@ class VoiceSession:
                 self._finish_reply(reply)
         if self._feedback is not None:
             frame = self._feedback.mix(frame, thinking=self.state is AgentState.THINKING)
+        if self._echo is not None:
+            self._echo.played(frame)
         return frame
 
     # --------------------------------------------------------------------------- VAD events
@@ -354,8 +368,15 @@ class VoiceSession:
     def _tick(self) -> None:
         now = self._clock.now()
         opts = self.options.interruptions
-        if self._agent_active() and not self._paused and opts.allow and self._vad.speaking:
-            duration = self._vad.speech_duration
+        if not self._vad.speaking:
+            self._live_speech = 0.0
+        elif self._agent_active() and not self._paused and opts.allow:
+            # Only speech that is not the agent's own echo counts toward an interruption.
+            if self._echo is None:
+                self._live_speech = self._vad.speech_duration
+            elif not self._echo.is_echo():
+                self._live_speech += self._frame_seconds
+            duration = self._live_speech
             if opts.should_pause(duration, self._interim_words):
                 self._pause(now)
             elif opts.min_words > 0 and duration >= opts.min_duration:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from sipserver.pipeline.clock import VirtualClock
@@ -51,13 +52,26 @@ class Rig:
     out: list[bool] = field(default_factory=list)
     frames: list[bytes] = field(default_factory=list)
 
-    async def run(self, seconds: float, speech: Sequence[tuple[float, float]] = ()) -> None:
-        """Drive ``seconds`` of ticks from now; the caller speaks during the given spans."""
+    async def run(
+        self,
+        seconds: float,
+        speech: Sequence[tuple[float, float]] = (),
+        *,
+        echo_gain: float = 0.0,
+        echo_frames: int = 6,
+    ) -> None:
+        """Drive ``seconds`` of ticks from now; the caller speaks during the given spans, and
+        the line returns the agent's audio ``echo_frames`` ticks late at ``echo_gain``."""
         start = len(self.out)
         for i in range(round(seconds / 0.02)):
             t = (start + i) * 0.02
             talking = any(a <= t + 1e-9 < b for a, b in speech)
-            self.session.on_audio(SPEECH if talking else SILENCE)
+            heard = SPEECH if talking else SILENCE
+            if echo_gain and len(self.frames) >= echo_frames:
+                echo = np.frombuffer(self.frames[-echo_frames], dtype="<i2") * echo_gain
+                mixed = np.frombuffer(heard, dtype="<i2") + echo
+                heard = np.clip(mixed, -32768, 32767).astype("<i2").tobytes()
+            self.session.on_audio(heard)
             frame = self.session.next_frame()
             self.frames.append(frame)
             self.out.append(is_voiced(frame))
@@ -95,6 +109,7 @@ def make(
     llm_kwargs: dict[str, object] | None = None,
     end_call_digit: str | None = None,
     stt_delay: float = 0.1,
+    echo_gate: bool = True,
 ) -> Rig:
     clock = VirtualClock()
     stt = FakeStt(clock, texts, delay=stt_delay)
@@ -105,6 +120,7 @@ def make(
         interruptions=interruptions or InterruptionOptions(),
         endpointing=endpointing or EndpointingOptions(0.5, 3.0),
         preemptive_generation=preemptive,
+        echo_gate=echo_gate,
     )
     session = VoiceSession(
         AgentProfile("Be brief.", greeting=greeting, end_call_digit=end_call_digit),
@@ -397,3 +413,31 @@ async def test_hangup_cancels_tasks() -> None:
     rig.session.on_hangup("bye")
     await rig.clock.advance(0.1)
     assert not rig.session._tasks
+
+
+@pytest.mark.parametrize("echo_gate", [True, False])
+async def test_agent_echo_does_not_interrupt(echo_gate: bool) -> None:
+    rig = make(
+        texts=["question", "this is my own echo"],
+        reply=LONG,
+        interruptions=InterruptionOptions(min_duration=0.2),
+        echo_gate=echo_gate,
+    )
+    await rig.run(10.0, speech=[(0.5, 1.5)], echo_gain=0.3)
+    kinds = [i.kind for i in rig.interruptions()]
+    if echo_gate:
+        assert kinds == []
+        assert rig.session.history[-1].content == LONG
+        assert len(rig.stt.finals) == 1  # the echo was never transcribed as a turn
+    else:
+        assert kinds[:1] == ["paused"]  # without the gate the agent's echo stops it
+
+
+async def test_caller_speech_over_echo_still_interrupts() -> None:
+    rig = make(
+        texts=["question", "wait"],
+        reply=LONG,
+        interruptions=InterruptionOptions(min_duration=0.2),
+    )
+    await rig.run(10.0, speech=[(0.5, 1.5), (3.5, 4.0)], echo_gain=0.3)
+    assert [i.kind for i in rig.interruptions()] == ["paused", "interrupted"]
