@@ -297,3 +297,13 @@ async def test_smart_turn_only_listens_to_the_last_eight_seconds(tmp_path: Path)
     assert await detector.end_of_turn_probability(ten_before) == pytest.approx(
         await detector.end_of_turn_probability(five_before), abs=1e-6
     )
+
+
+async def test_whisper_reports_busy_while_decoding(stt: WhisperStt, tmp_path: Path) -> None:
+    pcm = espeak_pcm(tmp_path, OFFICE)
+    assert not stt.busy
+    task = asyncio.create_task(stt.transcribe(pcm))
+    await asyncio.sleep(0)
+    assert stt.busy
+    await task
+    assert not stt.busy

@@ -53,6 +53,8 @@ class _LoadedWhisper:
     executor: ThreadPoolExecutor
     multilingual: bool
     load_seconds: float
+    pending: int = 0
+    """Decodes queued or running on :attr:`executor` (touched on the event loop only)."""
 
 
 class WhisperStt:
@@ -161,8 +163,8 @@ class WhisperStt:
 
         Args:
             pcm: the speech segment.
-            final: False for a cheap interim result: greedy, one temperature, at most the last
-                30 s of audio.
+            final: False for an interim result: greedy, one temperature, at most the last 30 s
+                of audio. It saves the beam and fallbacks, not the encoder (see :attr:`busy`).
             language: ISO 639-1 hint (ignored by English-only models and when the provider is
                 configured with a language).
 
@@ -177,10 +179,24 @@ class WhisperStt:
             audio = audio[-_MAX_WINDOW_S * _SAMPLE_RATE :]
         lang = self._language_for(loaded, language)
         loop = asyncio.get_running_loop()
-        text, detected = await loop.run_in_executor(
-            loaded.executor, self._decode, loaded.model, audio, final, lang
-        )
+        loaded.pending += 1
+        try:
+            text, detected = await loop.run_in_executor(
+                loaded.executor, self._decode, loaded.model, audio, final, lang
+            )
+        finally:
+            loaded.pending -= 1
         return Transcript(text=text, final=final, language=detected)
+
+    @property
+    def busy(self) -> bool:
+        """True while a decode of this model is queued or running (any session's).
+
+        Whisper's encoder always processes a 30 s window, so an interim decode costs about as
+        much as a final one: skip interim requests while the model is busy.
+        """
+        loaded = self._cache.get((str(self.model_path), self.cpu_threads, self.compute_type))
+        return loaded is not None and loaded.pending > 0
 
     def _is_cached(self) -> bool:
         return (str(self.model_path), self.cpu_threads, self.compute_type) in self._cache
