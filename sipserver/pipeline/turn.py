@@ -1,0 +1,279 @@
+"""End-of-turn detection: has the caller finished, or only paused?
+
+The default model is Smart Turn v3.2 (BSD-2-Clause, multilingual, audio only), whose ONNX file
+ships inside the ``pipecat-ai`` wheel; this module only reads that file, it never imports pipecat.
+The session asks once per pause, not per frame.
+
+Model contract (measured, see ``tests/integration/test_local_models.py``):
+
+- input ``input_features`` float32 ``[B, 80, 800]``: Whisper log-mel features (80 mels, 10 ms hop)
+  of the last 8 s of 16 kHz audio. The audio is normalised to zero mean and unit variance first
+  (the probability then does not depend on the caller's level) and shorter audio is zero-padded
+  at the *start*, so the end of speech sits at the end of the window (padding at the end hides
+  it: every input then scores ~0.98).
+- output ``logits`` ``[B, 1]``: despite its name already a probability in [0, 1] (the graph ends
+  in a sigmoid); no further squashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnxruntime  # type: ignore[import-untyped]
+from faster_whisper.feature_extractor import FeatureExtractor  # type: ignore[import-untyped]
+
+from .providers.base import ProviderError, TurnDetector
+
+__all__ = [
+    "LiveKitTurnDetector",
+    "SmartTurnDetector",
+    "smart_turn_model_path",
+    "turn_detector_for",
+]
+
+_SAMPLE_RATE = 16000
+_WINDOW_S = 8
+_WINDOW = _SAMPLE_RATE * _WINDOW_S
+_SMART_TURN_FILE = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def smart_turn_model_path() -> Path:
+    """Path of the Smart Turn v3.2 ONNX model inside the installed ``pipecat-ai`` wheel.
+
+    Raises:
+        ProviderError: pipecat-ai is not installed or its wheel lacks the model file.
+    """
+    spec = importlib.util.find_spec("pipecat")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / _SMART_TURN_FILE
+        if path.is_file():
+            return path
+    raise ProviderError(
+        "turn_detection: Smart Turn v3.2 needs the pipecat-ai package (it carries "
+        f"pipecat/{_SMART_TURN_FILE}); or use turn_detection.model: vad"
+    )
+
+
+@dataclass(slots=True)
+class _LoadedSmartTurn:
+    session: onnxruntime.InferenceSession
+    executor: ThreadPoolExecutor
+    load_seconds: float
+
+
+class SmartTurnDetector:
+    """Smart Turn v3.2 on onnxruntime (implements :class:`~.providers.base.TurnDetector`).
+
+    Args:
+        model: the ONNX file; None for the one shipped in ``pipecat-ai``.
+        threshold: probability at or above which the caller is done.
+        threads: onnxruntime intra-op threads (one prediction takes ~45 ms on one core).
+
+    Raises:
+        ProviderError: the model file is missing or an argument is invalid.
+    """
+
+    name = "smart-turn-v3.2"
+    sample_rate = _SAMPLE_RATE
+
+    _cache: ClassVar[dict[tuple[str, int], _LoadedSmartTurn]] = {}
+    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+    _features: ClassVar[FeatureExtractor | None] = None
+
+    def __init__(
+        self, model: str | Path | None = None, *, threshold: float = 0.5, threads: int = 1
+    ) -> None:
+        path = Path(model) if model is not None else smart_turn_model_path()
+        if not path.is_file():
+            raise ProviderError(f"turn_detection: no Smart Turn model at {path}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ProviderError(f"turn_detection.threshold must be in [0, 1], not {threshold!r}")
+        if threads < 1:
+            raise ProviderError(f"turn_detection threads must be >= 1, not {threads!r}")
+        self.model_path = path
+        self._threshold = threshold
+        self.threads = threads
+
+    @property
+    def threshold(self) -> float:
+        """Probability at or above which the caller is considered done."""
+        return self._threshold
+
+    def load(self) -> float:
+        """Load the model now (blocking) if this process has not yet; return its load time in s."""
+        return self._loaded().load_seconds
+
+    async def warm_up(self) -> float:
+        """Load the model on a thread and run one prediction; return the load time in s."""
+        seconds = await asyncio.to_thread(self.load)
+        await self.end_of_turn_probability(bytes(_SAMPLE_RATE))
+        return seconds
+
+    def _loaded(self) -> _LoadedSmartTurn:
+        key = (str(self.model_path), self.threads)
+        with self._cache_lock:
+            loaded = self._cache.get(key)
+            if loaded is None:
+                started = time.perf_counter()
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                try:
+                    session = onnxruntime.InferenceSession(
+                        str(self.model_path), options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:
+                    raise ProviderError(f"cannot load {self.model_path}: {exc}") from exc
+                loaded = _LoadedSmartTurn(
+                    session=session,
+                    executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn"),
+                    load_seconds=time.perf_counter() - started,
+                )
+                self._cache[key] = loaded
+            if SmartTurnDetector._features is None:
+                SmartTurnDetector._features = FeatureExtractor(
+                    feature_size=80, sampling_rate=_SAMPLE_RATE, chunk_length=_WINDOW_S
+                )
+            return loaded
+
+    async def end_of_turn_probability(
+        self, pcm: bytes, *, transcript: str = "", language: str | None = None
+    ) -> float:
+        """Probability in [0, 1] that the caller has finished.
+
+        Args:
+            pcm: s16le mono 16 kHz audio up to now; only the last 8 s are used. Include the
+                silence since the caller stopped (as the VAD reports it); ~0.2 s is typical.
+            transcript: unused (the model listens to the audio only).
+            language: unused (the model is multilingual).
+        """
+        if (str(self.model_path), self.threads) in self._cache:
+            loaded = self._loaded()
+        else:
+            loaded = await asyncio.to_thread(self._loaded)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(loaded.executor, self._predict, loaded.session, pcm)
+
+    @classmethod
+    def features(cls, pcm: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The model input ``[1, 80, 800]`` for ``pcm`` (s16le 16 kHz): the last 8 s,
+        normalised to zero mean and unit variance, zero-padded at the start."""
+        if cls._features is None:
+            cls._features = FeatureExtractor(
+                feature_size=80, sampling_rate=_SAMPLE_RATE, chunk_length=_WINDOW_S
+            )
+        tail = pcm[-2 * _WINDOW :]
+        audio = np.frombuffer(tail[: len(tail) // 2 * 2], dtype="<i2").astype(np.float32)
+        if audio.size:
+            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+        window = np.zeros(_WINDOW, dtype=np.float32)
+        window[_WINDOW - audio.size :] = audio
+        mel = cls._features(window, padding=0)
+        return np.asarray(mel, dtype=np.float32)[np.newaxis, :, :]
+
+    @classmethod
+    def _predict(cls, session: onnxruntime.InferenceSession, pcm: bytes) -> float:
+        (output,) = session.run(None, {"input_features": cls.features(pcm)})
+        return float(np.clip(np.asarray(output).reshape(-1)[0], 0.0, 1.0))
+
+
+class LiveKitTurnDetector:
+    """LiveKit's text end-of-utterance models, when the operator installs ``sipserver[livekit]``.
+
+    These models are licensed for use inside the LiveKit Agents framework and download their
+    weights at run time; they judge the transcript, not the audio. This adapter is a thin bridge
+    and is not exercised by sipserver's tests (livekit is not a dependency).
+
+    Args:
+        multilingual: the multilingual model, else the English one.
+        threshold: fixed threshold; None asks the model for its per-language one (0.5 otherwise).
+
+    Raises:
+        ProviderError: ``livekit-plugins-turn-detector`` is not installed.
+    """
+
+    sample_rate = _SAMPLE_RATE
+
+    def __init__(self, *, multilingual: bool, threshold: float | None = None) -> None:
+        if not _livekit_available():
+            raise ProviderError(
+                "turn_detection.model livekit_* needs LiveKit's turn detector: install the "
+                "optional extra sipserver[livekit] (livekit-agents, livekit-plugins-turn-detector)"
+            )
+        import importlib
+
+        module = importlib.import_module(
+            "livekit.plugins.turn_detector." + ("multilingual" if multilingual else "english")
+        )
+        model_class = module.MultilingualModel if multilingual else module.EnglishModel
+        self._model: Any = model_class()
+        self._fixed_threshold = threshold
+        self._language: str | None = None
+        self.name = "livekit-" + ("multilingual" if multilingual else "english")
+
+    @property
+    def threshold(self) -> float:
+        """The fixed threshold, else the model's for the last language seen, else 0.5."""
+        if self._fixed_threshold is not None:
+            return self._fixed_threshold
+        value = self._model.unlikely_threshold(self._language)
+        return float(value) if value is not None else 0.5
+
+    async def end_of_turn_probability(
+        self, pcm: bytes, *, transcript: str = "", language: str | None = None
+    ) -> float:
+        """Probability from the transcript (``pcm`` is unused: the model reads text)."""
+        import importlib
+
+        self._language = language
+        llm: Any = importlib.import_module("livekit.agents.llm")
+        context = llm.ChatContext.empty()
+        context.add_message(role="user", content=transcript)
+        return float(await self._model.predict_end_of_turn(context))
+
+
+def _livekit_available() -> bool:
+    try:
+        return importlib.util.find_spec("livekit.plugins.turn_detector") is not None
+    except (ImportError, ValueError):  # parent package ``livekit`` missing
+        return False
+
+
+def turn_detector_for(model_name: str, *, threshold: float | None = None) -> TurnDetector | None:
+    """The turn detector of a ``turn_detection.model`` setting.
+
+    Args:
+        model_name: ``multilingual`` or ``english`` (Smart Turn v3.2, multilingual, so both use
+            it), ``vad`` (silence only) or ``stt`` (the STT's native verdict, handled by the
+            session), ``livekit_multilingual`` or ``livekit_english``.
+        threshold: override of the detector's default threshold.
+
+    Returns:
+        A detector, or None when the setting needs no model (``vad``, ``stt``).
+
+    Raises:
+        ProviderError: an unknown name, or a LiveKit model without LiveKit installed.
+    """
+    if model_name in ("multilingual", "english"):
+        if threshold is None:
+            return SmartTurnDetector()
+        return SmartTurnDetector(threshold=threshold)
+    if model_name in ("vad", "stt"):
+        return None
+    if model_name in ("livekit_multilingual", "livekit_english"):
+        return LiveKitTurnDetector(
+            multilingual=model_name == "livekit_multilingual", threshold=threshold
+        )
+    raise ProviderError(
+        f"turn_detection.model: unknown {model_name!r}; choose one of multilingual, english, "
+        "vad, stt, livekit_multilingual, livekit_english"
+    )
