@@ -89,6 +89,7 @@ END_CALL_TOOL = ToolSpec(
 
 _APOLOGY = "Sorry, I had a problem there. Could you say that again?"
 _TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
+_TURN_TRAILING_SILENCE = 0.2  # Smart Turn scores best on speech plus ~0.2 s of pause
 _MAX_PENDING_SEGMENTS = 4
 
 
@@ -254,6 +255,7 @@ class VoiceSession:
         self._audio_pushed = 0.0  # seconds of audio given to the VAD
         self._echo: EchoGate | None = None
         self._frame_seconds = 0.02
+        self._segment_prefix = 0.0
         self._live_speech = 0.0  # seconds of caller speech (not echo) in the current segment
         self._closed = False
 
@@ -289,7 +291,7 @@ class VoiceSession:
         self._audio_pushed += self._frame_seconds
         while (event := self._vad.next_event()) is not None:
             if isinstance(event, SpeechStarted):
-                self._speech_started()
+                self._speech_started(event)
             else:
                 self._speech_ended(event)
         self._tick()
@@ -336,7 +338,8 @@ class VoiceSession:
 
     # --------------------------------------------------------------------------- VAD events
 
-    def _speech_started(self) -> None:
+    def _speech_started(self, event: SpeechStarted) -> None:
+        self._segment_prefix = event.prefix
         self._interim_words = None
         self._interim_at = -1e9
         if self._agent_active():
@@ -361,7 +364,8 @@ class VoiceSession:
         if self._paused:
             self._false_deadline = silence_at + self.options.interruptions.false_timeout
         self._endpointer.speech_ended(silence_at)
-        self._transcribe(event.audio, silence_at)
+        keep = self._segment_prefix + event.speech_duration + _TURN_TRAILING_SILENCE
+        self._transcribe(event.audio, event.audio[: int(keep * self._vad.sample_rate) * 2])
 
     # ---------------------------------------------------------------------------- the tick
 
@@ -401,11 +405,12 @@ class VoiceSession:
 
     # -------------------------------------------------------------------------- STT, turns
 
-    def _transcribe(self, audio: bytes, silence_at: float) -> None:
+    def _transcribe(self, audio: bytes, turn_audio: bytes) -> None:
         if self._stt_pending >= _MAX_PENDING_SEGMENTS:
             log.warning("stt_backlog_dropped_segment", call_id=self._call_id)
             return
         pcm = self._resample(audio, self._vad.sample_rate, self._stt.sample_rate)
+        tail = self._resample(turn_audio, self._vad.sample_rate, self._stt.sample_rate)
         previous = self._stt_chain
         self._stt_pending += 1
 
@@ -423,7 +428,7 @@ class VoiceSession:
                     result = Transcript("")
             finally:
                 self._stt_pending -= 1
-            self._on_transcript(result, pcm)
+            self._on_transcript(result, tail)
 
         self._stt_chain = self._spawn(run())
 
@@ -685,6 +690,8 @@ class VoiceSession:
     def _run_interim(self, now: float) -> None:
         if self._interim is not None and not self._interim.done():
             return
+        if getattr(self._stt, "busy", False):
+            return  # interim results are a luxury: never queue behind other decodes
         if now - self._interim_at < self.options.interim_interval:
             return
         self._interim_at = now

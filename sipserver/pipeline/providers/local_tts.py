@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime  # type: ignore[import-untyped]
-import soxr  # type: ignore[import-untyped]
+import soxr
 
 from .base import ProviderError
 
