@@ -63,6 +63,7 @@ RELEASE_MARGIN = 0.15
 _WINDOW = {16000: 512, 8000: 256}
 _CONTEXT = {16000: 64, 8000: 32}
 _STATE_SIZE = 128
+_MEM = 2 * _STATE_SIZE  # a stream's state, flattened
 
 #: Where the model file lives inside the ``pipecat-ai`` wheel (package ``pipecat``).
 _PIPECAT_MODEL = ("audio", "vad", "data", "silero_vad.onnx")
@@ -302,22 +303,26 @@ class SpeechSegmenter:
         n = len(window_pcm)
         self._samples += n
         self._probability = probability
-        history = self._history
-        history.append(window_pcm)
-        self._history_len += n
         if self._speaking:
-            self._append(window_pcm)
+            if len(self._buffer) + 2 * n <= self._cap_bytes and window_pcm.flags.c_contiguous:
+                self._buffer += window_pcm.data
+            else:
+                self._append(window_pcm)
             if probability >= self._release:
                 self._silence_run = 0
             else:
                 self._silence_run += n
                 if self._silence_run >= self._min_silence:
                     self._end()
-            keep = self._prefix
-        elif probability >= self._threshold:
+            return
+        history = self._history
+        history.append(window_pcm)
+        self._history_len += n
+        if probability >= self._threshold:
             self._speech_run += n
             if self._speech_run >= self._min_speech:
                 self._start()
+                return
             keep = self._prefix + self._speech_run
         else:
             self._speech_run = 0
@@ -348,7 +353,7 @@ class SpeechSegmenter:
 
     def _append(self, pcm: Int16Array) -> None:
         room = self._cap_bytes - len(self._buffer)
-        data = pcm.tobytes()
+        data = pcm.tobytes()  # pcm may be a non-contiguous slice
         if len(data) <= room:
             self._buffer += data
         else:
@@ -368,6 +373,8 @@ class SpeechSegmenter:
         self._buffer = bytearray()
         self._truncated = 0
         self._append(recent[len(recent) - run - prefix :])
+        self._history.clear()  # not kept while speaking: rebuilt from the utterance at its end
+        self._history_len = 0
         rate = self.sample_rate
         self._emit(SpeechStarted(time=start / rate, prefix=prefix / rate))
 
@@ -384,6 +391,11 @@ class SpeechSegmenter:
         )
         self._speaking = False
         self._silence_run = 0
+        # The padding of the next utterance comes from the end of this one (unless truncated).
+        if self._prefix and not self._truncated and self._buffer:
+            tail = np.frombuffer(self._buffer, dtype="<i2")[-self._prefix :].copy()
+            self._history.append(tail)
+            self._history_len = len(tail)
         self._buffer = bytearray()
         self._truncated = 0
 
@@ -540,11 +552,10 @@ class VadStream:
     __slots__ = (
         "_buf",
         "_closed",
-        "_context",
         "_end",
+        "_mem",
         "_odd",
         "_read",
-        "_state",
         "_window",
         "dropped_windows",
         "segmenter",
@@ -563,8 +574,8 @@ class VadStream:
         self._read = 0  # first unprocessed sample in _buf
         self._end = 0  # end of the audio in _buf
         self._odd = b""  # a byte left over from a push of odd length
-        self._state: Float32Array = np.zeros((2, _STATE_SIZE), dtype=np.float32)
-        self._context: Float32Array = np.zeros(model.context, dtype=np.float32)
+        # The model's memory of this stream: its recurrent state [2 * 128] then its context.
+        self._mem: Float32Array = np.zeros(_MEM + model.context, dtype=np.float32)
         self._closed = False
         self.segmenter = SpeechSegmenter(options, model.sample_rate)
         self.dropped_windows = 0
@@ -577,7 +588,7 @@ class VadStream:
         if isinstance(pcm, np.ndarray):
             if pcm.dtype != np.int16:
                 raise TypeError(f"VAD audio must be int16, not {pcm.dtype}")
-            samples: Int16Array = pcm.reshape(-1)
+            samples: Int16Array = pcm if pcm.ndim == 1 else pcm.reshape(-1)
         else:
             data = bytes(pcm)
             if self._odd:
@@ -804,31 +815,33 @@ class VadBatcher:
 
     def _gather(self) -> _Round | None:
         """Take the next pending window of every stream that has one into a batch."""
-        streams = [s for s in self._streams.values() if s.pending_windows]
+        streams = [s for s in self._streams.values() if s._end - s._read >= s._window]
         if not streams:
             return None
         model = self.model
-        ctx = model.context
         b = len(streams)
         pcm = np.empty((b, model.window), dtype=np.int16)
-        inputs = np.empty((b, ctx + model.window), dtype=np.float32)
-        state = np.empty((2, b, _STATE_SIZE), dtype=np.float32)
+        mem = np.empty((b, _MEM + model.context), dtype=np.float32)
         for i, s in enumerate(streams):
             pcm[i] = s._take()
-            inputs[i, :ctx] = s._context
-            state[:, i] = s._state
-        np.multiply(pcm, np.float32(1.0 / 32768.0), out=inputs[:, ctx:], dtype=np.float32)
+            mem[i] = s._mem
+        inputs = np.empty((b, model.context + model.window), dtype=np.float32)
+        inputs[:, : model.context] = mem[:, _MEM:]
+        np.multiply(pcm, np.float32(1.0 / 32768.0), out=inputs[:, model.context :])
+        state = np.ascontiguousarray(mem[:, :_MEM].reshape(b, 2, _STATE_SIZE).transpose(1, 0, 2))
         return _Round(streams, pcm, inputs, state)
 
     def _finish(self, batch: _Round, probs: Float32Array, new_state: Float32Array) -> None:
         ctx = self.model.context
-        contexts = batch.inputs[:, -ctx:]
+        b = len(batch.streams)
+        mem = np.empty((b, _MEM + ctx), dtype=np.float32)
+        mem[:, :_MEM] = new_state.transpose(1, 0, 2).reshape(b, _MEM)
+        mem[:, _MEM:] = batch.inputs[:, -ctx:]
         plist: Sequence[float] = probs.tolist()
-        self.windows += len(batch.streams)
+        pcm = batch.pcm
+        self.windows += b
         self.batches += 1
         for i, s in enumerate(batch.streams):
-            if s._closed:
-                continue
-            s._state = new_state[:, i]
-            s._context = contexts[i]
-            s.segmenter.feed(batch.pcm[i], plist[i])
+            if not s._closed:
+                s._mem = mem[i]
+                s.segmenter.feed(pcm[i], plist[i])

@@ -183,6 +183,27 @@ def test_current_audio_while_speaking() -> None:
     assert seg().current_audio() == b""
 
 
+def test_next_utterance_padding_comes_from_the_audio_before_it() -> None:
+    s = seg(prefix_padding_duration=0.5, min_silence_duration=0.1)
+    run(s, [Q] * 20 + [S] * 20 + [Q] * 4)  # ends at window 44
+    events = run(s, [Q] * 6 + [S] * 5 + [Q] * 4, first=44)
+    started, ended = events
+    assert started == SpeechStarted(time=50 * WD, prefix=0.5)
+    assert isinstance(ended, SpeechEnded)
+    audio = np.frombuffer(ended.audio, dtype="<i2")
+    expected = np.repeat(np.arange(0, 59), W)[50 * W - 8000 :]
+    assert (audio == expected).all()
+
+
+def test_feed_accepts_non_contiguous_windows() -> None:
+    s = seg(min_silence_duration=0.1, prefix_padding_duration=0)
+    for i, p in enumerate([S] * 5 + [Q] * 4):
+        s.feed(np.repeat(np.int16(i), 2 * W)[::2], p)
+    ended = s.events()[1]
+    assert isinstance(ended, SpeechEnded)
+    assert ended.audio == np.repeat(np.arange(9), W).astype("<i2").tobytes()
+
+
 # -- max_buffered_speech -----------------------------------------------------------------------
 
 
