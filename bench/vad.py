@@ -5,8 +5,9 @@ Raw: ``SileroModel.infer`` on prepared batches of B = 1, 32 and 100 windows of s
 20 ms frames as a call delivers them, with ``VadBatcher.run_once`` every 32 ms of audio; that
 adds re-chunking, gathering the batch, the segmenter and bookkeeping to the same inference.
 Printed per sample rate: milliseconds per stream per 32 ms window, the share of one core that is
-per call, and the ratio batcher / raw at the same batch size (target <= 1.2). Each figure is the
-best of several rounds, since other processes may share the machine.
+per call, and the ratio batcher / raw at the same batch size (target <= 1.2), then the batcher
+path with a no-op model (bookkeeping alone). Each figure is the best of several rounds, since
+other processes may share the machine.
 
 Usage::
 
@@ -60,6 +61,17 @@ def raw_cost(model: SileroModel, batch: int, windows: int, rounds: int) -> float
 
     once()  # warm up
     return best(once, rounds)
+
+
+class NoModel(SileroModel):
+    """The model's shape without inference: what the batcher path costs by itself."""
+
+    def __init__(self, model: SileroModel) -> None:  # no onnxruntime session
+        for name in ("sample_rate", "window", "context", "path"):
+            setattr(self, name, getattr(model, name))
+
+    def infer(self, inputs: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(inputs), 0.6, dtype=np.float32), state
 
 
 def batcher_cost(model: SileroModel, streams: int, seconds: float, rounds: int) -> float:
@@ -118,6 +130,11 @@ def main() -> None:
             f"  VadBatcher {args.streams} streams, 20 ms pushes "
             f"{full * 1e3:7.4f} ms/stream/window  {full / 0.032 * 100:6.3f}% core/call"
             f"  x{full / raw[args.streams]:.2f} vs raw B={args.streams} (target <= 1.2)"
+        )
+        alone = batcher_cost(NoModel(model), args.streams, args.seconds, args.rounds)
+        print(
+            f"  of which bookkeeping (no-op model)       {alone * 1e3:7.4f} ms/stream/window"
+            f"  = {alone / raw[args.streams] * 100:.0f}% of raw B={args.streams}"
         )
 
 
