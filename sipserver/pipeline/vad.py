@@ -459,7 +459,9 @@ class VadBatcher:
         """Process pending windows once per window period on ``clock``, until cancelled.
 
         Deadlines are ``start + n * period``; ticks missed while behind are skipped (each tick
-        processes everything pending anyway).
+        processes everything pending anyway). An inference error ends the task with it (the
+        owner should watch the task); cancelling it mid-batch loses that batch's windows.
+        Do not call :meth:`run_once` while this runs (RuntimeError if they overlap).
 
         Args:
             clock: the pipeline clock.
