@@ -312,6 +312,11 @@ class VadStream:
         return self.segmenter.probability
 
     @property
+    def sample_rate(self) -> int:
+        """Rate of the audio :meth:`push` takes (the model's rate)."""
+        return self.segmenter.sample_rate
+
+    @property
     def speaking(self) -> bool:
         """True while the segmenter is in a speech segment."""
         return self.segmenter.speaking

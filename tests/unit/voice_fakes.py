@@ -81,7 +81,7 @@ class EnergyVad:
                 self._speaking = True
                 self._start = self._t + dt - self._run_voiced
                 self._audio = bytearray(pcm)
-                self._events.append(SpeechStarted(self._start))
+                self._events.append(SpeechStarted(self._start, 0.0))
         else:
             self._run_silent += dt
             self._run_voiced = 0.0
