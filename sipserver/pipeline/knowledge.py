@@ -14,6 +14,7 @@ links, code, list bullets) is removed from the passage text, which is meant to b
 from __future__ import annotations
 
 import glob
+import math
 import os
 import pathlib
 import re
@@ -69,6 +70,19 @@ _BULLET: Final = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _LINK: Final = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MARKUP: Final = re.compile(r"[*_`~]+|<[^>]+>")
+
+
+class _Bm25(BM25Okapi):  # type: ignore[misc]  # rank_bm25 is untyped
+    """Okapi BM25 with Lucene's idf, ``log(1 + (N - n + 0.5) / (n + 0.5))``.
+
+    rank_bm25's Okapi idf is zero or negative for a term found in half of the documents or more,
+    which is every term of a one- or two-document knowledge base; Lucene's form stays positive
+    and still ranks rare terms above common ones.
+    """
+
+    def _calc_idf(self, nd: Mapping[str, int]) -> None:
+        n = self.corpus_size
+        self.idf = {word: math.log(1.0 + (n - df + 0.5) / (df + 0.5)) for word, df in nd.items()}
 
 
 def _stem(word: str) -> str:
@@ -128,7 +142,9 @@ class Passage:
     title: str
     """The heading it sits under (or the document's name when it has no heading)."""
     score: float = 0.0
-    """BM25 score for the query that found it (0 outside search results)."""
+    """Relevance to the query that found it (0 outside search results): the BM25 score in units
+    of one distinctive word, i.e. divided by the idf of a word found in a single passage. About
+    1 per distinctive query word the passage contains, whatever the size of the knowledge base."""
 
 
 def _plain(line: str) -> str:
@@ -207,14 +223,14 @@ def split_passages(text: str, source: str) -> list[Passage]:
 
 
 class KnowledgeBase:
-    """Passages of an agent's documents, searchable with BM25.
+    """Passages of an agent's documents, searchable with BM25 (Okapi, Lucene's idf).
 
     Args:
         passages: The passages to index (see :func:`split_passages`); may be empty.
         unmatched: Patterns that matched no file (kept for the caller to report).
     """
 
-    __slots__ = ("_index", "_lead", "passages", "unmatched")
+    __slots__ = ("_index", "_lead", "_unit", "passages", "unmatched")
 
     def __init__(self, passages: Sequence[Passage], *, unmatched: Sequence[str] = ()) -> None:
         self.passages: tuple[Passage, ...] = tuple(passages)
@@ -223,7 +239,9 @@ class KnowledgeBase:
         """Patterns given to :meth:`from_globs` that matched no file."""
         corpus = [tokenize(f"{p.title} {p.text}") for p in self.passages]
         # BM25Okapi divides by the corpus size: an empty knowledge base has no index.
-        self._index = BM25Okapi(corpus) if corpus else None
+        self._index = _Bm25(corpus) if corpus else None
+        n = len(corpus)
+        self._unit = math.log(1.0 + (n - 0.5) / 1.5) if n else 1.0  # idf of a word in one passage
         # The first passage of a section usually sums it up: it wins a near tie.
         sections = [(p.source, p.title) for p in self.passages]
         self._lead = [
@@ -299,7 +317,8 @@ class KnowledgeBase:
         Args:
             query: The question, in plain words.
             k: Most passages returned.
-            min_score: Passages scoring at or below this are left out.
+            min_score: Passages scoring at or below this are left out (see
+                :attr:`Passage.score`).
 
         Returns:
             Up to ``k`` passages with their :attr:`Passage.score`, best first; empty when the
@@ -308,10 +327,8 @@ class KnowledgeBase:
         terms = tokenize(query, expand=True)
         if self._index is None or not terms or k <= 0:
             return []
-        scores = [
-            float(s) * lead
-            for s, lead in zip(self._index.get_scores(terms), self._lead, strict=True)
-        ]
+        raw = self._index.get_scores(terms)
+        scores = [float(s) * lead / self._unit for s, lead in zip(raw, self._lead, strict=True)]
         best = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
         found: list[Passage] = []
         for i in best:

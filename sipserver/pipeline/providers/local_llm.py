@@ -26,8 +26,9 @@ __all__ = ["END_CALL_TOOL", "MIN_SCORE", "KnowledgeBaseLlm"]
 
 END_CALL_TOOL: Final = "end_call"
 """Name of the tool called after saying goodbye (when the session offers it)."""
-MIN_SCORE: Final = 1.0
-"""BM25 score a passage needs to be given as an answer."""
+MIN_SCORE: Final = 0.6
+"""Relevance (:attr:`~sipserver.pipeline.knowledge.Passage.score`, about one per distinctive word
+of the question found) a passage needs to be given as an answer."""
 
 GREETING_REPLY: Final = "Hello! How can I help you today?"
 GOODBYE_REPLY: Final = "Thank you for calling. Goodbye!"
@@ -126,7 +127,8 @@ class KnowledgeBaseLlm:
     knowledge base, offline and deterministically.
 
     It reads only the last message, when it is the caller's (after a tool result or its own
-    message it has nothing to add and yields nothing):
+    message it has nothing to add and yields nothing; before the caller said anything it
+    greets):
 
     - a greeting ("hello", "good morning") gets a greeting and an offer to help; a greeting
       followed by a question gets the answer;
@@ -135,12 +137,12 @@ class KnowledgeBaseLlm:
     - "what can you do?", "who are you?" get an honest description of this agent;
     - thanks alone gets "you're welcome";
     - anything else is a question: the best passage scoring above ``min_score`` answers it (its
-      first one or two sentences); when nothing matches, it says it does not know and lists
+      first one or two sentences); when nothing does, it says it does not know and lists
       topics it can answer.
 
     Args:
         knowledge: The agent's knowledge base (None: an empty one).
-        min_score: BM25 score a passage needs to be used as an answer.
+        min_score: Relevance a passage needs to be used as an answer (see :data:`MIN_SCORE`).
         words_per_delta: Words in each streamed :class:`TextDelta`.
     """
 
@@ -158,7 +160,7 @@ class KnowledgeBaseLlm:
         self.knowledge = knowledge if knowledge is not None else KnowledgeBase(())
         """Where answers come from."""
         self.min_score = min_score
-        """BM25 score a passage needs to be used as an answer."""
+        """Relevance a passage needs to be used as an answer."""
         self.words_per_delta = words_per_delta
         """Words in each streamed text delta."""
 
@@ -198,11 +200,11 @@ class KnowledgeBaseLlm:
             One :class:`TextDelta` with the reply text (none when there is nothing to say),
             then possibly a :class:`ToolCall`.
         """
-        if messages and messages[-1].role != "user":
-            return []  # after a tool result or our own words: nothing to add
         users = [m for m in messages if m.role == "user"]
         if not users:
             return [TextDelta(GREETING_REPLY)]
+        if messages[-1].role != "user":
+            return []  # after a tool result or our own words: nothing to add
         text = _normal(users[-1].content)
         if _has_phrase(text, _GOODBYES) and len(self._content(_without(text, _GOODBYES))) <= 2:
             chunks: list[LlmChunk] = [TextDelta(GOODBYE_REPLY)]
