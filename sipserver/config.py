@@ -20,7 +20,8 @@ Validation runs in three layers:
    invalid it still runs over the models, agents and users that are valid on their own.
 
 Relative paths (sound files, ``data_dir``, a relative sqlite path) are relative to the working
-directory of the process.
+directory of the process; knowledge base patterns (``agents[].knowledge_base``) are relative to
+the directory of the configuration file, so a configuration travels with its documents.
 """
 
 from __future__ import annotations
@@ -516,7 +517,8 @@ class Agent(_Model):
     greeting: str | None = None
     """Said when the call is answered; ``None``: wait for the caller."""
     knowledge_base: list[str] = Field(default_factory=list)
-    """Files or glob patterns of the knowledge base."""
+    """Files or glob patterns of the knowledge base (relative ones: from the directory of the
+    configuration file)."""
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
     websocket: WebsocketSettings = Field(default_factory=WebsocketSettings)
