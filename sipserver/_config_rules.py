@@ -31,6 +31,7 @@ __all__ = [
     "RuleErrors",
     "check_ambient_sound",
     "check_cidr",
+    "check_dtmf_digit",
     "check_e164",
     "check_host",
     "check_host_port",
@@ -336,6 +337,13 @@ def check_password_hash(value: str) -> str:
     scheme, sep, rest = value.partition("$")
     if not (sep and rest and scheme in ("scrypt", "pbkdf2_sha256")):
         raise ValueError("must be a 'scrypt$...' or 'pbkdf2_sha256$...' hash, not a password")
+    return value
+
+
+def check_dtmf_digit(value: str) -> str:
+    """A single DTMF key: 0-9, *, # or A-D."""
+    if len(value) != 1 or value not in "0123456789*#ABCD":
+        raise ValueError(f"{value!r} is not a DTMF key (one of 0-9 * # A-D)")
     return value
 
 

@@ -419,6 +419,9 @@ class RealtimeSettings(_Model):
     """The agent answers calls with a realtime voice pipeline."""
     model: str | None = None
     """Name of an entry of ``models``; required when enabled."""
+    end_call_digit: Annotated[str, AfterValidator(rules.check_dtmf_digit)] | None = None
+    """A DTMF key that ends the call when the caller presses it (e.g. ``"#"``); none by
+    default. The agent can also end calls itself (its ``end_call`` tool)."""
 
     @model_validator(mode="after")
     def _model_required(self) -> RealtimeSettings:

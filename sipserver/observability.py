@@ -14,7 +14,7 @@ import sys
 from typing import Literal
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = [
@@ -169,6 +169,28 @@ class Metrics:
         )
         self.calls_active = Gauge(
             "sipserver_calls_active", "Calls in progress through the edge.", registry=r
+        )
+        self.voice_sessions_active = Gauge(
+            "sipserver_voice_sessions_active", "Calls talking to a voice agent now.", registry=r
+        )
+        self.voice_turn_latency = Histogram(
+            "sipserver_voice_turn_latency_seconds",
+            "Time from the caller's last voiced audio to each stage of the agent's reply.",
+            ["stage"],
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0),
+            registry=r,
+        )
+        self.voice_interruptions = Counter(
+            "sipserver_voice_interruptions",
+            "Caller speech that stopped the agent, by kind (paused, resumed, false, interrupted).",
+            ["kind"],
+            registry=r,
+        )
+        self.voice_provider_errors = Counter(
+            "sipserver_voice_provider_errors",
+            "Model stage failures during calls, by stage (stt, llm, tts, turn).",
+            ["stage"],
+            registry=r,
         )
         self.calls_ended = Counter(
             "sipserver_calls_ended", "Calls that ended, by reason.", ["reason"], registry=r

@@ -33,6 +33,7 @@ from sipserver.edge.router import SipRouter
 from sipserver.edge.transport import SipListeners, parse_host_port
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.echo import EchoSession, tone_greeting
+from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
 from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
@@ -134,6 +135,7 @@ class Server:
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
         self.tracker = _failure_tracker(config)
         self.proxy = _call_proxy(config)
+        self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
         self._reserved: dict[str, MediaWorker] = {}
@@ -244,8 +246,21 @@ class Server:
         agent = self.config.agent_by_slug(info.agent) if info.agent else None
         if agent is None:
             return None
-        # The stand-in session until the voice pipeline lands: a chime, then an echo of the
-        # caller 200 ms late; DTMF # hangs up.
+        if self.voice.serves(agent):
+            try:
+                return self.voice.new_session(agent, info)
+            except Exception:
+                log.exception("voice_session_failed", call_id=info.call_id, agent=agent.slug)
+                return None
+        if agent.realtime.enabled:
+            log.error(
+                "no_voice_model_for_agent",
+                agent=agent.slug,
+                reason="livekit_inference models are not served yet",
+            )
+            return None
+        # An agent without a realtime model answers as an echo test line: a chime, then the
+        # caller's own audio 200 ms late; DTMF # hangs up.
         return EchoSession(
             tone_greeting(info.sample_rate), sample_rate=info.sample_rate, hangup_digit="#"
         )
@@ -296,6 +311,14 @@ class Server:
             )
             if before != after
         ]
+        try:
+            self.voice.reload(config)
+        except Exception as exc:
+            # The file is valid but its models or knowledge bases cannot be built: keep the
+            # running configuration whole rather than half of each.
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config_reload_failed", error=repr(exc))
+            return []
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
         self.config = config
@@ -354,6 +377,7 @@ class Server:
         if server is not None and server.sockets:
             self.http_port = int(server.sockets[0].getsockname()[1])
         log.info("http_listening", host=host, port=self.http_port or port)
+        await self.voice.start()
         if isinstance(self.store, SqliteStore):
             self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
         if self.pool is not None:
@@ -377,6 +401,7 @@ class Server:
         await self.listeners.stop()
         if self.pool is not None:
             await self.pool.stop()
+        await self.voice.close()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -199,6 +199,7 @@ class VoiceSession:
         turn_detector: end-of-turn model, or None for silence-only endpointing.
         feedback: thinking/ambient sound mixer, or None.
         on_event: called with every :class:`SessionEvent` (logs, metrics, dashboards).
+        on_close: called once when the call ends (releases the VAD stream).
         history_limit: most history messages kept for the LLM (oldest dropped first).
     """
 
@@ -215,6 +216,7 @@ class VoiceSession:
         turn_detector: TurnDetector | None = None,
         feedback: FrameMixer | None = None,
         on_event: Callable[[SessionEvent], None] | None = None,
+        on_close: Callable[[], None] | None = None,
         history_limit: int = 40,
     ) -> None:
         self.profile = profile
@@ -227,6 +229,7 @@ class VoiceSession:
         self._turn = turn_detector
         self._feedback = feedback
         self._on_event = on_event
+        self._on_close = on_close
         self.hangup_requested: str | None = None
         self.state = AgentState.LISTENING
         self.history: deque[ChatMessage] = deque(maxlen=history_limit)
@@ -303,10 +306,14 @@ class VoiceSession:
 
     def on_hangup(self, reason: str) -> None:
         """The call is over: cancel every task."""
+        if self._closed:
+            return
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
+        if self._on_close is not None:
+            self._on_close()
         log.info("voice_session_ended", call_id=self._call_id, reason=reason)
 
     def next_frame(self) -> bytes:

@@ -1,0 +1,302 @@
+"""Process-wide voice pipeline: models loaded once, one VAD batcher per rate, a session per call.
+
+:class:`VoiceRuntime` turns the configuration into running parts. For each ``custom`` model
+used by an agent with ``realtime.enabled`` it builds the STT, TTS and turn detector once (every
+session of that model shares them; the local models serialise their own decodes on a thread),
+and for each agent a language model (the offline knowledge-base answerer reads that agent's
+``knowledge_base``). VAD runs on one :class:`~sipserver.pipeline.vad.VadBatcher` per sample rate,
+whose task infers every active stream in one batch per 32 ms window.
+
+Transports call :meth:`VoiceRuntime.new_session` when a call starts; the returned
+:class:`~sipserver.pipeline.voice.VoiceSession` releases its VAD stream when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sipserver.config import Agent, Config, CustomModel, embedded_config_path
+from sipserver.observability import Metrics, get_logger
+from sipserver.pipeline.clock import Clock, MonotonicClock
+from sipserver.pipeline.endpointing import EndpointingOptions
+from sipserver.pipeline.events import (
+    Interruption,
+    ProviderFailed,
+    SessionEvent,
+    StateChanged,
+    TranscriptReceived,
+    TurnCommitted,
+    TurnLatency,
+)
+from sipserver.pipeline.feedback import FeedbackMixer
+from sipserver.pipeline.interruptions import InterruptionOptions
+from sipserver.pipeline.knowledge import KnowledgeBase
+from sipserver.pipeline.providers.base import (
+    LanguageModel,
+    ProviderError,
+    SpeechToText,
+    TextToSpeech,
+    TurnDetector,
+)
+from sipserver.pipeline.providers.local_llm import KnowledgeBaseLlm
+from sipserver.pipeline.providers.registry import make_stt, make_tts
+from sipserver.pipeline.session import CallInfo
+from sipserver.pipeline.turn import turn_detector_for
+from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
+from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
+
+__all__ = ["VoiceRuntime", "voice_options"]
+
+log = get_logger(__name__)
+
+
+def voice_options(model: CustomModel) -> VoiceOptions:
+    """The session options of a ``custom`` model's settings."""
+    i = model.interruptions
+    e = model.endpointing
+    return VoiceOptions(
+        interruptions=InterruptionOptions(
+            allow=i.allow_interruptions,
+            min_duration=i.min_interruption_duration,
+            min_words=i.min_interruption_words,
+            false_timeout=i.false_interruption_timeout,
+            resume_false=i.resume_false_interruption,
+        ),
+        endpointing=EndpointingOptions(e.min_endpointing_delay, e.max_endpointing_delay),
+        preemptive_generation=model.preemptive_generation,
+    )
+
+
+@dataclass(slots=True)
+class _ModelParts:
+    """The shared stages of one configured model."""
+
+    spec: CustomModel
+    stt: SpeechToText
+    tts: TextToSpeech
+    turn: TurnDetector | None
+    vad: VadOptions
+    options: VoiceOptions
+
+
+def _llm_for(agent: Agent, model: CustomModel, base_dir: Path) -> LanguageModel:
+    provider = model.llm.provider
+    if provider != "local":
+        raise ProviderError(
+            f"llm provider {provider!r} is not available yet (choices: local); "
+            "OpenAI-compatible providers arrive with the model-types work"
+        )
+    kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
+    for pattern in kb.unmatched:
+        log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
+    log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
+    return KnowledgeBaseLlm(kb)
+
+
+class VoiceRuntime:
+    """Models, VAD batchers and session construction for one server process.
+
+    Args:
+        config: the validated configuration.
+        config_path: the file it came from (knowledge-base globs are relative to its
+            directory); None: the embedded default.
+        clock: the pipeline clock (the event loop's by default).
+        metrics: where per-turn latencies and interruptions are counted, if anywhere.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._clock = clock or MonotonicClock()
+        self._metrics = metrics
+        self._batchers: dict[int, VadBatcher] = {}
+        self._batcher_tasks: dict[int, asyncio.Task[None]] = {}
+        self._models: dict[str, _ModelParts] = {}
+        self._llms: dict[str, LanguageModel] = {}
+        self._config = config
+        self._base_dir = Path(config_path or embedded_config_path()).resolve().parent
+        self._build(config)
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def _build(self, config: Config) -> None:
+        models: dict[str, _ModelParts] = {}
+        llms: dict[str, LanguageModel] = {}
+        for agent in config.agents:
+            if not agent.realtime.enabled or agent.realtime.model is None:
+                continue
+            name = agent.realtime.model
+            spec = config.models.get(name)
+            if not isinstance(spec, CustomModel):
+                continue  # livekit_inference: not served by this runtime (yet)
+            if name not in models:
+                old = self._models.get(name)
+                if old is not None and old.spec == spec:
+                    models[name] = old
+                else:
+                    models[name] = _ModelParts(
+                        spec=spec,
+                        stt=make_stt(spec.stt),
+                        tts=make_tts(spec.tts),
+                        turn=turn_detector_for(spec.turn_detection.model),
+                        vad=VadOptions.from_config(spec.vad),
+                        options=voice_options(spec),
+                    )
+            llms[agent.slug] = _llm_for(agent, spec, self._base_dir)
+        self._models = models
+        self._llms = llms
+        self._config = config
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration: changed models are rebuilt, knowledge bases re-read.
+
+        Calls in progress keep the parts they started with.
+        """
+        self._build(config)
+
+    async def start(self) -> None:
+        """Load every model (in threads) and start the VAD batchers."""
+        started = time.perf_counter()
+        for name, parts in self._models.items():
+            for stage, part in (("stt", parts.stt), ("tts", parts.tts), ("turn", parts.turn)):
+                warm_up = getattr(part, "warm_up", None)
+                if warm_up is not None:
+                    seconds = await warm_up()
+                    log.info("model_loaded", model=name, stage=stage, seconds=round(seconds, 3))
+            self._batcher(parts.vad.sample_rate)
+        log.info("voice_runtime_ready", seconds=round(time.perf_counter() - started, 3))
+
+    async def close(self) -> None:
+        """Stop the VAD batchers."""
+        for task in self._batcher_tasks.values():
+            task.cancel()
+        for task in self._batcher_tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._batcher_tasks.clear()
+
+    def _batcher(self, rate: int) -> VadBatcher:
+        batcher = self._batchers.get(rate)
+        if batcher is None:
+            batcher = self._batchers[rate] = VadBatcher(SileroModel(rate))
+        task = self._batcher_tasks.get(rate)
+        if task is None or task.done():
+            if task is not None and not task.cancelled() and task.exception() is not None:
+                log.error("vad_batcher_failed", rate=rate, error=repr(task.exception()))
+            self._batcher_tasks[rate] = asyncio.get_running_loop().create_task(
+                batcher.run(self._clock), name=f"vad-{rate}"
+            )
+        return batcher
+
+    # ------------------------------------------------------------------------------ sessions
+
+    def serves(self, agent: Agent) -> bool:
+        """True when calls to ``agent`` get a voice session from this runtime."""
+        return agent.slug in self._llms
+
+    def new_session(
+        self,
+        agent: Agent,
+        info: CallInfo,
+        *,
+        on_event: Callable[[SessionEvent], None] | None = None,
+    ) -> VoiceSession | None:
+        """Build the session of a call to ``agent`` (None: the agent has no voice model here).
+
+        Raises:
+            SoundError: the model's feedback sound cannot be decoded.
+        """
+        llm = self._llms.get(agent.slug)
+        model_name = agent.realtime.model
+        if llm is None or model_name is None:
+            return None
+        parts = self._models[model_name]
+        batcher = self._batcher(parts.vad.sample_rate)
+        stream = batcher.open_stream(parts.vad)
+        feedback = None
+        if parts.spec.audio_feedback.enabled:
+            feedback = FeedbackMixer.from_settings(parts.spec.audio_feedback, info.sample_rate)
+        listener = self._listener(info, on_event)
+
+        if self._metrics is not None:
+            self._metrics.voice_sessions_active.inc()
+
+        def closed() -> None:
+            batcher.close_stream(stream)
+            if self._metrics is not None:
+                self._metrics.voice_sessions_active.dec()
+
+        return VoiceSession(
+            AgentProfile(
+                instructions=agent.instructions,
+                greeting=agent.greeting,
+                end_call_digit=agent.realtime.end_call_digit,
+            ),
+            parts.options,
+            stt=parts.stt,
+            llm=llm,
+            tts=parts.tts,
+            vad=stream,
+            clock=self._clock,
+            turn_detector=parts.turn,
+            feedback=feedback,
+            on_event=listener,
+            on_close=closed,
+        )
+
+    def _listener(
+        self, info: CallInfo, forward: Callable[[SessionEvent], None] | None
+    ) -> Callable[[SessionEvent], None]:
+        metrics = self._metrics
+        call_id = info.call_id
+
+        def on_event(event: SessionEvent) -> None:
+            if isinstance(event, TranscriptReceived) and event.final:
+                log.info("caller_said", call_id=call_id, text=event.text)
+            elif isinstance(event, TurnCommitted):
+                log.info("turn_committed", call_id=call_id, probability=event.probability)
+            elif isinstance(event, StateChanged):
+                log.debug("agent_state", call_id=call_id, state=event.new.value)
+            elif isinstance(event, Interruption):
+                log.info("interruption", call_id=call_id, kind=event.kind)
+                if metrics is not None:
+                    metrics.voice_interruptions.labels(event.kind).inc()
+            elif isinstance(event, ProviderFailed):
+                if metrics is not None:
+                    metrics.voice_provider_errors.labels(event.stage).inc()
+            elif isinstance(event, TurnLatency):
+                _record_latency(metrics, call_id, event)
+            if forward is not None:
+                forward(event)
+
+        return on_event
+
+
+def _record_latency(metrics: Metrics | None, call_id: str, event: TurnLatency) -> None:
+    start = event.speech_end
+    stages = {
+        "end_of_turn": event.end_of_turn,
+        "llm_first_token": event.llm_first_token,
+        "tts_first_audio": event.tts_first_audio,
+        "first_frame": event.first_frame,
+    }
+    figures = {
+        stage: round(at - start, 3)
+        for stage, at in stages.items()
+        if at is not None and start is not None
+    }
+    log.info("turn_latency", call_id=call_id, preemptive=event.preemptive, **figures)
+    if metrics is not None:
+        for stage, seconds in figures.items():
+            metrics.voice_turn_latency.labels(stage).observe(max(0.0, seconds))
