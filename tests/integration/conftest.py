@@ -60,7 +60,8 @@ def base_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, Any]
         "agents": [
             {
                 "slug": "alice",
-                "realtime": {"enabled": True, "model": "m"},
+                # No realtime model: the agent answers as an echo test line (chime + echo).
+                "realtime": {"enabled": False},
                 "sip": {
                     "enabled": True,
                     "numbers": ["+15005550101"],

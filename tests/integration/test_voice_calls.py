@@ -1,0 +1,111 @@
+"""The voice agent end to end over SIP: a real UA asks a question in speech, the agent answers.
+
+The server runs the offline default stack (Silero VAD, Whisper tiny.en, Smart Turn, Piper, the
+knowledge-base answerer over config/kb/demo). A pjsua2 caller plays espeak-ng speech into the
+call and records what comes back; the recording is transcribed with the same local STT and must
+hold the greeting and the answer from the knowledge base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+
+from sipserver.pipeline.providers.local_stt import WhisperStt
+from tests.integration.conftest import ServerProcess
+from tests.integration.test_calls import wait_metric
+
+pytestmark = pytest.mark.integration
+
+RATE = 8000
+NUMBER = "+15005550103"
+USER, PASSWORD = "voice", "voice-password-1"
+KB = Path(__file__).resolve().parents[2] / "config" / "kb" / "demo" / "*.md"
+GREETING = "Hello, you are talking to the Lakeside demo agent. How can I help?"
+
+
+def _voice_agent(config: dict[str, Any]) -> None:
+    config["agents"].append(
+        {
+            "slug": "voice",
+            "greeting": GREETING,
+            "knowledge_base": [str(KB)],
+            "realtime": {"enabled": True, "model": "m", "end_call_digit": "#"},
+            "sip": {"enabled": True, "numbers": [NUMBER], "username": USER, "password": PASSWORD},
+        }
+    )
+
+
+def _speech(text: str, path: Path, tmp: Path) -> np.ndarray:
+    raw = tmp / "espeak.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, timeout=30)
+    subprocess.run(
+        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path)],
+        check=True,
+        timeout=30,
+    )
+    with wave.open(str(path), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def _write(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+
+
+def _transcribe(samples: np.ndarray) -> str:
+    pcm16k = soxr.resample(samples, RATE, 16000).astype("<i2").tobytes()
+    return asyncio.run(WhisperStt().transcribe(pcm16k)).text.lower()
+
+
+def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    server: ServerProcess = server_factory(_voice_agent)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+    lead = int(6.0 * RATE)  # the greeting plays first
+    tail = int(10.0 * RATE)  # time for the answer
+    play = tmp_path / "play.wav"
+    _write(play, np.concatenate((np.zeros(lead), question, np.zeros(tail))))
+    record = tmp_path / "rec.wav"
+    seconds = (lead + question.size + tail) / RATE
+    caller = Path(__file__).with_name("pjsua2_caller.py")
+    proc = subprocess.run(
+        [
+            sys.executable, str(caller),
+            "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
+            "--user", USER, "--password", PASSWORD,
+            "--play", str(play), "--record", str(record),
+            "--seconds", f"{seconds:.1f}", "--dtmf", "#", "--wait-bye", "5",
+        ],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ended_by"] == "remote", result  # end_call_digit '#'
+    with wave.open(str(record), "rb") as w:
+        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    greeting = _transcribe(got[:lead])
+    answer = _transcribe(got[lead + question.size :])
+    print(f"greeting heard: {greeting!r}\nanswer heard: {answer!r}")
+    assert re.search(r"lakeside|demo agent|help", greeting), greeting
+    assert re.search(r"dollars|starter|business|plans?", answer), answer
+    log = server.log_path.read_text()
+    assert '"caller_said"' in log and "cost" in log
+    latencies = [json.loads(line) for line in log.splitlines() if '"turn_latency"' in line]
+    assert latencies, log[-3000:]
+    print("turn latency:", latencies[0])
