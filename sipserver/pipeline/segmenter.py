@@ -245,6 +245,12 @@ class SpeechSegmenter:
         return (self._samples - self._silence_run - self._speech_start) / self.sample_rate
 
     @property
+    def silence_duration(self) -> float:
+        """Seconds of non-speech since the last speech window of the current utterance (0 when
+        not speaking): how long the caller has been quiet before the end is declared."""
+        return self._silence_run / self.sample_rate if self._speaking else 0.0
+
+    @property
     def truncated_seconds(self) -> float:
         """Seconds of the current utterance not buffered because of ``max_buffered_speech``."""
         return self._truncated / self.sample_rate

@@ -327,6 +327,11 @@ class VadStream:
         return self.segmenter.audio_time
 
     @property
+    def silence_duration(self) -> float:
+        """Seconds of trailing non-speech in the current utterance (0 when not speaking)."""
+        return self.segmenter.silence_duration
+
+    @property
     def speech_duration(self) -> float:
         """Seconds of speech in the current utterance (:attr:`SpeechSegmenter.speech_duration`)."""
         return self.segmenter.speech_duration

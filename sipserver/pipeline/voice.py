@@ -123,6 +123,11 @@ class SpeechSegments(Protocol):
         """The current segment's audio so far (prefix padding included)."""
         ...
 
+    @property
+    def silence_duration(self) -> float:
+        """Seconds of trailing non-speech in the current segment (0 outside one)."""
+        ...
+
 
 class FrameMixer(Protocol):
     """Mixes thinking/ambient sounds into outbound frames (:mod:`sipserver.pipeline.feedback`)."""
@@ -154,6 +159,10 @@ class VoiceOptions:
     preemptive_generation: bool = True
     interim_interval: float = 0.3
     """Seconds between interim STT runs while interruption words are being counted."""
+    early_stt: float | None = 0.2
+    """Seconds of trailing silence after which the segment goes to STT before the VAD ends it
+    (``min_silence_duration`` later); the result is used if the caller stays quiet. None: STT
+    starts at the VAD's end of speech."""
     echo_gate: bool = True
     """Caller audio that correlates with the agent's own recent audio (line echo) does not
     count as interrupting speech (:mod:`sipserver.pipeline.echo_gate`)."""
@@ -259,6 +268,7 @@ class VoiceSession:
         self._echo: EchoGate | None = None
         self._frame_seconds = 0.02
         self._segment_prefix = 0.0
+        self._early: tuple[float, asyncio.Task[Transcript]] | None = None
         self._live_speech = 0.0  # seconds of caller speech (not echo) in the current segment
         self._closed = False
 
@@ -347,6 +357,7 @@ class VoiceSession:
 
     def _speech_started(self, event: SpeechStarted) -> None:
         self._segment_prefix = event.prefix
+        self._drop_early()
         self._interim_words = None
         self._interim_at = -1e9
         if self._agent_active():
@@ -372,7 +383,14 @@ class VoiceSession:
             self._false_deadline = silence_at + self.options.interruptions.false_timeout
         self._endpointer.speech_ended(silence_at)
         keep = self._segment_prefix + event.speech_duration + _TURN_TRAILING_SILENCE
-        self._transcribe(event.audio, event.audio[: int(keep * self._vad.sample_rate) * 2])
+        early = None
+        if self._early is not None and abs(self._early[0] - event.speech_duration) < 1e-6:
+            early = self._early[1]  # the caller stayed quiet since: its result stands
+            self._early = None
+        self._drop_early()
+        self._transcribe(
+            event.audio, event.audio[: int(keep * self._vad.sample_rate) * 2], early=early
+        )
 
     # ---------------------------------------------------------------------------- the tick
 
@@ -392,6 +410,14 @@ class VoiceSession:
                 self._pause(now)
             elif opts.min_words > 0 and duration >= opts.min_duration:
                 self._run_interim(now)
+        early = self.options.early_stt
+        if (
+            early is not None
+            and self._vad.speaking
+            and not self._segment_during_agent
+            and self._vad.silence_duration >= early
+        ):
+            self._start_early_stt()
         if (
             self._paused
             and self._false_deadline is not None
@@ -412,9 +438,35 @@ class VoiceSession:
 
     # -------------------------------------------------------------------------- STT, turns
 
-    def _transcribe(self, audio: bytes, turn_audio: bytes) -> None:
+    def _start_early_stt(self) -> None:
+        """Transcribe the segment while the VAD still waits to declare its end."""
+        duration = self._vad.speech_duration
+        if self._early is not None:
+            if abs(self._early[0] - duration) < 1e-6:
+                return  # already running for this stretch of speech
+            self._drop_early()  # the caller spoke again since
+        pcm = self._resample(
+            self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._stt.transcribe(pcm, language=self.profile.language)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        self._early = (duration, task)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._cancel(self._early[1])
+            self._early = None
+
+    def _transcribe(
+        self, audio: bytes, turn_audio: bytes, *, early: asyncio.Task[Transcript] | None = None
+    ) -> None:
         if self._stt_pending >= _MAX_PENDING_SEGMENTS:
             log.warning("stt_backlog_dropped_segment", call_id=self._call_id)
+            if early is not None:
+                early.cancel()
             return
         pcm = self._resample(audio, self._vad.sample_rate, self._stt.sample_rate)
         tail = self._resample(turn_audio, self._vad.sample_rate, self._stt.sample_rate)
@@ -427,7 +479,10 @@ class VoiceSession:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await previous
                 try:
-                    result = await self._stt.transcribe(pcm, language=self.profile.language)
+                    if early is not None:
+                        result = await early
+                    else:
+                        result = await self._stt.transcribe(pcm, language=self.profile.language)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -20,6 +20,7 @@ from sipserver.pipeline.events import (
     Interruption,
     ProviderFailed,
     StateChanged,
+    TranscriptReceived,
     TurnCommitted,
     TurnLatency,
 )
@@ -110,17 +111,20 @@ def make(
     end_call_digit: str | None = None,
     stt_delay: float = 0.1,
     echo_gate: bool = True,
+    early_stt: float | None = 0.2,
+    min_silence: float = 0.2,
 ) -> Rig:
     clock = VirtualClock()
     stt = FakeStt(clock, texts, delay=stt_delay)
     llm = FakeLlm(clock, reply=lambda m: reply, **(llm_kwargs or {}))  # type: ignore[arg-type]
     tts = FakeTts(clock)
-    vad = EnergyVad()
+    vad = EnergyVad(min_silence=min_silence)
     options = VoiceOptions(
         interruptions=interruptions or InterruptionOptions(),
         endpointing=endpointing or EndpointingOptions(0.5, 3.0),
         preemptive_generation=preemptive,
         echo_gate=echo_gate,
+        early_stt=early_stt,
     )
     session = VoiceSession(
         AgentProfile("Be brief.", greeting=greeting, end_call_digit=end_call_digit),
@@ -441,3 +445,28 @@ async def test_caller_speech_over_echo_still_interrupts() -> None:
     )
     await rig.run(10.0, speech=[(0.5, 1.5), (3.5, 4.0)], echo_gain=0.3)
     assert [i.kind for i in rig.interruptions()] == ["paused", "interrupted"]
+
+
+@pytest.mark.parametrize("early", [None, 0.2])
+async def test_early_stt_starts_before_the_vad_ends_speech(early: float | None) -> None:
+    rig = make(min_silence=0.55, early_stt=early, stt_delay=0.4)
+    await rig.run(5.0, speech=[(0.5, 1.5)])
+    transcript = next(e for e in rig.session.events if isinstance(e, TranscriptReceived))
+    # STT (0.4 s) starts 0.2 s into the silence instead of 0.55 s
+    assert transcript.at == pytest.approx(1.5 + (early or 0.55) + 0.4, abs=0.03)
+    assert len(rig.stt.finals) == 1
+    commit = rig.commits()[0]
+    assert commit.at == pytest.approx(max(2.0, transcript.at), abs=0.03)
+
+
+async def test_early_stt_discarded_when_caller_speaks_again() -> None:
+    rig = make(
+        texts=["first part", "first part and more"],
+        min_silence=0.55,
+        stt_delay=0.1,
+    )
+    # a 0.4 s pause: early STT runs at 0.2 s into it, then speech resumes
+    await rig.run(6.0, speech=[(0.5, 1.5), (1.9, 2.5)])
+    assert [c.text for c in rig.commits()] == ["first part and more"]
+    # the early result of the first stretch was thrown away; one final for the whole segment
+    assert len(rig.stt.finals) == 2

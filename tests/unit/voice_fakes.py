@@ -61,7 +61,11 @@ class EnergyVad:
 
     @property
     def speech_duration(self) -> float:
-        return self._t - self._start if self._speaking else 0.0
+        return self._t - self._run_silent - self._start if self._speaking else 0.0
+
+    @property
+    def silence_duration(self) -> float:
+        return self._run_silent if self._speaking else 0.0
 
     def current_audio(self) -> bytes:
         return bytes(self._audio)
