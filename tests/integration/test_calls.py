@@ -344,3 +344,36 @@ def test_session_expires_below_min_se_gets_422(server_factory: Any, tmp_path: Pa
     wait_metric(server, "sipserver_calls_ended_total", 1, reason="rejected")
     assert server.metric("sipserver_calls_active") == 0
     assert status_calls(server) == [0]
+
+
+def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """RFC 4028 through the edge, two callers at once, both offering Session-Expires: 90 with
+    refresher=uac. One never refreshes: the worker (the non-refresher) sends BYE when pjsip's
+    expiry timer fires, max(90 - 32, 90 - 90/3) = 60 s after the answer, and both legs are
+    cleaned up. The other re-INVITEs after 30 s and hangs up itself after 75 s: its call
+    outlives the first. 90 s is the smallest interval RFC 4028 and pjsip allow, so this test
+    takes ~75 s."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    wait_metric(server, "sipserver_media_workers_up", 1)
+
+    def timed(scenario: str) -> float:
+        start = time.monotonic()
+        run_edge_sipp(server, tmp_path, scenario, "-key", "se", "90", timeout=110)
+        return time.monotonic() - start
+
+    with ThreadPoolExecutor(2) as pool:
+        expired = pool.submit(timed, "uac_edge_session_expires.xml")
+        refreshed = pool.submit(timed, "uac_edge_session_refresh.xml")
+        expired_after = expired.result()
+        refreshed_after = refreshed.result()
+    print(f"unrefreshed call ended by the server after {expired_after:.1f} s")
+    assert 58 <= expired_after <= 66, expired_after
+    assert refreshed_after >= 75, refreshed_after
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="worker_bye")
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
+    assert server.metric("sipserver_calls_active") == 0
+    assert status_calls(server) == [0]
