@@ -216,6 +216,9 @@ class MediaConfig(_Model):
     Too Small`` with this ``Min-SE``. RFC 4028 §4 sets the floor at 90, and so does pjsip
     (``ABS_MIN_SE``: a smaller value is an assertion failure in the worker), so no lower value
     is accepted, not even for tests."""
+    rtp_timeout: float = Field(60.0, ge=0)
+    """Seconds without an RTP packet from the caller after which the worker hangs up (BYE),
+    except while the caller holds the call; 0 never does."""
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""

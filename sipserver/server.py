@@ -104,6 +104,7 @@ def _worker_pool(
             session_expires=media.session_expires,
             min_se=media.min_se,
             answer_delay=media.answer_delay,
+            rtp_timeout=media.rtp_timeout,
         ),
         on_record=on_record,
         on_worker_lost=on_lost,

@@ -70,6 +70,8 @@ class WorkerPoolSettings:
     """Smallest Session-Expires accepted (422 below); >= 90."""
     answer_delay: float = 0.0
     """Seconds a worker rings (180) before answering."""
+    rtp_timeout: float = 60.0
+    """Seconds without caller RTP before a worker hangs up (0: never)."""
     health_interval: float = 5.0
     """Seconds between SIP OPTIONS pings to each worker (0: off)."""
     health_failures: int = 3
@@ -312,6 +314,8 @@ class WorkerPool:
             str(s.min_se),
             "--answer-delay",
             str(s.answer_delay),
+            "--rtp-timeout",
+            str(s.rtp_timeout),
         ]
         task = asyncio.create_task(self._run(worker, args), name=f"media-worker-{worker_id}")
         self._tasks.add(task)
