@@ -347,17 +347,23 @@ def test_session_expires_below_min_se_gets_422(server_factory: Any, tmp_path: Pa
 
 
 def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
-    server: ServerProcess, tmp_path: Path
+    server_factory: Any, tmp_path: Path
 ) -> None:
-    """RFC 4028 through the edge, two callers at once, both offering Session-Expires: 90 with
+    """RFC 4028 through the edge, three callers at once, all offering Session-Expires: 90 with
     refresher=uac. One never refreshes: the worker (the non-refresher) sends BYE when pjsip's
     expiry timer fires, max(90 - 32, 90 - 90/3) = 60 s after the answer, and both legs are
-    cleaned up. The other re-INVITEs after 30 s and hangs up itself after 75 s: its call
-    outlives the first. 90 s is the smallest interval RFC 4028 and pjsip allow, so this test
-    takes ~75 s."""
+    cleaned up. The others refresh after 30 s, one with a re-INVITE, one with an UPDATE, and
+    hang up themselves after 75 s: their calls outlive the first. 90 s is the smallest
+    interval RFC 4028 and pjsip allow, so this test takes ~75 s. The callers send no RTP: the
+    RTP timeout (60 s by default, as long as the expiry) is off, so only the session timer
+    can end a call."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
+    def no_rtp_timeout(config: dict[str, Any]) -> None:
+        config["server"]["media"] = {"rtp_timeout": 0}
+
+    server = server_factory(no_rtp_timeout)
     wait_metric(server, "sipserver_media_workers_up", 1)
 
     def timed(scenario: str) -> float:
@@ -365,15 +371,15 @@ def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
         run_edge_sipp(server, tmp_path, scenario, "-key", "se", "90", timeout=110)
         return time.monotonic() - start
 
-    with ThreadPoolExecutor(2) as pool:
-        expired = pool.submit(timed, "uac_edge_session_expires.xml")
-        refreshed = pool.submit(timed, "uac_edge_session_refresh.xml")
-        expired_after = expired.result()
-        refreshed_after = refreshed.result()
+    scenarios = ("expires", "refresh", "update")
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        runs = [pool.submit(timed, f"uac_edge_session_{name}.xml") for name in scenarios]
+        expired_after, reinvited_after, updated_after = (run.result() for run in runs)
     print(f"unrefreshed call ended by the server after {expired_after:.1f} s")
     assert 58 <= expired_after <= 66, expired_after
-    assert refreshed_after >= 75, refreshed_after
-    wait_metric(server, "sipserver_calls_ended_total", 1, reason="worker_bye")
-    wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
+    assert reinvited_after >= 75 and updated_after >= 75, (reinvited_after, updated_after)
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="session_expired")
+    wait_metric(server, "sipserver_calls_ended_total", 2, reason="caller_bye")
+    assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 0
     assert server.metric("sipserver_calls_active") == 0
     assert status_calls(server) == [0]
