@@ -336,6 +336,7 @@ class Server:
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,
+                    "stats": self.sessions.worker_stats.get(w.worker_id, {}),
                 }
                 for w in (self.pool.workers if self.pool is not None else [])
             ],
