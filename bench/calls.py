@@ -7,10 +7,19 @@ media worker: sipserver's own pjsua2 worker process. For the Kamailio run a stan
 listens on 127.0.0.1:5070 (where ../shared/bench/kamailio/proxy.cfg relays) with a tiny frame
 link server in this script that echoes its audio.
 
+With ``--sweep 4,8,16`` it measures media instead: for each N, N concurrent calls with RTP
+(bench/sipp/call_rtp_hold.xml, a PCMU tone) held ``--hold`` seconds through sipserver's edge to
+ceil(N/4) pjsua2 workers; over the steady part of the calls it reports CPU per call (% of one
+core, the whole process tree), worker RSS per call (sum of the workers' RSS / N) and frame
+trouble per call-minute from the workers' STATS counters (``/status``): ``tx_underflow`` (ticks
+the session had no frame ready: silence played), ``rx_overflow`` and the frame link's
+``dropped_frames``/``lost_frames``.
+
 Usage::
 
     python bench/calls.py                     # 20 calls/s, 200 calls
     python bench/calls.py --rate 10 --calls 100 --no-kamailio
+    python bench/calls.py --sweep 4,8,16 --hold 30
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
+import math
 import os
 import shutil
 import statistics
@@ -37,6 +48,8 @@ from sipserver.rtp.framelink import Audio, FrameLink, serve_links
 HERE = Path(__file__).resolve().parent
 KAMAILIO_DIR = HERE.parent.parent / "shared" / "bench" / "kamailio"
 SCENARIO = HERE / "sipp" / "call_auth.xml"
+MEDIA_SCENARIO = HERE / "sipp" / "call_rtp_hold.xml"
+FRAME_COUNTERS = ("tx_underflow", "rx_overflow", "dropped_frames", "lost_frames")
 NUMBER = "+15005550199"
 USER = "bench"
 PASSWORD = "secret"
@@ -77,7 +90,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_sipserver(wd: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_sipserver(wd: Path, workers: int = 2) -> tuple[subprocess.Popen[bytes], int, str]:
     sip_port, http_port = free_port(), free_port()
     config = {
         "server": {
@@ -85,8 +98,8 @@ def start_sipserver(wd: Path) -> tuple[subprocess.Popen[bytes], int, str]:
             "public_url": f"http://127.0.0.1:{http_port}",
             "data_dir": str(wd / "data"),
             "store": "memory",
-            "workers": 2,
-            "media": {"min_workers": 2, "rtp_port_min": 33000, "rtp_port_max": 33399},
+            "workers": workers,
+            "media": {"min_workers": workers, "rtp_port_min": 33000, "rtp_port_max": 33999},
             "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": []},
         },
         "agents": [
@@ -122,7 +135,7 @@ def start_sipserver(wd: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     while time.monotonic() < deadline:
         try:
             body = urllib.request.urlopen(url, timeout=1).read().decode()
-            if "sipserver_media_workers_up 2.0" in body:
+            if f"sipserver_media_workers_up {workers:.1f}" in body:
                 return proc, sip_port, url
         except OSError:
             pass
@@ -162,15 +175,105 @@ def report(name: str, ok: int, failed: int, times: list[float], cpu: float, rss:
     )
 
 
+def http_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body: dict[str, object] = json.load(r)
+    return body
+
+
+def frame_totals(status_url: str) -> tuple[dict[str, int], list[int]]:
+    """Sum of the workers' frame counters (their last STATS) and the worker pids."""
+    totals = dict.fromkeys(FRAME_COUNTERS, 0)
+    pids: list[int] = []
+    workers = http_json(status_url)["media_workers"]
+    assert isinstance(workers, list)
+    for w in workers:
+        pids.append(int(w["pid"]))
+        for name in FRAME_COUNTERS:
+            totals[name] += int(w.get("stats", {}).get(name, 0))
+    return totals, pids
+
+
+def sweep_one(n: int, hold: float, wd: Path) -> None:
+    """N concurrent calls with RTP for ``hold`` seconds; print the per-call figures."""
+    workers = math.ceil(n / 4)
+    proc, port, metrics_url = start_sipserver(wd, workers)
+    status_url = metrics_url.replace("/metrics", "/status")
+    sipp: subprocess.Popen[bytes] | None = None
+    try:
+        sipp = subprocess.Popen(
+            [
+                "sipp", f"127.0.0.1:{port}", "-sf", str(MEDIA_SCENARIO),
+                "-s", NUMBER, "-au", USER, "-ap", PASSWORD,
+                "-auth_uri", f"{NUMBER}@127.0.0.1:{port}",
+                "-i", "127.0.0.1", "-p", str(free_port()), "-nostdin",
+                "-m", str(n), "-l", str(n), "-r", str(n), "-d", str(int(hold * 1000)),
+                "-timeout", f"{hold + 30:.0f}s",
+            ],
+            cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            body = urllib.request.urlopen(metrics_url, timeout=2).read().decode()
+            if f"sipserver_calls_active {n:.1f}" in body:
+                break
+            time.sleep(0.2)
+        else:
+            print(f"N={n}: the calls did not all start", file=sys.stderr)
+            return
+        time.sleep(min(3.0, hold / 4))  # let media settle
+        window = max(5.0, hold - 6.0)
+        pids = process_tree(proc.pid)
+        frames0, _ = frame_totals(status_url)
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        time.sleep(window)
+        cpu1, t1 = cpu_seconds(pids), time.monotonic()
+        frames1, worker_pids = frame_totals(status_url)
+        rss = sum(rss_mb(p) for p in worker_pids)
+        call_minutes = n * (t1 - t0) / 60
+        trouble = "  ".join(
+            f"{k} {(frames1[k] - frames0[k]) / call_minutes:6.1f}" for k in FRAME_COUNTERS
+        )
+        print(
+            f"N={n:>3} ({workers} workers)  CPU {100 * (cpu1 - cpu0) / (t1 - t0) / n:5.2f} % "
+            f"of a core per call  worker RSS {rss / n:5.1f} MB per call ({rss:.0f} MB)  "
+            f"per call-minute: {trouble}"
+        )
+        sipp.wait(timeout=hold + 40)
+    finally:
+        if sipp is not None and sipp.poll() is None:
+            sipp.kill()
+        stop(proc)
+
+
+def sweep(sizes: list[int], hold: float) -> None:
+    """The per-N media sweep (see the module docstring)."""
+    sys.path.insert(0, str(HERE.parent))
+    from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
+
+    print(f"{hold:.0f} s calls with a PCMU tone, STATS every 5 s (counters at 5 s granularity)")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="sipserver-sweep-") as tmp:
+            wd = Path(tmp)
+            (wd / "pcap").mkdir()
+            write_pcmu_pcap(wd / "pcap" / "pcmu_tone.pcap", tone(hold + 2))
+            sweep_one(n, hold, wd)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=20, help="calls per second")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--no-kamailio", action="store_true")
+    parser.add_argument("--sweep", help="media sweep instead: concurrent calls, e.g. 4,8,16")
+    parser.add_argument("--hold", type=float, default=30.0, help="sweep call length, seconds")
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         print("SIPp is required: apt-get install sip-tester", file=sys.stderr)
         return 2
+    if args.sweep:
+        sweep([int(n) for n in args.sweep.split(",")], args.hold)
+        return 0
     results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="sipserver-calls-") as tmp:
         wd = Path(tmp)

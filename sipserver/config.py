@@ -201,12 +201,37 @@ class MediaConfig(_Model):
     """Workers kept running even when idle; ``server.workers`` is the maximum."""
     sample_rate: Literal[8000, 16000] = 8000
     """PCM rate of the frames between workers and sessions."""
+    session_timers: Literal["optional", "always", "off"] = "optional"
+    """RFC 4028 session timers in the workers: ``optional`` (used when the caller asks for them
+    with ``Session-Expires``), ``always`` (also for callers that do not: the worker is then the
+    refresher and re-INVITEs/UPDATEs every ``session_expires / 2``; a caller that vanished fails
+    the refresh and the call ends) or ``off`` (Session-Expires is ignored)."""
+    session_expires: int = Field(1800, ge=90)
+    """RFC 4028 session interval, seconds, for sessions the worker starts itself
+    (``session_timers: always`` and a caller without ``Session-Expires``); a caller's own
+    ``Session-Expires`` (>= ``min_se``) is used as it is. When refreshes stop, the
+    non-refresher ends the call with BYE before the interval is over (pjsip: at
+    ``max(SE - 32, SE - SE/3)`` seconds after the last refresh)."""
+    min_se: int = Field(90, ge=90)
+    """RFC 4028 ``Min-SE``, seconds: a shorter ``Session-Expires`` gets ``422 Session Interval
+    Too Small`` with this ``Min-SE``. RFC 4028 §4 sets the floor at 90, and so does pjsip
+    (``ABS_MIN_SE``: a smaller value is an assertion failure in the worker), so no lower value
+    is accepted, not even for tests."""
+    rtp_timeout: float = Field(60.0, ge=0)
+    """Seconds without an RTP packet from the caller after which the worker hangs up (BYE),
+    except while the caller holds the call; 0 never does."""
+    answer_delay: float = Field(0.0, ge=0, le=60)
+    """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
+    time; 0 answers at once."""
 
     @model_validator(mode="after")
     def _port_order(self) -> MediaConfig:
         if self.rtp_port_min + 16 > self.rtp_port_max:
             message = f"must be at least rtp_port_min + 16 ({self.rtp_port_min + 16})"
             raise RuleErrors([(("rtp_port_max",), message)])
+        if self.min_se > self.session_expires:
+            message = f"must be <= session_expires ({self.session_expires})"
+            raise RuleErrors([(("min_se",), message)])
         return self
 
 

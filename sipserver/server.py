@@ -101,6 +101,11 @@ def _worker_pool(
             rtp_port_start=media.rtp_port_min,
             rtp_ports_per_worker=per_worker - per_worker % 2,
             sample_rate=media.sample_rate,
+            session_timers=media.session_timers,
+            session_expires=media.session_expires,
+            min_se=media.min_se,
+            answer_delay=media.answer_delay,
+            rtp_timeout=media.rtp_timeout,
         ),
         on_record=on_record,
         on_worker_lost=on_lost,
@@ -354,6 +359,7 @@ class Server:
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,
+                    "stats": self.sessions.worker_stats.get(w.worker_id, {}),
                 }
                 for w in (self.pool.workers if self.pool is not None else [])
             ],

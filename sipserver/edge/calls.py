@@ -82,6 +82,10 @@ class EndReason(enum.Enum):
     """A transaction timed out (no answer from the worker)."""
     WORKER_LOST = "worker_lost"
     """The worker died (:meth:`CallProxy.terminate_calls_of_worker`)."""
+    SESSION_EXPIRED = "session_expired"
+    """The worker hung up because the caller stopped refreshing the session (RFC 4028): its
+    BYE carries ``Reason: SIP;cause=408`` with a text about the refresh (pjsip's is "No
+    session refresh received.")."""
 
 
 class ProxyEvent:

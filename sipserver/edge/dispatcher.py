@@ -62,6 +62,16 @@ class WorkerPoolSettings:
     rtp_ports_per_worker: int = 40
     """Each worker gets its own slice of the RTP range (2 ports per call: RTP + RTCP)."""
     sample_rate: int = 8000
+    session_timers: str = "optional"
+    """RFC 4028 session timers in the workers: ``optional``, ``always`` or ``off``."""
+    session_expires: int = 1800
+    """Session interval (seconds) of sessions a worker starts itself."""
+    min_se: int = 90
+    """Smallest Session-Expires accepted (422 below); >= 90."""
+    answer_delay: float = 0.0
+    """Seconds a worker rings (180) before answering."""
+    rtp_timeout: float = 60.0
+    """Seconds without caller RTP before a worker hangs up (0: never)."""
     health_interval: float = 5.0
     """Seconds between SIP OPTIONS pings to each worker (0: off)."""
     health_failures: int = 3
@@ -296,6 +306,16 @@ class WorkerPool:
             str(s.rtp_ports_per_worker),
             "--sample-rate",
             str(s.sample_rate),
+            "--session-timers",
+            s.session_timers,
+            "--session-expires",
+            str(s.session_expires),
+            "--min-se",
+            str(s.min_se),
+            "--answer-delay",
+            str(s.answer_delay),
+            "--rtp-timeout",
+            str(s.rtp_timeout),
         ]
         task = asyncio.create_task(self._run(worker, args), name=f"media-worker-{worker_id}")
         self._tasks.add(task)

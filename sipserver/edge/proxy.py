@@ -623,8 +623,7 @@ class CallProxy:
                 reason = EndReason.CANCELLED if server.cancelled else EndReason.REJECTED
                 self._end(call, reason, status, now)
             elif method == "BYE":
-                reason = EndReason.CALLER_BYE if leg.side is _Side.CALLER else EndReason.WORKER_BYE
-                self._end(call, reason, status, now)
+                self._end(call, _bye_reason(leg), status, now)
         return out
 
     def _track_dialog(self, call: _Call, response: SipResponse, *, now: float) -> None:
@@ -903,6 +902,17 @@ def _is_toward_caller(call: _Call, response: SipResponse) -> bool:
         return response.from_().tag == call.caller_tag
     except ValueError:
         return True
+
+
+def _bye_reason(leg: _ClientLeg) -> EndReason:
+    """Why a relayed BYE ended its call: caller, worker, or the worker's RFC 4028 expiry."""
+    if leg.side is _Side.CALLER:
+        return EndReason.CALLER_BYE
+    for value in leg.request.headers.get_all("Reason"):
+        params = [p.strip().lower() for p in value.split(";")]
+        if "cause=408" in params and "refresh" in value.lower():
+            return EndReason.SESSION_EXPIRED
+    return EndReason.WORKER_BYE
 
 
 def _to_tag(request: SipRequest) -> str:

@@ -93,6 +93,16 @@ DTMF_IS_END = 1 << 1
 _MEDIA_UP = (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
 """Audio media states in which the call has a conference slot to connect the port to."""
 
+SESSION_TIMER_USE = {
+    "optional": pj.PJSUA_SIP_TIMER_OPTIONAL,
+    "always": pj.PJSUA_SIP_TIMER_ALWAYS,
+    "off": pj.PJSUA_SIP_TIMER_INACTIVE,
+}
+"""``--session-timers`` values -> pjsua's ``timerUse``."""
+
+MIN_SE_FLOOR = 90
+"""pjsip's ``ABS_MIN_SE``: a smaller ``timerMinSESec`` fails an assertion (aborts the process)."""
+
 HANGUP_GRACE = 3.0
 """Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""
 
@@ -124,6 +134,14 @@ class WorkerOptions:
     packet from the caller, except while the caller holds the call; 0 disables."""
     log_level: int = 1
     """pjsua log level (0-6) written to stderr."""
+    session_timers: str = "optional"
+    """RFC 4028 session timers: ``optional``, ``always`` or ``off`` (:data:`SESSION_TIMER_USE`)."""
+    session_expires: int = 1800
+    """Session interval of sessions the worker starts itself (``always``), seconds."""
+    min_se: int = 90
+    """Smallest Session-Expires accepted (smaller gets 422 with Min-SE); >= 90."""
+    answer_delay: float = 0.0
+    """Seconds between 180 Ringing and 200 OK (a ring time; lets callers CANCEL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +403,7 @@ class PjsuaThread(threading.Thread):
         self._graveyard: list[WorkerCall] = []  # ended calls, dropped after their callback
         self._ports: PortPool | None = None
         self._numbers = itertools.count(1)
+        self._answer_at: dict[int, float] = {}  # call number -> when to send its 200
 
     # -- called from the loop thread --------------------------------------------------------------
 
@@ -423,6 +442,8 @@ class PjsuaThread(threading.Thread):
                 ep.libHandleEvents(POLL_MS)
                 self._graveyard.clear()
                 now = time.monotonic()
+                if self._answer_at:
+                    self._answer_due(now)
                 if now >= next_check:
                     next_check = now + 1.0
                     self._check_rtp(now)
@@ -487,6 +508,13 @@ class PjsuaThread(threading.Thread):
         acfg.mediaConfig.transportConfig.boundAddress = opts.rtp_host
         acfg.mediaConfig.transportConfig.port = opts.rtp_port
         acfg.mediaConfig.transportConfig.portRange = opts.rtp_port_count
+        # RFC 4028: pjsip negotiates the refresher, answers 422 below Min-SE and, as the
+        # non-refresher, sends BYE when no refresh came (the edge relays all of it).
+        acfg.callConfig.timerUse = SESSION_TIMER_USE[opts.session_timers]
+        acfg.callConfig.timerMinSESec = max(MIN_SE_FLOOR, opts.min_se)
+        acfg.callConfig.timerSessExpiresSec = max(
+            acfg.callConfig.timerMinSESec, opts.session_expires
+        )
         account = WorkerAccount(self)
         account.create(acfg, True)
         self._account = account
@@ -499,9 +527,28 @@ class PjsuaThread(threading.Thread):
         op = pj.CallOpParam()
         op.statusCode = 180
         call.answer(op)
+        if self.options.answer_delay > 0:
+            self._answer_at[number] = time.monotonic() + self.options.answer_delay
+            return
         op = pj.CallOpParam()
         op.statusCode = 200
         call.answer(op)
+
+    def _answer_due(self, now: float) -> None:
+        """Answer (200) the ringing calls whose ``answer_delay`` is over."""
+        for number, at in list(self._answer_at.items()):
+            if at > now:
+                continue
+            del self._answer_at[number]
+            call = self._calls.get(number)
+            if call is None or call.ended:
+                continue  # cancelled while ringing
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            try:
+                call.answer(op)
+            except pj.Error as exc:
+                self.log(f"call {number}: answer failed: {exc.info()}")
 
     def media_active(self, call: WorkerCall, ci: pj.CallInfo, med_idx: int) -> None:
         opts = self.options
@@ -561,6 +608,7 @@ class PjsuaThread(threading.Thread):
             return
         call.ended = True
         self._calls.pop(call.number, None)
+        self._answer_at.pop(call.number, None)
         # pjsua2 may still use both objects until this callback returns: drop them after it.
         self._graveyard.append(call)
         if call.port is not None and self._ports is not None:
@@ -889,6 +937,10 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
     )
     p.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    p.add_argument("--session-timers", default="optional", choices=tuple(SESSION_TIMER_USE))
+    p.add_argument("--session-expires", type=int, default=1800, help="RFC 4028 interval, s")
+    p.add_argument("--min-se", type=int, default=90, help="RFC 4028 Min-SE, s (>= 90)")
+    p.add_argument("--answer-delay", type=float, default=0.0, help="ring seconds before 200")
     a = p.parse_args(argv)
     return WorkerOptions(
         link=a.link,
@@ -902,6 +954,10 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         stats_interval=a.stats_interval,
         rtp_timeout=a.rtp_timeout,
         log_level=a.log_level,
+        session_timers=a.session_timers,
+        session_expires=a.session_expires,
+        min_se=a.min_se,
+        answer_delay=a.answer_delay,
     )
 
 

@@ -201,8 +201,12 @@ def run_sipp(
     extra: tuple[str, ...] = (),
     workdir: Path | None = None,
     host: str = "127.0.0.1",
+    timeout: float = 15.0,
 ) -> SippResult:
-    """Run one SIPp scenario from tests/sipp_scenarios against host:port (IPv4 or IPv6)."""
+    """Run one SIPp scenario from tests/sipp_scenarios against host:port (IPv4 or IPv6).
+
+    ``timeout`` is SIPp's global ``-timeout`` (seconds): past it the scenario fails.
+    """
     remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     cmd = [
         sipp_path(),
@@ -224,7 +228,7 @@ def run_sipp(
         "-t",
         "t1" if transport == "tcp" else "u1",
         "-timeout",
-        "15s",
+        f"{timeout:g}s",
         "-timeout_error",
         "-nostdin",
         "-trace_err",
@@ -232,7 +236,7 @@ def run_sipp(
         str((workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"),
         *extra,
     ]
-    proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=workdir)
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout + 45, cwd=workdir)
     err_file = (workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"
     errors = err_file.read_text(errors="replace") if err_file.exists() else ""
     return SippResult(proc.returncode, proc.stdout.decode(errors="replace") + errors)

@@ -274,3 +274,112 @@ def test_invites_the_proxy_refuses_hold_no_call_slot(server_factory: Any, tmp_pa
         "uac_edge_call_ip_auth.xml", server.sip_port, service=NUMBER, workdir=tmp_path
     )
     assert result.returncode == 0, result.output
+
+
+def status_calls(server: ServerProcess) -> list[int]:
+    """Calls (and reserved slots) per media worker, from /status."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+        return [int(w["calls"]) for w in json.load(r)["media_workers"]]
+
+
+def run_edge_sipp(
+    server: ServerProcess, workdir: Path, scenario: str, *extra: str, timeout: float = 15.0
+) -> None:
+    """One authenticated SIPp scenario through the edge; must succeed."""
+    result = run_sipp(
+        scenario,
+        server.sip_port,
+        service=NUMBER,
+        auth_user=DEMO_USER,
+        password=DEMO_PASSWORD,
+        workdir=workdir,
+        extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}", *extra),
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.output
+
+
+def test_cancel_before_answer_through_the_edge(server_factory: Any, tmp_path: Path) -> None:
+    """The worker rings (answer_delay) and the caller CANCELs: 200 for the CANCEL, 487 for the
+    INVITE, ACK; the call is gone from the edge and the worker's slot is free again."""
+
+    def ring_first(config: dict[str, Any]) -> None:
+        config["server"]["media"] = {"answer_delay": 5}
+
+    server = server_factory(ring_first)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    run_edge_sipp(server, tmp_path, "uac_edge_cancel.xml")
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="cancelled")
+    assert server.metric("sipserver_calls_active") == 0
+    assert status_calls(server) == [0]
+
+
+def test_agent_hangs_up_on_dtmf_through_the_edge(server: ServerProcess, tmp_path: Path) -> None:
+    """Server-side hangup: SIP INFO '#' makes the session hang up; SIPp gets the worker's BYE
+    through the edge and answers 200."""
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    (tmp_path / "pcap").mkdir()
+    write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(3.0))
+    run_edge_sipp(server, tmp_path, "uac_edge_dtmf_hangup.xml")
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="worker_bye")
+    assert server.metric("sipserver_calls_active") == 0
+
+
+def test_session_expires_below_min_se_gets_422(server_factory: Any, tmp_path: Path) -> None:
+    """RFC 4028 §5: Session-Expires below the configured Min-SE is answered 422 with Min-SE."""
+
+    def min_se_120(config: dict[str, Any]) -> None:
+        config["server"]["media"] = {"min_se": 120}
+
+    server = server_factory(min_se_120)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    run_edge_sipp(server, tmp_path, "uac_edge_session_too_small.xml", "-key", "se", "100",
+                  "-trace_msg")  # fmt: skip
+    (log,) = tmp_path.glob("uac_edge_session_too_small_*_messages.log")
+    text = log.read_text()
+    assert "SIP/2.0 422" in text and "Min-SE: 120" in text, text[-2000:]
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="rejected")
+    assert server.metric("sipserver_calls_active") == 0
+    assert status_calls(server) == [0]
+
+
+def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """RFC 4028 through the edge, three callers at once, all offering Session-Expires: 90 with
+    refresher=uac. One never refreshes: the worker (the non-refresher) sends BYE when pjsip's
+    expiry timer fires, max(90 - 32, 90 - 90/3) = 60 s after the answer, and both legs are
+    cleaned up. The others refresh after 30 s, one with a re-INVITE, one with an UPDATE, and
+    hang up themselves after 75 s: their calls outlive the first. 90 s is the smallest
+    interval RFC 4028 and pjsip allow, so this test takes ~75 s. The callers send no RTP: the
+    RTP timeout (60 s by default, as long as the expiry) is off, so only the session timer
+    can end a call."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def no_rtp_timeout(config: dict[str, Any]) -> None:
+        config["server"]["media"] = {"rtp_timeout": 0}
+
+    server = server_factory(no_rtp_timeout)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+
+    def timed(scenario: str) -> float:
+        start = time.monotonic()
+        run_edge_sipp(server, tmp_path, scenario, "-key", "se", "90", timeout=110)
+        return time.monotonic() - start
+
+    scenarios = ("expires", "refresh", "update")
+    with ThreadPoolExecutor(len(scenarios)) as pool:
+        runs = [pool.submit(timed, f"uac_edge_session_{name}.xml") for name in scenarios]
+        expired_after, reinvited_after, updated_after = (run.result() for run in runs)
+    print(f"unrefreshed call ended by the server after {expired_after:.1f} s")
+    assert 58 <= expired_after <= 66, expired_after
+    assert reinvited_after >= 75 and updated_after >= 75, (reinvited_after, updated_after)
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="session_expired")
+    wait_metric(server, "sipserver_calls_ended_total", 2, reason="caller_bye")
+    assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 0
+    assert server.metric("sipserver_calls_active") == 0
+    assert status_calls(server) == [0]

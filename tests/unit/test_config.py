@@ -1104,3 +1104,31 @@ def test_workers_auto_means_cores() -> None:
     config = parse_config("server:\n  workers: auto\n", env={})
     assert config.server.max_workers == max(1, os.cpu_count() or 1)
     assert parse_config("server:\n  workers: 3\n", env={}).server.max_workers == 3
+
+
+def test_media_session_timer_defaults() -> None:
+    media = parse_config("server: {}\n", env={}).server.media
+    assert (media.session_timers, media.session_expires, media.min_se) == ("optional", 1800, 90)
+    assert media.answer_delay == 0
+
+
+def test_media_min_se_has_the_rfc_4028_floor() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("server:\n  media:\n    min_se: 60\n", env={})
+    assert any(e.startswith("server.media.min_se:") for e in info.value.errors), info.value.errors
+
+
+def test_media_min_se_must_not_exceed_session_expires() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("server:\n  media:\n    min_se: 600\n    session_expires: 300\n", env={})
+    assert "server.media.min_se: must be <= session_expires (300)" in info.value.errors
+
+
+def test_media_answer_delay_and_session_timers_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            "server:\n  media:\n    answer_delay: -1\n    session_timers: sometimes\n", env={}
+        )
+    errors = info.value.errors
+    assert any(e.startswith("server.media.answer_delay:") for e in errors), errors
+    assert any(e.startswith("server.media.session_timers:") for e in errors), errors

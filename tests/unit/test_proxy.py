@@ -191,7 +191,14 @@ class UA:
 
     # ---- either side, in the dialog
 
-    def in_dialog(self, method: str, *, body: bytes = b"", max_forwards: int = 70) -> bytes:
+    def in_dialog(
+        self,
+        method: str,
+        *,
+        body: bytes = b"",
+        max_forwards: int = 70,
+        extra: list[str] | None = None,
+    ) -> bytes:
         self.cseq += 1
         data = self._build(
             method,
@@ -200,6 +207,7 @@ class UA:
             routes=self.route_set,
             body=body,
             max_forwards=max_forwards,
+            extra=extra,
         )
         if method == "INVITE":
             self.invite = request(parse(data))
@@ -386,6 +394,27 @@ def test_bye_from_worker() -> None:
     (ended,) = net.events()
     assert isinstance(ended, CallEnded) and ended.reason is EndReason.WORKER_BYE
     net.assert_empty()
+
+
+def test_worker_bye_for_an_unrefreshed_session_is_session_expired() -> None:
+    # pjsip's BYE when no RFC 4028 refresh came; the same Reason from the caller is its BYE.
+    reason = 'Reason: SIP ;cause=408 ;text="No session refresh received."'
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    net.events()
+    bye = request(only(net.deliver(worker.in_dialog("BYE", extra=[reason]), WORKER), CALLER))
+    assert bye.headers.get("Reason") == reason.split(": ", 1)[1]
+    only(net.deliver(caller.answer(bye, 200), CALLER), WORKER)
+    (ended,) = net.events()
+    assert isinstance(ended, CallEnded) and ended.reason is EndReason.SESSION_EXPIRED
+
+    net, caller, worker = Net(), caller_ua(), worker_ua()
+    establish(net, caller, worker)
+    net.events()
+    bye = request(only(net.deliver(caller.in_dialog("BYE", extra=[reason]), CALLER), WORKER))
+    only(net.deliver(worker.answer(bye, 200), WORKER), CALLER)
+    (ended,) = net.events()
+    assert isinstance(ended, CallEnded) and ended.reason is EndReason.CALLER_BYE
 
 
 def test_cancel_before_answer() -> None:
