@@ -109,3 +109,5 @@ def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
     latencies = [json.loads(line) for line in log.splitlines() if '"turn_latency"' in line]
     assert latencies, log[-3000:]
     print("turn latency:", latencies[0])
+    assert server.metric("sipserver_voice_turn_latency_seconds_count", stage="first_frame") >= 1
+    assert server.metric("sipserver_voice_sessions_active") == 0

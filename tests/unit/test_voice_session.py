@@ -470,3 +470,66 @@ async def test_early_stt_discarded_when_caller_speaks_again() -> None:
     assert [c.text for c in rig.commits()] == ["first part and more"]
     # the early result of the first stretch was thrown away; one final for the whole segment
     assert len(rig.stt.finals) == 2
+
+
+# ------------------------------------------------------- VAD settings as the session sees them
+
+
+def _segmenter_rig(**vad: float) -> Rig:
+    from sipserver.pipeline.segmenter import VadOptions
+    from tests.unit.voice_fakes import SegmenterVad
+
+    rig = make()
+    stream = SegmenterVad(VadOptions(sample_rate=16000, **vad))
+    session = VoiceSession(
+        AgentProfile("Be brief."),
+        VoiceOptions(early_stt=None),
+        stt=rig.stt,
+        llm=rig.llm,
+        tts=rig.tts,
+        vad=stream,
+        clock=rig.clock,
+    )
+    session.on_start(call_info())
+    rig.session = session
+    return rig
+
+
+@pytest.mark.parametrize("prefix", [0.0, 0.3])
+async def test_prefix_padding_reaches_stt(prefix: float) -> None:
+    rig = _segmenter_rig(prefix_padding_duration=prefix, min_silence_duration=0.2)
+    await rig.run(4.0, speech=[(1.0, 2.0)])
+    (segment,) = rig.stt.finals
+    seconds = len(segment) / (2 * 16000)
+    # prefix + 1.0 s of speech + the closing silence (0.2 s, whole 32 ms windows)
+    assert seconds == pytest.approx(prefix + 1.0 + 0.2, abs=0.07)
+
+
+@pytest.mark.parametrize("cap", [60.0, 1.0])
+async def test_max_buffered_speech_caps_what_stt_gets(cap: float) -> None:
+    rig = _segmenter_rig(max_buffered_speech=cap, min_silence_duration=0.2)
+    await rig.run(6.0, speech=[(0.5, 3.5)])
+    (segment,) = rig.stt.finals
+    seconds = len(segment) / (2 * 16000)
+    assert seconds <= cap + 1e-6
+    assert seconds > 1.0 if cap == 60.0 else seconds == pytest.approx(cap, abs=0.01)
+
+
+@pytest.mark.parametrize(("verdict", "delay"), [(True, 0.5), (False, 3.0)])
+async def test_stt_native_end_of_turn_overrides_turn_model(verdict: bool, delay: float) -> None:
+    rig = make(endpointing=EndpointingOptions(0.5, 3.0))
+    rig.session._turn = FakeTurn(rig.clock, lambda text: 0.0 if verdict else 1.0)
+    stt = rig.stt
+    stt.native_turn_detection = True  # type: ignore[misc]
+    original = stt.transcribe
+
+    async def with_verdict(pcm: bytes, *, final: bool = True, language: str | None = None):
+        result = await original(pcm, final=final, language=language)
+        from sipserver.pipeline.providers.base import Transcript
+
+        return Transcript(result.text, end_of_turn=verdict)
+
+    stt.transcribe = with_verdict  # type: ignore[method-assign]
+    await rig.run(6.0, speech=[(0.5, 1.5)])
+    assert rig.commits()[0].at == pytest.approx(1.5 + delay, abs=0.03)
+    assert rig.session._turn.seen == []  # type: ignore[union-attr]

@@ -202,3 +202,44 @@ class FakeTurn:
 
 def call_info(rate: int = RATE) -> CallInfo:
     return CallInfo("call-1", "demo", "+15550001", "+15005550100", rate, "test")
+
+
+class SegmenterVad:
+    """The real :class:`SpeechSegmenter` fed energy-based probabilities per model window (no
+    Silero), so session tests see its prefix padding and buffer cap."""
+
+    def __init__(self, options: object) -> None:
+        from sipserver.pipeline.segmenter import SpeechSegmenter, VadOptions
+
+        assert isinstance(options, VadOptions)
+        self.segmenter = SpeechSegmenter(options)
+        self.sample_rate = options.sample_rate
+        self._window = 512 if self.sample_rate == 16000 else 256
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def push(self, pcm: bytes) -> None:
+        self._pending = np.concatenate((self._pending, np.frombuffer(pcm, dtype="<i2")))
+        while self._pending.size >= self._window:
+            window, self._pending = (
+                self._pending[: self._window],
+                self._pending[self._window :],
+            )
+            self.segmenter.feed(window, 1.0 if is_voiced(window.tobytes()) else 0.0)
+
+    def next_event(self) -> SpeechStarted | SpeechEnded | None:
+        return self.segmenter.next_event()
+
+    @property
+    def speaking(self) -> bool:
+        return self.segmenter.speaking
+
+    @property
+    def speech_duration(self) -> float:
+        return self.segmenter.speech_duration
+
+    @property
+    def silence_duration(self) -> float:
+        return self.segmenter.silence_duration
+
+    def current_audio(self) -> bytes:
+        return self.segmenter.current_audio()

@@ -1,0 +1,101 @@
+"""VoiceRuntime: configuration to sessions (models are built lazily, never loaded here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from sipserver.config import embedded_config_path, parse_config
+from sipserver.pipeline.providers.base import ProviderError
+from sipserver.pipeline.runtime import VoiceRuntime
+from sipserver.pipeline.session import CallInfo
+from sipserver.pipeline.voice import VoiceSession
+
+INFO = CallInfo("c1", "demo", "+1555", "+15005550100", 8000, "test")
+
+
+def _config(mutate: object = None) -> object:
+    data = yaml.safe_load(embedded_config_path().read_text())
+    if callable(mutate):
+        mutate(data)
+    return parse_config(yaml.safe_dump(data))
+
+
+async def test_embedded_demo_agent_gets_a_voice_session() -> None:
+    config = _config()
+    runtime = VoiceRuntime(config)  # type: ignore[arg-type]
+    agent = config.agents[0]  # type: ignore[attr-defined]
+    assert runtime.serves(agent)
+    session = runtime.new_session(agent, INFO)
+    assert isinstance(session, VoiceSession)
+    assert session.profile.greeting == agent.greeting
+    session.on_hangup("test")
+    await runtime.close()
+
+
+def _rms(frames: list[bytes]) -> float:
+    x = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(x * x)))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_audio_feedback_settings_reach_the_call(enabled: bool) -> None:
+    def ambient(data: dict) -> None:  # type: ignore[type-arg]
+        data["models"]["demo-voice"]["audio_feedback"] = {
+            "enabled": enabled,
+            "ambient_sound": "office_ambience",
+            "ambient_volume": 0.5,
+        }
+        data["agents"][0]["greeting"] = None
+
+    config = _config(ambient)
+    runtime = VoiceRuntime(config)  # type: ignore[arg-type]
+    session = runtime.new_session(config.agents[0], INFO)  # type: ignore[attr-defined]
+    assert session is not None
+    session.on_start(INFO)
+    frames = [session.next_frame() for _ in range(50)]
+    # listening, nothing said: the ambient bed is all there is
+    assert (_rms(frames) > 100) is enabled
+    session.on_hangup("test")
+    await runtime.close()
+
+
+def test_livekit_inference_agents_are_not_served_yet() -> None:
+    def livekit(data: dict) -> None:  # type: ignore[type-arg]
+        data["credentials"] = {"lk": {"api_key": "k", "api_secret": "s", "url": "wss://x"}}
+        data["models"]["demo-voice"] = {
+            "type": "livekit_inference",
+            "credential": "lk",
+            "stt": "deepgram/nova-3:en",
+            "llm": "openai/gpt-4o-mini",
+            "tts": "cartesia/sonic-2:voice",
+        }
+
+    config = _config(livekit)
+    runtime = VoiceRuntime(config)  # type: ignore[arg-type]
+    assert not runtime.serves(config.agents[0])  # type: ignore[attr-defined]
+
+
+def test_unknown_llm_provider_is_a_clear_error() -> None:
+    def openai(data: dict) -> None:  # type: ignore[type-arg]
+        data["models"]["demo-voice"]["llm"] = "openai"
+
+    with pytest.raises(ProviderError, match="llm provider 'openai'"):
+        VoiceRuntime(_config(openai))  # type: ignore[arg-type]
+
+
+def test_reload_keeps_unchanged_models_and_rebuilds_changed_ones() -> None:
+    config = _config()
+    runtime = VoiceRuntime(config)  # type: ignore[arg-type]
+    before = runtime._models["demo-voice"]
+    runtime.reload(_config())  # type: ignore[arg-type]
+    assert runtime._models["demo-voice"] is before
+
+    def slower(data: dict) -> None:  # type: ignore[type-arg]
+        data["models"]["demo-voice"]["endpointing"] = {"min_endpointing_delay": 0.8}
+
+    runtime.reload(_config(slower))  # type: ignore[arg-type]
+    after = runtime._models["demo-voice"]
+    assert after is not before
+    assert after.options.endpointing.min_delay == 0.8
