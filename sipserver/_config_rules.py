@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
+    "NUMBER_PUNCTUATION",
     "SECRET_MIN_LENGTH",
     "SHIPPED_SOUNDS",
     "Issue",
@@ -31,6 +32,7 @@ __all__ = [
     "RuleErrors",
     "check_ambient_sound",
     "check_cidr",
+    "check_digits",
     "check_dtmf_digit",
     "check_e164",
     "check_host",
@@ -85,13 +87,20 @@ DEFAULT_INSTRUCTIONS: Final = (
 SECRET_MIN_LENGTH: Final = 16
 """Shortest websocket secret accepted."""
 
-_NUMBER_PUNCTUATION: Final = str.maketrans("", "", " -().")
+NUMBER_PUNCTUATION: Final = str.maketrans("", "", " -().")
 _E164: Final = re.compile(r"\+[1-9][0-9]{7,14}")
 _DIAL_STRING: Final = re.compile(r"[0-9]{2,20}")
 _HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # RFC 3261 §25.1: user = 1*( unreserved / escaped / user-unreserved )
 _SIP_USER: Final = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _URL_SAFE: Final = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def check_digits(value: str) -> str:
+    """One or more decimal digits."""
+    if not value.isdigit() or not value.isascii():
+        raise ValueError(f"{value!r} is not a string of digits")
+    return value
 
 
 def normalize_number(number: str) -> str:
@@ -103,7 +112,7 @@ def normalize_number(number: str) -> str:
     Returns:
         The digits (``14155550100``), so E.164 matches with or without ``+``.
     """
-    return number.translate(_NUMBER_PUNCTUATION).replace("+", "")
+    return number.translate(NUMBER_PUNCTUATION).replace("+", "")
 
 
 def check_sip_number(value: str) -> str:
@@ -111,7 +120,7 @@ def check_sip_number(value: str) -> str:
 
     Spaces, ``-``, ``(``, ``)`` and ``.`` are allowed as punctuation.
     """
-    compact = value.translate(_NUMBER_PUNCTUATION)
+    compact = value.translate(NUMBER_PUNCTUATION)
     if _E164.fullmatch(compact) or _DIAL_STRING.fullmatch(compact):
         return value
     raise ValueError(
@@ -122,7 +131,7 @@ def check_sip_number(value: str) -> str:
 
 def check_e164(value: str) -> str:
     """An E.164 number: ``+``, a country code and digits, 8-15 digits in all."""
-    if _E164.fullmatch(value.translate(_NUMBER_PUNCTUATION)):
+    if _E164.fullmatch(value.translate(NUMBER_PUNCTUATION)):
         return value
     raise ValueError(
         f"{value!r} is not E.164: '+', the country code and the number, 8-15 digits"

@@ -134,8 +134,62 @@ class BanConfig(_Model):
     """Cap on the addresses tracked at once (bounds memory under a spray attack)."""
 
 
+class NumberingPlan(_Model):
+    """How dialled numbers are normalised before they are matched against agents' numbers.
+
+    Both sides (the number in the Request-URI and the configured ``sip.numbers``) go through the
+    same steps, so ``+442071234567``, ``00442071234567``, ``02071234567`` (with country code 44
+    and national prefix 0) and ``902071234567`` (with strip prefix 9) all reach the same agent:
+
+    1. punctuation (spaces, ``-``, ``(``, ``)``, ``.``) is removed;
+    2. a number starting with ``+`` is international already: the ``+`` goes, nothing else;
+    3. otherwise the first matching ``strip_prefixes`` entry is removed (PBX outside-line codes);
+    4. then ``international_prefix`` is replaced by nothing (the country code follows it), or
+       ``national_prefix`` by ``country_code``.
+    """
+
+    country_code: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Country code added to nationally dialled numbers, e.g. ``"44"`` or ``"1"``; none: off."""
+    national_prefix: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Trunk prefix of national numbers, e.g. ``"0"`` (UK, DE) or ``"1"`` (NANP); needs
+    ``country_code``."""
+    international_prefix: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Exit code before a country code, e.g. ``"00"`` or ``"011"``."""
+    strip_prefixes: list[Annotated[str, AfterValidator(rules.check_digits)]] = Field(
+        default_factory=list
+    )
+    """Prefixes removed first (the first that matches), e.g. ``["9"]`` for a PBX outside line."""
+    min_length: int = Field(6, ge=1)
+    """Numbers shorter than this (after punctuation) are extensions: only punctuation and ``+``
+    are removed, so short dial strings such as ``100`` are never rewritten."""
+
+    @model_validator(mode="after")
+    def _national_needs_country(self) -> NumberingPlan:
+        if self.national_prefix and not self.country_code:
+            raise RuleErrors([(("national_prefix",), "needs country_code")])
+        return self
+
+    def normalize(self, number: str) -> str:
+        """The digits a number is compared by (see the class doc)."""
+        compact = number.translate(rules.NUMBER_PUNCTUATION)
+        if compact.startswith("+") or len(compact) < self.min_length:
+            return compact.replace("+", "")
+        for prefix in self.strip_prefixes:
+            if compact.startswith(prefix):
+                compact = compact[len(prefix) :]
+                break
+        if self.international_prefix and compact.startswith(self.international_prefix):
+            return compact[len(self.international_prefix) :]
+        if self.national_prefix and compact.startswith(self.national_prefix):
+            return f"{self.country_code}{compact[len(self.national_prefix) :]}"
+        return compact
+
+
 class SipServerConfig(_Model):
     """The SIP edge: listeners, digest authentication and registrar limits."""
+
+    numbering: NumberingPlan = Field(default_factory=NumberingPlan)
+    """Normalisation of dialled numbers (international/national prefixes, PBX prefixes)."""
 
     udp: Listeners = Field(default_factory=lambda: ["127.0.0.1:5060"])
     """UDP listeners, ``host:port`` (``[::]:5060`` for IPv6); one string or a list; ``[]``: off."""
@@ -635,7 +689,7 @@ class Config(_Model):
             if agent.sip.username is not None:
                 self._by_username[agent.sip.username] = agent
             for number in agent.sip.numbers:
-                self._by_number[normalize_number(number)] = agent
+                self._by_number[self.server.sip.numbering.normalize(number)] = agent
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
@@ -645,6 +699,7 @@ class Config(_Model):
             models=list(self.models.items()),
             agents=list(enumerate(self.agents)),
             users=list(enumerate(self.users)),
+            normalize=self.server.sip.numbering.normalize,
         )
         RuleErrors.raise_if_any(issues)
         return self
@@ -666,7 +721,7 @@ class Config(_Model):
         ``+14155550100`` matches ``14155550100``. Also when that agent's SIP is disabled: check
         ``agent.sip.enabled``.
         """
-        return self._by_number.get(normalize_number(number))
+        return self._by_number.get(self.server.sip.numbering.normalize(number))
 
 
 def _cross_field_issues(
@@ -676,6 +731,7 @@ def _cross_field_issues(
     models: Sequence[tuple[str, CustomModel | LiveKitInferenceModel]],
     agents: Sequence[tuple[int, Agent]],
     users: Sequence[tuple[int, User]],
+    normalize: Callable[[str], str] = normalize_number,
 ) -> list[Issue]:
     """Rules across objects.
 
@@ -711,10 +767,10 @@ def _cross_field_issues(
             username = agent.sip.username
             unique("username", username, username, ("agents", i, "sip", "username"))
         for j, number in enumerate(agent.sip.numbers):
-            unique("number", normalize_number(number), number, ("agents", i, "sip", "numbers", j))
+            unique("number", normalize(number), number, ("agents", i, "sip", "numbers", j))
     for i, agent in agents:  # every SIP number is known now
         for j, number in enumerate(agent.listens.numbers):
-            sip = seen["number"].get(normalize_number(number))
+            sip = seen["number"].get(normalize(number))
             if sip is not None:
                 message = f"{number!r} is also a SIP number ({rules.format_path(sip)})"
                 issues.append((("agents", i, "listens", "numbers", j), message))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from sipserver.config import Agent, Config, normalize_number
+from sipserver.config import Agent, Config
 from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
 from sipserver.observability import Metrics, get_logger
 from sipserver.registrar.acl import AllowList
@@ -151,6 +151,7 @@ class SipRouter:
         # and go through pydantic attribute access, which costs microseconds per call).
         self._by_username: dict[str, Agent] = {}
         self._by_number: dict[str, Agent] = {}
+        self._normalize = config.server.sip.numbering.normalize
         for agent in config.agents:
             if not agent.sip.enabled:
                 continue
@@ -158,7 +159,7 @@ class SipRouter:
                 self._by_username[agent.sip.username] = agent
             for number in agent.sip.numbers:
                 self._by_number[number] = agent
-                self._by_number[normalize_number(number)] = agent
+                self._by_number[self._normalize(number)] = agent
 
     @property
     def transactions(self) -> ServerTransactions:
@@ -307,7 +308,7 @@ class SipRouter:
         if not self._is_local(ruri.host):
             return self._response(request, 404, "Domain Not Served")
         number = ruri.user or request.to().uri.user or ""
-        agent = self._by_number.get(number) or self._by_number.get(normalize_number(number))
+        agent = self.agent_for_number(number)
         if agent is None:
             metrics.call_result("no_such_number")
             return self._response(request, 404, "No Such Number")
@@ -503,10 +504,14 @@ class SipRouter:
 
     # ------------------------------------------------------------------ helpers
 
+    def agent_for_number(self, number: str) -> Agent | None:
+        """The agent whose SIP number ``number`` is, through the numbering plan (or None)."""
+        return self._by_number.get(number) or self._by_number.get(self._normalize(number))
+
     def _agent_for_aor(self, user: str) -> Agent | None:
         agent = self._by_username.get(user) or self._by_number.get(user)
         if agent is None:
-            agent = self._by_number.get(normalize_number(user))
+            agent = self._by_number.get(self._normalize(user))
         return agent
 
     def _date(self, now: float) -> str:

@@ -1132,3 +1132,50 @@ def test_media_answer_delay_and_session_timers_values() -> None:
     errors = info.value.errors
     assert any(e.startswith("server.media.answer_delay:") for e in errors), errors
     assert any(e.startswith("server.media.session_timers:") for e in errors), errors
+
+
+def test_numbering_plan_normalises_both_sides() -> None:
+    from sipserver.config import NumberingPlan
+
+    uk = NumberingPlan(country_code="44", national_prefix="0", international_prefix="00")
+    for dialled in ("+44 20 7123 4567", "00442071234567", "020 7123 4567", "442071234567"):
+        assert uk.normalize(dialled) == "442071234567", dialled
+    assert uk.normalize("100") == "100"  # an extension is never rewritten
+    pbx = NumberingPlan(strip_prefixes=["9"], international_prefix="00")
+    assert pbx.normalize("900442071234567") == "442071234567"
+    assert pbx.normalize("+9123456789") == "9123456789"  # '+' numbers are left alone
+
+
+def test_numbering_plan_rules_name_the_key() -> None:
+    import yaml
+
+    from sipserver.config import ConfigError, parse_config
+
+    raw = {"server": {"sip": {"numbering": {"national_prefix": "0"}}}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_dump(raw), env={})
+    assert "server.sip.numbering.national_prefix: needs country_code" in str(err.value.errors)
+    raw = {"server": {"sip": {"numbering": {"international_prefix": "+00"}}}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_dump(raw), env={})
+    assert "server.sip.numbering.international_prefix" in str(err.value.errors)
+
+
+def test_numbers_that_collide_under_the_plan_are_an_error() -> None:
+    import yaml
+
+    from sipserver.config import ConfigError, parse_config
+
+    def agent(slug: str, number: str) -> dict[str, Any]:
+        return {
+            "slug": slug,
+            "sip": {"enabled": True, "numbers": [number], "username": slug, "password": "pw-12345"},
+        }
+
+    raw = {
+        "server": {"sip": {"numbering": {"country_code": "44", "national_prefix": "0"}}},
+        "agents": [agent("a", "+442071234567"), agent("b", "02071234567")],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_dump(raw), env={})
+    assert "agents[1].sip.numbers[0]" in str(err.value.errors)

@@ -395,3 +395,23 @@ def test_unexpected_error_costs_one_request_not_the_edge(monkeypatch: pytest.Mon
     assert register(router).status == 500
     assert sample(metrics, "sipserver_sip_internal_errors_total") == 1
     assert send(router, request("OPTIONS", contact=None, expires=None)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("numbering", "dialled", "found"),
+    [
+        ({}, "+15005550101", True),
+        ({}, "15005550101", True),
+        ({}, "0015005550101", False),
+        ({"international_prefix": "00"}, "0015005550101", True),
+        ({"strip_prefixes": ["9"], "international_prefix": "011"}, "901115005550101", True),
+        ({"country_code": "1", "national_prefix": "0"}, "05005550101", True),
+        ({"country_code": "1", "national_prefix": "0"}, "05005550199", False),
+    ],
+)
+def test_invite_numbers_go_through_the_numbering_plan(
+    numbering: dict[str, Any], dialled: str, found: bool
+) -> None:
+    router, _ = make_router(numbering=numbering)
+    agent = router.agent_for_number(dialled)  # what INVITE routing uses
+    assert (agent is not None and agent.slug == "alice") is found
