@@ -220,9 +220,10 @@ class MediaStreamsConfig(_Model):
     jitter_ms: int = Field(60, ge=0, le=1000)
     """Caller audio buffered before it reaches the session (reordering, bursts)."""
     stall_timeout: float = Field(10.0, gt=0)
-    """Seconds without any message from the far side after which its call is ended."""
+    """Seconds without media from the far side after which its call is ended."""
     max_message_bytes: int = Field(65536, ge=1024)
-    """Largest websocket message accepted; a larger one closes that socket (1009)."""
+    """Largest websocket message accepted; a larger one closes that socket (1009). Messages
+    over four times this are refused while being read."""
     mark_interval_ms: int = Field(1000, ge=100)
     """How often (ms of agent audio) a ``mark`` follows the media, to learn what was heard."""
 

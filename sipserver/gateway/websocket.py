@@ -92,6 +92,7 @@ class StreamCall:
         self.events_wanted = False
         self.ticker: asyncio.Task[None] | None = None
         self.end_reason: str | None = None
+        self.last_media = 0.0
         self.session_reason = "client_closed"
         self.ticks = 0
         self.clear_pending = False
@@ -103,15 +104,26 @@ class StreamCall:
 
     # ------------------------------------------------------------------------------ inbound
 
-    async def run(self, stall_timeout: float) -> None:
-        """Read messages until the socket closes, the stream stops or the far side stalls."""
+    async def run(self, stall_timeout: float, max_bytes: int) -> None:
+        """Read messages until the socket closes, the stream stops or the far side stalls
+        (no media, or nothing at all before the first media, for ``stall_timeout`` seconds)."""
         ws = self.ws
         metrics = self.gateway.metrics
+        loop = asyncio.get_running_loop()
+        self.last_media = loop.time()
         while not ws.closed:
+            remaining = self.last_media + stall_timeout - loop.time()
             try:
-                msg = await ws.receive(timeout=stall_timeout)
+                if remaining <= 0:
+                    raise TimeoutError
+                msg = await ws.receive(timeout=remaining)
             except TimeoutError:
-                await self.close("stalled", WSCloseCode.GOING_AWAY, "stalled: no message")
+                await self.close("stalled", WSCloseCode.GOING_AWAY, "stalled: no media")
+                return
+            if msg.type is WSMsgType.TEXT and len(msg.data) > max_bytes:
+                metrics.ws_message("in", "too_big")
+                reason = f"message too big ({len(msg.data)} > {max_bytes} bytes)"
+                await self.close("too_big", WSCloseCode.MESSAGE_TOO_BIG, reason)
                 return
             if msg.type is WSMsgType.TEXT:
                 try:
@@ -134,8 +146,8 @@ class StreamCall:
                 )
                 return
             elif msg.type is WSMsgType.ERROR:
-                # aiohttp already closed the socket (1009 for a message over max_msg_size).
-                too_big = ws.close_code == WSCloseCode.MESSAGE_TOO_BIG
+                # aiohttp already closed the socket (1009 for a message over its hard limit).
+                too_big = getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
                 metrics.ws_message("in", "too_big" if too_big else "error")
                 await self.close(
                     "too_big" if too_big else "socket_error",
@@ -150,6 +162,7 @@ class StreamCall:
     async def handle(self, event: twilio.StreamEvent) -> bool:
         """Apply one inbound event; False when the stream is over."""
         if isinstance(event, twilio.Media):
+            self.last_media = asyncio.get_running_loop().time()
             if self.jitter is None:
                 return True  # media before start: ignored (counted as received)
             pcm = self._decode(event.payload)
@@ -473,13 +486,15 @@ class MediaStreamGateway:
         """One call over a websocket (Twilio Media Streams, or a browser)."""
         agent = self._authorize(request)
         settings = self.config.server.media_streams
-        ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, timeout=2.0)
+        # aiohttp's own limit is a hard cap (it closes with 1009 and no reason); messages between
+        # the configured limit and the cap get a close reason from StreamCall.run.
+        ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
         await ws.prepare(request)
         call = StreamCall(ws, agent, self)
         self.calls.add(call)
         self.metrics.ws_calls_active.inc()
         try:
-            await call.run(settings.stall_timeout)
+            await call.run(settings.stall_timeout, settings.max_message_bytes)
         finally:
             try:
                 await call.finish()
