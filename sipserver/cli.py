@@ -96,6 +96,8 @@ def _cmd_agents(args: argparse.Namespace) -> int:
         ):
             if key in urls:
                 print(f"  {label:<16} {urls[key]}")
+        if config.server.demo_page and "websocket" in urls:
+            print(f"  {'browser demo':<16} {public_url.rstrip('/')}/demo/{agent.slug}")
         print()
     return 0
 

@@ -68,6 +68,7 @@ __all__ = [
     "InterruptionSettings",
     "ListensSettings",
     "LiveKitInferenceModel",
+    "MediaStreamsConfig",
     "ModelSpec",
     "ProviderSpec",
     "RealtimeSettings",
@@ -289,6 +290,23 @@ class MediaConfig(_Model):
         return self
 
 
+class MediaStreamsConfig(_Model):
+    """The websocket media-stream gateway (Twilio Media Streams and browsers)."""
+
+    lead_ms: int = Field(100, ge=20, le=2000)
+    """Agent audio sent ahead of real time, in ms: the far side's buffer, all that a ``clear``
+    has to throw away."""
+    jitter_ms: int = Field(60, ge=0, le=1000)
+    """Caller audio buffered before it reaches the session (reordering, bursts)."""
+    stall_timeout: float = Field(10.0, gt=0)
+    """Seconds without media from the far side after which its call is ended."""
+    max_message_bytes: int = Field(65536, ge=1024)
+    """Largest websocket message accepted; a larger one closes that socket (1009). Messages
+    over four times this are refused while being read."""
+    mark_interval_ms: int = Field(1000, ge=100)
+    """How often (ms of agent audio) a ``mark`` follows the media, to learn what was heard."""
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -312,6 +330,11 @@ class ServerConfig(_Model):
     """Bindings store: ``memory``, ``sqlite`` (``<data_dir>/bindings.db``) or ``sqlite://PATH``."""
     data_dir: str = Field("./var", min_length=1)
     """Directory for state files (the bindings database, ...)."""
+    media_streams: MediaStreamsConfig = Field(default_factory=MediaStreamsConfig)
+    """The websocket media-stream gateway."""
+    demo_page: bool = False
+    """Serve the browser demo at ``/demo/<slug>`` for agents with a websocket (anyone who can
+    reach the HTTP port can talk to them)."""
 
     @property
     def max_workers(self) -> int:

@@ -206,6 +206,51 @@ class Metrics:
             "Open SIP TCP connections.",
             registry=r,
         )
+        self.ws_calls_active = Gauge(
+            "sipserver_ws_calls_active",
+            "Calls in progress over media-stream websockets.",
+            registry=r,
+        )
+        self.ws_messages = Counter(
+            "sipserver_ws_messages",
+            "Media-stream websocket messages, by direction (in, out) and type (media, mark, "
+            "start, unknown, invalid ...).",
+            ["direction", "type"],
+            registry=r,
+        )
+        self.ws_closes = Counter(
+            "sipserver_ws_closes",
+            "Media-stream calls ended, by reason (stop, hangup, client_closed, stalled, "
+            "invalid_json, bad_base64, bad_media, too_big, binary, no_session, error ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.ws_rejected = Counter(
+            "sipserver_ws_rejected",
+            "Websocket and webhook requests refused, by HTTP status (403 wrong slug or secret, "
+            "404 websocket disabled).",
+            ["status"],
+            registry=r,
+        )
+        self.ws_jitter = Counter(
+            "sipserver_ws_jitter_events",
+            "Inbound jitter buffer events of ended media-stream calls, by kind (late, lost, "
+            "duplicates, concealed_frames, overflow_frames, underruns, catchup_frames).",
+            ["kind"],
+            registry=r,
+        )
+        self.ws_late_ticks = Counter(
+            "sipserver_ws_late_ticks",
+            "Media-stream ticks skipped because a call's tick task fell more than 0.5 s behind.",
+            registry=r,
+        )
+        self.twilio_webhooks = Counter(
+            "sipserver_twilio_webhooks",
+            "Twilio voice webhooks answered, by result (ok, bad_signature).",
+            ["result"],
+            registry=r,
+        )
+        self._ws: dict[tuple[str, str], Counter] = {}
         self._in: dict[tuple[str, str], Counter] = {}
         self._out: dict[tuple[str, int], Counter] = {}
         self._register: dict[str, Counter] = {}
@@ -238,6 +283,20 @@ class Metrics:
     def call_result(self, result: str) -> None:
         """Count one INVITE routing outcome."""
         self.call_attempts.labels(result).inc()
+
+    def ws_message(self, direction: str, kind: str) -> None:
+        """Count one media-stream websocket message (hot path: children are cached)."""
+        key = (direction, kind)
+        child = self._ws.get(key)
+        if child is None:
+            child = self._ws[key] = self.ws_messages.labels(direction, kind)
+        child.inc()
+
+    def ws_jitter_counts(self, counts: dict[str, int]) -> None:
+        """Add an ended call's jitter buffer counters (``received`` is left out)."""
+        for kind, value in counts.items():
+            if value and kind != "received":
+                self.ws_jitter.labels(kind).inc(value)
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format."""

@@ -31,8 +31,10 @@ from sipserver.edge.proxy import (
 )
 from sipserver.edge.router import SipRouter
 from sipserver.edge.transport import SipListeners, parse_host_port
+from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.echo import EchoSession, tone_greeting
+from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
@@ -43,6 +45,7 @@ from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.web.app import build_app
+from sipserver.web.demo import add_demo_routes
 
 __all__ = ["Server", "pid_file_path"]
 
@@ -143,6 +146,7 @@ class Server:
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+        self.gateway = MediaStreamGateway(lambda: self.config, self._new_session, self.metrics)
         self._reserved: dict[str, MediaWorker] = {}
         pool = self.pool
         if pool is not None:
@@ -247,13 +251,21 @@ class Server:
                 duration=event.duration,
             )
 
-    def _new_session(self, info: CallInfo) -> CallSession | None:
+    def _new_session(
+        self, info: CallInfo, on_event: Callable[[SessionEvent], None] | None = None
+    ) -> CallSession | None:
+        """The session of a new call (SIP or websocket); None when no agent takes it.
+
+        Args:
+            info: the call.
+            on_event: receives the session's events (voice sessions only).
+        """
         agent = self.config.agent_by_slug(info.agent) if info.agent else None
         if agent is None:
             return None
         if self.voice.serves(agent):
             try:
-                return self.voice.new_session(agent, info)
+                return self.voice.new_session(agent, info, on_event=on_event)
             except Exception:
                 log.exception("voice_session_failed", call_id=info.call_id, agent=agent.slug)
                 return None
@@ -351,6 +363,7 @@ class Server:
             "registrations": self.store.count(),
             "agents": [a.slug for a in self.config.agents],
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
+            "websocket_calls": len(self.gateway.calls),
             "media_workers": [
                 {
                     "id": w.worker_id,
@@ -371,6 +384,8 @@ class Server:
         self.router.handle_timer(now=time.time())  # drop bindings that expired while down
         await self.listeners.start(list(sip.udp), list(sip.tcp))
         app = build_app(self.metrics, self.status)
+        self.gateway.add_routes(app)
+        add_demo_routes(app, lambda: self.config)
         self._http_runner = web.AppRunner(app, access_log=None)
         await self._http_runner.setup()
         host, port = self.config.server.http_host_port
@@ -405,6 +420,7 @@ class Server:
     async def stop(self) -> None:
         """Stop listening, stop the media workers, flush the bindings and close the store."""
         await self.listeners.stop()
+        await self.gateway.close_all()
         if self.pool is not None:
             await self.pool.stop()
         await self.voice.close()
