@@ -91,6 +91,7 @@ _APOLOGY = "Sorry, I had a problem there. Could you say that again?"
 _TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
 _TURN_TRAILING_SILENCE = 0.2  # Smart Turn scores best on speech plus ~0.2 s of pause
 _MAX_PENDING_SEGMENTS = 4
+_MAX_UNPLAYED_SECONDS = 10.0  # TTS waits while this much reply audio is not yet played
 
 
 class SpeechSegments(Protocol):
@@ -610,6 +611,7 @@ class VoiceSession:
                         if reply.tts_first_audio is None:
                             reply.tts_first_audio = self._clock.now()
                         self._deliver(reply, self._convert(to_call, chunk, last=False))
+                        await self._backpressure(reply)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -653,6 +655,14 @@ class VoiceSession:
         finally:
             with contextlib.suppress(asyncio.QueueFull):
                 pieces.put_nowait(None)
+
+    async def _backpressure(self, reply: _Reply) -> None:
+        """Wait while the reply has more than ``_MAX_UNPLAYED_SECONDS`` of audio not yet played
+        (queued, held by a pause, or speculative): TTS runs far faster than real time, and
+        nothing here may grow without bound."""
+        limit = int(_MAX_UNPLAYED_SECONDS * self._rate) * 2
+        while reply.audio_bytes - reply.played_bytes > limit:
+            await self._clock.sleep_until(self._clock.now() + 0.1)
 
     def _deliver(self, reply: _Reply, pcm: bytes) -> None:
         if not pcm:

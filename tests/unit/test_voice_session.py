@@ -533,3 +533,18 @@ async def test_stt_native_end_of_turn_overrides_turn_model(verdict: bool, delay:
     await rig.run(6.0, speech=[(0.5, 1.5)])
     assert rig.commits()[0].at == pytest.approx(1.5 + delay, abs=0.03)
     assert rig.session._turn.seen == []  # type: ignore[union-attr]
+
+
+async def test_long_reply_is_produced_no_faster_than_it_plays() -> None:
+    words = " ".join(["word"] * 200)  # 50 s of speech at 0.25 s per word
+    rig = make(reply=words + ".")
+    await rig.run(3.0, speech=[(0.5, 1.0)])
+    await rig.run(10.0)
+    reply = rig.session._reply
+    assert reply is not None
+    unplayed = (reply.audio_bytes - reply.played_bytes) / (2 * 8000)
+    assert unplayed <= 10.5  # not the whole 50 s
+    assert rig.session._playout is not None and rig.session._playout.overflow_frames == 0
+    await rig.run(50.0)
+    assert rig.session.history[-1].content == words + "."
+    assert sum(rig.out) * 0.02 == pytest.approx(50.0, abs=0.3)
