@@ -43,8 +43,8 @@ function decodeL16(bytes) {
   return out;
 }
 
-function line(kind, text, interim) {
-  let p = interim ? ui.transcript.querySelector(`p.${kind}.interim`) : null;
+function line(kind, text, interim, p = null) {
+  p = p || ui.transcript.querySelector(`p.${kind}.interim`);
   if (!p) {
     p = document.createElement("p");
     p.className = kind;
@@ -60,16 +60,23 @@ function showState(state) {
   ui.state.dataset.state = state;
 }
 
-function onServerEvent(body) {
+function onServerEvent(body, session) {
   if (body.type === "state") showState(body.state);
   else if (body.type === "transcript") line("caller", body.text, !body.final);
-  else if (body.type === "agent_text") line("agent", body.text, false);
-  else if (body.type === "hangup") ui.status.textContent = `The agent ended the call (${body.reason}).`;
+  else if (body.type === "agent_text") {
+    // The reply comes a sentence at a time: one paragraph per turn.
+    const last = ui.transcript.lastElementChild;
+    if (last && last.className === "agent") line("agent", `${last.textContent} ${body.text}`, false, last);
+    else line("agent", body.text, false);
+  } else if (body.type === "hangup") {
+    session.hangupReason = body.reason;
+  }
 }
 
 async function startCall() {
   ui.start.disabled = true;
   ui.status.textContent = "Connecting...";
+  if (!navigator.mediaDevices) throw new Error("browsers allow the microphone only over https or on localhost");
   const media = await navigator.mediaDevices.getUserMedia({
     audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
   });
@@ -87,10 +94,9 @@ async function startCall() {
   const streamSid = "MZbrowser" + Math.random().toString(16).slice(2, 14);
   const marks = [];  // [name, sample position at which it was queued]
   let queuedSamples = 0;
-  let lastPlayed = 0;
   let chunk = 0;
-  call = { ws, media, context, received: 0 };
-  window.sipserverDemo = call;  // for tests and curious developers
+  const session = { ws, media, context, received: 0, played: 0, hangupReason: null };
+  call = window.sipserverDemo = session;  // for tests and curious developers
 
   ws.onopen = () => {
     ws.send(JSON.stringify({ event: "connected", protocol: "Call", version: "1.0.0" }));
@@ -119,7 +125,7 @@ async function startCall() {
     }));
   };
   playback.port.onmessage = (event) => {
-    lastPlayed = event.data.played;
+    session.played = event.data.played;
     while (marks.length && marks[0][1] <= event.data.played) {
       ws.send(JSON.stringify({ event: "mark", streamSid, mark: { name: marks.shift()[0] } }));
     }
@@ -128,33 +134,33 @@ async function startCall() {
     const msg = JSON.parse(event.data);
     if (msg.event === "media") {
       const samples = decodeL16(fromBase64(msg.media.payload));
-      call.received += samples.length;
+      session.received += samples.length;
       queuedSamples += samples.length;
       playback.port.postMessage(samples, [samples.buffer]);
     } else if (msg.event === "mark") {
       marks.push([msg.mark.name, queuedSamples]);
     } else if (msg.event === "clear") {
-      playback.port.postMessage("clear");
-      queuedSamples = lastPlayed;
+      playback.port.postMessage("clear");  // counts the cleared audio as played
       while (marks.length) {  // like Twilio: cleared marks come back at once
         ws.send(JSON.stringify({ event: "mark", streamSid, mark: { name: marks.shift()[0] } }));
       }
     } else if (msg.event === "sipserver") {
-      onServerEvent(msg.sipserver);
+      onServerEvent(msg.sipserver, session);
     }
   };
   ws.onclose = (event) => {
-    if (!ui.status.textContent.startsWith("The agent ended")) {
-      ui.status.textContent = `Call ended${event.reason ? ": " + event.reason : ""}.`;
-    }
-    endCall();
+    if (session.hangupReason) endCall(`The agent ended the call (${session.hangupReason}).`);
+    else if (!ui.stop.disabled) endCall(`Call ended${event.reason ? ": " + event.reason : ""}.`);
+    else endCall(`Could not connect to the agent (${event.code}).`);
   };
 }
 
-function endCall() {
+function endCall(message) {
   if (!call) return;
   const { ws, media, context } = call;
   call = null;
+  ui.status.textContent = message;
+  ws.onclose = ws.onmessage = null;
   if (ws.readyState === WebSocket.OPEN) {
     ws.send(JSON.stringify({ event: "stop", stop: {} }));
     ws.close(1000, "hung up");
@@ -170,4 +176,4 @@ ui.start.addEventListener("click", () => startCall().catch((err) => {
   ui.status.textContent = `Could not start: ${err.message}`;
   ui.start.disabled = false;
 }));
-ui.stop.addEventListener("click", endCall);
+ui.stop.addEventListener("click", () => endCall("You hung up."));

@@ -1,5 +1,6 @@
 // Agent audio playback: a bounded queue of float samples; "clear" empties it at once (barge-in).
-// Every ~100 ms it reports how many samples have played, so the page can echo marks.
+// Every ~100 ms it reports how many samples are done with (played, cleared or dropped), so the
+// page can echo marks.
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -11,6 +12,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.maxQueued = sampleRate * 5;
     this.port.onmessage = (event) => {
       if (event.data === "clear") {
+        this.played += this.queued;
         this.chunks = [];
         this.offset = 0;
         this.queued = 0;
@@ -19,7 +21,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.chunks.push(event.data);
       this.queued += event.data.length;
       while (this.queued > this.maxQueued && this.chunks.length > 1) {
-        this.queued -= this.chunks.shift().length;  // far behind: drop the oldest audio
+        const dropped = this.chunks.shift().length - this.offset;  // far behind: drop the oldest
+        this.offset = 0;
+        this.queued -= dropped;
+        this.played += dropped;
       }
     };
   }
