@@ -300,6 +300,10 @@ class StreamCall:
             self.clear_pending = False
             await ws.send_str(twilio.clear_message(self.sid_json))
             metrics.ws_message("out", "clear")
+            # The peer drops what it had queued: about the lead we keep ahead of real time.
+            rewind = getattr(session, "rewind", None)
+            if rewind is not None:
+                rewind(self.lead_ticks * FRAME_MS)
         while self._outbox:
             await ws.send_str(self._outbox.popleft())
             metrics.ws_message("out", "sipserver")

@@ -91,6 +91,7 @@ _APOLOGY = "Sorry, I had a problem there. Could you say that again?"
 _TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
 _TURN_TRAILING_SILENCE = 0.2  # Smart Turn scores best on speech plus ~0.2 s of pause
 _MAX_PENDING_SEGMENTS = 4
+_REWIND_FRAMES = 25  # 500 ms of handed-out reply audio kept for rewind()
 _MAX_UNPLAYED_SECONDS = 10.0  # TTS waits while this much reply audio is not yet played
 
 
@@ -261,6 +262,7 @@ class VoiceSession:
         self._segment_during_agent = False
         self._paused = False
         self._held: list[bytes] = []
+        self._recent: deque[bytes] = deque(maxlen=_REWIND_FRAMES)  # reply frames handed out
         self._false_deadline: float | None = None
         self._interim: asyncio.Task[None] | None = None
         self._interim_at = -1e9
@@ -338,6 +340,7 @@ class VoiceSession:
         now = self._clock.now()
         if reply is not None and had_audio:
             reply.played_bytes += len(frame)
+            self._recent.append(frame)
             if reply.first_frame is None:
                 reply.first_frame = now
                 self._emit_latency(reply)
@@ -353,6 +356,26 @@ class VoiceSession:
         if self._echo is not None:
             self._echo.played(frame)
         return frame
+
+    def rewind(self, ms: int) -> int:
+        """The transport threw away the last ``ms`` of reply audio it had been given (a
+        websocket peer's buffer emptied by ``clear`` after a pause): count it as unheard and
+        play it again if the agent resumes.
+
+        Only audio handed out since the pause began and at most 500 ms are taken back.
+
+        Returns:
+            Milliseconds actually taken back.
+        """
+        reply = self._reply
+        if not self._paused or reply is None or ms <= 0:
+            return 0
+        frame_ms = 20
+        count = min(len(self._recent), ms // frame_ms)
+        frames = [self._recent.pop() for _ in range(count)][::-1]
+        self._held[:0] = frames
+        reply.played_bytes -= sum(len(f) for f in frames)
+        return count * frame_ms
 
     # --------------------------------------------------------------------------- VAD events
 
@@ -584,6 +607,7 @@ class VoiceSession:
 
     def _commit(self, reply: _Reply) -> None:
         assert self._playout is not None
+        self._recent.clear()
         old = self._reply
         if old is not None and old is not reply:
             self._cancel(old.task)
@@ -677,6 +701,7 @@ class VoiceSession:
 
     def _finish_reply(self, reply: _Reply) -> None:
         self._reply = None
+        self._recent.clear()
         text = " ".join(reply.pieces)
         if text:
             self.history.append(ChatMessage("assistant", text))

@@ -548,3 +548,26 @@ async def test_long_reply_is_produced_no_faster_than_it_plays() -> None:
     await rig.run(50.0)
     assert rig.session.history[-1].content == words + "."
     assert sum(rig.out) * 0.02 == pytest.approx(50.0, abs=0.3)
+
+
+async def test_rewind_replays_audio_the_transport_dropped() -> None:
+    rig = _long_reply_rig(
+        InterruptionOptions(min_duration=0.2, false_timeout=1.0), ["question", ""]
+    )
+    await rig.run(3.3, speech=[(0.5, 1.5), (3.0, 3.3)])
+    assert [i.kind for i in rig.interruptions()] == ["paused"]
+    reply = rig.session._reply
+    assert reply is not None
+    played = reply.played_bytes
+    assert rig.session.rewind(100) == 100  # a websocket peer emptied its 100 ms on clear
+    assert reply.played_bytes == played - 1600
+    await rig.run(9.0)
+    assert [i.kind for i in rig.interruptions()] == ["paused", "resumed"]
+    # the whole reply plus the 100 ms the caller never heard, played again after the resume
+    assert sum(rig.out) * 0.02 == pytest.approx(17 * 0.25 + 0.1, abs=0.05)
+
+
+async def test_rewind_is_a_no_op_unless_paused() -> None:
+    rig = _long_reply_rig(InterruptionOptions(min_duration=0.2), ["question"])
+    await rig.run(3.0, speech=[(0.5, 1.5)])
+    assert rig.session.rewind(100) == 0
