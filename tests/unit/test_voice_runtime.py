@@ -119,7 +119,7 @@ def test_unknown_llm_provider_is_a_clear_error() -> None:
     def unknown(data: dict) -> None:  # type: ignore[type-arg]
         data["models"]["demo-voice"]["llm"] = "nosuch"
 
-    with pytest.raises(ProviderError, match="models.demo-voice.llm: unknown provider 'nosuch'"):
+    with pytest.raises(ProviderError, match=r"models\.demo-voice\.llm: unknown provider 'nosuch'"):
         VoiceRuntime(_config(unknown))  # type: ignore[arg-type]
 
 
@@ -127,7 +127,7 @@ def test_openai_llm_without_a_key_is_a_clear_error() -> None:
     def openai(data: dict) -> None:  # type: ignore[type-arg]
         data["models"]["demo-voice"]["llm"] = "openai"
 
-    with pytest.raises(ProviderError, match="models.demo-voice.llm: needs a credential"):
+    with pytest.raises(ProviderError, match=r"models\.demo-voice\.llm: needs a credential"):
         VoiceRuntime(_config(openai))  # type: ignore[arg-type]
 
 

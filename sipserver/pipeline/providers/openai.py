@@ -243,8 +243,13 @@ def chat_payload(
     *,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    tool_choice: str | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of a streamed ``chat.completions.create`` request."""
+    """The keyword arguments of a streamed ``chat.completions.create`` request.
+
+    ``tool_choice`` (only sent with tools): ``auto``, ``none``, ``required`` or the name of one
+    tool, which forces that call.
+    """
     payload: dict[str, Any] = {
         "model": model,
         "messages": [_message(m) for m in messages],
@@ -252,6 +257,10 @@ def chat_payload(
     }
     if tools:
         payload["tools"] = [_tool(t) for t in tools]
+        if tool_choice in ("auto", "none", "required"):
+            payload["tool_choice"] = tool_choice
+        elif tool_choice is not None:
+            payload["tool_choice"] = {"type": "function", "function": {"name": tool_choice}}
     if temperature is not None:
         payload["temperature"] = temperature
     if max_tokens is not None:
@@ -266,6 +275,8 @@ class OpenAiLlm:
         settings: model, key, server and timeouts.
         temperature: sampling temperature; None: the server's default.
         max_tokens: cap on the reply's length; None: the server's default.
+        tool_choice: ``auto``, ``none``, ``required`` or a tool name (forces that call);
+            None: the server's default (``auto``).
     """
 
     name = "openai"
@@ -276,10 +287,12 @@ class OpenAiLlm:
         *,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        tool_choice: str | None = None,
     ) -> None:
         self.settings = settings
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.tool_choice = tool_choice
         self._client: AsyncOpenAI | None = None
         settings.check()  # fail now, at configuration time, when no key can work
 
@@ -302,6 +315,7 @@ class OpenAiLlm:
             tools,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            tool_choice=self.tool_choice,
         )
         assembler = ToolCallAssembler()
         try:

@@ -149,7 +149,7 @@ def _openai_settings(options: dict[str, Any], ctx: ProviderContext, default_mode
 def _openai_llm(options: dict[str, Any], ctx: ProviderContext) -> LanguageModel:
     from .openai import DEFAULT_LLM_MODEL, OpenAiLlm
 
-    check_options(options, _OPENAI_COMMON | {"temperature", "max_tokens"}, ctx)
+    check_options(options, _OPENAI_COMMON | {"temperature", "max_tokens", "tool_choice"}, ctx)
     settings = _openai_settings(options, ctx, DEFAULT_LLM_MODEL)
     return OpenAiLlm(settings, **options)
 
