@@ -26,7 +26,7 @@ import importlib
 import importlib.util
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sipserver.config import LiveKitInferenceModel
@@ -111,8 +111,8 @@ def parse_model_id(kind: Literal["stt", "llm", "tts"], value: str) -> ModelId:
 class LiveKitCredential:
     """What LiveKit's inference clients need (from one entry of ``credentials``)."""
 
-    api_key: str
-    api_secret: str
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
     inference_url: str | None = None
 
     @classmethod
