@@ -171,7 +171,7 @@ def test_run_refuses_a_model_it_cannot_build(tmp_path: Path) -> None:
     path.write_text(
         "models: {m: {type: custom, llm: openai}}\n"
         "agents: [{slug: a, realtime: {enabled: true, model: m}}]\n"
-        f"server: {{data_dir: {tmp_path}, http: "127.0.0.1:65000"}}\n"
+        f"server: {{data_dir: {tmp_path}, http: '127.0.0.1:65000'}}\n"
     )
     result = run_cli("run", "-c", str(path))
     assert result.returncode == 2
