@@ -10,9 +10,10 @@ path is driven with ``tool_choice`` naming the tool: the server then constrains 
 a grammar built from the tool's JSON schema and streams the call in fragments, which is the path
 our assembler has to get right.
 
-``--n_batch 1``: llama.cpp built natively on this machine's CPU (AVX-512/AMX) crashes with a
-segmentation fault when it evaluates a prompt in batches of more than one token; one token at a
-time works and costs about a second per request for this model.
+``--n_batch 1``: llama.cpp built with ``-march=native`` on this machine's CPU (AVX-512, AMX)
+segfaults whenever it evaluates a prompt in batches of more than one token. scripts/test builds
+the portable AVX2 variant, which does not, but a machine may hold a native build; one token at a
+time works with both and costs about a second per request for this model.
 """
 
 from __future__ import annotations
