@@ -1,4 +1,4 @@
-"""Command line: ``sipserver run | check-config | agents | reload | gen-secret``.
+"""Command line: ``sipserver run | check-config | agents | models | reload | gen-secret``.
 
 Run ``sipserver <command> --help`` for the options of each command.
 """
@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from sipserver import __version__
-from sipserver.config import Config, ConfigError, embedded_config_path, load_config
+from sipserver.config import Config, ConfigError, CustomModel, embedded_config_path, load_config
+from sipserver.pipeline.providers.base import ProviderError
 
 __all__ = ["main"]
 
@@ -46,7 +47,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     log.info("config_loaded", source=str(args.config or embedded_config_path()))
     try:
-        asyncio.run(Server(config, config_path=_config_path(args.config)).run())
+        server = Server(config, config_path=_config_path(args.config))
+    except ProviderError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(server.run())
     except OSError as exc:
         log.error("startup_failed", error=str(exc))
         return 1
@@ -100,6 +106,71 @@ def _cmd_agents(args: argparse.Namespace) -> int:
             print(f"  {'browser demo':<16} {public_url.rstrip('/')}/demo/{agent.slug}")
         print()
     return 0
+
+
+def _credential_status(config: Config, name: str | None, needs: Sequence[str]) -> str:
+    """Whether credential ``name`` resolves and has the keys in ``needs`` (never its values)."""
+    if name is None:
+        return "none"
+    entry = config.credentials.get(name)
+    if entry is None:
+        return f"{name} (missing)"
+    absent = [key for key in needs if not entry.get(key)]
+    return f"{name} (ok)" if not absent else f"{name} (no {', '.join(absent)})"
+
+
+def _stage_line(config: Config, model: CustomModel, stage: str) -> str:
+    spec = getattr(model, stage)
+    options = spec.options
+    details = [f"{key}={options[key]}" for key in ("model", "base_url", "voice") if key in options]
+    own = options.get("credential")
+    name = own if isinstance(own, str) else model.credential
+    if spec.provider == "local":
+        status = "not needed"
+    elif spec.provider == "openai" and name is None:
+        has_url = "base_url" in options
+        status = "none (server without keys)" if has_url else "missing (openai needs an api_key)"
+    else:
+        status = _credential_status(config, name, ("api_key",))
+    shown = " ".join([spec.provider, *details])
+    return f"  {stage:<4} {shown}  [credential: {status}]"
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    used: dict[str, list[str]] = {}
+    for agent in config.agents:
+        if agent.realtime.model is not None:
+            used.setdefault(agent.realtime.model, []).append(agent.slug)
+    if not config.models:
+        print("no models configured")
+    for name, model in config.models.items():
+        agents = ", ".join(used.get(name, [])) or "no agent"
+        print(f"{name}  (type {model.type}; used by {agents})")
+        if isinstance(model, CustomModel):
+            for stage in ("stt", "llm", "tts"):
+                print(_stage_line(config, model, stage))
+        else:
+            status = _credential_status(config, model.credential, ("api_key", "api_secret"))
+            print(f"  stt  {model.stt}")
+            print(f"  llm  {model.llm}")
+            print(f"  tts  {model.tts}")
+            print(f"  credential {status}")
+            if not _livekit_installed():
+                print("  client     not installed: pip install 'sipserver[livekit]'")
+        print()
+    return 0
+
+
+def _livekit_installed() -> bool:
+    from sipserver.pipeline.providers.inference import livekit_available
+
+    return livekit_available()
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
@@ -181,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agents.add_argument("-c", "--config", help=_CONFIG_HELP)
     agents.set_defaults(func=_cmd_agents)
+
+    models = sub.add_parser(
+        "models",
+        help="list the realtime voice models with their providers and credentials",
+        description=(
+            "Print each configured model: its type, the agents using it, the provider and "
+            "model of each stage (model-ID strings for livekit_inference) and whether the "
+            "credential it names resolves and has the keys it needs. Secrets are never printed."
+        ),
+    )
+    models.add_argument("-c", "--config", help=_CONFIG_HELP)
+    models.set_defaults(func=_cmd_models)
 
     reload = sub.add_parser(
         "reload",

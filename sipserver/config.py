@@ -773,9 +773,18 @@ def _cross_field_issues(
         return f"defined: {', '.join(sorted(names))}" if names else "none are defined"
 
     for name, model in models:
-        if credentials is not None and model.credential not in (None, *credentials):
+        if credentials is None:
+            break
+        if model.credential not in (None, *credentials):
             message = f"unknown credential {model.credential!r} ({defined(credentials)})"
             issues.append((("models", name, "credential"), message))
+        if isinstance(model, CustomModel):
+            for stage in ("stt", "llm", "tts"):
+                own = getattr(model, stage).options.get("credential")
+                if own is None or (isinstance(own, str) and own in credentials):
+                    continue
+                message = f"unknown credential {own!r} ({defined(credentials)})"
+                issues.append((("models", name, stage, "credential"), message))
     for i, agent in agents:
         unique("slug", agent.slug, agent.slug, ("agents", i, "slug"))
         wanted, where = agent.realtime.model, ("agents", i, "realtime", "model")

@@ -273,7 +273,7 @@ class Server:
             log.error(
                 "no_voice_model_for_agent",
                 agent=agent.slug,
-                reason="livekit_inference models are not served yet",
+                reason="the agent's model is not loaded in this process",
             )
             return None
         # An agent without a realtime model answers as an echo test line: a chime, then the

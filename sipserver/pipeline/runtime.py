@@ -21,7 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sipserver.config import Agent, Config, CustomModel, embedded_config_path
+from sipserver.config import (
+    Agent,
+    Config,
+    CustomModel,
+    EndpointingSettings,
+    InterruptionSettings,
+    LiveKitInferenceModel,
+    TurnDetectionSettings,
+    VadSettings,
+    embedded_config_path,
+)
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.clock import Clock, MonotonicClock
 from sipserver.pipeline.endpointing import EndpointingOptions
@@ -39,13 +49,12 @@ from sipserver.pipeline.interruptions import InterruptionOptions
 from sipserver.pipeline.knowledge import KnowledgeBase
 from sipserver.pipeline.providers.base import (
     LanguageModel,
-    ProviderError,
     SpeechToText,
     TextToSpeech,
     TurnDetector,
 )
-from sipserver.pipeline.providers.local_llm import KnowledgeBaseLlm
-from sipserver.pipeline.providers.registry import make_stt, make_tts
+from sipserver.pipeline.providers.registry import make_llm, make_stt, make_tts
+from sipserver.pipeline.providers.retrieval import KnowledgeContextLlm
 from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
@@ -56,10 +65,12 @@ __all__ = ["VoiceRuntime", "voice_options"]
 log = get_logger(__name__)
 
 
-def voice_options(model: CustomModel) -> VoiceOptions:
-    """The session options of a ``custom`` model's settings."""
-    i = model.interruptions
-    e = model.endpointing
+def voice_options(model: CustomModel | LiveKitInferenceModel) -> VoiceOptions:
+    """The session options of a model's settings (a ``livekit_inference`` model's missing
+    groups take the defaults of ``custom``)."""
+    i = model.interruptions or InterruptionSettings()
+    e = model.endpointing or EndpointingSettings()
+    preemptive = model.preemptive_generation if isinstance(model, CustomModel) else True
     return VoiceOptions(
         interruptions=InterruptionOptions(
             allow=i.allow_interruptions,
@@ -69,7 +80,7 @@ def voice_options(model: CustomModel) -> VoiceOptions:
             resume_false=i.resume_false_interruption,
         ),
         endpointing=EndpointingOptions(e.min_endpointing_delay, e.max_endpointing_delay),
-        preemptive_generation=model.preemptive_generation,
+        preemptive_generation=preemptive,
     )
 
 
@@ -77,26 +88,63 @@ def voice_options(model: CustomModel) -> VoiceOptions:
 class _ModelParts:
     """The shared stages of one configured model."""
 
-    spec: CustomModel
+    spec: CustomModel | LiveKitInferenceModel
     stt: SpeechToText
     tts: TextToSpeech
     turn: TurnDetector | None
     vad: VadOptions
     options: VoiceOptions
+    llm: LanguageModel | None = None
+    """The model's own LLM when it is shared by every agent (livekit_inference); None: one per
+    agent (custom: the local answerer reads each agent's knowledge base)."""
 
 
-def _llm_for(agent: Agent, model: CustomModel, base_dir: Path) -> LanguageModel:
-    provider = model.llm.provider
-    if provider != "local":
-        raise ProviderError(
-            f"llm provider {provider!r} is not available yet (choices: local); "
-            "OpenAI-compatible providers arrive with the model-types work"
+def _parts(
+    name: str, spec: CustomModel | LiveKitInferenceModel, credentials: dict[str, dict[str, str]]
+) -> _ModelParts:
+    where = f"models.{name}"
+    llm: LanguageModel | None = None
+    if isinstance(spec, CustomModel):
+        stt = make_stt(
+            spec.stt, credentials=credentials, credential=spec.credential, where=f"{where}.stt"
         )
+        tts = make_tts(
+            spec.tts, credentials=credentials, credential=spec.credential, where=f"{where}.tts"
+        )
+    else:
+        from sipserver.pipeline.providers.inference import livekit_stages
+
+        stt, llm, tts = livekit_stages(spec, credentials, where=where)
+    turn_settings = spec.turn_detection or TurnDetectionSettings()
+    return _ModelParts(
+        spec=spec,
+        stt=stt,
+        tts=tts,
+        turn=turn_detector_for(turn_settings.model),
+        vad=VadOptions.from_config(spec.vad or VadSettings()),
+        options=voice_options(spec),
+        llm=llm,
+    )
+
+
+def _llm_for(
+    agent: Agent, name: str, parts: _ModelParts, config: Config, base_dir: Path
+) -> LanguageModel:
     kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
     for pattern in kb.unmatched:
         log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
     log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
-    return KnowledgeBaseLlm(kb)
+    if parts.llm is not None:
+        return KnowledgeContextLlm(parts.llm, kb) if len(kb) else parts.llm
+    spec = parts.spec
+    assert isinstance(spec, CustomModel)
+    return make_llm(
+        spec.llm,
+        credentials=config.credentials,
+        knowledge=kb,
+        credential=spec.credential,
+        where=f"models.{name}.llm",
+    )
 
 
 class VoiceRuntime:
@@ -138,25 +186,28 @@ class VoiceRuntime:
                 continue
             name = agent.realtime.model
             spec = config.models.get(name)
-            if not isinstance(spec, CustomModel):
-                continue  # livekit_inference: not served by this runtime (yet)
+            if spec is None:
+                continue
             if name not in models:
                 old = self._models.get(name)
-                if old is not None and old.spec == spec:
+                if old is not None and old.spec == spec and self._same_credentials(config, spec):
                     models[name] = old
                 else:
-                    models[name] = _ModelParts(
-                        spec=spec,
-                        stt=make_stt(spec.stt),
-                        tts=make_tts(spec.tts),
-                        turn=turn_detector_for(spec.turn_detection.model),
-                        vad=VadOptions.from_config(spec.vad),
-                        options=voice_options(spec),
-                    )
-            llms[agent.slug] = _llm_for(agent, spec, self._base_dir)
+                    models[name] = _parts(name, spec, config.credentials)
+            llms[agent.slug] = _llm_for(agent, name, models[name], config, self._base_dir)
         self._models = models
         self._llms = llms
         self._config = config
+
+    def _same_credentials(self, config: Config, spec: CustomModel | LiveKitInferenceModel) -> bool:
+        names = {spec.credential}
+        if isinstance(spec, CustomModel):
+            names |= {s.options.get("credential") for s in (spec.stt, spec.llm, spec.tts)}
+        return all(
+            self._config.credentials.get(n) == config.credentials.get(n)
+            for n in names
+            if isinstance(n, str)
+        )
 
     def reload(self, config: Config) -> None:
         """Apply a new configuration: changed models are rebuilt, knowledge bases re-read.
@@ -225,8 +276,9 @@ class VoiceRuntime:
         batcher = self._batcher(parts.vad.sample_rate)
         stream = batcher.open_stream(parts.vad)
         feedback = None
-        if parts.spec.audio_feedback.enabled:
-            feedback = FeedbackMixer.from_settings(parts.spec.audio_feedback, info.sample_rate)
+        spec = parts.spec
+        if isinstance(spec, CustomModel) and spec.audio_feedback.enabled:
+            feedback = FeedbackMixer.from_settings(spec.audio_feedback, info.sample_rate)
         listener = self._listener(info, on_event)
 
         if self._metrics is not None:

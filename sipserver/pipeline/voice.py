@@ -658,8 +658,9 @@ class VoiceSession:
             if not reply.committed:
                 assert reply.user_text is not None
                 messages.append(ChatMessage("user", reply.user_text))
+            chunks = self._llm.stream(messages, tools=(END_CALL_TOOL,))
             try:
-                async for chunk in self._llm.stream(messages, tools=(END_CALL_TOOL,)):
+                async for chunk in chunks:
                     if reply.llm_first_token is None:
                         reply.llm_first_token = self._clock.now()
                     if isinstance(chunk, TextDelta):
@@ -674,6 +675,13 @@ class VoiceSession:
                 if not reply.pieces and pieces.empty():
                     await pieces.put(_APOLOGY)
                 return
+            finally:
+                # A barge-in may cancel this task while it waits on the queue: close the
+                # stream now (a hosted model stops generating) rather than at garbage collection.
+                close = getattr(chunks, "aclose", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
             for piece in chunker.flush():
                 await pieces.put(piece)
         finally:

@@ -85,7 +85,7 @@ def test_gen_secret_refuses_short_length() -> None:
     assert "at least 32" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "check-config", "agents", "gen-secret"])
+@pytest.mark.parametrize("command", ["run", "check-config", "agents", "models", "gen-secret"])
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0
@@ -113,3 +113,67 @@ def test_docker_config_validates_without_environment() -> None:
     )
     assert custom.server.public_url == "https://voice.example.com"
     assert custom.agents[0].sip.password == "s3cret-s3cret"
+
+
+MODELS_YAML = """
+credentials:
+  openai: {api_key: sk-very-secret-1}
+  lk: {api_key: lk-key-2, api_secret: lk-very-secret-3}
+  partial: {api_key: lk-key-4}
+models:
+  hosted: {type: custom, credential: openai, llm: {provider: openai, model: gpt-4o-mini},
+           tts: {provider: openai, voice: coral}}
+  llama: {type: custom, llm: {provider: openai, base_url: "http://127.0.0.1:8081/v1", model: s}}
+  nokey: {type: custom, stt: {provider: openai}}
+  gateway: {type: livekit_inference, credential: lk, stt: "deepgram/nova-3:en",
+            llm: openai/gpt-4o-mini, tts: "cartesia/sonic-3:voice-1"}
+  half: {type: livekit_inference, credential: partial, stt: deepgram/nova-3,
+         llm: openai/gpt-4o-mini, tts: cartesia/sonic-3}
+agents:
+  - {slug: support, realtime: {enabled: true, model: hosted}}
+"""
+
+
+def test_models_lists_types_providers_and_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(MODELS_YAML)
+    assert main(["models", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hosted  (type custom; used by support)" in out
+    assert "  stt  local  [credential: not needed]" in out
+    assert "  llm  openai model=gpt-4o-mini  [credential: openai (ok)]" in out
+    assert "  tts  openai voice=coral  [credential: openai (ok)]" in out
+    assert "base_url=http://127.0.0.1:8081/v1  [credential: none (server without keys)]" in out
+    assert "  stt  openai  [credential: missing (openai needs an api_key)]" in out
+    assert "gateway  (type livekit_inference; used by no agent)" in out
+    assert "  stt  deepgram/nova-3:en" in out and "  tts  cartesia/sonic-3:voice-1" in out
+    assert "  credential lk (ok)" in out
+    assert "  credential partial (no api_secret)" in out
+    for secret in ("sk-very-secret-1", "lk-key-2", "lk-very-secret-3", "lk-key-4"):
+        assert secret not in out
+
+
+def test_check_config_names_a_bad_model_id(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(MODELS_YAML.replace("openai/gpt-4o-mini,", "openai/gpt-4o-mini:latest,"))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert (
+        "models.gateway.llm: 'openai/gpt-4o-mini:latest' is not provider/model "
+        "(e.g. openai/gpt-4o-mini)"
+    ) in result.stderr
+
+
+def test_run_refuses_a_model_it_cannot_build(tmp_path: Path) -> None:
+    path = tmp_path / "nokey.yaml"
+    path.write_text(
+        "models: {m: {type: custom, llm: openai}}\n"
+        "agents: [{slug: a, realtime: {enabled: true, model: m}}]\n"
+        f"server: {{data_dir: {tmp_path}, http: '127.0.0.1:65000'}}\n"
+    )
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2
+    assert "cannot start: models.m.llm: needs a credential with api_key" in result.stderr
+    assert "Traceback" not in result.stderr

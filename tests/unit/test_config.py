@@ -342,6 +342,20 @@ def test_model_credential_must_exist(model: str) -> None:
     assert_error(doc, f"models.{model}.credential", "unknown credential 'openai' (defined: lk)")
 
 
+@pytest.mark.parametrize("stage", ["stt", "llm", "tts"])
+def test_stage_credential_must_exist(stage: str) -> None:
+    doc = with_(base(), f"models.voice.{stage}", {"provider": "openai", "credential": "openai"})
+    assert_error(
+        doc, f"models.voice.{stage}.credential", "unknown credential 'openai' (defined: lk)"
+    )
+
+
+def test_stage_credential_that_exists_is_accepted() -> None:
+    doc = with_(base(), "models.voice.llm", {"provider": "openai", "credential": "lk"})
+    model = parse(doc).models["voice"]
+    assert isinstance(model, CustomModel) and model.llm.options == {"credential": "lk"}
+
+
 def test_livekit_model_requires_a_credential() -> None:
     doc = base()
     del doc["models"]["gateway"]["credential"]
@@ -358,6 +372,12 @@ def test_livekit_model_requires_a_credential() -> None:
         ("llm", "openai/gpt-4o:latest", "is not provider/model (e.g. openai/gpt-4o-mini)"),
         ("llm", "openai/", "is not provider/model"),
         ("tts", "cartesia", "is not provider/model[:voice]"),
+        ("tts", "cartesia/sonic-3:", "is not provider/model[:voice] (e.g. cartesia/sonic-2:"),
+        ("tts", "/sonic-3:voice", "is not provider/model[:voice]"),
+        ("stt", ":en", "is not provider/model[:language]"),
+        ("stt", "deepgram/nova-3: en", "is not provider/model[:language]"),
+        ("llm", "openai/gpt-4o-mini:", "is not provider/model"),
+        ("llm", "gpt-4o-mini", "is not provider/model"),
     ],
 )
 def test_livekit_model_strings(key: str, value: str, expected: str) -> None:
@@ -366,7 +386,13 @@ def test_livekit_model_strings(key: str, value: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("stt", "deepgram/nova-3:en"), ("tts", "cartesia/sonic-2:a1b2-c3"), ("llm", "a/b/c")],
+    [
+        ("stt", "deepgram/nova-3:en"),
+        ("stt", "assemblyai/universal-streaming"),
+        ("tts", "cartesia/sonic-2:a1b2-c3"),
+        ("tts", "rime/arcana"),
+        ("llm", "a/b/c"),
+    ],
 )
 def test_livekit_model_strings_accepted(key: str, value: str) -> None:
     parse(with_(base(), f"models.gateway.{key}", value))

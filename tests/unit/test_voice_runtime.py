@@ -7,7 +7,10 @@ import pytest
 import yaml
 
 from sipserver.config import embedded_config_path, parse_config
+from sipserver.pipeline.providers import inference
 from sipserver.pipeline.providers.base import ProviderError
+from sipserver.pipeline.providers.openai import OpenAiLlm
+from sipserver.pipeline.providers.retrieval import KnowledgeContextLlm
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.voice import VoiceSession
@@ -61,28 +64,88 @@ async def test_audio_feedback_settings_reach_the_call(enabled: bool) -> None:
     await runtime.close()
 
 
-def test_livekit_inference_agents_are_not_served_yet() -> None:
-    def livekit(data: dict) -> None:  # type: ignore[type-arg]
-        data["credentials"] = {"lk": {"api_key": "k", "api_secret": "s", "url": "wss://x"}}
-        data["models"]["demo-voice"] = {
-            "type": "livekit_inference",
-            "credential": "lk",
-            "stt": "deepgram/nova-3:en",
-            "llm": "openai/gpt-4o-mini",
-            "tts": "cartesia/sonic-2:voice",
-        }
+def _livekit(data: dict) -> None:  # type: ignore[type-arg]
+    data["credentials"] = {"lk": {"api_key": "k", "api_secret": "s", "url": "wss://x"}}
+    data["models"]["demo-voice"] = {
+        "type": "livekit_inference",
+        "credential": "lk",
+        "stt": "deepgram/nova-3:en",
+        "llm": "openai/gpt-4o-mini",
+        "tts": "cartesia/sonic-2:voice",
+    }
 
-    config = _config(livekit)
+
+def test_livekit_inference_without_the_extra_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inference, "livekit_available", lambda: False)
+    with pytest.raises(ProviderError, match=r"pip install 'sipserver\[livekit\]'") as info:
+        VoiceRuntime(_config(_livekit))  # type: ignore[arg-type]
+    assert str(info.value).startswith("models.demo-voice: type livekit_inference")
+
+
+async def test_livekit_inference_agents_are_served_with_the_extra() -> None:
+    if not inference.livekit_available():
+        pytest.skip("livekit-agents is not installed (pip install 'sipserver[livekit]')")
+    config = _config(_livekit)
     runtime = VoiceRuntime(config)  # type: ignore[arg-type]
-    assert not runtime.serves(config.agents[0])  # type: ignore[attr-defined]
+    agent = config.agents[0]  # type: ignore[attr-defined]
+    assert runtime.serves(agent)
+    parts = runtime._models["demo-voice"]
+    assert isinstance(parts.stt, inference.LiveKitStt)
+    assert isinstance(parts.tts, inference.LiveKitTts)
+    assert parts.options.endpointing.min_delay == 0.5  # the custom defaults
+    session = runtime.new_session(agent, INFO)
+    assert isinstance(session, VoiceSession)
+    session.on_hangup("test")
+    await runtime.close()
+
+
+def test_livekit_inference_settings_apply_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, "livekit_available", lambda: True)
+
+    def slower(data: dict) -> None:  # type: ignore[type-arg]
+        _livekit(data)
+        data["models"]["demo-voice"]["endpointing"] = {"min_endpointing_delay": 0.9}
+        data["models"]["demo-voice"]["vad"] = {"sample_rate": 8000}
+
+    parts = VoiceRuntime(_config(slower))._models["demo-voice"]  # type: ignore[arg-type]
+    assert parts.options.endpointing.min_delay == 0.9
+    assert parts.vad.sample_rate == 8000
+    assert parts.options.interruptions.min_duration == 0.5
 
 
 def test_unknown_llm_provider_is_a_clear_error() -> None:
+    def unknown(data: dict) -> None:  # type: ignore[type-arg]
+        data["models"]["demo-voice"]["llm"] = "nosuch"
+
+    with pytest.raises(ProviderError, match=r"models\.demo-voice\.llm: unknown provider 'nosuch'"):
+        VoiceRuntime(_config(unknown))  # type: ignore[arg-type]
+
+
+def test_openai_llm_without_a_key_is_a_clear_error() -> None:
     def openai(data: dict) -> None:  # type: ignore[type-arg]
         data["models"]["demo-voice"]["llm"] = "openai"
 
-    with pytest.raises(ProviderError, match="llm provider 'openai'"):
+    with pytest.raises(ProviderError, match=r"models\.demo-voice\.llm: needs a credential"):
         VoiceRuntime(_config(openai))  # type: ignore[arg-type]
+
+
+def test_openai_llm_of_a_local_server_gets_the_knowledge_base() -> None:
+    def openai(data: dict) -> None:  # type: ignore[type-arg]
+        data["models"]["demo-voice"]["llm"] = {
+            "provider": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "model": "smollm2",
+        }
+
+    config = _config(openai)
+    runtime = VoiceRuntime(config)  # type: ignore[arg-type]
+    llm = runtime._llms[config.agents[0].slug]  # type: ignore[attr-defined]
+    assert isinstance(llm, KnowledgeContextLlm)
+    assert isinstance(llm.inner, OpenAiLlm)
+    assert llm.inner.settings.base_url == "http://127.0.0.1:9/v1"
+    assert llm.inner.settings.api_key is None
 
 
 def test_reload_keeps_unchanged_models_and_rebuilds_changed_ones() -> None:
