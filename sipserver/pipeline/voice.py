@@ -63,31 +63,19 @@ from sipserver.pipeline.providers.base import (
     ChatMessage,
     LanguageModel,
     SpeechToText,
-    TextDelta,
     TextToSpeech,
-    ToolCall,
-    ToolSpec,
     Transcript,
     TurnDetector,
 )
+from sipserver.pipeline.reply import END_CALL_TOOL, Reply, heard_text, produce_pieces
 from sipserver.pipeline.session import CallInfo
-from sipserver.pipeline.text import SentenceChunker
 from sipserver.pipeline.vad import SpeechEnded, SpeechStarted
 
 __all__ = ["END_CALL_TOOL", "AgentProfile", "SpeechSegments", "VoiceOptions", "VoiceSession"]
 
 log = get_logger(__name__)
 
-END_CALL_TOOL = ToolSpec(
-    name="end_call",
-    description=(
-        "End the phone call. Call it after saying goodbye, when the caller says goodbye or "
-        "asks to hang up."
-    ),
-)
-"""The tool through which the LLM ends the call (after its last words have played)."""
 
-_APOLOGY = "Sorry, I had a problem there. Could you say that again?"
 _TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
 _TURN_TRAILING_SILENCE = 0.2  # Smart Turn scores best on speech plus ~0.2 s of pause
 _MAX_PENDING_SEGMENTS = 4
@@ -170,32 +158,6 @@ class VoiceOptions:
     count as interrupting speech (:mod:`sipserver.pipeline.echo_gate`)."""
 
 
-@dataclass(eq=False, slots=True)
-class _Reply:
-    """One reply of the agent (the greeting, or an answer to a turn)."""
-
-    user_text: str | None
-    """The turn it answers (None: greeting or apology, spoken without the LLM)."""
-    fixed_text: str | None = None
-    committed: bool = False
-    preemptive: bool = False
-    task: asyncio.Task[None] | None = None
-    pending: list[bytes] = field(default_factory=list)
-    """Audio produced before commit (speculative replies)."""
-    pieces: list[str] = field(default_factory=list)
-    timeline: list[tuple[str, int]] = field(default_factory=list)
-    """(piece, cumulative bytes of reply audio at the end of that piece)."""
-    audio_bytes: int = 0
-    played_bytes: int = 0
-    synth_done: bool = False
-    end_call: bool = False
-    speech_end: float | None = None
-    end_of_turn: float | None = None
-    llm_first_token: float | None = None
-    tts_first_audio: float | None = None
-    first_frame: float | None = None
-
-
 class VoiceSession:
     """A conversation with the agent on one call (a :class:`CallSession`).
 
@@ -257,8 +219,8 @@ class VoiceSession:
         self._stt_chain: asyncio.Task[None] | None = None
         self._stt_pending = 0
         self._verdict: asyncio.Task[None] | None = None
-        self._reply: _Reply | None = None
-        self._speculative: _Reply | None = None
+        self._reply: Reply | None = None
+        self._speculative: Reply | None = None
         self._segment_during_agent = False
         self._paused = False
         self._held: list[bytes] = []
@@ -289,7 +251,7 @@ class VoiceSession:
                 info.sample_rate, self._vad.sample_rate, 1, dtype="int16"
             )
         if self.profile.greeting:
-            reply = _Reply(user_text=None, fixed_text=self.profile.greeting, committed=True)
+            reply = Reply(user_text=None, fixed_text=self.profile.greeting, committed=True)
             self._begin(reply)
 
     def on_audio(self, frame: bytes) -> None:
@@ -544,7 +506,7 @@ class VoiceSession:
         turn_text = " ".join(self._turn_texts)
         if self.options.preemptive_generation and self._reply is None:
             self._drop_speculative()
-            self._speculative = _Reply(user_text=turn_text)
+            self._speculative = Reply(user_text=turn_text)
             self._begin(self._speculative)
         self._cancel(self._verdict)
         self._verdict = self._spawn(self._decide_turn(result, turn_text))
@@ -591,7 +553,7 @@ class VoiceSession:
         else:
             if spec is not None:
                 self._cancel(spec.task)
-            reply = _Reply(user_text=text)
+            reply = Reply(user_text=text)
             self._begin(reply)
         self.history.append(ChatMessage("user", text))
         reply.speech_end = speech_end
@@ -600,12 +562,12 @@ class VoiceSession:
 
     # ------------------------------------------------------------------------------ replies
 
-    def _begin(self, reply: _Reply) -> None:
+    def _begin(self, reply: Reply) -> None:
         reply.task = self._spawn(self._run_reply(reply))
         if reply.committed:
             self._commit(reply)
 
-    def _commit(self, reply: _Reply) -> None:
+    def _commit(self, reply: Reply) -> None:
         assert self._playout is not None
         self._recent.clear()
         old = self._reply
@@ -620,7 +582,7 @@ class VoiceSession:
         reply.pending.clear()
         self._set_state(AgentState.THINKING)
 
-    async def _run_reply(self, reply: _Reply) -> None:
+    async def _run_reply(self, reply: Reply) -> None:
         pieces: asyncio.Queue[str | None] = asyncio.Queue(maxsize=32)
         producer = self._spawn(self._produce_text(reply, pieces))
         to_call: soxr.ResampleStream | None = None
@@ -648,47 +610,20 @@ class VoiceSession:
             producer.cancel()
             reply.synth_done = True
 
-    async def _produce_text(self, reply: _Reply, pieces: asyncio.Queue[str | None]) -> None:
-        try:
-            if reply.fixed_text is not None:
-                await pieces.put(reply.fixed_text)
-                return
-            chunker = SentenceChunker()
-            messages = [ChatMessage("system", self.profile.instructions), *self.history]
-            if not reply.committed:
-                assert reply.user_text is not None
-                messages.append(ChatMessage("user", reply.user_text))
-            chunks = self._llm.stream(messages, tools=(END_CALL_TOOL,))
-            try:
-                async for chunk in chunks:
-                    if reply.llm_first_token is None:
-                        reply.llm_first_token = self._clock.now()
-                    if isinstance(chunk, TextDelta):
-                        for piece in chunker.push(chunk.text):
-                            await pieces.put(piece)
-                    elif isinstance(chunk, ToolCall) and chunk.name == END_CALL_TOOL.name:
-                        reply.end_call = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._provider_failed("llm", exc)
-                if not reply.pieces and pieces.empty():
-                    await pieces.put(_APOLOGY)
-                return
-            finally:
-                # A barge-in may cancel this task while it waits on the queue: close the
-                # stream now (a hosted model stops generating) rather than at garbage collection.
-                close = getattr(chunks, "aclose", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        await close()
-            for piece in chunker.flush():
-                await pieces.put(piece)
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                pieces.put_nowait(None)
+    async def _produce_text(self, reply: Reply, pieces: asyncio.Queue[str | None]) -> None:
+        messages = [ChatMessage("system", self.profile.instructions), *self.history]
+        if not reply.committed and reply.user_text is not None:
+            messages.append(ChatMessage("user", reply.user_text))
+        await produce_pieces(
+            reply,
+            self._llm,
+            messages,
+            pieces,
+            now=self._clock.now,
+            on_error=lambda exc: self._provider_failed("llm", exc),
+        )
 
-    async def _backpressure(self, reply: _Reply) -> None:
+    async def _backpressure(self, reply: Reply) -> None:
         """Wait while the reply has more than ``_MAX_UNPLAYED_SECONDS`` of audio not yet played
         (queued, held by a pause, or speculative): TTS runs far faster than real time, and
         nothing here may grow without bound."""
@@ -696,7 +631,7 @@ class VoiceSession:
         while reply.audio_bytes - reply.played_bytes > limit:
             await self._clock.sleep_until(self._clock.now() + 0.1)
 
-    def _deliver(self, reply: _Reply, pcm: bytes) -> None:
+    def _deliver(self, reply: Reply, pcm: bytes) -> None:
         if not pcm:
             return
         reply.audio_bytes += len(pcm)
@@ -707,7 +642,7 @@ class VoiceSession:
         elif reply is self._reply and self._playout is not None:
             self._playout.push(pcm)
 
-    def _finish_reply(self, reply: _Reply) -> None:
+    def _finish_reply(self, reply: Reply) -> None:
         self._reply = None
         self._recent.clear()
         text = " ".join(reply.pieces)
@@ -764,33 +699,14 @@ class VoiceSession:
         if self._reply is not None:
             self._stop_reply(self._reply, now, kind="interrupted")
 
-    def _stop_reply(self, reply: _Reply, now: float, *, kind: str) -> None:
+    def _stop_reply(self, reply: Reply, now: float, *, kind: str) -> None:
         self._cancel(reply.task)
         self._reply = None
-        heard = self._heard_text(reply)
+        heard = heard_text(reply)
         if heard:
             self.history.append(ChatMessage("assistant", heard))
         self._emit(Interruption(now, kind, heard))
         self._set_state(AgentState.USER_SPEAKING if self._vad.speaking else AgentState.LISTENING)
-
-    @staticmethod
-    def _heard_text(reply: _Reply) -> str:
-        """The words of the reply that played: whole pieces, then a share of the next one."""
-        heard: list[str] = []
-        start = 0
-        for piece, end in reply.timeline:
-            if reply.played_bytes >= end:
-                heard.append(piece)
-            else:
-                words = piece.split()
-                span = max(1, end - start)
-                share = (reply.played_bytes - start) / span
-                count = int(len(words) * max(0.0, share))
-                if count:
-                    heard.append(" ".join(words[:count]))
-                break
-            start = end
-        return " ".join(heard)
 
     def _run_interim(self, now: float) -> None:
         if self._interim is not None and not self._interim.done():
@@ -875,7 +791,7 @@ class VoiceSession:
             except Exception:
                 log.exception("voice_session_listener_failed", call_id=self._call_id)
 
-    def _emit_latency(self, reply: _Reply) -> None:
+    def _emit_latency(self, reply: Reply) -> None:
         if reply.user_text is None:
             return
         self._emit(
