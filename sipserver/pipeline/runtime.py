@@ -229,13 +229,23 @@ class VoiceRuntime:
         log.info("voice_runtime_ready", seconds=round(time.perf_counter() - started, 3))
 
     async def close(self) -> None:
-        """Stop the VAD batchers."""
+        """Stop the VAD batchers and close the providers' connections."""
         for task in self._batcher_tasks.values():
             task.cancel()
         for task in self._batcher_tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._batcher_tasks.clear()
+        stages: list[object] = list(self._llms.values())
+        for parts in self._models.values():
+            stages += [parts.stt, parts.tts, parts.turn]
+        for stage in stages:
+            close = getattr(stage, "close", None)
+            if close is not None and asyncio.iscoroutinefunction(close):
+                try:
+                    await close()
+                except Exception as exc:
+                    log.warning("provider_close_failed", stage=repr(stage), error=repr(exc))
 
     def _batcher(self, rate: int) -> VadBatcher:
         batcher = self._batchers.get(rate)

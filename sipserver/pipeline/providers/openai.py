@@ -268,7 +268,25 @@ def chat_payload(
     return payload
 
 
-class OpenAiLlm:
+class _OpenAiClient:
+    """The lazily created client of a provider, and its release."""
+
+    settings: OpenAiSettings
+    _client: AsyncOpenAI | None
+
+    def _get_client(self) -> AsyncOpenAI:
+        if self._client is None:
+            self._client = self.settings.client()
+        return self._client
+
+    async def close(self) -> None:
+        """Close the HTTP connections (server shutdown); a later call opens new ones."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+class OpenAiLlm(_OpenAiClient):
     """Chat completions, streamed, with tool calls.
 
     Args:
@@ -295,11 +313,6 @@ class OpenAiLlm:
         self.tool_choice = tool_choice
         self._client: AsyncOpenAI | None = None
         settings.check()  # fail now, at configuration time, when no key can work
-
-    def _get_client(self) -> AsyncOpenAI:
-        if self._client is None:
-            self._client = self.settings.client()
-        return self._client
 
     async def stream(
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = ()
@@ -361,7 +374,7 @@ def pcm_to_wav(pcm: bytes, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-class OpenAiStt:
+class OpenAiStt(_OpenAiClient):
     """Transcription of a finished speech segment (``gpt-4o-mini-transcribe``, ``whisper-1``...).
 
     Args:
@@ -397,8 +410,7 @@ class OpenAiStt:
         Raises:
             ProviderError: the request failed.
         """
-        if self._client is None:
-            self._client = self.settings.client()
+        client = self._get_client()
         lang = language or self.language
         extra: dict[str, Any] = {}
         if lang:
@@ -406,7 +418,7 @@ class OpenAiStt:
         if self.prompt:
             extra["prompt"] = self.prompt
         try:
-            result = await self._client.audio.transcriptions.create(
+            result = await client.audio.transcriptions.create(
                 file=("speech.wav", pcm_to_wav(pcm, self.sample_rate), "audio/wav"),
                 model=self.settings.model,
                 response_format="json",
@@ -421,7 +433,7 @@ class OpenAiStt:
 # ------------------------------------------------------------------------------------ TTS
 
 
-class OpenAiTts:
+class OpenAiTts(_OpenAiClient):
     """Speech as raw PCM, streamed (``gpt-4o-mini-tts``, ``tts-1``...).
 
     Args:
@@ -460,8 +472,7 @@ class OpenAiTts:
         Raises:
             ProviderError: the request or the stream failed.
         """
-        if self._client is None:
-            self._client = self.settings.client()
+        client = self._get_client()
         extra: dict[str, Any] = {}
         if self.instructions:
             extra["instructions"] = self.instructions
@@ -469,7 +480,7 @@ class OpenAiTts:
             extra["speed"] = self.speed
         carry = b""
         try:
-            async with self._client.audio.speech.with_streaming_response.create(
+            async with client.audio.speech.with_streaming_response.create(
                 model=self.settings.model,
                 voice=self.voice,
                 input=text,

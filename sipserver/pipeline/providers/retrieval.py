@@ -62,6 +62,12 @@ class KnowledgeContextLlm:
         self.passages = passages
         self.name = inner.name
 
+    async def close(self) -> None:
+        """Close the wrapped model's connections, if it has any."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            await close()
+
     def stream(
         self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[LlmChunk]:
