@@ -656,7 +656,9 @@ class Agent(_Model):
         Returns:
             ``websocket`` (``ws(s)://…/ws/<slug>/<secret>``, ``wss`` for an https public URL)
             and ``twilio_webhook`` (``…/incoming-call/<slug>/<secret>``) when the websocket is
-            enabled; ``listens`` (``…/listens/<slug>/<secret>``) when listens is enabled.
+            enabled; ``listens`` (``…/listens/<slug>/<secret>``, the webhook) and
+            ``listens_stream`` (``ws(s)://…/listens/<slug>/<secret>/stream``, the fork) when
+            listens is enabled.
             Empty without a ``websocket.secret``.
 
         Raises:
@@ -673,6 +675,8 @@ class Agent(_Model):
             urls["twilio_webhook"] = f"{base}/incoming-call/{self.slug}/{secret}"
         if secret is not None and self.listens.enabled:
             urls["listens"] = f"{base}/listens/{self.slug}/{secret}"
+            ws_scheme = "wss" if scheme.lower() == "https" else "ws"
+            urls["listens_stream"] = f"{ws_scheme}://{rest}/listens/{self.slug}/{secret}/stream"
         return urls
 
 

@@ -51,7 +51,7 @@ from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 
-__all__ = ["VoiceRuntime", "voice_options"]
+__all__ = ["ListenParts", "VoiceRuntime", "voice_options"]
 
 log = get_logger(__name__)
 
@@ -85,18 +85,34 @@ class _ModelParts:
     options: VoiceOptions
 
 
-def _llm_for(agent: Agent, model: CustomModel, base_dir: Path) -> LanguageModel:
+def _knowledge_for(agent: Agent, base_dir: Path) -> KnowledgeBase:
+    kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
+    for pattern in kb.unmatched:
+        log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
+    log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
+    return kb
+
+
+def _llm_for(model: CustomModel, kb: KnowledgeBase) -> LanguageModel:
     provider = model.llm.provider
     if provider != "local":
         raise ProviderError(
             f"llm provider {provider!r} is not available yet (choices: local); "
             "OpenAI-compatible providers arrive with the model-types work"
         )
-    kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
-    for pattern in kb.unmatched:
-        log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
-    log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
     return KnowledgeBaseLlm(kb)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenParts:
+    """What AI Listens needs of an agent's model: the shared STT and VAD, the knowledge base
+    and the language model for suggestions (None: ``llm: local``, suggest passages)."""
+
+    stt: SpeechToText
+    vad: VadBatcher
+    vad_options: VadOptions
+    knowledge: KnowledgeBase
+    llm: LanguageModel | None
 
 
 class VoiceRuntime:
@@ -124,6 +140,7 @@ class VoiceRuntime:
         self._batcher_tasks: dict[int, asyncio.Task[None]] = {}
         self._models: dict[str, _ModelParts] = {}
         self._llms: dict[str, LanguageModel] = {}
+        self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         self._config = config
         self._base_dir = Path(config_path or embedded_config_path()).resolve().parent
         self._build(config)
@@ -133,8 +150,9 @@ class VoiceRuntime:
     def _build(self, config: Config) -> None:
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
+        listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         for agent in config.agents:
-            if not agent.realtime.enabled or agent.realtime.model is None:
+            if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
                 continue
             name = agent.realtime.model
             spec = config.models.get(name)
@@ -153,9 +171,17 @@ class VoiceRuntime:
                         vad=VadOptions.from_config(spec.vad),
                         options=voice_options(spec),
                     )
-            llms[agent.slug] = _llm_for(agent, spec, self._base_dir)
+            kb = _knowledge_for(agent, self._base_dir)
+            llm = _llm_for(spec, kb) if agent.realtime.enabled else None
+            if llm is not None:
+                llms[agent.slug] = llm
+            if agent.listens.enabled:
+                # The offline answerer is no writer of suggestions: listens quotes the passage.
+                writer = None if spec.llm.provider == "local" else llm or _llm_for(spec, kb)
+                listens[agent.slug] = (name, kb, writer)
         self._models = models
         self._llms = llms
+        self._listens = listens
         self._config = config
 
     def reload(self, config: Config) -> None:
@@ -204,6 +230,25 @@ class VoiceRuntime:
     def serves(self, agent: Agent) -> bool:
         """True when calls to ``agent`` get a voice session from this runtime."""
         return agent.slug in self._llms
+
+    def listen_parts(self, agent: Agent) -> ListenParts | None:
+        """The parts AI Listens uses for ``agent`` (None: listens is not enabled for it).
+
+        The STT and VAD are the ones the agent's voice sessions share: no model is loaded
+        twice. Call on the event loop (the VAD batcher task starts on first use).
+        """
+        entry = self._listens.get(agent.slug)
+        if entry is None:
+            return None
+        model_name, knowledge, llm = entry
+        parts = self._models[model_name]
+        return ListenParts(
+            stt=parts.stt,
+            vad=self._batcher(parts.vad.sample_rate),
+            vad_options=parts.vad,
+            knowledge=knowledge,
+            llm=llm,
+        )
 
     def new_session(
         self,

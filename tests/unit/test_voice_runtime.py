@@ -71,6 +71,7 @@ def test_livekit_inference_agents_are_not_served_yet() -> None:
             "llm": "openai/gpt-4o-mini",
             "tts": "cartesia/sonic-2:voice",
         }
+        data["agents"][0]["listens"] = {"enabled": False}  # listens needs a custom model
 
     config = _config(livekit)
     runtime = VoiceRuntime(config)  # type: ignore[arg-type]
