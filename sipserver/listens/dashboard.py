@@ -146,7 +146,8 @@ def _page_headers() -> dict[str, str]:
     return {
         "Cache-Control": "no-store",
         "Content-Security-Policy": _CSP,
-        "Referrer-Policy": "no-referrer",
+        # not no-referrer: with it, browsers send "Origin: null" on form posts
+        "Referrer-Policy": "same-origin",
         "X-Content-Type-Options": "nosniff",
     }
 
