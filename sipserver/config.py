@@ -766,7 +766,13 @@ def _cross_field_issues(
     that is invalid itself); ``credentials=None`` (not a mapping) skips the credential checks.
     """
     issues: list[Issue] = []
-    seen: dict[str, dict[str, rules.Loc]] = {"slug": {}, "username": {}, "number": {}, "user": {}}
+    seen: dict[str, dict[str, rules.Loc]] = {
+        "slug": {},
+        "username": {},
+        "number": {},
+        "listens": {},
+        "user": {},
+    }
 
     def unique(table: str, key: str, shown: str, loc: rules.Loc) -> None:
         first = seen[table].setdefault(key, loc)
@@ -797,10 +803,13 @@ def _cross_field_issues(
             unique("number", normalize(number), number, ("agents", i, "sip", "numbers", j))
     for i, agent in agents:  # every SIP number is known now
         for j, number in enumerate(agent.listens.numbers):
+            loc = ("agents", i, "listens", "numbers", j)
             sip = seen["number"].get(normalize(number))
             if sip is not None:
                 message = f"{number!r} is also a SIP number ({rules.format_path(sip)})"
-                issues.append((("agents", i, "listens", "numbers", j), message))
+                issues.append((loc, message))
+            elif agent.listens.enabled:  # one agent per monitored number
+                unique("listens", normalize(number), number, loc)
     for i, user in users:
         unique("user", user.name, user.name, ("users", i, "name"))
     return issues

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Final
 
-from sipserver.pipeline.knowledge import KnowledgeBase, Passage
+from sipserver.pipeline.knowledge import KnowledgeBase, Passage, tokenize
 from sipserver.pipeline.providers.base import ChatMessage, LanguageModel, TextDelta
 from sipserver.pipeline.providers.local_llm import MIN_SCORE
 
@@ -135,7 +135,7 @@ class SuggestionEngine:
 
     def _retrieve(self, utterance: str) -> list[Passage]:
         found = self.knowledge.search(utterance, k=self.passages, min_score=self.min_score)
-        if not found and self._previous:
+        if not found and self._previous and tokenize(utterance):
             # "And how much is that?": the previous utterance may carry the topic.
             joined = f"{self._previous} {utterance}"
             found = self.knowledge.search(joined, k=self.passages, min_score=self.min_score)

@@ -666,6 +666,18 @@ def test_listens_number_of_another_agent_sip_number() -> None:
     )
 
 
+def test_listens_number_monitored_by_two_agents() -> None:
+    doc = listens_doc()
+    doc["agents"][1]["listens"] = {"enabled": True, "numbers": ["+1 415 555 0199"]}
+    doc["agents"][1]["realtime"] = doc["agents"][0]["realtime"]
+    doc["agents"][1]["websocket"] = doc["agents"][0]["websocket"]
+    assert_error(
+        doc,
+        "agents[1].listens.numbers[0]",
+        "'+1 415 555 0199' is already used by agents[0].listens.numbers[0]",
+    )
+
+
 def test_listens_channel_and_roles() -> None:
     assert_error(
         listens_doc(channel="stereo"),
