@@ -96,7 +96,9 @@ async def test_forked_call_streams_transcripts_and_a_suggestion(
         await asyncio.sleep(0.5)
         fork.say("inbound", question)
         await fork.idle()
-        await asyncio.sleep(1.0)
+        spoken = time.monotonic()
+        assert await events.wait_for(lambda r: bool(r.of("suggestion")), 30), events.events
+        suggestion_delay = time.monotonic() - spoken
         fork.say("outbound", reply)
         await fork.idle()
 
@@ -123,6 +125,7 @@ async def test_forked_call_streams_transcripts_and_a_suggestion(
     lines = {t["speaker"]: t["text"].lower() for t in events.of("transcript")}
     suggestion = events.of("suggestion")[0]
     print(f"transcripts {lines}\nsuggestion {suggestion['text']!r} from {suggestion['sources']}")
+    print(f"caller's last audio sent -> suggestion on the SSE stream: {suggestion_delay:.2f} s")
     print(f"call to suggestion and both transcripts: {elapsed:.1f} s")
     assert "cost" in lines["caller"], lines
     assert re.search(r"plans?|dollars|month", lines["agent"]), lines
