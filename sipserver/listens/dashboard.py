@@ -188,7 +188,6 @@ class Dashboard:
         self._throttle = _Throttle()
         self._hashing = asyncio.Semaphore(2)
         self._dummy_hash: str | None = None
-        self._streams: set[web.StreamResponse] = set()
 
     def add_routes(self, app: web.Application) -> None:
         """Register the pages, the API and the static files."""
@@ -390,7 +389,6 @@ class Dashboard:
             }
         )
         await response.prepare(request)
-        self._streams.add(response)
         try:
             await response.write(b"retry: 2000\n\n" + b"".join(head))
             while True:
@@ -404,10 +402,8 @@ class Dashboard:
                 if item is None:
                     break
                 await response.write(render(item))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self._streams.discard(response)
+        except ConnectionResetError:
+            return response  # the viewer went away
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.write_eof()
         return response

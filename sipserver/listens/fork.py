@@ -140,6 +140,7 @@ class ListensFork:
         self.hub = hub
         self.metrics = metrics
         self._closing: set[asyncio.Task[None]] = set()
+        self._sockets: set[web.WebSocketResponse] = set()
 
     def add_routes(self, app: web.Application) -> None:
         """Register the webhook and the fork websocket."""
@@ -165,7 +166,13 @@ class ListensFork:
             channel=summary.channel,
             transport=summary.transport,
         )
-        return ListenedCall(parts, monitored, speakers, input_rate=rate, metrics=self.metrics)
+        try:
+            return ListenedCall(parts, monitored, speakers, input_rate=rate, metrics=self.metrics)
+        except Exception:
+            log.exception("listens_call_failed", call_id=summary.call_id)
+            monitored.end("error")
+            self.metrics.listens_calls_active.dec()
+            return None
 
     async def close_call(self, call: ListenedCall, reason: str) -> None:
         """Transcribe what is left, then end the monitored call."""
@@ -195,7 +202,15 @@ class ListensFork:
         return None if parts is None else ListenSession(self, agent, parts)
 
     async def close_all(self) -> None:
-        """Server shutdown: end every monitored call, wait for the closing tasks."""
+        """Server shutdown: close the forks (1001), finish the SIP calls' transcriptions, end
+        every monitored call and dashboard stream."""
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        for _ in range(100):  # let the handlers finish their teardown
+            if not self._sockets:
+                break
+            await asyncio.sleep(0.02)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=5)
         self.hub.end_all()
@@ -258,11 +273,13 @@ class ListensFork:
         settings = self._config().server.media_streams
         ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
         await ws.prepare(request)
+        self._sockets.add(ws)
         call: ListenedCall | None = None
         reason = "client_closed"
         try:
             call, reason = await self._read(ws, agent, parts, settings.stall_timeout)
         finally:
+            self._sockets.discard(ws)
             if call is not None:
                 await self.close_call(call, reason)
             if not ws.closed:

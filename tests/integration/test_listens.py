@@ -213,3 +213,30 @@ async def test_webhook_forks_monitored_numbers_and_rejects_others(
             assert wrong.status == 403 and await wrong.text() == "forbidden"
         ws_wrong = await http.get(f"{base}/listens/copilot/{'x' * 25}/stream")
         assert ws_wrong.status == 403
+
+
+async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path) -> None:
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    base = server.http_url
+    http, _ = await login(base, "admin", password_of("admin"))
+    try:
+        calls = SseReader(await http.get(f"{base}/api/listens/copilot/events"))
+        fork = ForkClient(await http.ws_connect(f"{base}/listens/copilot/{SECRET}/stream"))
+        await fork.start({"caller": "+14155550123", "called": NUMBER})
+        assert await calls.wait_for(lambda r: r.of("calls")[-1:] != [[]], 5)
+        call_id = calls.of("calls")[-1][0]["call_id"]
+        events = SseReader(await http.get(f"{base}/api/listens/copilot/calls/{call_id}/events"))
+        assert await events.wait_for(lambda r: bool(r.of("call")), 5)
+        started = time.monotonic()
+        code = await asyncio.to_thread(server.stop)
+        took = time.monotonic() - started
+        assert await events.wait_for(lambda r: bool(r.of("ended")), 2)
+        await fork.stop()
+        for reader in (calls, events):
+            await reader.close()
+    finally:
+        await http.close()
+    print(f"stopped in {took:.2f} s with a fork and two SSE streams open")
+    assert code == 0 and took < 5.0
