@@ -1,4 +1,5 @@
-"""Command line: ``sipserver run | check-config | agents | models | reload | gen-secret``.
+"""Command line: ``sipserver run | check-config | agents | models | reload | gen-secret |
+hash-password``.
 
 Run ``sipserver <command> --help`` for the options of each command.
 """
@@ -205,6 +206,25 @@ def _cmd_gen_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from sipserver.listens.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < args.min_length:
+        print(f"the password must have at least {args.min_length} characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sipserver`` command."""
     parser = argparse.ArgumentParser(
@@ -287,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--length", type=int, default=43, help="characters (>= 32, default 43 = 256 bits)"
     )
     gen.set_defaults(func=_cmd_gen_secret)
+
+    hashing = sub.add_parser(
+        "hash-password",
+        help="print the scrypt hash of a dashboard password (for users[].password_hash)",
+        description=(
+            "Read a password (prompted twice on a terminal, else the first line of stdin) and "
+            "print its scrypt hash for users[].password_hash."
+        ),
+    )
+    hashing.add_argument(
+        "--min-length", type=int, default=8, help="shortest password accepted (default 8)"
+    )
+    hashing.set_defaults(func=_cmd_hash_password)
     return parser
 
 

@@ -656,7 +656,9 @@ class Agent(_Model):
         Returns:
             ``websocket`` (``ws(s)://…/ws/<slug>/<secret>``, ``wss`` for an https public URL)
             and ``twilio_webhook`` (``…/incoming-call/<slug>/<secret>``) when the websocket is
-            enabled; ``listens`` (``…/listens/<slug>/<secret>``) when listens is enabled.
+            enabled; ``listens`` (``…/listens/<slug>/<secret>``, the webhook) and
+            ``listens_stream`` (``ws(s)://…/listens/<slug>/<secret>/stream``, the fork) when
+            listens is enabled.
             Empty without a ``websocket.secret``.
 
         Raises:
@@ -673,6 +675,8 @@ class Agent(_Model):
             urls["twilio_webhook"] = f"{base}/incoming-call/{self.slug}/{secret}"
         if secret is not None and self.listens.enabled:
             urls["listens"] = f"{base}/listens/{self.slug}/{secret}"
+            ws_scheme = "wss" if scheme.lower() == "https" else "ws"
+            urls["listens_stream"] = f"{ws_scheme}://{rest}/listens/{self.slug}/{secret}/stream"
         return urls
 
 
@@ -762,7 +766,13 @@ def _cross_field_issues(
     that is invalid itself); ``credentials=None`` (not a mapping) skips the credential checks.
     """
     issues: list[Issue] = []
-    seen: dict[str, dict[str, rules.Loc]] = {"slug": {}, "username": {}, "number": {}, "user": {}}
+    seen: dict[str, dict[str, rules.Loc]] = {
+        "slug": {},
+        "username": {},
+        "number": {},
+        "listens": {},
+        "user": {},
+    }
 
     def unique(table: str, key: str, shown: str, loc: rules.Loc) -> None:
         first = seen[table].setdefault(key, loc)
@@ -802,10 +812,13 @@ def _cross_field_issues(
             unique("number", normalize(number), number, ("agents", i, "sip", "numbers", j))
     for i, agent in agents:  # every SIP number is known now
         for j, number in enumerate(agent.listens.numbers):
+            loc = ("agents", i, "listens", "numbers", j)
             sip = seen["number"].get(normalize(number))
             if sip is not None:
                 message = f"{number!r} is also a SIP number ({rules.format_path(sip)})"
-                issues.append((("agents", i, "listens", "numbers", j), message))
+                issues.append((loc, message))
+            elif agent.listens.enabled:  # one agent per monitored number
+                unique("listens", normalize(number), number, loc)
     for i, user in users:
         unique("user", user.name, user.name, ("users", i, "name"))
     return issues

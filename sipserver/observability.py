@@ -250,6 +250,35 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.listens_calls_active = Gauge(
+            "sipserver_listens_calls_active",
+            "Calls monitored by AI Listens now (fork websockets and SIP).",
+            registry=r,
+        )
+        self.listens_webhooks = Counter(
+            "sipserver_listens_webhooks",
+            "AI Listens webhooks answered, by result (forked, not_monitored, no_forward_to, "
+            "bad_signature).",
+            ["result"],
+            registry=r,
+        )
+        self.listens_suggestions = Counter(
+            "sipserver_listens_suggestions",
+            "Suggestions sent to the dashboard, by mode (passage, llm).",
+            ["mode"],
+            registry=r,
+        )
+        self.listens_utterances_dropped = Counter(
+            "sipserver_listens_utterances_dropped",
+            "Monitored utterances dropped untranscribed because the STT fell behind.",
+            registry=r,
+        )
+        self.dashboard_logins = Counter(
+            "sipserver_dashboard_logins",
+            "Dashboard login attempts, by result (ok, bad_credentials, bad_origin, throttled).",
+            ["result"],
+            registry=r,
+        )
         self._ws: dict[tuple[str, str], Counter] = {}
         self._in: dict[tuple[str, str], Counter] = {}
         self._out: dict[tuple[str, int], Counter] = {}

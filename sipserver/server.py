@@ -32,6 +32,9 @@ from sipserver.edge.proxy import (
 from sipserver.edge.router import SipRouter
 from sipserver.edge.transport import SipListeners, parse_host_port
 from sipserver.gateway.websocket import MediaStreamGateway
+from sipserver.listens.dashboard import Dashboard
+from sipserver.listens.fork import ListensFork, called_number, is_listens_number
+from sipserver.listens.monitor import ListensHub
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
@@ -147,6 +150,11 @@ class Server:
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
         self.gateway = MediaStreamGateway(lambda: self.config, self._new_session, self.metrics)
+        self.listens_hub = ListensHub()
+        self.listens = ListensFork(
+            lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
+        )
+        self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
         self._reserved: dict[str, MediaWorker] = {}
         pool = self.pool
         if pool is not None:
@@ -263,6 +271,11 @@ class Server:
         agent = self.config.agent_by_slug(info.agent) if info.agent else None
         if agent is None:
             return None
+        if info.transport == "sip" and is_listens_number(
+            self.config, agent, called_number(info.called)
+        ):
+            # A PBX forks a call to a listens number: answered silently and transcribed.
+            return self.listens.sip_session(agent)
         if self.voice.serves(agent):
             try:
                 return self.voice.new_session(agent, info, on_event=on_event)
@@ -364,6 +377,7 @@ class Server:
             "agents": [a.slug for a in self.config.agents],
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
+            "monitored_calls": self.listens_hub.active,
             "media_workers": [
                 {
                     "id": w.worker_id,
@@ -385,6 +399,8 @@ class Server:
         await self.listeners.start(list(sip.udp), list(sip.tcp))
         app = build_app(self.metrics, self.status)
         self.gateway.add_routes(app)
+        self.listens.add_routes(app)
+        self.dashboard.add_routes(app)
         add_demo_routes(app, lambda: self.config)
         self._http_runner = web.AppRunner(app, access_log=None)
         await self._http_runner.setup()
@@ -421,6 +437,7 @@ class Server:
         """Stop listening, stop the media workers, flush the bindings and close the store."""
         await self.listeners.stop()
         await self.gateway.close_all()
+        await self.listens.close_all()
         if self.pool is not None:
             await self.pool.stop()
         await self.voice.close()

@@ -151,6 +151,7 @@ class SipRouter:
         # and go through pydantic attribute access, which costs microseconds per call).
         self._by_username: dict[str, Agent] = {}
         self._by_number: dict[str, Agent] = {}
+        self._listens_by_number: dict[str, Agent] = {}
         self._normalize = config.server.sip.numbering.normalize
         for agent in config.agents:
             if not agent.sip.enabled:
@@ -160,6 +161,11 @@ class SipRouter:
             for number in agent.sip.numbers:
                 self._by_number[number] = agent
                 self._by_number[self._normalize(number)] = agent
+            # AI Listens numbers take calls from the agent's PBX (same allow-list and
+            # credentials); they are never registration addresses.
+            for number in agent.listens.numbers if agent.listens.enabled else ():
+                self._listens_by_number[number] = agent
+                self._listens_by_number[self._normalize(number)] = agent
 
     @property
     def transactions(self) -> ServerTransactions:
@@ -308,7 +314,7 @@ class SipRouter:
         if not self._is_local(ruri.host):
             return self._response(request, 404, "Domain Not Served")
         number = ruri.user or request.to().uri.user or ""
-        agent = self.agent_for_number(number)
+        agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
         if agent is None:
             metrics.call_result("no_such_number")
             return self._response(request, 404, "No Such Number")
@@ -507,6 +513,11 @@ class SipRouter:
     def agent_for_number(self, number: str) -> Agent | None:
         """The agent whose SIP number ``number`` is, through the numbering plan (or None)."""
         return self._by_number.get(number) or self._by_number.get(self._normalize(number))
+
+    def listens_agent_for_number(self, number: str) -> Agent | None:
+        """The SIP-enabled agent one of whose AI Listens numbers ``number`` is (or None)."""
+        found = self._listens_by_number.get(number)
+        return found or self._listens_by_number.get(self._normalize(number))
 
     def _agent_for_aor(self, user: str) -> Agent | None:
         agent = self._by_username.get(user) or self._by_number.get(user)

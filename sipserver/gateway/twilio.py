@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twilio.request_validator import RequestValidator
-from twilio.twiml.voice_response import Connect, Parameter, Stream, VoiceResponse
+from twilio.twiml import voice_response as twiml
 
 __all__ = [
     "L16_16K",
@@ -46,10 +46,13 @@ __all__ = [
     "clear_message",
     "connect_twiml",
     "event_message",
+    "fork_twiml",
     "mark_message",
     "media_message",
     "parse_message",
+    "reject_twiml",
     "signature_is_valid",
+    "webhook_signature_ok",
 ]
 
 # Websocket close codes (RFC 6455 §7.4.1).
@@ -290,6 +293,14 @@ def event_message(stream_sid_json: str, body: Mapping[str, Any]) -> str:
 # --- webhook -----------------------------------------------------------------------------------
 
 
+def _stream(url: str, parameters: Mapping[str, str], **attributes: str) -> twiml.Stream:
+    stream = twiml.Stream(url=url, **attributes)
+    for name, value in parameters.items():
+        if value:
+            stream.append(twiml.Parameter(name=name, value=value))
+    return stream
+
+
 def connect_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
     """TwiML connecting the call to a bidirectional media stream.
 
@@ -297,14 +308,39 @@ def connect_twiml(stream_url: str, parameters: Mapping[str, str]) -> str:
         stream_url: ``wss://…/ws/<slug>/<secret>``.
         parameters: sent to the stream in ``start.customParameters`` (empty values skipped).
     """
-    response = VoiceResponse()
-    connect = Connect()
-    stream = Stream(url=stream_url)
-    for name, value in parameters.items():
-        if value:
-            stream.append(Parameter(name=name, value=value))
-    connect.append(stream)
+    response = twiml.VoiceResponse()
+    connect = twiml.Connect()
+    connect.append(_stream(stream_url, parameters))
     response.append(connect)
+    return str(response.to_xml(xml_declaration=True))
+
+
+def fork_twiml(stream_url: str, track: str, forward_to: str, parameters: Mapping[str, str]) -> str:
+    """TwiML that forks the call to a unidirectional stream, then dials the human agent.
+
+    Args:
+        stream_url: ``wss://…/listens/<slug>/<secret>/stream``.
+        track: ``inbound_track``, ``outbound_track`` or ``both_tracks``.
+        forward_to: a phone number, or a ``sip:`` URI (dialled with ``<Sip>``).
+        parameters: sent to the stream in ``start.customParameters`` (empty values skipped).
+    """
+    response = twiml.VoiceResponse()
+    start = twiml.Start()
+    start.append(_stream(stream_url, parameters, track=track))
+    response.append(start)
+    dial = twiml.Dial()
+    if forward_to.lower().startswith(("sip:", "sips:")):
+        dial.sip(forward_to)
+    else:
+        dial.number(forward_to)
+    response.append(dial)
+    return str(response.to_xml(xml_declaration=True))
+
+
+def reject_twiml() -> str:
+    """TwiML refusing the call (Twilio plays a busy signal; the call is not billed)."""
+    response = twiml.VoiceResponse()
+    response.reject(reason="rejected")
     return str(response.to_xml(xml_declaration=True))
 
 
@@ -334,6 +370,23 @@ def candidate_urls(
         if url not in seen and urlsplit(url).scheme in ("http", "https"):
             seen.append(url)
     return seen
+
+
+def webhook_signature_ok(
+    auth_token: str,
+    *,
+    public_url: str,
+    path_qs: str,
+    request_url: str,
+    headers: Mapping[str, str],
+    params: Mapping[str, str],
+) -> bool:
+    """True when the request's ``X-Twilio-Signature`` signs ``params`` at one of the URLs of
+    :func:`candidate_urls`."""
+    urls = candidate_urls(
+        public_url=public_url, path_qs=path_qs, request_url=request_url, headers=headers
+    )
+    return signature_is_valid(auth_token, urls, params, headers.get("X-Twilio-Signature", ""))
 
 
 def signature_is_valid(

@@ -46,7 +46,14 @@ from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
 from sipserver.rtp import codecs
 from sipserver.rtp.jitter import JitterBuffer
 
-__all__ = ["MediaStreamGateway", "SessionFactory", "StreamCall"]
+__all__ = [
+    "MediaStreamGateway",
+    "SessionFactory",
+    "StreamCall",
+    "decode_payload",
+    "secret_matches",
+    "signed",
+]
 
 log = get_logger(__name__)
 
@@ -60,11 +67,36 @@ _CLEAR_KINDS = frozenset({"paused", "interrupted"})
 _DUMMY_SECRET = b"\x00" * 32
 
 
-def _secret_matches(given: str, expected: str | None) -> bool:
+def secret_matches(given: str, expected: str | None) -> bool:
     """Constant-time comparison (the same work whether or not an agent/secret exists)."""
     expected_bytes = expected.encode() if expected is not None else _DUMMY_SECRET
     ok = hmac.compare_digest(given.encode(), expected_bytes)
     return ok and expected is not None
+
+
+def decode_payload(fmt: twilio.MediaFormat, payload: bytes) -> bytes:
+    """A ``media`` payload as s16le PCM at the stream's rate.
+
+    Raises:
+        twilio.ProtocolError: an L16 payload of odd length.
+    """
+    if fmt is twilio.MULAW_8K:
+        return codecs.ulaw_decode(payload)
+    if len(payload) % 2:
+        raise twilio.ProtocolError(twilio.CLOSE_INVALID_DATA, "bad media: odd L16 payload")
+    return codecs.l16_to_pcm(payload)
+
+
+def signed(request: web.Request, token: str, params: dict[str, str], config: Config) -> bool:
+    """True when a Twilio webhook request carries a valid ``X-Twilio-Signature``."""
+    return twilio.webhook_signature_ok(
+        token,
+        public_url=config.server.public_url,
+        path_qs=request.path_qs,
+        request_url=str(request.url),
+        headers=request.headers,
+        params=params,
+    )
 
 
 class StreamCall:
@@ -188,11 +220,7 @@ class StreamCall:
         return True  # connected, unknown: nothing to do
 
     def _decode(self, payload: bytes) -> bytes:
-        if self.format is twilio.MULAW_8K:
-            return codecs.ulaw_decode(payload)
-        if len(payload) % 2:
-            raise twilio.ProtocolError(twilio.CLOSE_INVALID_DATA, "bad media: odd L16 payload")
-        return codecs.l16_to_pcm(payload)
+        return decode_payload(self.format, payload)
 
     def _encode(self, pcm: bytes) -> bytes:
         if self.format is twilio.MULAW_8K:
@@ -446,7 +474,7 @@ class MediaStreamGateway:
         secret = request.match_info["secret"]
         agent = self.config.agent_by_slug(slug)
         expected = agent.websocket.secret if agent is not None else None
-        if agent is None or not _secret_matches(secret, expected):
+        if agent is None or not secret_matches(secret, expected):
             self.metrics.ws_rejected.labels("403").inc()
             raise web.HTTPForbidden(text="forbidden")
         if not agent.websocket.enabled:
@@ -460,19 +488,10 @@ class MediaStreamGateway:
         form = await request.post()
         params = {k: str(v) for k, v in form.items() if isinstance(v, str)}
         token = agent.websocket.twilio_auth_token
-        if token is not None:
-            public_url = self.config.server.public_url
-            urls = twilio.candidate_urls(
-                public_url=public_url,
-                path_qs=request.path_qs,
-                request_url=str(request.url),
-                headers=request.headers,
-            )
-            signature = request.headers.get("X-Twilio-Signature", "")
-            if not twilio.signature_is_valid(token, urls, params, signature):
-                self.metrics.twilio_webhooks.labels("bad_signature").inc()
-                log.warning("twilio_bad_signature", agent=agent.slug, urls=len(urls))
-                raise web.HTTPForbidden(text="invalid signature")
+        if token is not None and not signed(request, token, params, self.config):
+            self.metrics.twilio_webhooks.labels("bad_signature").inc()
+            log.warning("twilio_bad_signature", agent=agent.slug)
+            raise web.HTTPForbidden(text="invalid signature")
         stream_url = agent.urls(self.config.server.public_url)["websocket"]
         twiml = twilio.connect_twiml(
             stream_url,

@@ -60,7 +60,7 @@ from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 
-__all__ = ["VoiceRuntime", "voice_options"]
+__all__ = ["ListenParts", "VoiceRuntime", "voice_options"]
 
 log = get_logger(__name__)
 
@@ -127,13 +127,15 @@ def _parts(
     )
 
 
-def _llm_for(
-    agent: Agent, name: str, parts: _ModelParts, config: Config, base_dir: Path
-) -> LanguageModel:
+def _knowledge_for(agent: Agent, base_dir: Path) -> KnowledgeBase:
     kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
     for pattern in kb.unmatched:
         log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
     log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
+    return kb
+
+
+def _llm_for(name: str, parts: _ModelParts, config: Config, kb: KnowledgeBase) -> LanguageModel:
     if parts.llm is not None:
         return KnowledgeContextLlm(parts.llm, kb) if len(kb) else parts.llm
     spec = parts.spec
@@ -145,6 +147,18 @@ def _llm_for(
         credential=spec.credential,
         where=f"models.{name}.llm",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenParts:
+    """What AI Listens needs of an agent's model: the shared STT and VAD, the knowledge base
+    and the language model for suggestions (None: ``llm: local``, suggest passages)."""
+
+    stt: SpeechToText
+    vad: VadBatcher
+    vad_options: VadOptions
+    knowledge: KnowledgeBase
+    llm: LanguageModel | None
 
 
 class VoiceRuntime:
@@ -172,6 +186,7 @@ class VoiceRuntime:
         self._batcher_tasks: dict[int, asyncio.Task[None]] = {}
         self._models: dict[str, _ModelParts] = {}
         self._llms: dict[str, LanguageModel] = {}
+        self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         self._config = config
         self._base_dir = Path(config_path or embedded_config_path()).resolve().parent
         self._build(config)
@@ -181,8 +196,9 @@ class VoiceRuntime:
     def _build(self, config: Config) -> None:
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
+        listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         for agent in config.agents:
-            if not agent.realtime.enabled or agent.realtime.model is None:
+            if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
                 continue
             name = agent.realtime.model
             spec = config.models.get(name)
@@ -194,9 +210,19 @@ class VoiceRuntime:
                     models[name] = old
                 else:
                     models[name] = _parts(name, spec, config.credentials)
-            llms[agent.slug] = _llm_for(agent, name, models[name], config, self._base_dir)
+            parts = models[name]
+            kb = _knowledge_for(agent, self._base_dir)
+            llm = _llm_for(name, parts, config, kb) if agent.realtime.enabled else None
+            if llm is not None:
+                llms[agent.slug] = llm
+            if agent.listens.enabled:
+                # The offline answerer is no writer of suggestions: listens quotes the passage.
+                local = isinstance(spec, CustomModel) and spec.llm.provider == "local"
+                writer = None if local else llm or _llm_for(name, parts, config, kb)
+                listens[agent.slug] = (name, kb, writer)
         self._models = models
         self._llms = llms
+        self._listens = listens
         self._config = config
 
     def _same_credentials(self, config: Config, spec: CustomModel | LiveKitInferenceModel) -> bool:
@@ -265,6 +291,25 @@ class VoiceRuntime:
     def serves(self, agent: Agent) -> bool:
         """True when calls to ``agent`` get a voice session from this runtime."""
         return agent.slug in self._llms
+
+    def listen_parts(self, agent: Agent) -> ListenParts | None:
+        """The parts AI Listens uses for ``agent`` (None: listens is not enabled for it).
+
+        The STT and VAD are the ones the agent's voice sessions share: no model is loaded
+        twice. Call on the event loop (the VAD batcher task starts on first use).
+        """
+        entry = self._listens.get(agent.slug)
+        if entry is None:
+            return None
+        model_name, knowledge, llm = entry
+        parts = self._models[model_name]
+        return ListenParts(
+            stt=parts.stt,
+            vad=self._batcher(parts.vad.sample_rate),
+            vad_options=parts.vad,
+            knowledge=knowledge,
+            llm=llm,
+        )
 
     def new_session(
         self,

@@ -137,7 +137,12 @@ def test_embedded_default_loads_with_no_environment() -> None:
     assert demo.sip.password == "demo-secret-password"
     assert demo.sip.allowed_ips == [] and demo.sip.networks == ()
     assert demo.websocket.enabled and demo.websocket.secret and len(demo.websocket.secret) >= 16
-    assert not demo.listens.enabled
+    # The AI Listens demo: a monitored number, both tracks, a user per role.
+    assert demo.listens.enabled and demo.listens.numbers == ["+15005550199"]
+    assert demo.listens.channel == "both_tracks" and demo.listens.forward_to
+    assert sorted(u.role for u in config.users) == sorted(
+        ["admin", "workspace_admin", "supervisor", "agent", "viewer"]
+    )
     assert config.agent_by_number(demo.sip.numbers[0]) is demo
 
 
@@ -687,6 +692,18 @@ def test_listens_number_of_another_agent_sip_number() -> None:
     )
 
 
+def test_listens_number_monitored_by_two_agents() -> None:
+    doc = listens_doc()
+    doc["agents"][1]["listens"] = {"enabled": True, "numbers": ["+1 415 555 0199"]}
+    doc["agents"][1]["realtime"] = doc["agents"][0]["realtime"]
+    doc["agents"][1]["websocket"] = doc["agents"][0]["websocket"]
+    assert_error(
+        doc,
+        "agents[1].listens.numbers[0]",
+        "'+1 415 555 0199' is already used by agents[0].listens.numbers[0]",
+    )
+
+
 def test_listens_channel_and_roles() -> None:
     assert_error(
         listens_doc(channel="stereo"),
@@ -1071,6 +1088,7 @@ def test_urls_follow_the_public_url_scheme() -> None:
         "websocket": f"wss://voice.example.com/ws/support/{SECRET}",
         "twilio_webhook": f"https://voice.example.com/incoming-call/support/{SECRET}",
         "listens": f"https://voice.example.com/listens/support/{SECRET}",
+        "listens_stream": f"wss://voice.example.com/listens/support/{SECRET}/stream",
     }
     assert (
         agent.urls("http://127.0.0.1:8080")["websocket"]

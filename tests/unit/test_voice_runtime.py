@@ -73,6 +73,7 @@ def _livekit(data: dict) -> None:  # type: ignore[type-arg]
         "llm": "openai/gpt-4o-mini",
         "tts": "cartesia/sonic-2:voice",
     }
+    data["agents"][0]["listens"] = {"enabled": False}  # listens needs a custom model
 
 
 def test_livekit_inference_without_the_extra_is_a_clear_error(

@@ -1,0 +1,337 @@
+"""AI Listens ingress: the Twilio webhook, the fork websocket and the receive-only SIP session.
+
+- ``POST /listens/<slug>/<secret>``: the voice webhook of a monitored number. When ``To`` is one
+  of the agent's ``listens.numbers`` it answers TwiML that starts a unidirectional fork of the
+  call (``<Start><Stream track=…>``, the track from ``listens.channel``) and ``<Dial>``\\ s the
+  human agent (``listens.forward_to``); any other number gets ``<Reject/>``.
+  ``X-Twilio-Signature`` is checked as for ``/incoming-call`` (``websocket.twilio_auth_token``).
+- ``GET /listens/<slug>/<secret>/stream``: the fork, Twilio Media Streams. Nothing is ever sent
+  back: each transcribed track's mu-law audio goes to a
+  :class:`~sipserver.listens.transcriber.ListenedCall`.
+- :class:`ListenSession`: a SIP call from the agent's PBX to a listens number, answered
+  silently (the session's frames are silence) and transcribed as the caller's track.
+
+A wrong slug or secret is 403 without saying which; listens disabled is 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from typing import Final
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from sipserver.config import Agent, Config
+from sipserver.gateway import twilio
+from sipserver.gateway.websocket import decode_payload, secret_matches, signed
+from sipserver.listens.monitor import CallSummary, ListensHub
+from sipserver.listens.transcriber import ListenedCall, speakers_for
+from sipserver.observability import Metrics, get_logger
+from sipserver.pipeline.runtime import ListenParts
+from sipserver.pipeline.session import CallInfo, frame_bytes
+
+__all__ = ["TRACK_OF_CHANNEL", "ListenSession", "ListensFork", "called_number"]
+
+log = get_logger(__name__)
+
+TRACK_OF_CHANNEL: Final = {
+    "inbound": "inbound_track",
+    "outbound": "outbound_track",
+    "both_tracks": "both_tracks",
+}
+"""``listens.channel`` -> the ``track`` attribute of TwiML ``<Stream>``."""
+_URI_USER: Final = re.compile(r"(?:sips?|tel):([^@;>?]+)")
+
+PartsFor = Callable[[Agent], ListenParts | None]
+"""The listens parts of an agent (see :meth:`VoiceRuntime.listen_parts`)."""
+
+
+def called_number(uri: str) -> str:
+    """The user part of a SIP or tel URI (``<sip:+1500@host>`` -> ``+1500``), else ``uri``."""
+    match = _URI_USER.search(uri)
+    return match.group(1) if match else uri
+
+
+def is_listens_number(config: Config, agent: Agent, number: str) -> bool:
+    """True when ``number`` is one of ``agent``'s listens numbers (through the numbering plan)."""
+    if not agent.listens.enabled:
+        return False
+    normalize = config.server.sip.numbering.normalize
+    wanted = normalize(number)
+    return bool(wanted) and any(normalize(n) == wanted for n in agent.listens.numbers)
+
+
+class ListenSession:
+    """A receive-only SIP call to a listens number (a :class:`CallSession`).
+
+    Caller audio is transcribed as the ``caller`` track; :meth:`next_frame` is always silence.
+
+    Args:
+        fork: The listens service (hub, parts, metrics).
+        agent: The agent whose number was called.
+        parts: That agent's listens parts.
+    """
+
+    hangup_requested: str | None = None
+
+    def __init__(self, fork: ListensFork, agent: Agent, parts: ListenParts) -> None:
+        self._fork = fork
+        self._agent = agent
+        self._parts = parts
+        self._call: ListenedCall | None = None
+        self._silence = b""
+
+    def on_start(self, info: CallInfo) -> None:
+        """Open the monitored call."""
+        self._silence = bytes(frame_bytes(info.sample_rate))
+        summary = CallSummary(
+            call_id=info.call_id,
+            agent=self._agent.slug,
+            number=called_number(info.called),
+            caller=called_number(info.caller),
+            channel="inbound",
+            transport="sip",
+            started_at=time.time(),
+        )
+        self._call = self._fork.open_call(
+            summary, self._parts, {"inbound": "caller"}, info.sample_rate
+        )
+        if self._call is None:
+            self.hangup_requested = "too many monitored calls"
+
+    def on_audio(self, frame: bytes) -> None:
+        """Caller audio: transcribed."""
+        if self._call is not None:
+            self._call.push("inbound", frame)
+
+    def on_dtmf(self, digit: str) -> None:
+        """Ignored: the session only listens."""
+
+    def next_frame(self) -> bytes:
+        """Silence, always."""
+        return self._silence
+
+    def on_hangup(self, reason: str) -> None:
+        """Finish the transcription and end the monitored call (in a task)."""
+        call, self._call = self._call, None
+        if call is not None:
+            self._fork.close_later(call, reason)
+
+
+class ListensFork:
+    """The listens routes and the monitored calls they feed.
+
+    Args:
+        config: Returns the configuration in force.
+        parts_for: The listens parts of an agent.
+        hub: Where monitored calls are published.
+        metrics: Counters and gauges.
+    """
+
+    def __init__(
+        self, config: Callable[[], Config], parts_for: PartsFor, hub: ListensHub, metrics: Metrics
+    ) -> None:
+        self._config = config
+        self._parts_for = parts_for
+        self.hub = hub
+        self.metrics = metrics
+        self._closing: set[asyncio.Task[None]] = set()
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the webhook and the fork websocket."""
+        app.router.add_post("/listens/{slug}/{secret}", self.webhook)
+        app.router.add_get("/listens/{slug}/{secret}/stream", self.stream)
+
+    # --------------------------------------------------------------------------- calls
+
+    def open_call(
+        self, summary: CallSummary, parts: ListenParts, speakers: dict[str, str], rate: int
+    ) -> ListenedCall | None:
+        """Start monitoring a call; None when the hub is full."""
+        monitored = self.hub.open(summary)
+        if monitored is None:
+            log.warning("listens_call_refused", call_id=summary.call_id, reason="hub full")
+            return None
+        self.metrics.listens_calls_active.inc()
+        log.info(
+            "listens_call_started",
+            call_id=summary.call_id,
+            agent=summary.agent,
+            number=summary.number,
+            channel=summary.channel,
+            transport=summary.transport,
+        )
+        try:
+            return ListenedCall(parts, monitored, speakers, input_rate=rate, metrics=self.metrics)
+        except Exception:
+            log.exception("listens_call_failed", call_id=summary.call_id)
+            monitored.end("error")
+            self.metrics.listens_calls_active.dec()
+            return None
+
+    async def close_call(self, call: ListenedCall, reason: str) -> None:
+        """Transcribe what is left, then end the monitored call."""
+        try:
+            await call.close()
+        finally:
+            call.monitored.end(reason)
+            self.metrics.listens_calls_active.dec()
+            log.info(
+                "listens_call_ended",
+                call_id=call.monitored.summary.call_id,
+                reason=reason,
+                lines=call.lines,
+                dropped=call.dropped,
+                suggestions_skipped=dict(call.engine.skipped),
+            )
+
+    def close_later(self, call: ListenedCall, reason: str) -> None:
+        """:meth:`close_call` in a task (from synchronous session code)."""
+        task = asyncio.get_running_loop().create_task(self.close_call(call, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def sip_session(self, agent: Agent) -> ListenSession | None:
+        """The receive-only session of a SIP call to one of ``agent``'s listens numbers."""
+        parts = self._parts_for(agent)
+        return None if parts is None else ListenSession(self, agent, parts)
+
+    async def close_all(self) -> None:
+        """Server shutdown: close the forks (1001), finish the SIP calls' transcriptions, end
+        every monitored call and dashboard stream."""
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        for _ in range(100):  # let the handlers finish their teardown
+            if not self._sockets:
+                break
+            await asyncio.sleep(0.02)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=5)
+        self.hub.end_all()
+
+    # --------------------------------------------------------------------------- HTTP
+
+    def _authorize(self, request: web.Request) -> Agent:
+        config = self._config()
+        agent = config.agent_by_slug(request.match_info["slug"])
+        expected = agent.websocket.secret if agent is not None else None
+        if agent is None or not secret_matches(request.match_info["secret"], expected):
+            self.metrics.ws_rejected.labels("403").inc()
+            raise web.HTTPForbidden(text="forbidden")
+        if not agent.listens.enabled:
+            self.metrics.ws_rejected.labels("404").inc()
+            raise web.HTTPNotFound(text="not found")
+        return agent
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """Twilio's voice webhook for a monitored number: fork, then dial the human agent."""
+        agent = self._authorize(request)
+        config = self._config()
+        form = await request.post()
+        params = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+        token = agent.websocket.twilio_auth_token
+        if token is not None and not signed(request, token, params, config):
+            self.metrics.listens_webhooks.labels("bad_signature").inc()
+            log.warning("twilio_bad_signature", agent=agent.slug, route="listens")
+            raise web.HTTPForbidden(text="invalid signature")
+        called = params.get("To", "")
+        if not is_listens_number(config, agent, called):
+            self.metrics.listens_webhooks.labels("not_monitored").inc()
+            log.info("listens_not_monitored", agent=agent.slug, called=called)
+            return _twiml(twilio.reject_twiml())
+        forward_to = agent.listens.forward_to
+        if forward_to is None:
+            self.metrics.listens_webhooks.labels("no_forward_to").inc()
+            log.error("listens_without_forward_to", agent=agent.slug)
+            return _twiml(twilio.reject_twiml())
+        twiml = twilio.fork_twiml(
+            agent.urls(config.server.public_url)["listens_stream"],
+            TRACK_OF_CHANNEL[agent.listens.channel],
+            forward_to,
+            {
+                "caller": params.get("From", ""),
+                "called": called,
+                "callSid": params.get("CallSid", ""),
+            },
+        )
+        self.metrics.listens_webhooks.labels("forked").inc()
+        log.info("listens_webhook", agent=agent.slug, call_sid=params.get("CallSid"))
+        return _twiml(twiml)
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        """The fork: Twilio Media Streams in, nothing out."""
+        agent = self._authorize(request)
+        parts = self._parts_for(agent)
+        if parts is None:
+            raise web.HTTPServiceUnavailable(text="listens model unavailable")
+        settings = self._config().server.media_streams
+        ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        call: ListenedCall | None = None
+        reason = "client_closed"
+        try:
+            call, reason = await self._read(ws, agent, parts, settings.stall_timeout)
+        finally:
+            self._sockets.discard(ws)
+            if call is not None:
+                await self.close_call(call, reason)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        return ws
+
+    async def _read(
+        self, ws: web.WebSocketResponse, agent: Agent, parts: ListenParts, stall: float
+    ) -> tuple[ListenedCall | None, str]:
+        """Read the fork until it stops; returns its call (if it started) and why it ended."""
+        call: ListenedCall | None = None
+        fmt = twilio.MULAW_8K
+        while not ws.closed:
+            try:
+                msg = await ws.receive(timeout=stall)
+            except TimeoutError:
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"stalled: no media")
+                return call, "stalled"
+            if msg.type is not WSMsgType.TEXT:
+                return call, "client_closed"
+            try:
+                event = twilio.parse_message(msg.data)
+                if isinstance(event, twilio.Media) and call is not None:
+                    call.push(event.track, decode_payload(fmt, event.payload))
+                elif isinstance(event, twilio.Start) and call is None:
+                    fmt = event.media_format
+                    call = self._start(agent, parts, event)
+                    if call is None:
+                        raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "too many calls")
+                elif isinstance(event, twilio.Stop):
+                    await ws.close(code=WSCloseCode.OK, message=b"stream stopped")
+                    return call, "stop"
+            except twilio.ProtocolError as exc:
+                await ws.close(code=exc.code, message=exc.reason[:120].encode())
+                return call, "protocol_error"
+        return call, "client_closed"
+
+    def _start(self, agent: Agent, parts: ListenParts, start: twilio.Start) -> ListenedCall | None:
+        params = start.custom_parameters
+        channel = agent.listens.channel
+        summary = CallSummary(
+            call_id=start.stream_sid,
+            agent=agent.slug,
+            number=params.get("called", ""),
+            caller=params.get("caller", ""),
+            channel=channel,
+            transport="twilio",
+            started_at=time.time(),
+        )
+        return self.open_call(summary, parts, speakers_for(channel), start.media_format.sample_rate)
+
+
+def _twiml(body: str) -> web.Response:
+    return web.Response(text=body, content_type="application/xml")

@@ -1,0 +1,242 @@
+"""AI Listens end to end: a Twilio fork of a two-track call, transcripts per speaker and a
+knowledge-base suggestion on the dashboard's SSE stream; logins and roles; the webhook.
+
+The server runs the offline stack (Silero VAD and Whisper tiny.en shared with the voice agents,
+BM25 over config/kb/demo). Caller and human agent speech come from espeak-ng.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sipserver.listens.passwords import hash_password
+from tests.integration.conftest import ServerProcess, base_config, free_port
+from tests.integration.listens_client import ForkClient, SseReader, login
+from tests.integration.test_voice_calls import KB, _speech
+
+pytestmark = pytest.mark.integration
+
+SECRET = "listens-secret-0123456789"
+NUMBER = "+15005550199"
+ROLES = ("admin", "workspace_admin", "supervisor", "agent", "viewer")
+
+
+def password_of(role: str) -> str:
+    return f"{role}-password-1"
+
+
+def listens_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, Any]:
+    config = base_config(sip_port, http_port, data_dir)
+    config["agents"].append(
+        {
+            "slug": "copilot",
+            "name": "Support co-pilot",
+            "knowledge_base": [str(KB)],
+            "realtime": {"enabled": False, "model": "m"},
+            "websocket": {"enabled": False, "secret": SECRET},
+            "listens": {
+                "enabled": True,
+                "numbers": [NUMBER],
+                "channel": "both_tracks",
+                "forward_to": "+15005550123",
+            },
+        }
+    )
+    # A small scrypt cost keeps the test quick; the format and the check are the real ones.
+    config["users"] = [
+        {"name": role, "role": role, "password_hash": hash_password(password_of(role), n=1024)}
+        for role in ROLES
+    ]
+    return config
+
+
+@pytest.fixture(scope="module")
+def listens_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("listens")
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
+    server = ServerProcess(config, workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_forked_call_streams_transcripts_and_a_suggestion(
+    listens_server: ServerProcess, tmp_path: Path
+) -> None:
+    server = listens_server
+    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+    reply = _speech("Our plans start at nineteen dollars a month.", tmp_path / "r.wav", tmp_path)
+    http, resp = await login(server.http_url, "supervisor", password_of("supervisor"))
+    started = time.monotonic()
+    try:
+        assert resp.status == 303, resp.status
+        calls = SseReader(await http.get(f"{server.http_url}/api/listens/copilot/events"))
+        assert await calls.wait_for(lambda r: r.of("calls") == [[]], 5)
+        ws = await http.ws_connect(f"{server.http_url}/listens/copilot/{SECRET}/stream")
+        fork = ForkClient(ws)
+        await fork.start({"caller": "+14155550123", "called": NUMBER, "callSid": "CA777"})
+        assert await calls.wait_for(lambda r: len(r.of("calls")) == 2 and r.of("calls")[1], 5)
+        listed = calls.of("calls")[1][0]
+        assert listed["number"] == NUMBER and listed["channel"] == "both_tracks"
+        stream = await http.get(
+            f"{server.http_url}/api/listens/copilot/calls/{listed['call_id']}/events"
+        )
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = SseReader(stream)
+        await asyncio.sleep(0.5)
+        fork.say("inbound", question)
+        await fork.idle()
+        spoken = time.monotonic()
+        assert await events.wait_for(lambda r: bool(r.of("suggestion")), 30), events.events
+        suggestion_delay = time.monotonic() - spoken
+        fork.say("outbound", reply)
+        await fork.idle()
+
+        def done(r: SseReader) -> bool:
+            speakers = {t["speaker"] for t in r.of("transcript")}
+            return speakers == {"caller", "agent"} and bool(r.of("suggestion"))
+
+        assert await events.wait_for(done, 30), events.events
+        elapsed = time.monotonic() - started
+        # A viewer that (re)connects now gets the history first.
+        late = SseReader(
+            await http.get(
+                f"{server.http_url}/api/listens/copilot/calls/{listed['call_id']}/events"
+            )
+        )
+        assert await late.wait_for(lambda r: len(r.of("transcript")) >= 2, 5), late.events
+        await fork.stop()
+        assert await events.wait_for(lambda r: bool(r.of("ended")), 10)
+        assert await calls.wait_for(lambda r: r.of("calls")[-1] == [], 10)
+        for reader in (calls, events, late):
+            await reader.close()
+    finally:
+        await http.close()
+    lines = {t["speaker"]: t["text"].lower() for t in events.of("transcript")}
+    suggestion = events.of("suggestion")[0]
+    print(f"transcripts {lines}\nsuggestion {suggestion['text']!r} from {suggestion['sources']}")
+    print(f"caller's last audio sent -> suggestion on the SSE stream: {suggestion_delay:.2f} s")
+    print(f"call to suggestion and both transcripts: {elapsed:.1f} s")
+    assert "cost" in lines["caller"], lines
+    assert re.search(r"plans?|dollars|month", lines["agent"]), lines
+    assert suggestion["mode"] == "passage"
+    assert suggestion["sources"][0]["source"] == "pricing.md"
+    assert suggestion["sources"][0]["title"] == "Pricing"
+    assert "19 dollars" in suggestion["text"]
+    assert fork.received == [], "a fork must never be sent anything"
+    assert server.metric("sipserver_listens_suggestions_total", mode="passage") >= 1
+    assert server.metric("sipserver_listens_calls_active") == 0
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_each_role_is_allowed_or_refused(listens_server: ServerProcess, role: str) -> None:
+    http, resp = await login(listens_server.http_url, role, password_of(role))
+    try:
+        assert resp.status == 303 and resp.headers["Location"] == "/dashboard"
+        cookie = resp.cookies["sipserver_session"]
+        assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        base = listens_server.http_url
+        allowed = role in ("admin", "workspace_admin", "supervisor")
+        api = await http.get(f"{base}/api/listens/copilot/calls")
+        page = await http.get(f"{base}/dashboard/agents/copilot/listens", allow_redirects=False)
+        assert api.status == (200 if allowed else 403)
+        assert page.status == (200 if allowed else 403)
+        agents = await (await http.get(f"{base}/dashboard")).text()
+        assert ("/dashboard/agents/copilot/listens" in agents) is allowed
+        me = await (await http.get(f"{base}/api/me")).json()
+        assert me == {"name": role, "role": role}
+    finally:
+        await http.close()
+
+
+async def test_no_session_wrong_password_and_logout(listens_server: ServerProcess) -> None:
+    base = listens_server.http_url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        for path in ("/api/listens/copilot/calls", "/api/listens/copilot/events", "/api/me"):
+            assert (await http.get(base + path)).status == 401
+        page = await http.get(f"{base}/dashboard/agents/copilot/listens", allow_redirects=False)
+        assert page.status == 303 and page.headers["Location"].startswith("/dashboard/login")
+        bad = await http.post(
+            f"{base}/dashboard/login", data={"name": "supervisor", "password": "nope"}
+        )
+        assert bad.status == 401 and "Wrong name or password" in await bad.text()
+        ghost = await http.post(f"{base}/dashboard/login", data={"name": "ghost", "password": "x"})
+        assert ghost.status == 401
+        cross = await http.post(
+            f"{base}/dashboard/login",
+            data={"name": "admin", "password": password_of("admin")},
+            headers={"Origin": "https://evil.example"},
+            allow_redirects=False,
+        )
+        assert cross.status == 403
+        assert (await http.get(f"{base}/dashboard/login")).status == 200
+    http, _ = await login(base, "admin", password_of("admin"))
+    try:
+        assert (await http.get(f"{base}/api/me")).status == 200
+        assert (await http.get(f"{base}/dashboard/logout")).status == 405  # POST only
+        out = await http.post(f"{base}/dashboard/logout", allow_redirects=False)
+        assert out.status == 303
+        assert (await http.get(f"{base}/api/me")).status == 401
+    finally:
+        await http.close()
+    assert listens_server.metric("sipserver_dashboard_logins_total", result="bad_credentials") >= 2
+
+
+async def test_webhook_forks_monitored_numbers_and_rejects_others(
+    listens_server: ServerProcess,
+) -> None:
+    base = listens_server.http_url
+    form = {"CallSid": "CA1", "From": "+14155550123", "To": NUMBER}
+    async with aiohttp.ClientSession() as http:
+        ok = await http.post(f"{base}/listens/copilot/{SECRET}", data=form)
+        assert ok.status == 200 and ok.content_type == "application/xml"
+        root = ET.fromstring(await ok.text())
+        stream = root.find("Start/Stream")
+        assert stream is not None and stream.get("track") == "both_tracks"
+        assert stream.get("url") == f"ws://{base[7:]}/listens/copilot/{SECRET}/stream"
+        dial = root.find("Dial/Number")
+        assert dial is not None and dial.text == "+15005550123"
+        other = await http.post(f"{base}/listens/copilot/{SECRET}", data={**form, "To": "+1999"})
+        assert (await other.text()).count("<Reject") == 1
+        for path in (f"/listens/copilot/{'x' * 25}", f"/listens/nobody/{SECRET}"):
+            wrong = await http.post(base + path, data=form)
+            assert wrong.status == 403 and await wrong.text() == "forbidden"
+        ws_wrong = await http.get(f"{base}/listens/copilot/{'x' * 25}/stream")
+        assert ws_wrong.status == 403
+
+
+async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path) -> None:
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    base = server.http_url
+    http, _ = await login(base, "admin", password_of("admin"))
+    try:
+        calls = SseReader(await http.get(f"{base}/api/listens/copilot/events"))
+        fork = ForkClient(await http.ws_connect(f"{base}/listens/copilot/{SECRET}/stream"))
+        await fork.start({"caller": "+14155550123", "called": NUMBER})
+        assert await calls.wait_for(lambda r: r.of("calls")[-1:] != [[]], 5)
+        call_id = calls.of("calls")[-1][0]["call_id"]
+        events = SseReader(await http.get(f"{base}/api/listens/copilot/calls/{call_id}/events"))
+        assert await events.wait_for(lambda r: bool(r.of("call")), 5)
+        started = time.monotonic()
+        code = await asyncio.to_thread(server.stop)
+        took = time.monotonic() - started
+        assert await events.wait_for(lambda r: bool(r.of("ended")), 2)
+        await fork.stop()
+        for reader in (calls, events):
+            await reader.close()
+    finally:
+        await http.close()
+    print(f"stopped in {took:.2f} s with a fork and two SSE streams open")
+    assert code == 0 and took < 5.0
