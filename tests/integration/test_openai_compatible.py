@@ -22,12 +22,14 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -204,3 +206,66 @@ async def test_runtime_builds_an_openai_llm_for_the_agent(llama_url: str) -> Non
     chunks = [c async for c in llm.stream(messages, tools=(END_CALL_TOOL,))]
     assert any(isinstance(c, TextDelta) and c.text.strip() for c in chunks)
     await runtime.close()
+
+
+async def test_voice_call_with_the_openai_llm_end_to_end(
+    llama_url: str, server_factory: Any, tmp_path: Path
+) -> None:
+    """A Twilio-protocol call to an agent whose LLM is the llama.cpp server over the OpenAI API:
+    the caller's question reaches the model (with the agent's knowledge passages) and its
+    streamed answer is spoken back. SmolLM2's words are not checked, only that the reply the
+    session sent to TTS is what the caller hears."""
+    import aiohttp
+
+    from tests.integration.media_stream_client import MediaStreamClient
+    from tests.integration.test_voice_calls import KB, _speech
+    from tests.integration.test_websocket_voice import _transcribe, _until
+
+    secret = "openai-ws-secret-0123456789"
+
+    def agent(config: dict[str, Any]) -> None:
+        config["models"]["hosted"] = {
+            "type": "custom",
+            "llm": {
+                "provider": "openai",
+                "base_url": llama_url,
+                "model": MODEL,
+                "max_tokens": 40,
+                "timeout": 120,
+            },
+        }
+        config["agents"].append(
+            {
+                "slug": "hosted",
+                "instructions": "You answer phone calls for Lakeside Voice in one short sentence.",
+                "knowledge_base": [str(KB)],
+                "realtime": {"enabled": True, "model": "hosted"},
+                "websocket": {"enabled": True, "secret": secret},
+            }
+        )
+
+    server = server_factory(agent)
+    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+    from sipserver.pipeline.providers.local_stt import WhisperStt
+
+    stt = WhisperStt()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.http_url}/ws/hosted/{secret}")
+        client = MediaStreamClient(ws)
+        await client.start({"caller": "+14155550123", "sipserver_events": "true"})
+        await asyncio.sleep(1.0)
+        client.say(question)
+        await client.idle()
+        answered = asyncio.get_running_loop().time() - client.t0
+        assert await _until(client.agent_speaking, 60.0), server.log_path.read_text()[-3000:]
+        await asyncio.sleep(6.0)
+        await client.stop()
+        await client.aclose()
+    said = " ".join(e["text"] for e in client.events if e["type"] == "agent_text")
+    heard = await _transcribe(stt, client.audio(answered, answered + 30.0))
+    print(f"model said: {said!r}\ncaller heard: {heard!r}")
+    assert said.strip(), "the model produced no text"
+    first_words = [w for w in re.findall(r"[a-z']+", said.lower()) if len(w) > 3][:3]
+    assert any(w in heard for w in first_words), (first_words, heard)
+    log = server.log_path.read_text()
+    assert '"caller_said"' in log and "provider_failed" not in log
