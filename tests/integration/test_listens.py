@@ -240,3 +240,80 @@ async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path
         await http.close()
     print(f"stopped in {took:.2f} s with a fork and two SSE streams open")
     assert code == 0 and took < 5.0
+
+
+async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed(
+    tmp_path: Path,
+) -> None:
+    """A PBX (a pjsua2 UA) calls the listens number over SIP with the agent's credentials: the
+    call is answered, nothing but silence comes back, and the caller's speech shows up on the
+    dashboard stream as caller lines with a suggestion."""
+    import json as _json
+    import sys
+    import wave
+
+    import numpy as np
+
+    from tests.integration.test_calls import wait_metric
+
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    copilot = config["agents"][-1]
+    copilot["sip"] = {
+        "enabled": True,
+        "numbers": ["+15005550198"],
+        "username": "copilot",
+        "password": "copilot-password-1",
+    }
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    try:
+        wait_metric(server, "sipserver_media_workers_up", 1)
+        question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+        play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
+        rate = 8000
+        with wave.open(str(play), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            silence = np.zeros(rate, dtype=np.int16)
+            w.writeframes(np.concatenate((silence, question, silence, silence)).tobytes())
+        http, resp = await login(server.http_url, "supervisor", password_of("supervisor"))
+        try:
+            assert resp.status == 303
+            calls = SseReader(await http.get(f"{server.http_url}/api/listens/copilot/events"))
+            caller = Path(__file__).with_name("pjsua2_caller.py")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(caller),
+                "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
+                "--user", "copilot", "--password", "copilot-password-1",
+                "--play", str(play), "--record", str(record),
+                "--seconds", "9", "--wait-bye", "1",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert await calls.wait_for(lambda r: any(r.of("calls")), 15), calls.events
+            listed = next(c for c in calls.of("calls") if c)[0]
+            assert listed["number"] == NUMBER
+            events = SseReader(
+                await http.get(
+                    f"{server.http_url}/api/listens/copilot/calls/{listed['call_id']}/events"
+                )
+            )
+            assert await events.wait_for(lambda r: bool(r.of("suggestion")), 30), events.events
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+            result = _json.loads(out.decode().strip().splitlines()[-1])
+            assert result["ended_by"] != "never-connected", result
+            for reader in (calls, events):
+                await reader.close()
+        finally:
+            await http.close()
+        lines = list(events.of("transcript"))
+        assert lines and {t["speaker"] for t in lines} == {"caller"}, lines
+        assert "cost" in " ".join(t["text"].lower() for t in lines), lines
+        assert events.of("suggestion")[0]["sources"][0]["source"] == "pricing.md"
+        with wave.open(str(record), "rb") as w:
+            heard = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        assert heard.size > rate * 5, heard.size  # the call was up for the whole clip
+        assert int(np.abs(heard).max()) < 200, "a listens call must send nothing but silence"
+    finally:
+        server.stop()
