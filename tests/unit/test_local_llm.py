@@ -115,9 +115,9 @@ async def test_answers_from_the_knowledge_base(
 async def test_answer_is_one_or_two_sentences_with_a_lead_in(llm: KnowledgeBaseLlm) -> None:
     reply = text_of(await collect(llm, conversation("When are you open?")))
     assert reply == (
-        "Here is what I found: The Lakeside Voice office is open Monday to Friday from 9 am to"
-        " 6 pm, and on Saturday from 10 am to 2 pm. It is closed on Sundays and on public"
-        " holidays."
+        "Here is what I found: The Lakeside Voice office opening hours are Monday to Friday from 9"
+        " am to 6 pm, and on Saturday from 10 am to 2 pm. It is closed on Sundays and on"
+        " public holidays."
     )
 
 
