@@ -267,10 +267,10 @@ async def run(turns: int, rate: int) -> None:
     print(f"machine: {os.cpu_count()} cores, load average {load:.2f} (others may compete)")
     print(f"turns: {len(rows)}, caller audio {rate} Hz, VAD {vad_options.sample_rate} Hz")
     names = list(rows[0]) if rows else []
-    print(f"{'figure (s)':<18}{'p50':>8}{'p95':>8}   " + " ".join(f"t{i + 1}" for i in range(4)))
+    print(f"{'figure (s)':<18}{'p50':>8}{'p95':>8}   " + " ".join(f"t{i + 1}" for i in range(8)))
     for name in names:
         values = [r[name] for r in rows]
-        per_turn = " ".join(f"{v:.2f}" for v in values[:4])
+        per_turn = " ".join(f"{v:.2f}" for v in values[:8])
         print(f"{name:<18}{statistics.median(values):>8.3f}{pct(values, 0.95):>8.3f}   {per_turn}")
 
 

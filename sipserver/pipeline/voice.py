@@ -149,6 +149,9 @@ class VoiceOptions:
     preemptive_generation: bool = True
     interim_interval: float = 0.3
     """Seconds between interim STT runs while interruption words are being counted."""
+    question_ends_turn: bool = True
+    """A transcript ending in ``?`` counts as a finished turn even when the turn model is
+    unsure (audio turn models rely on prosody; telephone and synthetic speech flatten it)."""
     early_stt: float | None = 0.2
     """Seconds of trailing silence after which the segment goes to STT before the VAD ends it
     (``min_silence_duration`` later); the result is used if the caller stays quiet. None: STT
@@ -530,7 +533,11 @@ class VoiceSession:
             self._provider_failed("turn", exc)
             self._endpointer.decide(None)
             return
-        self._endpointer.decide(probability >= detector.threshold, probability=probability)
+        # A recognised question is a finished turn whatever the audio model thinks: Smart Turn
+        # leans on prosody, and flat (synthetic or band-limited) questions score low.
+        question = self.options.question_ends_turn and turn_text.rstrip().endswith("?")
+        done = question or probability >= detector.threshold
+        self._endpointer.decide(done, probability=probability)
 
     def _commit_turn(self, now: float) -> None:
         ep = self._endpointer

@@ -571,3 +571,22 @@ async def test_rewind_is_a_no_op_unless_paused() -> None:
     rig = _long_reply_rig(InterruptionOptions(min_duration=0.2), ["question"])
     await rig.run(3.0, speech=[(0.5, 1.5)])
     assert rig.session.rewind(100) == 0
+
+
+@pytest.mark.parametrize(("text", "rule", "delay"), [
+    ("how do I register my phone?", True, 0.5),
+    ("how do I register my phone?", False, 2.5),
+    ("I want to register my phone", True, 2.5),
+])  # fmt: skip
+async def test_a_question_ends_the_turn_when_the_turn_model_is_unsure(
+    text: str, rule: bool, delay: float
+) -> None:
+    rig = make(texts=[text], endpointing=EndpointingOptions(0.5, 2.5))
+    rig.session._turn = FakeTurn(rig.clock, lambda t: 0.05)
+    rig.session.options = VoiceOptions(
+        endpointing=EndpointingOptions(0.5, 2.5), question_ends_turn=rule
+    )
+    await rig.run(6.0, speech=[(0.5, 1.5)])
+    commit = rig.commits()[0]
+    assert commit.at == pytest.approx(1.5 + delay, abs=0.03)
+    assert commit.probability == pytest.approx(0.05)  # the model's own figure is reported
