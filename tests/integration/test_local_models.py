@@ -299,7 +299,9 @@ async def test_smart_turn_only_listens_to_the_last_eight_seconds(tmp_path: Path)
     )
 
 
-async def test_whisper_reports_busy_while_decoding(stt: WhisperStt, tmp_path: Path) -> None:
+async def test_whisper_reports_busy_while_decoding(tmp_path: Path) -> None:
+    stt = WhisperStt(workers=1)
+    stt.load()
     pcm = espeak_pcm(tmp_path, OFFICE)
     assert not stt.busy
     task = asyncio.create_task(stt.transcribe(pcm))
@@ -307,3 +309,19 @@ async def test_whisper_reports_busy_while_decoding(stt: WhisperStt, tmp_path: Pa
     assert stt.busy
     await task
     assert not stt.busy
+
+
+async def test_whisper_workers_decode_calls_side_by_side(tmp_path: Path) -> None:
+    """Two workers: one decode leaves room for another caller (not busy); both decodes of two
+    concurrent callers come back right."""
+    stt = WhisperStt(workers=2)
+    stt.load()
+    pcm = espeak_pcm(tmp_path, OFFICE)
+    first = asyncio.create_task(stt.transcribe(pcm))
+    await asyncio.sleep(0)
+    assert not stt.busy
+    second = asyncio.create_task(stt.transcribe(pcm))
+    await asyncio.sleep(0)
+    assert stt.busy
+    for result in await asyncio.gather(first, second):
+        assert "office" in result.text.lower(), result

@@ -31,9 +31,9 @@ def test_local_names_build_the_offline_providers() -> None:
 
 
 def test_options_reach_the_constructor() -> None:
-    stt = make_stt(spec({"provider": "local", "cpu_threads": 2, "beam_size": 3}))
+    stt = make_stt(spec({"provider": "local", "cpu_threads": 2, "beam_size": 3, "workers": 3}))
     assert isinstance(stt, WhisperStt)
-    assert (stt.cpu_threads, stt.beam_size) == (2, 3)
+    assert (stt.cpu_threads, stt.beam_size, stt.workers) == (2, 3, 3)
     tts = make_tts(spec({"provider": "local", "speed": 1.25}))
     assert isinstance(tts, PiperTts)
     assert tts.length_scale == pytest.approx(0.8)

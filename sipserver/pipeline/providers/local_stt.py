@@ -12,6 +12,7 @@ decodes run one at a time on a dedicated thread, so two calls never fight over t
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ def default_whisper_model_path() -> Path:
 class _LoadedWhisper:
     model: Any
     executor: ThreadPoolExecutor
+    workers: int
     multilingual: bool
     load_seconds: float
     pending: int = 0
@@ -67,6 +69,9 @@ class WhisperStt:
         cpu_threads: threads of one decode (CTranslate2 ``intra_threads``).
         beam_size: beam of final decodes (interim decodes are greedy).
         compute_type: CTranslate2 quantisation (``int8`` on the CPU).
+        workers: decodes that may run at once in this process (CTranslate2 ``num_workers``),
+            each on ``cpu_threads`` threads; None: one per CPU core, at most 4. Calls share the
+            model, so this bounds how long one caller waits behind another's decode.
 
     Raises:
         ProviderError: an option is invalid or the model directory does not exist.
@@ -76,7 +81,7 @@ class WhisperStt:
     sample_rate = _SAMPLE_RATE
     native_turn_detection = False
 
-    _cache: ClassVar[dict[tuple[str, int, str], _LoadedWhisper]] = {}
+    _cache: ClassVar[dict[tuple[str, int, str, int], _LoadedWhisper]] = {}
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -87,6 +92,7 @@ class WhisperStt:
         cpu_threads: int = 1,
         beam_size: int = 2,
         compute_type: str = "int8",
+        workers: int | None = None,
     ) -> None:
         path = Path(model).expanduser() if model is not None else default_whisper_model_path()
         if not (path / "model.bin").is_file():
@@ -95,6 +101,11 @@ class WhisperStt:
             raise ProviderError(f"stt.cpu_threads must be a positive integer, not {cpu_threads!r}")
         if not isinstance(beam_size, int) or beam_size < 1:
             raise ProviderError(f"stt.beam_size must be a positive integer, not {beam_size!r}")
+        if workers is None:
+            workers = max(1, min(4, os.cpu_count() or 1))
+        if not isinstance(workers, int) or workers < 1:
+            raise ProviderError(f"stt.workers must be a positive integer, not {workers!r}")
+        self.workers = workers
         self.model_path = path
         self.language = language
         self.cpu_threads = cpu_threads
@@ -104,12 +115,12 @@ class WhisperStt:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
         """Build from a provider spec's options (``model``, ``language``, ``cpu_threads``,
-        ``beam_size``, ``compute_type``).
+        ``beam_size``, ``compute_type``, ``workers``).
 
         Raises:
             ProviderError: an unknown option or an invalid value.
         """
-        known = {"model", "language", "cpu_threads", "beam_size", "compute_type"}
+        known = {"model", "language", "cpu_threads", "beam_size", "compute_type", "workers"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ProviderError(
@@ -129,7 +140,7 @@ class WhisperStt:
         return await asyncio.to_thread(self.load)
 
     def _loaded(self) -> _LoadedWhisper:
-        key = (str(self.model_path), self.cpu_threads, self.compute_type)
+        key = self._key
         with self._cache_lock:
             loaded = self._cache.get(key)
             if loaded is None:
@@ -138,18 +149,23 @@ class WhisperStt:
             return loaded
 
     @staticmethod
-    def _load(key: tuple[str, int, str]) -> _LoadedWhisper:
-        path, threads, compute_type = key
+    def _load(key: tuple[str, int, str, int]) -> _LoadedWhisper:
+        path, threads, compute_type, workers = key
         started = time.perf_counter()
         try:
             model = WhisperModel(
-                path, device="cpu", compute_type=compute_type, cpu_threads=threads, num_workers=1
+                path,
+                device="cpu",
+                compute_type=compute_type,
+                cpu_threads=threads,
+                num_workers=workers,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ProviderError(f"cannot load Whisper model {path}: {exc}") from exc
         return _LoadedWhisper(
             model=model,
-            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper"),
+            executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="whisper"),
+            workers=workers,
             multilingual=bool(model.model.is_multilingual),
             load_seconds=time.perf_counter() - started,
         )
@@ -190,16 +206,21 @@ class WhisperStt:
 
     @property
     def busy(self) -> bool:
-        """True while a decode of this model is queued or running (any session's).
+        """True while every worker of this model has a decode queued or running (any
+        session's): a new request would wait.
 
         Whisper's encoder always processes a 30 s window, so an interim decode costs about as
         much as a final one: skip interim requests while the model is busy.
         """
-        loaded = self._cache.get((str(self.model_path), self.cpu_threads, self.compute_type))
-        return loaded is not None and loaded.pending > 0
+        loaded = self._cache.get(self._key)
+        return loaded is not None and loaded.pending >= loaded.workers
 
     def _is_cached(self) -> bool:
-        return (str(self.model_path), self.cpu_threads, self.compute_type) in self._cache
+        return self._key in self._cache
+
+    @property
+    def _key(self) -> tuple[str, int, str, int]:
+        return (str(self.model_path), self.cpu_threads, self.compute_type, self.workers)
 
     def _language_for(self, loaded: _LoadedWhisper, hint: str | None) -> str | None:
         if not loaded.multilingual:
