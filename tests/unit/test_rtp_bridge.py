@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("pjsua2")
 
 from sipserver.rtp.bridge import BridgeCounters, OutboundFrames, frame_bytes
-from sipserver.rtp.pjsua2_worker import _dtmf_info_digit, _parse_invite
+from sipserver.rtp.pjsua2_ua import _dtmf_info_digit, _parse_invite
 
 
 def test_frame_bytes() -> None:
