@@ -64,7 +64,17 @@ from sipserver.edge.calls import (
     ProxyEvent,
     Send,
 )
-from sipserver.sip.headers import NameAddr, Via, parse_contacts, split_comma_list
+from sipserver.edge.proxy_headers import (
+    encode_relayed_request,
+    encode_relayed_response,
+    explode,
+    hostport_key,
+    insert_record_routes,
+    pop_top_via,
+    set_max_forwards,
+    set_received,
+)
+from sipserver.sip.headers import NameAddr, parse_contacts
 from sipserver.sip.invite_transaction import (
     MAX_FORWARDS,
     ClientState,
@@ -92,7 +102,6 @@ __all__ = [
     "Send",
 ]
 
-_LIST_NAMES = frozenset(("Via", "Route", "Record-Route"))
 _LOST = "Media Worker Lost"
 
 
@@ -187,8 +196,8 @@ class CallProxy:
         self._events: deque[ProxyEvent] = deque()
         self._by_worker: dict[str, int] = {}
         self._own = {
-            _hostport_key(outside.host, outside.port),
-            _hostport_key(inside.host, inside.port),
+            hostport_key(outside.host, outside.port),
+            hostport_key(inside.host, inside.port),
         }
         self._record_routes: dict[str, tuple[str, ...]] = {}
 
@@ -262,11 +271,11 @@ class CallProxy:
 
         # RFC 3261 §16.6: copy, new Request-URI (§16.5 target), Max-Forwards, Record-Route,
         # Route (the edge's own pre-loaded entries removed; the worker is the target), Via.
-        items = _explode(list(request.headers))
-        items = _set_received(items, source)
+        items = explode(list(request.headers))
+        items = set_received(items, source)
         items = [(n, v) for n, v in items if n != "Route" and n != AGENT_HEADER]
-        items = _set_max_forwards(items, max_forwards)
-        items = _insert_record_routes(items, self._record_routes_for(source.transport))
+        items = set_max_forwards(items, max_forwards)
+        items = insert_record_routes(items, self._record_routes_for(source.transport))
         items.append((AGENT_HEADER, agent))
         target = f"sip:{user}@{worker.hostport}" if user else f"sip:{worker.hostport}"
         out.append(
@@ -476,10 +485,10 @@ class CallProxy:
 
         # RFC 3261 §16.4: remove the top Route entries that are the edge (two with RFC 5658
         # double record-routing).
-        items = _explode(list(request.headers))
+        items = explode(list(request.headers))
         items = self._pop_own_routes(items)
-        items = _set_received(items, source)
-        items = _set_max_forwards(items, max_forwards)
+        items = set_received(items, source)
+        items = set_max_forwards(items, max_forwards)
 
         if method == "ACK":
             # RFC 3261 §16.11: stateless forwarding; the branch is a function of the incoming
@@ -488,7 +497,7 @@ class CallProxy:
             digest = hashlib.blake2s(incoming.encode("utf-8", "surrogateescape"), digest_size=8)
             branch = f"{self._stem}a{digest.hexdigest()}"
             via = self._via(to, branch, toward_worker=side is _Side.CALLER)
-            data = _encode_request(method, request.uri, [("Via", via), *items], request.body)
+            data = encode_relayed_request(method, request.uri, [("Via", via), *items], request.body)
             return [Send(data, to)]
 
         server = self._new_server(request, source, call, side, server_key(request))
@@ -552,7 +561,7 @@ class CallProxy:
     ) -> Send:
         branch = f"{self._stem}{next(self._counter):x}"
         items = [("Via", self._via(to, branch, toward_worker=side is _Side.CALLER)), *items]
-        data = _encode_request(method, uri, items, body)
+        data = encode_relayed_request(method, uri, items, body)
         txn = ClientTransaction.start(invite=method == "INVITE", reliable=to.reliable, now=now)
         sent = SipRequest(method, uri, Headers(items))
         leg = _ClientLeg((branch, method), txn, sent, data, to, server, call, side, initial=initial)
@@ -573,7 +582,7 @@ class CallProxy:
         items += [("From", call.worker_to or ""), ("To", call.invite_from)]
         items += [("Call-ID", call.call_id), ("CSeq", f"{call.worker_cseq} BYE")]
         items.append(("Reason", 'SIP;cause=500;text="Media Worker Lost"'))
-        data = _encode_request("BYE", call.caller_contact, items, b"")
+        data = encode_relayed_request("BYE", call.caller_contact, items, b"")
         txn = ClientTransaction.start(invite=False, reliable=call.caller.reliable, now=now)
         bye = SipRequest("BYE", call.caller_contact, Headers(items))
         leg = _ClientLeg((branch, "BYE"), txn, bye, data, call.caller, None, call, _Side.WORKER)
@@ -610,7 +619,7 @@ class CallProxy:
         if status == 503 and method == "INVITE":
             # RFC 3261 §16.7 step 6: a 503 is not forwarded upstream; it becomes 500.
             response = SipResponse(500, "Media Worker Unavailable", response.headers, response.body)
-        data = _encode_response(response, _pop_top_via(_explode(list(response.headers))))
+        data = encode_relayed_response(response, pop_top_via(explode(list(response.headers))))
         if server.txn.send_response(status, data, now=now):
             self._schedule(server)
         elif not (200 <= status < 300 and method == "INVITE"):
@@ -654,7 +663,7 @@ class CallProxy:
         if len(vias) < 2:
             return []
         to = call.caller if _is_toward_caller(call, response) else call.worker
-        data = _encode_response(response, _pop_top_via(_explode(list(response.headers))))
+        data = encode_relayed_response(response, pop_top_via(explode(list(response.headers))))
         return [Send(data, to)]
 
     # ------------------------------------------------------------------ timers
@@ -823,7 +832,7 @@ class CallProxy:
             uri = NameAddr.parse(route).uri
         except ValueError:
             return False
-        return _hostport_key(uri.host, uri.port or 5060) in self._own
+        return hostport_key(uri.host, uri.port or 5060) in self._own
 
     def _pop_own_routes(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -840,60 +849,6 @@ class CallProxy:
 
 
 # ------------------------------------------------------------------ message helpers
-
-
-def _explode(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """One entry per value for Via, Route and Record-Route (comma lists split)."""
-    out: list[tuple[str, str]] = []
-    for name, value in items:
-        if name in _LIST_NAMES and "," in value:
-            out.extend((name, v) for v in split_comma_list(value))
-        else:
-            out.append((name, value))
-    return out
-
-
-def _pop_top_via(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    for i, (name, _) in enumerate(items):
-        if name == "Via":
-            return items[:i] + items[i + 1 :]
-    return items
-
-
-def _set_received(items: list[tuple[str, str]], source: Endpoint) -> list[tuple[str, str]]:
-    """RFC 3261 §18.2.1 / RFC 3581 §4: record the observed source on the sender's Via."""
-    for i, (name, value) in enumerate(items):
-        if name == "Via":
-            via = Via.parse(value).with_params(received=source.host, rport=source.port)
-            return [*items[:i], ("Via", str(via)), *items[i + 1 :]]
-    return items
-
-
-def _set_max_forwards(items: list[tuple[str, str]], current: int | None) -> list[tuple[str, str]]:
-    # RFC 3261 §16.6 step 3: decrement, or add 70 when absent.
-    if current is None:
-        return [*items, ("Max-Forwards", str(MAX_FORWARDS))]
-    return [(n, str(current - 1) if n == "Max-Forwards" else v) for n, v in items]
-
-
-def _insert_record_routes(
-    items: list[tuple[str, str]], entries: tuple[str, ...]
-) -> list[tuple[str, str]]:
-    """RFC 3261 §16.6 step 4: the edge's entries go above the existing Record-Route."""
-    new = [("Record-Route", e) for e in entries]
-    for i, (name, _) in enumerate(items):
-        if name == "Record-Route":
-            return [*items[:i], *new, *items[i:]]
-    last_via = max((i for i, (n, _) in enumerate(items) if n == "Via"), default=-1)
-    return [*items[: last_via + 1], *new, *items[last_via + 1 :]]
-
-
-def _encode_request(method: str, uri: str, items: list[tuple[str, str]], body: bytes) -> bytes:
-    return SipRequest(method, uri, Headers(items), body).encode()
-
-
-def _encode_response(response: SipResponse, items: list[tuple[str, str]]) -> bytes:
-    return SipResponse(response.status, response.reason, Headers(items), response.body).encode()
 
 
 def _is_toward_caller(call: _Call, response: SipResponse) -> bool:
@@ -919,10 +874,6 @@ def _to_tag(request: SipRequest) -> str:
     # Deterministic per request (the router does the same): retransmitted answers are identical.
     text = f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}"
     return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-
-
-def _hostport_key(host: str, port: int) -> str:
-    return f"{host.strip('[]').lower()}:{port}"
 
 
 def _reason(exc: BaseException) -> str:
