@@ -169,7 +169,43 @@ class _Http:
 # ------------------------------------------------------------------------------------ STT
 
 
-class LiveKitStt:
+class _AudioStage:
+    """What LiveKit's STT and TTS clients share: built on first use with the model, the rate,
+    the model ID's suffix (language or voice) and an HTTP session this object closes."""
+
+    sample_rate: int
+    _kind: Literal["stt", "tts"]
+    """``stt`` or ``tts``: which model-ID rules apply."""
+    _factory: str
+    """Name of the client class in ``livekit.agents.inference``."""
+    _suffix_option: str
+    """The client's keyword for the model ID's ``:suffix``."""
+
+    def __init__(self, model_id: str, credential: LiveKitCredential, *, where: str) -> None:
+        self.model_id = parse_model_id(self._kind, model_id)
+        self._credential = credential
+        self._where = where
+        self._http = _Http()
+        self._client: Any = None
+
+    def client(self) -> Any:
+        """LiveKit's ``inference.STT``/``TTS`` (built on first use; call it in the event loop)."""
+        if self._client is None:
+            kwargs: dict[str, Any] = {"model": self.model_id.name, "sample_rate": self.sample_rate}
+            if self.model_id.suffix:
+                kwargs[self._suffix_option] = self.model_id.suffix
+            factory = getattr(_inference(), self._factory)
+            self._client = factory(
+                **kwargs, http_session=self._http.session(), **self._credential.kwargs()
+            )
+        return self._client
+
+    async def close(self) -> None:
+        """Close the client's HTTP session."""
+        await self._http.close()
+
+
+class LiveKitStt(_AudioStage):
     """LiveKit Inference speech-to-text, one stream per speech segment.
 
     Args:
@@ -181,25 +217,9 @@ class LiveKitStt:
     name = "livekit"
     sample_rate = STT_RATE
     native_turn_detection = False
-
-    def __init__(self, model_id: str, credential: LiveKitCredential, *, where: str) -> None:
-        self.model_id = parse_model_id("stt", model_id)
-        self._credential = credential
-        self._where = where
-        self._http = _Http()
-        self._client: Any = None
-
-    def client(self) -> Any:
-        """LiveKit's ``inference.STT`` (built on first use; call it in the event loop)."""
-        if self._client is None:
-            inference = _inference()
-            kwargs: dict[str, Any] = {"model": self.model_id.name, "sample_rate": STT_RATE}
-            if self.model_id.suffix:
-                kwargs["language"] = self.model_id.suffix
-            self._client = inference.STT(
-                **kwargs, http_session=self._http.session(), **self._credential.kwargs()
-            )
-        return self._client
+    _kind: Literal["stt", "tts"] = "stt"
+    _factory = "STT"
+    _suffix_option = "language"
 
     async def transcribe(
         self, pcm: bytes, *, final: bool = True, language: str | None = None
@@ -232,10 +252,6 @@ class LiveKitStt:
         except Exception as exc:  # the client raises its own APIError types and aiohttp's
             raise _failure(self._where, exc) from exc
         return Transcript(" ".join(t for t in texts if t), final=final, language=lang)
-
-    async def close(self) -> None:
-        """Close the client's HTTP session."""
-        await self._http.close()
 
 
 # ------------------------------------------------------------------------------------ LLM
@@ -324,7 +340,7 @@ def _tool_call(name: str, arguments: str, where: str) -> ToolCall:
 # ------------------------------------------------------------------------------------ TTS
 
 
-class LiveKitTts:
+class LiveKitTts(_AudioStage):
     """LiveKit Inference text-to-speech.
 
     Args:
@@ -335,24 +351,9 @@ class LiveKitTts:
 
     name = "livekit"
     sample_rate = TTS_RATE
-
-    def __init__(self, model_id: str, credential: LiveKitCredential, *, where: str) -> None:
-        self.model_id = parse_model_id("tts", model_id)
-        self._credential = credential
-        self._where = where
-        self._http = _Http()
-        self._client: Any = None
-
-    def client(self) -> Any:
-        """LiveKit's ``inference.TTS`` (built on first use; call it in the event loop)."""
-        if self._client is None:
-            kwargs: dict[str, Any] = {"model": self.model_id.name, "sample_rate": TTS_RATE}
-            if self.model_id.suffix:
-                kwargs["voice"] = self.model_id.suffix
-            self._client = _inference().TTS(
-                **kwargs, http_session=self._http.session(), **self._credential.kwargs()
-            )
-        return self._client
+    _kind: Literal["stt", "tts"] = "tts"
+    _factory = "TTS"
+    _suffix_option = "voice"
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Yield s16le mono PCM at :attr:`sample_rate` as LiveKit sends it.
@@ -371,10 +372,6 @@ class LiveKitTts:
             raise
         except Exception as exc:
             raise _failure(self._where, exc) from exc
-
-    async def close(self) -> None:
-        """Close the client's HTTP session."""
-        await self._http.close()
 
 
 # ------------------------------------------------------------------------------- building
