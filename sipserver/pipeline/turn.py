@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import onnxruntime  # type: ignore[import-untyped]
 from faster_whisper.feature_extractor import FeatureExtractor  # type: ignore[import-untyped]
 
+from .model_cache import ModelCache
 from .providers.base import ProviderError, TurnDetector
 
 __all__ = [
@@ -85,8 +85,7 @@ class SmartTurnDetector:
     name = "smart-turn-v3.2"
     sample_rate = _SAMPLE_RATE
 
-    _cache: ClassVar[dict[tuple[str, int], _LoadedSmartTurn]] = {}
-    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+    _cache: ClassVar[ModelCache[tuple[str, int], _LoadedSmartTurn]] = ModelCache()
     _features: ClassVar[FeatureExtractor | None] = None
 
     def __init__(
@@ -119,31 +118,31 @@ class SmartTurnDetector:
         return seconds
 
     def _loaded(self) -> _LoadedSmartTurn:
-        key = (str(self.model_path), self.threads)
-        with self._cache_lock:
-            loaded = self._cache.get(key)
-            if loaded is None:
-                started = time.perf_counter()
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                try:
-                    session = onnxruntime.InferenceSession(
-                        str(self.model_path), options, providers=["CPUExecutionProvider"]
-                    )
-                except Exception as exc:
-                    raise ProviderError(f"cannot load {self.model_path}: {exc}") from exc
-                loaded = _LoadedSmartTurn(
-                    session=session,
-                    executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn"),
-                    load_seconds=time.perf_counter() - started,
-                )
-                self._cache[key] = loaded
-            if SmartTurnDetector._features is None:
-                SmartTurnDetector._features = FeatureExtractor(
-                    feature_size=80, sampling_rate=_SAMPLE_RATE, chunk_length=_WINDOW_S
-                )
-            return loaded
+        loaded = self._cache.get((str(self.model_path), self.threads), self._load)
+        if SmartTurnDetector._features is None:
+            SmartTurnDetector._features = FeatureExtractor(
+                feature_size=80, sampling_rate=_SAMPLE_RATE, chunk_length=_WINDOW_S
+            )
+        return loaded
+
+    @staticmethod
+    def _load(key: tuple[str, int]) -> _LoadedSmartTurn:
+        path, threads = key
+        started = time.perf_counter()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            session = onnxruntime.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ProviderError(f"cannot load {path}: {exc}") from exc
+        return _LoadedSmartTurn(
+            session=session,
+            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn"),
+            load_seconds=time.perf_counter() - started,
+        )
 
     async def end_of_turn_probability(
         self, pcm: bytes, *, transcript: str = "", language: str | None = None
@@ -156,7 +155,7 @@ class SmartTurnDetector:
             transcript: unused (the model listens to the audio only).
             language: unused (the model is multilingual).
         """
-        if (str(self.model_path), self.threads) in self._cache:
+        if self._cache.peek((str(self.model_path), self.threads)) is not None:
             loaded = self._loaded()
         else:
             loaded = await asyncio.to_thread(self._loaded)

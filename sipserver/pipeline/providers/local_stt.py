@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 from faster_whisper import WhisperModel  # type: ignore[import-untyped]
 
+from ..model_cache import ModelCache
 from .base import ProviderError, Transcript
 
 __all__ = ["WhisperStt", "default_whisper_model_path"]
@@ -81,8 +81,7 @@ class WhisperStt:
     sample_rate = _SAMPLE_RATE
     native_turn_detection = False
 
-    _cache: ClassVar[dict[tuple[str, int, str, int], _LoadedWhisper]] = {}
-    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+    _cache: ClassVar[ModelCache[tuple[str, int, str, int], _LoadedWhisper]] = ModelCache()
 
     def __init__(
         self,
@@ -140,13 +139,7 @@ class WhisperStt:
         return await asyncio.to_thread(self.load)
 
     def _loaded(self) -> _LoadedWhisper:
-        key = self._key
-        with self._cache_lock:
-            loaded = self._cache.get(key)
-            if loaded is None:
-                loaded = self._load(key)
-                self._cache[key] = loaded
-            return loaded
+        return self._cache.get(self._key, self._load)
 
     @staticmethod
     def _load(key: tuple[str, int, str, int]) -> _LoadedWhisper:
@@ -189,7 +182,7 @@ class WhisperStt:
         """
         if len(pcm) < 2:
             return Transcript(text="", final=final, language=self.language)
-        loaded = await asyncio.to_thread(self._loaded) if not self._is_cached() else self._loaded()
+        loaded = await self._cache.aget(self._key, self._load)
         audio = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         if not final:
             audio = audio[-_MAX_WINDOW_S * _SAMPLE_RATE :]
@@ -212,11 +205,8 @@ class WhisperStt:
         Whisper's encoder always processes a 30 s window, so an interim decode costs about as
         much as a final one: skip interim requests while the model is busy.
         """
-        loaded = self._cache.get(self._key)
+        loaded = self._cache.peek(self._key)
         return loaded is not None and loaded.pending >= loaded.workers
-
-    def _is_cached(self) -> bool:
-        return self._key in self._cache
 
     @property
     def _key(self) -> tuple[str, int, str, int]:

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import soxr
 
+from ..model_cache import ModelCache
 from .base import ProviderError
 from .piper_voice import PiperVoiceModel, read_config, sentences_of
 
@@ -87,8 +88,7 @@ class PiperTts:
 
     name = "local"
 
-    _cache: ClassVar[dict[tuple[str, int], PiperVoiceModel]] = {}
-    _cache_lock: ClassVar[threading.Lock] = threading.Lock()
+    _cache: ClassVar[ModelCache[tuple[str, int], PiperVoiceModel]] = ModelCache()
 
     def __init__(
         self,
@@ -146,13 +146,7 @@ class PiperTts:
         return seconds
 
     def _loaded(self) -> PiperVoiceModel:
-        key = (str(self.voice_path), self.threads)
-        with self._cache_lock:
-            loaded = self._cache.get(key)
-            if loaded is None:
-                loaded = self._load(key)
-                self._cache[key] = loaded
-            return loaded
+        return self._cache.get((str(self.voice_path), self.threads), self._load)
 
     @staticmethod
     def _load(key: tuple[str, int]) -> PiperVoiceModel:
@@ -166,8 +160,7 @@ class PiperTts:
         """
         if not text.strip():
             return
-        if (str(self.voice_path), self.threads) not in self._cache:
-            await asyncio.to_thread(self._loaded)
+        await self._cache.aget((str(self.voice_path), self.threads), self._load)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         slots = threading.BoundedSemaphore(_QUEUE_CHUNKS)
