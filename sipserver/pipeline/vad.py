@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
-import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from sipserver.pipeline.model_cache import ModelCache
 from sipserver.pipeline.segmenter import (
     RELEASE_MARGIN,
     SpeechEnded,
@@ -107,26 +107,22 @@ def silero_model_path() -> Path:
     )
 
 
-_sessions: dict[Path, Any] = {}
-_sessions_lock = threading.Lock()
+_sessions: ModelCache[Path, Any] = ModelCache()
 
 
 def _shared_session(path: Path) -> Any:
     """One onnxruntime session per model file per process, single-threaded."""
-    with _sessions_lock:
-        session = _sessions.get(path)
-        if session is None:
-            import onnxruntime as ort  # type: ignore[import-untyped]
+    return _sessions.get(path, _open_session)
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-            _sessions[path] = session
-        return session
+
+def _open_session(path: Path) -> Any:
+    import onnxruntime as ort  # type: ignore[import-untyped]
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class SileroModel:
