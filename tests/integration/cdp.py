@@ -101,6 +101,31 @@ class Page:
             raise RuntimeError(f"{expression!r} threw: {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
+    async def until(self, expression: str, timeout: float = 15.0) -> Any:
+        """Evaluate ``expression`` every 100 ms until it is truthy; return its value.
+
+        Raises:
+            AssertionError: still falsy after ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with contextlib.suppress(RuntimeError):  # a navigation may destroy the context
+                value = await self.eval(expression)
+                if value:
+                    return value
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {expression}")
+            await asyncio.sleep(0.1)
+
+    async def goto(self, url: str) -> None:
+        """Navigate and wait until the new document has loaded."""
+        await self.send("Page.navigate", url=url)
+        await self.until(
+            f"location.href.startsWith({json.dumps(url.split('?')[0])})"
+            " && document.readyState === 'complete'"
+        )
+
     async def click(self, selector: str) -> None:
         """A real mouse click (a user gesture) in the middle of the element."""
         box = await self.eval(
