@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -240,3 +241,36 @@ def run_sipp(
     err_file = (workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"
     errors = err_file.read_text(errors="replace") if err_file.exists() else ""
     return SippResult(proc.returncode, proc.stdout.decode(errors="replace") + errors)
+
+
+def caller_args(
+    sip_port: int,
+    number: str,
+    *,
+    user: str,
+    password: str,
+    play: Path,
+    record: Path,
+    seconds: float,
+    dtmf: str = "",
+    wait_bye: float = 5.0,
+) -> list[str]:
+    """The command line of tests/integration/pjsua2_caller.py calling ``number`` at the edge."""
+    args = [
+        sys.executable, str(Path(__file__).with_name("pjsua2_caller.py")),
+        "--uri", f"sip:{number}@127.0.0.1:{sip_port}",
+        "--user", user, "--password", password,
+        "--play", str(play), "--record", str(record),
+        "--seconds", f"{seconds:.1f}", "--wait-bye", f"{wait_bye:g}",
+    ]  # fmt: skip
+    if dtmf:
+        args += ["--dtmf", dtmf]
+    return args
+
+
+def place_call(*, timeout: float, **kwargs: Any) -> dict[str, Any]:
+    """Run the pjsua2 caller (see :func:`caller_args`); its JSON result line."""
+    proc = subprocess.run(caller_args(**kwargs), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result

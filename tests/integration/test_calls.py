@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import DEMO_PASSWORD, DEMO_USER, ServerProcess, run_sipp
+from tests.integration.conftest import (
+    DEMO_PASSWORD,
+    DEMO_USER,
+    ServerProcess,
+    place_call,
+    run_sipp,
+)
 from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
@@ -155,9 +161,7 @@ def test_pjsua2_caller_hears_its_echo_through_the_edge(
     """A real UA (pjsua2) calls the agent's number through the edge with digest auth, speaks
     (espeak-ng), records what comes back: the stand-in session's chime, then the caller's own
     speech 200 ms late (cross-correlated, not merely non-silent); '#' makes the agent hang up."""
-    import json
     import subprocess
-    import sys
     import wave
 
     import numpy as np
@@ -177,19 +181,10 @@ def test_pjsua2_caller_hears_its_echo_through_the_edge(
     with wave.open(str(play), "rb") as w:
         sent = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     seconds = len(sent) / RATE
-    caller = Path(__file__).with_name("pjsua2_caller.py")
-    proc = subprocess.run(
-        [
-            sys.executable, str(caller),
-            "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
-            "--user", DEMO_USER, "--password", DEMO_PASSWORD,
-            "--play", str(play), "--record", str(record),
-            "--seconds", f"{seconds + 1.0:.1f}", "--dtmf", "#", "--wait-bye", "5",
-        ],
-        capture_output=True, text=True, timeout=60,
+    result = place_call(
+        sip_port=server.sip_port, number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
+        play=play, record=record, seconds=seconds + 1.0, dtmf="#", wait_bye=5, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ended_by"] == "remote", result  # the agent hung up on '#'
     with wave.open(str(record), "rb") as w:
         got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from sipserver.listens.passwords import hash_password
-from tests.integration.conftest import ServerProcess, base_config, free_port
+from tests.integration.conftest import ServerProcess, base_config, caller_args, free_port
 from tests.integration.listens_client import ForkClient, SseReader, login
 from tests.integration.test_voice_calls import KB, _speech
 
@@ -249,7 +249,6 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
     call is answered, nothing but silence comes back, and the caller's speech shows up on the
     dashboard stream as caller lines with a suggestion."""
     import json as _json
-    import sys
     import wave
 
     import numpy as np
@@ -281,13 +280,11 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
         try:
             assert resp.status == 303
             calls = SseReader(await http.get(f"{server.http_url}/api/listens/copilot/events"))
-            caller = Path(__file__).with_name("pjsua2_caller.py")
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(caller),
-                "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
-                "--user", "copilot", "--password", "copilot-password-1",
-                "--play", str(play), "--record", str(record),
-                "--seconds", "9", "--wait-bye", "1",
+                *caller_args(
+                    server.sip_port, NUMBER, user="copilot", password="copilot-password-1",
+                    play=play, record=record, seconds=9, wait_bye=1,
+                ),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             assert await calls.wait_for(lambda r: any(r.of("calls")), 15), calls.events

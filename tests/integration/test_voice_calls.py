@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import soxr
 
 from sipserver.pipeline.providers.local_stt import WhisperStt
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, place_call
 from tests.integration.test_calls import wait_metric
 
 pytestmark = pytest.mark.integration
@@ -83,19 +82,10 @@ def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
     _write(play, np.concatenate((np.zeros(lead), question, np.zeros(tail))))
     record = tmp_path / "rec.wav"
     seconds = (lead + question.size + tail) / RATE
-    caller = Path(__file__).with_name("pjsua2_caller.py")
-    proc = subprocess.run(
-        [
-            sys.executable, str(caller),
-            "--uri", f"sip:{NUMBER}@127.0.0.1:{server.sip_port}",
-            "--user", USER, "--password", PASSWORD,
-            "--play", str(play), "--record", str(record),
-            "--seconds", f"{seconds:.1f}", "--dtmf", "#", "--wait-bye", "5",
-        ],
-        capture_output=True, text=True, timeout=90,
+    result = place_call(
+        sip_port=server.sip_port, number=NUMBER, user=USER, password=PASSWORD,
+        play=play, record=record, seconds=seconds, dtmf="#", wait_bye=5, timeout=90,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["ended_by"] == "remote", result  # end_call_digit '#'
     with wave.open(str(record), "rb") as w:
         got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
