@@ -174,7 +174,7 @@ class NumberingPlan(_Model):
         """The digits a number is compared by (see the class doc)."""
         compact = number.translate(rules.NUMBER_PUNCTUATION)
         if compact.startswith("+") or len(compact) < self.min_length:
-            return compact.replace("+", "")
+            return normalize_number(compact)
         for prefix in self.strip_prefixes:
             if compact.startswith(prefix):
                 compact = compact[len(prefix) :]

@@ -68,7 +68,7 @@ from sipserver.pipeline.providers.base import (
     TurnDetector,
 )
 from sipserver.pipeline.reply import END_CALL_TOOL, Reply, heard_text, produce_pieces
-from sipserver.pipeline.session import CallInfo
+from sipserver.pipeline.session import FRAME_MS, CallInfo
 from sipserver.pipeline.vad import SpeechEnded, SpeechStarted
 
 __all__ = ["END_CALL_TOOL", "AgentProfile", "SpeechSegments", "VoiceOptions", "VoiceSession"]
@@ -79,7 +79,7 @@ log = get_logger(__name__)
 _TURN_AUDIO_SECONDS = 8.0  # audio end-of-turn models look at the last 8 s (Smart Turn v3)
 _TURN_TRAILING_SILENCE = 0.2  # Smart Turn scores best on speech plus ~0.2 s of pause
 _MAX_PENDING_SEGMENTS = 4
-_REWIND_FRAMES = 25  # 500 ms of handed-out reply audio kept for rewind()
+_REWIND_FRAMES = 500 // FRAME_MS  # 500 ms of handed-out reply audio kept for rewind()
 _MAX_UNPLAYED_SECONDS = 10.0  # TTS waits while this much reply audio is not yet played
 
 
@@ -335,12 +335,11 @@ class VoiceSession:
         reply = self._reply
         if not self._paused or reply is None or ms <= 0:
             return 0
-        frame_ms = 20
-        count = min(len(self._recent), ms // frame_ms)
+        count = min(len(self._recent), ms // FRAME_MS)
         frames = [self._recent.pop() for _ in range(count)][::-1]
         self._held[:0] = frames
         reply.played_bytes -= sum(len(f) for f in frames)
-        return count * frame_ms
+        return count * FRAME_MS
 
     # --------------------------------------------------------------------------- VAD events
 
