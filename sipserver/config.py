@@ -199,9 +199,15 @@ class SipServerConfig(_Model):
     tls: Annotated[None, BeforeValidator(rules.reject_tls)] = None
     """Reserved for TLS listeners; only ``null`` is accepted for now."""
     digest_algorithms: Annotated[list[DigestAlgorithm], AfterValidator(rules.check_unique)] = Field(
-        ["MD5", "SHA-256"], min_length=1
+        ["MD5"], min_length=1
     )
-    """Digest challenges offered, in this order (RFC 8760 §2.4)."""
+    """Digest algorithms accepted; 401/407 carry one challenge, with the first. One challenge
+    because user agents mishandle several (RFC 8760 §2.4 allows them): MD5 first serves every
+    UA, SHA-256 first or alone locks out MD5-only ones."""
+    digest_uri_check: Literal["server", "strict"] = "server"
+    """Which digest ``uri`` is accepted: ``server``, the Request-URI or any URI naming this
+    server (a served domain or listener address, a listener port, any user part), as Kamailio
+    and Asterisk do; ``strict``, only the Request-URI (RFC 7616 §3.4.6)."""
     nonce_ttl: float = Field(300.0, gt=0)
     """Seconds a nonce stays valid; older ones get ``stale=true``."""
     min_expires: int = Field(60, gt=0)

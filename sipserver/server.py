@@ -29,8 +29,8 @@ from sipserver.edge.proxy import (
     Endpoint,
     ProxyEvent,
 )
-from sipserver.edge.router import SipRouter
-from sipserver.edge.transport import SipListeners, parse_host_port
+from sipserver.edge.router import SipRouter, server_names
+from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork, called_number, is_listens_number
@@ -190,20 +190,20 @@ class Server:
             for a in config.agents
             if a.sip.enabled and a.sip.username and a.sip.password
         }
+        names = server_names(config)
         authenticator = DigestAuthenticator(
             realm=config.server.effective_realm,
             algorithms=[DigestAlgorithm(a) for a in sip.digest_algorithms],
             nonces=self.nonces,
             password_for=passwords.get,
+            uri_names_server=names.names_uri if sip.digest_uri_check == "server" else None,
         )
-        local_hosts = [parse_host_port(s)[0] for s in (*sip.udp, *sip.tcp)]
         return SipRouter(
             config,
             registrar=registrar,
             authenticator=authenticator,
             tracker=self.tracker,
             metrics=self.metrics,
-            local_hosts=local_hosts,
             force_rport=sip.force_rport,
             transactions=transactions,
             proxy=self.proxy,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +23,13 @@ from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
 from sipserver.observability import Metrics, get_logger
 from sipserver.registrar.acl import AllowList
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
-from sipserver.registrar.registrar import ContactSpec, RegisterRequest, Registrar
+from sipserver.registrar.registrar import (
+    ContactSpec,
+    RegisterRequest,
+    RegisterResult,
+    Registrar,
+)
+from sipserver.registrar.server_names import ServerNames
 from sipserver.sip.headers import NameAddr, Via, parse_contacts
 from sipserver.sip.message import (
     SipParseError,
@@ -36,7 +41,7 @@ from sipserver.sip.message import (
 )
 from sipserver.sip.transaction import ServerTransactions
 
-__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter", "WorkerChooser"]
+__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter", "WorkerChooser", "server_names"]
 _RETRY_AFTER = (("Retry-After", "5"),)
 
 WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | None"]
@@ -57,6 +62,25 @@ _Reply = tuple[int, bytes]
 _AUTH_FAILURES_THAT_BAN = frozenset(
     {AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER, AuthOutcome.WRONG_REALM}
 )
+
+
+def server_names(config: Config, *, extra_hosts: Iterable[str] = ()) -> ServerNames:
+    """The names this server answers to, from the configuration.
+
+    Args:
+        config: the configuration: ``server.domains``, ``public_host``, the realm, ``localhost``
+            and the UDP/TCP listeners (addresses and ports).
+        extra_hosts: more local addresses (tests that listen elsewhere).
+
+    Returns:
+        The names, for Request-URI domain checks and for digest ``uri`` checks.
+    """
+    server = config.server
+    listeners = [*server.sip.udp_addresses, *server.sip.tcp_addresses]
+    hosts = [*server.domains, server.public_host, server.effective_realm, "localhost"]
+    hosts += [host for host, _ in listeners]
+    hosts += extra_hosts
+    return ServerNames.build(hosts, ports=[port for _, port in listeners])
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +116,9 @@ class SipRouter:
         authenticator: digest challenges and verification.
         tracker: authentication failures and bans per source address.
         metrics: Prometheus metrics.
-        local_hosts: addresses the server listens on; a Request-URI naming one of them (or an IP
-            literal when listening on a wildcard address) is for this server.
+        local_hosts: addresses the server listens on, besides the configured listeners; a
+            Request-URI naming one of them (or an IP literal when listening on a wildcard
+            address) is for this server.
         force_rport: answer datagrams to their source port even without ``;rport`` (RFC 3581
             behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
         transactions: the transaction table to use (a config reload hands over the old one, so
@@ -132,18 +157,7 @@ class SipRouter:
         self._date_text = ""
         self._realm = config.server.effective_realm
         self._force_rport = force_rport
-        self._domains = {d.lower() for d in config.server.domains}
-        self._domains.update({config.server.public_host.lower(), self._realm.lower(), "localhost"})
-        self._accept_any_ip = False
-        self._local_ips: set[str] = set()
-        for host in local_hosts:
-            ip = _as_ip(host)
-            if ip is None:
-                self._domains.add(host.lower())
-            elif ip.is_unspecified:
-                self._accept_any_ip = True
-            else:
-                self._local_ips.add(str(ip))
+        self._names = server_names(config, extra_hosts=local_hosts)
         self._acls: dict[str, AllowList] = {
             a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
         }
@@ -266,7 +280,15 @@ class SipRouter:
     def handle_timer(self, *, now: float) -> None:
         """Expire transactions and bindings; refresh the gauges. Call about once a second."""
         self._transactions.handle_timer(now=now)
-        self._registrar.expire(now=now)
+        for binding in self._registrar.expire(now=now):
+            log.info(
+                "unregistered",
+                aor=binding.aor,
+                contact=binding.contact,
+                source=binding.source,
+                expires=0,
+                reason="expired",
+            )
         self._tracker.purge(now=now)
         self._metrics.registrations_active.set(self._registrar.store.count())
         self._metrics.banned_sources.set(self._tracker.banned_count(now=now))
@@ -380,10 +402,8 @@ class SipRouter:
         return self._response(request, 403)
 
     def _proxy_challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
-        headers = [
-            ("Proxy-Authenticate", h) for h in self._auth.challenge_headers(now=now, stale=stale)
-        ]
-        return self._response(request, 407, headers=headers)
+        header = ("Proxy-Authenticate", self._auth.challenge_header(now=now, stale=stale))
+        return self._response(request, 407, headers=(header,))
 
     # ------------------------------------------------------------------ REGISTER
 
@@ -450,14 +470,7 @@ class SipRouter:
         metrics.register_result("ok")
         if outcome_reg.added or outcome_reg.removed:
             metrics.registrations_active.set(self._registrar.store.count())
-            log.debug(
-                "register_ok",
-                agent=agent.slug,
-                aor=register.aor,
-                added=outcome_reg.added,
-                removed=outcome_reg.removed,
-                source=register.source,
-            )
+        _log_binding_changes(outcome_reg, register, now=now)
         headers: list[tuple[str, str]] = [
             ("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome_reg.bindings
         ]
@@ -502,11 +515,9 @@ class SipRouter:
         return self._response(request, 403)
 
     def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
-        # Pre-rendered templates: the same text as DigestChallenge.to_header() of challenges().
-        headers = [
-            ("WWW-Authenticate", h) for h in self._auth.challenge_headers(now=now, stale=stale)
-        ]
-        return self._response(request, 401, headers=headers)
+        # A pre-rendered template: the same text as DigestChallenge.to_header() of challenge().
+        header = ("WWW-Authenticate", self._auth.challenge_header(now=now, stale=stale))
+        return self._response(request, 401, headers=(header,))
 
     # ------------------------------------------------------------------ helpers
 
@@ -534,13 +545,7 @@ class SipRouter:
         return self._date_text
 
     def _is_local(self, host: str) -> bool:
-        host = host.lower()
-        if host in self._domains:
-            return True
-        ip = _as_ip(host)
-        if ip is None:
-            return False
-        return self._accept_any_ip or str(ip) in self._local_ips
+        return self._names.is_local_host(host)
 
     def _response(
         self,
@@ -593,6 +598,44 @@ class SipRouter:
         return Outgoing(raw, peer.host, via.port or 5060)
 
 
+def _log_binding_changes(result: RegisterResult, request: RegisterRequest, *, now: float) -> None:
+    """One line per binding a REGISTER changed, like Asterisk's "Added contact": ``registered``
+    and ``unregistered`` at info, a refresh of an existing contact at debug (phones refresh
+    every few minutes; that is no news to an operator)."""
+    for b in result.added_bindings:
+        log.info(
+            "registered",
+            aor=b.aor,
+            contact=b.contact,
+            source=request.source,
+            expires=b.expires_in(now),
+            agent=request.agent,
+            user_agent=request.user_agent,
+        )
+    for b in result.refreshed_bindings:
+        log.debug(
+            "registration_refreshed",
+            aor=b.aor,
+            contact=b.contact,
+            source=request.source,
+            expires=b.expires_in(now),
+        )
+    removal = "wildcard" if request.wildcard else "request"
+    for reason, bindings in (
+        (removal, result.removed_bindings),
+        ("max_contacts", result.evicted_bindings),
+    ):
+        for b in bindings:
+            log.info(
+                "unregistered",
+                aor=b.aor,
+                contact=b.contact,
+                source=request.source,
+                expires=0,
+                reason=reason,
+            )
+
+
 def _contact_spec(contact: NameAddr) -> ContactSpec:
     expires = contact.param("expires")
     q = contact.param("q")
@@ -622,13 +665,6 @@ def _to_tag(request: SipRequest) -> str:
         digest_size=8,
     )
     return digest.hexdigest()
-
-
-def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
 
 
 def _host_port(host: str, port: int) -> str:

@@ -6,8 +6,8 @@ e.g. ``loop.time()``; edges that share nonces across hosts must pass a clock the
 
 - :class:`NonceManager` issues stateless HMAC-signed nonces and tracks nonce-counts
   (RFC 7616 §3.4) in bounded memory.
-- :class:`DigestAuthenticator` builds challenges (RFC 8760 §2.4) and turns an Authorization
-  header into an :class:`AuthResult` (RFC 3261 §22.4).
+- :class:`DigestAuthenticator` builds the challenge and turns an Authorization header into an
+  :class:`AuthResult` (RFC 3261 §22.4).
 - :class:`FailureTracker` bans sources after repeated failures, fail2ban style.
 """
 
@@ -273,7 +273,8 @@ class AuthOutcome(enum.Enum):
     """Unparseable credentials, another scheme, or no qop although qop is required."""
     WRONG_REALM = enum.auto()
     WRONG_URI = enum.auto()
-    """The ``uri`` parameter does not match the Request-URI (RFC 7616 §3.4.6)."""
+    """The ``uri`` parameter neither matches the Request-URI (RFC 7616 §3.4.6) nor, when the
+    authenticator accepts that, names this server."""
     ALGORITHM_NOT_OFFERED = enum.auto()
     INVALID_NONCE = enum.auto()
     STALE_NONCE = enum.auto()
@@ -312,10 +313,18 @@ class DigestAuthenticator:
     """Server side of SIP digest authentication for one realm (RFC 3261 §22.4).
 
     :meth:`verify` checks, in order: parse (MALFORMED), realm (WRONG_REALM), algorithm among
-    those offered (ALGORITHM_NOT_OFFERED), qop present when required (MALFORMED), ``uri``
-    parameter against the Request-URI (WRONG_URI), nonce (INVALID_NONCE, REPLAY; a STALE nonce
-    is decided after the response), user (UNKNOWN_USER), response (BAD_PASSWORD), then
-    STALE_NONCE or OK.
+    those accepted (ALGORITHM_NOT_OFFERED), qop present when required (MALFORMED), ``uri``
+    parameter against the Request-URI or this server's names (WRONG_URI), nonce (INVALID_NONCE,
+    REPLAY; a STALE nonce is decided after the response), user (UNKNOWN_USER), response
+    (BAD_PASSWORD), then STALE_NONCE or OK.
+
+    One challenge is sent, with the first algorithm. RFC 8760 §2.4 lets a server send one per
+    algorithm, most preferred first, but deployed user agents mishandle several: Debian's
+    baresip 1.0 (libre) gives up with ENOSYS at the first non-MD5 challenge instead of picking
+    the MD5 one, newer libre refuses a second challenge for the same realm, and SIPp reads only
+    the first. Kamailio and Asterisk send one (MD5) by default. Responses computed with any of
+    the accepted algorithms are verified, so a UA answering MD5 whatever it was offered still
+    gets in while MD5 is listed.
 
     The nonce-count is recorded only after the response proved correct, so a client without
     the password can neither advance a legitimate client's count (making its next request a
@@ -331,13 +340,14 @@ class DigestAuthenticator:
         password_for: Callable[[str], str | None],
         require_qop: bool = True,
         ha1_cache_size: int = 10_000,
+        uri_names_server: Callable[[str], bool] | None = None,
     ) -> None:
         """Create an authenticator.
 
         Args:
             realm: The realm challenged and required in credentials.
-            algorithms: Algorithms to offer, most preferred first (RFC 8760 §2.4), e.g.
-                ``[SHA256, MD5]``.
+            algorithms: Algorithms accepted in responses; the first is the one challenged,
+                e.g. ``[MD5]`` or ``[SHA256, MD5]``.
             nonces: Nonce issuer and checker.
             password_for: Plain password of a user name, or None for an unknown user.
             require_qop: Reject (MALFORMED) credentials without qop. Challenges always offer
@@ -345,6 +355,10 @@ class DigestAuthenticator:
                 replay protection, so a captured Authorization header could register another
                 Contact until the nonce expires. Set False only for pre-RFC 2617 devices.
             ha1_cache_size: Maximum cached HA1 values.
+            uri_names_server: Also accept a ``uri`` parameter that differs from the
+                Request-URI when this predicate says it names this server (e.g.
+                :meth:`~sipserver.registrar.server_names.ServerNames.names_uri`); None: the
+                ``uri`` must identify the Request-URI (RFC 7616 §3.4.6, "strict").
 
         Raises:
             ValueError: On no or duplicate algorithms or an empty realm.
@@ -359,62 +373,63 @@ class DigestAuthenticator:
             raise ValueError("ha1_cache_size must be at least 1")
         self._realm = realm
         self._algorithms = tuple(algorithms)
-        self._offered = frozenset(algorithms)
+        self._accepted = frozenset(algorithms)
         self._nonces = nonces
         self._password_for = password_for
         self._require_qop = require_qop
         self._ha1_cache: dict[tuple[str, DigestAlgorithm, str], str] = {}
         self._ha1_cache_size = ha1_cache_size
-        # Header text around the nonce, rendered once per (algorithm, stale): a 401 then costs
-        # one nonce and a string join instead of building and validating challenge objects.
+        self._uri_names_server = uri_names_server
+        # Header text around the nonce, rendered once per stale flag: a 401 then costs one
+        # nonce and a string join instead of building and validating a challenge object.
         marker = "N0NCE"
-        self._templates: dict[bool, tuple[tuple[str, str], ...]] = {}
+        self._templates: dict[bool, tuple[str, str]] = {}
         for stale in (False, True):
-            rendered = []
-            for a in self._algorithms:
-                text = DigestChallenge(
-                    realm=realm, nonce=marker, algorithm=a, qop="auth", stale=stale
-                ).to_header()
-                # The nonce is rendered after the realm: a realm containing the marker text
-                # must not split the template.
-                before, _, after = text.rpartition(marker)
-                rendered.append((before, after))
-            self._templates[stale] = tuple(rendered)
+            text = DigestChallenge(
+                realm=realm, nonce=marker, algorithm=self._algorithms[0], qop="auth", stale=stale
+            ).to_header()
+            # The nonce is rendered after the realm: a realm containing the marker text must
+            # not split the template.
+            before, _, after = text.rpartition(marker)
+            self._templates[stale] = (before, after)
 
     @property
     def realm(self) -> str:
         """The protection realm."""
         return self._realm
 
-    def challenges(self, *, now: float, stale: bool = False) -> list[DigestChallenge]:
-        """Build the challenges of a 401/407: one per algorithm, sharing one fresh nonce.
+    @property
+    def algorithms(self) -> tuple[DigestAlgorithm, ...]:
+        """Algorithms accepted in responses; the first is the one challenged."""
+        return self._algorithms
+
+    def challenge(self, *, now: float, stale: bool = False) -> DigestChallenge:
+        """Build the challenge of a 401/407: the first algorithm, a fresh nonce, ``qop="auth"``.
 
         Args:
             now: Current time.
             stale: Set ``stale=true`` (after a STALE_NONCE outcome, RFC 7616 §3.3).
 
         Returns:
-            Challenges in configured order (RFC 8760 §2.4), each with ``qop="auth"``; send each
-            as its own WWW-Authenticate (or Proxy-Authenticate) header.
+            The challenge, for one WWW-Authenticate (or Proxy-Authenticate) header.
         """
         nonce = self._nonces.issue(now=now)
-        return [
-            DigestChallenge(realm=self._realm, nonce=nonce, algorithm=a, qop="auth", stale=stale)
-            for a in self._algorithms
-        ]
+        return DigestChallenge(
+            realm=self._realm, nonce=nonce, algorithm=self._algorithms[0], qop="auth", stale=stale
+        )
 
-    def challenge_headers(self, *, now: float, stale: bool = False) -> list[str]:
-        """The header values of :meth:`challenges`, rendered (the 401 hot path).
+    def challenge_header(self, *, now: float, stale: bool = False) -> str:
+        """The header value of :meth:`challenge`, rendered (the 401 hot path).
 
         Args:
             now: Current time.
             stale: Set ``stale=true``.
 
         Returns:
-            One WWW-Authenticate (or Proxy-Authenticate) value per algorithm, in order.
+            The WWW-Authenticate (or Proxy-Authenticate) value.
         """
-        nonce = self._nonces.issue(now=now)
-        return [before + nonce + after for before, after in self._templates[stale]]
+        before, after = self._templates[stale]
+        return before + self._nonces.issue(now=now) + after
 
     def _ha1(self, username: str, password: str, algorithm: DigestAlgorithm) -> str:
         key = (username, algorithm, password)
@@ -457,14 +472,17 @@ class DigestAuthenticator:
         user = creds.username
         if creds.realm != self._realm:
             return AuthResult(AuthOutcome.WRONG_REALM, user, _short(f"realm {creds.realm!r}"))
-        if creds.algorithm not in self._offered:
+        if creds.algorithm not in self._accepted:
             return AuthResult(
                 AuthOutcome.ALGORITHM_NOT_OFFERED, user, f"algorithm {creds.algorithm.value}"
             )
         if creds.qop is None and self._require_qop:
             return AuthResult(AuthOutcome.MALFORMED, user, "missing qop")
-        # RFC 7616 §3.4.6: the uri parameter must identify the Request-URI.
-        if not _uri_matches(creds.uri, request_uri):
+        # RFC 7616 §3.4.6: the uri parameter must identify the Request-URI; by default a uri
+        # naming this server is accepted as well (see server_names.py for why).
+        if not _uri_matches(creds.uri, request_uri) and not (
+            self._uri_names_server is not None and self._uri_names_server(creds.uri)
+        ):
             return AuthResult(AuthOutcome.WRONG_URI, user, _short(f"uri {creds.uri!r}"))
         status = self._nonces.check(creds.nonce, creds.nc, now=now, commit=False)
         if status is NonceStatus.INVALID:

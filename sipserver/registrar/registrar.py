@@ -95,12 +95,29 @@ class RegisterResult:
     """For 200: every current binding of the AOR after the operation, in store order."""
     min_expires: int | None = None
     """For 423: the value of the Min-Expires header."""
-    added: int = 0
+    added_bindings: tuple[Binding, ...] = ()
     """Bindings created by the request."""
-    removed: int = 0
-    """Bindings removed by the request (expires 0, wildcard, or the ``max_contacts`` cap)."""
-    refreshed: int = 0
-    """Existing bindings updated by the request."""
+    removed_bindings: tuple[Binding, ...] = ()
+    """Bindings the request removed (expires 0 or the ``*`` wildcard), as they were."""
+    evicted_bindings: tuple[Binding, ...] = ()
+    """Bindings removed to keep the AOR within ``max_contacts`` (the earliest registered)."""
+    refreshed_bindings: tuple[Binding, ...] = ()
+    """Existing bindings updated by the request, as they are now."""
+
+    @property
+    def added(self) -> int:
+        """Number of bindings created."""
+        return len(self.added_bindings)
+
+    @property
+    def removed(self) -> int:
+        """Number of bindings removed (by request, wildcard or the ``max_contacts`` cap)."""
+        return len(self.removed_bindings) + len(self.evicted_bindings)
+
+    @property
+    def refreshed(self) -> int:
+        """Number of existing bindings updated."""
+        return len(self.refreshed_bindings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +242,9 @@ class Registrar:
         call_id = request.call_id
         cseq = request.cseq
         fresh: list[Binding] = []  # bindings written by this request (duplicate contacts)
-        added = removed = refreshed = 0
+        added: list[Binding] = []
+        removed: list[Binding] = []
+        refreshed: list[Binding] = []
         for spec, expires in zip(contacts, expiries, strict=True):
             index = self._find(working, spec)
             if index is None:
@@ -233,7 +252,7 @@ class Registrar:
                     binding = _binding(request, spec, expires_at=now + expires, registered_at=now)
                     working.append(binding)
                     fresh.append(binding)
-                    added += 1
+                    added.append(binding)
                     changed = True
                 # Removing a binding that does not exist is a no-op.
                 continue
@@ -244,28 +263,35 @@ class Registrar:
             changed = True
             if not expires:
                 del working[index]
-                removed += 1
+                removed.append(old)
                 continue
             binding = _binding(
                 request, spec, expires_at=now + expires, registered_at=old.registered_at
             )
             working[index] = binding
             fresh.append(binding)
-            refreshed += 1
+            refreshed.append(binding)
 
+        evicted: tuple[Binding, ...] = ()
         excess = len(working) - policy.max_contacts
         if excess > 0:
             # Over the cap: remove the earliest registered (Asterisk's remove_existing).
             oldest = sorted(range(len(working)), key=lambda i: working[i].registered_at)
             victims = set(oldest[:excess])
+            evicted = tuple(working[i] for i in sorted(victims))
             working = [b for i, b in enumerate(working) if i not in victims]
-            removed += excess
 
         result = tuple(working)
         if changed:
             self._store.replace(request.aor, result)
         return RegisterResult(
-            200, "OK", bindings=result, added=added, removed=removed, refreshed=refreshed
+            200,
+            "OK",
+            bindings=result,
+            added_bindings=tuple(added),
+            removed_bindings=tuple(removed),
+            evicted_bindings=evicted,
+            refreshed_bindings=tuple(refreshed),
         )
 
     def lookup(self, aor: str, *, now: float) -> list[Binding]:
@@ -299,15 +325,15 @@ class Registrar:
         # RFC 3261 §10.3 step 6, "*": a binding with the same Call-ID is removed only if the
         # request's CSeq is higher; otherwise the whole request fails.
         current = self._store.get(request.aor)
-        live = 0
+        live: list[Binding] = []
         for b in current:
             if b.expires_at > now:
                 if b.call_id == request.call_id and request.cseq <= b.cseq:
                     return _OUT_OF_ORDER
-                live += 1
+                live.append(b)
         if current:
             self._store.replace(request.aor, ())
-        return RegisterResult(200, "OK", removed=live)
+        return RegisterResult(200, "OK", removed_bindings=tuple(live))
 
     def _find(self, working: list[Binding], spec: ContactSpec) -> int | None:
         # A binding matches by +sip.instance when both sides have one (RFC 5626 §6), else by

@@ -137,6 +137,15 @@ class ServerProcess:
             if self.proc.poll() is None:
                 self.proc.kill()
 
+    def log_events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (``--log-format json``), parsed."""
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as r:
             body: bytes = r.read()

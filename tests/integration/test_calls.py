@@ -32,8 +32,18 @@ def wait_metric(server: ServerProcess, name: str, value: float, **labels: str) -
     pytest.fail(f"{name}{labels} never reached {value}:\n{server.log_path.read_text()[-3000:]}")
 
 
-def edge_call(server: ServerProcess, workdir: Path, scenario: str = "uac_edge_call.xml") -> None:
-    """One authenticated SIPp call with RTP through the edge; must succeed."""
+def edge_call(
+    server: ServerProcess,
+    workdir: Path,
+    scenario: str = "uac_edge_call.xml",
+    *,
+    transport: str = "udp",
+) -> None:
+    """One authenticated SIPp call with RTP through the edge; must succeed.
+
+    SIPp's defaults: without -auth_uri its digest uri is ``sip:127.0.0.1:<port>`` (the server),
+    not the Request-URI ``sip:<number>@127.0.0.1:<port>``; digest_uri_check: server accepts it.
+    """
     result = run_sipp(
         scenario,
         server.sip_port,
@@ -41,23 +51,49 @@ def edge_call(server: ServerProcess, workdir: Path, scenario: str = "uac_edge_ca
         auth_user=DEMO_USER,
         password=DEMO_PASSWORD,
         workdir=workdir,
-        # SIPp's digest uri defaults to remote_ip:remote_port; make it the Request-URI.
-        extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}"),
+        transport=transport,
     )
     assert result.returncode == 0, result.output
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_authenticated_call_with_rtp_through_the_edge(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path, transport: str
 ) -> None:
     wait_metric(server, "sipserver_media_workers_up", 1)
     (tmp_path / "pcap").mkdir()
     write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(3.0))
-    edge_call(server, tmp_path)
+    edge_call(server, tmp_path, transport=transport)
     assert server.metric("sipserver_call_attempts_total", result="challenged") == 1
     assert server.metric("sipserver_call_attempts_total", result="routed") == 1
+    assert server.metric("sipserver_auth_failures_total", reason="wrong_uri") == 0
     wait_metric(server, "sipserver_calls_ended_total", 1, reason="caller_bye")
     assert server.metric("sipserver_calls_active") == 0
+
+
+def test_strict_digest_uri_check_refuses_sipp_default_uri(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """The issue's case with digest_uri_check: strict: SIPp's uri="sip:127.0.0.1:<port>" for an
+    INVITE to sip:<number>@127.0.0.1:<port> is not the Request-URI: 403 after the 407."""
+
+    def strict(config: dict[str, Any]) -> None:
+        config["server"]["sip"]["digest_uri_check"] = "strict"
+
+    server = server_factory(strict)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    result = run_sipp(
+        "uac_edge_call_auth_refused.xml",
+        server.sip_port,
+        service=NUMBER,
+        auth_user=DEMO_USER,
+        password=DEMO_PASSWORD,
+        workdir=tmp_path,
+    )
+    assert result.returncode == 0, result.output
+    assert server.metric("sipserver_call_attempts_total", result="auth_failed") == 1
+    assert server.metric("sipserver_auth_failures_total", reason="wrong_uri") == 1
+    assert server.metric("sipserver_call_attempts_total", result="routed") == 0
 
 
 def test_unknown_number_is_404(server: ServerProcess, tmp_path: Path) -> None:
@@ -108,8 +144,6 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
             DEMO_USER,
             "-ap",
             DEMO_PASSWORD,
-            "-auth_uri",
-            f"{NUMBER}@127.0.0.1:{server.sip_port}",
             "-i",
             "127.0.0.1",
             "-p",
@@ -291,7 +325,7 @@ def run_edge_sipp(
         auth_user=DEMO_USER,
         password=DEMO_PASSWORD,
         workdir=workdir,
-        extra=("-auth_uri", f"{NUMBER}@127.0.0.1:{server.sip_port}", *extra),
+        extra=extra,
         timeout=timeout,
     )
     assert result.returncode == 0, result.output

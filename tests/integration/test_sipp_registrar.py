@@ -26,6 +26,36 @@ def test_register_with_digest(server: ServerProcess, transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_register_with_sipp_default_digest_uri(server: ServerProcess, transport: str) -> None:
+    # REGISTER sip:localhost; SIPp (no -auth_uri) answers with uri="sip:127.0.0.1:<port>", which
+    # names this server but is not the Request-URI: accepted by default (digest_uri_check: server).
+    assert_ok(run_sipp("register_by_domain.xml", server.sip_port, transport=transport))
+    assert server.metric("sipserver_register_requests_total", result="ok") == 1
+    assert server.metric("sipserver_auth_failures_total", reason="wrong_uri") == 0
+    assert server.metric("sipserver_registrations_active") == 1
+    registered = [e for e in server.log_events() if e["event"] == "registered"]
+    assert len(registered) == 1, registered
+    assert registered[0]["aor"] == f"sip:{DEMO_USER}@127.0.0.1"
+    assert registered[0]["expires"] == 3600
+    assert registered[0]["source"].startswith(f"{transport}:127.0.0.1:")
+    assert registered[0]["level"] == "info"
+
+
+def test_strict_digest_uri_check_refuses_sipp_default_uri(server_factory: Any) -> None:
+    def strict(config: dict[str, Any]) -> None:
+        config["server"]["sip"]["digest_uri_check"] = "strict"
+
+    server = server_factory(strict)
+    assert_ok(run_sipp("register_by_domain.xml", server.sip_port))
+    assert server.metric("sipserver_register_requests_total", result="auth_failed") == 1
+    assert server.metric("sipserver_auth_failures_total", reason="wrong_uri") == 1
+    assert server.metric("sipserver_registrations_active") == 0
+    # The uri Request-URI exactly (SIPp's default for REGISTER sip:127.0.0.1:<port>) still works.
+    assert_ok(run_sipp("register.xml", server.sip_port))
+    assert server.metric("sipserver_registrations_active") == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_wrong_password_is_refused(server: ServerProcess, transport: str) -> None:
     result = run_sipp(
         "register_rejected.xml", server.sip_port, password="wrong", transport=transport
@@ -64,6 +94,13 @@ def test_cidr_allows_loopback_network(server_factory: Any) -> None:
 def test_unregister(server: ServerProcess, transport: str) -> None:
     assert_ok(run_sipp("unregister.xml", server.sip_port, transport=transport))
     assert server.metric("sipserver_registrations_active") == 0
+    changes = [e for e in server.log_events() if e["event"] in ("registered", "unregistered")]
+    assert [(e["event"], e["level"]) for e in changes] == [
+        ("registered", "info"),
+        ("unregistered", "info"),
+    ], changes
+    assert changes[1]["contact"] == changes[0]["contact"]
+    assert changes[1]["reason"] == "request"
 
 
 def test_wildcard_unregister_removes_every_contact(server: ServerProcess) -> None:

@@ -17,6 +17,7 @@ from sipserver.registrar.auth import (
     NonceStatus,
     _uri_matches,
 )
+from sipserver.registrar.server_names import ServerNames
 from sipserver.sip.digest import (
     DigestAlgorithm,
     DigestChallenge,
@@ -241,20 +242,25 @@ def answer(
     )
 
 
-def test_challenges_share_one_nonce_in_configured_order() -> None:
-    auth = make_auth()
-    challenges = auth.challenges(now=0.0)
-    assert [c.algorithm for c in challenges] == [DigestAlgorithm.SHA256, DigestAlgorithm.MD5]
-    assert len({c.nonce for c in challenges}) == 1
-    assert all(c.qop == "auth" and c.realm == REALM and not c.stale for c in challenges)
-    assert all(c.stale for c in auth.challenges(now=0.0, stale=True))
-    assert auth.challenges(now=0.0)[0].nonce != challenges[0].nonce
+def test_one_challenge_with_the_first_algorithm() -> None:
+    auth = make_auth()  # SHA-256, MD5
+    challenge = auth.challenge(now=0.0)
+    assert challenge.algorithm is DigestAlgorithm.SHA256
+    assert challenge.qop == "auth" and challenge.realm == REALM and not challenge.stale
+    assert auth.challenge(now=0.0, stale=True).stale
+    assert auth.challenge(now=0.0).nonce != challenge.nonce
+    assert auth.algorithms == (DigestAlgorithm.SHA256, DigestAlgorithm.MD5)
+    md5_first = make_auth((DigestAlgorithm.MD5, DigestAlgorithm.SHA256))
+    assert md5_first.challenge(now=0.0).algorithm is DigestAlgorithm.MD5
 
 
-@pytest.mark.parametrize("index", [0, 1])
-def test_ok_end_to_end(index: int) -> None:
+@pytest.mark.parametrize("algorithm", [DigestAlgorithm.SHA256, DigestAlgorithm.MD5])
+def test_ok_end_to_end(algorithm: DigestAlgorithm) -> None:
+    # Only SHA-256 is challenged, but a response computed with any accepted algorithm is
+    # verified (a UA that answers MD5 whatever it is offered).
     auth = make_auth()
-    challenge = auth.challenges(now=0.0)[index]
+    nonce = auth.challenge(now=0.0).nonce
+    challenge = DigestChallenge(realm=REALM, nonce=nonce, algorithm=algorithm, qop="auth")
     result = auth.verify(answer(challenge), method="REGISTER", request_uri=URI, now=1.0)
     assert result == AuthResult(AuthOutcome.OK, "alice")
     assert result.ok
@@ -279,14 +285,14 @@ def test_malformed() -> None:
 
 def test_malformed_without_qop_unless_allowed() -> None:
     auth = make_auth()
-    nonce = auth.challenges(now=0.0)[0].nonce
+    nonce = auth.challenge(now=0.0).nonce
     legacy = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.SHA256, qop=None)
     header = answer(legacy)
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.MALFORMED
     assert result.reason == "missing qop"
     lenient = make_auth(require_qop=False)
-    nonce = lenient.challenges(now=0.0)[0].nonce
+    nonce = lenient.challenge(now=0.0).nonce
     legacy = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.SHA256, qop=None)
     header = answer(legacy)
     for t in (1.0, 2.0):  # no nonce-count: accepted while the nonce is fresh
@@ -295,7 +301,7 @@ def test_malformed_without_qop_unless_allowed() -> None:
 
 def test_wrong_realm() -> None:
     auth = make_auth()
-    c = auth.challenges(now=0.0)[0]
+    c = auth.challenge(now=0.0)
     other = DigestChallenge(realm="evil.example.com", nonce=c.nonce, algorithm=c.algorithm)
     result = auth.verify(answer(other), method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.WRONG_REALM
@@ -304,7 +310,7 @@ def test_wrong_realm() -> None:
 
 def test_wrong_uri() -> None:
     auth = make_auth()
-    c = auth.challenges(now=0.0)[0]
+    c = auth.challenge(now=0.0)
     header = answer(c, uri="sip:other.example.com")
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.WRONG_URI
@@ -312,7 +318,7 @@ def test_wrong_uri() -> None:
 
 def test_equivalent_uri_is_accepted() -> None:
     auth = make_auth()
-    c = auth.challenges(now=0.0)[0]
+    c = auth.challenge(now=0.0)
     header = answer(c, uri="SIP:SIP.Example.COM;transport=udp")
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.OK
@@ -346,7 +352,7 @@ def test_uri_matching(a: str, b: str, match: bool) -> None:
 
 def test_algorithm_not_offered() -> None:
     auth = make_auth((DigestAlgorithm.SHA256,))
-    nonce = auth.challenges(now=0.0)[0].nonce
+    nonce = auth.challenge(now=0.0).nonce
     md5 = DigestChallenge(realm=REALM, nonce=nonce, algorithm=DigestAlgorithm.MD5)
     result = auth.verify(answer(md5), method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.ALGORITHM_NOT_OFFERED
@@ -362,14 +368,14 @@ def test_invalid_nonce() -> None:
 
 def test_stale_nonce_with_correct_response() -> None:
     auth = make_auth(ttl=30.0)
-    challenge = auth.challenges(now=0.0)[0]
+    challenge = auth.challenge(now=0.0)
     result = auth.verify(answer(challenge), method="REGISTER", request_uri=URI, now=31.0)
     assert result == AuthResult(AuthOutcome.STALE_NONCE, "alice", "nonce expired")
 
 
 def test_stale_nonce_with_wrong_response_is_bad_password() -> None:
     auth = make_auth(ttl=30.0)
-    challenge = auth.challenges(now=0.0)[0]
+    challenge = auth.challenge(now=0.0)
     header = answer(challenge, password="guess")
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=31.0)
     assert result.outcome is AuthOutcome.BAD_PASSWORD
@@ -377,7 +383,7 @@ def test_stale_nonce_with_wrong_response_is_bad_password() -> None:
 
 def test_replay() -> None:
     auth = make_auth()
-    header = answer(auth.challenges(now=0.0)[0])
+    header = answer(auth.challenge(now=0.0))
     assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0).ok
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=2.0)
     assert result.outcome is AuthOutcome.REPLAY
@@ -385,14 +391,14 @@ def test_replay() -> None:
 
 def test_unknown_user() -> None:
     auth = make_auth()
-    header = answer(auth.challenges(now=0.0)[0], user="mallory")
+    header = answer(auth.challenge(now=0.0), user="mallory")
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
     assert result == AuthResult(AuthOutcome.UNKNOWN_USER, "mallory", "unknown user")
 
 
 def test_bad_password_does_not_burn_the_nonce_count() -> None:
     auth = make_auth()
-    challenge = auth.challenges(now=0.0)[0]
+    challenge = auth.challenge(now=0.0)
     wrong = answer(challenge, password="guess")
     result = auth.verify(wrong, method="REGISTER", request_uri=URI, now=1.0)
     assert result == AuthResult(AuthOutcome.BAD_PASSWORD, "alice", "response mismatch")
@@ -402,14 +408,14 @@ def test_bad_password_does_not_burn_the_nonce_count() -> None:
 
 def test_response_is_bound_to_method() -> None:
     auth = make_auth()
-    header = answer(auth.challenges(now=0.0)[0], method="INVITE")
+    header = answer(auth.challenge(now=0.0), method="INVITE")
     result = auth.verify(header, method="REGISTER", request_uri=URI, now=1.0)
     assert result.outcome is AuthOutcome.BAD_PASSWORD
 
 
 def test_auth_int_is_accepted() -> None:
     auth = make_auth()
-    c = auth.challenges(now=0.0)[0]
+    c = auth.challenge(now=0.0)
     offered = DigestChallenge(realm=REALM, nonce=c.nonce, algorithm=c.algorithm, qop="auth-int")
     body = b"<body/>"
     header = build_authorization(
@@ -435,7 +441,7 @@ def test_ha1_is_cached_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(auth_module, "compute_ha1", counting)
     auth = make_auth(ha1_cache_size=1)
-    challenge = auth.challenges(now=0.0)[0]
+    challenge = auth.challenge(now=0.0)
     for nc in (1, 2, 3):
         assert auth.verify(answer(challenge, nc=nc), method="REGISTER", request_uri=URI, now=1).ok
     assert calls == ["alice"]
@@ -447,7 +453,7 @@ def test_ha1_is_cached_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_password_change_takes_effect() -> None:
     users = {"alice": "old"}
     auth = make_auth(users=users)
-    challenge = auth.challenges(now=0.0)[0]
+    challenge = auth.challenge(now=0.0)
     header = answer(challenge, password="old")
     assert auth.verify(header, method="REGISTER", request_uri=URI, now=1.0).ok
     users["alice"] = "new"
@@ -616,7 +622,7 @@ def test_accessors_and_unparseable_sources() -> None:
     assert tracker.is_banned("not:an:address", now=2.0)
 
 
-def test_challenge_headers_render_the_same_challenges() -> None:
+def test_challenge_header_renders_the_same_challenge() -> None:
     nonces = NonceManager(b"k" * 32, ttl=300, random_bytes=lambda n: b"\x01" * n)
     auth = DigestAuthenticator(
         realm="example.com",
@@ -625,12 +631,12 @@ def test_challenge_headers_render_the_same_challenges() -> None:
         password_for=lambda _: None,
     )
     for stale in (False, True):
-        expected = [c.to_header() for c in auth.challenges(now=5.0, stale=stale)]
-        assert auth.challenge_headers(now=5.0, stale=stale) == expected
+        expected = auth.challenge(now=5.0, stale=stale).to_header()
+        assert auth.challenge_header(now=5.0, stale=stale) == expected
 
 
 @pytest.mark.parametrize("realm", ["N0NCE.example.com", 'a "quoted" \\ realm N0NCE'])
-def test_challenge_headers_with_a_realm_containing_the_template_marker(realm: str) -> None:
+def test_challenge_header_with_a_realm_containing_the_template_marker(realm: str) -> None:
     nonces = NonceManager(b"k" * 32, ttl=300, random_bytes=lambda n: b"\x02" * n)
     auth = DigestAuthenticator(
         realm=realm,
@@ -639,10 +645,39 @@ def test_challenge_headers_with_a_realm_containing_the_template_marker(realm: st
         password_for=lambda _: None,
     )
     for stale in (False, True):
-        expected = [c.to_header() for c in auth.challenges(now=7.0, stale=stale)]
-        assert auth.challenge_headers(now=7.0, stale=stale) == expected
+        expected = auth.challenge(now=7.0, stale=stale).to_header()
+        assert auth.challenge_header(now=7.0, stale=stale) == expected
 
 
 def test_digest_uri_without_ipv6_brackets_matches() -> None:
     assert _uri_matches("sip:::1:5060", "sip:[::1]:5060")
     assert not _uri_matches("sip:::2:5060", "sip:[::1]:5060")
+
+
+@pytest.mark.parametrize(
+    ("digest_uri", "server", "strict"),
+    [
+        # (uri parameter, outcome by default with the server's names, outcome when strict)
+        ("sip:+15005550100@127.0.0.1:5060", AuthOutcome.OK, AuthOutcome.OK),  # the R-URI
+        ("sip:127.0.0.1:5060", AuthOutcome.OK, AuthOutcome.WRONG_URI),  # SIPp's default
+        ("sip:alice@127.0.0.1:5060", AuthOutcome.OK, AuthOutcome.WRONG_URI),
+        ("sip:192.0.2.1:5060", AuthOutcome.WRONG_URI, AuthOutcome.WRONG_URI),
+        ("sip:127.0.0.1:5070", AuthOutcome.WRONG_URI, AuthOutcome.WRONG_URI),
+    ],
+)
+def test_digest_uri_naming_the_server(
+    digest_uri: str, server: AuthOutcome, strict: AuthOutcome
+) -> None:
+    request_uri = "sip:+15005550100@127.0.0.1:5060"
+    names = ServerNames.build(["127.0.0.1"], ports=[5060])
+    for names_uri, expected in ((names.names_uri, server), (None, strict)):
+        auth = DigestAuthenticator(
+            realm=REALM,
+            algorithms=[DigestAlgorithm.MD5],
+            nonces=make_nonces(),
+            password_for=USERS.get,
+            uri_names_server=names_uri,
+        )
+        header = answer(auth.challenge(now=0.0), uri=digest_uri, method="INVITE")
+        result = auth.verify(header, method="INVITE", request_uri=request_uri, now=1.0)
+        assert result.outcome is expected, (digest_uri, names_uri)

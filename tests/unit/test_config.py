@@ -283,7 +283,8 @@ def test_defaults_follow_the_settings_table() -> None:
     assert agent.listens.channel == "inbound"
     assert agent.listens.roles == ["admin", "workspace_admin", "supervisor"]
     sip = config.server.sip
-    assert sip.digest_algorithms == ["MD5", "SHA-256"]
+    assert sip.digest_algorithms == ["MD5"]  # one MD5 challenge, as Kamailio and Asterisk
+    assert sip.digest_uri_check == "server"
     assert (sip.nonce_ttl, sip.min_expires, sip.max_expires, sip.default_expires) == (
         300.0,
         60,
@@ -807,6 +808,16 @@ def test_digest_algorithms(value: list[str], reason: str) -> None:
 def test_digest_algorithms_order_kept() -> None:
     sip = parse({"server": {"sip": {"digest_algorithms": ["SHA-256", "MD5"]}}}).server.sip
     assert sip.digest_algorithms == ["SHA-256", "MD5"]
+
+
+def test_digest_uri_check() -> None:
+    assert parse(
+        {"server": {"sip": {"digest_uri_check": "strict"}}}
+    ).server.sip.digest_uri_check == ("strict")
+    reason = "must be 'server' or 'strict' (got 'loose')"
+    assert_error(
+        {"server": {"sip": {"digest_uri_check": "loose"}}}, "server.sip.digest_uri_check", reason
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sipserver.config import parse_config
-from sipserver.edge.router import Peer, SipRouter
+from sipserver.edge.router import Peer, SipRouter, server_names
 from sipserver.observability import Metrics
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
 from sipserver.registrar.bindings import MemoryStore
@@ -28,15 +28,17 @@ _branches = itertools.count()
 
 
 def make_router(
-    algorithms: tuple[str, ...] = ("MD5", "SHA-256"), **sip: Any
+    algorithms: tuple[str, ...] | None = ("MD5", "SHA-256"), **sip: Any
 ) -> tuple[SipRouter, Metrics]:
+    """A router over the test config; ``algorithms`` None leaves ``digest_algorithms`` out."""
+    if algorithms is not None:
+        sip["digest_algorithms"] = list(algorithms)
     raw = {
         "server": {
             "public_host": "sip.example.com",
             "sip": {
                 "udp": ["0.0.0.0:5060"],
                 "tcp": [],
-                "digest_algorithms": list(algorithms),
                 "ban": {"max_failures": 3, "window": 60, "duration": 300},
                 **sip,
             },
@@ -75,6 +77,8 @@ def make_router(
         algorithms=[DigestAlgorithm(a) for a in s.digest_algorithms],
         nonces=NonceManager(b"s" * 32, ttl=s.nonce_ttl),
         password_for={"alice": "alice-pw-123", "bob": "bob-pw-1234"}.get,
+        # As server.py builds it.
+        uri_names_server=server_names(config).names_uri if s.digest_uri_check == "server" else None,
     )
     tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
     router = SipRouter(
@@ -152,23 +156,20 @@ def register(
     peer: Peer = PEER,
     **kw: Any,
 ) -> SipResponse:
-    """REGISTER, answer the challenge (the one for ``algorithm`` or the first), return the
+    """REGISTER, answer the challenge (computed with ``algorithm`` when given, else with the
+    challenged one) with digest uri ``digest_uri`` (default: the Request-URI), return the
     final response."""
+    digest_uri = kw.pop("digest_uri", kw.get("uri", URI))
     challenge_resp = send(router, request(user=user, cseq=1, **kw), now=now, peer=peer)
     assert challenge_resp.status == 401, challenge_resp
-    challenges = [
-        DigestChallenge.parse(v) for v in challenge_resp.headers.get_all("WWW-Authenticate")
-    ]
-    chosen = challenges[0]
+    (header,) = challenge_resp.headers.get_all("WWW-Authenticate")
+    chosen = DigestChallenge.parse(header)
     if algorithm is not None:
-        chosen = next(c for c in challenges if c.algorithm.value == algorithm)
+        chosen = DigestChallenge(
+            realm=chosen.realm, nonce=chosen.nonce, algorithm=DigestAlgorithm(algorithm)
+        )
     auth = build_authorization(
-        chosen,
-        username=user,
-        password=password,
-        method="REGISTER",
-        uri=kw.get("uri", "sip:sip.example.com"),
-        cnonce="c0ffee",
+        chosen, username=user, password=password, method="REGISTER", uri=digest_uri, cnonce="c0"
     )
     return send(router, request(user=user, cseq=2, authorization=auth, **kw), now=now, peer=peer)
 
@@ -192,21 +193,24 @@ def test_register_for_foreign_domain_is_403() -> None:
     assert send(router, request(uri="sip:elsewhere.example.org")).status == 403
 
 
-def test_challenge_offers_every_algorithm_in_configured_order() -> None:
-    for order in (("MD5", "SHA-256"), ("SHA-256", "MD5")):
-        router, _ = make_router(order)
-        resp = send(router, request())
-        offered = [
-            DigestChallenge.parse(v).algorithm.value
-            for v in resp.headers.get_all("WWW-Authenticate")
-        ]
-        assert offered == list(order)
-        nonces = {DigestChallenge.parse(v).nonce for v in resp.headers.get_all("WWW-Authenticate")}
-        assert len(nonces) == 1
+@pytest.mark.parametrize("order", [("MD5",), ("MD5", "SHA-256"), ("SHA-256", "MD5"), ("SHA-256",)])
+def test_challenge_offers_the_first_algorithm_only(order: tuple[str, ...]) -> None:
+    # One challenge: user agents choke on several for one realm (libre 1.0 gives up at the
+    # first non-MD5 one, newer libre refuses a second one, SIPp reads only the first).
+    router, _ = make_router(order)
+    resp = send(router, request())
+    (challenge,) = resp.headers.get_all("WWW-Authenticate")
+    assert DigestChallenge.parse(challenge).algorithm.value == order[0]
+
+
+def test_default_challenge_is_md5() -> None:
+    router, _ = make_router(algorithms=None)
+    (challenge,) = send(router, request()).headers.get_all("WWW-Authenticate")
+    assert DigestChallenge.parse(challenge).algorithm is DigestAlgorithm.MD5
 
 
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
-def test_register_with_each_algorithm(algorithm: str) -> None:
+def test_register_with_each_accepted_algorithm(algorithm: str) -> None:
     router, metrics = make_router()
     resp = register(router, algorithm=algorithm)
     assert resp.status == 200
@@ -415,3 +419,91 @@ def test_invite_numbers_go_through_the_numbering_plan(
     router, _ = make_router(numbering=numbering)
     agent = router.agent_for_number(dialled)  # what INVITE routing uses
     assert (agent is not None and agent.slug == "alice") is found
+
+
+# --- digest uri (RFC 7616 §3.4.6 and what deployed UAs send) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "digest_uri",
+    [
+        "sip:sip.example.com:5060",  # SIPp's default: the server's host and port
+        "sip:alice@sip.example.com",  # another user part
+        "sip:+15005550101@sip.example.com:5060",
+        "sip:198.51.100.1:5060",  # an IP literal: the listener is 0.0.0.0
+        "sip:localhost",
+    ],
+)
+def test_digest_uri_naming_this_server_is_accepted(digest_uri: str) -> None:
+    router, metrics = make_router()
+    assert register(router, digest_uri=digest_uri).status == 200
+    assert sample(metrics, "sipserver_auth_failures_total", reason="wrong_uri") is None
+
+
+@pytest.mark.parametrize(
+    "digest_uri",
+    ["sip:elsewhere.example.org", "sip:sip.example.com:5070", "sip:alice@elsewhere.example.org"],
+)
+def test_digest_uri_naming_another_server_is_403(digest_uri: str) -> None:
+    router, metrics = make_router()
+    assert register(router, digest_uri=digest_uri).status == 403
+    assert sample(metrics, "sipserver_auth_failures_total", reason="wrong_uri") == 1
+
+
+def test_strict_digest_uri_check_wants_the_request_uri() -> None:
+    router, metrics = make_router(digest_uri_check="strict")
+    assert register(router, digest_uri="sip:sip.example.com:5060").status == 403
+    assert sample(metrics, "sipserver_auth_failures_total", reason="wrong_uri") == 1
+    assert register(router, call_id="c2").status == 200  # the Request-URI itself
+
+
+# --- registration log lines -------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the router's structlog logger: keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+    def events(self, *names: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return [line for line in self.lines if line[1] in names]
+
+
+def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipserver.edge import router as router_module
+
+    recorder = _Recorder()
+    monkeypatch.setattr(router_module, "log", recorder)
+    router, _ = make_router()
+    names = ("registered", "registration_refreshed", "unregistered")
+    assert register(router, expires=120).status == 200
+    contact = {"aor": "sip:alice@sip.example.com", "contact": "sip:alice@198.51.100.7:5062"}
+    source = "udp:198.51.100.7:5062"
+    assert recorder.events(*names) == [
+        (
+            "info",
+            "registered",
+            {**contact, "source": source, "expires": 120, "agent": "alice", "user_agent": None},
+        )
+    ]
+    recorder.lines.clear()
+    # A refresh of the same contact is no news: debug.
+    assert register(router, expires=120, call_id="c1", now=NOW + 60).status == 200
+    assert recorder.events(*names) == [
+        ("debug", "registration_refreshed", {**contact, "source": source, "expires": 120})
+    ]
+    recorder.lines.clear()
+    assert register(router, expires=0, call_id="c2", now=NOW + 61).status == 200
+    removed = {**contact, "source": source, "expires": 0}
+    assert recorder.events(*names) == [("info", "unregistered", {**removed, "reason": "request"})]
+    recorder.lines.clear()
+    # A binding that runs out is logged when the timer removes it.
+    assert register(router, expires=60, call_id="c3", now=NOW + 100).status == 200
+    router.handle_timer(now=NOW + 161)
+    assert recorder.events("unregistered") == [
+        ("info", "unregistered", {**removed, "reason": "expired"})
+    ]
