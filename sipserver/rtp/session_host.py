@@ -110,7 +110,7 @@ class SessionHost:
             return [CallEnded(record.call, "no agent for this call", 404)]
         session.on_start(info)
         self._calls[(worker_id, record.call)] = _Call(session, info)
-        log.info("call_session_started", call_id=info.call_id, agent=info.agent)
+        log.info("call_session_started", call_id=info.call_id, agent=info.agent, codec=record.codec)
         return []
 
     def _audio(self, worker_id: str, record: Audio) -> list[LinkRecord]:
