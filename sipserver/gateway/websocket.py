@@ -8,7 +8,7 @@
   browsers), one call per socket.
 
 Each call runs a :class:`~sipserver.pipeline.session.CallSession` on a 20 ms tick of its own
-(:class:`StreamCall`): caller audio goes through a :class:`~sipserver.rtp.jitter.JitterBuffer`
+(:class:`StreamCall`): caller audio goes through a :class:`~sipserver.media.jitter.JitterBuffer`
 into ``on_audio``, then ``next_frame`` gives the frame sent back. The tick runs ``lead_ms`` ahead
 of real time, so the far side holds about that much agent audio: enough to ride over network
 jitter, little for a ``clear`` (sent when the session interrupts the agent) to throw away. Marks
@@ -34,6 +34,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
+from sipserver.media import codecs
+from sipserver.media.jitter import JitterBuffer
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.events import (
     AgentText,
@@ -43,8 +45,6 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
 )
 from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
-from sipserver.rtp import codecs
-from sipserver.rtp.jitter import JitterBuffer
 
 __all__ = [
     "MediaStreamGateway",

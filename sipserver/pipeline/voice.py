@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 import soxr
 
+from sipserver.media.playout import Playout
 from sipserver.observability import get_logger
 from sipserver.pipeline.clock import Clock
 from sipserver.pipeline.echo_gate import EchoGate
@@ -58,7 +59,6 @@ from sipserver.pipeline.events import (
     TurnLatency,
 )
 from sipserver.pipeline.interruptions import InterruptionOptions
-from sipserver.pipeline.playout import Playout
 from sipserver.pipeline.providers.base import (
     ChatMessage,
     LanguageModel,

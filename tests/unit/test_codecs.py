@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sipserver.rtp import codecs
+from sipserver.media import codecs
 
 ALL_SAMPLES = np.arange(-32768, 32768, dtype="<i2").tobytes()
 ALL_CODES = bytes(range(256))

@@ -1,0 +1,8 @@
+"""Audio building blocks every ingress shares: G.711/L16 codecs and resampling
+(:mod:`~sipserver.media.codecs`), the inbound jitter buffer (:mod:`~sipserver.media.jitter`) and
+a call's outbound frame queue (:mod:`~sipserver.media.playout`).
+
+Pure value code: no I/O, no clock, no asyncio. It sits below :mod:`sipserver.pipeline` in the
+import order, so sessions (which own their outbound queue), media workers and the websocket
+gateway all use it; it imports nothing else from sipserver.
+"""
