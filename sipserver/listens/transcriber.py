@@ -25,6 +25,7 @@ from sipserver.media.resample import Resampler, resample
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.vad import SpeechEnded, VadStream
+from sipserver.tasks import cancel_and_wait
 
 __all__ = ["SPEAKERS", "ListenedCall", "speakers_for"]
 
@@ -153,9 +154,7 @@ class ListenedCall:
             self.parts.vad.close_stream(state.stream)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), _DRAIN_TIMEOUT)
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await cancel_and_wait(self._worker)
 
     async def _work(self) -> None:
         while True:

@@ -32,7 +32,6 @@ stopped).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -453,8 +452,11 @@ class VoiceSession:
         async def run() -> None:
             try:
                 if previous is not None:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await previous
+                    # Transcripts arrive in speech order: wait until the previous segment's job
+                    # has finished, however it ended (its own task reports a failure). wait()
+                    # raises neither that job's error nor its cancellation, while cancelling
+                    # this task (hang-up) still ends it here, before its STT call starts.
+                    await asyncio.wait((previous,))
                 try:
                     if early is not None:
                         result = await early
