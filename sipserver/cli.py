@@ -46,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sipserver.server import Server
 
     configure_logging(args.log_format, args.log_level)
+    os.umask(0o077)  # state files (bindings, pid, sockets, SQLite's -wal/-shm) are private
     log = get_logger("sipserver.cli")
     try:
         config = _load(args.config)
@@ -57,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.info("config_loaded", source=str(args.config or embedded_config_path()))
     try:
         server = Server(config, config_path=_config_path(args.config))
-    except ProviderError as exc:
+    except (ProviderError, OSError) as exc:  # OSError: data_dir/store (the key is named)
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1026,7 +1026,8 @@ def parse_config(
 
 
 def knowledge_base_warnings(config: Config, base_dir: str | os.PathLike[str]) -> list[str]:
-    """Knowledge base patterns that match no file, one line each, naming the key.
+    """Knowledge base patterns that match no file, and matched files that are not UTF-8 text,
+    one line each, naming the key.
 
     ``check-config`` prints them and the server logs them at start and on reload: a copied
     configuration whose documents stayed behind would otherwise answer from nothing.
@@ -1042,14 +1043,21 @@ def knowledge_base_warnings(config: Config, base_dir: str | os.PathLike[str]) ->
     lines = []
     for i, agent in enumerate(config.agents):
         for j, pattern in enumerate(agent.knowledge_base):
+            where = rules.format_path(("agents", i, "knowledge_base", j))
             full = pathlib.Path(pattern).expanduser()
             if not full.is_absolute():
                 full = pathlib.Path(base_dir) / full
-            if not any(os.path.isfile(m) for m in glob.iglob(str(full), recursive=True)):
-                where = rules.format_path(("agents", i, "knowledge_base", j))
+            files = sorted(m for m in glob.iglob(str(full), recursive=True) if os.path.isfile(m))
+            if not files:
                 relative = "" if pathlib.Path(pattern).is_absolute() else ", relative to the config"
                 lines.append(
                     f"{where}: {pattern!r} matches no file (looked for {full}{relative});"
                     " the agent answers without these documents"
                 )
+            for file in files:
+                try:
+                    pathlib.Path(file).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+                    lines.append(f"{where}: {file} is skipped: {reason}")
     return lines

@@ -138,6 +138,14 @@ def _knowledge_for(index: int, agent: Agent, base_dir: Path) -> KnowledgeBase:
             pattern=pattern,
             looked_for=str(base_dir / Path(pattern).expanduser()),
         )
+    for path, reason in kb.unreadable:
+        log.warning(
+            "knowledge_base_file_skipped",
+            key=f"agents[{index}].knowledge_base",
+            agent=agent.slug,
+            file=path,
+            reason=reason,
+        )
     if agent.knowledge_base and not kb.passages:
         log.warning(
             "knowledge_base_empty",
