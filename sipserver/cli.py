@@ -202,6 +202,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
+    for line in knowledge_base_warnings(config, config_dir(_config_path(args.config))):
+        print(f"warning: {line}", file=sys.stderr)
     pid_file = pid_file_path(config)
     try:
         pid = int(pid_file.read_text().strip())

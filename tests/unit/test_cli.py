@@ -189,14 +189,16 @@ agents:
 """
 
 
-@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(
+    "args",
+    [("check-config", "{}"), ("run", "-c", "{}", "--log-format", "json"), ("reload", "-c", "{}")],
+)
 def test_an_unquoted_numeric_password_is_refused_and_never_printed(
-    tmp_path: Path, command: str
+    tmp_path: Path, args: tuple[str, ...]
 ) -> None:
     path = tmp_path / "numeric.yaml"
     path.write_text(NUMERIC_PASSWORD_YAML)
-    args = ("check-config", str(path)) if command == "check-config" else ("run", "-c", str(path))
-    result = run_cli(*args, *(("--log-format", "json") if command == "run" else ()))
+    result = run_cli(*(arg.format(path) for arg in args))
     assert result.returncode in (1, 2)
     assert "agents[0].sip.password: must be a string" in result.stderr
     assert "put it in quotes" in result.stderr
