@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import signal
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -319,7 +318,8 @@ class Server:
         self.sessions.worker_lost(worker.worker_id)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
-        for item in self.router.end_calls_of_worker(worker.worker_id, now=time.time()):
+        now = self.listeners.clock()
+        for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
             self.listeners.deliver(item)
 
     def reload(self, config: Config) -> list[str]:
@@ -400,7 +400,8 @@ class Server:
     async def start(self) -> None:
         """Bind the SIP listeners and the HTTP server."""
         sip = self.config.server.sip
-        self.router.handle_timer(now=time.time())  # drop bindings that expired while down
+        # Drop the bindings that expired while the server was down (their expiry is wall time).
+        self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
         app = build_app(self.metrics, self.status)
         self.gateway.add_routes(app)

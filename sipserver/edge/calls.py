@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sipserver.sip.headers import AGENT_HEADER
+
 __all__ = [
     "AGENT_HEADER",
     "CallAnswered",
@@ -18,9 +20,6 @@ __all__ = [
     "ProxyEvent",
     "Send",
 ]
-
-#: Header the edge sets on the INVITE to the worker: the slug of the agent the call is for.
-AGENT_HEADER = "X-Sipserver-Agent"
 
 
 @dataclass(frozen=True, slots=True)

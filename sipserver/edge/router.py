@@ -1,7 +1,13 @@
 """What the SIP edge does with each message: sans-I/O request routing.
 
 :class:`SipRouter` takes raw bytes from a transport plus the source address and the time, and
-returns the datagrams to send. It owns the non-INVITE transaction table, answers OPTIONS, runs the
+returns the datagrams to send. Time comes as two readings: ``now``, monotonic (the adapter's
+``loop.time()``), for everything that lives in this process (transactions, the call proxy's
+timers, nonces, bans), and ``wall``, wall-clock epoch seconds, for what outlives it or is shown
+(binding expiry, which the store persists, and the Date header): a wall clock may be stepped back
+or forward (NTP, an operator), which must neither lift a ban early nor stretch a timer.
+
+It owns the non-INVITE transaction table, answers OPTIONS, runs the
 REGISTER pipeline (domain check -> ban check -> CIDR allow-list -> digest auth -> registrar) and
 turns every failure into the right SIP response. It never raises on peer input: anything that
 cannot be parsed becomes a 400 when a response can be addressed, and is dropped and counted
@@ -174,13 +180,14 @@ class SipRouter:
 
     # ------------------------------------------------------------------ entry point
 
-    def handle_message(self, data: bytes, peer: Peer, *, now: float) -> list[Outgoing]:
+    def handle_message(self, data: bytes, peer: Peer, *, now: float, wall: float) -> list[Outgoing]:
         """Process one received SIP message and return what to send back.
 
         Args:
             data: one complete message (a datagram, or one framed message from a stream).
             peer: where it came from.
-            now: wall-clock time in seconds (bindings and nonces outlive restarts).
+            now: monotonic time in seconds: transactions, proxy timers, nonces, bans.
+            wall: wall-clock epoch seconds: binding expiry (persisted) and the Date header.
         """
         try:
             message = parse_message(data)
@@ -224,7 +231,7 @@ class SipRouter:
                     return routed
                 status, raw = routed
             else:
-                status, raw = self._dispatch(message, peer, now=now)
+                status, raw = self._dispatch(message, peer, now=now, wall=wall)
         except (ValueError, KeyError) as exc:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
@@ -263,23 +270,28 @@ class SipRouter:
                 self._on_call_event(event)
         return [Outgoing(s.data, s.to.host, s.to.port, s.to.transport) for s in sends]
 
-    def handle_timer(self, *, now: float) -> None:
-        """Expire transactions and bindings; refresh the gauges. Call about once a second."""
+    def handle_timer(self, *, now: float, wall: float) -> None:
+        """Expire transactions, bans and bindings; refresh the gauges. Call about once a second.
+
+        Args:
+            now: monotonic time in seconds (transactions, bans).
+            wall: wall-clock epoch seconds (bindings).
+        """
         self._transactions.handle_timer(now=now)
-        self._registrar.expire(now=now)
+        self._registrar.expire(now=wall)
         self._tracker.purge(now=now)
         self._metrics.registrations_active.set(self._registrar.store.count())
         self._metrics.banned_sources.set(self._tracker.banned_count(now=now))
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float) -> _Reply:
+    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float, wall: float) -> _Reply:
         method = request.method
         if not request.uri[:4].lower().startswith("sip"):
             # tel:, urn: ...: this edge routes SIP URIs only (RFC 3261 §8.2.2.1).
             return self._response(request, 416)
         if method == "REGISTER":
-            return self._register(request, peer, now=now)
+            return self._register(request, peer, now=now, wall=wall)
         if method == "OPTIONS":
             if not self._is_local(request.request_uri().host):
                 return self._response(request, 404, "Domain Not Served")
@@ -387,7 +399,7 @@ class SipRouter:
 
     # ------------------------------------------------------------------ REGISTER
 
-    def _register(self, request: SipRequest, peer: Peer, *, now: float) -> _Reply:
+    def _register(self, request: SipRequest, peer: Peer, *, now: float, wall: float) -> _Reply:
         metrics = self._metrics
         if not self._is_local(request.request_uri().host):
             # RFC 3261 §10.3 step 1: this registrar has no bindings for that domain.
@@ -438,7 +450,7 @@ class SipRouter:
             path=tuple(request.headers.get_all("Path")),
             user_agent=request.headers.get("User-Agent"),
         )
-        outcome_reg = self._registrar.handle_register(register, now=now)
+        outcome_reg = self._registrar.handle_register(register, now=wall)
         if outcome_reg.status != 200:
             metrics.register_result(
                 "interval_too_brief" if outcome_reg.status == 423 else "rejected"
@@ -459,10 +471,10 @@ class SipRouter:
                 source=register.source,
             )
         headers: list[tuple[str, str]] = [
-            ("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in outcome_reg.bindings
+            ("Contact", f"<{b.contact}>;expires={b.expires_in(wall)}") for b in outcome_reg.bindings
         ]
         headers.extend(("Path", p) for p in register.path)
-        headers.append(("Date", self._date(now)))
+        headers.append(("Date", self._date(wall)))
         return self._response(request, 200, headers=headers)
 
     def _auth_failed(

@@ -5,6 +5,10 @@ are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answ
 pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection;
 connections idle longer than ``idle_timeout`` are closed. Every listener takes ``host:port`` with
 IPv4 or IPv6 (``[::]:5060``) addresses.
+
+Time: the router gets the event loop's monotonic ``loop.time()`` for its timers, transactions,
+nonces and bans, and the wall clock only for binding expiry and the Date header (see
+:mod:`sipserver.edge.router`); TCP idle times are on the loop clock too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ __all__ = ["SipListeners", "parse_host_port"]
 log = get_logger(__name__)
 
 Clock = Callable[[], float]
+"""A time source: seconds as a float."""
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def parse_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
@@ -55,7 +64,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
             return  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
         host, port = str(addr[0]), int(addr[1])
         listeners = self._listeners
-        out = listeners.router.handle_message(data, Peer("udp", host, port), now=listeners.clock())
+        out = listeners.router.handle_message(
+            data, Peer("udp", host, port), now=listeners.clock(), wall=listeners.wall_clock()
+        )
         transport = self.transport
         if transport is None:
             return
@@ -83,7 +94,7 @@ class _TcpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         addr = self._transport.get_extra_info("peername")
         self._peer = Peer("tcp", str(addr[0]), int(addr[1]))
-        self._last_activity = time.monotonic()
+        self._last_activity = self._listeners.clock()
         self._listeners.connections.add(self)
         self._listeners.by_peer[(self._peer.host, self._peer.port)] = self
         self._listeners.metrics.tcp_connections.inc()
@@ -98,7 +109,7 @@ class _TcpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        self._last_activity = time.monotonic()
+        self._last_activity = self._listeners.clock()
         try:
             messages = self._framer.feed(data)
         except FramingError as exc:
@@ -106,13 +117,14 @@ class _TcpConnection(asyncio.Protocol):
             self._listeners.metrics.parse_errors.labels("tcp", "no").inc()
             transport.close()
             return
-        router = self._listeners.router
+        listeners = self._listeners
+        router = listeners.router
         for message in messages:
             if message == b"\r\n\r\n":
                 transport.write(b"\r\n")
                 continue
             out: list[Outgoing] = router.handle_message(
-                message, self._peer, now=self._listeners.clock()
+                message, self._peer, now=listeners.clock(), wall=listeners.wall_clock()
             )
             for item in out:
                 if item.transport in ("", "tcp") and (item.host, item.port) == (
@@ -142,7 +154,9 @@ class SipListeners:
     Args:
         router: the sans-I/O request handler.
         metrics: metrics registry (TCP connection gauge, framing errors).
-        clock: wall-clock time source handed to the router (``time.time`` in production).
+        clock: monotonic time for the router's timers, transactions, nonces and bans and for TCP
+            idle times; None: the running event loop's ``loop.time()``.
+        wall_clock: wall-clock time for binding expiry and the Date header (``time.time``).
         max_message_size: largest TCP message accepted.
         idle_timeout: close TCP connections idle for longer than this (seconds).
     """
@@ -152,13 +166,15 @@ class SipListeners:
         router: SipRouter,
         metrics: Metrics,
         *,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
+        wall_clock: Clock = time.time,
         max_message_size: int = 65535,
         idle_timeout: float = 600.0,
     ) -> None:
         self.router = router
         self.metrics = metrics
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else _loop_time
+        self.wall_clock = wall_clock
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
         self.connections: set[_TcpConnection] = set()
@@ -251,8 +267,8 @@ class SipListeners:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.router.handle_timer(now=self.clock())
-                now = time.monotonic()
+                now = self.clock()
+                self.router.handle_timer(now=now, wall=self.wall_clock())
                 for conn in list(self.connections):
                     if conn.idle_for(now) > self.idle_timeout:
                         conn.close()

@@ -1,6 +1,8 @@
 """Twilio: the voice webhook (TwiML), X-Twilio-Signature, and the Media Streams messages.
 
-Three pieces, none of which does I/O:
+The protocol code shared by both Twilio ingresses, the media-stream gateway
+(:mod:`sipserver.gateway.websocket`) and the AI Listens fork (:mod:`sipserver.listens.fork`).
+Four pieces, none of which does I/O:
 
 - :func:`connect_twiml` answers Twilio's voice webhook with TwiML (built with the ``twilio``
   package) that connects the call to the agent's media stream, bidirectionally, passing the
@@ -14,20 +16,31 @@ Three pieces, none of which does I/O:
   :class:`Stop`, :class:`Unknown`), or raises :class:`ProtocolError` with the websocket close
   code and reason; the ``*_message`` functions build what the server sends (media, mark, clear,
   and the ``sipserver`` event extension). See docs/websocket.md for the protocol.
+- :func:`decode_payload` and :func:`encode_payload` convert ``media`` payloads to and from the
+  pipeline's s16le PCM (with :mod:`sipserver.media.codecs`); :func:`secret_matches` checks the
+  secret of a ``/<slug>/<secret>`` URL in constant time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from twilio.request_validator import RequestValidator
 from twilio.twiml import voice_response as twiml
+
+from sipserver.media import codecs
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from sipserver.config import Config
 
 __all__ = [
     "L16_16K",
@@ -45,13 +58,17 @@ __all__ = [
     "candidate_urls",
     "clear_message",
     "connect_twiml",
+    "decode_payload",
+    "encode_payload",
     "event_message",
     "fork_twiml",
     "mark_message",
     "media_message",
     "parse_message",
     "reject_twiml",
+    "secret_matches",
     "signature_is_valid",
+    "signed",
     "webhook_signature_ok",
 ]
 
@@ -61,6 +78,7 @@ CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 
 _DTMF = frozenset("0123456789*#ABCD")
+_DUMMY_SECRET = b"\x00" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +279,27 @@ def parse_message(text: str) -> StreamEvent:
     return Unknown(str(event)[:32] if event is not None else "")
 
 
+def decode_payload(fmt: MediaFormat, payload: bytes) -> bytes:
+    """A ``media`` payload as s16le PCM at the stream's rate.
+
+    Raises:
+        ProtocolError: an L16 payload of odd length.
+    """
+    if fmt is MULAW_8K:
+        return codecs.ulaw_decode(payload)
+    if len(payload) % 2:
+        raise ProtocolError(CLOSE_INVALID_DATA, "bad media: odd L16 payload")
+    return codecs.l16_to_pcm(payload)
+
+
 # --- outbound messages -------------------------------------------------------------------------
+
+
+def encode_payload(fmt: MediaFormat, pcm: bytes) -> bytes:
+    """s16le PCM at the stream's rate as a ``media`` payload in the stream's format."""
+    if fmt is MULAW_8K:
+        return codecs.ulaw_encode(pcm)
+    return codecs.pcm_to_l16(pcm)
 
 
 def media_message(stream_sid_json: str, payload: bytes) -> str:
@@ -370,6 +408,25 @@ def candidate_urls(
         if url not in seen and urlsplit(url).scheme in ("http", "https"):
             seen.append(url)
     return seen
+
+
+def secret_matches(given: str, expected: str | None) -> bool:
+    """Constant-time comparison (the same work whether or not an agent/secret exists)."""
+    expected_bytes = expected.encode() if expected is not None else _DUMMY_SECRET
+    ok = hmac.compare_digest(given.encode(), expected_bytes)
+    return ok and expected is not None
+
+
+def signed(request: web.Request, token: str, params: dict[str, str], config: Config) -> bool:
+    """True when a Twilio webhook request carries a valid ``X-Twilio-Signature``."""
+    return webhook_signature_ok(
+        token,
+        public_url=config.server.public_url,
+        path_qs=request.path_qs,
+        request_url=str(request.url),
+        headers=request.headers,
+        params=params,
+    )
 
 
 def webhook_signature_ok(

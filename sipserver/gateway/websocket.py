@@ -8,7 +8,7 @@
   browsers), one call per socket.
 
 Each call runs a :class:`~sipserver.pipeline.session.CallSession` on a 20 ms tick of its own
-(:class:`StreamCall`): caller audio goes through a :class:`~sipserver.rtp.jitter.JitterBuffer`
+(:class:`StreamCall`): caller audio goes through a :class:`~sipserver.media.jitter.JitterBuffer`
 into ``on_audio``, then ``next_frame`` gives the frame sent back. The tick runs ``lead_ms`` ahead
 of real time, so the far side holds about that much agent audio: enough to ride over network
 jitter, little for a ``clear`` (sent when the session interrupts the agent) to throw away. Marks
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
+from sipserver.media.jitter import JitterBuffer
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.events import (
     AgentText,
@@ -43,16 +43,11 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
 )
 from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
-from sipserver.rtp import codecs
-from sipserver.rtp.jitter import JitterBuffer
 
 __all__ = [
     "MediaStreamGateway",
     "SessionFactory",
     "StreamCall",
-    "decode_payload",
-    "secret_matches",
-    "signed",
 ]
 
 log = get_logger(__name__)
@@ -64,39 +59,6 @@ _TICK = FRAME_MS / 1000
 _MAX_BEHIND = 0.5  # a tick loop further behind than this skips ticks instead of bursting
 _HANGUP_DRAIN_EXTRA = 0.5  # after a session hangup: wait for the last mark this much past lead
 _CLEAR_KINDS = frozenset({"paused", "interrupted"})
-_DUMMY_SECRET = b"\x00" * 32
-
-
-def secret_matches(given: str, expected: str | None) -> bool:
-    """Constant-time comparison (the same work whether or not an agent/secret exists)."""
-    expected_bytes = expected.encode() if expected is not None else _DUMMY_SECRET
-    ok = hmac.compare_digest(given.encode(), expected_bytes)
-    return ok and expected is not None
-
-
-def decode_payload(fmt: twilio.MediaFormat, payload: bytes) -> bytes:
-    """A ``media`` payload as s16le PCM at the stream's rate.
-
-    Raises:
-        twilio.ProtocolError: an L16 payload of odd length.
-    """
-    if fmt is twilio.MULAW_8K:
-        return codecs.ulaw_decode(payload)
-    if len(payload) % 2:
-        raise twilio.ProtocolError(twilio.CLOSE_INVALID_DATA, "bad media: odd L16 payload")
-    return codecs.l16_to_pcm(payload)
-
-
-def signed(request: web.Request, token: str, params: dict[str, str], config: Config) -> bool:
-    """True when a Twilio webhook request carries a valid ``X-Twilio-Signature``."""
-    return twilio.webhook_signature_ok(
-        token,
-        public_url=config.server.public_url,
-        path_qs=request.path_qs,
-        request_url=str(request.url),
-        headers=request.headers,
-        params=params,
-    )
 
 
 class StreamCall:
@@ -220,12 +182,10 @@ class StreamCall:
         return True  # connected, unknown: nothing to do
 
     def _decode(self, payload: bytes) -> bytes:
-        return decode_payload(self.format, payload)
+        return twilio.decode_payload(self.format, payload)
 
     def _encode(self, pcm: bytes) -> bytes:
-        if self.format is twilio.MULAW_8K:
-            return codecs.ulaw_encode(pcm)
-        return codecs.pcm_to_l16(pcm)
+        return twilio.encode_payload(self.format, pcm)
 
     def _start(self, start: twilio.Start) -> None:
         params = start.custom_parameters
@@ -474,7 +434,7 @@ class MediaStreamGateway:
         secret = request.match_info["secret"]
         agent = self.config.agent_by_slug(slug)
         expected = agent.websocket.secret if agent is not None else None
-        if agent is None or not secret_matches(secret, expected):
+        if agent is None or not twilio.secret_matches(secret, expected):
             self.metrics.ws_rejected.labels("403").inc()
             raise web.HTTPForbidden(text="forbidden")
         if not agent.websocket.enabled:
@@ -488,7 +448,7 @@ class MediaStreamGateway:
         form = await request.post()
         params = {k: str(v) for k, v in form.items() if isinstance(v, str)}
         token = agent.websocket.twilio_auth_token
-        if token is not None and not signed(request, token, params, self.config):
+        if token is not None and not twilio.signed(request, token, params, self.config):
             self.metrics.twilio_webhooks.labels("bad_signature").inc()
             log.warning("twilio_bad_signature", agent=agent.slug)
             raise web.HTTPForbidden(text="invalid signature")

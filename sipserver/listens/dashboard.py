@@ -29,7 +29,6 @@ import contextlib
 import html
 import json
 import secrets
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,7 +208,9 @@ class Dashboard:
         token = request.cookies.get(COOKIE)
         if not token:
             return None
-        return self.sessions.get(token, self._config(), time.time())
+        # Session lifetimes and the login throttle live in memory: the loop's monotonic clock,
+        # which a stepped wall clock cannot move (the cookie's Max-Age is relative).
+        return self.sessions.get(token, self._config(), asyncio.get_running_loop().time())
 
     def _require(self, request: web.Request, *, api: bool) -> Login:
         login = self._login_of(request)
@@ -256,7 +257,7 @@ class Dashboard:
             self.metrics.dashboard_logins.labels("bad_origin").inc()
             raise _error(403, "cross-site login refused", api=False)
         source = request.remote or "?"
-        now = time.time()
+        now = asyncio.get_running_loop().time()
         if self._throttle.blocked(source, now):
             self.metrics.dashboard_logins.labels("throttled").inc()
             raise _error(429, "too many failed logins; try again later", api=False)

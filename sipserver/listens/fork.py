@@ -29,7 +29,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
-from sipserver.gateway.websocket import decode_payload, secret_matches, signed
+from sipserver.gateway.twilio import decode_payload, secret_matches, signed
 from sipserver.listens.monitor import CallSummary, ListensHub
 from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speakers_for
 from sipserver.observability import Metrics, get_logger

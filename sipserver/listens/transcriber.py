@@ -20,14 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
-import soxr
-
 from sipserver.listens.monitor import MonitoredCall
 from sipserver.listens.suggestions import SuggestionEngine
+from sipserver.media.resample import Resampler, resample
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.vad import SpeechEnded, VadStream
+from sipserver.tasks import cancel_and_wait
 
 __all__ = ["SPEAKERS", "SUGGESTING_SPEAKERS", "ListenedCall", "sip_speakers_for", "speakers_for"]
 
@@ -89,10 +88,7 @@ class _Track:
         self.speaker = speaker
         self.stream = stream
         self.started = 0.0
-        rate = stream.sample_rate
-        self.resampler = (
-            None if rate == input_rate else soxr.ResampleStream(input_rate, rate, 1, dtype="int16")
-        )
+        self.resampler = Resampler(input_rate, stream.sample_rate)
 
 
 class ListenedCall:
@@ -152,10 +148,7 @@ class ListenedCall:
         state = self._tracks.get(track)
         if state is None or self._closed:
             return
-        if state.resampler is not None:
-            samples = np.frombuffer(pcm, dtype="<i2")
-            pcm = state.resampler.resample_chunk(samples).astype("<i2").tobytes()
-        state.stream.push(pcm)
+        state.stream.push(state.resampler.process(pcm))
         self._drain(state)
 
     def _drain(self, state: _Track) -> None:
@@ -189,9 +182,7 @@ class ListenedCall:
             self.parts.vad.close_stream(state.stream)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), _DRAIN_TIMEOUT)
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await cancel_and_wait(self._worker)
 
     async def _work(self) -> None:
         while True:
@@ -205,11 +196,7 @@ class ListenedCall:
 
     async def _transcribe(self, utterance: _Utterance) -> None:
         stt = self.parts.stt
-        pcm = utterance.audio
-        vad_rate = self.parts.vad_options.sample_rate
-        if stt.sample_rate != vad_rate:
-            samples = np.frombuffer(pcm, dtype="<i2")
-            pcm = soxr.resample(samples, vad_rate, stt.sample_rate).astype("<i2").tobytes()
+        pcm = resample(utterance.audio, self.parts.vad_options.sample_rate, stt.sample_rate)
         result = await stt.transcribe(pcm)
         text = result.text.strip()
         if not any(ch.isalnum() for ch in text):

@@ -1,7 +1,7 @@
 """Audio feedback: a thinking sound while the agent prepares its reply, and an ambient bed.
 
 :func:`load_sound` reads a shipped clip (``sipserver/sounds/<name>.wav``, see
-:data:`~sipserver._config_rules.SHIPPED_SOUNDS`) or an audio file, as mono int16 at the call's
+:data:`~sipserver.config.SHIPPED_SOUNDS`) or an audio file, as mono int16 at the call's
 rate. :class:`FeedbackMixer` mixes them into the outbound 20 ms frames the playout produces:
 
 - the **ambient** bed loops under everything, speech included, for as long as the call lasts;
@@ -19,16 +19,13 @@ import functools
 import importlib.resources
 import pathlib
 import wave
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 
-from sipserver._config_rules import SHIPPED_SOUNDS
-
-if TYPE_CHECKING:
-    from sipserver.config import AudioFeedbackSettings
+from sipserver.config import SHIPPED_SOUNDS, AudioFeedbackSettings
 
 __all__ = ["FADE_MS", "FeedbackMixer", "SoundError", "load_sound"]
 
@@ -60,7 +57,7 @@ def load_sound(name_or_path: str, sample_rate: int) -> Samples:
     array is read-only.
 
     Args:
-        name_or_path: A name from :data:`~sipserver._config_rules.SHIPPED_SOUNDS`
+        name_or_path: A name from :data:`~sipserver.config.SHIPPED_SOUNDS`
             (``keyboard_typing``...) or the path of an audio file (relative to the working
             directory).
         sample_rate: The rate wanted, Hz (8000, 16000...).

@@ -14,7 +14,6 @@ Transports call :meth:`VoiceRuntime.new_session` when a call starts; the returne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -59,6 +58,7 @@ from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
+from sipserver.tasks import cancel_and_wait
 
 __all__ = ["ListenParts", "VoiceRuntime", "voice_options"]
 
@@ -281,8 +281,7 @@ class VoiceRuntime:
         for task in self._batcher_tasks.values():
             task.cancel()
         for task in self._batcher_tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._batcher_tasks.clear()
         stages: list[object] = list(self._llms.values())
         for parts in self._models.values():

@@ -25,15 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from sipserver.media.frames import FRAME_MS, frame_bytes
+
 __all__ = ["FRAME_MS", "CallInfo", "CallSession", "frame_bytes"]
-
-#: Duration of one frame in milliseconds.
-FRAME_MS = 20
-
-
-def frame_bytes(sample_rate: int) -> int:
-    """Bytes of one 20 ms s16le mono frame at ``sample_rate`` Hz."""
-    return sample_rate * FRAME_MS // 1000 * 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,15 +32,13 @@ stopped).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import soxr
-
+from sipserver.media.playout import Playout
+from sipserver.media.resample import Resampler, resample
 from sipserver.observability import get_logger
 from sipserver.pipeline.clock import Clock
 from sipserver.pipeline.echo_gate import EchoGate
@@ -58,7 +56,6 @@ from sipserver.pipeline.events import (
     TurnLatency,
 )
 from sipserver.pipeline.interruptions import InterruptionOptions
-from sipserver.pipeline.playout import Playout
 from sipserver.pipeline.providers.base import (
     ChatMessage,
     LanguageModel,
@@ -213,7 +210,7 @@ class VoiceSession:
         """The latest events (bounded), for tests and the dashboard's catch-up."""
         self._info: CallInfo | None = None
         self._playout: Playout | None = None
-        self._to_vad: soxr.ResampleStream | None = None
+        self._to_vad: Resampler | None = None
         self._rate = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._endpointer = Endpointer(options.endpointing)
@@ -249,10 +246,7 @@ class VoiceSession:
         self._playout = Playout(info.sample_rate)
         if self.options.echo_gate:
             self._echo = EchoGate(info.sample_rate)
-        if self._vad.sample_rate != info.sample_rate:
-            self._to_vad = soxr.ResampleStream(
-                info.sample_rate, self._vad.sample_rate, 1, dtype="int16"
-            )
+        self._to_vad = Resampler(info.sample_rate, self._vad.sample_rate)
         if self.profile.greeting:
             reply = Reply(user_text=None, fixed_text=self.profile.greeting, committed=True)
             self._begin(reply)
@@ -261,11 +255,7 @@ class VoiceSession:
         """One caller frame: VAD, then every decision that depends on time."""
         if self._closed:
             return
-        pcm = frame
-        if self._to_vad is not None:
-            samples = np.frombuffer(frame, dtype="<i2")
-            pcm = self._to_vad.resample_chunk(samples).astype("<i2").tobytes()
-        self._vad.push(pcm)
+        self._vad.push(self._to_vad.process(frame) if self._to_vad is not None else frame)
         if self._echo is not None:
             self._echo.heard(frame)
         self._frame_seconds = len(frame) / (2 * self._rate)
@@ -433,9 +423,7 @@ class VoiceSession:
             if abs(self._early[0] - duration) < 1e-6:
                 return  # already running for this stretch of speech
             self._drop_early()  # the caller spoke again since
-        pcm = self._resample(
-            self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate
-        )
+        pcm = resample(self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate)
         task = asyncio.get_running_loop().create_task(
             self._stt.transcribe(pcm, language=self.profile.language)
         )
@@ -456,16 +444,19 @@ class VoiceSession:
             if early is not None:
                 early.cancel()
             return
-        pcm = self._resample(audio, self._vad.sample_rate, self._stt.sample_rate)
-        tail = self._resample(turn_audio, self._vad.sample_rate, self._stt.sample_rate)
+        pcm = resample(audio, self._vad.sample_rate, self._stt.sample_rate)
+        tail = resample(turn_audio, self._vad.sample_rate, self._stt.sample_rate)
         previous = self._stt_chain
         self._stt_pending += 1
 
         async def run() -> None:
             try:
                 if previous is not None:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await previous
+                    # Transcripts arrive in speech order: wait until the previous segment's job
+                    # has finished, however it ended (its own task reports a failure). wait()
+                    # raises neither that job's error nor its cancellation, while cancelling
+                    # this task (hang-up) still ends it here, before its STT call starts.
+                    await asyncio.wait((previous,))
                 try:
                     if early is not None:
                         result = await early
@@ -521,7 +512,7 @@ class VoiceSession:
         if detector is None:
             self._endpointer.decide(None)
             return
-        pcm = self._resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
+        pcm = resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
         try:
             probability = await detector.end_of_turn_probability(
                 pcm, transcript=turn_text, language=self.profile.language
@@ -591,9 +582,7 @@ class VoiceSession:
     async def _run_reply(self, reply: Reply) -> None:
         pieces: asyncio.Queue[str | None] = asyncio.Queue(maxsize=32)
         producer = self._spawn(self._produce_text(reply, pieces))
-        to_call: soxr.ResampleStream | None = None
-        if self._tts.sample_rate != self._rate:
-            to_call = soxr.ResampleStream(self._tts.sample_rate, self._rate, 1, dtype="int16")
+        to_call = Resampler(self._tts.sample_rate, self._rate)
         try:
             while (piece := await pieces.get()) is not None:
                 reply.pieces.append(piece)
@@ -602,7 +591,7 @@ class VoiceSession:
                     async for chunk in self._tts.synthesize(piece):
                         if reply.tts_first_audio is None:
                             reply.tts_first_audio = self._clock.now()
-                        self._deliver(reply, self._convert(to_call, chunk, last=False))
+                        self._deliver(reply, to_call.process(chunk))
                         await self._backpressure(reply)
                 except asyncio.CancelledError:
                     raise
@@ -610,8 +599,8 @@ class VoiceSession:
                     self._provider_failed("tts", exc)
                     break
                 reply.timeline.append((piece, reply.audio_bytes))
-            if to_call is not None:
-                self._deliver(reply, self._convert(to_call, b"", last=True))
+            if tail := to_call.process(b"", last=True):
+                self._deliver(reply, tail)
         finally:
             producer.cancel()
             reply.synth_done = True
@@ -722,9 +711,7 @@ class VoiceSession:
         if now - self._interim_at < self.options.interim_interval:
             return
         self._interim_at = now
-        pcm = self._resample(
-            self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate
-        )
+        pcm = resample(self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate)
 
         async def run() -> None:
             try:
@@ -751,22 +738,6 @@ class VoiceSession:
     def _clock_time(self, audio_time: float) -> float:
         """Clock time at which the VAD's ``audio_time`` was heard."""
         return self._clock.now() - max(0.0, self._audio_pushed - audio_time)
-
-    @staticmethod
-    def _resample(pcm: bytes, rate_in: int, rate_out: int) -> bytes:
-        if rate_in == rate_out or not pcm:
-            return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
-        out = soxr.resample(samples, rate_in, rate_out)
-        return bytes(np.asarray(out, dtype="<i2").tobytes())
-
-    @staticmethod
-    def _convert(stream: soxr.ResampleStream | None, pcm: bytes, *, last: bool) -> bytes:
-        if stream is None:
-            return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
-        out = stream.resample_chunk(samples, last=last)
-        return bytes(np.asarray(out, dtype="<i2").tobytes())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,8 +1,10 @@
 """Registrar authentication: nonces, digest verification, brute-force bans.
 
-Sans-I/O like the rest of the core: time is the ``now`` argument (the adapter passes one clock,
-e.g. ``loop.time()``; edges that share nonces across hosts must pass a clock they share, such as
-``time.time()``), and nothing here touches sockets.
+Sans-I/O like the rest of the core: time is the ``now`` argument and nothing here touches
+sockets. The edge passes the event loop's monotonic ``loop.time()``: a wall clock stepped back
+must not lift a ban early or make an old nonce fresh again, nor one stepped forward expire every
+nonce at once. Nonces are signed with a secret made per process, so none outlives it; edges that
+come to share a secret across hosts will need a clock they share.
 
 - :class:`NonceManager` issues stateless HMAC-signed nonces and tracks nonce-counts
   (RFC 7616 §3.4) in bounded memory.

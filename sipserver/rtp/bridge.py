@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import pjsua2 as pj  # type: ignore[import-untyped]
 
+from sipserver.media.frames import FRAME_MS, frame_bytes
+
 __all__ = [
     "BridgeCounters",
     "CallAudioPort",
@@ -33,16 +35,8 @@ __all__ = [
     "media_format",
 ]
 
-FRAME_MS = 20
-"""Frame duration of every port (pjsua2's audioFramePtime default)."""
-
 DEFAULT_OUTBOUND_FRAMES = 50
 """Outbound queue bound: one second of audio at 20 ms per frame."""
-
-
-def frame_bytes(sample_rate: int) -> int:
-    """Bytes of one 20 ms mono s16le frame at ``sample_rate``."""
-    return sample_rate * FRAME_MS // 1000 * 2
 
 
 def media_format(sample_rate: int) -> pj.MediaFormatAudio:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sipserver.edge.proxy import AGENT_HEADER
 from sipserver.observability import get_logger
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.framelink import (
@@ -26,6 +25,7 @@ from sipserver.rtp.framelink import (
     Pong,
     Stats,
 )
+from sipserver.sip.headers import AGENT_HEADER
 
 __all__ = ["SessionFactory", "SessionHost"]
 

@@ -6,6 +6,7 @@ the bytes that come out.
 
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.headers import (
+    AGENT_HEADER,
     NameAddr,
     Params,
     Via,
@@ -28,6 +29,7 @@ from sipserver.sip.message import (
 from sipserver.sip.uri import SipUri, split_host_port, uri_equal
 
 __all__ = [
+    "AGENT_HEADER",
     "PING",
     "REASON_PHRASES",
     "FramingError",

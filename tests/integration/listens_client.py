@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from sipserver.rtp import codecs
+from sipserver.media import codecs
 
 FRAME = 160  # 20 ms at 8 kHz
 

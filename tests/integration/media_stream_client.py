@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from sipserver.rtp import codecs
+from sipserver.media import codecs
 
 
 @dataclass

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sipserver.rtp import codecs
+from sipserver.media import codecs
 
 ALL_SAMPLES = np.arange(-32768, 32768, dtype="<i2").tobytes()
 ALL_CODES = bytes(range(256))
@@ -78,17 +78,3 @@ def test_odd_lengths_are_rejected() -> None:
         codecs.ulaw_encode(b"\x00")
     with pytest.raises(ValueError, match="odd"):
         codecs.l16_to_pcm(b"\x00\x01\x02")
-
-
-def test_resampling_keeps_a_tone() -> None:
-    t = np.arange(8000) / 8000
-    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
-    up = np.frombuffer(codecs.resample(tone, 8000, 16000), "<i2")
-    assert up.size == 16000
-    spectrum = np.abs(np.fft.rfft(up[2000:14000] * np.hanning(12000)))
-    assert abs(np.argmax(spectrum) * 16000 / 12000 - 440) < 3
-    stream = codecs.Resampler(8000, 16000)
-    pieces = [stream.process(tone[i : i + 320]) for i in range(0, len(tone), 320)]
-    pieces.append(stream.process(b"", last=True))
-    assert abs(len(b"".join(pieces)) // 2 - 16000) <= 16
-    assert codecs.Resampler(8000, 8000).process(tone) == tone

@@ -9,8 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sipserver._config_rules import SHIPPED_SOUNDS
-from sipserver.config import AudioFeedbackSettings
+from sipserver.config import SHIPPED_SOUNDS, AudioFeedbackSettings
 from sipserver.pipeline.feedback import FADE_MS, FeedbackMixer, SoundError, load_sound
 
 RATES = (8000, 16000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sipserver.rtp.jitter import JitterBuffer
+from sipserver.media.jitter import JitterBuffer
 
 RATE = 8000
 FB = RATE // 50 * 2

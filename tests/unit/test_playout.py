@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sipserver.pipeline.playout import Playout
+from sipserver.media.playout import Playout
 
 RATE = 8000
 FB = 320  # bytes per 20 ms frame at 8 kHz

@@ -16,7 +16,7 @@ from sipserver.config import parse_config
 from sipserver.edge.router import Peer, SipRouter
 from sipserver.observability import Metrics
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
-from sipserver.registrar.bindings import MemoryStore
+from sipserver.registrar.bindings import BindingStore, MemoryStore
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.sip.digest import DigestAlgorithm, DigestChallenge, build_authorization
 from sipserver.sip.message import SipResponse, parse_message
@@ -28,7 +28,10 @@ _branches = itertools.count()
 
 
 def make_router(
-    algorithms: tuple[str, ...] = ("MD5", "SHA-256"), **sip: Any
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+    *,
+    store: BindingStore | None = None,
+    **sip: Any,
 ) -> tuple[SipRouter, Metrics]:
     raw = {
         "server": {
@@ -67,7 +70,7 @@ def make_router(
     s = config.server.sip
     metrics = Metrics()
     registrar = Registrar(
-        MemoryStore(),
+        store if store is not None else MemoryStore(),
         RegistrarPolicy(min_expires=s.min_expires, max_expires=s.max_expires),
     )
     auth = DigestAuthenticator(
@@ -126,8 +129,16 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def send(router: SipRouter, data: bytes, *, now: float = NOW, peer: Peer = PEER) -> SipResponse:
-    out = router.handle_message(data, peer, now=now)
+def send(
+    router: SipRouter,
+    data: bytes,
+    *,
+    now: float = NOW,
+    wall: float | None = None,
+    peer: Peer = PEER,
+) -> SipResponse:
+    """One request, one response; ``wall`` (the wall clock) is ``now`` unless given."""
+    out = router.handle_message(data, peer, now=now, wall=now if wall is None else wall)
     assert len(out) == 1, out
     response = parse_message(out[0].data)
     assert isinstance(response, SipResponse)
@@ -149,12 +160,13 @@ def register(
     *,
     algorithm: str | None = None,
     now: float = NOW,
+    wall: float | None = None,
     peer: Peer = PEER,
     **kw: Any,
 ) -> SipResponse:
     """REGISTER, answer the challenge (the one for ``algorithm`` or the first), return the
     final response."""
-    challenge_resp = send(router, request(user=user, cseq=1, **kw), now=now, peer=peer)
+    challenge_resp = send(router, request(user=user, cseq=1, **kw), now=now, wall=wall, peer=peer)
     assert challenge_resp.status == 401, challenge_resp
     challenges = [
         DigestChallenge.parse(v) for v in challenge_resp.headers.get_all("WWW-Authenticate")
@@ -170,7 +182,8 @@ def register(
         uri=kw.get("uri", "sip:sip.example.com"),
         cnonce="c0ffee",
     )
-    return send(router, request(user=user, cseq=2, authorization=auth, **kw), now=now, peer=peer)
+    final = request(user=user, cseq=2, authorization=auth, **kw)
+    return send(router, final, now=now, wall=wall, peer=peer)
 
 
 def test_options_is_answered_with_allow() -> None:
@@ -295,8 +308,8 @@ def test_interval_too_brief_has_min_expires() -> None:
 def test_retransmission_is_answered_from_the_transaction() -> None:
     router, metrics = make_router()
     data = request(branch="z9hG4bKsame")
-    first = router.handle_message(data, PEER, now=NOW)
-    second = router.handle_message(data, PEER, now=NOW + 0.5)
+    first = router.handle_message(data, PEER, now=NOW, wall=NOW)
+    second = router.handle_message(data, PEER, now=NOW + 0.5, wall=NOW + 0.5)
     assert first[0].data == second[0].data
     assert sample(metrics, "sipserver_sip_retransmissions_total") == 1
 
@@ -315,19 +328,19 @@ def test_methods_without_service(method: str, status: int) -> None:
 
 def test_ack_gets_no_answer() -> None:
     router, _ = make_router()
-    assert router.handle_message(request("ACK"), PEER, now=NOW) == []
+    assert router.handle_message(request("ACK"), PEER, now=NOW, wall=NOW) == []
 
 
 def test_unparseable_without_addressing_is_dropped_and_counted() -> None:
     router, metrics = make_router()
-    assert router.handle_message(b"\x00garbage\r\n\r\n", PEER, now=NOW) == []
+    assert router.handle_message(b"\x00garbage\r\n\r\n", PEER, now=NOW, wall=NOW) == []
     assert sample(metrics, "sipserver_sip_parse_errors_total", transport="udp", answered="no") == 1
 
 
 def test_bad_request_with_addressing_gets_400() -> None:
     router, metrics = make_router()
     data = request("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS")
-    out = router.handle_message(data, PEER, now=NOW)
+    out = router.handle_message(data, PEER, now=NOW, wall=NOW)
     # The 400 echoes the broken CSeq (RFC 3261 §8.2.6.2), so it is checked as bytes.
     assert out[0].data.startswith(b"SIP/2.0 400 Invalid CSeq\r\n")
     assert b"\r\nCall-ID: call-1\r\n" in out[0].data
@@ -337,19 +350,20 @@ def test_bad_request_with_addressing_gets_400() -> None:
 def test_response_goes_to_via_port_without_rport_when_not_forced() -> None:
     router, _ = make_router(force_rport=False)
     out = router.handle_message(
-        request("OPTIONS", via_params=""), Peer("udp", "198.51.100.7", 40000), now=NOW
+        request("OPTIONS", via_params=""), Peer("udp", "198.51.100.7", 40000), now=NOW, wall=NOW
     )
     assert (out[0].host, out[0].port) == ("198.51.100.7", 5062)
-    out = router.handle_message(request("OPTIONS"), Peer("udp", "198.51.100.7", 40000), now=NOW)
+    peer = Peer("udp", "198.51.100.7", 40000)
+    out = router.handle_message(request("OPTIONS"), peer, now=NOW, wall=NOW)
     assert (out[0].host, out[0].port) == ("198.51.100.7", 40000)
 
 
 def test_bindings_expire_on_the_timer() -> None:
     router, metrics = make_router()
     assert register(router, expires=60).status == 200
-    router.handle_timer(now=NOW + 59)
+    router.handle_timer(now=NOW + 59, wall=NOW + 59)
     assert sample(metrics, "sipserver_registrations_active") == 1
-    router.handle_timer(now=NOW + 61)
+    router.handle_timer(now=NOW + 61, wall=NOW + 61)
     assert sample(metrics, "sipserver_registrations_active") == 0
 
 

@@ -6,6 +6,7 @@ energy VAD standing in for Silero. The caller is a script of tone bursts ("speec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -417,6 +418,30 @@ async def test_hangup_cancels_tasks() -> None:
     rig.session.on_hangup("bye")
     await rig.clock.advance(0.1)
     assert not rig.session._tasks
+
+
+async def test_hangup_cancels_queued_stt_and_nothing_runs_after() -> None:
+    # Two utterances end while the first one's STT is still running (2 s each, early STT off),
+    # so the second one's job waits for the first. The caller hangs up while both are pending.
+    rig = make(texts=["first", "second"], stt_delay=2.0, early_stt=None)
+    await rig.run(2.5, speech=[(0.5, 1.0), (1.5, 2.0)])
+    assert rig.stt.started == [pytest.approx(1.2, abs=0.03)]  # the second is queued behind it
+    assert rig.session._stt_pending == 2
+    rig.session.on_hangup("caller hung up")
+    hung_up = rig.clock.now()
+    await rig.clock.advance(0.0)  # the cancellations land at the hang-up instant
+    assert rig.stt.cancelled == [hung_up]  # the running call, 0.7 s before it would have ended
+    await rig.clock.advance(10.0)
+    # ...and the queued one never started: no STT work, transcript, turn or reply after the
+    # call ended, and no task left behind.
+    assert rig.stt.cancelled == [hung_up]
+    assert rig.stt.started == [pytest.approx(1.2, abs=0.03)]
+    assert rig.stt.finals == []
+    assert not any(isinstance(e, TranscriptReceived | TurnCommitted) for e in rig.session.events)
+    assert rig.llm.calls == [] and rig.tts.texts == []
+    assert not rig.session._tasks
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not others, others
 
 
 @pytest.mark.parametrize("echo_gate", [True, False])

@@ -5,6 +5,7 @@ Each fake takes virtual time on the test's clock (``sleep_until``), so latencies
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,11 +118,20 @@ class FakeStt:
         self.sample_rate = sample_rate
         self.finals: list[bytes] = []
         self.interims = 0
+        self.started: list[float] = []
+        """Virtual time at which each call began."""
+        self.cancelled: list[float] = []
+        """Virtual time at which each cancelled call was cancelled."""
 
     async def transcribe(
         self, pcm: bytes, *, final: bool = True, language: str | None = None
     ) -> Transcript:
-        await self.clock.sleep_until(self.clock.now() + self.delay)
+        self.started.append(self.clock.now())
+        try:
+            await self.clock.sleep_until(self.clock.now() + self.delay)
+        except asyncio.CancelledError:
+            self.cancelled.append(self.clock.now())
+            raise
         if not final:
             self.interims += 1
             words = int(len(pcm) / (2 * self.sample_rate) * 3)

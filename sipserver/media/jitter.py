@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sipserver.media.frames import FRAME_MS, frame_bytes
+
 __all__ = ["FRAME_MS", "JitterBuffer", "JitterStats"]
 
-#: Duration of one output frame in milliseconds.
-FRAME_MS = 20
 
 _CONCEALED_REPEATS = 2  # frames of faded repetition before concealment turns to silence
 
@@ -90,7 +90,7 @@ class JitterBuffer:
         if not 0 <= target_ms < max_ms:
             raise ValueError("target_ms must be >= 0 and below max_ms")
         self.sample_rate = sample_rate
-        self.frame_bytes = sample_rate * FRAME_MS // 1000 * 2
+        self.frame_bytes = frame_bytes(sample_rate)
         self._target = max(1, target_ms // FRAME_MS) if target_ms else 0
         self._max_frames = max(1, max_ms // FRAME_MS)
         self._reorder_ticks = max(1, reorder_ms // FRAME_MS)

@@ -16,10 +16,9 @@ from collections import deque
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAME_MS", "Playout"]
+from sipserver.media.frames import FRAME_MS, frame_bytes
 
-#: Duration of one frame in milliseconds.
-FRAME_MS = 20
+__all__ = ["FRAME_MS", "Playout"]
 
 
 class Playout:
@@ -58,7 +57,7 @@ class Playout:
             raise ValueError(f"max_ms must be at least {FRAME_MS}")
         self.sample_rate = sample_rate
         """Sample rate in Hz."""
-        self.frame_bytes = sample_rate * FRAME_MS // 1000 * 2
+        self.frame_bytes = frame_bytes(sample_rate)
         """Bytes of one 20 ms frame (``rate * 0.02 * 2``)."""
         self._max_frames = max_ms // FRAME_MS
         self._frames: deque[bytes] = deque()

@@ -1,4 +1,5 @@
-"""G.711 (mu-law, A-law) and L16 conversions and resampling, vectorised with numpy and soxr.
+"""G.711 (mu-law, A-law) and L16 conversions, vectorised with numpy (resampling:
+:mod:`sipserver.media.resample`).
 
 Every conversion works on whole buffers: the G.711 encoders index a 64 Ki-entry table with the
 16-bit samples, the decoders a 256-entry table with the code bytes, so no Python code runs per
@@ -14,15 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
 __all__ = [
-    "Resampler",
     "alaw_decode",
     "alaw_encode",
     "l16_to_pcm",
     "pcm_to_l16",
-    "resample",
     "ulaw_decode",
     "ulaw_encode",
 ]
@@ -133,40 +131,3 @@ def pcm_to_l16(pcm: bytes) -> bytes:
         ValueError: ``pcm`` has an odd length.
     """
     return _samples_u16(pcm).byteswap().tobytes()
-
-
-def resample(pcm: bytes, rate_in: int, rate_out: int) -> bytes:
-    """Resample a whole s16le buffer (soxr, high quality); the same bytes when rates match."""
-    if rate_in == rate_out or not pcm:
-        return pcm
-    samples = np.frombuffer(pcm, dtype="<i2")
-    out = soxr.resample(samples, rate_in, rate_out)
-    return np.asarray(out, dtype="<i2").tobytes()
-
-
-class Resampler:
-    """Streaming s16le resampler (soxr keeps its filter state between chunks).
-
-    Args:
-        rate_in: input sample rate in Hz.
-        rate_out: output sample rate in Hz.
-    """
-
-    __slots__ = ("_stream", "rate_in", "rate_out")
-
-    def __init__(self, rate_in: int, rate_out: int) -> None:
-        self.rate_in = rate_in
-        self.rate_out = rate_out
-        self._stream = (
-            None
-            if rate_in == rate_out
-            else soxr.ResampleStream(rate_in, rate_out, 1, dtype="int16")
-        )
-
-    def process(self, pcm: bytes, *, last: bool = False) -> bytes:
-        """Resample the next chunk (``last`` flushes the filter's tail)."""
-        if self._stream is None:
-            return pcm
-        samples = np.frombuffer(pcm, dtype="<i2")
-        out = self._stream.resample_chunk(samples, last=last)
-        return np.asarray(out, dtype="<i2").tobytes()
