@@ -27,6 +27,7 @@ __all__ = [
     "NUMBER_PUNCTUATION",
     "SECRET_MIN_LENGTH",
     "SHIPPED_SOUNDS",
+    "SIP_PASSWORD_MIN_LENGTH",
     "Issue",
     "Loc",
     "RuleErrors",
@@ -43,13 +44,16 @@ __all__ = [
     "check_realm",
     "check_secret",
     "check_sip_number",
+    "check_sip_password",
     "check_sip_username",
     "check_slug",
     "check_sound",
     "check_store",
     "check_thinking_sound",
+    "check_turn_model",
     "check_unique",
     "check_workers",
+    "everyone_in",
     "expand_env",
     "format_path",
     "int_text",
@@ -86,6 +90,9 @@ DEFAULT_INSTRUCTIONS: Final = (
 
 SECRET_MIN_LENGTH: Final = 16
 """Shortest websocket secret accepted."""
+
+SIP_PASSWORD_MIN_LENGTH: Final = 12
+"""Shortest SIP digest password accepted."""
 
 NUMBER_PUNCTUATION: Final = str.maketrans("", "", " -().")
 _E164: Final = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -239,6 +246,23 @@ def check_cidr(value: str) -> str:
     return value
 
 
+def everyone_in(networks: list[str]) -> list[str]:
+    """The address families whose every address ``networks`` (valid CIDRs) cover together.
+
+    Returns:
+        ``0.0.0.0/0`` and/or ``::/0`` (also when the cover is split, e.g. two ``/1``), else [].
+    """
+    parsed = [ipaddress.ip_network(item) for item in networks]
+    v4 = [n for n in parsed if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in parsed if isinstance(n, ipaddress.IPv6Network)]
+    covered = []
+    if ipaddress.IPv4Network("0.0.0.0/0") in ipaddress.collapse_addresses(v4):
+        covered.append("0.0.0.0/0")
+    if ipaddress.IPv6Network("::/0") in ipaddress.collapse_addresses(v6):
+        covered.append("::/0")
+    return covered
+
+
 def check_sip_username(value: str) -> str:
     """A SIP user part (RFC 3261 §25.1): no spaces, ``@`` or ``:``."""
     if _SIP_USER.fullmatch(value):
@@ -247,7 +271,8 @@ def check_sip_username(value: str) -> str:
 
 
 def check_secret(value: str) -> str:
-    """A URL secret: at least 16 characters from ``A-Z a-z 0-9 - _ . ~``."""
+    """A URL secret: at least 16 characters from ``A-Z a-z 0-9 - _ . ~``, not one character
+    repeated."""
     hint = "generate one: sipserver gen-secret"
     if len(value) < SECRET_MIN_LENGTH:
         raise ValueError(
@@ -255,17 +280,51 @@ def check_secret(value: str) -> str:
         )
     if not _URL_SAFE.fullmatch(value):
         raise ValueError(f"must contain only A-Z a-z 0-9 - _ . ~ (it goes in URLs); {hint}")
+    if len(set(value)) == 1:
+        raise ValueError(f"is one character repeated, which anyone can guess; {hint}")
     return value
 
 
-def check_sound(value: str, *, allow_none: bool) -> str:
-    """A shipped clip, ``none`` when ``allow_none``, or the path of an existing file."""
+def check_sip_password(value: str) -> str:
+    """A SIP digest password: at least :data:`SIP_PASSWORD_MIN_LENGTH` characters.
+
+    Digest authentication (RFC 7616) sends ``H(username:realm:password)``-based answers: anyone
+    who captures one challenge and its answer can test guesses offline at billions per second,
+    and anyone on the network can keep guessing online. Only length makes that hopeless.
+    """
+    if len(value) < SIP_PASSWORD_MIN_LENGTH:
+        raise ValueError(
+            f"must be at least {SIP_PASSWORD_MIN_LENGTH} characters, got {len(value)}: a short"
+            " digest password falls to brute force (offline from one captured REGISTER or"
+            " INVITE, or by guessing online); generate one: sipserver gen-secret"
+        )
+    return value
+
+
+def check_sound(value: str, *, allow_none: bool, base_dir: pathlib.Path | None = None) -> str:
+    """A shipped clip, ``none`` when ``allow_none``, or the path of an existing file.
+
+    Args:
+        value: The setting.
+        allow_none: ``none`` is accepted (no sound).
+        base_dir: Directory a relative path is taken from (the configuration file's); None:
+            the working directory.
+
+    Returns:
+        The clip name or ``none`` as given; a file as an absolute path.
+    """
     if value in SHIPPED_SOUNDS or (allow_none and value == "none"):
         return value
-    if pathlib.Path(value).is_file():
-        return value
+    path = pathlib.Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or pathlib.Path.cwd()) / path
+    if path.is_file():
+        return str(path.resolve())
     choices = ", ".join(SHIPPED_SOUNDS + (("none",) if allow_none else ()))
-    raise ValueError(f"{value!r} is neither a shipped sound ({choices}) nor an existing file")
+    where = f" (looked for {path})" if str(path) != value else ""
+    raise ValueError(
+        f"{value!r} is neither a shipped sound ({choices}) nor an existing file{where}"
+    )
 
 
 def parse_store(value: str) -> tuple[Literal["memory", "sqlite"], str | None]:
@@ -349,6 +408,27 @@ def check_password_hash(value: str) -> str:
     return value
 
 
+_LIVEKIT_TURN_MODELS: Final = ("livekit_multilingual", "livekit_english")
+
+
+def check_turn_model(value: object) -> object:
+    """Refuse LiveKit's turn detectors, with the reason, before the list of choices is checked.
+
+    LiveKit's end-of-utterance models run only inside a LiveKit Agents job: they take the
+    job's inference process (``get_job_context()``; outside a job: ``RuntimeError: no job
+    context found``), their weights are downloaded at run time, and their licence allows them
+    only within LiveKit Agents.
+    """
+    if value in _LIVEKIT_TURN_MODELS:
+        twin = "english" if value == "livekit_english" else "multilingual"
+        raise ValueError(
+            f"{value!r} is LiveKit's turn detector, which runs only inside a LiveKit Agents job"
+            " (its model needs the job's inference process, downloads its weights at run time"
+            f" and is licensed for LiveKit Agents only); use {twin!r} (Smart Turn v3.2, offline)"
+        )
+    return value
+
+
 def check_dtmf_digit(value: str) -> str:
     """A single DTMF key: 0-9, *, # or A-D."""
     if len(value) != 1 or value not in "0123456789*#ABCD":
@@ -356,14 +436,14 @@ def check_dtmf_digit(value: str) -> str:
     return value
 
 
-def check_thinking_sound(value: str) -> str:
-    """A shipped clip or the path of an existing file."""
-    return check_sound(value, allow_none=False)
+def check_thinking_sound(value: str, *, base_dir: pathlib.Path | None = None) -> str:
+    """A shipped clip or the path of an existing file (see :func:`check_sound`)."""
+    return check_sound(value, allow_none=False, base_dir=base_dir)
 
 
-def check_ambient_sound(value: str) -> str:
-    """A shipped clip, ``none`` or the path of an existing file."""
-    return check_sound(value, allow_none=True)
+def check_ambient_sound(value: str, *, base_dir: pathlib.Path | None = None) -> str:
+    """A shipped clip, ``none`` or the path of an existing file (see :func:`check_sound`)."""
+    return check_sound(value, allow_none=True, base_dir=base_dir)
 
 
 _LIVEKIT_FORMATS: Final = {
@@ -511,7 +591,7 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> tuple
     issues: list[Issue] = []
     root_rules_ran = False
     for error in exc.errors(include_url=False):
-        loc, parent, held = _key_path(root, error["loc"])
+        loc, parent, held, secret = _key_path(root, error["loc"])
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, RuleErrors):
             root_rules_ran |= not loc
@@ -519,7 +599,7 @@ def issues_from_validation(exc: ValidationError, root: type[BaseModel]) -> tuple
         elif error["type"] == "union_tag_not_found":
             issues.append(((*loc, "type"), f"required: {_tags(held)}"))
         else:
-            issues.append((loc, _humanize(error, parent, held)))
+            issues.append((loc, _humanize(error, parent, held, secret=secret)))
     return issues, root_rules_ran
 
 
@@ -543,12 +623,14 @@ def _tag_of(member: Any) -> object:
     return None
 
 
-def _key_path(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Loc, Any, Any]:
+def _key_path(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Loc, Any, Any, bool]:
     """Drop discriminator tags from a pydantic ``loc``; also return the annotations holding and
-    held by the last key (a model for "did you mean", a union for its tags)."""
+    held by the last key (a model for "did you mean", a union for its tags), and whether the
+    value is (inside) a secret: a field declared with ``repr=False``."""
     path: list[int | str] = []
     annotation: Any = root
     parent: Any = None
+    secret = False
     for part in loc:
         annotation = _unwrap(annotation)
         if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -561,11 +643,12 @@ def _key_path(root: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[Loc, A
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             field = annotation.model_fields.get(str(part))
             annotation = field.annotation if field is not None else None
+            secret |= field is not None and field.repr is False
         elif typing.get_origin(annotation) in (list, dict):
             annotation = typing.get_args(annotation)[-1]
         else:
             annotation = None
-    return tuple(path), parent, _unwrap(annotation)
+    return tuple(path), parent, _unwrap(annotation), secret
 
 
 def _tags(union: Any) -> str:
@@ -597,18 +680,24 @@ _BOUNDS: Final = {
 _YAML_TYPES: Final = {dict: "mapping", list: "list", str: "string", bool: "boolean"}
 
 
-def _shown(value: object) -> str:
-    """``int 5``, ``mapping {'a': 1}``: the YAML type and (the start of) the value."""
+def _shown(value: object, *, secret: bool = False) -> str:
+    """``int 5``, ``mapping {'a': 1}``: the YAML type and (the start of) the value; for a
+    secret the type alone (an unquoted numeric password must not reach a terminal or a log)."""
     if value is None:
         return "null"
+    kind = _YAML_TYPES.get(type(value), type(value).__name__)
+    if secret:
+        return f"{kind} (value not shown: a secret)"
     text = repr(value)
     text = text if len(text) <= 60 else text[:56] + " ..."
-    return f"{_YAML_TYPES.get(type(value), type(value).__name__)} {text}"
+    return f"{kind} {text}"
 
 
-def _humanize(error: ErrorDetails, parent: Any, held: Any) -> str:
-    """A short reason for one pydantic error, in words rather than pydantic's."""
+def _humanize(error: ErrorDetails, parent: Any, held: Any, *, secret: bool = False) -> str:
+    """A short reason for one pydantic error, in words rather than pydantic's; the input of a
+    secret is never repeated."""
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = "a secret, not shown" if secret else repr(value)
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
@@ -622,16 +711,16 @@ def _humanize(error: ErrorDetails, parent: Any, held: Any) -> str:
         limit = next(iter(ctx.values()))
         if isinstance(limit, float) and limit.is_integer():
             limit = int(limit)
-        return f"must be {_BOUNDS[kind]} {limit} (got {value!r})"
+        return f"must be {_BOUNDS[kind]} {limit} (got {got})"
     if kind == "literal_error":
-        return f"must be {ctx['expected']} (got {value!r})"
+        return f"must be {ctx['expected']} (got {got})"
     if kind == "union_tag_invalid":
         return f"unknown type {ctx['tag']!r}; expected {_tags(held)}"
     if kind in ("string_too_short", "too_short"):
         return "must not be empty"
     if kind == "string_type":
         quote = "; put it in quotes" if isinstance(value, int | float) else ""
-        return f"must be a string, got {_shown(value)}{quote}"
+        return f"must be a string, got {_shown(value, secret=secret)}{quote}"
     if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]} (got {_shown(value)})"
+        return f"must be {_TYPE_WORDS[kind]} (got {_shown(value, secret=secret)})"
     return str(error["msg"]).removeprefix("Value error, ")

@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 
 from sipserver import __version__
-from sipserver.config import Config, ConfigError, CustomModel, embedded_config_path, load_config
+from sipserver.config import (
+    Config,
+    ConfigError,
+    CustomModel,
+    config_dir,
+    embedded_config_path,
+    knowledge_base_warnings,
+    load_config,
+)
 from sipserver.pipeline.providers.base import ProviderError
 
 __all__ = ["main"]
@@ -38,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sipserver.server import Server
 
     configure_logging(args.log_format, args.log_level)
+    os.umask(0o077)  # state files (bindings, pid, sockets, SQLite's -wal/-shm) are private
     log = get_logger("sipserver.cli")
     try:
         config = _load(args.config)
@@ -49,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.info("config_loaded", source=str(args.config or embedded_config_path()))
     try:
         server = Server(config, config_path=_config_path(args.config))
-    except ProviderError as exc:
+    except (ProviderError, OSError) as exc:  # OSError: data_dir/store (the key is named)
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     try:
@@ -70,9 +79,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
+    warnings = knowledge_base_warnings(config, config_dir(args.file))
+    for line in warnings:
+        print(f"  warning: {line}", file=sys.stderr)
+    counted = f", {len(warnings)} warning(s)" if warnings else ""
     print(
         f"{args.file}: OK ({len(config.agents)} agent(s), {len(config.models)} model(s), "
-        f"{len(config.users)} user(s))"
+        f"{len(config.users)} user(s){counted})"
     )
     return 0
 
@@ -189,6 +202,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
+    for line in knowledge_base_warnings(config, config_dir(_config_path(args.config))):
+        print(f"warning: {line}", file=sys.stderr)
     pid_file = pid_file_path(config)
     try:
         pid = int(pid_file.read_text().strip())
@@ -257,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate a configuration file",
-        description="Validate FILE and print every error with its key path; exit 1 on errors.",
+        description=(
+            "Validate FILE and print every error with its key path; exit 1 on errors. Warnings "
+            "(knowledge base patterns that match no file, relative paths being taken from "
+            "FILE's directory) are printed too and do not fail the check."
+        ),
     )
     check.add_argument("file", metavar="FILE", help="YAML configuration file")
     check.set_defaults(func=_cmd_check_config)
@@ -317,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     hashing.add_argument(
-        "--min-length", type=int, default=8, help="shortest password accepted (default 8)"
+        "--min-length",
+        type=int,
+        default=8,
+        help="shortest password accepted (default 8; logins are scrypt-hashed and throttled)",
     )
     hashing.set_defaults(func=_cmd_hash_password)
     return parser

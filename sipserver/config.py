@@ -19,13 +19,17 @@ Validation runs in three layers:
    listens numbers that are SIP numbers): :func:`_cross_field_issues`. When other fields are
    invalid it still runs over the models, agents and users that are valid on their own.
 
-Relative paths (sound files, ``data_dir``, a relative sqlite path) are relative to the working
-directory of the process; knowledge base patterns (``agents[].knowledge_base``) are relative to
-the directory of the configuration file, so a configuration travels with its documents.
+Relative file paths that belong to the configuration (knowledge base patterns
+``agents[].knowledge_base`` and sound files) are relative to the directory of the configuration
+file, so a configuration travels with its documents (the embedded default's are relative to its
+packaged copy); :func:`knowledge_base_warnings` names the patterns that match no file. Paths of
+state the server writes (``data_dir``, a relative ``sqlite://`` store) are relative to the
+working directory of the process.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.resources
 import ipaddress
 import os
@@ -42,6 +46,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -80,7 +85,9 @@ __all__ = [
     "User",
     "VadSettings",
     "WebsocketSettings",
+    "config_dir",
     "embedded_config_path",
+    "knowledge_base_warnings",
     "load_config",
     "normalize_number",
     "parse_config",
@@ -447,17 +454,33 @@ class VadSettings(_Model):
     """Hz the VAD runs at."""
 
 
+def _base_dir(info: ValidationInfo) -> pathlib.Path | None:
+    """The directory relative file paths are taken from (the configuration file's)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    base = context.get("base_dir")
+    return pathlib.Path(base) if base is not None else None
+
+
+def _thinking_sound(value: str, info: ValidationInfo) -> str:
+    return rules.check_thinking_sound(value, base_dir=_base_dir(info))
+
+
+def _ambient_sound(value: str, info: ValidationInfo) -> str:
+    return rules.check_ambient_sound(value, base_dir=_base_dir(info))
+
+
 class AudioFeedbackSettings(_Model):
     """Sounds played while the agent thinks, and an ambient bed."""
 
     enabled: bool = False
     """Play the sounds."""
-    thinking_sound: Annotated[str, AfterValidator(rules.check_thinking_sound)] = "keyboard_typing"
-    """A shipped clip (:data:`SHIPPED_SOUNDS`) or the path of an audio file."""
+    thinking_sound: Annotated[str, AfterValidator(_thinking_sound)] = "keyboard_typing"
+    """A shipped clip (:data:`SHIPPED_SOUNDS`) or the path of an audio file (a relative one is
+    taken from the configuration file's directory and kept as an absolute path)."""
     thinking_volume: Fraction = 0.8
     """0..1."""
-    ambient_sound: Annotated[str, AfterValidator(rules.check_ambient_sound)] = "none"
-    """A shipped clip, the path of an audio file, or ``none``."""
+    ambient_sound: Annotated[str, AfterValidator(_ambient_sound)] = "none"
+    """A shipped clip, the path of an audio file (as for ``thinking_sound``), or ``none``."""
     ambient_volume: Fraction = 0.3
     """0..1."""
 
@@ -465,11 +488,12 @@ class AudioFeedbackSettings(_Model):
 class TurnDetectionSettings(_Model):
     """End-of-turn detection."""
 
-    model: Literal[
-        "vad", "stt", "multilingual", "english", "livekit_multilingual", "livekit_english"
+    model: Annotated[
+        Literal["vad", "stt", "multilingual", "english"], BeforeValidator(rules.check_turn_model)
     ] = "multilingual"
     """``vad`` (silence only), ``stt`` (provider-native), ``multilingual``/``english`` (Smart Turn
-    v3, offline), ``livekit_multilingual``/``livekit_english`` (needs LiveKit's optional extra)."""
+    v3.2, offline). LiveKit's ``livekit_multilingual``/``livekit_english`` are refused with the
+    reason: they run only inside a LiveKit Agents job."""
 
 
 class CustomModel(_Model):
@@ -549,14 +573,21 @@ class SipSettings(_Model):
     """Called numbers routed to the agent: E.164 (``+14155550100``) or a dial string (``100``)."""
     username: Annotated[str, AfterValidator(rules.check_sip_username)] | None = None
     """Digest username (the SIP user part); required when enabled; unique across agents."""
-    password: str | None = Field(None, min_length=1, repr=False)
-    """Digest password; required when enabled."""
+    password: Annotated[str, AfterValidator(rules.check_sip_password)] | None = Field(
+        None, repr=False
+    )
+    """Digest password, >= 12 characters (``sipserver gen-secret``); required when enabled.
+    Quote it in YAML: an unquoted ``123456789012`` is a number and is refused (never shown)."""
     allowed_ips: list[Annotated[str, AfterValidator(rules.check_cidr)]] = Field(
         default_factory=list
     )
     """CIDR networks allowed to talk to the agent; empty: every address."""
     invite_auth: Literal["digest", "ip"] = "digest"
     """How INVITEs are authenticated: a digest challenge, or the source address alone."""
+    allow_open: bool = False
+    """Accept ``invite_auth: ip`` with ``allowed_ips`` that cover every address (``0.0.0.0/0``,
+    ``::/0``): anyone on the internet may then call the agent without a password. Refused
+    unless this is true."""
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = PrivateAttr(())
 
     def model_post_init(self, context: Any, /) -> None:
@@ -574,6 +605,15 @@ class SipSettings(_Model):
             ]
         if self.invite_auth == "ip" and not self.allowed_ips:
             issues.append((("invite_auth",), "'ip' requires allowed_ips (the trusted networks)"))
+        open_to = rules.everyone_in(self.allowed_ips)
+        if self.invite_auth == "ip" and open_to and not self.allow_open:
+            message = (
+                f"{', '.join(open_to)} with invite_auth: ip lets anyone on the internet call"
+                " this agent without a password (free calls on your bill); list your PBX's or"
+                " trunk's networks, use invite_auth: digest, or write allow_open: true if that"
+                " is really meant"
+            )
+            issues.append((("allowed_ips",), message))
         RuleErrors.raise_if_any(issues)
         return self
 
@@ -609,9 +649,12 @@ class ListensSettings(_Model):
     numbers: list[Annotated[str, AfterValidator(rules.check_e164)]] = Field(default_factory=list)
     """E.164 numbers whose calls are forked; never one of the SIP numbers."""
     channel: Literal["inbound", "outbound", "both_tracks"] = "inbound"
-    """Tracks transcribed: the caller's, the agent's, or both."""
+    """Tracks transcribed: the caller's, the agent's, or both. A Twilio fork streams the chosen
+    tracks; a SIP listens call carries one stream, which is the caller (``inbound``), the human
+    agent (``outbound``) or both parties mixed by the PBX (``both_tracks``)."""
     forward_to: str | None = Field(None, min_length=1)
-    """Where the forked call is dialled to."""
+    """Where a Twilio fork dials the call to (the human agent: a number or a ``sip:`` URI);
+    required unless the agent's listens calls come over SIP only (``sip.enabled``)."""
     roles: list[Role] = Field(["admin", "workspace_admin", "supervisor"])
     """Dashboard roles that see the live transcripts and suggestions."""
 
@@ -650,6 +693,13 @@ class Agent(_Model):
         if self.listens.enabled and self.websocket.secret is None:
             message = "required when listens.enabled is true (the listens URL ends with it)"
             issues.append((("websocket", "secret"), message))
+        if self.listens.enabled and self.listens.forward_to is None and not self.sip.enabled:
+            message = (
+                "required when listens.enabled is true: the Twilio webhook forks the call and"
+                " dials this number or sip: URI (the human agent); only an agent with"
+                " sip.enabled, whose PBX sends listens calls over SIP, may leave it out"
+            )
+            issues.append((("listens", "forward_to"), message))
         RuleErrors.raise_if_any(issues)
         return self
 
@@ -778,6 +828,7 @@ def _cross_field_issues(
         "number": {},
         "listens": {},
         "user": {},
+        "secret": {},
     }
 
     def unique(table: str, key: str, shown: str, loc: rules.Loc) -> None:
@@ -816,6 +867,15 @@ def _cross_field_issues(
             unique("username", username, username, ("agents", i, "sip", "username"))
         for j, number in enumerate(agent.sip.numbers):
             unique("number", normalize(number), number, ("agents", i, "sip", "numbers", j))
+        if agent.websocket.secret is not None:  # never shown: only where it is used first
+            at: rules.Loc = ("agents", i, "websocket", "secret")
+            first = seen["secret"].setdefault(agent.websocket.secret, at)
+            if first != at:
+                message = (
+                    f"the same secret as {rules.format_path(first)}: one leaked URL would open"
+                    " both agents; give each its own (sipserver gen-secret)"
+                )
+                issues.append((at, message))
     for i, agent in agents:  # every SIP number is known now
         for j, number in enumerate(agent.listens.numbers):
             loc = ("agents", i, "listens", "numbers", j)
@@ -830,16 +890,16 @@ def _cross_field_issues(
     return issues
 
 
-def _partial_cross_field_issues(tree: dict[str, Any]) -> list[Issue]:
+def _partial_cross_field_issues(tree: dict[str, Any], context: dict[str, Any]) -> list[Issue]:
     """The cross-field rules over the models, agents and users that are valid on their own."""
 
     def section(key: str, kind: type[dict[Any, Any]] | type[list[Any]]) -> Any:
         value = tree.get(key)
         return value if isinstance(value, kind) else kind()
 
-    def valid(check: Callable[[Any], Any], raw: Any) -> Any:
+    def valid(check: Callable[..., Any], raw: Any) -> Any:
         try:
-            return check(raw)
+            return check(raw, context=context)
         except ValidationError:
             return None
 
@@ -888,13 +948,23 @@ def embedded_config_path() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "config" / "sipserver.yaml"
 
 
+def config_dir(path: str | os.PathLike[str] | None) -> pathlib.Path:
+    """The directory relative file paths of the configuration at ``path`` are taken from.
+
+    Args:
+        path: The configuration file; ``None``: the embedded default.
+    """
+    return (embedded_config_path() if path is None else pathlib.Path(path)).resolve().parent
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
 ) -> Config:
     """Read, expand and validate a configuration file.
 
     Args:
-        path: The YAML file; ``None`` loads :func:`embedded_config_path`.
+        path: The YAML file; ``None`` loads :func:`embedded_config_path`. Relative sound
+            paths in it are taken from its directory.
         env: Variables for ``${VAR}`` expansion; defaults to ``os.environ``.
 
     Returns:
@@ -909,11 +979,15 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{file}: cannot read: {reason}"], source=str(file)) from exc
-    return parse_config(text, source=str(file), env=env)
+    return parse_config(text, source=str(file), env=env, base_dir=config_dir(file))
 
 
 def parse_config(
-    text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None
+    text: str,
+    *,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
 ) -> Config:
     """Parse, expand and validate configuration YAML.
 
@@ -921,6 +995,8 @@ def parse_config(
         text: The YAML document.
         source: Where it came from, for error messages.
         env: Variables for ``${VAR}`` expansion; defaults to ``os.environ``.
+        base_dir: Directory relative sound paths are taken from; ``None``: the working
+            directory.
 
     Returns:
         The validated configuration.
@@ -934,12 +1010,13 @@ def parse_config(
     unset: list[Issue] = []
     tree = rules.expand_env(raw, os.environ if env is None else env, unset)
     issues: list[Issue] = []
+    context = {"base_dir": pathlib.Path(base_dir) if base_dir is not None else None}
     try:
-        config = Config.model_validate(tree)
+        config = Config.model_validate(tree, context=context)
     except ValidationError as exc:
         issues, cross_checked = rules.issues_from_validation(exc, Config)
         if not cross_checked:
-            issues += _partial_cross_field_issues(tree)
+            issues += _partial_cross_field_issues(tree, context)
     else:
         if not unset:
             return config
@@ -952,3 +1029,41 @@ def parse_config(
     issues = [issue for issue in issues if not caused_by_unset(issue)]
     lines = [f"{rules.format_path(loc)}: {message}" for loc, message in unset + issues]
     raise ConfigError(list(dict.fromkeys(lines)), source=source)
+
+
+def knowledge_base_warnings(config: Config, base_dir: str | os.PathLike[str]) -> list[str]:
+    """Knowledge base patterns that match no file, and matched files that are not UTF-8 text,
+    one line each, naming the key.
+
+    ``check-config`` prints them and the server logs them at start and on reload: a copied
+    configuration whose documents stayed behind would otherwise answer from nothing.
+
+    Args:
+        config: The configuration.
+        base_dir: Directory relative patterns are taken from (see :func:`config_dir`).
+
+    Returns:
+        ``agents[0].knowledge_base[1]: 'kb/*.md' matches no file (looked for /etc/kb/*.md,
+        relative to the config); the agent answers without these documents``.
+    """
+    lines = []
+    for i, agent in enumerate(config.agents):
+        for j, pattern in enumerate(agent.knowledge_base):
+            where = rules.format_path(("agents", i, "knowledge_base", j))
+            full = pathlib.Path(pattern).expanduser()
+            if not full.is_absolute():
+                full = pathlib.Path(base_dir) / full
+            files = sorted(m for m in glob.iglob(str(full), recursive=True) if os.path.isfile(m))
+            if not files:
+                relative = "" if pathlib.Path(pattern).is_absolute() else ", relative to the config"
+                lines.append(
+                    f"{where}: {pattern!r} matches no file (looked for {full}{relative});"
+                    " the agent answers without these documents"
+                )
+            for file in files:
+                try:
+                    pathlib.Path(file).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+                    lines.append(f"{where}: {file} is skipped: {reason}")
+    return lines

@@ -1,10 +1,11 @@
 """Structured logging (structlog) and the Prometheus metrics of the server.
 
 Logs are rendered for people on a TTY and as one JSON object per line otherwise (or as chosen with
-``--log-format``). Metrics live in one :class:`Metrics` object built on its own
-:class:`prometheus_client.CollectorRegistry`, so tests can build as many servers as they like in
-one process. Hot-path counters are pre-bound to their label values once, because ``labels()`` is
-a dictionary lookup under a lock on every call.
+``--log-format``); records of the standard library's logging (aiohttp, asyncio, warnings) go
+through the same renderer, so no plain-text line lands in a JSON log. Metrics live in one
+:class:`Metrics` object built on its own :class:`prometheus_client.CollectorRegistry`, so tests
+can build as many servers as they like in one process. Hot-path counters are pre-bound to their
+label values once, because ``labels()`` is a dictionary lookup under a lock on every call.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "Metrics",
     "configure_logging",
     "get_logger",
+    "log_settings",
 ]
 
 LogFormat = Literal["auto", "console", "json"]
@@ -47,8 +49,44 @@ KNOWN_METHODS = (
 )
 
 
+_RECORD_ATTRIBUTES: frozenset[str] = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None))
+) | {"message", "asctime", "taskName"}
+
+
+class _StdlibToStructlog(logging.Handler):
+    """Standard-library log records as structlog events (one line each, the chosen format).
+
+    The record's message is the event, extra attributes become fields and an exception is
+    rendered by structlog's ``format_exc_info`` (inside the one JSON object).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {
+                key: value
+                for key, value in vars(record).items()
+                if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+            }
+            exc_info = record.exc_info if record.exc_info and record.exc_info[0] else None
+            logger = structlog.get_logger(module=record.name)
+            logger.log(record.levelno, record.getMessage(), exc_info=exc_info, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+_settings: dict[str, str] = {"format": "console", "level": "info"}
+
+
+def log_settings() -> tuple[Literal["console", "json"], str]:
+    """The rendering (``console`` or ``json``, ``auto`` resolved) and the level name set by
+    :func:`configure_logging`: what child processes (media workers) are started with, so that
+    their lines join the same log in the same format."""
+    return ("json" if _settings["format"] == "json" else "console"), _settings["level"]
+
+
 def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Configure structlog and the standard library logging it writes through.
+    """Configure structlog, and route the standard library's logging through it.
 
     Args:
         fmt: ``console`` (coloured key=value lines), ``json`` (one object per line) or ``auto``
@@ -58,7 +96,14 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibToStructlog)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibToStructlog())
+    root.setLevel(numeric)
+    logging.captureWarnings(True)
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    _settings.update(format="console" if use_console else "json", level=level.lower())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from sipserver.config import Config, ConfigError, load_config
+from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
 from sipserver.edge.proxy import (
     CallAnswered,
@@ -34,7 +35,7 @@ from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork, called_number, is_listens_number
 from sipserver.listens.monitor import ListensHub
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, get_logger, log_settings
 from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
@@ -46,7 +47,7 @@ from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
-from sipserver.web.app import build_app
+from sipserver.web.app import build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 
 __all__ = ["Server", "pid_file_path"]
@@ -95,6 +96,7 @@ def _worker_pool(
         return None
     media = config.server.media
     max_workers = max(media.min_workers, config.server.max_workers)
+    log_format, log_level = log_settings()
     per_worker = (media.rtp_port_max - media.rtp_port_min + 1) // max_workers
     return WorkerPool(
         WorkerPoolSettings(
@@ -111,6 +113,8 @@ def _worker_pool(
             min_se=media.min_se,
             answer_delay=media.answer_delay,
             rtp_timeout=media.rtp_timeout,
+            log_format=log_format,
+            log_level=log_level,
         ),
         on_record=on_record,
         on_worker_lost=on_lost,
@@ -139,8 +143,9 @@ class Server:
         self.metrics = metrics or Metrics()
         sip = config.server.sip
         kind, path = config.server.store_url
+        make_private_dir(config.server.data_dir, key="server.data_dir")
         if kind == "sqlite" and path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(Path(path).parent, key="server.store")
         self.store: BindingStore = open_store(kind, path)
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
         self.tracker = _failure_tracker(config)
@@ -403,7 +408,7 @@ class Server:
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
         add_demo_routes(app, lambda: self.config)
-        self._http_runner = web.AppRunner(app, access_log=None)
+        self._http_runner = web.AppRunner(app, access_log=None, logger=request_error_logger())
         await self._http_runner.setup()
         host, port = self.config.server.http_host_port
         site = web.TCPSite(self._http_runner, host, port)
@@ -465,7 +470,7 @@ class Server:
             loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
         await self.start()
         pid_file = self.pid_file
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        make_private_file(pid_file)
         pid_file.write_text(f"{os.getpid()}\n")
         log.info(
             "started",

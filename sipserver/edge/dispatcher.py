@@ -80,6 +80,10 @@ class WorkerPoolSettings:
     restart_backoff: float = 1.0
     """Seconds before a dead worker's slot is started again (doubles up to 30 s while it keeps
     dying within 10 s of its start)."""
+    log_format: str = "console"
+    """``console`` or ``json``: the workers log like the main process, into the same stream."""
+    log_level: str = "info"
+    """Minimum level of the workers' logs (``debug`` also turns up pjsip's own)."""
 
 
 @dataclass
@@ -316,6 +320,10 @@ class WorkerPool:
             str(s.answer_delay),
             "--rtp-timeout",
             str(s.rtp_timeout),
+            "--log-format",
+            s.log_format,
+            "--log-level",
+            s.log_level,
         ]
         task = asyncio.create_task(self._run(worker, args), name=f"media-worker-{worker_id}")
         self._tasks.add(task)

@@ -9,7 +9,9 @@
   back: each transcribed track's mu-law audio goes to a
   :class:`~sipserver.listens.transcriber.ListenedCall`.
 - :class:`ListenSession`: a SIP call from the agent's PBX to a listens number, answered
-  silently (the session's frames are silence) and transcribed as the caller's track.
+  silently (the session's frames are silence); its one audio stream is transcribed as
+  ``listens.channel`` says (the caller, the human agent, or both mixed: see
+  :func:`~sipserver.listens.transcriber.sip_speakers_for`).
 
 A wrong slug or secret is 403 without saying which; listens disabled is 404.
 """
@@ -29,7 +31,7 @@ from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
 from sipserver.gateway.twilio import decode_payload, secret_matches, signed
 from sipserver.listens.monitor import CallSummary, ListensHub
-from sipserver.listens.transcriber import ListenedCall, speakers_for
+from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speakers_for
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.session import CallInfo, frame_bytes
@@ -68,7 +70,9 @@ def is_listens_number(config: Config, agent: Agent, number: str) -> bool:
 class ListenSession:
     """A receive-only SIP call to a listens number (a :class:`CallSession`).
 
-    Caller audio is transcribed as the ``caller`` track; :meth:`next_frame` is always silence.
+    The call's audio is transcribed as the one track ``listens.channel`` names
+    (:func:`~sipserver.listens.transcriber.sip_speakers_for`); :meth:`next_frame` is always
+    silence.
 
     Args:
         fork: The listens service (hub, parts, metrics).
@@ -84,6 +88,8 @@ class ListenSession:
         self._parts = parts
         self._call: ListenedCall | None = None
         self._silence = b""
+        self._speakers = sip_speakers_for(agent.listens.channel)
+        self._track = next(iter(self._speakers))
 
     def on_start(self, info: CallInfo) -> None:
         """Open the monitored call."""
@@ -93,20 +99,18 @@ class ListenSession:
             agent=self._agent.slug,
             number=called_number(info.called),
             caller=called_number(info.caller),
-            channel="inbound",
+            channel=self._agent.listens.channel,
             transport="sip",
             started_at=time.time(),
         )
-        self._call = self._fork.open_call(
-            summary, self._parts, {"inbound": "caller"}, info.sample_rate
-        )
+        self._call = self._fork.open_call(summary, self._parts, self._speakers, info.sample_rate)
         if self._call is None:
             self.hangup_requested = "too many monitored calls"
 
     def on_audio(self, frame: bytes) -> None:
-        """Caller audio: transcribed."""
+        """The call's audio: transcribed as the channel's track."""
         if self._call is not None:
-            self._call.push("inbound", frame)
+            self._call.push(self._track, frame)
 
     def on_dtmf(self, digit: str) -> None:
         """Ignored: the session only listens."""

@@ -4,9 +4,10 @@
 push each track's 20 ms PCM into it (:meth:`ListenedCall.push`). Every transcribed track has its
 own VAD stream (on the agent model's shared :class:`~sipserver.pipeline.vad.VadBatcher`); each
 finished utterance is queued, in the order the utterances ended, for the model's shared STT. A
-transcript line is published labelled ``caller`` (Twilio's ``inbound`` track) or ``agent``
-(``outbound``), and after a caller line the :class:`~.suggestions.SuggestionEngine` may publish
-a suggestion. Everything is bounded: at most ``max_pending`` utterances wait for the STT (the
+transcript line is published labelled ``caller`` (Twilio's ``inbound`` track), ``agent``
+(``outbound``) or ``mixed`` (a SIP stream of both parties, see :func:`sip_speakers_for`), and
+after a caller or mixed line the :class:`~.suggestions.SuggestionEngine` may publish a
+suggestion. Everything is bounded: at most ``max_pending`` utterances wait for the STT (the
 oldest are dropped and counted) and the monitored call keeps a bounded history.
 """
 
@@ -27,7 +28,7 @@ from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.vad import SpeechEnded, VadStream
 from sipserver.tasks import cancel_and_wait
 
-__all__ = ["SPEAKERS", "ListenedCall", "speakers_for"]
+__all__ = ["SPEAKERS", "SUGGESTING_SPEAKERS", "ListenedCall", "sip_speakers_for", "speakers_for"]
 
 log = get_logger(__name__)
 
@@ -39,12 +40,34 @@ _TRACKS_OF_CHANNEL: Final = {
     "outbound": ("outbound",),
     "both_tracks": ("inbound", "outbound"),
 }
+_SIP_TRACK_OF_CHANNEL: Final = {
+    "inbound": ("inbound", "caller"),
+    "outbound": ("outbound", "agent"),
+    "both_tracks": ("mixed", "mixed"),
+}
+SUGGESTING_SPEAKERS: Final = frozenset({"caller", "mixed"})
+"""Speakers whose lines are followed by a suggestion: the caller, and a stream of both parties
+mixed (the caller's words are in it; so are the agent's, which may then trigger suggestions)."""
 _DRAIN_TIMEOUT: Final = 20.0
 
 
 def speakers_for(channel: str) -> dict[str, str]:
-    """The tracks transcribed for a ``listens.channel`` and their speaker labels."""
+    """The tracks of a Twilio fork transcribed for a ``listens.channel``, and their labels."""
     return {track: SPEAKERS[track] for track in _TRACKS_OF_CHANNEL[channel]}
+
+
+def sip_speakers_for(channel: str) -> dict[str, str]:
+    """The one track of a SIP listens call for a ``listens.channel``, and its label.
+
+    A SIP listens call carries a single RTP stream, so the channel says whose audio it is: the
+    caller's (``inbound``: labelled ``caller``, with suggestions), the human agent's
+    (``outbound``: ``agent``, transcripts only) or both parties mixed by the PBX
+    (``both_tracks``: ``mixed``, as Asterisk's ChanSpy and FreeSWITCH's eavesdrop send by
+    default; speakers cannot be told apart, every line may bring a suggestion). A stereo
+    stream or a fork split over two calls (SIPREC, RFC 7866) is not supported.
+    """
+    track, speaker = _SIP_TRACK_OF_CHANNEL[channel]
+    return {track: speaker}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +137,11 @@ class ListenedCall:
     def tracks(self) -> tuple[str, ...]:
         """The tracks transcribed."""
         return tuple(self._tracks)
+
+    @property
+    def speakers(self) -> dict[str, str]:
+        """The label of each transcribed track."""
+        return {track: state.speaker for track, state in self._tracks.items()}
 
     def push(self, track: str, pcm: bytes) -> None:
         """Audio of ``track`` (s16le mono at ``input_rate``); other tracks are ignored."""
@@ -190,7 +218,7 @@ class ListenedCall:
             speaker=utterance.speaker,
             text=text,
         )
-        if utterance.speaker != "caller":
+        if utterance.speaker not in SUGGESTING_SPEAKERS:
             return
 
         def delta(piece: str) -> None:

@@ -228,15 +228,24 @@ class KnowledgeBase:
     Args:
         passages: The passages to index (see :func:`split_passages`); may be empty.
         unmatched: Patterns that matched no file (kept for the caller to report).
+        unreadable: Files matched but left out, with the reason (kept for the caller to report).
     """
 
-    __slots__ = ("_index", "_lead", "_unit", "passages", "unmatched")
+    __slots__ = ("_index", "_lead", "_unit", "passages", "unmatched", "unreadable")
 
-    def __init__(self, passages: Sequence[Passage], *, unmatched: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        *,
+        unmatched: Sequence[str] = (),
+        unreadable: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.passages: tuple[Passage, ...] = tuple(passages)
         """Every passage, in document order."""
         self.unmatched: tuple[str, ...] = tuple(unmatched)
         """Patterns given to :meth:`from_globs` that matched no file."""
+        self.unreadable: tuple[tuple[str, str], ...] = tuple(unreadable)
+        """``(file, reason)`` of matched files that could not be read as UTF-8 text."""
         corpus = [tokenize(f"{p.title} {p.text}") for p in self.passages]
         # BM25Okapi divides by the corpus size: an empty knowledge base has no index.
         self._index = _Bm25(corpus) if corpus else None
@@ -262,11 +271,8 @@ class KnowledgeBase:
 
         Returns:
             The knowledge base; files are read in sorted order, each once. Patterns that match
-            nothing are listed in :attr:`unmatched`.
-
-        Raises:
-            OSError: A matched file cannot be read.
-            UnicodeDecodeError: A matched file is not UTF-8 text.
+            nothing are listed in :attr:`unmatched`; files that cannot be read or are not UTF-8
+            text (a PDF matched by ``docs/**``) are left out and listed in :attr:`unreadable`.
         """
         base = pathlib.Path(base_dir) if base_dir is not None else pathlib.Path.cwd()
         files: dict[pathlib.Path, None] = {}
@@ -284,9 +290,18 @@ class KnowledgeBase:
                 unmatched.append(pattern)
             files.update(dict.fromkeys(path.resolve() for path in matches))
         passages: list[Passage] = []
+        unreadable: list[tuple[str, str]] = []
         for path in files:
-            passages.extend(split_passages(path.read_text(encoding="utf-8"), str(path)))
-        return cls(passages, unmatched=unmatched)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                unreadable.append((str(path), f"not UTF-8 text (byte {exc.start})"))
+                continue
+            except OSError as exc:
+                unreadable.append((str(path), exc.strerror or str(exc)))
+                continue
+            passages.extend(split_passages(text, str(path)))
+        return cls(passages, unmatched=unmatched, unreadable=unreadable)
 
     @classmethod
     def from_texts(cls, documents: Mapping[str, str]) -> KnowledgeBase:

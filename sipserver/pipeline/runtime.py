@@ -29,7 +29,7 @@ from sipserver.config import (
     LiveKitInferenceModel,
     TurnDetectionSettings,
     VadSettings,
-    embedded_config_path,
+    config_dir,
 )
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.clock import Clock, MonotonicClock
@@ -127,10 +127,32 @@ def _parts(
     )
 
 
-def _knowledge_for(agent: Agent, base_dir: Path) -> KnowledgeBase:
+def _knowledge_for(index: int, agent: Agent, base_dir: Path) -> KnowledgeBase:
     kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
     for pattern in kb.unmatched:
-        log.warning("knowledge_base_pattern_matched_nothing", agent=agent.slug, pattern=pattern)
+        j = agent.knowledge_base.index(pattern)
+        log.warning(
+            "knowledge_base_pattern_matched_nothing",
+            key=f"agents[{index}].knowledge_base[{j}]",
+            agent=agent.slug,
+            pattern=pattern,
+            looked_for=str(base_dir / Path(pattern).expanduser()),
+        )
+    for path, reason in kb.unreadable:
+        log.warning(
+            "knowledge_base_file_skipped",
+            key=f"agents[{index}].knowledge_base",
+            agent=agent.slug,
+            file=path,
+            reason=reason,
+        )
+    if agent.knowledge_base and not kb.passages:
+        log.warning(
+            "knowledge_base_empty",
+            key=f"agents[{index}].knowledge_base",
+            agent=agent.slug,
+            reason="no file matched or the files hold no text: the agent answers from nothing",
+        )
     log.info("knowledge_base_loaded", agent=agent.slug, passages=len(kb.passages))
     return kb
 
@@ -188,7 +210,7 @@ class VoiceRuntime:
         self._llms: dict[str, LanguageModel] = {}
         self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         self._config = config
-        self._base_dir = Path(config_path or embedded_config_path()).resolve().parent
+        self._base_dir = config_dir(config_path)
         self._build(config)
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -197,7 +219,7 @@ class VoiceRuntime:
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
         listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
-        for agent in config.agents:
+        for index, agent in enumerate(config.agents):
             if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
                 continue
             name = agent.realtime.model
@@ -211,7 +233,7 @@ class VoiceRuntime:
                 else:
                     models[name] = _parts(name, spec, config.credentials)
             parts = models[name]
-            kb = _knowledge_for(agent, self._base_dir)
+            kb = _knowledge_for(index, agent, self._base_dir)
             llm = _llm_for(name, parts, config, kb) if agent.realtime.enabled else None
             if llm is not None:
                 llms[agent.slug] = llm

@@ -33,7 +33,6 @@ from .model_cache import ModelCache
 from .providers.base import ProviderError, TurnDetector
 
 __all__ = [
-    "LiveKitTurnDetector",
     "SmartTurnDetector",
     "smart_turn_model_path",
     "turn_detector_for",
@@ -185,82 +184,25 @@ class SmartTurnDetector:
         return float(np.clip(np.asarray(output).reshape(-1)[0], 0.0, 1.0))
 
 
-class LiveKitTurnDetector:
-    """LiveKit's text end-of-utterance models, when the operator installs ``sipserver[livekit]``.
-
-    These models are licensed for use inside the LiveKit Agents framework and download their
-    weights at run time; they judge the transcript, not the audio. This adapter is a thin bridge
-    and is not exercised by sipserver's tests (livekit is not a dependency).
-
-    Args:
-        multilingual: the multilingual model, else the English one.
-        threshold: fixed threshold; None asks the model for its per-language one (0.5 otherwise).
-
-    Raises:
-        ProviderError: ``livekit-plugins-turn-detector`` is not installed.
-    """
-
-    sample_rate = _SAMPLE_RATE
-
-    def __init__(self, *, multilingual: bool, threshold: float | None = None) -> None:
-        if not _livekit_available():
-            raise ProviderError(
-                "turn_detection.model livekit_* needs LiveKit's turn detector: install the "
-                "optional extra sipserver[livekit] (livekit-agents, livekit-plugins-turn-detector)"
-            )
-        import importlib
-
-        module = importlib.import_module(
-            "livekit.plugins.turn_detector." + ("multilingual" if multilingual else "english")
-        )
-        model_class = module.MultilingualModel if multilingual else module.EnglishModel
-        self._model: Any = model_class()
-        self._fixed_threshold = threshold
-        self._language: str | None = None
-        self.name = "livekit-" + ("multilingual" if multilingual else "english")
-
-    @property
-    def threshold(self) -> float:
-        """The fixed threshold, else the model's for the last language seen, else 0.5."""
-        if self._fixed_threshold is not None:
-            return self._fixed_threshold
-        value = self._model.unlikely_threshold(self._language)
-        return float(value) if value is not None else 0.5
-
-    async def end_of_turn_probability(
-        self, pcm: bytes, *, transcript: str = "", language: str | None = None
-    ) -> float:
-        """Probability from the transcript (``pcm`` is unused: the model reads text)."""
-        import importlib
-
-        self._language = language
-        llm: Any = importlib.import_module("livekit.agents.llm")
-        context = llm.ChatContext.empty()
-        context.add_message(role="user", content=transcript)
-        return float(await self._model.predict_end_of_turn(context))
-
-
-def _livekit_available() -> bool:
-    try:
-        return importlib.util.find_spec("livekit.plugins.turn_detector") is not None
-    except (ImportError, ValueError):  # parent package ``livekit`` missing
-        return False
-
-
 def turn_detector_for(model_name: str, *, threshold: float | None = None) -> TurnDetector | None:
     """The turn detector of a ``turn_detection.model`` setting.
+
+    LiveKit's turn detectors (``livekit_multilingual``/``livekit_english``) are not offered:
+    they run only inside a LiveKit Agents job (their model takes the job's inference process,
+    downloads its weights at run time and is licensed for LiveKit Agents only), so the
+    configuration refuses them (:func:`sipserver._config_rules.check_turn_model`).
 
     Args:
         model_name: ``multilingual`` or ``english`` (Smart Turn v3.2, multilingual, so both use
             it), ``vad`` (silence only) or ``stt`` (the STT's native verdict, handled by the
-            session), ``livekit_multilingual`` or ``livekit_english``.
+            session).
         threshold: override of the detector's default threshold.
 
     Returns:
         A detector, or None when the setting needs no model (``vad``, ``stt``).
 
     Raises:
-        ProviderError: an unknown name, or a LiveKit model without LiveKit installed.
+        ProviderError: an unknown name.
     """
     if model_name in ("multilingual", "english"):
         if threshold is None:
@@ -268,11 +210,7 @@ def turn_detector_for(model_name: str, *, threshold: float | None = None) -> Tur
         return SmartTurnDetector(threshold=threshold)
     if model_name in ("vad", "stt"):
         return None
-    if model_name in ("livekit_multilingual", "livekit_english"):
-        return LiveKitTurnDetector(
-            multilingual=model_name == "livekit_multilingual", threshold=threshold
-        )
     raise ProviderError(
         f"turn_detection.model: unknown {model_name!r}; choose one of multilingual, english, "
-        "vad, stt, livekit_multilingual, livekit_english"
+        "vad, stt"
     )

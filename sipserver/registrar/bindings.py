@@ -24,6 +24,7 @@ on the writer thread).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
@@ -300,6 +301,7 @@ class SqliteStore(MemoryStore):
         self._closed = False
         if os.fspath(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _make_private(Path(path))
         conn = sqlite3.connect(path, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -443,6 +445,16 @@ def _binding_from_row(row: _Row) -> Binding:
         user_agent=row[11],
         instance=row[12],
     )
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (its ``-wal`` and ``-shm`` files take
+    the database's mode), and tighten the files of an older, world-readable database: they
+    hold every registered PBX's contact and source address."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.chmod(file, 0o600)
 
 
 def open_store(kind: str, path: str | None) -> BindingStore:

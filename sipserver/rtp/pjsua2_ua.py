@@ -20,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pjsua2 as pj  # type: ignore[import-untyped]
+import structlog
 
+from sipserver.observability import get_logger
 from sipserver.rtp.bridge import (
     BridgeCounters,
     CallAudioPort,
@@ -37,6 +39,7 @@ from sipserver.rtp.framelink import (
 
 __all__ = [
     "SESSION_TIMER_USE",
+    "PjsipLogWriter",
     "PjsuaThread",
     "StartedInfo",
     "WorkerCall",
@@ -44,6 +47,8 @@ __all__ = [
     "WorkerSink",
     "describe_error",
 ]
+
+log = get_logger(__name__)
 
 POLL_MS = 10
 """``libHandleEvents`` timeout of the pjsua thread: upper bound on command latency."""
@@ -97,8 +102,9 @@ class WorkerOptions:
     rtp_timeout: float = 60.0
     """Hang up a call (BYE, reason ``rtp-timeout``) after this many seconds without an RTP
     packet from the caller, except while the caller holds the call; 0 disables."""
-    log_level: int = 1
-    """pjsua log level (0-6) written to stderr."""
+    log_level: int = 2
+    """pjsip log level (0-6: fatal, error, warning, info, debug...); its lines become
+    structlog ``pjsip`` events (:class:`PjsipLogWriter`)."""
     session_timers: str = "optional"
     """RFC 4028 session timers: ``optional``, ``always`` or ``off`` (:data:`SESSION_TIMER_USE`)."""
     session_expires: int = 1800
@@ -227,7 +233,7 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
                 self.owner.call_disconnected(self, ci.lastReason, int(ci.lastStatusCode))
         except Exception as exc:  # a director callback must never raise into pjsua
-            self.owner.log(f"onCallState: {exc!r}")
+            self.owner.callback_failed("onCallState", exc)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         """Media up, or changed by a re-INVITE/UPDATE (refresh, hold, codec change).
@@ -250,10 +256,8 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
                     else:
                         self.owner.media_changed(self, int(mi.index))
                     return
-        except pj.Error as exc:
-            self.owner.log(f"onCallMediaState: {exc.info()}")
         except Exception as exc:
-            self.owner.log(f"onCallMediaState: {exc!r}")
+            self.owner.callback_failed("onCallMediaState", exc)
 
     def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:
         """RFC 4733 telephone-event: reported once, at the end of the event (with its duration)."""
@@ -261,7 +265,7 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             if prm.method == pj.PJSUA_DTMF_METHOD_RFC2833 and prm.flags & DTMF_IS_END:
                 self.owner.dtmf(self, str(prm.digit), int(prm.duration), "rfc4733")
         except Exception as exc:
-            self.owner.log(f"onDtmfEvent: {exc!r}")
+            self.owner.callback_failed("onDtmfEvent", exc)
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         """SIP INFO ``application/dtmf-relay`` (parsed and answered 200 by pjsua)."""
@@ -269,7 +273,7 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO:
                 self.owner.dtmf(self, str(prm.digit), int(prm.duration), "info")
         except Exception as exc:
-            self.owner.log(f"onDtmfDigit: {exc!r}")
+            self.owner.callback_failed("onDtmfDigit", exc)
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         """SIP INFO ``application/dtmf`` (a bare digit): pjsua neither parses nor answers it."""
@@ -302,7 +306,7 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             if found is not None:
                 self.owner.dtmf(self, found[0], found[1], "info")
         except Exception as exc:
-            self.owner.log(f"onCallTsxState: {exc!r}")
+            self.owner.callback_failed("onCallTsxState", exc)
 
 
 class WorkerAccount(pj.Account):  # type: ignore[misc]
@@ -315,10 +319,34 @@ class WorkerAccount(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         try:
             self.owner.incoming_call(self, int(prm.callId), str(prm.rdata.wholeMsg))
-        except pj.Error as exc:
-            self.owner.log(f"onIncomingCall: {exc.info()}")
         except Exception as exc:
-            self.owner.log(f"onIncomingCall: {exc!r}")
+            self.owner.callback_failed("onIncomingCall", exc)
+
+
+def _pjsip_level(level: int) -> str:
+    """A pjsip log level (0 fatal, 1 error, 2 warning, 3 info, 4+ debug) as a structlog one."""
+    return ("error", "error", "warning", "info")[level] if 0 <= level <= 3 else "debug"
+
+
+class PjsipLogWriter(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's own log lines as structlog events (``pjsip``, with its ``sender`` file), so they
+    share the process's format: one JSON object per line in a JSON log, never plain text.
+
+    Called from any pjlib thread (the media clock's too); it only formats and writes.
+    """
+
+    def __init__(self, bound: structlog.typing.FilteringBoundLogger) -> None:
+        super().__init__()
+        self._log = bound
+
+    def write(self, entry: pj.LogEntry) -> None:
+        try:
+            sender, _, text = str(entry.msg).strip().partition(" ")
+            level = int(entry.level)
+            method = getattr(self._log, _pjsip_level(level))
+            method("pjsip", sender=sender, message=text.strip(), pjsip_level=level)
+        except Exception:  # a director callback must never raise into pjlib
+            return
 
 
 class WorkerEndpoint(pj.Endpoint):  # type: ignore[misc]
@@ -369,6 +397,9 @@ class PjsuaThread(threading.Thread):
         self._ports: PortPool | None = None
         self._numbers = itertools.count(1)
         self._answer_at: dict[int, float] = {}  # call number -> when to send its 200
+        self.log = log.bind(worker=options.worker_id)
+        """Structured events of this worker (JSON lines in a JSON log)."""
+        self._log_writer = PjsipLogWriter(self.log)  # pjsua2 keeps only a pointer to it
 
     # -- called from the loop thread --------------------------------------------------------------
 
@@ -382,8 +413,9 @@ class PjsuaThread(threading.Thread):
 
     # -- pjsua thread ------------------------------------------------------------------------
 
-    def log(self, text: str) -> None:
-        print(f"pjsua2-worker {self.options.worker_id}: {text}", file=sys.stderr, flush=True)
+    def callback_failed(self, callback: str, exc: BaseException) -> None:
+        """Log an exception a pjsua2 callback caught (it must never raise into pjsua)."""
+        self.log.error("pjsua_callback_failed", callback=callback, error=describe_error(exc))
 
     def _notify(self, fn: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
@@ -413,7 +445,7 @@ class PjsuaThread(threading.Thread):
                     next_check = now + 1.0
                     self._check_rtp(now)
         except Exception as exc:
-            self.log(f"poll loop failed: {describe_error(exc)}")
+            self.log.error("pjsua_poll_failed", error=describe_error(exc))
         finally:
             try:
                 self._shutdown()
@@ -429,12 +461,14 @@ class PjsuaThread(threading.Thread):
             try:
                 command()
             except Exception as exc:
-                self.log(f"command failed: {describe_error(exc)}")
+                self.log.error("pjsua_command_failed", error=describe_error(exc))
 
     def _start(self) -> None:
         opts = self.options
         ep = WorkerEndpoint(self)
         self._ep = ep
+        # Until libInit hands pjsip's log to the writer, pjlib prints it (level 5) on stdout.
+        _native().pj_log_set_level(0)
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -445,6 +479,8 @@ class PjsuaThread(threading.Thread):
         cfg.uaConfig.userAgent = f"sipserver-pjsua2-worker/{opts.worker_id}"
         cfg.logConfig.level = opts.log_level
         cfg.logConfig.consoleLevel = opts.log_level
+        cfg.logConfig.decor = pj.PJ_LOG_HAS_SENDER
+        cfg.logConfig.writer = self._log_writer
         cfg.medConfig.clockRate = opts.sample_rate
         cfg.medConfig.sndClockRate = opts.sample_rate
         cfg.medConfig.audioFramePtime = 20
@@ -513,7 +549,7 @@ class PjsuaThread(threading.Thread):
             try:
                 call.answer(op)
             except pj.Error as exc:
-                self.log(f"call {number}: answer failed: {exc.info()}")
+                self.log.error("worker_answer_failed", call=number, error=exc.info())
 
     def media_active(self, call: WorkerCall, ci: pj.CallInfo, med_idx: int) -> None:
         opts = self.options
@@ -557,7 +593,9 @@ class PjsuaThread(threading.Thread):
                 call.rx_packets = packets
                 call.rx_at = now
             elif now - call.rx_at > timeout:
-                self.log(f"call {call.number}: no RTP for {now - call.rx_at:.1f} s, hanging up")
+                self.log.info(
+                    "worker_rtp_timeout", call=call.number, silent_for=round(now - call.rx_at, 1)
+                )
                 call.end_reason = "rtp-timeout"
                 call.hangup(pj.CallOpParam())
 

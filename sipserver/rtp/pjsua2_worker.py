@@ -39,6 +39,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
+from sipserver.observability import configure_logging
 from sipserver.rtp.bridge import (
     BridgeCounters,
     OutboundFrames,
@@ -252,7 +253,9 @@ class Pjsua2Worker:
         pj_thread.start()
         await loop.run_in_executor(None, pj_thread.ready.wait)
         if pj_thread.startup_error is not None:
-            pj_thread.log(f"pjsua2 failed to start: {describe_error(pj_thread.startup_error)}")
+            pj_thread.log.error(
+                "worker_start_failed", error=describe_error(pj_thread.startup_error)
+            )
             return 2
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -260,7 +263,7 @@ class Pjsua2Worker:
         try:
             link = await open_link(self.options.link)
         except OSError as exc:
-            pj_thread.log(f"cannot connect the frame link {self.options.link}: {exc}")
+            pj_thread.log.error("worker_link_failed", link=self.options.link, error=str(exc))
             await self._stop_pjsua()
             return 1
         self._link = link
@@ -275,9 +278,10 @@ class Pjsua2Worker:
                 sample_rate=self.options.sample_rate,
             )
         )
-        pj_thread.log(
-            f"ready: sip {self.options.sip_host}:{pj_thread.sip_port}, "
-            f"capacity {pj_thread.capacity}"
+        pj_thread.log.info(
+            "worker_ready",
+            sip=f"{self.options.sip_host}:{pj_thread.sip_port}",
+            capacity=pj_thread.capacity,
         )
         reader = asyncio.create_task(self._read_link(link))
         stats = asyncio.create_task(self._stats_loop())
@@ -287,10 +291,10 @@ class Pjsua2Worker:
             if stopper in done:
                 status = 1 if self._pjsua_died else 0
             else:
-                pj_thread.log("frame link closed by main: hanging up")
+                pj_thread.log.warning("worker_link_closed", action="hanging up")
                 error = reader.exception()
                 if error is not None:
-                    pj_thread.log(f"frame link error: {error!r}")
+                    pj_thread.log.error("worker_link_error", error=repr(error))
         finally:
             await self._stop_pjsua()
             self._flush()
@@ -328,7 +332,20 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     p.add_argument(
         "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
     )
-    p.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="log rendering, as for sipserver run (the pool passes the main process's)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--pjsip-log-level",
+        type=int,
+        choices=range(7),
+        default=None,
+        help="pjsip's own log level 0-6 (default 2, warnings; 4 with --log-level debug)",
+    )
     p.add_argument("--session-timers", default="optional", choices=tuple(SESSION_TIMER_USE))
     p.add_argument("--session-expires", type=int, default=1800, help="RFC 4028 interval, s")
     p.add_argument("--min-se", type=int, default=90, help="RFC 4028 Min-SE, s (>= 90)")
@@ -345,7 +362,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         sample_rate=a.sample_rate,
         stats_interval=a.stats_interval,
         rtp_timeout=a.rtp_timeout,
-        log_level=a.log_level,
+        log_level=(4 if a.log_level == "debug" else 2)
+        if a.pjsip_log_level is None
+        else a.pjsip_log_level,
         session_timers=a.session_timers,
         session_expires=a.session_expires,
         min_se=a.min_se,
@@ -356,7 +375,16 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
 def main(argv: list[str] | None = None) -> int:
     """Process entry: run the worker, return its exit status."""
     options = parse_args(argv)
+    args = _log_args(argv)
+    configure_logging(args.log_format, args.log_level)
     return asyncio.run(Pjsua2Worker(options).run())
+
+
+def _log_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-format", default="auto")
+    p.add_argument("--log-level", default="info")
+    return p.parse_known_args(argv)[0]
 
 
 if __name__ == "__main__":

@@ -257,6 +257,7 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
 
     config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
     copilot = config["agents"][-1]
+    copilot["listens"]["channel"] = "inbound"  # the PBX sends the caller's side
     copilot["sip"] = {
         "enabled": True,
         "numbers": ["+15005550198"],

@@ -24,11 +24,12 @@ from tests.integration.media_stream_client import MediaStreamClient
 pytestmark = pytest.mark.integration
 
 SECRET = "echo-ws-secret-0123456789"
+FENCED_SECRET = "fenced-ws-secret-0123456789"
 
 
 def _echo_ws(config: dict[str, Any]) -> None:
     config["agents"][0]["websocket"] = {"enabled": True, "secret": SECRET}
-    config["agents"][1]["websocket"] = {"enabled": False, "secret": SECRET}
+    config["agents"][1]["websocket"] = {"enabled": False, "secret": FENCED_SECRET}
     config["server"]["media_streams"] = {"stall_timeout": 1.5, "max_message_bytes": 8192}
     config["server"]["demo_page"] = True
 
@@ -100,7 +101,7 @@ async def test_403_and_404_say_nothing_about_the_agent(echo_server: ServerProces
         for path, status in (
             (f"/ws/alice/{SECRET}-wrong", 403),
             (f"/ws/nobody/{SECRET}", 403),
-            (f"/ws/fenced/{SECRET}", 404),
+            (f"/ws/fenced/{FENCED_SECRET}", 404),
             ("/demo/nobody", 404),
         ):
             async with http.get(echo_server.http_url + path) as resp:

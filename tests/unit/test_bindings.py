@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -412,3 +414,26 @@ def test_open_store(tmp_path: Path) -> None:
 def test_open_store_rejects(kind: str, path: str | None) -> None:
     with pytest.raises(ValueError, match="store"):
         open_store(kind, path)
+
+
+def test_sqlite_files_are_private_even_under_a_lax_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "new.db"
+        store = SqliteStore(db)
+        store.replace(AOR_A, [make()])
+        store.write_changes(store.take_changes())
+        files = [db, *(p for p in (tmp_path / "new.db-wal", tmp_path / "new.db-shm") if p.exists())]
+        assert len(files) == 3  # WAL mode: both side files exist while the store is open
+        assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
+            p.name: "0o600" for p in files
+        }
+        store.close()
+        # A database an older version left world-readable is tightened when it is opened.
+        old_db = tmp_path / "old.db"
+        sqlite3.connect(old_db).close()
+        old_db.chmod(0o644)
+        SqliteStore(old_db).close()
+        assert stat.S_IMODE(old_db.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

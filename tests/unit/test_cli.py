@@ -177,3 +177,58 @@ def test_run_refuses_a_model_it_cannot_build(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot start: models.m.llm: needs a credential with api_key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+NUMERIC_PASSWORD_YAML = """
+agents:
+  - slug: a
+    sip:
+      enabled: true
+      username: a
+      password: 918273645501
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("check-config", "{}"), ("run", "-c", "{}", "--log-format", "json"), ("reload", "-c", "{}")],
+)
+def test_an_unquoted_numeric_password_is_refused_and_never_printed(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    path = tmp_path / "numeric.yaml"
+    path.write_text(NUMERIC_PASSWORD_YAML)
+    result = run_cli(*(arg.format(path) for arg in args))
+    assert result.returncode in (1, 2)
+    assert "agents[0].sip.password: must be a string" in result.stderr
+    assert "put it in quotes" in result.stderr
+    assert "918273645501" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("model", ["livekit_multilingual", "livekit_english"])
+def test_check_config_refuses_livekit_turn_models_before_run_would_crash(
+    tmp_path: Path, model: str
+) -> None:
+    path = tmp_path / "turn.yaml"
+    path.write_text(
+        f"models: {{m: {{type: custom, turn_detection: {{model: {model}}}}}}}\n"
+        "agents: [{slug: a, realtime: {enabled: true, model: m}}]\n"
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert "models.m.turn_detection.model:" in result.stderr
+    assert "runs only inside a LiveKit Agents job" in result.stderr
+
+
+def test_check_config_warns_about_a_knowledge_base_left_behind(tmp_path: Path) -> None:
+    from sipserver.config import embedded_config_path
+
+    copy = tmp_path / "sipserver.yaml"
+    copy.write_text(embedded_config_path().read_text())
+    result = run_cli("check-config", str(copy))
+    assert result.returncode == 0, result.stderr  # a warning, not an error
+    assert "OK" in result.stdout and "1 warning(s)" in result.stdout
+    assert (
+        f"warning: agents[0].knowledge_base[0]: 'kb/demo/*.md' matches no file (looked for "
+        f"{tmp_path / 'kb/demo/*.md'}"
+    ) in result.stderr

@@ -24,7 +24,9 @@ from sipserver.config import (
     CustomModel,
     LiveKitInferenceModel,
     ProviderSpec,
+    config_dir,
     embedded_config_path,
+    knowledge_base_warnings,
     load_config,
     normalize_number,
     parse_config,
@@ -68,7 +70,7 @@ def base() -> dict[str, Any]:
                     "enabled": True,
                     "numbers": ["+14155550100"],
                     "username": "support",
-                    "password": "pw-support",
+                    "password": "pw-support-0001",
                 },
                 "websocket": {"enabled": True, "secret": SECRET},
             },
@@ -78,7 +80,7 @@ def base() -> dict[str, Any]:
                     "enabled": True,
                     "numbers": ["200"],
                     "username": "sales",
-                    "password": "pw-sales",
+                    "password": "pw-sales-00001",
                 },
             },
         ],
@@ -144,6 +146,30 @@ def test_embedded_default_loads_with_no_environment() -> None:
         ["admin", "workspace_admin", "supervisor", "agent", "viewer"]
     )
     assert config.agent_by_number(demo.sip.numbers[0]) is demo
+
+
+def test_knowledge_base_patterns_are_taken_from_the_config_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedded = load_config(None, env={})
+    assert knowledge_base_warnings(embedded, config_dir(None)) == []
+    # A copy of the embedded config without its kb/ directory: a loud warning naming the key.
+    copy_path = tmp_path / "sipserver.yaml"
+    copy_path.write_text(embedded_config_path().read_text())
+    monkeypatch.chdir(REPO)  # the working directory has a kb/demo: it must not be used
+    assert config_dir(copy_path) == tmp_path
+    assert knowledge_base_warnings(load_config(copy_path, env={}), config_dir(copy_path)) == [
+        f"agents[0].knowledge_base[0]: 'kb/demo/*.md' matches no file (looked for"
+        f" {tmp_path / 'kb/demo/*.md'}, relative to the config); the agent answers without"
+        " these documents"
+    ]
+    # With its documents beside it, the copy works wherever it is started from.
+    (tmp_path / "kb" / "demo").mkdir(parents=True)
+    (tmp_path / "kb" / "demo" / "faq.md").write_text("# FAQ\nOpen 9 to 5.\n")
+    assert knowledge_base_warnings(load_config(copy_path, env={}), config_dir(copy_path)) == []
+    absolute = with_(base(), "agents.1.knowledge_base", [str(tmp_path / "nothing" / "*.md")])
+    (warning,) = knowledge_base_warnings(parse(absolute), tmp_path)
+    assert warning.startswith("agents[1].knowledge_base[0]: ") and "relative" not in warning
 
 
 def test_embedded_default_listens_on_loopback_only() -> None:
@@ -324,7 +350,7 @@ def test_config_is_frozen_and_hides_secrets_in_repr() -> None:
     with pytest.raises(ValidationError):
         config.agents[0].sip.enabled = False  # type: ignore[misc]
     text = repr(config)
-    assert "pw-support" not in text and SECRET not in text and "scrypt$abc" not in text
+    assert "pw-support-0001" not in text and SECRET not in text and "scrypt$abc" not in text
 
 
 # --- realtime and models -----------------------------------------------------------------------
@@ -500,6 +526,47 @@ def test_turn_detection_model_choices() -> None:
     assert_error(doc, "models.voice.turn_detection.model", "must be 'vad', 'stt'")
 
 
+@pytest.mark.parametrize(
+    ("value", "instead"),
+    [("livekit_multilingual", "'multilingual'"), ("livekit_english", "'english'")],
+)
+@pytest.mark.parametrize("model", ["voice", "gateway"])
+def test_livekit_turn_models_are_refused_with_the_reason(
+    model: str, value: str, instead: str
+) -> None:
+    # They passed check-config and then `sipserver run` died: "no job context found".
+    doc = with_(base(), f"models.{model}.turn_detection", {"model": value})
+    errors = assert_error(
+        doc, f"models.{model}.turn_detection.model", "runs only inside a LiveKit Agents job"
+    )
+    assert f"use {instead} (Smart Turn v3.2, offline)" in "\n".join(errors)
+
+
+def test_relative_sound_files_are_taken_from_the_config_directory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sounds").mkdir()
+    (tmp_path / "sounds" / "beep.wav").write_bytes(b"RIFF")
+    doc = with_(base(), "models.voice.audio_feedback", {"thinking_sound": "sounds/beep.wav"})
+    cfg = tmp_path / "sipserver.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory has no sounds/
+    model = load_config(cfg, env={}).models["voice"]
+    assert isinstance(model, CustomModel)
+    assert model.audio_feedback.thinking_sound == str(tmp_path / "sounds" / "beep.wav")
+    doc = with_(base(), "models.voice.audio_feedback", {"ambient_sound": "sounds/none.wav"})
+    cfg.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, env={})
+    assert (
+        "models.voice.audio_feedback.ambient_sound: 'sounds/none.wav' is neither a shipped sound"
+        in info.value.errors[0]
+    )
+    assert f"(looked for {tmp_path / 'sounds' / 'none.wav'})" in info.value.errors[0]
+
+
 # --- SIP ---------------------------------------------------------------------------------------
 
 
@@ -605,6 +672,69 @@ def test_invite_auth_ip_requires_allowed_ips() -> None:
     assert parse(doc).agents[1].sip.invite_auth == "ip"
 
 
+@pytest.mark.parametrize(
+    ("networks", "named"),
+    [
+        (["0.0.0.0/0"], "0.0.0.0/0"),
+        (["::/0"], "::/0"),
+        (["198.51.100.0/24", "0.0.0.0/1", "128.0.0.0/1"], "0.0.0.0/0"),  # split, same door
+    ],
+)
+def test_an_open_door_needs_allow_open(networks: list[str], named: str) -> None:
+    doc = with_(base(), "agents.1.sip.allowed_ips", networks)
+    doc["agents"][1]["sip"]["invite_auth"] = "ip"
+    errors = assert_error(doc, "agents[1].sip.allowed_ips", f"{named} with invite_auth: ip")
+    assert "anyone on the internet call this agent without a password" in "\n".join(errors)
+    assert "allow_open: true" in "\n".join(errors)
+    doc["agents"][1]["sip"]["allow_open"] = True
+    assert parse(doc).agents[1].sip.allow_open is True
+    doc["agents"][1]["sip"].update(allow_open=False, invite_auth="digest")  # a password still
+    assert parse(doc).agents[1].sip.allow_open is False
+
+
+def test_sip_password_at_least_12_characters() -> None:
+    doc = with_(base(), "agents.1.sip.password", "elevenchars")
+    errors = assert_error(doc, "agents[1].sip.password", "must be at least 12 characters, got 11")
+    assert "brute force" in "\n".join(errors)
+    assert "elevenchars" not in "\n".join(errors)
+    assert parse(with_(base(), "agents.1.sip.password", "twelve-chars")).agents[1].sip.password
+
+
+@pytest.mark.parametrize(
+    "yaml_value", ["123456789012", "012345670123", "1_234_567_890_123", "0x1234ABCD", "1234.5678"]
+)
+def test_unquoted_numeric_secrets_are_refused_and_never_shown(yaml_value: str) -> None:
+    text = f"""
+credentials:
+  openai:
+    api_key: {yaml_value}
+agents:
+  - slug: a
+    sip:
+      enabled: true
+      username: a
+      password: {yaml_value}
+    websocket:
+      twilio_auth_token: {yaml_value}
+      secret: {yaml_value}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={})
+    errors = info.value.errors
+    for path in (
+        "credentials.openai.api_key",
+        "agents[0].sip.password",
+        "agents[0].websocket.twilio_auth_token",
+        "agents[0].websocket.secret",
+    ):
+        assert any(e.startswith(f"{path}: must be a string") for e in errors), errors
+        assert any(e.startswith(path) and "put it in quotes" in e for e in errors), errors
+    shown = "\n".join(errors)
+    parsed = yaml.safe_load(f"v: {yaml_value}")["v"]
+    for digits in {yaml_value, str(parsed), repr(parsed)}:
+        assert digits not in shown, shown
+
+
 # --- websocket, slug ---------------------------------------------------------------------------
 
 
@@ -624,6 +754,23 @@ def test_websocket_enabled_requires_a_secret() -> None:
 def test_websocket_secret_goes_in_urls() -> None:
     doc = with_(base(), "agents.0.websocket.secret", "0123456789abcdef/x")
     assert_error(doc, "agents[0].websocket.secret", "must contain only A-Z a-z 0-9 - _ . ~")
+
+
+def test_websocket_secret_is_not_one_character_repeated() -> None:
+    doc = with_(base(), "agents.0.websocket.secret", "x" * 32)
+    errors = assert_error(doc, "agents[0].websocket.secret", "is one character repeated")
+    assert "x" * 16 not in "\n".join(errors)
+
+
+def test_websocket_secret_is_not_shared_by_two_agents() -> None:
+    doc = with_(base(), "agents.1.websocket", {"enabled": False, "secret": SECRET})
+    errors = assert_error(
+        doc, "agents[1].websocket.secret", "the same secret as agents[0].websocket.secret"
+    )
+    assert "one leaked URL would open both agents" in "\n".join(errors)
+    assert SECRET not in "\n".join(errors)
+    doc["agents"][1]["websocket"]["secret"] = SECRET[::-1]
+    parse(doc)
 
 
 @pytest.mark.parametrize("slug", ["Support", "-support", "sup port", "sup_port", ""])
@@ -712,6 +859,22 @@ def test_listens_channel_and_roles() -> None:
         "must be 'inbound', 'outbound' or 'both_tracks'",
     )
     assert_error(listens_doc(roles=["boss"]), "agents[0].listens.roles[0]", "must be 'admin'")
+
+
+def test_twilio_listens_requires_forward_to() -> None:
+    doc = listens_doc()
+    doc["agents"][0]["sip"]["enabled"] = False  # listens calls can only come from Twilio
+    errors = assert_error(
+        doc, "agents[0].listens.forward_to", "required when listens.enabled is true"
+    )
+    assert "only an agent with sip.enabled" in "\n".join(errors)
+    doc["agents"][0]["listens"]["forward_to"] = "sip:desk@pbx.example.com"
+    assert parse(doc).agents[0].listens.forward_to == "sip:desk@pbx.example.com"
+
+
+def test_sip_only_listens_may_omit_forward_to() -> None:
+    config = parse(listens_doc(channel="outbound"))  # agents[0] has sip.enabled
+    assert config.agents[0].listens.forward_to is None
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -981,9 +1144,11 @@ def test_env_expansion_everywhere_in_strings() -> None:
     doc = with_(base(), "agents.0.sip.password", "${PW}")
     doc["agents"][0]["instructions"] = "You work for ${COMPANY}, ${COMPANY} sells ${THING:-tea}."
     doc["server"] = {"http": "${HOST:-127.0.0.1}:${PORT}", "sip": {"nonce_ttl": "${TTL}"}}
-    config = parse(doc, env={"PW": "s3cret", "COMPANY": "ACME", "PORT": "9090", "TTL": "12.5"})
+    config = parse(
+        doc, env={"PW": "s3cret-s3cret", "COMPANY": "ACME", "PORT": "9090", "TTL": "12.5"}
+    )
     agent = config.agents[0]
-    assert agent.sip.password == "s3cret"
+    assert agent.sip.password == "s3cret-s3cret"
     assert agent.instructions == "You work for ACME, ACME sells tea."
     assert config.server.http_host_port == ("127.0.0.1", 9090)
     assert config.server.sip.nonce_ttl == 12.5
@@ -1071,6 +1236,8 @@ def test_all_cross_field_errors_are_reported_together() -> None:
         "agents[2].slug: 'support' is already used by agents[0].slug",
         "agents[2].sip.username: 'support' is already used by agents[0].sip.username",
         "agents[2].sip.numbers[0]: '+14155550100' is already used by agents[0].sip.numbers[0]",
+        "agents[2].websocket.secret: the same secret as agents[0].websocket.secret: one leaked"
+        " URL would open both agents; give each its own (sipserver gen-secret)",
         "users[1].name: 'alice' is already used by users[0].name",
     ]
 
@@ -1224,7 +1391,12 @@ def test_numbers_that_collide_under_the_plan_are_an_error() -> None:
     def agent(slug: str, number: str) -> dict[str, Any]:
         return {
             "slug": slug,
-            "sip": {"enabled": True, "numbers": [number], "username": slug, "password": "pw-12345"},
+            "sip": {
+                "enabled": True,
+                "numbers": [number],
+                "username": slug,
+                "password": "pw-1234567890",
+            },
         }
 
     raw = {

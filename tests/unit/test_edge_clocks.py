@@ -56,14 +56,14 @@ def test_a_ban_lasts_its_duration_on_the_monotonic_clock(step: float) -> None:
 def test_a_nonce_ages_on_the_monotonic_clock() -> None:
     router, _ = make_router(nonce_ttl=30)
     challenge = send(router, request(), now=MONO, wall=WALL)
-    auth = answer(challenge, "alice", "alice-pw-123")
+    auth = answer(challenge, "alice", "alice-pw-1234")
     # 31 s later the nonce is stale although the wall clock went back an hour meanwhile.
     resp = send(router, request(cseq=2, authorization=auth), now=MONO + 31, wall=WALL + 31 - HOUR)
     assert resp.status == 401
     assert all("stale=true" in v for v in resp.headers.get_all("WWW-Authenticate"))
     # A wall clock stepped forward an hour does not age a fresh nonce.
     challenge = send(router, request(call_id="c2"), now=MONO + 40, wall=WALL + 40)
-    auth = answer(challenge, "alice", "alice-pw-123")
+    auth = answer(challenge, "alice", "alice-pw-1234")
     fresh = request(call_id="c2", cseq=2, authorization=auth)
     assert send(router, fresh, now=MONO + 41, wall=WALL + 41 + HOUR).status == 200
 
@@ -146,7 +146,7 @@ async def test_the_listeners_give_the_router_loop_time_and_wall_time() -> None:
         auth = build_authorization(
             chosen,
             username="alice",
-            password="alice-pw-123",
+            password="alice-pw-1234",
             method="REGISTER",
             uri="sip:sip.example.com",
             cnonce="c0ffee",

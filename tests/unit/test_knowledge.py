@@ -126,6 +126,14 @@ def test_globs_resolve_from_base_dir(tmp_path: pathlib.Path) -> None:
     assert len(absolute) == 1
 
 
+def test_files_that_are_not_text_are_skipped_and_reported(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a.md").write_text("# Alpha\n\nAlpha facts about zebras.\n")
+    (tmp_path / "manual.pdf").write_bytes(b"%PDF-1.7\n\xe2\x28\xa1 binary")
+    kb = KnowledgeBase.from_globs(["*"], tmp_path)
+    assert [p.title for p in kb.passages] == ["Alpha"]
+    assert kb.unreadable == ((str(tmp_path / "manual.pdf"), "not UTF-8 text (byte 9)"),)
+
+
 def test_from_texts() -> None:
     kb = KnowledgeBase.from_texts({"faq.md": "# Refunds\n\nRefunds take five days."})
     [found] = kb.search("how long does a refund take")

@@ -16,13 +16,22 @@ import yaml
 from sipserver.config import parse_config
 from sipserver.gateway import twilio
 from sipserver.listens.dashboard import LoginSessions, _safe_next
-from sipserver.listens.fork import ListenSession, called_number
+from sipserver.listens.fork import ListenSession, ListensFork, called_number
 from sipserver.listens.monitor import CallSummary, ListensHub
 from sipserver.listens.passwords import hash_password, verify_password
 from sipserver.listens.suggestions import NO_SUGGESTION, SuggestionEngine
 from sipserver.listens.transcriber import speakers_for
+from sipserver.observability import Metrics
 from sipserver.pipeline.knowledge import KnowledgeBase
-from sipserver.pipeline.providers.base import ChatMessage, LlmChunk, TextDelta, ToolSpec
+from sipserver.pipeline.providers.base import (
+    ChatMessage,
+    LlmChunk,
+    TextDelta,
+    ToolSpec,
+    Transcript,
+)
+from sipserver.pipeline.runtime import ListenParts
+from sipserver.pipeline.segmenter import SpeechEnded, VadOptions
 from sipserver.pipeline.session import CallInfo
 from sipserver.server import Server
 from tests.unit.test_router import request, send
@@ -237,7 +246,7 @@ def test_reject_twiml_and_speaker_labels() -> None:
 # --- SIP ---------------------------------------------------------------------------------------
 
 
-def listens_config() -> Any:
+def listens_config(channel: str = "inbound") -> Any:
     raw = {
         "server": {"store": "memory", "sip": {"udp": ["127.0.0.1:5060"], "tcp": []}},
         "models": {"m": {"type": "custom"}},
@@ -253,7 +262,7 @@ def listens_config() -> Any:
                     "password": "a-password-1",
                     "allowed_ips": ["203.0.113.0/24"],
                 },
-                "listens": {"enabled": True, "numbers": ["+15005550199"]},
+                "listens": {"enabled": True, "numbers": ["+15005550199"], "channel": channel},
             }
         ],
     }
@@ -296,3 +305,70 @@ def test_listens_numbers_are_routed_through_the_agents_acl() -> None:
 
     assert invite("+15005550199") == 403  # routed to the agent; 198.51.100.7 is not allowed
     assert invite("+15005550177") == 404  # not a number of anyone
+
+
+class _OneUtteranceStream:
+    """A VAD stream that turns every pushed frame into a finished utterance."""
+
+    sample_rate = 8000
+    speaking = False
+
+    def __init__(self) -> None:
+        self.events: list[SpeechEnded] = []
+
+    def push(self, pcm: bytes) -> None:
+        self.events.append(SpeechEnded(time=0.0, audio=pcm, speech_duration=0.02))
+
+    def next_event(self) -> SpeechEnded | None:
+        return self.events.pop(0) if self.events else None
+
+
+class _FakeVad:
+    def open_stream(self, options: VadOptions) -> _OneUtteranceStream:
+        return _OneUtteranceStream()
+
+    def close_stream(self, stream: _OneUtteranceStream) -> None:
+        pass
+
+
+class _FakeStt:
+    sample_rate = 8000
+
+    async def transcribe(
+        self, pcm: bytes, *, final: bool = True, language: str | None = None
+    ) -> Transcript:
+        return Transcript("How much does it cost?")
+
+
+@pytest.mark.parametrize(
+    ("channel", "speaker", "suggested"),
+    [("inbound", "caller", True), ("outbound", "agent", False), ("both_tracks", "mixed", True)],
+)
+async def test_sip_listens_call_transcribes_its_one_stream_as_the_channel_says(
+    channel: str, speaker: str, suggested: bool
+) -> None:
+    """A SIP listens call is one RTP stream: the caller's, the human agent's, or both parties
+    mixed by the PBX; ``listens.channel`` says which (it was ignored: always the caller)."""
+    config = listens_config(channel)
+    agent = config.agents[0]
+    parts = ListenParts(_FakeStt(), _FakeVad(), VadOptions(sample_rate=8000), KB, None)  # type: ignore[arg-type]
+    hub = ListensHub()
+    fork = ListensFork(lambda: config, lambda a: parts, hub, Metrics())
+    session = fork.sip_session(agent)
+    assert session is not None
+    info = CallInfo("call-1", "a", "sip:+1415@pbx", "sip:+15005550199@127.0.0.1", 8000, "sip")
+    session.on_start(info)
+    (summary,) = hub.calls_of("a")
+    assert (summary.channel, summary.transport) == (channel, "sip")
+    monitored = hub.get("call-1")
+    assert monitored is not None
+    _, subscription = monitored.subscribe()
+    session.on_audio(bytes(320))
+    session.on_hangup("bye")  # the transcription finishes before the call ends
+    items = [await subscription.get(timeout=5)]
+    while items[-1].kind != "ended":
+        items.append(await subscription.get(timeout=5))
+    assert hub.active == 0
+    transcripts = [i.data for i in items if i.kind == "transcript"]
+    assert [t["speaker"] for t in transcripts] == [speaker]
+    assert any(i.kind == "suggestion" for i in items) is suggested

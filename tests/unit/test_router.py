@@ -53,7 +53,7 @@ def make_router(
                     "enabled": True,
                     "numbers": ["+15005550101"],
                     "username": "alice",
-                    "password": "alice-pw-123",
+                    "password": "alice-pw-1234",
                 },
             },
             {
@@ -62,7 +62,7 @@ def make_router(
                     "enabled": True,
                     "numbers": ["+15005550102"],
                     "username": "bob",
-                    "password": "bob-pw-1234",
+                    "password": "bob-pw-123456",
                     "allowed_ips": ["203.0.113.0/24"],
                 },
             },
@@ -79,7 +79,7 @@ def make_router(
         realm=config.server.effective_realm,
         algorithms=[DigestAlgorithm(a) for a in s.digest_algorithms],
         nonces=NonceManager(b"s" * 32, ttl=s.nonce_ttl),
-        password_for={"alice": "alice-pw-123", "bob": "bob-pw-1234"}.get,
+        password_for={"alice": "alice-pw-1234", "bob": "bob-pw-123456"}.get,
         # As server.py builds it.
         uri_names_server=server_names(config).names_uri if s.digest_uri_check == "server" else None,
     )
@@ -160,7 +160,7 @@ def answer(challenge_resp: SipResponse, user: str, password: str, uri: str = URI
 def register(
     router: SipRouter,
     user: str = "alice",
-    password: str = "alice-pw-123",
+    password: str = "alice-pw-1234",
     *,
     algorithm: str | None = None,
     now: float = NOW,
@@ -237,7 +237,7 @@ def test_register_by_number_aor() -> None:
     router, _ = make_router()
     # A trunk may register its number as the AOR user while authenticating as the agent.
     resp = send(router, request(user="+15005550101"))
-    auth = answer(resp, "alice", "alice-pw-123")
+    auth = answer(resp, "alice", "alice-pw-1234")
     final = send(router, request(user="+15005550101", cseq=2, authorization=auth))
     assert final.status == 200
 
@@ -265,7 +265,7 @@ def test_unknown_user_is_challenged_like_a_known_one() -> None:
 def test_credentials_of_another_agent_are_refused() -> None:
     router, _ = make_router()
     resp = send(router, request(user="alice"))
-    auth = answer(resp, "bob", "bob-pw-1234")
+    auth = answer(resp, "bob", "bob-pw-123456")
     assert send(router, request(user="alice", cseq=2, authorization=auth)).status == 403
 
 
@@ -275,13 +275,13 @@ def test_cidr_is_checked_before_any_challenge() -> None:
     assert resp.status == 403
     assert resp.headers.get("WWW-Authenticate") is None
     inside = Peer("udp", "203.0.113.9", 5060)
-    assert register(router, user="bob", password="bob-pw-1234", peer=inside).status == 200
+    assert register(router, user="bob", password="bob-pw-123456", peer=inside).status == 200
 
 
 def test_stale_nonce_gets_a_stale_challenge() -> None:
     router, _ = make_router(nonce_ttl=30)
     first = send(router, request())
-    auth = answer(first, "alice", "alice-pw-123")
+    auth = answer(first, "alice", "alice-pw-1234")
     resp = send(router, request(cseq=2, authorization=auth), now=NOW + 31)
     assert resp.status == 401
     assert all("stale=true" in v for v in resp.headers.get_all("WWW-Authenticate"))
@@ -290,7 +290,7 @@ def test_stale_nonce_gets_a_stale_challenge() -> None:
 def test_replayed_authorization_is_rechallenged() -> None:
     router, _ = make_router()
     first = send(router, request())
-    auth = answer(first, "alice", "alice-pw-123")
+    auth = answer(first, "alice", "alice-pw-1234")
     assert send(router, request(cseq=2, authorization=auth)).status == 200
     # Same nc again in a new transaction: a replay, so a fresh challenge.
     assert send(router, request(cseq=3, authorization=auth)).status == 401

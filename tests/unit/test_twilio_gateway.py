@@ -18,6 +18,7 @@ from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.observability import Metrics
 
 SECRET = "support-ws-secret-0123456789"
+OFF_SECRET = "off-ws-secret-0123456789"
 TOKEN = "twilio-auth-token-for-tests"
 PUBLIC = "https://voice.example.com"
 FORM = {"CallSid": "CA123", "From": "+14155550123", "To": "+15005550100", "AccountSid": "AC1"}
@@ -33,7 +34,7 @@ def config(token: str | None = TOKEN) -> Any:
                 "server": {"public_url": PUBLIC},
                 "agents": [
                     {"slug": "support", "websocket": ws},
-                    {"slug": "off", "websocket": {"enabled": False, "secret": SECRET}},
+                    {"slug": "off", "websocket": {"enabled": False, "secret": OFF_SECRET}},
                 ],
             }
         )
@@ -111,7 +112,7 @@ async def test_wrong_slug_or_secret_is_403_alike_and_disabled_is_404() -> None:
         b = await client.get(f"/ws/nobody/{SECRET}")
         assert a.status == b.status == 403
         assert await a.text() == await b.text()
-        assert (await client.get(f"/ws/off/{SECRET}")).status == 404
+        assert (await client.get(f"/ws/off/{OFF_SECRET}")).status == 404
         assert (await client.get("/ws/off/wrong-secret-0000000")).status == 403
         assert (await client.post(f"/incoming-call/nobody/{SECRET}", data=FORM)).status == 403
     finally:

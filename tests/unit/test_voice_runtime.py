@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
+import structlog
 import yaml
 
 from sipserver.config import embedded_config_path, parse_config
@@ -34,6 +37,26 @@ async def test_embedded_demo_agent_gets_a_voice_session() -> None:
     assert isinstance(session, VoiceSession)
     assert session.profile.greeting == agent.greeting
     session.on_hangup("test")
+    await runtime.close()
+
+
+async def test_a_knowledge_base_that_matches_nothing_is_a_warning_naming_the_key(
+    tmp_path: pathlib.Path,
+) -> None:
+    copy = tmp_path / "sipserver.yaml"  # the embedded config copied without its kb/
+    copy.write_text(embedded_config_path().read_text())
+    with structlog.testing.capture_logs() as logs:
+        runtime = VoiceRuntime(_config(), config_path=copy)  # type: ignore[arg-type]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["event"], e["key"]) for e in warnings] == [
+        ("knowledge_base_pattern_matched_nothing", "agents[0].knowledge_base[0]"),
+        ("knowledge_base_empty", "agents[0].knowledge_base"),
+    ]
+    assert warnings[0]["looked_for"] == str(tmp_path / "kb" / "demo" / "*.md")
+    await runtime.close()
+    with structlog.testing.capture_logs() as logs:
+        runtime = VoiceRuntime(_config())  # type: ignore[arg-type]
+    assert [e for e in logs if e["log_level"] == "warning"] == []
     await runtime.close()
 
 

@@ -1,0 +1,50 @@
+"""sipserver.data_dir: state directories 0700, files 0600, errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from sipserver.data_dir import DataDirError, make_private_dir, make_private_file
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_missing_directories_are_created_0700_and_existing_ones_kept(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "shared").mkdir(mode=0o755)
+        made = make_private_dir(tmp_path / "shared" / "a" / "b", key="server.data_dir")
+        assert made == tmp_path / "shared" / "a" / "b"
+        assert (mode(tmp_path / "shared" / "a"), mode(made)) == (0o700, 0o700)
+        assert mode(tmp_path / "shared") == 0o755  # the operator's own directory is untouched
+        assert make_private_dir(made, key="server.data_dir") == made
+    finally:
+        os.umask(old)
+
+
+def test_a_directory_that_cannot_be_made_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataDirError) as info:
+        make_private_dir(tmp_path / "file" / "data", key="server.data_dir")
+    assert str(info.value).startswith(f"server.data_dir: cannot create {tmp_path / 'file'}")
+    with pytest.raises(DataDirError, match=r"^server\.store: .* exists and is not a directory"):
+        make_private_dir(tmp_path / "file", key="server.store")
+
+
+def test_files_are_created_or_made_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        make_private_file(tmp_path / "new.pid")
+        (tmp_path / "old.pid").write_text("1\n")
+        (tmp_path / "old.pid").chmod(0o644)
+        make_private_file(tmp_path / "old.pid")
+        assert (mode(tmp_path / "new.pid"), mode(tmp_path / "old.pid")) == (0o600, 0o600)
+        assert (tmp_path / "old.pid").read_text() == "1\n"  # kept: only the mode changes
+    finally:
+        os.umask(old)

@@ -1,0 +1,44 @@
+"""Logging setup: standard-library records (aiohttp, asyncio, warnings) join the structlog stream
+in its format, one line each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = """
+import logging, warnings
+from sipserver.observability import configure_logging, get_logger, log_settings
+configure_logging("json", "info")
+print(log_settings(), flush=True)
+get_logger("own").info("own_event", n=1)
+logging.getLogger("aiohttp.server").warning("Error handling %s", "request", extra={"peer": "x"})
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("asyncio").exception("Task exception was never retrieved")
+logging.getLogger("quiet").debug("below the level")
+warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
+"""
+
+
+def test_stdlib_records_and_warnings_become_json_lines() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == "('json', 'info')"
+    events = [json.loads(line) for line in proc.stderr.splitlines()]  # every line is JSON
+    assert [(e["module"], e["event"][:26]) for e in events] == [
+        ("own", "own_event"),
+        ("aiohttp.server", "Error handling request"),
+        ("asyncio", "Task exception was never r"),
+        ("py.warnings", events[3]["event"][:26]),
+    ]
+    assert events[1]["peer"] == "x" and events[1]["level"] == "warning"
+    assert "ZeroDivisionError" in events[2]["exception"]  # inside the one JSON object
+    assert "deprecated thing" in events[3]["event"]
