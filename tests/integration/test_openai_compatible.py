@@ -14,6 +14,14 @@ our assembler has to get right.
 segfaults whenever it evaluates a prompt in batches of more than one token. scripts/test builds
 the portable AVX2 variant, which does not, but a machine may hold a native build; one token at a
 time works with both and costs about a second per request for this model.
+
+Speed: nothing here depends on how fast llama.cpp is. Its per-token time swings by two orders of
+magnitude with the machine (12 ms to 1.67 s seen on a 2-core box with another process busy), so
+the server is started and warmed once per module, one request measures the seconds one evaluated
+token costs (with ``--n_batch 1`` a prompt token costs about what a generated one does), and every
+deadline below is derived from that measure (:meth:`LlamaServer.deadline`). ``--n_threads 1``:
+with two threads on two cores and another process busy on one, llama.cpp's threads spin at a
+barrier waiting for the descheduled one, which is where the 1.67 s tokens came from.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +51,11 @@ from sipserver.pipeline.providers.retrieval import KnowledgeContextLlm
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.voice import END_CALL_TOOL
 from tests.integration.conftest import free_port
+from tests.integration.test_websocket_voice import _until
 
-pytestmark = pytest.mark.integration
+# Deadlines come from the measured token time (LlamaServer.deadline), not from this cap, which
+# only stops a hung test: a busy machine may need minutes for the knowledge-base prompts.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 MODEL = "smollm2"
 
@@ -54,9 +67,44 @@ def _gguf() -> Path | None:
     return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
 
 
+@dataclass(frozen=True)
+class LlamaServer:
+    """A running llama.cpp server and what one token costs on this machine right now."""
+
+    url: str
+    """``http://127.0.0.1:<port>/v1``"""
+    token_seconds: float
+    """Seconds per evaluated token (prompt or reply), measured after a warm-up request."""
+    log_path: Path
+    """The server's output (``PYTHONUNBUFFERED``: lines arrive as they are printed)."""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def deadline(self, tokens: int) -> float:
+        """Seconds to allow for work that evaluates ``tokens`` tokens: ten times the measured
+        cost, since another process may take a core for a while in the middle (seen: 30x
+        between the fastest and the slowest token of one run), and never less than 30 s."""
+        return max(30.0, 10.0 * tokens * self.token_seconds)
+
+
+def _completion(url: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int]:
+    """One non-streamed chat completion: (seconds, prompt + reply tokens evaluated)."""
+    body = json.dumps(
+        {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=600) as reply:
+        usage = json.load(reply)["usage"]
+    return time.monotonic() - started, int(usage["prompt_tokens"] + usage["completion_tokens"])
+
+
 @pytest.fixture(scope="module")
-def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``http://127.0.0.1:<port>/v1`` of a llama-cpp-python server started for this module."""
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """A llama-cpp-python server started and warmed once for this module."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python[server] is not installed (scripts/test installs it)")
     gguf = _gguf()
@@ -81,14 +129,20 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--n_batch",
         "1",
         "--n_threads",
-        "2",
+        "1",
         "--chat_format",
         "chatml-function-calling",
     ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
+        # Loading a 100 MB model: seconds on any machine of this kind, however busy.
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
@@ -102,7 +156,13 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"llama server not ready in 120 s: {log.read_text()[-2000:]}")
             time.sleep(0.3)
-        yield url
+        hello = [{"role": "user", "content": "Hello! Who are you?"}]
+        _completion(url, hello, 16)  # warm-up: first-touch of the weights, caches
+        seconds, tokens = _completion(url, hello, 16)
+        server = LlamaServer(url, seconds / tokens, log)
+        each_ms = server.token_seconds * 1e3
+        print(f"\nllama.cpp: {tokens} tokens in {seconds:.2f} s ({each_ms:.0f} ms each)")
+        yield server
     finally:
         process.terminate()
         try:
@@ -112,25 +172,51 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait()
 
 
-def _llm(url: str, **options: object) -> OpenAiLlm:
-    return OpenAiLlm(OpenAiSettings(MODEL, base_url=url, timeout=60), **options)  # type: ignore[arg-type]
+@pytest.fixture
+async def llms(llama: LlamaServer) -> AsyncIterator[Callable[..., OpenAiLlm]]:
+    """Builds OpenAiLlm clients of the llama server and closes them before the test's loop
+    ends (an unclosed client's connections are otherwise closed by the garbage collector on a
+    loop that is gone: "Task exception was never retrieved ... Event loop is closed")."""
+    made: list[OpenAiLlm] = []
+
+    def make(*, tokens: int, **options: object) -> OpenAiLlm:
+        settings = OpenAiSettings(MODEL, base_url=llama.url, timeout=llama.deadline(tokens))
+        llm = OpenAiLlm(settings, **options)  # type: ignore[arg-type]
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        await llm.close()
 
 
 HELLO = [
     ChatMessage("system", "You are a friendly phone agent. Answer in one sentence."),
     ChatMessage("user", "Hello! Who are you?"),
 ]
+#: Upper bound of HELLO's prompt in tokens with the chat template (measured: 32).
+HELLO_TOKENS = 60
+#: Upper bound of a tool-forcing prompt with its tool schemas (measured: 19-23 tokens reported,
+#: and the grammar constrains generation, which costs more per token).
+TOOLS_TOKENS = 200
+#: Upper bound of a prompt with the demo knowledge base's passages (measured: 187-227 tokens).
+KB_PROMPT_TOKENS = 400
+#: What llama-cpp-python's server prints when a client closes a stream before its end.
+DISCONNECTED = "Disconnected from client"
 
 
-async def test_streams_the_reply_in_several_deltas(llama_url: str) -> None:
-    chunks = [c async for c in _llm(llama_url, max_tokens=24).stream(HELLO)]
+async def test_streams_the_reply_in_several_deltas(llms: Callable[..., OpenAiLlm]) -> None:
+    llm = llms(tokens=HELLO_TOKENS + 24, max_tokens=24)
+    chunks = [c async for c in llm.stream(HELLO)]
     deltas = [c for c in chunks if isinstance(c, TextDelta)]
     assert len(deltas) >= 3, chunks
     assert all(isinstance(c, TextDelta) for c in chunks)
     assert "".join(d.text for d in deltas).strip()
 
 
-async def test_a_forced_tool_call_arrives_whole_with_parsed_arguments(llama_url: str) -> None:
+async def test_a_forced_tool_call_arrives_whole_with_parsed_arguments(
+    llms: Callable[..., OpenAiLlm],
+) -> None:
     transfer = ToolSpec(
         "transfer_call",
         "Transfer the caller to a department.",
@@ -142,7 +228,7 @@ async def test_a_forced_tool_call_arrives_whole_with_parsed_arguments(llama_url:
             "required": ["department"],
         },
     )
-    llm = _llm(llama_url, tool_choice="transfer_call", max_tokens=60, temperature=0)
+    llm = llms(tokens=TOOLS_TOKENS + 60, tool_choice="transfer_call", max_tokens=60, temperature=0)
     messages = [ChatMessage("user", "Please put me through to billing.")]
     chunks = [c async for c in llm.stream(messages, tools=(END_CALL_TOOL, transfer))]
     calls = [c for c in chunks if isinstance(c, ToolCall)]
@@ -151,17 +237,20 @@ async def test_a_forced_tool_call_arrives_whole_with_parsed_arguments(llama_url:
     assert calls[0].arguments["department"] in ("billing", "sales", "support")
 
 
-async def test_end_call_tool_without_arguments(llama_url: str) -> None:
-    llm = _llm(llama_url, tool_choice=END_CALL_TOOL.name, max_tokens=20)
+async def test_end_call_tool_without_arguments(llms: Callable[..., OpenAiLlm]) -> None:
+    llm = llms(tokens=TOOLS_TOKENS + 20, tool_choice=END_CALL_TOOL.name, max_tokens=20)
     chunks = [c async for c in llm.stream([ChatMessage("user", "Bye!")], tools=(END_CALL_TOOL,))]
     assert chunks == [ToolCall("end_call", {})]
 
 
-async def test_cancel_mid_stream_closes_it_and_the_server_answers_the_next(llama_url: str) -> None:
-    """Barge-in: the consuming task is cancelled after the first delta. The server generates
-    one request at a time, so had the stream stayed open the next request would wait for 1500
-    tokens (tens of seconds here); it is answered at once."""
-    long = _llm(llama_url, max_tokens=1500, temperature=1.0)
+async def test_cancel_mid_stream_closes_it_and_the_server_answers_the_next(
+    llama: LlamaServer, llms: Callable[..., OpenAiLlm]
+) -> None:
+    """Barge-in: the consuming task is cancelled after the first delta. The server must see
+    the client leave (it then stops generating: it serves one request at a time, so a stream
+    left open would hold the next request behind up to 1500 tokens), and the next request is
+    answered."""
+    long = llms(tokens=1500, max_tokens=1500, temperature=1.0)
     first = asyncio.Event()
     received: list[object] = []
 
@@ -171,45 +260,46 @@ async def test_cancel_mid_stream_closes_it_and_the_server_answers_the_next(llama
             first.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(first.wait(), 60)
+    await asyncio.wait_for(first.wait(), llama.deadline(HELLO_TOKENS))
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert task.cancelled() and len(received) >= 1
+    assert await _until(lambda: DISCONNECTED in llama.log(), llama.deadline(1)), llama.log()[-2000:]
 
-    started = time.monotonic()
-    chunks = [c async for c in _llm(llama_url, max_tokens=8).stream(HELLO)]
+    chunks = [c async for c in llms(tokens=HELLO_TOKENS + 8, max_tokens=8).stream(HELLO)]
     assert any(isinstance(c, TextDelta) for c in chunks)
-    assert time.monotonic() - started < 15
 
 
-async def test_runtime_builds_an_openai_llm_for_the_agent(llama_url: str) -> None:
+async def test_runtime_builds_an_openai_llm_for_the_agent(llama: LlamaServer) -> None:
     """The configuration path: ``llm: {provider: openai, base_url, model}`` on the demo agent,
     whose knowledge base goes along with each request."""
     data = yaml.safe_load(embedded_config_path().read_text())
     data["models"]["demo-voice"]["llm"] = {
         "provider": "openai",
-        "base_url": llama_url,
+        "base_url": llama.url,
         "model": MODEL,
         "max_tokens": 30,
-        "timeout": 60,
+        "timeout": llama.deadline(KB_PROMPT_TOKENS + 30),
     }
     config = parse_config(yaml.safe_dump(data), env=dict(os.environ))
     runtime = VoiceRuntime(config, config_path=embedded_config_path())
-    agent = config.agents[0]
-    llm = runtime._llms[agent.slug]
-    assert isinstance(llm, KnowledgeContextLlm) and isinstance(llm.inner, OpenAiLlm)
-    messages = [
-        ChatMessage("system", agent.instructions),
-        ChatMessage("user", "When are you open?"),
-    ]
-    chunks = [c async for c in llm.stream(messages, tools=(END_CALL_TOOL,))]
-    assert any(isinstance(c, TextDelta) and c.text.strip() for c in chunks)
-    await runtime.close()
+    try:
+        agent = config.agents[0]
+        llm = runtime._llms[agent.slug]
+        assert isinstance(llm, KnowledgeContextLlm) and isinstance(llm.inner, OpenAiLlm)
+        messages = [
+            ChatMessage("system", agent.instructions),
+            ChatMessage("user", "When are you open?"),
+        ]
+        chunks = [c async for c in llm.stream(messages, tools=(END_CALL_TOOL,))]
+        assert any(isinstance(c, TextDelta) and c.text.strip() for c in chunks)
+    finally:
+        await runtime.close()
 
 
 async def test_voice_call_with_the_openai_llm_end_to_end(
-    llama_url: str, server_factory: Any, tmp_path: Path
+    llama: LlamaServer, server_factory: Any, tmp_path: Path
 ) -> None:
     """A Twilio-protocol call to an agent whose LLM is the llama.cpp server over the OpenAI API:
     the caller's question reaches the model (with the agent's knowledge passages) and its
@@ -219,7 +309,7 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
 
     from tests.integration.media_stream_client import MediaStreamClient
     from tests.integration.test_voice_calls import KB, _speech
-    from tests.integration.test_websocket_voice import _transcribe, _until
+    from tests.integration.test_websocket_voice import _transcribe
 
     secret = "openai-ws-secret-0123456789"
 
@@ -228,10 +318,10 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
             "type": "custom",
             "llm": {
                 "provider": "openai",
-                "base_url": llama_url,
+                "base_url": llama.url,
                 "model": MODEL,
                 "max_tokens": 40,
-                "timeout": 120,
+                "timeout": llama.deadline(KB_PROMPT_TOKENS + 40),
             },
         }
         config["agents"].append(
@@ -257,7 +347,10 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
         client.say(question)
         await client.idle()
         answered = asyncio.get_running_loop().time() - client.t0
-        assert await _until(client.agent_speaking, 60.0), server.log_path.read_text()[-3000:]
+        # STT and turn detection take a few seconds here; then the whole prompt is evaluated
+        # before the first token streams out.
+        waited = 30.0 + llama.deadline(KB_PROMPT_TOKENS + 10)
+        assert await _until(client.agent_speaking, waited), server.log_path.read_text()[-3000:]
         await asyncio.sleep(6.0)
         await client.stop()
         await client.aclose()
