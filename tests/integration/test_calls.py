@@ -404,10 +404,19 @@ def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
     with ThreadPoolExecutor(len(scenarios)) as pool:
         runs = [pool.submit(timed, f"uac_edge_session_{name}.xml") for name in scenarios]
         expired_after, reinvited_after, updated_after = (run.result() for run in runs)
-    print(f"unrefreshed call ended by the server after {expired_after:.1f} s")
-    assert 58 <= expired_after <= 66, expired_after
-    assert reinvited_after >= 75 and updated_after >= 75, (reinvited_after, updated_after)
     wait_metric(server, "sipserver_calls_ended_total", 1, reason="session_expired")
+    (expired,) = [
+        e
+        for e in server.log_events()
+        if e.get("event") == "call_ended" and e.get("reason") == "session_expired"
+    ]
+    # The edge's own answer-to-BYE time; the caller's run time adds call set-up, which a busy
+    # machine stretches. The timer fires at 60 s; a BYE delivered a few seconds late under
+    # load is still the session timer, while an expiry taken at face value (90 s) is not.
+    print(f"unrefreshed call ended by the server {expired['duration']:.1f} s after the answer")
+    assert 58 <= expired["duration"] < 85, expired
+    assert expired_after >= expired["duration"], (expired_after, expired)
+    assert reinvited_after >= 75 and updated_after >= 75, (reinvited_after, updated_after)
     wait_metric(server, "sipserver_calls_ended_total", 2, reason="caller_bye")
     assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 0
     assert server.metric("sipserver_calls_active") == 0
