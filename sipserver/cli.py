@@ -189,7 +189,9 @@ def _livekit_installed() -> bool:
 
 def _cmd_reload(args: argparse.Namespace) -> int:
     import signal
+    import time
 
+    from sipserver.reload import read_result, result_path
     from sipserver.server import pid_file_path
 
     source = _config_path(args.config) or str(embedded_config_path())
@@ -205,13 +207,47 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     for line in knowledge_base_warnings(config, config_dir(_config_path(args.config))):
         print(f"warning: {line}", file=sys.stderr)
     pid_file = pid_file_path(config)
+    results = result_path(config)
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         print(f"no running sipserver found through {pid_file}: {exc}", file=sys.stderr)
         return 1
+    previous = read_result(results)
+    last = previous[1] if previous is not None and previous[0] == pid else 0
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        print(
+            f"cannot signal sipserver (pid {pid}) found through {pid_file}: {exc}", file=sys.stderr
+        )
+        return 1
     print(f"sent SIGHUP to sipserver (pid {pid}); it re-reads {source}")
+    deadline = time.monotonic() + args.timeout
+    while (found := read_result(results)) is None or found[0] != pid or found[1] <= last:
+        if time.monotonic() > deadline:
+            print(
+                f"sipserver (pid {pid}) reported no reload result in {results} within "
+                f"{args.timeout:g} s; see its log (config_reloaded / config_reload_failed)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.1)
+    result = found[2]
+    if not result.applied:
+        print("nothing reloaded; the server keeps its configuration:", file=sys.stderr)
+        for line in result.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(f"applied: {', '.join(result.changed) or 'no changes'}")
+    for note in result.notes:
+        print(f"  {note}")
+    if result.restart_needed:
+        print(
+            "NOT applied, needs a restart (the server keeps the old values): "
+            + ", ".join(result.restart_needed)
+        )
+        return 3
     return 0
 
 
@@ -306,15 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     reload = sub.add_parser(
         "reload",
-        help="validate the config, then make the running server re-read it",
+        help="validate the config, make the running server re-read it, print what it applied",
         description=(
-            "Validate the configuration and send SIGHUP to the server running it (found through "
-            "<data_dir>/sipserver.pid). Agents, credentials, allow-lists and registrar limits "
-            "change at once; listen addresses, HTTP, store and ban policy need a restart. An "
-            "invalid file is refused and the server keeps its current configuration."
+            "Validate the configuration, send SIGHUP to the server running it (found through "
+            "<data_dir>/sipserver.pid) and print its result (from <data_dir>/"
+            "reload-result.json): what was applied and which server keys need a restart. "
+            "Agents, credentials, models, users, public_host, domains, realm, digest and "
+            "registrar settings change at once; listen addresses, HTTP, store, data_dir, "
+            "nonce_ttl, the ban policy and (once workers run) server.workers and server.media "
+            "need a restart. An invalid file changes nothing. Exit status: 0 applied, 3 applied "
+            "except the keys that need a restart, 1 nothing applied (invalid file, no server, "
+            "no answer)."
         ),
     )
     reload.add_argument("-c", "--config", help=_CONFIG_HELP)
+    reload.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server's result (default 30)",
+    )
     reload.set_defaults(func=_cmd_reload)
 
     gen = sub.add_parser(

@@ -348,6 +348,10 @@ class ServerConfig(_Model):
     demo_page: bool = False
     """Serve the browser demo at ``/demo/<slug>`` for agents with a websocket (anyone who can
     reach the HTTP port can talk to them)."""
+    drain_timeout: float = Field(5.0, ge=0)
+    """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
+    new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's
+    kill timeout (Docker: 10 s, Kubernetes: 30 s, systemd: 90 s)."""
 
     @property
     def max_workers(self) -> int:

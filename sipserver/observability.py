@@ -212,6 +212,11 @@ class Metrics:
         self.media_workers_up = Gauge(
             "sipserver_media_workers_up", "Media worker processes up (said HELLO).", registry=r
         )
+        self.ready = Gauge(
+            "sipserver_ready",
+            "1 when the server takes new calls (GET /readyz answers 200), else 0.",
+            registry=r,
+        )
         self.calls_active = Gauge(
             "sipserver_calls_active", "Calls in progress through the edge.", registry=r
         )

@@ -40,9 +40,18 @@ from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
+from sipserver.readiness import Readiness, ReadinessReport
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
 from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
+from sipserver.reload import (
+    SECTIONS,
+    ReloadResult,
+    changed_keys,
+    classify,
+    result_path,
+    write_result,
+)
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
@@ -50,7 +59,7 @@ from sipserver.sip.transaction import ServerTransactions
 from sipserver.web.app import build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 
-__all__ = ["Server", "pid_file_path"]
+__all__ = ["Server", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
 
@@ -61,6 +70,15 @@ FLUSH_INTERVAL = 0.5
 def pid_file_path(config: Config) -> Path:
     """``<data_dir>/sipserver.pid``: the process id of the server running ``config``."""
     return Path(config.server.data_dir) / "sipserver.pid"
+
+
+def takes_sip_calls(config: Config) -> bool:
+    """True when some agent takes SIP calls (on its numbers or its AI Listens numbers): they are
+    answered by media workers, so the worker pool must run."""
+    return any(
+        a.sip.enabled and (a.sip.numbers or (a.listens.enabled and a.listens.numbers))
+        for a in config.agents
+    )
 
 
 def _failure_tracker(config: Config) -> FailureTracker:
@@ -90,10 +108,8 @@ def _worker_pool(
     config: Config,
     on_record: Callable[[MediaWorker, framelink.LinkRecord], None],
     on_lost: Callable[[MediaWorker, set[int]], None],
-) -> WorkerPool | None:
-    """The media worker pool, when any agent takes SIP calls."""
-    if not any(a.sip.enabled and a.sip.numbers for a in config.agents):
-        return None
+) -> WorkerPool:
+    """The media worker pool of ``config`` (``server.workers``, ``server.media``)."""
     media = config.server.media
     max_workers = max(media.min_workers, config.server.max_workers)
     log_format, log_level = log_settings()
@@ -152,7 +168,11 @@ class Server:
         self.proxy = _call_proxy(config)
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
-        self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+        self.pool: WorkerPool | None = None
+        self._pool_started = False
+        self._sip_calls = takes_sip_calls(config)
+        if self._sip_calls:
+            self._build_pool(config)
         self.gateway = MediaStreamGateway(lambda: self.config, self._new_session, self.metrics)
         self.listens_hub = ListensHub()
         self.listens = ListensFork(
@@ -160,9 +180,9 @@ class Server:
         )
         self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
         self._reserved: dict[str, MediaWorker] = {}
-        pool = self.pool
-        if pool is not None:
-            self.metrics.media_workers_up.set_function(lambda: sum(w.up for w in pool.workers))
+        self.readiness = Readiness()
+        self.metrics.media_workers_up.set_function(self._media_workers_up)
+        self.metrics.ready.set_function(lambda: float(self.readiness_report().ready))
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
             self.router, self.metrics, max_message_size=sip.max_message_size
@@ -172,6 +192,11 @@ class Server:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._flusher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        self._start_done = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reloads = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.http_port: int | None = None
 
     def _build_router(
@@ -213,7 +238,49 @@ class Server:
             proxy=self.proxy,
             choose_worker=self._choose_worker,
             on_call_event=self._call_event,
+            admission=self._admission,
         )
+
+    # ------------------------------------------------------------------ readiness
+
+    def _build_pool(self, config: Config) -> None:
+        """Build (not start) the media worker pool of ``config``; the frames of its calls go
+        through a session host at its sample rate."""
+        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
+        self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+
+    async def _start_pool(self) -> None:
+        if self.pool is not None and not self._pool_started:
+            self._pool_started = True
+            await self.pool.start()
+
+    def _media_workers_up(self) -> int:
+        pool = self.pool
+        return sum(w.up for w in pool.workers) if pool is not None else 0
+
+    def readiness_report(self) -> ReadinessReport:
+        """Whether new calls are taken now, and what is still missing (``GET /readyz``)."""
+        return self.readiness.report(
+            media_workers_needed=self._sip_calls, media_workers_up=self._media_workers_up()
+        )
+
+    def _readyz(self) -> tuple[bool, dict[str, Any]]:
+        report = self.readiness_report()
+        body = report.as_json()
+        body["media_workers_up"] = self._media_workers_up()
+        body["calls"] = self.calls_in_progress()
+        return report.ready, body
+
+    def _admission(self) -> str | None:
+        report = self.readiness_report()
+        return None if report.ready else report.status
+
+    def calls_in_progress(self) -> int:
+        """SIP calls through the edge, websocket calls and AI Listens forks not ended yet."""
+        sip = self.proxy.active_calls() if self.proxy is not None else 0
+        # Monitored SIP calls are proxied calls already; forks arrive over a websocket.
+        forks = sum(1 for c in self.listens_hub.summaries() if c.transport != "sip")
+        return sip + len(self.gateway.calls) + forks
 
     # ------------------------------------------------------------------ calls
 
@@ -322,59 +389,98 @@ class Server:
         for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
             self.listeners.deliver(item)
 
-    def reload(self, config: Config) -> list[str]:
+    def reload(self, config: Config) -> ReloadResult:
         """Apply a new, already validated configuration to the running server.
 
-        Agents, credentials, allow-lists, realm, digest algorithms and registrar limits take
-        effect at once; bindings, outstanding nonces and transactions are kept. Settings bound
-        at start-up (listen addresses, HTTP, store, data_dir, nonce lifetime, ban policy) need
-        a restart: their keys are returned (and logged) when they changed.
+        Agents, credentials, models, users and the ``server.`` keys classified ``live`` (see
+        :mod:`sipserver.reload`) take effect at once; bindings, outstanding nonces and
+        transactions are kept, calls in progress continue. The first agent that takes SIP
+        calls gets the media worker pool built (:meth:`reload_from_file` starts it). Keys
+        bound at start-up are not applied: the result names them in ``restart_needed`` (and
+        the log says so); the server keeps their old values until it is restarted.
         """
-        old = self.config.server
-        new = config.server
-        restart_keys = [
-            key
-            for key, before, after in (
-                ("server.sip.udp", old.sip.udp, new.sip.udp),
-                ("server.sip.tcp", old.sip.tcp, new.sip.tcp),
-                ("server.sip.max_message_size", old.sip.max_message_size, new.sip.max_message_size),
-                ("server.sip.nonce_ttl", old.sip.nonce_ttl, new.sip.nonce_ttl),
-                ("server.sip.ban", old.sip.ban, new.sip.ban),
-                ("server.http", old.http, new.http),
-                ("server.store", old.store, new.store),
-                ("server.data_dir", old.data_dir, new.data_dir),
-            )
-            if before != after
-        ]
+        if self.readiness.draining:
+            return self._reload_failed(["the server is stopping; nothing reloaded"])
+        old = self.config
+        pool_runs = self.pool is not None
+        changed = [name for name in SECTIONS if getattr(old, name) != getattr(config, name)]
+        restart: list[str] = []
+        for key in changed_keys(old.server, config.server, "server"):
+            kind = classify(key)
+            if kind == "live" or (kind == "worker_pool" and not pool_runs):
+                changed.append(key)
+            else:
+                # "restart", a worker setting of a running pool, or (caught by a unit test,
+                # never shipped) a key nobody classified: not applied, and said so.
+                restart.append(key)
         try:
             self.voice.reload(config)
         except Exception as exc:
             # The file is valid but its models or knowledge bases cannot be built: keep the
             # running configuration whole rather than half of each.
-            self.metrics.config_reloads.labels("invalid").inc()
-            log.error("config_reload_failed", error=repr(exc))
-            return []
+            return self._reload_failed([f"cannot build the voice models: {exc!r}"])
+        notes: list[str] = []
+        sip_calls = takes_sip_calls(config)
+        if sip_calls and not pool_runs:
+            self._build_pool(config)
+            notes.append("media worker pool started: an agent takes SIP calls now")
+        elif pool_runs and not sip_calls:
+            notes.append("no agent takes SIP calls now; the media workers keep running idle")
+        self._sip_calls = sip_calls
+        if self.proxy is not None and "server.public_host" in changed:
+            self.proxy.set_outside_host(config.server.public_host)
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
         self.config = config
         self.metrics.config_reloads.labels("ok").inc()
-        log.info("config_reloaded", agents=len(config.agents), restart_needed_for=restart_keys)
-        return restart_keys
+        log.info("config_reloaded", agents=len(config.agents), changed=changed, notes=notes)
+        if restart:
+            log.warning("config_reload_needs_restart", restart_needed_for=restart)
+        return ReloadResult(
+            applied=True, changed=tuple(changed), restart_needed=tuple(restart), notes=tuple(notes)
+        )
 
-    def reload_from_file(self) -> bool:
-        """Re-read :attr:`config_path` and apply it; an invalid file changes nothing."""
-        try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            self.metrics.config_reloads.labels("invalid").inc()
-            log.error("config_reload_failed", source=str(self.config_path), errors=exc.errors)
-            return False
-        self.reload(config)
-        return True
+    def _reload_failed(self, errors: list[str]) -> ReloadResult:
+        self.metrics.config_reloads.labels("invalid").inc()
+        log.error("config_reload_failed", source=str(self.config_path), errors=errors)
+        return ReloadResult(applied=False, errors=tuple(errors))
+
+    async def reload_from_file(self) -> ReloadResult:
+        """Re-read :attr:`config_path` and apply it (an invalid file changes nothing), start the
+        worker pool it needs, and write the result to ``<data_dir>/reload-result.json`` for
+        ``sipserver reload``. Reloads run one at a time, after :meth:`start` finished."""
+        async with self._reload_lock:
+            await self._start_done.wait()
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                result = self._reload_failed(exc.errors)
+            else:
+                result = self.reload(config)
+            if result.applied and not self.readiness.draining:
+                await self._start_pool()
+            self._reloads += 1
+            try:
+                write_result(
+                    result_path(self.config),
+                    result,
+                    pid=os.getpid(),
+                    sequence=self._reloads,
+                    source=str(self.config_path or "embedded default"),
+                )
+            except OSError as exc:
+                log.error("reload_result_not_written", error=str(exc))
+            return result
+
+    def _on_reload_signal(self) -> None:
+        task = asyncio.create_task(self.reload_from_file(), name="config-reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
         return {
+            "readiness": self.readiness_report().as_json(),
             "listeners": [
                 {"transport": t, "host": h, "port": p} for t, h, p in self.listeners.bound
             ],
@@ -398,12 +504,17 @@ class Server:
         }
 
     async def start(self) -> None:
-        """Bind the SIP listeners and the HTTP server."""
+        """Bind the SIP listeners and HTTP, start the media workers, load the voice models.
+
+        Returns when the models are loaded; the workers come up on their own (a few seconds:
+        :meth:`readiness_report` says when). An INVITE arriving before then gets 503 with
+        Retry-After; ``GET /readyz`` answers 503 naming what is still starting.
+        """
         sip = self.config.server.sip
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
-        app = build_app(self.metrics, self.status)
+        app = build_app(self.metrics, self.status, self._readyz)
         self.gateway.add_routes(app)
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
@@ -420,11 +531,14 @@ class Server:
         if server is not None and server.sockets:
             self.http_port = int(server.sockets[0].getsockname()[1])
         log.info("http_listening", host=host, port=self.http_port or port)
-        await self.voice.start()
+        self.readiness.step_done("listeners")
         if isinstance(self.store, SqliteStore):
             self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
-        if self.pool is not None:
-            await self.pool.start()
+        # The workers boot (seconds each) while the models load.
+        await self._start_pool()
+        await self.voice.start()
+        self.readiness.step_done("voice_models")
+        self._start_done.set()
 
     async def _flush_loop(self, store: SqliteStore) -> None:
         loop = asyncio.get_running_loop()
@@ -439,13 +553,52 @@ class Server:
                     store.requeue(changes)
                     log.exception("bindings_flush_failed", aors=len(changes))
 
+    def request_stop(self) -> None:
+        """Take no new calls from now on (``/readyz``: draining; INVITE: 503) and make
+        :meth:`run` drain and stop. A second request ends the drain at once. Call on the loop
+        (SIGTERM and SIGINT do)."""
+        if self._stopped.is_set():
+            if not self._stop_now.is_set():
+                log.warning("stop_now", calls=self.calls_in_progress())
+                self._stop_now.set()
+            return
+        self.readiness.drain()
+        log.info(
+            "stopping",
+            calls=self.calls_in_progress(),
+            drain_timeout=self.config.server.drain_timeout,
+        )
+        self._stopped.set()
+
+    async def drain(self) -> None:
+        """Wait until no call is in progress, at most ``server.drain_timeout`` seconds (or
+        until a second stop request). New calls are refused meanwhile; calls in progress,
+        registrations and in-dialog requests are served as usual."""
+        self.readiness.drain()
+        loop = asyncio.get_running_loop()
+        timeout = self.config.server.drain_timeout
+        deadline = loop.time() + timeout
+        started = loop.time()
+        while self.calls_in_progress() and not self._stop_now.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_now.wait(), min(0.1, remaining))
+        left = self.calls_in_progress()
+        log.info("drained", seconds=round(loop.time() - started, 3), calls_left=left)
+
     async def stop(self) -> None:
-        """Stop listening, stop the media workers, flush the bindings and close the store."""
-        await self.listeners.stop()
+        """End what is left: websocket calls, the media workers (they hang up their calls, the
+        edge still relays the BYEs), then the listeners; flush the bindings, close the store."""
+        self.readiness.drain()
+        for task in list(self._tasks):
+            task.cancel()
         await self.gateway.close_all()
         await self.listens.close_all()
-        if self.pool is not None:
+        if self.pool is not None and self._pool_started:
             await self.pool.stop()
+        await self.listeners.stop()
         await self.voice.close()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -461,13 +614,14 @@ class Server:
         log.info("stopped")
 
     async def run(self) -> None:
-        """Start, serve until SIGINT/SIGTERM, then stop cleanly."""
+        """Start, serve until SIGINT/SIGTERM, drain, then stop cleanly."""
         loop = asyncio.get_running_loop()
+        begun = loop.time()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, self._stopped.set)
+                loop.add_signal_handler(sig, self.request_stop)
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGHUP, self.reload_from_file)
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         await self.start()
         pid_file = self.pid_file
         make_private_file(pid_file)
@@ -478,18 +632,25 @@ class Server:
             registrations=self.store.count(),
             public_url=self.config.server.public_url,
         )
+        watcher = asyncio.create_task(self._log_ready(begun), name="readiness-log")
         try:
             await self._stopped.wait()
+            await self.drain()
         finally:
+            watcher.cancel()
             await self.stop()
             with contextlib.suppress(FileNotFoundError):
                 pid_file.unlink()
+
+    async def _log_ready(self, begun: float) -> None:
+        """Log ``ready`` (with the seconds since :meth:`run` began) once calls are taken."""
+        while not self.readiness_report().ready:
+            if self.readiness.draining:
+                return
+            await asyncio.sleep(0.05)
+        log.info("ready", seconds=round(asyncio.get_running_loop().time() - begun, 3))
 
     @property
     def pid_file(self) -> Path:
         """Where ``run`` records its process id (``sipserver reload`` signals it)."""
         return pid_file_path(self.config)
-
-    def request_stop(self) -> None:
-        """Ask :meth:`run` to return (thread-unsafe; call on the loop)."""
-        self._stopped.set()

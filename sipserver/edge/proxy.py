@@ -422,6 +422,19 @@ class CallProxy:
             self._end(call, EndReason.WORKER_LOST, 500 if early else None, now)
         return out
 
+    @property
+    def outside(self) -> Endpoint:
+        """The edge's address as callers reach it (Via and Record-Route towards them)."""
+        return self._outside
+
+    def set_outside_host(self, host: str) -> None:
+        """Use ``host`` (a new ``server.public_host``) in the Via and Record-Route sent towards
+        callers from now on. Route entries naming the previous address are still recognised as
+        this edge's own, so dialogs set up before keep working (RFC 3261 §16.4)."""
+        self._outside = Endpoint(self._outside.transport, host, self._outside.port)
+        self._own.add(hostport_key(host, self._outside.port))
+        self._record_routes.clear()
+
     def active_calls(self) -> int:
         """Calls routed and not ended."""
         return sum(self._by_worker.values())

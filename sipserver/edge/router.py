@@ -47,11 +47,27 @@ from sipserver.sip.message import (
 )
 from sipserver.sip.transaction import ServerTransactions
 
-__all__ = ["ALLOWED_METHODS", "Outgoing", "Peer", "SipRouter", "WorkerChooser", "server_names"]
-_RETRY_AFTER = (("Retry-After", "5"),)
+__all__ = [
+    "ALLOWED_METHODS",
+    "RETRY_AFTER",
+    "Admission",
+    "Outgoing",
+    "Peer",
+    "SipRouter",
+    "WorkerChooser",
+    "server_names",
+]
+
+RETRY_AFTER = 5
+"""Seconds in the Retry-After of every 503 (starting, draining, all workers busy): about one
+cold start of the server (bench/cold_start.py), short enough that a retrying trunk loses little."""
+_RETRY_AFTER = (("Retry-After", str(RETRY_AFTER)),)
 
 WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | None"]
 """(agent slug, Call-ID) -> the chosen (and reserved) worker, ``"full"`` or None."""
+Admission = Callable[[], "str | None"]
+"""Why the server takes no new calls now (``starting``, ``not_ready``, ``draining``), or None
+when it takes them."""
 
 log = get_logger(__name__)
 
@@ -131,8 +147,10 @@ class SipRouter:
             retransmissions across the reload are still answered).
         proxy: the stateful call proxy; without it INVITEs are answered 480.
         choose_worker: picks (and reserves) a media worker for a call: ``(worker_id, address)``,
-            ``"full"`` when every worker is busy, None when none is up.
+            ``"full"`` when every worker is busy, None when there is no worker pool.
         on_call_event: receives the proxy's call events (routed, answered, ended).
+        admission: asked before a new call is routed (and for OPTIONS): a reason means 503
+            with Retry-After (the server is starting, has no media worker up, or is stopping).
     """
 
     def __init__(
@@ -149,8 +167,10 @@ class SipRouter:
         proxy: CallProxy | None = None,
         choose_worker: WorkerChooser | None = None,
         on_call_event: Callable[[ProxyEvent], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._config = config
+        self._admission = admission
         self._proxy = proxy
         self._choose_worker = choose_worker
         self._on_call_event = on_call_event
@@ -317,6 +337,12 @@ class SipRouter:
         if method == "OPTIONS":
             if not self._is_local(request.request_uri().host):
                 return self._response(request, 404, "Domain Not Served")
+            refusal = self._admission() if self._admission is not None else None
+            if refusal is not None:
+                # RFC 3261 §11.2: OPTIONS gets the status an INVITE would get, so a load
+                # balancer pinging with OPTIONS (Kamailio's dispatcher) takes this edge out of
+                # rotation while it starts or drains.
+                return self._unavailable(request, refusal)
             return self._response(
                 request,
                 200,
@@ -360,12 +386,20 @@ class SipRouter:
             metrics.call_result("acl_denied")
             log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
+        refusal = self._admission() if self._admission is not None else None
+        if refusal is not None:
+            # Before the digest challenge: a caller retrying after Retry-After is challenged
+            # then, and no nonce is spent on a call that cannot be taken.
+            metrics.call_result(refusal)
+            return self._unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
             denied = self._authorize_invite(request, peer, agent, now=now)
             if denied is not None:
                 return denied
         choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
         if choice is None:
+            # No worker pool at all (a configuration that cannot take calls); a pool with no
+            # worker up yet is refused above with 503 (admission).
             metrics.call_result("no_worker")
             return self._response(request, 480, "No Media Worker Available")
         if choice == "full":
@@ -412,6 +446,14 @@ class SipRouter:
         if outcome is AuthOutcome.MALFORMED:
             return self._response(request, 400, "Malformed Proxy-Authorization")
         return self._response(request, 403)
+
+    def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
+        """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the
+        caller, or its proxy (RFC 3263 §4.3), tries another server or retries later. Never 480
+        for this: 480 says the callee is unavailable, and trunks then give up the call. The
+        Warning (§20.43, code 399) names the condition for whoever reads the trace."""
+        warning = ("Warning", f'399 sipserver "{refusal}"')
+        return self._response(request, 503, "Service Unavailable", headers=(*_RETRY_AFTER, warning))
 
     def _proxy_challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
         header = ("Proxy-Authenticate", self._auth.challenge_header(now=now, stale=stale))

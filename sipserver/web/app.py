@@ -1,4 +1,4 @@
-"""The HTTP side of the server (aiohttp): health, metrics and a status page.
+"""The HTTP side of the server (aiohttp): liveness, readiness, metrics and a status page.
 
 Later parts (Twilio webhook, media-stream websocket, dashboard) add their routes to the same
 application.
@@ -19,14 +19,20 @@ from sipserver.observability import CONTENT_TYPE_LATEST, Metrics
 __all__ = ["build_app", "request_error_logger"]
 
 StatusProvider = Callable[[], dict[str, Any]]
+ReadinessProvider = Callable[[], tuple[bool, dict[str, Any]]]
+"""Returns (ready, JSON body of ``GET /readyz``)."""
 
 
-def build_app(metrics: Metrics, status: StatusProvider) -> web.Application:
+def build_app(
+    metrics: Metrics, status: StatusProvider, readiness: ReadinessProvider
+) -> web.Application:
     """Build the aiohttp application.
 
     Args:
         metrics: rendered at ``GET /metrics`` in the Prometheus text format.
         status: returns the JSON body of ``GET /status`` (listeners, registrations ...).
+        readiness: whether the server takes calls now, and what it still waits for:
+            ``GET /readyz`` answers 200 when ready, else 503 (``/healthz`` is liveness only).
     """
     app = web.Application()
 
@@ -37,11 +43,16 @@ def build_app(metrics: Metrics, status: StatusProvider) -> web.Application:
     async def health_handler(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
 
+    async def ready_handler(_: web.Request) -> web.Response:
+        ready, body = readiness()
+        return web.json_response(body, status=200 if ready else 503)
+
     async def status_handler(_: web.Request) -> web.Response:
         return web.json_response({"version": __version__, **status()})
 
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", health_handler)
+    app.router.add_get("/readyz", ready_handler)
     app.router.add_get("/status", status_handler)
     return app
 

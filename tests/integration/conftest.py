@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -108,7 +108,8 @@ class ServerProcess:
     def config_file(self) -> Path:
         return self.workdir / "sipserver.yaml"
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the process and return at once (see :meth:`wait_until`)."""
         cfg = self.config_file
         cfg.write_text(yaml.safe_dump(self.config))
         log = self.log_path.open("ab")
@@ -118,15 +119,40 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
-        deadline = time.monotonic() + 20
+
+    def start(self, path: str = "/readyz") -> None:
+        """Start the process and wait until ``path`` answers 200: ``/readyz`` (the default)
+        once calls are taken, ``/healthz`` as soon as HTTP is up."""
+        self.spawn()
+        self.wait_until(path)
+
+    def wait_until(self, path: str = "/readyz", timeout: float = 60.0) -> None:
+        """Wait for ``GET path`` to answer 200. The deadline is generous for a loaded 2-core
+        machine (a cold start takes seconds: bench/cold_start.py); it costs nothing when the
+        server is quick."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sipserver exited early:\n{self.log_path.read_text()}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{self.http_url}/healthz", timeout=1).read()
+            if self.get(path)[0] == 200:
                 return
-            time.sleep(0.1)
-        raise RuntimeError(f"sipserver did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"sipserver: {path} not 200 in {timeout} s:\n{self.log_path.read_text()}"
+        )
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """``(status, JSON body)`` of ``GET path``; ``(0, None)`` when HTTP is not up."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as r:
+                body = r.read()
+                return int(r.status), json.loads(body) if body.startswith(b"{") else None
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            return int(exc.code), json.loads(body) if body.startswith(b"{") else None
+        except OSError:
+            return 0, None
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -164,14 +190,18 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
-    def make(mutate: Any = None) -> ServerProcess:
+    def make(mutate: Any = None, *, wait: str | None = "/readyz") -> ServerProcess:
+        """A server from base_config (changed by ``mutate``), started and waited for until
+        ``wait`` answers 200 (None: not waited for at all)."""
         sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
         config = base_config(sip_port, http_port, tmp_path / "data")
         if mutate is not None:
             mutate(config)
         server = ServerProcess(config, tmp_path)
-        server.start()
         started.append(server)
+        server.spawn()
+        if wait is not None:
+            server.wait_until(wait)
         return server
 
     yield make
@@ -199,7 +229,7 @@ def sipp_path() -> str:
     return path
 
 
-def run_sipp(
+def sipp_command(
     scenario: str,
     port: int,
     *,
@@ -212,13 +242,10 @@ def run_sipp(
     workdir: Path | None = None,
     host: str = "127.0.0.1",
     timeout: float = 15.0,
-) -> SippResult:
-    """Run one SIPp scenario from tests/sipp_scenarios against host:port (IPv4 or IPv6).
-
-    ``timeout`` is SIPp's global ``-timeout`` (seconds): past it the scenario fails.
-    """
+) -> list[str]:
+    """The SIPp command line of :func:`run_sipp` (for tests that run SIPp in the background)."""
     remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    cmd = [
+    return [
         sipp_path(),
         remote,
         "-sf",
@@ -243,11 +270,31 @@ def run_sipp(
         "-nostdin",
         "-trace_err",
         "-error_file",
-        str((workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"),
+        str(_sipp_error_file(scenario, workdir)),
         *extra,
     ]
+
+
+def _sipp_error_file(scenario: str, workdir: Path | None) -> Path:
+    return (workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"
+
+
+def run_sipp(
+    scenario: str,
+    port: int,
+    *,
+    workdir: Path | None = None,
+    timeout: float = 15.0,
+    **options: Any,
+) -> SippResult:
+    """Run one SIPp scenario from tests/sipp_scenarios against host:port (IPv4 or IPv6); the
+    options are those of :func:`sipp_command`.
+
+    ``timeout`` is SIPp's global ``-timeout`` (seconds): past it the scenario fails.
+    """
+    cmd = sipp_command(scenario, port, workdir=workdir, timeout=timeout, **options)
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout + 45, cwd=workdir)
-    err_file = (workdir or Path("/tmp")) / f"sipp_{scenario}_{os.getpid()}.err"
+    err_file = _sipp_error_file(scenario, workdir)
     errors = err_file.read_text(errors="replace") if err_file.exists() else ""
     return SippResult(proc.returncode, proc.stdout.decode(errors="replace") + errors)
 

@@ -38,12 +38,15 @@ def edge_call(
     scenario: str = "uac_edge_call.xml",
     *,
     transport: str = "udp",
+    trace: Path | None = None,
 ) -> None:
-    """One authenticated SIPp call with RTP through the edge; must succeed.
+    """One authenticated SIPp call with RTP through the edge; must succeed. ``trace``: where
+    SIPp writes every message it sends and receives.
 
     SIPp's defaults: without -auth_uri its digest uri is ``sip:127.0.0.1:<port>`` (the server),
     not the Request-URI ``sip:<number>@127.0.0.1:<port>``; digest_uri_check: server accepts it.
     """
+    extra = ("-trace_msg", "-message_file", str(trace)) if trace is not None else ()
     result = run_sipp(
         scenario,
         server.sip_port,
@@ -52,6 +55,7 @@ def edge_call(
         password=DEMO_PASSWORD,
         workdir=workdir,
         transport=transport,
+        extra=extra,
     )
     assert result.returncode == 0, result.output
 

@@ -695,6 +695,30 @@ def test_terminate_calls_of_worker() -> None:
     assert all(s.to != WORKER for s in net.advance(net.now + 1))
 
 
+def test_new_outside_host_applies_to_new_calls_and_old_dialogs_keep_working() -> None:
+    """A reload that changes server.public_host: new calls record-route the new address, a
+    dialog set up before still routes through its Route entries naming the old one."""
+    net, old_caller, old_worker = Net(), caller_ua(), worker_ua()
+    establish(net, old_caller, old_worker)
+    net.events()
+    net.proxy.set_outside_host("sip2.example.com")
+
+    new_caller = caller_ua(Endpoint("udp", "198.51.100.8", 5062))
+    new_worker = worker_ua()
+    invite = establish(net, new_caller, new_worker, Endpoint("udp", "198.51.100.8", 5062))
+    new_rr = "<sip:sip2.example.com:5060;transport=udp;lr;r2=on>"
+    assert invite.headers.get_all("Record-Route") == [RR_INSIDE, new_rr]
+    assert new_caller.route_set == [new_rr, RR_INSIDE]
+    # Towards callers the edge's Via names the new host.
+    bye = request(only(net.deliver(new_worker.in_dialog("BYE"), WORKER), new_caller.address))
+    assert bye.top_via().host == "sip2.example.com"
+
+    # The old caller's BYE carries Route: <old outside>, <inside>: both still the edge's own.
+    assert old_caller.route_set == [RR_OUTSIDE, RR_INSIDE]
+    relayed = request(only(net.deliver(old_caller.in_dialog("BYE"), CALLER), WORKER))
+    assert relayed.method == "BYE" and "Route" not in relayed.headers
+
+
 def test_single_record_route_when_addresses_are_equal() -> None:
     net = Net(proxy=CallProxy(outside=OUTSIDE, inside=OUTSIDE, instance="t"))
     caller, worker = caller_ua(), worker_ua()

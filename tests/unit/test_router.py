@@ -31,9 +31,11 @@ def make_router(
     algorithms: tuple[str, ...] | None = ("MD5", "SHA-256"),
     *,
     store: BindingStore | None = None,
+    router_options: dict[str, Any] | None = None,
     **sip: Any,
 ) -> tuple[SipRouter, Metrics]:
-    """A router over the test config; ``algorithms`` None leaves ``digest_algorithms`` out."""
+    """A router over the test config; ``algorithms`` None leaves ``digest_algorithms`` out;
+    ``router_options`` go to SipRouter (proxy, admission ...)."""
     if algorithms is not None:
         sip["digest_algorithms"] = list(algorithms)
     raw = {
@@ -92,6 +94,7 @@ def make_router(
         metrics=metrics,
         local_hosts=["0.0.0.0"],
         force_rport=s.force_rport,
+        **(router_options or {}),
     )
     return router, metrics
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sipserver.config import Config, parse_config
+from sipserver.edge.proxy import Endpoint
+from sipserver.reload import (
+    SERVER_KEYS,
+    ReloadResult,
+    classify,
+    read_result,
+    result_path,
+    server_key_paths,
+)
 from sipserver.server import Server
 
 
-def config(**sip: Any) -> Config:
-    raw = {
+def raw_config(*, sip_agent: bool = True, **sip: Any) -> dict[str, Any]:
+    return {
         "server": {"store": "memory", "sip": {"udp": ["127.0.0.1:5060"], "tcp": [], **sip}},
         "agents": [
             {
                 "slug": "a",
                 "sip": {
-                    "enabled": True,
+                    "enabled": sip_agent,
                     "numbers": ["+15005550101"],
                     "username": "a",
                     "password": "a-password-1",
@@ -25,23 +37,146 @@ def config(**sip: Any) -> Config:
             }
         ],
     }
+
+
+def config(*, sip_agent: bool = True, server: dict[str, Any] | None = None, **sip: Any) -> Config:
+    raw = raw_config(sip_agent=sip_agent, **sip)
+    raw["server"].update(server or {})
     return parse_config(yaml.safe_dump(raw), env={})
+
+
+def reloads(server: Server, result: str) -> float | None:
+    return server.metrics.registry.get_sample_value(
+        "sipserver_config_reloads_total", {"result": result}
+    )
+
+
+def test_every_server_key_is_classified() -> None:
+    """A new ``server.`` key must say whether a reload applies it: add it to SERVER_KEYS."""
+    keys = server_key_paths()
+    assert "server.media.rtp_port_min" in keys and "server.public_host" in keys
+    unclassified = [k for k in keys if classify(k) is None]
+    assert unclassified == []
+    # ...and the table names no key that does not exist (a renamed key leaves no stale entry).
+    stale = [e for e in SERVER_KEYS if not any(k == e or k.startswith(e + ".") for k in keys)]
+    assert stale == []
 
 
 def test_reload_swaps_router_and_keeps_transactions() -> None:
     server = Server(config())
     before = server.router
-    assert server.reload(config(min_expires=120)) == []
+    result = server.reload(config(min_expires=120))
+    assert result == ReloadResult(applied=True, changed=("server.sip.min_expires",))
     assert server.router is not before
     assert server.listeners.router is server.router
     assert server.router.transactions is before.transactions
-    assert (
-        server.metrics.registry.get_sample_value("sipserver_config_reloads_total", {"result": "ok"})
-        == 1
-    )
+    assert reloads(server, "ok") == 1
 
 
 def test_reload_reports_settings_that_need_a_restart() -> None:
     server = Server(config())
-    changed = server.reload(config(udp=["127.0.0.1:5070"], ban={"max_failures": 9}))
-    assert changed == ["server.sip.udp", "server.sip.ban"]
+    result = server.reload(config(udp=["127.0.0.1:5070"], ban={"max_failures": 9}))
+    assert result.applied
+    assert result.restart_needed == ("server.sip.udp", "server.sip.ban.max_failures")
+    assert result.changed == ()
+
+
+def test_first_sip_agent_by_reload_builds_the_worker_pool() -> None:
+    server = Server(config(sip_agent=False))
+    assert server.pool is None
+    assert "media_workers" not in server.readiness_report().waiting_for
+    result = server.reload(config())
+    assert result.applied and result.changed == ("agents",)
+    assert server.pool is not None
+    assert any("media worker pool started" in n for n in result.notes)
+    # Calls to the new agent wait for a worker: 503 (admission), never 480.
+    assert "media_workers" in server.readiness_report().waiting_for
+
+
+def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_runs() -> None:
+    media = {"media": {"rtp_port_min": 30000, "rtp_port_max": 30999, "answer_delay": 1.0}}
+    # No pool yet: the pool the reload builds uses the new settings.
+    server = Server(config(sip_agent=False))
+    result = server.reload(config(server=media))
+    assert result.restart_needed == ()
+    assert "server.media.rtp_port_min" in result.changed
+    assert server.pool is not None
+    assert server.pool.settings.rtp_port_start == 30000
+    assert server.pool.settings.answer_delay == 1.0
+    # A running pool keeps its workers (and their calls): named, not applied.
+    server = Server(config())
+    assert server.pool is not None
+    result = server.reload(config(server={**media, "workers": 3}))
+    assert result.restart_needed == (
+        "server.workers",
+        "server.media.rtp_port_min",
+        "server.media.rtp_port_max",
+        "server.media.answer_delay",
+    )
+    assert server.pool.settings.rtp_port_start == 20000
+    assert server.pool.settings.answer_delay == 0.0
+
+
+def test_public_host_is_applied_to_the_router_and_the_call_proxy() -> None:
+    server = Server(config())
+    assert server.proxy is not None
+    result = server.reload(config(server={"public_host": "sip.example.net"}))
+    assert result.changed == ("server.public_host",) and result.restart_needed == ()
+    assert server.proxy.outside == Endpoint("udp", "sip.example.net", 5060)
+    # The router serves the new domain (the realm follows public_host when not set).
+    assert server.router._is_local("sip.example.net")
+
+
+def test_last_sip_agent_removed_leaves_the_pool_running() -> None:
+    server = Server(config())
+    pool = server.pool
+    result = server.reload(config(sip_agent=False))
+    assert result.applied and server.pool is pool
+    assert any("keep running" in n for n in result.notes)
+    assert "media_workers" not in server.readiness_report().waiting_for
+
+
+def test_reload_while_draining_changes_nothing() -> None:
+    server = Server(config())
+    server.readiness.drain()
+    before = server.config
+    result = server.reload(config(min_expires=120))
+    assert not result.applied and "stopping" in result.errors[0]
+    assert server.config is before
+    assert reloads(server, "invalid") == 1
+
+
+def test_reload_from_file_writes_the_result_and_an_invalid_file_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    raw = raw_config(sip_agent=False)  # no worker pool: no processes in a unit test
+    raw["server"]["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "sipserver.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    async def scenario() -> None:
+        server = Server(parse_config(path.read_text(), env={}), config_path=path)
+        server._start_done.set()  # as after start(); no sockets in this test
+        before = server.config
+
+        raw["agents"][0]["sip"]["password"] = "${SIPSERVER_UNSET_FOR_TEST}"
+        path.write_text(yaml.safe_dump(raw))
+        result = await server.reload_from_file()
+        assert not result.applied
+        assert any("agents[0].sip.password" in e for e in result.errors)
+        assert server.config is before
+        written = read_result(result_path(server.config))
+        assert written is not None and written[1:] == (1, result)
+
+        raw["agents"][0]["sip"]["password"] = "a-password-2"
+        raw["server"]["sip"]["tcp"] = ["127.0.0.1:5060"]
+        path.write_text(yaml.safe_dump(raw))
+        result = await server.reload_from_file()
+        assert result.applied and result.changed == ("agents",)
+        assert result.restart_needed == ("server.sip.tcp",)
+        record = json.loads(result_path(server.config).read_text())
+        assert record["sequence"] == 2 and record["source"] == str(path)
+        assert record["restart_needed"] == ["server.sip.tcp"]
+        await server.voice.close()
+
+    asyncio.run(scenario())
