@@ -205,7 +205,8 @@ class Metrics:
         self.call_attempts = Counter(
             "sipserver_call_attempts",
             "Dialog-creating INVITEs, by routing result (routed, no_such_number, challenged, "
-            "auth_failed, acl_denied, banned, no_worker, overloaded).",
+            "auth_failed, acl_denied, banned, starting, not_ready, draining, no_worker, "
+            "overloaded).",
             ["result"],
             registry=r,
         )

@@ -276,11 +276,11 @@ class Server:
         return None if report.ready else report.status
 
     def calls_in_progress(self) -> int:
-        """SIP calls through the edge, websocket calls and AI Listens forks not ended yet."""
+        """Calls a caller is on: SIP calls through the edge and websocket calls. AI Listens
+        forks are not counted: they are side streams of calls carried elsewhere, and ending one
+        cuts nobody off (a stop ends them at once)."""
         sip = self.proxy.active_calls() if self.proxy is not None else 0
-        # Monitored SIP calls are proxied calls already; forks arrive over a websocket.
-        forks = sum(1 for c in self.listens_hub.summaries() if c.transport != "sip")
-        return sip + len(self.gateway.calls) + forks
+        return sip + len(self.gateway.calls)
 
     # ------------------------------------------------------------------ calls
 

@@ -216,10 +216,6 @@ class ListensHub:
         """The active call with this id, or None."""
         return self._calls.get(call_id)
 
-    def summaries(self) -> list[CallSummary]:
-        """Every active call, in no particular order."""
-        return [c.summary for c in self._calls.values()]
-
     def calls_of(self, agent: str) -> list[CallSummary]:
         """Active calls of ``agent``, oldest first."""
         found = [c.summary for c in self._calls.values() if c.summary.agent == agent]
