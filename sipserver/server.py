@@ -56,6 +56,7 @@ from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
+from sipserver.tasks import cancel_and_wait
 from sipserver.web.app import build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 
@@ -196,7 +197,7 @@ class Server:
         self._start_done = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reloads = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[ReloadResult]] = set()
         self.http_port: int | None = None
 
     def _build_router(
@@ -475,7 +476,13 @@ class Server:
     def _on_reload_signal(self) -> None:
         task = asyncio.create_task(self.reload_from_file(), name="config-reload")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[ReloadResult]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a bad file (that is a result): logged, the server keeps running.
+            log.error("config_reload_crashed", error=repr(task.exception()))
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
@@ -593,7 +600,7 @@ class Server:
         edge still relays the BYEs), then the listeners; flush the bindings, close the store."""
         self.readiness.drain()
         for task in list(self._tasks):
-            task.cancel()
+            await cancel_and_wait(task)
         await self.gateway.close_all()
         await self.listens.close_all()
         if self.pool is not None and self._pool_started:
@@ -637,7 +644,7 @@ class Server:
             await self._stopped.wait()
             await self.drain()
         finally:
-            watcher.cancel()
+            await cancel_and_wait(watcher)
             await self.stop()
             with contextlib.suppress(FileNotFoundError):
                 pid_file.unlink()

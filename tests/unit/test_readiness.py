@@ -15,7 +15,7 @@ from sipserver.edge.router import RETRY_AFTER, Admission, SipRouter, WorkerChoos
 from sipserver.readiness import Readiness
 from sipserver.sip.digest import DigestChallenge, build_authorization
 from sipserver.sip.message import SipResponse, parse_message
-from tests.unit.test_router import PEER, make_router, request, send
+from tests.unit.test_router import NOW, PEER, make_router, request, send
 
 NUMBER = "+15005550101"  # agent alice (digest), PEER is allowed
 FENCED = "+15005550102"  # agent bob: only 203.0.113.0/24
@@ -138,7 +138,7 @@ def authenticated_invite(edge: Edge, call_id: str) -> list[bytes]:
         uri=f"sip:{NUMBER}@sip.example.com",
         cnonce="c0ffee",
     )
-    out = edge.router.handle_message(invite(call_id=call_id, auth=auth), PEER, now=1.8e9)
+    out = edge.router.handle_message(invite(call_id=call_id, auth=auth), PEER, now=NOW, wall=NOW)
     return [o.data for o in out]
 
 
