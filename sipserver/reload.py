@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from sipserver.config import Config, ServerConfig
+from sipserver.data_dir import FILE_MODE, make_private_dir
 
 __all__ = [
     "SECTIONS",
@@ -52,6 +53,7 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.domains": "live",
     "server.sip.numbering": "live",
     "server.sip.digest_algorithms": "live",
+    "server.sip.digest_uri_check": "live",
     "server.sip.min_expires": "live",
     "server.sip.max_expires": "live",
     "server.sip.default_expires": "live",
@@ -143,7 +145,7 @@ def result_path(config: Config) -> Path:
 
 
 def write_result(path: Path, result: ReloadResult, *, pid: int, sequence: int, source: str) -> None:
-    """Write ``result`` atomically (a reader never sees half a file)."""
+    """Write ``result`` atomically (a reader never sees half a file), private (0600)."""
     record = {
         "pid": pid,
         "sequence": sequence,
@@ -151,9 +153,11 @@ def write_result(path: Path, result: ReloadResult, *, pid: int, sequence: int, s
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **asdict(result),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent, key="server.data_dir")
     tmp = path.with_name(f".{path.name}.{pid}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
 
 

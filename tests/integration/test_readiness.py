@@ -12,7 +12,6 @@ progress continues until it ends (within ``server.drain_timeout``) or is ended b
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -128,13 +127,7 @@ def long_call(server: ServerProcess, workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def log_events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
-    events = []
-    for line in server.log_path.read_text().splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == name:
-                events.append(record)
-    return events
+    return [e for e in server.log_events() if e.get("event") == name]
 
 
 def with_drain_timeout(seconds: float) -> Any:

@@ -18,6 +18,7 @@ from sipserver.sip.message import SipResponse, parse_message
 from tests.unit.test_router import NOW, PEER, make_router, request, send
 
 NUMBER = "+15005550101"  # agent alice (digest), PEER is allowed
+PASSWORD = "alice-pw-1234"  # alice's password in test_router.make_router
 FENCED = "+15005550102"  # agent bob: only 203.0.113.0/24
 WORKER = Endpoint("udp", "127.0.0.1", 6001)
 
@@ -133,7 +134,7 @@ def authenticated_invite(edge: Edge, call_id: str) -> list[bytes]:
     auth = build_authorization(
         challenge,
         username="alice",
-        password="alice-pw-123",
+        password=PASSWORD,
         method="INVITE",
         uri=f"sip:{NUMBER}@sip.example.com",
         cnonce="c0ffee",

@@ -174,6 +174,7 @@ def test_reload_from_file_writes_the_result_and_an_invalid_file_changes_nothing(
         result = await server.reload_from_file()
         assert result.applied and result.changed == ("agents",)
         assert result.restart_needed == ("server.sip.tcp",)
+        assert result_path(server.config).stat().st_mode & 0o777 == 0o600
         record = json.loads(result_path(server.config).read_text())
         assert record["sequence"] == 2 and record["source"] == str(path)
         assert record["restart_needed"] == ["server.sip.tcp"]
