@@ -187,7 +187,7 @@ class Caller:
 
 
 def one_run(workdir: Path) -> dict[str, Any]:
-    sip_port, http_port = free_port(), free_port()
+    sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
     config_file = workdir / "sipserver.yaml"
     config_file.write_text(yaml.safe_dump(bench_config(sip_port, http_port, workdir / "data")))
     caller = Caller(("127.0.0.1", sip_port))
