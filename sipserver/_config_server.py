@@ -1,0 +1,277 @@
+"""The ``server:`` block of the configuration: listeners, SIP edge, media workers, gateway.
+
+Private to :mod:`sipserver.config`, which re-exports these models.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from sipserver import _config_rules as rules
+from sipserver._config_rules import RuleErrors, normalize_number, parse_host_port
+from sipserver._config_types import DigestAlgorithm, Host, HostPort, Listeners
+from sipserver._config_types import StrictModel as _Model
+
+__all__ = [
+    "BanConfig",
+    "MediaConfig",
+    "MediaStreamsConfig",
+    "NumberingPlan",
+    "ServerConfig",
+    "SipServerConfig",
+]
+
+
+class BanConfig(_Model):
+    """Temporary bans of sources that fail digest authentication repeatedly."""
+
+    max_failures: int = Field(5, ge=1)
+    """Failed authentications within ``window`` that ban the source address."""
+    window: float = Field(60.0, gt=0)
+    """Seconds over which failures are counted."""
+    duration: float = Field(600.0, gt=0)
+    """Seconds a banned source is answered 403."""
+    max_tracked_sources: int = Field(100_000, ge=1)
+    """Cap on the addresses tracked at once (bounds memory under a spray attack)."""
+
+
+class NumberingPlan(_Model):
+    """How dialled numbers are normalised before they are matched against agents' numbers.
+
+    Both sides (the number in the Request-URI and the configured ``sip.numbers``) go through the
+    same steps, so ``+442071234567``, ``00442071234567``, ``02071234567`` (with country code 44
+    and national prefix 0) and ``902071234567`` (with strip prefix 9) all reach the same agent:
+
+    1. punctuation (spaces, ``-``, ``(``, ``)``, ``.``) is removed;
+    2. a number starting with ``+`` is international already: the ``+`` goes, nothing else;
+    3. otherwise the first matching ``strip_prefixes`` entry is removed (PBX outside-line codes);
+    4. then ``international_prefix`` is replaced by nothing (the country code follows it), or
+       ``national_prefix`` by ``country_code``.
+    """
+
+    country_code: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Country code added to nationally dialled numbers, e.g. ``"44"`` or ``"1"``; none: off."""
+    national_prefix: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Trunk prefix of national numbers, e.g. ``"0"`` (UK, DE) or ``"1"`` (NANP); needs
+    ``country_code``."""
+    international_prefix: Annotated[str, AfterValidator(rules.check_digits)] | None = None
+    """Exit code before a country code, e.g. ``"00"`` or ``"011"``."""
+    strip_prefixes: list[Annotated[str, AfterValidator(rules.check_digits)]] = Field(
+        default_factory=list
+    )
+    """Prefixes removed first (the first that matches), e.g. ``["9"]`` for a PBX outside line."""
+    min_length: int = Field(6, ge=1)
+    """Numbers shorter than this (after punctuation) are extensions: only punctuation and ``+``
+    are removed, so short dial strings such as ``100`` are never rewritten."""
+
+    @model_validator(mode="after")
+    def _national_needs_country(self) -> NumberingPlan:
+        if self.national_prefix and not self.country_code:
+            raise RuleErrors([(("national_prefix",), "needs country_code")])
+        return self
+
+    def normalize(self, number: str) -> str:
+        """The digits a number is compared by (see the class doc)."""
+        compact = number.translate(rules.NUMBER_PUNCTUATION)
+        if compact.startswith("+") or len(compact) < self.min_length:
+            return normalize_number(compact)
+        for prefix in self.strip_prefixes:
+            if compact.startswith(prefix):
+                compact = compact[len(prefix) :]
+                break
+        if self.international_prefix and compact.startswith(self.international_prefix):
+            return compact[len(self.international_prefix) :]
+        if self.national_prefix and compact.startswith(self.national_prefix):
+            return f"{self.country_code}{compact[len(self.national_prefix) :]}"
+        return compact
+
+
+class SipServerConfig(_Model):
+    """The SIP edge: listeners, digest authentication and registrar limits."""
+
+    numbering: NumberingPlan = Field(default_factory=NumberingPlan)
+    """Normalisation of dialled numbers (international/national prefixes, PBX prefixes)."""
+
+    udp: Listeners = Field(default_factory=lambda: ["127.0.0.1:5060"])
+    """UDP listeners, ``host:port`` (``[::]:5060`` for IPv6); one string or a list; ``[]``: off."""
+    tcp: Listeners = Field(default_factory=lambda: ["127.0.0.1:5060"])
+    """TCP listeners, like ``udp``."""
+    tls: Annotated[None, BeforeValidator(rules.reject_tls)] = None
+    """Reserved for TLS listeners; only ``null`` is accepted for now."""
+    digest_algorithms: Annotated[list[DigestAlgorithm], AfterValidator(rules.check_unique)] = Field(
+        ["MD5"], min_length=1
+    )
+    """Digest algorithms accepted; 401/407 carry one challenge, with the first. One challenge
+    because user agents mishandle several (RFC 8760 §2.4 allows them): MD5 first serves every
+    UA, SHA-256 first or alone locks out MD5-only ones."""
+    digest_uri_check: Literal["server", "strict"] = "server"
+    """Which digest ``uri`` is accepted: ``server``, the Request-URI or any URI naming this
+    server (a served domain or listener address, a listener port, any user part), as Kamailio
+    and Asterisk do; ``strict``, only the Request-URI (RFC 7616 §3.4.6)."""
+    nonce_ttl: float = Field(300.0, gt=0)
+    """Seconds a nonce stays valid; older ones get ``stale=true``."""
+    min_expires: int = Field(60, gt=0)
+    """Shortest registration accepted; shorter requests get 423 (RFC 3261 §10.3 step 7)."""
+    max_expires: int = Field(3600, gt=0)
+    """Longer registrations are clamped to this."""
+    default_expires: int = Field(3600, gt=0)
+    """Expiry used when a REGISTER gives none."""
+    max_contacts_per_aor: int = Field(10, ge=1)
+    """Contacts one address of record may register at once."""
+    ban: BanConfig = Field(default_factory=BanConfig)
+    """Temporary bans after authentication failures."""
+    max_message_size: int = Field(65535, ge=1024)
+    """Bytes; larger SIP messages are rejected."""
+    force_rport: bool = True
+    """Answer UDP requests at their source address and port even without ``;rport`` (RFC 3581),
+    which reaches peers behind NAT."""
+
+    @model_validator(mode="after")
+    def _expires_order(self) -> SipServerConfig:
+        low, default, high = self.min_expires, self.default_expires, self.max_expires
+        if low > high:
+            raise RuleErrors([(("min_expires",), f"must be <= max_expires ({high})")])
+        if not low <= default <= high:
+            message = f"must be between min_expires ({low}) and max_expires ({high})"
+            raise RuleErrors([(("default_expires",), message)])
+        return self
+
+    @property
+    def udp_addresses(self) -> list[tuple[str, int]]:
+        """The UDP listeners as ``(host, port)``; IPv6 hosts without brackets."""
+        return [parse_host_port(item) for item in self.udp]
+
+    @property
+    def tcp_addresses(self) -> list[tuple[str, int]]:
+        """The TCP listeners as ``(host, port)``; IPv6 hosts without brackets."""
+        return [parse_host_port(item) for item in self.tcp]
+
+
+class MediaConfig(_Model):
+    """Media workers: the processes that answer calls (SIP on loopback) and carry their RTP."""
+
+    worker_host: Host = "127.0.0.1"
+    """Address the workers' SIP listeners bind to; the edge forwards calls there."""
+    rtp_host: Host = "127.0.0.1"
+    """Address RTP binds to and that the workers put in their SDP."""
+    rtp_port_min: int = Field(20000, ge=1024, le=65535)
+    """First UDP port of the RTP range (split between workers, 2 ports per call)."""
+    rtp_port_max: int = Field(20999, ge=1024, le=65535)
+    """Last UDP port of the RTP range."""
+    min_workers: int = Field(1, ge=1)
+    """Workers kept running even when idle; ``server.workers`` is the maximum."""
+    sample_rate: Literal[8000, 16000] = 8000
+    """PCM rate of the frames between workers and sessions."""
+    session_timers: Literal["optional", "always", "off"] = "optional"
+    """RFC 4028 session timers in the workers: ``optional`` (used when the caller asks for them
+    with ``Session-Expires``), ``always`` (also for callers that do not: the worker is then the
+    refresher and re-INVITEs/UPDATEs every ``session_expires / 2``; a caller that vanished fails
+    the refresh and the call ends) or ``off`` (Session-Expires is ignored)."""
+    session_expires: int = Field(1800, ge=90)
+    """RFC 4028 session interval, seconds, for sessions the worker starts itself
+    (``session_timers: always`` and a caller without ``Session-Expires``); a caller's own
+    ``Session-Expires`` (>= ``min_se``) is used as it is. When refreshes stop, the
+    non-refresher ends the call with BYE before the interval is over (pjsip: at
+    ``max(SE - 32, SE - SE/3)`` seconds after the last refresh)."""
+    min_se: int = Field(90, ge=90)
+    """RFC 4028 ``Min-SE``, seconds: a shorter ``Session-Expires`` gets ``422 Session Interval
+    Too Small`` with this ``Min-SE``. RFC 4028 §4 sets the floor at 90, and so does pjsip
+    (``ABS_MIN_SE``: a smaller value is an assertion failure in the worker), so no lower value
+    is accepted, not even for tests."""
+    rtp_timeout: float = Field(60.0, ge=0)
+    """Seconds without an RTP packet from the caller after which the worker hangs up (BYE),
+    except while the caller holds the call; 0 never does."""
+    answer_delay: float = Field(0.0, ge=0, le=60)
+    """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
+    time; 0 answers at once."""
+
+    @model_validator(mode="after")
+    def _port_order(self) -> MediaConfig:
+        if self.rtp_port_min + 16 > self.rtp_port_max:
+            message = f"must be at least rtp_port_min + 16 ({self.rtp_port_min + 16})"
+            raise RuleErrors([(("rtp_port_max",), message)])
+        if self.min_se > self.session_expires:
+            message = f"must be <= session_expires ({self.session_expires})"
+            raise RuleErrors([(("min_se",), message)])
+        return self
+
+
+class MediaStreamsConfig(_Model):
+    """The websocket media-stream gateway (Twilio Media Streams and browsers)."""
+
+    lead_ms: int = Field(100, ge=20, le=2000)
+    """Agent audio sent ahead of real time, in ms: the far side's buffer, all that a ``clear``
+    has to throw away."""
+    jitter_ms: int = Field(60, ge=0, le=1000)
+    """Caller audio buffered before it reaches the session (reordering, bursts)."""
+    stall_timeout: float = Field(10.0, gt=0)
+    """Seconds without media from the far side after which its call is ended."""
+    max_message_bytes: int = Field(65536, ge=1024)
+    """Largest websocket message accepted; a larger one closes that socket (1009). Messages
+    over four times this are refused while being read."""
+    mark_interval_ms: int = Field(1000, ge=100)
+    """How often (ms of agent audio) a ``mark`` follows the media, to learn what was heard."""
+
+
+class ServerConfig(_Model):
+    """Listeners, public identity, worker count and bindings store of the server."""
+
+    public_host: Host = "127.0.0.1"
+    """Host name or address peers use to reach the SIP edge."""
+    public_url: Annotated[str, AfterValidator(rules.check_public_url)] = "http://127.0.0.1:8080"
+    """``http(s)://host[:port]`` of the HTTP side as seen from outside (the agents' URLs)."""
+    realm: Annotated[str, AfterValidator(rules.check_realm)] | None = None
+    """Digest realm; ``None``: ``public_host`` (see :attr:`effective_realm`)."""
+    domains: list[Host] = Field(default_factory=list)
+    """Extra SIP domains served besides ``public_host`` and the listener addresses."""
+    http: HostPort = "127.0.0.1:8080"
+    """HTTP listener (gateway, dashboard, metrics), ``host:port``."""
+    sip: SipServerConfig = Field(default_factory=SipServerConfig)
+    """The SIP edge."""
+    workers: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
+    """Most media worker processes: ``auto`` (one per core) or a number >= 1."""
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    """Media workers and RTP."""
+    store: Annotated[str, AfterValidator(rules.check_store)] = "sqlite"
+    """Bindings store: ``memory``, ``sqlite`` (``<data_dir>/bindings.db``) or ``sqlite://PATH``."""
+    data_dir: str = Field("./var", min_length=1)
+    """Directory for state files (the bindings database, ...)."""
+    media_streams: MediaStreamsConfig = Field(default_factory=MediaStreamsConfig)
+    """The websocket media-stream gateway."""
+    demo_page: bool = False
+    """Serve the browser demo at ``/demo/<slug>`` for agents with a websocket (anyone who can
+    reach the HTTP port can talk to them)."""
+    drain_timeout: float = Field(5.0, ge=0)
+    """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
+    new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's
+    kill timeout (Docker: 10 s, Kubernetes: 30 s, systemd: 90 s)."""
+
+    @property
+    def max_workers(self) -> int:
+        """:attr:`workers` as a number (``auto``: the number of CPU cores)."""
+        if self.workers == "auto":
+            return max(1, os.cpu_count() or 1)
+        return self.workers
+
+    @property
+    def effective_realm(self) -> str:
+        """The digest realm: :attr:`realm` when set, else :attr:`public_host`."""
+        return self.realm if self.realm is not None else self.public_host
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        """The HTTP listener as ``(host, port)``; an IPv6 host without brackets."""
+        return parse_host_port(self.http)
+
+    @property
+    def store_url(self) -> tuple[Literal["memory", "sqlite"], str | None]:
+        """The bindings store as ``(kind, path)``: ``("memory", None)`` or ``("sqlite", path)``;
+        plain ``sqlite`` is ``<data_dir>/bindings.db``."""
+        kind, path = rules.parse_store(self.store)
+        if kind == "sqlite" and path is None:
+            path = str(pathlib.Path(self.data_dir) / "bindings.db")
+        return kind, path
