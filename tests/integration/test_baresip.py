@@ -16,7 +16,6 @@ The server runs config/sipserver.yaml as shipped (MD5 digest, one challenge, the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -25,18 +24,16 @@ import socket
 import subprocess
 import threading
 import time
-import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import soxr
 import yaml
 
-from sipserver.pipeline.providers.local_stt import WhisperStt
 from tests.integration.conftest import ServerProcess, free_port
+from tests.speech import espeak, transcribe, write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -58,26 +55,6 @@ def _baresip() -> str:
     return path
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(samples.astype("<i2").tobytes())
-
-
-def _speech(text: str, tmp: Path) -> np.ndarray:
-    raw, out = tmp / "espeak.wav", tmp / "espeak16k.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, timeout=30)
-    subprocess.run(
-        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)],
-        check=True,
-        timeout=30,
-    )
-    with wave.open(str(out), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
 def _read_growing_wav(path: Path) -> tuple[int, np.ndarray]:
     """(rate, samples) of a mono 16-bit WAV that sndfile is still writing (its header sizes
     are not final yet: the samples are whatever follows the ``data`` chunk header)."""
@@ -92,11 +69,6 @@ def _speech_frames(samples: np.ndarray, frame: int) -> np.ndarray:
     """One bool per whole frame: its mean absolute level is above SPEECH_LEVEL."""
     whole = samples[: samples.size - samples.size % frame].astype(np.int32)
     return np.abs(whole.reshape(-1, frame)).mean(axis=1) > SPEECH_LEVEL
-
-
-def _transcribe(samples: np.ndarray, rate: int) -> str:
-    pcm16k = samples if rate == 16000 else soxr.resample(samples, rate, 16000).astype("<i2")
-    return asyncio.run(WhisperStt().transcribe(pcm16k.astype("<i2").tobytes())).text.lower()
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float, details: Callable[[], str]) -> Any:
@@ -285,10 +257,10 @@ def test_baresip_registers_and_talks_to_the_demo_agent(
     server = demo_server
     silence = tmp_path / "silence.wav"
     # aufile ends the call at the end of its file: both microphones outlast the call.
-    _write_wav(silence, np.zeros(180 * RATE))
-    question = _speech("How much does it cost?", tmp_path)
+    write_wav(silence, np.zeros(180 * RATE), RATE)
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
     asking = tmp_path / "question.wav"
-    _write_wav(asking, np.concatenate((question, np.zeros(180 * RATE))))
+    write_wav(asking, np.concatenate((question, np.zeros(180 * RATE))), RATE)
 
     phone = Baresip(tmp_path, sip_port=server.sip_port, transport=transport, microphone=silence)
     try:
@@ -381,8 +353,8 @@ def test_baresip_registers_and_talks_to_the_demo_agent(
         phone.stop()
 
     rate, samples = _read_growing_wav(heard)
-    greeting = _transcribe(samples[:greeting_end], rate)
-    answer = _transcribe(samples[after_question:answer_end], rate)
+    greeting = transcribe(samples[:greeting_end], rate)
+    answer = transcribe(samples[after_question:answer_end], rate)
     print(f"greeting heard: {greeting!r}\nanswer heard: {answer!r}")
     # Key words only, never the model's exact output: Whisper tiny.en hears "sipserver" as
     # "citzorver" and the like, but "demo agent" and "help" survive G722 and any CPU.

@@ -199,33 +199,23 @@ def test_pjsua2_caller_hears_its_echo_through_the_edge(
     """A real UA (pjsua2) calls the agent's number through the edge with digest auth, speaks
     (espeak-ng), records what comes back: the stand-in session's chime, then the caller's own
     speech 200 ms late (cross-correlated, not merely non-silent); '#' makes the agent hang up."""
-    import subprocess
-    import wave
-
     import numpy as np
 
     from tests.integration.test_pjsua2_worker import RATE
+    from tests.speech import espeak, read_wav, write_wav
 
     wait_metric(server, "sipserver_media_workers_up", 1)
     play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
-    speech = tmp_path / "speech.wav"
     text = "Hello, this is a test call to the demo agent. Please echo my words back to me."
-    subprocess.run(["espeak-ng", "-w", str(speech), text], check=True, timeout=30)
-    subprocess.run(
-        ["sox", str(speech), "-r", str(RATE), "-c", "1", "-b", "16", str(play)],
-        check=True,
-        timeout=30,
-    )
-    with wave.open(str(play), "rb") as w:
-        sent = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    sent = espeak(text, tmp_path, rate=RATE)
+    write_wav(play, sent, RATE)
     seconds = len(sent) / RATE
     result = place_call(
         sip_port=server.sip_port, number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
         play=play, record=record, seconds=seconds + 1.0, dtmf="#", wait_bye=5, timeout=60,
     )  # fmt: skip
     assert result["ended_by"] == "remote", result  # the agent hung up on '#'
-    with wave.open(str(record), "rb") as w:
-        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+    got = read_wav(record)[1].astype(np.float64)
     ref = sent.astype(np.float64)
     size = 1 << (len(got) + len(ref) - 1).bit_length()
     corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)

@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess
 from tests.integration.test_voice_calls import GREETING, KB
+from tests.speech import espeak, write_wav
 
 pytestmark = [
     pytest.mark.integration,
@@ -65,14 +66,8 @@ def _demo_agent(config: dict[str, Any]) -> None:
 
 def _microphone(path: Path, tmp: Path) -> Path:
     """16 kHz 16-bit mono PCM WAV: 6 s of silence, the question, 4 s of silence."""
-    raw = tmp / "espeak.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), "How much does it cost?"], check=True, timeout=30)
-    subprocess.run(
-        ["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path), "pad", "6", "4"],
-        check=True,
-        timeout=30,
-    )
-    return path
+    question = espeak("How much does it cost?", tmp, rate=16000)
+    return write_wav(path, np.pad(question, (6 * 16000, 4 * 16000)), 16000)
 
 
 def _answered(lines: list[list[str]]) -> bool:

@@ -22,7 +22,8 @@ import pytest
 from sipserver.listens.passwords import hash_password
 from tests.integration.conftest import ServerProcess, base_config, caller_args, free_port
 from tests.integration.listens_client import ForkClient, SseReader, login
-from tests.integration.test_voice_calls import KB, _speech
+from tests.integration.test_voice_calls import KB
+from tests.speech import espeak, read_wav, write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +75,8 @@ async def test_forked_call_streams_transcripts_and_a_suggestion(
     listens_server: ServerProcess, tmp_path: Path
 ) -> None:
     server = listens_server
-    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
-    reply = _speech("Our plans start at nineteen dollars a month.", tmp_path / "r.wav", tmp_path)
+    question = espeak("How much does it cost?", tmp_path, rate=8000)
+    reply = espeak("Our plans start at nineteen dollars a month.", tmp_path, rate=8000)
     http, resp = await login(server.http_url, "supervisor", password_of("supervisor"))
     started = time.monotonic()
     try:
@@ -249,7 +250,6 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
     call is answered, nothing but silence comes back, and the caller's speech shows up on the
     dashboard stream as caller lines with a suggestion."""
     import json as _json
-    import wave
 
     import numpy as np
 
@@ -268,15 +268,11 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
     server.start()
     try:
         wait_metric(server, "sipserver_media_workers_up", 1)
-        question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+        question = espeak("How much does it cost?", tmp_path, rate=8000)
         play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
         rate = 8000
-        with wave.open(str(play), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            silence = np.zeros(rate, dtype=np.int16)
-            w.writeframes(np.concatenate((silence, question, silence, silence)).tobytes())
+        silence = np.zeros(rate, dtype=np.int16)
+        write_wav(play, np.concatenate((silence, question, silence, silence)), rate)
         http, resp = await login(server.http_url, "supervisor", password_of("supervisor"))
         try:
             assert resp.status == 303
@@ -309,8 +305,7 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
         assert lines and {t["speaker"] for t in lines} == {"caller"}, lines
         assert "cost" in " ".join(t["text"].lower() for t in lines), lines
         assert events.of("suggestion")[0]["sources"][0]["source"] == "pricing.md"
-        with wave.open(str(record), "rb") as w:
-            heard = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        _, heard = read_wav(record)
         assert heard.size > rate * 5, heard.size  # the call was up for the whole clip
         assert int(np.abs(heard).max()) < 200, "a listens call must send nothing but silence"
     finally:

@@ -21,7 +21,7 @@ from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess, free_port
 from tests.integration.listens_client import ForkClient
 from tests.integration.test_listens import NUMBER, SECRET, listens_config, password_of
-from tests.integration.test_voice_calls import _speech
+from tests.speech import espeak
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ async def test_supervisor_sees_the_call_and_a_suggestion_live_agent_is_refused(
     if chromium_path() is None:
         pytest.skip("chromium is not installed (scripts/test installs it)")
     base = server.http_url
-    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+    question = espeak("How much does it cost?", tmp_path, rate=8000)
     async with (
         aiohttp.ClientSession() as http,
         open_page(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import soxr
 
 from sipserver.pipeline.providers.local import EspeakTts, PiperTts, WhisperStt
 from sipserver.pipeline.turn import SmartTurnDetector
+from tests.speech import espeak
 
 pytestmark = [
     pytest.mark.integration,
@@ -75,31 +75,8 @@ def assert_every_sentence_heard(text: str) -> None:
 
 
 def espeak_pcm(tmp_path: Path, text: str, *, voice: str = "en", rate: int = 16000) -> bytes:
-    """espeak-ng speech as s16le mono at ``rate`` (sox converts it, without dither: with
-    dither tiny.en's transcript of the same clip changes from run to run)."""
-    wav = tmp_path / "espeak.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
-    out = subprocess.run(
-        [
-            "sox",
-            "-D",
-            str(wav),
-            "-t",
-            "raw",
-            "-r",
-            str(rate),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed",
-            "-",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out.stdout
+    """espeak-ng speech as s16le mono at ``rate``."""
+    return espeak(text, tmp_path, rate=rate, voice=voice).tobytes()
 
 
 def resample(pcm: bytes, rate_in: int, rate_out: int) -> bytes:

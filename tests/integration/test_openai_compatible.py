@@ -52,6 +52,7 @@ from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.voice import END_CALL_TOOL
 from tests.integration.conftest import free_port
 from tests.integration.test_websocket_voice import _until
+from tests.speech import espeak, transcribe_async
 
 # Deadlines come from the measured token time (LlamaServer.deadline), not from this cap, which
 # only stops a hung test: a busy machine may need minutes for the knowledge-base prompts.
@@ -308,8 +309,7 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
     import aiohttp
 
     from tests.integration.media_stream_client import MediaStreamClient
-    from tests.integration.test_voice_calls import KB, _speech
-    from tests.integration.test_websocket_voice import _transcribe
+    from tests.integration.test_voice_calls import KB
 
     secret = "openai-ws-secret-0123456789"
 
@@ -335,10 +335,7 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
         )
 
     server = server_factory(agent)
-    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
-    from sipserver.pipeline.providers.local_stt import WhisperStt
-
-    stt = WhisperStt()
+    question = espeak("How much does it cost?", tmp_path, rate=8000)
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{server.http_url}/ws/hosted/{secret}")
         client = MediaStreamClient(ws)
@@ -355,7 +352,7 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
         await client.stop()
         await client.aclose()
     said = " ".join(e["text"] for e in client.events if e["type"] == "agent_text")
-    heard = await _transcribe(stt, client.audio(answered, answered + 30.0))
+    heard = await transcribe_async(client.audio(answered, answered + 30.0), 8000)
     print(f"model said: {said!r}\ncaller heard: {heard!r}")
     assert said.strip(), "the model produced no text"
     first_words = [w for w in re.findall(r"[a-z']+", said.lower()) if len(w) > 3][:3]

@@ -17,15 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soxr
 
 from sipserver.pipeline.providers.openai import OpenAiSettings, OpenAiStt
+from tests.speech import espeak
 
 pytestmark = [
     pytest.mark.integration,
@@ -72,12 +70,7 @@ def server() -> Iterator[str]:
 
 
 def _speech(text: str, tmp: Path) -> bytes:
-    path = tmp / "q.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, timeout=30)
-    with wave.open(str(path), "rb") as w:
-        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-        rate = w.getframerate()
-    return bytes(soxr.resample(raw, rate, 16000).astype("<i2").tobytes())
+    return espeak(text, tmp, rate=16000).tobytes()
 
 
 def test_transcribes_a_segment(server: str, tmp_path: Path) -> None:

@@ -8,21 +8,17 @@ hold the greeting and the answer from the knowledge base.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import subprocess
-import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import soxr
 
-from sipserver.pipeline.providers.local_stt import WhisperStt
 from tests.integration.conftest import ServerProcess, place_call
 from tests.integration.test_calls import wait_metric
+from tests.speech import espeak, read_wav, transcribe, write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -45,41 +41,16 @@ def _voice_agent(config: dict[str, Any]) -> None:
     )
 
 
-def _speech(text: str, path: Path, tmp: Path) -> np.ndarray:
-    raw = tmp / "espeak.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, timeout=30)
-    subprocess.run(
-        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(path)],
-        check=True,
-        timeout=30,
-    )
-    with wave.open(str(path), "rb") as w:
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-
-
-def _write(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(samples.astype("<i2").tobytes())
-
-
-def _transcribe(samples: np.ndarray) -> str:
-    pcm16k = soxr.resample(samples, RATE, 16000).astype("<i2").tobytes()
-    return asyncio.run(WhisperStt().transcribe(pcm16k)).text.lower()
-
-
 def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
     server_factory: Any, tmp_path: Path
 ) -> None:
     server: ServerProcess = server_factory(_voice_agent)
     wait_metric(server, "sipserver_media_workers_up", 1)
-    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
     lead = int(6.0 * RATE)  # the greeting plays first
     tail = int(10.0 * RATE)  # time for the answer
     play = tmp_path / "play.wav"
-    _write(play, np.concatenate((np.zeros(lead), question, np.zeros(tail))))
+    write_wav(play, np.concatenate((np.zeros(lead), question, np.zeros(tail))), RATE)
     record = tmp_path / "rec.wav"
     seconds = (lead + question.size + tail) / RATE
     result = place_call(
@@ -87,10 +58,9 @@ def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
         play=play, record=record, seconds=seconds, dtmf="#", wait_bye=5, timeout=90,
     )  # fmt: skip
     assert result["ended_by"] == "remote", result  # end_call_digit '#'
-    with wave.open(str(record), "rb") as w:
-        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    greeting = _transcribe(got[:lead])
-    answer = _transcribe(got[lead + question.size :])
+    _, got = read_wav(record)
+    greeting = transcribe(got[:lead], RATE)
+    answer = transcribe(got[lead + question.size :], RATE)
     print(f"greeting heard: {greeting!r}\nanswer heard: {answer!r}")
     assert re.search(r"lakeside|demo agent|help", greeting), greeting
     assert re.search(r"dollars|starter|business|plans?", answer), answer

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
-import soxr
 
 from sipserver.pipeline.providers.local_stt import WhisperStt
 from tests.integration.conftest import ServerProcess
 from tests.integration.media_stream_client import MediaStreamClient
-from tests.integration.test_voice_calls import GREETING, KB, _speech
+from tests.integration.test_voice_calls import GREETING, KB
+from tests.speech import espeak, transcribe_async
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +41,6 @@ def _voice_ws_agent(config: dict[str, Any]) -> None:
     )
 
 
-async def _transcribe(stt: WhisperStt, samples: np.ndarray) -> str:
-    pcm16k = soxr.resample(samples, RATE, 16000).astype("<i2").tobytes()
-    return (await stt.transcribe(pcm16k)).text.lower()
-
-
 async def _until(predicate: Any, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -59,9 +53,9 @@ async def _until(predicate: Any, timeout: float) -> bool:
 
 async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_path: Path) -> None:
     server: ServerProcess = server_factory(_voice_ws_agent)
-    question = _speech("How much does it cost?", tmp_path / "q.wav", tmp_path)
-    follow_up = _speech("What can you tell me about the plans?", tmp_path / "f.wav", tmp_path)
-    barge = _speech("Wait, stop, I have another question please.", tmp_path / "b.wav", tmp_path)
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
+    follow_up = espeak("What can you tell me about the plans?", tmp_path, rate=RATE)
+    barge = espeak("Wait, stop, I have another question please.", tmp_path, rate=RATE)
     stt = WhisperStt()
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{server.http_url}/ws/voice/{SECRET}")
@@ -88,8 +82,8 @@ async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_p
         await ws.send_str(json.dumps({"event": "dtmf", "dtmf": {"digit": "#"}}))
         await asyncio.wait_for(client.closed.wait(), 10)
         await client.aclose()
-    greeting = await _transcribe(stt, client.audio(0.0, asked))
-    answer = await _transcribe(stt, client.audio(answered, answered + 9.0))
+    greeting = await transcribe_async(client.audio(0.0, asked), RATE, stt)
+    answer = await transcribe_async(client.audio(answered, answered + 9.0), RATE, stt)
     print(f"greeting heard: {greeting!r}\nanswer heard: {answer!r}")
     print(f"clear {clear_delay * 1000:.0f} ms after the caller started speaking over the agent")
     assert re.search(r"lakeside|demo agent|help", greeting), greeting

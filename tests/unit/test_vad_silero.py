@@ -4,7 +4,6 @@ phrases separated by known silences are found at 8 kHz and 16 kHz."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sipserver.pipeline.vad import (
     VadBatcher,
     VadOptions,
 )
+from tests.speech import espeak
 
 Pcm = npt.NDArray[np.int16]
 
@@ -102,12 +102,7 @@ TOLERANCE = 0.100
 
 
 def _espeak(text: str, rate: int, workdir: Path) -> Pcm:
-    wav = workdir / "speech.wav"
-    raw = workdir / "speech.raw"
-    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
-    sox = ["sox", str(wav), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer"]
-    subprocess.run([*sox, str(raw)], check=True, capture_output=True)
-    return np.fromfile(raw, dtype="<i2")
+    return espeak(text, workdir, rate=rate)
 
 
 def _active_span(pcm: Pcm, rate: int) -> tuple[float, float]:
