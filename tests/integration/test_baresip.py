@@ -250,6 +250,7 @@ def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_baresip_registers_and_talks_to_the_demo_agent(
     demo_server: ServerProcess, tmp_path: Path, transport: str

@@ -117,6 +117,7 @@ def test_source_outside_cidr_cannot_call(server_factory: Any, tmp_path: Path) ->
     assert server.metric("sipserver_call_attempts_total", result="acl_denied") == 1
 
 
+@pytest.mark.slow
 def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Path) -> None:
     import json
     import os
@@ -369,6 +370,7 @@ def test_session_expires_below_min_se_gets_422(server_factory: Any, tmp_path: Pa
     assert status_calls(server) == [0]
 
 
+@pytest.mark.slow
 def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
     server_factory: Any, tmp_path: Path
 ) -> None:

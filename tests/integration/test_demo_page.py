@@ -94,6 +94,7 @@ async def _watch(page: Page, done: Any, timeout: float, seen: dict[str, Any]) ->
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_demo_page_talks_to_the_agent_in_chromium(
     server_factory: Any, tmp_path: Path
 ) -> None:

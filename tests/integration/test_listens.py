@@ -243,6 +243,7 @@ async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path
     assert code == 0 and took < 5.0
 
 
+@pytest.mark.slow
 async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed(
     tmp_path: Path,
 ) -> None:

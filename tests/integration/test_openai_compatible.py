@@ -299,6 +299,7 @@ async def test_runtime_builds_an_openai_llm_for_the_agent(llama: LlamaServer) ->
         await runtime.close()
 
 
+@pytest.mark.slow
 async def test_voice_call_with_the_openai_llm_end_to_end(
     llama: LlamaServer, server_factory: Any, tmp_path: Path
 ) -> None:

@@ -137,6 +137,7 @@ def with_drain_timeout(seconds: float) -> Any:
     return mutate
 
 
+@pytest.mark.slow
 def test_sigterm_drains_calls_in_progress_and_refuses_new_ones(
     server_factory: Any, tmp_path: Path
 ) -> None:

@@ -41,6 +41,7 @@ def _voice_agent(config: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.slow
 def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
     server_factory: Any, tmp_path: Path
 ) -> None:

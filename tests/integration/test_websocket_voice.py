@@ -51,6 +51,7 @@ async def _until(predicate: Any, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_path: Path) -> None:
     server: ServerProcess = server_factory(_voice_ws_agent)
     question = espeak("How much does it cost?", tmp_path, rate=RATE)
