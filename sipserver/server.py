@@ -608,9 +608,7 @@ class Server:
         await self.listeners.stop()
         await self.voice.close()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if isinstance(self.store, SqliteStore):

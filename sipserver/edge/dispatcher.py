@@ -32,6 +32,7 @@ from typing import Literal
 
 from sipserver.observability import get_logger
 from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, serve_links
+from sipserver.tasks import cancel_and_wait
 
 __all__ = ["FULL", "MediaWorker", "WorkerPool", "WorkerPoolSettings"]
 
@@ -258,8 +259,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -23,6 +23,7 @@ from typing import cast
 from sipserver.edge.router import Outgoing, Peer, SipRouter
 from sipserver.observability import Metrics, get_logger
 from sipserver.sip.framing import FramingError, StreamFramer
+from sipserver.tasks import cancel_and_wait
 
 __all__ = ["SipListeners", "parse_host_port"]
 
@@ -278,9 +279,7 @@ class SipListeners:
     async def stop(self) -> None:
         """Close every listener and connection."""
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await cancel_and_wait(self._ticker)
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()
         for transport in self._udp:

@@ -43,6 +43,7 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
 )
 from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
+from sipserver.tasks import cancel_and_wait
 
 __all__ = [
     "MediaStreamGateway",
@@ -342,9 +343,7 @@ class StreamCall:
         if ticker is not None and not ticker.done():
             if self.end_reason == "hangup":  # the tick task is closing the socket itself
                 await asyncio.wait({ticker}, timeout=self.lead_ticks * _TICK + 3.0)
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
         if self.session is not None:
             try:
                 self.session.on_hangup(self.session_reason)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sipserver.tasks import cancel_and_wait
+
 __all__ = [
     "DTMF_DIGITS",
     "MAX_RECORD_LENGTH",
@@ -731,9 +733,7 @@ class FrameLink:
                 await asyncio.wait_for(asyncio.shield(self._writer_task), flush_timeout)
             if not self._writer_task.done():
                 flushed = False
-                self._writer_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._writer_task
+                await cancel_and_wait(self._writer_task)
         self._queue.clear()
         self._audio.clear()
         self._queued_frames = 0
