@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import soxr
+
+from sipserver.media.resample import resample
 
 if TYPE_CHECKING:
     from sipserver.pipeline.providers.local_stt import WhisperStt
@@ -56,9 +57,9 @@ async def transcribe_async(samples: np.ndarray, rate: int, stt: WhisperStt | Non
     """What Whisper hears in ``samples`` (any rate), lower case."""
     from sipserver.pipeline.providers.local_stt import WhisperStt  # loads CTranslate2: on use
 
-    pcm16k = samples if rate == 16000 else soxr.resample(samples, rate, 16000)
-    result = await (stt or WhisperStt()).transcribe(pcm16k.astype("<i2").tobytes())
-    return result.text.lower()
+    stt = stt or WhisperStt()
+    pcm = resample(samples.astype("<i2").tobytes(), rate, stt.sample_rate)
+    return (await stt.transcribe(pcm)).text.lower()
 
 
 def transcribe(samples: np.ndarray, rate: int) -> str:

@@ -59,6 +59,8 @@ def _read_growing_wav(path: Path) -> tuple[int, np.ndarray]:
     """(rate, samples) of a mono 16-bit WAV that sndfile is still writing (its header sizes
     are not final yet: the samples are whatever follows the ``data`` chunk header)."""
     raw = path.read_bytes()
+    if len(raw) < 44:  # the header is not written yet
+        return 0, np.zeros(0, dtype="<i2")
     rate = int.from_bytes(raw[24:28], "little")
     start = raw.find(b"data", 12) + 8
     body = raw[start:]
@@ -232,19 +234,11 @@ def _embedded_default(workdir: Path) -> dict[str, Any]:
 @pytest.fixture
 def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(_embedded_default(tmp_path), tmp_path)
-    server.start()
+    server.spawn()
     try:
-        # Calls need a media worker and the loaded voice models; both take seconds on a busy
+        # /readyz: a media worker and the voice models are up. Both take seconds on a busy
         # machine (the README's cold start figure), so this deadline is generous.
-        _wait(
-            "a media worker and the voice models",
-            lambda: (
-                server.metric("sipserver_media_workers_up") >= 1
-                and any(e["event"] == "voice_runtime_ready" for e in server.log_events())
-            ),
-            120,
-            lambda: server.log_path.read_text()[-3000:],
-        )
+        server.wait_until("/readyz", timeout=120)
         yield server
     finally:
         server.stop()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soxr
 
+from sipserver.media.resample import resample
 from sipserver.pipeline.providers.local import EspeakTts, PiperTts, WhisperStt
 from sipserver.pipeline.turn import SmartTurnDetector
 from tests.speech import espeak
@@ -77,11 +77,6 @@ def assert_every_sentence_heard(text: str) -> None:
 def espeak_pcm(tmp_path: Path, text: str, *, voice: str = "en", rate: int = 16000) -> bytes:
     """espeak-ng speech as s16le mono at ``rate``."""
     return espeak(text, tmp_path, rate=rate, voice=voice).tobytes()
-
-
-def resample(pcm: bytes, rate_in: int, rate_out: int) -> bytes:
-    samples = np.frombuffer(pcm, dtype="<i2")
-    return np.asarray(soxr.resample(samples, rate_in, rate_out), dtype="<i2").tobytes()
 
 
 def rms(pcm: bytes) -> float:

@@ -12,12 +12,10 @@ import json
 import socket
 import stat
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.integration.conftest import (
@@ -31,6 +29,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_calls import wait_metric
 from tests.integration.test_pjsua2_worker import RATE, tone
+from tests.speech import write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +80,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     server.start()
     result = Run()
     try:
-        wait_metric(server, "sipserver_media_workers_up", 1)
         # A 9 KB Request-URI (under server.sip.max_message_size) over UDP and TCP.
         user = "a" * LONG
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
@@ -102,11 +100,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
                 result.http_answers.append(http.recv(65535))
         # A real call through the media worker, and a REGISTER that writes bindings.db.
         play, record = workdir / "play.wav", workdir / "rec.wav"
-        with wave.open(str(play), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(tone(1.0).astype(np.int16).tobytes())
+        write_wav(play, tone(1.0), RATE)
         result.call = place_call(
             sip_port=server.sip_port, number="+15005550101", user=DEMO_USER,
             password=DEMO_PASSWORD, play=play, record=record, seconds=1.5, wait_bye=1,
@@ -114,10 +108,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         )  # fmt: skip
         assert run_sipp("register.xml", server.sip_port, workdir=workdir).returncode == 0
         wait_metric(server, "sipserver_registrations_active", 1)
-        time.sleep(1.0)  # the write-behind flush (0.5 s) has written the binding
+        # The write-behind flush (every 0.5 s) writes the binding: SQLite (WAL mode) then has
+        # its -wal and -shm files, which must be private too.
+        wal = [data / "bindings.db-wal", data / "bindings.db-shm"]
+        deadline = time.monotonic() + 30
+        while not all(p.exists() for p in wal) and time.monotonic() < deadline:
+            time.sleep(0.1)
         state = [data.parent, data, data / "run", data / "run" / "framelink.sock"]
-        state += [data / "bindings.db", data / "sipserver.pid"]
-        state += [p for p in (data / "bindings.db-wal", data / "bindings.db-shm") if p.exists()]
+        state += [data / "bindings.db", data / "sipserver.pid", *wal]
         result.modes = {str(p.relative_to(workdir)): mode(p) for p in state}
     finally:
         result.exit_code = server.stop()

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import soxr
+
+from sipserver.media.resample import resample
 
 from ..model_cache import ModelCache
 from .base import ProviderError
@@ -305,6 +306,5 @@ class EspeakTts:
         samples = np.frombuffer(frames[: len(frames) // (2 * channels) * 2 * channels], "<i2")
         if channels > 1:
             samples = samples.reshape(-1, channels)[:, 0]
-        if rate != self.sample_rate:  # e.g. mbrola voices speak at 16 kHz
-            samples = soxr.resample(samples, rate, self.sample_rate)
-        return np.ascontiguousarray(samples, dtype="<i2").tobytes()
+        # e.g. mbrola voices speak at 16 kHz
+        return resample(np.ascontiguousarray(samples).tobytes(), rate, self.sample_rate)
