@@ -20,9 +20,9 @@ from sipserver.config import (
     CustomModel,
     config_dir,
     embedded_config_path,
-    knowledge_base_warnings,
     load_config,
 )
+from sipserver.pipeline.knowledge import knowledge_base_warnings
 from sipserver.pipeline.providers.base import ProviderError
 
 __all__ = ["main"]

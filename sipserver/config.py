@@ -22,14 +22,14 @@ Validation runs in three layers:
 Relative file paths that belong to the configuration (knowledge base patterns
 ``agents[].knowledge_base`` and sound files) are relative to the directory of the configuration
 file, so a configuration travels with its documents (the embedded default's are relative to its
-packaged copy); :func:`knowledge_base_warnings` names the patterns that match no file. Paths of
+packaged copy); :func:`sipserver.pipeline.knowledge.knowledge_base_warnings` names the patterns
+that match no file. Paths of
 state the server writes (``data_dir``, a relative ``sqlite://`` store) are relative to the
 working directory of the process.
 """
 
 from __future__ import annotations
 
-import glob
 import importlib.resources
 import ipaddress
 import os
@@ -99,7 +99,6 @@ __all__ = [
     "WebsocketSettings",
     "config_dir",
     "embedded_config_path",
-    "knowledge_base_warnings",
     "load_config",
     "normalize_number",
     "parse_config",
@@ -778,41 +777,3 @@ def parse_config(
     issues = [issue for issue in issues if not caused_by_unset(issue)]
     lines = [f"{rules.format_path(loc)}: {message}" for loc, message in unset + issues]
     raise ConfigError(list(dict.fromkeys(lines)), source=source)
-
-
-def knowledge_base_warnings(config: Config, base_dir: str | os.PathLike[str]) -> list[str]:
-    """Knowledge base patterns that match no file, and matched files that are not UTF-8 text,
-    one line each, naming the key.
-
-    ``check-config`` prints them and the server logs them at start and on reload: a copied
-    configuration whose documents stayed behind would otherwise answer from nothing.
-
-    Args:
-        config: The configuration.
-        base_dir: Directory relative patterns are taken from (see :func:`config_dir`).
-
-    Returns:
-        ``agents[0].knowledge_base[1]: 'kb/*.md' matches no file (looked for /etc/kb/*.md,
-        relative to the config); the agent answers without these documents``.
-    """
-    lines = []
-    for i, agent in enumerate(config.agents):
-        for j, pattern in enumerate(agent.knowledge_base):
-            where = rules.format_path(("agents", i, "knowledge_base", j))
-            full = pathlib.Path(pattern).expanduser()
-            if not full.is_absolute():
-                full = pathlib.Path(base_dir) / full
-            files = sorted(m for m in glob.iglob(str(full), recursive=True) if os.path.isfile(m))
-            if not files:
-                relative = "" if pathlib.Path(pattern).is_absolute() else ", relative to the config"
-                lines.append(
-                    f"{where}: {pattern!r} matches no file (looked for {full}{relative});"
-                    " the agent answers without these documents"
-                )
-            for file in files:
-                try:
-                    pathlib.Path(file).read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
-                    lines.append(f"{where}: {file} is skipped: {reason}")
-    return lines

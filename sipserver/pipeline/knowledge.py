@@ -20,11 +20,14 @@ import pathlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from rank_bm25 import BM25Okapi
 
-__all__ = ["KnowledgeBase", "Passage", "split_passages", "tokenize"]
+if TYPE_CHECKING:
+    from sipserver.config import Config
+
+__all__ = ["KnowledgeBase", "Passage", "knowledge_base_warnings", "split_passages", "tokenize"]
 
 MAX_SENTENCES: Final = 4
 """Most sentences in one passage; longer paragraphs are cut into several passages."""
@@ -353,3 +356,36 @@ class KnowledgeBase:
             p = self.passages[i]
             found.append(Passage(p.text, p.source, p.title, score))
         return found
+
+
+def knowledge_base_warnings(config: Config, base_dir: str | os.PathLike[str]) -> list[str]:
+    """Knowledge base patterns that match no file, and matched files that cannot be read as
+    UTF-8 text, one line each, naming the key (the files are loaded as the server loads them).
+
+    ``check-config`` and ``reload`` print them (the server logs the same at start): a copied
+    configuration whose documents stayed behind would otherwise answer from nothing.
+
+    Args:
+        config: The configuration.
+        base_dir: Directory relative patterns are taken from (:func:`sipserver.config.config_dir`).
+
+    Returns:
+        ``agents[0].knowledge_base[1]: 'kb/*.md' matches no file (looked for /etc/kb/*.md,
+        relative to the config); the agent answers without these documents``.
+    """
+    lines = []
+    for i, agent in enumerate(config.agents):
+        kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
+        for j, pattern in enumerate(agent.knowledge_base):
+            if pattern not in kb.unmatched:
+                continue
+            full = pathlib.Path(base_dir) / pathlib.Path(pattern).expanduser()
+            relative = (
+                "" if full == pathlib.Path(pattern).expanduser() else ", relative to the config"
+            )
+            lines.append(
+                f"agents[{i}].knowledge_base[{j}]: {pattern!r} matches no file (looked for"
+                f" {full}{relative}); the agent answers without these documents"
+            )
+        lines += [f"agents[{i}].knowledge_base: {f} is skipped: {why}" for f, why in kb.unreadable]
+    return lines

@@ -129,8 +129,9 @@ def _parts(
 
 def _knowledge_for(index: int, agent: Agent, base_dir: Path) -> KnowledgeBase:
     kb = KnowledgeBase.from_globs(agent.knowledge_base, base_dir)
-    for pattern in kb.unmatched:
-        j = agent.knowledge_base.index(pattern)
+    for j, pattern in enumerate(agent.knowledge_base):
+        if pattern not in kb.unmatched:
+            continue
         log.warning(
             "knowledge_base_pattern_matched_nothing",
             key=f"agents[{index}].knowledge_base[{j}]",

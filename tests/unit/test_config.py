@@ -26,11 +26,11 @@ from sipserver.config import (
     ProviderSpec,
     config_dir,
     embedded_config_path,
-    knowledge_base_warnings,
     load_config,
     normalize_number,
     parse_config,
 )
+from sipserver.pipeline.knowledge import knowledge_base_warnings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FULL_EXAMPLE = REPO / "config" / "examples" / "full.yaml"
