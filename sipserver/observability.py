@@ -52,6 +52,9 @@ KNOWN_METHODS = (
 _RECORD_ATTRIBUTES: frozenset[str] = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None))
 ) | {"message", "asctime", "taskName"}
+_RESERVED_FIELDS = frozenset({"event", "level", "exc_info", "module"})
+"""Field names the forwarding call passes itself (structlog's event, level, exc_info, and the
+logger's bound module)."""
 
 
 class _StdlibToStructlog(logging.Handler):
@@ -63,8 +66,9 @@ class _StdlibToStructlog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            # A library's extra= may use a name structlog's call takes itself: keep it, renamed.
             fields = {
-                key: value
+                (f"{key}_" if key in _RESERVED_FIELDS else key): value
                 for key, value in vars(record).items()
                 if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
             }

@@ -9,6 +9,7 @@ then carries on with work it was told to stop. :func:`cancel_and_wait` absorbs o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 __all__ = ["cancel_and_wait"]
@@ -32,8 +33,10 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     current = asyncio.current_task()
     before = current.cancelling() if current is not None else 0
     task.cancel()
-    try:
+    # The task's CancelledError, or the caller's own while it waits: told apart just below.
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        if current is not None and current.cancelling() > before:
-            raise
+    # Checked whether or not ``task`` raised: a cancellation of the caller while it waited is
+    # handed on to ``task``, which may absorb it and return normally.
+    if current is not None and current.cancelling() > before:
+        raise asyncio.CancelledError

@@ -14,6 +14,7 @@ configure_logging("json", "info")
 print(log_settings(), flush=True)
 get_logger("own").info("own_event", n=1)
 logging.getLogger("aiohttp.server").warning("Error handling %s", "request", extra={"peer": "x"})
+logging.getLogger("lib").info("names taken", extra={"event": "e", "level": "l"})
 try:
     1 / 0
 except ZeroDivisionError:
@@ -36,9 +37,12 @@ def test_stdlib_records_and_warnings_become_json_lines() -> None:
     assert [(e["module"], e["event"][:26]) for e in events] == [
         ("own", "own_event"),
         ("aiohttp.server", "Error handling request"),
+        ("lib", "names taken"),
         ("asyncio", "Task exception was never r"),
-        ("py.warnings", events[3]["event"][:26]),
+        ("py.warnings", events[4]["event"][:26]),
     ]
     assert events[1]["peer"] == "x" and events[1]["level"] == "warning"
-    assert "ZeroDivisionError" in events[2]["exception"]  # inside the one JSON object
-    assert "deprecated thing" in events[3]["event"]
+    # extra= fields named like the log call's own arguments are kept, renamed
+    assert (events[2]["event_"], events[2]["level_"], events[2]["level"]) == ("e", "l", "info")
+    assert "ZeroDivisionError" in events[3]["exception"]  # inside the one JSON object
+    assert "deprecated thing" in events[4]["event"]

@@ -86,3 +86,30 @@ async def test_an_error_the_task_raised_propagates() -> None:
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="boom"):
         await cancel_and_wait(task)
+
+
+async def test_the_callers_cancellation_propagates_when_the_task_absorbs_it() -> None:
+    """A task that swallows its cancellation and returns: the caller's own cancel, handed on to
+    the task while the caller waits, must still reach the caller."""
+    release, log = asyncio.Event(), []
+
+    async def absorbing() -> None:
+        while not release.is_set():  # every cancel is swallowed until released
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+        log.append("absorbed")  # returns normally
+
+    task = asyncio.create_task(absorbing())
+    await asyncio.sleep(0)
+
+    async def caller() -> None:
+        await cancel_and_wait(task)
+        log.append("after")
+
+    outer = asyncio.create_task(caller())
+    await _settle()
+    outer.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert log == ["absorbed"] and task.done() and not task.cancelled()
