@@ -138,11 +138,6 @@ class ListenedCall:
         """The tracks transcribed."""
         return tuple(self._tracks)
 
-    @property
-    def speakers(self) -> dict[str, str]:
-        """The label of each transcribed track."""
-        return {track: state.speaker for track, state in self._tracks.items()}
-
     def push(self, track: str, pcm: bytes) -> None:
         """Audio of ``track`` (s16le mono at ``input_rate``); other tracks are ignored."""
         state = self._tracks.get(track)

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import pjsua2 as pj  # type: ignore[import-untyped]
 import structlog
@@ -102,7 +103,12 @@ class WorkerOptions:
     rtp_timeout: float = 60.0
     """Hang up a call (BYE, reason ``rtp-timeout``) after this many seconds without an RTP
     packet from the caller, except while the caller holds the call; 0 disables."""
-    log_level: int = 2
+    log_format: Literal["auto", "console", "json"] = "auto"
+    """Rendering of the worker's own log (``auto``, ``console``, ``json``), as the main
+    process's."""
+    log_level: str = "info"
+    """Level of the worker's own log (``debug``, ``info``, ``warning``, ``error``)."""
+    pjsip_log_level: int = 2
     """pjsip log level (0-6: fatal, error, warning, info, debug...); its lines become
     structlog ``pjsip`` events (:class:`PjsipLogWriter`)."""
     session_timers: str = "optional"
@@ -468,7 +474,8 @@ class PjsuaThread(threading.Thread):
         ep = WorkerEndpoint(self)
         self._ep = ep
         # Until libInit hands pjsip's log to the writer, pjlib prints it (level 5) on stdout.
-        _native().pj_log_set_level(0)
+        native = _native()
+        native.pj_log_set_level(0)
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -477,8 +484,8 @@ class PjsuaThread(threading.Thread):
         # _max_calls() reads the effective value back.
         cfg.uaConfig.maxCalls = 1024
         cfg.uaConfig.userAgent = f"sipserver-pjsua2-worker/{opts.worker_id}"
-        cfg.logConfig.level = opts.log_level
-        cfg.logConfig.consoleLevel = opts.log_level
+        cfg.logConfig.level = opts.pjsip_log_level
+        cfg.logConfig.consoleLevel = opts.pjsip_log_level
         cfg.logConfig.decor = pj.PJ_LOG_HAS_SENDER
         cfg.logConfig.writer = self._log_writer
         cfg.medConfig.clockRate = opts.sample_rate
@@ -487,7 +494,7 @@ class PjsuaThread(threading.Thread):
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.noVad = True
         ep.libInit(cfg)
-        self.native = _native()
+        self.native = native
         self.capacity = _max_calls(self.native)
 
         tcfg = pj.TransportConfig()
@@ -549,7 +556,7 @@ class PjsuaThread(threading.Thread):
             try:
                 call.answer(op)
             except pj.Error as exc:
-                self.log.error("worker_answer_failed", call=number, error=exc.info())
+                self.log.error("worker_answer_failed", call=number, error=describe_error(exc))
 
     def media_active(self, call: WorkerCall, ci: pj.CallInfo, med_idx: int) -> None:
         opts = self.options

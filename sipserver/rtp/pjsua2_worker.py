@@ -362,7 +362,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         sample_rate=a.sample_rate,
         stats_interval=a.stats_interval,
         rtp_timeout=a.rtp_timeout,
-        log_level=(4 if a.log_level == "debug" else 2)
+        log_format=a.log_format,
+        log_level=a.log_level,
+        pjsip_log_level=(4 if a.log_level == "debug" else 2)
         if a.pjsip_log_level is None
         else a.pjsip_log_level,
         session_timers=a.session_timers,
@@ -375,16 +377,8 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
 def main(argv: list[str] | None = None) -> int:
     """Process entry: run the worker, return its exit status."""
     options = parse_args(argv)
-    args = _log_args(argv)
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(options.log_format, options.log_level)
     return asyncio.run(Pjsua2Worker(options).run())
-
-
-def _log_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--log-format", default="auto")
-    p.add_argument("--log-level", default="info")
-    return p.parse_known_args(argv)[0]
 
 
 if __name__ == "__main__":
