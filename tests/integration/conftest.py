@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,18 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "sipp_scenarios"
 
 DEMO_USER = "alice"
 DEMO_PASSWORD = "alice-password-1"
+
+
+async def until(predicate: Callable[[], object], timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms on the running loop: True as soon as it holds, False
+    when ``timeout`` seconds pass first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

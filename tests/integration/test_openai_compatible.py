@@ -50,8 +50,7 @@ from sipserver.pipeline.providers.openai import OpenAiLlm, OpenAiSettings
 from sipserver.pipeline.providers.retrieval import KnowledgeContextLlm
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.voice import END_CALL_TOOL
-from tests.integration.conftest import free_port
-from tests.integration.test_websocket_voice import _until
+from tests.integration.conftest import free_port, until
 from tests.speech import espeak, transcribe_async
 
 # Deadlines come from the measured token time (LlamaServer.deadline), not from this cap, which
@@ -266,7 +265,7 @@ async def test_cancel_mid_stream_closes_it_and_the_server_answers_the_next(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert task.cancelled() and len(received) >= 1
-    assert await _until(lambda: DISCONNECTED in llama.log(), llama.deadline(1)), llama.log()[-2000:]
+    assert await until(lambda: DISCONNECTED in llama.log(), llama.deadline(1)), llama.log()[-2000:]
 
     chunks = [c async for c in llms(tokens=HELLO_TOKENS + 8, max_tokens=8).stream(HELLO)]
     assert any(isinstance(c, TextDelta) for c in chunks)
@@ -348,7 +347,7 @@ async def test_voice_call_with_the_openai_llm_end_to_end(
         # STT and turn detection take a few seconds here; then the whole prompt is evaluated
         # before the first token streams out.
         waited = 30.0 + llama.deadline(KB_PROMPT_TOKENS + 10)
-        assert await _until(client.agent_speaking, waited), server.log_path.read_text()[-3000:]
+        assert await until(client.agent_speaking, waited), server.log_path.read_text()[-3000:]
         await asyncio.sleep(6.0)
         await client.stop()
         await client.aclose()

@@ -36,17 +36,32 @@ from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 pytestmark = pytest.mark.integration
 
 
+def _worker_pids(parent: int) -> list[int]:
+    """Media worker processes whose parent is ``parent``, read from /proc (not from the
+    server's /status, which its event loop answers late while it loads the models)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and b"pjsua2_worker" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def frozen_worker(server: ServerProcess) -> int:
     """SIGSTOP the first media worker before it says HELLO; its pid."""
+    assert server.proc is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        status, body = server.get("/status")
-        workers = body["media_workers"] if status == 200 else []
-        if workers and workers[0]["pid"] is not None:
-            os.kill(workers[0]["pid"], signal.SIGSTOP)
+        pids = _worker_pids(server.proc.pid)
+        if pids:
+            os.kill(pids[0], signal.SIGSTOP)
             # Had it said HELLO already, the premise of the test would not hold.
             assert not server.get("/status")[1]["media_workers"][0]["up"]
-            return int(workers[0]["pid"])
+            return pids[0]
         time.sleep(0.005)
     pytest.fail(f"no media worker process appeared:\n{server.log_path.read_text()[-3000:]}")
 

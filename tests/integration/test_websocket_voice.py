@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from sipserver.pipeline.providers.local_stt import WhisperStt
-from tests.integration.conftest import ServerProcess
+from tests.integration.conftest import ServerProcess, until
 from tests.integration.media_stream_client import MediaStreamClient
 from tests.integration.test_voice_calls import GREETING, KB
 from tests.speech import espeak, transcribe_async
@@ -39,16 +39,6 @@ def _voice_ws_agent(config: dict[str, Any]) -> None:
             "websocket": {"enabled": True, "secret": SECRET},
         }
     )
-
-
-async def _until(predicate: Any, timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @pytest.mark.slow
@@ -72,11 +62,11 @@ async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_p
         # Barge-in: ask again, and speak over the reply once it is playing.
         client.say(follow_up)
         await client.idle()
-        assert await _until(client.agent_speaking, 10.0), "the agent did not answer again"
+        assert await until(client.agent_speaking, 10.0), "the agent did not answer again"
         clears_before = len(client.clears)
         barged = asyncio.get_running_loop().time() - client.t0
         client.say(barge)
-        assert await _until(lambda: len(client.clears) > clears_before, 5.0), "no clear"
+        assert await until(lambda: len(client.clears) > clears_before, 5.0), "no clear"
         clear_delay = client.clears[clears_before] - barged
         await client.idle()
         await asyncio.sleep(1.0)
