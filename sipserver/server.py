@@ -44,14 +44,7 @@ from sipserver.readiness import Readiness, ReadinessReport
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
 from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
-from sipserver.reload import (
-    SECTIONS,
-    ReloadResult,
-    changed_keys,
-    classify,
-    result_path,
-    write_result,
-)
+from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
@@ -402,18 +395,12 @@ class Server:
         """
         if self.readiness.draining:
             return self._reload_failed(["the server is stopping; nothing reloaded"])
-        old = self.config
         pool_runs = self.pool is not None
-        changed = [name for name in SECTIONS if getattr(old, name) != getattr(config, name)]
-        restart: list[str] = []
-        for key in changed_keys(old.server, config.server, "server"):
-            kind = classify(key)
-            if kind == "live" or (kind == "worker_pool" and not pool_runs):
-                changed.append(key)
-            else:
-                # "restart", a worker setting of a running pool, or (caught by a unit test,
-                # never shipped) a key nobody classified: not applied, and said so.
-                restart.append(key)
+        plan = plan_reload(self.config, config, pool_runs=pool_runs)
+        # From here on only the plan's config: the new file with every key that is not
+        # applied (restart keys, settings of a running worker pool) at its running value.
+        config = plan.config
+        changed, restart = list(plan.changed), list(plan.restart_needed)
         try:
             self.voice.reload(config)
         except Exception as exc:

@@ -11,15 +11,19 @@ import yaml
 
 from sipserver.config import Config, parse_config
 from sipserver.edge.proxy import Endpoint
+from sipserver.edge.router import Peer
 from sipserver.reload import (
     SERVER_KEYS,
     ReloadResult,
     classify,
+    plan_reload,
     read_result,
     result_path,
     server_key_paths,
 )
-from sipserver.server import Server
+from sipserver.server import Server, pid_file_path
+from sipserver.sip.digest import DigestChallenge, build_authorization
+from sipserver.sip.message import SipResponse, parse_message
 
 
 def raw_config(*, sip_agent: bool = True, **sip: Any) -> dict[str, Any]:
@@ -62,6 +66,40 @@ def test_every_server_key_is_classified() -> None:
     assert stale == []
 
 
+def test_the_applied_config_keeps_the_running_value_of_every_key_not_applied() -> None:
+    running = config(udp=["0.0.0.0:5060"], ban={"max_failures": 5}, server={"data_dir": "/a"})
+    new = config(
+        udp=["10.0.0.5:5080"],
+        ban={"max_failures": 9, "duration": 60},
+        min_expires=120,
+        server={"data_dir": "/b", "public_host": "sip.example.net", "media": {"min_se": 120}},
+    )
+    plan = plan_reload(running, new, pool_runs=True)
+    assert plan.changed == ("server.public_host", "server.sip.min_expires")
+    assert plan.restart_needed == (
+        "server.sip.udp",
+        "server.sip.ban.max_failures",
+        "server.sip.ban.duration",
+        "server.media.min_se",
+        "server.data_dir",
+    )
+    applied = plan.config
+    # Restart keys, and worker settings of a running pool, keep their running values...
+    assert applied.server.sip.udp == ["0.0.0.0:5060"]
+    assert applied.server.sip.ban == running.server.sip.ban
+    assert applied.server.data_dir == "/a"
+    assert applied.server.media.min_se == 90
+    # ...live keys (and the sections) take the new ones.
+    assert applied.server.public_host == "sip.example.net"
+    assert applied.server.sip.min_expires == 120
+    assert applied.agents == new.agents
+    # Without a pool the worker settings are applied (the pool the reload builds uses them).
+    plan = plan_reload(running, new, pool_runs=False)
+    assert "server.media.min_se" in plan.changed and plan.config.server.media.min_se == 120
+    # Nothing to put back: the new configuration itself.
+    assert plan_reload(running, running, pool_runs=True).config is running
+
+
 def test_reload_swaps_router_and_keeps_transactions() -> None:
     server = Server(config())
     before = server.router
@@ -79,6 +117,67 @@ def test_reload_reports_settings_that_need_a_restart() -> None:
     assert result.applied
     assert result.restart_needed == ("server.sip.udp", "server.sip.ban.max_failures")
     assert result.changed == ()
+
+
+def response(server: Server, data: bytes) -> SipResponse:
+    (out,) = server.router.handle_message(
+        data, Peer("udp", "198.51.100.7", 5062), now=100.0, wall=1_800_000_000.0
+    )
+    parsed = parse_message(out.data)
+    assert isinstance(parsed, SipResponse)
+    return parsed
+
+
+#: One of the machine's addresses, served by a listener on 0.0.0.0 (and not the public host).
+HOST = "192.0.2.10"
+
+
+def register_request(*, cseq: int, authorization: str | None = None) -> bytes:
+    lines = [
+        f"REGISTER sip:a@{HOST}:5060 SIP/2.0",
+        f"Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-r{cseq};rport",
+        f"From: <sip:a@{HOST}:5060>;tag=f1",
+        f"To: <sip:a@{HOST}:5060>",
+        "Call-ID: reload-1",
+        f"CSeq: {cseq} REGISTER",
+        "Contact: <sip:a@198.51.100.7:5062>",
+        "Max-Forwards: 70",
+    ]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    return "\r\n".join([*lines, "Content-Length: 0", "", ""]).encode()
+
+
+def test_a_listener_change_needing_a_restart_keeps_the_running_address_served(
+    tmp_path: Path,
+) -> None:
+    """The listeners are bound at start-up: after a reload that moves them (needs a restart),
+    requests to the address still bound are still for this server, and the digest uri naming
+    it (SIPp's default) is still accepted; the pid file stays where the running server is."""
+    public = {"public_host": "sip.example.com"}
+    server = Server(
+        config(udp=["0.0.0.0:5060"], server={**public, "data_dir": str(tmp_path / "data")})
+    )
+    pid_file = server.pid_file
+    result = server.reload(
+        config(udp=["10.0.0.5:5080"], server={**public, "data_dir": str(tmp_path / "elsewhere")})
+    )
+    assert result.restart_needed == ("server.sip.udp", "server.data_dir")
+    assert server.config.server.sip.udp == ["0.0.0.0:5060"]
+    assert server.pid_file == pid_file == pid_file_path(server.config)
+
+    challenge = response(server, register_request(cseq=1))
+    assert challenge.status == 401  # not 403 "Domain Not Served"
+    (header,) = challenge.headers.get_all("WWW-Authenticate")
+    authorization = build_authorization(
+        DigestChallenge.parse(header),
+        username="a",
+        password="a-password-1",
+        method="REGISTER",
+        uri=f"sip:{HOST}:5060",  # not the Request-URI: it names this server
+        cnonce="c1",
+    )
+    assert response(server, register_request(cseq=2, authorization=authorization)).status == 200
 
 
 def test_first_sip_agent_by_reload_builds_the_worker_pool() -> None:
