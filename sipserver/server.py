@@ -213,6 +213,8 @@ class Server:
             for a in config.agents
             if a.sip.enabled and a.sip.username and a.sip.password
         }
+        # One set of names for both: a Request-URI the router serves and a digest uri the
+        # authenticator accepts are judged alike.
         names = server_names(config)
         authenticator = DigestAuthenticator(
             realm=config.server.effective_realm,
@@ -227,6 +229,7 @@ class Server:
             authenticator=authenticator,
             tracker=self.tracker,
             metrics=self.metrics,
+            names=names,
             force_rport=sip.force_rport,
             transactions=transactions,
             proxy=self.proxy,

@@ -86,22 +86,21 @@ _AUTH_FAILURES_THAT_BAN = frozenset(
 )
 
 
-def server_names(config: Config, *, extra_hosts: Iterable[str] = ()) -> ServerNames:
+def server_names(config: Config) -> ServerNames:
     """The names this server answers to, from the configuration.
 
     Args:
         config: the configuration: ``server.domains``, ``public_host``, the realm, ``localhost``
             and the UDP/TCP listeners (addresses and ports).
-        extra_hosts: more local addresses (tests that listen elsewhere).
 
     Returns:
-        The names, for Request-URI domain checks and for digest ``uri`` checks.
+        The names, for Request-URI domain checks (:class:`SipRouter`) and for digest ``uri``
+        checks (the authenticator); build them once and give both the same object.
     """
     server = config.server
     listeners = [*server.sip.udp_addresses, *server.sip.tcp_addresses]
     hosts = [*server.domains, server.public_host, server.effective_realm, "localhost"]
     hosts += [host for host, _ in listeners]
-    hosts += extra_hosts
     return ServerNames.build(hosts, ports=[port for _, port in listeners])
 
 
@@ -138,9 +137,9 @@ class SipRouter:
         authenticator: digest challenges and verification.
         tracker: authentication failures and bans per source address.
         metrics: Prometheus metrics.
-        local_hosts: addresses the server listens on, besides the configured listeners; a
-            Request-URI naming one of them (or an IP literal when listening on a wildcard
-            address) is for this server.
+        names: the names this server answers to (:func:`server_names`): a Request-URI naming
+            one of them is for this server. The same object the authenticator checks digest
+            ``uri`` parameters against, so the two cannot disagree.
         force_rport: answer datagrams to their source port even without ``;rport`` (RFC 3581
             behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
         transactions: the transaction table to use (a config reload hands over the old one, so
@@ -161,7 +160,7 @@ class SipRouter:
         authenticator: DigestAuthenticator,
         tracker: FailureTracker,
         metrics: Metrics,
-        local_hosts: Iterable[str] = (),
+        names: ServerNames,
         force_rport: bool = True,
         transactions: ServerTransactions | None = None,
         proxy: CallProxy | None = None,
@@ -183,7 +182,7 @@ class SipRouter:
         self._date_text = ""
         self._realm = config.server.effective_realm
         self._force_rport = force_rport
-        self._names = server_names(config, extra_hosts=local_hosts)
+        self._names = names
         self._acls: dict[str, AllowList] = {
             a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
         }

@@ -72,6 +72,7 @@ def make_router(
     }
     config = parse_config(yaml.safe_dump(raw), env={})
     s = config.server.sip
+    names = server_names(config)
     metrics = Metrics()
     registrar = Registrar(
         store if store is not None else MemoryStore(),
@@ -83,7 +84,7 @@ def make_router(
         nonces=NonceManager(b"s" * 32, ttl=s.nonce_ttl),
         password_for={"alice": "alice-pw-1234", "bob": "bob-pw-123456"}.get,
         # As server.py builds it.
-        uri_names_server=server_names(config).names_uri if s.digest_uri_check == "server" else None,
+        uri_names_server=names.names_uri if s.digest_uri_check == "server" else None,
     )
     tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
     router = SipRouter(
@@ -92,7 +93,7 @@ def make_router(
         authenticator=auth,
         tracker=tracker,
         metrics=metrics,
-        local_hosts=["0.0.0.0"],
+        names=names,
         force_rport=s.force_rport,
         **(router_options or {}),
     )
