@@ -138,7 +138,7 @@ class Server:
         config: validated configuration.
         metrics: metrics registry (a fresh one by default).
         config_path: the file ``config`` came from (None: the embedded default); SIGHUP
-            re-reads it (:meth:`reload_from_file`).
+            re-reads it (:meth:`reload`).
     """
 
     def __init__(
@@ -386,30 +386,73 @@ class Server:
         for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
             self.listeners.deliver(item)
 
-    def reload(self, config: Config) -> ReloadResult:
-        """Apply a new, already validated configuration to the running server.
+    async def reload(self, config: Config | None = None) -> ReloadResult:
+        """Apply a new configuration to the running server: the one entry point of every reload
+        (SIGHUP, ``sipserver reload``, the console).
+
+        Args:
+            config: an already validated configuration; None re-reads :attr:`config_path`
+                (an invalid file changes nothing; the errors name the key paths).
 
         Agents, credentials, models, users and the ``server.`` keys classified ``live`` (see
         :mod:`sipserver.reload`) take effect at once; bindings, outstanding nonces and
         transactions are kept, calls in progress continue. The first agent that takes SIP
-        calls gets the media worker pool built (:meth:`reload_from_file` starts it). Keys
-        bound at start-up are not applied: the result names them in ``restart_needed`` (and
-        the log says so); the server keeps their old values until it is restarted.
+        calls gets the media worker pool built and started. Keys bound at start-up are not
+        applied: the result names them in ``restart_needed`` (and the log says so); the server
+        keeps their old values until it is restarted. The result is also written to
+        ``<data_dir>/reload-result.json`` for ``sipserver reload``.
+
+        Reloads run one at a time, after :meth:`start` finished. The file is read and the voice
+        models and knowledge bases are built on a thread: the event loop keeps answering SIP
+        meanwhile.
         """
+        async with self._reload_lock:
+            await self._start_done.wait()
+            source = str(self.config_path or "embedded default") if config is None else "caller"
+            try:
+                new = config if config is not None else await self._read_config()
+            except ConfigError as exc:
+                result = self._reload_failed(exc.errors)
+            else:
+                result = await self._apply(new)
+            if result.applied and not self.readiness.draining:
+                await self._start_pool()
+            self._reloads += 1
+            try:
+                write_result(
+                    result_path(self.config),
+                    result,
+                    pid=os.getpid(),
+                    sequence=self._reloads,
+                    source=source,
+                )
+            except OSError as exc:
+                log.error("reload_result_not_written", error=str(exc))
+            return result
+
+    async def _read_config(self) -> Config:
+        # YAML parsing and file checks: on a thread, off the loop that answers SIP.
+        return await asyncio.to_thread(load_config, self.config_path)
+
+    async def _apply(self, new: Config) -> ReloadResult:
         if self.readiness.draining:
             return self._reload_failed(["the server is stopping; nothing reloaded"])
         pool_runs = self.pool is not None
-        plan = plan_reload(self.config, config, pool_runs=pool_runs)
+        plan = plan_reload(self.config, new, pool_runs=pool_runs)
         # From here on only the plan's config: the new file with every key that is not
         # applied (restart keys, settings of a running worker pool) at its running value.
         config = plan.config
         changed, restart = list(plan.changed), list(plan.restart_needed)
         try:
-            self.voice.reload(config)
+            voice = await asyncio.to_thread(self.voice.prepare, config)
         except Exception as exc:
             # The file is valid but its models or knowledge bases cannot be built: keep the
             # running configuration whole rather than half of each.
             return self._reload_failed([f"cannot build the voice models: {exc!r}"])
+        if self.readiness.draining:  # a stop came while the models were built
+            return self._reload_failed(["the server is stopping; nothing reloaded"])
+        # Nothing awaits from here on: the swap is atomic for the requests the loop serves.
+        self.voice.apply(voice)
         notes: list[str] = []
         sip_calls = takes_sip_calls(config)
         if sip_calls and not pool_runs:
@@ -436,35 +479,8 @@ class Server:
         log.error("config_reload_failed", source=str(self.config_path), errors=errors)
         return ReloadResult(applied=False, errors=tuple(errors))
 
-    async def reload_from_file(self) -> ReloadResult:
-        """Re-read :attr:`config_path` and apply it (an invalid file changes nothing), start the
-        worker pool it needs, and write the result to ``<data_dir>/reload-result.json`` for
-        ``sipserver reload``. Reloads run one at a time, after :meth:`start` finished."""
-        async with self._reload_lock:
-            await self._start_done.wait()
-            try:
-                config = load_config(self.config_path)
-            except ConfigError as exc:
-                result = self._reload_failed(exc.errors)
-            else:
-                result = self.reload(config)
-            if result.applied and not self.readiness.draining:
-                await self._start_pool()
-            self._reloads += 1
-            try:
-                write_result(
-                    result_path(self.config),
-                    result,
-                    pid=os.getpid(),
-                    sequence=self._reloads,
-                    source=str(self.config_path or "embedded default"),
-                )
-            except OSError as exc:
-                log.error("reload_result_not_written", error=str(exc))
-            return result
-
     def _on_reload_signal(self) -> None:
-        task = asyncio.create_task(self.reload_from_file(), name="config-reload")
+        task = asyncio.create_task(self.reload(), name="config-reload")
         self._tasks.add(task)
         task.add_done_callback(self._reload_done)
 

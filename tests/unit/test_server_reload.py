@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from sipserver import server as server_module
 from sipserver.config import Config, parse_config
+from sipserver.edge.dispatcher import WorkerPool
 from sipserver.edge.proxy import Endpoint
 from sipserver.edge.router import Peer
 from sipserver.reload import (
@@ -47,6 +51,28 @@ def config(*, sip_agent: bool = True, server: dict[str, Any] | None = None, **si
     raw = raw_config(sip_agent=sip_agent, **sip)
     raw["server"].update(server or {})
     return parse_config(yaml.safe_dump(raw), env={})
+
+
+@pytest.fixture(autouse=True)
+def pool_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[WorkerPool]:
+    """The worker pools started (recorded, not started: no worker processes in unit tests).
+    The tests run in ``tmp_path``: the default data_dir (``./var``, where reloads write their
+    result) lands there."""
+    monkeypatch.chdir(tmp_path)
+    started: list[WorkerPool] = []
+
+    async def start(pool: WorkerPool) -> None:
+        started.append(pool)
+
+    monkeypatch.setattr(WorkerPool, "start", start)
+    return started
+
+
+def started(cfg: Config, **kwargs: Any) -> Server:
+    """A server as after :meth:`Server.start` (which reloads wait for); no sockets."""
+    server = Server(cfg, **kwargs)
+    server._start_done.set()
+    return server
 
 
 def reloads(server: Server, result: str) -> float | None:
@@ -100,10 +126,10 @@ def test_the_applied_config_keeps_the_running_value_of_every_key_not_applied() -
     assert plan_reload(running, running, pool_runs=True).config is running
 
 
-def test_reload_swaps_router_and_keeps_transactions() -> None:
-    server = Server(config())
+async def test_reload_swaps_router_and_keeps_transactions() -> None:
+    server = started(config())
     before = server.router
-    result = server.reload(config(min_expires=120))
+    result = await server.reload(config(min_expires=120))
     assert result == ReloadResult(applied=True, changed=("server.sip.min_expires",))
     assert server.router is not before
     assert server.listeners.router is server.router
@@ -111,9 +137,9 @@ def test_reload_swaps_router_and_keeps_transactions() -> None:
     assert reloads(server, "ok") == 1
 
 
-def test_reload_reports_settings_that_need_a_restart() -> None:
-    server = Server(config())
-    result = server.reload(config(udp=["127.0.0.1:5070"], ban={"max_failures": 9}))
+async def test_reload_reports_settings_that_need_a_restart() -> None:
+    server = started(config())
+    result = await server.reload(config(udp=["127.0.0.1:5070"], ban={"max_failures": 9}))
     assert result.applied
     assert result.restart_needed == ("server.sip.udp", "server.sip.ban.max_failures")
     assert result.changed == ()
@@ -148,18 +174,18 @@ def register_request(*, cseq: int, authorization: str | None = None) -> bytes:
     return "\r\n".join([*lines, "Content-Length: 0", "", ""]).encode()
 
 
-def test_a_listener_change_needing_a_restart_keeps_the_running_address_served(
+async def test_a_listener_change_needing_a_restart_keeps_the_running_address_served(
     tmp_path: Path,
 ) -> None:
     """The listeners are bound at start-up: after a reload that moves them (needs a restart),
     requests to the address still bound are still for this server, and the digest uri naming
     it (SIPp's default) is still accepted; the pid file stays where the running server is."""
     public = {"public_host": "sip.example.com"}
-    server = Server(
+    server = started(
         config(udp=["0.0.0.0:5060"], server={**public, "data_dir": str(tmp_path / "data")})
     )
     pid_file = server.pid_file
-    result = server.reload(
+    result = await server.reload(
         config(udp=["10.0.0.5:5080"], server={**public, "data_dir": str(tmp_path / "elsewhere")})
     )
     assert result.restart_needed == ("server.sip.udp", "server.data_dir")
@@ -180,32 +206,36 @@ def test_a_listener_change_needing_a_restart_keeps_the_running_address_served(
     assert response(server, register_request(cseq=2, authorization=authorization)).status == 200
 
 
-def test_first_sip_agent_by_reload_builds_the_worker_pool() -> None:
-    server = Server(config(sip_agent=False))
+async def test_first_sip_agent_by_reload_builds_and_starts_the_worker_pool(
+    pool_starts: list[WorkerPool],
+) -> None:
+    server = started(config(sip_agent=False))
     assert server.pool is None
     assert "media_workers" not in server.readiness_report().waiting_for
-    result = server.reload(config())
+    result = await server.reload(config())
     assert result.applied and result.changed == ("agents",)
     assert server.pool is not None
     assert any("media worker pool started" in n for n in result.notes)
-    # Calls to the new agent wait for a worker: 503 (admission), never 480.
+    # Started by the reload itself, whoever called it (SIGHUP, a test, the console)...
+    assert pool_starts == [server.pool]
+    # ...and calls to the new agent wait for a worker: 503 (admission), never 480.
     assert "media_workers" in server.readiness_report().waiting_for
 
 
-def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_runs() -> None:
+async def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_runs() -> None:
     media = {"media": {"rtp_port_min": 30000, "rtp_port_max": 30999, "answer_delay": 1.0}}
     # No pool yet: the pool the reload builds uses the new settings.
-    server = Server(config(sip_agent=False))
-    result = server.reload(config(server=media))
+    server = started(config(sip_agent=False))
+    result = await server.reload(config(server=media))
     assert result.restart_needed == ()
     assert "server.media.rtp_port_min" in result.changed
     assert server.pool is not None
     assert server.pool.settings.rtp_port_start == 30000
     assert server.pool.settings.answer_delay == 1.0
     # A running pool keeps its workers (and their calls): named, not applied.
-    server = Server(config())
+    server = started(config())
     assert server.pool is not None
-    result = server.reload(config(server={**media, "workers": 3}))
+    result = await server.reload(config(server={**media, "workers": 3}))
     assert result.restart_needed == (
         "server.workers",
         "server.media.rtp_port_min",
@@ -214,69 +244,100 @@ def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_runs() -
     )
     assert server.pool.settings.rtp_port_start == 20000
     assert server.pool.settings.answer_delay == 0.0
+    assert server.config.server.media.answer_delay == 0.0
 
 
-def test_public_host_is_applied_to_the_router_and_the_call_proxy() -> None:
-    server = Server(config())
+async def test_public_host_is_applied_to_the_router_and_the_call_proxy() -> None:
+    server = started(config())
     assert server.proxy is not None
-    result = server.reload(config(server={"public_host": "sip.example.net"}))
+    result = await server.reload(config(server={"public_host": "sip.example.net"}))
     assert result.changed == ("server.public_host",) and result.restart_needed == ()
     assert server.proxy.outside == Endpoint("udp", "sip.example.net", 5060)
     # The router serves the new domain (the realm follows public_host when not set).
     assert server.router._is_local("sip.example.net")
 
 
-def test_last_sip_agent_removed_leaves_the_pool_running() -> None:
-    server = Server(config())
+async def test_last_sip_agent_removed_leaves_the_pool_running() -> None:
+    server = started(config())
     pool = server.pool
-    result = server.reload(config(sip_agent=False))
+    result = await server.reload(config(sip_agent=False))
     assert result.applied and server.pool is pool
     assert any("keep running" in n for n in result.notes)
     assert "media_workers" not in server.readiness_report().waiting_for
 
 
-def test_reload_while_draining_changes_nothing() -> None:
-    server = Server(config())
+async def test_reload_while_draining_changes_nothing(pool_starts: list[WorkerPool]) -> None:
+    server = started(config(sip_agent=False))
     server.readiness.drain()
     before = server.config
-    result = server.reload(config(min_expires=120))
+    result = await server.reload(config())
     assert not result.applied and "stopping" in result.errors[0]
-    assert server.config is before
+    assert server.config is before and server.pool is None and pool_starts == []
     assert reloads(server, "invalid") == 1
 
 
-def test_reload_from_file_writes_the_result_and_an_invalid_file_changes_nothing(
+async def test_reload_waits_for_start() -> None:
+    server = Server(config(sip_agent=False))
+    reload = asyncio.create_task(server.reload(config(sip_agent=False, min_expires=120)))
+    await asyncio.sleep(0.05)
+    assert not reload.done()
+    server._start_done.set()
+    assert (await reload).changed == ("server.sip.min_expires",)
+
+
+async def test_the_file_and_the_voice_parts_are_read_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML parsing, file checks and knowledge-base indexing block: they run on a thread while
+    the loop keeps answering SIP; only the swap runs on the loop."""
+    path = tmp_path / "sipserver.yaml"
+    path.write_text(yaml.safe_dump(raw_config(sip_agent=False)))
+    server = started(parse_config(path.read_text(), env={}), config_path=path)
+    threads: dict[str, int] = {}
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any) -> Any:
+            threads[name] = threading.get_ident()
+            return function(*args)
+
+        return call
+
+    monkeypatch.setattr(server_module, "load_config", recorded("load", server_module.load_config))
+    monkeypatch.setattr(server.voice, "prepare", recorded("prepare", server.voice.prepare))
+    monkeypatch.setattr(server.voice, "apply", recorded("apply", server.voice.apply))
+    assert (await server.reload()).applied
+    loop_thread = threading.get_ident()
+    assert threads["load"] != loop_thread and threads["prepare"] != loop_thread
+    assert threads["apply"] == loop_thread
+
+
+async def test_reload_from_the_file_writes_the_result_and_an_invalid_file_changes_nothing(
     tmp_path: Path,
 ) -> None:
-    raw = raw_config(sip_agent=False)  # no worker pool: no processes in a unit test
+    raw = raw_config(sip_agent=False)
     raw["server"]["data_dir"] = str(tmp_path / "data")
     path = tmp_path / "sipserver.yaml"
     path.write_text(yaml.safe_dump(raw))
+    server = started(parse_config(path.read_text(), env={}), config_path=path)
+    before = server.config
 
-    async def scenario() -> None:
-        server = Server(parse_config(path.read_text(), env={}), config_path=path)
-        server._start_done.set()  # as after start(); no sockets in this test
-        before = server.config
+    raw["agents"][0]["sip"]["password"] = "${SIPSERVER_UNSET_FOR_TEST}"
+    path.write_text(yaml.safe_dump(raw))
+    result = await server.reload()
+    assert not result.applied
+    assert any("agents[0].sip.password" in e for e in result.errors)
+    assert server.config is before
+    written = read_result(result_path(server.config))
+    assert written is not None and written[1:] == (1, result)
 
-        raw["agents"][0]["sip"]["password"] = "${SIPSERVER_UNSET_FOR_TEST}"
-        path.write_text(yaml.safe_dump(raw))
-        result = await server.reload_from_file()
-        assert not result.applied
-        assert any("agents[0].sip.password" in e for e in result.errors)
-        assert server.config is before
-        written = read_result(result_path(server.config))
-        assert written is not None and written[1:] == (1, result)
-
-        raw["agents"][0]["sip"]["password"] = "a-password-2"
-        raw["server"]["sip"]["tcp"] = ["127.0.0.1:5060"]
-        path.write_text(yaml.safe_dump(raw))
-        result = await server.reload_from_file()
-        assert result.applied and result.changed == ("agents",)
-        assert result.restart_needed == ("server.sip.tcp",)
-        assert result_path(server.config).stat().st_mode & 0o777 == 0o600
-        record = json.loads(result_path(server.config).read_text())
-        assert record["sequence"] == 2 and record["source"] == str(path)
-        assert record["restart_needed"] == ["server.sip.tcp"]
-        await server.voice.close()
-
-    asyncio.run(scenario())
+    raw["agents"][0]["sip"]["password"] = "a-password-2"
+    raw["server"]["sip"]["tcp"] = ["127.0.0.1:5060"]
+    path.write_text(yaml.safe_dump(raw))
+    result = await server.reload()
+    assert result.applied and result.changed == ("agents",)
+    assert result.restart_needed == ("server.sip.tcp",)
+    assert result_path(server.config).stat().st_mode & 0o777 == 0o600
+    record = json.loads(result_path(server.config).read_text())
+    assert record["sequence"] == 2 and record["source"] == str(path)
+    assert record["restart_needed"] == ["server.sip.tcp"]
+    await server.voice.close()
