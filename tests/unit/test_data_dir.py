@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sipserver.data_dir import DataDirError, make_private_dir, make_private_file
+from sipserver.data_dir import (
+    DataDirError,
+    make_private_dir,
+    make_private_file,
+    make_private_if_present,
+)
 
 
 def mode(path: Path) -> int:
@@ -46,5 +51,17 @@ def test_files_are_created_or_made_0600(tmp_path: Path) -> None:
         make_private_file(tmp_path / "old.pid")
         assert (mode(tmp_path / "new.pid"), mode(tmp_path / "old.pid")) == (0o600, 0o600)
         assert (tmp_path / "old.pid").read_text() == "1\n"  # kept: only the mode changes
+    finally:
+        os.umask(old)
+
+
+def test_existing_files_are_made_0600_and_missing_ones_skipped(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "db-wal").write_text("x")
+        (tmp_path / "db-wal").chmod(0o644)
+        make_private_if_present(tmp_path / "db-wal", tmp_path / "db-shm")
+        assert mode(tmp_path / "db-wal") == 0o600
+        assert not (tmp_path / "db-shm").exists()  # never created
     finally:
         os.umask(old)
