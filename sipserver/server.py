@@ -385,6 +385,9 @@ class Server:
         now = self.listeners.clock()
         for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
             self.listeners.deliver(item)
+        # RFC 3261 §17.1.2.2: those BYEs run Timers E/F from now on; a quiet edge (no message
+        # arriving) must still retransmit them, or a lost datagram leaves the caller's leg up.
+        self.listeners.arm_proxy_timer()
 
     async def reload(self, config: Config | None = None) -> ReloadResult:
         """Apply a new configuration to the running server: the one entry point of every reload
