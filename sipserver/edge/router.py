@@ -81,8 +81,17 @@ _RECOGNISED_UNSUPPORTED = frozenset(
 _SERVER_HEADER = ("Server", "sipserver")
 #: A response to send: its status and its wire form.
 _Reply = tuple[int, bytes]
-_AUTH_FAILURES_THAT_BAN = frozenset(
-    {AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER, AuthOutcome.WRONG_REALM}
+#: Outcomes that count toward a ban: a wrong password, or a user name that does not exist.
+_AUTH_FAILURES_THAT_BAN = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER})
+#: Outcomes answered with a fresh challenge (``stale=false``), counted in the auth-failure
+#: metric but never toward a ban: a nonce this process did not issue (a restart), a re-sent
+#: Authorization, or credentials for another realm. RFC 3261 §22.1 (a realm names a protection
+#: domain; credentials are computed for the realm of the challenge) and §20.28 (credentials are
+#: for the server whose realm they name): they say nothing about the password, and a phone that
+#: cached credentials for the realm before a reload changed it (the realm follows
+#: ``server.public_host``) must get the new realm's challenge, not a 403 and then a ban.
+_AUTH_OUTCOMES_RECHALLENGED = frozenset(
+    {AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY, AuthOutcome.WRONG_REALM}
 )
 
 
@@ -432,7 +441,7 @@ class SipRouter:
             return None
         if outcome is AuthOutcome.STALE_NONCE:
             return self._proxy_challenge(request, now=now, stale=True)
-        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
+        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
             self._metrics.auth_failures.labels(outcome.name.lower()).inc()
             return self._proxy_challenge(request, now=now, stale=False)
         reason = "aor_mismatch" if outcome is AuthOutcome.OK else outcome.name.lower()
@@ -547,8 +556,9 @@ class SipRouter:
             metrics.register_result("stale")
             return self._challenge(request, now=now, stale=True)
         metrics.auth_failures.labels(reason).inc()
-        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
-            # A nonce from before a restart, or a re-sent Authorization: challenge afresh.
+        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
+            # A nonce from before a restart, a re-sent Authorization, or credentials for
+            # another realm: challenge afresh, in ours.
             metrics.register_result("challenged")
             return self._challenge(request, now=now, stale=False)
         if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):

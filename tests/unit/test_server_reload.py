@@ -206,6 +206,31 @@ async def test_a_listener_change_needing_a_restart_keeps_the_running_address_ser
     assert response(server, register_request(cseq=2, authorization=authorization)).status == 200
 
 
+async def test_after_a_realm_change_cached_credentials_are_challenged_not_banned() -> None:
+    """The realm follows public_host, which a reload applies live: a phone answering with the
+    credentials it cached for the old realm gets the new realm's challenge, never a ban."""
+    server = started(config(udp=["0.0.0.0:5060"], server={"public_host": "old.example.com"}))
+    (header,) = response(server, register_request(cseq=1)).headers.get_all("WWW-Authenticate")
+    cached = DigestChallenge.parse(header)
+    assert cached.realm == "old.example.com"
+    await server.reload(config(udp=["0.0.0.0:5060"], server={"public_host": "new.example.com"}))
+    for cseq in range(2, 8):  # more than ban.max_failures
+        authorization = build_authorization(
+            cached,
+            username="a",
+            password="a-password-1",
+            method="REGISTER",
+            uri=f"sip:a@{HOST}:5060",
+            cnonce="c1",
+            nc=cseq,
+        )
+        answer = response(server, register_request(cseq=cseq, authorization=authorization))
+        assert answer.status == 401
+        (header,) = answer.headers.get_all("WWW-Authenticate")
+        assert DigestChallenge.parse(header).realm == "new.example.com"
+    assert not server.tracker.is_banned("198.51.100.7", now=100.0)
+
+
 async def test_first_sip_agent_by_reload_builds_and_starts_the_worker_pool(
     pool_starts: list[WorkerPool],
 ) -> None:
