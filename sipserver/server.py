@@ -161,8 +161,9 @@ class Server:
         self.tracker = _failure_tracker(config)
         self.proxy = _call_proxy(config)
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
-        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool: WorkerPool | None = None
+        self.sessions: SessionHost | None = None
+        """The sessions of the pool's calls (built with the pool, at its sample rate)."""
         self._pool_started = False
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
@@ -369,6 +370,7 @@ class Server:
             worker.calls.add(record.call)
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
+        assert self.sessions is not None  # built with the pool that calls this
         replies = self.sessions.handle(worker.worker_id, record)
         link = worker.link
         if link is None:
@@ -379,6 +381,7 @@ class Server:
             link.send(reply)
 
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
+        assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
@@ -495,6 +498,7 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
+        stats = self.sessions.worker_stats if self.sessions is not None else {}
         return {
             "readiness": self.readiness_report().as_json(),
             "listeners": [
@@ -513,7 +517,7 @@ class Server:
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,
-                    "stats": self.sessions.worker_stats.get(w.worker_id, {}),
+                    "stats": stats.get(w.worker_id, {}),
                 }
                 for w in (self.pool.workers if self.pool is not None else [])
             ],

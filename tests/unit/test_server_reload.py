@@ -235,7 +235,7 @@ async def test_first_sip_agent_by_reload_builds_and_starts_the_worker_pool(
     pool_starts: list[WorkerPool],
 ) -> None:
     server = started(config(sip_agent=False))
-    assert server.pool is None
+    assert server.pool is None and server.sessions is None
     assert "media_workers" not in server.readiness_report().waiting_for
     result = await server.reload(config())
     assert result.applied and result.changed == ("agents",)
@@ -248,7 +248,14 @@ async def test_first_sip_agent_by_reload_builds_and_starts_the_worker_pool(
 
 
 async def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_runs() -> None:
-    media = {"media": {"rtp_port_min": 30000, "rtp_port_max": 30999, "answer_delay": 1.0}}
+    media = {
+        "media": {
+            "rtp_port_min": 30000,
+            "rtp_port_max": 30999,
+            "answer_delay": 1.0,
+            "sample_rate": 16000,
+        }
+    }
     # No pool yet: the pool the reload builds uses the new settings.
     server = started(config(sip_agent=False))
     result = await server.reload(config(server=media))
@@ -257,6 +264,9 @@ async def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_ru
     assert server.pool is not None
     assert server.pool.settings.rtp_port_start == 30000
     assert server.pool.settings.answer_delay == 1.0
+    # The pool's calls get sessions at the pool's rate (a session host built with it).
+    assert server.sessions is not None
+    assert server.sessions._rate == server.pool.settings.sample_rate == 16000
     # A running pool keeps its workers (and their calls): named, not applied.
     server = started(config())
     assert server.pool is not None
@@ -265,6 +275,7 @@ async def test_worker_settings_apply_to_a_new_pool_and_need_a_restart_once_it_ru
         "server.workers",
         "server.media.rtp_port_min",
         "server.media.rtp_port_max",
+        "server.media.sample_rate",
         "server.media.answer_delay",
     )
     assert server.pool.settings.rtp_port_start == 20000
