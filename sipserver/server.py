@@ -42,7 +42,7 @@ from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
-from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
+from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
@@ -152,11 +152,10 @@ class Server:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         sip = config.server.sip
-        kind, path = config.server.store_url
-        make_private_dir(config.server.data_dir, key="server.data_dir")
-        if kind == "sqlite" and path is not None:
-            make_private_dir(Path(path).parent, key="server.store")
-        self.store: BindingStore = open_store(kind, path)
+        self.store: BindingStore = MemoryStore()
+        """The bindings. Opening a database is I/O (its directory is made, its rows read), so
+        :meth:`start` opens the configured one; until then an empty memory store stands in
+        (nothing is served before :meth:`start`), which is the store itself for ``memory``."""
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
         self.tracker = _failure_tracker(config)
         self.proxy = _call_proxy(config)
@@ -182,7 +181,6 @@ class Server:
         self.listeners = SipListeners(
             self.router, self.metrics, max_message_size=sip.max_message_size
         )
-        self.metrics.registrations_active.set(self.store.count())
         self._http_runner: web.AppRunner | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._flusher: asyncio.Task[None] | None = None
@@ -531,6 +529,7 @@ class Server:
         Retry-After; ``GET /readyz`` answers 503 naming what is still starting.
         """
         sip = self.config.server.sip
+        self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
@@ -559,6 +558,22 @@ class Server:
         await self.voice.start()
         self.readiness.step_done("voice_models")
         self._start_done.set()
+
+    def _open_state(self) -> None:
+        """Make the data directory (0700) and open the bindings store, before anything is bound.
+
+        Raises:
+            DataDirError: a directory cannot be made; the message names the key.
+        """
+        server = self.config.server
+        make_private_dir(server.data_dir, key="server.data_dir")
+        kind, path = server.store_url
+        if kind == "sqlite" and path is not None:
+            make_private_dir(Path(path).parent, key="server.store")
+            self.store = open_store(kind, path)
+            self.router = self._build_router(self.config, transactions=self.router.transactions)
+            self.listeners.router = self.router
+        self.metrics.registrations_active.set(self.store.count())
 
     async def _flush_loop(self, store: SqliteStore) -> None:
         loop = asyncio.get_running_loop()

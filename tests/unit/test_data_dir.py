@@ -65,3 +65,21 @@ def test_existing_files_are_made_0600_and_missing_ones_skipped(tmp_path: Path) -
         assert not (tmp_path / "db-shm").exists()  # never created
     finally:
         os.umask(old)
+
+
+def test_the_server_makes_its_state_when_it_starts_not_when_built(tmp_path: Path) -> None:
+    """DESIGN: no I/O in Server.__init__; start() makes the data directory and opens the
+    store (first thing, before anything is bound: a failure names the key and binds nothing)."""
+    from sipserver.config import parse_config
+    from sipserver.registrar.bindings import SqliteStore
+    from sipserver.server import Server
+
+    data = tmp_path / "state" / "data"
+    config = parse_config(f"server: {{data_dir: '{data}', store: sqlite}}\n", env={})
+    server = Server(config)
+    assert not (tmp_path / "state").exists()
+    server._open_state()  # what start() runs first
+    assert isinstance(server.store, SqliteStore)
+    assert server.router._registrar.store is server.store
+    assert (mode(data), mode(data / "bindings.db")) == (0o700, 0o600)
+    server.store.close()
