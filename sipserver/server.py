@@ -102,6 +102,7 @@ def _worker_pool(
     config: Config,
     on_record: Callable[[MediaWorker, framelink.LinkRecord], None],
     on_lost: Callable[[MediaWorker, set[int]], None],
+    on_up: Callable[[MediaWorker], None],
 ) -> WorkerPool:
     """The media worker pool of ``config`` (``server.workers``, ``server.media``)."""
     media = config.server.media
@@ -128,6 +129,7 @@ def _worker_pool(
         ),
         on_record=on_record,
         on_worker_lost=on_lost,
+        on_worker_up=on_up,
     )
 
 
@@ -167,7 +169,9 @@ class Server:
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
             self._build_pool(config)
-        self.gateway = MediaStreamGateway(lambda: self.config, self._new_session, self.metrics)
+        self.gateway = MediaStreamGateway(
+            lambda: self.config, self._new_session, self.metrics, on_call_ended=self._state_changed
+        )
         self.listens_hub = ListensHub()
         self.listens = ListensFork(
             lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
@@ -185,6 +189,9 @@ class Server:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._flusher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set when readiness or the calls in progress may have changed (a start-up step, a
+        worker up or lost, a reload, a call ended, a stop request): see :meth:`_wait_until`."""
         self._stop_now = asyncio.Event()
         self._start_done = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -243,7 +250,30 @@ class Server:
         """Build (not start) the media worker pool of ``config``; the frames of its calls go
         through a session host at its sample rate."""
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
-        self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+        self.pool = _worker_pool(
+            config, self._worker_record, self._worker_lost, lambda _: self._state_changed()
+        )
+
+    def _state_changed(self) -> None:
+        self._changed.set()
+
+    async def _wait_until(
+        self, condition: Callable[[], bool], timeout: float | None = None
+    ) -> bool:
+        """Wait until ``condition()`` holds, re-checking it whenever :meth:`_state_changed` is
+        called (no polling); False when ``timeout`` seconds passed first. Several waiters may
+        wait at once: each clears the event before it checks, so none misses a change."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            self._changed.clear()
+            if condition():
+                return True
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def _start_pool(self) -> None:
         if self.pool is not None and not self._pool_started:
@@ -318,6 +348,7 @@ class Server:
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
             self._release(event.call_id)
+            self._state_changed()
             log.info(
                 "call_ended",
                 call_id=event.call_id,
@@ -389,6 +420,7 @@ class Server:
         # RFC 3261 §17.1.2.2: those BYEs run Timers E/F from now on; a quiet edge (no message
         # arriving) must still retransmit them, or a lost datagram leaves the caller's leg up.
         self.listeners.arm_proxy_timer()
+        self._state_changed()
 
     async def reload(self, config: Config | None = None) -> ReloadResult:
         """Apply a new configuration to the running server: the one entry point of every reload
@@ -465,6 +497,7 @@ class Server:
         elif pool_runs and not sip_calls:
             notes.append("no agent takes SIP calls now; the media workers keep running idle")
         self._sip_calls = sip_calls
+        self._state_changed()
         if self.proxy is not None and "server.public_host" in changed:
             self.proxy.set_outside_host(config.server.public_host)
         self.router = self._build_router(config, transactions=self.router.transactions)
@@ -551,12 +584,14 @@ class Server:
             self.http_port = int(server.sockets[0].getsockname()[1])
         log.info("http_listening", host=host, port=self.http_port or port)
         self.readiness.step_done("listeners")
+        self._state_changed()
         if isinstance(self.store, SqliteStore):
             self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
         await self.voice.start()
         self.readiness.step_done("voice_models")
+        self._state_changed()
         self._start_done.set()
 
     def _open_state(self) -> None:
@@ -596,8 +631,10 @@ class Server:
             if not self._stop_now.is_set():
                 log.warning("stop_now", calls=self.calls_in_progress())
                 self._stop_now.set()
+                self._state_changed()
             return
         self.readiness.drain()
+        self._state_changed()
         log.info(
             "stopping",
             calls=self.calls_in_progress(),
@@ -611,15 +648,11 @@ class Server:
         registrations and in-dialog requests are served as usual."""
         self.readiness.drain()
         loop = asyncio.get_running_loop()
-        timeout = self.config.server.drain_timeout
-        deadline = loop.time() + timeout
         started = loop.time()
-        while self.calls_in_progress() and not self._stop_now.is_set():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_now.wait(), min(0.1, remaining))
+        await self._wait_until(
+            lambda: not self.calls_in_progress() or self._stop_now.is_set(),
+            self.config.server.drain_timeout,
+        )
         left = self.calls_in_progress()
         log.info("drained", seconds=round(loop.time() - started, 3), calls_left=left)
 
@@ -677,11 +710,9 @@ class Server:
 
     async def _log_ready(self, begun: float) -> None:
         """Log ``ready`` (with the seconds since :meth:`run` began) once calls are taken."""
-        while not self.readiness_report().ready:
-            if self.readiness.draining:
-                return
-            await asyncio.sleep(0.05)
-        log.info("ready", seconds=round(asyncio.get_running_loop().time() - begun, 3))
+        await self._wait_until(lambda: self.readiness.draining or self.readiness_report().ready)
+        if not self.readiness.draining:
+            log.info("ready", seconds=round(asyncio.get_running_loop().time() - begun, 3))
 
     @property
     def pid_file(self) -> Path:
