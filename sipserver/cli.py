@@ -22,6 +22,7 @@ from sipserver.config import (
     embedded_config_path,
     load_config,
 )
+from sipserver.data_dir import DataDirError
 from sipserver.pipeline.knowledge import knowledge_base_warnings
 from sipserver.pipeline.providers.base import ProviderError
 
@@ -58,11 +59,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     log.info("config_loaded", source=str(args.config or embedded_config_path()))
     try:
         server = Server(config, config_path=_config_path(args.config))
-    except (ProviderError, OSError) as exc:  # OSError: data_dir/store (the key is named)
+    except (ProviderError, OSError) as exc:  # OSError: a voice file that cannot be read
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     try:
         asyncio.run(server.run())
+    except DataDirError as exc:  # raised by start() before anything is bound; names the key
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("startup_failed", error=str(exc))
         return 1

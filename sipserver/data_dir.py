@@ -14,7 +14,14 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "DataDirError", "make_private_dir", "make_private_file"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "DataDirError",
+    "make_private_dir",
+    "make_private_file",
+    "make_private_if_present",
+]
 
 DIR_MODE = 0o700
 """Mode of the directories the server creates."""
@@ -60,9 +67,17 @@ def make_private_file(path: str | os.PathLike[str]) -> None:
     """Create ``path`` (empty) if missing, and make it 0600 either way.
 
     Raises:
-        OSError: The file cannot be created or changed.
+        OSError: The file cannot be created.
     """
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE)
     os.close(fd)
-    with contextlib.suppress(PermissionError):  # not ours (a file the operator made): leave it
-        os.chmod(path, FILE_MODE)
+    make_private_if_present(path)
+
+
+def make_private_if_present(*paths: str | os.PathLike[str]) -> None:
+    """Make the files among ``paths`` that exist 0600 (an older, world-readable database and
+    its ``-wal``/``-shm`` files); missing files are skipped, and so are files that are not
+    ours (the operator made them: left as they are)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.chmod(path, FILE_MODE)

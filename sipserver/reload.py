@@ -20,9 +20,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -33,9 +34,11 @@ __all__ = [
     "SECTIONS",
     "SERVER_KEYS",
     "KeyClass",
+    "ReloadPlan",
     "ReloadResult",
     "changed_keys",
     "classify",
+    "plan_reload",
     "read_result",
     "result_path",
     "server_key_paths",
@@ -120,6 +123,69 @@ def changed_keys(old: BaseModel, new: BaseModel, prefix: str) -> list[str]:
         elif before != after:
             changed.append(path)
     return changed
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _put_back(model: _M, path: Sequence[str], value: object) -> _M:
+    """A copy of ``model`` with the field at ``path`` (names, outermost first) set to ``value``
+    (the settings models are frozen: each level is copied, the rest is shared)."""
+    name, *rest = path
+    if rest:
+        value = _put_back(getattr(model, name), rest, value)
+    return model.model_copy(update={name: value})
+
+
+def _value_at(model: BaseModel, path: Sequence[str]) -> object:
+    value: object = model
+    for name in path:
+        value = getattr(value, name)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload applies (see :func:`plan_reload`)."""
+
+    config: Config
+    """The configuration to run with: the new file, except that every key in
+    :attr:`restart_needed` keeps its running value. Everything that reads the configuration
+    after the reload (router, authenticator, pid file, result file, a worker pool built now)
+    sees only what is really in force."""
+    changed: tuple[str, ...]
+    """Sections and ``server.`` keys that changed and are applied."""
+    restart_needed: tuple[str, ...]
+    """``server.`` keys that changed but are not applied."""
+
+
+def plan_reload(running: Config, new: Config, *, pool_runs: bool) -> ReloadPlan:
+    """Split a reload into what is applied and what needs a restart.
+
+    Args:
+        running: The configuration in force.
+        new: The new, validated configuration.
+        pool_runs: The media worker pool exists (its ``worker_pool`` keys need a restart).
+
+    Returns:
+        The plan; its :attr:`~ReloadPlan.config` is ``new`` with every key that is not
+        applied put back to its value in ``running``.
+    """
+    changed = [name for name in SECTIONS if getattr(running, name) != getattr(new, name)]
+    restart: list[str] = []
+    for key in changed_keys(running.server, new.server, "server"):
+        kind = classify(key)
+        if kind == "live" or (kind == "worker_pool" and not pool_runs):
+            changed.append(key)
+        else:
+            # "restart", a worker setting of a running pool, or (caught by a unit test, never
+            # shipped) a key nobody classified: not applied, and said so.
+            restart.append(key)
+    config = new
+    for key in restart:
+        path = key.split(".")
+        config = _put_back(config, path, _value_at(running, path))
+    return ReloadPlan(config, tuple(changed), tuple(restart))
 
 
 @dataclass(frozen=True, slots=True)

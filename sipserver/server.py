@@ -42,16 +42,9 @@ from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
-from sipserver.registrar.bindings import BindingStore, SqliteStore, open_store
+from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
-from sipserver.reload import (
-    SECTIONS,
-    ReloadResult,
-    changed_keys,
-    classify,
-    result_path,
-    write_result,
-)
+from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
@@ -109,6 +102,7 @@ def _worker_pool(
     config: Config,
     on_record: Callable[[MediaWorker, framelink.LinkRecord], None],
     on_lost: Callable[[MediaWorker, set[int]], None],
+    on_up: Callable[[MediaWorker], None],
 ) -> WorkerPool:
     """The media worker pool of ``config`` (``server.workers``, ``server.media``)."""
     media = config.server.media
@@ -135,6 +129,7 @@ def _worker_pool(
         ),
         on_record=on_record,
         on_worker_lost=on_lost,
+        on_worker_up=on_up,
     )
 
 
@@ -145,7 +140,7 @@ class Server:
         config: validated configuration.
         metrics: metrics registry (a fresh one by default).
         config_path: the file ``config`` came from (None: the embedded default); SIGHUP
-            re-reads it (:meth:`reload_from_file`).
+            re-reads it (:meth:`reload`).
     """
 
     def __init__(
@@ -159,22 +154,24 @@ class Server:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         sip = config.server.sip
-        kind, path = config.server.store_url
-        make_private_dir(config.server.data_dir, key="server.data_dir")
-        if kind == "sqlite" and path is not None:
-            make_private_dir(Path(path).parent, key="server.store")
-        self.store: BindingStore = open_store(kind, path)
+        self.store: BindingStore = MemoryStore()
+        """The bindings. Opening a database is I/O (its directory is made, its rows read), so
+        :meth:`start` opens the configured one; until then an empty memory store stands in
+        (nothing is served before :meth:`start`), which is the store itself for ``memory``."""
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
         self.tracker = _failure_tracker(config)
         self.proxy = _call_proxy(config)
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
-        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
         self.pool: WorkerPool | None = None
+        self.sessions: SessionHost | None = None
+        """The sessions of the pool's calls (built with the pool, at its sample rate)."""
         self._pool_started = False
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
             self._build_pool(config)
-        self.gateway = MediaStreamGateway(lambda: self.config, self._new_session, self.metrics)
+        self.gateway = MediaStreamGateway(
+            lambda: self.config, self._new_session, self.metrics, on_call_ended=self._state_changed
+        )
         self.listens_hub = ListensHub()
         self.listens = ListensFork(
             lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
@@ -188,11 +185,13 @@ class Server:
         self.listeners = SipListeners(
             self.router, self.metrics, max_message_size=sip.max_message_size
         )
-        self.metrics.registrations_active.set(self.store.count())
         self._http_runner: web.AppRunner | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._flusher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._changed = asyncio.Event()
+        """Set when readiness or the calls in progress may have changed (a start-up step, a
+        worker up or lost, a reload, a call ended, a stop request): see :meth:`_wait_until`."""
         self._stop_now = asyncio.Event()
         self._start_done = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -220,6 +219,8 @@ class Server:
             for a in config.agents
             if a.sip.enabled and a.sip.username and a.sip.password
         }
+        # One set of names for both: a Request-URI the router serves and a digest uri the
+        # authenticator accepts are judged alike.
         names = server_names(config)
         authenticator = DigestAuthenticator(
             realm=config.server.effective_realm,
@@ -234,6 +235,7 @@ class Server:
             authenticator=authenticator,
             tracker=self.tracker,
             metrics=self.metrics,
+            names=names,
             force_rport=sip.force_rport,
             transactions=transactions,
             proxy=self.proxy,
@@ -248,7 +250,30 @@ class Server:
         """Build (not start) the media worker pool of ``config``; the frames of its calls go
         through a session host at its sample rate."""
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
-        self.pool = _worker_pool(config, self._worker_record, self._worker_lost)
+        self.pool = _worker_pool(
+            config, self._worker_record, self._worker_lost, lambda _: self._state_changed()
+        )
+
+    def _state_changed(self) -> None:
+        self._changed.set()
+
+    async def _wait_until(
+        self, condition: Callable[[], bool], timeout: float | None = None
+    ) -> bool:
+        """Wait until ``condition()`` holds, re-checking it whenever :meth:`_state_changed` is
+        called (no polling); False when ``timeout`` seconds passed first. Several waiters may
+        wait at once: each clears the event before it checks, so none misses a change."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            self._changed.clear()
+            if condition():
+                return True
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def _start_pool(self) -> None:
         if self.pool is not None and not self._pool_started:
@@ -323,6 +348,7 @@ class Server:
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
             self._release(event.call_id)
+            self._state_changed()
             log.info(
                 "call_ended",
                 call_id=event.call_id,
@@ -373,6 +399,7 @@ class Server:
             worker.calls.add(record.call)
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
+        assert self.sessions is not None  # built with the pool that calls this
         replies = self.sessions.handle(worker.worker_id, record)
         link = worker.link
         if link is None:
@@ -383,43 +410,85 @@ class Server:
             link.send(reply)
 
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
+        assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         now = self.listeners.clock()
         for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
             self.listeners.deliver(item)
+        # RFC 3261 §17.1.2.2: those BYEs run Timers E/F from now on; a quiet edge (no message
+        # arriving) must still retransmit them, or a lost datagram leaves the caller's leg up.
+        self.listeners.arm_proxy_timer()
+        self._state_changed()
 
-    def reload(self, config: Config) -> ReloadResult:
-        """Apply a new, already validated configuration to the running server.
+    async def reload(self, config: Config | None = None) -> ReloadResult:
+        """Apply a new configuration to the running server: the one entry point of every reload
+        (SIGHUP, ``sipserver reload``, the console).
+
+        Args:
+            config: an already validated configuration; None re-reads :attr:`config_path`
+                (an invalid file changes nothing; the errors name the key paths).
 
         Agents, credentials, models, users and the ``server.`` keys classified ``live`` (see
         :mod:`sipserver.reload`) take effect at once; bindings, outstanding nonces and
         transactions are kept, calls in progress continue. The first agent that takes SIP
-        calls gets the media worker pool built (:meth:`reload_from_file` starts it). Keys
-        bound at start-up are not applied: the result names them in ``restart_needed`` (and
-        the log says so); the server keeps their old values until it is restarted.
+        calls gets the media worker pool built and started. Keys bound at start-up are not
+        applied: the result names them in ``restart_needed`` (and the log says so); the server
+        keeps their old values until it is restarted. The result is also written to
+        ``<data_dir>/reload-result.json`` for ``sipserver reload``.
+
+        Reloads run one at a time, after :meth:`start` finished. The file is read and the voice
+        models and knowledge bases are built on a thread: the event loop keeps answering SIP
+        meanwhile.
         """
+        async with self._reload_lock:
+            await self._start_done.wait()
+            source = str(self.config_path or "embedded default") if config is None else "caller"
+            try:
+                new = config if config is not None else await self._read_config()
+            except ConfigError as exc:
+                result = self._reload_failed(exc.errors)
+            else:
+                result = await self._apply(new)
+            if result.applied and not self.readiness.draining:
+                await self._start_pool()
+            self._reloads += 1
+            try:
+                write_result(
+                    result_path(self.config),
+                    result,
+                    pid=os.getpid(),
+                    sequence=self._reloads,
+                    source=source,
+                )
+            except OSError as exc:
+                log.error("reload_result_not_written", error=str(exc))
+            return result
+
+    async def _read_config(self) -> Config:
+        # YAML parsing and file checks: on a thread, off the loop that answers SIP.
+        return await asyncio.to_thread(load_config, self.config_path)
+
+    async def _apply(self, new: Config) -> ReloadResult:
         if self.readiness.draining:
             return self._reload_failed(["the server is stopping; nothing reloaded"])
-        old = self.config
         pool_runs = self.pool is not None
-        changed = [name for name in SECTIONS if getattr(old, name) != getattr(config, name)]
-        restart: list[str] = []
-        for key in changed_keys(old.server, config.server, "server"):
-            kind = classify(key)
-            if kind == "live" or (kind == "worker_pool" and not pool_runs):
-                changed.append(key)
-            else:
-                # "restart", a worker setting of a running pool, or (caught by a unit test,
-                # never shipped) a key nobody classified: not applied, and said so.
-                restart.append(key)
+        plan = plan_reload(self.config, new, pool_runs=pool_runs)
+        # From here on only the plan's config: the new file with every key that is not
+        # applied (restart keys, settings of a running worker pool) at its running value.
+        config = plan.config
+        changed, restart = list(plan.changed), list(plan.restart_needed)
         try:
-            self.voice.reload(config)
+            voice = await asyncio.to_thread(self.voice.prepare, config)
         except Exception as exc:
             # The file is valid but its models or knowledge bases cannot be built: keep the
             # running configuration whole rather than half of each.
             return self._reload_failed([f"cannot build the voice models: {exc!r}"])
+        if self.readiness.draining:  # a stop came while the models were built
+            return self._reload_failed(["the server is stopping; nothing reloaded"])
+        # Nothing awaits from here on: the swap is atomic for the requests the loop serves.
+        self.voice.apply(voice)
         notes: list[str] = []
         sip_calls = takes_sip_calls(config)
         if sip_calls and not pool_runs:
@@ -428,6 +497,7 @@ class Server:
         elif pool_runs and not sip_calls:
             notes.append("no agent takes SIP calls now; the media workers keep running idle")
         self._sip_calls = sip_calls
+        self._state_changed()
         if self.proxy is not None and "server.public_host" in changed:
             self.proxy.set_outside_host(config.server.public_host)
         self.router = self._build_router(config, transactions=self.router.transactions)
@@ -446,35 +516,8 @@ class Server:
         log.error("config_reload_failed", source=str(self.config_path), errors=errors)
         return ReloadResult(applied=False, errors=tuple(errors))
 
-    async def reload_from_file(self) -> ReloadResult:
-        """Re-read :attr:`config_path` and apply it (an invalid file changes nothing), start the
-        worker pool it needs, and write the result to ``<data_dir>/reload-result.json`` for
-        ``sipserver reload``. Reloads run one at a time, after :meth:`start` finished."""
-        async with self._reload_lock:
-            await self._start_done.wait()
-            try:
-                config = load_config(self.config_path)
-            except ConfigError as exc:
-                result = self._reload_failed(exc.errors)
-            else:
-                result = self.reload(config)
-            if result.applied and not self.readiness.draining:
-                await self._start_pool()
-            self._reloads += 1
-            try:
-                write_result(
-                    result_path(self.config),
-                    result,
-                    pid=os.getpid(),
-                    sequence=self._reloads,
-                    source=str(self.config_path or "embedded default"),
-                )
-            except OSError as exc:
-                log.error("reload_result_not_written", error=str(exc))
-            return result
-
     def _on_reload_signal(self) -> None:
-        task = asyncio.create_task(self.reload_from_file(), name="config-reload")
+        task = asyncio.create_task(self.reload(), name="config-reload")
         self._tasks.add(task)
         task.add_done_callback(self._reload_done)
 
@@ -486,6 +529,7 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
+        stats = self.sessions.worker_stats if self.sessions is not None else {}
         return {
             "readiness": self.readiness_report().as_json(),
             "listeners": [
@@ -504,7 +548,7 @@ class Server:
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,
-                    "stats": self.sessions.worker_stats.get(w.worker_id, {}),
+                    "stats": stats.get(w.worker_id, {}),
                 }
                 for w in (self.pool.workers if self.pool is not None else [])
             ],
@@ -518,6 +562,7 @@ class Server:
         Retry-After; ``GET /readyz`` answers 503 naming what is still starting.
         """
         sip = self.config.server.sip
+        self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
@@ -539,13 +584,31 @@ class Server:
             self.http_port = int(server.sockets[0].getsockname()[1])
         log.info("http_listening", host=host, port=self.http_port or port)
         self.readiness.step_done("listeners")
+        self._state_changed()
         if isinstance(self.store, SqliteStore):
             self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
         await self.voice.start()
         self.readiness.step_done("voice_models")
+        self._state_changed()
         self._start_done.set()
+
+    def _open_state(self) -> None:
+        """Make the data directory (0700) and open the bindings store, before anything is bound.
+
+        Raises:
+            DataDirError: a directory cannot be made; the message names the key.
+        """
+        server = self.config.server
+        make_private_dir(server.data_dir, key="server.data_dir")
+        kind, path = server.store_url
+        if kind == "sqlite" and path is not None:
+            make_private_dir(Path(path).parent, key="server.store")
+            self.store = open_store(kind, path)
+            self.router = self._build_router(self.config, transactions=self.router.transactions)
+            self.listeners.router = self.router
+        self.metrics.registrations_active.set(self.store.count())
 
     async def _flush_loop(self, store: SqliteStore) -> None:
         loop = asyncio.get_running_loop()
@@ -568,8 +631,10 @@ class Server:
             if not self._stop_now.is_set():
                 log.warning("stop_now", calls=self.calls_in_progress())
                 self._stop_now.set()
+                self._state_changed()
             return
         self.readiness.drain()
+        self._state_changed()
         log.info(
             "stopping",
             calls=self.calls_in_progress(),
@@ -583,15 +648,11 @@ class Server:
         registrations and in-dialog requests are served as usual."""
         self.readiness.drain()
         loop = asyncio.get_running_loop()
-        timeout = self.config.server.drain_timeout
-        deadline = loop.time() + timeout
         started = loop.time()
-        while self.calls_in_progress() and not self._stop_now.is_set():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_now.wait(), min(0.1, remaining))
+        await self._wait_until(
+            lambda: not self.calls_in_progress() or self._stop_now.is_set(),
+            self.config.server.drain_timeout,
+        )
         left = self.calls_in_progress()
         log.info("drained", seconds=round(loop.time() - started, 3), calls_left=left)
 
@@ -649,11 +710,9 @@ class Server:
 
     async def _log_ready(self, begun: float) -> None:
         """Log ``ready`` (with the seconds since :meth:`run` began) once calls are taken."""
-        while not self.readiness_report().ready:
-            if self.readiness.draining:
-                return
-            await asyncio.sleep(0.05)
-        log.info("ready", seconds=round(asyncio.get_running_loop().time() - begun, 3))
+        await self._wait_until(lambda: self.readiness.draining or self.readiness_report().ready)
+        if not self.readiness.draining:
+            log.info("ready", seconds=round(asyncio.get_running_loop().time() - begun, 3))
 
     @property
     def pid_file(self) -> Path:

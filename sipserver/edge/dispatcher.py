@@ -174,6 +174,7 @@ class WorkerPool:
         settings: pool size, addresses and port ranges.
         on_record: called on the event loop for every record a worker sends (after HELLO).
         on_worker_lost: called with the worker and the calls it held when it goes away.
+        on_worker_up: called with a worker when it said HELLO (it takes calls from now on).
         command: the worker command line without its options (tests may replace it).
     """
 
@@ -183,6 +184,7 @@ class WorkerPool:
         *,
         on_record: RecordHandler,
         on_worker_lost: LostHandler,
+        on_worker_up: Callable[[MediaWorker], None] | None = None,
         command: tuple[str, ...] = (sys.executable, "-m", "sipserver.rtp.pjsua2_worker"),
     ) -> None:
         if not 1 <= settings.min_workers <= settings.max_workers:
@@ -190,6 +192,7 @@ class WorkerPool:
         self.settings = settings
         self._on_record = on_record
         self._on_worker_lost = on_worker_lost
+        self._on_worker_up = on_worker_up
         self._command = command
         self._workers: dict[str, MediaWorker] = {}
         self._ids = itertools.count(1)
@@ -353,6 +356,8 @@ class WorkerPool:
                         sip=f"{record.sip_host}:{record.sip_port}",
                         capacity=record.capacity,
                     )
+                    if self._on_worker_up is not None:
+                        self._on_worker_up(worker)
                     continue
                 self._on_record(worker, record)
         finally:

@@ -81,27 +81,35 @@ _RECOGNISED_UNSUPPORTED = frozenset(
 _SERVER_HEADER = ("Server", "sipserver")
 #: A response to send: its status and its wire form.
 _Reply = tuple[int, bytes]
-_AUTH_FAILURES_THAT_BAN = frozenset(
-    {AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER, AuthOutcome.WRONG_REALM}
+#: Outcomes that count toward a ban: a wrong password, or a user name that does not exist.
+_AUTH_FAILURES_THAT_BAN = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER})
+#: Outcomes answered with a fresh challenge (``stale=false``), counted in the auth-failure
+#: metric but never toward a ban: a nonce this process did not issue (a restart), a re-sent
+#: Authorization, or credentials for another realm. RFC 3261 §22.1 (a realm names a protection
+#: domain; credentials are computed for the realm of the challenge) and §20.28 (credentials are
+#: for the server whose realm they name): they say nothing about the password, and a phone that
+#: cached credentials for the realm before a reload changed it (the realm follows
+#: ``server.public_host``) must get the new realm's challenge, not a 403 and then a ban.
+_AUTH_OUTCOMES_RECHALLENGED = frozenset(
+    {AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY, AuthOutcome.WRONG_REALM}
 )
 
 
-def server_names(config: Config, *, extra_hosts: Iterable[str] = ()) -> ServerNames:
+def server_names(config: Config) -> ServerNames:
     """The names this server answers to, from the configuration.
 
     Args:
         config: the configuration: ``server.domains``, ``public_host``, the realm, ``localhost``
             and the UDP/TCP listeners (addresses and ports).
-        extra_hosts: more local addresses (tests that listen elsewhere).
 
     Returns:
-        The names, for Request-URI domain checks and for digest ``uri`` checks.
+        The names, for Request-URI domain checks (:class:`SipRouter`) and for digest ``uri``
+        checks (the authenticator); build them once and give both the same object.
     """
     server = config.server
     listeners = [*server.sip.udp_addresses, *server.sip.tcp_addresses]
     hosts = [*server.domains, server.public_host, server.effective_realm, "localhost"]
     hosts += [host for host, _ in listeners]
-    hosts += extra_hosts
     return ServerNames.build(hosts, ports=[port for _, port in listeners])
 
 
@@ -138,9 +146,9 @@ class SipRouter:
         authenticator: digest challenges and verification.
         tracker: authentication failures and bans per source address.
         metrics: Prometheus metrics.
-        local_hosts: addresses the server listens on, besides the configured listeners; a
-            Request-URI naming one of them (or an IP literal when listening on a wildcard
-            address) is for this server.
+        names: the names this server answers to (:func:`server_names`): a Request-URI naming
+            one of them is for this server. The same object the authenticator checks digest
+            ``uri`` parameters against, so the two cannot disagree.
         force_rport: answer datagrams to their source port even without ``;rport`` (RFC 3581
             behaviour for every request; the NAT-friendly default of Asterisk and FreeSWITCH).
         transactions: the transaction table to use (a config reload hands over the old one, so
@@ -161,7 +169,7 @@ class SipRouter:
         authenticator: DigestAuthenticator,
         tracker: FailureTracker,
         metrics: Metrics,
-        local_hosts: Iterable[str] = (),
+        names: ServerNames,
         force_rport: bool = True,
         transactions: ServerTransactions | None = None,
         proxy: CallProxy | None = None,
@@ -183,7 +191,7 @@ class SipRouter:
         self._date_text = ""
         self._realm = config.server.effective_realm
         self._force_rport = force_rport
-        self._names = server_names(config, extra_hosts=local_hosts)
+        self._names = names
         self._acls: dict[str, AllowList] = {
             a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
         }
@@ -433,7 +441,7 @@ class SipRouter:
             return None
         if outcome is AuthOutcome.STALE_NONCE:
             return self._proxy_challenge(request, now=now, stale=True)
-        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
+        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
             self._metrics.auth_failures.labels(outcome.name.lower()).inc()
             return self._proxy_challenge(request, now=now, stale=False)
         reason = "aor_mismatch" if outcome is AuthOutcome.OK else outcome.name.lower()
@@ -548,8 +556,9 @@ class SipRouter:
             metrics.register_result("stale")
             return self._challenge(request, now=now, stale=True)
         metrics.auth_failures.labels(reason).inc()
-        if outcome in (AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY):
-            # A nonce from before a restart, or a re-sent Authorization: challenge afresh.
+        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
+            # A nonce from before a restart, a re-sent Authorization, or credentials for
+            # another realm: challenge afresh, in ours.
             metrics.register_result("challenged")
             return self._challenge(request, now=now, stale=False)
         if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):

@@ -394,6 +394,7 @@ class MediaStreamGateway:
         config: returns the current configuration (a reload applies to new requests).
         session_factory: builds each call's session.
         metrics: where calls, messages and closes are counted.
+        on_call_ended: called when a call has left :attr:`calls` (a stop waits for the last).
     """
 
     def __init__(
@@ -401,10 +402,13 @@ class MediaStreamGateway:
         config: Callable[[], Config],
         session_factory: SessionFactory,
         metrics: Metrics,
+        *,
+        on_call_ended: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self.session_factory = session_factory
         self.metrics = metrics
+        self._on_call_ended = on_call_ended
         self.calls: set[StreamCall] = set()
 
     @property
@@ -484,6 +488,8 @@ class MediaStreamGateway:
                 self.calls.discard(call)
                 self.metrics.ws_calls_active.dec()
                 self.metrics.ws_closes.labels(call.end_reason or "unknown").inc()
+                if self._on_call_ended is not None:
+                    self._on_call_ended()
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()

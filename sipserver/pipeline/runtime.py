@@ -60,7 +60,7 @@ from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 from sipserver.tasks import cancel_and_wait
 
-__all__ = ["ListenParts", "VoiceRuntime", "voice_options"]
+__all__ = ["ListenParts", "PreparedVoice", "VoiceRuntime", "voice_options"]
 
 log = get_logger(__name__)
 
@@ -173,6 +173,21 @@ def _llm_for(name: str, parts: _ModelParts, config: Config, kb: KnowledgeBase) -
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedVoice:
+    """The voice parts of a configuration, built but not in use yet (:meth:`VoiceRuntime.prepare`,
+    then :meth:`VoiceRuntime.apply`)."""
+
+    config: Config
+    """The configuration they were built for."""
+    models: dict[str, _ModelParts]
+    """Shared stages by model name (unchanged models are the running objects)."""
+    llms: dict[str, LanguageModel]
+    """Language model by agent slug (agents with ``realtime.enabled``)."""
+    listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]]
+    """AI Listens parts by agent slug: model name, knowledge base, suggestion writer."""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenParts:
     """What AI Listens needs of an agent's model: the shared STT and VAD, the knowledge base
     and the language model for suggestions (None: ``llm: local``, suggest passages)."""
@@ -212,11 +227,24 @@ class VoiceRuntime:
         self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         self._config = config
         self._base_dir = config_dir(config_path)
-        self._build(config)
+        self.apply(self.prepare(config))
 
     # ---------------------------------------------------------------------------- lifecycle
 
-    def _build(self, config: Config) -> None:
+    def prepare(self, config: Config) -> PreparedVoice:
+        """Build the parts of ``config`` without putting them in use: models whose settings
+        and credentials did not change are kept, the others built (their weights are not loaded
+        here), and every knowledge base is re-read and indexed.
+
+        Blocking (files are read): the server runs it on a thread while the event loop goes on
+        serving. That is safe because it only reads the running parts, which change in
+        :meth:`apply` alone (on the loop, after this returns), and the providers' constructors
+        check files and options only; model weights load later through each provider's
+        :class:`~sipserver.pipeline.model_cache.ModelCache`, which holds a lock.
+
+        Raises:
+            ProviderError: a model cannot be built (bad options, missing files or credentials).
+        """
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
         listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
@@ -243,10 +271,15 @@ class VoiceRuntime:
                 local = isinstance(spec, CustomModel) and spec.llm.provider == "local"
                 writer = None if local else llm or _llm_for(name, parts, config, kb)
                 listens[agent.slug] = (name, kb, writer)
-        self._models = models
-        self._llms = llms
-        self._listens = listens
-        self._config = config
+        return PreparedVoice(config, models, llms, listens)
+
+    def apply(self, prepared: PreparedVoice) -> None:
+        """Put prepared parts in use for new calls (on the event loop; calls in progress keep
+        the parts they started with)."""
+        self._models = prepared.models
+        self._llms = prepared.llms
+        self._listens = prepared.listens
+        self._config = prepared.config
 
     def _same_credentials(self, config: Config, spec: CustomModel | LiveKitInferenceModel) -> bool:
         names = {spec.credential}
@@ -257,13 +290,6 @@ class VoiceRuntime:
             for n in names
             if isinstance(n, str)
         )
-
-    def reload(self, config: Config) -> None:
-        """Apply a new configuration: changed models are rebuilt, knowledge bases re-read.
-
-        Calls in progress keep the parts they started with.
-        """
-        self._build(config)
 
     async def start(self) -> None:
         """Load every model (in threads) and start the VAD batchers."""

@@ -274,6 +274,8 @@ class AuthOutcome(enum.Enum):
     MALFORMED = enum.auto()
     """Unparseable credentials, another scheme, or no qop although qop is required."""
     WRONG_REALM = enum.auto()
+    """Credentials for a realm this server does not use (e.g. cached from before the realm
+    changed): they say nothing about the password; the edge challenges again in its realm."""
     WRONG_URI = enum.auto()
     """The ``uri`` parameter neither matches the Request-URI (RFC 7616 §3.4.6) nor, when the
     authenticator accepts that, names this server."""

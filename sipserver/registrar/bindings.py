@@ -24,7 +24,6 @@ on the writer thread).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import math
@@ -35,6 +34,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from sipserver.data_dir import make_private_file, make_private_if_present
 
 __all__ = [
     "Binding",
@@ -451,10 +452,8 @@ def _make_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does (its ``-wal`` and ``-shm`` files take
     the database's mode), and tighten the files of an older, world-readable database: they
     hold every registered PBX's contact and source address."""
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            os.chmod(file, 0o600)
+    make_private_file(path)
+    make_private_if_present(path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
 
 
 def open_store(kind: str, path: str | None) -> BindingStore:

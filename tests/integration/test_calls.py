@@ -194,6 +194,54 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
     edge_call(server, tmp_path)
 
 
+def test_the_bye_for_a_dead_workers_call_is_retransmitted_on_a_quiet_edge(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """RFC 3261 §17.1.2.2: the BYE the edge sends for the call of a worker that died runs
+    Timers E/F like any UDP request: a caller that missed it (SIPp here answers 2 s late, as if
+    the first datagram was lost) gets it again although no other message reaches the edge."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+
+    from tests.integration.conftest import sipp_command
+
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    trace = tmp_path / "messages.log"
+    scenario = "uac_edge_call_late_bye_answer.xml"
+    command = sipp_command(
+        scenario,
+        server.sip_port,
+        service=NUMBER,
+        auth_user=DEMO_USER,
+        password=DEMO_PASSWORD,
+        workdir=tmp_path,
+        timeout=40,
+        extra=("-trace_msg", "-message_file", str(trace)),
+    )
+    sipp = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while '"call_answered"' not in server.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline and sipp.poll() is None, "the call was not answered"
+            time.sleep(0.1)
+        # Past the set-up's short timers (Timer A of the INVITE to the worker, 0.5 s): the
+        # edge's next timer is then tens of seconds away, the quiet edge of a real call.
+        time.sleep(1.5)
+        (worker,) = server.get("/status")[1]["media_workers"]
+        os.kill(worker["pid"], signal.SIGKILL)
+        assert sipp.wait(timeout=60) == 0, trace.read_text(errors="replace")[-3000:]
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+    byes = re.findall(r"message received \[\d+\] bytes :\s+BYE ", trace.read_text())
+    # T1 = 500 ms: sent at 0, 0.5 and 1.5 s before the caller answers at 2 s.
+    assert len(byes) >= 2, trace.read_text()[-3000:]
+    assert server.metric("sipserver_calls_ended_total", reason="worker_lost") == 1
+
+
 def test_pjsua2_caller_hears_its_echo_through_the_edge(
     server: ServerProcess, tmp_path: Path
 ) -> None:

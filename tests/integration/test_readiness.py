@@ -113,6 +113,10 @@ def test_calls_wait_for_the_first_media_worker(server_factory: Any, tmp_path: Pa
     write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(3.0))
     edge_call(server, tmp_path)
     assert server.metric("sipserver_call_attempts_total", result="routed") == 1
+    # "ready" is logged once, when the worker's HELLO made the server ready (the server waits
+    # for that change; it does not poll).
+    (ready,) = log_events(server, "ready")
+    assert ready["seconds"] > 0
 
 
 def long_call(server: ServerProcess, workdir: Path) -> subprocess.Popen[bytes]:

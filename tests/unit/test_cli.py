@@ -179,6 +179,29 @@ def test_run_refuses_a_model_it_cannot_build(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("key", "where"),
+    [("server.data_dir", "data_dir: {file}"), ("server.store", "store: 'sqlite://{file}/b.db'")],
+)
+def test_run_names_the_key_of_a_state_directory_it_cannot_create(
+    tmp_path: Path, key: str, where: str
+) -> None:
+    """A state directory that cannot be made (here a file is in the way) stops the start with
+    one line naming the key, before anything is bound."""
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    path = tmp_path / "state.yaml"
+    setting = where.format(file=in_the_way)
+    data_dir = "" if key == "server.data_dir" else f"data_dir: {tmp_path / 'data'}, "
+    path.write_text(
+        f"server: {{{data_dir}{setting}, http: '127.0.0.1:65000', sip: {{udp: [], tcp: []}}}}\n"
+    )
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2, result.stderr
+    assert f"cannot start: {key}: {in_the_way} exists and is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 NUMERIC_PASSWORD_YAML = """
 agents:
   - slug: a

@@ -1,6 +1,6 @@
 """`sipserver reload`: signal the server, wait for its result file, print it.
 
-The "server" here is a small process that answers SIGHUP the way Server.reload_from_file does
+The "server" here is a small process that answers SIGHUP the way Server.reload does
 (it writes the result file with sipserver.reload.write_result), or does not answer at all; the
 real server is exercised in tests/integration/test_reload.py.
 """

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from sipserver.data_dir import DataDirError, make_private_dir, make_private_file
+from sipserver.data_dir import (
+    DataDirError,
+    make_private_dir,
+    make_private_file,
+    make_private_if_present,
+)
 
 
 def mode(path: Path) -> int:
@@ -48,3 +53,33 @@ def test_files_are_created_or_made_0600(tmp_path: Path) -> None:
         assert (tmp_path / "old.pid").read_text() == "1\n"  # kept: only the mode changes
     finally:
         os.umask(old)
+
+
+def test_existing_files_are_made_0600_and_missing_ones_skipped(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "db-wal").write_text("x")
+        (tmp_path / "db-wal").chmod(0o644)
+        make_private_if_present(tmp_path / "db-wal", tmp_path / "db-shm")
+        assert mode(tmp_path / "db-wal") == 0o600
+        assert not (tmp_path / "db-shm").exists()  # never created
+    finally:
+        os.umask(old)
+
+
+def test_the_server_makes_its_state_when_it_starts_not_when_built(tmp_path: Path) -> None:
+    """DESIGN: no I/O in Server.__init__; start() makes the data directory and opens the
+    store (first thing, before anything is bound: a failure names the key and binds nothing)."""
+    from sipserver.config import parse_config
+    from sipserver.registrar.bindings import SqliteStore
+    from sipserver.server import Server
+
+    data = tmp_path / "state" / "data"
+    config = parse_config(f"server: {{data_dir: '{data}', store: sqlite}}\n", env={})
+    server = Server(config)
+    assert not (tmp_path / "state").exists()
+    server._open_state()  # what start() runs first
+    assert isinstance(server.store, SqliteStore)
+    assert server.router._registrar.store is server.store
+    assert (mode(data), mode(data / "bindings.db")) == (0o700, 0o600)
+    server.store.close()

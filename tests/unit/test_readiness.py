@@ -6,13 +6,18 @@ admission are plain functions standing in for the server's pool and readiness.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 import pytest
+import yaml
 
+from sipserver import server as server_module
+from sipserver.config import parse_config
 from sipserver.edge.proxy import CallProxy, Endpoint
 from sipserver.edge.router import RETRY_AFTER, Admission, SipRouter, WorkerChooser
-from sipserver.readiness import Readiness
+from sipserver.readiness import STARTUP_STEPS, Readiness
+from sipserver.server import Server
 from sipserver.sip.digest import DigestChallenge, build_authorization
 from sipserver.sip.message import SipResponse, parse_message
 from tests.unit.test_router import NOW, PEER, make_router, request, send
@@ -195,3 +200,64 @@ def test_options_gets_what_an_invite_would_get() -> None:
     resp = send(edge.router, request("OPTIONS", contact=None, expires=None, call_id="o2"))
     assert resp.status == 503
     assert resp.headers.get("Retry-After") == str(RETRY_AFTER)
+
+
+# ------------------------------------------------------------------ the server's waits
+
+
+def idle_server(drain_timeout: float = 60.0) -> Server:
+    """A server with nobody taking SIP calls (no worker pool), built but not started."""
+    raw = {"server": {"store": "memory", "drain_timeout": drain_timeout}, "agents": []}
+    return Server(parse_config(yaml.safe_dump(raw), env={}))
+
+
+async def test_drain_ends_when_the_last_websocket_call_leaves() -> None:
+    """The drain waits on the server's state changes, not on a clock: the gateway reports a
+    call that left, and the drain (60 s allowed) returns then."""
+    server = idle_server(drain_timeout=60)
+    call = object()
+    server.gateway.calls.add(call)  # type: ignore[arg-type]  # stands for a StreamCall
+    drain = asyncio.create_task(server.drain())
+    await asyncio.sleep(0.05)
+    assert not drain.done()
+    # What MediaStreamGateway.media_stream does when a call ends.
+    server.gateway.calls.discard(call)  # type: ignore[arg-type]
+    assert server.gateway._on_call_ended is not None
+    server.gateway._on_call_ended()
+    await asyncio.wait_for(drain, 5)
+    assert server.calls_in_progress() == 0
+
+
+async def test_a_second_stop_request_ends_the_drain() -> None:
+    server = idle_server(drain_timeout=60)
+    server.gateway.calls.add(object())  # type: ignore[arg-type]
+    server.request_stop()
+    drain = asyncio.create_task(server.drain())
+    await asyncio.sleep(0.05)
+    assert not drain.done()
+    server.request_stop()
+    await asyncio.wait_for(drain, 5)
+    assert server.calls_in_progress() == 1  # left for stop() to end
+
+
+async def test_ready_is_logged_once_the_start_up_steps_are_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = idle_server()
+    logged: list[str] = []
+    monkeypatch.setattr(server_module.log, "info", lambda event, **kw: logged.append(event))
+    watcher = asyncio.create_task(server._log_ready(0.0))
+    for step in STARTUP_STEPS:
+        await asyncio.sleep(0.05)
+        assert not watcher.done() and logged == []
+        server.readiness.step_done(step)  # as start() does, with the state change
+        server._state_changed()
+    await asyncio.wait_for(watcher, 5)
+    assert logged == ["ready"]
+    # A stop before the server was ever ready: the watcher ends without logging it.
+    server = idle_server()
+    watcher = asyncio.create_task(server._log_ready(0.0))
+    await asyncio.sleep(0.05)
+    server.request_stop()
+    await asyncio.wait_for(watcher, 5)
+    assert logged == ["ready", "stopping"]  # no second "ready"

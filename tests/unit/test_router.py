@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from sipserver.config import parse_config
+from sipserver.edge.proxy import CallProxy, Endpoint
 from sipserver.edge.router import Peer, SipRouter, server_names
 from sipserver.observability import Metrics
 from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
@@ -72,6 +73,7 @@ def make_router(
     }
     config = parse_config(yaml.safe_dump(raw), env={})
     s = config.server.sip
+    names = server_names(config)
     metrics = Metrics()
     registrar = Registrar(
         store if store is not None else MemoryStore(),
@@ -83,7 +85,7 @@ def make_router(
         nonces=NonceManager(b"s" * 32, ttl=s.nonce_ttl),
         password_for={"alice": "alice-pw-1234", "bob": "bob-pw-123456"}.get,
         # As server.py builds it.
-        uri_names_server=server_names(config).names_uri if s.digest_uri_check == "server" else None,
+        uri_names_server=names.names_uri if s.digest_uri_check == "server" else None,
     )
     tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
     router = SipRouter(
@@ -92,7 +94,7 @@ def make_router(
         authenticator=auth,
         tracker=tracker,
         metrics=metrics,
-        local_hosts=["0.0.0.0"],
+        names=names,
         force_rport=s.force_rport,
         **(router_options or {}),
     )
@@ -297,6 +299,79 @@ def test_replayed_authorization_is_rechallenged() -> None:
     assert send(router, request(cseq=2, authorization=auth)).status == 200
     # Same nc again in a new transaction: a replay, so a fresh challenge.
     assert send(router, request(cseq=3, authorization=auth)).status == 401
+
+
+def other_realm(response: SipResponse, header: str = "WWW-Authenticate") -> DigestChallenge:
+    """The challenge of ``response`` as if it came from another realm (the realm this server
+    had before a reload changed public_host, for a phone that cached its credentials)."""
+    challenge = DigestChallenge.parse(response.headers.get_all(header)[0])
+    return DigestChallenge(
+        realm="old.example.com", nonce=challenge.nonce, algorithm=challenge.algorithm, qop="auth"
+    )
+
+
+def test_credentials_for_another_realm_get_a_fresh_challenge_and_no_ban() -> None:
+    """RFC 3261 §22.1: credentials are computed for the realm of a challenge; for a realm this
+    server does not use they tell nothing about the password: challenge again, in ours."""
+    router, metrics = make_router()
+    for i in range(5):  # more than ban.max_failures (3)
+        first = send(router, request(call_id=f"c{i}"), now=NOW + i)
+        auth = build_authorization(
+            other_realm(first),
+            username="alice",
+            password="alice-pw-1234",
+            method="REGISTER",
+            uri=URI,
+            cnonce="c0",
+        )
+        resp = send(router, request(call_id=f"c{i}", cseq=2, authorization=auth), now=NOW + i)
+        assert resp.status == 401
+        (header,) = resp.headers.get_all("WWW-Authenticate")
+        challenge = DigestChallenge.parse(header)
+        assert challenge.realm == "sip.example.com" and not challenge.stale
+    assert sample(metrics, "sipserver_auth_failures_total", reason="wrong_realm") == 5
+    assert sample(metrics, "sipserver_bans_total") == 0
+    # Answering the server's own challenge then works: the source was never banned.
+    assert register(router, now=NOW + 10, call_id="c9").status == 200
+
+
+def test_invite_credentials_for_another_realm_get_a_fresh_407_and_no_ban() -> None:
+    proxy = CallProxy(
+        outside=Endpoint("udp", "sip.example.com", 5060),
+        inside=Endpoint("udp", "127.0.0.1", 5060),
+        instance="t",
+    )
+    router, metrics = make_router(router_options={"proxy": proxy})
+    number = "+15005550101"
+    for i in range(5):
+        first = send(router, invite_request(number, call_id=f"i{i}"), now=NOW + i)
+        assert first.status == 407
+        auth = build_authorization(
+            other_realm(first, "Proxy-Authenticate"),
+            username="alice",
+            password="alice-pw-1234",
+            method="INVITE",
+            uri=f"sip:{number}@sip.example.com",
+            cnonce="c0",
+        )
+        resp = send(router, invite_request(number, call_id=f"i{i}", auth=auth), now=NOW + i)
+        assert resp.status == 407
+        challenge = DigestChallenge.parse(resp.headers.get_all("Proxy-Authenticate")[0])
+        assert challenge.realm == "sip.example.com" and not challenge.stale
+    assert sample(metrics, "sipserver_auth_failures_total", reason="wrong_realm") == 5
+    assert sample(metrics, "sipserver_bans_total") == 0
+    assert sample(metrics, "sipserver_call_attempts_total", result="auth_failed") is None
+
+
+def invite_request(number: str, *, call_id: str, auth: str | None = None) -> bytes:
+    data = request(
+        "INVITE", number, uri=f"sip:{number}@sip.example.com", call_id=call_id, expires=None
+    )
+    if auth is not None:
+        data = data.replace(
+            b"Content-Length: 0", f"Proxy-Authorization: {auth}\r\n".encode() + b"Content-Length: 0"
+        )
+    return data
 
 
 def test_malformed_authorization_is_400() -> None:

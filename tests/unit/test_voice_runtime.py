@@ -176,13 +176,16 @@ def test_reload_keeps_unchanged_models_and_rebuilds_changed_ones() -> None:
     config = _config()
     runtime = VoiceRuntime(config)  # type: ignore[arg-type]
     before = runtime._models["demo-voice"]
-    runtime.reload(_config())  # type: ignore[arg-type]
+    runtime.apply(runtime.prepare(_config()))  # type: ignore[arg-type]
     assert runtime._models["demo-voice"] is before
 
     def slower(data: dict) -> None:  # type: ignore[type-arg]
         data["models"]["demo-voice"]["endpointing"] = {"min_endpointing_delay": 0.8}
 
-    runtime.reload(_config(slower))  # type: ignore[arg-type]
+    prepared = runtime.prepare(_config(slower))  # type: ignore[arg-type]
+    # Prepared, not in use: new calls still get the running parts until apply().
+    assert runtime._models["demo-voice"] is before
+    runtime.apply(prepared)
     after = runtime._models["demo-voice"]
     assert after is not before
     assert after.options.endpointing.min_delay == 0.8
