@@ -217,6 +217,15 @@ class MediaStreamsConfig(_Model):
     """How often (ms of agent audio) a ``mark`` follows the media, to learn what was heard."""
 
 
+class LogRateLimitConfig(_Model):
+    """How many log lines each event kind may write (a flood folds into ``suppressed=N``)."""
+
+    per_second: float = Field(20.0, gt=0)
+    """Lines per second each event kind may write, sustained."""
+    burst: int = Field(200, ge=1)
+    """Lines a kind may write at once after a quiet spell."""
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -245,6 +254,9 @@ class ServerConfig(_Model):
     demo_page: bool = False
     """Serve the browser demo at ``/demo/<slug>`` for agents with a websocket (anyone who can
     reach the HTTP port can talk to them)."""
+    log_rate_limit: LogRateLimitConfig = Field(default_factory=LogRateLimitConfig)
+    """Per event kind, the lines the log may take: past it lines are dropped and the next one
+    written says how many (``suppressed``), so no flood can fill a disk."""
     drain_timeout: float = Field(5.0, ge=0)
     """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
     new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,7 +24,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "LogFormat",
+    "LogRateLimit",
     "Metrics",
+    "RefusalLog",
     "configure_logging",
     "get_logger",
     "log_settings",
@@ -79,6 +84,117 @@ class _StdlibToStructlog(logging.Handler):
             self.handleError(record)
 
 
+class LogRateLimit:
+    """A structlog processor that bounds how many lines each event kind may write.
+
+    Every event name has a token bucket: ``burst`` lines at once, refilled at ``per_second``.
+    Lines past it are dropped and counted; the next line of that kind that passes carries
+    ``suppressed=N`` (how many were dropped since the last one written), so nothing is hidden,
+    only folded. This is what keeps a flood (a connection storm, a scanner) from filling a disk:
+    a kind writes at most ``per_second`` lines a second however fast it is raised. Thread-safe
+    (media worker threads and the standard library's handlers log too).
+
+    Args:
+        per_second: lines per second each event kind may write, sustained.
+        burst: lines a kind may write at once after being quiet.
+        clock: monotonic seconds (injected by tests).
+    """
+
+    def __init__(
+        self,
+        per_second: float = 20.0,
+        burst: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        # event -> [tokens, last refill time, dropped since the last line written]
+        self._buckets: dict[str, list[float]] = {}
+
+    def configure(self, per_second: float, burst: int) -> None:
+        """Change the limits (the server applies ``server.log_rate_limit`` at start and reload)."""
+        with self._lock:
+            self.per_second, self.burst = per_second, burst
+
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        kind = str(event_dict.get("event", ""))[:80]
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(kind)
+            if bucket is None:
+                if len(self._buckets) >= 10_000:  # bounded: forget the idle kinds
+                    self._buckets.clear()
+                bucket = self._buckets[kind] = [float(self.burst), now, 0.0]
+            tokens = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.per_second)
+            bucket[1] = now
+            if tokens < 1.0:
+                bucket[0] = tokens
+                bucket[2] += 1
+                raise structlog.DropEvent
+            bucket[0] = tokens - 1.0
+            dropped, bucket[2] = int(bucket[2]), 0.0
+        if dropped:
+            event_dict["suppressed"] = dropped
+        return event_dict
+
+
+#: The process's log limiter (one per process: structlog's configuration is global).
+log_rate_limit = LogRateLimit()
+
+
+class RefusalLog:
+    """Counts every refusal in ``sipserver_refusals_total{ingress,reason}`` and logs each
+    ``(ingress, reason)`` once per ``interval`` at warning level, with how many there were.
+
+    The door that refuses (SIP 503, websocket 503/1013, a TCP connection over its cap, a login
+    throttled ...) calls :meth:`refuse`; the operator sees one ``refused`` line per kind per
+    interval (``count`` since the previous line, ``example`` fields of the newest) instead of a
+    line per attempt, and the exact totals in the metric.
+
+    Args:
+        metrics: the server's metrics (its ``refusals`` counter).
+        interval: seconds between two lines of the same kind.
+        clock: monotonic seconds (injected by tests).
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metrics = metrics
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, str], list[float]] = {}  # key -> [last line time, count]
+        self._log = get_logger("sipserver.refusals")
+
+    def refuse(self, ingress: str, reason: str, **fields: object) -> None:
+        """Count one refusal at ``ingress`` (``sip``, ``sip_tcp``, ``websocket``, ``twilio``,
+        ``listens``, ``http``, ``login`` ...) for ``reason`` (a short fixed word such as
+        ``server_full``, ``agent_full``, ``per_source_limit``); ``fields`` describe the newest
+        one in the log line (source address, agent)."""
+        self._metrics.refusal(ingress, reason)
+        now = self._clock()
+        key = (ingress, reason)
+        with self._lock:
+            state = self._state.get(key)
+            if state is None:
+                if len(self._state) >= 1000:
+                    self._state.clear()
+                state = self._state[key] = [now - self.interval, 0.0]
+            state[1] += 1
+            if now - state[0] < self.interval:
+                return
+            count, state[0], state[1] = int(state[1]), now, 0.0
+        self._log.warning("refused", ingress=ingress, reason=reason, count=count, **fields)
+
+
 _settings: dict[str, str] = {"format": "console", "level": "info"}
 
 
@@ -114,6 +230,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            log_rate_limit,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -334,6 +451,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.refusals = Counter(
+            "sipserver_refusals",
+            "Requests, connections and calls refused at a door, by ingress and reason "
+            "(server_full, agent_full, connection caps, rate limits ...).",
+            ["ingress", "reason"],
+            registry=r,
+        )
+        self._refusals: dict[tuple[str, str], Counter] = {}
         self._ws: dict[tuple[str, str], Counter] = {}
         self._in: dict[tuple[str, str], Counter] = {}
         self._out: dict[tuple[str, int], Counter] = {}
@@ -381,6 +506,14 @@ class Metrics:
         for kind, value in counts.items():
             if value and kind != "received":
                 self.ws_jitter.labels(kind).inc(value)
+
+    def refusal(self, ingress: str, reason: str) -> None:
+        """Count one refusal (use :class:`RefusalLog`, which also logs it)."""
+        key = (ingress, reason)
+        child = self._refusals.get(key)
+        if child is None:
+            child = self._refusals[key] = self.refusals.labels(ingress, reason)
+        child.inc()
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format."""

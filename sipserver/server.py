@@ -35,7 +35,13 @@ from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork, called_number, is_listens_number
 from sipserver.listens.monitor import ListensHub
-from sipserver.observability import Metrics, get_logger, log_settings
+from sipserver.observability import (
+    Metrics,
+    RefusalLog,
+    get_logger,
+    log_rate_limit,
+    log_settings,
+)
 from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
@@ -64,6 +70,11 @@ FLUSH_INTERVAL = 0.5
 def pid_file_path(config: Config) -> Path:
     """``<data_dir>/sipserver.pid``: the process id of the server running ``config``."""
     return Path(config.server.data_dir) / "sipserver.pid"
+
+
+def _apply_log_rate_limit(config: Config) -> None:
+    limit = config.server.log_rate_limit
+    log_rate_limit.configure(limit.per_second, limit.burst)
 
 
 def takes_sip_calls(config: Config) -> bool:
@@ -153,6 +164,8 @@ class Server:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
+        self.refusals = RefusalLog(self.metrics)
+        """Every door's refusals: counted, and logged once per interval per reason."""
         sip = config.server.sip
         self.store: BindingStore = MemoryStore()
         """The bindings. Opening a database is I/O (its directory is made, its rows read), so
@@ -503,6 +516,7 @@ class Server:
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
         self.config = config
+        _apply_log_rate_limit(config)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", agents=len(config.agents), changed=changed, notes=notes)
         if restart:
@@ -562,6 +576,7 @@ class Server:
         Retry-After; ``GET /readyz`` answers 503 naming what is still starting.
         """
         sip = self.config.server.sip
+        _apply_log_rate_limit(self.config)
         self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
