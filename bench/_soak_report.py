@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LOAD_COUNTERS",
     "ProbeWindow",
     "format_row",
     "header",
@@ -23,6 +24,13 @@ __all__ = [
     "summarize",
     "write_outputs",
 ]
+
+LOAD_COUNTERS = (
+    "reg_ok", "reg_failed", "sip_ok", "sip_failed", "sip_voice_ok", "sip_voice_failed",
+    "ws_ok", "ws_failed", "ws_refused", "ws_voice_ok", "ws_voice_failed", "ws_voice_refused",
+)  # fmt: skip
+"""The work the load did, per sample (``reg`` REGISTER, ``sip``/``ws`` calls to the echo line,
+``*_voice`` calls to the voice agent): completed, failed, refused (websocket 503 or 1013)."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -90,14 +98,7 @@ def summarize(samples: list[dict[str, Any]], whole_run: dict[str, ProbeWindow]) 
             "worst_interval_p99_ms": max(worst) if worst else None,
             "error_kinds": dict(window.errors),
         }
-    totals = {
-        key: sum(int(s.get(key) or 0) for s in samples)
-        for key in (
-            "reg_ok", "reg_failed", "sip_ok", "sip_failed", "sip_voice_ok", "sip_voice_failed",
-            "ws_ok", "ws_failed", "ws_refused", "ws_voice_ok", "ws_voice_failed",
-            "ws_voice_refused",
-        )
-    }  # fmt: skip
+    totals = {key: sum(int(s.get(key) or 0) for s in samples) for key in LOAD_COUNTERS}
     return {
         "rss_mb": span("rss_mb"),
         "children_rss_mb": span("children_rss_mb"),
@@ -123,16 +124,21 @@ COLUMNS = (
 
 
 def format_row(sample: dict[str, Any]) -> str:
+    """One line of the table (:data:`COLUMNS`); a value not measured shows as ``-``."""
     cells = []
-    for key, fmt, head in COLUMNS:
+    for (key, fmt, _), width in zip(COLUMNS, _widths(), strict=True):
         value = sample.get(key)
-        cells.append(fmt.format(value) if value is not None else f"{'-':>{len(head)}}")
+        cells.append(fmt.format(value) if value is not None else f"{'-':>{width}}")
     return " ".join(cells) + ("" if sample["phase"] == "load" else f"  ({sample['phase']})")
 
 
 def header() -> str:
-    widths = [len(fmt.format(0)) for _, fmt, _ in COLUMNS]
-    return " ".join(f"{head:>{w}}" for (_, _, head), w in zip(COLUMNS, widths, strict=True))
+    """The table's column heads, aligned with :func:`format_row`."""
+    return " ".join(f"{head:>{w}}" for (_, _, head), w in zip(COLUMNS, _widths(), strict=True))
+
+
+def _widths() -> list[int]:
+    return [max(len(fmt.format(0)), len(head)) for _, fmt, head in COLUMNS]
 
 
 def print_summary(summary: dict[str, Any]) -> None:

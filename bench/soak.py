@@ -7,9 +7,10 @@ strings that phones register). For ``--minutes`` this script keeps up, at the ra
 
 - REGISTER refreshes: SIPp (bench/sipp/reg_auth.xml, digest auth) cycling through the contacts
   at ``--register-rate`` per second, so each binding is refreshed every contacts/rate seconds;
-- SIP calls through the edge: SIPp (bench/sipp/call_rtp_hold.xml, 407 challenge, RTP from a
-  PCMU tone) holding ``--sip-calls`` concurrent calls to the echo line and ``--sip-voice-calls``
-  to the demo agent, each ``--call-seconds`` long, a new one as one ends;
+- SIP calls through the edge: SIPp (bench/sipp/call_rtp_hold.xml: 407 challenge, PCMU RTP from
+  a pcap) holding ``--sip-calls`` concurrent calls to the echo line (a tone) and
+  ``--sip-voice-calls`` to the demo agent (silence, an espeak-ng question, silence), each
+  ``--call-seconds`` long, a new one as one ends;
 - websocket calls speaking Twilio Media Streams (tests/integration/media_stream_client.py):
   ``--ws-calls`` concurrent to the echo line and ``--ws-voice-calls`` to the demo agent, each
   sending a 20 ms mu-law frame every 20 ms for ``--call-seconds`` (voice calls say one espeak-ng
@@ -62,12 +63,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import cpu_seconds, free_port, process_tree, sipp_counts
 from bench._soak_probes import Probes
 from bench._soak_report import (
+    LOAD_COUNTERS,
     format_row,
     header,
     machine,
@@ -303,16 +306,17 @@ def open_fds(pid: int) -> int | None:
 class Sipp:
     """One SIPp process running for the whole soak; counts read from its statistics file."""
 
-    def __init__(self, name: str, workdir: Path, args: list[str]) -> None:
-        self.name = name
-        self.stat = workdir / f"{name}_stat.csv"
-        self.log = workdir / f"{name}.log"
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        """SIPp's working directory (its pcap/ files, statistics, errors and stderr)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.stat = workdir / "stat.csv"
+        self.log = workdir / "stderr.log"
         self.cmd = [
             "sipp", *args, "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
             "-nostdin", "-trace_stat", "-stf", str(self.stat), "-fd", "1",
-            "-trace_err", "-error_file", str(workdir / f"{name}_errors.log"),
+            "-trace_err", "-error_file", str(workdir / "errors.log"),
         ]  # fmt: skip
-        self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         self._last = (0, 0)
 
@@ -349,12 +353,15 @@ class Sipp:
 def sipp_register(
     server: Server, workdir: Path, rate: float, contacts: int, seconds: float
 ) -> Sipp:
-    users = workdir / "contacts.csv"
+    """REGISTER with digest at ``rate``, cycling through the contacts (each one refreshed every
+    contacts/rate seconds)."""
+    sipp_dir = workdir / "sipp_register"
+    sipp_dir.mkdir(parents=True, exist_ok=True)
+    users = sipp_dir / "contacts.csv"
     lines = ["SEQUENTIAL", *(contact_number(i) for i in range(1, contacts + 1))]
     users.write_text("\n".join(lines) + "\n")
     return Sipp(
-        "register",
-        workdir,
+        sipp_dir,
         [
             f"127.0.0.1:{server.sip_port}", "-sf", str(REGISTER_SCENARIO),
             "-inf", str(users), "-au", PHONES_USER, "-ap", PHONES_PASSWORD,
@@ -365,12 +372,22 @@ def sipp_register(
 
 
 def sipp_calls(
-    name: str, server: Server, workdir: Path, concurrent: int, hold: float, creds: tuple[str, ...]
+    sipp_dir: Path,
+    server: Server,
+    concurrent: int,
+    hold: float,
+    creds: tuple[str, str, str],
+    audio: np.ndarray,
 ) -> Sipp:
+    """``concurrent`` calls of ``hold`` seconds kept going (a new one as one ends), each playing
+    ``audio`` (8 kHz int16) as PCMU RTP."""
+    from tests.integration.test_pjsua2_worker import write_pcmu_pcap
+
+    (sipp_dir / "pcap").mkdir(parents=True, exist_ok=True)
+    write_pcmu_pcap(sipp_dir / "pcap" / "pcmu_tone.pcap", audio)  # the name the scenario plays
     number, user, password = creds
     return Sipp(
-        name,
-        workdir,
+        sipp_dir,
         [
             f"127.0.0.1:{server.sip_port}", "-sf", str(CALL_SCENARIO),
             "-s", number, "-au", user, "-ap", password,
@@ -399,7 +416,7 @@ async def ws_call(
     seconds: float,
     tally: WsTally,
     sid: str,
-    speech: Any = None,
+    speech: np.ndarray | None = None,
 ) -> None:
     """One websocket call: start, real-time 20 ms frames for ``seconds``, stop, close."""
     try:
@@ -453,20 +470,36 @@ async def ws_slot(
     tally: WsTally,
     stopping: asyncio.Event,
     ids: itertools.count[int],
-    speech: Any = None,
+    speech: np.ndarray | None = None,
 ) -> None:
     """Keeps one websocket call going until ``stopping``: a new call as the last one ends."""
     while not stopping.is_set():
         await ws_call(http, url, seconds, tally, f"MZsoak{next(ids):026d}", speech)
 
 
-def question_audio(workdir: Path) -> Any:
+def question_audio(workdir: Path) -> np.ndarray | None:
     """The question voice calls ask (8 kHz int16), or None without espeak-ng and sox."""
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         return None
     from tests.speech import espeak
 
     return espeak(VOICE_QUESTION, workdir, rate=8000)
+
+
+def tone(seconds: float) -> np.ndarray:
+    """A 440 Hz PCMU-friendly tone (8 kHz int16): what the echo line's SIP callers send."""
+    from tests.integration.test_pjsua2_worker import tone as make_tone
+
+    return make_tone(seconds)
+
+
+def voice_call_audio(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """What a SIP caller to the voice agent sends: 2 s of silence (the greeting), the question,
+    silence to the end of the call."""
+    total = int((seconds + 2) * 8000)
+    audio = np.zeros(max(total, speech.size + 16000), dtype=np.int16)
+    audio[16000 : 16000 + speech.size] = speech
+    return audio
 
 
 # --- sampling and the run -----------------------------------------------------------------------
@@ -482,7 +515,8 @@ class Load:
     previous: dict[str, float] = field(default_factory=dict)
 
     def totals(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+        """Cumulative counts: :data:`LOAD_COUNTERS` (zero for a load that is not running)."""
+        out = dict.fromkeys(LOAD_COUNTERS, 0.0)
         for name, sipp in self.sipps.items():
             ok, failed = sipp.counts()
             out[f"{name}_ok"], out[f"{name}_failed"] = ok, failed
@@ -536,19 +570,10 @@ class Sampler:
         for key, value in totals.items():
             row[key] = int(value - self.load.previous.get(key, 0))
         self.load.previous = totals
-        row["reg_per_s"] = round(row.get("register_ok", 0) / elapsed, 1)
-        row["reg_ok"], row["reg_failed"] = row.pop("register_ok", 0), row.pop("register_failed", 0)
-        row["sip_ok"], row["sip_failed"] = row.pop("sip_echo_ok", 0), row.pop("sip_echo_failed", 0)
-        row["sip_voice_ok"] = row.pop("sip_voice_ok", 0)
-        row["sip_voice_failed"] = row.pop("sip_voice_failed", 0)
-        for kind in ("ok", "failed", "refused"):
-            row[f"ws_{kind}"] = row.pop(f"ws_echo_{kind}", 0)
+        row["reg_per_s"] = round(row["reg_ok"] / elapsed, 1)
         row["sip_done"] = row["sip_ok"] + row["sip_voice_ok"]
         row["ws_done"] = row["ws_ok"] + row["ws_voice_ok"]
-        row["errors"] = (
-            sum(row[k] for k in ("reg_failed", "sip_failed", "sip_voice_failed", "ws_failed"))
-            + row["ws_voice_failed"]
-        )
+        row["errors"] = sum(row[k] for k in LOAD_COUNTERS if k.endswith("_failed"))
         for kind, window in self.load.probes.take().items():
             for name, value in window.figures().items():
                 row[f"{kind}_{name}"] = value
@@ -559,28 +584,26 @@ class Sampler:
 async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> dict[str, Any]:
     """Start every load, sample until the time is up, stop the load, sample once more."""
     seconds = args.minutes * 60
+    voice = args.sip_voice_calls > 0 or args.ws_voice_calls > 0
     sipps: dict[str, Sipp] = {}
     if args.register_rate > 0:
-        sipps["register"] = sipp_register(
-            server, workdir, args.register_rate, args.contacts, seconds
-        )
-    if args.sip_calls > 0 or args.sip_voice_calls > 0:
-        from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
-
-        (workdir / "pcap").mkdir(exist_ok=True)
-        write_pcmu_pcap(workdir / "pcap" / "pcmu_tone.pcap", tone(args.call_seconds + 2))
+        sipps["reg"] = sipp_register(server, workdir, args.register_rate, args.contacts, seconds)
+    speech = question_audio(workdir) if voice else None
     if args.sip_calls > 0:
         creds = (ECHO_NUMBER, ECHO_USER, ECHO_PASSWORD)
-        sipps["sip_echo"] = sipp_calls(
-            "sip_echo", server, workdir, args.sip_calls, args.call_seconds, creds
-        )
+        sipps["sip"] = sipp_calls(
+            workdir / "sipp_echo", server, args.sip_calls, args.call_seconds, creds,
+            tone(args.call_seconds + 2),
+        )  # fmt: skip
     if args.sip_voice_calls > 0:
         demo = voice_agent(server.config)["sip"]
         creds = (demo["numbers"][0], demo["username"], demo["password"])
         sipps["sip_voice"] = sipp_calls(
-            "sip_voice", server, workdir, args.sip_voice_calls, args.call_seconds, creds
-        )
-    ws = {"ws_echo": WsTally(), "ws_voice": WsTally()}
+            workdir / "sipp_voice", server, args.sip_voice_calls, args.call_seconds, creds,
+            voice_call_audio(speech, args.call_seconds) if speech is not None
+            else tone(args.call_seconds + 2),
+        )  # fmt: skip
+    ws = {"ws": WsTally(), "ws_voice": WsTally()}
     probes = Probes(server.sip_port, server.config["server"]["http"], args.probe_every)
     load = Load(sipps, ws, probes)
     sampler = Sampler(server, load, MetricsReader(metrics_urls(server.config)))
@@ -600,13 +623,12 @@ async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> d
         sipp.start()
     stopping = asyncio.Event()
     ids = itertools.count(1)
-    speech = question_audio(workdir) if args.ws_voice_calls > 0 else None
     ws_base = server.http_url.replace("http", "ws", 1)
     slots: list[asyncio.Task[None]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         echo_url = f"{ws_base}/ws/echo/{ECHO_SECRET}"
         for _ in range(args.ws_calls):
-            slot = ws_slot(http, echo_url, args.call_seconds, ws["ws_echo"], stopping, ids)
+            slot = ws_slot(http, echo_url, args.call_seconds, ws["ws"], stopping, ids)
             slots.append(loop.create_task(slot))
         if args.ws_voice_calls > 0:
             demo_ws = voice_agent(server.config)["websocket"]
