@@ -616,7 +616,7 @@ async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> d
 
     loop = asyncio.get_running_loop()
     probes.start()
-    await asyncio.sleep(min(args.sample_every, 5.0))
+    await asyncio.sleep(min(args.sample_every, 2.0))  # the idle row: ~20 probe rounds
     print(header(), flush=True)
     record("idle")
     for sipp in sipps.values():
@@ -659,7 +659,7 @@ async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> d
         await asyncio.gather(*pending, sipps_done, return_exceptions=True)
     await drain(sampler)
     record("load")  # the last stretch of the load, so nothing is left uncounted
-    await asyncio.sleep(min(args.sample_every, 5.0))
+    await asyncio.sleep(args.sample_every)  # the after row: settled
     record("after")
     probes.stop()
     failures = {name: dict(t.failures.most_common(5)) for name, t in ws.items() if t.failures}
