@@ -58,6 +58,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ from bench._common import cpu_seconds, free_port, process_tree, sipp_counts
 from bench._soak_probes import Probes
 from bench._soak_report import (
     LOAD_COUNTERS,
+    ProbeWindow,
     format_row,
     header,
     machine,
@@ -344,7 +346,7 @@ class Sipp:
         if self.proc is None:
             return None
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=timeout) if timeout > 0 else self.proc.wait(0.001)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
@@ -581,11 +583,41 @@ class Sampler:
         return row
 
 
-async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> dict[str, Any]:
+@dataclass
+class Run:
+    """What a run measured: filled as it goes, so an interrupted run still reports."""
+
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    ws: dict[str, WsTally] = field(default_factory=lambda: {"ws": WsTally(), "ws_voice": WsTally()})
+    probes: dict[str, ProbeWindow] = field(default_factory=dict)
+    """Every probe outcome of the run, by kind."""
+
+
+async def run_load(args: argparse.Namespace, server: Server, workdir: Path, run: Run) -> None:
     """Start every load, sample until the time is up, stop the load, sample once more."""
+    sipps: dict[str, Sipp] = {}
+    probes = Probes(server.sip_port, server.config["server"]["http"], args.probe_every)
+    run.probes = probes.whole
+    try:
+        await _run_load(args, server, workdir, run, sipps, probes)
+    finally:
+        for sipp in sipps.values():
+            sipp.wait(0)  # killed if still running (an interrupted run)
+        if probes.is_alive():
+            probes.stop()
+        probes.take()
+
+
+async def _run_load(
+    args: argparse.Namespace,
+    server: Server,
+    workdir: Path,
+    run: Run,
+    sipps: dict[str, Sipp],
+    probes: Probes,
+) -> None:
     seconds = args.minutes * 60
     voice = args.sip_voice_calls > 0 or args.ws_voice_calls > 0
-    sipps: dict[str, Sipp] = {}
     if args.register_rate > 0:
         sipps["reg"] = sipp_register(server, workdir, args.register_rate, args.contacts, seconds)
     speech = question_audio(workdir) if voice else None
@@ -603,11 +635,10 @@ async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> d
             voice_call_audio(speech, args.call_seconds) if speech is not None
             else tone(args.call_seconds + 2),
         )  # fmt: skip
-    ws = {"ws": WsTally(), "ws_voice": WsTally()}
-    probes = Probes(server.sip_port, server.config["server"]["http"], args.probe_every)
+    ws = run.ws
     load = Load(sipps, ws, probes)
     sampler = Sampler(server, load, MetricsReader(metrics_urls(server.config)))
-    samples: list[dict[str, Any]] = []
+    samples = run.samples
 
     def record(phase: str) -> None:
         row = sampler.sample(phase)
@@ -638,33 +669,40 @@ async def run_load(args: argparse.Namespace, server: Server, workdir: Path) -> d
                     http, voice_url, args.call_seconds, ws["ws_voice"], stopping, ids, speech
                 )
                 slots.append(loop.create_task(slot))
-        end = loop.time() + seconds
-        assert server.proc is not None
-        while server.proc.poll() is None:
-            await asyncio.sleep(max(0.0, min(args.sample_every, end - loop.time())))
-            if loop.time() >= end - 0.5:
-                break  # the last stretch is counted once the calls have ended
-            await asyncio.to_thread(record, "load")
-        else:
-            print(f"sipserver exited ({server.proc.returncode}): stopping", flush=True)
-        # Stop: no new calls anywhere; the calls in progress end by themselves.
-        stopping.set()
-        grace = args.call_seconds + 30
-        for sipp in sipps.values():
-            sipp.soft_stop()
-        sipps_done = asyncio.to_thread(lambda: {s.wait(grace) for s in sipps.values()})
-        _, pending = await asyncio.wait(slots, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, sipps_done, return_exceptions=True)
+        try:
+            await _sample_until(args, server, seconds, record)
+            # Stop: no new calls anywhere; the calls in progress end by themselves.
+            stopping.set()
+            grace = args.call_seconds + 30
+            for sipp in sipps.values():
+                sipp.soft_stop()
+            sipps_done = asyncio.to_thread(lambda: {s.wait(grace) for s in sipps.values()})
+            await asyncio.wait(slots, timeout=grace)
+            await sipps_done
+        finally:
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
     await drain(sampler)
     record("load")  # the last stretch of the load, so nothing is left uncounted
     await asyncio.sleep(args.sample_every)  # the after row: settled
     record("after")
-    probes.stop()
-    failures = {name: dict(t.failures.most_common(5)) for name, t in ws.items() if t.failures}
-    frames = {name: t.frames for name, t in ws.items()}
-    return {"samples": samples, "probes": probes.whole, "ws_failures": failures, "frames": frames}
+
+
+async def _sample_until(
+    args: argparse.Namespace, server: Server, seconds: float, record: Callable[[str], None]
+) -> None:
+    """A ``load`` row every ``--sample-every`` s until ``seconds`` are up or the server exits
+    (the last stretch is recorded after the calls have ended)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    assert server.proc is not None
+    while server.proc.poll() is None:
+        await asyncio.sleep(max(0.0, min(args.sample_every, end - loop.time())))
+        if loop.time() >= end - 0.5:
+            return
+        await asyncio.to_thread(record, "load")
+    print(f"sipserver exited ({server.proc.returncode}): stopping", flush=True)
 
 
 async def drain(sampler: Sampler, timeout: float = 60.0) -> None:
@@ -730,22 +768,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{info['loadavg_at_start'][0]:.1f}; server in {workdir}",
             flush=True,
         )
+        run, interrupted, ready = Run(), False, None
         try:
             ready = server.start()
             print(f"sipserver ready in {ready:.1f} s (voice agent: {voice})", flush=True)
-            run = asyncio.run(run_load(args, server, workdir))
+            asyncio.run(run_load(args, server, workdir, run))
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted: the summary covers what was measured", flush=True)
         finally:
             server.stop()
         levels, warnings = server.log_levels()
-    samples = run["samples"]
-    summary = summarize(samples, run["probes"])
+    samples = run.samples
+    summary = summarize(samples, run.probes)
     summary.update(
         refusals=samples[-1].get("refusals_by_reason") if samples else None,
-        ws_failures=run["ws_failures"],
-        ws_frames_received=run["frames"],
+        ws_failures={n: dict(t.failures.most_common(5)) for n, t in run.ws.items() if t.failures},
+        ws_frames_received={name: t.frames for name, t in run.ws.items()},
         log_levels=dict(levels),
         log_warnings=dict(warnings.most_common(10)),
-        ready_seconds=round(ready, 2),
+        interrupted=interrupted,
+        ready_seconds=None if ready is None else round(ready, 2),
     )
     print_summary(summary)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
