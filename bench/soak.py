@@ -90,7 +90,6 @@ ECHO_NUMBER, ECHO_USER, ECHO_PASSWORD = "+15005550181", "echo", "echo-soak-passw
 ECHO_SECRET = "echo-soak-websocket-secret-01"
 PHONES_USER, PHONES_PASSWORD = "phones", "phones-soak-password-1"
 VOICE_QUESTION = "Hello, what can you do for me?"
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -405,6 +404,9 @@ def sipp_calls(
 
 @dataclass
 class WsTally:
+    """What one kind of websocket call did (``refused``: 503 before the upgrade, or closed 1013
+    after it; ``failures``: what went wrong, by kind)."""
+
     ok: int = 0
     failed: int = 0
     refused: int = 0
@@ -450,6 +452,7 @@ async def ws_call(
             else:
                 tally.failed += 1
                 tally.failures[f"closed {client.close_code} {client.close_reason}"[:60]] += 1
+            await asyncio.sleep(1.0)  # no tight loop against a server that turns calls away
             return
         await client.stop()
         if client.close_code == 1000 and client.frames:
@@ -529,6 +532,9 @@ class Load:
 
 
 class Sampler:
+    """Takes the rows: /proc figures of the server's process tree, its metrics, and what the
+    load and the probes did since the previous row."""
+
     def __init__(self, server: Server, load: Load, metrics: MetricsReader) -> None:
         self.server, self.load, self.metrics = server, load, metrics
         assert server.proc is not None
