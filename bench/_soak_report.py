@@ -21,6 +21,7 @@ __all__ = [
     "machine",
     "percentile",
     "print_summary",
+    "slope",
     "summarize",
     "write_outputs",
 ]
@@ -71,11 +72,25 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``(x, y)`` points; None with fewer than 3 or all at one x."""
+    if len(points) < 3:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
 def summarize(samples: list[dict[str, Any]], whole_run: dict[str, ProbeWindow]) -> dict[str, Any]:
     """The run's summary from its samples (``phase`` idle, load or after) and all probe outcomes.
 
-    RSS and fds: idle (before the load), first loaded sample, peak, end (after the load drained);
-    each probe: its figures over the whole run and the worst interval p99.
+    RSS and fds: idle (before the load), first loaded sample, peak, end (after the load drained),
+    and for RSS the slope over the second half of the load (MB per minute: a leak keeps it above
+    zero once the models are loaded and every kind of call has come and gone); each probe: its
+    figures over the whole run and the worst interval p99.
     """
     load = [s for s in samples if s["phase"] == "load"]
     idle = next((s for s in samples if s["phase"] == "idle"), samples[0] if samples else {})
@@ -90,6 +105,12 @@ def summarize(samples: list[dict[str, Any]], whole_run: dict[str, ProbeWindow]) 
             "end": end.get(key),
         }
 
+    def second_half_slope(key: str) -> float | None:
+        half = load[len(load) // 2 :]
+        points = [(s["t"] / 60, s[key]) for s in half if s.get(key) is not None]
+        per_minute = slope(points)
+        return None if per_minute is None else round(per_minute, 2)
+
     probes: dict[str, Any] = {}
     for kind, window in whole_run.items():
         worst = [s[f"{kind}_p99_ms"] for s in load if s.get(f"{kind}_p99_ms") is not None]
@@ -100,8 +121,11 @@ def summarize(samples: list[dict[str, Any]], whole_run: dict[str, ProbeWindow]) 
         }
     totals = {key: sum(int(s.get(key) or 0) for s in samples) for key in LOAD_COUNTERS}
     return {
-        "rss_mb": span("rss_mb"),
-        "children_rss_mb": span("children_rss_mb"),
+        "rss_mb": {**span("rss_mb"), "second_half_mb_per_min": second_half_slope("rss_mb")},
+        "children_rss_mb": {
+            **span("children_rss_mb"),
+            "second_half_mb_per_min": second_half_slope("children_rss_mb"),
+        },
         "fds": span("fds"),
         "tasks": span("tasks"),
         "probes": probes,
@@ -143,7 +167,7 @@ def _widths() -> list[int]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     def trio(span: dict[str, Any]) -> str:
-        return "  ".join(f"{k} {v}" for k, v in span.items())
+        return "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in span.items())
 
     print("\nsummary")
     print(f"  RSS main MB:      {trio(summary['rss_mb'])}")

@@ -13,6 +13,7 @@ from bench._soak_report import (
     format_row,
     header,
     percentile,
+    slope,
     summarize,
     write_outputs,
 )
@@ -28,6 +29,13 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 0.5) is None
     # Few values: p99 is the largest (no interpolation beyond what was measured).
     assert percentile([1.0, 2.0, 30.0], 0.99) == 30.0
+
+
+def test_slope_is_least_squares_per_unit_of_x() -> None:
+    assert slope([(0.0, 100.0), (1.0, 102.0), (2.0, 104.0)]) == 2.0
+    assert slope([(0.0, 5.0), (1.0, 9.0), (2.0, 5.0), (3.0, 9.0)]) == 0.8
+    assert slope([(0.0, 1.0), (1.0, 2.0)]) is None  # too few to call a trend
+    assert slope([(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]) is None
 
 
 def test_probe_window_figures_and_merge() -> None:
@@ -62,7 +70,13 @@ def test_summary_spans_worst_interval_and_totals() -> None:
     ]
     whole = {"options_udp": ProbeWindow([1.0, 5.0, 80.0])}
     summary = summarize(samples, whole)
-    assert summary["rss_mb"] == {"idle": 300.0, "first_loaded": 400.0, "peak": 450.0, "end": 410.0}
+    rss = summary["rss_mb"]
+    assert (rss["idle"], rss["first_loaded"], rss["peak"], rss["end"]) == (
+        300.0,
+        400.0,
+        450.0,
+        410.0,
+    )
     assert summary["fds"] == {"idle": 20, "first_loaded": 28, "peak": 30, "end": 21}
     udp = summary["probes"]["options_udp"]
     assert udp["worst_interval_p99_ms"] == 80.0  # the idle sample's 1.0 is not a load interval
