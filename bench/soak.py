@@ -737,14 +737,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="a check run: 1 minute, samples every 5 s")
     add("--register-rate", type=float, default=20.0, help="REGISTERs per second (default 20)")
     add("--contacts", type=int, default=1000, help="distinct AORs registered (default 1000)")
-    add("--sip-calls", type=int, default=2, help="concurrent SIP calls to the echo line")
-    add("--sip-voice-calls", type=int, default=1, help="concurrent SIP calls to the demo agent")
-    add("--ws-calls", type=int, default=4, help="concurrent websocket calls to the echo line")
+    add("--sip-calls", type=int, default=2, help="concurrent SIP calls to the echo line (2)")
+    add("--sip-voice-calls", type=int, default=1, help="concurrent SIP calls to the demo agent (1)")
+    add("--ws-calls", type=int, default=4, help="concurrent websocket calls to the echo line (4)")
     add(
-        "--ws-voice-calls", type=int, default=1, help="concurrent websocket calls to the demo agent"
+        "--ws-voice-calls",
+        type=int,
+        default=1,
+        help="concurrent websocket calls to the demo agent (1)",
     )
     add("--call-seconds", type=float, default=10.0, help="length of each call (default 10)")
-    add("--probe-every", type=float, default=0.1, help="seconds between probe rounds")
+    add("--probe-every", type=float, default=0.1, help="seconds between probe rounds (0.1)")
     add("--sample-every", type=float, default=10.0, help="seconds between samples (default 10)")
     add("--out", type=Path, help="JSON file for the series and summary (default ./soak-TIME.json)")
     add("--keep", type=Path, help="work in this directory and keep it (config, logs, SIPp stats)")
