@@ -577,6 +577,7 @@ class Server:
         """
         sip = self.config.server.sip
         _apply_log_rate_limit(self.config)
+        self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
