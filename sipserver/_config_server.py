@@ -18,6 +18,7 @@ from sipserver._config_types import StrictModel as _Model
 
 __all__ = [
     "BanConfig",
+    "LoginLimitConfig",
     "MediaConfig",
     "MediaStreamsConfig",
     "NumberingPlan",
@@ -226,6 +227,24 @@ class LogRateLimitConfig(_Model):
     """Lines a kind may write at once after a quiet spell."""
 
 
+class LoginLimitConfig(_Model):
+    """The dashboard's login limiter (see docs/security.md): attempts are counted before the
+    password hash is checked, per source address and per user name."""
+
+    max_failures_per_source: int = Field(10, ge=1)
+    """Failed (or in-flight) logins per source address within ``window``; more get 429."""
+    max_failures_per_user: int = Field(30, ge=1)
+    """Failed (or in-flight) logins at one user name within ``window``, all sources together,
+    that lock the name: then only addresses it logged in from before keep their allowance,
+    any other address gets one attempt at it per window."""
+    window: float = Field(300.0, gt=0)
+    """Seconds over which failures are counted."""
+    concurrent_checks: int = Field(2, ge=1, le=64)
+    """Password hashes (scrypt, ~35 ms of a core each) computed at once, on threads."""
+    max_waiting: int = Field(16, ge=0)
+    """Logins waiting for a hash slot; more get 503 with Retry-After (no hash, not counted)."""
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -257,6 +276,8 @@ class ServerConfig(_Model):
     log_rate_limit: LogRateLimitConfig = Field(default_factory=LogRateLimitConfig)
     """Per event kind, the lines the log may take: past it lines are dropped and the next one
     written says how many (``suppressed``), so no flood can fill a disk."""
+    login_limit: LoginLimitConfig = Field(default_factory=LoginLimitConfig)
+    """Dashboard login limits (per source, per user name, concurrent password checks)."""
     drain_timeout: float = Field(5.0, ge=0)
     """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
     new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's

@@ -67,6 +67,8 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.demo_page": "live",
     "server.drain_timeout": "live",
     "server.log_rate_limit": "live",
+    # Read by the dashboard on each login attempt.
+    "server.login_limit": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.sip.udp": "restart",

@@ -189,7 +189,9 @@ class Server:
         self.listens = ListensFork(
             lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
         )
-        self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
+        self.dashboard = Dashboard(
+            lambda: self.config, self.listens_hub, self.metrics, self.refusals
+        )
         self._reserved: dict[str, MediaWorker] = {}
         self.readiness = Readiness()
         self.metrics.media_workers_up.set_function(self._media_workers_up)
