@@ -227,6 +227,12 @@ class LogRateLimitConfig(_Model):
     """Lines a kind may write at once after a quiet spell."""
 
 
+def _check_admin_token(value: str) -> str:
+    if len(value) < 16 or any(c.isspace() for c in value) or not value.isprintable():
+        raise ValueError("must be at least 16 printable characters without spaces")
+    return value
+
+
 class LoginLimitConfig(_Model):
     """The dashboard's login limiter (see docs/security.md): attempts are counted before the
     password hash is checked, per source address and per user name."""
@@ -257,7 +263,14 @@ class ServerConfig(_Model):
     domains: list[Host] = Field(default_factory=list)
     """Extra SIP domains served besides ``public_host`` and the listener addresses."""
     http: HostPort = "127.0.0.1:8080"
-    """HTTP listener (gateway, dashboard, metrics), ``host:port``."""
+    """Public HTTP listener, ``host:port``: webhooks, websockets, the dashboard, the demo page,
+    ``/healthz`` and ``/readyz`` (``/status`` and ``/metrics`` only with ``admin_token``)."""
+    admin_http: HostPort | None = "127.0.0.1:8081"
+    """Admin HTTP listener, ``host:port``: ``/status``, ``/metrics``, ``/healthz``, ``/readyz``
+    without a token. Keep it on loopback or a private network; null: no admin listener."""
+    admin_token: Annotated[str, AfterValidator(_check_admin_token)] | None = Field(None, repr=False)
+    """Bearer token that opens ``/status`` and ``/metrics`` on the public listener
+    (``Authorization: Bearer <token>``, >= 16 characters); null: they are not served there."""
     sip: SipServerConfig = Field(default_factory=SipServerConfig)
     """The SIP edge."""
     workers: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
@@ -282,6 +295,22 @@ class ServerConfig(_Model):
     """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
     new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's
     kill timeout (Docker: 10 s, Kubernetes: 30 s, systemd: 90 s)."""
+
+    @model_validator(mode="after")
+    def _admin_apart(self) -> ServerConfig:
+        if self.admin_http is not None:
+            (host, port), (http_host, http_port) = self.admin_host_port, self.http_host_port
+            wildcard = {"0.0.0.0", "::", ""}
+            if port == http_port and (host == http_host or {host, http_host} & wildcard):
+                message = f"must not be the public listener's address ({self.http})"
+                raise RuleErrors([(("admin_http",), message)])
+        return self
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        """:attr:`admin_http` as ``(host, port)`` (call only when it is set)."""
+        assert self.admin_http is not None
+        return parse_host_port(self.admin_http)
 
     @property
     def max_workers(self) -> int:

@@ -224,7 +224,7 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
     )
     try:
         wait_metric(server, "sipserver_calls_active", 10)
-        with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+        with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
             workers = json.load(r)["media_workers"]
         assert sorted(w["calls"] for w in workers) == [3, 3, 4]  # least loaded first
         victim = workers[0]
@@ -392,7 +392,7 @@ def test_invites_the_proxy_refuses_hold_no_call_slot(server_factory: Any, tmp_pa
             while not (reply := s.recv(65535)).startswith(b"SIP/2.0 4"):
                 pass  # 100 Trying first
             assert reply.startswith(b"SIP/2.0 400"), reply
-    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+    with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
         assert [w["calls"] for w in json.load(r)["media_workers"]] == [0]
     (tmp_path / "pcap").mkdir()
     write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(1.0))
@@ -407,7 +407,7 @@ def status_calls(server: ServerProcess) -> list[int]:
     import json
     import urllib.request
 
-    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+    with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
         return [int(w["calls"]) for w in json.load(r)["media_workers"]]
 
 
