@@ -186,6 +186,10 @@ class MediaConfig(_Model):
     rtp_timeout: float = Field(60.0, ge=0)
     """Seconds without an RTP packet from the caller after which the worker hangs up (BYE),
     except while the caller holds the call; 0 never does."""
+    worker_timeout: float = Field(4.0, ge=1.0)
+    """Seconds without any sign of life on a worker's frame link (it is pinged twice a
+    second) after which the worker is declared lost: killed, its calls ended with BYE,
+    replaced. Finds a stopped or hung worker within this plus 0.5 s."""
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""

@@ -135,6 +135,7 @@ def _worker_pool(
             min_se=media.min_se,
             answer_delay=media.answer_delay,
             rtp_timeout=media.rtp_timeout,
+            link_timeout=media.worker_timeout,
             log_format=log_format,
             log_level=log_level,
         ),
