@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import secrets
@@ -111,7 +112,10 @@ class LoginSessions:
         return len(self._by_token)
 
 
+@functools.cache
 def _static(name: str) -> str:
+    """A file of ``sipserver/listens/static``, read once (a refusal flood must not read the
+    error page from disk per request)."""
     return (resources.files("sipserver.listens") / "static" / name).read_text(encoding="utf-8")
 
 
@@ -267,8 +271,9 @@ class Dashboard:
                 window=limits.window,
             )
         )
-        if self.limiter.source_blocked(source, now=loop.time()):
-            raise self._throttled("per_source_limit", source, "")
+        early = self.limiter.check_source(source, now=loop.time())
+        if early is not None:
+            raise self._throttled(early, source, "")
         form = await request.post()
         name, password = str(form.get("name", ""))[:256], str(form.get("password", ""))
         next_path = _safe_next(str(form.get("next", "")))

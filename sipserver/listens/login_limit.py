@@ -4,7 +4,9 @@ Each login attempt is counted when it arrives, before the slow scrypt check, so 
 attempts cannot all slip past the limit while the first ones are still being hashed:
 
 - **per source address**: at most ``max_failures_per_source`` attempts that failed or are still
-  being checked within ``window`` seconds; the next one is refused (429) without a hash;
+  being checked within ``window`` seconds; the next one is refused (429) without a hash. At
+  most ``max_in_flight_per_source`` of them are checked (or wait for a check) at once, so one
+  address cannot fill the hash queue in front of another's login;
 - **per user name**: when a name has collected ``max_failures_per_user`` such attempts from all
   sources together (a guessing campaign spread over many addresses), the name is *locked*:
   only sources that logged in as that user before (remembered in memory, up to
@@ -36,7 +38,7 @@ KNOWN_SOURCES: Final = 8
 
 _K = TypeVar("_K")
 
-LoginRefusal = Literal["per_source_limit", "per_user_limit"]
+LoginRefusal = Literal["per_source_limit", "per_source_concurrency", "per_user_limit"]
 """Why an attempt is refused (the ``reason`` of the ``login`` refusals)."""
 
 
@@ -50,6 +52,10 @@ class LoginLimits:
     """Failed (or in-flight) attempts at one user name, all sources together, that lock it."""
     window: float = 300.0
     """Seconds over which attempts are counted."""
+    max_in_flight_per_source: int = 2
+    """Attempts of one source being checked (or waiting for a check) at once; more are refused
+    without being counted (they cost no hash), so one address can never hold every hash slot
+    and queue place while a login from elsewhere waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,7 @@ class LoginLimiter:
         self._by_user: OrderedDict[str, deque[float]] = OrderedDict()
         self._by_pair: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
         self._known: dict[str, OrderedDict[str, float]] = {}
+        self._in_flight: dict[str, int] = {}  # bounded: at most max_waiting + checks entries
 
     def configure(self, limits: LoginLimits) -> None:
         """New settings (a reload); the counts so far are kept."""
@@ -91,8 +98,17 @@ class LoginLimiter:
     # ------------------------------------------------------------------ queries
 
     def source_blocked(self, source: str, *, now: float) -> bool:
-        """True when ``source`` has used up its attempts: refuse before reading anything."""
+        """True when ``source`` has used up its attempts."""
         return self._count(self._by_source, source, now) >= self.limits.max_failures_per_source
+
+    def check_source(self, source: str, *, now: float) -> LoginRefusal | None:
+        """Why an attempt from ``source`` would be refused whatever its user name (the caller
+        refuses before it even reads the request's body), or None."""
+        if self.source_blocked(source, now=now):
+            return "per_source_limit"
+        if self._in_flight.get(source, 0) >= self.limits.max_in_flight_per_source:
+            return "per_source_concurrency"
+        return None
 
     def user_locked(self, user: str, *, now: float) -> bool:
         """True when ``user`` collected ``max_failures_per_user`` attempts in the window."""
@@ -106,8 +122,9 @@ class LoginLimiter:
         Returns:
             The attempt (check the password, then report how it went), or why it is refused.
         """
-        if self.source_blocked(source, now=now):
-            return "per_source_limit"
+        refusal = self.check_source(source, now=now)
+        if refusal is not None:
+            return refusal
         locked = self.user_locked(user, now=now)
         # A locked name: one attempt per window from a source it has not seen succeed.
         if (
@@ -120,6 +137,7 @@ class LoginLimiter:
         self._add(self._by_pair, (user, source), now)
         if not locked:
             self._add(self._by_user, user, now)
+        self._in_flight[source] = self._in_flight.get(source, 0) + 1
         return LoginAttempt(source, user, now, counted_for_user=not locked)
 
     def succeeded(self, attempt: LoginAttempt) -> None:
@@ -133,13 +151,22 @@ class LoginLimiter:
 
     def failed(self, attempt: LoginAttempt) -> None:
         """The password was wrong (or the name unknown): the attempt stays counted."""
+        self._done(attempt)
 
     def abandoned(self, attempt: LoginAttempt) -> None:
         """No password was checked after all (the server was too busy): give it back."""
+        self._done(attempt)
         _remove(self._by_source, attempt.source, attempt.at)
         _remove(self._by_pair, (attempt.user, attempt.source), attempt.at)
         if attempt.counted_for_user:
             _remove(self._by_user, attempt.user, attempt.at)
+
+    def _done(self, attempt: LoginAttempt) -> None:
+        left = self._in_flight.get(attempt.source, 0) - 1
+        if left > 0:
+            self._in_flight[attempt.source] = left
+        else:
+            self._in_flight.pop(attempt.source, None)
 
     def forget_user(self, user: str) -> None:
         """Drop what is remembered of a user that left the configuration."""

@@ -3,8 +3,9 @@ address while the real user logs in from another (127.0.0.2, also on loopback).
 
 Before the fix every one of them was hashed (the limit was checked before the scrypt check and
 recorded after it) and the real login waited behind them for 16 s. Now each attempt is counted
-when it arrives: the source's 11th attempt gets 429 at once, without a hash, and the real login
-gets a hash slot right away.
+when it arrives and one address has at most two checks in flight: the rest get 429 at once,
+without a hash (from the 11th attempt on, for good), and the real login waits for one hash at
+most.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def test_parallel_wrong_logins_are_throttled_before_hashing(server_factory: Any)
     # Generous (the target is < 1 s; the bug made it 16 s): speed is measured, not asserted.
     assert latency < 8.0
     hashed = statuses.count(401)
-    assert hashed <= PER_SOURCE, f"{hashed} wrong passwords were hashed"
+    assert 1 <= hashed <= PER_SOURCE, f"{hashed} wrong passwords were hashed"
     assert statuses.count(429) == WRONG - hashed, sorted(set(statuses))
 
     # The metrics say the same: few hashes, the rest throttled and counted as refusals.
@@ -80,7 +81,10 @@ def test_parallel_wrong_logins_are_throttled_before_hashing(server_factory: Any)
     assert server.metric("sipserver_dashboard_logins_total", result="bad_credentials") == hashed
     throttled = server.metric("sipserver_dashboard_logins_total", result="throttled")
     assert throttled == WRONG - hashed
-    refused = server.metric("sipserver_refusals_total", ingress="login", reason="per_source_limit")
+    refused = sum(
+        server.metric("sipserver_refusals_total", ingress="login", reason=reason)
+        for reason in ("per_source_limit", "per_source_concurrency")
+    )
     assert refused == throttled
     assert server.get("/healthz")[0] == 200
     assert any(

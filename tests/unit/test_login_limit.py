@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sipserver.listens.login_limit import KNOWN_SOURCES, LoginAttempt, LoginLimiter, LoginLimits
 
-LIMITS = LoginLimits(max_failures_per_source=3, max_failures_per_user=5, window=60.0)
+LIMITS = LoginLimits(
+    max_failures_per_source=3, max_failures_per_user=5, window=60.0, max_in_flight_per_source=9
+)
 
 
 def admit(limiter: LoginLimiter, source: str, user: str, now: float = 0.0) -> LoginAttempt:
@@ -23,6 +25,18 @@ def test_attempts_in_flight_count_before_any_outcome() -> None:
     assert len(pending) == 3
     # Another address is not affected.
     admit(limiter, "198.51.100.8", "admin")
+
+
+def test_one_source_has_at_most_two_checks_in_flight() -> None:
+    """The default: a third parallel attempt from one address is refused (not counted: it
+    costs no hash) until one of the two finishes; other addresses are not affected."""
+    limiter = LoginLimiter(LoginLimits(max_failures_per_source=10))
+    first, _ = admit(limiter, "198.51.100.7", "a"), admit(limiter, "198.51.100.7", "a")
+    assert limiter.admit("198.51.100.7", "a", now=0.0) == "per_source_concurrency"
+    admit(limiter, "198.51.100.8", "a")
+    limiter.failed(first)
+    admit(limiter, "198.51.100.7", "a")
+    assert limiter._count(limiter._by_source, "198.51.100.7", 0.0) == 3
 
 
 def test_a_success_gives_its_attempt_back_a_busy_refusal_too() -> None:
