@@ -148,6 +148,8 @@ class LoginLimiter:
         known.move_to_end(attempt.source)
         while len(known) > KNOWN_SOURCES:
             known.popitem(last=False)
+        while len(self._known) > self.max_tracked:
+            del self._known[next(iter(self._known))]
 
     def failed(self, attempt: LoginAttempt) -> None:
         """The password was wrong (or the name unknown): the attempt stays counted."""
@@ -167,10 +169,6 @@ class LoginLimiter:
             self._in_flight[attempt.source] = left
         else:
             self._in_flight.pop(attempt.source, None)
-
-    def forget_user(self, user: str) -> None:
-        """Drop what is remembered of a user that left the configuration."""
-        self._known.pop(user, None)
 
     # ------------------------------------------------------------------ tables
 
