@@ -275,9 +275,9 @@ class Dashboard:
         if early is not None:
             raise self._throttled(early, source, "")
         form = await request.post()
-        name, password = str(form.get("name", ""))[:256], str(form.get("password", ""))
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
         next_path = _safe_next(str(form.get("next", "")))
-        admitted = self.limiter.admit(source, name, now=loop.time())
+        admitted = self.limiter.admit(source, name[:256], now=loop.time())
         if isinstance(admitted, str):
             raise self._throttled(admitted, source, name)
         checks = self._hash_slots(limits.concurrent_checks)
@@ -294,7 +294,9 @@ class Dashboard:
                     self._check, password[:1024], user.password_hash if user else None
                 )
         except BaseException:
-            self.limiter.abandoned(admitted)  # cancelled (client gone, stop): nothing checked
+            # Cancelled (the client went away, a stop): the hash may be running on its thread
+            # all the same, so the attempt stays counted (leaving early buys no free hashes).
+            self.limiter.failed(admitted)
             raise
         finally:
             self._waiting -= 1
