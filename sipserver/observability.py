@@ -448,7 +448,8 @@ class Metrics:
         )
         self.dashboard_logins = Counter(
             "sipserver_dashboard_logins",
-            "Dashboard login attempts, by result (ok, bad_credentials, bad_origin, throttled).",
+            "Dashboard login attempts, by result "
+            "(ok, bad_credentials, bad_origin, throttled, busy).",
             ["result"],
             registry=r,
         )
