@@ -118,12 +118,14 @@ def build_config(args: argparse.Namespace, workdir: Path, voice: bool) -> dict[s
     embedded = embedded_config_path()
     config: dict[str, Any] = yaml.safe_load(embedded.read_text())
     sip_port, http_port = free_sip_port(), free_port(socket.SOCK_STREAM)
+    admin_port = free_port(socket.SOCK_STREAM)
     sip_calls = args.sip_calls + args.sip_voice_calls
     workers = max(1, math.ceil(sip_calls / 4))  # a pjsua2 worker holds 4 calls
     rtp_base = random.randrange(40000, 60000, 2)
     server = config["server"]
     server.update(
         http=f"127.0.0.1:{http_port}",
+        admin_http=f"127.0.0.1:{admin_port}",  # /metrics is read here
         public_url=f"http://127.0.0.1:{http_port}",
         data_dir=str(workdir / "data"),
         workers=workers,
