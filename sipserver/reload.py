@@ -67,11 +67,13 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.demo_page": "live",
     "server.drain_timeout": "live",
     "server.log_rate_limit": "live",
+    # Read again into a new TLS context for new connections (a renewed certificate).
+    "server.sip.tls": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.sip.udp": "restart",
     "server.sip.tcp": "restart",
-    "server.sip.tls": "restart",
+    "server.sip.tls.listen": "restart",
     "server.sip.max_message_size": "restart",
     "server.sip.nonce_ttl": "restart",
     "server.sip.ban": "restart",

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from sipserver.edge.calls import (
     AGENT_HEADER,
+    SRTP_HEADER,
     CallAnswered,
     CallEnded,
     CallInfo,
@@ -90,6 +91,7 @@ from sipserver.sip.message import Headers, SipRequest, SipResponse, encode_respo
 
 __all__ = [
     "AGENT_HEADER",
+    "SRTP_HEADER",
     "CallAnswered",
     "CallEnded",
     "CallInfo",
@@ -173,6 +175,9 @@ class CallProxy:
         branch_prefix: start of every Via branch the edge generates (RFC 3261 magic cookie).
         instance: a token making this instance's branches unique (random by default; fixed in
             tests).
+        outside_ports: the edge's port per transport where it is not ``outside.port`` (the TLS
+            listener's, usually 5061): Via and Record-Route towards a caller name the port of
+            the transport it came in on.
     """
 
     def __init__(
@@ -182,8 +187,10 @@ class CallProxy:
         inside: Endpoint,
         branch_prefix: str = "z9hG4bK",
         instance: str | None = None,
+        outside_ports: Mapping[str, int] | None = None,
     ) -> None:
         self._outside = outside
+        self._outside_ports = dict(outside_ports or {})
         self._inside = inside
         token = instance if instance is not None else secrets.token_hex(4)
         self._stem = f"{branch_prefix}-sp{token}-"
@@ -198,8 +205,9 @@ class CallProxy:
         self._own = {
             hostport_key(outside.host, outside.port),
             hostport_key(inside.host, inside.port),
+            *(hostport_key(outside.host, port) for port in self._outside_ports.values()),
         }
-        self._record_routes: dict[str, tuple[str, ...]] = {}
+        self._record_routes: dict[tuple[str, bool], tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -212,6 +220,7 @@ class CallProxy:
         worker: Endpoint,
         agent: str,
         now: float,
+        srtp: str = "off",
     ) -> list[Send]:
         """Forward an authorised dialog-creating INVITE to a worker.
 
@@ -222,6 +231,7 @@ class CallProxy:
             worker: the worker's SIP address (loopback).
             agent: the agent slug the called number maps to.
             now: current time (seconds, the adapter's clock).
+            srtp: the agent's SRTP policy, for the worker (``X-Sipserver-Srtp``).
 
         Returns:
             100 Trying to the caller and the INVITE to the worker; or one error response
@@ -245,7 +255,8 @@ class CallProxy:
             contacts = parse_contacts(request.headers.get_all("Contact"))
             if contacts == "*" or not contacts:
                 return [self._stateless(request, source, 400, "Missing Contact")]
-            user = request.request_uri().user
+            request_uri = request.request_uri()
+            user = request_uri.user
             upstream_rr = tuple(request.headers.get_all("Record-Route"))
         except ValueError as exc:
             return [self._stateless(request, source, 400, _reason(exc))]
@@ -273,10 +284,12 @@ class CallProxy:
         # Route (the edge's own pre-loaded entries removed; the worker is the target), Via.
         items = explode(list(request.headers))
         items = set_received(items, source)
-        items = [(n, v) for n, v in items if n != "Route" and n != AGENT_HEADER]
+        items = [(n, v) for n, v in items if n not in ("Route", AGENT_HEADER, SRTP_HEADER)]
         items = set_max_forwards(items, max_forwards)
-        items = insert_record_routes(items, self._record_routes_for(source.transport))
+        secure = request_uri.scheme == "sips"
+        items = insert_record_routes(items, self._record_routes_for(source.transport, secure))
         items.append((AGENT_HEADER, agent))
+        items.append((SRTP_HEADER, srtp))
         target = f"sip:{user}@{worker.hostport}" if user else f"sip:{worker.hostport}"
         out.append(
             self._start_client(
@@ -432,7 +445,8 @@ class CallProxy:
         callers from now on. Route entries naming the previous address are still recognised as
         this edge's own, so dialogs set up before keep working (RFC 3261 §16.4)."""
         self._outside = Endpoint(self._outside.transport, host, self._outside.port)
-        self._own.add(hostport_key(host, self._outside.port))
+        for port in (self._outside.port, *self._outside_ports.values()):
+            self._own.add(hostport_key(host, port))
         self._record_routes.clear()
 
     def active_calls(self) -> int:
@@ -815,29 +829,43 @@ class CallProxy:
     ) -> Send:
         return Send(encode_response(request, status, reason, to_tag=_to_tag(request)), source)
 
-    def _record_routes_for(self, transport: str) -> tuple[str, ...]:
+    def _outside_on(self, transport: str) -> Endpoint:
+        """The edge's outside address on ``transport`` (its listener's port)."""
+        port = self._outside_ports.get(transport, self._outside.port)
+        return Endpoint(transport, self._outside.host, port)
+
+    def _record_routes_for(self, transport: str, secure: bool = False) -> tuple[str, ...]:
         """The edge's Record-Route entries for a caller on ``transport`` (RFC 5658 §4).
 
-        The outside entry names the caller's transport, so that in-dialog requests come back
-        the same way; one entry when it would equal the inside one.
+        The outside entry names the caller's transport and that listener's port, so that
+        in-dialog requests come back the same way; one entry when it would equal the inside
+        one. Towards a TLS caller it is ``sips:`` when the Request-URI was (RFC 3261 §16.6
+        step 4: a SIPS Request-URI needs a SIPS Record-Route; RFC 5630 §4.1: TLS on every hop
+        of the dialog), else ``sip:...;transport=tls``: TLS on the hop to the edge only, which
+        is what a ``sip:`` request over TLS asked for (RFC 5630 §3.1.3).
         """
-        entries = self._record_routes.get(transport)
-        if entries is None:
-            inside = self._inside
-            outside = Endpoint(transport, self._outside.host, self._outside.port)
-            if outside == inside:
-                entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
+        cached = self._record_routes.get((transport, secure))
+        if cached is not None:
+            return cached
+        inside = self._inside
+        outside = self._outside_on(transport)
+        entries: tuple[str, ...]
+        if outside == inside:
+            entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
+        else:
+            inner = f"<sip:{inside.hostport};transport={inside.transport};lr;r2=on>"
+            if secure and transport == "tls":
+                outer = f"<sips:{outside.hostport};lr;r2=on>"
             else:
-                entries = tuple(
-                    f"<sip:{e.hostport};transport={e.transport};lr;r2=on>"
-                    for e in (inside, outside)
-                )
-            self._record_routes[transport] = entries
+                outer = f"<sip:{outside.hostport};transport={transport};lr;r2=on>"
+            entries = (inner, outer)
+        self._record_routes[(transport, secure)] = entries
         return entries
 
     def _via(self, to: Endpoint, branch: str, *, toward_worker: bool) -> str:
-        """The edge's Via: its inside address towards workers, outside towards callers."""
-        local = self._inside if toward_worker else self._outside
+        """The edge's Via: its inside address towards workers, outside towards callers (with
+        the port of the caller's transport: ``SIP/2.0/TLS host:5061``, RFC 3261 §18.2.1)."""
+        local = self._inside if toward_worker else self._outside_on(to.transport)
         return f"SIP/2.0/{to.transport.upper()} {local.hostport};branch={branch};rport"
 
     def _is_own(self, route: str) -> bool:
@@ -845,7 +873,9 @@ class CallProxy:
             uri = NameAddr.parse(route).uri
         except ValueError:
             return False
-        return hostport_key(uri.host, uri.port or 5060) in self._own
+        # RFC 3261 §19.1.2 / RFC 3263 §4.2: sips: or transport=tls without a port means 5061.
+        default = 5061 if uri.scheme == "sips" or uri.transport == "tls" else 5060
+        return hostport_key(uri.host, uri.port or default) in self._own
 
     def _pop_own_routes(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

@@ -7,6 +7,7 @@ the bytes that come out.
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.headers import (
     AGENT_HEADER,
+    SRTP_HEADER,
     NameAddr,
     Params,
     Via,
@@ -30,6 +31,7 @@ from sipserver.sip.uri import SipUri, split_host_port, uri_equal
 
 __all__ = [
     "AGENT_HEADER",
+    "SRTP_HEADER",
     "PING",
     "REASON_PHRASES",
     "FramingError",
