@@ -185,14 +185,14 @@ class _TlsAcceptor(asyncio.Protocol):
         if context is None:
             raw.close()
             return
+        timeout = listeners.tls_handshake_timeout
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=listeners.tls_handshake_timeout,
-            )
+            # Our own deadline (asyncio's ssl_handshake_timeout, a second later, is a backstop:
+            # it reports ConnectionAbortedError, which cannot be told from a peer's abort).
+            async with asyncio.timeout(timeout):
+                tls = await asyncio.get_running_loop().start_tls(
+                    raw, self, context, server_side=True, ssl_handshake_timeout=timeout + 1
+                )
         except asyncio.CancelledError:
             raw.close()
             raise

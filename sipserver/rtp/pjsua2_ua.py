@@ -24,6 +24,7 @@ import pjsua2 as pj  # type: ignore[import-untyped]
 import structlog
 
 from sipserver.observability import get_logger
+from sipserver.sip.headers import SRTP_HEADER
 from sipserver.rtp.bridge import (
     BridgeCounters,
     CallAudioPort,
@@ -73,6 +74,16 @@ SESSION_TIMER_USE = {
 
 MIN_SE_FLOOR = 90
 """pjsip's ``ABS_MIN_SE``: a smaller ``timerMinSESec`` fails an assertion (aborts the process)."""
+
+SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "required": pj.PJMEDIA_SRTP_MANDATORY,
+}
+"""An agent's ``sip.srtp`` (the edge's ``X-Sipserver-Srtp``) -> pjmedia's SRTP use for the
+call. With SDES keying (RFC 4568) pjmedia answers an offer so: ``off``, plain RTP/AVP (an
+RTP/SAVP-only offer is refused: 488); ``optional``, SRTP when the offer has ``a=crypto``;
+``required``, 488 to an offer without it."""
 
 HANGUP_GRACE = 3.0
 """Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""
@@ -218,6 +229,8 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         self.number = number
         """Worker-local call number on the frame link."""
         self.request_uri, self.headers = _parse_invite(invite)
+        self.srtp = self.headers.get(SRTP_HEADER, "off")
+        """The agent's SRTP policy (``off`` when the edge sent none)."""
         self.port: CallAudioPort | None = None
         self.med_idx = -1
         """Index of the call's audio media once it is up."""
@@ -232,6 +245,14 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         self.started = False
         """CALL_STARTED was sent: the main process knows this call."""
         self.ended = False
+
+    def onCreateMediaTransportSrtp(self, prm: pj.OnCreateMediaTransportSrtpParam) -> None:
+        # Before the SDP answer is made: this call's SRTP use is its agent's policy (one
+        # worker serves every agent, so the account-wide setting cannot say it).
+        try:
+            prm.srtpUse = SRTP_USE.get(self.srtp, pj.PJMEDIA_SRTP_DISABLED)
+        except Exception as exc:
+            self.owner.callback_failed("onCreateMediaTransportSrtp", exc)
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
@@ -516,6 +537,14 @@ class PjsuaThread(threading.Thread):
         acfg.mediaConfig.transportConfig.boundAddress = opts.rtp_host
         acfg.mediaConfig.transportConfig.port = opts.rtp_port
         acfg.mediaConfig.transportConfig.portRange = opts.rtp_port_count
+        # SRTP per call (WorkerCall.onCreateMediaTransportSrtp), SDES keys only (RFC 4568; no
+        # DTLS-SRTP). The hop from the edge is UDP on loopback: the signalling is protected
+        # (or not) between the caller and the edge, so pjsua must not demand a secure
+        # transport itself (srtpSecureSignaling 0).
+        acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
+        acfg.mediaConfig.srtpSecureSignaling = 0
+        acfg.mediaConfig.srtpOpt.keyings.clear()
+        acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
         # RFC 4028: pjsip negotiates the refresher, answers 422 below Min-SE and, as the
         # non-refresher, sends BYE when no refresh came (the edge relays all of it).
         acfg.callConfig.timerUse = SESSION_TIMER_USE[opts.session_timers]

@@ -8,8 +8,15 @@ the call as soon as media is up, records what it receives to ``--record`` (8 kHz
 after ``--seconds`` sends ``--dtmf`` as RFC 4733 telephone-events. With ``--user/--password``
 it answers 401/407 digest challenges. Then it waits up to
 ``--wait-bye`` seconds for the far end to hang up; if it does not, the caller hangs up itself.
-Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int, ...}``.
-Exit status 0 unless pjsua2 failed.
+
+``--transport tls`` signals over TLS (``--tls-ca`` verifies the server's certificate,
+``--tls-cert``/``--tls-key`` present a client certificate for mutual TLS); ``--srtp`` is the
+caller's SDES-SRTP use: ``off`` offers RTP/AVP, ``optional`` RTP/AVP with ``a=crypto``,
+``required`` RTP/SAVP.
+
+Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int,
+"srtp": bool, ...}`` (``srtp``: the call's audio stream was RTP/SAVP). Exit status 0 unless
+pjsua2 failed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,16 @@ import time
 import pjsua2 as pj  # type: ignore[import-untyped]
 
 RATE = 8000
+TRANSPORTS = {
+    "udp": pj.PJSIP_TRANSPORT_UDP,
+    "tcp": pj.PJSIP_TRANSPORT_TCP,
+    "tls": pj.PJSIP_TRANSPORT_TLS,
+}
+SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "required": pj.PJMEDIA_SRTP_MANDATORY,
+}
 
 
 class CallerCall(pj.Call):  # type: ignore[misc]
@@ -32,6 +49,7 @@ class CallerCall(pj.Call):  # type: ignore[misc]
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.media_at: float | None = None
+        self.srtp = False
         self.disconnected = False
         self.status = 0
         self.reason = ""
@@ -50,6 +68,7 @@ class CallerCall(pj.Call):  # type: ignore[misc]
         for mi in ci.media:
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 audio = self.getAudioMedia(mi.index)
+                self.srtp = self.getStreamInfo(mi.index).proto == pj.PJMEDIA_TP_PROTO_RTP_SAVP
                 self.recorder = pj.AudioMediaRecorder()
                 self.recorder.createRecorder(self.args.record)
                 audio.startTransmit(self.recorder)
@@ -70,6 +89,11 @@ def main() -> int:
     p.add_argument("--wait-bye", type=float, default=5.0)
     p.add_argument("--user", default="", help="digest user for 401/407 challenges")
     p.add_argument("--password", default="")
+    p.add_argument("--transport", choices=("udp", "tcp", "tls"), default="udp")
+    p.add_argument("--srtp", choices=tuple(SRTP_USE), default="off")
+    p.add_argument("--tls-ca", default="", help="CA bundle that signed the server certificate")
+    p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", default="")
     args = p.parse_args()
 
     ep = pj.Endpoint()
@@ -87,7 +111,13 @@ def main() -> int:
     tcfg = pj.TransportConfig()
     tcfg.boundAddress = "127.0.0.1"
     tcfg.port = 0
-    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    if args.transport == "tls":
+        tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+        tcfg.tlsConfig.CaListFile = args.tls_ca
+        tcfg.tlsConfig.verifyServer = bool(args.tls_ca)
+        tcfg.tlsConfig.certFile = args.tls_cert
+        tcfg.tlsConfig.privKeyFile = args.tls_key
+    tid = ep.transportCreate(TRANSPORTS[args.transport], tcfg)
     ep.audDevManager().setNullDev()
     for codec in ep.codecEnum2():
         ep.codecSetPriority(codec.codecId, 255 if codec.codecId == "PCMU/8000/1" else 0)
@@ -96,6 +126,10 @@ def main() -> int:
     acfg.idUri = "sip:caller@127.0.0.1"
     acfg.sipConfig.transportId = tid
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acfg.mediaConfig.srtpUse = SRTP_USE[args.srtp]
+    acfg.mediaConfig.srtpSecureSignaling = 0  # also over UDP, to test the edge's policy
+    acfg.mediaConfig.srtpOpt.keyings.clear()
+    acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
     if args.user:
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
     acc = pj.Account()
@@ -127,7 +161,12 @@ def main() -> int:
             until = time.monotonic() + 2
             while not call.disconnected and time.monotonic() < until:
                 ep.libHandleEvents(10)
-    result = {"ended_by": ended_by, "status": call.status, "reason": call.reason}
+    result = {
+        "ended_by": ended_by,
+        "status": call.status,
+        "reason": call.reason,
+        "srtp": call.srtp,
+    }
     # drop every pjsua2 object before libDestroy (asserts otherwise)
     call.player = None
     call.recorder = None  # closes the WAV (header sizes written)
