@@ -15,8 +15,8 @@ caller's SDES-SRTP use: ``off`` offers RTP/AVP, ``optional`` RTP/AVP with ``a=cr
 ``required`` RTP/SAVP.
 
 Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int,
-"srtp": bool, ...}`` (``srtp``: the call's audio stream was RTP/SAVP). Exit status 0 unless
-pjsua2 failed.
+"srtp": str|None, ...}`` (``srtp``: the crypto suite of the SDP answer, e.g.
+``AES_256_CM_HMAC_SHA1_80``; None: plain RTP). Exit status 0 unless pjsua2 failed.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class CallerCall(pj.Call):  # type: ignore[misc]
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.media_at: float | None = None
-        self.srtp = False
+        self.answer_sdp = ""
         self.disconnected = False
         self.status = 0
         self.reason = ""
@@ -61,6 +61,24 @@ class CallerCall(pj.Call):  # type: ignore[misc]
             self.status = int(ci.lastStatusCode)
             self.reason = str(ci.lastReason)
 
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        # Keep the SDP answer of the INVITE's 2xx (the SRTP crypto the far end chose).
+        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        state = prm.e.body.tsxState
+        if state.type != pj.PJSIP_EVENT_RX_MSG or state.tsx.method != "INVITE":
+            return
+        if state.tsx.role == pj.PJSIP_ROLE_UAC and 200 <= int(state.tsx.statusCode) < 300:
+            whole = str(state.src.rdata.wholeMsg)
+            self.answer_sdp = whole.partition("\r\n\r\n")[2]
+
+    def crypto(self) -> str | None:
+        """The SRTP suite of the answer's ``a=crypto`` line (RFC 4568 §9.1), None without."""
+        for line in self.answer_sdp.splitlines():
+            if line.startswith("a=crypto:"):
+                return line.split()[1]
+        return None
+
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         if self.media_at is not None:
             return
@@ -68,7 +86,6 @@ class CallerCall(pj.Call):  # type: ignore[misc]
         for mi in ci.media:
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 audio = self.getAudioMedia(mi.index)
-                self.srtp = self.getStreamInfo(mi.index).proto == pj.PJMEDIA_TP_PROTO_RTP_SAVP
                 self.recorder = pj.AudioMediaRecorder()
                 self.recorder.createRecorder(self.args.record)
                 audio.startTransmit(self.recorder)
@@ -165,7 +182,7 @@ def main() -> int:
         "ended_by": ended_by,
         "status": call.status,
         "reason": call.reason,
-        "srtp": call.srtp,
+        "srtp": call.crypto(),
     }
     # drop every pjsua2 object before libDestroy (asserts otherwise)
     call.player = None

@@ -289,3 +289,92 @@ def test_sipp_register_options_and_call_over_tls(
     assert f"<sip:127.0.0.1:{port};transport=tls;lr;r2=on>" in text, text[-3000:]
     # SIPp's BYE came back over the TLS connection, routed by that entry, and ended the call.
     assert server.metric("sipserver_calls_ended_total", reason="caller_bye") == 1
+
+
+# ------------------------------------------------------------------ pjsua2 over TLS with SRTP
+
+
+def test_pjsua2_call_over_mutual_tls_with_srtp_required(
+    server_factory: Any, ca: TestCa, tmp_path: Path
+) -> None:
+    """A real UA (pjsua2, its own TLS transport and SRTP) calls through the edge over mutual
+    TLS to an agent whose policy is ``srtp: required``: the call connects with RTP/SAVP and the
+    caller hears its own speech echoed back (cross-correlated), so audio flows both ways
+    through SRTP on the caller's leg."""
+    import numpy as np
+
+    from tests.integration.test_calls import wait_metric
+    from tests.integration.test_pjsua2_worker import RATE
+    from tests.speech import espeak, read_wav, write_wav
+
+    server = server_factory(
+        with_tls(ca.issue("server"), ca, srtp="required", verify_client=True)
+    )
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    trunk = ca.issue("trunk", client=True)
+    play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
+    sent = espeak("Testing a secure call: these words should come back to me.", tmp_path, rate=RATE)
+    write_wav(play, sent, RATE)
+    tls = ("--tls-ca", str(ca.path), "--tls-cert", str(trunk.cert), "--tls-key", str(trunk.key))
+    result = place_call(
+        sip_port=tls_port(server), number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
+        play=play, record=record, seconds=len(sent) / RATE + 1.0, dtmf="#", wait_bye=5,
+        timeout=60, transport="tls", srtp="required", tls=tls,
+    )  # fmt: skip
+    assert result["ended_by"] == "remote", result  # the agent hung up on '#'
+    assert result["srtp"] == "AES_256_CM_HMAC_SHA1_80", result  # pjmedia's first suite
+    got = read_wav(record)[1].astype(np.float64)
+    ref = sent.astype(np.float64)
+    size = 1 << (len(got) + len(ref) - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)
+    corr = np.abs(corr[: len(got)])
+    ratio = float(corr.max()) / (float(np.median(corr)) + 1e-9)
+    assert ratio > 20, ratio
+    assert server.metric("sipserver_sip_messages_in_total", transport="tls", method="INVITE") >= 2
+
+
+@pytest.mark.parametrize(
+    ("agent", "caller", "status"),
+    [
+        ("required", "off", 488),  # a plain RTP/AVP offer to an agent that requires SRTP
+        ("off", "required", 488),  # an RTP/SAVP-only offer to an agent without SRTP
+    ],
+)
+def test_srtp_policy_mismatch_is_488(
+    server_factory: Any, ca: TestCa, tmp_path: Path, agent: str, caller: str, status: int
+) -> None:
+    from tests.integration.test_calls import wait_metric
+    from tests.integration.test_pjsua2_worker import tone
+    from tests.speech import write_wav
+
+    server = server_factory(with_tls(ca.issue("server"), srtp=agent))
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
+    write_wav(play, tone(0.5), 8000)
+    result = place_call(
+        sip_port=tls_port(server), number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
+        play=play, record=record, seconds=0.5, wait_bye=1, timeout=60,
+        transport="tls", srtp=caller, tls=("--tls-ca", str(ca.path)),
+    )  # fmt: skip
+    assert (result["ended_by"], result["status"]) == ("never-connected", status), result
+
+
+def test_srtp_optional_answers_what_was_offered(
+    server_factory: Any, ca: TestCa, tmp_path: Path
+) -> None:
+    from tests.integration.test_calls import wait_metric
+    from tests.integration.test_pjsua2_worker import tone
+    from tests.speech import write_wav
+
+    server = server_factory(with_tls(ca.issue("server"), srtp="optional"))
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    play = tmp_path / "play.wav"
+    write_wav(play, tone(0.5), 8000)
+    for caller, encrypted in (("optional", True), ("required", True), ("off", False)):
+        result = place_call(
+            sip_port=tls_port(server), number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
+            play=play, record=tmp_path / f"rec-{caller}.wav", seconds=0.5, wait_bye=0.5,
+            timeout=60, transport="tls", srtp=caller, tls=("--tls-ca", str(ca.path)),
+        )  # fmt: skip
+        assert result["ended_by"] == "local", (caller, result)
+        assert (result["srtp"] is not None) is encrypted, (caller, result)

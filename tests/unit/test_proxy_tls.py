@@ -112,3 +112,19 @@ def test_a_binding_registered_over_tls_keeps_its_transport() -> None:
     (binding,) = store.get("sip:alice@sip.example.com")
     assert binding.contact == "sip:alice@198.51.100.7:50123;transport=tls"
     assert binding.source == "tls:198.51.100.7:50123"
+
+
+@pytest.mark.parametrize(
+    ("header", "policy"),
+    [
+        ("X-Sipserver-Srtp: required", "required"),
+        ("x-sipserver-srtp:optional", "optional"),
+        ("X-Sipserver-Srtp: sometimes", "off"),  # unknown: the safe default
+        ("X-Other: required", "off"),
+    ],
+)
+def test_the_worker_reads_the_policy_from_the_invite(header: str, policy: str) -> None:
+    from sipserver.rtp.pjsua2_ua import srtp_policy
+
+    invite = f"INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: x\r\n{header}\r\n\r\nX-Sipserver-Srtp: required"
+    assert srtp_policy(invite) == policy
