@@ -58,12 +58,12 @@ __all__ = [
     "format_path",
     "int_text",
     "issues_from_validation",
+    "none_is_empty",
     "normalize_number",
     "one_or_many",
     "parse_host_port",
     "parse_store",
     "read_yaml",
-    "none_is_empty",
 ]
 
 Loc = tuple[int | str, ...]

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sipserver._config_rules import RuleErrors
+from sipserver._config_rules import Issue, RuleErrors
 from sipserver._config_types import Listeners
 from sipserver._config_types import StrictModel as _Model
 
@@ -139,7 +139,7 @@ class SipTlsConfig(_Model):
     def _files(self) -> SipTlsConfig:
         if not self.listen:
             return self
-        missing = [
+        missing: list[Issue] = [
             ((name,), "required when listen is set")
             for name in ("certificate", "key")
             if getattr(self, name) is None

@@ -100,12 +100,12 @@ __all__ = [
     "VadSettings",
     "WebsocketSettings",
     "config_dir",
-    "srtp_warnings",
     "embedded_config_path",
     "load_config",
     "normalize_number",
     "parse_config",
     "parse_host_port",
+    "srtp_warnings",
 ]
 
 Role = Literal["admin", "workspace_admin", "supervisor", "agent", "viewer"]

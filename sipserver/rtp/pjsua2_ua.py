@@ -25,7 +25,6 @@ import pjsua2 as pj  # type: ignore[import-untyped]
 import structlog
 
 from sipserver.observability import get_logger
-from sipserver.sip.headers import SRTP_HEADER
 from sipserver.rtp.bridge import (
     BridgeCounters,
     CallAudioPort,
@@ -39,6 +38,7 @@ from sipserver.rtp.framelink import (
     CallStarted,
     Dtmf,
 )
+from sipserver.sip.headers import SRTP_HEADER
 
 __all__ = [
     "SESSION_TIMER_USE",
@@ -98,6 +98,7 @@ def srtp_policy(whole_msg: str) -> str:
     found = _SRTP_LINE.search(head)
     policy = found.group(1).lower() if found else "off"
     return policy if policy in SRTP_USE else "off"
+
 
 HANGUP_GRACE = 3.0
 """Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""

@@ -31,9 +31,9 @@ from sipserver.sip.uri import SipUri, split_host_port, uri_equal
 
 __all__ = [
     "AGENT_HEADER",
-    "SRTP_HEADER",
     "PING",
     "REASON_PHRASES",
+    "SRTP_HEADER",
     "FramingError",
     "Headers",
     "NameAddr",

@@ -43,9 +43,7 @@ def ca(tmp_path: Path) -> TestCa:
     return TestCa(tmp_path / "certs")
 
 
-def with_tls(
-    cert: CertFiles, ca: TestCa | None = None, *, srtp: str = "off", **tls: Any
-) -> Any:
+def with_tls(cert: CertFiles, ca: TestCa | None = None, *, srtp: str = "off", **tls: Any) -> Any:
     """A server_factory mutation: a TLS listener on a free port with ``cert``."""
 
     def mutate(config: dict[str, Any]) -> None:
@@ -126,9 +124,9 @@ def test_options_over_tls_and_plain_tcp_on_the_tls_port_is_refused(
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(options(port, branch="z9hG4bKplain"))
         assert raw.recv(4096) == b""
-    assert server.metric(
-        "sipserver_refusals_total", ingress="sip_tls", reason="handshake_failed"
-    ) == 1
+    assert (
+        server.metric("sipserver_refusals_total", ingress="sip_tls", reason="handshake_failed") == 1
+    )
     listeners = server.get("/status")[1]["listeners"]
     assert {"transport": "tls", "host": "127.0.0.1", "port": port} in listeners
 
@@ -140,15 +138,14 @@ def test_handshake_deadline(server_factory: Any, ca: TestCa) -> None:
         assert raw.recv(4096) == b""  # nothing sent: closed at the deadline
         waited = time.monotonic() - started
     assert 0.9 <= waited < 8, waited
-    assert server.metric(
-        "sipserver_refusals_total", ingress="sip_tls", reason="handshake_timeout"
-    ) == 1
+    assert (
+        server.metric("sipserver_refusals_total", ingress="sip_tls", reason="handshake_timeout")
+        == 1
+    )
 
 
 def test_mutual_tls(server_factory: Any, ca: TestCa) -> None:
-    server = server_factory(
-        with_tls(ca.issue("server"), ca, verify_client=True)
-    )
+    server = server_factory(with_tls(ca.issue("server"), ca, verify_client=True))
     port = tls_port(server)
     # Without a client certificate: the handshake fails (TLS 1.3 reports it on first read).
     with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -307,9 +304,7 @@ def test_pjsua2_call_over_mutual_tls_with_srtp_required(
     from tests.integration.test_pjsua2_worker import RATE
     from tests.speech import espeak, read_wav, write_wav
 
-    server = server_factory(
-        with_tls(ca.issue("server"), ca, srtp="required", verify_client=True)
-    )
+    server = server_factory(with_tls(ca.issue("server"), ca, srtp="required", verify_client=True))
     wait_metric(server, "sipserver_media_workers_up", 1)
     trunk = ca.issue("trunk", client=True)
     play, record = tmp_path / "play.wav", tmp_path / "rec.wav"
@@ -359,18 +354,31 @@ def test_srtp_policy_mismatch_is_488(
     assert (result["ended_by"], result["status"]) == ("never-connected", status), result
 
 
-def test_srtp_optional_answers_what_was_offered(
-    server_factory: Any, ca: TestCa, tmp_path: Path
+@pytest.mark.parametrize(
+    ("agent", "offers"),
+    [
+        # caller's srtp -> the answer is SRTP
+        ("optional", (("optional", True), ("required", True), ("off", False))),
+        # an RTP/AVP offer with crypto lines is answered with plain RTP
+        ("off", (("optional", False),)),
+    ],
+)
+def test_srtp_answers_what_the_policy_allows(
+    server_factory: Any,
+    ca: TestCa,
+    tmp_path: Path,
+    agent: str,
+    offers: tuple[tuple[str, bool], ...],
 ) -> None:
     from tests.integration.test_calls import wait_metric
     from tests.integration.test_pjsua2_worker import tone
     from tests.speech import write_wav
 
-    server = server_factory(with_tls(ca.issue("server"), srtp="optional"))
+    server = server_factory(with_tls(ca.issue("server"), srtp=agent))
     wait_metric(server, "sipserver_media_workers_up", 1)
     play = tmp_path / "play.wav"
     write_wav(play, tone(0.5), 8000)
-    for caller, encrypted in (("optional", True), ("required", True), ("off", False)):
+    for caller, encrypted in offers:
         result = place_call(
             sip_port=tls_port(server), number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
             play=play, record=tmp_path / f"rec-{caller}.wav", seconds=0.5, wait_bye=0.5,

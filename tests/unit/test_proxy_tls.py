@@ -126,5 +126,7 @@ def test_a_binding_registered_over_tls_keeps_its_transport() -> None:
 def test_the_worker_reads_the_policy_from_the_invite(header: str, policy: str) -> None:
     from sipserver.rtp.pjsua2_ua import srtp_policy
 
-    invite = f"INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: x\r\n{header}\r\n\r\nX-Sipserver-Srtp: required"
+    invite = (
+        f"INVITE sip:1@127.0.0.1 SIP/2.0\r\nVia: x\r\n{header}\r\n\r\nX-Sipserver-Srtp: required"
+    )
     assert srtp_policy(invite) == policy
