@@ -199,7 +199,8 @@ class _TlsAcceptor(asyncio.Protocol):
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             raw.close()
             reason = "handshake_timeout" if isinstance(exc, TimeoutError) else "handshake_failed"
-            log.info("sip_tls_handshake_failed", source=source, reason=reason, error=str(exc))
+            # Counted and logged once per interval by the refusal log; the detail at debug.
+            log.debug("sip_tls_handshake_failed", source=source, reason=reason, error=str(exc))
             if listeners.refusals is not None:
                 listeners.refusals.refuse("sip_tls", reason, source=source)
             return
