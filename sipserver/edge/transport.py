@@ -168,6 +168,7 @@ class _TlsAcceptor(asyncio.Protocol):
         self._listeners = listeners
         self._conn: _TcpConnection | None = None
         self._early: list[bytes] = []
+        self._early_size = 0
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,6 +207,9 @@ class _TlsAcceptor(asyncio.Protocol):
             return
         if tls is None or self._lost:
             return
+        if self._early_size > listeners.max_message_size:
+            tls.close()  # more than a message before the handshake was even reported
+            return
         conn = _TcpConnection(listeners, "tls")
         self._conn = conn
         conn.connection_made(tls)
@@ -216,11 +220,10 @@ class _TlsAcceptor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._conn is not None:
             self._conn.data_received(data)
-        elif sum(map(len, self._early)) < self._listeners.max_message_size:
-            self._early.append(data)
-
-    def eof_received(self) -> bool | None:
-        return None
+        else:
+            self._early_size += len(data)
+            if self._early_size <= self._listeners.max_message_size:
+                self._early.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
