@@ -74,6 +74,9 @@ from sipserver.edge.proxy_headers import (
     pop_top_via,
     set_max_forwards,
     set_received,
+    sip_toward_worker,
+    sips_toward_caller,
+    swap_scheme,
 )
 from sipserver.sip.headers import NameAddr, parse_contacts
 from sipserver.sip.invite_transaction import (
@@ -131,6 +134,8 @@ class _Call:
     answered_at: float | None = None
     ended_at: float | None = None
     legs: int = 0
+    secure: bool = False
+    """A SIPS dialog (a ``sips:`` Request-URI over TLS): see :func:`sips_toward_caller`."""
 
 
 @dataclass(slots=True, eq=False)
@@ -272,6 +277,7 @@ class CallProxy:
             caller_contact=str(contacts[0].uri),
             routes_to_caller=upstream_rr,
             started_at=now,
+            secure=request_uri.scheme == "sips" and source.transport == "tls",
         )
         self._calls[call_id] = call
         self._by_worker[worker_id] = self._by_worker.get(worker_id, 0) + 1
@@ -286,10 +292,11 @@ class CallProxy:
         items = set_received(items, source)
         items = [(n, v) for n, v in items if n not in ("Route", AGENT_HEADER, SRTP_HEADER)]
         items = set_max_forwards(items, max_forwards)
-        secure = request_uri.scheme == "sips"
-        items = insert_record_routes(items, self._record_routes_for(source.transport, secure))
+        items = insert_record_routes(items, self._record_routes_for(source.transport, call.secure))
         items.append((AGENT_HEADER, agent))
         items.append((SRTP_HEADER, srtp))
+        if call.secure:
+            items = sip_toward_worker(items)
         target = f"sip:{user}@{worker.hostport}" if user else f"sip:{worker.hostport}"
         out.append(
             self._start_client(
@@ -516,6 +523,12 @@ class CallProxy:
         items = self._pop_own_routes(items)
         items = set_received(items, source)
         items = set_max_forwards(items, max_forwards)
+        uri = request.uri
+        if call.secure and side is _Side.CALLER:
+            uri, items = swap_scheme(uri, secure=False), sip_toward_worker(items)
+        elif call.secure:
+            uri = swap_scheme(uri, secure=True)
+            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
 
         if method == "ACK":
             # RFC 3261 §16.11: stateless forwarding; the branch is a function of the incoming
@@ -524,7 +537,7 @@ class CallProxy:
             digest = hashlib.blake2s(incoming.encode("utf-8", "surrogateescape"), digest_size=8)
             branch = f"{self._stem}a{digest.hexdigest()}"
             via = self._via(to, branch, toward_worker=side is _Side.CALLER)
-            data = encode_relayed_request(method, request.uri, [("Via", via), *items], request.body)
+            data = encode_relayed_request(method, uri, [("Via", via), *items], request.body)
             return [Send(data, to)]
 
         server = self._new_server(request, source, call, side, server_key(request))
@@ -536,7 +549,7 @@ class CallProxy:
             out.append(Send(trying, source))
         out.append(
             self._start_client(
-                method, request.uri, items, request.body, to, server, call, side, now=now
+                method, uri, items, request.body, to, server, call, side, now=now
             )
         )
         return out
@@ -646,7 +659,12 @@ class CallProxy:
         if status == 503 and method == "INVITE":
             # RFC 3261 §16.7 step 6: a 503 is not forwarded upstream; it becomes 500.
             response = SipResponse(500, "Media Worker Unavailable", response.headers, response.body)
-        data = encode_relayed_response(response, pop_top_via(explode(list(response.headers))))
+        items = pop_top_via(explode(list(response.headers)))
+        if call is not None and call.secure and server.side is _Side.CALLER:
+            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
+        elif call is not None and call.secure:
+            items = sip_toward_worker(items)
+        data = encode_relayed_response(response, items)
         if server.txn.send_response(status, data, now=now):
             self._schedule(server)
         elif not (200 <= status < 300 and method == "INVITE"):

@@ -329,10 +329,12 @@ def caller_args(
     tls: tuple[str, ...] = (),
 ) -> list[str]:
     """The command line of tests/integration/pjsua2_caller.py calling ``number`` at the edge
-    (``sip_port`` is the TLS listener's with ``transport="tls"``; ``tls``: more options of the
-    caller, e.g. ``("--tls-ca", path)``)."""
+    (``sip_port`` is the TLS listener's with ``transport="tls"``, or ``"sips"`` for a sips:
+    URI over TLS; ``tls``: more options of the caller, e.g. ``("--tls-ca", path)``)."""
     uri = f"sip:{number}@127.0.0.1:{sip_port}"
-    if transport != "udp":
+    if transport == "sips":  # a SIPS URI: TLS, with sips: in the dialog (RFC 5630)
+        uri, transport = f"sips:{number}@127.0.0.1:{sip_port}", "tls"
+    elif transport != "udp":
         uri += f";transport={transport}"
     args = [
         sys.executable, str(Path(__file__).with_name("pjsua2_caller.py")),

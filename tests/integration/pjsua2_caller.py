@@ -111,6 +111,7 @@ def main() -> int:
     p.add_argument("--tls-ca", default="", help="CA bundle that signed the server certificate")
     p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default="")
+    p.add_argument("--log-level", type=int, default=1, help="pjsip log level on stderr")
     args = p.parse_args()
 
     ep = pj.Endpoint()
@@ -118,8 +119,8 @@ def main() -> int:
     cfg = pj.EpConfig()
     cfg.uaConfig.threadCnt = 0
     cfg.uaConfig.mainThreadOnly = True
-    cfg.logConfig.level = 1
-    cfg.logConfig.consoleLevel = 1
+    cfg.logConfig.level = args.log_level
+    cfg.logConfig.consoleLevel = args.log_level
     cfg.medConfig.clockRate = RATE
     cfg.medConfig.sndClockRate = RATE
     cfg.medConfig.ecTailLen = 0
@@ -140,7 +141,8 @@ def main() -> int:
         ep.codecSetPriority(codec.codecId, 255 if codec.codecId == "PCMU/8000/1" else 0)
     ep.libStart()
     acfg = pj.AccountConfig()
-    acfg.idUri = "sip:caller@127.0.0.1"
+    # A sips: target needs a sips: identity (pjsua refuses with 480 SIPS Required otherwise).
+    acfg.idUri = "sips:caller@127.0.0.1" if args.uri.startswith("sips:") else "sip:caller@127.0.0.1"
     acfg.sipConfig.transportId = tid
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
     acfg.mediaConfig.srtpUse = SRTP_USE[args.srtp]

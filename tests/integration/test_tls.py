@@ -328,6 +328,27 @@ def test_pjsua2_call_over_mutual_tls_with_srtp_required(
     assert server.metric("sipserver_sip_messages_in_total", transport="tls", method="INVITE") >= 2
 
 
+def test_pjsua2_call_to_a_sips_uri(server_factory: Any, ca: TestCa, tmp_path: Path) -> None:
+    """A sips: Request-URI (RFC 5630): the edge Record-Routes with sips: (RFC 3261 §16.6 step 4),
+    the caller routes its in-dialog requests by it, and the worker's BYE (a UDP hop on loopback
+    from the worker) reaches the caller over its TLS connection."""
+    from tests.integration.test_calls import wait_metric
+    from tests.integration.test_pjsua2_worker import tone
+    from tests.speech import write_wav
+
+    server = server_factory(with_tls(ca.issue("server")))
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    play = tmp_path / "play.wav"
+    write_wav(play, tone(1.0), 8000)
+    result = place_call(
+        sip_port=tls_port(server), number=NUMBER, user=DEMO_USER, password=DEMO_PASSWORD,
+        play=play, record=tmp_path / "rec.wav", seconds=0.5, dtmf="#", wait_bye=5,
+        timeout=60, transport="sips", tls=("--tls-ca", str(ca.path)),
+    )  # fmt: skip
+    assert result["ended_by"] == "remote", result  # the agent's BYE on '#' reached the caller
+    wait_metric(server, "sipserver_calls_ended_total", 1, reason="worker_bye")
+
+
 @pytest.mark.parametrize(
     ("agent", "caller", "status"),
     [

@@ -38,19 +38,12 @@ def tls_net() -> Net:
     return Net(proxy=proxy)
 
 
-@pytest.mark.parametrize(
-    ("ruri", "outside_rr"),
-    [
-        # A sip: request over TLS: TLS on the hop to the edge (RFC 5630 §3.1.3).
-        (f"sip:{NUMBER}@203.0.113.10", "<sip:203.0.113.10:5061;transport=tls;lr;r2=on>"),
-        # A sips: Request-URI needs a sips: Record-Route (RFC 3261 §16.6 step 4).
-        (f"sips:{NUMBER}@203.0.113.10", "<sips:203.0.113.10:5061;lr;r2=on>"),
-    ],
-)
-def test_tls_caller_call_and_both_byes(ruri: str, outside_rr: str) -> None:
+def test_tls_caller_call_and_both_byes() -> None:
+    # A sip: request over TLS: TLS on the hop to the edge only (RFC 5630 §3.1.3).
+    outside_rr = "<sip:203.0.113.10:5061;transport=tls;lr;r2=on>"
     net, caller, worker = tls_net(), caller_ua(TLS_CALLER), worker_ua()
     caller.contact = "sip:alice@198.51.100.7:50123;transport=tls"
-    invite = request(to(net.invite(caller.make_invite(ruri), TLS_CALLER), WORKER)[0])
+    invite = request(to(net.invite(caller.make_invite(), TLS_CALLER), WORKER)[0])
     # The hop to the worker stays UDP on loopback; the outside entry names the TLS listener.
     assert invite.top_via().transport == "UDP"
     assert invite.uri == f"sip:{NUMBER}@127.0.0.1:6001"
@@ -58,9 +51,9 @@ def test_tls_caller_call_and_both_byes(ruri: str, outside_rr: str) -> None:
     worker.on_invite(invite)
     ok = response(only(net.deliver(worker.answer(invite, 200, body=SDP), WORKER), TLS_CALLER))
     caller.on_answer(ok)
-    assert caller.route_set[0] == outside_rr
+    assert caller.route_set == [outside_rr, RR_INSIDE]
     # The caller's ACK and re-INVITE come back over TLS with the route set: both entries are
-    # the edge's and are removed (a sips: or transport=tls URI without a port means 5061).
+    # the edge's and are removed (a transport=tls URI without a port means 5061).
     only(net.deliver(caller.ack(), TLS_CALLER), WORKER)
     caller.route_set = [outside_rr.replace(":5061", ""), RR_INSIDE]
     reinvite = to(net.deliver(caller.in_dialog("INVITE", body=SDP), TLS_CALLER), WORKER)
@@ -72,6 +65,38 @@ def test_tls_caller_call_and_both_byes(ruri: str, outside_rr: str) -> None:
     top = bye.top_via()
     assert (top.transport, top.host, top.port) == ("TLS", "203.0.113.10", 5061)
     assert bye.uri == caller.contact
+    response(only(net.deliver(caller.answer(bye, 200), TLS_CALLER), WORKER))
+    net.assert_empty()
+
+
+def test_sips_dialog_is_sips_toward_the_caller_and_sip_toward_the_worker() -> None:
+    # RFC 3261 §16.6 step 4 and §12.1.1, RFC 5630 §4.1: every Record-Route entry and the
+    # Contact the caller sees are sips:; the worker (UDP on loopback) sees sip: ones.
+    outside_rr = "<sips:203.0.113.10:5061;lr;r2=on>"
+    inside_rr = "<sips:127.0.0.1:5070;lr;r2=on>"
+    net, caller, worker = tls_net(), caller_ua(TLS_CALLER), worker_ua()
+    caller.contact = "sips:alice@198.51.100.7:50123"
+    invite = request(to(net.invite(caller.make_invite(f"sips:{NUMBER}@x"), TLS_CALLER), WORKER)[0])
+    assert invite.headers.get_all("Record-Route") == [RR_INSIDE, outside_rr]
+    assert invite.headers.get("Contact") == "<sip:alice@198.51.100.7:50123>"
+    worker.on_invite(invite)
+    ok = response(only(net.deliver(worker.answer(invite, 200, body=SDP), WORKER), TLS_CALLER))
+    assert ok.headers.get_all("Record-Route") == [inside_rr, outside_rr]
+    assert ok.headers.get("Contact") == f"<sips:{NUMBER}@127.0.0.1:6001>"
+    caller.on_answer(ok)
+    ack = request(only(net.deliver(caller.ack(), TLS_CALLER), WORKER))
+    assert ack.uri == worker.contact and "Route" not in ack.headers
+    sends = net.deliver(caller.in_dialog("INVITE", body=SDP), TLS_CALLER)
+    reinvite = request(to(sends, WORKER)[0])
+    assert reinvite.uri == worker.contact
+    assert reinvite.headers.get("Contact") == "<sip:alice@198.51.100.7:50123>"
+    sends = net.deliver(worker.answer(reinvite, 200, body=SDP), WORKER)
+    assert response(only(sends, TLS_CALLER)).headers.get("Contact") == (
+        f"<sips:{NUMBER}@127.0.0.1:6001>"
+    )
+    # The worker's BYE (to the sip: target it was given) reaches the caller as sips:.
+    bye = request(only(net.deliver(worker.in_dialog("BYE"), WORKER), TLS_CALLER))
+    assert bye.uri == "sips:alice@198.51.100.7:50123"
     response(only(net.deliver(caller.answer(bye, 200), TLS_CALLER), WORKER))
     net.assert_empty()
 

@@ -197,3 +197,25 @@ def test_srtp_without_tls_is_warned(server_cert: CertFiles) -> None:
     with_tls = tls_doc(certificate=str(server_cert.cert), key=str(server_cert.key))
     with_tls["agents"] = [_agent("optional")]
     assert srtp_warnings(parse(with_tls)) == []
+
+
+def test_check_config_prints_tls_errors_and_the_srtp_warning(
+    tmp_path: Path, server_cert: CertFiles, ca: TestCa, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sipserver.cli import main
+
+    other = ca.issue("other")
+    bad = tmp_path / "bad.yaml"
+    doc = tls_doc(certificate="server.pem", key=other.key.name)  # relative to the file
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"server.sip.tls.key: does not match the certificate {server_cert.cert}" in err
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"agents": [_agent("optional")]}))
+    assert main(["check-config", str(plain)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: agents[0].sip.srtp is 'optional' but server.sip.tls has no listener" in (
+        captured.err
+    )
+    assert "1 warning(s)" in captured.out
