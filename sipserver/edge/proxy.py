@@ -548,9 +548,7 @@ class CallProxy:
             server.txn.send_response(100, trying, now=now)
             out.append(Send(trying, source))
         out.append(
-            self._start_client(
-                method, uri, items, request.body, to, server, call, side, now=now
-            )
+            self._start_client(method, uri, items, request.body, to, server, call, side, now=now)
         )
         return out
 
