@@ -856,9 +856,9 @@ class CallProxy:
         The outside entry names the caller's transport and that listener's port, so that
         in-dialog requests come back the same way; one entry when it would equal the inside
         one. Towards a TLS caller it is ``sips:`` when the Request-URI was (RFC 3261 §16.6
-        step 4: a SIPS Request-URI needs a SIPS Record-Route; RFC 5630 §4.1: TLS on every hop
+        step 4: a SIPS Request-URI needs a SIPS Record-Route; RFC 5630: TLS on every hop
         of the dialog), else ``sip:...;transport=tls``: TLS on the hop to the edge only, which
-        is what a ``sip:`` request over TLS asked for (RFC 5630 §3.1.3).
+        is what a ``sip:`` request over TLS asked for (RFC 5630).
         """
         cached = self._record_routes.get((transport, secure))
         if cached is not None:

@@ -79,7 +79,7 @@ def sips_toward_caller(items: list[tuple[str, str]], inside: str) -> list[tuple[
     """A message of a SIPS dialog on its way to the caller: the edge's inside Record-Route
     entry (``inside``, as inserted) and the worker's Contact become ``sips:``.
 
-    RFC 5630 §4.1 / RFC 3261 §12.1.1: in a dialog set up by a SIPS Request-URI every
+    RFC 5630 / RFC 3261 §12.1.1: in a dialog set up by a SIPS Request-URI every
     Record-Route entry and the Contact must be SIPS (pjsip ends the call otherwise: "Secure
     dialog requires SIPS scheme"). The hop between edge and worker is the edge's own loopback
     (the edge and the worker are the one user agent the caller talks to), so the edge rewrites

@@ -39,7 +39,7 @@ def tls_net() -> Net:
 
 
 def test_tls_caller_call_and_both_byes() -> None:
-    # A sip: request over TLS: TLS on the hop to the edge only (RFC 5630 §3.1.3).
+    # A sip: request over TLS: TLS on the hop to the edge only (RFC 5630).
     outside_rr = "<sip:203.0.113.10:5061;transport=tls;lr;r2=on>"
     net, caller, worker = tls_net(), caller_ua(TLS_CALLER), worker_ua()
     caller.contact = "sip:alice@198.51.100.7:50123;transport=tls"
@@ -70,7 +70,7 @@ def test_tls_caller_call_and_both_byes() -> None:
 
 
 def test_sips_dialog_is_sips_toward_the_caller_and_sip_toward_the_worker() -> None:
-    # RFC 3261 §16.6 step 4 and §12.1.1, RFC 5630 §4.1: every Record-Route entry and the
+    # RFC 3261 §16.6 step 4 and §12.1.1, RFC 5630: every Record-Route entry and the
     # Contact the caller sees are sips:; the worker (UDP on loopback) sees sip: ones.
     outside_rr = "<sips:203.0.113.10:5061;lr;r2=on>"
     inside_rr = "<sips:127.0.0.1:5070;lr;r2=on>"
@@ -125,7 +125,7 @@ def test_srtp_policy_reaches_the_worker_and_a_callers_copy_does_not(policy: str)
 
 
 def test_a_binding_registered_over_tls_keeps_its_transport() -> None:
-    # RFC 5630 §3.1.3 / RFC 3261 §10.3: the Contact is stored as given (transport=tls) and the
+    # RFC 5630 / RFC 3261 §10.3: the Contact is stored as given (transport=tls) and the
     # binding remembers it came over TLS, so requests to it can go back that way.
     store = MemoryStore()
     router, _ = make_router(store=store)
