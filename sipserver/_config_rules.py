@@ -58,12 +58,12 @@ __all__ = [
     "format_path",
     "int_text",
     "issues_from_validation",
+    "none_is_empty",
     "normalize_number",
     "one_or_many",
     "parse_host_port",
     "parse_store",
     "read_yaml",
-    "reject_tls",
 ]
 
 Loc = tuple[int | str, ...]
@@ -374,10 +374,9 @@ def check_workers(value: object) -> object:
     raise ValueError(f"must be 'auto' or an integer >= 1 (got {value!r})")
 
 
-def reject_tls(value: object) -> None:
-    """TLS listeners come later: only ``null`` is accepted."""
-    if value is not None:
-        raise ValueError("TLS is not supported yet; remove server.sip.tls or set it to null")
+def none_is_empty(value: object) -> object:
+    """``null`` (or an empty YAML key) is an empty settings block: every default."""
+    return {} if value is None else value
 
 
 def one_or_many(value: object) -> object:

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from sipserver import _config_rules as rules
 from sipserver._config_rules import RuleErrors, normalize_number, parse_host_port
+from sipserver._config_tls import SipTlsConfig
 from sipserver._config_types import DigestAlgorithm, Host, HostPort, Listeners
 from sipserver._config_types import StrictModel as _Model
 
@@ -24,6 +25,7 @@ __all__ = [
     "NumberingPlan",
     "ServerConfig",
     "SipServerConfig",
+    "SipTlsConfig",
 ]
 
 
@@ -101,8 +103,10 @@ class SipServerConfig(_Model):
     """UDP listeners, ``host:port`` (``[::]:5060`` for IPv6); one string or a list; ``[]``: off."""
     tcp: Listeners = Field(default_factory=lambda: ["127.0.0.1:5060"])
     """TCP listeners, like ``udp``."""
-    tls: Annotated[None, BeforeValidator(rules.reject_tls)] = None
-    """Reserved for TLS listeners; only ``null`` is accepted for now."""
+    tls: Annotated[SipTlsConfig, BeforeValidator(rules.none_is_empty)] = Field(
+        default_factory=SipTlsConfig
+    )
+    """SIP over TLS listeners, certificate and client verification; ``null``: off."""
     digest_algorithms: Annotated[list[DigestAlgorithm], AfterValidator(rules.check_unique)] = Field(
         ["MD5"], min_length=1
     )
@@ -150,6 +154,11 @@ class SipServerConfig(_Model):
     def tcp_addresses(self) -> list[tuple[str, int]]:
         """The TCP listeners as ``(host, port)``; IPv6 hosts without brackets."""
         return [parse_host_port(item) for item in self.tcp]
+
+    @property
+    def tls_addresses(self) -> list[tuple[str, int]]:
+        """The TLS listeners as ``(host, port)``; IPv6 hosts without brackets."""
+        return [parse_host_port(item) for item in self.tls.listen]
 
 
 class MediaConfig(_Model):

@@ -21,6 +21,7 @@ from sipserver.config import (
     config_dir,
     embedded_config_path,
     load_config,
+    srtp_warnings,
 )
 from sipserver.data_dir import DataDirError
 from sipserver.pipeline.knowledge import knowledge_base_warnings
@@ -83,7 +84,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
-    warnings = knowledge_base_warnings(config, config_dir(args.file))
+    warnings = knowledge_base_warnings(config, config_dir(args.file)) + srtp_warnings(config)
     for line in warnings:
         print(f"  warning: {line}", file=sys.stderr)
     counted = f", {len(warnings)} warning(s)" if warnings else ""
@@ -208,7 +209,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         return 1
-    for line in knowledge_base_warnings(config, config_dir(_config_path(args.config))):
+    base = config_dir(_config_path(args.config))
+    for line in knowledge_base_warnings(config, base) + srtp_warnings(config):
         print(f"warning: {line}", file=sys.stderr)
     pid_file = pid_file_path(config)
     results = result_path(config)

@@ -67,6 +67,7 @@ from sipserver._config_server import (
     ServerConfig,
     SipServerConfig,
 )
+from sipserver._config_tls import SipTlsConfig
 from sipserver._config_types import Duration, Fraction
 from sipserver._config_types import StrictModel as _Model
 
@@ -93,6 +94,7 @@ __all__ = [
     "ServerConfig",
     "SipServerConfig",
     "SipSettings",
+    "SipTlsConfig",
     "TurnDetectionSettings",
     "User",
     "VadSettings",
@@ -103,6 +105,7 @@ __all__ = [
     "normalize_number",
     "parse_config",
     "parse_host_port",
+    "srtp_warnings",
 ]
 
 Role = Literal["admin", "workspace_admin", "supervisor", "agent", "viewer"]
@@ -336,6 +339,12 @@ class SipSettings(_Model):
     """Accept ``invite_auth: ip`` with ``allowed_ips`` that cover every address (``0.0.0.0/0``,
     ``::/0``): anyone on the internet may then call the agent without a password. Refused
     unless this is true."""
+    srtp: Literal["off", "optional", "required"] = "off"
+    """SDES-SRTP (RFC 4568) on the call's media: ``off`` answers plain RTP (RTP/AVP; an offer
+    of RTP/SAVP only gets 488), ``optional`` answers SRTP when the offer has crypto
+    attributes and plain RTP otherwise, ``required`` answers 488 to an offer without them.
+    SDES keys travel in the SDP: without SIP over TLS (``server.sip.tls``) an eavesdropper on
+    the signalling reads them."""
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = PrivateAttr(())
 
     def model_post_init(self, context: Any, /) -> None:
@@ -777,3 +786,19 @@ def parse_config(
     issues = [issue for issue in issues if not caused_by_unset(issue)]
     lines = [f"{rules.format_path(loc)}: {message}" for loc, message in unset + issues]
     raise ConfigError(list(dict.fromkeys(lines)), source=source)
+
+
+def srtp_warnings(config: Config) -> list[str]:
+    """Agents with SRTP but no SIP over TLS to carry its keys (``check-config`` prints these).
+
+    SDES (RFC 4568 §8.1) puts the media keys in the SDP: over UDP or TCP anyone who sees the
+    signalling can decrypt the media, so SRTP alone protects nothing against that eavesdropper.
+    """
+    if config.server.sip.tls.listen:
+        return []
+    return [
+        f"agents[{index}].sip.srtp is {agent.sip.srtp!r} but server.sip.tls has no listener:"
+        " SDES keys travel in the SDP, readable by anyone who sees the signalling"
+        for index, agent in enumerate(config.agents)
+        if agent.sip.enabled and agent.sip.srtp != "off"
+    ]

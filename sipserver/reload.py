@@ -71,12 +71,14 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.login_limit": "live",
     # Checked on each request to /status or /metrics on the public listener.
     "server.admin_token": "live",
+    # Read again into a new TLS context for new connections (a renewed certificate).
+    "server.sip.tls": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.admin_http": "restart",
     "server.sip.udp": "restart",
     "server.sip.tcp": "restart",
-    "server.sip.tls": "restart",
+    "server.sip.tls.listen": "restart",
     "server.sip.max_message_size": "restart",
     "server.sip.nonce_ttl": "restart",
     "server.sip.ban": "restart",

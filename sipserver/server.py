@@ -104,8 +104,11 @@ def _call_proxy(config: Config) -> CallProxy | None:
     host, port = udp[0]
     inside_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     outside_host = config.server.public_host
+    tls = config.server.sip.tls_addresses
     return CallProxy(
-        outside=Endpoint("udp", outside_host, port), inside=Endpoint("udp", inside_host, port)
+        outside=Endpoint("udp", outside_host, port),
+        inside=Endpoint("udp", inside_host, port),
+        outside_ports={"tls": tls[0][1]} if tls else None,
     )
 
 
@@ -199,7 +202,7 @@ class Server:
         self.metrics.ready.set_function(lambda: float(self.readiness_report().ready))
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
-            self.router, self.metrics, max_message_size=sip.max_message_size
+            self.router, self.metrics, max_message_size=sip.max_message_size, refusals=self.refusals
         )
         self._http_runner: web.AppRunner | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
@@ -504,6 +507,15 @@ class Server:
             # The file is valid but its models or knowledge bases cannot be built: keep the
             # running configuration whole rather than half of each.
             return self._reload_failed([f"cannot build the voice models: {exc!r}"])
+        tls = config.server.sip.tls
+        tls_context = None
+        if tls.listen:
+            # Read the certificate files again, even under the same names: a renewed
+            # certificate is picked up by new connections; connections up keep theirs.
+            try:
+                tls_context = await asyncio.to_thread(tls.server_context)
+            except ValueError as exc:
+                return self._reload_failed([f"server.sip.tls.{exc}"])
         if self.readiness.draining:  # a stop came while the models were built
             return self._reload_failed(["the server is stopping; nothing reloaded"])
         # Nothing awaits from here on: the swap is atomic for the requests the loop serves.
@@ -521,6 +533,9 @@ class Server:
             self.proxy.set_outside_host(config.server.public_host)
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
+        if tls_context is not None:
+            self.listeners.tls_context = tls_context
+            self.listeners.tls_handshake_timeout = tls.handshake_timeout
         self.config = config
         _apply_log_rate_limit(config)
         self.metrics.config_reloads.labels("ok").inc()
@@ -587,7 +602,10 @@ class Server:
         self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
-        await self.listeners.start(list(sip.udp), list(sip.tcp))
+        if sip.tls.listen:
+            self.listeners.tls_context = await asyncio.to_thread(sip.tls.server_context)
+            self.listeners.tls_handshake_timeout = sip.tls.handshake_timeout
+        await self.listeners.start(list(sip.udp), list(sip.tcp), list(sip.tls.listen))
         app = build_app(
             self.metrics,
             self.status,

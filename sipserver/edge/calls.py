@@ -6,10 +6,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sipserver.sip.headers import AGENT_HEADER
+from sipserver.sip.headers import AGENT_HEADER, SRTP_HEADER
 
 __all__ = [
     "AGENT_HEADER",
+    "SRTP_HEADER",
     "CallAnswered",
     "CallEnded",
     "CallInfo",

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from sipserver.edge.calls import (
     AGENT_HEADER,
+    SRTP_HEADER,
     CallAnswered,
     CallEnded,
     CallInfo,
@@ -73,6 +74,9 @@ from sipserver.edge.proxy_headers import (
     pop_top_via,
     set_max_forwards,
     set_received,
+    sip_toward_worker,
+    sips_toward_caller,
+    swap_scheme,
 )
 from sipserver.sip.headers import NameAddr, parse_contacts
 from sipserver.sip.invite_transaction import (
@@ -90,6 +94,7 @@ from sipserver.sip.message import Headers, SipRequest, SipResponse, encode_respo
 
 __all__ = [
     "AGENT_HEADER",
+    "SRTP_HEADER",
     "CallAnswered",
     "CallEnded",
     "CallInfo",
@@ -129,6 +134,8 @@ class _Call:
     answered_at: float | None = None
     ended_at: float | None = None
     legs: int = 0
+    secure: bool = False
+    """A SIPS dialog (a ``sips:`` Request-URI over TLS): see :func:`sips_toward_caller`."""
 
 
 @dataclass(slots=True, eq=False)
@@ -173,6 +180,9 @@ class CallProxy:
         branch_prefix: start of every Via branch the edge generates (RFC 3261 magic cookie).
         instance: a token making this instance's branches unique (random by default; fixed in
             tests).
+        outside_ports: the edge's port per transport where it is not ``outside.port`` (the TLS
+            listener's, usually 5061): Via and Record-Route towards a caller name the port of
+            the transport it came in on.
     """
 
     def __init__(
@@ -182,8 +192,10 @@ class CallProxy:
         inside: Endpoint,
         branch_prefix: str = "z9hG4bK",
         instance: str | None = None,
+        outside_ports: Mapping[str, int] | None = None,
     ) -> None:
         self._outside = outside
+        self._outside_ports = dict(outside_ports or {})
         self._inside = inside
         token = instance if instance is not None else secrets.token_hex(4)
         self._stem = f"{branch_prefix}-sp{token}-"
@@ -198,8 +210,9 @@ class CallProxy:
         self._own = {
             hostport_key(outside.host, outside.port),
             hostport_key(inside.host, inside.port),
+            *(hostport_key(outside.host, port) for port in self._outside_ports.values()),
         }
-        self._record_routes: dict[str, tuple[str, ...]] = {}
+        self._record_routes: dict[tuple[str, bool], tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -212,6 +225,7 @@ class CallProxy:
         worker: Endpoint,
         agent: str,
         now: float,
+        srtp: str = "off",
     ) -> list[Send]:
         """Forward an authorised dialog-creating INVITE to a worker.
 
@@ -222,6 +236,7 @@ class CallProxy:
             worker: the worker's SIP address (loopback).
             agent: the agent slug the called number maps to.
             now: current time (seconds, the adapter's clock).
+            srtp: the agent's SRTP policy, for the worker (``X-Sipserver-Srtp``).
 
         Returns:
             100 Trying to the caller and the INVITE to the worker; or one error response
@@ -245,7 +260,8 @@ class CallProxy:
             contacts = parse_contacts(request.headers.get_all("Contact"))
             if contacts == "*" or not contacts:
                 return [self._stateless(request, source, 400, "Missing Contact")]
-            user = request.request_uri().user
+            request_uri = request.request_uri()
+            user = request_uri.user
             upstream_rr = tuple(request.headers.get_all("Record-Route"))
         except ValueError as exc:
             return [self._stateless(request, source, 400, _reason(exc))]
@@ -261,6 +277,7 @@ class CallProxy:
             caller_contact=str(contacts[0].uri),
             routes_to_caller=upstream_rr,
             started_at=now,
+            secure=request_uri.scheme == "sips" and source.transport == "tls",
         )
         self._calls[call_id] = call
         self._by_worker[worker_id] = self._by_worker.get(worker_id, 0) + 1
@@ -273,10 +290,13 @@ class CallProxy:
         # Route (the edge's own pre-loaded entries removed; the worker is the target), Via.
         items = explode(list(request.headers))
         items = set_received(items, source)
-        items = [(n, v) for n, v in items if n != "Route" and n != AGENT_HEADER]
+        items = [(n, v) for n, v in items if n not in ("Route", AGENT_HEADER, SRTP_HEADER)]
         items = set_max_forwards(items, max_forwards)
-        items = insert_record_routes(items, self._record_routes_for(source.transport))
+        items = insert_record_routes(items, self._record_routes_for(source.transport, call.secure))
         items.append((AGENT_HEADER, agent))
+        items.append((SRTP_HEADER, srtp))
+        if call.secure:
+            items = sip_toward_worker(items)
         target = f"sip:{user}@{worker.hostport}" if user else f"sip:{worker.hostport}"
         out.append(
             self._start_client(
@@ -432,7 +452,8 @@ class CallProxy:
         callers from now on. Route entries naming the previous address are still recognised as
         this edge's own, so dialogs set up before keep working (RFC 3261 §16.4)."""
         self._outside = Endpoint(self._outside.transport, host, self._outside.port)
-        self._own.add(hostport_key(host, self._outside.port))
+        for port in (self._outside.port, *self._outside_ports.values()):
+            self._own.add(hostport_key(host, port))
         self._record_routes.clear()
 
     def active_calls(self) -> int:
@@ -502,6 +523,12 @@ class CallProxy:
         items = self._pop_own_routes(items)
         items = set_received(items, source)
         items = set_max_forwards(items, max_forwards)
+        uri = request.uri
+        if call.secure and side is _Side.CALLER:
+            uri, items = swap_scheme(uri, secure=False), sip_toward_worker(items)
+        elif call.secure:
+            uri = swap_scheme(uri, secure=True)
+            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
 
         if method == "ACK":
             # RFC 3261 §16.11: stateless forwarding; the branch is a function of the incoming
@@ -510,7 +537,7 @@ class CallProxy:
             digest = hashlib.blake2s(incoming.encode("utf-8", "surrogateescape"), digest_size=8)
             branch = f"{self._stem}a{digest.hexdigest()}"
             via = self._via(to, branch, toward_worker=side is _Side.CALLER)
-            data = encode_relayed_request(method, request.uri, [("Via", via), *items], request.body)
+            data = encode_relayed_request(method, uri, [("Via", via), *items], request.body)
             return [Send(data, to)]
 
         server = self._new_server(request, source, call, side, server_key(request))
@@ -521,9 +548,7 @@ class CallProxy:
             server.txn.send_response(100, trying, now=now)
             out.append(Send(trying, source))
         out.append(
-            self._start_client(
-                method, request.uri, items, request.body, to, server, call, side, now=now
-            )
+            self._start_client(method, uri, items, request.body, to, server, call, side, now=now)
         )
         return out
 
@@ -632,7 +657,12 @@ class CallProxy:
         if status == 503 and method == "INVITE":
             # RFC 3261 §16.7 step 6: a 503 is not forwarded upstream; it becomes 500.
             response = SipResponse(500, "Media Worker Unavailable", response.headers, response.body)
-        data = encode_relayed_response(response, pop_top_via(explode(list(response.headers))))
+        items = pop_top_via(explode(list(response.headers)))
+        if call is not None and call.secure and server.side is _Side.CALLER:
+            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
+        elif call is not None and call.secure:
+            items = sip_toward_worker(items)
+        data = encode_relayed_response(response, items)
         if server.txn.send_response(status, data, now=now):
             self._schedule(server)
         elif not (200 <= status < 300 and method == "INVITE"):
@@ -815,29 +845,43 @@ class CallProxy:
     ) -> Send:
         return Send(encode_response(request, status, reason, to_tag=_to_tag(request)), source)
 
-    def _record_routes_for(self, transport: str) -> tuple[str, ...]:
+    def _outside_on(self, transport: str) -> Endpoint:
+        """The edge's outside address on ``transport`` (its listener's port)."""
+        port = self._outside_ports.get(transport, self._outside.port)
+        return Endpoint(transport, self._outside.host, port)
+
+    def _record_routes_for(self, transport: str, secure: bool = False) -> tuple[str, ...]:
         """The edge's Record-Route entries for a caller on ``transport`` (RFC 5658 §4).
 
-        The outside entry names the caller's transport, so that in-dialog requests come back
-        the same way; one entry when it would equal the inside one.
+        The outside entry names the caller's transport and that listener's port, so that
+        in-dialog requests come back the same way; one entry when it would equal the inside
+        one. Towards a TLS caller it is ``sips:`` when the Request-URI was (RFC 3261 §16.6
+        step 4: a SIPS Request-URI needs a SIPS Record-Route; RFC 5630: TLS on every hop
+        of the dialog), else ``sip:...;transport=tls``: TLS on the hop to the edge only, which
+        is what a ``sip:`` request over TLS asked for (RFC 5630).
         """
-        entries = self._record_routes.get(transport)
-        if entries is None:
-            inside = self._inside
-            outside = Endpoint(transport, self._outside.host, self._outside.port)
-            if outside == inside:
-                entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
+        cached = self._record_routes.get((transport, secure))
+        if cached is not None:
+            return cached
+        inside = self._inside
+        outside = self._outside_on(transport)
+        entries: tuple[str, ...]
+        if outside == inside:
+            entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
+        else:
+            inner = f"<sip:{inside.hostport};transport={inside.transport};lr;r2=on>"
+            if secure and transport == "tls":
+                outer = f"<sips:{outside.hostport};lr;r2=on>"
             else:
-                entries = tuple(
-                    f"<sip:{e.hostport};transport={e.transport};lr;r2=on>"
-                    for e in (inside, outside)
-                )
-            self._record_routes[transport] = entries
+                outer = f"<sip:{outside.hostport};transport={transport};lr;r2=on>"
+            entries = (inner, outer)
+        self._record_routes[(transport, secure)] = entries
         return entries
 
     def _via(self, to: Endpoint, branch: str, *, toward_worker: bool) -> str:
-        """The edge's Via: its inside address towards workers, outside towards callers."""
-        local = self._inside if toward_worker else self._outside
+        """The edge's Via: its inside address towards workers, outside towards callers (with
+        the port of the caller's transport: ``SIP/2.0/TLS host:5061``, RFC 3261 §18.2.1)."""
+        local = self._inside if toward_worker else self._outside_on(to.transport)
         return f"SIP/2.0/{to.transport.upper()} {local.hostport};branch={branch};rport"
 
     def _is_own(self, route: str) -> bool:
@@ -845,7 +889,9 @@ class CallProxy:
             uri = NameAddr.parse(route).uri
         except ValueError:
             return False
-        return hostport_key(uri.host, uri.port or 5060) in self._own
+        # RFC 3261 §19.1.2 / RFC 3263 §4.2: sips: or transport=tls without a port means 5061.
+        default = 5061 if uri.scheme == "sips" or uri.transport == "tls" else 5060
+        return hostport_key(uri.host, uri.port or default) in self._own
 
     def _pop_own_routes(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

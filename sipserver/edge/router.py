@@ -109,7 +109,7 @@ def server_names(config: Config) -> ServerNames:
         checks (the authenticator); build them once and give both the same object.
     """
     server = config.server
-    listeners = [*server.sip.udp_addresses, *server.sip.tcp_addresses]
+    listeners = [*server.sip.udp_addresses, *server.sip.tcp_addresses, *server.sip.tls_addresses]
     hosts = [*server.domains, server.public_host, server.effective_realm, "localhost"]
     hosts += [host for host, _ in listeners]
     return ServerNames.build(hosts, ports=[port for _, port in listeners])
@@ -120,7 +120,7 @@ class Peer:
     """Where a message came from."""
 
     transport: str
-    """``udp`` or ``tcp``."""
+    """``udp``, ``tcp`` or ``tls``."""
     host: str
     """Source IP address (no brackets)."""
     port: int
@@ -423,6 +423,7 @@ class SipRouter:
             worker=worker,
             agent=agent.slug,
             now=now,
+            srtp=agent.sip.srtp,
         )
         metrics.call_result("routed")
         return self._proxied(sends)

@@ -3,8 +3,11 @@
 UDP: one datagram is one message (RFC 3261 §18.3); CRLF keepalives are ignored. TCP: messages
 are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answered with a CRLF
 pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection;
-connections idle longer than ``idle_timeout`` are closed. Every listener takes ``host:port`` with
-IPv4 or IPv6 (``[::]:5060``) addresses.
+connections idle longer than ``idle_timeout`` are closed. TLS (RFC 3261 §26.2): the same stream
+connection after a TLS handshake, with the transport named ``tls`` to the router; each accepted
+connection takes the server context in force (:attr:`SipListeners.tls_context`, swapped by a
+reload) through ``loop.start_tls``, within a handshake deadline. Every listener takes
+``host:port`` with IPv4 or IPv6 (``[::]:5060``) addresses.
 
 Time: the router gets the event loop's monotonic ``loop.time()`` for its timers, transactions,
 nonces and bans, and the wall clock only for binding expiry and the Date header (see
@@ -16,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import cast
 
 from sipserver.edge.router import Outgoing, Peer, SipRouter
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.sip.framing import FramingError, StreamFramer
 from sipserver.tasks import cancel_and_wait
 
@@ -84,17 +88,19 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, listeners: SipListeners) -> None:
+    def __init__(self, listeners: SipListeners, transport_name: str = "tcp") -> None:
         self._listeners = listeners
         self._framer = StreamFramer(max_message_size=listeners.max_message_size)
         self._transport: asyncio.Transport | None = None
-        self._peer = Peer("tcp", "", 0)
+        self._name = transport_name
+        """``tcp`` or ``tls``: the router's name for the transport (Via, Record-Route)."""
+        self._peer = Peer(transport_name, "", 0)
         self._last_activity = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         addr = self._transport.get_extra_info("peername")
-        self._peer = Peer("tcp", str(addr[0]), int(addr[1]))
+        self._peer = Peer(self._name, str(addr[0]), int(addr[1]))
         self._last_activity = self._listeners.clock()
         self._listeners.connections.add(self)
         self._listeners.by_peer[(self._peer.host, self._peer.port)] = self
@@ -115,7 +121,7 @@ class _TcpConnection(asyncio.Protocol):
             messages = self._framer.feed(data)
         except FramingError as exc:
             log.info("sip_tcp_framing_error", source=self._peer.host, reason=str(exc))
-            self._listeners.metrics.parse_errors.labels("tcp", "no").inc()
+            self._listeners.metrics.parse_errors.labels(self._name, "no").inc()
             transport.close()
             return
         listeners = self._listeners
@@ -128,7 +134,7 @@ class _TcpConnection(asyncio.Protocol):
                 message, self._peer, now=listeners.clock(), wall=listeners.wall_clock()
             )
             for item in out:
-                if item.transport in ("", "tcp") and (item.host, item.port) == (
+                if item.transport in ("", self._name) and (item.host, item.port) == (
                     self._peer.host,
                     self._peer.port,
                 ):
@@ -149,6 +155,82 @@ class _TcpConnection(asyncio.Protocol):
             self._transport.close()
 
 
+class _TlsAcceptor(asyncio.Protocol):
+    """A TCP connection to a TLS listener until its handshake is done.
+
+    Reading pauses at once (the ClientHello waits in the socket), then ``loop.start_tls`` runs
+    the handshake with the context in force now and a deadline. Done, the connection becomes a
+    :class:`_TcpConnection` named ``tls``; records decrypted before that (a request sent with
+    the handshake's last flight) are kept and handed over first.
+    """
+
+    def __init__(self, listeners: SipListeners) -> None:
+        self._listeners = listeners
+        self._conn: _TcpConnection | None = None
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        raw.pause_reading()
+        task = asyncio.create_task(self._handshake(raw), name="sip-tls-handshake")
+        self._listeners.handshakes.add(task)
+        task.add_done_callback(self._listeners.handshakes.discard)
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        listeners = self._listeners
+        context = listeners.tls_context
+        peer = raw.get_extra_info("peername")
+        source = str(peer[0]) if peer else ""
+        if context is None:
+            raw.close()
+            return
+        timeout = listeners.tls_handshake_timeout
+        try:
+            # Our own deadline (asyncio's ssl_handshake_timeout, a second later, is a backstop:
+            # it reports ConnectionAbortedError, which cannot be told from a peer's abort).
+            async with asyncio.timeout(timeout):
+                tls = await asyncio.get_running_loop().start_tls(
+                    raw, self, context, server_side=True, ssl_handshake_timeout=timeout + 1
+                )
+        except asyncio.CancelledError:
+            raw.close()
+            raise
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            raw.close()
+            reason = "handshake_timeout" if isinstance(exc, TimeoutError) else "handshake_failed"
+            # Counted and logged once per interval by the refusal log; the detail at debug.
+            log.debug("sip_tls_handshake_failed", source=source, reason=reason, error=str(exc))
+            if listeners.refusals is not None:
+                listeners.refusals.refuse("sip_tls", reason, source=source)
+            return
+        if tls is None or self._lost:
+            return
+        if self._early_size > listeners.max_message_size:
+            tls.close()  # more than a message before the handshake was even reported
+            return
+        conn = _TcpConnection(listeners, "tls")
+        self._conn = conn
+        conn.connection_made(tls)
+        for data in self._early:
+            conn.data_received(data)
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._conn is not None:
+            self._conn.data_received(data)
+        else:
+            self._early_size += len(data)
+            if self._early_size <= self._listeners.max_message_size:
+                self._early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._conn is not None:
+            self._conn.connection_lost(exc)
+
+
 class SipListeners:
     """The UDP and TCP listeners of the edge plus the router's periodic timer.
 
@@ -160,6 +242,7 @@ class SipListeners:
         wall_clock: wall-clock time for binding expiry and the Date header (``time.time``).
         max_message_size: largest TCP message accepted.
         idle_timeout: close TCP connections idle for longer than this (seconds).
+        refusals: counts and logs refused connections (failed TLS handshakes).
     """
 
     def __init__(
@@ -171,6 +254,7 @@ class SipListeners:
         wall_clock: Clock = time.time,
         max_message_size: int = 65535,
         idle_timeout: float = 600.0,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self.router = router
         self.metrics = metrics
@@ -178,6 +262,12 @@ class SipListeners:
         self.wall_clock = wall_clock
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
+        self.refusals = refusals
+        self.tls_context: ssl.SSLContext | None = None
+        """Server context of TLS connections accepted from now on (a reload swaps it)."""
+        self.tls_handshake_timeout = 10.0
+        """Seconds a TLS client has to finish its handshake."""
+        self.handshakes: set[asyncio.Task[None]] = set()
         self.connections: set[_TcpConnection] = set()
         self.by_peer: dict[tuple[str, int], _TcpConnection] = {}
         """Open TCP connections by the peer's (host, port): requests towards a caller that
@@ -188,10 +278,14 @@ class SipListeners:
         """(transport, host, port) of every listener, with the real port when 0 was asked."""
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
+        self._tls: list[asyncio.Server] = []
         self._ticker: asyncio.Task[None] | None = None
 
-    async def start(self, udp: list[str], tcp: list[str]) -> None:
-        """Bind every listener; raises OSError naming the address that could not be bound."""
+    async def start(self, udp: list[str], tcp: list[str], tls: list[str] | None = None) -> None:
+        """Bind every listener; raises OSError naming the address that could not be bound.
+
+        TLS listeners need :attr:`tls_context` set first.
+        """
         loop = asyncio.get_running_loop()
         for spec in udp:
             host, port = parse_host_port(spec)
@@ -218,13 +312,23 @@ class SipListeners:
                 raise OSError(exc.errno, f"cannot bind SIP TCP {spec}: {exc.strerror}") from exc
             self._tcp.append(server)
             self.bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+        for spec in tls or ():
+            host, port = parse_host_port(spec, 5061)
+            try:
+                server = await loop.create_server(
+                    lambda: _TlsAcceptor(self), host=host, port=port, reuse_address=True
+                )
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot bind SIP TLS {spec}: {exc.strerror}") from exc
+            self._tls.append(server)
+            self.bound.append(("tls", host, int(server.sockets[0].getsockname()[1])))
         self._ticker = asyncio.create_task(self._tick(), name="sip-edge-timer")
         for transport_name, host, port in self.bound:
             log.info("sip_listening", transport=transport_name, host=host, port=port)
 
     def deliver(self, item: Outgoing) -> None:
         """Send a message that does not simply go back the way its trigger came."""
-        if item.transport == "tcp":
+        if item.transport in ("tcp", "tls"):
             conn = self.by_peer.get((item.host, item.port))
             if conn is None:
                 # Opening connections towards callers is not supported: they keep theirs open.
@@ -284,11 +388,13 @@ class SipListeners:
             self._proxy_timer.cancel()
         for transport in self._udp:
             transport.close()
-        for server in self._tcp:
+        for server in [*self._tcp, *self._tls]:
             server.close()
+        for task in list(self.handshakes):
+            await cancel_and_wait(task)
         for conn in list(self.connections):
             conn.close()
-        for server in self._tcp:
+        for server in [*self._tcp, *self._tls]:
             await server.wait_closed()
 
 

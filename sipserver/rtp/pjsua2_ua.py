@@ -13,6 +13,7 @@ import ctypes
 import gc
 import itertools
 import queue
+import re
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from sipserver.rtp.framelink import (
     CallStarted,
     Dtmf,
 )
+from sipserver.sip.headers import SRTP_HEADER
 
 __all__ = [
     "SESSION_TIMER_USE",
@@ -47,6 +49,7 @@ __all__ = [
     "WorkerOptions",
     "WorkerSink",
     "describe_error",
+    "srtp_policy",
 ]
 
 log = get_logger(__name__)
@@ -73,6 +76,29 @@ SESSION_TIMER_USE = {
 
 MIN_SE_FLOOR = 90
 """pjsip's ``ABS_MIN_SE``: a smaller ``timerMinSESec`` fails an assertion (aborts the process)."""
+
+SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "required": pj.PJMEDIA_SRTP_MANDATORY,
+}
+"""An agent's ``sip.srtp`` (the edge's ``X-Sipserver-Srtp``) -> pjmedia's SRTP use. The worker
+has one account per policy and :meth:`WorkerEndpoint.onSelectAccount` gives each INVITE the
+account of its agent's policy (pjsua2 2.15 never calls ``Call.onCreateMediaTransportSrtp``,
+measured). With SDES keying (RFC 4568) pjmedia answers an offer so: ``off``, plain RTP/AVP
+(an RTP/SAVP-only offer is refused: 488); ``optional``, SRTP when the offer has ``a=crypto``;
+``required``, 488 to an offer without it."""
+
+_SRTP_LINE = re.compile(rf"^{SRTP_HEADER}[ \t]*:[ \t]*([A-Za-z]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def srtp_policy(whole_msg: str) -> str:
+    """The ``X-Sipserver-Srtp`` policy of an INVITE (``off`` when absent or unknown)."""
+    head = whole_msg.split("\r\n\r\n", 1)[0]
+    found = _SRTP_LINE.search(head)
+    policy = found.group(1).lower() if found else "off"
+    return policy if policy in SRTP_USE else "off"
+
 
 HANGUP_GRACE = 3.0
 """Seconds the pjsua thread waits for calls to end (BYE answered) when shutting down."""
@@ -365,6 +391,15 @@ class WorkerEndpoint(pj.Endpoint):  # type: ignore[misc]
     def onRejectedIncomingCall(self, prm: pj.OnRejectedIncomingCallParam) -> None:
         self.owner.calls_refused += 1
 
+    def onSelectAccount(self, prm: pj.OnSelectAccountParam) -> None:
+        # Before the call and its media exist: the account of the agent's SRTP policy.
+        try:
+            account = self.owner.srtp_accounts.get(srtp_policy(str(prm.rdata.wholeMsg)))
+            if account is not None:
+                prm.accountIndex = account.getId()
+        except Exception as exc:
+            self.owner.callback_failed("onSelectAccount", exc)
+
 
 @dataclass
 class WorkerSink:
@@ -397,7 +432,8 @@ class PjsuaThread(threading.Thread):
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stopping = False
         self._ep: WorkerEndpoint | None = None
-        self._account: WorkerAccount | None = None
+        self.srtp_accounts: dict[str, WorkerAccount] = {}
+        """The worker's accounts by SRTP policy (``off``, ``optional``, ``required``)."""
         self._calls: dict[int, WorkerCall] = {}  # by call number
         self._graveyard: list[WorkerCall] = []  # ended calls, dropped after their callback
         self._ports: PortPool | None = None
@@ -516,6 +552,12 @@ class PjsuaThread(threading.Thread):
         acfg.mediaConfig.transportConfig.boundAddress = opts.rtp_host
         acfg.mediaConfig.transportConfig.port = opts.rtp_port
         acfg.mediaConfig.transportConfig.portRange = opts.rtp_port_count
+        # SDES keys only (RFC 4568; no DTLS-SRTP). The hop from the edge is UDP on loopback:
+        # the signalling is protected (or not) between the caller and the edge, so pjsua must
+        # not demand a secure transport itself (srtpSecureSignaling 0).
+        acfg.mediaConfig.srtpSecureSignaling = 0
+        acfg.mediaConfig.srtpOpt.keyings.clear()
+        acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
         # RFC 4028: pjsip negotiates the refresher, answers 422 below Min-SE and, as the
         # non-refresher, sends BYE when no refresh came (the edge relays all of it).
         acfg.callConfig.timerUse = SESSION_TIMER_USE[opts.session_timers]
@@ -523,9 +565,12 @@ class PjsuaThread(threading.Thread):
         acfg.callConfig.timerSessExpiresSec = max(
             acfg.callConfig.timerMinSESec, opts.session_expires
         )
-        account = WorkerAccount(self)
-        account.create(acfg, True)
-        self._account = account
+        # One account per SRTP policy (see SRTP_USE); "off", the first, is the default.
+        for policy, use in SRTP_USE.items():
+            acfg.mediaConfig.srtpUse = use
+            account = WorkerAccount(self)
+            account.create(acfg, policy == "off")
+            self.srtp_accounts[policy] = account
 
     def incoming_call(self, account: WorkerAccount, call_id: int, invite: str) -> None:
         number = next(self._numbers)
@@ -680,10 +725,10 @@ class PjsuaThread(threading.Thread):
         if self._ports is not None:
             self._ports.clear()
             self._ports = None
-        if self._account is not None:
+        for account in self.srtp_accounts.values():
             with contextlib.suppress(pj.Error):
-                self._account.shutdown()
-            self._account = None
+                account.shutdown()
+        self.srtp_accounts.clear()
         gc.collect()
         ep = self._ep
         if ep is not None:

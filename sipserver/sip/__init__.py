@@ -7,6 +7,7 @@ the bytes that come out.
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.sip.headers import (
     AGENT_HEADER,
+    SRTP_HEADER,
     NameAddr,
     Params,
     Via,
@@ -32,6 +33,7 @@ __all__ = [
     "AGENT_HEADER",
     "PING",
     "REASON_PHRASES",
+    "SRTP_HEADER",
     "FramingError",
     "Headers",
     "NameAddr",

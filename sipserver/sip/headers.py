@@ -16,6 +16,7 @@ from sipserver.sip.uri import Params, SipUri, _set_params, split_host_port
 
 __all__ = [
     "AGENT_HEADER",
+    "SRTP_HEADER",
     "NameAddr",
     "Params",
     "Via",
@@ -30,6 +31,9 @@ __all__ = [
 #: Header the edge sets on the INVITE it proxies to a media worker: the slug of the agent the
 #: call is for (an extension header, RFC 3261 §7.3; the edge removes any copy from the caller).
 AGENT_HEADER = "X-Sipserver-Agent"
+#: Header the edge sets beside :data:`AGENT_HEADER`: the agent's ``sip.srtp`` policy (``off``,
+#: ``optional``, ``required``), which the media worker applies to the call's SDP answer.
+SRTP_HEADER = "X-Sipserver-Srtp"
 #: RFC 3261 §25.1 token.
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 #: A display-name word in the unquoted form: a token, leniently also non-ASCII (seen in the wild).

@@ -346,11 +346,21 @@ def caller_args(
     seconds: float,
     dtmf: str = "",
     wait_bye: float = 5.0,
+    transport: str = "udp",
+    srtp: str = "off",
+    tls: tuple[str, ...] = (),
 ) -> list[str]:
-    """The command line of tests/integration/pjsua2_caller.py calling ``number`` at the edge."""
+    """The command line of tests/integration/pjsua2_caller.py calling ``number`` at the edge
+    (``sip_port`` is the TLS listener's with ``transport="tls"``, or ``"sips"`` for a sips:
+    URI over TLS; ``tls``: more options of the caller, e.g. ``("--tls-ca", path)``)."""
+    uri = f"sip:{number}@127.0.0.1:{sip_port}"
+    if transport == "sips":  # a SIPS URI: TLS, with sips: in the dialog (RFC 5630)
+        uri, transport = f"sips:{number}@127.0.0.1:{sip_port}", "tls"
+    elif transport != "udp":
+        uri += f";transport={transport}"
     args = [
         sys.executable, str(Path(__file__).with_name("pjsua2_caller.py")),
-        "--uri", f"sip:{number}@127.0.0.1:{sip_port}",
+        "--uri", uri, "--transport", transport, "--srtp", srtp, *tls,
         "--user", user, "--password", password,
         "--play", str(play), "--record", str(record),
         "--seconds", f"{seconds:.1f}", "--wait-bye", f"{wait_bye:g}",

@@ -305,7 +305,7 @@ def test_defaults_follow_the_settings_table() -> None:
     assert agent.instructions == config_module.DEFAULT_INSTRUCTIONS
     assert agent.greeting is None and agent.knowledge_base == []
     assert (agent.realtime.enabled, agent.realtime.model) == (False, None)
-    assert (agent.sip.enabled, agent.sip.invite_auth) == (False, "digest")
+    assert (agent.sip.enabled, agent.sip.invite_auth, agent.sip.srtp) == (False, "digest", "off")
     assert agent.listens.channel == "inbound"
     assert agent.listens.roles == ["admin", "workspace_admin", "supervisor"]
     sip = config.server.sip
@@ -317,7 +317,8 @@ def test_defaults_follow_the_settings_table() -> None:
         3600,
         3600,
     )
-    assert (sip.max_contacts_per_aor, sip.max_message_size, sip.tls) == (10, 65535, None)
+    assert (sip.max_contacts_per_aor, sip.max_message_size) == (10, 65535)
+    assert (sip.tls.listen, sip.tls.verify_client, sip.tls.min_version) == ([], False, "1.2")
     assert sip.ban.model_dump() == {
         "max_failures": 5,
         "window": 60.0,
@@ -949,10 +950,10 @@ def test_sip_listeners_one_string_or_list_or_none() -> None:
     assert_error(doc, "server.sip.udp[1]", "port '0' is not a number in 1-65535")
 
 
-def test_tls_is_not_supported_yet() -> None:
-    doc = {"server": {"sip": {"tls": {"port": 5061}}}}
-    assert_error(doc, "server.sip.tls", "TLS is not supported yet")
-    assert parse({"server": {"sip": {"tls": None}}}).server.sip.tls is None
+def test_tls_null_is_off() -> None:
+    # The rules of a TLS block with files are in test_tls_config.py.
+    assert parse({"server": {"sip": {"tls": None}}}).server.sip.tls.listen == []
+    assert_error({"server": {"sip": {"tls": {"port": 5061}}}}, "server.sip.tls.port", "unknown")
 
 
 @pytest.mark.parametrize(
