@@ -67,6 +67,7 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.demo_page": "live",
     "server.drain_timeout": "live",
     "server.log_rate_limit": "live",
+    "server.store_commit_ms": "live",  # read by the group commit for each batch
     # Bound at start-up.
     "server.http": "restart",
     "server.sip.udp": "restart",
