@@ -5,7 +5,8 @@ increasing rates. For each rate the script reports successful registrations, fai
 server's CPU time (utime+stime of the process from /proc), then the ratio of registrations per
 CPU-second: sipserver / Kamailio. Both servers do the same work per registration: look up the
 AOR's credentials, check the digest, write the binding (sipserver: memory store, like Kamailio's
-usrloc db_mode=0; ``--store sqlite`` measures the write-behind SQLite store instead).
+usrloc db_mode=0; ``--store sqlite`` measures the SQLite store instead, where each 200 waits
+for its binding's group commit; ``--commit-ms`` sets its ``server.store_commit_ms``).
 
 Kamailio runs from ../shared/bench/kamailio/kamailio.cfg when ``kamailio`` is installed
 (``apt-get install kamailio``); otherwise only sipserver's figures are printed.
@@ -14,6 +15,7 @@ Usage::
 
     python bench/register.py                    # rates 1000,2000,4000 for 5 s each
     python bench/register.py --rates 500,1000 --seconds 10 --store sqlite
+    python bench/register.py --rates 1000 --store sqlite --commit-ms 0
     python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
 """
 
@@ -94,7 +96,7 @@ def measure(
 
 
 def start_sipserver(
-    wd: Path, store: str, profile: str | None
+    wd: Path, store: str, profile: str | None, commit_ms: float | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     sip_port, http_port = free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
@@ -118,6 +120,8 @@ def start_sipserver(
             }
         ],
     }
+    if commit_ms is not None:
+        config["server"]["store_commit_ms"] = commit_ms
     cfg = wd / "sipserver.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [sys.executable]
@@ -173,6 +177,9 @@ def main() -> int:
     parser.add_argument("--rates", default="1000,2000,4000", help="comma-separated calls/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate step")
     parser.add_argument("--store", default="memory", choices=("memory", "sqlite"))
+    parser.add_argument(
+        "--commit-ms", type=float, help="server.store_commit_ms (sqlite; default: the server's)"
+    )
     parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
     args = parser.parse_args()
@@ -185,7 +192,7 @@ def main() -> int:
         users = wd / "users.csv"
         write_users(users)
         results: dict[str, list[Run]] = {}
-        sips, sip_port = start_sipserver(wd, args.store, args.profile)
+        sips, sip_port = start_sipserver(wd, args.store, args.profile, args.commit_ms)
         try:
             results["sipserver"] = [
                 measure([sips.pid], sip_port, users, r, args.seconds, wd) for r in rates
@@ -211,7 +218,8 @@ def main() -> int:
         ),
         "unknown CPU",
     )
-    print(f"REGISTER+digest, {USERS} AORs, store={args.store}, {os.cpu_count()} cores")
+    commit = f", store_commit_ms={args.commit_ms:g}" if args.commit_ms is not None else ""
+    print(f"REGISTER+digest, {USERS} AORs, store={args.store}{commit}, {os.cpu_count()} cores")
     print(f"CPU: {cpu_model}")
     print(
         f"{'server':<10} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
