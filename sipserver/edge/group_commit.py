@@ -84,6 +84,7 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._first: float | None = None
         self._stopping = False
+        self._nap: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         """Batches written (committed or failed)."""
@@ -106,6 +107,8 @@ class GroupCommitter:
         """Commit what is pending, report it, and stop. Idempotent."""
         self._stopping = True
         self._wake.set()
+        if self._nap is not None and not self._nap.done():
+            self._nap.set_result(None)  # cut the window short
         if self._task is not None:
             await self._task
 
@@ -120,7 +123,12 @@ class GroupCommitter:
             if first is not None and not self._stopping:
                 delay = first + self.window - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    # Like asyncio.sleep(delay), but stop() can end it.
+                    self._nap = nap = loop.create_future()
+                    timer = loop.call_later(delay, _finish, nap)
+                    await nap
+                    timer.cancel()
+                    self._nap = None
             self._wake.clear()
             self._first = None
             await self._commit(loop)
@@ -146,3 +154,8 @@ class GroupCommitter:
                 self._on_failed(failure)
         except Exception:  # a bug in sending must not stop the commits
             log.exception("bindings_commit_report_failed", seq=batch.seq)
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
