@@ -63,6 +63,8 @@ class Run:
     ok: int
     failed: int
     cpu: float
+    retransmissions: int | None = None
+    """REGISTER retransmissions the server received (sipserver only): each costs a parse."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -79,6 +81,17 @@ def run_sipp(
     )  # fmt: skip
 
 
+def retransmissions(http_port: int | None) -> int | None:
+    """sipserver_sip_retransmissions_total of the server on ``http_port`` (None: not sipserver)."""
+    if http_port is None:
+        return None
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line.startswith("sipserver_sip_retransmissions_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def measure(
     pids: list[int],
     port: int,
@@ -87,17 +100,23 @@ def measure(
     seconds: float,
     wd: Path,
     password: str = PASSWORD,
+    http_port: int | None = None,
 ) -> Run:
     calls = int(rate * seconds)
+    retrans_before = retransmissions(http_port)
     before = cpu_seconds(pids)
     ok, failed = run_sipp(port, users, rate, calls, wd, password)
     after = cpu_seconds(pids)
-    return Run(rate, ok, failed, after - before)
+    retrans_after = retransmissions(http_port)
+    retrans = None
+    if retrans_before is not None and retrans_after is not None:
+        retrans = retrans_after - retrans_before
+    return Run(rate, ok, failed, after - before, retrans)
 
 
 def start_sipserver(
     wd: Path, store: str, profile: str | None, commit_ms: float | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> tuple[subprocess.Popen[bytes], int, int]:
     sip_port, http_port = free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
     config = {
@@ -135,7 +154,7 @@ def start_sipserver(
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1).read()
-            return proc, sip_port
+            return proc, sip_port, http_port
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError((wd / "sipserver.log").read_text()) from None
@@ -192,10 +211,11 @@ def main() -> int:
         users = wd / "users.csv"
         write_users(users)
         results: dict[str, list[Run]] = {}
-        sips, sip_port = start_sipserver(wd, args.store, args.profile, args.commit_ms)
+        sips, sip_port, http_port = start_sipserver(wd, args.store, args.profile, args.commit_ms)
         try:
             results["sipserver"] = [
-                measure([sips.pid], sip_port, users, r, args.seconds, wd) for r in rates
+                measure([sips.pid], sip_port, users, r, args.seconds, wd, http_port=http_port)
+                for r in rates
             ]
         finally:
             stop(sips)
@@ -223,14 +243,15 @@ def main() -> int:
     print(f"CPU: {cpu_model}")
     print(
         f"{'server':<10} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
-        f"{'reg/cpu-s':>10} {'us/reg':>7}"
+        f"{'reg/cpu-s':>10} {'us/reg':>7} {'retrans':>7}"
     )
     for name, runs in results.items():
         for run in runs:
             us = 1e6 * run.cpu / run.ok if run.ok else float("nan")
+            retrans = "-" if run.retransmissions is None else str(run.retransmissions)
             print(
                 f"{name:<10} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
-                f"{run.per_cpu_second:>10.0f} {us:>7.1f}"
+                f"{run.per_cpu_second:>10.0f} {us:>7.1f} {retrans:>7}"
             )
     if "kamailio" in results:
         for ours, ref in zip(results["sipserver"], results["kamailio"], strict=True):

@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_COMMIT_WINDOW", "CommitStore", "GroupCommitter"]
 
 log = get_logger(__name__)
 
-DEFAULT_COMMIT_WINDOW = 0.005
+DEFAULT_COMMIT_WINDOW = 0.010
 """Seconds a change waits for others to join its transaction (``server.store_commit_ms``)."""
 
 

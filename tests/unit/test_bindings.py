@@ -338,9 +338,13 @@ def test_expire_marks_changes(tmp_path: Path) -> None:
 def test_write_changes_from_a_writer_thread(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     store = SqliteStore(db)
-    for i in range(100):
+    for i in range(600):  # more than one statement's worth of rows and AORs
         store.replace(f"sip:u{i}@h", [make(f"sip:u{i}@h", contact=f"sip:u{i}@192.0.2.1")])
     store.replace("sip:u0@h", [])
+    store.flush()
+    store.replace("sip:u1@h", [])
+    two = [make("sip:u2@h", contact="sip:u2@192.0.2.1"), make("sip:u2@h", contact="sip:u2@b")]
+    store.replace("sip:u2@h", two)
     batch = store.take_changes()
     errors: list[BaseException] = []
 
@@ -359,8 +363,9 @@ def test_write_changes_from_a_writer_thread(tmp_path: Path) -> None:
     store.close()
 
     reopened = SqliteStore(db)
-    assert reopened.count() == 99
-    assert reopened.get("sip:u0@h") == []
+    assert reopened.count() == 599
+    assert reopened.get("sip:u0@h") == [] and reopened.get("sip:u1@h") == []
+    assert reopened.get("sip:u2@h") == two
     assert reopened.get("sip:u7@h") == [make("sip:u7@h", contact="sip:u7@192.0.2.1")]
     reopened.close()
 
