@@ -465,8 +465,12 @@ class SqliteStore(MemoryStore):
             The AORs restored.
         """
         durable, self._durable = self._durable, {}
-        for aor, bindings in durable.items():
-            MemoryStore.replace(self, aor, bindings)
+        on_change, self.on_change = self.on_change, None  # restoring is no change to commit
+        try:
+            for aor, bindings in durable.items():
+                MemoryStore.replace(self, aor, bindings)
+        finally:
+            self.on_change = on_change
         self._durable.clear()
         self._dirty.clear()
         self._committed_seq = self._seq

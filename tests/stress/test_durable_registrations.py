@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ServerProcess, sipp_command
+from tests.integration.conftest import ServerProcess, run_sipp, sipp_command
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +121,28 @@ def test_kill_9_during_registrations_loses_no_acknowledged_binding(
     restarted: ServerProcess = server_factory(with_pbx(data_dir), wait="/healthz")
     assert restarted.metric("sipserver_registrations_active") == len(bindings)
     restarted.stop()
+
+
+def test_a_locked_database_gets_503_and_nothing_is_claimed(server: ServerProcess) -> None:
+    # Another process holds the database's write lock past SQLite's 5 s busy timeout: the
+    # commit fails, the REGISTER gets 503 + Retry-After (never a 200), it is counted as a
+    # refusal, and the server registers normally once the lock is gone.
+    db = Path(server.config["server"]["data_dir"]) / "bindings.db"
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        result = run_sipp("register_unavailable.xml", server.sip_port, timeout=30)
+        assert result.returncode == 0, result.output
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    refused = server.metric("sipserver_refusals_total", ingress="sip", reason="bindings_not_stored")
+    assert refused == 1
+    assert server.metric("sipserver_registrations_active") == 0
+    events = [e for e in server.log_events() if e["event"] == "bindings_commit_failed"]
+    assert len(events) == 1 and "locked" in events[0]["error"]
+    assert run_sipp("register.xml", server.sip_port).returncode == 0
+    assert server.metric("sipserver_registrations_active") == 1
+    assert any(e["event"] == "bindings_commit_recovered" for e in server.log_events())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM bindings").fetchone()[0] == 1

@@ -376,6 +376,8 @@ def test_failed_write_rolls_memory_back_to_the_database(tmp_path: Path) -> None:
     kept = make(contact="sip:alice@192.0.2.9")
     store.replace(AOR_A, [kept])
     store.flush()
+    woken: list[int] = []
+    store.on_change = lambda: woken.append(1)
     store.replace(AOR_A, [kept, make()])  # in the batch that fails
     store.replace(AOR_B, [make(AOR_B)])
     batch = store.take_changes()
@@ -384,7 +386,9 @@ def test_failed_write_rolls_memory_back_to_the_database(tmp_path: Path) -> None:
     invalid = Binding(AOR_A, "sip:x", T0, T0, None, 1)  # type: ignore[arg-type]  # NOT NULL
     with pytest.raises(sqlite3.IntegrityError):
         store.write_changes([*batch.changes, (AOR_A, (invalid,))])
+    woken.clear()
     assert sorted(store.rollback()) == sorted([AOR_A, AOR_B, "sip:carol@example.com"])
+    assert woken == []  # restoring the database's state is nothing to commit
     assert store.get(AOR_A) == [kept]
     assert store.get(AOR_B) == [] and store.get("sip:carol@example.com") == []
     assert store.count() == 1
