@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_COMMIT_WINDOW", "CommitStore", "GroupCommitter"]
 
 log = get_logger(__name__)
 
-DEFAULT_COMMIT_WINDOW = 0.010
+DEFAULT_COMMIT_WINDOW = 0.020
 """Seconds a change waits for others to join its transaction (``server.store_commit_ms``)."""
 
 
@@ -86,15 +86,13 @@ class GroupCommitter:
         self._stopping = False
         self._nap: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        """Batches written (committed or failed)."""
 
     def wake(self) -> None:
         """A change was made (loop thread): commit it within the window."""
         if self._first is None:
             try:
                 self._first = asyncio.get_running_loop().time()
-            except RuntimeError:  # before the loop runs (the store loads at start): at once
+            except RuntimeError:  # not on a running loop: no window to wait, commit at once
                 self._first = 0.0
         self._wake.set()
 
@@ -138,7 +136,6 @@ class GroupCommitter:
         batch = store.take_changes()
         if not batch.changes:
             return
-        self.batches += 1
         failure: Exception | None = None
         try:
             await loop.run_in_executor(self._executor, store.write_changes, batch.changes)
