@@ -98,13 +98,16 @@ def make_router(
     return router, metrics
 
 
-def register(router: SipRouter, number: str, *, port: int = 5062, **kw: Any) -> list[Outgoing]:
-    """REGISTER ``number`` (401, then the authenticated request); return what the router sent
-    for the authenticated one (nothing while its 200 waits for the commit)."""
+def register(
+    router: SipRouter, number: str, *, port: int = 5062, cseq: int = 1, **kw: Any
+) -> list[Outgoing]:
+    """REGISTER ``number`` (401, then the authenticated request with CSeq ``cseq + 1``); return
+    what the router sent for the authenticated one (nothing while its 200 waits for the
+    commit)."""
     peer = Peer("udp", "198.51.100.7", port)
     call_id = kw.pop("call_id", f"call-{number}-{port}")
-    contact = f"<sip:{number}@198.51.100.7:{port}>"
-    first = request(user=number, cseq=1, call_id=call_id, contact=contact, **kw)
+    contact = kw.pop("contact", f"<sip:{number}@198.51.100.7:{port}>")
+    first = request(user=number, cseq=cseq, call_id=call_id, contact=contact, **kw)
     (challenge_out,) = router.handle_message(first, peer, now=NOW, wall=NOW)
     challenge = parse_message(challenge_out.data)
     assert isinstance(challenge, SipResponse) and challenge.status == 401
@@ -117,7 +120,9 @@ def register(router: SipRouter, number: str, *, port: int = 5062, **kw: Any) -> 
         uri=URI,
         cnonce="c0",
     )
-    final = request(user=number, cseq=2, call_id=call_id, contact=contact, authorization=auth, **kw)
+    final = request(
+        user=number, cseq=cseq + 1, call_id=call_id, contact=contact, authorization=auth, **kw
+    )
     return router.handle_message(final, peer, now=NOW, wall=NOW)
 
 
@@ -153,6 +158,41 @@ def test_the_200_waits_for_the_commit_and_retransmissions_are_absorbed() -> None
     ]
     assert metrics.registry.get_sample_value("sipserver_register_requests_total", {"result": "ok"})
     assert store.rows() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "contact", "expires", "left"),
+    [
+        ("refresh", None, 1800, 1),
+        ("remove", None, 0, 0),
+        ("wildcard", "*", 0, 0),
+        ("query", "", None, 1),  # reports the committed binding: nothing to wait for
+    ],
+)
+def test_every_binding_change_waits_for_its_commit(
+    change: str, contact: str | None, expires: int | None, left: int
+) -> None:
+    store = RecordingStore()
+    router, _ = make_router(store)
+    number = NUMBERS[0]
+    assert register(router, number) == []
+    store.flush()
+    assert len(router.release_committed(store.take_changes().seq, now=NOW)) == 1
+    kw: dict[str, Any] = {"cseq": 3, "expires": expires}
+    if contact is not None:
+        kw["contact"] = contact or None
+    out = register(router, number, **kw)
+    if change == "query":
+        (ok,) = responses(out)
+    else:
+        assert out == [] and len(router.held) == 1  # held until committed
+        ticket = store.pending_commit()
+        assert ticket is not None and store.flush() == 1
+        (ok,) = responses(router.release_committed(ticket, now=NOW))
+    assert ok.status == 200
+    assert len(ok.headers.get_all("Contact")) == left
+    assert len(Registrar(store).lookup(aor(number), now=NOW)) == left
+    assert store.rows() == left
 
 
 def test_a_retransmission_before_the_commit_gets_nothing_and_after_it_the_200() -> None:
