@@ -5,7 +5,8 @@ increasing rates. For each rate the script reports successful registrations, fai
 server's CPU time (utime+stime of the process from /proc), then the ratio of registrations per
 CPU-second: sipserver / Kamailio. Both servers do the same work per registration: look up the
 AOR's credentials, check the digest, write the binding (sipserver: memory store, like Kamailio's
-usrloc db_mode=0; ``--store sqlite`` measures the write-behind SQLite store instead).
+usrloc db_mode=0; ``--store sqlite`` measures the SQLite store instead, where each 200 waits
+for its binding's group commit; ``--commit-ms`` sets its ``server.store_commit_ms``).
 
 Kamailio runs from ../shared/bench/kamailio/kamailio.cfg when ``kamailio`` is installed
 (``apt-get install kamailio``); otherwise only sipserver's figures are printed.
@@ -14,6 +15,7 @@ Usage::
 
     python bench/register.py                    # rates 1000,2000,4000 for 5 s each
     python bench/register.py --rates 500,1000 --seconds 10 --store sqlite
+    python bench/register.py --rates 1000 --store sqlite --commit-ms 0
     python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
 """
 
@@ -61,6 +63,8 @@ class Run:
     ok: int
     failed: int
     cpu: float
+    retransmissions: int | None = None
+    """REGISTER retransmissions the server received (sipserver only): each costs a parse."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -77,6 +81,17 @@ def run_sipp(
     )  # fmt: skip
 
 
+def retransmissions(http_port: int | None) -> int | None:
+    """sipserver_sip_retransmissions_total of the server on ``http_port`` (None: not sipserver)."""
+    if http_port is None:
+        return None
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line.startswith("sipserver_sip_retransmissions_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def measure(
     pids: list[int],
     port: int,
@@ -85,17 +100,23 @@ def measure(
     seconds: float,
     wd: Path,
     password: str = PASSWORD,
+    http_port: int | None = None,
 ) -> Run:
     calls = int(rate * seconds)
+    retrans_before = retransmissions(http_port)
     before = cpu_seconds(pids)
     ok, failed = run_sipp(port, users, rate, calls, wd, password)
     after = cpu_seconds(pids)
-    return Run(rate, ok, failed, after - before)
+    retrans_after = retransmissions(http_port)
+    retrans = None
+    if retrans_before is not None and retrans_after is not None:
+        retrans = retrans_after - retrans_before
+    return Run(rate, ok, failed, after - before, retrans)
 
 
 def start_sipserver(
-    wd: Path, store: str, profile: str | None
-) -> tuple[subprocess.Popen[bytes], int]:
+    wd: Path, store: str, profile: str | None, commit_ms: float | None = None
+) -> tuple[subprocess.Popen[bytes], int, int]:
     sip_port, http_port = free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
     config = {
@@ -119,6 +140,8 @@ def start_sipserver(
             }
         ],
     }
+    if commit_ms is not None:
+        config["server"]["store_commit_ms"] = commit_ms
     cfg = wd / "sipserver.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [sys.executable]
@@ -132,7 +155,7 @@ def start_sipserver(
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1).read()
-            return proc, sip_port
+            return proc, sip_port, http_port
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError((wd / "sipserver.log").read_text()) from None
@@ -174,6 +197,9 @@ def main() -> int:
     parser.add_argument("--rates", default="1000,2000,4000", help="comma-separated calls/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each rate step")
     parser.add_argument("--store", default="memory", choices=("memory", "sqlite"))
+    parser.add_argument(
+        "--commit-ms", type=float, help="server.store_commit_ms (sqlite; default: the server's)"
+    )
     parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
     args = parser.parse_args()
@@ -186,10 +212,11 @@ def main() -> int:
         users = wd / "users.csv"
         write_users(users)
         results: dict[str, list[Run]] = {}
-        sips, sip_port = start_sipserver(wd, args.store, args.profile)
+        sips, sip_port, http_port = start_sipserver(wd, args.store, args.profile, args.commit_ms)
         try:
             results["sipserver"] = [
-                measure([sips.pid], sip_port, users, r, args.seconds, wd) for r in rates
+                measure([sips.pid], sip_port, users, r, args.seconds, wd, http_port=http_port)
+                for r in rates
             ]
         finally:
             stop(sips)
@@ -212,18 +239,20 @@ def main() -> int:
         ),
         "unknown CPU",
     )
-    print(f"REGISTER+digest, {USERS} AORs, store={args.store}, {os.cpu_count()} cores")
+    commit = f", store_commit_ms={args.commit_ms:g}" if args.commit_ms is not None else ""
+    print(f"REGISTER+digest, {USERS} AORs, store={args.store}{commit}, {os.cpu_count()} cores")
     print(f"CPU: {cpu_model}")
     print(
         f"{'server':<10} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
-        f"{'reg/cpu-s':>10} {'us/reg':>7}"
+        f"{'reg/cpu-s':>10} {'us/reg':>7} {'retrans':>7}"
     )
     for name, runs in results.items():
         for run in runs:
             us = 1e6 * run.cpu / run.ok if run.ok else float("nan")
+            retrans = "-" if run.retransmissions is None else str(run.retransmissions)
             print(
                 f"{name:<10} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
-                f"{run.per_cpu_second:>10.0f} {us:>7.1f}"
+                f"{run.per_cpu_second:>10.0f} {us:>7.1f} {retrans:>7}"
             )
     if "kamailio" in results:
         for ours, ref in zip(results["sipserver"], results["kamailio"], strict=True):

@@ -292,6 +292,9 @@ class ServerConfig(_Model):
     """Media workers and RTP."""
     store: Annotated[str, AfterValidator(rules.check_store)] = "sqlite"
     """Bindings store: ``memory``, ``sqlite`` (``<data_dir>/bindings.db``) or ``sqlite://PATH``."""
+    store_commit_ms: float = Field(20.0, ge=0, le=1000)
+    """With ``sqlite``: a REGISTER's 200 goes out once its binding is committed; changes that
+    arrive within this many milliseconds of each other share one transaction (group commit)."""
     data_dir: str = Field("./var", min_length=1)
     """Directory for state files (the bindings database, ...)."""
     media_streams: MediaStreamsConfig = Field(default_factory=MediaStreamsConfig)

@@ -73,6 +73,7 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.admin_token": "live",
     # Read again into a new TLS context for new connections (a renewed certificate).
     "server.sip.tls": "live",
+    "server.store_commit_ms": "live",  # read by the group commit for each batch
     # Bound at start-up.
     "server.http": "restart",
     "server.admin_http": "restart",

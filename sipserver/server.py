@@ -21,6 +21,8 @@ from aiohttp import web
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
+from sipserver.edge.group_commit import GroupCommitter
+from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import (
     CallAnswered,
     CallEnded,
@@ -29,7 +31,7 @@ from sipserver.edge.proxy import (
     Endpoint,
     ProxyEvent,
 )
-from sipserver.edge.router import SipRouter, server_names
+from sipserver.edge.router import HeldRegister, SipRouter, server_names
 from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.listens.dashboard import Dashboard
@@ -62,9 +64,6 @@ from sipserver.web.demo import add_demo_routes
 __all__ = ["Server", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
-
-#: How often write-behind binding changes are flushed to SQLite.
-FLUSH_INTERVAL = 0.5
 
 
 def pid_file_path(config: Config) -> Path:
@@ -197,6 +196,10 @@ class Server:
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
         )
         self._reserved: dict[str, MediaWorker] = {}
+        self.held: HeldResponses[HeldRegister] = HeldResponses()
+        """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
+        self.committer: GroupCommitter | None = None
+        """Commits the SQLite store's changes and releases the 200s (None for ``memory``)."""
         self.readiness = Readiness()
         self.metrics.media_workers_up.set_function(self._media_workers_up)
         self.metrics.ready.set_function(lambda: float(self.readiness_report().ready))
@@ -206,13 +209,13 @@ class Server:
         )
         self._http_runner: web.AppRunner | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
-        self._flusher: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._changed = asyncio.Event()
         """Set when readiness or the calls in progress may have changed (a start-up step, a
         worker up or lost, a reload, a call ended, a stop request): see :meth:`_wait_until`."""
         self._stop_now = asyncio.Event()
         self._start_done = asyncio.Event()
+        self._commit_failing = False
         self._reload_lock = asyncio.Lock()
         self._reloads = 0
         self._tasks: set[asyncio.Task[ReloadResult]] = set()
@@ -264,6 +267,8 @@ class Server:
             choose_worker=self._choose_worker,
             on_call_event=self._call_event,
             admission=self._admission,
+            held=self.held,
+            refusals=self.refusals,
         )
 
     # ------------------------------------------------------------------ readiness
@@ -538,6 +543,8 @@ class Server:
             self.listeners.tls_handshake_timeout = tls.handshake_timeout
         self.config = config
         _apply_log_rate_limit(config)
+        if self.committer is not None:
+            self.committer.window = config.server.store_commit_ms / 1000
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", agents=len(config.agents), changed=changed, notes=notes)
         if restart:
@@ -600,6 +607,8 @@ class Server:
         _apply_log_rate_limit(self.config)
         self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
+        if self.committer is not None:
+            self.committer.start()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         if sip.tls.listen:
@@ -631,8 +640,6 @@ class Server:
         await self._start_admin_http()
         self.readiness.step_done("listeners")
         self._state_changed()
-        if isinstance(self.store, SqliteStore):
-            self._flusher = asyncio.create_task(self._flush_loop(self.store), name="bindings-flush")
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
         await self.voice.start()
@@ -676,23 +683,38 @@ class Server:
         kind, path = server.store_url
         if kind == "sqlite" and path is not None:
             make_private_dir(Path(path).parent, key="server.store")
-            self.store = open_store(kind, path)
+            self.store = store = open_store(kind, path)
+            assert isinstance(store, SqliteStore)
+            self.committer = GroupCommitter(
+                store,
+                self._writer,
+                on_committed=self._bindings_committed,
+                on_failed=self._bindings_not_committed,
+                window=server.store_commit_ms / 1000,
+            )
+            store.on_change = self.committer.wake
             self.router = self._build_router(self.config, transactions=self.router.transactions)
             self.listeners.router = self.router
         self.metrics.registrations_active.set(self.store.count())
 
-    async def _flush_loop(self, store: SqliteStore) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            changes = store.take_changes()
-            if changes:
-                try:
-                    await loop.run_in_executor(self._writer, store.write_changes, changes)
-                except Exception:
-                    # Keep the changes for the next flush rather than losing them.
-                    store.requeue(changes)
-                    log.exception("bindings_flush_failed", aors=len(changes))
+    def _bindings_committed(self, seq: int) -> None:
+        """The store committed its changes up to ``seq``: send the REGISTER 200s that waited."""
+        if self._commit_failing:
+            self._commit_failing = False
+            log.info("bindings_commit_recovered")
+        for item in self.router.release_committed(seq, now=self.listeners.clock()):
+            self.listeners.deliver(item)
+
+    def _bindings_not_committed(self, error: BaseException) -> None:
+        """A commit failed (disk full, database locked ...); the store rolled back every
+        uncommitted change: refuse the REGISTERs that waited (503, counted as refusals)."""
+        refused = self.router.refuse_uncommitted(now=self.listeners.clock())
+        for item in refused:
+            self.listeners.deliver(item)
+        if not self._commit_failing:
+            # Logged when commits start failing; the refusals (and the recovery) say the rest.
+            self._commit_failing = True
+            log.error("bindings_commit_failed", error=repr(error), refused=len(refused))
 
     def request_stop(self) -> None:
         """Take no new calls from now on (``/readyz``: draining; INVITE: 503) and make
@@ -737,16 +759,17 @@ class Server:
         await self.listens.close_all()
         if self.pool is not None and self._pool_started:
             await self.pool.stop()
+        if self.committer is not None:
+            # Commit what is pending and send its 200s while the listeners are still open.
+            await self.committer.stop()
         await self.listeners.stop()
         await self.voice.close()
-        if self._flusher is not None:
-            await cancel_and_wait(self._flusher)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if isinstance(self.store, SqliteStore):
-            # Let a write in flight finish, then write what is left.
+            # Write what changed since (no 200 waits for it: the listeners are closed).
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)
         self._writer.shutdown(wait=True)
         self.store.close()

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sipserver.config import Agent, Config
+from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.registrar.acl import AllowList
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
 from sipserver.registrar.registrar import (
@@ -47,12 +48,13 @@ from sipserver.sip.message import (
     make_response,
     parse_message,
 )
-from sipserver.sip.transaction import ServerTransactions
+from sipserver.sip.transaction import ServerTransactions, TransactionKey
 
 __all__ = [
     "ALLOWED_METHODS",
     "RETRY_AFTER",
     "Admission",
+    "HeldRegister",
     "Outgoing",
     "Peer",
     "SipRouter",
@@ -125,6 +127,9 @@ class Peer:
     """Source IP address (no brackets)."""
     port: int
     """Source port."""
+    listener: int = 0
+    """Which of the adapter's listeners received it (the adapter's own number; the router only
+    copies it into a held response, which is sent later, outside the receive path)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,36 @@ class Outgoing:
     port: int
     transport: str = ""
     """Transport to send on; empty: answer the way the message came (same socket/connection)."""
+    listener: int = -1
+    """The listener to send from (:attr:`Peer.listener` of the request); -1: any of the
+    transport's."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRegister:
+    """A REGISTER whose 200 waits for its binding change to be committed."""
+
+    key: TransactionKey
+    """Its server transaction (answered when released or refused)."""
+    request: SipRequest
+    peer: Peer
+    response: bytes
+    """The 200 to send once committed."""
+    result: RegisterResult
+    register: RegisterRequest
+    wall: float
+    """Wall time when it was processed (for the log lines written on release)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """:meth:`SipRouter._register` decided a 200 that must wait for the changes up to
+    ``ticket`` to be committed."""
+
+    ticket: int
+    response: bytes
+    result: RegisterResult
+    register: RegisterRequest
 
 
 class SipRouter:
@@ -161,6 +196,10 @@ class SipRouter:
         on_call_event: receives the proxy's call events (routed, answered, ended).
         admission: asked before a new call is routed (and for OPTIONS): a reason means 503
             with Retry-After (the server is starting, has no media worker up, or is stopping).
+        held: REGISTER 200s waiting for their bindings to be committed (a config reload hands
+            over the old router's); the adapter reports commits to :meth:`release_committed`
+            and failures to :meth:`refuse_uncommitted`.
+        refusals: where registrations refused for want of a durable store are counted.
     """
 
     def __init__(
@@ -178,8 +217,12 @@ class SipRouter:
         choose_worker: WorkerChooser | None = None,
         on_call_event: Callable[[ProxyEvent], None] | None = None,
         admission: Admission | None = None,
+        held: HeldResponses[HeldRegister] | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._config = config
+        self._held: HeldResponses[HeldRegister] = held if held is not None else HeldResponses()
+        self._refusals = refusals
         self._admission = admission
         self._proxy = proxy
         self._choose_worker = choose_worker
@@ -222,6 +265,11 @@ class SipRouter:
     def transactions(self) -> ServerTransactions:
         """The transaction table (the adapter drives its timer)."""
         return self._transactions
+
+    @property
+    def held(self) -> HeldResponses[HeldRegister]:
+        """REGISTER 200s waiting for their bindings to be committed."""
+        return self._held
 
     # ------------------------------------------------------------------ entry point
 
@@ -276,7 +324,16 @@ class SipRouter:
                     return routed
                 status, raw = routed
             else:
-                status, raw = self._dispatch(message, peer, now=now, wall=wall)
+                reply = self._dispatch(message, peer, now=now, wall=wall)
+                if isinstance(reply, _Hold):
+                    # Durable registrations: the 200 goes out once the store committed the
+                    # change; until then a retransmission is absorbed (RFC 3261 §17.2.2, Trying).
+                    held = HeldRegister(
+                        key, message, peer, reply.response, reply.result, reply.register, wall
+                    )
+                    self._held.hold(reply.ticket, held)
+                    return []
+                status, raw = reply
         except (ValueError, KeyError) as exc:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
@@ -338,7 +395,65 @@ class SipRouter:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, request: SipRequest, peer: Peer, *, now: float, wall: float) -> _Reply:
+    def release_committed(self, seq: int, *, now: float) -> list[Outgoing]:
+        """The store committed every change up to ``seq``: send the 200s that waited for them.
+
+        Args:
+            seq: the committed change number (``ChangeBatch.seq``).
+            now: monotonic time (the transactions' Timer J starts now).
+
+        Returns:
+            The responses, each to go out on the listener its request came in on.
+        """
+        released = self._held.release(seq)
+        if not released:
+            return []
+        metrics = self._metrics
+        out = []
+        for held in released:
+            out.append(self._answer_held(held, 200, held.response, now=now))
+            metrics.register_result("ok")
+            _log_binding_changes(held.result, held.register, wall=held.wall)
+        metrics.registrations_active.set(self._registrar.store.count())
+        return out
+
+    def refuse_uncommitted(self, *, now: float) -> list[Outgoing]:
+        """A commit failed and the store rolled every uncommitted change back: answer every
+        REGISTER still waiting 503 with Retry-After (RFC 3261 §21.5.4: a temporary condition;
+        a client retries later, and through RFC 3263 may try another server). No 200 was sent
+        for any of them, so nothing that was acknowledged is lost.
+
+        Args:
+            now: monotonic time.
+
+        Returns:
+            The 503 responses.
+        """
+        held = self._held.take_all()
+        out = []
+        for h in held:
+            status, raw = self._unavailable(h.request, "bindings not stored")
+            out.append(self._answer_held(h, status, raw, now=now))
+            self._metrics.register_result("not_stored")
+            if self._refusals is not None:
+                self._refusals.refuse(
+                    "sip", "bindings_not_stored", source=h.peer.host, aor=h.register.aor
+                )
+        self._metrics.registrations_active.set(self._registrar.store.count())
+        return out
+
+    def _answer_held(self, held: HeldRegister, status: int, raw: bytes, *, now: float) -> Outgoing:
+        peer = held.peer
+        self._transactions.respond(
+            held.key, raw, status=status, reliable=peer.transport != "udp", now=now
+        )
+        self._metrics.message_out(peer.transport, status)
+        to = self._address(raw, held.request, peer)
+        return Outgoing(to.data, to.host, to.port, peer.transport, peer.listener)
+
+    def _dispatch(
+        self, request: SipRequest, peer: Peer, *, now: float, wall: float
+    ) -> _Reply | _Hold:
         method = request.method
         if not request.uri[:4].lower().startswith("sip"):
             # tel:, urn: ...: this edge routes SIP URIs only (RFC 3261 §8.2.2.1).
@@ -507,7 +622,9 @@ class SipRouter:
 
     # ------------------------------------------------------------------ REGISTER
 
-    def _register(self, request: SipRequest, peer: Peer, *, now: float, wall: float) -> _Reply:
+    def _register(
+        self, request: SipRequest, peer: Peer, *, now: float, wall: float
+    ) -> _Reply | _Hold:
         metrics = self._metrics
         if not self._is_local(request.request_uri().host):
             # RFC 3261 §10.3 step 1: this registrar has no bindings for that domain.
@@ -566,6 +683,13 @@ class SipRouter:
             path=tuple(request.headers.get_all("Path")),
             user_agent=request.headers.get("User-Agent"),
         )
+        if self._held.full:
+            # The store has not committed for a long while (a stalled disk): refuse rather
+            # than hold without bound; nothing was changed.
+            metrics.register_result("not_stored")
+            if self._refusals is not None:
+                self._refusals.refuse("sip", "bindings_backlog", source=peer.host)
+            return self._unavailable(request, "bindings backlog")
         outcome_reg = self._registrar.handle_register(register, now=wall)
         if outcome_reg.status != 200:
             metrics.register_result(
@@ -575,16 +699,22 @@ class SipRouter:
             if outcome_reg.min_expires is not None:
                 extra = (("Min-Expires", str(outcome_reg.min_expires)),)
             return self._response(request, outcome_reg.status, outcome_reg.reason, headers=extra)
-        metrics.register_result("ok")
-        if outcome_reg.added or outcome_reg.removed:
-            metrics.registrations_active.set(self._registrar.store.count())
-        _log_binding_changes(outcome_reg, register, wall=wall)
         headers: list[tuple[str, str]] = [
             ("Contact", f"<{b.contact}>;expires={b.expires_in(wall)}") for b in outcome_reg.bindings
         ]
         headers.extend(("Path", p) for p in register.path)
         headers.append(("Date", self._date(wall)))
-        return self._response(request, 200, headers=headers)
+        reply = self._response(request, 200, headers=headers)
+        ticket = self._registrar.store.pending_commit()
+        if ticket is not None:
+            # The 200 reflects changes not yet on disk (this request's, or earlier ones a
+            # query reports): it waits for their commit (see release_committed).
+            return _Hold(ticket, reply[1], outcome_reg, register)
+        metrics.register_result("ok")
+        if outcome_reg.added or outcome_reg.removed:
+            metrics.registrations_active.set(self._registrar.store.count())
+        _log_binding_changes(outcome_reg, register, wall=wall)
+        return reply
 
     def _auth_failed(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import ssl
 import time
@@ -55,9 +56,10 @@ def parse_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, listeners: SipListeners) -> None:
+    def __init__(self, listeners: SipListeners, index: int) -> None:
         # The router is looked up per datagram: a config reload swaps it on the listeners.
         self._listeners = listeners
+        self._index = index  # in SipListeners._udp: where a held response goes out
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,7 +72,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         host, port = str(addr[0]), int(addr[1])
         listeners = self._listeners
         out = listeners.router.handle_message(
-            data, Peer("udp", host, port), now=listeners.clock(), wall=listeners.wall_clock()
+            data,
+            Peer("udp", host, port, self._index),
+            now=listeners.clock(),
+            wall=listeners.wall_clock(),
         )
         transport = self.transport
         if transport is None:
@@ -292,7 +297,7 @@ class SipListeners:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             try:
                 transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self),
+                    functools.partial(_UdpProtocol, self, len(self._udp)),
                     local_addr=(host, port),
                     family=family,
                 )
@@ -338,6 +343,11 @@ class SipListeners:
             return
         if not self._udp:
             log.warning("sip_no_udp_listener", host=item.host, port=item.port)
+            return
+        if 0 <= item.listener < len(self._udp):
+            # A response sent later (a REGISTER 200 released by the commit): from the socket
+            # its request came in on, like an immediate answer.
+            self._udp[item.listener].sendto(item.data, (item.host, item.port))
             return
         family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
         for transport in self._udp:

@@ -16,10 +16,15 @@ deadline earlier pushes a new entry and the older one becomes stale; stale entri
 on pop (their deadline is no longer the AOR's scheduled one) and skipped. ``expire(now)`` with
 nothing due is a single comparison against the top of the heap.
 
-:class:`SqliteStore` is write-behind, like Kamailio usrloc ``db_mode=2``: memory is authoritative
-on the hot path; changed AORs are marked dirty and a background writer thread persists them in
-batches (:meth:`SqliteStore.take_changes` on the loop thread, :meth:`SqliteStore.write_changes`
-on the writer thread).
+:class:`SqliteStore` keeps every binding in memory too and persists changes by group commit:
+each change is numbered and marks its AOR dirty; the adapter takes the dirty AORs as one
+:class:`ChangeBatch` (:meth:`SqliteStore.take_changes`, event-loop thread), writes it in one
+transaction on a writer thread (:meth:`SqliteStore.write_changes`) and reports the outcome
+(:meth:`SqliteStore.committed` or :meth:`SqliteStore.rollback`, event-loop thread). A REGISTER's
+200 waits until :meth:`BindingStore.pending_commit` no longer names a change made before it
+(see :mod:`sipserver.edge.group_commit`), so every acknowledged binding is on disk. Until then
+the change is visible to later REGISTERs of the AOR (their CSeq checks and their 200s, which
+wait for it too) but not to :meth:`BindingStore.get_committed`, the view calls are routed on.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +45,7 @@ from sipserver.data_dir import make_private_file, make_private_if_present
 __all__ = [
     "Binding",
     "BindingStore",
+    "ChangeBatch",
     "MemoryStore",
     "SqliteStore",
     "open_store",
@@ -121,6 +127,16 @@ class BindingStore(Protocol):
         """Remove and return the bindings with ``expires_at <= now``; O(1) when none is due."""
         ...
 
+    def get_committed(self, aor: str) -> list[Binding]:
+        """Bindings of ``aor`` as last committed: what every acknowledged REGISTER left (a
+        store without commits returns :meth:`get`)."""
+        ...
+
+    def pending_commit(self) -> int | None:
+        """Number of the newest change not yet committed, None when every change is (always
+        None for a store without commits): a 200 that reflects it must wait for it."""
+        ...
+
     def close(self) -> None:
         """Release resources (persist what is pending first)."""
         ...
@@ -166,6 +182,7 @@ class MemoryStore:
         """
         new = tuple(bindings)
         old = self._by_aor.get(aor, ())
+        self._changing(aor, old)
         self._count += len(new) - len(old)
         if not new:
             if old:
@@ -214,6 +231,7 @@ class MemoryStore:
             bindings = self._by_aor[aor]
             keep = tuple(b for b in bindings if b.expires_at > now)
             if len(keep) != len(bindings):
+                self._changing(aor, bindings)
                 expired.extend(b for b in bindings if b.expires_at <= now)
                 self._count -= len(bindings) - len(keep)
                 if keep:
@@ -224,8 +242,19 @@ class MemoryStore:
                 self._schedule(aor, min(b.expires_at for b in keep))
         return expired
 
+    def get_committed(self, aor: str) -> list[Binding]:
+        """Same as :meth:`get`: a memory store has nothing to commit."""
+        return list(self._by_aor.get(aor, ()))
+
+    def pending_commit(self) -> int | None:
+        """Always None: a memory store has nothing to commit."""
+        return None
+
     def close(self) -> None:
         """Nothing to release; the bindings stay readable."""
+
+    def _changing(self, aor: str, old: tuple[Binding, ...]) -> None:
+        """Called before the bindings of ``aor`` change from ``old`` (a hook for subclasses)."""
 
     def _schedule(self, aor: str, deadline: float) -> None:
         self._scheduled[aor] = deadline
@@ -271,33 +300,71 @@ _Row = tuple[
 _Changes = Sequence[tuple[str, tuple[Binding, ...]]]
 
 
-class SqliteStore(MemoryStore):
-    """Write-behind SQLite persistence over :class:`MemoryStore` (Kamailio usrloc ``db_mode=2``).
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """The changes :meth:`SqliteStore.take_changes` hands to the writer: one transaction."""
 
-    Memory is authoritative: reads and writes on the hot path never touch SQLite. Every
-    :meth:`replace` and :meth:`expire` marks the AOR dirty; the adapter periodically calls
-    :meth:`take_changes` on the event-loop thread and hands the snapshot to **one** background
-    writer thread, which calls :meth:`write_changes`. Bindings are immutable tuples, so the
-    snapshot is shared with the writer without copying.
+    seq: int
+    """Number of the newest change included: once committed, every change up to it is."""
+    changes: tuple[tuple[str, tuple[Binding, ...]], ...] = ()
+    """``(aor, bindings)`` per changed AOR, its bindings when taken; ``()`` removes the AOR."""
+
+
+class SqliteStore(MemoryStore):
+    """SQLite persistence with group commit over :class:`MemoryStore`.
+
+    Reads never touch SQLite: every binding is also in memory. A change (:meth:`replace`, or
+    :meth:`expire` removing something) is applied in memory at once, gets the next change number
+    and marks its AOR dirty; :attr:`on_change` is called when the first AOR becomes dirty. The
+    adapter then, on the event-loop thread, takes the dirty AORs as a :class:`ChangeBatch`
+    (:meth:`take_changes`), has **one** writer thread write it in one transaction
+    (:meth:`write_changes`), and reports back on the loop thread: :meth:`committed` (the change
+    numbers up to ``batch.seq`` are durable) or :meth:`rollback` (a failed write: memory goes
+    back to what the database holds, every uncommitted change of every AOR is undone). Bindings
+    are immutable tuples, so a batch is shared with the writer without copying.
+
+    Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A commit writes the
+    transaction's pages to the WAL file with ``write()`` but does not ``fsync`` it (SQLite syncs
+    the WAL at checkpoints). What ``write()`` returned is in the kernel's page cache, which
+    survives the death of the process (``kill -9``, an out-of-memory kill, a crash): every
+    committed binding is there at the next start. A power loss or kernel crash can lose the
+    commits since the last checkpoint; ``synchronous=FULL`` would ``fsync`` the WAL on every
+    commit to cover that too, at one ``fsync`` per group commit.
 
     Threading: the connection is opened with ``check_same_thread=False`` because it is created on
     the loop thread and used by the writer thread. Only one thread may use it at a time: one writer
     thread calls :meth:`write_changes`, and :meth:`flush`/:meth:`close` are called (on any thread)
     only once that writer has stopped. A lock additionally serialises connection use, but cannot
-    order batches: a batch written after a newer one would overwrite it, hence the single writer.
-    The in-memory part (everything but :meth:`write_changes`) belongs to the loop thread.
+    order batches: a batch written after a newer one would overwrite it, hence the single writer
+    and at most one batch in flight. Everything but :meth:`write_changes` belongs to the loop
+    thread.
 
     Args:
         path: database file; parent directories are created. ``":memory:"`` gives a private
             in-memory database (tests).
     """
 
-    __slots__ = ("_closed", "_conn", "_dirty", "_lock")
+    __slots__ = (
+        "_closed",
+        "_committed_seq",
+        "_conn",
+        "_dirty",
+        "_durable",
+        "_lock",
+        "_seq",
+        "on_change",
+    )
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Open (or create) the database and load every row into memory."""
         super().__init__()
         self._dirty: set[str] = set()
+        self._durable: dict[str, tuple[Binding, ...]] = {}
+        """Committed bindings of every AOR changed since its last commit (``()``: none)."""
+        self._seq = 0
+        self._committed_seq = 0
+        self.on_change: Callable[[], None] | None = None
+        """Called (loop thread) when a change makes the first AOR dirty: time to commit."""
         self._lock = threading.Lock()
         self._closed = False
         if os.fspath(path) != ":memory:":
@@ -326,47 +393,94 @@ class SqliteStore(MemoryStore):
             group.append(_binding_from_row(row))
         if current_aor is not None:
             MemoryStore.replace(self, current_aor, group)
+        # What was loaded is what the database holds: nothing to commit.
+        self._dirty.clear()
+        self._durable.clear()
+        self._seq = self._committed_seq = 0
 
-    def replace(self, aor: str, bindings: Sequence[Binding]) -> None:
-        """Like :meth:`MemoryStore.replace`, and mark ``aor`` for persistence."""
-        super().replace(aor, bindings)
+    def _changing(self, aor: str, old: tuple[Binding, ...]) -> None:
+        # Number the change, remember what the database holds for the AOR, mark it dirty.
+        self._seq += 1
+        if aor not in self._durable:
+            self._durable[aor] = old
+        notify = not self._dirty and self.on_change is not None
         self._dirty.add(aor)
+        if notify:
+            self.on_change()  # type: ignore[misc]
 
-    def expire(self, *, now: float) -> list[Binding]:
-        """Like :meth:`MemoryStore.expire`, and mark the affected AORs for persistence."""
-        expired = super().expire(now=now)
-        if expired:
-            self._dirty.update(b.aor for b in expired)
-        return expired
-
-    def take_changes(self) -> list[tuple[str, tuple[Binding, ...]]]:
-        """Snapshot the dirty AORs and clear the dirty set (event-loop thread; cheap).
-
-        Returns:
-            ``(aor, bindings)`` per changed AOR; an empty tuple means the AOR was removed.
-        """
-        if not self._dirty:
-            return []
-        dirty, self._dirty = self._dirty, set()
-        by_aor = self._by_aor
-        return [(aor, by_aor.get(aor, ())) for aor in dirty]
-
-    def requeue(self, changes: _Changes) -> None:
-        """Mark the AORs of a batch dirty again, after :meth:`write_changes` failed.
-
-        Call it on the event-loop thread; the next :meth:`take_changes` snapshots their current
-        bindings (which may be newer than the failed batch).
+    def get_committed(self, aor: str) -> list[Binding]:
+        """Bindings of ``aor`` as last committed (what acknowledged REGISTERs left).
 
         Args:
-            changes: the batch that was not written.
+            aor: address-of-record key.
+
+        Returns:
+            A new list; changes not yet committed are left out.
         """
-        self._dirty.update(aor for aor, _ in changes)
+        durable = self._durable.get(aor)
+        return list(self._by_aor.get(aor, ()) if durable is None else durable)
+
+    def pending_commit(self) -> int | None:
+        """Number of the newest change not yet committed, or None when all are."""
+        return None if self._seq == self._committed_seq else self._seq
+
+    def take_changes(self) -> ChangeBatch:
+        """Snapshot the dirty AORs as one batch and clear the dirty set (loop thread; cheap).
+
+        Take the next batch only after the previous one was reported (:meth:`committed` or
+        :meth:`rollback`).
+
+        Returns:
+            The batch; its ``changes`` are empty when nothing changed.
+        """
+        if not self._dirty:
+            return ChangeBatch(self._seq)
+        dirty, self._dirty = self._dirty, set()
+        by_aor = self._by_aor
+        return ChangeBatch(self._seq, tuple((aor, by_aor.get(aor, ())) for aor in dirty))
+
+    def committed(self, batch: ChangeBatch) -> None:
+        """Record that ``batch`` is in the database (loop thread, after :meth:`write_changes`).
+
+        Args:
+            batch: the batch written.
+        """
+        durable, dirty = self._durable, self._dirty
+        for aor, bindings in batch.changes:
+            if aor in dirty:
+                durable[aor] = bindings  # changed again since: the database holds the batch's
+            else:
+                durable.pop(aor, None)  # memory and database agree
+        self._committed_seq = batch.seq
+
+    def rollback(self) -> list[str]:
+        """Undo every uncommitted change, after :meth:`write_changes` failed (loop thread).
+
+        Memory goes back to what the database holds, for the failed batch's AORs and for AORs
+        changed since it was taken (their changes were made on top of it). The REGISTERs whose
+        200s waited must now be refused. Bindings whose expiry is undone are expired again by
+        the next :meth:`expire`.
+
+        Returns:
+            The AORs restored.
+        """
+        durable, self._durable = self._durable, {}
+        on_change, self.on_change = self.on_change, None  # restoring is no change to commit
+        try:
+            for aor, bindings in durable.items():
+                MemoryStore.replace(self, aor, bindings)
+        finally:
+            self.on_change = on_change
+        self._durable.clear()
+        self._dirty.clear()
+        self._committed_seq = self._seq
+        return list(durable)
 
     def write_changes(self, changes: _Changes) -> None:
-        """Persist a batch from :meth:`take_changes` in one transaction (writer thread).
+        """Persist a batch's changes in one transaction (writer thread).
 
         Each AOR's rows are deleted and its current bindings inserted. On error the transaction
-        is rolled back and the exception propagates; hand the batch to :meth:`requeue`.
+        is rolled back and the exception propagates; call :meth:`rollback` on the loop thread.
 
         Args:
             changes: ``(aor, bindings)`` pairs; an empty tuple deletes the AOR.
@@ -390,14 +504,18 @@ class SqliteStore(MemoryStore):
 
         Returns:
             Number of AORs written.
+
+        Raises:
+            sqlite3.Error: the write failed; the uncommitted changes were rolled back.
         """
-        changes = self.take_changes()
+        batch = self.take_changes()
         try:
-            self.write_changes(changes)
+            self.write_changes(batch.changes)
         except BaseException:
-            self.requeue(changes)
+            self.rollback()
             raise
-        return len(changes)
+        self.committed(batch)
+        return len(batch.changes)
 
     def close(self) -> None:
         """Flush pending changes and close the database; idempotent.

@@ -304,8 +304,10 @@ class Registrar:
 
         Returns:
             Highest ``q`` first (absent ``q`` counts as 1.0), then most recently registered.
+            Only committed bindings: exactly what acknowledged REGISTERs left, never a change
+            whose 200 still waits for its commit (and may yet be refused).
         """
-        live = [b for b in self._store.get(aor) if b.expires_at > now]
+        live = [b for b in self._store.get_committed(aor) if b.expires_at > now]
         if len(live) > 1:
             live.sort(key=_lookup_order)
         return live

@@ -14,6 +14,7 @@ import pytest
 from sipserver.registrar.bindings import (
     Binding,
     BindingStore,
+    ChangeBatch,
     MemoryStore,
     SqliteStore,
     open_store,
@@ -265,7 +266,8 @@ def test_sqlite_survives_restart(tmp_path: Path) -> None:
     assert reopened.get(AOR_A) == rich_bindings()
     assert reopened.get(AOR_B) == []
     assert reopened.count() == 2
-    assert reopened.take_changes() == []  # loading is not a change
+    assert reopened.take_changes() == ChangeBatch(0)  # loading is not a change
+    assert reopened.pending_commit() is None
     reopened.close()
 
 
@@ -310,8 +312,10 @@ def test_take_changes_snapshots_and_clears(tmp_path: Path) -> None:
     store.replace(AOR_A, [b1])  # two changes of one AOR: one entry, the latest bindings
     store.replace(AOR_B, [make(AOR_B)])
     store.replace(AOR_B, [])
-    assert sorted(store.take_changes()) == [(AOR_A, (b1,)), (AOR_B, ())]
-    assert store.take_changes() == []
+    batch = store.take_changes()
+    assert batch.seq == 4
+    assert sorted(batch.changes) == [(AOR_A, (b1,)), (AOR_B, ())]
+    assert store.take_changes() == ChangeBatch(4)
     store.close()
 
 
@@ -321,8 +325,12 @@ def test_expire_marks_changes(tmp_path: Path) -> None:
     store.replace(AOR_A, [make(expires_at=T0 + 60)])
     store.flush()
     store.expire(now=T0 + 60)
-    assert store.take_changes() == [(AOR_A, ())]
-    store.requeue([(AOR_A, ())])
+    assert store.pending_commit() == 2
+    batch = store.take_changes()
+    assert batch.changes == ((AOR_A, ()),)
+    store.write_changes(batch.changes)
+    store.committed(batch)
+    assert store.pending_commit() is None
     store.close()
     assert SqliteStore(db).count() == 0
 
@@ -330,15 +338,19 @@ def test_expire_marks_changes(tmp_path: Path) -> None:
 def test_write_changes_from_a_writer_thread(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     store = SqliteStore(db)
-    for i in range(100):
+    for i in range(600):  # more than one statement's worth of rows and AORs
         store.replace(f"sip:u{i}@h", [make(f"sip:u{i}@h", contact=f"sip:u{i}@192.0.2.1")])
     store.replace("sip:u0@h", [])
-    changes = store.take_changes()
+    store.flush()
+    store.replace("sip:u1@h", [])
+    two = [make("sip:u2@h", contact="sip:u2@192.0.2.1"), make("sip:u2@h", contact="sip:u2@b")]
+    store.replace("sip:u2@h", two)
+    batch = store.take_changes()
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
-            store.write_changes(changes)
+            store.write_changes(batch.changes)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -346,36 +358,103 @@ def test_write_changes_from_a_writer_thread(tmp_path: Path) -> None:
     thread.start()
     thread.join()
     assert errors == []
+    store.committed(batch)
     assert store.flush() == 0
     store.close()
 
     reopened = SqliteStore(db)
-    assert reopened.count() == 99
-    assert reopened.get("sip:u0@h") == []
+    assert reopened.count() == 599
+    assert reopened.get("sip:u0@h") == [] and reopened.get("sip:u1@h") == []
+    assert reopened.get("sip:u2@h") == two
     assert reopened.get("sip:u7@h") == [make("sip:u7@h", contact="sip:u7@192.0.2.1")]
     reopened.close()
 
 
-def test_failed_write_can_be_requeued(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "b.db")
-    store.replace(AOR_A, [make()])
-    changes = store.take_changes()
+def test_failed_write_rolls_memory_back_to_the_database(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    store = SqliteStore(db)
+    kept = make(contact="sip:alice@192.0.2.9")
+    store.replace(AOR_A, [kept])
+    store.flush()
+    woken: list[int] = []
+    store.on_change = lambda: woken.append(1)
+    store.replace(AOR_A, [kept, make()])  # in the batch that fails
+    store.replace(AOR_B, [make(AOR_B)])
+    batch = store.take_changes()
+    store.replace(AOR_A, [make()])  # made on top of the failing batch
+    store.replace("sip:carol@example.com", [make("sip:carol@example.com")])  # after it
     invalid = Binding(AOR_A, "sip:x", T0, T0, None, 1)  # type: ignore[arg-type]  # NOT NULL
-    bad = [(AOR_A, (invalid,))]
     with pytest.raises(sqlite3.IntegrityError):
-        store.write_changes(bad)
-    store.requeue(changes)
+        store.write_changes([*batch.changes, (AOR_A, (invalid,))])
+    woken.clear()
+    assert sorted(store.rollback()) == sorted([AOR_A, AOR_B, "sip:carol@example.com"])
+    assert woken == []  # restoring the database's state is nothing to commit
+    assert store.get(AOR_A) == [kept]
+    assert store.get(AOR_B) == [] and store.get("sip:carol@example.com") == []
+    assert store.count() == 1
+    assert store.pending_commit() is None
+    assert store.take_changes().changes == ()
+    store.close()
+    assert SqliteStore(db).get(AOR_A) == [kept]
+
+
+def test_rollback_restores_expired_bindings_for_the_next_expire(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    binding = make(expires_at=T0 + 60)
+    store.replace(AOR_A, [binding])
+    store.flush()
+    assert store.expire(now=T0 + 60) == [binding]
+    store.take_changes()
+    store.rollback()  # the expiry was not written: memory is the database again
+    assert store.get(AOR_A) == [binding]
+    assert store.expire(now=T0 + 61) == [binding]  # and expires again
     assert store.flush() == 1
     store.close()
 
 
-def test_failed_flush_keeps_the_changes_pending(tmp_path: Path) -> None:
+def test_committed_view_and_pending_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    woken: list[int] = []
+    store.on_change = lambda: woken.append(1)
+    first, second = make(cseq=1), make(cseq=2)
+    assert store.pending_commit() is None
+    store.replace(AOR_A, [first])
+    store.replace(AOR_B, [make(AOR_B)])
+    assert woken == [1]  # once, when the first AOR became dirty
+    assert store.pending_commit() == 2
+    assert store.get(AOR_A) == [first]
+    assert store.get_committed(AOR_A) == []  # not acknowledged yet
+    batch = store.take_changes()
+    store.replace(AOR_A, [second])  # while the batch is written
+    assert woken == [1, 1]
+    store.write_changes(batch.changes)
+    store.committed(batch)
+    assert store.pending_commit() == 3  # the change after the batch
+    assert store.get_committed(AOR_A) == [first]  # what the database holds
+    assert store.get_committed(AOR_B) == [make(AOR_B)]
+    assert store.get(AOR_A) == [second]
+    assert store.flush() == 1
+    assert store.get_committed(AOR_A) == [second]
+    assert store.pending_commit() is None
+    store.close()
+
+
+def test_memory_store_has_nothing_to_commit() -> None:
+    store = MemoryStore()
+    store.replace(AOR_A, [make()])
+    assert store.pending_commit() is None
+    assert store.get_committed(AOR_A) == [make()]
+
+
+def test_failed_flush_rolls_back(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "b.db")
     store.replace(AOR_A, [make()])
     store._conn.close()  # simulate a broken database
     with pytest.raises(sqlite3.ProgrammingError):
         store.flush()
-    assert store.take_changes() == [(AOR_A, (make(),))]
+    # Rolled back: memory is what the database holds, and nothing is claimed committed.
+    assert store.get(AOR_A) == []
+    assert store.pending_commit() is None
 
 
 def test_sqlite_rejects_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -422,7 +501,7 @@ def test_sqlite_files_are_private_even_under_a_lax_umask(tmp_path: Path) -> None
         db = tmp_path / "new.db"
         store = SqliteStore(db)
         store.replace(AOR_A, [make()])
-        store.write_changes(store.take_changes())
+        store.flush()
         files = [db, *(p for p in (tmp_path / "new.db-wal", tmp_path / "new.db-shm") if p.exists())]
         assert len(files) == 3  # WAL mode: both side files exist while the store is open
         assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {

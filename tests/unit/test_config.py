@@ -1407,3 +1407,11 @@ def test_numbers_that_collide_under_the_plan_are_an_error() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(yaml.safe_dump(raw), env={})
     assert "agents[1].sip.numbers[0]" in str(err.value.errors)
+
+
+@pytest.mark.parametrize(("value", "reason"), [(-1, "must be >= 0"), (5000, "must be <= 1000")])
+def test_store_commit_ms_is_bounded(value: float, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"server:\n  store_commit_ms: {value}\n", env={})
+    assert any(e.startswith("server.store_commit_ms: ") and reason in e for e in info.value.errors)
+    assert parse_config("server:\n  store_commit_ms: 0\n", env={}).server.store_commit_ms == 0

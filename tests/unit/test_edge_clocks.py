@@ -94,7 +94,15 @@ def test_bindings_survive_a_restart_with_their_remaining_expiry(tmp_path: Path) 
     db = tmp_path / "bindings.db"
     store = SqliteStore(db)
     router, _ = make_router(store=store)
-    resp = register(router, expires=3600, now=MONO, wall=WALL)
+    challenge = send(router, request(cseq=1), now=MONO, wall=WALL)
+    final = request(cseq=2, authorization=answer(challenge, "alice", "alice-pw-1234"))
+    # The 200 waits for the binding's commit (the server's group commit does this part).
+    assert router.handle_message(final, PEER, now=MONO, wall=WALL) == []
+    ticket = store.pending_commit()
+    assert ticket is not None and store.flush() == 1
+    (out,) = router.release_committed(ticket, now=MONO)
+    resp = parse_message(out.data)
+    assert isinstance(resp, SipResponse)
     assert resp.status == 200 and _contact_expires(resp) == 3600
     store.close()
 
