@@ -2,9 +2,15 @@
 
 UDP: one datagram is one message (RFC 3261 §18.3); CRLF keepalives are ignored. TCP: messages
 are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answered with a CRLF
-pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection;
-connections idle longer than ``idle_timeout`` are closed. Every listener takes ``host:port`` with
-IPv4 or IPv6 (``[::]:5060``) addresses.
+pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection.
+Every listener takes ``host:port`` with IPv4 or IPv6 (``[::]:5060``) addresses.
+
+Stream listeners (TCP, and TLS on the same connection class) share one
+:class:`~sipserver.connections.ConnectionLimits`: a connection past the total or per-source cap
+is closed as it is accepted and counted (``sipserver_refusals_total{ingress="sip_tcp"}``). Each
+connection has :class:`~sipserver.connections.StreamDeadlines`: closed when no complete message
+nor keepalive came for ``idle_timeout`` (not while it carries a call in progress), or when a
+message stays incomplete for ``message_timeout`` (slowloris; counted as a refusal).
 
 Time: the router gets the event loop's monotonic ``loop.time()`` for its timers, transactions,
 nonces and bans, and the wall clock only for binding expiry and the Date header (see
@@ -16,13 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
+from sipserver.connections import (
+    ConnectionLimits,
+    ConnectionSlot,
+    StreamAcceptor,
+    StreamDeadlines,
+    listening_socket,
+)
 from sipserver.edge.router import Outgoing, Peer, SipRouter
-from sipserver.observability import Metrics, get_logger
-from sipserver.sip.framing import FramingError, StreamFramer
+from sipserver.observability import Metrics, RefusalLog, get_logger
+from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.tasks import cancel_and_wait
 
 __all__ = ["SipListeners", "parse_host_port"]
@@ -31,6 +45,9 @@ log = get_logger(__name__)
 
 Clock = Callable[[], float]
 """A time source: seconds as a float."""
+
+Flow = tuple[str, str, int]
+"""(transport, host, port) of a peer's connection."""
 
 
 def _loop_time() -> float:
@@ -84,23 +101,39 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, listeners: SipListeners) -> None:
+    """One SIP stream connection (TCP; TLS through the same class, its transport named)."""
+
+    def __init__(
+        self,
+        listeners: SipListeners,
+        *,
+        transport: str = "tcp",
+        slot: ConnectionSlot | None = None,
+    ) -> None:
         self._listeners = listeners
         self._framer = StreamFramer(max_message_size=listeners.max_message_size)
         self._transport: asyncio.Transport | None = None
-        self._peer = Peer("tcp", "", 0)
-        self._last_activity = 0.0
+        self._peer = Peer(transport, "", 0)
+        self._slot = slot
+        self.deadlines = StreamDeadlines(listeners.clock())
+
+    @property
+    def flow(self) -> Flow:
+        """(transport, host, port) of the peer."""
+        return self._peer.transport, self._peer.host, self._peer.port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         addr = self._transport.get_extra_info("peername")
-        self._peer = Peer("tcp", str(addr[0]), int(addr[1]))
-        self._last_activity = self._listeners.clock()
+        self._peer = Peer(self._peer.transport, str(addr[0]), int(addr[1]))
+        self.deadlines = StreamDeadlines(self._listeners.clock())
         self._listeners.connections.add(self)
         self._listeners.by_peer[(self._peer.host, self._peer.port)] = self
         self._listeners.metrics.tcp_connections.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._slot is not None:
+            self._slot.release()
         if self in self._listeners.connections:
             self._listeners.connections.discard(self)
             self._listeners.by_peer.pop((self._peer.host, self._peer.port), None)
@@ -110,39 +143,39 @@ class _TcpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        self._last_activity = self._listeners.clock()
+        listeners = self._listeners
         try:
             messages = self._framer.feed(data)
         except FramingError as exc:
             log.info("sip_tcp_framing_error", source=self._peer.host, reason=str(exc))
-            self._listeners.metrics.parse_errors.labels("tcp", "no").inc()
+            listeners.metrics.parse_errors.labels(self._peer.transport, "no").inc()
             transport.close()
             return
-        listeners = self._listeners
+        # Only a complete message or a ping is activity (RFC 5626 §4.4.1); stray bytes are not.
+        self.deadlines.received(
+            listeners.clock(), completed=bool(messages), pending=self._framer.buffered > 0
+        )
         router = listeners.router
         for message in messages:
-            if message == b"\r\n\r\n":
-                transport.write(b"\r\n")
+            if message == PING:
+                transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
                 continue
             out: list[Outgoing] = router.handle_message(
                 message, self._peer, now=listeners.clock(), wall=listeners.wall_clock()
             )
             for item in out:
-                if item.transport in ("", "tcp") and (item.host, item.port) == (
+                if item.transport in ("", self._peer.transport) and (item.host, item.port) == (
                     self._peer.host,
                     self._peer.port,
                 ):
                     transport.write(item.data)
                 else:
-                    self._listeners.deliver(item)
-        self._listeners.arm_proxy_timer()
+                    listeners.deliver(item)
+        listeners.arm_proxy_timer()
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
             self._transport.write(data)
-
-    def idle_for(self, now: float) -> float:
-        return now - self._last_activity
 
     def close(self) -> None:
         if self._transport is not None:
@@ -159,7 +192,14 @@ class SipListeners:
             idle times; None: the running event loop's ``loop.time()``.
         wall_clock: wall-clock time for binding expiry and the Date header (``time.time``).
         max_message_size: largest TCP message accepted.
-        idle_timeout: close TCP connections idle for longer than this (seconds).
+        limits: the caps of every stream listener (TCP, TLS) together; None: 10,000 in
+            total, 256 per source.
+        refusals: where refused connections are counted (a new log on ``metrics`` if None).
+        idle_timeout: seconds a stream connection may go without a complete message or a
+            keepalive ping (not applied while it carries a call in progress).
+        message_timeout: seconds a message may take from its first byte to its last (a new
+            connection's first message counts from the connection).
+        calls_on: the flows (transport, host, port) that calls in progress came in on.
     """
 
     def __init__(
@@ -170,14 +210,22 @@ class SipListeners:
         clock: Clock | None = None,
         wall_clock: Clock = time.time,
         max_message_size: int = 65535,
-        idle_timeout: float = 600.0,
+        limits: ConnectionLimits | None = None,
+        refusals: RefusalLog | None = None,
+        idle_timeout: float = 300.0,
+        message_timeout: float = 20.0,
+        calls_on: Callable[[], Collection[Flow]] | None = None,
     ) -> None:
         self.router = router
         self.metrics = metrics
         self.clock: Clock = clock if clock is not None else _loop_time
         self.wall_clock = wall_clock
         self.max_message_size = max_message_size
+        self.limits = limits if limits is not None else ConnectionLimits(10_000, 256)
+        self.refusals = refusals if refusals is not None else RefusalLog(metrics)
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
+        self._calls_on = calls_on
         self.connections: set[_TcpConnection] = set()
         self.by_peer: dict[tuple[str, int], _TcpConnection] = {}
         """Open TCP connections by the peer's (host, port): requests towards a caller that
@@ -187,7 +235,7 @@ class SipListeners:
         self.bound: list[tuple[str, str, int]] = []
         """(transport, host, port) of every listener, with the real port when 0 was asked."""
         self._udp: list[asyncio.DatagramTransport] = []
-        self._tcp: list[asyncio.Server] = []
+        self._streams: list[StreamAcceptor] = []
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self, udp: list[str], tcp: list[str]) -> None:
@@ -209,18 +257,74 @@ class SipListeners:
             self._udp.append(transport)
             self.bound.append(("udp", host, int(sock.getsockname()[1])))
         for spec in tcp:
-            host, port = parse_host_port(spec)
-            try:
-                server = await loop.create_server(
-                    lambda: _TcpConnection(self), host=host, port=port, reuse_address=True
-                )
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot bind SIP TCP {spec}: {exc.strerror}") from exc
-            self._tcp.append(server)
-            self.bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+            self.start_stream(spec, "tcp")
         self._ticker = asyncio.create_task(self._tick(), name="sip-edge-timer")
         for transport_name, host, port in self.bound:
             log.info("sip_listening", transport=transport_name, host=host, port=port)
+
+    def start_stream(
+        self,
+        spec: str,
+        transport: str,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        """Bind one stream listener (``tcp``, or ``tls`` with ``ssl_context``) on ``spec``;
+        its connections count against :attr:`limits` and have the stream deadlines.
+
+        Raises:
+            OSError: naming the address that could not be bound.
+        """
+        host, port = parse_host_port(spec)
+        try:
+            sock = listening_socket(host, port)
+        except OSError as exc:
+            name = transport.upper()
+            raise OSError(exc.errno, f"cannot bind SIP {name} {spec}: {exc.strerror}") from exc
+        acceptor = StreamAcceptor(
+            sock,
+            lambda slot: _TcpConnection(self, transport=transport, slot=slot),
+            self.limits,
+            self.refusals,
+            f"sip_{transport}",
+            ssl_context=ssl_context,
+            handshake_timeout=handshake_timeout,
+        )
+        acceptor.start()
+        self._streams.append(acceptor)
+        self.bound.append((transport, host, acceptor.port))
+
+    def configure_connections(
+        self, *, max_total: int, max_per_source: int, idle_timeout: float, message_timeout: float
+    ) -> None:
+        """New caps and deadlines (start and reload); open connections are kept and judged by
+        the new deadlines from the next tick."""
+        self.limits.configure(max_total, max_per_source)
+        self.idle_timeout, self.message_timeout = idle_timeout, message_timeout
+
+    def expire_connections(self, now: float) -> None:
+        """Close the stream connections past a deadline (:class:`StreamDeadlines`)."""
+        expired: list[tuple[_TcpConnection, str]] = []
+        idle: list[_TcpConnection] = []
+        for conn in self.connections:
+            reason = conn.deadlines.expired(
+                now, idle_timeout=self.idle_timeout, message_timeout=self.message_timeout
+            )
+            if reason == "idle_timeout":
+                idle.append(conn)
+            elif reason is not None:
+                expired.append((conn, reason))
+        if idle:
+            # Asked only when some connection is idle: a call's BYE must be able to go back.
+            in_use = set(self._calls_on()) if self._calls_on is not None else set()
+            expired += [(c, "idle_timeout") for c in idle if c.flow not in in_use]
+        for conn, reason in expired:
+            transport, host, port = conn.flow
+            if reason == "idle_timeout":
+                log.debug("sip_stream_idle_closed", transport=transport, host=host, port=port)
+            else:
+                self.refusals.refuse(f"sip_{transport}", reason, source=host)
+            conn.close()
 
     def deliver(self, item: Outgoing) -> None:
         """Send a message that does not simply go back the way its trigger came."""
@@ -270,9 +374,7 @@ class SipListeners:
             try:
                 now = self.clock()
                 self.router.handle_timer(now=now, wall=self.wall_clock())
-                for conn in list(self.connections):
-                    if conn.idle_for(now) > self.idle_timeout:
-                        conn.close()
+                self.expire_connections(now)
             except Exception:  # keep the timer alive whatever one tick hit
                 log.exception("sip_timer_failed")
 
@@ -284,12 +386,11 @@ class SipListeners:
             self._proxy_timer.cancel()
         for transport in self._udp:
             transport.close()
-        for server in self._tcp:
-            server.close()
+        for acceptor in self._streams:
+            acceptor.close()
         for conn in list(self.connections):
             conn.close()
-        for server in self._tcp:
-            await server.wait_closed()
+        await asyncio.sleep(0)  # let the transports call connection_lost
 
 
 def _grow_buffers(sock: socket.socket) -> None:
