@@ -261,6 +261,14 @@ class SipListeners:
         self._ticker = asyncio.create_task(self._tick(), name="sip-edge-timer")
         for transport_name, host, port in self.bound:
             log.info("sip_listening", transport=transport_name, host=host, port=port)
+        if self._streams:
+            log.info(
+                "sip_connection_limits",
+                max_connections=self.limits.max_total,
+                max_connections_per_source=self.limits.max_per_source,
+                idle_timeout=self.idle_timeout,
+                message_timeout=self.message_timeout,
+            )
 
     def start_stream(
         self,
