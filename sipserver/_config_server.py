@@ -147,7 +147,8 @@ class SipServerConfig(_Model):
     @model_validator(mode="after")
     def _connections_order(self) -> SipServerConfig:
         total = self.max_connections
-        if total != "auto" and self.max_connections_per_source > total:
+        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
+        if explicit and total != "auto" and self.max_connections_per_source > total:
             message = f"must be <= max_connections ({total})"
             raise RuleErrors([(("max_connections_per_source",), message)])
         return self
@@ -261,7 +262,8 @@ class HttpLimitsConfig(_Model):
     @model_validator(mode="after")
     def _connections_order(self) -> HttpLimitsConfig:
         total = self.max_connections
-        if total != "auto" and self.max_connections_per_source > total:
+        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
+        if explicit and total != "auto" and self.max_connections_per_source > total:
             message = f"must be <= max_connections ({total})"
             raise RuleErrors([(("max_connections_per_source",), message)])
         return self
