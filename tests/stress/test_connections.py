@@ -10,12 +10,13 @@ import resource
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.integration.conftest import ServerProcess, until
+from tests.integration.conftest import ServerProcess, run_sipp, until
 from tests.integration.media_stream_client import MediaStreamClient
 
 pytestmark = pytest.mark.integration
@@ -303,4 +304,29 @@ async def test_slow_http_headers_and_bodies_are_cut_but_websockets_live(
     assert call.close_code == 1000, (call.close_code, call.close_reason)
     assert refusals(server, "http", "header_timeout") == 1
     assert refusals(server, "http", "body_timeout") == 1
+    assert_quiet_log(server)
+
+
+def test_a_quiet_tcp_call_keeps_its_connection_past_the_idle_deadline(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """A call over TCP with no SIP (and no RTP) for longer than the idle deadline: its
+    connection is kept, so the worker's BYE (RTP timeout) reaches the caller (SIPp)."""
+
+    def quiet(config: dict[str, Any]) -> None:
+        config["agents"][0]["sip"].update(invite_auth="ip", allowed_ips=["127.0.0.0/8"])
+        config["server"]["sip"]["connection_idle_timeout"] = 1
+        config["server"]["media"] = {"rtp_timeout": 4}
+
+    server: ServerProcess = server_factory(quiet)
+    result = run_sipp(
+        "uac_edge_ip_auth_wait_bye.xml",
+        server.sip_port,
+        service="+15005550101",
+        transport="tcp",
+        workdir=tmp_path,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.output
+    assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 1
     assert_quiet_log(server)
