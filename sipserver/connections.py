@@ -40,7 +40,7 @@ __all__ = [
     "StreamAcceptor",
     "StreamDeadlines",
     "auto_max_connections",
-    "listening_socket",
+    "listening_sockets",
     "open_file_limit",
     "raise_open_file_limit",
     "source_key",
@@ -433,21 +433,34 @@ class StreamAcceptor:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
 
-def listening_socket(host: str, port: int, *, backlog: int = 1024) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (IPv6 when ``host`` has a colon), listening.
+def listening_sockets(host: str, port: int, *, backlog: int = 1024) -> list[socket.socket]:
+    """Listening TCP sockets on ``host:port``: one for an address, one per address a name
+    resolves to (``localhost``: 127.0.0.1 and ::1), as ``loop.create_server`` binds. IPv6
+    sockets are IPv6-only (``[::]`` and ``0.0.0.0`` are two listeners). With port 0 every
+    socket gets the first one's port.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: an address cannot be resolved or bound (every socket made is closed).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets

@@ -32,7 +32,7 @@ from sipserver.connections import (
     ConnectionSlot,
     StreamAcceptor,
     StreamDeadlines,
-    listening_socket,
+    listening_sockets,
 )
 from sipserver.edge.router import Outgoing, Peer, SipRouter
 from sipserver.observability import Metrics, RefusalLog, get_logger
@@ -285,22 +285,23 @@ class SipListeners:
         """
         host, port = parse_host_port(spec)
         try:
-            sock = listening_socket(host, port)
+            sockets = listening_sockets(host, port)
         except OSError as exc:
             name = transport.upper()
             raise OSError(exc.errno, f"cannot bind SIP {name} {spec}: {exc.strerror}") from exc
-        acceptor = StreamAcceptor(
-            sock,
-            lambda slot: _TcpConnection(self, transport=transport, slot=slot),
-            self.limits,
-            self.refusals,
-            f"sip_{transport}",
-            ssl_context=ssl_context,
-            handshake_timeout=handshake_timeout,
-        )
-        acceptor.start()
-        self._streams.append(acceptor)
-        self.bound.append((transport, host, acceptor.port))
+        for sock in sockets:
+            acceptor = StreamAcceptor(
+                sock,
+                lambda slot: _TcpConnection(self, transport=transport, slot=slot),
+                self.limits,
+                self.refusals,
+                f"sip_{transport}",
+                ssl_context=ssl_context,
+                handshake_timeout=handshake_timeout,
+            )
+            acceptor.start()
+            self._streams.append(acceptor)
+            self.bound.append((transport, str(sock.getsockname()[0]), acceptor.port))
 
     def configure_connections(
         self, *, max_total: int, max_per_source: int, idle_timeout: float, message_timeout: float

@@ -25,7 +25,12 @@ from typing import Any
 
 from aiohttp import web
 
-from sipserver.connections import ConnectionLimits, ConnectionSlot, StreamAcceptor, listening_socket
+from sipserver.connections import (
+    ConnectionLimits,
+    ConnectionSlot,
+    StreamAcceptor,
+    listening_sockets,
+)
 from sipserver.observability import RefusalLog
 
 __all__ = ["GuardedRequestHandler", "HttpDeadlines", "HttpListener"]
@@ -163,7 +168,7 @@ class HttpListener:
         self.refusals = refusals
         self.deadlines = deadlines
         self._logger = logger
-        self._acceptor: StreamAcceptor | None = None
+        self._acceptors: list[StreamAcceptor] = []
 
     def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` and start accepting; the port bound (useful with 0).
@@ -173,20 +178,21 @@ class HttpListener:
         """
         server = self._runner.server
         assert server is not None, "runner.setup() first"
-        sock = listening_socket(host, port)
-        self._acceptor = StreamAcceptor(
-            sock,
-            lambda slot: GuardedRequestHandler(
-                server, listener=self, slot=slot, access_log=None, logger=self._logger
-            ),
-            self.limits,
-            self.refusals,
-            "http",
-        )
-        self._acceptor.start()
-        return self._acceptor.port
+        for sock in listening_sockets(host, port):
+            acceptor = StreamAcceptor(
+                sock,
+                lambda slot: GuardedRequestHandler(
+                    server, listener=self, slot=slot, access_log=None, logger=self._logger
+                ),
+                self.limits,
+                self.refusals,
+                "http",
+            )
+            acceptor.start()
+            self._acceptors.append(acceptor)
+        return self._acceptors[0].port
 
     def close(self) -> None:
         """Stop accepting (the runner's cleanup closes the open connections)."""
-        if self._acceptor is not None:
-            self._acceptor.close()
+        for acceptor in self._acceptors:
+            acceptor.close()

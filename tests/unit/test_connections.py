@@ -20,7 +20,7 @@ from sipserver.connections import (
     StreamAcceptor,
     StreamDeadlines,
     auto_max_connections,
-    listening_socket,
+    listening_sockets,
     raise_open_file_limit,
     source_key,
 )
@@ -256,7 +256,7 @@ async def test_the_acceptor_refuses_past_the_cap_and_releases_on_close() -> None
 
     limits = ConnectionLimits(max_total=2, max_per_source=2)
     acceptor = StreamAcceptor(
-        listening_socket("127.0.0.1", 0), Held, limits, RefusalLog(metrics), "sip_tcp"
+        listening_sockets("127.0.0.1", 0)[0], Held, limits, RefusalLog(metrics), "sip_tcp"
     )
     acceptor.start()
     clients = []
@@ -416,3 +416,18 @@ async def test_sip_listeners_close_idle_connections_but_keep_those_carrying_call
             writer.close()
     finally:
         await listeners.stop()
+
+
+def test_listening_sockets_bind_every_address_a_name_has_on_one_port() -> None:
+    (one,) = listening_sockets("127.0.0.1", 0)
+    one.close()
+    resolved = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    sockets = listening_sockets("localhost", 0)
+    try:
+        assert {s.getsockname()[0] for s in sockets} == resolved
+        assert len({s.getsockname()[1] for s in sockets}) == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+    with pytest.raises(OSError):
+        listening_sockets("192.0.2.1", 0)  # not an address of this machine
