@@ -278,7 +278,8 @@ class SipListeners:
         handshake_timeout: float | None = None,
     ) -> None:
         """Bind one stream listener (``tcp``, or ``tls`` with ``ssl_context``) on ``spec``;
-        its connections count against :attr:`limits` and have the stream deadlines.
+        its connections count against :attr:`limits` and have the stream deadlines. A TLS
+        handshake may take ``handshake_timeout`` seconds (None: :attr:`message_timeout`).
 
         Raises:
             OSError: naming the address that could not be bound.
@@ -297,7 +298,8 @@ class SipListeners:
                 self.refusals,
                 f"sip_{transport}",
                 ssl_context=ssl_context,
-                handshake_timeout=handshake_timeout,
+                # A handshake is part of the first message's time (slowloris over TLS).
+                handshake_timeout=handshake_timeout or self.message_timeout,
             )
             acceptor.start()
             self._streams.append(acceptor)
