@@ -74,8 +74,13 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.sip.connection_idle_timeout": "live",
     "server.sip.message_timeout": "live",
     "server.http_limits": "live",
+    # Read by the dashboard on each login attempt.
+    "server.login_limit": "live",
+    # Checked on each request to /status or /metrics on the public listener.
+    "server.admin_token": "live",
     # Bound at start-up.
     "server.http": "restart",
+    "server.admin_http": "restart",
     "server.sip.udp": "restart",
     "server.sip.tcp": "restart",
     "server.sip.tls": "restart",

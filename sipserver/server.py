@@ -57,13 +57,16 @@ from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
-from sipserver.web.app import build_app, request_error_logger
+from sipserver.web.app import build_admin_app, build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 from sipserver.web.listener import HttpDeadlines, HttpListener
 
 __all__ = ["Server", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
+
+#: Connections the admin listener (``server.admin_http``) takes at once.
+ADMIN_MAX_CONNECTIONS = 64
 
 #: How often write-behind binding changes are flushed to SQLite.
 FLUSH_INTERVAL = 0.5
@@ -146,6 +149,7 @@ def _worker_pool(
             min_se=media.min_se,
             answer_delay=media.answer_delay,
             rtp_timeout=media.rtp_timeout,
+            link_timeout=media.worker_timeout,
             log_format=log_format,
             log_level=log_level,
         ),
@@ -200,7 +204,9 @@ class Server:
         self.listens = ListensFork(
             lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
         )
-        self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
+        self.dashboard = Dashboard(
+            lambda: self.config, self.listens_hub, self.metrics, self.refusals
+        )
         self._reserved: dict[str, MediaWorker] = {}
         self.readiness = Readiness()
         self.metrics.media_workers_up.set_function(self._media_workers_up)
@@ -231,6 +237,10 @@ class Server:
         self._reloads = 0
         self._tasks: set[asyncio.Task[ReloadResult]] = set()
         self.http_port: int | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_listener: HttpListener | None = None
+        self.admin_port: int | None = None
+        """The admin listener's port once bound (``server.admin_http``)."""
 
     def _configure_connections(self, config: Config) -> None:
         """Apply the connection caps and deadlines of ``config`` (start and reload)."""
@@ -633,11 +643,17 @@ class Server:
         sip = self.config.server.sip
         _apply_log_rate_limit(self.config)
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
+        self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
-        app = build_app(self.metrics, self.status, self._readyz)
+        app = build_app(
+            self.metrics,
+            self.status,
+            self._readyz,
+            admin_token=lambda: self.config.server.admin_token,
+        )
         self.gateway.add_routes(app)
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
@@ -659,6 +675,7 @@ class Server:
             port=self.http_port,
             max_connections=self.http_limits.max_total,
         )
+        await self._start_admin_http()
         self.readiness.step_done("listeners")
         self._state_changed()
         if isinstance(self.store, SqliteStore):
@@ -669,6 +686,35 @@ class Server:
         self.readiness.step_done("voice_models")
         self._state_changed()
         self._start_done.set()
+
+    async def _start_admin_http(self) -> None:
+        """The admin listener (``server.admin_http``): ``/status`` and ``/metrics`` off the
+        public port."""
+        if self.config.server.admin_http is None:
+            return
+        logger = request_error_logger()
+        runner = web.AppRunner(
+            build_admin_app(self.metrics, self.status, self._readyz), access_log=None, logger=logger
+        )
+        await runner.setup()
+        self._admin_runner = runner
+        host, port = self.config.server.admin_host_port
+        # Its own cap: a flood at the public port leaves the operator's door open.
+        self._admin_listener = HttpListener(
+            runner,
+            ConnectionLimits(ADMIN_MAX_CONNECTIONS, ADMIN_MAX_CONNECTIONS),
+            self.refusals,
+            self.http_deadlines,
+            logger=logger,
+            ingress="http_admin",
+        )
+        try:
+            self.admin_port = self._admin_listener.start(host, port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot bind server.admin_http {host}:{port}: {exc.strerror}"
+            ) from exc
+        log.info("admin_http_listening", host=host, port=self.admin_port)
 
     def _open_state(self) -> None:
         """Make the data directory (0700) and open the bindings store, before anything is bound.
@@ -750,6 +796,10 @@ class Server:
             self._http_listener.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self._admin_listener is not None:
+            self._admin_listener.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         if isinstance(self.store, SqliteStore):
             # Let a write in flight finish, then write what is left.
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)

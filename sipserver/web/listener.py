@@ -136,7 +136,7 @@ class GuardedRequestHandler(web.RequestHandler):
             return
         source = self._slot.host if self._slot is not None else ""
         if kind == "body" or self._head_bytes:
-            self._listener.refusals.refuse("http", f"{kind}_timeout", source=source)
+            self._listener.refusals.refuse(self._listener.ingress, f"{kind}_timeout", source=source)
         if kind == "header" and self._head_bytes and not transport.is_closing():
             transport.write(_TIMEOUT_RESPONSE)  # RFC 9110 §15.5.9
         self.force_close()
@@ -152,6 +152,7 @@ class HttpListener:
         refusals: where refused and timed-out connections are counted.
         deadlines: the read deadlines (the same object is read for every new timer).
         logger: aiohttp's request error logger.
+        ingress: the refusal metric's ``ingress`` label.
     """
 
     def __init__(
@@ -162,8 +163,10 @@ class HttpListener:
         deadlines: HttpDeadlines,
         *,
         logger: logging.Logger,
+        ingress: str = "http",
     ) -> None:
         self._runner = runner
+        self.ingress = ingress
         self.limits = limits
         self.refusals = refusals
         self.deadlines = deadlines
@@ -186,7 +189,7 @@ class HttpListener:
                 ),
                 self.limits,
                 self.refusals,
-                "http",
+                self.ingress,
             )
             acceptor.start()
             self._acceptors.append(acceptor)
