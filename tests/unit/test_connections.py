@@ -431,3 +431,21 @@ def test_listening_sockets_bind_every_address_a_name_has_on_one_port() -> None:
             sock.close()
     with pytest.raises(OSError):
         listening_sockets("192.0.2.1", 0)  # not an address of this machine
+
+
+async def test_the_loop_exception_handler_counts_accept_failures_and_never_raises(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = Server(parse({"store": "memory", "sip": {"udp": ["127.0.0.1:5060"], "tcp": []}}))
+    loop = asyncio.get_running_loop()
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    context = {"message": "socket.accept() out of system resource", "exception": emfile}
+    server._loop_exception(loop, context)
+    assert refused(server.metrics, "accept", "out_of_files") == 1
+    server._loop_exception(loop, {"message": "Task exception was never retrieved"})
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as exc:
+        server._loop_exception(loop, {"message": "Exception in callback", "exception": exc})
+    assert refused(server.metrics, "accept", "out_of_files") == 1
