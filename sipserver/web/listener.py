@@ -31,9 +31,11 @@ from sipserver.connections import (
     StreamAcceptor,
     listening_sockets,
 )
-from sipserver.observability import RefusalLog
+from sipserver.observability import RefusalLog, get_logger
 
 __all__ = ["GuardedRequestHandler", "HttpDeadlines", "HttpListener"]
+
+log = get_logger(__name__)
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -117,6 +119,18 @@ class GuardedRequestHandler(web.RequestHandler):
             self._head_bytes = True
             if self._deadline_kind is None:
                 self._arm("header")
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's "Error handling request": a handler whose client went away (a body cut by
+        its deadline, a peer that hung up mid-upload) fails with a ConnectionError; that is one
+        short debug line, not a traceback an attacker can print at will. Anything else keeps
+        its traceback (a bug should be seen)."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError):
+            source = self._slot.host if self._slot is not None else ""
+            log.debug("http_client_gone", source=source, error=str(exc))
+            return
+        super().log_exception(*args, **kw)
 
     def _arm(self, kind: str | None) -> None:
         if self._deadline is not None:

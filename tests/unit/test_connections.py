@@ -449,3 +449,52 @@ async def test_the_loop_exception_handler_counts_accept_failures_and_never_raise
     except RuntimeError as exc:
         server._loop_exception(loop, {"message": "Exception in callback", "exception": exc})
     assert refused(server.metrics, "accept", "out_of_files") == 1
+
+
+async def test_a_body_cut_by_its_deadline_writes_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The handler reading the body fails with "Connection lost" when the deadline closes the
+    connection: one debug line, not aiohttp's "Error handling request" traceback."""
+    from sipserver.web.app import request_error_logger
+    from sipserver.web.listener import HttpDeadlines, HttpListener
+
+    read: list[str] = []
+
+    async def post(request: web.Request) -> web.Response:
+        try:
+            await request.read()
+        except ConnectionError as exc:
+            read.append(repr(exc))
+            raise
+        return web.Response(text="read")
+
+    app = web.Application()
+    app.router.add_post("/upload", post)
+    runner = web.AppRunner(app, access_log=None, logger=request_error_logger())
+    await runner.setup()
+    metrics = Metrics()
+    listener = HttpListener(
+        runner,
+        ConnectionLimits(10, 10),
+        RefusalLog(metrics),
+        HttpDeadlines(header_timeout=5, body_timeout=0.3, keepalive_timeout=5),
+        logger=request_error_logger(),
+    )
+    port = listener.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+        writer.close()
+        for _ in range(50):
+            if read:
+                break
+            await asyncio.sleep(0.02)
+        assert read and "Connection lost" in read[0]
+        assert refused(metrics, "http", "body_timeout") == 1
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+    finally:
+        listener.close()
+        await runner.cleanup()
