@@ -251,9 +251,10 @@ def test_slow_partial_and_idle_sip_connections_are_closed(server_factory: Any) -
 async def test_slow_http_headers_and_bodies_are_cut_but_websockets_live(
     server_factory: Any,
 ) -> None:
-    """A request head trickling in gets 408 and is closed at the header deadline, a body
-    trickling in at the body deadline; a normal request meanwhile is served, and a websocket
-    call longer than both deadlines is not touched."""
+    """A request head trickling in gets 408 and is closed at the header deadline, a Twilio
+    webhook body trickling in at the body deadline (its handler's read fails quietly); a normal
+    request meanwhile is served, and a websocket call longer than both deadlines is not
+    touched."""
 
     def deadlines(config: dict[str, Any]) -> None:
         _signalling_only(config)
@@ -288,9 +289,9 @@ async def test_slow_http_headers_and_bodies_are_cut_but_websockets_live(
         call = MediaStreamClient(ws)
         await call.start()
         head_task = asyncio.create_task(trickle(b"GET /healthz HTTP/1.1\r\n", b"X-Slow: yes\r\n"))
-        body_task = asyncio.create_task(
-            trickle(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"abcdef")
-        )
+        webhook = f"POST /incoming-call/alice/{WS_SECRET} HTTP/1.1\r\nHost: x\r\n"
+        form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+        body_task = asyncio.create_task(trickle((webhook + form).encode(), b"CallSid=CA1&"))
         await asyncio.sleep(0.5)
         async with http.get(f"{server.http_url}/healthz") as resp:
             assert resp.status == 200  # a normal request is served meanwhile
