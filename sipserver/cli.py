@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start the SIP edge (registrar), HTTP (server.http) and the media workers; "
             "/metrics and /status are on the admin listener (server.admin_http, "
-            "127.0.0.1:8081 by default)."
+            "127.0.0.1:8081 by default). The open-file soft limit is raised to the hard limit "
+            "first (connections are files; the automatic connection caps are shares of it)."
         ),
     )
     run.add_argument("-c", "--config", help=_CONFIG_HELP)
