@@ -397,9 +397,9 @@ class StreamAcceptor:
         except Exception as exc:  # a failed TLS handshake, a peer gone before we began
             slot.release()
             conn.close()
-            log.info(
-                "connection_setup_failed", ingress=self.ingress, source=slot.host, error=repr(exc)
-            )
+            # Counted and logged once per interval: a handshake flood must not log per attempt.
+            reason = "handshake_failed" if self._ssl is not None else "setup_failed"
+            self._refusals.refuse(self.ingress, reason, source=slot.host, error=repr(exc))
 
     def _shed(self) -> bool | None:
         """Out of descriptors: accept the pending connection with the spare one and close it.

@@ -498,3 +498,34 @@ async def test_a_body_cut_by_its_deadline_writes_no_traceback(
     finally:
         listener.close()
         await runner.cleanup()
+
+
+async def test_a_failed_tls_handshake_is_counted_and_gives_its_place_back() -> None:
+    import ssl
+
+    metrics = Metrics()
+    limits = ConnectionLimits(max_total=5, max_per_source=5)
+    acceptor = StreamAcceptor(
+        listening_sockets("127.0.0.1", 0)[0],
+        lambda slot: asyncio.Protocol(),
+        limits,
+        RefusalLog(metrics),
+        "sip_tls",
+        ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        handshake_timeout=2,
+    )
+    acceptor.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", acceptor.port)
+        writer.write(b"OPTIONS sip:x SIP/2.0\r\n\r\n")  # plain SIP at a TLS port
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        for _ in range(100):
+            if refused(metrics, "sip_tls", "handshake_failed") == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert refused(metrics, "sip_tls", "handshake_failed") == 1
+        assert limits.open == 0
+    finally:
+        acceptor.close()
