@@ -19,6 +19,7 @@ from sipserver._config_types import StrictModel as _Model
 
 __all__ = [
     "BanConfig",
+    "HttpLimitsConfig",
     "LoginLimitConfig",
     "MediaConfig",
     "MediaStreamsConfig",
@@ -134,6 +135,28 @@ class SipServerConfig(_Model):
     force_rport: bool = True
     """Answer UDP requests at their source address and port even without ``;rport`` (RFC 3581),
     which reaches peers behind NAT."""
+    max_connections: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
+    """Stream connections (TCP and TLS together) open at once; past it a new one is closed as it
+    is accepted. ``auto``: half the open-file limit less 256, between 64 and 10,000."""
+    max_connections_per_source: int = Field(256, ge=1)
+    """Stream connections open at once from one address (IPv6: one /64). A PBX needs one or
+    a few; an office NAT with phones registering over TCP needs one per phone."""
+    connection_idle_timeout: float = Field(300.0, gt=0)
+    """Seconds a stream connection may go without a complete message or a keepalive ping
+    (RFC 5626 §4.4.1: clients ping every 95-120 s); bytes of an unfinished message do not
+    count. A connection carrying a call in progress is kept (its BYE goes back on it)."""
+    message_timeout: float = Field(20.0, gt=0)
+    """Seconds a SIP message may take over a stream from its first byte to its last (a new
+    connection's first message counts from the connection); then the connection is closed."""
+
+    @model_validator(mode="after")
+    def _connections_order(self) -> SipServerConfig:
+        total = self.max_connections
+        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
+        if explicit and total != "auto" and self.max_connections_per_source > total:
+            message = f"must be <= max_connections ({total})"
+            raise RuleErrors([(("max_connections_per_source",), message)])
+        return self
 
     @model_validator(mode="after")
     def _expires_order(self) -> SipServerConfig:
@@ -231,6 +254,35 @@ class MediaStreamsConfig(_Model):
     """How often (ms of agent audio) a ``mark`` follows the media, to learn what was heard."""
 
 
+class HttpLimitsConfig(_Model):
+    """Connection caps and read deadlines of the HTTP listener."""
+
+    max_connections: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
+    """Connections open at once (websocket calls included); past it a new one is closed as
+    it is accepted. ``auto``: a quarter of the open-file limit less 256, between 64 and
+    10,000."""
+    max_connections_per_source: int = Field(256, ge=1)
+    """Connections open at once from one address (IPv6: one /64). Behind a reverse proxy every
+    connection comes from the proxy: raise it to ``max_connections``."""
+    header_timeout: float = Field(10.0, gt=0)
+    """Seconds a request head may take from its first byte (a new connection: from the
+    connection) to its end; then 408 and the connection is closed."""
+    body_timeout: float = Field(30.0, gt=0)
+    """Seconds a request body may take after its head; then the connection is closed. Not
+    applied to websockets."""
+    keepalive_timeout: float = Field(60.0, gt=0)
+    """Seconds an idle keep-alive connection waits for its next request."""
+
+    @model_validator(mode="after")
+    def _connections_order(self) -> HttpLimitsConfig:
+        total = self.max_connections
+        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
+        if explicit and total != "auto" and self.max_connections_per_source > total:
+            message = f"must be <= max_connections ({total})"
+            raise RuleErrors([(("max_connections_per_source",), message)])
+        return self
+
+
 class LogRateLimitConfig(_Model):
     """How many log lines each event kind may write (a flood folds into ``suppressed=N``)."""
 
@@ -278,6 +330,9 @@ class ServerConfig(_Model):
     http: HostPort = "127.0.0.1:8080"
     """Public HTTP listener, ``host:port``: webhooks, websockets, the dashboard, the demo page,
     ``/healthz`` and ``/readyz`` (``/status`` and ``/metrics`` only with ``admin_token``)."""
+    http_limits: HttpLimitsConfig = Field(default_factory=HttpLimitsConfig)
+    """Connection caps and read deadlines of the public HTTP listener (the admin listener has
+    the same deadlines and a cap of its own, 64 connections)."""
     admin_http: HostPort | None = "127.0.0.1:8081"
     """Admin HTTP listener, ``host:port``: ``/status``, ``/metrics``, ``/healthz``, ``/readyz``
     without a token. Keep it on loopback or a private network; null: no admin listener."""

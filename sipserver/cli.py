@@ -44,12 +44,17 @@ def _load(path: str | None) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sipserver.connections import raise_open_file_limit
     from sipserver.observability import configure_logging, get_logger
     from sipserver.server import Server
 
     configure_logging(args.log_format, args.log_level)
     os.umask(0o077)  # state files (bindings, pid, sockets, SQLite's -wal/-shm) are private
     log = get_logger("sipserver.cli")
+    # Connections are file descriptors: take the hard limit (distributions start at a soft
+    # 1,024); the automatic connection caps are shares of it.
+    soft_before, soft, hard = raise_open_file_limit()
+    log.info("open_files_limit", soft=soft, hard=hard, soft_before=soft_before)
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -297,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start the SIP edge (registrar), HTTP (server.http) and the media workers; "
             "/metrics and /status are on the admin listener (server.admin_http, "
-            "127.0.0.1:8081 by default)."
+            "127.0.0.1:8081 by default). The open-file soft limit is raised to the hard limit "
+            "first (connections are files; the automatic connection caps are shares of it)."
         ),
     )
     run.add_argument("-c", "--config", help=_CONFIG_HELP)

@@ -61,6 +61,7 @@ from sipserver._config_rules import (
 )
 from sipserver._config_server import (
     BanConfig,
+    HttpLimitsConfig,
     MediaConfig,
     MediaStreamsConfig,
     NumberingPlan,
@@ -81,6 +82,7 @@ __all__ = [
     "ConfigError",
     "CustomModel",
     "EndpointingSettings",
+    "HttpLimitsConfig",
     "InterruptionSettings",
     "ListensSettings",
     "LiveKitInferenceModel",

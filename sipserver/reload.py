@@ -67,6 +67,13 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.demo_page": "live",
     "server.drain_timeout": "live",
     "server.log_rate_limit": "live",
+    # Connection caps and deadlines: new connections get the new caps, every open one the new
+    # deadlines from the next timer (SIP: each second; HTTP: its next request).
+    "server.sip.max_connections": "live",
+    "server.sip.max_connections_per_source": "live",
+    "server.sip.connection_idle_timeout": "live",
+    "server.sip.message_timeout": "live",
+    "server.http_limits": "live",
     # Read by the dashboard on each login attempt.
     "server.login_limit": "live",
     # Checked on each request to /status or /metrics on the public listener.

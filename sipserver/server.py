@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from sipserver.config import Config, ConfigError, load_config
+from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
 from sipserver.edge.group_commit import GroupCommitter
@@ -60,10 +61,14 @@ from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
 from sipserver.web.app import build_admin_app, build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
+from sipserver.web.listener import HttpDeadlines, HttpListener
 
 __all__ = ["Server", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
+
+#: Connections the admin listener (``server.admin_http``) takes at once.
+ADMIN_MAX_CONNECTIONS = 64
 
 
 def pid_file_path(config: Config) -> Path:
@@ -74,6 +79,15 @@ def pid_file_path(config: Config) -> Path:
 def _apply_log_rate_limit(config: Config) -> None:
     limit = config.server.log_rate_limit
     log_rate_limit.configure(limit.per_second, limit.burst)
+
+
+def _connection_caps(config: Config) -> tuple[int, int]:
+    """(SIP stream, HTTP) connection caps of ``config``, ``auto`` from the open-file limit."""
+    sip, http = config.server.sip.max_connections, config.server.http_limits.max_connections
+    return (
+        auto_max_connections(0.5) if sip == "auto" else sip,
+        auto_max_connections(0.25) if http == "auto" else http,
+    )
 
 
 def takes_sip_calls(config: Config) -> bool:
@@ -205,9 +219,18 @@ class Server:
         self.metrics.ready.set_function(lambda: float(self.readiness_report().ready))
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
-            self.router, self.metrics, max_message_size=sip.max_message_size, refusals=self.refusals
+            self.router,
+            self.metrics,
+            max_message_size=sip.max_message_size,
+            limits=ConnectionLimits(1, 1),  # set by _configure_connections
+            refusals=self.refusals,
+            calls_on=self._call_flows,
         )
+        self.http_limits = ConnectionLimits(1, 1)
+        self.http_deadlines = HttpDeadlines()
+        self._configure_connections(config)
         self._http_runner: web.AppRunner | None = None
+        self._http_listener: HttpListener | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._stopped = asyncio.Event()
         self._changed = asyncio.Event()
@@ -221,8 +244,43 @@ class Server:
         self._tasks: set[asyncio.Task[ReloadResult]] = set()
         self.http_port: int | None = None
         self._admin_runner: web.AppRunner | None = None
+        self._admin_listener: HttpListener | None = None
         self.admin_port: int | None = None
         """The admin listener's port once bound (``server.admin_http``)."""
+
+    def _configure_connections(self, config: Config) -> None:
+        """Apply the connection caps and deadlines of ``config`` (start and reload)."""
+        sip, http = config.server.sip, config.server.http_limits
+        sip_cap, http_cap = _connection_caps(config)
+        self.listeners.configure_connections(
+            max_total=sip_cap,
+            max_per_source=min(sip.max_connections_per_source, sip_cap),
+            idle_timeout=sip.connection_idle_timeout,
+            message_timeout=sip.message_timeout,
+        )
+        self.http_limits.configure(http_cap, min(http.max_connections_per_source, http_cap))
+        deadlines = self.http_deadlines
+        deadlines.header_timeout, deadlines.body_timeout = http.header_timeout, http.body_timeout
+        deadlines.keepalive_timeout = http.keepalive_timeout
+
+    def _call_flows(self) -> set[tuple[str, str, int]]:
+        return self.proxy.caller_flows() if self.proxy is not None else set()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler: one structured line per error (rate-limited
+        per kind like every log line), never a plain traceback per failed accept."""
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        if message.startswith("socket.accept() out of system resource"):
+            # An asyncio server's accept (not ours: ours shed and count): count it, quietly.
+            self.refusals.refuse("accept", "out_of_files", error=repr(exc))
+            return
+        log.error(
+            "event_loop_error",
+            message=message,
+            error=repr(exc) if exc is not None else None,
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
 
     def _build_router(
         self, config: Config, *, transactions: ServerTransactions | None
@@ -545,6 +603,7 @@ class Server:
         _apply_log_rate_limit(config)
         if self.committer is not None:
             self.committer.window = config.server.store_commit_ms / 1000
+        self._configure_connections(config)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config_reloaded", agents=len(config.agents), changed=changed, notes=notes)
         if restart:
@@ -605,6 +664,7 @@ class Server:
         """
         sip = self.config.server.sip
         _apply_log_rate_limit(self.config)
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
         if self.committer is not None:
@@ -625,18 +685,23 @@ class Server:
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
         add_demo_routes(app, lambda: self.config)
-        self._http_runner = web.AppRunner(app, access_log=None, logger=request_error_logger())
+        logger = request_error_logger()
+        self._http_runner = web.AppRunner(app, access_log=None, logger=logger)
         await self._http_runner.setup()
         host, port = self.config.server.http_host_port
-        site = web.TCPSite(self._http_runner, host, port)
+        self._http_listener = HttpListener(
+            self._http_runner, self.http_limits, self.refusals, self.http_deadlines, logger=logger
+        )
         try:
-            await site.start()
+            self.http_port = self._http_listener.start(host, port)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot bind HTTP {host}:{port}: {exc.strerror}") from exc
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.http_port = int(server.sockets[0].getsockname()[1])
-        log.info("http_listening", host=host, port=self.http_port or port)
+        log.info(
+            "http_listening",
+            host=host,
+            port=self.http_port,
+            max_connections=self.http_limits.max_total,
+        )
         await self._start_admin_http()
         self.readiness.step_done("listeners")
         self._state_changed()
@@ -652,25 +717,29 @@ class Server:
         public port."""
         if self.config.server.admin_http is None:
             return
+        logger = request_error_logger()
         runner = web.AppRunner(
-            build_admin_app(self.metrics, self.status, self._readyz),
-            access_log=None,
-            logger=request_error_logger(),
+            build_admin_app(self.metrics, self.status, self._readyz), access_log=None, logger=logger
         )
         await runner.setup()
         self._admin_runner = runner
         host, port = self.config.server.admin_host_port
-        site = web.TCPSite(runner, host, port)
+        # Its own cap: a flood at the public port leaves the operator's door open.
+        self._admin_listener = HttpListener(
+            runner,
+            ConnectionLimits(ADMIN_MAX_CONNECTIONS, ADMIN_MAX_CONNECTIONS),
+            self.refusals,
+            self.http_deadlines,
+            logger=logger,
+            ingress="http_admin",
+        )
         try:
-            await site.start()
+            self.admin_port = self._admin_listener.start(host, port)
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot bind server.admin_http {host}:{port}: {exc.strerror}"
             ) from exc
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.admin_port = int(server.sockets[0].getsockname()[1])
-        log.info("admin_http_listening", host=host, port=self.admin_port or port)
+        log.info("admin_http_listening", host=host, port=self.admin_port)
 
     def _open_state(self) -> None:
         """Make the data directory (0700) and open the bindings store, before anything is bound.
@@ -764,8 +833,12 @@ class Server:
             await self.committer.stop()
         await self.listeners.stop()
         await self.voice.close()
+        if self._http_listener is not None:
+            self._http_listener.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self._admin_listener is not None:
+            self._admin_listener.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if isinstance(self.store, SqliteStore):

@@ -460,6 +460,15 @@ class CallProxy:
         """Calls routed and not ended."""
         return sum(self._by_worker.values())
 
+    def caller_flows(self) -> set[tuple[str, str, int]]:
+        """(transport, host, port) each call in progress came from: the stream connections the
+        edge keeps open however quiet they are, for the requests towards those callers."""
+        return {
+            (c.caller.transport, c.caller.host, c.caller.port)
+            for c in self._calls.values()
+            if c.ended_at is None
+        }
+
     def calls_by_worker(self) -> Mapping[str, int]:
         """Calls not ended, per worker id (workers with none are absent)."""
         return dict(self._by_worker)

@@ -2,12 +2,15 @@
 
 UDP: one datagram is one message (RFC 3261 §18.3); CRLF keepalives are ignored. TCP: messages
 are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answered with a CRLF
-pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection;
-connections idle longer than ``idle_timeout`` are closed. TLS (RFC 3261 §26.2): the same stream
-connection after a TLS handshake, with the transport named ``tls`` to the router; each accepted
-connection takes the server context in force (:attr:`SipListeners.tls_context`, swapped by a
-reload) through ``loop.start_tls``, within a handshake deadline. Every listener takes
-``host:port`` with IPv4 or IPv6 (``[::]:5060``) addresses.
+pong (RFC 5626 §3.5.1); a framing error gets a 400 when possible and closes the connection.
+Every listener takes ``host:port`` with IPv4 or IPv6 (``[::]:5060``) addresses.
+
+Stream listeners (TCP, and TLS on the same connection class) share one
+:class:`~sipserver.connections.ConnectionLimits`: a connection past the total or per-source cap
+is closed as it is accepted and counted (``sipserver_refusals_total{ingress="sip_tcp"}``). Each
+connection has :class:`~sipserver.connections.StreamDeadlines`: closed when no complete message
+nor keepalive came for ``idle_timeout`` (not while it carries a call in progress), or when a
+message stays incomplete for ``message_timeout`` (slowloris; counted as a refusal).
 
 Time: the router gets the event loop's monotonic ``loop.time()`` for its timers, transactions,
 nonces and bans, and the wall clock only for binding expiry and the Date header (see
@@ -22,12 +25,19 @@ import functools
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
+from sipserver.connections import (
+    ConnectionLimits,
+    ConnectionSlot,
+    StreamAcceptor,
+    StreamDeadlines,
+    listening_sockets,
+)
 from sipserver.edge.router import Outgoing, Peer, SipRouter
 from sipserver.observability import Metrics, RefusalLog, get_logger
-from sipserver.sip.framing import FramingError, StreamFramer
+from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.tasks import cancel_and_wait
 
 __all__ = ["SipListeners", "parse_host_port"]
@@ -36,6 +46,9 @@ log = get_logger(__name__)
 
 Clock = Callable[[], float]
 """A time source: seconds as a float."""
+
+Flow = tuple[str, str, int]
+"""(transport, host, port) of a peer's connection."""
 
 
 def _loop_time() -> float:
@@ -93,25 +106,39 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, listeners: SipListeners, transport_name: str = "tcp") -> None:
+    """One SIP stream connection (TCP; TLS through the same class, its transport named)."""
+
+    def __init__(
+        self,
+        listeners: SipListeners,
+        *,
+        transport: str = "tcp",
+        slot: ConnectionSlot | None = None,
+    ) -> None:
         self._listeners = listeners
         self._framer = StreamFramer(max_message_size=listeners.max_message_size)
         self._transport: asyncio.Transport | None = None
-        self._name = transport_name
-        """``tcp`` or ``tls``: the router's name for the transport (Via, Record-Route)."""
-        self._peer = Peer(transport_name, "", 0)
-        self._last_activity = 0.0
+        self._peer = Peer(transport, "", 0)
+        self._slot = slot
+        self.deadlines = StreamDeadlines(listeners.clock())
+
+    @property
+    def flow(self) -> Flow:
+        """(transport, host, port) of the peer."""
+        return self._peer.transport, self._peer.host, self._peer.port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         addr = self._transport.get_extra_info("peername")
-        self._peer = Peer(self._name, str(addr[0]), int(addr[1]))
-        self._last_activity = self._listeners.clock()
+        self._peer = Peer(self._peer.transport, str(addr[0]), int(addr[1]))
+        self.deadlines = StreamDeadlines(self._listeners.clock())
         self._listeners.connections.add(self)
         self._listeners.by_peer[(self._peer.host, self._peer.port)] = self
         self._listeners.metrics.tcp_connections.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._slot is not None:
+            self._slot.release()
         if self in self._listeners.connections:
             self._listeners.connections.discard(self)
             self._listeners.by_peer.pop((self._peer.host, self._peer.port), None)
@@ -121,43 +148,49 @@ class _TcpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        self._last_activity = self._listeners.clock()
+        listeners = self._listeners
         try:
             messages = self._framer.feed(data)
         except FramingError as exc:
             log.info("sip_tcp_framing_error", source=self._peer.host, reason=str(exc))
-            self._listeners.metrics.parse_errors.labels(self._name, "no").inc()
+            listeners.metrics.parse_errors.labels(self._peer.transport, "no").inc()
             transport.close()
             return
-        listeners = self._listeners
+        # Only a complete message or a ping is activity (RFC 5626 §4.4.1); stray bytes are not.
+        self.deadlines.received(
+            listeners.clock(), completed=bool(messages), pending=self._framer.buffered > 0
+        )
         router = listeners.router
         for message in messages:
-            if message == b"\r\n\r\n":
-                transport.write(b"\r\n")
+            if message == PING:
+                transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
                 continue
             out: list[Outgoing] = router.handle_message(
                 message, self._peer, now=listeners.clock(), wall=listeners.wall_clock()
             )
             for item in out:
-                if item.transport in ("", self._name) and (item.host, item.port) == (
+                if item.transport in ("", self._peer.transport) and (item.host, item.port) == (
                     self._peer.host,
                     self._peer.port,
                 ):
                     transport.write(item.data)
                 else:
-                    self._listeners.deliver(item)
-        self._listeners.arm_proxy_timer()
+                    listeners.deliver(item)
+        listeners.arm_proxy_timer()
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
             self._transport.write(data)
 
-    def idle_for(self, now: float) -> float:
-        return now - self._last_activity
-
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _tcp_connection(
+    listeners: SipListeners, transport: str, slot: ConnectionSlot
+) -> _TcpConnection:
+    return _TcpConnection(listeners, transport=transport, slot=slot)
 
 
 class _TlsAcceptor(asyncio.Protocol):
@@ -169,8 +202,11 @@ class _TlsAcceptor(asyncio.Protocol):
     the handshake's last flight) are kept and handed over first.
     """
 
-    def __init__(self, listeners: SipListeners) -> None:
+    def __init__(self, listeners: SipListeners, slot: ConnectionSlot | None = None) -> None:
         self._listeners = listeners
+        self._slot = slot
+        """The connection's place under the stream caps: a handshake in progress holds one
+        (handed to the :class:`_TcpConnection`, or given back when the handshake fails)."""
         self._conn: _TcpConnection | None = None
         self._early: list[bytes] = []
         self._early_size = 0
@@ -190,6 +226,7 @@ class _TlsAcceptor(asyncio.Protocol):
         source = str(peer[0]) if peer else ""
         if context is None:
             raw.close()
+            self._release()
             return
         timeout = listeners.tls_handshake_timeout
         try:
@@ -201,21 +238,25 @@ class _TlsAcceptor(asyncio.Protocol):
                 )
         except asyncio.CancelledError:
             raw.close()
+            self._release()
             raise
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             raw.close()
+            self._release()
             reason = "handshake_timeout" if isinstance(exc, TimeoutError) else "handshake_failed"
             # Counted and logged once per interval by the refusal log; the detail at debug.
             log.debug("sip_tls_handshake_failed", source=source, reason=reason, error=str(exc))
-            if listeners.refusals is not None:
-                listeners.refusals.refuse("sip_tls", reason, source=source)
+            listeners.refusals.refuse("sip_tls", reason, source=source)
             return
         if tls is None or self._lost:
+            self._release()
             return
         if self._early_size > listeners.max_message_size:
             tls.close()  # more than a message before the handshake was even reported
+            self._release()
             return
-        conn = _TcpConnection(listeners, "tls")
+        conn = _TcpConnection(listeners, transport="tls", slot=self._slot)
+        self._slot = None
         self._conn = conn
         conn.connection_made(tls)
         for data in self._early:
@@ -234,6 +275,13 @@ class _TlsAcceptor(asyncio.Protocol):
         self._lost = True
         if self._conn is not None:
             self._conn.connection_lost(exc)
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
 
 class SipListeners:
@@ -246,8 +294,14 @@ class SipListeners:
             idle times; None: the running event loop's ``loop.time()``.
         wall_clock: wall-clock time for binding expiry and the Date header (``time.time``).
         max_message_size: largest TCP message accepted.
-        idle_timeout: close TCP connections idle for longer than this (seconds).
-        refusals: counts and logs refused connections (failed TLS handshakes).
+        limits: the caps of every stream listener (TCP, TLS) together; None: 10,000 in
+            total, 256 per source.
+        refusals: where refused connections are counted (a new log on ``metrics`` if None).
+        idle_timeout: seconds a stream connection may go without a complete message or a
+            keepalive ping (not applied while it carries a call in progress).
+        message_timeout: seconds a message may take from its first byte to its last (a new
+            connection's first message counts from the connection).
+        calls_on: the flows (transport, host, port) that calls in progress came in on.
     """
 
     def __init__(
@@ -258,21 +312,28 @@ class SipListeners:
         clock: Clock | None = None,
         wall_clock: Clock = time.time,
         max_message_size: int = 65535,
-        idle_timeout: float = 600.0,
+        limits: ConnectionLimits | None = None,
         refusals: RefusalLog | None = None,
+        idle_timeout: float = 300.0,
+        message_timeout: float = 20.0,
+        calls_on: Callable[[], Collection[Flow]] | None = None,
     ) -> None:
         self.router = router
         self.metrics = metrics
         self.clock: Clock = clock if clock is not None else _loop_time
         self.wall_clock = wall_clock
         self.max_message_size = max_message_size
+        self.limits = limits if limits is not None else ConnectionLimits(10_000, 256)
+        self.refusals = refusals if refusals is not None else RefusalLog(metrics)
         self.idle_timeout = idle_timeout
-        self.refusals = refusals
+        self.message_timeout = message_timeout
+        self._calls_on = calls_on
         self.tls_context: ssl.SSLContext | None = None
         """Server context of TLS connections accepted from now on (a reload swaps it)."""
         self.tls_handshake_timeout = 10.0
         """Seconds a TLS client has to finish its handshake."""
         self.handshakes: set[asyncio.Task[None]] = set()
+        """TLS handshakes in progress (each holds a place under :attr:`limits`)."""
         self.connections: set[_TcpConnection] = set()
         self.by_peer: dict[tuple[str, int], _TcpConnection] = {}
         """Open TCP connections by the peer's (host, port): requests towards a caller that
@@ -282,8 +343,7 @@ class SipListeners:
         self.bound: list[tuple[str, str, int]] = []
         """(transport, host, port) of every listener, with the real port when 0 was asked."""
         self._udp: list[asyncio.DatagramTransport] = []
-        self._tcp: list[asyncio.Server] = []
-        self._tls: list[asyncio.Server] = []
+        self._streams: list[StreamAcceptor] = []
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self, udp: list[str], tcp: list[str], tls: list[str] | None = None) -> None:
@@ -308,28 +368,77 @@ class SipListeners:
             self._udp.append(transport)
             self.bound.append(("udp", host, int(sock.getsockname()[1])))
         for spec in tcp:
-            host, port = parse_host_port(spec)
-            try:
-                server = await loop.create_server(
-                    lambda: _TcpConnection(self), host=host, port=port, reuse_address=True
-                )
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot bind SIP TCP {spec}: {exc.strerror}") from exc
-            self._tcp.append(server)
-            self.bound.append(("tcp", host, int(server.sockets[0].getsockname()[1])))
+            self.start_stream(spec, "tcp")
         for spec in tls or ():
-            host, port = parse_host_port(spec, 5061)
-            try:
-                server = await loop.create_server(
-                    lambda: _TlsAcceptor(self), host=host, port=port, reuse_address=True
-                )
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot bind SIP TLS {spec}: {exc.strerror}") from exc
-            self._tls.append(server)
-            self.bound.append(("tls", host, int(server.sockets[0].getsockname()[1])))
+            self.start_stream(spec, "tls")
         self._ticker = asyncio.create_task(self._tick(), name="sip-edge-timer")
         for transport_name, host, port in self.bound:
             log.info("sip_listening", transport=transport_name, host=host, port=port)
+        if self._streams:
+            log.info(
+                "sip_connection_limits",
+                max_connections=self.limits.max_total,
+                max_connections_per_source=self.limits.max_per_source,
+                idle_timeout=self.idle_timeout,
+                message_timeout=self.message_timeout,
+            )
+
+    def start_stream(self, spec: str, transport: str) -> None:
+        """Bind one stream listener (``tcp``, or ``tls``: then :attr:`tls_context` must be set)
+        on ``spec``; its connections (a TLS one from the start of its handshake) count against
+        :attr:`limits` and have the stream deadlines.
+
+        Raises:
+            OSError: naming the address that could not be bound.
+        """
+        host, port = parse_host_port(spec, 5061 if transport == "tls" else 5060)
+        try:
+            sockets = listening_sockets(host, port)
+        except OSError as exc:
+            name = transport.upper()
+            raise OSError(exc.errno, f"cannot bind SIP {name} {spec}: {exc.strerror}") from exc
+        factory: Callable[[ConnectionSlot], asyncio.Protocol]
+        if transport == "tls":
+            factory = functools.partial(_TlsAcceptor, self)
+        else:
+            factory = functools.partial(_tcp_connection, self, transport)
+        for sock in sockets:
+            acceptor = StreamAcceptor(sock, factory, self.limits, self.refusals, f"sip_{transport}")
+            acceptor.start()
+            self._streams.append(acceptor)
+            self.bound.append((transport, str(sock.getsockname()[0]), acceptor.port))
+
+    def configure_connections(
+        self, *, max_total: int, max_per_source: int, idle_timeout: float, message_timeout: float
+    ) -> None:
+        """New caps and deadlines (start and reload); open connections are kept and judged by
+        the new deadlines from the next tick."""
+        self.limits.configure(max_total, max_per_source)
+        self.idle_timeout, self.message_timeout = idle_timeout, message_timeout
+
+    def expire_connections(self, now: float) -> None:
+        """Close the stream connections past a deadline (:class:`StreamDeadlines`)."""
+        expired: list[tuple[_TcpConnection, str]] = []
+        idle: list[_TcpConnection] = []
+        for conn in self.connections:
+            reason = conn.deadlines.expired(
+                now, idle_timeout=self.idle_timeout, message_timeout=self.message_timeout
+            )
+            if reason == "idle_timeout":
+                idle.append(conn)
+            elif reason is not None:
+                expired.append((conn, reason))
+        if idle:
+            # Asked only when some connection is idle: a call's BYE must be able to go back.
+            in_use = set(self._calls_on()) if self._calls_on is not None else set()
+            expired += [(c, "idle_timeout") for c in idle if c.flow not in in_use]
+        for conn, reason in expired:
+            transport, host, port = conn.flow
+            if reason == "idle_timeout":
+                log.debug("sip_stream_idle_closed", transport=transport, host=host, port=port)
+            else:
+                self.refusals.refuse(f"sip_{transport}", reason, source=host)
+            conn.close()
 
     def deliver(self, item: Outgoing) -> None:
         """Send a message that does not simply go back the way its trigger came."""
@@ -384,9 +493,7 @@ class SipListeners:
             try:
                 now = self.clock()
                 self.router.handle_timer(now=now, wall=self.wall_clock())
-                for conn in list(self.connections):
-                    if conn.idle_for(now) > self.idle_timeout:
-                        conn.close()
+                self.expire_connections(now)
             except Exception:  # keep the timer alive whatever one tick hit
                 log.exception("sip_timer_failed")
 
@@ -398,14 +505,13 @@ class SipListeners:
             self._proxy_timer.cancel()
         for transport in self._udp:
             transport.close()
-        for server in [*self._tcp, *self._tls]:
-            server.close()
+        for acceptor in self._streams:
+            acceptor.close()
         for task in list(self.handshakes):
             await cancel_and_wait(task)
         for conn in list(self.connections):
             conn.close()
-        for server in [*self._tcp, *self._tls]:
-            await server.wait_closed()
+        await asyncio.sleep(0)  # let the transports call connection_lost
 
 
 def _grow_buffers(sock: socket.socket) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -110,6 +111,8 @@ class ServerProcess:
     config: dict[str, Any]
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    nofile: int | None = None
+    """Open-file limit (soft and hard) of the process; None: inherited."""
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,7 +153,12 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            preexec_fn=self._lower_nofile if self.nofile is not None else None,
         )
+
+    def _lower_nofile(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def start(self, path: str = "/readyz") -> None:
         """Start the process and wait until ``path`` answers 200: ``/readyz`` (the default)
@@ -226,14 +234,17 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
 
-    def make(mutate: Any = None, *, wait: str | None = "/readyz") -> ServerProcess:
+    def make(
+        mutate: Any = None, *, wait: str | None = "/readyz", nofile: int | None = None
+    ) -> ServerProcess:
         """A server from base_config (changed by ``mutate``), started and waited for until
-        ``wait`` answers 200 (None: not waited for at all)."""
+        ``wait`` answers 200 (None: not waited for at all), with an open-file limit of
+        ``nofile`` (soft and hard) when given."""
         sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
         config = base_config(sip_port, http_port, tmp_path / "data")
         if mutate is not None:
             mutate(config)
-        server = ServerProcess(config, tmp_path)
+        server = ServerProcess(config, tmp_path, nofile=nofile)
         started.append(server)
         server.spawn()
         if wait is not None:
