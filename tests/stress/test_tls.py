@@ -28,7 +28,15 @@ GARBAGE = 100
 def test_stalled_and_garbage_handshakes(server_factory: Any, tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
     ca = TestCa(tmp_path / "certs")
-    server = server_factory(with_tls(ca.issue("server"), handshake_timeout=2))
+    tls = with_tls(ca.issue("server"), handshake_timeout=2)
+
+    def mutate(config: dict[str, Any]) -> None:
+        tls(config)
+        # A handshake holds a place under the connection caps: room for all of them from one
+        # address (the per-source cap itself is tests/stress/test_connections.py's).
+        config["server"]["sip"]["max_connections_per_source"] = STALLED + GARBAGE + 10
+
+    server = server_factory(mutate)
     port = tls_port(server)
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(STALLED)]
     garbage = []
@@ -40,13 +48,16 @@ def test_stalled_and_garbage_handshakes(server_factory: Any, tmp_path: Path) -> 
         # While they hang on, a real client is served at once, over TLS and over UDP.
         started = time.monotonic()
         with (
-            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            socket.create_connection(
+                ("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)
+            ) as raw,
             client_context(ca).wrap_socket(raw, server_hostname="localhost") as sock,
         ):
             sock.sendall(options(port))
             assert read_response(sock).startswith(b"SIP/2.0 200 OK\r\n")
         assert time.monotonic() - started < 2.0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.2", 0))
             udp.settimeout(5)
             udp.sendto(
                 options(server.sip_port).replace(b"TLS", b"UDP"), ("127.0.0.1", server.sip_port)
