@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
@@ -182,12 +183,27 @@ class Server:
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
             self._build_pool(config)
+        self.ledger = CallLedger(config)
+        """Calls in progress per agent and in total, at every door, and their limits."""
+        self._sip_reservations: dict[str, Reservation] = {}
+        self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
+        self.metrics.calls_admitted.set_function(lambda: float(self.ledger.total))
         self.gateway = MediaStreamGateway(
-            lambda: self.config, self._new_session, self.metrics, on_call_ended=self._state_changed
+            lambda: self.config,
+            self._new_session,
+            self.metrics,
+            on_call_ended=self._state_changed,
+            ledger=self.ledger,
+            refusals=self.refusals,
         )
         self.listens_hub = ListensHub()
         self.listens = ListensFork(
-            lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
+            lambda: self.config,
+            self.voice.listen_parts,
+            self.listens_hub,
+            self.metrics,
+            ledger=self.ledger,
+            refusals=self.refusals,
         )
         self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
         self._reserved: dict[str, MediaWorker] = {}
@@ -255,6 +271,8 @@ class Server:
             choose_worker=self._choose_worker,
             on_call_event=self._call_event,
             admission=self._admission,
+            capacity=self.ledger.refusal,
+            refusals=self.refusals,
         )
 
     # ------------------------------------------------------------------ readiness
@@ -308,6 +326,7 @@ class Server:
         body = report.as_json()
         body["media_workers_up"] = self._media_workers_up()
         body["calls"] = self.calls_in_progress()
+        body["max_calls"] = self.ledger.max_calls
         return report.ready, body
 
     def _admission(self) -> str | None:
@@ -346,6 +365,8 @@ class Server:
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
         if isinstance(event, CallRouted):
+            # Checked against the limits by the router in the same step (no await between).
+            self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
             metrics.calls_active.inc()
             pool = self.pool
             worker = pool.by_id(event.worker_id) if pool is not None else None
@@ -358,6 +379,9 @@ class Server:
         elif isinstance(event, CallAnswered):
             log.info("call_answered", call_id=event.call_id, setup_ms=round(event.setup_time * 1e3))
         elif isinstance(event, CallEnded):
+            reservation = self._sip_reservations.pop(event.call_id, None)
+            if reservation is not None:
+                reservation.release()
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
             self._release(event.call_id)
@@ -513,6 +537,7 @@ class Server:
         self._state_changed()
         if self.proxy is not None and "server.public_host" in changed:
             self.proxy.set_outside_host(config.server.public_host)
+        self.ledger.configure(config)
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
         self.config = config

@@ -26,7 +26,7 @@ from typing import Literal
 
 from sipserver.config import Agent, Config
 from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.registrar.acl import AllowList
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
 from sipserver.registrar.registrar import (
@@ -68,6 +68,9 @@ WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | N
 Admission = Callable[[], "str | None"]
 """Why the server takes no new calls now (``starting``, ``not_ready``, ``draining``), or None
 when it takes them."""
+Capacity = Callable[[str], "str | None"]
+"""(agent slug) -> why a new call to that agent is over capacity (``server_full``,
+``agent_full``: :meth:`sipserver.admission.CallLedger.refusal`), or None."""
 
 log = get_logger(__name__)
 
@@ -159,6 +162,9 @@ class SipRouter:
         on_call_event: receives the proxy's call events (routed, answered, ended).
         admission: asked before a new call is routed (and for OPTIONS): a reason means 503
             with Retry-After (the server is starting, has no media worker up, or is stopping).
+        capacity: asked before a new call to an agent is routed, fed by the server's count of
+            calls in progress at every door: a reason means 503 with Retry-After.
+        refusals: where every 503 refusal of a call is counted and logged.
     """
 
     def __init__(
@@ -176,9 +182,13 @@ class SipRouter:
         choose_worker: WorkerChooser | None = None,
         on_call_event: Callable[[ProxyEvent], None] | None = None,
         admission: Admission | None = None,
+        capacity: Capacity | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._config = config
         self._admission = admission
+        self._capacity = capacity
+        self._refusals = refusals
         self._proxy = proxy
         self._choose_worker = choose_worker
         self._on_call_event = on_call_event
@@ -395,10 +405,13 @@ class SipRouter:
             log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
         refusal = self._admission() if self._admission is not None else None
+        if refusal is None and self._capacity is not None:
+            refusal = self._capacity(agent.slug)
         if refusal is not None:
             # Before the digest challenge: a caller retrying after Retry-After is challenged
             # then, and no nonce is spent on a call that cannot be taken.
             metrics.call_result(refusal)
+            self._refuse(refusal, agent, peer)
             return self._unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
             denied = self._authorize_invite(request, peer, agent, now=now)
@@ -412,6 +425,7 @@ class SipRouter:
             return self._response(request, 480, "No Media Worker Available")
         if choice == "full":
             metrics.call_result("overloaded")
+            self._refuse("workers_full", agent, peer)
             return self._response(request, 503, "All Media Workers Busy", headers=_RETRY_AFTER)
         worker_id, worker = choice
         request.headers.remove("Proxy-Authorization")  # consumed here, not for the worker
@@ -454,6 +468,10 @@ class SipRouter:
         if outcome is AuthOutcome.MALFORMED:
             return self._response(request, 400, "Malformed Proxy-Authorization")
         return self._response(request, 403)
+
+    def _refuse(self, reason: str, agent: Agent, peer: Peer) -> None:
+        if self._refusals is not None:
+            self._refusals.refuse("sip", reason, agent=agent.slug, source=peer.host)
 
     def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
         """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the

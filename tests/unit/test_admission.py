@@ -1,0 +1,184 @@
+"""Admission control: the ledger's limits and counts, and the edge's 503 past them.
+
+The router runs with the real parser, digest code, call proxy and a real :class:`CallLedger`
+fed by the proxy's call events, as the server wires them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from sipserver.admission import CALLS_PER_CORE, CallLedger, default_max_calls, model_kind
+from sipserver.config import Config, ConfigError, parse_config
+from sipserver.edge.proxy import CallEnded, CallProxy, CallRouted, Endpoint, ProxyEvent
+from sipserver.edge.router import RETRY_AFTER
+from sipserver.observability import Metrics, RefusalLog
+from sipserver.reload import classify
+from sipserver.sip.message import SipResponse, parse_message
+from tests.unit.test_readiness import WORKER, authenticated_invite, invite
+from tests.unit.test_router import make_router, request, send
+
+
+def config(max_calls: Any = "auto", **agents: int | None) -> Config:
+    raw: dict[str, Any] = {
+        "server": {"store": "memory", "max_calls": max_calls},
+        "models": {"local": {"type": "custom"}},
+        "agents": [{"slug": slug, "max_concurrent_calls": n} for slug, n in agents.items()],
+    }
+    return parse_config(yaml.safe_dump(raw), env={})
+
+
+# ------------------------------------------------------------------ the ledger
+
+
+def test_agent_limit_then_server_limit() -> None:
+    ledger = CallLedger(config(3, a=2, b=None))
+    held = [ledger.admit("a", "websocket"), ledger.admit("a", "sip")]
+    assert all(r is not None for r in held)
+    assert ledger.refusal("a") == "agent_full" and ledger.admit("a", "sip") is None
+    assert ledger.admit("b", "websocket") is not None
+    assert ledger.refusal("b") == "server_full" and ledger.refusal("a") == "server_full"
+    assert (ledger.total, ledger.in_progress("a"), ledger.in_progress("b")) == (3, 2, 1)
+    assert ledger.by_ingress() == {"websocket": 2, "sip": 1}
+
+
+def test_a_reservation_is_released_exactly_once() -> None:
+    ledger = CallLedger(config(5))
+    first = ledger.reserve("a", "websocket")
+    second = ledger.reserve("a", "websocket")
+    first.release()
+    first.release()  # a call that ends twice (a drop during a hangup) counts once
+    assert not first.held and second.held
+    assert ledger.total == 1 and ledger.in_progress("a") == 1
+    second.release()
+    assert ledger.total == 0 and ledger.by_ingress() == {} and ledger.in_progress("a") == 0
+
+
+def test_limits_are_live_and_never_cut_calls_in_progress() -> None:
+    ledger = CallLedger(config(10, a=None))
+    held = [ledger.reserve("a", "websocket") for _ in range(3)]
+    ledger.configure(config(10, a=2))
+    assert ledger.refusal("a") == "agent_full" and ledger.over_limit("a")
+    assert ledger.total == 3 and all(r.held for r in held)
+    held[0].release()
+    assert not ledger.over_limit("a") and ledger.refusal("a") == "agent_full"
+    held[1].release()
+    assert ledger.refusal("a") is None
+
+
+def test_zero_pauses_an_agent() -> None:
+    ledger = CallLedger(config(10, a=0))
+    assert ledger.admit("a", "sip") is None and ledger.refusal("a") == "agent_full"
+
+
+def test_auto_capacity_follows_the_most_expensive_model_kind() -> None:
+    echo = parse_config(yaml.safe_dump({"agents": [{"slug": "e"}]}), env={})
+    assert model_kind(echo, echo.agents[0]) == "echo"
+    assert default_max_calls(echo, cores=2) == 2 * CALLS_PER_CORE["echo"]
+    raw = {
+        "models": {
+            "local": {"type": "custom"},
+            "hosted": {"type": "custom", "stt": "openai", "llm": "openai", "tts": "openai"},
+        },
+        "credentials": {"openai": {"api_key": "sk-test"}},
+        "agents": [
+            {"slug": "h", "realtime": {"enabled": True, "model": "hosted"}},
+            {"slug": "e"},
+        ],
+    }
+    hosted = parse_config(yaml.safe_dump(raw), env={})
+    assert model_kind(hosted, hosted.agents[0]) == "hosted"
+    assert default_max_calls(hosted, cores=2) == 2 * CALLS_PER_CORE["hosted"]
+    raw["agents"].append({"slug": "l", "realtime": {"enabled": True, "model": "local"}})
+    mixed = parse_config(yaml.safe_dump(raw), env={})
+    assert default_max_calls(mixed, cores=4) == 4 * CALLS_PER_CORE["local"]
+    assert CallLedger(mixed, cores=4).max_calls == 4 * CALLS_PER_CORE["local"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("server.max_calls", 0), ("server.max_calls", "many"), ("agents[0].max_concurrent_calls", -1)],
+)
+def test_bad_limits_name_the_key(key: str, value: Any) -> None:
+    raw: dict[str, Any] = {"server": {}, "agents": [{"slug": "a"}]}
+    if key.startswith("server"):
+        raw["server"]["max_calls"] = value
+    else:
+        raw["agents"][0]["max_concurrent_calls"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(raw), env={})
+    assert key in str(info.value)
+
+
+def test_capacity_keys_are_live_on_reload() -> None:
+    assert classify("server.max_calls") == "live"
+
+
+# ------------------------------------------------------------------ the edge
+
+
+class LedgerEdge:
+    """A router whose capacity is a real ledger fed by the proxy's events (as in server.py)."""
+
+    def __init__(self, max_calls: int, alice: int | None) -> None:
+        raw = {
+            "server": {"store": "memory", "max_calls": max_calls},
+            "agents": [{"slug": "alice", "max_concurrent_calls": alice}, {"slug": "bob"}],
+        }
+        self.ledger = CallLedger(parse_config(yaml.safe_dump(raw), env={}))
+        self.reservations: dict[str, Any] = {}
+        metrics = Metrics()
+        self.refusals = RefusalLog(metrics)
+        proxy = CallProxy(
+            outside=Endpoint("udp", "sip.example.com", 5060),
+            inside=Endpoint("udp", "127.0.0.1", 5060),
+            instance="t",
+        )
+        self.router, self.metrics = make_router(
+            router_options={
+                "proxy": proxy,
+                "choose_worker": lambda agent, call_id: ("w1", WORKER),
+                "capacity": self.ledger.refusal,
+                "refusals": self.refusals,
+                "on_call_event": self.event,
+            }
+        )
+        self.refusal_metrics = metrics
+
+    def event(self, event: ProxyEvent) -> None:
+        if isinstance(event, CallRouted):
+            self.reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
+        elif isinstance(event, CallEnded):
+            self.reservations.pop(event.call_id).release()
+
+
+def _status(raw: bytes) -> SipResponse:
+    resp = parse_message(raw)
+    assert isinstance(resp, SipResponse)
+    return resp
+
+
+def test_invite_past_the_agents_limit_is_503_with_retry_after_before_any_challenge() -> None:
+    edge = LedgerEdge(max_calls=10, alice=1)
+    sent = authenticated_invite(edge, "c1")  # type: ignore[arg-type]
+    assert _status(sent[0]).status == 100 and edge.ledger.in_progress("alice") == 1
+    resp = send(edge.router, invite(call_id="c2"))
+    assert (resp.status, resp.headers.get("Retry-After")) == (503, str(RETRY_AFTER))
+    assert resp.headers.get("Warning") == '399 sipserver "agent_full"'
+    assert "Proxy-Authenticate" not in resp.headers  # no nonce spent on a refused call
+    counted = edge.refusal_metrics.registry.get_sample_value(
+        "sipserver_refusals_total", {"ingress": "sip", "reason": "agent_full"}
+    )
+    assert counted == 1
+
+
+def test_server_limit_and_options_still_answered() -> None:
+    edge = LedgerEdge(max_calls=1, alice=None)
+    authenticated_invite(edge, "c1")  # type: ignore[arg-type]
+    resp = send(edge.router, invite(call_id="c2"))
+    assert resp.status == 503 and resp.headers.get("Warning") == '399 sipserver "server_full"'
+    # OPTIONS answers 200 at capacity: the edge is up, the calls are what is full.
+    assert send(edge.router, request("OPTIONS", contact=None, expires=None)).status == 200
