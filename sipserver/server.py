@@ -33,6 +33,7 @@ from sipserver.edge.proxy import (
 from sipserver.edge.router import SipRouter, server_names
 from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
+from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork, called_number, is_listens_number
 from sipserver.listens.monitor import ListensHub
@@ -186,13 +187,15 @@ class Server:
         self.ledger = CallLedger(config)
         """Calls in progress per agent and in total, at every door, and their limits."""
         self._sip_reservations: dict[str, Reservation] = {}
+        self._trimmer = HeapTrimmer()
+        self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
         self.metrics.calls_admitted.set_function(lambda: float(self.ledger.total))
         self.gateway = MediaStreamGateway(
             lambda: self.config,
             self._new_session,
             self.metrics,
-            on_call_ended=self._state_changed,
+            on_call_ended=self._call_finished,
             ledger=self.ledger,
             refusals=self.refusals,
         )
@@ -288,6 +291,26 @@ class Server:
     def _state_changed(self) -> None:
         self._changed.set()
 
+    def _call_finished(self) -> None:
+        """A call (SIP or websocket) ended: readiness waiters look again, and the heap is
+        trimmed when the calls of a burst are over (:class:`~sipserver.heap.HeapTrimmer`)."""
+        self._state_changed()
+        loop = asyncio.get_running_loop()
+        delay = self._trimmer.call_ended(self.ledger.total, now=loop.time())
+        if delay is not None:
+            loop.call_later(delay, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(asyncio.to_thread(trim_heap), name="heap-trim")
+        self._trims.add(task)
+
+        def done(task: asyncio.Task[bool]) -> None:
+            self._trims.discard(task)
+            self._trimmer.trimmed(now=loop.time())
+
+        task.add_done_callback(done)
+
     async def _wait_until(
         self, condition: Callable[[], bool], timeout: float | None = None
     ) -> bool:
@@ -326,7 +349,6 @@ class Server:
         body = report.as_json()
         body["media_workers_up"] = self._media_workers_up()
         body["calls"] = self.calls_in_progress()
-        body["max_calls"] = self.ledger.max_calls
         return report.ready, body
 
     def _admission(self) -> str | None:
@@ -385,7 +407,7 @@ class Server:
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
             self._release(event.call_id)
-            self._state_changed()
+            self._call_finished()
             log.info(
                 "call_ended",
                 call_id=event.call_id,

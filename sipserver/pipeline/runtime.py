@@ -333,6 +333,8 @@ class VoiceRuntime:
         for task in self._batcher_tasks.values():
             await cancel_and_wait(task)
         self._batcher_tasks.clear()
+        for phrases in self._phrases.values():
+            phrases.close()
         stages: list[object] = list(self._llms.values())
         for parts in self._models.values():
             stages += [parts.stt, parts.tts, parts.turn]

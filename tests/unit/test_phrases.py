@@ -65,7 +65,7 @@ async def test_concurrent_calls_share_the_first_synthesis() -> None:
     assert cache.hits == 19
 
 
-async def test_a_cancelled_first_synthesis_leaves_the_waiters_to_make_their_own() -> None:
+async def test_a_call_that_ends_early_does_not_stop_the_phrase_being_made() -> None:
     inner = StepTts()
     inner.gate.clear()
     cache = PhraseCache(inner, ["Hello."])
@@ -73,14 +73,39 @@ async def test_a_cancelled_first_synthesis_leaves_the_waiters_to_make_their_own(
     await asyncio.sleep(0.01)
     waiter = asyncio.create_task(_say(cache, "Hello."))
     await asyncio.sleep(0.01)
-    first.cancel()
+    first.cancel()  # a short call hangs up during the greeting
     with pytest.raises(asyncio.CancelledError):
         await first
     inner.gate.set()
     assert await waiter == bytes(320)
-    assert inner.texts == ["Hello.", "Hello."]
-    assert await _say(cache, "Hello.") == bytes(320)  # the waiter's synthesis was kept
-    assert len(inner.texts) == 2
+    assert await _say(cache, "Hello.") == bytes(320)
+    assert inner.texts == ["Hello."]  # made once, kept for the next calls
+
+
+async def test_a_failed_synthesis_is_reported_and_not_kept() -> None:
+    class FailingTts(StepTts):
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            self.texts.append(text)
+            yield self.chunk
+            raise RuntimeError("model crashed")
+
+    inner = FailingTts()
+    cache = PhraseCache(inner, ["Hello."])
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="model crashed"):
+            await _say(cache, "Hello.")
+    assert inner.texts == ["Hello.", "Hello."] and cache.cached_bytes == 0
+
+
+async def test_close_cancels_a_synthesis_in_progress() -> None:
+    inner = StepTts()
+    inner.gate.clear()
+    cache = PhraseCache(inner, ["Hello."])
+    reader = asyncio.create_task(_say(cache, "Hello."))
+    await asyncio.sleep(0.01)
+    cache.close()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        await reader
 
 
 async def test_phrases_are_bounded_in_number_and_length() -> None:
