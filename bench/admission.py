@@ -36,6 +36,7 @@ import time
 import urllib.request
 from argparse import SUPPRESS
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
