@@ -276,6 +276,9 @@ class StreamCall:
                     self.late_ticks += skipped
                     self.gateway.metrics.ws_late_ticks.inc(skipped)
                 await self._tick()
+                # Sending rarely suspends: a loop catching up on late ticks would run them
+                # back to back and hold the event loop (SIP, HTTP, every other call) meanwhile.
+                await asyncio.sleep(0)
         except (ConnectionError, RuntimeError) as exc:
             self._end("socket_error")
             log.info("ws_send_failed", call_id=self._call_id, error=repr(exc))

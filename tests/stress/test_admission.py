@@ -203,12 +203,7 @@ outlives it; what remains is allocator slack: glibc keeps some freed pages (the 
 its heap when a burst of calls ends, sipserver/heap.py), onnxruntime's arena keeps the largest
 VAD batch it has seen. Measured here (2-core VM): +6.8 MiB; bench/admission.py runs 1,000.
 The old code (a Piper thread per call's greeting) grew by ~40 MiB per concurrent call and
-never gave it back, so this fails it many times over while leaving 6x headroom for noise."""RSS growth allowed between the 10th and the 200th websocket call. What a call leaves behind
-is metrics label sets and log buffers (a few KB); the rest of the margin is allocator noise:
-glibc keeps freed pages of its arenas, onnxruntime's arena keeps the largest VAD batch it saw,
-and Whisper is never loaded by silent calls. Measured here: +2 to +6 MiB (bench/admission.py
-shows 1,000 calls). Before the fix each call's greeting ran on its own Piper thread and 10 calls
-at once cost ~400 MiB, so this margin fails on the old code by a factor of 10."""
+never gave it back, so this fails it many times over while leaving 6x headroom for noise."""
 
 
 async def test_memory_comes_back_after_many_websocket_calls(server_factory: Any) -> None:
@@ -234,3 +229,41 @@ async def test_memory_comes_back_after_many_websocket_calls(server_factory: Any)
     assert after - baseline < MEMORY_MARGIN_MIB
     assert server.metric("sipserver_voice_sessions_active") == 0
     assert server.metric("sipserver_ws_calls_active") == 0
+
+
+async def test_listens_fork_past_the_agents_limit(tmp_path: Path) -> None:
+    from tests.integration.conftest import free_port
+    from tests.integration.listens_client import ForkClient
+    from tests.integration.test_listens import NUMBER as LISTENS_NUMBER
+    from tests.integration.test_listens import SECRET as LISTENS_SECRET
+    from tests.integration.test_listens import listens_config
+
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    config["agents"][-1]["max_concurrent_calls"] = 1
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    base = f"{server.http_url}/listens/copilot/{LISTENS_SECRET}"
+    form = {"CallSid": "CA1", "From": "+14155550123", "To": LISTENS_NUMBER}
+    try:
+        async with aiohttp.ClientSession() as http:
+            fork = ForkClient(await http.ws_connect(f"{base}/stream"))
+            await fork.start({"caller": "+14155550123", "called": LISTENS_NUMBER})
+            assert await until(lambda: server.metric("sipserver_calls_admitted") == 1, 10)
+            # A second fork is refused before the upgrade...
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{base}/stream")
+            assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "5"
+            # ...and the webhook dials the human agent without starting a fork.
+            busy = await http.post(base, data=form)
+            twiml = await busy.text()
+            assert busy.status == 200 and "<Dial>" in twiml and "<Stream" not in twiml
+            await fork.stop()
+            assert await until(lambda: server.metric("sipserver_calls_admitted") == 0, 10)
+            again = await (await http.post(base, data=form)).text()
+            assert "<Stream" in again
+        refused_forks = server.metric(
+            "sipserver_refusals_total", ingress="listens", reason="agent_full"
+        )
+        assert refused_forks == 2
+    finally:
+        server.stop()
