@@ -6,21 +6,30 @@ fed by the proxy's call events, as the server wires them.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import WSMsgType, WSServerHandshakeError, web
+from aiohttp.test_utils import TestClient, TestServer
 
 from sipserver.admission import CALLS_PER_CORE, CallLedger, default_max_calls, model_kind
 from sipserver.config import Config, ConfigError, parse_config
 from sipserver.edge.proxy import CallEnded, CallProxy, CallRouted, Endpoint, ProxyEvent
 from sipserver.edge.router import RETRY_AFTER
+from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.observability import Metrics, RefusalLog
+from sipserver.pipeline.echo import EchoSession, tone_greeting
+from sipserver.pipeline.session import CallInfo
 from sipserver.reload import classify
 from sipserver.sip.message import SipResponse, parse_message
 from tests.unit.test_readiness import WORKER, authenticated_invite, invite
 from tests.unit.test_router import make_router, request, send
+
+WS_SECRET = "support-ws-secret-0123456789"
 
 
 def config(max_calls: Any = "auto", **agents: int | None) -> Config:
@@ -203,3 +212,115 @@ def test_heap_is_trimmed_when_a_burst_ends_and_every_n_calls_at_most_every_inter
 
 def test_trim_heap_runs_here() -> None:
     assert trim_heap() in (True, False)  # glibc here; a no-op elsewhere
+
+
+# ------------------------------------------------------------------ the websocket gateway
+
+
+async def gateway_client(max_calls: int, agent: int | None) -> tuple[Any, CallLedger, Metrics]:
+    cfg = parse_config(
+        yaml.safe_dump(
+            {
+                "server": {"max_calls": max_calls},
+                "agents": [
+                    {
+                        "slug": "support",
+                        "max_concurrent_calls": agent,
+                        "websocket": {"enabled": True, "secret": WS_SECRET},
+                    }
+                ],
+            }
+        ),
+        env={},
+    )
+    metrics = Metrics()
+    ledger = CallLedger(cfg)
+
+    def session(info: CallInfo, on_event: Any) -> EchoSession:
+        return EchoSession(tone_greeting(info.sample_rate), sample_rate=info.sample_rate)
+
+    gateway = MediaStreamGateway(
+        lambda: cfg, session, metrics, ledger=ledger, refusals=RefusalLog(metrics)
+    )
+    app = web.Application()
+    gateway.add_routes(app)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    return client, ledger, metrics
+
+
+def _start(sid: str) -> str:
+    start = {"streamSid": sid, "callSid": "CA1", "mediaFormat": {"encoding": "audio/x-mulaw"}}
+    return json.dumps({"event": "start", "streamSid": sid, "start": start})
+
+
+def _refusals(metrics: Metrics, ingress: str, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "sipserver_refusals_total", {"ingress": ingress, "reason": reason}
+    )
+
+
+async def test_websocket_past_capacity_is_503_before_the_upgrade_and_a_drop_frees_the_place() -> (
+    None
+):
+    client, ledger, metrics = await gateway_client(max_calls=1, agent=None)
+    try:
+        first = await client.ws_connect(f"/ws/support/{WS_SECRET}")
+        await first.send_str(_start("MZ1"))
+        assert ledger.total == 1
+        refused = await client.get(f"/ws/support/{WS_SECRET}")  # a plain GET: no upgrade
+        assert refused.status == 503 and refused.headers["Retry-After"] == str(RETRY_AFTER)
+        with pytest.raises(WSServerHandshakeError) as second:
+            await client.ws_connect(f"/ws/support/{WS_SECRET}")
+        assert second.value.status == 503
+        assert _refusals(metrics, "websocket", "server_full") == 2
+        # The Twilio webhook at capacity: busy.
+        busy = await client.post(f"/incoming-call/support/{WS_SECRET}", data={"CallSid": "CA2"})
+        assert '<Reject reason="busy" />' in await busy.text()
+        assert _refusals(metrics, "twilio", "server_full") == 1
+        await first.close()  # the caller drops: no stop message
+        for _ in range(100):
+            if ledger.total == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert ledger.total == 0
+        again = await client.ws_connect(f"/ws/support/{WS_SECRET}")
+        await again.close()
+    finally:
+        await client.close()
+    assert ledger.total == 0
+
+
+async def test_a_stream_upgraded_before_its_agents_limit_was_lowered_is_closed_1013() -> None:
+    client, ledger, metrics = await gateway_client(max_calls=10, agent=None)
+    try:
+        ws = await client.ws_connect(f"/ws/support/{WS_SECRET}")
+        other = await client.ws_connect(f"/ws/support/{WS_SECRET}")
+        await other.send_str(_start("MZ0"))
+        assert (await other.receive(timeout=5)).type is WSMsgType.TEXT  # started: media flows
+        # A reload lowers the agent's limit to 1 while ``ws`` is upgraded but not started.
+        cfg = parse_config(
+            yaml.safe_dump(
+                {
+                    "agents": [
+                        {
+                            "slug": "support",
+                            "max_concurrent_calls": 1,
+                            "websocket": {"enabled": True, "secret": WS_SECRET},
+                        }
+                    ]
+                }
+            ),
+            env={},
+        )
+        ledger.configure(cfg)
+        await ws.send_str(_start("MZ1"))
+        msg = await ws.receive(timeout=5)
+        while msg.type is WSMsgType.TEXT:
+            msg = await ws.receive(timeout=5)
+        assert ws.close_code == 1013
+        assert _refusals(metrics, "websocket", "agent_full") == 1
+        await other.close()
+    finally:
+        await client.close()
+    assert ledger.total == 0
