@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import wave
 from argparse import SUPPRESS
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench._common import free_port
+from bench._common import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "demo-websocket-secret-0001"
@@ -94,8 +95,34 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-async def call(http: aiohttp.ClientSession, url: str, i: int, seconds: float) -> bool:
-    """One websocket call of silence; False when refused (HTTP 503 before the upgrade)."""
+SILENCE = bytes([0xFF] * 160)
+"""20 ms of mu-law silence."""
+
+
+def speech_frames(text: str) -> list[bytes]:
+    """``text`` spoken by espeak-ng as 20 ms mu-law frames at 8 kHz, then 3 s of silence."""
+    from sipserver.media.codecs import ulaw_encode
+    from sipserver.media.resample import resample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "q.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, timeout=30)
+        with wave.open(str(wav)) as w:
+            pcm = resample(w.readframes(w.getnframes()), w.getframerate(), 8000)
+    ulaw = ulaw_encode(pcm)
+    frames = [ulaw[i : i + 160].ljust(160, b"\xff") for i in range(0, len(ulaw), 160)]
+    return frames + [SILENCE] * 150
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    url: str,
+    i: int,
+    seconds: float,
+    talk: list[bytes] | None = None,
+) -> bool:
+    """One websocket call of silence (or of ``talk`` frames over and over); False when refused
+    (HTTP 503 before the upgrade)."""
     try:
         ws = await http.ws_connect(f"{url.replace('http', 'ws')}/ws/demo/{SECRET}")
     except aiohttp.WSServerHandshakeError as exc:
@@ -104,7 +131,8 @@ async def call(http: aiohttp.ClientSession, url: str, i: int, seconds: float) ->
     sid = f"MZbench{i:026d}"
     start = {"streamSid": sid, "callSid": f"CA{i}", "mediaFormat": {"encoding": "audio/x-mulaw"}}
     await ws.send_str(json.dumps({"event": "start", "streamSid": sid, "start": start}))
-    payload = base64.b64encode(bytes([0xFF] * 160)).decode()
+    silence = base64.b64encode(SILENCE).decode()
+    spoken = [base64.b64encode(f).decode() for f in talk or ()]
 
     async def drain() -> None:
         async for msg in ws:
@@ -118,6 +146,7 @@ async def call(http: aiohttp.ClientSession, url: str, i: int, seconds: float) ->
     n = 0
     while loop.time() - t0 < seconds and not ws.closed:
         n += 1
+        payload = spoken[(n + 37 * i) % len(spoken)] if spoken else silence
         media = {"chunk": str(n), "timestamp": str(n * 20), "payload": payload}
         await ws.send_str(json.dumps({"event": "media", "streamSid": sid, "media": media}))
         await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
@@ -225,7 +254,9 @@ async def probe_process(url: str, sip_port: int, seconds: float) -> dict[str, An
     return result
 
 
-async def at_capacity(url: str, sip_port: int, capacity: int, seconds: float) -> None:
+async def at_capacity(
+    url: str, pid: int, sip_port: int, capacity: int, seconds: float, talk: list[bytes] | None
+) -> None:
     idle = await probe_process(url, sip_port, seconds / 2)
     print(f"signalling with no call in progress (reference), {seconds / 2:g} s:")
     for name, times in idle.items():
@@ -233,14 +264,21 @@ async def at_capacity(url: str, sip_port: int, capacity: int, seconds: float) ->
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         calls = [
-            loop.create_task(call(http, url, 10_000 + i, seconds + 5)) for i in range(capacity)
+            loop.create_task(call(http, url, 10_000 + i, seconds + 5, talk))
+            for i in range(capacity)
         ]
         while metric(url, "sipserver_calls_admitted") < capacity:
             await asyncio.sleep(0.1)
+        cpu0, wall0 = cpu_seconds([pid]), time.monotonic()
         busy = await probe_process(url, sip_port, seconds)
+        core = (cpu_seconds([pid]) - cpu0) / (time.monotonic() - wall0)
         admitted = metric(url, "sipserver_calls_admitted")
         await asyncio.gather(*calls)
-    print(f"signalling with {admitted:.0f} of {capacity} voice calls in progress, {seconds:g} s:")
+    kind = "talking" if talk else "silent"
+    print(
+        f"signalling with {admitted:.0f} of {capacity} {kind} calls in progress, {seconds:g} s "
+        f"(server process: {core:.0%} of a core, load average {os.getloadavg()[0]:.1f}):"
+    )
     for name, times in busy.items():
         print(summary(f"  {name}", times))
 
@@ -279,6 +317,9 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--call-seconds", type=float, default=1.0)
     parser.add_argument("--max-calls", type=int, default=None, help="server.max_calls (auto)")
+    parser.add_argument(
+        "--talk", action="store_true", help="callers at capacity ask a question every ~6 s"
+    )
     parser.add_argument("--probe", nargs=3, metavar=("URL", "SIP_PORT", "SECONDS"), help=SUPPRESS)
     args = parser.parse_args()
     if args.probe:
@@ -294,7 +335,8 @@ async def main() -> None:
             if args.flood:
                 await flood(url, proc.pid, args.flood, args.seconds)
             if args.probe_seconds:
-                await at_capacity(url, sip_port, capacity, args.probe_seconds)
+                talk = speech_frames("What are your opening hours?") if args.talk else None
+                await at_capacity(url, proc.pid, sip_port, capacity, args.probe_seconds, talk)
             if args.calls:
                 await memory(url, proc.pid, args.calls, args.call_seconds, capacity)
         finally:

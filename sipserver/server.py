@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -652,6 +653,11 @@ class Server:
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
         await self.voice.start()
+        # What is loaded now (modules, models, configuration) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it (one took 0.27 s
+        # on the event loop at capacity, measured on a loaded 2-core VM).
+        gc.collect()
+        gc.freeze()
         self.readiness.step_done("voice_models")
         self._state_changed()
         self._start_done.set()

@@ -349,7 +349,9 @@ class VoiceRuntime:
     def _batcher(self, rate: int) -> VadBatcher:
         batcher = self._batchers.get(rate)
         if batcher is None:
-            batcher = self._batchers[rate] = VadBatcher(SileroModel(rate))
+            # Every batch is inferred on a thread (onnxruntime releases the GIL): inline, the
+            # model took ~20% of the event loop's time at 6 calls, and SIP and HTTP waited.
+            batcher = self._batchers[rate] = VadBatcher(SileroModel(rate), offload_min_batch=1)
         task = self._batcher_tasks.get(rate)
         if task is None or task.done():
             if task is not None and not task.cancelled() and task.exception() is not None:
