@@ -389,6 +389,9 @@ class Server:
         metrics = self.metrics
         if isinstance(event, CallRouted):
             # Checked against the limits by the router in the same step (no await between).
+            stale = self._sip_reservations.pop(event.call_id, None)
+            if stale is not None:  # a Call-ID routed again: never count one call twice
+                stale.release()
             self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
             metrics.calls_active.inc()
             pool = self.pool
