@@ -17,7 +17,8 @@ RUN pip install . \
 USER sipserver
 WORKDIR /var/lib/sipserver
 VOLUME ["/var/lib/sipserver"]
-EXPOSE 5060/udp 5060/tcp 8080/tcp
+# 8080: webhooks, websockets, dashboard, /healthz; 8081: /metrics and /status (keep it private)
+EXPOSE 5060/udp 5060/tcp 8080/tcp 8081/tcp
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
 ENTRYPOINT ["sipserver"]
 CMD ["run", "--config", "/etc/sipserver/sipserver.yaml", "--log-format", "json"]

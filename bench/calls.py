@@ -94,10 +94,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def start_sipserver(wd: Path, workers: int = 2) -> tuple[subprocess.Popen[bytes], int, str]:
-    sip_port, http_port = free_port(), free_port()
+    sip_port, http_port, admin_port = free_port(), free_port(), free_port()
     config = {
         "server": {
             "http": f"127.0.0.1:{http_port}",
+            "admin_http": f"127.0.0.1:{admin_port}",  # /metrics and /status
             "public_url": f"http://127.0.0.1:{http_port}",
             "data_dir": str(wd / "data"),
             "store": "memory",
@@ -133,7 +134,7 @@ def start_sipserver(wd: Path, workers: int = 2) -> tuple[subprocess.Popen[bytes]
         stdout=subprocess.DEVNULL,
         stderr=(wd / "sipserver.log").open("wb"),
     )
-    url = f"http://127.0.0.1:{http_port}/metrics"
+    url = f"http://127.0.0.1:{admin_port}/metrics"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -60,6 +60,7 @@ def bench_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, Any
     server.update(
         public_url=f"http://127.0.0.1:{http_port}",
         http=f"127.0.0.1:{http_port}",
+        admin_http=None,  # only /healthz and /readyz are read
         data_dir=str(data_dir),
     )
     server["sip"].update(udp=[f"127.0.0.1:{sip_port}"], tcp=[])

@@ -101,6 +101,7 @@ def start_sipserver(
     config = {
         "server": {
             "http": f"127.0.0.1:{http_port}",
+            "admin_http": None,  # only /healthz is read
             "public_url": f"http://127.0.0.1:{http_port}",
             "data_dir": str(wd / "data"),
             "store": store,

@@ -44,6 +44,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def _metric(url: str, name: str) -> float:
+    """Sum of a metric's samples, from the admin listener at ``url``."""
     body = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
     total = 0.0
     for line in body.splitlines():
@@ -52,14 +53,16 @@ def _metric(url: str, name: str) -> float:
     return total
 
 
-def _start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The server, its public URL and its admin URL (/metrics)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         http_port = int(s.getsockname()[1])
-    sip_port = free_port()
+    sip_port, admin_port = free_port(), free_port(socket.SOCK_STREAM)
     config = {
         "server": {
             "http": f"127.0.0.1:{http_port}",
+            "admin_http": f"127.0.0.1:{admin_port}",
             "public_url": f"http://127.0.0.1:{http_port}",
             "store": "memory",
             "data_dir": str(workdir),
@@ -78,7 +81,7 @@ def _start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     for _ in range(200):
         try:
             urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-            return proc, url
+            return proc, url, f"http://127.0.0.1:{admin_port}"
         except OSError:
             time.sleep(0.1)
     proc.kill()
@@ -121,10 +124,10 @@ async def _stream(http: aiohttp.ClientSession, url: str, i: int, seconds: float)
     return frames, gaps
 
 
-async def _run(url: str, pid: int, streams: int, seconds: float) -> dict[str, float]:
+async def _run(url: str, admin: str, pid: int, streams: int, seconds: float) -> dict[str, float]:
     rss0 = _rss_kib(pid)
-    late0 = _metric(url, "sipserver_ws_late_ticks_total")
-    under0 = _metric(url, 'sipserver_ws_jitter_events_total{kind="underruns"}')
+    late0 = _metric(admin, "sipserver_ws_late_ticks_total")
+    under0 = _metric(admin, 'sipserver_ws_jitter_events_total{kind="underruns"}')
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         cpu0, own0, wall0 = cpu_seconds(process_tree(pid)), time.process_time(), time.monotonic()
@@ -141,8 +144,8 @@ async def _run(url: str, pid: int, streams: int, seconds: float) -> dict[str, fl
         "server_core_per_stream": cpu / wall / streams,
         "client_core": own / wall,
         "rss_kib_per_stream": (rss - rss0) / streams,
-        "late_ticks": _metric(url, "sipserver_ws_late_ticks_total") - late0,
-        "underruns": _metric(url, 'sipserver_ws_jitter_events_total{kind="underruns"}') - under0,
+        "late_ticks": _metric(admin, "sipserver_ws_late_ticks_total") - late0,
+        "underruns": _metric(admin, 'sipserver_ws_jitter_events_total{kind="underruns"}') - under0,
         "gap_share": gaps / max(1, frames),
         "frames": frames,
     }
@@ -154,11 +157,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = _start_server(Path(tmp))
+        proc, url, admin = _start_server(Path(tmp))
         try:
             print(f"cores={os.cpu_count()} python={sys.version.split()[0]}")
             for n in args.streams:
-                r = asyncio.run(_run(url, proc.pid, n, args.seconds))
+                r = asyncio.run(_run(url, admin, proc.pid, n, args.seconds))
                 per = r["server_core_per_stream"]
                 print(
                     f"streams={n:4d} server={r['server_core'] * 100:5.1f}% of a core "

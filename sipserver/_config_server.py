@@ -18,6 +18,7 @@ from sipserver._config_types import StrictModel as _Model
 
 __all__ = [
     "BanConfig",
+    "LoginLimitConfig",
     "MediaConfig",
     "MediaStreamsConfig",
     "NumberingPlan",
@@ -185,6 +186,10 @@ class MediaConfig(_Model):
     rtp_timeout: float = Field(60.0, ge=0)
     """Seconds without an RTP packet from the caller after which the worker hangs up (BYE),
     except while the caller holds the call; 0 never does."""
+    worker_timeout: float = Field(4.0, ge=1.0)
+    """Seconds without any sign of life on a worker's frame link (it is pinged twice a
+    second) after which the worker is declared lost: killed, its calls ended with BYE,
+    replaced. Finds a stopped or hung worker within this plus 0.5 s."""
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""
@@ -226,6 +231,30 @@ class LogRateLimitConfig(_Model):
     """Lines a kind may write at once after a quiet spell."""
 
 
+def _check_admin_token(value: str) -> str:
+    if len(value) < 16 or any(c.isspace() for c in value) or not value.isprintable():
+        raise ValueError("must be at least 16 printable characters without spaces")
+    return value
+
+
+class LoginLimitConfig(_Model):
+    """The dashboard's login limiter (see docs/security.md): attempts are counted before the
+    password hash is checked, per source address and per user name."""
+
+    max_failures_per_source: int = Field(10, ge=1)
+    """Failed (or in-flight) logins per source address within ``window``; more get 429."""
+    max_failures_per_user: int = Field(30, ge=1)
+    """Failed (or in-flight) logins at one user name within ``window``, all sources together,
+    that lock the name: then only addresses it logged in from before keep their allowance,
+    any other address gets one attempt at it per window."""
+    window: float = Field(300.0, gt=0)
+    """Seconds over which failures are counted."""
+    concurrent_checks: int = Field(2, ge=1, le=64)
+    """Password hashes (scrypt, ~35 ms of a core each) computed at once, on threads."""
+    max_waiting: int = Field(16, ge=0)
+    """Logins waiting for a hash slot; more get 503 with Retry-After (no hash, not counted)."""
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -238,7 +267,14 @@ class ServerConfig(_Model):
     domains: list[Host] = Field(default_factory=list)
     """Extra SIP domains served besides ``public_host`` and the listener addresses."""
     http: HostPort = "127.0.0.1:8080"
-    """HTTP listener (gateway, dashboard, metrics), ``host:port``."""
+    """Public HTTP listener, ``host:port``: webhooks, websockets, the dashboard, the demo page,
+    ``/healthz`` and ``/readyz`` (``/status`` and ``/metrics`` only with ``admin_token``)."""
+    admin_http: HostPort | None = "127.0.0.1:8081"
+    """Admin HTTP listener, ``host:port``: ``/status``, ``/metrics``, ``/healthz``, ``/readyz``
+    without a token. Keep it on loopback or a private network; null: no admin listener."""
+    admin_token: Annotated[str, AfterValidator(_check_admin_token)] | None = Field(None, repr=False)
+    """Bearer token that opens ``/status`` and ``/metrics`` on the public listener
+    (``Authorization: Bearer <token>``, >= 16 characters); null: they are not served there."""
     sip: SipServerConfig = Field(default_factory=SipServerConfig)
     """The SIP edge."""
     workers: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
@@ -263,11 +299,29 @@ class ServerConfig(_Model):
     Twilio ``<Reject reason="busy"/>``). ``auto``: what one core measurably serves for the most
     expensive kind of agent configured, times the cores: 3 per core with local models, 60 with
     hosted ones, 150 for echo lines (measured on a 2-core Xeon VM with bench/models.py,
-    bench/sessions.py and bench/websocket.py: see bench/README.md, "Capacity")."""
+    bench/sessions.py and bench/websocket.py: see docs/security.md, "Capacity and admission")."""
+    login_limit: LoginLimitConfig = Field(default_factory=LoginLimitConfig)
+    """Dashboard login limits (per source, per user name, concurrent password checks)."""
     drain_timeout: float = Field(5.0, ge=0)
     """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
     new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's
     kill timeout (Docker: 10 s, Kubernetes: 30 s, systemd: 90 s)."""
+
+    @model_validator(mode="after")
+    def _admin_apart(self) -> ServerConfig:
+        if self.admin_http is not None:
+            (host, port), (http_host, http_port) = self.admin_host_port, self.http_host_port
+            wildcard = {"0.0.0.0", "::", ""}
+            if port == http_port and (host == http_host or {host, http_host} & wildcard):
+                message = f"must not be the public listener's address ({self.http})"
+                raise RuleErrors([(("admin_http",), message)])
+        return self
+
+    @property
+    def admin_host_port(self) -> tuple[str, int]:
+        """:attr:`admin_http` as ``(host, port)`` (call only when it is set)."""
+        assert self.admin_http is not None
+        return parse_host_port(self.admin_http)
 
     @property
     def max_workers(self) -> int:

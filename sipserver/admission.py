@@ -4,7 +4,9 @@ Every ingress asks the one :class:`CallLedger` before it takes a call and holds 
 :class:`Reservation` for as long as the call lasts:
 
 - SIP INVITE: the edge's router asks :meth:`CallLedger.refusal` in its (sans-I/O) routing
-  decision and answers 503 with Retry-After past a limit; the server reserves on the proxy's
+  decision and answers 503 with Retry-After past a limit (the server's before the digest
+  challenge, whatever the number; the agent's only after authentication, so that no answer
+  before it depends on whether a number exists); the server reserves on the proxy's
   ``CallRouted`` and releases on its ``CallEnded`` (BYE, CANCEL, failure, a lost worker);
 - websocket ``/ws``: refused with HTTP 503 and Retry-After before the upgrade;
 - Twilio ``/incoming-call``: TwiML ``<Reject reason="busy"/>``;
@@ -157,10 +159,13 @@ class CallLedger:
         """Calls in progress by door."""
         return dict(self._by_ingress)
 
-    def refusal(self, agent: str) -> Literal["server_full", "agent_full"] | None:
-        """Why a new call to ``agent`` cannot be taken now, or None when it can."""
+    def refusal(self, agent: str | None) -> Literal["server_full", "agent_full"] | None:
+        """Why a new call to ``agent`` (None: to any agent, the server's limit alone) cannot be
+        taken now, or None when it can."""
         if self.total >= self.max_calls:
             return "server_full"
+        if agent is None:
+            return None
         limit = self._agent_limits.get(agent)
         if limit is not None and self._by_agent.get(agent, 0) >= limit:
             return "agent_full"

@@ -292,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="start the server",
-        description="Start the SIP edge (registrar), HTTP (metrics at /metrics) and workers.",
+        description=(
+            "Start the SIP edge (registrar), HTTP (server.http) and the media workers; "
+            "/metrics and /status are on the admin listener (server.admin_http, "
+            "127.0.0.1:8081 by default)."
+        ),
     )
     run.add_argument("-c", "--config", help=_CONFIG_HELP)
     run.add_argument(

@@ -10,6 +10,7 @@ label values once, because ``labels()`` is a dictionary lookup under a lock on e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -457,7 +458,8 @@ class Metrics:
         )
         self.dashboard_logins = Counter(
             "sipserver_dashboard_logins",
-            "Dashboard login attempts, by result (ok, bad_credentials, bad_origin, throttled).",
+            "Dashboard login attempts, by result "
+            "(ok, bad_credentials, bad_origin, throttled, busy).",
             ["result"],
             registry=r,
         )
@@ -466,6 +468,12 @@ class Metrics:
             "Requests, connections and calls refused at a door, by ingress and reason "
             "(server_full, agent_full, connection caps, rate limits ...).",
             ["ingress", "reason"],
+            registry=r,
+        )
+        self.event_loop_tasks = Gauge(
+            "sipserver_event_loop_tasks",
+            "asyncio tasks alive on the server's event loop, counted when /metrics is read "
+            "(a line that keeps rising under steady load is a task leak).",
             registry=r,
         )
         self._refusals: dict[tuple[str, str], Counter] = {}
@@ -524,6 +532,13 @@ class Metrics:
         if child is None:
             child = self._refusals[key] = self.refusals.labels(ingress, reason)
         child.inc()
+
+    def count_tasks_of(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report the tasks alive on ``loop`` as ``sipserver_event_loop_tasks``.
+
+        Counted at each scrape (one pass over the loop's task set), nothing on the hot path.
+        """
+        self.event_loop_tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format."""

@@ -68,8 +68,13 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.drain_timeout": "live",
     "server.max_calls": "live",
     "server.log_rate_limit": "live",
+    # Read by the dashboard on each login attempt.
+    "server.login_limit": "live",
+    # Checked on each request to /status or /metrics on the public listener.
+    "server.admin_token": "live",
     # Bound at start-up.
     "server.http": "restart",
+    "server.admin_http": "restart",
     "server.sip.udp": "restart",
     "server.sip.tcp": "restart",
     "server.sip.tls": "restart",

@@ -59,7 +59,7 @@ from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
-from sipserver.web.app import build_app, request_error_logger
+from sipserver.web.app import build_admin_app, build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 
 __all__ = ["Server", "pid_file_path", "takes_sip_calls"]
@@ -138,6 +138,7 @@ def _worker_pool(
             min_se=media.min_se,
             answer_delay=media.answer_delay,
             rtp_timeout=media.rtp_timeout,
+            link_timeout=media.worker_timeout,
             log_format=log_format,
             log_level=log_level,
         ),
@@ -209,7 +210,9 @@ class Server:
             ledger=self.ledger,
             refusals=self.refusals,
         )
-        self.dashboard = Dashboard(lambda: self.config, self.listens_hub, self.metrics)
+        self.dashboard = Dashboard(
+            lambda: self.config, self.listens_hub, self.metrics, self.refusals
+        )
         self._reserved: dict[str, MediaWorker] = {}
         self.readiness = Readiness()
         self.metrics.media_workers_up.set_function(self._media_workers_up)
@@ -231,6 +234,9 @@ class Server:
         self._reloads = 0
         self._tasks: set[asyncio.Task[ReloadResult]] = set()
         self.http_port: int | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_port: int | None = None
+        """The admin listener's port once bound (``server.admin_http``)."""
 
     def _build_router(
         self, config: Config, *, transactions: ServerTransactions | None
@@ -628,11 +634,17 @@ class Server:
         """
         sip = self.config.server.sip
         _apply_log_rate_limit(self.config)
+        self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
         self.router.handle_timer(now=self.listeners.clock(), wall=self.listeners.wall_clock())
         await self.listeners.start(list(sip.udp), list(sip.tcp))
-        app = build_app(self.metrics, self.status, self._readyz)
+        app = build_app(
+            self.metrics,
+            self.status,
+            self._readyz,
+            admin_token=lambda: self.config.server.admin_token,
+        )
         self.gateway.add_routes(app)
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
@@ -649,6 +661,7 @@ class Server:
         if server is not None and server.sockets:
             self.http_port = int(server.sockets[0].getsockname()[1])
         log.info("http_listening", host=host, port=self.http_port or port)
+        await self._start_admin_http()
         self.readiness.step_done("listeners")
         self._state_changed()
         if isinstance(self.store, SqliteStore):
@@ -664,6 +677,31 @@ class Server:
         self.readiness.step_done("voice_models")
         self._state_changed()
         self._start_done.set()
+
+    async def _start_admin_http(self) -> None:
+        """The admin listener (``server.admin_http``): ``/status`` and ``/metrics`` off the
+        public port."""
+        if self.config.server.admin_http is None:
+            return
+        runner = web.AppRunner(
+            build_admin_app(self.metrics, self.status, self._readyz),
+            access_log=None,
+            logger=request_error_logger(),
+        )
+        await runner.setup()
+        self._admin_runner = runner
+        host, port = self.config.server.admin_host_port
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot bind server.admin_http {host}:{port}: {exc.strerror}"
+            ) from exc
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.admin_port = int(server.sockets[0].getsockname()[1])
+        log.info("admin_http_listening", host=host, port=self.admin_port or port)
 
     def _open_state(self) -> None:
         """Make the data directory (0700) and open the bindings store, before anything is bound.
@@ -743,6 +781,8 @@ class Server:
             await cancel_and_wait(self._flusher)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         if isinstance(self.store, SqliteStore):
             # Let a write in flight finish, then write what is left.
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)

@@ -7,9 +7,17 @@ with its SIP address and capacity (read from the library, never assumed here). A
 as *up* from its HELLO until its process exits or its link closes; then every call it held is
 reported lost (the edge ends those dialogs) and a replacement is started with a back-off.
 
-Health: every ``health_interval`` seconds each worker gets a SIP OPTIONS on its loopback port;
-``health_failures`` unanswered pings in a row kill it (a hung SIP stack behind a live process),
-and it is replaced like a worker that died.
+Health, two checks:
+
+- the frame link: every ``link_ping_interval`` seconds each worker is sent a PING, which its
+  link answers with a PONG; a worker from which nothing at all (PONG, audio, STATS) arrived for
+  ``link_timeout`` seconds is stopped (SIGSTOP), hung, or has its event loop blocked: it is
+  killed and replaced, and its calls end (the edge sends BYE to the callers). A stopped worker
+  is found within ``link_timeout + link_ping_interval`` seconds (4 + 0.5 by default, under the
+  5 s of issue [2/7]; it took ~21 s with the OPTIONS check alone);
+- SIP: every ``health_interval`` seconds each worker gets a SIP OPTIONS on its loopback port;
+  ``health_failures`` unanswered pings in a row kill it (a hung SIP stack behind a live
+  process and event loop), and it is replaced like a worker that died.
 
 Scaling: at least ``min_workers`` run; when the free capacity of the up workers falls below
 ``spare_calls`` another is started, up to ``max_workers``. :meth:`pick` returns the least loaded
@@ -31,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sipserver.observability import get_logger
-from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, serve_links
+from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, Ping, Pong, serve_links
 from sipserver.tasks import cancel_and_wait
 
 __all__ = ["FULL", "MediaWorker", "WorkerPool", "WorkerPoolSettings"]
@@ -73,6 +81,12 @@ class WorkerPoolSettings:
     """Seconds a worker rings (180) before answering."""
     rtp_timeout: float = 60.0
     """Seconds without caller RTP before a worker hangs up (0: never)."""
+    link_timeout: float = 4.0
+    """Seconds without any record from a worker (it is PINGed every ``link_ping_interval``)
+    after which it is declared lost, killed and replaced (0: off)."""
+    link_ping_interval: float = 0.5
+    """Seconds between PINGs on each worker's frame link (and between checks of
+    ``link_timeout``)."""
     health_interval: float = 5.0
     """Seconds between SIP OPTIONS pings to each worker (0: off)."""
     health_failures: int = 3
@@ -102,6 +116,8 @@ class MediaWorker:
     reserved: int = 0
     """Calls routed to the worker whose media has not started yet."""
     started_at: float = 0.0
+    last_heard: float = 0.0
+    """Monotonic time of the last record received from the worker."""
 
     @property
     def up(self) -> bool:
@@ -232,6 +248,10 @@ class WorkerPool:
             task = asyncio.create_task(self._health_loop(), name="media-worker-health")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self.settings.link_timeout > 0:
+            task = asyncio.create_task(self._liveness_loop(), name="media-worker-liveness")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def wait_ready(self, count: int = 1, timeout: float = 30.0) -> None:
         """Wait until ``count`` workers are up (start-up and tests)."""
@@ -344,12 +364,17 @@ class WorkerPool:
         worker: MediaWorker | None = None
         try:
             async for record in link.records():
+                if worker is not None:
+                    worker.last_heard = time.monotonic()
+                    if isinstance(record, Pong):
+                        continue  # liveness only (see _liveness_loop)
                 if worker is None:
                     if not isinstance(record, Hello) or record.worker_id not in self._workers:
                         log.warning("media_worker_unknown_link", record=type(record).__name__)
                         return
                     worker = self._workers[record.worker_id]
                     worker.link, worker.hello = link, record
+                    worker.last_heard = time.monotonic()
                     log.info(
                         "media_worker_up",
                         worker=worker.worker_id,
@@ -363,6 +388,33 @@ class WorkerPool:
         finally:
             if worker is not None:
                 self._lost(worker, "link closed")
+
+    async def _liveness_loop(self) -> None:
+        """PING every worker that is up on its frame link; declare lost one that sent nothing
+        for ``link_timeout`` seconds (stopped, hung, or its event loop blocked)."""
+        nonces = itertools.count(1)
+        timeout, interval = self.settings.link_timeout, self.settings.link_ping_interval
+        tick = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            late, tick = now - tick - interval, now
+            for worker in [w for w in self._workers.values() if w.up]:
+                if late > 1.0:
+                    # This loop itself was held up (a stall of the main process): the workers'
+                    # records waited unread meanwhile. Judge from now on, never from that gap.
+                    worker.last_heard = max(worker.last_heard, now)
+                silent = now - worker.last_heard
+                if silent > timeout:
+                    log.warning(
+                        "media_worker_unresponsive",
+                        worker=worker.worker_id,
+                        silent_s=round(silent, 2),
+                        calls=len(worker.calls),
+                    )
+                    self._lost(worker, f"nothing on the frame link for {silent:.1f} s")
+                elif worker.link is not None:
+                    worker.link.send(Ping(next(nonces)))
 
     async def _health_loop(self) -> None:
         """OPTIONS every worker that is up; kill one that stops answering."""

@@ -8,7 +8,9 @@ timers, nonces, bans), and ``wall``, wall-clock epoch seconds, for what outlives
 or forward (NTP, an operator), which must neither lift a ban early nor stretch a timer.
 
 It owns the non-INVITE transaction table, answers OPTIONS, runs the
-REGISTER pipeline (domain check -> ban check -> CIDR allow-list -> digest auth -> registrar) and
+REGISTER pipeline (domain check -> ban check -> CIDR allow-lists -> digest auth -> registrar;
+INVITE alike, with the number looked up after the ban and never revealed before the digest
+check: docs/security.md) and
 turns every failure into the right SIP response. It never raises on peer input: anything that
 cannot be parsed becomes a 400 when a response can be addressed, and is dropped and counted
 otherwise.
@@ -68,9 +70,12 @@ WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | N
 Admission = Callable[[], "str | None"]
 """Why the server takes no new calls now (``starting``, ``not_ready``, ``draining``), or None
 when it takes them."""
-Capacity = Callable[[str], "str | None"]
-"""(agent slug) -> why a new call to that agent is over capacity (``server_full``,
-``agent_full``: :meth:`sipserver.admission.CallLedger.refusal`), or None."""
+Capacity = Callable[["str | None"], "str | None"]
+"""(agent slug, or None for the server alone) -> why a new call is over capacity
+(``server_full``, ``agent_full``: :meth:`sipserver.admission.CallLedger.refusal`), or None."""
+_CAPACITY_REFUSALS = frozenset({"server_full", "agent_full", "workers_full"})
+"""Refusals counted in ``sipserver_refusals_total`` (readiness refusals have their own
+``sipserver_call_attempts_total`` results)."""
 
 log = get_logger(__name__)
 
@@ -202,8 +207,9 @@ class SipRouter:
         self._realm = config.server.effective_realm
         self._force_rport = force_rport
         self._names = names
+        self._sip_agents = [a for a in config.agents if a.sip.enabled]
         self._acls: dict[str, AllowList] = {
-            a.slug: AllowList(a.sip.allowed_ips) for a in config.agents if a.sip.enabled
+            a.slug: AllowList(a.sip.allowed_ips) for a in self._sip_agents
         }
         # Plain dicts for the per-request lookups (the config's own lookups normalise numbers
         # and go through pydantic attribute access, which costs microseconds per call).
@@ -383,7 +389,7 @@ class SipRouter:
     def _invite(
         self, request: SipRequest, peer: Peer, proxy: CallProxy, *, now: float
     ) -> _Reply | list[Outgoing]:
-        """Route a dialog-creating INVITE: number -> agent, ban, CIDR, auth, worker."""
+        """Route a dialog-creating INVITE: ban, number -> agent, CIDR, auth, worker."""
         metrics = self._metrics
         if "tag=" in (request.headers.get("To") or ""):
             # An in-dialog request for a dialog the proxy does not know (RFC 3261 §12.2.2).
@@ -391,22 +397,18 @@ class SipRouter:
         ruri = request.request_uri()
         if not self._is_local(ruri.host):
             return self._response(request, 404, "Domain Not Served")
-        number = ruri.user or request.to().uri.user or ""
-        agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
-        if agent is None:
-            metrics.call_result("no_such_number")
-            return self._response(request, 404, "No Such Number")
+        # The ban and the allow-lists are judged before the number is looked up, and a number
+        # this source may not call is answered as any other until the caller's credentials
+        # are checked: no answer before authentication says whether a number exists.
         if self._tracker.is_banned(peer.host, now=now):
             metrics.call_result("banned")
             metrics.banned_requests.inc()
             return self._response(request, 403)
-        if not self._acls[agent.slug].allows(peer.host):
-            metrics.call_result("acl_denied")
-            log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
-            return self._response(request, 403, "Source Address Not Allowed")
-        refusal = self._admission() if self._admission is not None else None
-        if refusal is None and self._capacity is not None:
-            refusal = self._capacity(agent.slug)
+        number = ruri.user or request.to().uri.user or ""
+        agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
+        if agent is None or not self._acls[agent.slug].allows(peer.host):
+            return self._invite_not_routable(request, peer, agent, now=now)
+        refusal = self._not_taking_calls()
         if refusal is not None:
             # Before the digest challenge: a caller retrying after Retry-After is challenged
             # then, and no nonce is spent on a call that cannot be taken.
@@ -414,9 +416,16 @@ class SipRouter:
             self._refuse(refusal, agent, peer)
             return self._unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
-            denied = self._authorize_invite(request, peer, agent, now=now)
+            denied = self._authorize_invite(request, peer, (agent.sip.username,), now=now)
             if denied is not None:
                 return denied
+        refusal = self._capacity(agent.slug) if self._capacity is not None else None
+        if refusal is not None:
+            # The agent's own limit only after authentication: before it, an answer that
+            # depends on the number would tell a scanner the number exists (see above).
+            metrics.call_result(refusal)
+            self._refuse(refusal, agent, peer)
+            return self._unavailable(request, refusal)
         choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
         if choice is None:
             # No worker pool at all (a configuration that cannot take calls); a pool with no
@@ -440,18 +449,55 @@ class SipRouter:
         metrics.call_result("routed")
         return self._proxied(sends)
 
+    def _invite_not_routable(
+        self, request: SipRequest, peer: Peer, agent: Agent | None, *, now: float
+    ) -> _Reply:
+        """An INVITE to a number that does not exist (``agent`` None) or whose agent's
+        allow-list excludes the source: answered exactly as a call this source may make would
+        be (403 when no agent allows the source, 503 while not ready, 407 until credentials of
+        an agent that allows it are given) and only then 404 No Such Number (RFC 3261 §21.4.5)
+        or 403. So a scanner cannot tell from the answers which numbers exist; an authenticated
+        caller gets the true answer. A source an ``invite_auth: ip`` agent allows is
+        authenticated by its address and gets it at once."""
+        metrics = self._metrics
+        allowing = [a for a in self._sip_agents if self._acls[a.slug].allows(peer.host)]
+        if not self._sip_agents:  # no agent takes SIP calls: nothing to hide
+            metrics.call_result("no_such_number")
+            return self._response(request, 404, "No Such Number")
+        if not allowing:
+            metrics.call_result("acl_denied")
+            log.info("invite_acl_denied", agent=agent.slug if agent else None, source=peer.host)
+            return self._response(request, 403, "Source Address Not Allowed")
+        if all(a.sip.invite_auth == "digest" for a in allowing):
+            refusal = self._not_taking_calls()
+            if refusal is not None:
+                metrics.call_result(refusal)
+                self._refuse(refusal, agent, peer)
+                return self._unavailable(request, refusal)
+            usernames = [a.sip.username for a in allowing]
+            denied = self._authorize_invite(request, peer, usernames, now=now)
+            if denied is not None:
+                return denied
+        if agent is None:
+            metrics.call_result("no_such_number")
+            return self._response(request, 404, "No Such Number")
+        metrics.call_result("acl_denied")
+        log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
+        return self._response(request, 403, "Source Address Not Allowed")
+
     def _authorize_invite(
-        self, request: SipRequest, peer: Peer, agent: Agent, *, now: float
+        self, request: SipRequest, peer: Peer, usernames: Iterable[str | None], *, now: float
     ) -> _Reply | None:
         """RFC 3261 §22.3 proxy authentication: 407 until Proxy-Authorization carries the
-        agent's credentials. Failures count toward the same ban as REGISTER failures."""
+        credentials of one of ``usernames`` (the called agent's). Failures count toward the
+        same ban as REGISTER failures."""
         header = request.headers.get("Proxy-Authorization")
         if header is None:
             self._metrics.call_result("challenged")
             return self._proxy_challenge(request, now=now, stale=False)
         result = self._auth.verify(header, method="INVITE", request_uri=request.uri, now=now)
         outcome = result.outcome
-        if outcome is AuthOutcome.OK and result.username == agent.sip.username:
+        if outcome is AuthOutcome.OK and result.username in usernames:
             return None
         if outcome is AuthOutcome.STALE_NONCE:
             return self._proxy_challenge(request, now=now, stale=True)
@@ -469,9 +515,18 @@ class SipRouter:
             return self._response(request, 400, "Malformed Proxy-Authorization")
         return self._response(request, 403)
 
-    def _refuse(self, reason: str, agent: Agent, peer: Peer) -> None:
-        if self._refusals is not None:
-            self._refusals.refuse("sip", reason, agent=agent.slug, source=peer.host)
+    def _not_taking_calls(self) -> str | None:
+        """Why no new call is taken from anyone now, whatever the number: the server is not
+        ready (starting, draining) or at its own capacity (``server_full``)."""
+        refusal = self._admission() if self._admission is not None else None
+        if refusal is None and self._capacity is not None:
+            refusal = self._capacity(None)
+        return refusal
+
+    def _refuse(self, reason: str, agent: Agent | None, peer: Peer) -> None:
+        if self._refusals is not None and reason in _CAPACITY_REFUSALS:
+            slug = agent.slug if agent is not None else None
+            self._refusals.refuse("sip", reason, agent=slug, source=peer.host)
 
     def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
         """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the
@@ -500,9 +555,13 @@ class SipRouter:
         to = request.to()
         aor_user = to.uri.user or ""
         agent = self._agent_for_aor(aor_user)
-        if agent is not None and not self._acls[agent.slug].allows(peer.host):
+        # As for INVITE: before credentials, the answer depends on the source, not on whether
+        # the address of record exists or which agent's allow-list it is under.
+        if self._sip_agents and not any(
+            self._acls[a.slug].allows(peer.host) for a in self._sip_agents
+        ):
             metrics.register_result("acl_denied")
-            log.info("register_acl_denied", agent=agent.slug, source=peer.host)
+            log.info("register_acl_denied", agent=agent.slug if agent else None, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
 
         authorization = request.headers.get("Authorization")
@@ -522,6 +581,10 @@ class SipRouter:
             metrics.auth_failures.labels("aor_mismatch").inc()
             log.info("register_aor_mismatch", user=result.username, aor=aor_user, source=peer.host)
             return self._response(request, 403, "Not Your Address-of-Record")
+        if not self._acls[agent.slug].allows(peer.host):
+            metrics.register_result("acl_denied")
+            log.info("register_acl_denied", agent=agent.slug, source=peer.host)
+            return self._response(request, 403, "Source Address Not Allowed")
 
         contacts_raw = request.headers.get_all("Contact")
         contacts = parse_contacts(contacts_raw) if contacts_raw else []

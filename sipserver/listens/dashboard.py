@@ -14,22 +14,28 @@ API (JSON, or Server-Sent Events): ``GET /api/me``, ``GET /api/listens/<slug>/ca
 followed ``Last-Event-ID``, then live items; ``ended`` closes it).
 
 Security: passwords are checked against ``users[].password_hash`` on a thread, in constant time
-(an unknown user costs the same as a wrong password), at most two at a time, and a source with
-too many failures is throttled. The session cookie is random, HttpOnly and SameSite=Strict
-(Secure behind an https ``public_url``); sessions are bounded in number and lifetime and are
-dropped when the user leaves the configuration or changes role. Login and logout are POST only
-and refuse a cross-site ``Origin``. Roles: an agent's ``listens.roles`` may see its calls;
-anyone else gets 403; the API without a session gets 401 (pages redirect to the login).
+(an unknown user costs the same as a wrong password), ``server.login_limit.concurrent_checks``
+at a time with a bounded queue behind them (503 past it). Every attempt is counted per source
+address and per user name *before* its hash is computed (:mod:`sipserver.listens.login_limit`),
+so a burst of parallel guesses is refused with 429 from the first one over the limit, without
+hashing, and a login from another address still gets a hash slot at once. The session cookie
+is random, HttpOnly and SameSite=Strict (Secure behind an https ``public_url``); sessions are
+bounded in number and lifetime and are dropped when the user leaves the configuration or
+changes role. Login and logout are POST only and refuse a cross-site ``Origin``. Roles: an
+agent's ``listens.roles`` may see its calls; anyone else gets 403; the API without a session
+gets 401 (pages redirect to the login).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import secrets
-from collections import OrderedDict, deque
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -39,9 +45,10 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from sipserver.config import Agent, Config, User
+from sipserver.listens.login_limit import LoginLimiter, LoginLimits
 from sipserver.listens.monitor import Item, ListensHub, Subscription
-from sipserver.listens.passwords import hash_password, verify_password_async
-from sipserver.observability import Metrics, get_logger
+from sipserver.listens.passwords import hash_password, verify_password
+from sipserver.observability import Metrics, RefusalLog, get_logger
 
 __all__ = ["COOKIE", "Dashboard", "LoginSessions"]
 
@@ -53,9 +60,6 @@ SESSION_TTL: Final = 12 * 3600.0
 """Seconds a login lasts."""
 MAX_SESSIONS: Final = 10_000
 """Logins kept at once (the oldest go first)."""
-_MAX_FAILURES: Final = 10
-_FAILURE_WINDOW: Final = 300.0
-_MAX_TRACKED: Final = 10_000
 _HEARTBEAT: Final = 15.0
 _STATIC: Final = {"dashboard.css": "text/css", "listens.js": "text/javascript"}
 _CSP: Final = (
@@ -108,29 +112,10 @@ class LoginSessions:
         return len(self._by_token)
 
 
-class _Throttle:
-    """Failed logins per source address in a sliding window (bounded)."""
-
-    def __init__(self) -> None:
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def blocked(self, source: str, now: float) -> bool:
-        times = self._failures.get(source)
-        if times is None:
-            return False
-        while times and times[0] <= now - _FAILURE_WINDOW:
-            times.popleft()
-        return len(times) >= _MAX_FAILURES
-
-    def failed(self, source: str, now: float) -> None:
-        times = self._failures.setdefault(source, deque(maxlen=_MAX_FAILURES))
-        self._failures.move_to_end(source)
-        times.append(now)
-        while len(self._failures) > _MAX_TRACKED:
-            self._failures.popitem(last=False)
-
-
+@functools.cache
 def _static(name: str) -> str:
+    """A file of ``sipserver/listens/static``, read once (a refusal flood must not read the
+    error page from disk per request)."""
     return (resources.files("sipserver.listens") / "static" / name).read_text(encoding="utf-8")
 
 
@@ -151,22 +136,25 @@ def _page_headers() -> dict[str, str]:
     }
 
 
-def _error(status: int, message: str, api: bool) -> web.HTTPException:
+def _error(
+    status: int, message: str, api: bool, headers: dict[str, str] | None = None
+) -> web.HTTPException:
     kinds: dict[int, type[web.HTTPException]] = {
         401: web.HTTPUnauthorized,
         403: web.HTTPForbidden,
         404: web.HTTPNotFound,
         429: web.HTTPTooManyRequests,
+        503: web.HTTPServiceUnavailable,
     }
     if api:
         body = json.dumps({"error": message})
-        return kinds[status](text=body, content_type="application/json")
+        return kinds[status](text=body, content_type="application/json", headers=headers)
     return kinds[status](
         text=_static("error.html")
         .replace("{{STATUS}}", str(status))
         .replace("{{MESSAGE}}", html.escape(message)),
         content_type="text/html",
-        headers=_page_headers(),
+        headers={**_page_headers(), **(headers or {})},
     )
 
 
@@ -177,16 +165,28 @@ class Dashboard:
         config: Returns the configuration in force (users and agents are read per request).
         hub: The monitored calls.
         metrics: Login counters.
+        refusals: Where throttled and busy logins are counted and logged (ingress ``login``).
     """
 
-    def __init__(self, config: Callable[[], Config], hub: ListensHub, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        hub: ListensHub,
+        metrics: Metrics,
+        refusals: RefusalLog | None = None,
+    ) -> None:
         self._config = config
         self.hub = hub
         self.metrics = metrics
+        self.refusals = refusals or RefusalLog(metrics)
         self.sessions = LoginSessions()
-        self._throttle = _Throttle()
-        self._hashing = asyncio.Semaphore(2)
+        self.limiter = LoginLimiter()
+        """Attempts per source and per user name (counted before each hash)."""
+        self._checks_allowed = 0
+        self._checks: asyncio.Semaphore | None = None
+        self._waiting = 0
         self._dummy_hash: str | None = None
+        self._dummy_lock = threading.Lock()
 
     def add_routes(self, app: web.Application) -> None:
         """Register the pages, the API and the static files."""
@@ -252,30 +252,61 @@ class Dashboard:
         return response
 
     async def login(self, request: web.Request) -> web.Response:
-        """Check the form's name and password; on success set the session cookie."""
+        """Check the form's name and password; on success set the session cookie.
+
+        Order (docs/security.md): same-origin check; the source's allowance, before the body is
+        read; the attempt is counted for the source and the user name; a hash slot (bounded
+        queue); the scrypt check on a thread; the outcome recorded.
+        """
         if not self._same_origin(request):
             self.metrics.dashboard_logins.labels("bad_origin").inc()
             raise _error(403, "cross-site login refused", api=False)
         source = request.remote or "?"
-        now = asyncio.get_running_loop().time()
-        if self._throttle.blocked(source, now):
-            self.metrics.dashboard_logins.labels("throttled").inc()
-            raise _error(429, "too many failed logins; try again later", api=False)
+        loop = asyncio.get_running_loop()
+        limits = self._config().server.login_limit
+        self.limiter.configure(
+            LoginLimits(
+                max_failures_per_source=limits.max_failures_per_source,
+                max_failures_per_user=limits.max_failures_per_user,
+                window=limits.window,
+            )
+        )
+        early = self.limiter.check_source(source, now=loop.time())
+        if early is not None:
+            raise self._throttled(early, source, "")
         form = await request.post()
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         next_path = _safe_next(str(form.get("next", "")))
+        admitted = self.limiter.admit(source, name[:256], now=loop.time())
+        if isinstance(admitted, str):
+            raise self._throttled(admitted, source, name)
+        checks = self._hash_slots(limits.concurrent_checks)
+        if self._waiting >= limits.concurrent_checks + limits.max_waiting:
+            self.limiter.abandoned(admitted)
+            self.metrics.dashboard_logins.labels("busy").inc()
+            self.refusals.refuse("login", "busy", source=source)
+            raise _error(503, "too many logins at once; try again", False, {"Retry-After": "2"})
         user = next((u for u in self._config().users if u.name == name), None)
-        if self._dummy_hash is None:
-            self._dummy_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(16))
-        async with self._hashing:
-            ok = await verify_password_async(
-                password[:1024], user.password_hash if user is not None else self._dummy_hash
-            )
+        self._waiting += 1
+        try:
+            async with checks:
+                ok = await asyncio.to_thread(
+                    self._check, password[:1024], user.password_hash if user else None
+                )
+        except BaseException:
+            # Cancelled (the client went away, a stop): the hash may be running on its thread
+            # all the same, so the attempt stays counted (leaving early buys no free hashes).
+            self.limiter.failed(admitted)
+            raise
+        finally:
+            self._waiting -= 1
         if user is None or not ok:
-            self._throttle.failed(source, now)
+            self.limiter.failed(admitted)
             self.metrics.dashboard_logins.labels("bad_credentials").inc()
             log.info("dashboard_login_failed", user=name[:64], source=source)
             return self._login_form(next_path, "Wrong name or password.", status=401)
+        self.limiter.succeeded(admitted)
+        now = loop.time()
         token = self.sessions.create(user, now)
         self.metrics.dashboard_logins.labels("ok").inc()
         log.info("dashboard_login", user=user.name, role=user.role, source=source)
@@ -290,6 +321,29 @@ class Dashboard:
             secure=self._config().server.public_url.startswith("https://"),
         )
         return response
+
+    def _throttled(self, reason: str, source: str, name: str) -> web.HTTPException:
+        self.metrics.dashboard_logins.labels("throttled").inc()
+        self.refusals.refuse("login", reason, source=source, user=name[:64])
+        return _error(429, "too many failed logins; try again later", api=False)
+
+    def _hash_slots(self, allowed: int) -> asyncio.Semaphore:
+        """The semaphore of the password checks (a new one when the setting changed: checks
+        in progress finish on the old one)."""
+        if self._checks is None or allowed != self._checks_allowed:
+            self._checks, self._checks_allowed = asyncio.Semaphore(allowed), allowed
+        return self._checks
+
+    def _check(self, password: str, encoded: str | None) -> bool:
+        """The password check, on a worker thread; an unknown user costs the same (a hash of
+        a random password made once)."""
+        if encoded is None:
+            with self._dummy_lock:
+                if self._dummy_hash is None:
+                    self._dummy_hash = hash_password(secrets.token_urlsafe(16))
+            verify_password(password, self._dummy_hash)
+            return False
+        return verify_password(password, encoded)
 
     async def logout(self, request: web.Request) -> web.Response:
         """End the session (POST, same origin only)."""

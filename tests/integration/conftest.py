@@ -57,13 +57,18 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     raise RuntimeError("no free port")
 
 
-def base_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, Any]:
-    """A small config: two agents on loopback, SQLite bindings under data_dir."""
+def base_config(
+    sip_port: int, http_port: int, data_dir: Path, admin_port: int | None = None
+) -> dict[str, Any]:
+    """A small config: two agents on loopback, SQLite bindings under data_dir; the admin
+    listener (/status, /metrics) on ``admin_port`` (a free one by default)."""
+    admin_port = admin_port or free_port(socket.SOCK_STREAM)
     return {
         "server": {
             "public_host": "127.0.0.1",
             "public_url": f"http://127.0.0.1:{http_port}",
             "http": f"127.0.0.1:{http_port}",
+            "admin_http": f"127.0.0.1:{admin_port}",
             "data_dir": str(data_dir),
             "sip": {
                 "udp": [f"127.0.0.1:{sip_port}"],
@@ -116,7 +121,17 @@ class ServerProcess:
 
     @property
     def http_url(self) -> str:
+        """The public listener (webhooks, websockets, dashboard, /healthz, /readyz)."""
         return f"http://{self.config['server']['http']}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener (/status, /metrics): ``server.admin_http``, which :meth:`spawn`
+        sets to a free loopback port when the test's config leaves it out (the default,
+        127.0.0.1:8081, would be shared by every server the tests start)."""
+        admin = self.config["server"].get("admin_http")
+        assert admin, "this server has no admin listener (server.admin_http: null)"
+        return f"http://{admin}"
 
     @property
     def config_file(self) -> Path:
@@ -125,6 +140,9 @@ class ServerProcess:
     def spawn(self) -> None:
         """Start the process and return at once (see :meth:`wait_until`)."""
         cfg = self.config_file
+        self.config.setdefault("server", {}).setdefault(
+            "admin_http", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        )
         cfg.write_text(yaml.safe_dump(self.config))
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -157,9 +175,13 @@ class ServerProcess:
         )
 
     def get(self, path: str) -> tuple[int, Any]:
-        """``(status, JSON body)`` of ``GET path``; ``(0, None)`` when HTTP is not up."""
+        """``(status, JSON body)`` of ``GET path``; ``(0, None)`` when HTTP is not up.
+        ``/status`` and ``/metrics`` are asked of the admin listener, the rest of the public
+        one."""
+        admin = path.split("?")[0] in ("/status", "/metrics")
+        base = self.admin_url if admin else self.http_url
         try:
-            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"{base}{path}", timeout=2) as r:
                 body = r.read()
                 return int(r.status), json.loads(body) if body.startswith(b"{") else None
         except urllib.error.HTTPError as exc:
@@ -187,7 +209,7 @@ class ServerProcess:
         return events
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.http_url}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=5) as r:
             body: bytes = r.read()
         return body.decode()
 

@@ -100,18 +100,72 @@ def test_strict_digest_uri_check_refuses_sipp_default_uri(
     assert server.metric("sipserver_call_attempts_total", result="routed") == 0
 
 
-def test_unknown_number_is_404(server: ServerProcess, tmp_path: Path) -> None:
+def test_unknown_number_is_challenged_then_404(server: ServerProcess, tmp_path: Path) -> None:
+    """Numbers cannot be probed: an unknown number gets the 407 a known one gets; the 404 comes
+    only once the caller's credentials are checked (RFC 3261 §21.4.5 for the authenticated)."""
     result = run_sipp(
-        "uac_call_rejected.xml", server.sip_port, service="+15009999999", workdir=tmp_path
+        "uac_edge_call_unknown_number.xml",
+        server.sip_port,
+        service="+15009999999",
+        auth_user=DEMO_USER,
+        password=DEMO_PASSWORD,
+        workdir=tmp_path,
     )
     assert result.returncode == 0, result.output
+    assert server.metric("sipserver_call_attempts_total", result="challenged") == 1
     assert server.metric("sipserver_call_attempts_total", result="no_such_number") == 1
 
 
+def test_banned_source_gets_403_for_any_number(server: ServerProcess, tmp_path: Path) -> None:
+    """After ban.max_failures (3) wrong passwords, every INVITE gets 403 before any lookup:
+    a known number, an unknown one and one whose allow-list excludes the source alike."""
+    for _ in range(3):
+        result = run_sipp(
+            "uac_edge_call_auth_refused.xml",
+            server.sip_port,
+            service="+15009999999",
+            auth_user=DEMO_USER,
+            password="wrong-password",
+            workdir=tmp_path,
+        )
+        assert result.returncode == 0, result.output
+    assert server.metric("sipserver_bans_total") == 1
+    for number in ("+15005550101", "+15009999999", "+15005550102"):
+        result = run_sipp(
+            "uac_call_rejected.xml", server.sip_port, service=number, workdir=tmp_path
+        )
+        assert result.returncode == 0, result.output
+    assert server.metric("sipserver_call_attempts_total", result="banned") == 3
+    assert server.metric("sipserver_call_attempts_total", result="no_such_number") == 0
+
+
 def test_source_outside_cidr_cannot_call(server_factory: Any, tmp_path: Path) -> None:
-    server = server_factory()
+    """A source no agent allows gets 403 before any challenge, whatever the number."""
+
+    def fence_alice(config: dict[str, Any]) -> None:
+        config["agents"][0]["sip"]["allowed_ips"] = ["192.0.2.0/24"]
+
+    server = server_factory(fence_alice, wait="/healthz")
+    for number in ("+15005550101", "+15009999999"):
+        result = run_sipp(
+            "uac_call_rejected.xml", server.sip_port, service=number, workdir=tmp_path
+        )
+        assert result.returncode == 0, result.output
+    assert server.metric("sipserver_call_attempts_total", result="acl_denied") == 2
+
+
+def test_number_outside_its_cidr_is_challenged_then_403(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """ "fenced" allows only 192.0.2.0/24, alice allows everyone: fenced's number from here is
+    challenged like any other, and refused once the caller authenticated."""
     result = run_sipp(
-        "uac_call_rejected.xml", server.sip_port, service="+15005550102", workdir=tmp_path
+        "uac_edge_call_auth_refused.xml",
+        server.sip_port,
+        service="+15005550102",
+        auth_user=DEMO_USER,
+        password=DEMO_PASSWORD,
+        workdir=tmp_path,
     )
     assert result.returncode == 0, result.output
     assert server.metric("sipserver_call_attempts_total", result="acl_denied") == 1
@@ -170,7 +224,7 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
     )
     try:
         wait_metric(server, "sipserver_calls_active", 10)
-        with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+        with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
             workers = json.load(r)["media_workers"]
         assert sorted(w["calls"] for w in workers) == [3, 3, 4]  # least loaded first
         victim = workers[0]
@@ -340,7 +394,7 @@ def test_invites_the_proxy_refuses_hold_no_call_slot(server_factory: Any, tmp_pa
             while not (reply := s.recv(65535)).startswith(b"SIP/2.0 4"):
                 pass  # 100 Trying first
             assert reply.startswith(b"SIP/2.0 400"), reply
-    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+    with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
         assert [w["calls"] for w in json.load(r)["media_workers"]] == [0]
     (tmp_path / "pcap").mkdir()
     write_pcmu_pcap(tmp_path / "pcap" / "pcmu_tone.pcap", tone(1.0))
@@ -355,7 +409,7 @@ def status_calls(server: ServerProcess) -> list[int]:
     import json
     import urllib.request
 
-    with urllib.request.urlopen(f"{server.http_url}/status", timeout=5) as r:
+    with urllib.request.urlopen(f"{server.admin_url}/status", timeout=5) as r:
         return [int(w["calls"]) for w in json.load(r)["media_workers"]]
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 WORKER = (sys.executable, str(Path(__file__).with_name("link_worker.py")), "--capacity", "2")
 
 
-def make_pool(tmp_path: Path, **kw: int) -> tuple[WorkerPool, list[tuple[str, set[int]]]]:
+def make_pool(tmp_path: Path, **kw: float) -> tuple[WorkerPool, list[tuple[str, set[int]]]]:
     lost: list[tuple[str, set[int]]] = []
 
     def on_record(worker: MediaWorker, record: LinkRecord) -> None:
@@ -95,6 +95,33 @@ async def test_dead_worker_is_reported_and_restarted(tmp_path: Path) -> None:
         await pool.stop()
 
 
+async def test_a_stopped_worker_is_found_on_the_frame_link_and_replaced(tmp_path: Path) -> None:
+    """Stand-in workers answer the pool's PINGs from their event loop; a SIGSTOPped one sends
+    nothing more and is declared lost after link_timeout, the other is left alone."""
+    pool, lost = make_pool(
+        tmp_path, min_workers=2, max_workers=2, link_timeout=1.0, link_ping_interval=0.2
+    )
+    await pool.start()
+    try:
+        await pool.wait_ready(2, timeout=20)
+        await asyncio.sleep(2.0)  # ten ping rounds: workers that answer are never lost
+        assert lost == []
+        victim, other = pool.workers
+        victim.calls.add(7)
+        assert victim.process is not None
+        os.kill(victim.process.pid, signal.SIGSTOP)
+        for _ in range(400):  # generous; the bound is link_timeout + link_ping_interval
+            if lost:
+                break
+            await asyncio.sleep(0.05)
+        assert lost == [(victim.worker_id, {7})]
+        assert other.up
+        await pool.wait_ready(2, timeout=20)
+        assert victim.process.returncode is not None  # killed, not left stopped
+    finally:
+        await pool.stop()
+
+
 async def test_hung_pjsua2_worker_is_detected_by_options_and_replaced(tmp_path: Path) -> None:
     # Real pjsua2 workers: one is frozen (SIGSTOP): its process and socket stay, but its SIP
     # stack stops answering OPTIONS, so the pool kills and replaces it.
@@ -108,6 +135,7 @@ async def test_hung_pjsua2_worker_is_detected_by_options_and_replaced(tmp_path: 
         health_interval=0.5,
         health_failures=2,
         restart_backoff=0.1,
+        link_timeout=0,  # the OPTIONS check alone (the frame link's is tested below)
     )
     pool = WorkerPool(
         settings,

@@ -71,10 +71,26 @@ def test_unknown_user_is_challenged_then_refused(server: ServerProcess) -> None:
     assert server.metric("sipserver_auth_failures_total", reason="unknown_user") == 1
 
 
-def test_source_outside_cidr_gets_403_without_challenge(server: ServerProcess) -> None:
-    # Agent "fenced" only accepts 192.0.2.0/24; SIPp sends from 127.0.0.1.
+def test_source_outside_cidr_gets_403_without_challenge(server_factory: Any) -> None:
+    # Both agents accept only 192.0.2.0/24; SIPp sends from 127.0.0.1: 403 before any
+    # challenge, for an address of record that exists and for one that does not.
+    def fence_alice(config: dict[str, Any]) -> None:
+        config["agents"][0]["sip"]["allowed_ips"] = ["192.0.2.0/24"]
+
+    server = server_factory(fence_alice)
+    for user in ("fenced", "nobody"):
+        result = run_sipp(
+            "register_forbidden.xml", server.sip_port, service=user, password="fenced-password-1"
+        )
+        assert_ok(result)
+    assert server.metric("sipserver_register_requests_total", result="acl_denied") == 2
+
+
+def test_aor_outside_its_cidr_is_challenged_then_refused(server: ServerProcess) -> None:
+    # "fenced" accepts only 192.0.2.0/24 but alice accepts everyone: from 127.0.0.1 fenced's
+    # address of record is challenged like any other (no probing), refused after the digest.
     result = run_sipp(
-        "register_forbidden.xml", server.sip_port, service="fenced", password="fenced-password-1"
+        "register_rejected.xml", server.sip_port, service="fenced", password="fenced-password-1"
     )
     assert_ok(result)
     assert server.metric("sipserver_register_requests_total", result="acl_denied") == 1

@@ -171,14 +171,18 @@ def _status(raw: bytes) -> SipResponse:
     return resp
 
 
-def test_invite_past_the_agents_limit_is_503_with_retry_after_before_any_challenge() -> None:
+def test_invite_past_the_agents_limit_is_503_with_retry_after_once_authenticated() -> None:
     edge = LedgerEdge(max_calls=10, alice=1)
     sent = authenticated_invite(edge, "c1")  # type: ignore[arg-type]
     assert _status(sent[0]).status == 100 and edge.ledger.in_progress("alice") == 1
-    resp = send(edge.router, invite(call_id="c2"))
+    # Before authentication the answer must not depend on the number (a scanner would learn
+    # it exists): the usual challenge...
+    assert send(edge.router, invite(call_id="c2")).status == 407
+    # ...and with the agent's credentials, 503 with Retry-After naming the agent's limit.
+    (raw,) = authenticated_invite(edge, "c3")  # type: ignore[arg-type]
+    resp = _status(raw)
     assert (resp.status, resp.headers.get("Retry-After")) == (503, str(RETRY_AFTER))
     assert resp.headers.get("Warning") == '399 sipserver "agent_full"'
-    assert "Proxy-Authenticate" not in resp.headers  # no nonce spent on a refused call
     counted = edge.refusal_metrics.registry.get_sample_value(
         "sipserver_refusals_total", {"ingress": "sip", "reason": "agent_full"}
     )
@@ -189,7 +193,15 @@ def test_server_limit_and_options_still_answered() -> None:
     edge = LedgerEdge(max_calls=1, alice=None)
     authenticated_invite(edge, "c1")  # type: ignore[arg-type]
     resp = send(edge.router, invite(call_id="c2"))
+    # The server's own limit does not depend on the number: 503 before any challenge, for a
+    # number that exists and for one that does not alike.
     assert resp.status == 503 and resp.headers.get("Warning") == '399 sipserver "server_full"'
+    assert "Proxy-Authenticate" not in resp.headers
+    unknown = send(edge.router, invite("+15009999999", call_id="c3"))
+    assert (unknown.status, unknown.headers.get("Warning")) == (
+        resp.status,
+        resp.headers.get("Warning"),
+    )
     # OPTIONS answers 200 at capacity: the edge is up, the calls are what is full.
     assert send(edge.router, request("OPTIONS", contact=None, expires=None)).status == 200
 

@@ -3,6 +3,7 @@ in its format, one line each."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -46,3 +47,31 @@ def test_stdlib_records_and_warnings_become_json_lines() -> None:
     assert (events[2]["event_"], events[2]["level_"], events[2]["level"]) == ("e", "l", "info")
     assert "ZeroDivisionError" in events[3]["exception"]  # inside the one JSON object
     assert "deprecated thing" in events[4]["event"]
+
+
+def test_event_loop_tasks_gauge_counts_the_tasks_alive_at_each_scrape() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sipserver.observability import Metrics
+
+    metrics = Metrics()
+
+    def tasks() -> float:
+        for family in text_string_to_metric_families(metrics.render().decode()):
+            for sample in family.samples:
+                if sample.name == "sipserver_event_loop_tasks":
+                    return float(sample.value)
+        raise AssertionError("sipserver_event_loop_tasks not exported")
+
+    async def main() -> tuple[float, float, float]:
+        metrics.count_tasks_of(asyncio.get_running_loop())
+        alone = tasks()  # main() itself
+        stop = asyncio.Event()
+        waiting = [asyncio.create_task(stop.wait()) for _ in range(5)]
+        await asyncio.sleep(0)
+        with_five = tasks()
+        stop.set()
+        await asyncio.gather(*waiting)
+        return alone, with_five, tasks()
+
+    assert asyncio.run(main()) == (1.0, 6.0, 1.0)

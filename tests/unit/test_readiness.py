@@ -162,10 +162,15 @@ def test_invite_while_not_ready_is_503_with_retry_after_before_any_challenge(ref
 
 
 def test_checks_before_readiness_still_answer_as_usual() -> None:
+    """While starting, every number this source may try gets the same 503 (its own, nobody's,
+    one whose list excludes it: none told apart, docs/security.md); a ban is still 403 first."""
     edge = Edge()
     edge.refusal = "starting"
-    assert send(edge.router, invite("+15009999999")).status == 404  # nobody's number
-    assert send(edge.router, invite(FENCED, call_id="inv-2")).status == 403  # outside bob's CIDR
+    for number in (NUMBER, "+15009999999", FENCED):
+        assert send(edge.router, invite(number, call_id=number)).status == 503
+    for _ in range(3):  # ban.max_failures
+        edge.router._tracker.record_failure(PEER.host, now=NOW)
+    assert send(edge.router, invite("+15009999999", call_id="inv-2")).status == 403
 
 
 def test_ready_edge_challenges_then_routes_to_the_worker() -> None:

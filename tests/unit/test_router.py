@@ -33,10 +33,12 @@ def make_router(
     *,
     store: BindingStore | None = None,
     router_options: dict[str, Any] | None = None,
+    alice: dict[str, Any] | None = None,
     **sip: Any,
 ) -> tuple[SipRouter, Metrics]:
     """A router over the test config; ``algorithms`` None leaves ``digest_algorithms`` out;
-    ``router_options`` go to SipRouter (proxy, admission ...)."""
+    ``router_options`` go to SipRouter (proxy, admission ...); ``alice``: more ``sip`` keys of
+    the agent alice (open to every address by default, bob only to 203.0.113.0/24)."""
     if algorithms is not None:
         sip["digest_algorithms"] = list(algorithms)
     raw = {
@@ -57,6 +59,7 @@ def make_router(
                     "numbers": ["+15005550101"],
                     "username": "alice",
                     "password": "alice-pw-1234",
+                    **(alice or {}),
                 },
             },
             {
@@ -274,13 +277,27 @@ def test_credentials_of_another_agent_are_refused() -> None:
     assert send(router, request(user="alice", cseq=2, authorization=auth)).status == 403
 
 
-def test_cidr_is_checked_before_any_challenge() -> None:
-    router, _ = make_router()
-    resp = send(router, request(user="bob"))
-    assert resp.status == 403
+@pytest.mark.parametrize("user", ["bob", "alice", "nobody"])
+def test_cidr_is_checked_before_any_challenge(user: str) -> None:
+    """A source no agent allows gets 403 before any challenge, whatever the AOR (existing or
+    not: the answer does not tell)."""
+    router, metrics = make_router(alice={"allowed_ips": ["192.0.2.0/24"]})
+    resp = send(router, request(user=user))
+    assert resp.status == 403 and resp.reason == "Source Address Not Allowed"
     assert resp.headers.get("WWW-Authenticate") is None
+    assert sample(metrics, "sipserver_register_requests_total", result="acl_denied") == 1
     inside = Peer("udp", "203.0.113.9", 5060)
     assert register(router, user="bob", password="bob-pw-123456", peer=inside).status == 200
+
+
+def test_an_aor_outside_its_allow_list_is_challenged_like_any_other_then_refused() -> None:
+    """bob's AOR from an address only alice allows: challenged like an AOR that does not
+    exist (no probing), refused 403 once bob's credentials are checked."""
+    router, _ = make_router()
+    for user in ("bob", "nobody"):
+        assert send(router, request(user=user)).status == 401
+    resp = register(router, user="bob", password="bob-pw-123456")
+    assert resp.status == 403 and resp.reason == "Source Address Not Allowed"
 
 
 def test_stale_nonce_gets_a_stale_challenge() -> None:
