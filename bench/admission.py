@@ -55,15 +55,20 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def start_server(workdir: Path, max_calls: int | None) -> tuple[subprocess.Popen[bytes], str, int]:
+def start_server(
+    workdir: Path, max_calls: int | None
+) -> tuple[subprocess.Popen[bytes], str, str, int]:
+    """The server, its public URL, its admin URL (``/metrics``) and its SIP port."""
     shutil.copytree(ROOT / "config" / "kb", workdir / "kb")
     config = yaml.safe_load((ROOT / "config" / "sipserver.yaml").read_text())
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+    admin_port = free_port(socket.SOCK_STREAM)
     server = config["server"]
     server.update(
         http=f"127.0.0.1:{http_port}",
         public_url=f"http://127.0.0.1:{http_port}",
         data_dir=str(workdir / "var"),
+        admin_http=f"127.0.0.1:{admin_port}",
     )
     server["sip"].update(udp=[f"127.0.0.1:{sip_port}"], tcp=[])
     if max_calls is not None:
@@ -80,7 +85,7 @@ def start_server(workdir: Path, max_calls: int | None) -> tuple[subprocess.Popen
     for _ in range(600):
         try:
             urllib.request.urlopen(f"{url}/readyz", timeout=1).read()
-            return proc, url, sip_port
+            return proc, url, f"http://127.0.0.1:{admin_port}", sip_port
         except OSError:
             time.sleep(0.1)
     proc.kill()
@@ -255,7 +260,13 @@ async def probe_process(url: str, sip_port: int, seconds: float) -> dict[str, An
 
 
 async def at_capacity(
-    url: str, pid: int, sip_port: int, capacity: int, seconds: float, talk: list[bytes] | None
+    url: str,
+    admin: str,
+    pid: int,
+    sip_port: int,
+    capacity: int,
+    seconds: float,
+    talk: list[bytes] | None,
 ) -> None:
     idle = await probe_process(url, sip_port, seconds / 2)
     print(f"signalling with no call in progress (reference), {seconds / 2:g} s:")
@@ -267,12 +278,12 @@ async def at_capacity(
             loop.create_task(call(http, url, 10_000 + i, seconds + 5, talk))
             for i in range(capacity)
         ]
-        while metric(url, "sipserver_calls_admitted") < capacity:
+        while metric(admin, "sipserver_calls_admitted") < capacity:
             await asyncio.sleep(0.1)
         cpu0, wall0 = cpu_seconds([pid]), time.monotonic()
         busy = await probe_process(url, sip_port, seconds)
         core = (cpu_seconds([pid]) - cpu0) / (time.monotonic() - wall0)
-        admitted = metric(url, "sipserver_calls_admitted")
+        admitted = metric(admin, "sipserver_calls_admitted")
         await asyncio.gather(*calls)
     kind = "talking" if talk else "silent"
     print(
@@ -328,15 +339,17 @@ async def main() -> None:
         return
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url, sip_port = start_server(Path(tmp), args.max_calls)
+        proc, url, admin, sip_port = start_server(Path(tmp), args.max_calls)
         try:
-            capacity = int(metric(url, "sipserver_calls_capacity"))
+            capacity = int(metric(admin, "sipserver_calls_capacity"))
             print(f"server.max_calls: {capacity}; RSS ready {rss_mib(proc.pid):.0f} MiB")
             if args.flood:
                 await flood(url, proc.pid, args.flood, args.seconds)
             if args.probe_seconds:
                 talk = speech_frames("What are your opening hours?") if args.talk else None
-                await at_capacity(url, proc.pid, sip_port, capacity, args.probe_seconds, talk)
+                await at_capacity(
+                    url, admin, proc.pid, sip_port, capacity, args.probe_seconds, talk
+                )
             if args.calls:
                 await memory(url, proc.pid, args.calls, args.call_seconds, capacity)
         finally:
