@@ -29,7 +29,6 @@ that ends twice (a drop during a hangup) cannot count twice, and counts return t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from typing import Final, Literal
 
 from sipserver.config import Agent, Config, CustomModel
@@ -194,10 +193,6 @@ class CallLedger:
         self.total -= 1
         _decrement(self._by_agent, reservation.agent)
         _decrement(self._by_ingress, reservation.ingress)
-
-    def agents(self) -> Iterable[str]:
-        """Agents with calls in progress."""
-        return list(self._by_agent)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
