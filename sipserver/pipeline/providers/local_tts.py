@@ -156,7 +156,9 @@ class PiperTts:
 
     @property
     def pending(self) -> int:
-        """Sentences of this voice queued or being synthesised, over every session."""
+        """Sentences of this voice queued on its executor (or running) for consumers still
+        reading, over every session; a sentence whose consumer left stops counting at once,
+        though one already running finishes on its thread."""
         loaded = self._cache.peek(self._key)
         return 0 if loaded is None else loaded.pending
 
