@@ -1,7 +1,9 @@
 # sipserver: SIP edge + registrar (more components arrive with later releases).
 FROM python:3.11-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# MALLOC_ARENA_MAX: the model threads would each get a glibc arena that keeps freed memory;
+# two arenas hold the server's resident size down (see docs/security.md, memory per call).
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MALLOC_ARENA_MAX=2
 WORKDIR /opt/sipserver
 COPY pyproject.toml README.md ./
 COPY sipserver ./sipserver

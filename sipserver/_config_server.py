@@ -360,6 +360,13 @@ class ServerConfig(_Model):
     log_rate_limit: LogRateLimitConfig = Field(default_factory=LogRateLimitConfig)
     """Per event kind, the lines the log may take: past it lines are dropped and the next one
     written says how many (``suppressed``), so no flood can fill a disk."""
+    max_calls: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = "auto"
+    """Calls in progress the whole server takes, every agent and door (SIP, websocket, Twilio,
+    AI Listens forks); past it new calls are refused (SIP 503 + Retry-After, websocket HTTP 503,
+    Twilio ``<Reject reason="busy"/>``). ``auto``: what one core measurably serves for the most
+    expensive kind of agent configured, times the cores: 3 per core with local models, 60 with
+    hosted ones, 150 for echo lines (measured on a 2-core Xeon VM with bench/models.py,
+    bench/sessions.py and bench/websocket.py: see docs/security.md, "Capacity and admission")."""
     login_limit: LoginLimitConfig = Field(default_factory=LoginLimitConfig)
     """Dashboard login limits (per source, per user name, concurrent password checks)."""
     drain_timeout: float = Field(5.0, ge=0)

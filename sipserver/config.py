@@ -436,6 +436,10 @@ class Agent(_Model):
     sip: SipSettings = Field(default_factory=SipSettings)
     websocket: WebsocketSettings = Field(default_factory=WebsocketSettings)
     listens: ListensSettings = Field(default_factory=ListensSettings)
+    max_concurrent_calls: int | None = Field(None, ge=0)
+    """Calls in progress this agent takes, over every door (SIP, websocket, Twilio, AI Listens
+    forks); past it new calls are refused as at ``server.max_calls``. ``null``: only the
+    server's limit; 0: every new call refused (the agent is paused)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -343,6 +343,16 @@ class Metrics:
         self.calls_active = Gauge(
             "sipserver_calls_active", "Calls in progress through the edge.", registry=r
         )
+        self.calls_admitted = Gauge(
+            "sipserver_calls_admitted",
+            "Calls holding a place in admission control: every door (SIP, websocket, listens).",
+            registry=r,
+        )
+        self.calls_capacity = Gauge(
+            "sipserver_calls_capacity",
+            "Calls in progress the server takes (server.max_calls); past it calls are refused.",
+            registry=r,
+        )
         self.voice_sessions_active = Gauge(
             "sipserver_voice_sessions_active", "Calls talking to a voice agent now.", registry=r
         )

@@ -66,6 +66,7 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.media_streams": "live",
     "server.demo_page": "live",
     "server.drain_timeout": "live",
+    "server.max_calls": "live",
     "server.log_rate_limit": "live",
     # Connection caps and deadlines: new connections get the new caps, every open one the new
     # deadlines from the next timer (SIP: each second; HTTP: its next request).

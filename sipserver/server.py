@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
@@ -35,6 +37,7 @@ from sipserver.edge.proxy import (
 from sipserver.edge.router import HeldRegister, SipRouter, server_names
 from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
+from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork, called_number, is_listens_number
 from sipserver.listens.monitor import ListensHub
@@ -199,12 +202,29 @@ class Server:
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
             self._build_pool(config)
+        self.ledger = CallLedger(config)
+        """Calls in progress per agent and in total, at every door, and their limits."""
+        self._sip_reservations: dict[str, Reservation] = {}
+        self._trimmer = HeapTrimmer()
+        self._trims: set[asyncio.Task[bool]] = set()
+        self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
+        self.metrics.calls_admitted.set_function(lambda: float(self.ledger.total))
         self.gateway = MediaStreamGateway(
-            lambda: self.config, self._new_session, self.metrics, on_call_ended=self._state_changed
+            lambda: self.config,
+            self._new_session,
+            self.metrics,
+            on_call_ended=self._call_finished,
+            ledger=self.ledger,
+            refusals=self.refusals,
         )
         self.listens_hub = ListensHub()
         self.listens = ListensFork(
-            lambda: self.config, self.voice.listen_parts, self.listens_hub, self.metrics
+            lambda: self.config,
+            self.voice.listen_parts,
+            self.listens_hub,
+            self.metrics,
+            ledger=self.ledger,
+            refusals=self.refusals,
         )
         self.dashboard = Dashboard(
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
@@ -326,6 +346,7 @@ class Server:
             on_call_event=self._call_event,
             admission=self._admission,
             held=self.held,
+            capacity=self.ledger.refusal,
             refusals=self.refusals,
         )
 
@@ -341,6 +362,26 @@ class Server:
 
     def _state_changed(self) -> None:
         self._changed.set()
+
+    def _call_finished(self) -> None:
+        """A call (SIP or websocket) ended: readiness waiters look again, and the heap is
+        trimmed when the calls of a burst are over (:class:`~sipserver.heap.HeapTrimmer`)."""
+        self._state_changed()
+        loop = asyncio.get_running_loop()
+        delay = self._trimmer.call_ended(self.ledger.total, now=loop.time())
+        if delay is not None:
+            loop.call_later(delay, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(asyncio.to_thread(trim_heap), name="heap-trim")
+        self._trims.add(task)
+
+        def done(task: asyncio.Task[bool]) -> None:
+            self._trims.discard(task)
+            self._trimmer.trimmed(now=loop.time())
+
+        task.add_done_callback(done)
 
     async def _wait_until(
         self, condition: Callable[[], bool], timeout: float | None = None
@@ -418,6 +459,11 @@ class Server:
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
         if isinstance(event, CallRouted):
+            # Checked against the limits by the router in the same step (no await between).
+            stale = self._sip_reservations.pop(event.call_id, None)
+            if stale is not None:  # a Call-ID routed again: never count one call twice
+                stale.release()
+            self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
             metrics.calls_active.inc()
             pool = self.pool
             worker = pool.by_id(event.worker_id) if pool is not None else None
@@ -430,10 +476,13 @@ class Server:
         elif isinstance(event, CallAnswered):
             log.info("call_answered", call_id=event.call_id, setup_ms=round(event.setup_time * 1e3))
         elif isinstance(event, CallEnded):
+            reservation = self._sip_reservations.pop(event.call_id, None)
+            if reservation is not None:
+                reservation.release()
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
             self._release(event.call_id)
-            self._state_changed()
+            self._call_finished()
             log.info(
                 "call_ended",
                 call_id=event.call_id,
@@ -594,6 +643,7 @@ class Server:
         self._state_changed()
         if self.proxy is not None and "server.public_host" in changed:
             self.proxy.set_outside_host(config.server.public_host)
+        self.ledger.configure(config)
         self.router = self._build_router(config, transactions=self.router.transactions)
         self.listeners.router = self.router
         if tls_context is not None:
@@ -708,6 +758,11 @@ class Server:
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
         await self.voice.start()
+        # What is loaded now (modules, models, configuration) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it (one took 0.27 s
+        # on the event loop at capacity, measured on a loaded 2-core VM).
+        gc.collect()
+        gc.freeze()
         self.readiness.step_done("voice_models")
         self._state_changed()
         self._start_done.set()

@@ -72,6 +72,12 @@ WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | N
 Admission = Callable[[], "str | None"]
 """Why the server takes no new calls now (``starting``, ``not_ready``, ``draining``), or None
 when it takes them."""
+Capacity = Callable[["str | None"], "str | None"]
+"""(agent slug, or None for the server alone) -> why a new call is over capacity
+(``server_full``, ``agent_full``: :meth:`sipserver.admission.CallLedger.refusal`), or None."""
+_CAPACITY_REFUSALS = frozenset({"server_full", "agent_full", "workers_full"})
+"""Refusals counted in ``sipserver_refusals_total`` (readiness refusals have their own
+``sipserver_call_attempts_total`` results)."""
 
 log = get_logger(__name__)
 
@@ -199,7 +205,10 @@ class SipRouter:
         held: REGISTER 200s waiting for their bindings to be committed (a config reload hands
             over the old router's); the adapter reports commits to :meth:`release_committed`
             and failures to :meth:`refuse_uncommitted`.
-        refusals: where registrations refused for want of a durable store are counted.
+        capacity: asked before a new call to an agent is routed, fed by the server's count of
+            calls in progress at every door: a reason means 503 with Retry-After.
+        refusals: where refusals are counted and logged (503 for a call past capacity, a
+            registration refused for want of a durable store).
     """
 
     def __init__(
@@ -218,12 +227,14 @@ class SipRouter:
         on_call_event: Callable[[ProxyEvent], None] | None = None,
         admission: Admission | None = None,
         held: HeldResponses[HeldRegister] | None = None,
+        capacity: Capacity | None = None,
         refusals: RefusalLog | None = None,
     ) -> None:
         self._config = config
         self._held: HeldResponses[HeldRegister] = held if held is not None else HeldResponses()
         self._refusals = refusals
         self._admission = admission
+        self._capacity = capacity
         self._proxy = proxy
         self._choose_worker = choose_worker
         self._on_call_event = on_call_event
@@ -510,16 +521,24 @@ class SipRouter:
         agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
         if agent is None or not self._acls[agent.slug].allows(peer.host):
             return self._invite_not_routable(request, peer, agent, now=now)
-        refusal = self._admission() if self._admission is not None else None
+        refusal = self._not_taking_calls()
         if refusal is not None:
             # Before the digest challenge: a caller retrying after Retry-After is challenged
             # then, and no nonce is spent on a call that cannot be taken.
             metrics.call_result(refusal)
+            self._refuse(refusal, agent, peer)
             return self._unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
             denied = self._authorize_invite(request, peer, (agent.sip.username,), now=now)
             if denied is not None:
                 return denied
+        refusal = self._capacity(agent.slug) if self._capacity is not None else None
+        if refusal is not None:
+            # The agent's own limit only after authentication: before it, an answer that
+            # depends on the number would tell a scanner the number exists (see above).
+            metrics.call_result(refusal)
+            self._refuse(refusal, agent, peer)
+            return self._unavailable(request, refusal)
         choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
         if choice is None:
             # No worker pool at all (a configuration that cannot take calls); a pool with no
@@ -528,6 +547,7 @@ class SipRouter:
             return self._response(request, 480, "No Media Worker Available")
         if choice == "full":
             metrics.call_result("overloaded")
+            self._refuse("workers_full", agent, peer)
             return self._response(request, 503, "All Media Workers Busy", headers=_RETRY_AFTER)
         worker_id, worker = choice
         request.headers.remove("Proxy-Authorization")  # consumed here, not for the worker
@@ -563,9 +583,10 @@ class SipRouter:
             log.info("invite_acl_denied", agent=agent.slug if agent else None, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
         if all(a.sip.invite_auth == "digest" for a in allowing):
-            refusal = self._admission() if self._admission is not None else None
+            refusal = self._not_taking_calls()
             if refusal is not None:
                 metrics.call_result(refusal)
+                self._refuse(refusal, agent, peer)
                 return self._unavailable(request, refusal)
             usernames = [a.sip.username for a in allowing]
             denied = self._authorize_invite(request, peer, usernames, now=now)
@@ -607,6 +628,19 @@ class SipRouter:
         if outcome is AuthOutcome.MALFORMED:
             return self._response(request, 400, "Malformed Proxy-Authorization")
         return self._response(request, 403)
+
+    def _not_taking_calls(self) -> str | None:
+        """Why no new call is taken from anyone now, whatever the number: the server is not
+        ready (starting, draining) or at its own capacity (``server_full``)."""
+        refusal = self._admission() if self._admission is not None else None
+        if refusal is None and self._capacity is not None:
+            refusal = self._capacity(None)
+        return refusal
+
+    def _refuse(self, reason: str, agent: Agent | None, peer: Peer) -> None:
+        if self._refusals is not None and reason in _CAPACITY_REFUSALS:
+            slug = agent.slug if agent is not None else None
+            self._refusals.refuse("sip", reason, agent=slug, source=peer.host)
 
     def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
         """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the

@@ -55,10 +55,12 @@ __all__ = [
     "Stop",
     "StreamEvent",
     "Unknown",
+    "busy_twiml",
     "candidate_urls",
     "clear_message",
     "connect_twiml",
     "decode_payload",
+    "dial_twiml",
     "encode_payload",
     "event_message",
     "fork_twiml",
@@ -366,12 +368,32 @@ def fork_twiml(stream_url: str, track: str, forward_to: str, parameters: Mapping
     start = twiml.Start()
     start.append(_stream(stream_url, parameters, track=track))
     response.append(start)
+    _dial(response, forward_to)
+    return str(response.to_xml(xml_declaration=True))
+
+
+def dial_twiml(forward_to: str) -> str:
+    """TwiML that only dials ``forward_to`` (a number or a ``sip:`` URI): an AI Listens call
+    whose fork is refused at capacity still reaches the human agent, unmonitored."""
+    response = twiml.VoiceResponse()
+    _dial(response, forward_to)
+    return str(response.to_xml(xml_declaration=True))
+
+
+def _dial(response: twiml.VoiceResponse, forward_to: str) -> None:
     dial = twiml.Dial()
     if forward_to.lower().startswith(("sip:", "sips:")):
         dial.sip(forward_to)
     else:
         dial.number(forward_to)
     response.append(dial)
+
+
+def busy_twiml() -> str:
+    """TwiML refusing a call at capacity: ``<Reject reason="busy"/>`` (the caller hears a busy
+    signal, the call is not billed)."""
+    response = twiml.VoiceResponse()
+    response.reject(reason="busy")
     return str(response.to_xml(xml_declaration=True))
 
 

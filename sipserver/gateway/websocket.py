@@ -31,10 +31,11 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from sipserver.admission import RETRY_AFTER, CallLedger, Reservation
 from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
 from sipserver.media.jitter import JitterBuffer
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.pipeline.events import (
     AgentText,
     Interruption,
@@ -204,6 +205,11 @@ class StreamCall:
             sample_rate=self.format.sample_rate,
             transport=transport,
         )
+        ledger = self.gateway.ledger
+        if ledger is not None and ledger.over_limit(self.agent.slug):
+            # Upgraded when there was room, but a reload has lowered the agent's limit since.
+            self.gateway.refuse("websocket", "agent_full", self.agent, None)
+            raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "agent at capacity")
         session = self.gateway.session_factory(info, self._on_event)
         if session is None:
             raise twilio.ProtocolError(WSCloseCode.INTERNAL_ERROR, "agent unavailable")
@@ -270,6 +276,9 @@ class StreamCall:
                     self.late_ticks += skipped
                     self.gateway.metrics.ws_late_ticks.inc(skipped)
                 await self._tick()
+                # Sending rarely suspends: a loop catching up on late ticks would run them
+                # back to back and hold the event loop (SIP, HTTP, every other call) meanwhile.
+                await asyncio.sleep(0)
         except (ConnectionError, RuntimeError) as exc:
             self._end("socket_error")
             log.info("ws_send_failed", call_id=self._call_id, error=repr(exc))
@@ -381,6 +390,7 @@ def _close_label(reason: str) -> str:
         ("media", "bad_media"),
         ("mediaFormat", "unsupported_format"),
         ("unavailable", "no_session"),
+        ("capacity", "at_capacity"),
     ):
         if key in reason:
             return label
@@ -395,6 +405,10 @@ class MediaStreamGateway:
         session_factory: builds each call's session.
         metrics: where calls, messages and closes are counted.
         on_call_ended: called when a call has left :attr:`calls` (a stop waits for the last).
+        ledger: admission control: a call is refused (HTTP 503 before the upgrade, TwiML
+            ``<Reject reason="busy"/>`` at the webhook) past the server's or the agent's limit,
+            and holds its place from the upgrade until its handler ends.
+        refusals: where those refusals are counted and logged.
     """
 
     def __init__(
@@ -404,11 +418,15 @@ class MediaStreamGateway:
         metrics: Metrics,
         *,
         on_call_ended: Callable[[], None] | None = None,
+        ledger: CallLedger | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._config = config
         self.session_factory = session_factory
         self.metrics = metrics
         self._on_call_ended = on_call_ended
+        self.ledger = ledger
+        self._refusals = refusals
         self.calls: set[StreamCall] = set()
 
     @property
@@ -445,6 +463,28 @@ class MediaStreamGateway:
             raise web.HTTPNotFound(text="not found")
         return agent
 
+    def refuse(self, ingress: str, reason: str, agent: Agent, request: web.Request | None) -> None:
+        """Count and log one refusal at capacity."""
+        if self._refusals is not None:
+            source = request.remote if request is not None else None
+            self._refusals.refuse(ingress, reason, agent=agent.slug, source=source)
+
+    def _admit(self, request: web.Request, agent: Agent) -> Reservation | None:
+        """Reserve the call's place, or raise HTTP 503 with Retry-After (before any upgrade:
+        RFC 6455 §4.1 lets the client see a non-101 status as a refused handshake)."""
+        if self.ledger is None:
+            return None
+        reservation = self.ledger.admit(agent.slug, "websocket")
+        if reservation is not None:
+            return reservation
+        reason = self.ledger.refusal(agent.slug) or "server_full"
+        self.refuse("websocket", reason, agent, request)
+        self.metrics.ws_rejected.labels("503").inc()
+        raise web.HTTPServiceUnavailable(
+            text=f"at capacity ({reason}): retry later",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
+
     async def incoming_call(self, request: web.Request) -> web.Response:
         """Twilio's voice webhook: TwiML that connects the call to the agent's stream."""
         agent = self._authorize(request)
@@ -455,6 +495,12 @@ class MediaStreamGateway:
             self.metrics.twilio_webhooks.labels("bad_signature").inc()
             log.warning("twilio_bad_signature", agent=agent.slug)
             raise web.HTTPForbidden(text="invalid signature")
+        refusal = self.ledger.refusal(agent.slug) if self.ledger is not None else None
+        if refusal is not None:
+            # Twilio plays a busy signal and does not bill the call; it is not retried.
+            self.refuse("twilio", refusal, agent, request)
+            self.metrics.twilio_webhooks.labels("busy").inc()
+            return web.Response(text=twilio.busy_twiml(), content_type="application/xml")
         stream_url = agent.urls(self.config.server.public_url)["websocket"]
         twiml = twilio.connect_twiml(
             stream_url,
@@ -475,7 +521,13 @@ class MediaStreamGateway:
         # aiohttp's own limit is a hard cap (it closes with 1009 and no reason); messages between
         # the configured limit and the cap get a close reason from StreamCall.run.
         ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
-        await ws.prepare(request)
+        reservation = self._admit(request, agent)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
         call = StreamCall(ws, agent, self)
         self.calls.add(call)
         self.metrics.ws_calls_active.inc()
@@ -485,6 +537,8 @@ class MediaStreamGateway:
             try:
                 await call.finish()
             finally:
+                if reservation is not None:
+                    reservation.release()
                 self.calls.discard(call)
                 self.metrics.ws_calls_active.dec()
                 self.metrics.ws_closes.labels(call.end_reason or "unknown").inc()

@@ -27,12 +27,13 @@ from typing import Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from sipserver.admission import RETRY_AFTER, CallLedger, Reservation
 from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
 from sipserver.gateway.twilio import decode_payload, secret_matches, signed
 from sipserver.listens.monitor import CallSummary, ListensHub
 from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speakers_for
-from sipserver.observability import Metrics, get_logger
+from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.session import CallInfo, frame_bytes
 
@@ -134,12 +135,25 @@ class ListensFork:
         parts_for: The listens parts of an agent.
         hub: Where monitored calls are published.
         metrics: Counters and gauges.
+        ledger: Admission control: a fork holds a place of its agent's and of the server's
+            capacity; past either the fork websocket gets HTTP 503 before the upgrade, and the
+            webhook dials the human agent without a fork.
+        refusals: Where those refusals are counted and logged.
     """
 
     def __init__(
-        self, config: Callable[[], Config], parts_for: PartsFor, hub: ListensHub, metrics: Metrics
+        self,
+        config: Callable[[], Config],
+        parts_for: PartsFor,
+        hub: ListensHub,
+        metrics: Metrics,
+        *,
+        ledger: CallLedger | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._config = config
+        self._ledger = ledger
+        self._refusals = refusals
         self._parts_for = parts_for
         self.hub = hub
         self.metrics = metrics
@@ -254,6 +268,12 @@ class ListensFork:
             self.metrics.listens_webhooks.labels("no_forward_to").inc()
             log.error("listens_without_forward_to", agent=agent.slug)
             return _twiml(twilio.reject_twiml())
+        refusal = self._ledger.refusal(agent.slug) if self._ledger is not None else None
+        if refusal is not None:
+            # Monitoring is full, the call is not: the caller still reaches the human agent.
+            self._refuse(refusal, agent, request)
+            self.metrics.listens_webhooks.labels("busy").inc()
+            return _twiml(twilio.dial_twiml(forward_to))
         twiml = twilio.fork_twiml(
             agent.urls(config.server.public_url)["listens_stream"],
             TRACK_OF_CHANNEL[agent.listens.channel],
@@ -276,13 +296,21 @@ class ListensFork:
             raise web.HTTPServiceUnavailable(text="listens model unavailable")
         settings = self._config().server.media_streams
         ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
-        await ws.prepare(request)
+        reservation = self._admit(request, agent)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
         self._sockets.add(ws)
         call: ListenedCall | None = None
         reason = "client_closed"
         try:
             call, reason = await self._read(ws, agent, parts, settings.stall_timeout)
         finally:
+            if reservation is not None:
+                reservation.release()
             self._sockets.discard(ws)
             if call is not None:
                 await self.close_call(call, reason)
@@ -290,6 +318,25 @@ class ListensFork:
                 with contextlib.suppress(Exception):
                     await ws.close()
         return ws
+
+    def _refuse(self, reason: str, agent: Agent, request: web.Request) -> None:
+        if self._refusals is not None:
+            self._refusals.refuse("listens", reason, agent=agent.slug, source=request.remote)
+
+    def _admit(self, request: web.Request, agent: Agent) -> Reservation | None:
+        """The fork's place in admission control, or HTTP 503 with Retry-After."""
+        if self._ledger is None:
+            return None
+        reservation = self._ledger.admit(agent.slug, "listens")
+        if reservation is not None:
+            return reservation
+        reason = self._ledger.refusal(agent.slug) or "server_full"
+        self._refuse(reason, agent, request)
+        self.metrics.ws_rejected.labels("503").inc()
+        raise web.HTTPServiceUnavailable(
+            text=f"at capacity ({reason}): retry later",
+            headers={"Retry-After": str(RETRY_AFTER)},
+        )
 
     async def _read(
         self, ws: web.WebSocketResponse, agent: Agent, parts: ListenParts, stall: float

@@ -46,6 +46,7 @@ from sipserver.pipeline.events import (
 from sipserver.pipeline.feedback import FeedbackMixer
 from sipserver.pipeline.interruptions import InterruptionOptions
 from sipserver.pipeline.knowledge import KnowledgeBase
+from sipserver.pipeline.phrases import PhraseCache
 from sipserver.pipeline.providers.base import (
     LanguageModel,
     SpeechToText,
@@ -54,6 +55,7 @@ from sipserver.pipeline.providers.base import (
 )
 from sipserver.pipeline.providers.registry import make_llm, make_stt, make_tts
 from sipserver.pipeline.providers.retrieval import KnowledgeContextLlm
+from sipserver.pipeline.reply import APOLOGY
 from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
@@ -185,6 +187,8 @@ class PreparedVoice:
     """Language model by agent slug (agents with ``realtime.enabled``)."""
     listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]]
     """AI Listens parts by agent slug: model name, knowledge base, suggestion writer."""
+    phrases: dict[str, PhraseCache]
+    """Each model's TTS with its agents' greetings (and the apology) kept once synthesised."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +229,7 @@ class VoiceRuntime:
         self._models: dict[str, _ModelParts] = {}
         self._llms: dict[str, LanguageModel] = {}
         self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
+        self._phrases: dict[str, PhraseCache] = {}
         self._config = config
         self._base_dir = config_dir(config_path)
         self.apply(self.prepare(config))
@@ -271,7 +276,24 @@ class VoiceRuntime:
                 local = isinstance(spec, CustomModel) and spec.llm.provider == "local"
                 writer = None if local else llm or _llm_for(name, parts, config, kb)
                 listens[agent.slug] = (name, kb, writer)
-        return PreparedVoice(config, models, llms, listens)
+        phrases: dict[str, PhraseCache] = {}
+        for name, parts in models.items():
+            fixed = [
+                a.greeting or ""
+                for a in config.agents
+                if a.realtime.enabled and a.realtime.model == name
+            ]
+            fixed.append(APOLOGY)
+            old_cache = self._phrases.get(name)
+            if (
+                old_cache is not None
+                and old_cache.tts is parts.tts
+                and old_cache.phrases == frozenset(p for p in fixed if p.strip())
+            ):
+                phrases[name] = old_cache
+            else:
+                phrases[name] = PhraseCache(parts.tts, fixed)
+        return PreparedVoice(config, models, llms, listens, phrases)
 
     def apply(self, prepared: PreparedVoice) -> None:
         """Put prepared parts in use for new calls (on the event loop; calls in progress keep
@@ -279,6 +301,7 @@ class VoiceRuntime:
         self._models = prepared.models
         self._llms = prepared.llms
         self._listens = prepared.listens
+        self._phrases = prepared.phrases
         self._config = prepared.config
 
     def _same_credentials(self, config: Config, spec: CustomModel | LiveKitInferenceModel) -> bool:
@@ -310,6 +333,8 @@ class VoiceRuntime:
         for task in self._batcher_tasks.values():
             await cancel_and_wait(task)
         self._batcher_tasks.clear()
+        for phrases in self._phrases.values():
+            phrases.close()
         stages: list[object] = list(self._llms.values())
         for parts in self._models.values():
             stages += [parts.stt, parts.tts, parts.turn]
@@ -324,7 +349,9 @@ class VoiceRuntime:
     def _batcher(self, rate: int) -> VadBatcher:
         batcher = self._batchers.get(rate)
         if batcher is None:
-            batcher = self._batchers[rate] = VadBatcher(SileroModel(rate))
+            # Every batch is inferred on a thread (onnxruntime releases the GIL): inline, the
+            # model took ~20% of the event loop's time at 6 calls, and SIP and HTTP waited.
+            batcher = self._batchers[rate] = VadBatcher(SileroModel(rate), offload_min_batch=1)
         task = self._batcher_tasks.get(rate)
         if task is None or task.done():
             if task is not None and not task.cancelled() and task.exception() is not None:
@@ -401,7 +428,7 @@ class VoiceRuntime:
             parts.options,
             stt=parts.stt,
             llm=llm,
-            tts=parts.tts,
+            tts=self._phrases.get(model_name) or parts.tts,
             vad=stream,
             clock=self._clock,
             turn_detector=parts.turn,

@@ -491,6 +491,9 @@ class VadBatcher:
                     else:
                         result = self.model.infer(batch.inputs, batch.state)
                     self._finish(batch, *result)
+                    # One round per window of backlog: let the loop serve other work between
+                    # them (a batcher catching up after a stall would otherwise hold it).
+                    await asyncio.sleep(0)
             finally:
                 self._busy = False
 

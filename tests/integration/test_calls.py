@@ -240,6 +240,8 @@ def test_killing_a_worker_ends_only_its_calls(server_factory: Any, tmp_path: Pat
             sipp.kill()
     assert server.metric("sipserver_calls_ended_total", reason="worker_lost") == lost
     assert server.metric("sipserver_calls_ended_total", reason="caller_bye") == 10 - lost
+    # Every call's place in admission control came back, the lost worker's ones included.
+    wait_metric(server, "sipserver_calls_admitted", 0)
     # The pool starts a replacement and new calls go through.
     deadline = time.monotonic() + 20
     while server.metric("sipserver_media_workers_up") < 3 and time.monotonic() < deadline:

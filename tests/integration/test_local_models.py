@@ -164,13 +164,9 @@ async def test_piper_streams_first_sentence_before_the_rest(
     assert_every_sentence_heard(result.text)
 
 
-def _piper_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("piper-tts-")]
-
-
-async def _wait_for_piper_threads(deadline_s: float) -> float:
+async def _wait_until_idle(piper: PiperTts, deadline_s: float) -> float:
     started = time.perf_counter()
-    while _piper_threads() and time.perf_counter() - started < deadline_s:
+    while piper.pending and time.perf_counter() - started < deadline_s:
         await asyncio.sleep(0.01)
     return time.perf_counter() - started
 
@@ -184,11 +180,11 @@ async def test_piper_stops_when_the_consumer_closes(piper: PiperTts) -> None:
 
     stream = piper.synthesize(long_text)
     await anext(stream)
-    assert _piper_threads()
+    assert piper.pending > 0  # the next sentences are queued on the voice's executor
     await stream.aclose()
-    stopped_after = await _wait_for_piper_threads(full)
-    print(f"\npiper: full {full:.2f} s, thread gone {stopped_after:.3f} s after close")
-    assert not _piper_threads()
+    stopped_after = await _wait_until_idle(piper, full)
+    print(f"\npiper: full {full:.2f} s, executor idle {stopped_after:.3f} s after close")
+    assert piper.pending == 0
     assert stopped_after < full / 2
 
 
@@ -206,9 +202,22 @@ async def test_piper_stops_when_the_consumer_task_is_cancelled(piper: PiperTts) 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    stopped_after = await _wait_for_piper_threads(5.0)
-    print(f"\npiper: thread gone {stopped_after:.3f} s after cancel")
-    assert not _piper_threads()
+    stopped_after = await _wait_until_idle(piper, 5.0)
+    print(f"\npiper: executor idle {stopped_after:.3f} s after cancel")
+    assert piper.pending == 0
+
+
+async def test_piper_concurrent_syntheses_share_one_thread(piper: PiperTts) -> None:
+    results = await asyncio.gather(*(_speak(piper, "Hello there.") for _ in range(8)))
+    assert all(rms(pcm) > 500 for pcm in results)
+    # Eight calls greeting at once run their sentences one after another on the voice's
+    # executor (workers: 1): a thread each held ~40 MB of onnxruntime buffers per call.
+    piper_threads = [t for t in threading.enumerate() if t.name.startswith("piper-tts")]
+    assert len(piper_threads) <= piper.workers
+
+
+async def _speak(piper: PiperTts, text: str) -> bytes:
+    return b"".join([chunk async for chunk in piper.synthesize(text)])
 
 
 # ----------------------------------------------------------------------------------- espeak

@@ -377,3 +377,18 @@ async def test_reload_from_the_file_writes_the_result_and_an_invalid_file_change
     assert record["sequence"] == 2 and record["source"] == str(path)
     assert record["restart_needed"] == ["server.sip.tcp"]
     await server.voice.close()
+
+
+async def test_capacity_keys_apply_at_once() -> None:
+    server = started(config(server={"max_calls": 5}))
+    held = server.ledger.reserve("a", "websocket")
+    raw = raw_config()
+    raw["server"]["max_calls"] = 1
+    raw["agents"][0]["max_concurrent_calls"] = 0
+    result = await server.reload(parse_config(yaml.safe_dump(raw), env={}))
+    assert result.applied and "server.max_calls" in result.changed
+    assert result.restart_needed == ()
+    assert server.ledger.max_calls == 1 and server.ledger.limit_of("a") == 0
+    assert held.held and server.ledger.refusal("a") == "server_full"  # the call goes on
+    held.release()
+    assert server.ledger.refusal("a") == "agent_full"

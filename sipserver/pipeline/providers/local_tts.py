@@ -10,9 +10,11 @@ Piper voices run on our own runner (:mod:`.piper_voice`: the espeak-ng program f
 onnxruntime for the model), not on the ``piper-tts`` package: that package is GPL-3.0-or-later,
 and importing it would make this Apache-2.0 server GPL for whoever distributes it.
 
-Piper produces one chunk per sentence on a worker thread; chunks cross to the event loop through
-a bounded queue as soon as they exist, and the thread stops after the sentence in progress when
-the consumer goes away (barge-in).
+Piper produces one chunk per sentence on the voice's executor: ``workers`` threads (1 by
+default) shared by every call, so memory does not grow with the calls in progress (onnxruntime
+keeps each concurrent run's buffers in its arena: a thread per synthesis cost ~40 MB per
+concurrent call and was never given back). A consumer that goes away (barge-in) drops its
+queued sentences.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import itertools
 import shutil
-import threading
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,11 +42,8 @@ from .piper_voice import PiperVoiceModel, read_config, sentences_of
 
 __all__ = ["EspeakTts", "PiperTts", "default_piper_voice_path"]
 
-_QUEUE_CHUNKS = 4
-"""Chunks (sentences) Piper may run ahead of the consumer."""
-_PUT_POLL_S = 0.1
-"""How often a producer blocked on a full queue checks whether the consumer went away."""
-_thread_numbers = itertools.count(1)
+_AHEAD = 2
+"""Sentences of one synthesis queued on the voice's executor ahead of its consumer."""
 
 
 def default_piper_voice_path() -> Path:
@@ -79,6 +80,8 @@ class PiperTts:
         length_scale: phoneme duration factor (> 1 slower, < 1 faster); None keeps the voice's.
         speed: alternative to ``length_scale`` (``speed=1.25`` is ``length_scale=0.8``).
         threads: onnxruntime intra-op threads of one synthesis.
+        workers: sentences synthesised at once by this process (each holds its own buffers,
+            tens of MB); more sentences wait their turn.
 
     Phonemes come from the ``espeak-ng`` program (run per sentence on the synthesis thread).
 
@@ -89,7 +92,7 @@ class PiperTts:
 
     name = "local"
 
-    _cache: ClassVar[ModelCache[tuple[str, int], PiperVoiceModel]] = ModelCache()
+    _cache: ClassVar[ModelCache[tuple[str, int, int], _LoadedPiper]] = ModelCache()
 
     def __init__(
         self,
@@ -98,6 +101,7 @@ class PiperTts:
         length_scale: float | None = None,
         speed: float | None = None,
         threads: int = 1,
+        workers: int = 1,
     ) -> None:
         path = Path(voice).expanduser() if voice is not None else default_piper_voice_path()
         config_path = Path(f"{path}.json")
@@ -113,6 +117,8 @@ class PiperTts:
             raise ProviderError(f"tts.length_scale must be > 0, not {length_scale!r}")
         if not isinstance(threads, int) or threads < 1:
             raise ProviderError(f"tts.threads must be a positive integer, not {threads!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ProviderError(f"tts.workers must be a positive integer, not {workers!r}")
         config = read_config(config_path)
         if shutil.which("espeak-ng") is None:
             raise ProviderError(
@@ -123,21 +129,23 @@ class PiperTts:
         self.voice_path = path
         self.length_scale = length_scale
         self.threads = threads
+        self.workers = workers
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PiperTts:
         """Build from a provider spec's options (``voice``, ``length_scale``, ``speed``,
-        ``threads``).
+        ``threads``, ``workers``).
 
         Raises:
             ProviderError: an unknown option or an invalid value.
         """
-        _check_options("piper", options, {"voice", "length_scale", "speed", "threads"})
+        known = {"voice", "length_scale", "speed", "threads", "workers"}
+        _check_options("piper", options, known)
         return cls(**options)
 
     def load(self) -> float:
         """Load the voice now (blocking) if this process has not yet; return its load time in s."""
-        return self._loaded().load_seconds
+        return self._loaded().voice.load_seconds
 
     async def warm_up(self) -> float:
         """Load the voice on a thread and synthesise a word once (first runs are slow)."""
@@ -146,68 +154,85 @@ class PiperTts:
             pass
         return seconds
 
-    def _loaded(self) -> PiperVoiceModel:
-        return self._cache.get((str(self.voice_path), self.threads), self._load)
+    @property
+    def pending(self) -> int:
+        """Sentences of this voice queued on its executor (or running) for consumers still
+        reading, over every session; a sentence whose consumer left stops counting at once,
+        though one already running finishes on its thread."""
+        loaded = self._cache.peek(self._key)
+        return 0 if loaded is None else loaded.pending
+
+    @property
+    def _key(self) -> tuple[str, int, int]:
+        return (str(self.voice_path), self.threads, self.workers)
+
+    def _loaded(self) -> _LoadedPiper:
+        return self._cache.get(self._key, self._load)
 
     @staticmethod
-    def _load(key: tuple[str, int]) -> PiperVoiceModel:
-        path, threads = key
-        return PiperVoiceModel.load(path, threads=threads)
+    def _load(key: tuple[str, int, int]) -> _LoadedPiper:
+        path, threads, workers = key
+        return _LoadedPiper(
+            voice=PiperVoiceModel.load(path, threads=threads),
+            executor=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper-tts"),
+        )
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Stream s16le PCM at :attr:`sample_rate`, one chunk per sentence as Piper makes it.
 
-        Closing or cancelling the iterator stops the synthesis after the sentence in progress.
+        Sentences run on the voice's executor (``workers`` threads shared by every session),
+        at most ``_AHEAD`` of them queued ahead of this consumer. Closing or cancelling the
+        iterator drops its queued sentences; the one in progress finishes on its thread.
         """
         if not text.strip():
             return
-        await self._cache.aget((str(self.voice_path), self.threads), self._load)
+        loaded = await self._cache.aget(self._key, self._load)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        slots = threading.BoundedSemaphore(_QUEUE_CHUNKS)
-        stop = threading.Event()
+        todo = iter(sentences_of(text))
+        queued: deque[asyncio.Future[bytes]] = deque()
 
-        def deliver(item: bytes | BaseException | None) -> bool:
-            while not slots.acquire(timeout=_PUT_POLL_S):
-                if stop.is_set():
-                    return False
-            if stop.is_set():
-                return False
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                return False
-            return True
-
-        def produce() -> None:
-            try:
-                voice = self._loaded()
-                for sentence in sentences_of(text):
-                    if stop.is_set():
-                        return
-                    pcm = voice.speak(sentence, length_scale=self.length_scale)
-                    if pcm and (stop.is_set() or not deliver(pcm)):
-                        return
-            except Exception as exc:
-                deliver(ProviderError(f"Piper synthesis failed: {exc}"))
+        def submit() -> None:
+            sentence = next(todo, None)
+            if sentence is None:
                 return
-            deliver(None)
+            future = loop.run_in_executor(
+                loaded.executor,
+                partial(loaded.voice.speak, length_scale=self.length_scale),
+                sentence,
+            )
+            loaded.pending += 1
+            future.add_done_callback(loaded.done)
+            queued.append(future)
 
-        thread = threading.Thread(
-            target=produce, name=f"piper-tts-{next(_thread_numbers)}", daemon=True
-        )
-        thread.start()
         try:
-            while True:
-                item = await queue.get()
-                slots.release()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            for _ in range(_AHEAD):
+                submit()
+            while queued:
+                future = queued.popleft()
+                try:
+                    pcm = await future
+                except Exception as exc:
+                    raise ProviderError(f"Piper synthesis failed: {exc}") from exc
+                submit()
+                if pcm:
+                    yield pcm
         finally:
-            stop.set()
+            for future in queued:
+                future.cancel()
+
+
+@dataclass(slots=True)
+class _LoadedPiper:
+    """A loaded voice, the executor its sentences run on, and how many are queued or running
+    there (counted on the event loop)."""
+
+    voice: PiperVoiceModel
+    executor: ThreadPoolExecutor
+    pending: int = 0
+
+    def done(self, _: object) -> None:
+        """A sentence left the executor (done, failed or cancelled before it ran)."""
+        self.pending -= 1
 
 
 # ------------------------------------------------------------------------------- espeak-ng
