@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -42,18 +43,27 @@ async def until(predicate: Callable[[], object], timeout: float) -> bool:
     return False
 
 
+_handed_out: collections.deque[int] = collections.deque(maxlen=256)
+"""Ports recently returned by :func:`free_port`: nothing is bound to them until the server
+starts, so the kernel may offer the same number again (a SIP port and an admin port of one
+test server were once equal)."""
+
+
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
+    """A port free for both UDP and TCP on 127.0.0.1, not handed out lately."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
+        if port in _handed_out:
+            continue
         other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, other) as s2:
             try:
                 s2.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _handed_out.append(port)
         return port
     raise RuntimeError("no free port")
 
