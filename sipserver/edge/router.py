@@ -75,9 +75,6 @@ when it takes them."""
 Capacity = Callable[["str | None"], "str | None"]
 """(agent slug, or None for the server alone) -> why a new call is over capacity
 (``server_full``, ``agent_full``: :meth:`sipserver.admission.CallLedger.refusal`), or None."""
-_CAPACITY_REFUSALS = frozenset({"server_full", "agent_full", "workers_full"})
-"""Refusals counted in ``sipserver_refusals_total`` (readiness refusals have their own
-``sipserver_call_attempts_total`` results)."""
 
 log = get_logger(__name__)
 
@@ -516,6 +513,7 @@ class SipRouter:
         if self._tracker.is_banned(peer.host, now=now):
             metrics.call_result("banned")
             metrics.banned_requests.inc()
+            self._refuse("banned", None, peer)
             return self._response(request, 403)
         number = ruri.user or request.to().uri.user or ""
         agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
@@ -580,6 +578,7 @@ class SipRouter:
             return self._response(request, 404, "No Such Number")
         if not allowing:
             metrics.call_result("acl_denied")
+            self._refuse("acl_denied", None, peer)
             log.info("invite_acl_denied", agent=agent.slug if agent else None, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
         if all(a.sip.invite_auth == "digest" for a in allowing):
@@ -596,6 +595,7 @@ class SipRouter:
             metrics.call_result("no_such_number")
             return self._response(request, 404, "No Such Number")
         metrics.call_result("acl_denied")
+        self._refuse("acl_denied", agent, peer)
         log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
         return self._response(request, 403, "Source Address Not Allowed")
 
@@ -621,6 +621,7 @@ class SipRouter:
         reason = "aor_mismatch" if outcome is AuthOutcome.OK else outcome.name.lower()
         self._metrics.auth_failures.labels(reason).inc()
         self._metrics.call_result("auth_failed")
+        self._refuse("auth_failed", None, peer)
         if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
             self._metrics.bans.inc()
             log.warning("source_banned", source=peer.host, user=result.username, reason=reason)
@@ -637,10 +638,12 @@ class SipRouter:
             refusal = self._capacity(None)
         return refusal
 
-    def _refuse(self, reason: str, agent: Agent | None, peer: Peer) -> None:
-        if self._refusals is not None and reason in _CAPACITY_REFUSALS:
+    def _refuse(self, reason: str, agent: Agent | None, peer: Peer, method: str = "INVITE") -> None:
+        """Count a refusal in ``sipserver_refusals_total{ingress="sip"}`` and log it once per
+        interval (capacity, readiness, ban, allow-list, failed credentials)."""
+        if self._refusals is not None:
             slug = agent.slug if agent is not None else None
-            self._refusals.refuse("sip", reason, agent=slug, source=peer.host)
+            self._refusals.refuse("sip", reason, agent=slug, source=peer.host, method=method)
 
     def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
         """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the
@@ -667,6 +670,7 @@ class SipRouter:
         if self._tracker.is_banned(peer.host, now=now):
             metrics.register_result("banned")
             metrics.banned_requests.inc()
+            self._refuse("banned", None, peer, "REGISTER")
             return self._response(request, 403)
         to = request.to()
         aor_user = to.uri.user or ""
@@ -677,6 +681,7 @@ class SipRouter:
             self._acls[a.slug].allows(peer.host) for a in self._sip_agents
         ):
             metrics.register_result("acl_denied")
+            self._refuse("acl_denied", None, peer, "REGISTER")
             log.info("register_acl_denied", agent=agent.slug if agent else None, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
 
@@ -699,6 +704,7 @@ class SipRouter:
             return self._response(request, 403, "Not Your Address-of-Record")
         if not self._acls[agent.slug].allows(peer.host):
             metrics.register_result("acl_denied")
+            self._refuse("acl_denied", agent, peer, "REGISTER")
             log.info("register_acl_denied", agent=agent.slug, source=peer.host)
             return self._response(request, 403, "Source Address Not Allowed")
 
@@ -783,6 +789,7 @@ class SipRouter:
             )
         log.info("register_auth_failed", source=peer.host, user=username, reason=reason)
         metrics.register_result("auth_failed")
+        self._refuse("auth_failed", None, peer, "REGISTER")
         if outcome is AuthOutcome.MALFORMED:
             return self._response(request, 400, "Malformed Authorization")
         return self._response(request, 403)

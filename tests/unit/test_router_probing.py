@@ -131,3 +131,23 @@ def test_a_source_trusted_by_address_gets_404_at_once() -> None:
     assert (resp.status, resp.reason) == (404, "No Such Number")
     resp = invite(router, FENCED, call_id="f", peer=trunk)
     assert (resp.status, resp.reason) == (403, "Source Address Not Allowed")
+
+
+def test_bans_allow_lists_and_bad_credentials_are_counted_refusals() -> None:
+    """Every SIP refusal lands in sipserver_refusals_total{ingress="sip"} (and the refusal log)."""
+    from sipserver.observability import RefusalLog
+
+    router, metrics = edge(alice={"allowed_ips": ["198.51.100.0/24"]})
+    router._refusals = RefusalLog(metrics)  # the server passes its own at construction
+    for i in range(3):  # ban.max_failures wrong passwords, then banned
+        invite_with_credentials(router, KNOWN, "alice", "wrong", call_id=f"w{i}")
+    invite(router, UNKNOWN, call_id="banned")
+    outsider = Peer("udp", "192.0.2.7", 5060)
+    invite(router, KNOWN, call_id="fenced", peer=outsider)
+
+    def refused(reason: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "sipserver_refusals_total", {"ingress": "sip", "reason": reason}
+        )
+
+    assert (refused("auth_failed"), refused("banned"), refused("acl_denied")) == (3, 1, 1)
