@@ -120,12 +120,15 @@ def build_config(args: argparse.Namespace, workdir: Path, voice: bool) -> dict[s
     sip_port, http_port = free_sip_port(), free_port(socket.SOCK_STREAM)
     admin_port = free_port(socket.SOCK_STREAM)
     sip_calls = args.sip_calls + args.sip_voice_calls
+    concurrent = sip_calls + args.ws_calls + args.ws_voice_calls
+    server_section_max_calls = args.max_calls if args.max_calls is not None else concurrent + 2
     workers = max(1, math.ceil(sip_calls / 4))  # a pjsua2 worker holds 4 calls
     rtp_base = random.randrange(40000, 60000, 2)
     server = config["server"]
     server.update(
         http=f"127.0.0.1:{http_port}",
         admin_http=f"127.0.0.1:{admin_port}",  # /metrics is read here
+        max_calls=server_section_max_calls,
         public_url=f"http://127.0.0.1:{http_port}",
         data_dir=str(workdir / "data"),
         workers=workers,
@@ -747,6 +750,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="concurrent websocket calls to the demo agent (1)",
+    )
+    add(
+        "--max-calls",
+        type=int,
+        help="server.max_calls of the soaked server (default: the concurrent calls asked + 2, "
+        "so the load is admitted; lower it to soak a server at capacity)",
     )
     add("--call-seconds", type=float, default=10.0, help="length of each call (default 10)")
     add("--probe-every", type=float, default=0.1, help="seconds between probe rounds (0.1)")
