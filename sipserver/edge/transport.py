@@ -1,4 +1,4 @@
-"""asyncio UDP and TCP listeners of the SIP edge: the I/O around :class:`SipRouter`.
+"""asyncio UDP, TCP and TLS listeners of the SIP edge: the I/O around :class:`SipRouter`.
 
 UDP: one datagram is one message (RFC 3261 §18.3); CRLF keepalives are ignored. TCP: messages
 are framed by Content-Length (:class:`StreamFramer`); a double-CRLF ping is answered with a CRLF
@@ -11,6 +11,11 @@ is closed as it is accepted and counted (``sipserver_refusals_total{ingress="sip
 connection has :class:`~sipserver.connections.StreamDeadlines`: closed when no complete message
 nor keepalive came for ``idle_timeout`` (not while it carries a call in progress), or when a
 message stays incomplete for ``message_timeout`` (slowloris; counted as a refusal).
+
+TLS (RFC 3261 §26.2): an accepted connection holds its place under the caps from the start;
+its handshake runs with the server context in force at that moment (:attr:`SipListeners.
+tls_context`, which a reload swaps) within ``tls_handshake_timeout``, and then it is the same
+stream connection with its transport named ``tls`` to the router.
 
 Time: the router gets the event loop's monotonic ``loop.time()`` for its timers, transactions,
 nonces and bans, and the wall clock only for binding expiry and the Date header (see
