@@ -38,11 +38,15 @@ __all__ = [
     "RETRY_AFTER",
     "CallLedger",
     "ModelKind",
+    "Refusal",
     "Reservation",
     "cpu_cores",
     "default_max_calls",
     "model_kind",
 ]
+
+Refusal = Literal["server_full", "agent_full"]
+"""Why a new call is not taken: the server's limit, or the agent's."""
 
 ModelKind = Literal["local", "hosted", "echo"]
 """What a call of an agent costs this process: ``local`` models (Whisper, Piper, Smart Turn
@@ -158,7 +162,7 @@ class CallLedger:
         """Calls in progress by door."""
         return dict(self._by_ingress)
 
-    def refusal(self, agent: str | None) -> Literal["server_full", "agent_full"] | None:
+    def refusal(self, agent: str | None) -> Refusal | None:
         """Why a new call to ``agent`` (None: to any agent, the server's limit alone) cannot be
         taken now, or None when it can."""
         if self.total >= self.max_calls:
@@ -176,10 +180,12 @@ class CallLedger:
         limit = self._agent_limits.get(agent)
         return limit is not None and self._by_agent.get(agent, 0) > limit
 
-    def admit(self, agent: str, ingress: str) -> Reservation | None:
-        """Reserve a place for a new call to ``agent`` (None: refused, see :meth:`refusal`)."""
-        if self.refusal(agent) is not None:
-            return None
+    def admit(self, agent: str, ingress: str) -> Reservation | Refusal:
+        """Reserve a place for a new call to ``agent``, or say why it is refused
+        (:meth:`refusal`)."""
+        refusal = self.refusal(agent)
+        if refusal is not None:
+            return refusal
         return self.reserve(agent, ingress)
 
     def reserve(self, agent: str, ingress: str) -> Reservation:

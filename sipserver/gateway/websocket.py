@@ -474,10 +474,9 @@ class MediaStreamGateway:
         RFC 6455 §4.1 lets the client see a non-101 status as a refused handshake)."""
         if self.ledger is None:
             return None
-        reservation = self.ledger.admit(agent.slug, "websocket")
-        if reservation is not None:
-            return reservation
-        reason = self.ledger.refusal(agent.slug) or "server_full"
+        reason = self.ledger.admit(agent.slug, "websocket")
+        if isinstance(reason, Reservation):
+            return reason
         self.refuse("websocket", reason, agent, request)
         self.metrics.ws_rejected.labels("503").inc()
         raise web.HTTPServiceUnavailable(

@@ -327,10 +327,9 @@ class ListensFork:
         """The fork's place in admission control, or HTTP 503 with Retry-After."""
         if self._ledger is None:
             return None
-        reservation = self._ledger.admit(agent.slug, "listens")
-        if reservation is not None:
-            return reservation
-        reason = self._ledger.refusal(agent.slug) or "server_full"
+        reason = self._ledger.admit(agent.slug, "listens")
+        if isinstance(reason, Reservation):
+            return reason
         self._refuse(reason, agent, request)
         self.metrics.ws_rejected.labels("503").inc()
         raise web.HTTPServiceUnavailable(

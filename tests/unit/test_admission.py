@@ -15,7 +15,13 @@ import yaml
 from aiohttp import WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sipserver.admission import CALLS_PER_CORE, CallLedger, default_max_calls, model_kind
+from sipserver.admission import (
+    CALLS_PER_CORE,
+    CallLedger,
+    Reservation,
+    default_max_calls,
+    model_kind,
+)
 from sipserver.config import Config, ConfigError, parse_config
 from sipserver.edge.proxy import CallEnded, CallProxy, CallRouted, Endpoint, ProxyEvent
 from sipserver.edge.router import RETRY_AFTER
@@ -47,9 +53,9 @@ def config(max_calls: Any = "auto", **agents: int | None) -> Config:
 def test_agent_limit_then_server_limit() -> None:
     ledger = CallLedger(config(3, a=2, b=None))
     held = [ledger.admit("a", "websocket"), ledger.admit("a", "sip")]
-    assert all(r is not None for r in held)
-    assert ledger.refusal("a") == "agent_full" and ledger.admit("a", "sip") is None
-    assert ledger.admit("b", "websocket") is not None
+    assert all(isinstance(r, Reservation) for r in held)
+    assert ledger.refusal("a") == "agent_full" and ledger.admit("a", "sip") == "agent_full"
+    assert isinstance(ledger.admit("b", "websocket"), Reservation)
     assert ledger.refusal("b") == "server_full" and ledger.refusal("a") == "server_full"
     assert (ledger.total, ledger.in_progress("a"), ledger.in_progress("b")) == (3, 2, 1)
     assert ledger.by_ingress() == {"websocket": 2, "sip": 1}
@@ -81,7 +87,7 @@ def test_limits_are_live_and_never_cut_calls_in_progress() -> None:
 
 def test_zero_pauses_an_agent() -> None:
     ledger = CallLedger(config(10, a=0))
-    assert ledger.admit("a", "sip") is None and ledger.refusal("a") == "agent_full"
+    assert ledger.admit("a", "sip") == "agent_full" and ledger.refusal("a") == "agent_full"
 
 
 def test_auto_capacity_follows_the_most_expensive_model_kind() -> None:
