@@ -151,11 +151,7 @@ class SipServerConfig(_Model):
 
     @model_validator(mode="after")
     def _connections_order(self) -> SipServerConfig:
-        total = self.max_connections
-        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
-        if explicit and total != "auto" and self.max_connections_per_source > total:
-            message = f"must be <= max_connections ({total})"
-            raise RuleErrors([(("max_connections_per_source",), message)])
+        _check_per_source_cap(self)
         return self
 
     @model_validator(mode="after")
@@ -275,12 +271,18 @@ class HttpLimitsConfig(_Model):
 
     @model_validator(mode="after")
     def _connections_order(self) -> HttpLimitsConfig:
-        total = self.max_connections
-        explicit = "max_connections_per_source" in self.model_fields_set  # else clamped
-        if explicit and total != "auto" and self.max_connections_per_source > total:
-            message = f"must be <= max_connections ({total})"
-            raise RuleErrors([(("max_connections_per_source",), message)])
+        _check_per_source_cap(self)
         return self
+
+
+def _check_per_source_cap(limits: SipServerConfig | HttpLimitsConfig) -> None:
+    """A per-source connection cap set explicitly must not exceed the total one (an unset one
+    is clamped to it)."""
+    total = limits.max_connections
+    explicit = "max_connections_per_source" in limits.model_fields_set
+    if explicit and total != "auto" and limits.max_connections_per_source > total:
+        message = f"must be <= max_connections ({total})"
+        raise RuleErrors([(("max_connections_per_source",), message)])
 
 
 class LogRateLimitConfig(_Model):
