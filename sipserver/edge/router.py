@@ -7,11 +7,11 @@ timers, nonces, bans), and ``wall``, wall-clock epoch seconds, for what outlives
 (binding expiry, which the store persists, and the Date header): a wall clock may be stepped back
 or forward (NTP, an operator), which must neither lift a ban early nor stretch a timer.
 
-It owns the non-INVITE transaction table, answers OPTIONS, runs the
-REGISTER pipeline (domain check -> ban check -> CIDR allow-lists -> digest auth -> registrar;
-INVITE alike, with the number looked up after the ban and never revealed before the digest
-check: docs/security.md) and
-turns every failure into the right SIP response. It never raises on peer input: anything that
+It owns the non-INVITE transaction table, answers OPTIONS, hands REGISTER to
+:class:`~sipserver.edge.registration.RegisterHandler` (domain check -> ban check -> CIDR
+allow-lists -> digest auth -> registrar) and holds its 200s until their bindings are committed,
+routes INVITEs alike (the number looked up after the ban and never revealed before the digest
+check: docs/security.md) to the call proxy, and turns every failure into the right SIP response. It never raises on peer input: anything that
 cannot be parsed becomes a 400 when a response can be addressed, and is dropped and counted
 otherwise.
 
@@ -20,8 +20,6 @@ No sockets, no clock reads: the asyncio adapter in :mod:`sipserver.edge.transpor
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,22 +27,34 @@ from typing import Literal
 from sipserver.config import Agent, Config
 from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
-from sipserver.observability import Metrics, RefusalLog, get_logger
-from sipserver.registrar.acl import AllowList
-from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
-from sipserver.registrar.registrar import (
-    ContactSpec,
-    RegisterRequest,
-    RegisterResult,
-    Registrar,
+from sipserver.edge.registration import (
+    AUTH_FAILURES_THAT_BAN,
+    AUTH_OUTCOMES_RECHALLENGED,
+    PendingCommit,
+    RegisterHandler,
+    log_binding_changes,
+    log_expired,
 )
+from sipserver.edge.replies import (
+    RETRY_AFTER,
+    RETRY_AFTER_HEADER,
+    SERVER_HEADER,
+    Peer,
+    Reply,
+    count_refusal,
+    response_to,
+    unavailable,
+)
+from sipserver.edge.sip_agents import SipAgents
+from sipserver.observability import Metrics, RefusalLog, get_logger
+from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
+from sipserver.registrar.registrar import RegisterRequest, RegisterResult, Registrar
 from sipserver.registrar.server_names import ServerNames
-from sipserver.sip.headers import NameAddr, Via, parse_contacts
+from sipserver.sip.headers import Via
 from sipserver.sip.message import (
     SipParseError,
     SipRequest,
     SipResponse,
-    encode_response,
     make_response,
     parse_message,
 )
@@ -61,11 +71,6 @@ __all__ = [
     "WorkerChooser",
     "server_names",
 ]
-
-RETRY_AFTER = 5
-"""Seconds in the Retry-After of every 503 (starting, draining, all workers busy): about one
-cold start of the server (bench/cold_start.py), short enough that a retrying trunk loses little."""
-_RETRY_AFTER = (("Retry-After", str(RETRY_AFTER)),)
 
 WorkerChooser = Callable[[str, str], "tuple[str, Endpoint] | Literal['full'] | None"]
 """(agent slug, Call-ID) -> the chosen (and reserved) worker, ``"full"`` or None."""
@@ -85,21 +90,6 @@ ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE"
 _RECOGNISED_UNSUPPORTED = frozenset(
     {"INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
 )
-_SERVER_HEADER = ("Server", "sipserver")
-#: A response to send: its status and its wire form.
-_Reply = tuple[int, bytes]
-#: Outcomes that count toward a ban: a wrong password, or a user name that does not exist.
-_AUTH_FAILURES_THAT_BAN = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER})
-#: Outcomes answered with a fresh challenge (``stale=false``), counted in the auth-failure
-#: metric but never toward a ban: a nonce this process did not issue (a restart), a re-sent
-#: Authorization, or credentials for another realm. RFC 3261 §22.1 (a realm names a protection
-#: domain; credentials are computed for the realm of the challenge) and §20.28 (credentials are
-#: for the server whose realm they name): they say nothing about the password, and a phone that
-#: cached credentials for the realm before a reload changed it (the realm follows
-#: ``server.public_host``) must get the new realm's challenge, not a 403 and then a ban.
-_AUTH_OUTCOMES_RECHALLENGED = frozenset(
-    {AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY, AuthOutcome.WRONG_REALM}
-)
 
 
 def server_names(config: Config) -> ServerNames:
@@ -118,21 +108,6 @@ def server_names(config: Config) -> ServerNames:
     hosts = [*server.domains, server.public_host, server.effective_realm, "localhost"]
     hosts += [host for host, _ in listeners]
     return ServerNames.build(hosts, ports=[port for _, port in listeners])
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Where a message came from."""
-
-    transport: str
-    """``udp``, ``tcp`` or ``tls``."""
-    host: str
-    """Source IP address (no brackets)."""
-    port: int
-    """Source port."""
-    listener: int = 0
-    """Which of the adapter's listeners received it (the adapter's own number; the router only
-    copies it into a held response, which is sent later, outside the receive path)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,17 +139,6 @@ class HeldRegister:
     register: RegisterRequest
     wall: float
     """Wall time when it was processed (for the log lines written on release)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Hold:
-    """:meth:`SipRouter._register` decided a 200 that must wait for the changes up to
-    ``ticket`` to be committed."""
-
-    ticket: int
-    response: bytes
-    result: RegisterResult
-    register: RegisterRequest
 
 
 class SipRouter:
@@ -240,34 +204,20 @@ class SipRouter:
         self._tracker = tracker
         self._metrics = metrics
         self._transactions = transactions if transactions is not None else ServerTransactions()
-        self._date_second = -1
-        self._date_text = ""
-        self._realm = config.server.effective_realm
         self._force_rport = force_rport
         self._names = names
-        self._sip_agents = [a for a in config.agents if a.sip.enabled]
-        self._acls: dict[str, AllowList] = {
-            a.slug: AllowList(a.sip.allowed_ips) for a in self._sip_agents
-        }
-        # Plain dicts for the per-request lookups (the config's own lookups normalise numbers
-        # and go through pydantic attribute access, which costs microseconds per call).
-        self._by_username: dict[str, Agent] = {}
-        self._by_number: dict[str, Agent] = {}
-        self._listens_by_number: dict[str, Agent] = {}
-        self._normalize = config.server.sip.numbering.normalize
-        for agent in config.agents:
-            if not agent.sip.enabled:
-                continue
-            if agent.sip.username:
-                self._by_username[agent.sip.username] = agent
-            for number in agent.sip.numbers:
-                self._by_number[number] = agent
-                self._by_number[self._normalize(number)] = agent
-            # AI Listens numbers take calls from the agent's PBX (same allow-list and
-            # credentials); they are never registration addresses.
-            for number in agent.listens.numbers if agent.listens.enabled else ():
-                self._listens_by_number[number] = agent
-                self._listens_by_number[self._normalize(number)] = agent
+        self._agents = SipAgents(config)
+        self._registration = RegisterHandler(
+            config,
+            registrar=registrar,
+            authenticator=authenticator,
+            tracker=tracker,
+            metrics=metrics,
+            names=names,
+            agents=self._agents,
+            backlog_full=lambda: self._held.full,
+            refusals=refusals,
+        )
 
     @property
     def transactions(self) -> ServerTransactions:
@@ -333,7 +283,7 @@ class SipRouter:
                 status, raw = routed
             else:
                 reply = self._dispatch(message, peer, now=now, wall=wall)
-                if isinstance(reply, _Hold):
+                if isinstance(reply, PendingCommit):
                     # Durable registrations: the 200 goes out once the store committed the
                     # change; until then a retransmission is absorbed (RFC 3261 §17.2.2, Trying).
                     held = HeldRegister(
@@ -345,12 +295,12 @@ class SipRouter:
         except (ValueError, KeyError) as exc:
             # A header the dispatcher needed was malformed in a way the parser lets through
             # (it parses most values lazily). The peer gets a 400 naming the problem.
-            status, raw = self._response(message, 400, _reason(exc))
+            status, raw = response_to(message, 400, _reason(exc))
         except Exception:
             # A bug must cost one request, not the edge: log it with the stack, answer 500.
             log.exception("sip_request_failed", method=message.method, source=peer.host)
             self._metrics.internal_errors.inc()
-            status, raw = self._response(message, 500)
+            status, raw = response_to(message, 500)
         self._transactions.respond(
             key, raw, status=status, reliable=peer.transport != "udp", now=now
         )
@@ -388,15 +338,7 @@ class SipRouter:
             wall: wall-clock epoch seconds (bindings).
         """
         self._transactions.handle_timer(now=now)
-        for binding in self._registrar.expire(now=wall):
-            log.info(
-                "unregistered",
-                aor=binding.aor,
-                contact=binding.contact,
-                source=binding.source,
-                expires=0,
-                reason="expired",
-            )
+        log_expired(self._registrar.expire(now=wall))
         self._tracker.purge(now=now)
         self._metrics.registrations_active.set(self._registrar.store.count())
         self._metrics.banned_sources.set(self._tracker.banned_count(now=now))
@@ -421,7 +363,7 @@ class SipRouter:
         for held in released:
             out.append(self._answer_held(held, 200, held.response, now=now))
             metrics.register_result("ok")
-            _log_binding_changes(held.result, held.register, wall=held.wall)
+            log_binding_changes(held.result, held.register, wall=held.wall)
         metrics.registrations_active.set(self._registrar.store.count())
         return out
 
@@ -440,7 +382,7 @@ class SipRouter:
         held = self._held.take_all()
         out = []
         for h in held:
-            status, raw = self._unavailable(h.request, "bindings not stored")
+            status, raw = unavailable(h.request, "bindings not stored")
             out.append(self._answer_held(h, status, raw, now=now))
             self._metrics.register_result("not_stored")
             if self._refusals is not None:
@@ -461,23 +403,23 @@ class SipRouter:
 
     def _dispatch(
         self, request: SipRequest, peer: Peer, *, now: float, wall: float
-    ) -> _Reply | _Hold:
+    ) -> Reply | PendingCommit:
         method = request.method
         if not request.uri[:4].lower().startswith("sip"):
             # tel:, urn: ...: this edge routes SIP URIs only (RFC 3261 §8.2.2.1).
-            return self._response(request, 416)
+            return response_to(request, 416)
         if method == "REGISTER":
-            return self._register(request, peer, now=now, wall=wall)
+            return self._registration.handle(request, peer, now=now, wall=wall)
         if method == "OPTIONS":
             if not self._is_local(request.request_uri().host):
-                return self._response(request, 404, "Domain Not Served")
+                return response_to(request, 404, "Domain Not Served")
             refusal = self._admission() if self._admission is not None else None
             if refusal is not None:
                 # RFC 3261 §11.2: OPTIONS gets the status an INVITE would get, so a load
                 # balancer pinging with OPTIONS (Kamailio's dispatcher) takes this edge out of
                 # rotation while it starts or drains.
-                return self._unavailable(request, refusal)
-            return self._response(
+                return unavailable(request, refusal)
+            return response_to(
                 request,
                 200,
                 headers=(
@@ -487,45 +429,45 @@ class SipRouter:
                 ),
             )
         if method in ("BYE", "CANCEL"):
-            return self._response(request, 481)
+            return response_to(request, 481)
         if method == "INVITE":
             # No call proxy in this edge (tests of the registrar alone): nobody takes calls.
-            return self._response(request, 480, "No Media Worker")
+            return response_to(request, 480, "No Media Worker")
         status = 405 if method in _RECOGNISED_UNSUPPORTED else 501
-        return self._response(request, status, headers=(("Allow", ALLOWED_METHODS),))
+        return response_to(request, status, headers=(("Allow", ALLOWED_METHODS),))
 
     # ------------------------------------------------------------------ INVITE
 
     def _invite(
         self, request: SipRequest, peer: Peer, proxy: CallProxy, *, now: float
-    ) -> _Reply | list[Outgoing]:
+    ) -> Reply | list[Outgoing]:
         """Route a dialog-creating INVITE: ban, number -> agent, CIDR, auth, worker."""
         metrics = self._metrics
         if "tag=" in (request.headers.get("To") or ""):
             # An in-dialog request for a dialog the proxy does not know (RFC 3261 §12.2.2).
-            return self._response(request, 481)
+            return response_to(request, 481)
         ruri = request.request_uri()
         if not self._is_local(ruri.host):
-            return self._response(request, 404, "Domain Not Served")
+            return response_to(request, 404, "Domain Not Served")
         # The ban and the allow-lists are judged before the number is looked up, and a number
         # this source may not call is answered as any other until the caller's credentials
         # are checked: no answer before authentication says whether a number exists.
         if self._tracker.is_banned(peer.host, now=now):
             metrics.call_result("banned")
             metrics.banned_requests.inc()
-            self._refuse("banned", None, peer)
-            return self._response(request, 403)
+            count_refusal(self._refusals, "banned", None, peer.host, "INVITE")
+            return response_to(request, 403)
         number = ruri.user or request.to().uri.user or ""
         agent = self.agent_for_number(number) or self.listens_agent_for_number(number)
-        if agent is None or not self._acls[agent.slug].allows(peer.host):
+        if agent is None or not self._agents.allows(agent, peer.host):
             return self._invite_not_routable(request, peer, agent, now=now)
         refusal = self._not_taking_calls()
         if refusal is not None:
             # Before the digest challenge: a caller retrying after Retry-After is challenged
             # then, and no nonce is spent on a call that cannot be taken.
             metrics.call_result(refusal)
-            self._refuse(refusal, agent, peer)
-            return self._unavailable(request, refusal)
+            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE")
+            return unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
             denied = self._authorize_invite(request, peer, (agent.sip.username,), now=now)
             if denied is not None:
@@ -535,18 +477,18 @@ class SipRouter:
             # The agent's own limit only after authentication: before it, an answer that
             # depends on the number would tell a scanner the number exists (see above).
             metrics.call_result(refusal)
-            self._refuse(refusal, agent, peer)
-            return self._unavailable(request, refusal)
+            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE")
+            return unavailable(request, refusal)
         choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
         if choice is None:
             # No worker pool at all (a configuration that cannot take calls); a pool with no
             # worker up yet is refused above with 503 (admission).
             metrics.call_result("no_worker")
-            return self._response(request, 480, "No Media Worker Available")
+            return response_to(request, 480, "No Media Worker Available")
         if choice == "full":
             metrics.call_result("overloaded")
-            self._refuse("workers_full", agent, peer)
-            return self._response(request, 503, "All Media Workers Busy", headers=_RETRY_AFTER)
+            count_refusal(self._refusals, "workers_full", agent, peer.host, "INVITE")
+            return response_to(request, 503, "All Media Workers Busy", headers=RETRY_AFTER_HEADER)
         worker_id, worker = choice
         request.headers.remove("Proxy-Authorization")  # consumed here, not for the worker
         sends = proxy.route_invite(
@@ -563,7 +505,7 @@ class SipRouter:
 
     def _invite_not_routable(
         self, request: SipRequest, peer: Peer, agent: Agent | None, *, now: float
-    ) -> _Reply:
+    ) -> Reply:
         """An INVITE to a number that does not exist (``agent`` None) or whose agent's
         allow-list excludes the source: answered exactly as a call this source may make would
         be (403 when no agent allows the source, 503 while not ready, 407 until credentials of
@@ -572,36 +514,36 @@ class SipRouter:
         caller gets the true answer. A source an ``invite_auth: ip`` agent allows is
         authenticated by its address and gets it at once."""
         metrics = self._metrics
-        allowing = [a for a in self._sip_agents if self._acls[a.slug].allows(peer.host)]
-        if not self._sip_agents:  # no agent takes SIP calls: nothing to hide
+        allowing = self._agents.allowing(peer.host)
+        if not self._agents.enabled:  # no agent takes SIP calls: nothing to hide
             metrics.call_result("no_such_number")
-            return self._response(request, 404, "No Such Number")
+            return response_to(request, 404, "No Such Number")
         if not allowing:
             metrics.call_result("acl_denied")
-            self._refuse("acl_denied", None, peer)
+            count_refusal(self._refusals, "acl_denied", None, peer.host, "INVITE")
             log.info("invite_acl_denied", agent=agent.slug if agent else None, source=peer.host)
-            return self._response(request, 403, "Source Address Not Allowed")
+            return response_to(request, 403, "Source Address Not Allowed")
         if all(a.sip.invite_auth == "digest" for a in allowing):
             refusal = self._not_taking_calls()
             if refusal is not None:
                 metrics.call_result(refusal)
-                self._refuse(refusal, agent, peer)
-                return self._unavailable(request, refusal)
+                count_refusal(self._refusals, refusal, agent, peer.host, "INVITE")
+                return unavailable(request, refusal)
             usernames = [a.sip.username for a in allowing]
             denied = self._authorize_invite(request, peer, usernames, now=now)
             if denied is not None:
                 return denied
         if agent is None:
             metrics.call_result("no_such_number")
-            return self._response(request, 404, "No Such Number")
+            return response_to(request, 404, "No Such Number")
         metrics.call_result("acl_denied")
-        self._refuse("acl_denied", agent, peer)
+        count_refusal(self._refusals, "acl_denied", agent, peer.host, "INVITE")
         log.info("invite_acl_denied", agent=agent.slug, source=peer.host)
-        return self._response(request, 403, "Source Address Not Allowed")
+        return response_to(request, 403, "Source Address Not Allowed")
 
     def _authorize_invite(
         self, request: SipRequest, peer: Peer, usernames: Iterable[str | None], *, now: float
-    ) -> _Reply | None:
+    ) -> Reply | None:
         """RFC 3261 §22.3 proxy authentication: 407 until Proxy-Authorization carries the
         credentials of one of ``usernames`` (the called agent's). Failures count toward the
         same ban as REGISTER failures."""
@@ -615,20 +557,20 @@ class SipRouter:
             return None
         if outcome is AuthOutcome.STALE_NONCE:
             return self._proxy_challenge(request, now=now, stale=True)
-        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
+        if outcome in AUTH_OUTCOMES_RECHALLENGED:
             self._metrics.auth_failures.labels(outcome.name.lower()).inc()
             return self._proxy_challenge(request, now=now, stale=False)
         reason = "aor_mismatch" if outcome is AuthOutcome.OK else outcome.name.lower()
         self._metrics.auth_failures.labels(reason).inc()
         self._metrics.call_result("auth_failed")
-        self._refuse("auth_failed", None, peer)
-        if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
+        count_refusal(self._refusals, "auth_failed", None, peer.host, "INVITE")
+        if outcome in AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
             self._metrics.bans.inc()
             log.warning("source_banned", source=peer.host, user=result.username, reason=reason)
         log.info("invite_auth_failed", source=peer.host, user=result.username, reason=reason)
         if outcome is AuthOutcome.MALFORMED:
-            return self._response(request, 400, "Malformed Proxy-Authorization")
-        return self._response(request, 403)
+            return response_to(request, 400, "Malformed Proxy-Authorization")
+        return response_to(request, 403)
 
     def _not_taking_calls(self) -> str | None:
         """Why no new call is taken from anyone now, whatever the number: the server is not
@@ -638,213 +580,22 @@ class SipRouter:
             refusal = self._capacity(None)
         return refusal
 
-    def _refuse(self, reason: str, agent: Agent | None, peer: Peer, method: str = "INVITE") -> None:
-        """Count a refusal in ``sipserver_refusals_total{ingress="sip"}`` and log it once per
-        interval (capacity, readiness, ban, allow-list, failed credentials)."""
-        if self._refusals is not None:
-            slug = agent.slug if agent is not None else None
-            self._refusals.refuse("sip", reason, agent=slug, source=peer.host, method=method)
-
-    def _unavailable(self, request: SipRequest, refusal: str) -> _Reply:
-        """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the
-        caller, or its proxy (RFC 3263 §4.3), tries another server or retries later. Never 480
-        for this: 480 says the callee is unavailable, and trunks then give up the call. The
-        Warning (§20.43, code 399) names the condition for whoever reads the trace."""
-        warning = ("Warning", f'399 sipserver "{refusal}"')
-        return self._response(request, 503, "Service Unavailable", headers=(*_RETRY_AFTER, warning))
-
-    def _proxy_challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
+    def _proxy_challenge(self, request: SipRequest, *, now: float, stale: bool) -> Reply:
         header = ("Proxy-Authenticate", self._auth.challenge_header(now=now, stale=stale))
-        return self._response(request, 407, headers=(header,))
-
-    # ------------------------------------------------------------------ REGISTER
-
-    def _register(
-        self, request: SipRequest, peer: Peer, *, now: float, wall: float
-    ) -> _Reply | _Hold:
-        metrics = self._metrics
-        if not self._is_local(request.request_uri().host):
-            # RFC 3261 §10.3 step 1: this registrar has no bindings for that domain.
-            metrics.register_result("foreign_domain")
-            return self._response(request, 403, "Domain Not Served")
-        if self._tracker.is_banned(peer.host, now=now):
-            metrics.register_result("banned")
-            metrics.banned_requests.inc()
-            self._refuse("banned", None, peer, "REGISTER")
-            return self._response(request, 403)
-        to = request.to()
-        aor_user = to.uri.user or ""
-        agent = self._agent_for_aor(aor_user)
-        # As for INVITE: before credentials, the answer depends on the source, not on whether
-        # the address of record exists or which agent's allow-list it is under.
-        if self._sip_agents and not any(
-            self._acls[a.slug].allows(peer.host) for a in self._sip_agents
-        ):
-            metrics.register_result("acl_denied")
-            self._refuse("acl_denied", None, peer, "REGISTER")
-            log.info("register_acl_denied", agent=agent.slug if agent else None, source=peer.host)
-            return self._response(request, 403, "Source Address Not Allowed")
-
-        authorization = request.headers.get("Authorization")
-        if authorization is None:
-            metrics.register_result("challenged")
-            return self._challenge(request, now=now, stale=False)
-        result = self._auth.verify(
-            authorization, method="REGISTER", request_uri=request.uri, now=now
-        )
-        outcome = result.outcome
-        if outcome is not AuthOutcome.OK:
-            return self._auth_failed(request, peer, outcome, result.username, now=now)
-        # The credentials are good; they must be the credentials of the agent owning the AOR.
-        owner = self._by_username.get(result.username or "")
-        if owner is None or (agent is not None and owner.slug != agent.slug) or agent is None:
-            metrics.register_result("forbidden_aor")
-            metrics.auth_failures.labels("aor_mismatch").inc()
-            log.info("register_aor_mismatch", user=result.username, aor=aor_user, source=peer.host)
-            return self._response(request, 403, "Not Your Address-of-Record")
-        if not self._acls[agent.slug].allows(peer.host):
-            metrics.register_result("acl_denied")
-            self._refuse("acl_denied", agent, peer, "REGISTER")
-            log.info("register_acl_denied", agent=agent.slug, source=peer.host)
-            return self._response(request, 403, "Source Address Not Allowed")
-
-        contacts_raw = request.headers.get_all("Contact")
-        contacts = parse_contacts(contacts_raw) if contacts_raw else []
-        expires_raw = request.headers.get("Expires")
-        register = RegisterRequest(
-            aor=f"sip:{aor_user}@{self._realm}",
-            agent=agent.slug,
-            call_id=request.call_id,
-            cseq=request.cseq[0],
-            contacts=() if contacts == "*" else tuple(_contact_spec(c) for c in contacts),
-            wildcard=contacts == "*",
-            expires=_parse_expires(expires_raw) if expires_raw is not None else None,
-            source=f"{peer.transport}:{_host_port(peer.host, peer.port)}",
-            path=tuple(request.headers.get_all("Path")),
-            user_agent=request.headers.get("User-Agent"),
-        )
-        if self._held.full:
-            # The store has not committed for a long while (a stalled disk): refuse rather
-            # than hold without bound; nothing was changed.
-            metrics.register_result("not_stored")
-            if self._refusals is not None:
-                self._refusals.refuse("sip", "bindings_backlog", source=peer.host)
-            return self._unavailable(request, "bindings backlog")
-        outcome_reg = self._registrar.handle_register(register, now=wall)
-        if outcome_reg.status != 200:
-            metrics.register_result(
-                "interval_too_brief" if outcome_reg.status == 423 else "rejected"
-            )
-            extra: tuple[tuple[str, str], ...] = ()
-            if outcome_reg.min_expires is not None:
-                extra = (("Min-Expires", str(outcome_reg.min_expires)),)
-            return self._response(request, outcome_reg.status, outcome_reg.reason, headers=extra)
-        headers: list[tuple[str, str]] = [
-            ("Contact", f"<{b.contact}>;expires={b.expires_in(wall)}") for b in outcome_reg.bindings
-        ]
-        headers.extend(("Path", p) for p in register.path)
-        headers.append(("Date", self._date(wall)))
-        reply = self._response(request, 200, headers=headers)
-        ticket = self._registrar.store.pending_commit()
-        if ticket is not None:
-            # The 200 reflects changes not yet on disk (this request's, or earlier ones a
-            # query reports): it waits for their commit (see release_committed).
-            return _Hold(ticket, reply[1], outcome_reg, register)
-        metrics.register_result("ok")
-        if outcome_reg.added or outcome_reg.removed:
-            metrics.registrations_active.set(self._registrar.store.count())
-        _log_binding_changes(outcome_reg, register, wall=wall)
-        return reply
-
-    def _auth_failed(
-        self,
-        request: SipRequest,
-        peer: Peer,
-        outcome: AuthOutcome,
-        username: str | None,
-        *,
-        now: float,
-    ) -> _Reply:
-        metrics = self._metrics
-        reason = outcome.name.lower()
-        if outcome is AuthOutcome.STALE_NONCE:
-            # RFC 7616 §3.3: the password was right, only the nonce aged; no failure counted.
-            metrics.register_result("stale")
-            return self._challenge(request, now=now, stale=True)
-        metrics.auth_failures.labels(reason).inc()
-        if outcome in _AUTH_OUTCOMES_RECHALLENGED:
-            # A nonce from before a restart, a re-sent Authorization, or credentials for
-            # another realm: challenge afresh, in ours.
-            metrics.register_result("challenged")
-            return self._challenge(request, now=now, stale=False)
-        if outcome in _AUTH_FAILURES_THAT_BAN and self._tracker.record_failure(peer.host, now=now):
-            metrics.bans.inc()
-            log.warning(
-                "source_banned",
-                source=peer.host,
-                user=username,
-                reason=reason,
-                max_failures=self._config.server.sip.ban.max_failures,
-                duration=self._config.server.sip.ban.duration,
-            )
-        log.info("register_auth_failed", source=peer.host, user=username, reason=reason)
-        metrics.register_result("auth_failed")
-        self._refuse("auth_failed", None, peer, "REGISTER")
-        if outcome is AuthOutcome.MALFORMED:
-            return self._response(request, 400, "Malformed Authorization")
-        return self._response(request, 403)
-
-    def _challenge(self, request: SipRequest, *, now: float, stale: bool) -> _Reply:
-        # A pre-rendered template: the same text as DigestChallenge.to_header() of challenge().
-        header = ("WWW-Authenticate", self._auth.challenge_header(now=now, stale=stale))
-        return self._response(request, 401, headers=(header,))
+        return response_to(request, 407, headers=(header,))
 
     # ------------------------------------------------------------------ helpers
 
     def agent_for_number(self, number: str) -> Agent | None:
         """The agent whose SIP number ``number`` is, through the numbering plan (or None)."""
-        return self._by_number.get(number) or self._by_number.get(self._normalize(number))
+        return self._agents.for_number(number)
 
     def listens_agent_for_number(self, number: str) -> Agent | None:
         """The SIP-enabled agent one of whose AI Listens numbers ``number`` is (or None)."""
-        found = self._listens_by_number.get(number)
-        return found or self._listens_by_number.get(self._normalize(number))
-
-    def _agent_for_aor(self, user: str) -> Agent | None:
-        agent = self._by_username.get(user) or self._by_number.get(user)
-        if agent is None:
-            agent = self._by_number.get(self._normalize(user))
-        return agent
-
-    def _date(self, now: float) -> str:
-        """RFC 3261 §20.17 Date (RFC 1123 form), rendered once per second."""
-        second = int(now)
-        if second != self._date_second:
-            self._date_second = second
-            self._date_text = email.utils.formatdate(second, usegmt=True)
-        return self._date_text
+        return self._agents.listens_for_number(number)
 
     def _is_local(self, host: str) -> bool:
         return self._names.is_local_host(host)
-
-    def _response(
-        self,
-        request: SipRequest,
-        status: int,
-        reason: str | None = None,
-        *,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> _Reply:
-        """The status and wire form of a response to ``request`` (see make_response)."""
-        to_tag = None
-        if status >= 200 and "tag=" not in (request.headers.get("To") or ""):
-            # RFC 3261 §8.2.6.2: a final response gets a To tag; a stable one per request
-            # keeps retransmitted answers identical.
-            to_tag = _to_tag(request)
-        raw = encode_response(
-            request, status, reason, to_tag=to_tag, headers=(*headers, _SERVER_HEADER)
-        )
-        return status, raw
 
     def _reject_unparseable(self, exc: SipParseError, peer: Peer, *, now: float) -> list[Outgoing]:
         partial = exc.partial
@@ -857,7 +608,7 @@ class SipRouter:
         if partial.method == "ACK":
             return []  # RFC 3261 §17.2.1: never answer an ACK
         try:
-            response = make_response(partial, exc.status, exc.reason, headers=(_SERVER_HEADER,))
+            response = make_response(partial, exc.status, exc.reason, headers=(SERVER_HEADER,))
             raw = response.encode()
             out = self._address(raw, partial, peer)
         except (ValueError, KeyError):
@@ -876,79 +627,6 @@ class SipRouter:
         if via.has_rport:
             return Outgoing(raw, peer.host, peer.port)
         return Outgoing(raw, peer.host, via.port or 5060)
-
-
-def _log_binding_changes(result: RegisterResult, request: RegisterRequest, *, wall: float) -> None:
-    """One line per binding a REGISTER changed, like Asterisk's "Added contact": ``registered``
-    and ``unregistered`` at info, a refresh of an existing contact at debug (phones refresh
-    every few minutes; that is no news to an operator)."""
-    for b in result.added_bindings:
-        log.info(
-            "registered",
-            aor=b.aor,
-            contact=b.contact,
-            source=request.source,
-            expires=b.expires_in(wall),
-            agent=request.agent,
-            user_agent=request.user_agent,
-        )
-    for b in result.refreshed_bindings:
-        log.debug(
-            "registration_refreshed",
-            aor=b.aor,
-            contact=b.contact,
-            source=request.source,
-            expires=b.expires_in(wall),
-        )
-    removal = "wildcard" if request.wildcard else "request"
-    for reason, bindings in (
-        (removal, result.removed_bindings),
-        ("max_contacts", result.evicted_bindings),
-    ):
-        for b in bindings:
-            log.info(
-                "unregistered",
-                aor=b.aor,
-                contact=b.contact,
-                source=request.source,
-                expires=0,
-                reason=reason,
-            )
-
-
-def _contact_spec(contact: NameAddr) -> ContactSpec:
-    expires = contact.param("expires")
-    q = contact.param("q")
-    instance = contact.param("+sip.instance")
-    return ContactSpec(
-        uri=str(contact.uri),
-        expires=_parse_expires(expires) if expires is not None else None,
-        q=float(q) if q is not None else None,
-        instance=instance.strip('"') if instance is not None else None,
-    )
-
-
-def _parse_expires(value: str) -> int:
-    """Expires values are delta-seconds (RFC 3261 §20.19); huge values are clamped later."""
-    value = value.strip()
-    if not value.isdigit():
-        raise ValueError(f"Invalid Expires {value!r}")
-    return min(int(value), 2**32 - 1)
-
-
-def _to_tag(request: SipRequest) -> str:
-    # Deterministic per request: the same request always gets the same tag.
-    digest = hashlib.blake2s(
-        f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}".encode(
-            "utf-8", "surrogateescape"
-        ),
-        digest_size=8,
-    )
-    return digest.hexdigest()
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -34,6 +34,7 @@ def make_router(
     store: BindingStore | None = None,
     router_options: dict[str, Any] | None = None,
     alice: dict[str, Any] | None = None,
+    tracker: FailureTracker | None = None,
     **sip: Any,
 ) -> tuple[SipRouter, Metrics]:
     """A router over the test config; ``algorithms`` None leaves ``digest_algorithms`` out;
@@ -90,7 +91,8 @@ def make_router(
         # As server.py builds it.
         uri_names_server=names.names_uri if s.digest_uri_check == "server" else None,
     )
-    tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
+    if tracker is None:
+        tracker = FailureTracker(max_failures=3, window=60, ban_duration=300)
     router = SipRouter(
         config,
         registrar=registrar,
@@ -476,8 +478,8 @@ def test_scanner_flood_keeps_memory_bounded() -> None:
     # A scanner tries many user names from many addresses (SIPVicious-style). Every structure
     # that grows with peers is capped: failure tracking, bans, nonce-count tracking, the
     # transaction table.
-    router, metrics = make_router()
-    router._tracker = FailureTracker(max_failures=3, window=60, ban_duration=300, max_sources=500)
+    tracker = FailureTracker(max_failures=3, window=60, ban_duration=300, max_sources=500)
+    router, metrics = make_router(tracker=tracker)
     for i in range(3000):
         peer = Peer("udp", f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", 5060)
         for attempt in range(3):
@@ -490,7 +492,6 @@ def test_scanner_flood_keeps_memory_bounded() -> None:
                 call_id=f"scan-{i}-{attempt}",
             )
             assert resp.status == 403
-    tracker = router._tracker
     assert len(tracker._failures) <= 500
     assert len(tracker._bans) <= 500
     assert sample(metrics, "sipserver_auth_failures_total", reason="unknown_user") == 9000
@@ -570,7 +571,7 @@ def test_strict_digest_uri_check_wants_the_request_uri() -> None:
 
 
 class _Recorder:
-    """Stands in for the router's structlog logger: keeps (level, event, fields)."""
+    """Stands in for the registration handler's structlog logger: keeps (level, event, fields)."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, dict[str, Any]]] = []
@@ -583,10 +584,10 @@ class _Recorder:
 
 
 def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sipserver.edge import router as router_module
+    from sipserver.edge import registration as registration_module
 
     recorder = _Recorder()
-    monkeypatch.setattr(router_module, "log", recorder)
+    monkeypatch.setattr(registration_module, "log", recorder)
     router, _ = make_router()
     names = ("registered", "registration_refreshed", "unregistered")
     assert register(router, expires=120).status == 200

@@ -1,0 +1,98 @@
+"""Responses the edge writes itself (REGISTER, OPTIONS, refusals): status, wire form, To tag.
+
+Shared by the router's INVITE path and the registration handler, so both answer alike: a
+stable To tag per request (retransmitted answers are identical), the Server header, 503 with
+Retry-After and a Warning naming the condition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sipserver.config import Agent
+from sipserver.observability import RefusalLog
+from sipserver.sip.message import SipRequest, encode_response
+
+__all__ = [
+    "RETRY_AFTER",
+    "SERVER_HEADER",
+    "Peer",
+    "Reply",
+    "count_refusal",
+    "response_to",
+    "unavailable",
+]
+
+RETRY_AFTER = 5
+"""Seconds in the Retry-After of every 503 (starting, draining, all workers busy): about one
+cold start of the server (bench/cold_start.py), short enough that a retrying trunk loses little."""
+RETRY_AFTER_HEADER = (("Retry-After", str(RETRY_AFTER)),)
+SERVER_HEADER = ("Server", "sipserver")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from."""
+
+    transport: str
+    """``udp``, ``tcp`` or ``tls``."""
+    host: str
+    """Source IP address (no brackets)."""
+    port: int
+    """Source port."""
+    listener: int = 0
+    """Which of the adapter's listeners received it (the adapter's own number; the router only
+    copies it into a held response, which is sent later, outside the receive path)."""
+
+
+Reply = tuple[int, bytes]
+"""A response to send: its status and its wire form."""
+
+
+def response_to(
+    request: SipRequest,
+    status: int,
+    reason: str | None = None,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Reply:
+    """The status and wire form of a response to ``request`` (see ``encode_response``)."""
+    tag = None
+    if status >= 200 and "tag=" not in (request.headers.get("To") or ""):
+        # RFC 3261 §8.2.6.2: a final response gets a To tag; a stable one per request
+        # keeps retransmitted answers identical.
+        tag = to_tag(request)
+    raw = encode_response(request, status, reason, to_tag=tag, headers=(*headers, SERVER_HEADER))
+    return status, raw
+
+
+def unavailable(request: SipRequest, refusal: str) -> Reply:
+    """RFC 3261 §21.5.4: 503 for a temporary condition, with Retry-After (§20.33) so the
+    caller, or its proxy (RFC 3263 §4.3), tries another server or retries later. Never 480
+    for this: 480 says the callee is unavailable, and trunks then give up the call. The
+    Warning (§20.43, code 399) names the condition for whoever reads the trace."""
+    warning = ("Warning", f'399 sipserver "{refusal}"')
+    return response_to(request, 503, "Service Unavailable", headers=(*RETRY_AFTER_HEADER, warning))
+
+
+def count_refusal(
+    refusals: RefusalLog | None, reason: str, agent: Agent | None, source: str, method: str
+) -> None:
+    """Count a refusal in ``sipserver_refusals_total{ingress="sip"}`` and log it once per
+    interval (capacity, readiness, ban, allow-list, failed credentials)."""
+    if refusals is not None:
+        slug = agent.slug if agent is not None else None
+        refusals.refuse("sip", reason, agent=slug, source=source, method=method)
+
+
+def to_tag(request: SipRequest) -> str:
+    """A To tag derived from the request: the same request always gets the same tag."""
+    digest = hashlib.blake2s(
+        f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}".encode(
+            "utf-8", "surrogateescape"
+        ),
+        digest_size=8,
+    )
+    return digest.hexdigest()
