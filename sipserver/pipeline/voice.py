@@ -514,6 +514,11 @@ class VoiceSession:
         if detector is None:
             self._endpointer.decide(None)
             return
+        forced = self._endpointer.forced_deadline()
+        if forced is not None and self._clock.now() >= forced:
+            # The silence already outlasted max_endpointing_delay (a slow transcript): the turn
+            # ends on this tick whatever the model would say, and the commit would cancel it.
+            return
         pcm = resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
         try:
             probability = await detector.end_of_turn_probability(

@@ -132,3 +132,14 @@ def test_features_equal_whisper_log_mel_of_the_padded_window(samples: int) -> No
     np.testing.assert_allclose(
         SmartTurnDetector.features(pcm), reference_features(pcm), rtol=0, atol=1e-5
     )
+
+
+async def test_a_transcript_later_than_max_delay_ends_the_turn_without_the_model() -> None:
+    # STT takes 3.5 s: the silence (from 1.5 s) has outlasted max_endpointing_delay (3 s) when
+    # the transcript comes; the turn ends at once and the model is not asked.
+    session, turn = await drive(["how much is it"], [(0.5, 1.5)], 7.0, stt_delay=3.5)
+    assert turn.seen == []
+    (commit,) = commits(session)
+    assert commit.text == "how much is it"
+    assert commit.probability is None
+    assert commit.at == pytest.approx(1.5 + 0.2 + 3.5, abs=0.05)  # VAD end + STT, no wait
