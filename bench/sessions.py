@@ -3,6 +3,7 @@
     python bench/sessions.py [--sessions 100] [--seconds 30] [--vad-rate 8000]
     python bench/sessions.py --standins [--sessions 100,200,300] [--seconds 20] [--cpu 1]
     python bench/sessions.py --local [--calls 1,2,3,4] [--turns 6] [--cpu 1]
+    python bench/sessions.py --turn-batches
 
 Default (virtual clock): N :class:`~sipserver.pipeline.voice.VoiceSession` objects are fed
 8 kHz caller audio (an espeak-ng question, then 3.5 s of silence, looped; sessions are offset so
@@ -27,6 +28,9 @@ Piper, Smart Turn, Silero, the knowledge-base answerer), each asking espeak-ng q
 time and waiting for the answer, the process pinned to one CPU. Voice-to-voice (the caller's
 last voiced frame to the first reply frame) p50/p95 per N: the largest N with p95 <= 1.5 s is
 how many local-model calls one core holds.
+
+``--turn-batches``: Smart Turn's cost per input when B inputs share one onnxruntime run (why
+the session does not batch its predictions across calls).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from sipserver.pipeline.clock import Clock, MonotonicClock, VirtualClock
 from sipserver.pipeline.events import AgentState, SessionEvent, TurnCommitted, TurnLatency
 from sipserver.pipeline.providers.base import TurnDetector
 from sipserver.pipeline.session import CallInfo
+from sipserver.pipeline.turn import SmartTurnDetector
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 
@@ -421,11 +426,34 @@ async def run_local(counts: list[int], turns: int, cpu_id: int | None, verbose: 
     vad_task.cancel()
 
 
+def turn_batches(rounds: int = 4) -> None:
+    """Smart Turn's cost per input when B inputs share one onnxruntime run (one thread)."""
+    detector = SmartTurnDetector()
+    session = detector._loaded().session
+    features = SmartTurnDetector.features(question(16000)[: 3 * 16000].tobytes())
+    costs: dict[int, list[float]] = {b: [] for b in (1, 2, 4, 8)}
+    for _ in range(rounds):
+        for b, seen in costs.items():
+            inputs = np.repeat(features, b, axis=0)
+            session.run(None, {"input_features": inputs})
+            reps = max(2, 8 // b)
+            t = time.thread_time()
+            for _ in range(reps):
+                session.run(None, {"input_features": inputs})
+            seen.append((time.thread_time() - t) / reps / b)
+    print(machine(None))
+    for b, seen in costs.items():
+        print(f"  B={b}: {1e3 * statistics.median(seen):.1f} ms per input (median of {rounds})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--standins", action="store_true", help="real time, instant STT/LLM/TTS")
     mode.add_argument("--local", action="store_true", help="real time, the local models")
+    mode.add_argument(
+        "--turn-batches", action="store_true", help="Smart Turn's cost per input at B=1..8"
+    )
     parser.add_argument("--sessions", default=None, help="N, or N,N,... with --standins")
     parser.add_argument("--calls", default="1,2,3,4", help="with --local: N,N,...")
     parser.add_argument("--seconds", type=float, default=None)
@@ -455,7 +483,9 @@ def main() -> None:
     if args.standins or args.local:
         cpu_id = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpu_id})
-    if args.local:
+    if args.turn_batches:
+        turn_batches()
+    elif args.local:
         counts = [int(c) for c in args.calls.split(",")]
         asyncio.run(run_local(counts, args.turns, cpu_id, args.verbose))
     elif args.standins:
