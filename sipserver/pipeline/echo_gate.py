@@ -20,12 +20,13 @@ __all__ = ["EchoGate"]
 
 
 class _Ring:
-    """The latest ``size`` samples (float64), appended frame by frame."""
+    """The latest ``size`` samples, appended frame by frame (kept as int16: every frame is
+    appended, few are ever correlated, so the conversion to float waits for :meth:`latest`)."""
 
     __slots__ = ("_buf", "_filled", "_pos")
 
     def __init__(self, size: int) -> None:
-        self._buf = np.zeros(size, dtype=np.float64)
+        self._buf = np.zeros(size, dtype=np.int16)
         self._pos = 0
         self._filled = 0
 
@@ -48,7 +49,7 @@ class _Ring:
 
     def latest(self) -> npt.NDArray[np.float64]:
         """All held samples, oldest first."""
-        return np.roll(self._buf, -self._pos)[self._buf.size - self._filled :]
+        return np.roll(self._buf, -self._pos)[self._buf.size - self._filled :].astype(np.float64)
 
 
 class EchoGate:

@@ -292,12 +292,11 @@ class VoiceSession:
         reply = self._reply
         had_audio = playout.queued_frames > 0
         frame = playout.pop()
-        now = self._clock.now()
         if reply is not None and had_audio:
             reply.played_bytes += len(frame)
             self._recent.append(frame)
             if reply.first_frame is None:
-                reply.first_frame = now
+                reply.first_frame = self._clock.now()
                 self._emit_latency(reply)
             if self.state is AgentState.THINKING or self.state is AgentState.LISTENING:
                 self._set_state(AgentState.SPEAKING)
@@ -373,11 +372,14 @@ class VoiceSession:
     # ---------------------------------------------------------------------------- the tick
 
     def _tick(self) -> None:
+        speaking = self._vad.speaking  # changes only when the VAD batcher runs, not in here
+        if not speaking:
+            self._live_speech = 0.0
+            if not self._paused and self._endpointer.silence_since is None:
+                return  # the common tick (silence, nothing pending): nothing below applies
         now = self._clock.now()
         opts = self.options.interruptions
-        if not self._vad.speaking:
-            self._live_speech = 0.0
-        elif self._agent_active() and not self._paused and opts.allow:
+        if speaking and self._agent_active() and not self._paused and opts.allow:
             # Only speech that is not the agent's own echo counts toward an interruption.
             if self._echo is None:
                 self._live_speech = self._vad.speech_duration
@@ -391,7 +393,7 @@ class VoiceSession:
         early = self.options.early_stt
         if (
             early is not None
-            and self._vad.speaking
+            and speaking
             and not self._segment_during_agent
             and self._vad.silence_duration >= early
         ):
@@ -400,14 +402,14 @@ class VoiceSession:
             self._paused
             and self._false_deadline is not None
             and now >= self._false_deadline
-            and not self._vad.speaking
+            and not speaking
         ):
             self._false_interruption(now)
         ep = self._endpointer
         if (
             ep.silence_since is not None
             and not self._paused
-            and not self._vad.speaking
+            and not speaking
             and self._stt_pending == 0
         ):
             forced = ep.forced_deadline()
@@ -511,6 +513,11 @@ class VoiceSession:
         detector = self._turn
         if detector is None:
             self._endpointer.decide(None)
+            return
+        forced = self._endpointer.forced_deadline()
+        if forced is not None and self._clock.now() >= forced:
+            # The silence already outlasted max_endpointing_delay (a slow transcript): the turn
+            # ends on this tick whatever the model would say, and the commit would cancel it.
             return
         pcm = resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
         try:
