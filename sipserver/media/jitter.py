@@ -347,7 +347,8 @@ class RtpJitterBuffer:
         self._jitter = 0.0  # RFC 3550 A.8, in RTP units
         self._target_ms = self.settings.initial_ms
         self._calm_ticks = 0
-        self._excess_ticks = 0
+        self._window_ticks = 0
+        self._window_min = 1 << 30
         self.received_unique = 0
         """Packets received and kept (for RTCP's cumulative loss, RFC 3550 A.3)."""
 
@@ -484,17 +485,23 @@ class RtpJitterBuffer:
         else:
             self._calm_ticks = 0
         if not self._primed or self._max is None:
+            self._window_ticks = 0
+            self._window_min = 1 << 30
             return
-        depth_ms = (self._max - self._next + 1) * packet_ms
-        if depth_ms > self._target_ms + 2 * packet_ms:
-            self._excess_ticks += 1
-            if self._excess_ticks * FRAME_MS >= 500:  # half a second too deep: drop one
-                self._excess_ticks = 0
+        # The shallowest the buffer got over half a second is the delay nobody needed: when
+        # it exceeds the target by more than a packet, one packet is dropped (jitter alone
+        # never triggers it, since the minimum is taken over the jitter's swings).
+        depth = self._max - self._next + 1
+        if depth < self._window_min:
+            self._window_min = depth
+        self._window_ticks += 1
+        if self._window_ticks * FRAME_MS >= 500:
+            if self._window_min * packet_ms > self._target_ms + packet_ms:
                 self._packets.pop(self._next, None)
                 self._next += 1
                 self.stats.catchup_frames += 1
-        else:
-            self._excess_ticks = 0
+            self._window_ticks = 0
+            self._window_min = 1 << 30
 
     # ---------------------------------------------------------------------------------- state
 

@@ -113,13 +113,19 @@ class _Codec:
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("datagram_received",)
+    __slots__ = ("_on_lost", "datagram_received")
 
-    def __init__(self, on_datagram: Callable[[bytes, Any], None]) -> None:
+    def __init__(
+        self, on_datagram: Callable[[bytes, Any], None], on_lost: Callable[[], None]
+    ) -> None:
         self.datagram_received = on_datagram  # type: ignore[method-assign,assignment]
+        self._on_lost = on_lost
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the peer is not listening yet: not our problem
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()  # the socket is closed now: its port may be bound again
 
 
 class RtpStream:
@@ -213,6 +219,7 @@ class RtpStream:
         self._cname = f"sipserver-{os.getpid()}-{local_port}@rtp".encode()
         self._reads = 0
         self._closed = False
+        self._open_sockets = 2
 
     def _attach(self, rtp: asyncio.DatagramTransport, rtcp: asyncio.DatagramTransport) -> None:
         self._rtp, self._rtcp = rtp, rtcp
@@ -393,7 +400,7 @@ class RtpStream:
                     return pcm
                 pending += pcm
             elif item is Gap.WAIT:
-                return self._conceal() if self._playing else self._silence
+                return self._conceal(lost=False) if self._playing else self._silence
             else:
                 self._fill(item)
         while len(pending) < fb:
@@ -409,11 +416,12 @@ class RtpStream:
         if len(pending) >= fb:
             frame = bytes(pending[:fb])
             del pending[:fb]
-            self._last_frame = frame
+            if not self._fades:  # real audio only: concealment fades from it, not from itself
+                self._last_frame = frame
             return frame
         if not self._playing:
             return self._silence
-        return self._conceal()  # dry: the buffer primes again meanwhile
+        return self._conceal(lost=False)  # dry: the buffer primes again meanwhile
 
     def _decode(self, payload: bytes) -> bytes:
         codec = self._codec
@@ -431,14 +439,21 @@ class RtpStream:
         nbytes = jb.packet_ms * self.sample_rate // 1000 * 2
         if item is Gap.LOST and self._playing:
             frames = max(1, -(-nbytes // self._frame_bytes))
-            self._rx_pcm += b"".join(self._conceal() for _ in range(frames))[:nbytes]
+            concealment = b"".join(self._conceal(lost=True) for _ in range(frames))
+            self._rx_pcm += concealment[:nbytes]
         else:
             self._rx_pcm += bytes(nbytes)
 
-    def _conceal(self) -> bytes:
-        """The last frame at half the level, then a quarter, then silence."""
-        self._concealed += 1
+    def _conceal(self, *, lost: bool) -> bytes:
+        """The last frame at half the level, then a quarter, then silence.
+
+        Counted as concealed: every frame of a lost packet's time, and the faded frames of a
+        dry buffer (its silence after the fade is a caller who stopped sending: DTX, the end
+        of the call, a hold without re-INVITE).
+        """
         self._fades += 1
+        if lost or self._fades <= 2:
+            self._concealed += 1
         if self._fades > 2:
             return self._silence
         gain = 0.5**self._fades
@@ -641,9 +656,17 @@ class RtpStream:
             if transport is not None:
                 transport.close()
         self.on_dtmf = self.on_timeout = None
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        if self._rtp is None:
+            self._socket_closed()
+
+    def _socket_closed(self) -> None:
+        """One socket is really closed (asyncio closes them on the next loop pass); the pair
+        goes back to the pool when both are."""
+        self._open_sockets -= 1
+        if self._open_sockets <= 0:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class RtpPortPool:
@@ -697,18 +720,19 @@ class RtpPortPool:
             rtp: asyncio.DatagramTransport | None = None
             try:
                 rtp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtp), local_addr=(self.host, port)
+                    functools.partial(_RtpProtocol, stream._on_rtp, stream._socket_closed),
+                    local_addr=(self.host, port),
                 )
                 rtcp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtcp),
+                    functools.partial(_RtpProtocol, stream._on_rtcp, stream._socket_closed),
                     local_addr=(self.host, port + 1),
                 )
             except OSError as exc:
                 if rtp is not None:
-                    rtp.close()
+                    rtp.close()  # its connection_lost releases the pair
+                else:
+                    self._release(port)
                 log.info("rtp_port_busy", port=port, error=str(exc))
-                self._used.discard(port)
-                self._free.append(port)
                 continue
             stream._attach(rtp, rtcp)
             return stream
@@ -731,11 +755,19 @@ class MediaClock:
     Args:
         on_tick: called once per tick (an exception is logged and the clock goes on).
         interval: seconds between ticks.
+        loop: the loop to tick on (default: the running loop at :meth:`start`); anything with
+            ``time()`` and ``call_at()`` (tests step a fake one).
     """
 
     MAX_CATCH_UP: Final = 5
 
-    def __init__(self, on_tick: Callable[[], None], *, interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        on_tick: Callable[[], None],
+        *,
+        interval: float = 0.02,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._on_tick = on_tick
         self.interval = interval
         self.ticks = 0
@@ -746,7 +778,7 @@ class MediaClock:
         """Ticks not run at all (more than :attr:`MAX_CATCH_UP` behind)."""
         self._deadline = 0.0
         self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop
 
     @property
     def running(self) -> bool:
@@ -757,7 +789,8 @@ class MediaClock:
         """Start ticking (the first tick one interval from now); needs a running loop."""
         if self._handle is not None:
             return
-        self._loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + self.interval
         self._handle = self._loop.call_at(self._deadline, self._run)
 
