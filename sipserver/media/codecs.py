@@ -59,7 +59,7 @@ def _ulaw_decode_table() -> _I16:
     """Linear value of every mu-law code."""
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype("<i2")
 
 
 def _alaw_encode_table() -> _U8:
@@ -84,7 +84,7 @@ def _alaw_decode_table() -> _I16:
     t = (a & 0x0F) << 4
     t = np.where(segment == 0, t + 8, t + 0x108)
     t = np.where(segment > 1, t << np.maximum(segment - 1, 0), t)
-    return np.where(a & 0x80, t, -t).astype(np.int16)
+    return np.where(a & 0x80, t, -t).astype("<i2")
 
 
 _ULAW_ENCODE = _ulaw_encode_table()
@@ -105,12 +105,12 @@ def ulaw_encode(pcm: bytes) -> bytes:
     Raises:
         ValueError: ``pcm`` has an odd length.
     """
-    return _ULAW_ENCODE[_samples_u16(pcm)].tobytes()
+    return _ULAW_ENCODE.take(_samples_u16(pcm)).tobytes()
 
 
 def ulaw_decode(data: bytes) -> bytes:
     """G.711 mu-law to s16le PCM."""
-    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+    return _ULAW_DECODE.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
 
 
 def alaw_encode(pcm: bytes) -> bytes:
@@ -119,12 +119,12 @@ def alaw_encode(pcm: bytes) -> bytes:
     Raises:
         ValueError: ``pcm`` has an odd length.
     """
-    return _ALAW_ENCODE[_samples_u16(pcm)].tobytes()
+    return _ALAW_ENCODE.take(_samples_u16(pcm)).tobytes()
 
 
 def alaw_decode(data: bytes) -> bytes:
     """G.711 A-law to s16le PCM."""
-    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+    return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
 
 
 def l16_to_pcm(data: bytes) -> bytes:

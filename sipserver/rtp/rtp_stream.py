@@ -29,6 +29,7 @@ import contextlib
 import functools
 import os
 import random
+import socket
 import struct
 import time
 from collections import deque
@@ -85,6 +86,10 @@ _DTMF_VOLUME = 10  # -10 dBm0 (RFC 4733 §2.3.4)
 _DTMF_END_REPEATS = 3  # RFC 4733 §2.5.1.4
 _DTMF_STALE = 1.0  # an event without its end packets is reported after this many seconds
 _NTP_EPOCH = 2208988800  # seconds from 1900 to 1970 (RFC 3550 §4)
+
+
+def _not_open(data: bytes, addr: tuple[str, int]) -> None:
+    raise OSError("RTP socket not open")
 
 
 class NoPortsError(RuntimeError):
@@ -160,6 +165,8 @@ class RtpStream:
         self._loop = asyncio.get_running_loop()
         self._release: Callable[[], None] | None = release
         self._rtp: asyncio.DatagramTransport | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_open
+        self._send_errors = 0
         self._rtcp: asyncio.DatagramTransport | None = None
         self._timeout = rtp_timeout
         self._jitter_settings = jitter
@@ -221,8 +228,25 @@ class RtpStream:
         self._closed = False
         self._open_sockets = 2
 
-    def _attach(self, rtp: asyncio.DatagramTransport, rtcp: asyncio.DatagramTransport) -> None:
+    def _attach(
+        self,
+        rtp: asyncio.DatagramTransport,
+        rtcp: asyncio.DatagramTransport,
+        rtp_socket: socket.socket | None = None,
+    ) -> None:
+        """Take the transports; RTP is sent on ``rtp_socket`` directly when given (asyncio's
+        ``sendto`` adds ~5 us of checks per packet; a full socket buffer drops the packet, as
+        the network would)."""
         self._rtp, self._rtcp = rtp, rtcp
+        self._sendto = rtp_socket.sendto if rtp_socket is not None else rtp.sendto
+
+    def _send(self, data: bytes, remote: tuple[str, int]) -> None:
+        try:
+            self._sendto(data, remote)
+        except OSError:
+            self._send_errors += 1
+            return
+        self._sent += 1
 
     # ------------------------------------------------------------------------- negotiation
 
@@ -487,8 +511,7 @@ class RtpStream:
         self._seq = (seq + 1) & 0xFFFF
         second = self._pt | 0x80 if self._marker else self._pt
         self._marker = False
-        self._rtp.sendto(_HEADER.pack(0x80, second, seq, ts, self._ssrc) + payload, remote)
-        self._sent += 1
+        self._send(_HEADER.pack(0x80, second, seq, ts, self._ssrc) + payload, remote)
         self._octets += len(payload)
 
     # -------------------------------------------------------------------------------- DTMF
@@ -529,9 +552,7 @@ class RtpStream:
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
         header = _HEADER.pack(0x80, self._dtmf_pt | marker, seq, start, self._ssrc)
-        assert self._rtp is not None
-        self._rtp.sendto(header + _EVENT.pack(code, flags, duration), remote)
-        self._sent += 1
+        self._send(header + _EVENT.pack(code, flags, duration), remote)
         self._octets += 4
         self._marker = True  # the audio after the event starts a talk spurt
 
@@ -616,7 +637,7 @@ class RtpStream:
     def stats(self) -> dict[str, int]:
         """Counters of this stream (cumulative): received, lost, late, duplicates,
         concealed_frames, underruns, sent, rtcp_sent, rtcp_received, jitter_ms, latched, and
-        overflow, catchup, dtmf_received, foreign, ignored, invalid, target_ms."""
+        overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, target_ms."""
         jb = self._jb
         jstats = jb.stats if jb is not None else None
         return {
@@ -637,6 +658,7 @@ class RtpStream:
             "foreign": self._foreign,
             "ignored": self._ignored,
             "invalid": self._invalid + self._rtcp_invalid,
+            "send_errors": self._send_errors,
             "target_ms": jb.target_ms if jb is not None else 0,
         }
 
@@ -650,6 +672,7 @@ class RtpStream:
         if self._closed:
             return
         self._closed = True
+        self._sending = self._receiving = False
         with contextlib.suppress(OSError):
             self._send_rtcp(self._loop.time(), bye=True)
         for transport in (self._rtp, self._rtcp):
@@ -718,25 +741,40 @@ class RtpPortPool:
                 release=functools.partial(self._release, port),
             )
             rtp: asyncio.DatagramTransport | None = None
+            rtp_socket = self._socket()
             try:
+                rtp_socket.bind((self.host, port))
                 rtp, _ = await loop.create_datagram_endpoint(
                     functools.partial(_RtpProtocol, stream._on_rtp, stream._socket_closed),
-                    local_addr=(self.host, port),
+                    sock=rtp_socket,
                 )
+                rtcp_socket = self._socket()
+                try:
+                    rtcp_socket.bind((self.host, port + 1))
+                except OSError:
+                    rtcp_socket.close()
+                    raise
                 rtcp, _ = await loop.create_datagram_endpoint(
                     functools.partial(_RtpProtocol, stream._on_rtcp, stream._socket_closed),
-                    local_addr=(self.host, port + 1),
+                    sock=rtcp_socket,
                 )
             except OSError as exc:
                 if rtp is not None:
                     rtp.close()  # its connection_lost releases the pair
                 else:
+                    rtp_socket.close()
                     self._release(port)
                 log.info("rtp_port_busy", port=port, error=str(exc))
                 continue
-            stream._attach(rtp, rtcp)
+            stream._attach(rtp, rtcp, rtp_socket)
             return stream
         raise NoPortsError(f"no free RTP port pair in {self.host} range")
+
+    def _socket(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock
 
     def _release(self, port: int) -> None:
         if port in self._used:
