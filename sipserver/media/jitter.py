@@ -477,6 +477,11 @@ class RtpJitterBuffer:
         self.stats.underruns += 1
         return Gap.WAIT
 
+    def has_next(self) -> bool:
+        """Whether the packet due next is here (else :meth:`pop` will wait or declare it
+        lost)."""
+        return self._next in self._packets
+
     def tick(self) -> None:
         """Once per 20 ms frame: shrink the target slowly, shed an excess delay slowly."""
         if self._next is None:

@@ -166,6 +166,7 @@ class RtpStream:
         self._release: Callable[[], None] | None = release
         self._rtp: asyncio.DatagramTransport | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_open
+        self._recvfrom: Callable[[int], tuple[bytes, Any]] | None = None
         self._send_errors = 0
         self._rtcp: asyncio.DatagramTransport | None = None
         self._timeout = rtp_timeout
@@ -239,6 +240,26 @@ class RtpStream:
         the network would)."""
         self._rtp, self._rtcp = rtp, rtcp
         self._sendto = rtp_socket.sendto if rtp_socket is not None else rtp.sendto
+        self._recvfrom = rtp_socket.recvfrom if rtp_socket is not None else None
+
+    def _drain(self) -> None:
+        """Read every datagram waiting on the RTP socket now.
+
+        asyncio reads one datagram per socket per loop pass; when the loop is slow (a long
+        clock tick) packets pile up in the kernel and would reach the buffer late. So before
+        concealing, the tick looks for itself (one ``recvfrom`` returning EAGAIN when nothing
+        is there).
+        """
+        recvfrom = self._recvfrom
+        if recvfrom is None:
+            return
+        on_rtp = self._on_rtp
+        for _ in range(64):
+            try:
+                data, addr = recvfrom(2048)
+            except OSError:  # BlockingIOError: nothing waiting
+                return
+            on_rtp(data, addr)
 
     def _send(self, data: bytes, remote: tuple[str, int]) -> None:
         try:
@@ -411,6 +432,8 @@ class RtpStream:
         if jb is None or not self._receiving:
             return self._silence
         jb.tick()
+        if not jb.has_next():
+            self._drain()
         fb = self._frame_bytes
         pending = self._rx_pcm
         if not pending:  # the common case: one 20 ms packet makes the frame
