@@ -74,6 +74,11 @@ class UacCore:
         """Calls not yet ended."""
         return len(self._calls)
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Client transactions of ours not finished (BYEs waiting for their answer...)."""
+        return len(self._clients)
+
     def next_deadline(self) -> float | None:
         """The earliest pending deadline, or None."""
         heap = self._heap
