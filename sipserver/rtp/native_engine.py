@@ -282,7 +282,7 @@ class NativeEngine:
                 self._transport.sendto(output.data, output.destination)
         elif isinstance(output, IncomingCall):
             self._setting_up.add(output.call)
-            task = asyncio.get_running_loop().create_task(self._set_up(output))
+            task = asyncio.get_running_loop().create_task(self._set_up_or_refuse(output))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif isinstance(output, CallConfirmed):
@@ -306,6 +306,16 @@ class NativeEngine:
         self.counters["calls_refused"] += 1
         assert self._ua is not None and self._loop is not None
         self._feed(self._ua.reject(number, status, reason, self._loop.time()))
+
+    async def _set_up_or_refuse(self, incoming: IncomingCall) -> None:
+        """:meth:`_set_up`, and 500 if it failed: an INVITE is never left unanswered."""
+        try:
+            await self._set_up(incoming)
+        except Exception:
+            log.exception("native_call_setup_failed", call=incoming.call)
+            if incoming.call in self._setting_up:
+                self._setting_up.discard(incoming.call)
+                self._refuse(incoming.call, 500, "")
 
     async def _set_up(self, incoming: IncomingCall) -> None:
         """Negotiate the offer, open the stream and answer (RFC 3264 §6)."""

@@ -12,6 +12,7 @@ The full path (edge -> call-worker process -> engine) is tested with the call wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -70,7 +71,8 @@ class Harness:
         async def loop() -> None:
             while not predicate():
                 self.changed.clear()
-                await self.changed.wait()
+                with contextlib.suppress(TimeoutError):  # re-check now and then (tasks)
+                    await asyncio.wait_for(self.changed.wait(), 0.2)
 
         await asyncio.wait_for(loop(), timeout)
 
@@ -236,7 +238,8 @@ async def test_sipp_call_with_rtp_info_dtmf_and_bye(harness: Harness) -> None:
 )
 async def test_codec_negotiation(harness: Harness, pts: str, codec: str) -> None:
     sipp = asyncio.create_task(run_sipp(harness, "uac_codec_offer.xml", "-key", "pts", pts))
-    await harness.wait(lambda: harness.started)
+    await harness.wait(lambda: harness.started or sipp.done())
+    assert harness.started, sipp.result()
     assert harness.started[0].codec == codec
     await asyncio.sleep(0.3)
     harness.engine.hangup(harness.started[0].number, "session")
@@ -323,7 +326,8 @@ async def test_session_interval_too_small_gets_422(harness: Harness) -> None:
 @pytest.mark.parametrize("harness", [{"capacity": 1}], indirect=True)
 async def test_call_beyond_capacity_is_refused(harness: Harness) -> None:
     first = asyncio.create_task(run_sipp(harness, "uac_call_wait_bye.xml"))
-    await harness.wait(lambda: harness.started)
+    await harness.wait(lambda: harness.started or first.done())
+    assert harness.started, first.result()
     code, out = await run_sipp(harness, "uac_call_refused.xml", timeout=10)
     assert code == 0, out  # 486
     harness.engine.hangup(harness.started[0].number, "session")
