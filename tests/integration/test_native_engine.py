@@ -63,6 +63,7 @@ class Harness:
     hang_up_on: str = ""
     """Hang a call up when this digit arrives (the stand-in session of the pjsua2 tests)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: MediaClock | None = None
 
     @property
     def port(self) -> int:
@@ -90,13 +91,14 @@ async def workdir() -> AsyncIterator[Path]:
 @pytest.fixture
 async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """An engine on a random port range; ``indirect`` parametrization overrides settings."""
-    options: dict[str, Any] = getattr(request, "param", {})
+    options: dict[str, Any] = dict(getattr(request, "param", {}))
+    count = options.pop("rtp_port_count", 40)
     settings = EngineSettings(
         sip_host="127.0.0.1",
         sip_port=0,
         rtp_host="127.0.0.1",
-        rtp_port_start=free_port_range(40),
-        rtp_port_count=40,
+        rtp_port_start=free_port_range(count),
+        rtp_port_count=count,
         **options,
     )
     box: list[Harness] = []
@@ -126,6 +128,7 @@ async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterato
             call.stream.write_frame(pcm if h.echo else bytes(len(pcm)))
 
     clock = MediaClock(tick)
+    h.clock = clock
     await engine.start()
     clock.start()
     try:
@@ -180,7 +183,7 @@ async def run_sipp(
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{h.port}", "-sf", path, "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
-        "-mp", str(random.randrange(41000, 49000, 4)), "-m", "1",
+        "-mp", str(random.randrange(41000, 49000, 4)), *(() if "-m" in extra else ("-m", "1")),
         "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(err), *extra,
         cwd=h.workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -361,6 +364,24 @@ async def test_caller_without_rtp_is_hung_up(harness: Harness) -> None:
     code, out = await run_sipp(harness, "uac_call_wait_bye.xml", timeout=15)
     assert code == 0, out  # SIPp received the BYE and answered it
     assert harness.ended[0][1] == "rtp-timeout"
+
+
+@pytest.mark.parametrize("harness", [{"rtp_port_count": 130}], indirect=True)
+async def test_sixty_concurrent_calls_with_rtp(harness: Harness) -> None:
+    """60 SIPp calls at 20/s, each ~3.5 s of RTP (+ INFO DTMF): all answered, echoed, ended."""
+    code, out = await run_sipp(
+        harness, "uac_pcmu_call.xml", "-m", "60", "-l", "60", "-r", "20", timeout=40
+    )
+    assert code == 0, out
+    await harness.wait(lambda: len(harness.ended) == 60)
+    assert len(harness.started) == 60
+    assert {reason for _, reason, _, _ in harness.ended} == {"bye"}
+    received = sorted(stats["received"] for *_, stats in harness.ended)
+    assert received[0] > 100, received  # every call got its ~150 packets
+    assert len(harness.dtmf) == 120
+    assert harness.engine.stats()["rtp_ports_in_use"] == 0
+    assert harness.clock is not None
+    print(f"clock: {harness.clock.ticks} ticks, {harness.clock.late_ticks} late")
 
 
 @pytest.mark.parametrize("echo", [True, False], ids=["echo", "no-echo"])
