@@ -2,8 +2,9 @@
 
 One :class:`RtpStream` per call, two UDP sockets (RTP on an even port, RTCP on the next odd
 one, RFC 3550 §11) from a :class:`RtpPortPool`. The call worker's single :class:`MediaClock`
-calls :meth:`RtpStream.read_frame` and :meth:`RtpStream.write_frame` of every call once per
-20 ms; the stream itself runs no timer and no task, so a worker holds hundreds of them:
+(:mod:`sipserver.rtp.media_clock`) calls :meth:`RtpStream.read_frame` and
+:meth:`RtpStream.write_frame` of every call once per 20 ms; the stream itself runs no timer
+and no task, so a worker holds hundreds of them:
 
 - inbound packets are parsed on arrival (the 12-byte fixed header with ``struct``; aiortc's
   :class:`~aiortc.rtp.RtpPacket` for the rare packet with CSRCs, an extension or padding, which
@@ -13,7 +14,8 @@ calls :meth:`RtpStream.read_frame` and :meth:`RtpStream.write_frame` of every ca
   through PyAV with one decoder per stream), conceals losses (the last frame fading out, then
   silence) and always returns exactly one 20 ms frame;
 - ``write_frame`` encodes and sends one packet, keeping sequence number and timestamp
-  continuous (RFC 3550 §5.1), or sends the RFC 4733 event packets of a queued digit instead;
+  continuous (RFC 3550 §5.1), or sends the RFC 4733 event packets of a queued digit instead
+  (:mod:`sipserver.rtp.rfc4733` holds the event logic, both ways);
 - symmetric RTP (RFC 4961): the first packet with our payload type fixes the peer's source
   address; when it differs from the SDP's (a NAT), we send there from then on (``latched``)
   and ignore other sources until the next offer/answer;
@@ -34,7 +36,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 from aiortc.rtp import (
@@ -62,6 +64,8 @@ from sipserver.media.frames import FRAME_MS, frame_bytes
 from sipserver.media.jitter import Gap, JitterSettings, RtpJitterBuffer
 from sipserver.media.resample import Resampler
 from sipserver.observability import get_logger
+from sipserver.rtp.media_clock import MediaClock
+from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender
 from sipserver.rtp.sdp import Negotiated
 
 __all__ = [
@@ -75,16 +79,9 @@ __all__ = [
 
 log = get_logger(__name__)
 
-DTMF_EVENTS: Final = "0123456789*#ABCD"
-"""RFC 4733 §3.2 event codes 0-15, by code."""
-
 _HEADER = struct.Struct("!BBHII")
-_EVENT = struct.Struct("!BBH")
 _RTCP_INTERVAL = 5.0  # RFC 3550 §6.2: minimum interval, randomised x0.5..1.5 (§6.3.1)
 _HOUSEKEEPING_READS = 50  # timeout, RTCP and DTMF checks once a second of frames
-_DTMF_VOLUME = 10  # -10 dBm0 (RFC 4733 §2.3.4)
-_DTMF_END_REPEATS = 3  # RFC 4733 §2.5.1.4
-_DTMF_STALE = 1.0  # an event without its end packets is reported after this many seconds
 _NTP_EPOCH = 2208988800  # seconds from 1900 to 1970 (RFC 3550 §4)
 
 
@@ -191,8 +188,7 @@ class RtpStream:
         self._marker = True
         self._sent = 0
         self._octets = 0
-        self._dtmf_queue: deque[tuple[int, int]] = deque(maxlen=32)
-        self._dtmf_tx: list[int] | None = None  # [event, start ts, duration, total, ends left]
+        self._dtmf_out = DtmfSender()
         # inbound RTP
         self._source: Any = None  # the peer's RTP source address (symmetric RTP)
         self._rx_ssrc: int | None = None
@@ -209,10 +205,7 @@ class RtpStream:
         self._ignored = 0
         self._invalid = 0
         self._resyncs = 0
-        # DTMF in: (timestamp, event, duration, last seen) of the event in progress
-        self._dtmf_rx: tuple[int, int, int, float] | None = None
-        self._dtmf_ended: int | None = None
-        self._dtmf_received = 0
+        self._dtmf_in = DtmfReceiver()
         # RTCP
         self._rtcp_remote: tuple[str, int] | None = None
         self._rtcp_source: Any = None
@@ -293,7 +286,11 @@ class RtpStream:
             self._tx_pcm = bytearray(0 if same else self._codec.pcm_frame)
             self._reset_inbound()
             self._marker = True
-        self._dtmf_pt = negotiated.dtmf.payload_type if negotiated.dtmf is not None else -1
+        dtmf = negotiated.dtmf
+        self._dtmf_pt = dtmf.payload_type if dtmf is not None else -1
+        if dtmf is not None and (previous is None or previous.dtmf != dtmf):
+            self._dtmf_in = DtmfReceiver(dtmf.clock_rate)
+            self._dtmf_out.step = self._ts_step
         host, port = negotiated.remote
         sdp_remote = None if host in ("0.0.0.0", "::") or port == 0 else (host, port)
         if previous is None or previous.remote != negotiated.remote:
@@ -365,7 +362,8 @@ class RtpStream:
             jb.push(seq, timestamp, payload, now)
             return
         if pt == self._dtmf_pt:
-            self._dtmf_packet(payload, timestamp, now)
+            for digit, duration_ms in self._dtmf_in.packet(payload, timestamp, now):
+                self._report_dtmf(digit, duration_ms)
         else:
             self._ignored += 1  # comfort noise and the like: a slot without audio
         jb.push(seq, timestamp, b"", now)
@@ -379,30 +377,9 @@ class RtpStream:
             if self._rtcp_source is None:
                 self._rtcp_remote = (addr[0], addr[1] + 1)
 
-    def _dtmf_packet(self, payload: bytes, timestamp: int, now: float) -> None:
-        """RFC 4733 §2.5.2: one event per timestamp, reported at its end (the end packet is
-        repeated three times: reported once), or when a new event starts without it."""
-        if len(payload) < 4:
-            return
-        event, flags, duration = _EVENT.unpack_from(payload)
-        if event >= len(DTMF_EVENTS) or timestamp == self._dtmf_ended:
-            return
-        current = self._dtmf_rx
-        if current is not None and current[0] != timestamp:
-            self._report_dtmf(current[1], current[2])  # its end packets were lost
-        self._dtmf_rx = (timestamp, event, duration, now)
-        if flags & 0x80:
-            self._dtmf_rx = None
-            self._dtmf_ended = timestamp
-            self._report_dtmf(event, duration)
-
-    def _report_dtmf(self, event: int, duration: int) -> None:
-        self._dtmf_received += 1
-        clock = (
-            self._negotiated.dtmf.clock_rate if self._negotiated and self._negotiated.dtmf else 8000
-        )
+    def _report_dtmf(self, digit: str, duration_ms: int) -> None:
         if self.on_dtmf is not None:
-            self.on_dtmf(DTMF_EVENTS[event], duration * 1000 // clock)
+            self.on_dtmf(digit, duration_ms)
 
     def _on_rtcp(self, data: bytes, addr: Any) -> None:
         try:
@@ -517,7 +494,7 @@ class RtpStream:
         if codec is None or remote is None or not self._sending or self._rtp is None:
             self._marker = True
             return
-        if self._dtmf_tx is not None or self._dtmf_queue:
+        if self._dtmf_out.busy:
             self._send_event(ts, remote)
             return
         resampler = self._resample_out
@@ -546,37 +523,21 @@ class RtpStream:
         Raises:
             ValueError: ``digit`` is not one of ``0-9 * # A-D``.
         """
-        code = DTMF_EVENTS.find(digit.upper()) if len(digit) == 1 else -1
-        if code < 0:
-            raise ValueError(f"{digit!r} is not a DTMF digit (0-9, *, #, A-D)")
-        if self._dtmf_pt < 0:
-            return
-        units = max(1, min(duration_ms, 8000)) * self._ts_step // FRAME_MS
-        self._dtmf_queue.append((code, units))
+        sender = DtmfSender()
+        sender.queue(digit, duration_ms)  # validates first, negotiated or not
+        if self._dtmf_pt >= 0:
+            self._dtmf_out.queue(digit, duration_ms)
 
     def _send_event(self, ts: int, remote: tuple[str, int]) -> None:
-        """One RFC 4733 packet in this frame's slot: the event's timestamp is its start
-        (§2.5.1.2), the duration grows per packet, the end packet goes three times (§2.5.1.4)."""
-        state = self._dtmf_tx
-        marker = 0
-        if state is None:
-            code, total = self._dtmf_queue.popleft()
-            state = self._dtmf_tx = [code, ts, 0, total, _DTMF_END_REPEATS]
-            marker = 0x80
-        code, start, duration, total, ends = state
-        duration = min(duration + self._ts_step, total, 0xFFFF)
-        end = duration >= total
-        if end:
-            state[4] = ends - 1
-            if ends <= 1:
-                self._dtmf_tx = None
-        state[2] = duration
-        flags = (0x80 if end else 0) | _DTMF_VOLUME
+        """This frame's slot carries an RFC 4733 packet instead of audio."""
+        packet = self._dtmf_out.next_packet(ts)
+        assert packet is not None
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
-        header = _HEADER.pack(0x80, self._dtmf_pt | marker, seq, start, self._ssrc)
-        self._send(header + _EVENT.pack(code, flags, duration), remote)
-        self._octets += 4
+        second = self._dtmf_pt | 0x80 if packet.marker else self._dtmf_pt
+        header = _HEADER.pack(0x80, second, seq, packet.timestamp, self._ssrc)
+        self._send(header + packet.payload, remote)
+        self._octets += len(packet.payload)
         self._marker = True  # the audio after the event starts a talk spurt
 
     # -------------------------------------------------------------------- timers and RTCP
@@ -592,11 +553,8 @@ class RtpStream:
             self._timed_out = True
             if self.on_timeout is not None:
                 self.on_timeout()
-        event = self._dtmf_rx
-        if event is not None and now - event[3] > _DTMF_STALE:
-            self._dtmf_rx = None
-            self._dtmf_ended = event[0]
-            self._report_dtmf(event[1], event[2])
+        for digit, duration_ms in self._dtmf_in.expire(now):
+            self._report_dtmf(digit, duration_ms)
         if now >= self._next_rtcp:
             self._next_rtcp = now + _RTCP_INTERVAL * random.uniform(0.5, 1.5)
             self._send_rtcp(now)
@@ -677,7 +635,7 @@ class RtpStream:
             "latched": self._latched,
             "overflow": jstats.overflow_frames if jstats else 0,
             "catchup": jstats.catchup_frames if jstats else 0,
-            "dtmf_received": self._dtmf_received,
+            "dtmf_received": self._dtmf_in.reported,
             "foreign": self._foreign,
             "ignored": self._ignored,
             "invalid": self._invalid + self._rtcp_invalid,
@@ -803,86 +761,3 @@ class RtpPortPool:
         if port in self._used:
             self._used.discard(port)
             self._free.append(port)
-
-
-class MediaClock:
-    """One drift-free 20 ms clock per process (``loop.call_at`` on absolute deadlines).
-
-    Tick ``k`` is due at ``start + k * interval`` whatever the previous ticks cost, so the
-    clock never drifts. A tick that runs more than one interval after its deadline counts as
-    late; ticks missed while the loop was busy run back to back, at most 5, and the rest are
-    skipped (counted in ``skipped_ticks``) so a stall does not turn into a burst.
-
-    Args:
-        on_tick: called once per tick (an exception is logged and the clock goes on).
-        interval: seconds between ticks.
-        loop: the loop to tick on (default: the running loop at :meth:`start`); anything with
-            ``time()`` and ``call_at()`` (tests step a fake one).
-    """
-
-    MAX_CATCH_UP: Final = 5
-
-    def __init__(
-        self,
-        on_tick: Callable[[], None],
-        *,
-        interval: float = 0.02,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self._on_tick = on_tick
-        self.interval = interval
-        self.ticks = 0
-        """Ticks run."""
-        self.late_ticks = 0
-        """Ticks that ran more than one interval after their deadline."""
-        self.skipped_ticks = 0
-        """Ticks not run at all (more than :attr:`MAX_CATCH_UP` behind)."""
-        self._deadline = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop = loop
-
-    @property
-    def running(self) -> bool:
-        """Whether the clock is started."""
-        return self._handle is not None
-
-    def start(self) -> None:
-        """Start ticking (the first tick one interval from now); needs a running loop."""
-        if self._handle is not None:
-            return
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        self._deadline = self._loop.time() + self.interval
-        self._handle = self._loop.call_at(self._deadline, self._run)
-
-    def stop(self) -> None:
-        """Stop ticking (idempotent)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _run(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        interval = self.interval
-        due = self._deadline
-        runs = 0
-        while due <= now and runs <= self.MAX_CATCH_UP:
-            if now - due > interval:
-                self.late_ticks += 1
-            self.ticks += 1
-            runs += 1
-            try:
-                self._on_tick()
-            except Exception:
-                log.exception("media_clock_tick_failed")
-            due += interval
-            if self._handle is None:  # stopped by the tick
-                return
-        if due <= now:
-            behind = int((now - due) / interval) + 1
-            self.skipped_ticks += behind
-            due += behind * interval
-        self._deadline = due
-        self._handle = loop.call_at(due, self._run)
