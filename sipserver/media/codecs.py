@@ -18,6 +18,7 @@ PCM is always signed 16-bit little-endian mono (s16le), the pipeline's format. `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy.typing as npt
 __all__ = [
     "G722Decoder",
     "G722Encoder",
+    "PayloadCodec",
     "alaw_decode",
     "alaw_encode",
     "l16_to_pcm",
@@ -217,3 +219,29 @@ class G722Decoder:
             return b""
         frames = self._context.decode(av.Packet(data))
         return b"".join(frame.to_ndarray().astype("<i2", copy=False).tobytes() for frame in frames)
+
+
+class PayloadCodec:
+    """An RTP payload format by name: its PCM rate, its 20 ms PCM frame size, and encode/decode
+    of whole frames (G.722 with its own encoder and decoder state: one per stream).
+
+    Raises:
+        ValueError: a name other than PCMU, PCMA, G722.
+    """
+
+    __slots__ = ("decode", "encode", "name", "pcm_frame", "rate")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.encode: Callable[[bytes], bytes]
+        self.decode: Callable[[bytes], bytes]
+        if name == "PCMU":
+            self.rate, self.encode, self.decode = 8000, ulaw_encode, ulaw_decode
+        elif name == "PCMA":
+            self.rate, self.encode, self.decode = 8000, alaw_encode, alaw_decode
+        elif name == "G722":
+            self.rate = G722_RATE
+            self.encode, self.decode = G722Encoder().encode, G722Decoder().decode
+        else:
+            raise ValueError(f"codec {name!r} is not one of PCMU, PCMA, G722")
+        self.pcm_frame = self.rate // 50 * 2  # 20 ms of s16le

@@ -52,20 +52,14 @@ from aiortc.rtp import (
     clamp_packets_lost,
 )
 
-from sipserver.media.codecs import (
-    G722Decoder,
-    G722Encoder,
-    alaw_decode,
-    alaw_encode,
-    ulaw_decode,
-    ulaw_encode,
-)
+from sipserver.media.codecs import PayloadCodec
 from sipserver.media.frames import FRAME_MS, frame_bytes
 from sipserver.media.jitter import Gap, JitterSettings, RtpJitterBuffer
 from sipserver.media.resample import Resampler
 from sipserver.observability import get_logger
 from sipserver.rtp.media_clock import MediaClock
 from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender
+from sipserver.rtp.sdes import CryptoLine, SrtpContext, SrtpError, make_crypto, parse_crypto
 from sipserver.rtp.sdp import Negotiated
 
 __all__ = [
@@ -91,27 +85,6 @@ def _not_open(data: bytes, addr: tuple[str, int]) -> None:
 
 class NoPortsError(RuntimeError):
     """Every RTP port pair of the range is in use (the UA answers 503)."""
-
-
-class _Codec:
-    """One payload format: PCM rate, 20 ms PCM frame size, encode/decode of whole frames."""
-
-    __slots__ = ("decode", "encode", "name", "pcm_frame", "rate")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.encode: Callable[[bytes], bytes]
-        self.decode: Callable[[bytes], bytes]
-        if name == "PCMU":
-            self.rate, self.encode, self.decode = 8000, ulaw_encode, ulaw_decode
-        elif name == "PCMA":
-            self.rate, self.encode, self.decode = 8000, alaw_encode, alaw_decode
-        elif name == "G722":
-            self.rate = 16000
-            self.encode, self.decode = G722Encoder().encode, G722Decoder().decode
-        else:
-            raise ValueError(f"codec {name!r} is not one of PCMU, PCMA, G722")
-        self.pcm_frame = frame_bytes(self.rate)
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -172,7 +145,7 @@ class RtpStream:
         self._silence = bytes(self._frame_bytes)
         # negotiated state
         self._negotiated: Negotiated | None = None
-        self._codec: _Codec | None = None
+        self._codec: PayloadCodec | None = None
         self._pt = -1
         self._dtmf_pt = -1
         self._sending = False
@@ -204,6 +177,10 @@ class RtpStream:
         self._foreign = 0
         self._ignored = 0
         self._invalid = 0
+        self._srtp: SrtpContext | None = None
+        self._srtp_keys: tuple[bytes, bytes] | None = None
+        self._local_crypto: CryptoLine | None = None
+        self._srtp_errors = 0
         self._resyncs = 0
         self._dtmf_in = DtmfReceiver()
         # RTCP
@@ -255,12 +232,51 @@ class RtpStream:
             on_rtp(data, addr)
 
     def _send(self, data: bytes, remote: tuple[str, int]) -> None:
+        srtp = self._srtp
         try:
-            self._sendto(data, remote)
-        except OSError:
+            self._sendto(data if srtp is None else srtp.protect(data), remote)
+        except (OSError, SrtpError):
             self._send_errors += 1
             return
         self._sent += 1
+
+    # ------------------------------------------------------------------------------- SRTP
+
+    def srtp_offer(self, suite: str = "AES_CM_128_HMAC_SHA1_80") -> str:
+        """Our ``a=crypto`` value for an offer of ours (RFC 4568 §7.1.1; a fresh key, kept
+        for :meth:`apply` of the answer)."""
+        self._local_crypto = make_crypto(1, suite)
+        return str(self._local_crypto)
+
+    def srtp_answer(self, negotiated: Negotiated) -> str | None:
+        """Our ``a=crypto`` value answering ``negotiated.crypto`` (the same tag and suite, our
+        own key: RFC 4568 §7.1.2), for :func:`~sipserver.rtp.sdp.build_answer`; None for
+        plain RTP. A re-offer with the same tag and suite keeps our key (§7.1.4).
+
+        Raises:
+            ValueError: ``negotiated.crypto`` is not a line we can use.
+        """
+        if negotiated.crypto is None:
+            return None
+        remote = parse_crypto(negotiated.crypto)
+        local = self._local_crypto
+        if local is None or (local.tag, local.suite) != (remote.tag, remote.suite):
+            local = self._local_crypto = make_crypto(remote.tag, remote.suite)
+        return str(local)
+
+    def _apply_srtp(self, negotiated: Negotiated) -> None:
+        if negotiated.crypto is None:
+            self._srtp = None
+            self._srtp_keys = None
+            return
+        remote = parse_crypto(negotiated.crypto)
+        if self._local_crypto is None:
+            self.srtp_answer(negotiated)
+        local = self._local_crypto
+        assert local is not None
+        if self._srtp_keys != (local.key, remote.key):  # same keys: keep the crypto state
+            self._srtp = SrtpContext(local, remote)
+            self._srtp_keys = (local.key, remote.key)
 
     # ------------------------------------------------------------------------- negotiation
 
@@ -269,13 +285,15 @@ class RtpStream:
         re-INVITE/UPDATE's).
 
         Raises:
-            ValueError: the negotiated codec is not one we implement.
+            ValueError: the negotiated codec is not one we implement, or its crypto line is
+                not one we can use.
         """
         previous = self._negotiated
+        self._apply_srtp(negotiated)
         self._negotiated = negotiated
         codec = negotiated.codec
         if self._codec is None or previous is None or previous.codec != codec:
-            self._codec = _Codec(codec.name)
+            self._codec = PayloadCodec(codec.name)
             self._pt = codec.payload_type
             self._ts_step = codec.clock_rate * FRAME_MS // 1000
             rate = self._codec.rate
@@ -322,6 +340,13 @@ class RtpStream:
     # ------------------------------------------------------------------------------ inbound
 
     def _on_rtp(self, data: bytes, addr: Any) -> None:
+        srtp = self._srtp
+        if srtp is not None:
+            try:
+                data = srtp.unprotect(data)  # RFC 3711 §3.3: authenticated before anything
+            except SrtpError:
+                self._srtp_errors += 1
+                return
         if len(data) < 12:
             self._invalid += 1
             return
@@ -382,9 +407,12 @@ class RtpStream:
             self.on_dtmf(digit, duration_ms)
 
     def _on_rtcp(self, data: bytes, addr: Any) -> None:
+        srtp = self._srtp
         try:
+            if srtp is not None:
+                data = srtp.unprotect_rtcp(data)
             packets = RtcpPacket.parse(data)
-        except (ValueError, IndexError, struct.error):
+        except (ValueError, IndexError, struct.error, SrtpError):
             self._rtcp_invalid += 1
             return
         self._rtcp_received += 1
@@ -610,6 +638,8 @@ class RtpStream:
         compound = bytes(report) + bytes(sdes)
         if bye:
             compound += bytes(RtcpByePacket(sources=[self._ssrc]))
+        if self._srtp is not None:
+            compound = self._srtp.protect_rtcp(compound)
         self._rtcp.sendto(compound, remote)
         self._rtcp_sent += 1
 
@@ -618,7 +648,8 @@ class RtpStream:
     def stats(self) -> dict[str, int]:
         """Counters of this stream (cumulative): received, lost, late, duplicates,
         concealed_frames, underruns, sent, rtcp_sent, rtcp_received, jitter_ms, latched, and
-        overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, target_ms."""
+        overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, srtp (0/1),
+        srtp_errors, target_ms."""
         jb = self._jb
         jstats = jb.stats if jb is not None else None
         return {
@@ -640,6 +671,8 @@ class RtpStream:
             "ignored": self._ignored,
             "invalid": self._invalid + self._rtcp_invalid,
             "send_errors": self._send_errors,
+            "srtp": int(self._srtp is not None),
+            "srtp_errors": self._srtp_errors,
             "target_ms": jb.target_ms if jb is not None else 0,
         }
 

@@ -20,7 +20,7 @@ from aiortc.rtp import RtcpRrPacket, RtcpSdesPacket, RtcpSrPacket
 from sipserver.media.codecs import ulaw_decode, ulaw_encode
 from sipserver.rtp import rtp_stream
 from sipserver.rtp.rtp_stream import MediaClock, RtpPortPool, RtpStream
-from sipserver.rtp.sdp import Negotiated, build_offer, negotiate, parse_sdp
+from sipserver.rtp.sdp import Negotiated, build_answer, build_offer, negotiate, parse_sdp
 from tests.integration.conftest import until
 from tests.rtp_sender import RtpPeer
 
@@ -302,3 +302,46 @@ async def test_port_pool_runs_out_cleanly() -> None:
     again.close()
     streams[1].close()
     assert await until(lambda: pool.in_use() == 0, 5)
+
+
+async def test_two_streams_over_sdes_srtp_and_plain_rtp_is_refused(pool: RtpPortPool) -> None:
+    a = await pool.open_stream(sample_rate=8000, rtp_timeout=10)
+    b = await pool.open_stream(sample_rate=8000, rtp_timeout=10)
+    # a offers RTP/SAVP with its key; b answers with its own; both apply the exchange
+    offer = build_offer(host=HOST, port=a.local_port, session_id=1, session_version=1)
+    offer = offer.replace(b"RTP/AVP", b"RTP/SAVP") + f"a=crypto:{a.srtp_offer()}\r\n".encode()
+    at_b = negotiate(parse_sdp(offer), srtp=True)
+    assert at_b is not None and at_b.crypto is not None
+    answer = build_answer(
+        parse_sdp(offer),
+        at_b,
+        host=HOST,
+        port=b.local_port,
+        session_id=2,
+        session_version=2,
+        crypto=b.srtp_answer(at_b),
+    )
+    b.apply(at_b)
+    at_a = negotiate(parse_sdp(answer), srtp=True)
+    assert at_a is not None and at_a.crypto is not None
+    a.apply(at_a)
+    intruder = await RtpPeer.open()
+    intruder.send(intruder.packet(1, 160, level_frame(3)), (HOST, b.local_port))  # plain RTP
+    to_b = tone(1000, 8000, 2)
+    heard: list[bytes] = []
+
+    def tick(k: int) -> None:
+        a.write_frame(to_b[k * 320 : (k + 1) * 320])
+        b.write_frame(bytes(320))
+        heard.append(b.read_frame())
+        a.read_frame()
+
+    await run_clock(100, tick)
+    assert peak_hz(b"".join(heard[-60:]), 8000) == pytest.approx(1000, abs=15)
+    stats_b = b.stats()
+    assert stats_b["srtp"] == 1 and stats_b["srtp_errors"] == 1  # the intruder's packet
+    assert stats_b["latched"] == 0 and b.remote == (HOST, a.local_port)
+    assert a.stats()["received"] >= 90 and a.stats()["srtp_errors"] == 0
+    intruder.close()
+    a.close()
+    b.close()
