@@ -179,9 +179,9 @@ class G722Encoder:
         """
         import av
 
-        samples = np.frombuffer(pcm, dtype="<i2")
         if len(pcm) % 2:
             raise ValueError(f"PCM of odd length {len(pcm)}: not whole 16-bit samples")
+        samples = np.frombuffer(pcm, dtype="<i2")
         if not len(samples):
             return b""
         frame = av.AudioFrame(format="s16", layout="mono", samples=len(samples))
