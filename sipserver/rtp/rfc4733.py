@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DTMF_EVENTS", "DtmfReceiver", "DtmfSender", "EventPacket"]
+__all__ = ["DTMF_EVENTS", "DtmfReceiver", "DtmfSender", "EventPacket", "event_code"]
 
 DTMF_EVENTS: Final = "0123456789*#ABCD"
 """RFC 4733 §3.2 event codes 0-15, by code."""
@@ -20,6 +20,18 @@ _VOLUME = 10  # -10 dBm0 (RFC 4733 §2.3.4)
 _END_REPEATS = 3  # RFC 4733 §2.5.1.4
 _STALE = 1.0  # seconds after its last packet an event without an end packet is reported
 _MAX_DURATION = 0xFFFF  # the 16-bit duration field (8.19 s at 8000 Hz)
+
+
+def event_code(digit: str) -> int:
+    """The RFC 4733 §3.2 event code of a DTMF digit.
+
+    Raises:
+        ValueError: ``digit`` is not one of ``0-9 * # A-D`` (either case).
+    """
+    code = DTMF_EVENTS.find(digit.upper()) if len(digit) == 1 else -1
+    if code < 0:
+        raise ValueError(f"{digit!r} is not a DTMF digit (0-9, *, #, A-D)")
+    return code
 
 
 class DtmfReceiver:
@@ -108,9 +120,7 @@ class DtmfSender:
         Raises:
             ValueError: ``digit`` is not one of ``0-9 * # A-D``.
         """
-        code = DTMF_EVENTS.find(digit.upper()) if len(digit) == 1 else -1
-        if code < 0:
-            raise ValueError(f"{digit!r} is not a DTMF digit (0-9, *, #, A-D)")
+        code = event_code(digit)
         units = max(1, min(duration_ms, 8000)) * self.step // 20
         self._queue.append((code, min(units, _MAX_DURATION)))
 

@@ -58,7 +58,7 @@ from sipserver.media.jitter import Gap, JitterSettings, RtpJitterBuffer
 from sipserver.media.resample import Resampler
 from sipserver.observability import get_logger
 from sipserver.rtp.media_clock import MediaClock
-from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender
+from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender, event_code
 from sipserver.rtp.sdes import CryptoLine, SrtpContext, SrtpError, make_crypto, parse_crypto
 from sipserver.rtp.sdp import Negotiated
 
@@ -195,7 +195,9 @@ class RtpStream:
         self._prior_received = 0
         self._last_sr: tuple[int, float] | None = None  # (middle NTP bits, arrival)
         self._cname = f"sipserver-{os.getpid()}-{local_port}@rtp".encode()
-        self._reads = 0
+        # Streams opened together must not all do their once-a-second work (and send their
+        # RTCP) on the same tick: each starts at a random point of the cycle.
+        self._reads = random.randrange(_HOUSEKEEPING_READS)
         self._closed = False
         self._open_sockets = 2
 
@@ -525,6 +527,8 @@ class RtpStream:
         if self._dtmf_out.busy:
             self._send_event(ts, remote)
             return
+        if len(pcm) != self._frame_bytes:  # not one frame: padded with silence or cut
+            pcm = (pcm + self._silence)[: self._frame_bytes]
         resampler = self._resample_out
         if resampler is not None:
             tx = self._tx_pcm
@@ -551,8 +555,7 @@ class RtpStream:
         Raises:
             ValueError: ``digit`` is not one of ``0-9 * # A-D``.
         """
-        sender = DtmfSender()
-        sender.queue(digit, duration_ms)  # validates first, negotiated or not
+        event_code(digit)  # an invalid digit is an error, negotiated or not
         if self._dtmf_pt >= 0:
             self._dtmf_out.queue(digit, duration_ms)
 
@@ -649,7 +652,7 @@ class RtpStream:
         """Counters of this stream (cumulative): received, lost, late, duplicates,
         concealed_frames, underruns, sent, rtcp_sent, rtcp_received, jitter_ms, latched, and
         overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, srtp (0/1),
-        srtp_errors, target_ms."""
+        srtp_errors, resyncs (a new SSRC restarted the receive side), target_ms."""
         jb = self._jb
         jstats = jb.stats if jb is not None else None
         return {
@@ -673,6 +676,7 @@ class RtpStream:
             "send_errors": self._send_errors,
             "srtp": int(self._srtp is not None),
             "srtp_errors": self._srtp_errors,
+            "resyncs": self._resyncs,
             "target_ms": jb.target_ms if jb is not None else 0,
         }
 

@@ -144,6 +144,7 @@ async def test_a_new_ssrc_starts_the_stream_over() -> None:
             packet.payload = ulaw_encode(np.full(160, 1000 * ssrc, "<i2").tobytes())
             s._on_rtp(packet.serialize(), PEER)
     assert s.stats()["received"] == 5  # the counters of the new stream
+    assert s.stats()["resyncs"] == 1
     frames = [s.read_frame() for _ in range(5)]
     levels = {int(np.frombuffer(f, "<i2")[0]) for f in frames}
     assert all(abs(v - 2000) < 100 for v in levels)
@@ -217,3 +218,11 @@ def test_media_clock_survives_a_failing_tick_and_stops() -> None:
     assert clock.ticks == 2 and clock.running
     clock.stop()
     assert not clock.running
+
+
+async def test_a_frame_of_the_wrong_size_is_padded_or_cut_to_one_packet() -> None:
+    s, rtp = await stream()
+    s.apply(negotiated())
+    s.write_frame(b"\x10\x00" * 100)  # 12.5 ms
+    s.write_frame(bytes(960))  # 60 ms
+    assert [len(p.payload) for p in rtp.packets()] == [160, 160]
