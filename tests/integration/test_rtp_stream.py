@@ -9,9 +9,15 @@ loops run for a fixed number of frames and the assertions are about what came ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import json
 import random
+import sys
+import wave
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +27,7 @@ from sipserver.media.codecs import ulaw_decode, ulaw_encode
 from sipserver.rtp import rtp_stream
 from sipserver.rtp.rtp_stream import MediaClock, RtpPortPool, RtpStream
 from sipserver.rtp.sdp import Negotiated, build_answer, build_offer, negotiate, parse_sdp
+from sipserver.sip.message import SipRequest, make_response, parse_message
 from tests.integration.conftest import until
 from tests.rtp_sender import RtpPeer
 
@@ -345,3 +352,95 @@ async def test_two_streams_over_sdes_srtp_and_plain_rtp_is_refused(pool: RtpPort
     intruder.close()
     a.close()
     b.close()
+
+
+def echo(stream: RtpStream) -> None:
+    stream.write_frame(stream.read_frame())
+
+
+async def test_pjsua2_caller_talks_sdes_srtp_with_a_stream(
+    pool: RtpPortPool, tmp_path: Path
+) -> None:
+    """A real SRTP peer: pjsua2 (libsrtp inside pjsip) offers RTP/SAVP with SRTP required and
+    plays a 1 kHz tone; a minimal UAS here answers with our key and echoes through an
+    RtpStream; the tone comes back, decrypted and re-encrypted both ways."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+
+    class Sip(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            inbox.put_nowait((data, addr))
+
+    sip, _ = await loop.create_datagram_endpoint(Sip, local_addr=(HOST, 0))
+    sip_port = sip.get_extra_info("sockname")[1]
+    play, record = tmp_path / "tone.wav", tmp_path / "heard.wav"
+    with wave.open(str(play), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+        w.writeframes(tone(1000, 8000, 3))
+    caller = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("pjsua2_caller.py")),
+        *("--uri", f"sip:echo@{HOST}:{sip_port}", "--srtp", "required"),
+        *("--play", str(play), "--record", str(record), "--seconds", "3", "--wait-bye", "0.5"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stream: RtpStream | None = None
+    clock: MediaClock | None = None
+    try:
+        while True:
+            data, addr = await asyncio.wait_for(inbox.get(), 30)
+            message = parse_message(data)
+            if not isinstance(message, SipRequest):
+                continue
+            if message.method == "INVITE" and stream is None:
+                offer = parse_sdp(message.body)
+                assert offer.protocol == "RTP/SAVP"
+                negotiated = negotiate(offer, srtp=True)
+                assert negotiated is not None and negotiated.crypto is not None
+                stream = await pool.open_stream(sample_rate=8000, rtp_timeout=10)
+                body = build_answer(
+                    offer,
+                    negotiated,
+                    host=HOST,
+                    port=stream.local_port,
+                    session_id=1,
+                    session_version=1,
+                    crypto=stream.srtp_answer(negotiated),
+                )
+                stream.apply(negotiated)
+                clock = MediaClock(functools.partial(echo, stream))
+                clock.start()
+                ok = make_response(
+                    message,
+                    200,
+                    to_tag="rtpmedia",
+                    headers=[
+                        ("Contact", f"<sip:echo@{HOST}:{sip_port}>"),
+                        ("Content-Type", "application/sdp"),
+                    ],
+                )
+                ok.body = body
+                sip.sendto(ok.encode(), addr)
+            elif message.method == "BYE":
+                sip.sendto(make_response(message, 200).encode(), addr)
+                break
+        out, err = await asyncio.wait_for(caller.communicate(), 30)
+    finally:
+        if caller.returncode is None:
+            caller.kill()
+            await caller.wait()
+        if clock is not None:
+            clock.stop()
+        sip.close()
+    assert caller.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["srtp"] == "AES_CM_128_HMAC_SHA1_80"
+    assert stream is not None
+    stats = stream.stats()
+    assert stats["srtp"] == 1 and stats["srtp_errors"] == 0 and stats["received"] >= 100
+    with wave.open(str(record), "rb") as w:
+        heard = w.readframes(w.getnframes())
+    assert len(heard) >= 8000 * 2  # a second or more came back
+    assert peak_hz(heard[-16000:], 8000) == pytest.approx(1000, abs=15)
+    stream.close()
