@@ -481,7 +481,10 @@ def test_session_expires_refresher_uac_then_bye_when_no_refresh() -> None:
     call.confirm(0.0)
     assert not sent(run_until(ua, 59.0))
     out = run_until(ua, 60.4)  # before Timer E sends it again
-    assert [r.method for r in requests(out)] == ["BYE"]
+    (bye,) = requests(out)
+    assert bye.method == "BYE"
+    # RFC 3326: the edge tells an expired session from a hang-up by this Reason
+    assert bye.headers.get("Reason") == 'SIP;cause=408;text="No session refresh received"'
     assert events(out, CallTerminated) == [CallTerminated(call.number, "session-expired", 408)]
 
 
