@@ -51,6 +51,7 @@ from sipserver.rtp.sdp import (
     negotiate,
     parse_sdp,
 )
+from sipserver.sip.headers import SRTP_HEADER
 
 __all__ = ["EngineCall", "EngineSettings", "NativeEngine"]
 
@@ -324,6 +325,12 @@ class NativeEngine:
         offer: SessionDescription | None = None
         negotiated: Negotiated | None = None
         try:
+            if incoming.headers.get(SRTP_HEADER, "off").strip().lower() == "required":
+                # The agent demands SRTP (RFC 4568 SDES), which this engine does not carry yet:
+                # refuse rather than answer with plain RTP.
+                self._setting_up.discard(number)
+                self._refuse(number, 488, "SRTP Not Available")
+                return
             if incoming.offer:
                 try:
                     offer = parse_sdp(incoming.offer)

@@ -273,6 +273,19 @@ async def test_codec_negotiation(harness: Harness, pts: str, codec: str) -> None
     assert harness.ended[0][1:3] == ("session", 200)
 
 
+async def test_srtp_required_is_refused_488(harness: Harness) -> None:
+    """An agent that requires SRTP (the edge's X-Sipserver-Srtp) gets no plain-RTP answer."""
+    scenario = (SCENARIOS / "uac_codec_offer.xml").read_text(encoding="iso-8859-1")
+    scenario = scenario.replace(
+        "Max-Forwards: 70", "Max-Forwards: 70\n      X-Sipserver-Srtp: required", 1
+    )
+    path = harness.workdir / "srtp_required.xml"
+    path.write_text(scenario, encoding="iso-8859-1")
+    code, out = await run_sipp(harness, str(path), "-key", "pts", "0", timeout=10)
+    assert code == 0, out  # the scenario's 488 branch
+    assert not harness.started
+
+
 async def test_unsupported_codec_is_rejected_488(harness: Harness) -> None:
     code, out = await run_sipp(harness, "uac_codec_offer.xml", "-key", "pts", "3", timeout=10)
     assert code == 0, out  # the scenario's 488 branch
