@@ -245,7 +245,13 @@ class NativeEngine:
         ua, loop = self._ua, self._loop
         if ua is None or loop is None:
             return
-        self._feed(ua.receive(data, source, loop.time()))
+        try:
+            outputs = ua.receive(data, source, loop.time())
+        except Exception:  # the user agent answers bad input itself; this is a bug of ours
+            self.counters["ua_errors"] += 1
+            log.exception("native_ua_receive_failed", source=f"{source[0]}:{source[1]}")
+            return
+        self._feed(outputs)
 
     def _on_timer(self) -> None:
         self._timer = None
