@@ -38,6 +38,7 @@ from sipserver.rtp.native_events import (
 from sipserver.sip.digest import DigestChallenge, DigestError, build_authorization
 from sipserver.sip.headers import NameAddr
 from sipserver.sip.invite_transaction import (
+    ClientState,
     ClientTransaction,
     ResponseAction,
     TimerAction,
@@ -78,8 +79,9 @@ class UacCore:
 
     @property
     def requests_in_flight(self) -> int:
-        """Client transactions of ours not finished (BYEs waiting for their answer...)."""
-        return len(self._clients)
+        """Requests of ours still waiting for a final response (BYEs at shutdown...)."""
+        waiting = (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING)
+        return sum(1 for c in self._clients.values() if c.txn.state in waiting)
 
     def next_deadline(self) -> float | None:
         """The earliest pending deadline, or None."""
@@ -133,6 +135,7 @@ class UacCore:
         extra = (("Allow", ALLOW), ("Supported", "timer"), *headers)
         invite = dialog.request("INVITE", branch=branch, body=offer, extra=extra)
         c = CallRecord(number, True, dialog, invite, destination, local_sdp=offer)
+        c.reply_to = destination
         c.credentials = credentials
         self._calls[number] = c
         self._dialogs[(dialog.call_id, tag)] = c
