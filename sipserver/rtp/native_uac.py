@@ -263,14 +263,14 @@ class UacCore:
             self._outgoing_response(out, c, client, response, now)
             return
         status = response.status
+        if method == "INVITE" and 200 <= status < 300 and client.ack is None:
+            self._ack_2xx(out, c, client)  # even when the call ended meanwhile (§13.2.2.4)
         if c.state is CallState.ENDED or not c.refreshing or status < 200:
             return
         if method not in ("INVITE", "UPDATE"):
             return
         c.refreshing = False
         if 200 <= status < 300:
-            if method == "INVITE":
-                self._ack_2xx(out, c, client)
             offer = read_session_timer(response.headers)
             if c.timer is not None:
                 interval = offer.expires or c.timer.interval

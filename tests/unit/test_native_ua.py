@@ -551,6 +551,18 @@ def test_always_mode_refreshes_with_reinvite_and_acks_it() -> None:
     assert ua.receive(ok.encode(), EDGE, 60.6) == sends  # a 2xx retransmission: the same ACK
 
 
+def test_refresh_answered_after_our_hangup_is_still_acked() -> None:
+    ua = UserAgent(settings_(session_timers="always", session_expires=120))
+    call = Call(ua, allow="INVITE, ACK, CANCEL, BYE")
+    call.confirm(0.0)
+    (reinvite,) = requests(run_until(ua, 60.0))
+    assert [r.method for r in requests(ua.hangup(call.number, "session", 60.1))] == ["BYE"]
+    ok = make_response(reinvite, 200)
+    ok.body = ANSWER
+    (ack,) = requests(ua.receive(ok.encode(), EDGE, 60.2))
+    assert ack.method == "ACK" and ack.cseq == (reinvite.cseq[0], "ACK")
+
+
 def test_refresh_answered_481_ends_the_call() -> None:
     ua = UserAgent(settings_(session_timers="always", session_expires=120))
     call = Call(ua)
