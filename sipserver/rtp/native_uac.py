@@ -284,6 +284,11 @@ class UacCore:
             self._send_request(out, c, "BYE", now, extra=_REFRESH_FAILED)
             self._end(out, c, "refresh-failed", status)
             return
+        elif c.timer is not None and status == 491:
+            # RFC 3261 §14.1: glare; try again after 2.1-4 s if we own the Call-ID (we placed
+            # the call), else after 0-2 s.
+            retry = 3.0 if c.outgoing else 1.0
+            c.timer.refreshed_at = now + retry - c.timer.interval / 2
         elif c.timer is not None:
             c.timer.we_refresh = False  # let the session run out: BYE before it expires
         self._arm(c)

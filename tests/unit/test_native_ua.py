@@ -563,6 +563,19 @@ def test_refresh_answered_after_our_hangup_is_still_acked() -> None:
     assert ack.method == "ACK" and ack.cseq == (reinvite.cseq[0], "ACK")
 
 
+def test_refresh_glare_491_is_retried() -> None:
+    """RFC 3261 §14.1: a 491 to our refresh: try again (0-2 s later: we do not own the
+    Call-ID); a re-INVITE of the caller meanwhile gets 491 from us (§14.2)."""
+    ua = UserAgent(settings_(session_timers="always", session_expires=120))
+    call = Call(ua)
+    call.confirm(0.0)
+    (update,) = requests(run_until(ua, 60.0))
+    assert statuses(call.request("INVITE", 60.05, body=OFFER)) == [491]
+    assert ua.receive(make_response(update, 491).encode(), EDGE, 60.1) == []
+    (again,) = requests(run_until(ua, 61.2))
+    assert again.method == "UPDATE" and again.cseq[0] == update.cseq[0] + 1
+
+
 def test_refresh_answered_481_ends_the_call() -> None:
     ua = UserAgent(settings_(session_timers="always", session_expires=120))
     call = Call(ua)
