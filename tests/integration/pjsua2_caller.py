@@ -112,9 +112,7 @@ def main() -> int:
     p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default="")
     p.add_argument("--log-level", type=int, default=1, help="pjsip log level on stderr")
-    p.add_argument(
-        "--header", action="append", default=[], help="NAME: VALUE added to the INVITE"
-    )
+    p.add_argument("--header", action="append", default=[], help="NAME: VALUE added to the INVITE")
     args = p.parse_args()
 
     ep = pj.Endpoint()
