@@ -51,6 +51,7 @@ from sipserver.rtp.sdp import (
     negotiate,
     parse_sdp,
 )
+from sipserver.sip.headers import SRTP_HEADER
 
 __all__ = ["EngineCall", "EngineSettings", "NativeEngine"]
 
@@ -118,6 +119,26 @@ class EngineCall:
     """Our SDP ``o=`` version (+1 for each changed answer, RFC 3264 §8)."""
     offer: SessionDescription | None = field(default=None, repr=False)
     """The peer's last description."""
+    srtp: str = "off"
+    """The agent's SRTP policy (the edge's ``X-Sipserver-Srtp``): ``off``, ``optional``,
+    ``required``."""
+
+
+def srtp_policy(headers: dict[str, str]) -> str:
+    """The ``X-Sipserver-Srtp`` policy of an INVITE: ``off`` (also when absent or unknown),
+    ``optional`` or ``required``."""
+    value = headers.get(SRTP_HEADER, "off").strip().lower()
+    return value if value in ("optional", "required") else "off"
+
+
+def _negotiate(offer: SessionDescription, policy: str) -> Negotiated | None:
+    """RFC 3264 answer choice under the agent's SRTP policy, as the pjsua2 worker's accounts:
+    ``off`` plain RTP only (an RTP/SAVP offer: None, 488), ``optional`` SRTP when the offer has
+    a usable ``a=crypto``, ``required`` nothing without it."""
+    negotiated = negotiate(offer, srtp=policy != "off")
+    if policy == "required" and negotiated is not None and negotiated.crypto is None:
+        return None
+    return negotiated
 
 
 def _codec_name(negotiated: Negotiated) -> str:
@@ -244,7 +265,13 @@ class NativeEngine:
         ua, loop = self._ua, self._loop
         if ua is None or loop is None:
             return
-        self._feed(ua.receive(data, source, loop.time()))
+        try:
+            outputs = ua.receive(data, source, loop.time())
+        except Exception:  # the user agent answers bad input itself; this is a bug of ours
+            self.counters["ua_errors"] += 1
+            log.exception("native_ua_receive_failed", source=f"{source[0]}:{source[1]}")
+            return
+        self._feed(outputs)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -323,6 +350,7 @@ class NativeEngine:
         s = self.settings
         offer: SessionDescription | None = None
         negotiated: Negotiated | None = None
+        policy = srtp_policy(incoming.headers)
         try:
             if incoming.offer:
                 try:
@@ -331,11 +359,16 @@ class NativeEngine:
                     self._setting_up.discard(number)
                     self._refuse(number, 400, f"Bad SDP: {exc}"[:80])
                     return
-                negotiated = negotiate(offer)
+                negotiated = _negotiate(offer, policy)
                 if negotiated is None:
                     self._setting_up.discard(number)
                     self._refuse(number, 488, "")  # RFC 3261 §13.3.1.3: nothing in common
                     return
+            elif policy == "required":
+                # Our offer would have to be RTP/SAVP, which build_offer does not write.
+                self._setting_up.discard(number)
+                self._refuse(number, 488, "SRTP Offer Required")
+                return
             try:
                 stream = await self._ports.open_stream(
                     sample_rate=s.sample_rate, rtp_timeout=s.rtp_timeout
@@ -365,8 +398,10 @@ class NativeEngine:
             session_id=session_id,
             session_version=session_id,
             offer=offer,
+            srtp=policy,
         )
         if offer is not None and negotiated is not None:
+            crypto = stream.srtp_answer(negotiated)  # RFC 4568 §7.1.2: our key, their suite
             self._apply(call, negotiated)
             sdp = build_answer(
                 offer,
@@ -375,6 +410,7 @@ class NativeEngine:
                 port=stream.local_port,
                 session_id=session_id,
                 session_version=call.session_version,
+                crypto=crypto,
             )
         else:  # RFC 3261 §13.2.1: no offer in the INVITE: ours goes in the 200
             sdp = build_offer(
@@ -421,7 +457,7 @@ class NativeEngine:
                 reason = f"Bad SDP: {exc}"[:80]
                 self._feed(self._ua.reject(event.call, 400, reason, self._loop.time()))
             return
-        negotiated = negotiate(offer)
+        negotiated = _negotiate(offer, call.srtp)
         if event.is_answer:
             if negotiated is None:
                 self.hangup(event.call, "no-common-codec")
@@ -434,6 +470,7 @@ class NativeEngine:
             return
         changed = call.offer is None or offer != call.offer
         call.offer = offer
+        crypto = call.stream.srtp_answer(negotiated)  # the same key for the same line (§7.1.4)
         self._apply(call, negotiated)
         if changed:
             call.session_version += 1  # RFC 3264 §8: a new answer, a new version
@@ -444,6 +481,7 @@ class NativeEngine:
             port=call.stream.local_port,
             session_id=call.session_id,
             session_version=call.session_version,
+            crypto=crypto,
         )
         self._feed(self._ua.answer_update(event.call, sdp, self._loop.time()))
 

@@ -183,7 +183,7 @@ async def run_sipp(
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{h.port}", "-sf", path, "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
-        "-mp", str(random.randrange(41000, 49000, 4)), *(() if "-m" in extra else ("-m", "1")),
+        "-mp", str(free_port_range(4)), *(() if "-m" in extra else ("-m", "1")),
         "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(err), *extra,
         cwd=h.workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -271,6 +271,19 @@ async def test_codec_negotiation(harness: Harness, pts: str, codec: str) -> None
     assert code == 0, out  # SIPp received our BYE and answered it
     await harness.wait(lambda: harness.ended)
     assert harness.ended[0][1:3] == ("session", 200)
+
+
+async def test_srtp_required_is_refused_488(harness: Harness) -> None:
+    """An agent that requires SRTP (the edge's X-Sipserver-Srtp) gets no plain-RTP answer."""
+    scenario = (SCENARIOS / "uac_codec_offer.xml").read_text(encoding="iso-8859-1")
+    scenario = scenario.replace(
+        "Max-Forwards: 70", "Max-Forwards: 70\n      X-Sipserver-Srtp: required", 1
+    )
+    path = harness.workdir / "srtp_required.xml"
+    path.write_text(scenario, encoding="iso-8859-1")
+    code, out = await run_sipp(harness, str(path), "-key", "pts", "0", timeout=10)
+    assert code == 0, out  # the scenario's 488 branch
+    assert not harness.started
 
 
 async def test_unsupported_codec_is_rejected_488(harness: Harness) -> None:
@@ -384,12 +397,11 @@ async def test_sixty_concurrent_calls_with_rtp(harness: Harness) -> None:
     print(f"clock: {harness.clock.ticks} ticks, {harness.clock.late_ticks} late")
 
 
-@pytest.mark.parametrize("echo", [True, False], ids=["echo", "no-echo"])
-async def test_pjsua2_caller_hears_the_echo(harness: Harness, echo: bool) -> None:
-    """A real pjsua2 caller: noise in, our echo out; RFC 4733 '#' ends the call with our BYE.
-
-    Without the echo (control) the caller must hear silence.
-    """
+async def pjsua2_call(
+    harness: Harness, *caller_options: str, echo: bool = True
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """A real pjsua2 caller plays noise and sends RFC 4733 '#' after 4 s, on which the test's
+    session hangs up. Its JSON result, what it recorded, what it played."""
     pytest.importorskip("pjsua2")
     sent = noise_burst(3.0)
     play = harness.workdir / "play.wav"
@@ -404,23 +416,59 @@ async def test_pjsua2_caller_hears_the_echo(harness: Harness, echo: bool) -> Non
     caller = await asyncio.create_subprocess_exec(
         sys.executable, str(CALLER), "--uri", f"sip:+15005550101@127.0.0.1:{harness.port}",
         "--play", str(play), "--record", str(record), "--seconds", "4", "--dtmf", "#",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *caller_options, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    await harness.wait(lambda: harness.started, timeout=15)
-    out, err = await asyncio.wait_for(caller.communicate(), 30)
+    out, err = await asyncio.wait_for(caller.communicate(), 40)
     assert caller.returncode == 0, err.decode(errors="replace")
-    result = json.loads(out.decode().strip().splitlines()[-1])
-    assert result["ended_by"] == "remote", result  # the caller saw our BYE
-    digits = [(d, m) for _, d, _, m in harness.dtmf]
-    assert digits == [("#", "rfc4733")]
-    assert harness.dtmf[0][2] > 0
-    with wave.open(str(record), "rb") as w:
-        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    got = np.zeros(0, dtype=np.int16)
+    if record.exists():
+        with wave.open(str(record), "rb") as w:
+            got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return result, got, sent
+
+
+def assert_echo(got: np.ndarray, sent: np.ndarray) -> None:
     lag, peak_ratio, coeff = echo_correlation(got, sent)
     print(f"echo lag {lag / RATE * 1000:.0f} ms, peak/median {peak_ratio:.0f}, r={coeff:.2f}")
-    if not echo:
-        assert np.abs(got).max() < 200
-        return
     assert 0 < lag < RATE  # a round trip below a second
     assert peak_ratio > 50
     assert coeff > 0.5
+
+
+@pytest.mark.parametrize("echo", [True, False], ids=["echo", "no-echo"])
+async def test_pjsua2_caller_hears_the_echo(harness: Harness, echo: bool) -> None:
+    """Noise in, our echo out; RFC 4733 '#' ends the call with our BYE. Without the echo
+    (control) the caller must hear silence."""
+    result, got, sent = await pjsua2_call(harness, echo=echo)
+    assert result["ended_by"] == "remote", result  # the caller saw our BYE
+    assert result["srtp"] is None
+    assert [(d, m) for _, d, _, m in harness.dtmf] == [("#", "rfc4733")]
+    assert harness.dtmf[0][2] > 0
+    if echo:
+        assert_echo(got, sent)
+    else:
+        assert np.abs(got).max() < 200
+
+
+@pytest.mark.parametrize(
+    ("caller_srtp", "policy"), [("required", "required"), ("optional", "optional")]
+)
+async def test_pjsua2_caller_with_srtp(harness: Harness, caller_srtp: str, policy: str) -> None:
+    """SDES-SRTP (RFC 4568) as the agent's policy allows: pjsua2 offers RTP/SAVP (required)
+    or RTP/AVP with a=crypto (optional); we answer with our key and the echo still comes back
+    through AES_CM_128_HMAC_SHA1_80."""
+    result, got, sent = await pjsua2_call(
+        harness, "--srtp", caller_srtp, "--header", f"X-Sipserver-Srtp: {policy}"
+    )
+    assert result["ended_by"] == "remote", result
+    assert result["srtp"] in ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"), result
+    (_, _, _, stats) = harness.ended[0]
+    assert stats["srtp"] == 1 and stats["srtp_errors"] == 0, stats
+    assert_echo(got, sent)
+
+
+async def test_srtp_only_caller_is_refused_when_the_agent_has_srtp_off(harness: Harness) -> None:
+    result, _, _ = await pjsua2_call(harness, "--srtp", "required")
+    assert result["ended_by"] == "never-connected" and result["status"] == 488, result
+    assert not harness.started
