@@ -20,7 +20,8 @@ and no task, so a worker holds hundreds of them:
   address; when it differs from the SDP's (a NAT), we send there from then on (``latched``)
   and ignore other sources until the next offer/answer;
 - every ~5 s (RFC 3550 §6.2, randomised) an RTCP SR (we sent) or RR with a report block on
-  the caller's stream (loss, RFC 3550 A.8 jitter, LSR/DLSR) and an SDES CNAME;
+  the caller's stream (loss, RFC 3550 A.8 jitter, LSR/DLSR) and an SDES CNAME
+  (:mod:`sipserver.rtp.rtcp`);
 - no RTP for ``rtp_timeout`` seconds while the peer should be sending calls ``on_timeout``.
 """
 
@@ -40,16 +41,9 @@ from typing import Any
 
 import numpy as np
 from aiortc.rtp import (
-    RtcpByePacket,
     RtcpPacket,
-    RtcpReceiverInfo,
-    RtcpRrPacket,
-    RtcpSdesPacket,
-    RtcpSenderInfo,
-    RtcpSourceInfo,
     RtcpSrPacket,
     RtpPacket,
-    clamp_packets_lost,
 )
 
 from sipserver.media.codecs import PayloadCodec
@@ -59,6 +53,7 @@ from sipserver.media.resample import Resampler
 from sipserver.observability import get_logger
 from sipserver.rtp.media_clock import MediaClock
 from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender, event_code
+from sipserver.rtp.rtcp import RtcpReporter, ntp_timestamp
 from sipserver.rtp.sdes import CryptoLine, SrtpContext, SrtpError, make_crypto, parse_crypto
 from sipserver.rtp.sdp import Negotiated
 
@@ -76,7 +71,8 @@ log = get_logger(__name__)
 _HEADER = struct.Struct("!BBHII")
 _RTCP_INTERVAL = 5.0  # RFC 3550 §6.2: minimum interval, randomised x0.5..1.5 (§6.3.1)
 _HOUSEKEEPING_READS = 50  # timeout, RTCP and DTMF checks once a second of frames
-_NTP_EPOCH = 2208988800  # seconds from 1900 to 1970 (RFC 3550 §4)
+_TAKEOVER_SILENCE = 1.0  # seconds the latched source must be silent before another takes over
+_TAKEOVER_PACKETS = 5  # consecutive audio packets the new source must send
 
 
 def _not_open(data: bytes, addr: tuple[str, int]) -> None:
@@ -164,6 +160,9 @@ class RtpStream:
         self._dtmf_out = DtmfSender()
         # inbound RTP
         self._source: Any = None  # the peer's RTP source address (symmetric RTP)
+        self._candidate: Any = None  # a new source that may take over (NAT rebinding)
+        self._candidate_packets = 0
+        self._relatched = 0
         self._rx_ssrc: int | None = None
         self._jb: RtpJitterBuffer | None = None
         self._rx_pcm = bytearray()
@@ -190,11 +189,8 @@ class RtpStream:
         self._rtcp_received = 0
         self._rtcp_invalid = 0
         self._next_rtcp = self._loop.time() + _RTCP_INTERVAL * random.uniform(0.5, 1.5)
-        self._sent_at_report = 0
-        self._prior_expected = 0
-        self._prior_received = 0
-        self._last_sr: tuple[int, float] | None = None  # (middle NTP bits, arrival)
-        self._cname = f"sipserver-{os.getpid()}-{local_port}@rtp".encode()
+        cname = f"sipserver-{os.getpid()}-{local_port}@rtp".encode()
+        self._reporter = RtcpReporter(self._ssrc, cname)
         # Streams opened together must not all do their once-a-second work (and send their
         # RTCP) on the same tick: each starts at a random point of the cycle.
         self._reads = random.randrange(_HOUSEKEEPING_READS)
@@ -359,9 +355,10 @@ class RtpStream:
         pt = second & 0x7F
         if addr != self._source:
             if self._source is not None:
-                self._foreign += 1  # not the latched peer (RFC 4961 §3): ignored
-                return
-            if pt != self._pt and pt != self._dtmf_pt:
+                if not self._takes_over(addr, pt):
+                    self._foreign += 1  # not the latched peer (RFC 4961 §3): ignored
+                    return
+            elif pt != self._pt and pt != self._dtmf_pt:
                 self._ignored += 1
                 return
             self._latch(addr)
@@ -395,6 +392,24 @@ class RtpStream:
             self._ignored += 1  # comfort noise and the like: a slot without audio
         jb.push(seq, timestamp, b"", now)
 
+    def _takes_over(self, addr: Any, pt: int) -> bool:
+        """Whether a new source replaces the latched one: a NAT that rebinds moves the peer to
+        a new port mid-call. Only once the latched source has been silent for a second and
+        the new one has sent 5 audio packets in a row (a stray or injected packet cannot)."""
+        if pt != self._pt or self._loop.time() - self._last_rx < _TAKEOVER_SILENCE:
+            self._candidate = None
+            return False
+        if addr != self._candidate:
+            self._candidate, self._candidate_packets = addr, 1
+            return False
+        self._candidate_packets += 1
+        if self._candidate_packets < _TAKEOVER_PACKETS:
+            return False
+        self._candidate = None
+        self._relatched += 1
+        self._rtcp_source = None  # RTCP follows (its own packets latch it again)
+        return True
+
     def _latch(self, addr: Any) -> None:
         self._source = addr
         peer = (addr[0], addr[1])
@@ -424,7 +439,7 @@ class RtpStream:
         for packet in packets:
             if isinstance(packet, RtcpSrPacket):
                 ntp = packet.sender_info.ntp_timestamp
-                self._last_sr = ((ntp >> 16) & 0xFFFFFFFF, self._loop.time())
+                self._reporter.sender_report_received(ntp, self._loop.time())
 
     # ------------------------------------------------------------------------------ frames
 
@@ -590,57 +605,14 @@ class RtpStream:
             self._next_rtcp = now + _RTCP_INTERVAL * random.uniform(0.5, 1.5)
             self._send_rtcp(now)
 
-    def _report_blocks(self, now: float) -> list[RtcpReceiverInfo]:
-        """RFC 3550 §6.4.1 report block on the peer's stream (A.3 loss, A.8 jitter)."""
-        jb = self._jb
-        if jb is None or self._rx_ssrc is None or not jb.received_unique:
-            return []
-        expected, received = jb.expected, jb.received_unique
-        interval_expected = expected - self._prior_expected
-        interval_lost = interval_expected - (received - self._prior_received)
-        self._prior_expected, self._prior_received = expected, received
-        fraction = 0
-        if interval_expected > 0 and interval_lost > 0:
-            fraction = min(255, (interval_lost << 8) // interval_expected)
-        lsr = dlsr = 0
-        if self._last_sr is not None:
-            lsr = self._last_sr[0]
-            dlsr = int((now - self._last_sr[1]) * 65536) & 0xFFFFFFFF
-        return [
-            RtcpReceiverInfo(
-                ssrc=self._rx_ssrc,
-                fraction_lost=fraction,
-                packets_lost=clamp_packets_lost(expected - received),
-                highest_sequence=jb.highest_seq & 0xFFFFFFFF,
-                jitter=jb.jitter_units,
-                lsr=lsr,
-                dlsr=dlsr,
-            )
-        ]
-
     def _send_rtcp(self, now: float, *, bye: bool = False) -> None:
         remote = self._rtcp_remote
         if remote is None or self._rtcp is None or self._negotiated is None:
             return
-        reports = self._report_blocks(now)
-        report: RtcpSrPacket | RtcpRrPacket
-        if self._sent > self._sent_at_report:
-            self._sent_at_report = self._sent
-            wall = time.time() + _NTP_EPOCH
-            ntp = (int(wall) << 32) | int((wall % 1) * (1 << 32))
-            info = RtcpSenderInfo(
-                ntp_timestamp=ntp,
-                rtp_timestamp=self._ts,
-                packet_count=self._sent & 0xFFFFFFFF,
-                octet_count=self._octets & 0xFFFFFFFF,
-            )
-            report = RtcpSrPacket(ssrc=self._ssrc, sender_info=info, reports=reports)
-        else:
-            report = RtcpRrPacket(ssrc=self._ssrc, reports=reports)
-        sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, self._cname)])])
-        compound = bytes(report) + bytes(sdes)
-        if bye:
-            compound += bytes(RtcpByePacket(sources=[self._ssrc]))
+        sent = (ntp_timestamp(time.time()), self._ts, self._sent, self._octets)
+        compound = self._reporter.report(
+            now, jitter=self._jb, peer_ssrc=self._rx_ssrc, sent=sent, bye=bye
+        )
         if self._srtp is not None:
             compound = self._srtp.protect_rtcp(compound)
         self._rtcp.sendto(compound, remote)
@@ -652,7 +624,8 @@ class RtpStream:
         """Counters of this stream (cumulative): received, lost, late, duplicates,
         concealed_frames, underruns, sent, rtcp_sent, rtcp_received, jitter_ms, latched, and
         overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, srtp (0/1),
-        srtp_errors, resyncs (a new SSRC restarted the receive side), target_ms."""
+        srtp_errors, resyncs (a new SSRC restarted the receive side), relatched (a new source
+        took over), target_ms."""
         jb = self._jb
         jstats = jb.stats if jb is not None else None
         return {
@@ -677,6 +650,7 @@ class RtpStream:
             "srtp": int(self._srtp is not None),
             "srtp_errors": self._srtp_errors,
             "resyncs": self._resyncs,
+            "relatched": self._relatched,
             "target_ms": jb.target_ms if jb is not None else 0,
         }
 

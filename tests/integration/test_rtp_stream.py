@@ -444,3 +444,31 @@ async def test_pjsua2_caller_talks_sdes_srtp_with_a_stream(
     assert len(heard) >= 8000 * 2  # a second or more came back
     assert peak_hz(heard[-16000:], 8000) == pytest.approx(1000, abs=15)
     stream.close()
+
+
+async def test_a_rebound_nat_port_takes_over_only_after_the_old_one_fell_silent(
+    pool: RtpPortPool,
+) -> None:
+    stream = await pool.open_stream(sample_rate=8000, rtp_timeout=10)
+    before, after = await RtpPeer.open(), await RtpPeer.open()  # the caller's NAT, rebound
+    after.ssrc = before.ssrc
+    stream.apply(offer_to(before.address[1]))
+    dest = (HOST, stream.local_port)
+    for k in range(3):
+        before.send(before.packet(k, 160 * k, level_frame(k)), dest)
+    assert await until(lambda: stream.stats()["received"] == 3, 5)
+    for k in range(3, 8):  # while the latched source is alive: ignored, however many
+        after.send(after.packet(k, 160 * k, level_frame(k)), dest)
+    assert await until(lambda: stream.stats()["foreign"] == 5, 5)
+    assert stream.remote == before.address
+    await asyncio.sleep(1.1)  # the old port falls silent
+    for k in range(8, 14):
+        after.send(after.packet(k, 160 * k, level_frame(k)), dest)
+    assert await until(lambda: stream.remote == after.address, 5)
+    stats = stream.stats()
+    assert stats["relatched"] == 1 and stats["foreign"] == 5 + 4  # the 5th took over
+    stream.write_frame(bytes(320))
+    assert await until(lambda: len(after.received) == 1, 5) and before.received == []
+    before.close()
+    after.close()
+    stream.close()
