@@ -10,9 +10,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpRrPacket,
+    RtcpSdesPacket,
+    RtcpSrPacket,
+    RtpPacket,
+)
 
 from sipserver.media.codecs import ulaw_encode
+from sipserver.media.jitter import RtpJitterBuffer
+from sipserver.rtp.rtcp import RtcpReporter, ntp_timestamp
 from sipserver.rtp.rtp_stream import MediaClock, RtpStream
 from sipserver.rtp.sdp import Negotiated, build_offer, negotiate, parse_sdp
 
@@ -226,3 +235,28 @@ async def test_a_frame_of_the_wrong_size_is_padded_or_cut_to_one_packet() -> Non
     s.write_frame(b"\x10\x00" * 100)  # 12.5 ms
     s.write_frame(bytes(960))  # 60 ms
     assert [len(p.payload) for p in rtp.packets()] == [160, 160]
+
+
+def test_rtcp_reporter_sends_sr_then_rr_with_the_loss_of_each_interval() -> None:
+    jb = RtpJitterBuffer(8000)
+    for seq in (1, 2, 4, 5):  # 3 never comes
+        jb.push(seq, seq * 160, b"x", seq * 0.02)
+    reporter = RtcpReporter(ssrc=11, cname=b"me@here")
+    reporter.sender_report_received(ntp_timestamp(1000.0), now=5.0)
+    first = RtcpPacket.parse(reporter.report(5.5, jitter=jb, peer_ssrc=22, sent=(1, 2, 10, 1600)))
+    sr, sdes = first
+    assert isinstance(sr, RtcpSrPacket) and sr.sender_info.packet_count == 10
+    assert isinstance(sdes, RtcpSdesPacket) and sdes.chunks[0].items == [(1, b"me@here")]
+    (block,) = sr.reports
+    assert (block.ssrc, block.packets_lost, block.highest_sequence) == (22, 1, 5)
+    assert block.fraction_lost == 256 // 5  # 1 of 5 expected (RFC 3550 A.3)
+    assert block.lsr == (ntp_timestamp(1000.0) >> 16) & 0xFFFFFFFF and block.dlsr == 65536 // 2
+    for seq in (6, 7):
+        jb.push(seq, seq * 160, b"x", seq * 0.02)
+    second = RtcpPacket.parse(
+        reporter.report(6.0, jitter=jb, peer_ssrc=22, sent=(1, 2, 10, 1600), bye=True)
+    )
+    rr = second[0]
+    assert isinstance(rr, RtcpRrPacket)  # nothing sent since: a receiver report
+    assert rr.reports[0].fraction_lost == 0 and rr.reports[0].packets_lost == 1
+    assert isinstance(second[-1], RtcpByePacket) and second[-1].sources == [11]
