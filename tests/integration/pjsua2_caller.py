@@ -12,7 +12,7 @@ it answers 401/407 digest challenges. Then it waits up to
 ``--transport tls`` signals over TLS (``--tls-ca`` verifies the server's certificate,
 ``--tls-cert``/``--tls-key`` present a client certificate for mutual TLS); ``--srtp`` is the
 caller's SDES-SRTP use: ``off`` offers RTP/AVP, ``optional`` RTP/AVP with ``a=crypto``,
-``required`` RTP/SAVP.
+``required`` RTP/SAVP. ``--header 'NAME: VALUE'`` (repeatable) adds a header to the INVITE.
 
 Prints one JSON line: ``{"ended_by": "remote"|"local"|"never-connected", "status": int,
 "srtp": str|None, ...}`` (``srtp``: the crypto suite of the SDP answer, e.g.
@@ -112,6 +112,7 @@ def main() -> int:
     p.add_argument("--tls-cert", default="", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", default="")
     p.add_argument("--log-level", type=int, default=1, help="pjsip log level on stderr")
+    p.add_argument("--header", action="append", default=[], help="NAME: VALUE added to the INVITE")
     args = p.parse_args()
 
     ep = pj.Endpoint()
@@ -155,7 +156,14 @@ def main() -> int:
     acc.create(acfg)
 
     call = CallerCall(acc, args)
-    call.makeCall(args.uri, pj.CallOpParam(True))
+    op = pj.CallOpParam(True)
+    for header in args.header:
+        name, _, value = header.partition(":")
+        extra = pj.SipHeader()
+        extra.hName = name.strip()
+        extra.hValue = value.strip()
+        op.txOption.headers.append(extra)
+    call.makeCall(args.uri, op)
     result: dict[str, object] = {}
     deadline = time.monotonic() + 15
     while not call.disconnected and call.media_at is None and time.monotonic() < deadline:
