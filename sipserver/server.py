@@ -39,7 +39,7 @@ from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
-from sipserver.listens.fork import ListensFork, called_number, is_listens_number
+from sipserver.listens.fork import ListensFork
 from sipserver.listens.monitor import ListensHub
 from sipserver.observability import (
     Metrics,
@@ -48,7 +48,6 @@ from sipserver.observability import (
     log_rate_limit,
     log_settings,
 )
-from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
@@ -59,6 +58,7 @@ from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
+from sipserver.rtp.sessions import CallSessions
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -226,6 +226,10 @@ class Server:
             ledger=self.ledger,
             refusals=self.refusals,
         )
+        self.call_sessions = CallSessions(
+            lambda: self.config, self.voice, listens=self.listens.sip_session
+        )
+        """Builds each call's session here (websocket calls, pjsua2 workers' calls)."""
         self.dashboard = Dashboard(
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
         )
@@ -500,32 +504,7 @@ class Server:
             info: the call.
             on_event: receives the session's events (voice sessions only).
         """
-        agent = self.config.agent_by_slug(info.agent) if info.agent else None
-        if agent is None:
-            return None
-        if info.transport == "sip" and is_listens_number(
-            self.config, agent, called_number(info.called)
-        ):
-            # A PBX forks a call to a listens number: answered silently and transcribed.
-            return self.listens.sip_session(agent)
-        if self.voice.serves(agent):
-            try:
-                return self.voice.new_session(agent, info, on_event=on_event)
-            except Exception:
-                log.exception("voice_session_failed", call_id=info.call_id, agent=agent.slug)
-                return None
-        if agent.realtime.enabled:
-            log.error(
-                "no_voice_model_for_agent",
-                agent=agent.slug,
-                reason="the agent's model is not loaded in this process",
-            )
-            return None
-        # An agent without a realtime model answers as an echo test line: a chime, then the
-        # caller's own audio 200 ms late; DTMF # hangs up.
-        return EchoSession(
-            tone_greeting(info.sample_rate), sample_rate=info.sample_rate, hangup_digit="#"
-        )
+        return self.call_sessions.new_session(info, on_event)
 
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
         if isinstance(record, framelink.CallStarted):
