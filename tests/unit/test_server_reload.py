@@ -404,4 +404,6 @@ def test_media_engine_needs_a_restart_even_before_the_pool_runs() -> None:
         assert plan.config.server.media.engine == "pjsua2"
     # The capacity is a worker setting: applied when the reload builds the pool.
     assert "server.media.calls_per_worker" in plan_reload(running, new, pool_runs=False).changed
-    assert "server.media.calls_per_worker" in plan_reload(running, new, pool_runs=True).restart_needed
+    assert (
+        "server.media.calls_per_worker" in plan_reload(running, new, pool_runs=True).restart_needed
+    )
