@@ -48,6 +48,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import structlog
+
 from sipserver.config import Config, ConfigError
 from sipserver.observability import LogFormat, configure_logging, get_logger
 from sipserver.pipeline.runtime import VoiceRuntime
@@ -650,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     """Process entry: run the worker, return its exit status."""
     options = parse_args(argv)
     configure_logging(options.log_format, options.log_level)
+    # Every line of this process says which worker wrote it (they share main's log stream).
+    structlog.contextvars.bind_contextvars(worker=options.worker_id)
 
     async def run() -> int:
         return await CallWorker(options).run()
