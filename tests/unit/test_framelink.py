@@ -180,7 +180,7 @@ ERRORS: list[tuple[str, bytes]] = [
     ("audio trailing", _record(4, b"\x00\x00\x00")),
     ("dtmf bad digit", _record(5, struct.pack("<IBHB", 1, ord("E"), 0, 1))),
     ("dtmf nul digit", _record(5, struct.pack("<IBHB", 1, 0, 0, 1))),
-    ("dtmf bad method", _record(5, struct.pack("<IBHB", 1, ord("1"), 0, 3))),
+    ("dtmf bad method", _record(5, struct.pack("<IBHB", 1, ord("1"), 0, 4))),
     ("dtmf short", _record(5, b"\x00" * 7)),
     ("hello bad json", _record(1, b"{not json")),
     ("hello bad utf8", _record(1, b'{"worker_id":"\xff"}')),
