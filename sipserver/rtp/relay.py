@@ -425,9 +425,9 @@ class RemoteSession:
         """The call ended: tell the worker (unless it ended the call itself or is gone)."""
         if self._closed:
             return
-        self._closed = True
         if self._ended is None:
             self._send_if_up(CallEnded(self.call, reason, 0))
+        self._closed = True
         if self._on_closed is not None:
             self._on_closed(self.call)
 
