@@ -183,6 +183,10 @@ class SipServerConfig(_Model):
 class MediaConfig(_Model):
     """Media workers: the processes that answer calls (SIP on loopback) and carry their RTP."""
 
+    engine: Literal["native", "pjsua2"] = "pjsua2"
+    """Call worker kind: ``native`` (our SIP UA and RTP engine; the calls' sessions run in the
+    workers, websocket calls too, relayed from this process) or ``pjsua2`` (the reference
+    engine; sessions run in this process)."""
     worker_host: Host = "127.0.0.1"
     """Address the workers' SIP listeners bind to; the edge forwards calls there."""
     rtp_host: Host = "127.0.0.1"

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
@@ -58,6 +58,7 @@ from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore,
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
+from sipserver.rtp.relay import RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
@@ -205,6 +206,8 @@ class Server:
         self.ledger = CallLedger(config)
         """Calls in progress per agent and in total, at every door, and their limits."""
         self._sip_reservations: dict[str, Reservation] = {}
+        self.relayed = RemoteSessions(on_closed=self._relayed_closed)
+        """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._trimmer = HeapTrimmer()
         self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
@@ -503,6 +506,10 @@ class Server:
         agent = self.config.agent_by_slug(info.agent) if info.agent else None
         if agent is None:
             return None
+        if info.transport in ("websocket", "twilio"):
+            relayed = self._relayed_session(agent.slug, on_event)
+            if relayed is not None:
+                return None if relayed == "refused" else relayed
         if info.transport == "sip" and is_listens_number(
             self.config, agent, called_number(info.called)
         ):
@@ -527,7 +534,35 @@ class Server:
             tone_greeting(info.sample_rate), sample_rate=info.sample_rate, hangup_digit="#"
         )
 
+    def _relayed_session(
+        self, agent: str, on_event: Callable[[SessionEvent], None] | None
+    ) -> RemoteSession | Literal["refused"] | None:
+        """With native call workers: a session hosted by the least loaded one ("refused" when
+        none is up or all are full). None: no native workers here, the session runs locally."""
+        pool = self.pool
+        if pool is None or self.config.server.media.engine != "native":
+            return None
+        worker = pool.pick()
+        if not isinstance(worker, MediaWorker):
+            reason = "workers_full" if worker is FULL else "no_worker_up"
+            self.refusals.refuse("websocket", reason, agent=agent)
+            return "refused"
+        link, hello = worker.link, worker.hello
+        if link is None or hello is None or hello.kind != "native":
+            return None  # a pjsua2 worker hosts no sessions
+        session = self.relayed.open(worker.worker_id, link.send, on_event=on_event)
+        worker.calls.add(session.call)  # counted in the worker's load until the call ends
+        return session
+
+    def _relayed_closed(self, worker_id: str, call: int) -> None:
+        worker = self.pool.by_id(worker_id) if self.pool is not None else None
+        if worker is not None:
+            worker.calls.discard(call)
+
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
+        if is_relayed(record):
+            self.relayed.handle(worker.worker_id, record)
+            return
         if isinstance(record, framelink.CallStarted):
             self._release(record.sip_call_id)
             worker.calls.add(record.call)
@@ -546,6 +581,12 @@ class Server:
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
+        relayed = self.relayed.worker_lost(worker.worker_id)
+        if relayed:
+            closed = self.gateway.close_sessions(
+                set(relayed), WSCloseCode.INTERNAL_ERROR, "call worker lost"
+            )
+            log.warning("relayed_calls_lost", worker=worker.worker_id, calls=closed)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         now = self.listeners.clock()
