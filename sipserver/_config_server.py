@@ -183,10 +183,6 @@ class SipServerConfig(_Model):
 class MediaConfig(_Model):
     """Media workers: the processes that answer calls (SIP on loopback) and carry their RTP."""
 
-    engine: Literal["native", "pjsua2"] = "pjsua2"
-    """Call worker kind: ``native`` (our SIP UA and RTP engine; the calls' sessions run in the
-    workers, websocket calls too, relayed from this process) or ``pjsua2`` (the reference
-    engine; sessions run in this process)."""
     worker_host: Host = "127.0.0.1"
     """Address the workers' SIP listeners bind to; the edge forwards calls there."""
     rtp_host: Host = "127.0.0.1"
@@ -225,6 +221,18 @@ class MediaConfig(_Model):
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""
+    engine: Literal["native", "pjsua2"] = "pjsua2"
+    """What answers the calls: ``pjsua2`` (media workers of 4 calls each; the sessions run in
+    the main process) or ``native`` (call workers, one per core (``server.workers``), all
+    started at start-up: our own SIP UA and RTP engine, and each call's session and models
+    run in the worker that holds the call; websocket and Twilio calls too, their frames relayed
+    from the main process). See docs/calls.md, "Call workers", and docs/websocket.md."""
+    calls_per_worker: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = (
+        "auto"
+    )
+    """Calls one call worker (``engine: native``) takes: ``auto`` = ``server.max_calls``
+    divided among ``server.workers`` (rounded up), and never more than its RTP port slice
+    holds (2 ports per call). pjsua2 workers read their capacity from the library (4)."""
 
     @model_validator(mode="after")
     def _port_order(self) -> MediaConfig:

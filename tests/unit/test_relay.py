@@ -447,7 +447,7 @@ async def test_echo_session_over_a_unix_socket_pair(rate: int) -> None:
         out.append(remote.next_frame())
         # The gateway's next tick comes 20 ms later; wait for the reply instead of the clock,
         # so a busy machine cannot make the reply late.
-        await _until(lambda: remote.received_frames == tick + 1)
+        await _until(lambda n=tick + 1: remote.received_frames == n)
     underflows = remote.underflows
     remote.on_dtmf("#")
     for _ in range(50):
