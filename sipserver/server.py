@@ -768,6 +768,7 @@ class Server:
             "agents": [a.slug for a in self.config.agents],
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
+            "websocket_calls_in_workers": len(self.relayed),
             "monitored_calls": self.listens_hub.active,
             "media_engine": self.config.server.media.engine,
             "sessions_in_main": len(self.sessions) if self.sessions is not None else 0,

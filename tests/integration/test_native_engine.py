@@ -294,7 +294,9 @@ async def test_session_expires_without_refresh_ends_with_bye(harness: Harness) -
 
 
 @pytest.mark.parametrize("harness", [{"min_se": 5}], indirect=True)
-@pytest.mark.parametrize("scenario", ["uac_edge_session_refresh.xml", "uac_edge_session_update.xml"])
+@pytest.mark.parametrize(
+    "scenario", ["uac_edge_session_refresh.xml", "uac_edge_session_update.xml"]
+)
 async def test_session_refreshed_is_not_ended(harness: Harness, scenario: str) -> None:
     """Refresh (re-INVITE or UPDATE) after 2.5 s, then 3 s more: 5.5 s in all, past the 4 s an
     unrefreshed 6 s session lasts; a BYE from us fails the scenario."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
+from signal import SIGKILL
 from typing import Any
 
 import aiohttp
@@ -34,10 +36,24 @@ def _echo_ws(config: dict[str, Any]) -> None:
     config["server"]["demo_page"] = True
 
 
-@pytest.fixture
-def echo_server(server_factory: Any) -> ServerProcess:
-    server: ServerProcess = server_factory(_echo_ws)
+@pytest.fixture(params=["pjsua2", "native"])
+def echo_server(server_factory: Any, request: pytest.FixtureRequest) -> ServerProcess:
+    """The echo line; with the native engine its sessions run in a call worker (relayed)."""
+    engine = request.param
+
+    def mutate(config: dict[str, Any]) -> None:
+        _echo_ws(config)
+        config["server"]["media"] = {"engine": engine}
+
+    server: ServerProcess = server_factory(mutate)
     return server
+
+
+def _in_workers(server: ServerProcess) -> int:
+    status, body = server.get("/status")
+    assert status == 200
+    count: int = body["websocket_calls_in_workers"]
+    return count
 
 
 def _noise(seconds: float, rate: int, seed: int = 1) -> np.ndarray:
@@ -59,6 +75,8 @@ async def test_echo_line_returns_the_callers_audio(echo_server: ServerProcess, l
         rate = client.rate
         signal = _noise(2.0, rate)
         await asyncio.sleep(1.0)  # the chime plays first
+        native = echo_server.config["server"]["media"]["engine"] == "native"
+        assert _in_workers(echo_server) == (1 if native else 0)
         sent_at = asyncio.get_running_loop().time() - client.t0
         client.say(signal)
         await client.idle()
@@ -94,6 +112,30 @@ async def test_dtmf_hash_hangs_up_and_metrics_follow(echo_server: ServerProcess)
     assert echo_server.metric("sipserver_ws_calls_active") == 0
     assert echo_server.metric("sipserver_ws_closes_total", reason="hangup") == 1
     assert echo_server.metric("sipserver_ws_messages_total", direction="in", type="dtmf") == 1
+
+
+async def test_a_lost_call_worker_closes_its_websocket_calls_with_1011(
+    server_factory: Any,
+) -> None:
+    def mutate(config: dict[str, Any]) -> None:
+        _echo_ws(config)
+        config["server"]["media"] = {"engine": "native"}
+
+    server: ServerProcess = server_factory(mutate)
+    async with aiohttp.ClientSession() as http:
+        client = MediaStreamClient(await _connect(http, server))
+        await client.start()
+        await asyncio.sleep(0.5)
+        assert _in_workers(server) == 1
+        _, status = server.get("/status")
+        (worker,) = [w for w in status["media_workers"] if w["calls"] == 1]
+        os.kill(worker["pid"], SIGKILL)
+        await asyncio.wait_for(client.closed.wait(), 10)
+        await client.aclose()
+    assert client.close_code == 1011
+    assert client.close_reason == "call worker lost"
+    assert server.metric("sipserver_ws_closes_total", reason="worker_lost") == 1
+    assert _in_workers(server) == 0
 
 
 async def test_403_and_404_say_nothing_about_the_agent(echo_server: ServerProcess) -> None:
