@@ -469,3 +469,32 @@ async def test_echo_session_over_a_unix_socket_pair(rate: int) -> None:
     await worker_task
     await worker_link.close()
     await main_task
+
+
+# ------------------------------------------------------------------- plugged into the worker
+
+
+async def test_the_call_worker_hosts_relayed_calls_through_its_relay_hook() -> None:
+    """call_worker.relayed_calls: a relayed call gets the worker's own session (the echo line of
+    the configuration main sent), each tick record is answered, '#' ends it from the worker."""
+    from sipserver.rtp.call_worker import relayed_calls
+    from tests.unit.test_call_worker import RecordingWorker, configured, echo_config
+
+    worker = RecordingWorker(relay_factory=relayed_calls)
+    call = RELAY_CALL_BASE + 3
+    started = RelayedCallStarted(call, "MZ7", "echo", "+1415", "", "twilio", RATE)
+    worker.on_record(started)  # before CONFIG: nothing to build the session with
+    assert worker.sent == [CallEnded(call, "no agent for this call", 404)]
+    worker.sent.clear()
+    await configured(worker, echo_config())
+    worker.sent.clear()
+    worker.on_record(started)
+    for tick in range(3):
+        worker.on_record(Audio((AudioFrame(call, tick, tick * 160, frame(5)),)))
+    replies = [f for r in worker.sent if isinstance(r, Audio) for f in r.frames]
+    assert [(f.call, f.seq) for f in replies] == [(call, 0), (call, 1), (call, 2)]
+    assert all(len(f.pcm) == FB for f in replies)
+    assert any(f.pcm != bytes(FB) for f in replies)  # the echo line's chime
+    worker.on_record(Dtmf(call, "#", 0, "stream"))
+    assert worker.sent[-1] == CallEnded(call, "dtmf", 0)
+    assert worker.stats()["records_unhandled"] == 0
