@@ -513,6 +513,9 @@ class CallWorker:
         out["config"] = self.config_sequence
         out["ticks"] = self.clock.ticks
         out["late_ticks"] = self.clock.late_ticks
+        relay_stats = getattr(self.relay, "stats", None)  # relayed websocket calls
+        if relay_stats is not None:
+            out.update(relay_stats())
         if self.link is not None:
             out["dropped_frames"] = self.link.dropped_frames
             out["lost_frames"] = self.link.lost_frames
@@ -573,6 +576,10 @@ class CallWorker:
                     log.error("worker_link_error", error=repr(error))
         finally:
             await self.engine.stop()  # BYE every call; their CALL_ENDED go out first
+            end_relayed = getattr(self.relay, "end_all", None)  # relayed websocket calls
+            if end_relayed is not None:
+                for record in end_relayed("call worker stopping"):
+                    self._send(record)
             self.clock.stop()
             if status == 0:
                 self._send(Stats(self.stats()))
@@ -657,7 +664,7 @@ def relayed_calls(worker: CallWorker) -> MainRecordHandler:
         sessions = worker.sessions
         return sessions.new_session(info, on_event) if sessions is not None else None
 
-    return RelayedCalls(factory).handle
+    return RelayedCalls(factory)
 
 
 def main(argv: list[str] | None = None) -> int:

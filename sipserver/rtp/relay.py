@@ -177,6 +177,15 @@ class RelayedCalls:
                 return self._guarded(record.call, entry, lambda: rewind(ms))
         return []
 
+    def __call__(self, record: LinkRecord) -> list[LinkRecord]:
+        """Same as :meth:`handle` (the call worker's relay hook is a callable)."""
+        return self.handle(record)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the worker's STATS: ``relay_calls`` (hosted now) and
+        :meth:`RelayCounters.as_dict`."""
+        return {"relay_calls": len(self._calls), **self.counters.as_dict()}
+
     def take_events(self) -> list[LinkRecord]:
         """Events waiting since the last tick of their call (the adapter may flush these
         between ticks; :meth:`handle` sends them with the next tick anyway)."""

@@ -200,8 +200,10 @@ async def test_a_stalled_socket_ends_its_own_call(echo_server: ServerProcess) ->
     assert echo_server.metric("sipserver_ws_closes_total", reason="stalled") == 1
 
 
-async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
-    """In process: after 40 calls (ended every way) the task count is back to its baseline."""
+@pytest.mark.parametrize("engine", ["pjsua2", "native"])
+async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any, engine: str) -> None:
+    """In process: after 40 calls (ended every way) the task count is back to its baseline;
+    native: the sessions ran in a call worker, and no relayed call is left on either side."""
     http_port, sip_port = free_port(socket.SOCK_STREAM), free_port()
     config = parse_config(
         json.dumps(
@@ -212,6 +214,8 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
                     "data_dir": str(tmp_path),
                     "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": []},
                     "media_streams": {"stall_timeout": 0.5},
+                    "media": {"engine": engine},
+                    "workers": 1,
                 },
                 "agents": [{"slug": "alice", "websocket": {"enabled": True, "secret": SECRET}}],
             }
@@ -221,12 +225,17 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
     await server.start()
     url = f"http://127.0.0.1:{http_port}/ws/alice/{SECRET}"
     try:
+        if engine == "native":
+            async with asyncio.timeout(60):
+                while not server.readiness_report().ready:
+                    await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as http:
 
             async def one(i: int) -> None:
                 client = MediaStreamClient(await http.ws_connect(url), sid=f"MZ{i}")
                 await client.start()
                 await asyncio.sleep(0.1 + (i % 3) * 0.05)
+                assert (len(server.relayed) > 0) == (engine == "native")
                 if i % 4 == 0:
                     await client.stop()
                 elif i % 4 == 1:
@@ -252,6 +261,13 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
                 await asyncio.sleep(0.1)
         assert not server.gateway.calls
         assert len(asyncio.all_tasks()) <= baseline, [t.get_name() for t in asyncio.all_tasks()]
+        assert len(server.relayed) == 0
+        if engine == "native":
+            assert server.pool is not None
+            (worker,) = server.pool.workers
+            assert worker.load == 0
+            relayed = server.metrics.render().decode()
+            assert 'sipserver_refusals_total{ingress="websocket"' not in relayed
         metrics = server.metrics.render().decode()
         assert "sipserver_ws_calls_active 0.0" in metrics
         gc.collect()

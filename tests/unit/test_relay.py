@@ -497,4 +497,12 @@ async def test_the_call_worker_hosts_relayed_calls_through_its_relay_hook() -> N
     assert any(f.pcm != bytes(FB) for f in replies)  # the echo line's chime
     worker.on_record(Dtmf(call, "#", 0, "stream"))
     assert worker.sent[-1] == CallEnded(call, "dtmf", 0)
-    assert worker.stats()["records_unhandled"] == 0
+    stats = worker.stats()
+    assert stats["records_unhandled"] == 0
+    assert stats["relay_started"] == 1 and stats["relay_refused"] == 1
+    assert stats["relay_calls"] == 0
+    worker.on_record(RelayedCallStarted(call + 1, "MZ8", "echo", "", "", "twilio", RATE))
+    assert worker.stats()["relay_calls"] == 1
+    relay = worker.relay
+    assert isinstance(relay, RelayedCalls)
+    assert relay.end_all("call worker stopping") == [CallEnded(call + 1, "call worker stopping", 0)]
