@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import sys
@@ -47,6 +46,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+import structlog
 
 from sipserver.config import Config, ConfigError
 from sipserver.observability import LogFormat, configure_logging, get_logger
@@ -68,7 +69,9 @@ from sipserver.rtp.framelink import (
     Stats,
     open_link,
 )
+from sipserver.rtp.native_engine import EngineSettings, NativeEngine
 from sipserver.rtp.relay import RelayedCalls
+from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
 from sipserver.sip.headers import AGENT_HEADER
 
@@ -169,8 +172,7 @@ EngineFactory = Callable[
 
 
 def _native_engine(options: CallWorkerOptions, worker: CallWorker) -> _Engine:
-    engine_module = importlib.import_module("sipserver.rtp.native_engine")
-    settings = engine_module.EngineSettings(
+    settings = EngineSettings(
         sip_host=options.sip_host,
         sip_port=options.sip_port,
         rtp_host=options.rtp_host,
@@ -184,18 +186,12 @@ def _native_engine(options: CallWorkerOptions, worker: CallWorker) -> _Engine:
         rtp_timeout=options.rtp_timeout,
         capacity=options.capacity,
     )
-    engine: _Engine = engine_module.NativeEngine(
+    return NativeEngine(
         settings,
         on_call_started=worker.on_call_started,
         on_call_ended=worker.on_call_ended,
         on_dtmf=worker.on_dtmf,
     )
-    return engine
-
-
-def _media_clock(on_tick: Callable[[], None]) -> _Clock:
-    clock: _Clock = importlib.import_module("sipserver.rtp.rtp_stream").MediaClock(on_tick)
-    return clock
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,6 +229,8 @@ class _Hosted:
     call: _Call
     session: CallSession
     info: CallInfo
+    ending: bool = False
+    """Hung up here, waiting for the engine's end: no longer fed."""
 
 
 @dataclass(slots=True)
@@ -263,7 +261,7 @@ class CallWorker:
         options: CallWorkerOptions,
         *,
         engine_factory: EngineFactory = _native_engine,
-        clock_factory: Callable[[Callable[[], None]], _Clock] = _media_clock,
+        clock_factory: Callable[[Callable[[], None]], _Clock] = MediaClock,
         relay_factory: Callable[[CallWorker], MainRecordHandler] | None = None,
     ) -> None:
         self.options = options
@@ -376,6 +374,8 @@ class CallWorker:
     def tick(self) -> None:
         """One 20 ms tick: every call's frame in, its session's frame out."""
         for hosted in list(self._hosted.values()):
+            if hosted.ending:
+                continue
             stream = hosted.call.stream
             session = hosted.session
             try:
@@ -404,6 +404,9 @@ class CallWorker:
         reason = hosted.session.hangup_requested
         if reason is None:
             return
+        if hosted.ending:
+            return
+        hosted.ending = True
         log.info("call_session_hangup", call_id=hosted.info.call_id, reason=reason)
         self.engine.hangup(hosted.call.number, reason)  # on_call_ended follows
 
@@ -671,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     """Process entry: run the worker, return its exit status."""
     options = parse_args(argv)
     configure_logging(options.log_format, options.log_level)
+    # Every line of this process says which worker wrote it (they share main's log stream).
+    structlog.contextvars.bind_contextvars(worker=options.worker_id)
 
     async def run() -> int:
         return await CallWorker(options, relay_factory=relayed_calls).run()

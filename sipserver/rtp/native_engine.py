@@ -27,6 +27,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sipserver.observability import get_logger
 from sipserver.rtp.native_events import (
@@ -129,8 +130,8 @@ class _SipProtocol(asyncio.DatagramProtocol):
     def __init__(self, engine: NativeEngine) -> None:
         self.engine = engine
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.engine._datagram(data, (str(addr[0]), int(addr[1])))  # type: ignore[call-overload]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.engine._datagram(data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that went away: the transaction timers handle it.

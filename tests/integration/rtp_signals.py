@@ -69,5 +69,5 @@ def echo_correlation(got: np.ndarray, ref: np.ndarray) -> tuple[int, float, floa
     peak = float(np.abs(corr[lag]))
     floor = float(np.median(np.abs(corr))) + 1e-9
     segment = got[lag : lag + len(ref)]
-    coeff = peak / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-9)
+    coeff = float(peak / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-9))
     return lag, peak / floor, coeff
