@@ -46,6 +46,11 @@ def _rms(pcm: np.ndarray) -> float:
 async def test_killing_a_call_worker_ends_only_its_websocket_calls(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_native_echo)
     url = f"{server.http_url}/ws/alice/{SECRET}"
+
+    def workers_ready() -> int:
+        return sum(w["ready"] for w in server.get("/status")[1]["media_workers"])
+
+    assert await until(lambda: workers_ready() == 2, 30.0), "the second call worker is not ready"
     async with aiohttp.ClientSession() as http:
         clients = [
             MediaStreamClient(await http.ws_connect(url), sid=f"MZrelay{i:02d}")
