@@ -4,12 +4,14 @@ real unix socket pair with FrameLink."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from sipserver.config import parse_config
 from sipserver.pipeline.echo import EchoSession
 from sipserver.pipeline.events import (
     AgentState,
@@ -19,6 +21,7 @@ from sipserver.pipeline.events import (
     StateChanged,
 )
 from sipserver.pipeline.session import CallInfo, CallSession, frame_bytes
+from sipserver.rtp.call_worker import relayed_calls
 from sipserver.rtp.framelink import (
     RELAY_CALL_BASE,
     Audio,
@@ -34,6 +37,8 @@ from sipserver.rtp.framelink import (
     encode,
 )
 from sipserver.rtp.relay import RelayedCalls, RemoteSession, RemoteSessions, is_relayed
+from sipserver.server import needs_call_workers
+from tests.unit.test_call_worker import RecordingWorker, configured, echo_config
 
 RATE = 8000
 FB = frame_bytes(RATE)
@@ -477,9 +482,6 @@ async def test_echo_session_over_a_unix_socket_pair(rate: int) -> None:
 async def test_the_call_worker_hosts_relayed_calls_through_its_relay_hook() -> None:
     """call_worker.relayed_calls: a relayed call gets the worker's own session (the echo line of
     the configuration main sent), each tick record is answered, '#' ends it from the worker."""
-    from sipserver.rtp.call_worker import relayed_calls
-    from tests.unit.test_call_worker import RecordingWorker, configured, echo_config
-
     worker = RecordingWorker(relay_factory=relayed_calls)
     call = RELAY_CALL_BASE + 3
     started = RelayedCallStarted(call, "MZ7", "echo", "+1415", "", "twilio", RATE)
@@ -506,3 +508,27 @@ async def test_the_call_worker_hosts_relayed_calls_through_its_relay_hook() -> N
     relay = worker.relay
     assert isinstance(relay, RelayedCalls)
     assert relay.end_all("call worker stopping") == [CallEnded(call + 1, "call worker stopping", 0)]
+
+
+def test_native_workers_run_for_websocket_only_configurations() -> None:
+    """With engine native a websocket agent alone needs the call workers (its sessions run
+    there); with pjsua2 it does not (its sessions run in main)."""
+
+    def config(engine: str, sip: bool) -> bool:
+        agent: dict[str, object] = {
+            "slug": "ws",
+            "websocket": {"enabled": True, "secret": "relay-ws-secret-0123456789"},
+        }
+        if sip:
+            agent["sip"] = {
+                "enabled": True,
+                "numbers": ["+15005550101"],
+                "username": "ws",
+                "password": "ws-password-123",
+            }
+        raw = {"server": {"store": "memory", "media": {"engine": engine}}, "agents": [agent]}
+        return needs_call_workers(parse_config(json.dumps(raw), env={}))
+
+    assert config("native", sip=False)
+    assert not config("pjsua2", sip=False)
+    assert config("pjsua2", sip=True)
