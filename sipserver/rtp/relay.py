@@ -549,5 +549,18 @@ class RemoteSessions:
 
     def _closed(self, call: int) -> None:
         route = self._routes.pop(call, None)
-        if route is not None and self._on_closed is not None:
+        if route is None:
+            return
+        session = route.session
+        log.info(
+            "relayed_call_ended",
+            call_id=session.info.call_id if session.info is not None else "",
+            worker=route.worker_id,
+            ticks=session.ticks,
+            replies=session.received_frames,
+            underflows=session.underflows,
+            overflow=session.overflow,
+            worker_lost=session.lost,
+        )
+        if self._on_closed is not None:
             self._on_closed(route.worker_id, call)
