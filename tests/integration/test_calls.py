@@ -26,7 +26,12 @@ NUMBER = "+15005550101"  # agent "alice" in the test config
 
 ENGINES = ("pjsua2", "native")
 
-NOT_ON_NATIVE: dict[str, str] = {}
+NOT_ON_NATIVE: dict[str, str] = {
+    "test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones": (
+        "the native UA ends an unrefreshed session with a BYE, on time, but without the"
+        " 'Reason: SIP;cause=408' that the edge counts as session_expired (worker_bye instead)"
+    ),
+}
 """Tests of this file that the native engine does not pass yet, with why (skipped on it)."""
 
 
