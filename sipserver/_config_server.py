@@ -225,7 +225,8 @@ class MediaConfig(_Model):
     """What answers the calls: ``pjsua2`` (media workers of 4 calls each; the sessions run in
     the main process) or ``native`` (call workers, one per core (``server.workers``), all
     started at start-up: our own SIP UA and RTP engine, and each call's session and models
-    run in the worker that holds the call). See docs/calls.md, "Call workers"."""
+    run in the worker that holds the call; websocket and Twilio calls too, their frames relayed
+    from the main process). See docs/calls.md, "Call workers", and docs/websocket.md."""
     calls_per_worker: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = (
         "auto"
     )

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from sipserver.admission import CallLedger, Reservation, default_max_calls
 from sipserver.config import Config, ConfigError, load_config
@@ -57,6 +57,7 @@ from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore,
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
+from sipserver.rtp.relay import RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions, configuration_record
 from sipserver.sip.digest import DigestAlgorithm
@@ -66,7 +67,7 @@ from sipserver.web.app import build_admin_app, build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 from sipserver.web.listener import HttpDeadlines, HttpListener
 
-__all__ = ["Server", "calls_per_worker", "pid_file_path", "takes_sip_calls"]
+__all__ = ["Server", "calls_per_worker", "needs_call_workers", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
 
@@ -99,6 +100,14 @@ def takes_sip_calls(config: Config) -> bool:
     return any(
         a.sip.enabled and (a.sip.numbers or (a.listens.enabled and a.listens.numbers))
         for a in config.agents
+    )
+
+
+def needs_call_workers(config: Config) -> bool:
+    """True when the worker pool must run: some agent takes SIP calls, or the workers are native
+    call workers and some agent takes websocket calls (their sessions run in the workers)."""
+    return takes_sip_calls(config) or (
+        config.server.media.engine == "native" and any(a.websocket.enabled for a in config.agents)
     )
 
 
@@ -228,12 +237,14 @@ class Server:
         self._pool_started = False
         self._config_sequence = 1
         """Sequence of the CONFIG records sent to call workers (+1 per reload applied)."""
-        self._sip_calls = takes_sip_calls(config)
+        self._sip_calls = needs_call_workers(config)
         if self._sip_calls:
             self._build_pool(config)
         self.ledger = CallLedger(config)
         """Calls in progress per agent and in total, at every door, and their limits."""
         self._sip_reservations: dict[str, Reservation] = {}
+        self.relayed = RemoteSessions(on_closed=self._relayed_closed)
+        """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._trimmer = HeapTrimmer()
         self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
@@ -542,9 +553,41 @@ class Server:
             info: the call.
             on_event: receives the session's events (voice sessions only).
         """
+        if info.transport in ("websocket", "twilio") and info.agent:
+            relayed = self._relayed_session(info.agent, on_event)
+            if relayed is not None:
+                return None if relayed == "refused" else relayed
         return self.call_sessions.new_session(info, on_event)
 
+    def _relayed_session(
+        self, agent: str, on_event: Callable[[SessionEvent], None] | None
+    ) -> RemoteSession | Literal["refused"] | None:
+        """With native call workers: a session hosted by the least loaded one ("refused" when
+        none is up or all are full). None: no native workers here, the session runs locally."""
+        pool = self.pool
+        if pool is None or self.config.server.media.engine != "native":
+            return None
+        worker = pool.pick()
+        if not isinstance(worker, MediaWorker):
+            reason = "workers_full" if worker is FULL else "no_worker_up"
+            self.refusals.refuse("websocket", reason, agent=agent)
+            return "refused"
+        link, hello = worker.link, worker.hello
+        if link is None or hello is None or hello.kind != "native":
+            return None  # a pjsua2 worker hosts no sessions
+        session = self.relayed.open(worker.worker_id, link.send, on_event=on_event)
+        worker.calls.add(session.call)  # counted in the worker's load until the call ends
+        return session
+
+    def _relayed_closed(self, worker_id: str, call: int) -> None:
+        worker = self.pool.by_id(worker_id) if self.pool is not None else None
+        if worker is not None:
+            worker.calls.discard(call)
+
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
+        if is_relayed(record):
+            self.relayed.handle(worker.worker_id, record)
+            return
         if isinstance(record, framelink.CallStarted):
             self._release(record.sip_call_id)
             worker.calls.add(record.call)
@@ -570,6 +613,12 @@ class Server:
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
+        relayed = self.relayed.worker_lost(worker.worker_id)
+        if relayed:
+            closed = self.gateway.close_sessions(
+                set(relayed), WSCloseCode.INTERNAL_ERROR, "call worker lost"
+            )
+            log.warning("relayed_calls_lost", worker=worker.worker_id, calls=closed)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         now = self.listeners.clock()
@@ -662,12 +711,12 @@ class Server:
         # Nothing awaits from here on: the swap is atomic for the requests the loop serves.
         self.voice.apply(voice)
         notes: list[str] = []
-        sip_calls = takes_sip_calls(config)
+        sip_calls = needs_call_workers(config)
         if sip_calls and not pool_runs:
             self._build_pool(config)
-            notes.append("media worker pool started: an agent takes SIP calls now")
+            notes.append("media worker pool started: an agent takes calls the workers answer now")
         elif pool_runs and not sip_calls:
-            notes.append("no agent takes SIP calls now; the media workers keep running idle")
+            notes.append("no agent takes calls the workers answer now; they keep running idle")
         self._sip_calls = sip_calls
         self._state_changed()
         if self.proxy is not None and "server.public_host" in changed:
@@ -719,6 +768,7 @@ class Server:
             "agents": [a.slug for a in self.config.agents],
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
+            "websocket_calls_in_workers": len(self.relayed),
             "monitored_calls": self.listens_hub.active,
             "media_engine": self.config.server.media.engine,
             "sessions_in_main": len(self.sessions) if self.sessions is not None else 0,

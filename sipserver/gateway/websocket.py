@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -262,7 +263,10 @@ class StreamCall:
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        # Every call ticks on one 20 ms grid: the calls' timers fire in the same loop iteration,
+        # so the frames of calls relayed to a call worker leave in one write and come back in
+        # one read (4x cheaper per frame than staggered ticks: docs/websocket.md).
+        start = math.ceil(loop.time() / _TICK) * _TICK
         try:
             while self.end_reason is None:
                 due = start + (self.ticks - self.lead_ticks) * _TICK
@@ -428,6 +432,7 @@ class MediaStreamGateway:
         self.ledger = ledger
         self._refusals = refusals
         self.calls: set[StreamCall] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> Config:
@@ -439,6 +444,16 @@ class MediaStreamGateway:
         app.router.add_post("/incoming-call/{slug}/{secret}", self.incoming_call)
         app.router.add_get("/ws/{slug}/{secret}", self.media_stream)
         app.on_shutdown.append(self._shutdown)
+
+    def close_sessions(self, sessions: Collection[object], code: int, reason: str) -> int:
+        """Close the streams whose session is one of ``sessions`` (their call worker went away:
+        1011), through each stream's own close path; returns how many."""
+        closing = [call for call in self.calls if call.session in sessions]
+        for call in closing:
+            task = asyncio.get_running_loop().create_task(call.close("worker_lost", code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return len(closing)
 
     async def close_all(self) -> None:
         """End every stream in progress (server shutdown): close code 1001."""

@@ -1,13 +1,17 @@
 """Events a voice session publishes: what logs, metrics, the dashboard and the demo consume.
 
 Frozen, slotted dataclasses on an empty :class:`SessionEvent` base, each with ``at``: the
-session clock's time when it happened.
+session clock's time when it happened. :func:`event_to_json` and :func:`event_from_json` give each
+a stable JSON form (the frame link's EVENT record carries them from a call worker to the process
+that terminates the call's websocket: docs/framelink.md).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "AgentState",
@@ -20,6 +24,8 @@ __all__ = [
     "TranscriptReceived",
     "TurnCommitted",
     "TurnLatency",
+    "event_from_json",
+    "event_to_json",
 ]
 
 
@@ -125,3 +131,137 @@ class ProviderFailed(SessionEvent):
     stage: str
     """``stt``, ``llm``, ``tts`` or ``turn``."""
     error: str
+
+
+def event_to_json(event: SessionEvent) -> dict[str, Any]:
+    """The JSON form of an event: an object with a ``"type"`` tag and the event's fields.
+
+    Tags: ``state`` (``old``, ``new``: state values), ``transcript`` (``text``, ``final``),
+    ``turn`` (``text``, ``probability``), ``agent_text`` (``text``), ``interruption`` (``kind``,
+    ``heard``), ``latency`` (the timings, ``preemptive``), ``end_requested`` (``reason``),
+    ``provider_failed`` (``stage``, ``error``); every one has ``at``.
+
+    Raises:
+        TypeError: not one of this module's events.
+    """
+    if isinstance(event, StateChanged):
+        return {"type": "state", "at": event.at, "old": event.old.value, "new": event.new.value}
+    if isinstance(event, TranscriptReceived):
+        return {"type": "transcript", "at": event.at, "text": event.text, "final": event.final}
+    if isinstance(event, TurnCommitted):
+        return {
+            "type": "turn",
+            "at": event.at,
+            "text": event.text,
+            "probability": event.probability,
+        }
+    if isinstance(event, AgentText):
+        return {"type": "agent_text", "at": event.at, "text": event.text}
+    if isinstance(event, Interruption):
+        return {"type": "interruption", "at": event.at, "kind": event.kind, "heard": event.heard}
+    if isinstance(event, TurnLatency):
+        return {
+            "type": "latency",
+            "at": event.at,
+            "speech_end": event.speech_end,
+            "end_of_turn": event.end_of_turn,
+            "llm_first_token": event.llm_first_token,
+            "tts_first_audio": event.tts_first_audio,
+            "first_frame": event.first_frame,
+            "preemptive": event.preemptive,
+        }
+    if isinstance(event, CallEndRequested):
+        return {"type": "end_requested", "at": event.at, "reason": event.reason}
+    if isinstance(event, ProviderFailed):
+        return {
+            "type": "provider_failed",
+            "at": event.at,
+            "stage": event.stage,
+            "error": event.error,
+        }
+    raise TypeError(f"not a session event: {event!r}")
+
+
+def _num(obj: Mapping[str, Any], key: str) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{obj.get('type')} event: {key!r} must be a number")
+    return float(value)
+
+
+def _opt_num(obj: Mapping[str, Any], key: str) -> float | None:
+    return None if obj.get(key) is None else _num(obj, key)
+
+
+def _text(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{obj.get('type')} event: {key!r} must be a string")
+    return value
+
+
+def _flag(obj: Mapping[str, Any], key: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise ValueError(f"{obj.get('type')} event: {key!r} must be true or false")
+    return value
+
+
+def _state(obj: Mapping[str, Any], key: str) -> AgentState:
+    try:
+        return AgentState(_text(obj, key))
+    except ValueError:
+        raise ValueError(f"state event: unknown {key} state {obj.get(key)!r}") from None
+
+
+def event_from_json(obj: Mapping[str, Any]) -> SessionEvent | None:
+    """The event of :func:`event_to_json`'s form.
+
+    Returns:
+        The event; None for a ``type`` this version does not know (a newer peer's event:
+        ignored, not an error).
+
+    Raises:
+        ValueError: a known type with a missing or mistyped field.
+    """
+    kind = obj.get("type")
+    at = _num(obj, "at") if kind in _KNOWN else 0.0
+    if kind == "state":
+        return StateChanged(at, _state(obj, "old"), _state(obj, "new"))
+    if kind == "transcript":
+        return TranscriptReceived(at, _text(obj, "text"), _flag(obj, "final"))
+    if kind == "turn":
+        return TurnCommitted(at, _text(obj, "text"), _opt_num(obj, "probability"))
+    if kind == "agent_text":
+        return AgentText(at, _text(obj, "text"))
+    if kind == "interruption":
+        return Interruption(at, _text(obj, "kind"), _text(obj, "heard", ""))
+    if kind == "latency":
+        return TurnLatency(
+            at,
+            _opt_num(obj, "speech_end"),
+            _opt_num(obj, "end_of_turn"),
+            _opt_num(obj, "llm_first_token"),
+            _opt_num(obj, "tts_first_audio"),
+            _opt_num(obj, "first_frame"),
+            _flag(obj, "preemptive"),
+        )
+    if kind == "end_requested":
+        return CallEndRequested(at, _text(obj, "reason"))
+    if kind == "provider_failed":
+        return ProviderFailed(at, _text(obj, "stage"), _text(obj, "error"))
+    return None
+
+
+_KNOWN = frozenset(
+    {
+        "state",
+        "transcript",
+        "turn",
+        "agent_text",
+        "interruption",
+        "latency",
+        "end_requested",
+        "provider_failed",
+    }
+)

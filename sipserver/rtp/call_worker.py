@@ -51,6 +51,7 @@ import structlog
 
 from sipserver.config import Config, ConfigError
 from sipserver.observability import LogFormat, configure_logging, get_logger
+from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.framelink import (
@@ -69,6 +70,7 @@ from sipserver.rtp.framelink import (
     open_link,
 )
 from sipserver.rtp.native_engine import EngineSettings, NativeEngine
+from sipserver.rtp.relay import RelayedCalls
 from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
 from sipserver.sip.headers import AGENT_HEADER
@@ -80,6 +82,7 @@ __all__ = [
     "MainRecordHandler",
     "main",
     "parse_args",
+    "relayed_calls",
 ]
 
 log = get_logger("sipserver.rtp.call_worker")  # not "__main__" when run with -m
@@ -513,6 +516,9 @@ class CallWorker:
         out["config"] = self.config_sequence
         out["ticks"] = self.clock.ticks
         out["late_ticks"] = self.clock.late_ticks
+        relay_stats = getattr(self.relay, "stats", None)  # relayed websocket calls
+        if relay_stats is not None:
+            out.update(relay_stats())
         if self.link is not None:
             out["dropped_frames"] = self.link.dropped_frames
             out["lost_frames"] = self.link.lost_frames
@@ -573,6 +579,10 @@ class CallWorker:
                     log.error("worker_link_error", error=repr(error))
         finally:
             await self.engine.stop()  # BYE every call; their CALL_ENDED go out first
+            end_relayed = getattr(self.relay, "end_all", None)  # relayed websocket calls
+            if end_relayed is not None:
+                for record in end_relayed("call worker stopping"):
+                    self._send(record)
             self.clock.stop()
             if status == 0:
                 self._send(Stats(self.stats()))
@@ -649,6 +659,17 @@ def parse_args(argv: list[str] | None = None) -> CallWorkerOptions:
     )
 
 
+def relayed_calls(worker: CallWorker) -> MainRecordHandler:
+    """The handler of the websocket calls main relays to this worker (:mod:`sipserver.rtp.relay`):
+    their sessions are built like the worker's own calls' (None until the first CONFIG)."""
+
+    def factory(info: CallInfo, on_event: Callable[[SessionEvent], None]) -> CallSession | None:
+        sessions = worker.sessions
+        return sessions.new_session(info, on_event) if sessions is not None else None
+
+    return RelayedCalls(factory)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Process entry: run the worker, return its exit status."""
     options = parse_args(argv)
@@ -657,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     structlog.contextvars.bind_contextvars(worker=options.worker_id)
 
     async def run() -> int:
-        return await CallWorker(options).run()
+        return await CallWorker(options, relay_factory=relayed_calls).run()
 
     return asyncio.run(run())
 

@@ -32,12 +32,14 @@ from sipserver.tasks import cancel_and_wait
 __all__ = [
     "DTMF_DIGITS",
     "MAX_RECORD_LENGTH",
+    "RELAY_CALL_BASE",
     "Audio",
     "AudioFrame",
     "CallEnded",
     "CallStarted",
     "Configuration",
     "Dtmf",
+    "Event",
     "FrameLink",
     "FrameLinkError",
     "Hello",
@@ -46,6 +48,7 @@ __all__ = [
     "Pong",
     "RecordDecoder",
     "RecordType",
+    "RelayedCallStarted",
     "Stats",
     "encode",
     "open_link",
@@ -57,6 +60,10 @@ MAX_RECORD_LENGTH = 1 << 20
 
 #: DTMF digits a DTMF record may carry (RFC 4733 events 0-15 as ASCII).
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+#: Call numbers from here up (u32) are allocated by the main process for the calls it relays to
+#: a worker (websocket and Twilio media streams); a worker numbers its own calls below.
+RELAY_CALL_BASE = 0x8000_0000
 
 
 class FrameLinkError(ValueError):
@@ -75,6 +82,7 @@ class RecordType(enum.IntEnum):
     PING = 7
     PONG = 8
     CONFIG = 9
+    EVENT = 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +117,8 @@ class CallStarted:
     """A call was answered by the worker (worker -> main)."""
 
     call: int
-    """Worker-local call number (u32, never reused while the worker lives)."""
+    """Worker-local call number (below :data:`RELAY_CALL_BASE`, never reused while the worker
+    lives)."""
     sip_call_id: str
     """Call-ID of the dialog between the edge and the worker."""
     from_uri: str
@@ -174,8 +183,9 @@ class Dtmf:
     """One of ``0-9 * # A-D``."""
     duration_ms: int
     """Duration of the key press (0 when unknown)."""
-    method: Literal["rfc4733", "info"]
-    """How it arrived: RTP telephone-event (RFC 4733) or SIP INFO."""
+    method: Literal["rfc4733", "info", "stream"]
+    """How it arrived: RTP telephone-event (RFC 4733), SIP INFO, or a media stream's ``dtmf``
+    message (main -> worker, a relayed call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +228,55 @@ class Configuration:
     sound paths are taken from its directory."""
 
 
-LinkRecord = Hello | CallStarted | CallEnded | Audio | Dtmf | Stats | Ping | Pong | Configuration
+@dataclass(frozen=True, slots=True)
+class RelayedCallStarted:
+    """A websocket or Twilio call the main process relays to the worker (main -> worker).
+
+    Wire type CALL_STARTED with a call number of at least :data:`RELAY_CALL_BASE`; the JSON
+    carries the fields of :class:`~sipserver.pipeline.session.CallInfo`.
+    """
+
+    call: int
+    """Call number allocated by the main process (``>= RELAY_CALL_BASE``)."""
+    call_id: str
+    """Unique id of the call within the server (the stream's ``streamSid``)."""
+    agent: str
+    """Slug of the agent that answers the call."""
+    caller: str
+    """Who calls, as the stream gave it."""
+    called: str
+    """Number or address called, as the stream gave it."""
+    transport: str
+    """``"websocket"`` or ``"twilio"``."""
+    sample_rate: int
+    """Sample rate of the call's frames in both directions (8000 or 16000)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A session event of a relayed call (worker -> main), or a transport notice for its session
+    (main -> worker, e.g. ``{"type": "rewind", "ms": 200}``); see docs/framelink.md."""
+
+    call: int
+    """Call number of the relayed call."""
+    event: Mapping[str, Any]
+    """The event as a JSON object with a ``"type"`` string
+    (:func:`sipserver.pipeline.events.event_to_json`)."""
+
+
+LinkRecord = (
+    Hello
+    | CallStarted
+    | RelayedCallStarted
+    | CallEnded
+    | Audio
+    | Dtmf
+    | Stats
+    | Ping
+    | Pong
+    | Configuration
+    | Event
+)
 """Any record of the frame link."""
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +289,12 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FRAME = struct.Struct("<IIIH")  # call, seq, timestamp, nbytes
 _DTMF = struct.Struct("<IBHB")  # call, digit, duration_ms, method
-_METHOD_CODE: dict[str, int] = {"rfc4733": 1, "info": 2}
-_METHOD_NAME: dict[int, Literal["rfc4733", "info"]] = {1: "rfc4733", 2: "info"}
+_METHOD_CODE: dict[str, int] = {"rfc4733": 1, "info": 2, "stream": 3}
+_METHOD_NAME: dict[int, Literal["rfc4733", "info", "stream"]] = {
+    1: "rfc4733",
+    2: "info",
+    3: "stream",
+}
 _TYPES = frozenset(int(t) for t in RecordType)
 
 
@@ -310,6 +372,10 @@ def encode(record: LinkRecord) -> bytes:
             )
             rtype = RecordType.HELLO
         elif isinstance(record, CallStarted):
+            if record.call >= RELAY_CALL_BASE:
+                raise ValueError(
+                    f"worker call number {record.call:#x} not below {RELAY_CALL_BASE:#x}"
+                )
             payload = _U32.pack(record.call) + _json(
                 {
                     "sip_call_id": record.sip_call_id,
@@ -323,6 +389,30 @@ def encode(record: LinkRecord) -> bytes:
                 }
             )
             rtype = RecordType.CALL_STARTED
+        elif isinstance(record, RelayedCallStarted):
+            if not RELAY_CALL_BASE <= record.call <= 0xFFFF_FFFF:
+                raise ValueError(f"relayed call number {record.call:#x} below {RELAY_CALL_BASE:#x}")
+            payload = _U32.pack(record.call) + _json(
+                {
+                    "call_id": record.call_id,
+                    "agent": record.agent,
+                    "caller": record.caller,
+                    "called": record.called,
+                    "transport": record.transport,
+                    "sample_rate": record.sample_rate,
+                }
+            )
+            rtype = RecordType.CALL_STARTED
+        elif isinstance(record, Event):
+            if not isinstance(record.event.get("type"), str):
+                raise ValueError("EVENT: the event needs a 'type' string")
+            if not 0 <= record.call <= 0xFFFF_FFFF:
+                raise ValueError(f"EVENT: call number {record.call} out of range")
+            try:
+                payload = _json({"call": record.call, "event": dict(record.event)})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"EVENT: not JSON: {exc}") from None
+            rtype = RecordType.EVENT
         elif isinstance(record, CallEnded):
             payload = _U32.pack(record.call) + _json(
                 {"reason": record.reason, "status": record.status}
@@ -444,6 +534,8 @@ def _decode(rtype: int, p: memoryview) -> LinkRecord:
         _need(p, 4, "CALL_STARTED")
         (call,) = _U32.unpack_from(p, 0)
         o = _load_object(p[4:], "CALL_STARTED")
+        if call >= RELAY_CALL_BASE:
+            return _decode_relayed(call, o)
         headers = o.get("headers", {})
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise FrameLinkError("CALL_STARTED: 'headers' must map strings to strings")
@@ -492,11 +584,33 @@ def _decode(rtype: int, p: memoryview) -> LinkRecord:
         for key in o:
             _get_int(o, key, "STATS")
         return Stats(o)
+    if rtype == RecordType.EVENT:
+        o = _load_object(p, "EVENT")
+        call = _get_int(o, "call", "EVENT")
+        if not 0 <= call <= 0xFFFF_FFFF:
+            raise FrameLinkError(f"EVENT: call number {call} out of range")
+        event = o.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise FrameLinkError("EVENT: 'event' must be an object with a 'type' string")
+        return Event(call, event)
     if rtype == RecordType.PING:
         _decode_fixed(p, 8, "PING")
         return Ping(_U64.unpack_from(p, 0)[0])
     _decode_fixed(p, 8, "PONG")
     return Pong(_U64.unpack_from(p, 0)[0])
+
+
+def _decode_relayed(call: int, o: Mapping[str, Any]) -> RelayedCallStarted:
+    what = "CALL_STARTED (relayed)"
+    return RelayedCallStarted(
+        call=call,
+        call_id=_get_str(o, "call_id", what),
+        agent=_get_str(o, "agent", what),
+        caller=_get_str(o, "caller", what),
+        called=_get_str(o, "called", what),
+        transport=_get_str(o, "transport", what),
+        sample_rate=_get_int(o, "sample_rate", what),
+    )
 
 
 class RecordDecoder:

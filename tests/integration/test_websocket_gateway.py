@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import socket
+from signal import SIGKILL
 from typing import Any
 
 import aiohttp
@@ -34,10 +36,24 @@ def _echo_ws(config: dict[str, Any]) -> None:
     config["server"]["demo_page"] = True
 
 
-@pytest.fixture
-def echo_server(server_factory: Any) -> ServerProcess:
-    server: ServerProcess = server_factory(_echo_ws)
+@pytest.fixture(params=["pjsua2", "native"])
+def echo_server(server_factory: Any, request: pytest.FixtureRequest) -> ServerProcess:
+    """The echo line; with the native engine its sessions run in a call worker (relayed)."""
+    engine = request.param
+
+    def mutate(config: dict[str, Any]) -> None:
+        _echo_ws(config)
+        config["server"]["media"] = {"engine": engine}
+
+    server: ServerProcess = server_factory(mutate)
     return server
+
+
+def _in_workers(server: ServerProcess) -> int:
+    status, body = server.get("/status")
+    assert status == 200
+    count: int = body["websocket_calls_in_workers"]
+    return count
 
 
 def _noise(seconds: float, rate: int, seed: int = 1) -> np.ndarray:
@@ -59,6 +75,8 @@ async def test_echo_line_returns_the_callers_audio(echo_server: ServerProcess, l
         rate = client.rate
         signal = _noise(2.0, rate)
         await asyncio.sleep(1.0)  # the chime plays first
+        native = echo_server.config["server"]["media"]["engine"] == "native"
+        assert _in_workers(echo_server) == (1 if native else 0)
         sent_at = asyncio.get_running_loop().time() - client.t0
         client.say(signal)
         await client.idle()
@@ -94,6 +112,30 @@ async def test_dtmf_hash_hangs_up_and_metrics_follow(echo_server: ServerProcess)
     assert echo_server.metric("sipserver_ws_calls_active") == 0
     assert echo_server.metric("sipserver_ws_closes_total", reason="hangup") == 1
     assert echo_server.metric("sipserver_ws_messages_total", direction="in", type="dtmf") == 1
+
+
+async def test_a_lost_call_worker_closes_its_websocket_calls_with_1011(
+    server_factory: Any,
+) -> None:
+    def mutate(config: dict[str, Any]) -> None:
+        _echo_ws(config)
+        config["server"]["media"] = {"engine": "native"}
+
+    server: ServerProcess = server_factory(mutate)
+    async with aiohttp.ClientSession() as http:
+        client = MediaStreamClient(await _connect(http, server))
+        await client.start()
+        await asyncio.sleep(0.5)
+        assert _in_workers(server) == 1
+        _, status = server.get("/status")
+        (worker,) = [w for w in status["media_workers"] if w["calls"] == 1]
+        os.kill(worker["pid"], SIGKILL)
+        await asyncio.wait_for(client.closed.wait(), 10)
+        await client.aclose()
+    assert client.close_code == 1011
+    assert client.close_reason == "call worker lost"
+    assert server.metric("sipserver_ws_closes_total", reason="worker_lost") == 1
+    assert _in_workers(server) == 0
 
 
 async def test_403_and_404_say_nothing_about_the_agent(echo_server: ServerProcess) -> None:
@@ -158,8 +200,10 @@ async def test_a_stalled_socket_ends_its_own_call(echo_server: ServerProcess) ->
     assert echo_server.metric("sipserver_ws_closes_total", reason="stalled") == 1
 
 
-async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
-    """In process: after 40 calls (ended every way) the task count is back to its baseline."""
+@pytest.mark.parametrize("engine", ["pjsua2", "native"])
+async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any, engine: str) -> None:
+    """In process: after 40 calls (ended every way) the task count is back to its baseline;
+    native: the sessions ran in a call worker, and no relayed call is left on either side."""
     http_port, sip_port = free_port(socket.SOCK_STREAM), free_port()
     config = parse_config(
         json.dumps(
@@ -170,6 +214,8 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
                     "data_dir": str(tmp_path),
                     "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": []},
                     "media_streams": {"stall_timeout": 0.5},
+                    "media": {"engine": engine},
+                    "workers": 1,
                 },
                 "agents": [{"slug": "alice", "websocket": {"enabled": True, "secret": SECRET}}],
             }
@@ -179,12 +225,17 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
     await server.start()
     url = f"http://127.0.0.1:{http_port}/ws/alice/{SECRET}"
     try:
+        if engine == "native":
+            async with asyncio.timeout(60):
+                while not server.readiness_report().ready:
+                    await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as http:
 
             async def one(i: int) -> None:
                 client = MediaStreamClient(await http.ws_connect(url), sid=f"MZ{i}")
                 await client.start()
                 await asyncio.sleep(0.1 + (i % 3) * 0.05)
+                assert (len(server.relayed) > 0) == (engine == "native")
                 if i % 4 == 0:
                     await client.stop()
                 elif i % 4 == 1:
@@ -210,6 +261,13 @@ async def test_many_calls_leave_no_tasks_or_calls_behind(tmp_path: Any) -> None:
                 await asyncio.sleep(0.1)
         assert not server.gateway.calls
         assert len(asyncio.all_tasks()) <= baseline, [t.get_name() for t in asyncio.all_tasks()]
+        assert len(server.relayed) == 0
+        if engine == "native":
+            assert server.pool is not None
+            (worker,) = server.pool.workers
+            assert worker.load == 0
+            relayed = server.metrics.render().decode()
+            assert 'sipserver_refusals_total{ingress="websocket"' not in relayed
         metrics = server.metrics.render().decode()
         assert "sipserver_ws_calls_active 0.0" in metrics
         gc.collect()

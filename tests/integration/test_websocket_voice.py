@@ -42,8 +42,17 @@ def _voice_ws_agent(config: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_path: Path) -> None:
-    server: ServerProcess = server_factory(_voice_ws_agent)
+@pytest.mark.parametrize("engine", ["pjsua2", "native"])
+async def test_twilio_stream_talks_to_the_voice_agent(
+    server_factory: Any, tmp_path: Path, engine: str
+) -> None:
+    """pjsua2: the session runs in the main process; native: in a call worker, relayed."""
+
+    def mutate(config: dict[str, Any]) -> None:
+        _voice_ws_agent(config)
+        config["server"]["media"] = {"engine": engine}
+
+    server: ServerProcess = server_factory(mutate)
     question = espeak("How much does it cost?", tmp_path, rate=RATE)
     follow_up = espeak("What can you tell me about the plans?", tmp_path, rate=RATE)
     barge = espeak("Wait, stop, I have another question please.", tmp_path, rate=RATE)
@@ -54,6 +63,8 @@ async def test_twilio_stream_talks_to_the_voice_agent(server_factory: Any, tmp_p
         # Ask for the sipserver events too (a Twilio stream would not).
         await client.start({"caller": "+14155550123", "sipserver_events": "true"})
         await asyncio.sleep(6.0)  # the greeting
+        _, status = server.get("/status")
+        assert status["websocket_calls_in_workers"] == (1 if engine == "native" else 0)
         asked = asyncio.get_running_loop().time() - client.t0
         client.say(question)
         await client.idle()
