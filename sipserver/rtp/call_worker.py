@@ -85,7 +85,7 @@ __all__ = [
     "relayed_calls",
 ]
 
-log = get_logger(__name__)
+log = get_logger("sipserver.rtp.call_worker")  # not "__main__" when run with -m
 
 RELAYED_CALLS_BASE = 0x8000_0000
 """Call numbers main allocates for the calls it relays to a worker start here (the engine's

@@ -26,13 +26,22 @@ NUMBER = "+15005550101"  # agent "alice" in the test config
 
 ENGINES = ("pjsua2", "native")
 
-NOT_ON_NATIVE: dict[str, str] = {
-    "test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones": (
-        "the native UA ends an unrefreshed session with a BYE, on time, but without the"
-        " 'Reason: SIP;cause=408' that the edge counts as session_expired (worker_bye instead)"
-    ),
-}
+NOT_ON_NATIVE: dict[str, str] = {}
 """Tests of this file that the native engine does not pass yet, with why (skipped on it)."""
+
+
+def on_engine(engine: str, mutate: Any = None) -> Any:
+    """A config mutation that runs ``mutate`` and sets ``server.media.engine``."""
+
+    def with_engine(config: dict[str, Any]) -> None:
+        if mutate is not None:
+            mutate(config)
+        config["server"].setdefault("media", {})["engine"] = engine
+        if engine == "native":
+            # Call workers all start at once (pjsua2: min_workers 1 at start): one.
+            config["server"].setdefault("workers", 1)
+
+    return with_engine
 
 
 @pytest.fixture(params=ENGINES)
@@ -50,15 +59,7 @@ def server_factory(server_factory: Any, engine: str) -> Any:
     """conftest's factory with ``server.media.engine`` set to the test's engine."""
 
     def make(mutate: Any = None, **kwargs: Any) -> ServerProcess:
-        def with_engine(config: dict[str, Any]) -> None:
-            if mutate is not None:
-                mutate(config)
-            config["server"].setdefault("media", {})["engine"] = engine
-            if engine == "native":
-                # Call workers all start at once (pjsua2: min_workers 1 at start): one.
-                config["server"].setdefault("workers", 1)
-
-        server: ServerProcess = server_factory(with_engine, **kwargs)
+        server: ServerProcess = server_factory(on_engine(engine, mutate), **kwargs)
         return server
 
     return make
