@@ -61,12 +61,38 @@ def listens_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, A
     return config
 
 
-@pytest.fixture(scope="module")
-def listens_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir = tmp_path_factory.mktemp("listens")
-    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
-    server = ServerProcess(config, workdir)
+ENGINES = ("pjsua2", "native")
+"""``server.media.engine``: with native, every fork is transcribed in a call worker and main
+only relays the tracks' frames (docs/listens.md "Where it runs")."""
+
+
+def on_engine(config: dict[str, Any], engine: str) -> dict[str, Any]:
+    """``config`` with ``server.media.engine`` set (native: one call worker)."""
+    config["server"]["media"] = {"engine": engine}
+    if engine == "native":
+        config["server"]["workers"] = 1
+    return config
+
+
+def start_on(server: ServerProcess, engine: str) -> None:
+    """Start ``server``; on native wait for its call worker's models to be warm."""
     server.start()
+    if engine == "native":
+        from tests.integration.test_calls import wait_metric
+
+        wait_metric(server, "sipserver_media_workers_up", 1)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def listens_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    engine: str = request.param
+    workdir = tmp_path_factory.mktemp(f"listens-{engine}")
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
+    server = ServerProcess(on_engine(config, engine), workdir)
+    server.engine = engine  # type: ignore[attr-defined]
+    start_on(server, engine)
     yield server
     server.stop()
 
@@ -137,6 +163,12 @@ async def test_forked_call_streams_transcripts_and_a_suggestion(
     assert fork.received == [], "a fork must never be sent anything"
     assert server.metric("sipserver_listens_suggestions_total", mode="passage") >= 1
     assert server.metric("sipserver_listens_calls_active") == 0
+    status = server.get("/status")[1]
+    if server.engine == "native":  # type: ignore[attr-defined]
+        # The fork was transcribed in the call worker: main never loaded a model.
+        assert status["models_loaded"] == 0, status["models_loaded"]
+    else:
+        assert status["models_loaded"] > 0
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -216,10 +248,13 @@ async def test_webhook_forks_monitored_numbers_and_rejects_others(
         assert ws_wrong.status == 403
 
 
-async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_shutdown_ends_forks_and_dashboard_streams_promptly(
+    tmp_path: Path, engine: str
+) -> None:
     config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
-    server = ServerProcess(config, tmp_path)
-    server.start()
+    server = ServerProcess(on_engine(config, engine), tmp_path)
+    start_on(server, engine)
     base = server.http_url
     http, _ = await login(base, "admin", password_of("admin"))
     try:
@@ -251,7 +286,8 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
     """A PBX (a pjsua2 UA) calls the listens number over SIP with the agent's credentials: the
     call is answered, nothing but silence comes back, and the caller's speech shows up on the
     dashboard stream as caller lines with a suggestion. On the native engine the call worker
-    relays the call's audio to main, where the dashboard lives."""
+    transcribes the call and sends its lines and suggestions to main's hub in EVENT records:
+    main loads no model."""
     import json as _json
 
     import numpy as np
@@ -313,5 +349,7 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
         _, heard = read_wav(record)
         assert heard.size > rate * 5, heard.size  # the call was up for the whole clip
         assert int(np.abs(heard).max()) < 200, "a listens call must send nothing but silence"
+        if engine == "native":
+            assert server.get("/status")[1]["models_loaded"] == 0
     finally:
         server.stop()
