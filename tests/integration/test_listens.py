@@ -353,3 +353,75 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
             assert server.get("/status")[1]["models_loaded"] == 0
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+async def test_a_call_worker_killed_during_forks_ends_only_its_fork(tmp_path: Path) -> None:
+    """Native engine, two call workers, one fork on each (least loaded first). SIGKILL one
+    worker: its fork's monitored call ends (``call worker lost``) and its websocket is closed
+    1011; the other fork goes on being transcribed."""
+    import os
+    import signal
+
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    config["agents"][-1]["listens"]["channel"] = "inbound"
+    on_engine(config, "native")["server"]["workers"] = 2
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    base = server.http_url
+    question = espeak("How much does it cost?", tmp_path, rate=8000)
+
+    def workers() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = server.get("/status")[1]["media_workers"]
+        return listed
+
+    http, _ = await login(base, "admin", password_of("admin"))
+    forks: list[ForkClient] = []
+    try:
+        from tests.integration.test_calls import wait_metric
+
+        wait_metric(server, "sipserver_media_workers_up", 2)
+        calls = SseReader(await http.get(f"{base}/api/listens/copilot/events"))
+        for i in range(2):
+            ws = await http.ws_connect(f"{base}/listens/copilot/{SECRET}/stream")
+            fork = ForkClient(ws, sid=f"MZkill{i}", tracks=("inbound",))
+            await fork.start({"caller": f"+1415555012{i}", "called": NUMBER})
+            forks.append(fork)
+            assert await calls.wait_for(lambda r, n=i + 1: len(r.of("calls")[-1]) == n, 10)
+        assert sorted(w["calls"] for w in workers()) == [1, 1]  # one fork on each
+        streams = {
+            fork.sid: SseReader(
+                await http.get(f"{base}/api/listens/copilot/calls/{fork.sid}/events")
+            )
+            for fork in forks
+        }
+        victim = workers()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def ended(r: SseReader) -> bool:
+            return bool(r.of("ended"))
+
+        assert await calls.wait_for(lambda r: len(r.of("calls")[-1]) == 1, 10), calls.events
+        gone = [sid for sid, r in streams.items() if ended(r)]
+        assert len(gone) == 1, {sid: r.events for sid, r in streams.items()}
+        assert streams[gone[0]].of("ended")[0]["reason"] == "call worker lost"
+        lost = next(f for f in forks if f.sid == gone[0])
+        survivor = next(f for f in forks if f.sid != gone[0])
+        for _ in range(100):  # the lost fork's next media message gets its socket closed
+            if lost.ws.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert lost.ws.close_code == 1011, lost.ws.close_code
+        assert calls.of("calls")[-1][0]["call_id"] == survivor.sid
+        survivor.say("inbound", question)
+        events = streams[survivor.sid]
+        assert await events.wait_for(lambda r: bool(r.of("transcript")), 30), events.events
+        assert "cost" in events.of("transcript")[0]["text"].lower()
+        assert not ended(events)
+        for reader in (calls, *streams.values()):
+            await reader.close()
+    finally:
+        for fork in forks:
+            await fork.stop()
+        await http.close()
+        server.stop()
