@@ -798,6 +798,7 @@ class Server:
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
             "websocket_calls_in_workers": len(self.relayed),
+            "listens_forks_in_workers": self.relayed.forks,
             "monitored_calls": self.listens_hub.active,
             "monitored_calls_in_workers": len(self.remote_listens),
             "models_loaded": loaded_models(),

@@ -486,8 +486,8 @@ class CallWorker:
 
         ``calls``/``capacity``: calls held now and the limit; ``ready``: 1 once the models of
         the configuration are warm; ``config``: the CONFIG sequence in use; ``late_ticks``:
-        media clock ticks run more than 20 ms late; ``hosted``/``relayed``: calls whose
-        session runs here / in main (AI Listens).
+        media clock ticks run more than 20 ms late; ``hosted``: SIP calls whose session runs
+        here (every one, AI Listens calls included); ``listens_*``: the monitored calls.
         """
         out = dict(self.engine.stats())
         out.update(self.counters)

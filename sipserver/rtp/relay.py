@@ -582,7 +582,12 @@ class RemoteSessions:
         self._next = RELAY_CALL_BASE
 
     def __len__(self) -> int:
-        return len(self._routes) + len(self._forks)
+        return len(self._routes)
+
+    @property
+    def forks(self) -> int:
+        """AI Listens forks relayed now (not counted in ``len``: those are the sessions)."""
+        return len(self._forks)
 
     def open(
         self,

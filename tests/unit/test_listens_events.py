@@ -198,7 +198,10 @@ async def test_a_relayed_fork_feeds_each_track_and_ends_with_its_transcription()
     assert len(forks) == 1 and forks.owns(outbound)
     fork.close("stop")
     assert forks.handle(_wire(to_worker[-1])) is True
-    assert len(sessions) == 0  # numbers free again
+    assert (
+        sessions.forks == 0
+        and sessions.open_fork("w1", to_worker.append, ("inbound",)).call == inbound + 2
+    )
     await host.wait_closed()
     kinds = [r.event["type"] for r in to_main if isinstance(r, Event)]
     assert kinds[0] == "listens_started" and kinds[-1] == "listens_ended"
