@@ -18,6 +18,7 @@ PCM is always signed 16-bit little-endian mono (s16le), the pipeline's format. `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy.typing as npt
 __all__ = [
     "G722Decoder",
     "G722Encoder",
+    "PayloadCodec",
     "alaw_decode",
     "alaw_encode",
     "l16_to_pcm",
@@ -59,7 +61,7 @@ def _ulaw_decode_table() -> _I16:
     """Linear value of every mu-law code."""
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
-    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
+    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype("<i2")
 
 
 def _alaw_encode_table() -> _U8:
@@ -84,7 +86,7 @@ def _alaw_decode_table() -> _I16:
     t = (a & 0x0F) << 4
     t = np.where(segment == 0, t + 8, t + 0x108)
     t = np.where(segment > 1, t << np.maximum(segment - 1, 0), t)
-    return np.where(a & 0x80, t, -t).astype(np.int16)
+    return np.where(a & 0x80, t, -t).astype("<i2")
 
 
 _ULAW_ENCODE = _ulaw_encode_table()
@@ -105,12 +107,12 @@ def ulaw_encode(pcm: bytes) -> bytes:
     Raises:
         ValueError: ``pcm`` has an odd length.
     """
-    return _ULAW_ENCODE[_samples_u16(pcm)].tobytes()
+    return _ULAW_ENCODE.take(_samples_u16(pcm)).tobytes()
 
 
 def ulaw_decode(data: bytes) -> bytes:
     """G.711 mu-law to s16le PCM."""
-    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+    return _ULAW_DECODE.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
 
 
 def alaw_encode(pcm: bytes) -> bytes:
@@ -119,12 +121,12 @@ def alaw_encode(pcm: bytes) -> bytes:
     Raises:
         ValueError: ``pcm`` has an odd length.
     """
-    return _ALAW_ENCODE[_samples_u16(pcm)].tobytes()
+    return _ALAW_ENCODE.take(_samples_u16(pcm)).tobytes()
 
 
 def alaw_decode(data: bytes) -> bytes:
     """G.711 A-law to s16le PCM."""
-    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+    return _ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8)).tobytes()
 
 
 def l16_to_pcm(data: bytes) -> bytes:
@@ -177,9 +179,9 @@ class G722Encoder:
         """
         import av
 
-        samples = np.frombuffer(pcm, dtype="<i2")
         if len(pcm) % 2:
             raise ValueError(f"PCM of odd length {len(pcm)}: not whole 16-bit samples")
+        samples = np.frombuffer(pcm, dtype="<i2")
         if not len(samples):
             return b""
         frame = av.AudioFrame(format="s16", layout="mono", samples=len(samples))
@@ -217,3 +219,29 @@ class G722Decoder:
             return b""
         frames = self._context.decode(av.Packet(data))
         return b"".join(frame.to_ndarray().astype("<i2", copy=False).tobytes() for frame in frames)
+
+
+class PayloadCodec:
+    """An RTP payload format by name: its PCM rate, its 20 ms PCM frame size, and encode/decode
+    of whole frames (G.722 with its own encoder and decoder state: one per stream).
+
+    Raises:
+        ValueError: a name other than PCMU, PCMA, G722.
+    """
+
+    __slots__ = ("decode", "encode", "name", "pcm_frame", "rate")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.encode: Callable[[bytes], bytes]
+        self.decode: Callable[[bytes], bytes]
+        if name == "PCMU":
+            self.rate, self.encode, self.decode = 8000, ulaw_encode, ulaw_decode
+        elif name == "PCMA":
+            self.rate, self.encode, self.decode = 8000, alaw_encode, alaw_decode
+        elif name == "G722":
+            self.rate = G722_RATE
+            self.encode, self.decode = G722Encoder().encode, G722Decoder().decode
+        else:
+            raise ValueError(f"codec {name!r} is not one of PCMU, PCMA, G722")
+        self.pcm_frame = self.rate // 50 * 2  # 20 ms of s16le

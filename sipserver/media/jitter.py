@@ -342,12 +342,16 @@ class RtpJitterBuffer:
         self._lost_recently: set[int] = set()
         self._primed = False
         self._packet_ts = clock_rate * FRAME_MS // 1000  # RTP units per packet (from deltas)
+        self._packet_ms = FRAME_MS
+        self._capacity = self.settings.capacity_ms // FRAME_MS  # in packets
         self._last_ts: tuple[int, int] | None = None  # (ext seq, timestamp) of the last audio
         self._transit: float | None = None
         self._jitter = 0.0  # RFC 3550 A.8, in RTP units
         self._target_ms = self.settings.initial_ms
+        self._wanted = self.settings.min_ms  # the target the measured jitter asks for
         self._calm_ticks = 0
-        self._excess_ticks = 0
+        self._window_ticks = 0
+        self._window_min = 1 << 30
         self.received_unique = 0
         """Packets received and kept (for RTCP's cumulative loss, RFC 3550 A.3)."""
 
@@ -396,7 +400,7 @@ class RtpJitterBuffer:
         if payload:
             self._measure(ext, timestamp, arrival)
         assert self._max is not None
-        capacity = self.settings.capacity_ms * self.clock_rate // 1000 // self._packet_ts
+        capacity = self._capacity
         while self._max - nxt >= capacity:  # too far ahead: drop the oldest slot
             if packets.pop(nxt, None) is not None:
                 stats.overflow_frames += 1
@@ -429,15 +433,17 @@ class RtpJitterBuffer:
             step = (timestamp - last[1]) & 0xFFFFFFFF
             if 0 < step <= self.clock_rate // 5:
                 self._packet_ts = step
+                self._packet_ms = max(1, step * 1000 // self.clock_rate)
+                self._capacity = max(1, self.settings.capacity_ms // self._packet_ms)
         self._last_ts = (ext, timestamp)
-        wanted = self._wanted_ms()
+        wanted = self._wanted = self._wanted_ms()
         if wanted > self._target_ms:  # grow at once
             self._target_ms = wanted
             self._calm_ticks = 0
 
     def _wanted_ms(self) -> int:
         settings = self.settings
-        packet_ms = self.packet_ms
+        packet_ms = self._packet_ms
         ms = self.settings.jitter_factor * self.jitter_ms + packet_ms
         frames = -(-int(ms) // packet_ms)  # whole packets, rounded up
         return max(settings.min_ms, min(settings.max_ms, frames * packet_ms))
@@ -452,7 +458,7 @@ class RtpJitterBuffer:
             return Gap.WAIT
         if not self._primed:
             assert self._max is not None
-            if not packets or (self._max - nxt + 1) * self.packet_ms < self._target_ms:
+            if not packets or (self._max - nxt + 1) * self._packet_ms < self._target_ms:
                 return Gap.WAIT
             self._primed = True
         payload = packets.pop(nxt, None)
@@ -471,12 +477,17 @@ class RtpJitterBuffer:
         self.stats.underruns += 1
         return Gap.WAIT
 
+    def has_next(self) -> bool:
+        """Whether the packet due next is here (else :meth:`pop` will wait or declare it
+        lost)."""
+        return self._next in self._packets
+
     def tick(self) -> None:
         """Once per 20 ms frame: shrink the target slowly, shed an excess delay slowly."""
         if self._next is None:
             return
-        packet_ms = self.packet_ms
-        if self._wanted_ms() < self._target_ms:
+        packet_ms = self._packet_ms
+        if self._wanted < self._target_ms:
             self._calm_ticks += 1
             if self._calm_ticks * FRAME_MS >= self.settings.shrink_interval_ms:
                 self._target_ms -= packet_ms
@@ -484,17 +495,23 @@ class RtpJitterBuffer:
         else:
             self._calm_ticks = 0
         if not self._primed or self._max is None:
+            self._window_ticks = 0
+            self._window_min = 1 << 30
             return
-        depth_ms = (self._max - self._next + 1) * packet_ms
-        if depth_ms > self._target_ms + 2 * packet_ms:
-            self._excess_ticks += 1
-            if self._excess_ticks * FRAME_MS >= 500:  # half a second too deep: drop one
-                self._excess_ticks = 0
+        # The shallowest the buffer got over half a second is the delay nobody needed: when
+        # it exceeds the target by more than a packet, one packet is dropped (jitter alone
+        # never triggers it, since the minimum is taken over the jitter's swings).
+        depth = self._max - self._next + 1
+        if depth < self._window_min:
+            self._window_min = depth
+        self._window_ticks += 1
+        if self._window_ticks * FRAME_MS >= 500:
+            if self._window_min * packet_ms > self._target_ms + packet_ms:
                 self._packets.pop(self._next, None)
                 self._next += 1
                 self.stats.catchup_frames += 1
-        else:
-            self._excess_ticks = 0
+            self._window_ticks = 0
+            self._window_min = 1 << 30
 
     # ---------------------------------------------------------------------------------- state
 
@@ -511,7 +528,7 @@ class RtpJitterBuffer:
     @property
     def packet_ms(self) -> int:
         """Duration of one packet in ms (from the timestamps; 20 until measured)."""
-        return max(1, self._packet_ts * 1000 // self.clock_rate)
+        return self._packet_ms
 
     @property
     def target_ms(self) -> int:

@@ -2,8 +2,9 @@
 
 One :class:`RtpStream` per call, two UDP sockets (RTP on an even port, RTCP on the next odd
 one, RFC 3550 §11) from a :class:`RtpPortPool`. The call worker's single :class:`MediaClock`
-calls :meth:`RtpStream.read_frame` and :meth:`RtpStream.write_frame` of every call once per
-20 ms; the stream itself runs no timer and no task, so a worker holds hundreds of them:
+(:mod:`sipserver.rtp.media_clock`) calls :meth:`RtpStream.read_frame` and
+:meth:`RtpStream.write_frame` of every call once per 20 ms; the stream itself runs no timer
+and no task, so a worker holds hundreds of them:
 
 - inbound packets are parsed on arrival (the 12-byte fixed header with ``struct``; aiortc's
   :class:`~aiortc.rtp.RtpPacket` for the rare packet with CSRCs, an extension or padding, which
@@ -13,7 +14,8 @@ calls :meth:`RtpStream.read_frame` and :meth:`RtpStream.write_frame` of every ca
   through PyAV with one decoder per stream), conceals losses (the last frame fading out, then
   silence) and always returns exactly one 20 ms frame;
 - ``write_frame`` encodes and sends one packet, keeping sequence number and timestamp
-  continuous (RFC 3550 §5.1), or sends the RFC 4733 event packets of a queued digit instead;
+  continuous (RFC 3550 §5.1), or sends the RFC 4733 event packets of a queued digit instead
+  (:mod:`sipserver.rtp.rfc4733` holds the event logic, both ways);
 - symmetric RTP (RFC 4961): the first packet with our payload type fixes the peer's source
   address; when it differs from the SDP's (a NAT), we send there from then on (``latched``)
   and ignore other sources until the next offer/answer;
@@ -29,11 +31,12 @@ import contextlib
 import functools
 import os
 import random
+import socket
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 from aiortc.rtp import (
@@ -49,18 +52,14 @@ from aiortc.rtp import (
     clamp_packets_lost,
 )
 
-from sipserver.media.codecs import (
-    G722Decoder,
-    G722Encoder,
-    alaw_decode,
-    alaw_encode,
-    ulaw_decode,
-    ulaw_encode,
-)
+from sipserver.media.codecs import PayloadCodec
 from sipserver.media.frames import FRAME_MS, frame_bytes
 from sipserver.media.jitter import Gap, JitterSettings, RtpJitterBuffer
 from sipserver.media.resample import Resampler
 from sipserver.observability import get_logger
+from sipserver.rtp.media_clock import MediaClock
+from sipserver.rtp.rfc4733 import DTMF_EVENTS, DtmfReceiver, DtmfSender, event_code
+from sipserver.rtp.sdes import CryptoLine, SrtpContext, SrtpError, make_crypto, parse_crypto
 from sipserver.rtp.sdp import Negotiated
 
 __all__ = [
@@ -74,52 +73,34 @@ __all__ = [
 
 log = get_logger(__name__)
 
-DTMF_EVENTS: Final = "0123456789*#ABCD"
-"""RFC 4733 §3.2 event codes 0-15, by code."""
-
 _HEADER = struct.Struct("!BBHII")
-_EVENT = struct.Struct("!BBH")
 _RTCP_INTERVAL = 5.0  # RFC 3550 §6.2: minimum interval, randomised x0.5..1.5 (§6.3.1)
 _HOUSEKEEPING_READS = 50  # timeout, RTCP and DTMF checks once a second of frames
-_DTMF_VOLUME = 10  # -10 dBm0 (RFC 4733 §2.3.4)
-_DTMF_END_REPEATS = 3  # RFC 4733 §2.5.1.4
-_DTMF_STALE = 1.0  # an event without its end packets is reported after this many seconds
 _NTP_EPOCH = 2208988800  # seconds from 1900 to 1970 (RFC 3550 §4)
+
+
+def _not_open(data: bytes, addr: tuple[str, int]) -> None:
+    raise OSError("RTP socket not open")
 
 
 class NoPortsError(RuntimeError):
     """Every RTP port pair of the range is in use (the UA answers 503)."""
 
 
-class _Codec:
-    """One payload format: PCM rate, 20 ms PCM frame size, encode/decode of whole frames."""
-
-    __slots__ = ("decode", "encode", "name", "pcm_frame", "rate")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.encode: Callable[[bytes], bytes]
-        self.decode: Callable[[bytes], bytes]
-        if name == "PCMU":
-            self.rate, self.encode, self.decode = 8000, ulaw_encode, ulaw_decode
-        elif name == "PCMA":
-            self.rate, self.encode, self.decode = 8000, alaw_encode, alaw_decode
-        elif name == "G722":
-            self.rate = 16000
-            self.encode, self.decode = G722Encoder().encode, G722Decoder().decode
-        else:
-            raise ValueError(f"codec {name!r} is not one of PCMU, PCMA, G722")
-        self.pcm_frame = frame_bytes(self.rate)
-
-
 class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("datagram_received",)
+    __slots__ = ("_on_lost", "datagram_received")
 
-    def __init__(self, on_datagram: Callable[[bytes, Any], None]) -> None:
+    def __init__(
+        self, on_datagram: Callable[[bytes, Any], None], on_lost: Callable[[], None]
+    ) -> None:
         self.datagram_received = on_datagram  # type: ignore[method-assign,assignment]
+        self._on_lost = on_lost
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the peer is not listening yet: not our problem
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()  # the socket is closed now: its port may be bound again
 
 
 class RtpStream:
@@ -154,6 +135,9 @@ class RtpStream:
         self._loop = asyncio.get_running_loop()
         self._release: Callable[[], None] | None = release
         self._rtp: asyncio.DatagramTransport | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_open
+        self._recvfrom: Callable[[int], tuple[bytes, Any]] | None = None
+        self._send_errors = 0
         self._rtcp: asyncio.DatagramTransport | None = None
         self._timeout = rtp_timeout
         self._jitter_settings = jitter
@@ -161,7 +145,7 @@ class RtpStream:
         self._silence = bytes(self._frame_bytes)
         # negotiated state
         self._negotiated: Negotiated | None = None
-        self._codec: _Codec | None = None
+        self._codec: PayloadCodec | None = None
         self._pt = -1
         self._dtmf_pt = -1
         self._sending = False
@@ -177,8 +161,7 @@ class RtpStream:
         self._marker = True
         self._sent = 0
         self._octets = 0
-        self._dtmf_queue: deque[tuple[int, int]] = deque(maxlen=32)
-        self._dtmf_tx: list[int] | None = None  # [event, start ts, duration, total, ends left]
+        self._dtmf_out = DtmfSender()
         # inbound RTP
         self._source: Any = None  # the peer's RTP source address (symmetric RTP)
         self._rx_ssrc: int | None = None
@@ -194,11 +177,12 @@ class RtpStream:
         self._foreign = 0
         self._ignored = 0
         self._invalid = 0
+        self._srtp: SrtpContext | None = None
+        self._srtp_keys: tuple[bytes, bytes] | None = None
+        self._local_crypto: CryptoLine | None = None
+        self._srtp_errors = 0
         self._resyncs = 0
-        # DTMF in: (timestamp, event, duration, last seen) of the event in progress
-        self._dtmf_rx: tuple[int, int, int, float] | None = None
-        self._dtmf_ended: int | None = None
-        self._dtmf_received = 0
+        self._dtmf_in = DtmfReceiver()
         # RTCP
         self._rtcp_remote: tuple[str, int] | None = None
         self._rtcp_source: Any = None
@@ -211,11 +195,90 @@ class RtpStream:
         self._prior_received = 0
         self._last_sr: tuple[int, float] | None = None  # (middle NTP bits, arrival)
         self._cname = f"sipserver-{os.getpid()}-{local_port}@rtp".encode()
-        self._reads = 0
+        # Streams opened together must not all do their once-a-second work (and send their
+        # RTCP) on the same tick: each starts at a random point of the cycle.
+        self._reads = random.randrange(_HOUSEKEEPING_READS)
         self._closed = False
+        self._open_sockets = 2
 
-    def _attach(self, rtp: asyncio.DatagramTransport, rtcp: asyncio.DatagramTransport) -> None:
+    def _attach(
+        self,
+        rtp: asyncio.DatagramTransport,
+        rtcp: asyncio.DatagramTransport,
+        rtp_socket: socket.socket | None = None,
+    ) -> None:
+        """Take the transports; RTP is sent on ``rtp_socket`` directly when given (asyncio's
+        ``sendto`` adds ~5 us of checks per packet; a full socket buffer drops the packet, as
+        the network would)."""
         self._rtp, self._rtcp = rtp, rtcp
+        self._sendto = rtp_socket.sendto if rtp_socket is not None else rtp.sendto
+        self._recvfrom = rtp_socket.recvfrom if rtp_socket is not None else None
+
+    def _drain(self) -> None:
+        """Read every datagram waiting on the RTP socket now.
+
+        asyncio reads one datagram per socket per loop pass; when the loop is slow (a long
+        clock tick) packets pile up in the kernel and would reach the buffer late. So before
+        concealing, the tick looks for itself (one ``recvfrom`` returning EAGAIN when nothing
+        is there).
+        """
+        recvfrom = self._recvfrom
+        if recvfrom is None:
+            return
+        on_rtp = self._on_rtp
+        for _ in range(64):
+            try:
+                data, addr = recvfrom(2048)
+            except OSError:  # BlockingIOError: nothing waiting
+                return
+            on_rtp(data, addr)
+
+    def _send(self, data: bytes, remote: tuple[str, int]) -> None:
+        srtp = self._srtp
+        try:
+            self._sendto(data if srtp is None else srtp.protect(data), remote)
+        except (OSError, SrtpError):
+            self._send_errors += 1
+            return
+        self._sent += 1
+
+    # ------------------------------------------------------------------------------- SRTP
+
+    def srtp_offer(self, suite: str = "AES_CM_128_HMAC_SHA1_80") -> str:
+        """Our ``a=crypto`` value for an offer of ours (RFC 4568 §7.1.1; a fresh key, kept
+        for :meth:`apply` of the answer)."""
+        self._local_crypto = make_crypto(1, suite)
+        return str(self._local_crypto)
+
+    def srtp_answer(self, negotiated: Negotiated) -> str | None:
+        """Our ``a=crypto`` value answering ``negotiated.crypto`` (the same tag and suite, our
+        own key: RFC 4568 §7.1.2), for :func:`~sipserver.rtp.sdp.build_answer`; None for
+        plain RTP. A re-offer with the same tag and suite keeps our key (§7.1.4).
+
+        Raises:
+            ValueError: ``negotiated.crypto`` is not a line we can use.
+        """
+        if negotiated.crypto is None:
+            return None
+        remote = parse_crypto(negotiated.crypto)
+        local = self._local_crypto
+        if local is None or (local.tag, local.suite) != (remote.tag, remote.suite):
+            local = self._local_crypto = make_crypto(remote.tag, remote.suite)
+        return str(local)
+
+    def _apply_srtp(self, negotiated: Negotiated) -> None:
+        if negotiated.crypto is None:
+            self._srtp = None
+            self._srtp_keys = None
+            return
+        remote = parse_crypto(negotiated.crypto)
+        if self._local_crypto is None:
+            self.srtp_answer(negotiated)
+        local = self._local_crypto
+        assert local is not None
+        if self._srtp_keys != (local.key, remote.key):  # same keys: keep the crypto state
+            self._srtp = SrtpContext(local, remote)
+            self._srtp_keys = (local.key, remote.key)
 
     # ------------------------------------------------------------------------- negotiation
 
@@ -224,13 +287,15 @@ class RtpStream:
         re-INVITE/UPDATE's).
 
         Raises:
-            ValueError: the negotiated codec is not one we implement.
+            ValueError: the negotiated codec is not one we implement, or its crypto line is
+                not one we can use.
         """
         previous = self._negotiated
+        self._apply_srtp(negotiated)
         self._negotiated = negotiated
         codec = negotiated.codec
         if self._codec is None or previous is None or previous.codec != codec:
-            self._codec = _Codec(codec.name)
+            self._codec = PayloadCodec(codec.name)
             self._pt = codec.payload_type
             self._ts_step = codec.clock_rate * FRAME_MS // 1000
             rate = self._codec.rate
@@ -241,7 +306,11 @@ class RtpStream:
             self._tx_pcm = bytearray(0 if same else self._codec.pcm_frame)
             self._reset_inbound()
             self._marker = True
-        self._dtmf_pt = negotiated.dtmf.payload_type if negotiated.dtmf is not None else -1
+        dtmf = negotiated.dtmf
+        self._dtmf_pt = dtmf.payload_type if dtmf is not None else -1
+        if dtmf is not None and (previous is None or previous.dtmf != dtmf):
+            self._dtmf_in = DtmfReceiver(dtmf.clock_rate)
+            self._dtmf_out.step = self._ts_step
         host, port = negotiated.remote
         sdp_remote = None if host in ("0.0.0.0", "::") or port == 0 else (host, port)
         if previous is None or previous.remote != negotiated.remote:
@@ -273,6 +342,13 @@ class RtpStream:
     # ------------------------------------------------------------------------------ inbound
 
     def _on_rtp(self, data: bytes, addr: Any) -> None:
+        srtp = self._srtp
+        if srtp is not None:
+            try:
+                data = srtp.unprotect(data)  # RFC 3711 §3.3: authenticated before anything
+            except SrtpError:
+                self._srtp_errors += 1
+                return
         if len(data) < 12:
             self._invalid += 1
             return
@@ -313,7 +389,8 @@ class RtpStream:
             jb.push(seq, timestamp, payload, now)
             return
         if pt == self._dtmf_pt:
-            self._dtmf_packet(payload, timestamp, now)
+            for digit, duration_ms in self._dtmf_in.packet(payload, timestamp, now):
+                self._report_dtmf(digit, duration_ms)
         else:
             self._ignored += 1  # comfort noise and the like: a slot without audio
         jb.push(seq, timestamp, b"", now)
@@ -327,35 +404,17 @@ class RtpStream:
             if self._rtcp_source is None:
                 self._rtcp_remote = (addr[0], addr[1] + 1)
 
-    def _dtmf_packet(self, payload: bytes, timestamp: int, now: float) -> None:
-        """RFC 4733 §2.5.2: one event per timestamp, reported at its end (the end packet is
-        repeated three times: reported once), or when a new event starts without it."""
-        if len(payload) < 4:
-            return
-        event, flags, duration = _EVENT.unpack_from(payload)
-        if event >= len(DTMF_EVENTS) or timestamp == self._dtmf_ended:
-            return
-        current = self._dtmf_rx
-        if current is not None and current[0] != timestamp:
-            self._report_dtmf(current[1], current[2])  # its end packets were lost
-        self._dtmf_rx = (timestamp, event, duration, now)
-        if flags & 0x80:
-            self._dtmf_rx = None
-            self._dtmf_ended = timestamp
-            self._report_dtmf(event, duration)
-
-    def _report_dtmf(self, event: int, duration: int) -> None:
-        self._dtmf_received += 1
-        clock = (
-            self._negotiated.dtmf.clock_rate if self._negotiated and self._negotiated.dtmf else 8000
-        )
+    def _report_dtmf(self, digit: str, duration_ms: int) -> None:
         if self.on_dtmf is not None:
-            self.on_dtmf(DTMF_EVENTS[event], duration * 1000 // clock)
+            self.on_dtmf(digit, duration_ms)
 
     def _on_rtcp(self, data: bytes, addr: Any) -> None:
+        srtp = self._srtp
         try:
+            if srtp is not None:
+                data = srtp.unprotect_rtcp(data)
             packets = RtcpPacket.parse(data)
-        except (ValueError, IndexError, struct.error):
+        except (ValueError, IndexError, struct.error, SrtpError):
             self._rtcp_invalid += 1
             return
         self._rtcp_received += 1
@@ -380,6 +439,8 @@ class RtpStream:
         if jb is None or not self._receiving:
             return self._silence
         jb.tick()
+        if not jb.has_next():
+            self._drain()
         fb = self._frame_bytes
         pending = self._rx_pcm
         if not pending:  # the common case: one 20 ms packet makes the frame
@@ -393,7 +454,7 @@ class RtpStream:
                     return pcm
                 pending += pcm
             elif item is Gap.WAIT:
-                return self._conceal() if self._playing else self._silence
+                return self._conceal(lost=False) if self._playing else self._silence
             else:
                 self._fill(item)
         while len(pending) < fb:
@@ -409,11 +470,12 @@ class RtpStream:
         if len(pending) >= fb:
             frame = bytes(pending[:fb])
             del pending[:fb]
-            self._last_frame = frame
+            if not self._fades:  # real audio only: concealment fades from it, not from itself
+                self._last_frame = frame
             return frame
         if not self._playing:
             return self._silence
-        return self._conceal()  # dry: the buffer primes again meanwhile
+        return self._conceal(lost=False)  # dry: the buffer primes again meanwhile
 
     def _decode(self, payload: bytes) -> bytes:
         codec = self._codec
@@ -431,14 +493,21 @@ class RtpStream:
         nbytes = jb.packet_ms * self.sample_rate // 1000 * 2
         if item is Gap.LOST and self._playing:
             frames = max(1, -(-nbytes // self._frame_bytes))
-            self._rx_pcm += b"".join(self._conceal() for _ in range(frames))[:nbytes]
+            concealment = b"".join(self._conceal(lost=True) for _ in range(frames))
+            self._rx_pcm += concealment[:nbytes]
         else:
             self._rx_pcm += bytes(nbytes)
 
-    def _conceal(self) -> bytes:
-        """The last frame at half the level, then a quarter, then silence."""
-        self._concealed += 1
+    def _conceal(self, *, lost: bool) -> bytes:
+        """The last frame at half the level, then a quarter, then silence.
+
+        Counted as concealed: every frame of a lost packet's time, and the faded frames of a
+        dry buffer (its silence after the fade is a caller who stopped sending: DTX, the end
+        of the call, a hold without re-INVITE).
+        """
         self._fades += 1
+        if lost or self._fades <= 2:
+            self._concealed += 1
         if self._fades > 2:
             return self._silence
         gain = 0.5**self._fades
@@ -455,9 +524,11 @@ class RtpStream:
         if codec is None or remote is None or not self._sending or self._rtp is None:
             self._marker = True
             return
-        if self._dtmf_tx is not None or self._dtmf_queue:
+        if self._dtmf_out.busy:
             self._send_event(ts, remote)
             return
+        if len(pcm) != self._frame_bytes:  # not one frame: padded with silence or cut
+            pcm = (pcm + self._silence)[: self._frame_bytes]
         resampler = self._resample_out
         if resampler is not None:
             tx = self._tx_pcm
@@ -472,8 +543,7 @@ class RtpStream:
         self._seq = (seq + 1) & 0xFFFF
         second = self._pt | 0x80 if self._marker else self._pt
         self._marker = False
-        self._rtp.sendto(_HEADER.pack(0x80, second, seq, ts, self._ssrc) + payload, remote)
-        self._sent += 1
+        self._send(_HEADER.pack(0x80, second, seq, ts, self._ssrc) + payload, remote)
         self._octets += len(payload)
 
     # -------------------------------------------------------------------------------- DTMF
@@ -485,39 +555,20 @@ class RtpStream:
         Raises:
             ValueError: ``digit`` is not one of ``0-9 * # A-D``.
         """
-        code = DTMF_EVENTS.find(digit.upper()) if len(digit) == 1 else -1
-        if code < 0:
-            raise ValueError(f"{digit!r} is not a DTMF digit (0-9, *, #, A-D)")
-        if self._dtmf_pt < 0:
-            return
-        units = max(1, min(duration_ms, 8000)) * self._ts_step // FRAME_MS
-        self._dtmf_queue.append((code, units))
+        event_code(digit)  # an invalid digit is an error, negotiated or not
+        if self._dtmf_pt >= 0:
+            self._dtmf_out.queue(digit, duration_ms)
 
     def _send_event(self, ts: int, remote: tuple[str, int]) -> None:
-        """One RFC 4733 packet in this frame's slot: the event's timestamp is its start
-        (§2.5.1.2), the duration grows per packet, the end packet goes three times (§2.5.1.4)."""
-        state = self._dtmf_tx
-        marker = 0
-        if state is None:
-            code, total = self._dtmf_queue.popleft()
-            state = self._dtmf_tx = [code, ts, 0, total, _DTMF_END_REPEATS]
-            marker = 0x80
-        code, start, duration, total, ends = state
-        duration = min(duration + self._ts_step, total, 0xFFFF)
-        end = duration >= total
-        if end:
-            state[4] = ends - 1
-            if ends <= 1:
-                self._dtmf_tx = None
-        state[2] = duration
-        flags = (0x80 if end else 0) | _DTMF_VOLUME
+        """This frame's slot carries an RFC 4733 packet instead of audio."""
+        packet = self._dtmf_out.next_packet(ts)
+        assert packet is not None
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
-        header = _HEADER.pack(0x80, self._dtmf_pt | marker, seq, start, self._ssrc)
-        assert self._rtp is not None
-        self._rtp.sendto(header + _EVENT.pack(code, flags, duration), remote)
-        self._sent += 1
-        self._octets += 4
+        second = self._dtmf_pt | 0x80 if packet.marker else self._dtmf_pt
+        header = _HEADER.pack(0x80, second, seq, packet.timestamp, self._ssrc)
+        self._send(header + packet.payload, remote)
+        self._octets += len(packet.payload)
         self._marker = True  # the audio after the event starts a talk spurt
 
     # -------------------------------------------------------------------- timers and RTCP
@@ -533,11 +584,8 @@ class RtpStream:
             self._timed_out = True
             if self.on_timeout is not None:
                 self.on_timeout()
-        event = self._dtmf_rx
-        if event is not None and now - event[3] > _DTMF_STALE:
-            self._dtmf_rx = None
-            self._dtmf_ended = event[0]
-            self._report_dtmf(event[1], event[2])
+        for digit, duration_ms in self._dtmf_in.expire(now):
+            self._report_dtmf(digit, duration_ms)
         if now >= self._next_rtcp:
             self._next_rtcp = now + _RTCP_INTERVAL * random.uniform(0.5, 1.5)
             self._send_rtcp(now)
@@ -593,6 +641,8 @@ class RtpStream:
         compound = bytes(report) + bytes(sdes)
         if bye:
             compound += bytes(RtcpByePacket(sources=[self._ssrc]))
+        if self._srtp is not None:
+            compound = self._srtp.protect_rtcp(compound)
         self._rtcp.sendto(compound, remote)
         self._rtcp_sent += 1
 
@@ -601,7 +651,8 @@ class RtpStream:
     def stats(self) -> dict[str, int]:
         """Counters of this stream (cumulative): received, lost, late, duplicates,
         concealed_frames, underruns, sent, rtcp_sent, rtcp_received, jitter_ms, latched, and
-        overflow, catchup, dtmf_received, foreign, ignored, invalid, target_ms."""
+        overflow, catchup, dtmf_received, foreign, ignored, invalid, send_errors, srtp (0/1),
+        srtp_errors, resyncs (a new SSRC restarted the receive side), target_ms."""
         jb = self._jb
         jstats = jb.stats if jb is not None else None
         return {
@@ -618,10 +669,14 @@ class RtpStream:
             "latched": self._latched,
             "overflow": jstats.overflow_frames if jstats else 0,
             "catchup": jstats.catchup_frames if jstats else 0,
-            "dtmf_received": self._dtmf_received,
+            "dtmf_received": self._dtmf_in.reported,
             "foreign": self._foreign,
             "ignored": self._ignored,
             "invalid": self._invalid + self._rtcp_invalid,
+            "send_errors": self._send_errors,
+            "srtp": int(self._srtp is not None),
+            "srtp_errors": self._srtp_errors,
+            "resyncs": self._resyncs,
             "target_ms": jb.target_ms if jb is not None else 0,
         }
 
@@ -635,15 +690,24 @@ class RtpStream:
         if self._closed:
             return
         self._closed = True
+        self._sending = self._receiving = False
         with contextlib.suppress(OSError):
             self._send_rtcp(self._loop.time(), bye=True)
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
                 transport.close()
         self.on_dtmf = self.on_timeout = None
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        if self._rtp is None:
+            self._socket_closed()
+
+    def _socket_closed(self) -> None:
+        """One socket is really closed (asyncio closes them on the next loop pass); the pair
+        goes back to the pool when both are."""
+        self._open_sockets -= 1
+        if self._open_sockets <= 0:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 class RtpPortPool:
@@ -695,100 +759,42 @@ class RtpPortPool:
                 release=functools.partial(self._release, port),
             )
             rtp: asyncio.DatagramTransport | None = None
+            rtp_socket = self._socket()
             try:
+                rtp_socket.bind((self.host, port))
                 rtp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtp), local_addr=(self.host, port)
+                    functools.partial(_RtpProtocol, stream._on_rtp, stream._socket_closed),
+                    sock=rtp_socket,
                 )
+                rtcp_socket = self._socket()
+                try:
+                    rtcp_socket.bind((self.host, port + 1))
+                except OSError:
+                    rtcp_socket.close()
+                    raise
                 rtcp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtcp),
-                    local_addr=(self.host, port + 1),
+                    functools.partial(_RtpProtocol, stream._on_rtcp, stream._socket_closed),
+                    sock=rtcp_socket,
                 )
             except OSError as exc:
                 if rtp is not None:
-                    rtp.close()
+                    rtp.close()  # its connection_lost releases the pair
+                else:
+                    rtp_socket.close()
+                    self._release(port)
                 log.info("rtp_port_busy", port=port, error=str(exc))
-                self._used.discard(port)
-                self._free.append(port)
                 continue
-            stream._attach(rtp, rtcp)
+            stream._attach(rtp, rtcp, rtp_socket)
             return stream
         raise NoPortsError(f"no free RTP port pair in {self.host} range")
+
+    def _socket(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock
 
     def _release(self, port: int) -> None:
         if port in self._used:
             self._used.discard(port)
             self._free.append(port)
-
-
-class MediaClock:
-    """One drift-free 20 ms clock per process (``loop.call_at`` on absolute deadlines).
-
-    Tick ``k`` is due at ``start + k * interval`` whatever the previous ticks cost, so the
-    clock never drifts. A tick that runs more than one interval after its deadline counts as
-    late; ticks missed while the loop was busy run back to back, at most 5, and the rest are
-    skipped (counted in ``skipped_ticks``) so a stall does not turn into a burst.
-
-    Args:
-        on_tick: called once per tick (an exception is logged and the clock goes on).
-        interval: seconds between ticks.
-    """
-
-    MAX_CATCH_UP: Final = 5
-
-    def __init__(self, on_tick: Callable[[], None], *, interval: float = 0.02) -> None:
-        self._on_tick = on_tick
-        self.interval = interval
-        self.ticks = 0
-        """Ticks run."""
-        self.late_ticks = 0
-        """Ticks that ran more than one interval after their deadline."""
-        self.skipped_ticks = 0
-        """Ticks not run at all (more than :attr:`MAX_CATCH_UP` behind)."""
-        self._deadline = 0.0
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the clock is started."""
-        return self._handle is not None
-
-    def start(self) -> None:
-        """Start ticking (the first tick one interval from now); needs a running loop."""
-        if self._handle is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._deadline = self._loop.time() + self.interval
-        self._handle = self._loop.call_at(self._deadline, self._run)
-
-    def stop(self) -> None:
-        """Stop ticking (idempotent)."""
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _run(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        interval = self.interval
-        due = self._deadline
-        runs = 0
-        while due <= now and runs <= self.MAX_CATCH_UP:
-            if now - due > interval:
-                self.late_ticks += 1
-            self.ticks += 1
-            runs += 1
-            try:
-                self._on_tick()
-            except Exception:
-                log.exception("media_clock_tick_failed")
-            due += interval
-            if self._handle is None:  # stopped by the tick
-                return
-        if due <= now:
-            behind = int((now - due) / interval) + 1
-            self.skipped_ticks += behind
-            due += behind * interval
-        self._deadline = due
-        self._handle = loop.call_at(due, self._run)

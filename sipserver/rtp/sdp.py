@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
+from sipserver.rtp.sdes import parse_crypto
+
 __all__ = [
     "SUPPORTED",
     "Direction",
@@ -73,8 +75,6 @@ _CLOCK: Final = {"PCMU": 8000, "PCMA": 8000, "G722": 8000}
 _STATIC_PT: Final = {"PCMU": 0, "PCMA": 8, "G722": 9}
 _PLAIN_PROTOCOLS: Final = frozenset(("RTP/AVP", "RTP/AVPF"))
 _SRTP_PROTOCOLS: Final = frozenset(("RTP/SAVP", "RTP/SAVPF"))
-# RFC 4568 §6.2 suites pylibsrtp implements.
-_SRTP_SUITES: Final = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")
 
 # RFC 4566 §5: known type letters; a description with any other letter is rejected.
 _TYPES: Final = frozenset("vosiuepcbtrzkam")
@@ -131,7 +131,8 @@ class SessionDescription:
     rtcp_port: int | None
     """``a=rtcp`` port (RFC 3605), if given (else RTCP is on port + 1)."""
     crypto: tuple[str, ...]
-    """Raw ``a=crypto`` values (SDES, RFC 4568) of an ``RTP/SAVP`` audio stream."""
+    """Raw ``a=crypto`` values (SDES, RFC 4568) of the audio stream: ``RTP/SAVP``, or
+    ``RTP/AVP`` offering SRTP as an option (what pjsip's "optional" SRTP sends)."""
     protocol: str
     """The audio ``m=`` transport: ``RTP/AVP``, ``RTP/SAVP``, ...; empty without audio."""
     other_media: tuple[str, ...]
@@ -171,7 +172,8 @@ class Negotiated:
     ptime: int
     """The offer's ``a=ptime``, 20 when absent (we always send 20 ms packets)."""
     crypto: str | None = None
-    """The offer's ``a=crypto`` line chosen for SRTP (only with ``srtp=True``)."""
+    """The offer's ``a=crypto`` value chosen for SRTP (only with ``srtp=True``); None: plain
+    RTP."""
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -320,7 +322,7 @@ class _Parser:
                 if match is None or int(match.group(1)) > 65535:
                     raise SdpError(f"line {n}: bad a=rtcp {value[:40]!r}")
                 rtcp_port = int(match.group(1))
-            elif name == "crypto" and "SAVP" in protocol:
+            elif name == "crypto":
                 crypto.append(value.strip())
         formats: list[MediaFormat] = []
         for fmt in fmt_list:
@@ -395,8 +397,10 @@ def negotiate(
     Args:
         offer: the peer's description (an initial offer or a re-INVITE/UPDATE).
         codecs: the codec names we may use (a subset of :data:`SUPPORTED`).
-        srtp: whether we may answer ``RTP/SAVP`` with SDES keys (RFC 4568); without it an
-            ``RTP/SAVP`` offer gets None.
+        srtp: whether we may answer with SDES-SRTP (RFC 4568): an ``RTP/SAVP`` offer, or an
+            ``RTP/AVP`` one with ``a=crypto`` lines, then gets the first crypto line we can
+            use (:mod:`sipserver.rtp.sdes`). Without it an ``RTP/SAVP`` offer gets None and
+            crypto lines on ``RTP/AVP`` are ignored (plain RTP).
 
     Returns:
         The negotiated stream, or None when nothing can be answered (no audio, port 0, no
@@ -405,13 +409,9 @@ def negotiate(
     if offer.audio_index < 0 or offer.port == 0:
         return None
     crypto: str | None = None
+    if srtp:
+        crypto = next((c for c in offer.crypto if _usable_crypto(c)), None)
     if offer.protocol in _SRTP_PROTOCOLS:
-        if not srtp:
-            return None
-        crypto = next(
-            (c for c in offer.crypto if len(c.split(" ")) >= 3 and c.split(" ")[1] in _SRTP_SUITES),
-            None,
-        )
         if crypto is None:
             return None
     elif offer.protocol not in _PLAIN_PROTOCOLS:
@@ -446,6 +446,14 @@ def negotiate(
         ptime=offer.ptime or 20,
         crypto=crypto,
     )
+
+
+def _usable_crypto(value: str) -> bool:
+    try:
+        parse_crypto(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _head(host: str, session_id: int, session_version: int) -> list[str]:

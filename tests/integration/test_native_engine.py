@@ -183,7 +183,7 @@ async def run_sipp(
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{h.port}", "-sf", path, "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
-        "-mp", str(random.randrange(41000, 49000, 4)), *(() if "-m" in extra else ("-m", "1")),
+        "-mp", str(free_port_range(4)), *(() if "-m" in extra else ("-m", "1")),
         "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(err), *extra,
         cwd=h.workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -78,3 +78,30 @@ def test_odd_lengths_are_rejected() -> None:
         codecs.ulaw_encode(b"\x00")
     with pytest.raises(ValueError, match="odd"):
         codecs.l16_to_pcm(b"\x00\x01\x02")
+
+
+def test_g722_round_trip_keeps_a_tone_and_its_level_with_state_across_packets() -> None:
+    rate = 16000
+    t = np.arange(rate) / rate
+    tone = (8000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
+    encoder, decoder = codecs.G722Encoder(), codecs.G722Decoder()
+    packets = [encoder.encode(tone[i : i + 640]) for i in range(0, len(tone), 640)]
+    assert {len(p) for p in packets} == {160}  # 64 kbit/s: 160 bytes per 20 ms
+    pcm = b"".join(decoder.decode(p) for p in packets)
+    assert len(pcm) == len(tone)
+    y = np.frombuffer(pcm, "<i2")[1600:].astype(np.float64)  # past the ADPCM's start-up
+    spectrum = np.abs(np.fft.rfft(y))
+    assert np.argmax(spectrum) * rate / len(y) == pytest.approx(1000, abs=2)
+    assert 0.7 < np.sqrt(np.mean(y**2)) / (8000 / np.sqrt(2)) < 1.3
+    assert codecs.G722Decoder().decode(b"") == b"" and encoder.encode(b"") == b""
+    with pytest.raises(ValueError, match="odd"):
+        encoder.encode(b"\x00")
+
+
+@pytest.mark.parametrize(("name", "rate", "pt_bytes"), [("PCMU", 8000, 160), ("G722", 16000, 160)])
+def test_payload_codec_by_name(name: str, rate: int, pt_bytes: int) -> None:
+    codec = codecs.PayloadCodec(name)
+    assert codec.rate == rate and codec.pcm_frame == rate // 50 * 2
+    assert len(codec.encode(bytes(codec.pcm_frame))) == pt_bytes
+    with pytest.raises(ValueError, match="OPUS"):
+        codecs.PayloadCodec("OPUS")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
-from sipserver.media.jitter import JitterBuffer
+from sipserver.media.jitter import Gap, JitterBuffer, JitterSettings, RtpJitterBuffer
 
 RATE = 8000
 FB = RATE // 50 * 2
@@ -129,3 +131,109 @@ def test_flush_returns_everything_padded() -> None:
     jb.push(frame(3)[:10], 3)
     out = jb.flush()
     assert value(out[0]) == 1 and len(out) == 3
+
+
+# ------------------------------------------------------------------------- RtpJitterBuffer
+
+PT_MS = 20
+
+
+def rtp_buffer(**settings: int) -> RtpJitterBuffer:
+    return RtpJitterBuffer(8000, JitterSettings(**settings) if settings else None)
+
+
+def push(
+    jb: RtpJitterBuffer, seq: int, *, at: float | None = None, payload: bytes | None = None
+) -> None:
+    """Packet ``seq`` (timestamp 160 per seq) arriving on time unless ``at`` says otherwise."""
+    arrival = seq * 0.02 if at is None else at
+    jb.push(seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, payload or seq.to_bytes(4, "big"), arrival)
+
+
+def label(item: bytes | Gap) -> int | Gap:
+    return item if isinstance(item, Gap) else int.from_bytes(item, "big")
+
+
+def test_rtp_buffer_primes_to_the_target_then_plays_in_sequence_order() -> None:
+    jb = rtp_buffer()  # 60 ms initial target
+    for seq in (10, 12, 11):
+        push(jb, seq)
+    assert [label(jb.pop()) for _ in range(4)] == [10, 11, 12, Gap.WAIT]
+    assert jb.stats.underruns == 1 and jb.stats.lost == 0
+
+
+def test_rtp_buffer_declares_a_missing_packet_lost_and_counts_it_late_when_it_comes() -> None:
+    jb = rtp_buffer()
+    for seq in (1, 2, 4, 5):
+        push(jb, seq)
+    assert [label(jb.pop()) for _ in range(4)] == [1, 2, Gap.LOST, 4]
+    push(jb, 3)
+    push(jb, 2)
+    push(jb, 5)
+    assert jb.stats.lost == 1 and jb.stats.late == 1 and jb.stats.duplicates == 2
+
+
+def test_rtp_buffer_follows_sequence_numbers_across_the_wrap() -> None:
+    jb = rtp_buffer()
+    for seq in range(65533, 65539):  # 65533 .. 65535, 0, 1, 2
+        push(jb, seq)
+    assert [label(jb.pop()) for _ in range(6)] == list(range(65533, 65539))
+    assert jb.highest_seq == 65538 and jb.expected == 6
+
+
+def test_rtp_buffer_restarts_on_a_sequence_jump() -> None:
+    jb = rtp_buffer()
+    for seq in (1, 2, 3):
+        push(jb, seq)
+    for seq in (40000, 40001, 40002):  # RFC 3550 A.1: beyond MAX_DROPOUT, a new start
+        push(jb, seq)
+    assert [label(jb.pop()) for _ in range(3)] == [40000, 40001, 40002]
+
+
+def test_rtp_buffer_target_grows_with_jitter_and_shrinks_slowly_within_bounds() -> None:
+    jb = rtp_buffer(initial_ms=40, min_ms=40, max_ms=200, capacity_ms=1000)
+    rng = random.Random(1)
+    for seq in range(200):  # delays uniform in 0..60 ms
+        push(jb, seq, at=seq * 0.02 + rng.uniform(0, 0.06))
+    assert 12 <= jb.jitter_ms <= 30
+    grown = jb.target_ms
+    assert 60 <= grown <= 200
+    for seq in range(200, 1200):  # calm again: the estimate decays at once, the target slowly
+        push(jb, seq)
+        jb.tick()
+        while not isinstance(jb.pop(), Gap):
+            pass
+        if seq == 260:
+            assert jb.target_ms >= grown - 20  # at most one packet less after 1.2 s
+    assert jb.target_ms == 40
+
+
+def test_rtp_buffer_holds_at_most_its_capacity() -> None:
+    jb = rtp_buffer(initial_ms=40, min_ms=40, max_ms=100, capacity_ms=200)
+    for seq in range(100):
+        push(jb, seq)
+    assert jb.buffered_ms <= 200 and jb.stats.overflow_frames == 90
+    assert label(jb.pop()) == 90
+
+
+def test_rtp_buffer_sheds_a_standing_excess_delay_one_packet_at_a_time() -> None:
+    jb = rtp_buffer(initial_ms=40, min_ms=40, max_ms=100, capacity_ms=1000)
+    for seq in range(20):  # a burst: 400 ms waiting, far over the 40 ms target
+        push(jb, seq)
+    played = []
+    for seq in range(20, 120):  # then on time, one packet per tick
+        push(jb, seq)
+        jb.tick()
+        played.append(label(jb.pop()))
+    assert 0 < jb.stats.catchup_frames <= 10
+    assert jb.buffered_ms < 400 - 20 * (jb.stats.catchup_frames - 1)
+    assert played == sorted(played)  # dropped packets, never reordered ones
+
+
+def test_rtp_buffer_event_slots_fill_the_sequence_without_jitter() -> None:
+    jb = rtp_buffer()
+    push(jb, 1)
+    jb.push(2, 160, b"", 0.5)  # an RFC 4733 packet in audio's sequence, arriving "late"
+    push(jb, 3)
+    assert jb.jitter_ms < 1
+    assert [jb.pop() for _ in range(3)] == [(1).to_bytes(4, "big"), b"", (3).to_bytes(4, "big")]

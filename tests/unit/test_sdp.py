@@ -253,7 +253,7 @@ def test_malformed_sdp_is_rejected_naming_the_line(body: bytes, says: str) -> No
 
 
 _LINE = st.one_of(
-    st.sampled_from(SIPP.split(b"\r\n") + BARESIP.split(b"\r\n") + PJSUA2.split(b"\r\n")),
+    st.sampled_from(SIPP.split(b"\r\n") + BARESIP.split(b"\r\n") + PJSUA2_SRTP.split(b"\r\n")),
     st.binary(max_size=40),
     st.builds(
         lambda t, v: t + b"=" + v,
@@ -271,6 +271,7 @@ def test_parse_raises_only_sdp_error(lines: list[bytes]) -> None:
     except SdpError:
         return
     negotiate(offer)  # whatever parsed is safe to negotiate too
+    negotiate(offer, srtp=True)
 
 
 @settings(max_examples=200, deadline=None)
