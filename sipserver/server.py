@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiohttp import WSCloseCode, web
 
 from sipserver.admission import CallLedger, Reservation, default_max_calls
-from sipserver.config import Config, ConfigError, load_config
+from sipserver.config import Agent, Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
@@ -41,6 +41,7 @@ from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork
 from sipserver.listens.monitor import ListensHub
+from sipserver.listens.remote import RemoteListens
 from sipserver.observability import (
     Metrics,
     RefusalLog,
@@ -49,6 +50,7 @@ from sipserver.observability import (
     log_settings,
 )
 from sipserver.pipeline.events import SessionEvent
+from sipserver.pipeline.model_cache import loaded_models
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
@@ -57,7 +59,7 @@ from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore,
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
-from sipserver.rtp.relay import RemoteSession, RemoteSessions, is_relayed
+from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions, configuration_record
 from sipserver.sip.digest import DigestAlgorithm
@@ -105,9 +107,11 @@ def takes_sip_calls(config: Config) -> bool:
 
 def needs_call_workers(config: Config) -> bool:
     """True when the worker pool must run: some agent takes SIP calls, or the workers are native
-    call workers and some agent takes websocket calls (their sessions run in the workers)."""
+    call workers and some agent takes websocket calls or AI Listens forks (their sessions run
+    in the workers)."""
     return takes_sip_calls(config) or (
-        config.server.media.engine == "native" and any(a.websocket.enabled for a in config.agents)
+        config.server.media.engine == "native"
+        and any(a.websocket.enabled or a.listens.enabled for a in config.agents)
     )
 
 
@@ -258,6 +262,8 @@ class Server:
             refusals=self.refusals,
         )
         self.listens_hub = ListensHub()
+        self.remote_listens = RemoteListens(self.listens_hub, self.metrics)
+        """Monitored calls transcribed in call workers (engine native), on the hub here."""
         self.listens = ListensFork(
             lambda: self.config,
             self.voice.listen_parts,
@@ -265,6 +271,7 @@ class Server:
             self.metrics,
             ledger=self.ledger,
             refusals=self.refusals,
+            relays=_ForkRelays(self),
         )
         self.call_sessions = CallSessions(
             lambda: self.config, self.voice, listens=self.listens.sip_session
@@ -584,7 +591,28 @@ class Server:
         if worker is not None:
             worker.calls.discard(call)
 
+    def _relayed_fork(self, agent: str, tracks: tuple[str, ...]) -> RemoteFork | None:
+        """An AI Listens fork transcribed by the least loaded ready call worker (None: none up
+        or all full: refused)."""
+        worker = self.pool.pick() if self.pool is not None else None
+        link = worker.link if isinstance(worker, MediaWorker) else None
+        if not isinstance(worker, MediaWorker) or link is None:
+            reason = "workers_full" if worker is FULL else "no_worker_up"
+            self.refusals.refuse("listens", reason, agent=agent)
+            return None
+        fork = self.relayed.open_fork(worker.worker_id, link.send, tracks)
+        worker.calls.add(fork.call)  # counted in the worker's load until the fork ends
+        return fork
+
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
+        if isinstance(record, framelink.Event):
+            taken = self.remote_listens.handle(worker.worker_id, record.call, record.event)
+            if taken is False and worker.link is not None:  # the hub is full: end that call
+                ended = framelink.CallEnded(record.call, "too many monitored calls", 503)
+                worker.link.send(ended)
+                self.relayed.handle(worker.worker_id, ended)  # a relayed fork's socket closes
+            if taken is not None:
+                return
         if is_relayed(record):
             self.relayed.handle(worker.worker_id, record)
             return
@@ -613,6 +641,7 @@ class Server:
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
+        self.remote_listens.worker_lost(worker.worker_id)
         relayed = self.relayed.worker_lost(worker.worker_id)
         if relayed:
             closed = self.gateway.close_sessions(
@@ -769,7 +798,10 @@ class Server:
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
             "websocket_calls_in_workers": len(self.relayed),
+            "listens_forks_in_workers": self.relayed.forks,
             "monitored_calls": self.listens_hub.active,
+            "monitored_calls_in_workers": len(self.remote_listens),
+            "models_loaded": loaded_models(),
             "media_engine": self.config.server.media.engine,
             "sessions_in_main": len(self.sessions) if self.sessions is not None else 0,
             "media_workers": [
@@ -840,7 +872,12 @@ class Server:
         self._state_changed()
         # The workers boot (seconds each) while the models load.
         await self._start_pool()
-        await self.voice.start()
+        if self.config.server.media.engine == "native":
+            # Every session (SIP, websocket, AI Listens) runs in a call worker, which loads and
+            # warms the models: readiness waits for a ready worker instead (media_workers_up).
+            log.info("voice_models_in_call_workers")
+        else:
+            await self.voice.start()
         # What is loaded now (modules, models, configuration) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it (one took 0.27 s
         # on the event loop at capacity, measured on a loaded 2-core VM).
@@ -1025,3 +1062,17 @@ class Server:
     def pid_file(self) -> Path:
         """Where ``run`` records its process id (``sipserver reload`` signals it)."""
         return pid_file_path(self.config)
+
+
+class _ForkRelays:
+    """AI Listens forks relayed to call workers when they run the sessions (engine native)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def active(self) -> bool:
+        server = self._server
+        return server.pool is not None and server.config.server.media.engine == "native"
+
+    def open(self, agent: Agent, tracks: tuple[str, ...]) -> RemoteFork | None:
+        return self._server._relayed_fork(agent.slug, tracks)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -30,7 +30,7 @@ from sipserver.admission import RETRY_AFTER, CallLedger, Reservation
 from sipserver.config import Agent, Config, called_number, is_listens_number
 from sipserver.gateway import twilio
 from sipserver.gateway.twilio import decode_payload, secret_matches, signed
-from sipserver.listens.monitor import CallSummary, ListensHub
+from sipserver.listens.monitor import CallSummary, ListensHub, MonitoredCall
 from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speakers_for
 from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.pipeline.runtime import ListenParts
@@ -55,6 +55,35 @@ TRACK_OF_CHANNEL: Final = {
 
 PartsFor = Callable[[Agent], ListenParts | None]
 """The listens parts of an agent (see :meth:`VoiceRuntime.listen_parts`)."""
+
+
+class ForkRelay(Protocol):
+    """A fork transcribed in a call worker (``server.media.engine: native``): main only relays
+    each transcribed track's frames (``sipserver.rtp.relay.RemoteFork``)."""
+
+    @property
+    def ended(self) -> str | None:
+        """Why the worker ended the fork (or lost it); None while it runs."""
+
+    def start(self, info: CallInfo) -> None:
+        """Tell the worker the fork started."""
+
+    def push(self, track: str, pcm: bytes) -> None:
+        """One frame of a track (s16le at the fork's rate)."""
+
+    def close(self, reason: str) -> None:
+        """The fork ended here."""
+
+
+class ForkRelays(Protocol):
+    """Where forks are transcribed when not here (see :class:`ForkRelay`)."""
+
+    def active(self) -> bool:
+        """True when forks are relayed to call workers (main runs no model)."""
+
+    def open(self, agent: Agent, tracks: tuple[str, ...]) -> ForkRelay | None:
+        """A fork transcribed by the least loaded ready call worker (None: none up, or all
+        full)."""
 
 
 class ListenSession:
@@ -128,6 +157,8 @@ class ListensFork:
             capacity; past either the fork websocket gets HTTP 503 before the upgrade, and the
             webhook dials the human agent without a fork.
         refusals: Where those refusals are counted and logged.
+        relays: Call workers that transcribe forks (``server.media.engine: native``): then
+            main only relays each track's frames (docs/listens.md "Where it runs").
     """
 
     def __init__(
@@ -139,8 +170,10 @@ class ListensFork:
         *,
         ledger: CallLedger | None = None,
         refusals: RefusalLog | None = None,
+        relays: ForkRelays | None = None,
     ) -> None:
         self._config = config
+        self._relays = relays
         self._ledger = ledger
         self._refusals = refusals
         self._parts_for = parts_for
@@ -186,7 +219,9 @@ class ListensFork:
         try:
             await call.close()
         finally:
-            call.monitored.end(reason)
+            monitored = call.monitored
+            assert isinstance(monitored, MonitoredCall)  # open_call built it on the hub
+            monitored.end(reason)
             self.metrics.listens_calls_active.dec()
             log.info(
                 "listens_call_ended",
@@ -280,8 +315,9 @@ class ListensFork:
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
         """The fork: Twilio Media Streams in, nothing out."""
         agent = self._authorize(request)
-        parts = self._parts_for(agent)
-        if parts is None:
+        relays = self._relays if self._relays is not None and self._relays.active() else None
+        parts = None if relays is not None else self._parts_for(agent)
+        if relays is None and parts is None:
             raise web.HTTPServiceUnavailable(text="listens model unavailable")
         settings = self._config().server.media_streams
         ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, timeout=2.0)
@@ -293,16 +329,18 @@ class ListensFork:
                 reservation.release()
             raise
         self._sockets.add(ws)
-        call: ListenedCall | None = None
+        call: ListenedCall | ForkRelay | None = None
         reason = "client_closed"
         try:
-            call, reason = await self._read(ws, agent, parts, settings.stall_timeout)
+            call, reason = await self._read(ws, agent, parts, relays, settings.stall_timeout)
         finally:
             if reservation is not None:
                 reservation.release()
             self._sockets.discard(ws)
-            if call is not None:
+            if isinstance(call, ListenedCall):
                 await self.close_call(call, reason)
+            elif call is not None:
+                call.close(reason)  # the worker finishes the transcription and ends it
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close()
@@ -327,10 +365,15 @@ class ListensFork:
         )
 
     async def _read(
-        self, ws: web.WebSocketResponse, agent: Agent, parts: ListenParts, stall: float
-    ) -> tuple[ListenedCall | None, str]:
+        self,
+        ws: web.WebSocketResponse,
+        agent: Agent,
+        parts: ListenParts | None,
+        relays: ForkRelays | None,
+        stall: float,
+    ) -> tuple[ListenedCall | ForkRelay | None, str]:
         """Read the fork until it stops; returns its call (if it started) and why it ended."""
-        call: ListenedCall | None = None
+        call: ListenedCall | ForkRelay | None = None
         fmt = twilio.MULAW_8K
         while not ws.closed:
             try:
@@ -340,13 +383,17 @@ class ListensFork:
                 return call, "stalled"
             if msg.type is not WSMsgType.TEXT:
                 return call, "client_closed"
+            ended = getattr(call, "ended", None)  # a relayed fork the worker ended or lost
+            if ended is not None:
+                await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=ended[:120].encode())
+                return call, "worker_ended"
             try:
                 event = twilio.parse_message(msg.data)
                 if isinstance(event, twilio.Media) and call is not None:
                     call.push(event.track, decode_payload(fmt, event.payload))
                 elif isinstance(event, twilio.Start) and call is None:
                     fmt = event.media_format
-                    call = self._start(agent, parts, event)
+                    call = self._start(agent, parts, relays, event)
                     if call is None:
                         raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "too many calls")
                 elif isinstance(event, twilio.Stop):
@@ -357,9 +404,30 @@ class ListensFork:
                 return call, "protocol_error"
         return call, "client_closed"
 
-    def _start(self, agent: Agent, parts: ListenParts, start: twilio.Start) -> ListenedCall | None:
+    def _start(
+        self,
+        agent: Agent,
+        parts: ListenParts | None,
+        relays: ForkRelays | None,
+        start: twilio.Start,
+    ) -> ListenedCall | ForkRelay | None:
         params = start.custom_parameters
         channel = agent.listens.channel
+        if relays is not None:
+            relay = relays.open(agent, tuple(speakers_for(channel)))
+            if relay is not None:
+                relay.start(
+                    CallInfo(
+                        call_id=start.stream_sid,
+                        agent=agent.slug,
+                        caller=params.get("caller", ""),
+                        called=params.get("called", ""),
+                        sample_rate=start.media_format.sample_rate,
+                        transport="twilio",
+                    )
+                )
+            return relay
+        assert parts is not None  # stream() checked
         summary = CallSummary(
             call_id=start.stream_sid,
             agent=agent.slug,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["ModelCache"]
+__all__ = ["ModelCache", "loaded_models"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -21,11 +22,12 @@ V = TypeVar("V")
 class ModelCache(Generic[K, V]):
     """Loaded models by key (path, threads, ...)."""
 
-    __slots__ = ("_items", "_lock")
+    __slots__ = ("__weakref__", "_items", "_lock")
 
     def __init__(self) -> None:
         self._items: dict[K, V] = {}
         self._lock = threading.Lock()
+        _caches.add(self)
 
     def get(self, key: K, load: Callable[[K], V]) -> V:
         """The model of ``key``, loaded now with ``load(key)`` (blocking) if it is not yet."""
@@ -46,3 +48,12 @@ class ModelCache(Generic[K, V]):
     def peek(self, key: K) -> V | None:
         """The model of ``key`` if it is loaded, else None (never loads)."""
         return self._items.get(key)
+
+
+_caches: weakref.WeakSet[ModelCache[Any, Any]] = weakref.WeakSet()
+
+
+def loaded_models() -> int:
+    """Models (STT, TTS, turn, VAD sessions) this process has loaded, over every cache: 0 in
+    a main process whose calls' sessions all run in call workers (``/status`` says it)."""
+    return sum(len(cache._items) for cache in list(_caches))

@@ -20,10 +20,10 @@ The pjsua2 worker's options plus ``--capacity``. The process:
 4. tells main what happens: CALL_STARTED with ``hosted: true`` (main builds no session), DTMF,
    CALL_ENDED, STATS; a CALL_ENDED from main hangs the call up.
 
-AI Listens calls (a PBX forks a call to a listens number) are the exception: their session
-publishes to the dashboard, which lives in main, so the worker relays them as a pjsua2 worker
-does: CALL_STARTED without ``hosted``, the caller's frames in AUDIO each tick, and the AUDIO main
-answers with played back.
+AI Listens calls are hosted too (:mod:`sipserver.rtp.listens_host`): a SIP call to a listens
+number gets a receive-only :class:`~sipserver.rtp.listens_host.ListenSession`, a Twilio fork
+main relays (a CALL_STARTED with ``listens``) goes to :class:`~.listens_host.ListensForks`; what
+their transcription publishes goes to main's dashboard hub in EVENT records.
 
 Records from main that are not for this module (websocket calls relayed to the worker: main's
 CALL_STARTED, their AUDIO and CALL_ENDED, call numbers >= :data:`RELAYED_CALLS_BASE`, and any
@@ -42,25 +42,23 @@ import asyncio
 import os
 import signal
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
-from sipserver.config import Config, ConfigError
+from sipserver.config import Agent, Config, ConfigError
 from sipserver.observability import LogFormat, configure_logging, get_logger
 from sipserver.pipeline.events import SessionEvent
-from sipserver.pipeline.runtime import VoiceRuntime
+from sipserver.pipeline.runtime import ListenParts, VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.framelink import (
-    Audio,
-    AudioFrame,
     CallEnded,
     CallStarted,
     Configuration,
     Dtmf,
+    Event,
     FrameLink,
     Hello,
     LinkRecord,
@@ -69,6 +67,7 @@ from sipserver.rtp.framelink import (
     Stats,
     open_link,
 )
+from sipserver.rtp.listens_host import ListenSession, ListensForks, ListensHost
 from sipserver.rtp.native_engine import EngineSettings, NativeEngine
 from sipserver.rtp.relay import RelayedCalls
 from sipserver.rtp.rtp_stream import MediaClock
@@ -90,9 +89,6 @@ log = get_logger("sipserver.rtp.call_worker")  # not "__main__" when run with -m
 RELAYED_CALLS_BASE = 0x8000_0000
 """Call numbers main allocates for the calls it relays to a worker start here (the engine's
 own numbers stay below)."""
-
-MAX_QUEUED_FRAMES_PER_RELAYED_CALL = 10
-"""Frames from main held per relayed AI Listens call (200 ms); older ones are dropped."""
 
 MainRecordHandler = Callable[[LinkRecord], Iterable[LinkRecord]]
 """Takes a record from main this module does not handle; returns the records to send back."""
@@ -233,18 +229,6 @@ class _Hosted:
     """Hung up here, waiting for the engine's end: no longer fed."""
 
 
-@dataclass(slots=True)
-class _Relayed:
-    """An AI Listens call: its session runs in main, fed over the frame link."""
-
-    call: _Call
-    seq: int = 0
-    timestamp: int = 0
-    outbound: deque[bytes] = field(
-        default_factory=lambda: deque(maxlen=MAX_QUEUED_FRAMES_PER_RELAYED_CALL)
-    )
-
-
 class CallWorker:
     """The worker process's state: engine, clock, sessions and the link to main.
 
@@ -278,7 +262,9 @@ class CallWorker:
         """Builds each call's session (None until the first CONFIG is applied)."""
         self.config_sequence = 0
         self._hosted: dict[int, _Hosted] = {}
-        self._relayed: dict[int, _Relayed] = {}
+        self.listens = ListensHost(self._listen_parts)
+        """The AI Listens calls monitored here (SIP calls to listens numbers, Twilio forks)."""
+        self.forks = ListensForks(self.listens, self._agent_of, self._send)
         self._config_lock = asyncio.Lock()
         self._config_tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
@@ -290,7 +276,6 @@ class CallWorker:
             "dtmf": 0,
             "config_errors": 0,
             "records_unhandled": 0,
-            "rx_overflow": 0,
         }
 
     @property
@@ -327,9 +312,7 @@ class CallWorker:
             headers=dict(call.headers),
         )
         if sessions is not None and sessions.is_listens(info):
-            self._relayed[call.number] = _Relayed(call)
-            self._send(started)
-            log.info("call_relayed_to_main", call_id=info.call_id, agent=info.agent)
+            self._start_listens(call, info, started)
             return
         session = sessions.new_session(info) if sessions is not None else None
         if session is None:
@@ -343,14 +326,40 @@ class CallWorker:
         self._send(replace(started, hosted=True))
         log.info("call_session_started", call_id=info.call_id, agent=info.agent, codec=call.codec)
 
+    def _start_listens(self, call: _Call, info: CallInfo, started: CallStarted) -> None:
+        """A PBX forks a call to a listens number: answered silently, transcribed here; its
+        CALL_STARTED goes first, then the session's ``listens_started`` EVENT."""
+        agent = self._agent_of(info.agent)
+        parts = self.listens.parts_for(agent) if agent is not None else None
+        if agent is None or parts is None:
+            self.counters["calls_without_session"] += 1
+            log.warning("call_without_session", call_id=info.call_id, why="no listens parts")
+            self.engine.hangup(call.number, "listens unavailable")
+            return
+        number = call.number
+
+        def send(item: dict[str, object]) -> None:
+            self._send(Event(number, item))
+
+        session = ListenSession(self.listens, agent, parts, send)
+        self._hosted[number] = hosted = _Hosted(call, session, info)
+        self._send(replace(started, hosted=True))
+        session.on_start(info)
+        self._hangup_if_requested(hosted)
+        log.info("listens_call_hosted", call_id=info.call_id, agent=info.agent)
+
+    def _listen_parts(self, agent: Agent) -> ListenParts | None:
+        return self.voice.listen_parts(agent) if self.voice is not None else None
+
+    def _agent_of(self, slug: str) -> Agent | None:
+        return self.config.agent_by_slug(slug) if self.config is not None and slug else None
+
     def on_call_ended(self, call: _Call, reason: str, status: int) -> None:
         """The call is over (BYE, CANCEL, RTP timeout, our hang-up...)."""
         hosted = self._hosted.pop(call.number, None)
-        if hosted is not None:
-            self._end_session(hosted, reason)
-        relayed = self._relayed.pop(call.number, None)
-        if hosted is None and relayed is None:
+        if hosted is None:
             return  # never reported to main (hung up at start)
+        self._end_session(hosted, reason)
         self.counters["calls_ended"] += 1
         self._send(CallEnded(call.number, reason, status))
 
@@ -358,16 +367,15 @@ class CallWorker:
         """A digit from the caller (RFC 4733 or SIP INFO)."""
         self.counters["dtmf"] += 1
         hosted = self._hosted.get(call.number)
-        if hosted is None and call.number not in self._relayed:
+        if hosted is None:
             return
         self._send(Dtmf(call.number, digit, duration_ms, "info" if method == "info" else "rfc4733"))
-        if hosted is not None:
-            try:
-                hosted.session.on_dtmf(digit)
-            except Exception:
-                self._session_failed(hosted)
-                return
-            self._hangup_if_requested(hosted)
+        try:
+            hosted.session.on_dtmf(digit)
+        except Exception:
+            self._session_failed(hosted)
+            return
+        self._hangup_if_requested(hosted)
 
     # -- the media clock ------------------------------------------------------------------------
 
@@ -386,19 +394,6 @@ class CallWorker:
                 continue
             if session.hangup_requested is not None:
                 self._hangup_if_requested(hosted)
-        if self._relayed:
-            self._tick_relayed()
-
-    def _tick_relayed(self) -> None:
-        frames: list[AudioFrame] = []
-        silence = bytes(2 * self._samples)
-        for number, relayed in self._relayed.items():
-            stream = relayed.call.stream
-            frames.append(AudioFrame(number, relayed.seq, relayed.timestamp, stream.read_frame()))
-            relayed.seq = (relayed.seq + 1) & 0xFFFFFFFF
-            relayed.timestamp = (relayed.timestamp + self._samples) & 0xFFFFFFFF
-            stream.write_frame(relayed.outbound.popleft() if relayed.outbound else silence)
-        self._send(Audio(tuple(frames)))
 
     def _hangup_if_requested(self, hosted: _Hosted) -> None:
         reason = hosted.session.hangup_requested
@@ -434,24 +429,12 @@ class CallWorker:
             task = asyncio.get_running_loop().create_task(self._configure(record))
             self._config_tasks.add(task)
             task.add_done_callback(self._config_tasks.discard)
-        elif isinstance(record, CallEnded) and (
-            record.call in self._hosted or record.call in self._relayed
-        ):
+        elif isinstance(record, CallEnded) and record.call in self._hosted:
             self.engine.hangup(record.call, record.reason or "hung up by the server")
-        elif isinstance(record, Audio):
-            others = []
-            for frame in record.frames:
-                relayed = self._relayed.get(frame.call)
-                if relayed is not None:
-                    if len(relayed.outbound) == relayed.outbound.maxlen:
-                        self.counters["rx_overflow"] += 1
-                    relayed.outbound.append(frame.pcm)
-                elif frame.call >= RELAYED_CALLS_BASE:
-                    others.append(frame)
-            if others:
-                self._to_relay(Audio(tuple(others)))
         elif isinstance(record, (Ping, Pong)):
             pass  # the link answers PINGs itself
+        elif self.forks.handle(record):
+            pass  # an AI Listens fork main relays
         else:
             self._to_relay(record)
 
@@ -503,14 +486,16 @@ class CallWorker:
 
         ``calls``/``capacity``: calls held now and the limit; ``ready``: 1 once the models of
         the configuration are warm; ``config``: the CONFIG sequence in use; ``late_ticks``:
-        media clock ticks run more than 20 ms late; ``hosted``/``relayed``: calls whose
-        session runs here / in main (AI Listens).
+        media clock ticks run more than 20 ms late; ``hosted``: SIP calls whose session runs
+        here (every one, AI Listens calls included); ``listens_*``: the monitored calls.
         """
         out = dict(self.engine.stats())
         out.update(self.counters)
-        out["calls"] = len(self._hosted) + len(self._relayed)
+        out["calls"] = len(self._hosted)
         out["hosted"] = len(self._hosted)
-        out["relayed"] = len(self._relayed)
+        out["listens_forks"] = len(self.forks)
+        out["listens_bad_frames"] = self.forks.bad_frames
+        out.update(self.listens.counters)
         out["capacity"] = self.options.capacity
         out["ready"] = int(self.ready)
         out["config"] = self.config_sequence
@@ -579,6 +564,8 @@ class CallWorker:
                     log.error("worker_link_error", error=repr(error))
         finally:
             await self.engine.stop()  # BYE every call; their CALL_ENDED go out first
+            self.forks.end_all("call worker stopping")
+            await self.listens.wait_closed()  # their listens_ended go out before the link closes
             end_relayed = getattr(self.relay, "end_all", None)  # relayed websocket calls
             if end_relayed is not None:
                 for record in end_relayed("call worker stopping"):

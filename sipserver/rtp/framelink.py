@@ -250,6 +250,10 @@ class RelayedCallStarted:
     """``"websocket"`` or ``"twilio"``."""
     sample_rate: int
     """Sample rate of the call's frames in both directions (8000 or 16000)."""
+    listens: Mapping[str, Any] | None = None
+    """An AI Listens fork (JSON key ``listens``, absent otherwise): ``{"tracks": {track: call
+    number}}``, each transcribed track's frames sent under its own relayed call number (the
+    first track's is ``call``); see docs/framelink.md "Relayed AI Listens forks"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,16 +396,17 @@ def encode(record: LinkRecord) -> bytes:
         elif isinstance(record, RelayedCallStarted):
             if not RELAY_CALL_BASE <= record.call <= 0xFFFF_FFFF:
                 raise ValueError(f"relayed call number {record.call:#x} below {RELAY_CALL_BASE:#x}")
-            payload = _U32.pack(record.call) + _json(
-                {
-                    "call_id": record.call_id,
-                    "agent": record.agent,
-                    "caller": record.caller,
-                    "called": record.called,
-                    "transport": record.transport,
-                    "sample_rate": record.sample_rate,
-                }
-            )
+            relayed: dict[str, Any] = {
+                "call_id": record.call_id,
+                "agent": record.agent,
+                "caller": record.caller,
+                "called": record.called,
+                "transport": record.transport,
+                "sample_rate": record.sample_rate,
+            }
+            if record.listens is not None:
+                relayed["listens"] = dict(record.listens)
+            payload = _U32.pack(record.call) + _json(relayed)
             rtype = RecordType.CALL_STARTED
         elif isinstance(record, Event):
             if not isinstance(record.event.get("type"), str):
@@ -610,7 +615,25 @@ def _decode_relayed(call: int, o: Mapping[str, Any]) -> RelayedCallStarted:
         called=_get_str(o, "called", what),
         transport=_get_str(o, "transport", what),
         sample_rate=_get_int(o, "sample_rate", what),
+        listens=_get_listens(o, what),
     )
+
+
+def _get_listens(o: Mapping[str, Any], what: str) -> Mapping[str, Any] | None:
+    listens = o.get("listens")
+    if listens is None:
+        return None
+    tracks = listens.get("tracks") if isinstance(listens, dict) else None
+    if (
+        not isinstance(listens, dict)
+        or not isinstance(tracks, dict)
+        or not all(
+            isinstance(n, int) and not isinstance(n, bool) and RELAY_CALL_BASE <= n <= 0xFFFF_FFFF
+            for n in tracks.values()
+        )
+    ):
+        raise FrameLinkError(f"{what}: 'listens' must be {{\"tracks\": {{track: call}}}}")
+    return {"tracks": dict(tracks)}
 
 
 class RecordDecoder:

@@ -44,6 +44,7 @@ from sipserver.rtp.framelink import (
 __all__ = [
     "RelayedCalls",
     "RelayedSessionFactory",
+    "RemoteFork",
     "RemoteSession",
     "RemoteSessions",
     "is_relayed",
@@ -481,6 +482,88 @@ class _Route:
     session: RemoteSession
 
 
+class RemoteFork:
+    """An AI Listens fork (Twilio ``<Start><Stream>``) transcribed in a call worker (main side).
+
+    Main terminates the fork's websocket and relays each transcribed track's frames under the
+    track's own relayed call number (the first track's is :attr:`call`); the worker answers
+    nothing but EVENT records (listens items) and, when it ends the fork, CALL_ENDED.
+
+    Args:
+        numbers: relayed call number of each track (``{"inbound": n, "outbound": m}``).
+        send: queues a record for the worker.
+        on_closed: called once with :attr:`call` when main closed the fork.
+        worker_id: the worker that transcribes it.
+    """
+
+    def __init__(
+        self,
+        numbers: Mapping[str, int],
+        send: Callable[[LinkRecord], None],
+        *,
+        on_closed: Callable[[int], None] | None = None,
+        worker_id: str = "",
+    ) -> None:
+        self.tracks = dict(numbers)
+        self.call = next(iter(self.tracks.values()))
+        self.worker_id = worker_id
+        self._send = send
+        self._on_closed = on_closed
+        self._seq = dict.fromkeys(self.tracks.values(), 0)
+        self._timestamp = dict.fromkeys(self.tracks.values(), 0)
+        self.ended: str | None = None
+        """Why the worker ended the fork (or ``call worker lost``); None while it runs."""
+        self._closed = False
+
+    def start(self, info: CallInfo) -> None:
+        """Send the fork's CALL_STARTED (``listens`` names each track's number)."""
+        self._send_if_up(
+            RelayedCallStarted(
+                call=self.call,
+                call_id=info.call_id,
+                agent=info.agent,
+                caller=info.caller,
+                called=info.called,
+                transport=info.transport,
+                sample_rate=info.sample_rate,
+                listens={"tracks": dict(self.tracks)},
+            )
+        )
+
+    def push(self, track: str, pcm: bytes) -> None:
+        """One frame of ``track`` (s16le at the fork's rate); tracks not transcribed are not
+        sent."""
+        number = self.tracks.get(track)
+        if number is None or not pcm:
+            return
+        seq, timestamp = self._seq[number], self._timestamp[number]
+        self._send_if_up(Audio((AudioFrame(number, seq, timestamp, pcm),)))
+        self._seq[number] = (seq + 1) & _U32_MAX
+        self._timestamp[number] = (timestamp + len(pcm) // 2) & _U32_MAX
+
+    def close(self, reason: str) -> None:
+        """Main ends the fork (CALL_ENDED to the worker, unless the worker ended it)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._send_if_up(CallEnded(self.call, reason, 0))
+        if self._on_closed is not None:
+            self._on_closed(self.call)
+
+    def receive_ended(self, reason: str) -> None:
+        """The worker ended the fork (no agent, transcription failed, the hub was full)."""
+        if self.ended is None:
+            self.ended = reason or "ended by the call worker"
+
+    def worker_lost(self) -> None:
+        """The worker went away: nothing is sent any more."""
+        self.ended = "call worker lost"
+
+    def _send_if_up(self, record: LinkRecord) -> None:
+        if self.ended is None:
+            self._send(record)
+
+
 class RemoteSessions:
     """Main side: the relayed calls in progress, their numbers and the worker of each.
 
@@ -492,10 +575,19 @@ class RemoteSessions:
     def __init__(self, on_closed: Callable[[str, int], None] | None = None) -> None:
         self._on_closed = on_closed
         self._routes: dict[int, _Route] = {}
+        self._forks: dict[int, RemoteFork] = {}
+        """AI Listens forks by their first track's number."""
+        self._fork_numbers: dict[int, str] = {}
+        """Every fork track's number -> the worker (numbers in use)."""
         self._next = RELAY_CALL_BASE
 
     def __len__(self) -> int:
         return len(self._routes)
+
+    @property
+    def forks(self) -> int:
+        """AI Listens forks relayed now (not counted in ``len``: those are the sessions)."""
+        return len(self._forks)
 
     def open(
         self,
@@ -512,6 +604,32 @@ class RemoteSessions:
         self._routes[call] = _Route(worker_id, session)
         return session
 
+    def open_fork(
+        self, worker_id: str, send: Callable[[LinkRecord], None], tracks: Iterable[str]
+    ) -> RemoteFork:
+        """A new AI Listens fork transcribed by ``worker_id``: one relayed call number per
+        track (its CALL_STARTED goes out at :meth:`RemoteFork.start`)."""
+        numbers: dict[str, int] = {}
+        for track in tracks:
+            numbers[track] = number = self._allocate()
+            self._fork_numbers[number] = worker_id  # reserved until the fork closes
+        fork = RemoteFork(numbers, send, on_closed=self._fork_closed, worker_id=worker_id)
+        self._forks[fork.call] = fork
+        return fork
+
+    def forks_of(self, worker_id: str) -> list[RemoteFork]:
+        """The forks a worker transcribes."""
+        return [f for f in self._forks.values() if f.worker_id == worker_id]
+
+    def _fork_closed(self, call: int) -> None:
+        fork = self._forks.pop(call, None)
+        if fork is None:
+            return
+        for number in fork.tracks.values():
+            self._fork_numbers.pop(number, None)
+        if self._on_closed is not None:
+            self._on_closed(fork.worker_id, call)
+
     def calls_of(self, worker_id: str) -> list[RemoteSession]:
         """The sessions a worker hosts."""
         return [r.session for r in self._routes.values() if r.worker_id == worker_id]
@@ -525,7 +643,13 @@ class RemoteSessions:
                 if route is not None and route.worker_id == worker_id:
                     route.session.receive_frame(frame.pcm)
             return
-        route = self._routes.get(getattr(record, "call", -1))
+        number = getattr(record, "call", -1)
+        fork = self._forks.get(number)
+        if fork is not None and fork.worker_id == worker_id:
+            if isinstance(record, CallEnded):
+                fork.receive_ended(record.reason)
+            return
+        route = self._routes.get(number)
         if route is None or route.worker_id != worker_id:
             return
         if isinstance(record, Event):
@@ -538,11 +662,13 @@ class RemoteSessions:
         lost = self.calls_of(worker_id)
         for session in lost:
             session.worker_lost()
+        for fork in self.forks_of(worker_id):
+            fork.worker_lost()
         return lost
 
     def _allocate(self) -> int:
         call = self._next
-        while call in self._routes:
+        while call in self._routes or call in self._fork_numbers:
             call = call + 1 if call < _U32_MAX else RELAY_CALL_BASE
         self._next = call + 1 if call < _U32_MAX else RELAY_CALL_BASE
         return call

@@ -7,10 +7,9 @@ realtime model), or the receive-only AI Listens session of a SIP call to a liste
 main process builds them for websocket calls and for the calls of pjsua2 workers; a call worker
 (:mod:`sipserver.rtp.call_worker`) builds them for the SIP calls it answers.
 
-AI Listens sessions publish to the dashboard hub, which lives in the main process: a call
-worker does not build them (``listens`` is None there) but relays such a call's audio to main
-over the frame link (:meth:`CallSessions.is_listens`), where the session host runs the session
-as it does for pjsua2 workers.
+AI Listens SIP sessions are built here in main only (for pjsua2 workers' calls; ``listens`` is
+None in a call worker): a call worker recognises such a call (:meth:`CallSessions.is_listens`)
+and hosts it itself (:mod:`sipserver.rtp.listens_host`), sending the items to main's hub.
 
 The configuration reaches a call worker as a frame-link CONFIG record:
 :func:`configuration_record` and :func:`config_from_record` turn a :class:`Config` into its
@@ -60,7 +59,7 @@ class CallSessions:
         config: the configuration in use (read at each call: a reload swaps it).
         voice: the process's voice runtime (models, VAD batcher).
         listens: builds AI Listens SIP sessions (main process); None in a call worker, which
-            relays those calls to main (see :meth:`is_listens`).
+            hosts those calls with :mod:`sipserver.rtp.listens_host` (see :meth:`is_listens`).
     """
 
     def __init__(

@@ -61,12 +61,38 @@ def listens_config(sip_port: int, http_port: int, data_dir: Path) -> dict[str, A
     return config
 
 
-@pytest.fixture(scope="module")
-def listens_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    workdir = tmp_path_factory.mktemp("listens")
-    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
-    server = ServerProcess(config, workdir)
+ENGINES = ("pjsua2", "native")
+"""``server.media.engine``: with native, every fork is transcribed in a call worker and main
+only relays the tracks' frames (docs/listens.md "Where it runs")."""
+
+
+def on_engine(config: dict[str, Any], engine: str) -> dict[str, Any]:
+    """``config`` with ``server.media.engine`` set (native: one call worker)."""
+    config["server"]["media"] = {"engine": engine}
+    if engine == "native":
+        config["server"]["workers"] = 1
+    return config
+
+
+def start_on(server: ServerProcess, engine: str) -> None:
+    """Start ``server``; on native wait for its call worker's models to be warm."""
     server.start()
+    if engine == "native":
+        from tests.integration.test_calls import wait_metric
+
+        wait_metric(server, "sipserver_media_workers_up", 1)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def listens_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    engine: str = request.param
+    workdir = tmp_path_factory.mktemp(f"listens-{engine}")
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
+    server = ServerProcess(on_engine(config, engine), workdir)
+    server.engine = engine  # type: ignore[attr-defined]
+    start_on(server, engine)
     yield server
     server.stop()
 
@@ -137,6 +163,12 @@ async def test_forked_call_streams_transcripts_and_a_suggestion(
     assert fork.received == [], "a fork must never be sent anything"
     assert server.metric("sipserver_listens_suggestions_total", mode="passage") >= 1
     assert server.metric("sipserver_listens_calls_active") == 0
+    status = server.get("/status")[1]
+    if server.engine == "native":  # type: ignore[attr-defined]
+        # The fork was transcribed in the call worker: main never loaded a model.
+        assert status["models_loaded"] == 0, status["models_loaded"]
+    else:
+        assert status["models_loaded"] > 0
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -216,10 +248,13 @@ async def test_webhook_forks_monitored_numbers_and_rejects_others(
         assert ws_wrong.status == 403
 
 
-async def test_shutdown_ends_forks_and_dashboard_streams_promptly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_shutdown_ends_forks_and_dashboard_streams_promptly(
+    tmp_path: Path, engine: str
+) -> None:
     config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
-    server = ServerProcess(config, tmp_path)
-    server.start()
+    server = ServerProcess(on_engine(config, engine), tmp_path)
+    start_on(server, engine)
     base = server.http_url
     http, _ = await login(base, "admin", password_of("admin"))
     try:
@@ -251,7 +286,8 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
     """A PBX (a pjsua2 UA) calls the listens number over SIP with the agent's credentials: the
     call is answered, nothing but silence comes back, and the caller's speech shows up on the
     dashboard stream as caller lines with a suggestion. On the native engine the call worker
-    relays the call's audio to main, where the dashboard lives."""
+    transcribes the call and sends its lines and suggestions to main's hub in EVENT records:
+    main loads no model."""
     import json as _json
 
     import numpy as np
@@ -313,5 +349,79 @@ async def test_sip_call_to_a_listens_number_is_answered_silently_and_transcribed
         _, heard = read_wav(record)
         assert heard.size > rate * 5, heard.size  # the call was up for the whole clip
         assert int(np.abs(heard).max()) < 200, "a listens call must send nothing but silence"
+        if engine == "native":
+            assert server.get("/status")[1]["models_loaded"] == 0
     finally:
+        server.stop()
+
+
+@pytest.mark.slow
+async def test_a_call_worker_killed_during_forks_ends_only_its_fork(tmp_path: Path) -> None:
+    """Native engine, two call workers, one fork on each (least loaded first). SIGKILL one
+    worker: its fork's monitored call ends (``call worker lost``) and its websocket is closed
+    1011; the other fork goes on being transcribed."""
+    import os
+    import signal
+
+    config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
+    config["agents"][-1]["listens"]["channel"] = "inbound"
+    on_engine(config, "native")["server"]["workers"] = 2
+    server = ServerProcess(config, tmp_path)
+    server.start()
+    base = server.http_url
+    question = espeak("How much does it cost?", tmp_path, rate=8000)
+
+    def workers() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = server.get("/status")[1]["media_workers"]
+        return listed
+
+    http, _ = await login(base, "admin", password_of("admin"))
+    forks: list[ForkClient] = []
+    try:
+        from tests.integration.test_calls import wait_metric
+
+        wait_metric(server, "sipserver_media_workers_up", 2)
+        calls = SseReader(await http.get(f"{base}/api/listens/copilot/events"))
+        for i in range(2):
+            ws = await http.ws_connect(f"{base}/listens/copilot/{SECRET}/stream")
+            fork = ForkClient(ws, sid=f"MZkill{i}", tracks=("inbound",))
+            await fork.start({"caller": f"+1415555012{i}", "called": NUMBER})
+            forks.append(fork)
+            assert await calls.wait_for(lambda r, n=i + 1: len(r.of("calls")[-1]) == n, 10)
+        assert sorted(w["calls"] for w in workers()) == [1, 1]  # one fork on each
+        streams = {
+            fork.sid: SseReader(
+                await http.get(f"{base}/api/listens/copilot/calls/{fork.sid}/events")
+            )
+            for fork in forks
+        }
+        victim = workers()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def ended(r: SseReader) -> bool:
+            return bool(r.of("ended"))
+
+        assert await calls.wait_for(lambda r: len(r.of("calls")[-1]) == 1, 10), calls.events
+        gone = [sid for sid, r in streams.items() if ended(r)]
+        assert len(gone) == 1, {sid: r.events for sid, r in streams.items()}
+        assert streams[gone[0]].of("ended")[0]["reason"] == "call worker lost"
+        lost = next(f for f in forks if f.sid == gone[0])
+        survivor = next(f for f in forks if f.sid != gone[0])
+        for _ in range(100):  # the lost fork's next media message gets its socket closed
+            if lost.ws.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert lost.ws.close_code == 1011, lost.ws.close_code
+        assert calls.of("calls")[-1][0]["call_id"] == survivor.sid
+        survivor.say("inbound", question)
+        events = streams[survivor.sid]
+        assert await events.wait_for(lambda r: bool(r.of("transcript")), 30), events.events
+        assert "cost" in events.of("transcript")[0]["text"].lower()
+        assert not ended(events)
+        for reader in (calls, *streams.values()):
+            await reader.close()
+    finally:
+        for fork in forks:
+            await fork.stop()
+        await http.close()
         server.stop()

@@ -20,7 +20,15 @@ import pytest
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess, free_port
 from tests.integration.listens_client import ForkClient
-from tests.integration.test_listens import NUMBER, SECRET, listens_config, password_of
+from tests.integration.test_listens import (
+    ENGINES,
+    NUMBER,
+    SECRET,
+    listens_config,
+    on_engine,
+    password_of,
+    start_on,
+)
 from tests.speech import espeak
 
 pytestmark = pytest.mark.integration
@@ -41,11 +49,12 @@ async def log_in(page: Page, base: str, name: str, next_path: str = "/dashboard"
     await page.until("document.readyState === 'complete'")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+@pytest.fixture(params=ENGINES)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """The server on each engine (native: the fork is transcribed in a call worker)."""
     config = listens_config(free_port(), free_port(socket.SOCK_STREAM), tmp_path / "data")
-    proc = ServerProcess(config, tmp_path)
-    proc.start()
+    proc = ServerProcess(on_engine(config, request.param), tmp_path)
+    start_on(proc, request.param)
     yield proc
     proc.stop()
 

@@ -393,24 +393,29 @@ async def test_a_failing_session_ends_only_its_own_call() -> None:
     assert len(good.stream.written) == 10  # the other call never missed a tick
 
 
-async def test_listens_calls_are_relayed_to_main_as_today() -> None:
+async def test_listens_calls_are_hosted_and_their_items_go_to_main_as_events() -> None:
+    from sipserver.rtp.framelink import Event
+    from sipserver.rtp.listens_host import ListensHost
+    from tests.unit.test_listens_events import _parts
+
     worker = RecordingWorker()
     await configured(worker, echo_config())
     assert worker.sessions is not None
     worker.sessions.is_listens = lambda info: True  # type: ignore[method-assign]
+    worker.listens = ListensHost(lambda agent: _parts())
     call = worker.fake_engine.answer(FakeCall(3))
     (started,) = worker.sent_of(CallStarted)
-    assert not started.hosted  # main's session host runs this one
+    assert started.hosted  # no audio goes to main: the worker transcribes
+    events = worker.sent_of(Event)
+    assert [(e.call, e.event["type"]) for e in events] == [(3, "listens_started")]
     call.stream.incoming = [loud(), loud()]
-    worker.fake_clock.run(1)
-    (audio,) = worker.sent_of(Audio)
-    assert [(f.call, f.seq, f.pcm) for f in audio.frames] == [(3, 0, loud())]
-    # main's answer is played on the next tick; silence when none came.
-    worker.on_record(Audio((AudioFrame(3, 0, 0, loud()),)))
     worker.fake_clock.run(2)
-    assert call.stream.written == [bytes(FRAME), loud(), bytes(FRAME)]
-    worker.on_record(CallEnded(3, "no agent for this call", 404))
-    assert worker.fake_engine.hangups == [(3, "no agent for this call")]
+    assert call.stream.written == [bytes(FRAME), bytes(FRAME)]  # silence back
+    assert worker.sent_of(Audio) == []
+    worker.on_record(CallEnded(3, "too many monitored calls", 503))
+    assert worker.fake_engine.hangups == [(3, "too many monitored calls")]
+    await worker.listens.wait_closed()
+    assert worker.sent_of(Event)[-1].event["type"] == "listens_ended"
 
 
 async def test_records_that_are_not_the_workers_go_to_the_relay_hook() -> None:
