@@ -59,6 +59,7 @@ from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
+from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -184,6 +185,7 @@ class Server:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
+        self.media_stats = MediaStatsMetrics(self.metrics.registry)
         self.refusals = RefusalLog(self.metrics)
         """Every door's refusals: counted, and logged once per interval per reason."""
         sip = config.server.sip
@@ -533,6 +535,9 @@ class Server:
             worker.calls.add(record.call)
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
+        elif isinstance(record, framelink.Stats):
+            kind = worker.hello.kind if worker.hello is not None else "pjsua2"
+            self.media_stats.update(worker.worker_id, kind, record.counters)
         assert self.sessions is not None  # built with the pool that calls this
         replies = self.sessions.handle(worker.worker_id, record)
         link = worker.link
@@ -546,6 +551,7 @@ class Server:
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
+        self.media_stats.forget(worker.worker_id)
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         now = self.listeners.clock()
