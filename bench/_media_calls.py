@@ -94,6 +94,10 @@ class CallResult:
     gaps: int = 0
     max_gap_ms: float = 0.0
     late_sends: int = 0
+    last_echo_s: float | None = None
+    """Seconds from the 200 to the last echo packet received (None: no echo)."""
+    ended_s: float | None = None
+    """Seconds from the 200 to the far end's BYE (``ended_by_server`` calls)."""
     """Packets this generator sent more than 10 ms after their time (it was starved)."""
 
 
@@ -223,6 +227,7 @@ class Generator:
         answer = "\r\n".join(["SIP/2.0 200 OK", *head, "Content-Length: 0", "", ""])
         self.sip.sendto(answer.encode(), source)
         if req.method == "BYE" and call.result.state in ("media", "bye"):
+            call.result.ended_s = round(time.monotonic() - call.media_from, 3)
             self._finish(call, "ended_by_server")
 
     def _on_response(self, call: _Call, resp: SipResponse, now: float) -> None:
@@ -383,6 +388,7 @@ class Generator:
             r.rx += 1
             if data[12:] in ECHOES:
                 r.echo += 1
+                r.last_echo_s = now - call.media_from
             if call.last_rx and now - call.media_from > SETTLE:
                 gap = (now - call.last_rx) * 1e3
                 if gap > GAP_MS:
@@ -440,6 +446,8 @@ class Generator:
         for call in self.calls:
             if not _done(call.result.state):
                 self._finish(call, "timeout")
+            if call.result.last_echo_s is not None:
+                call.result.last_echo_s = round(call.result.last_echo_s, 3)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "calls": [asdict(c.result) for c in self.calls],

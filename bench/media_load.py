@@ -314,7 +314,11 @@ def summarize(
         "window": window,
         "idle_worker_rss_mb": idle_rss,
         "idle_main_rss_mb": main_rss_idle,
-        "metrics_end": {k: v for k, v in end_metrics.items() if k.startswith(_EXPORTED)},
+        "metrics_end": {
+            k: v
+            for k, v in end_metrics.items()
+            if k.startswith(_EXPORTED) and not k.endswith("_created")
+        },
     }
     if window:
         total_pct = window["cpu_main_pct"] + window["cpu_workers_pct"]
