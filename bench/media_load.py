@@ -61,6 +61,9 @@ ENGINES = ("native", "pjsua2")
 PROBE_KINDS = ("options_udp", "register_udp")
 LATE_KEYS = {"pjsua2": "tx_underflow", "native": "late_frames"}
 """STATS key of frames the session did not have ready in time, per engine (docs/framelink.md)."""
+FRAME_KEYS = {"pjsua2": ("tx_frames",), "native": ("frames", "sent")}
+LOST_KEYS = ("rtp_lost", "lost")
+"""STATS keys of lost caller packets (docs/framelink.md; the second: the RTP stream's name)."""
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -255,7 +258,7 @@ def measure(server: Server, engine: str, n: int, hold_left: float) -> dict[str, 
     if engine == "native" and "late_frames" not in s1:  # not reported: every call per late tick
         delta["late_frames"] = delta.get("late_ticks", 0) * n
     call_minutes = n * (t1 - t0) / 60
-    frames_key = "tx_frames" if engine == "pjsua2" else "frames"
+    frames_key = next((k for k in FRAME_KEYS[engine] if k in delta), "")
     if delta.get(frames_key, 0) > 0:  # the STATS' own span (they come every few seconds)
         call_minutes = delta[frames_key] / 50 / 60
     return {
@@ -332,7 +335,7 @@ def summarize(
             rss_per_call_mb=window["worker_rss_mb"] / n,
             rss_delta_per_call_mb=(window["worker_rss_mb"] - idle_rss) / n,
             late_per_call_min=d.get(LATE_KEYS[engine], 0) / cm,
-            lost_per_call_min=d.get("rtp_lost", 0) / cm if "rtp_lost" in d else None,
+            lost_per_call_min=next((d[k] / cm for k in LOST_KEYS if k in d), None),
             concealed_per_call_min=d.get("concealed_frames", 0) / cm
             if "concealed_frames" in d
             else None,

@@ -2,8 +2,10 @@
 
 A worker sends its counters as running totals every few seconds (docs/framelink.md, STATS).
 :class:`MediaStatsMetrics` keeps each worker's last totals and adds the difference to the
-counters, labelled by engine (the worker's HELLO ``kind``). A total lower than the last one is a
-restarted worker of the same id: its new total is added as it is. Which STATS key feeds which
+counters, labelled by engine (the worker's HELLO ``kind``). A worker that is lost is forgotten
+(its replacement's totals count from zero); a total that goes down without that (a worker
+summing only the calls in progress) is taken as the new base and adds nothing, so a counter
+never counts twice. Which STATS key feeds which
 metric depends on the engine, because the pjsua2 worker counts at the frame bridge and the native
 engine at the RTP stream (see :data:`SOURCES`).
 """
@@ -16,26 +18,28 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = ["SOURCES", "MediaStatsMetrics"]
 
-SOURCES: dict[str, dict[str, str]] = {
+SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
     "pjsua2": {
-        "frames": "tx_frames",
-        "late_frames": "tx_underflow",
+        "frames": ("tx_frames",),
+        "late_frames": ("tx_underflow",),
     },
     "native": {
-        "frames": "frames",
-        "late_frames": "late_frames",
-        "late_ticks": "late_ticks",
-        "rtp_received": "rtp_received",
-        "rtp_lost": "rtp_lost",
-        "rtp_late": "rtp_late",
-        "concealed_frames": "concealed_frames",
+        "frames": ("frames", "sent"),
+        "late_frames": ("late_frames",),
+        "late_ticks": ("late_ticks",),
+        "rtp_received": ("rtp_received", "received"),
+        "rtp_lost": ("rtp_lost", "lost"),
+        "rtp_late": ("rtp_late", "late"),
+        "concealed_frames": ("concealed_frames",),
     },
 }
-"""Per engine: metric (the keys of :class:`MediaStatsMetrics`' counters) -> STATS key.
+"""Per engine: metric (the keys of :class:`MediaStatsMetrics`' counters) -> the STATS keys
+that feed it, the first one present wins (docs/framelink.md, "STATS counters").
 
 pjsua2: ``tx_frames`` (session frames played) and ``tx_underflow`` (ticks the session had no
 frame ready: silence was played instead, a late frame). Its jitter buffer and RTP counters stay
-inside pjsua and are not in its STATS. native: the keys documented in docs/framelink.md."""
+inside pjsua and are not in its STATS. native: the documented keys, or the RTP stream's own
+names (``received``, ``lost``, ``late``, ``sent``) summed by the engine."""
 
 
 class MediaStatsMetrics:
@@ -104,12 +108,12 @@ class MediaStatsMetrics:
     def update(self, worker_id: str, engine: str, counters: Mapping[str, object]) -> None:
         """Feed one STATS record of ``worker_id`` (running on ``engine``)."""
         last = self._last.setdefault(worker_id, {})
-        for metric, key in SOURCES.get(engine, {}).items():
+        for metric, keys in SOURCES.get(engine, {}).items():
+            key = next((k for k in keys if k in counters), keys[0])
             value = counters.get(key)
             if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
-            before = last.get(key, 0.0)
-            delta = value - before if value >= before else value
+            delta = value - last.get(key, 0.0)
             last[key] = value
             if delta > 0:
                 self.counters[metric].labels(engine).inc(delta)

@@ -37,14 +37,27 @@ def test_native_keys_and_a_restarted_worker() -> None:
     assert value(reg, "sipserver_rtp_packets_late_total", engine="native") == 1
     assert value(reg, "sipserver_rtp_concealed_frames_total", engine="native") == 11
     assert value(reg, "sipserver_rtp_jitter_max_ms") == 7
-    # Same id, lower totals: a new process; its totals count from zero, never negative.
+    # A total that goes down (not a running total): the new base, nothing counted twice.
     m.update("w0", "native", {"rtp_lost": 4, "jitter_ms_max": 3})
-    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 14
+    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 10
+    m.update("w0", "native", {"rtp_lost": 6})
+    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 12
     assert value(reg, "sipserver_rtp_jitter_max_ms") == 3
+    # The worker was lost: its replacement (same id) counts from zero.
     m.forget("w0")
     assert value(reg, "sipserver_rtp_jitter_max_ms") == 0
     m.update("w0", "native", {"rtp_lost": 1})
-    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 15
+    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 13
+
+
+def test_native_stream_names_are_read_when_the_documented_ones_are_absent() -> None:
+    reg = CollectorRegistry()
+    m = MediaStatsMetrics(reg)
+    m.update("w1", "native", {"received": 100, "lost": 2, "late": 1, "sent": 99})
+    assert value(reg, "sipserver_rtp_packets_received_total", engine="native") == 100
+    assert value(reg, "sipserver_rtp_packets_lost_total", engine="native") == 2
+    assert value(reg, "sipserver_rtp_packets_late_total", engine="native") == 1
+    assert value(reg, "sipserver_media_frames_total", engine="native") == 99
 
 
 def test_unknown_engine_and_odd_values_are_ignored() -> None:
