@@ -80,7 +80,8 @@ class CallResult:
     index: int
     state: str = "new"
     """``completed`` (our BYE answered 200), ``ended_by_server`` (the far end sent BYE),
-    ``failed`` (a final status >= 300 other than one challenge), ``timeout`` (no answer)."""
+    ``failed`` (a final status >= 300 other than one challenge), ``timeout`` (no answer to the
+    INVITE or to our BYE within 8 s, or the run's deadline passed)."""
     status: int = 0
     setup_ms: float | None = None
     """The (authenticated) INVITE sent -> its 200 received (what SIPp's -trace_rtt measures)."""

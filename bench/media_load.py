@@ -291,6 +291,10 @@ def summarize(
     for c in calls:
         states[c["state"]] = states.get(c["state"], 0) + 1
     setup = [c["setup_ms"] for c in calls if c["setup_ms"] is not None]
+    failed_statuses: dict[str, int] = {}
+    for c in calls:
+        if c["state"] == "failed":
+            failed_statuses[str(c["status"])] = failed_statuses.get(str(c["status"]), 0) + 1
     tx = sum(c["tx"] for c in calls)
     rx = sum(c["rx"] for c in calls)
     echo = sum(c["echo"] for c in calls)
@@ -301,6 +305,8 @@ def summarize(
         "workers": workers,
         "all_up": all_up,
         "states": states,
+        "established": len(setup),
+        "failed_statuses": failed_statuses,
         "setup_p50_ms": percentile(setup, 0.5),
         "setup_p99_ms": percentile(setup, 0.99),
         "rtp_tx": tx,
@@ -356,7 +362,7 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 
 ROWS: list[tuple[str, str, str]] = [
     ("calls established (200)", "ok", "d"),
-    ("  failed / timeout / ended by server", "bad", ""),
+    ("  failed / timed out / ended by the server", "bad", ""),
     ("INVITE->200 p50 (ms)", "setup_p50_ms", ".1f"),
     ("INVITE->200 p99 (ms)  [target <= 20]", "setup_p99_ms", ".1f"),
     ("echo in received RTP (%)", "echo_pct", ".1f"),
@@ -380,7 +386,7 @@ def _cell(r: dict[str, Any], key: str, spec: str) -> str:
     st = r["states"]
     w = r.get("window") or {}
     if key == "ok":
-        return str(sum(v for k, v in st.items() if k in ("completed", "ended_by_server")))
+        return f"{r['established']} ({st.get('completed', 0)} completed)"
     if key == "bad":
         return f"{st.get('failed', 0)} / {st.get('timeout', 0)} / {st.get('ended_by_server', 0)}"
     if key == "cpu_main":
@@ -428,6 +434,14 @@ def print_table(results: list[dict[str, Any]], info: dict[str, Any], a: argparse
             print(f"{r['engine']}: not every call was up at once: no window measured")
         if r["generator_errors"]:
             print(f"{r['engine']}: generator errors {r['generator_errors']}")
+        if r["failed_statuses"]:
+            print(f"{r['engine']}: failed calls by final status {r['failed_statuses']}")
+        if r["generator_late_sends"] > 0.01 * max(1, r["rtp_tx"]):
+            print(
+                f"{r['engine']}: the load generator was starved ({r['generator_late_sends']} of "
+                f"{r['rtp_tx']} packets sent > 10 ms late): these figures measure the machine; "
+                "try fewer calls or more --procs"
+            )
         ended = r["metrics_end"]
         if ended:
             shown = ", ".join(f"{k} {v:g}" for k, v in sorted(ended.items()))
