@@ -221,6 +221,17 @@ class MediaConfig(_Model):
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""
+    engine: Literal["native", "pjsua2"] = "pjsua2"
+    """What answers the calls: ``pjsua2`` (media workers of 4 calls each; the sessions run in
+    the main process) or ``native`` (call workers, one per core (``server.workers``), all
+    started at start-up: our own SIP UA and RTP engine, and each call's session and models
+    run in the worker that holds the call). See docs/calls.md, "Call workers"."""
+    calls_per_worker: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = (
+        "auto"
+    )
+    """Calls one call worker (``engine: native``) takes: ``auto`` = ``server.max_calls``
+    divided among ``server.workers`` (rounded up), and never more than its RTP port slice
+    holds (2 ports per call). pjsua2 workers read their capacity from the library (4)."""
 
     @model_validator(mode="after")
     def _port_order(self) -> MediaConfig:

@@ -96,6 +96,8 @@ SERVER_KEYS: dict[str, KeyClass] = {
     # Command-line options of the media worker processes.
     "server.workers": "worker_pool",
     "server.media": "worker_pool",
+    # pjsua2 media workers or native call workers: which processes, and where sessions run.
+    "server.media.engine": "restart",
 }
 """The reload class of every ``server.`` key; an entry covers the keys below it."""
 

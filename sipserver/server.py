@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from sipserver.admission import CallLedger, Reservation
+from sipserver.admission import CallLedger, Reservation, default_max_calls
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
@@ -39,7 +39,7 @@ from sipserver.edge.transport import SipListeners
 from sipserver.gateway.websocket import MediaStreamGateway
 from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
-from sipserver.listens.fork import ListensFork, called_number, is_listens_number
+from sipserver.listens.fork import ListensFork
 from sipserver.listens.monitor import ListensHub
 from sipserver.observability import (
     Metrics,
@@ -48,7 +48,6 @@ from sipserver.observability import (
     log_rate_limit,
     log_settings,
 )
-from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
@@ -59,6 +58,7 @@ from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
 from sipserver.rtp import framelink
 from sipserver.rtp.session_host import SessionHost
+from sipserver.rtp.sessions import CallSessions, configuration_record
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
@@ -67,7 +67,7 @@ from sipserver.web.app import build_admin_app, build_app, request_error_logger
 from sipserver.web.demo import add_demo_routes
 from sipserver.web.listener import HttpDeadlines, HttpListener
 
-__all__ = ["Server", "pid_file_path", "takes_sip_calls"]
+__all__ = ["Server", "calls_per_worker", "pid_file_path", "takes_sip_calls"]
 
 log = get_logger(__name__)
 
@@ -137,18 +137,23 @@ def _worker_pool(
 ) -> WorkerPool:
     """The media worker pool of ``config`` (``server.workers``, ``server.media``)."""
     media = config.server.media
-    max_workers = max(media.min_workers, config.server.max_workers)
+    native = media.engine == "native"
+    # Call workers all start at once, one per core: each holds many calls and warms models.
+    max_workers = (
+        config.server.max_workers if native else max(media.min_workers, config.server.max_workers)
+    )
     log_format, log_level = log_settings()
     per_worker = (media.rtp_port_max - media.rtp_port_min + 1) // max_workers
+    ports = per_worker - per_worker % 2
     return WorkerPool(
         WorkerPoolSettings(
             link_path=str(Path(config.server.data_dir).resolve() / "run" / "framelink.sock"),
-            min_workers=media.min_workers,
+            min_workers=max_workers if native else media.min_workers,
             max_workers=max_workers,
             sip_host=media.worker_host,
             rtp_host=media.rtp_host,
             rtp_port_start=media.rtp_port_min,
-            rtp_ports_per_worker=per_worker - per_worker % 2,
+            rtp_ports_per_worker=ports,
             sample_rate=media.sample_rate,
             session_timers=media.session_timers,
             session_expires=media.session_expires,
@@ -158,11 +163,33 @@ def _worker_pool(
             link_timeout=media.worker_timeout,
             log_format=log_format,
             log_level=log_level,
+            engine=media.engine,
+            capacity=calls_per_worker(config, max_workers, ports) if native else 0,
         ),
         on_record=on_record,
         on_worker_lost=on_lost,
         on_worker_up=on_up,
     )
+
+
+def calls_per_worker(config: Config, workers: int, rtp_ports: int) -> int:
+    """The capacity of each call worker (``server.media.calls_per_worker``).
+
+    ``auto``: ``server.max_calls`` (itself ``auto``: :func:`default_max_calls`) divided among
+    the workers, rounded up. Never more than the worker's RTP port slice holds (2 ports per
+    call), never less than 1.
+
+    Args:
+        config: the configuration.
+        workers: call workers that run.
+        rtp_ports: RTP ports each worker gets.
+    """
+    setting = config.server.media.calls_per_worker
+    if setting == "auto":
+        total = config.server.max_calls
+        total = default_max_calls(config) if total == "auto" else total
+        setting = -(-total // workers)
+    return max(1, min(setting, rtp_ports // 2))
 
 
 class Server:
@@ -201,6 +228,8 @@ class Server:
         self.sessions: SessionHost | None = None
         """The sessions of the pool's calls (built with the pool, at its sample rate)."""
         self._pool_started = False
+        self._config_sequence = 1
+        """Sequence of the CONFIG records sent to call workers (+1 per reload applied)."""
         self._sip_calls = takes_sip_calls(config)
         if self._sip_calls:
             self._build_pool(config)
@@ -228,6 +257,10 @@ class Server:
             ledger=self.ledger,
             refusals=self.refusals,
         )
+        self.call_sessions = CallSessions(
+            lambda: self.config, self.voice, listens=self.listens.sip_session
+        )
+        """Builds each call's session here (websocket calls, pjsua2 workers' calls)."""
         self.dashboard = Dashboard(
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
         )
@@ -358,9 +391,18 @@ class Server:
         """Build (not start) the media worker pool of ``config``; the frames of its calls go
         through a session host at its sample rate."""
         self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
-        self.pool = _worker_pool(
-            config, self._worker_record, self._worker_lost, lambda _: self._state_changed()
-        )
+        self.pool = _worker_pool(config, self._worker_record, self._worker_lost, self._worker_up)
+
+    def _worker_up(self, worker: MediaWorker) -> None:
+        """A worker said HELLO: a call worker gets the configuration (CONFIG) first."""
+        if worker.hello is not None and worker.hello.kind == "native":
+            self._send_config(worker)
+        self._state_changed()
+
+    def _send_config(self, worker: MediaWorker) -> None:
+        if worker.link is not None:
+            record = configuration_record(self.config, self.config_path, self._config_sequence)
+            worker.link.send(record)
 
     def _state_changed(self) -> None:
         self._changed.set()
@@ -410,7 +452,7 @@ class Server:
 
     def _media_workers_up(self) -> int:
         pool = self.pool
-        return sum(w.up for w in pool.workers) if pool is not None else 0
+        return sum(w.ready for w in pool.workers) if pool is not None else 0
 
     def readiness_report(self) -> ReadinessReport:
         """Whether new calls are taken now, and what is still missing (``GET /readyz``)."""
@@ -502,42 +544,24 @@ class Server:
             info: the call.
             on_event: receives the session's events (voice sessions only).
         """
-        agent = self.config.agent_by_slug(info.agent) if info.agent else None
-        if agent is None:
-            return None
-        if info.transport == "sip" and is_listens_number(
-            self.config, agent, called_number(info.called)
-        ):
-            # A PBX forks a call to a listens number: answered silently and transcribed.
-            return self.listens.sip_session(agent)
-        if self.voice.serves(agent):
-            try:
-                return self.voice.new_session(agent, info, on_event=on_event)
-            except Exception:
-                log.exception("voice_session_failed", call_id=info.call_id, agent=agent.slug)
-                return None
-        if agent.realtime.enabled:
-            log.error(
-                "no_voice_model_for_agent",
-                agent=agent.slug,
-                reason="the agent's model is not loaded in this process",
-            )
-            return None
-        # An agent without a realtime model answers as an echo test line: a chime, then the
-        # caller's own audio 200 ms late; DTMF # hangs up.
-        return EchoSession(
-            tone_greeting(info.sample_rate), sample_rate=info.sample_rate, hangup_digit="#"
-        )
+        return self.call_sessions.new_session(info, on_event)
 
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
         if isinstance(record, framelink.CallStarted):
             self._release(record.sip_call_id)
             worker.calls.add(record.call)
+            if record.hosted:
+                # A call worker runs this call's session itself: only the bookkeeping here.
+                log.info("call_hosted", call_id=record.sip_call_id, worker=worker.worker_id)
+                return
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
+            self._state_changed()
         elif isinstance(record, framelink.Stats):
             kind = worker.hello.kind if worker.hello is not None else "pjsua2"
             self.media_stats.update(worker.worker_id, kind, record.counters)
+            if record.counters.get("ready") == 1:
+                self._state_changed()  # a call worker's models are warm: readiness may change
         assert self.sessions is not None  # built with the pool that calls this
         replies = self.sessions.handle(worker.worker_id, record)
         link = worker.link
@@ -593,6 +617,11 @@ class Server:
                 result = await self._apply(new)
             if result.applied and not self.readiness.draining:
                 await self._start_pool()
+                if self.pool is not None:
+                    self._config_sequence += 1
+                    for worker in self.pool.workers:
+                        if worker.up and worker.hello is not None and worker.hello.kind == "native":
+                            self._send_config(worker)
             self._reloads += 1
             try:
                 write_result(
@@ -697,11 +726,15 @@ class Server:
             "calls": self.proxy.active_calls() if self.proxy is not None else 0,
             "websocket_calls": len(self.gateway.calls),
             "monitored_calls": self.listens_hub.active,
+            "media_engine": self.config.server.media.engine,
+            "sessions_in_main": len(self.sessions) if self.sessions is not None else 0,
             "media_workers": [
                 {
                     "id": w.worker_id,
                     "pid": w.process.pid if w.process is not None else None,
                     "up": w.up,
+                    "kind": w.hello.kind if w.hello is not None else None,
+                    "ready": w.ready,
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,

@@ -1,7 +1,10 @@
 """The media worker pool: spawn worker processes, track them over the frame link, pick one per
 call, restart the ones that die.
 
-Each worker is a process (``python -m sipserver.rtp.pjsua2_worker``) with its own SIP port on
+Each worker is a process (``python -m sipserver.rtp.pjsua2_worker``, or with
+``server.media.engine: native`` ``python -m sipserver.rtp.call_worker --capacity N``, a call
+worker that also runs its calls' sessions and takes calls once its models are warm: STATS
+``ready: 1``) with its own SIP port on
 loopback and its own RTP port range. It connects back to the frame link socket and says HELLO
 with its SIP address and capacity (read from the library, never assumed here). A worker counts
 as *up* from its HELLO until its process exits or its link closes; then every call it held is
@@ -39,10 +42,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sipserver.observability import get_logger
-from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, Ping, Pong, serve_links
+from sipserver.rtp.framelink import FrameLink, Hello, LinkRecord, Ping, Pong, Stats, serve_links
 from sipserver.tasks import cancel_and_wait
 
-__all__ = ["FULL", "MediaWorker", "WorkerPool", "WorkerPoolSettings"]
+__all__ = ["FULL", "WORKER_MODULES", "MediaWorker", "WorkerPool", "WorkerPoolSettings"]
 
 log = get_logger(__name__)
 
@@ -99,6 +102,11 @@ class WorkerPoolSettings:
     """``console`` or ``json``: the workers log like the main process, into the same stream."""
     log_level: str = "info"
     """Minimum level of the workers' logs (``debug`` also turns up pjsip's own)."""
+    engine: Literal["pjsua2", "native"] = "pjsua2"
+    """Which worker runs: pjsua2 media workers or native call workers
+    (:mod:`sipserver.rtp.call_worker`, given ``--capacity``)."""
+    capacity: int = 0
+    """Calls each native call worker takes (``--capacity``); pjsua2 workers report their own."""
 
 
 @dataclass
@@ -118,10 +126,18 @@ class MediaWorker:
     started_at: float = 0.0
     last_heard: float = 0.0
     """Monotonic time of the last record received from the worker."""
+    models_ready: bool = False
+    """A call worker (HELLO kind ``native``) has its configuration's models warm: its STATS
+    said ``ready: 1``. Always true for a pjsua2 worker (its sessions run in main)."""
 
     @property
     def up(self) -> bool:
         return self.hello is not None and self.link is not None and not self.link.closed
+
+    @property
+    def ready(self) -> bool:
+        """Up and able to take a call now (a call worker: its models are warm)."""
+        return self.up and self.models_ready
 
     @property
     def capacity(self) -> int:
@@ -179,6 +195,12 @@ class _OptionsPinger(asyncio.DatagramProtocol):
             self._waiting.pop(call_id, None)
 
 
+WORKER_MODULES: dict[str, str] = {
+    "pjsua2": "sipserver.rtp.pjsua2_worker",
+    "native": "sipserver.rtp.call_worker",
+}
+"""The worker module of each ``server.media.engine``."""
+
 RecordHandler = Callable[[MediaWorker, LinkRecord], None]
 LostHandler = Callable[[MediaWorker, set[int]], None]
 
@@ -191,7 +213,8 @@ class WorkerPool:
         on_record: called on the event loop for every record a worker sends (after HELLO).
         on_worker_lost: called with the worker and the calls it held when it goes away.
         on_worker_up: called with a worker when it said HELLO (it takes calls from now on).
-        command: the worker command line without its options (tests may replace it).
+        command: the worker command line without its options (tests may replace it); by
+            default the module of ``settings.engine``.
     """
 
     def __init__(
@@ -201,7 +224,7 @@ class WorkerPool:
         on_record: RecordHandler,
         on_worker_lost: LostHandler,
         on_worker_up: Callable[[MediaWorker], None] | None = None,
-        command: tuple[str, ...] = (sys.executable, "-m", "sipserver.rtp.pjsua2_worker"),
+        command: tuple[str, ...] | None = None,
     ) -> None:
         if not 1 <= settings.min_workers <= settings.max_workers:
             raise ValueError("need 1 <= min_workers <= max_workers")
@@ -209,7 +232,7 @@ class WorkerPool:
         self._on_record = on_record
         self._on_worker_lost = on_worker_lost
         self._on_worker_up = on_worker_up
-        self._command = command
+        self._command = command or (sys.executable, "-m", WORKER_MODULES[settings.engine])
         self._workers: dict[str, MediaWorker] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
@@ -228,8 +251,8 @@ class WorkerPool:
         return self._workers.get(worker_id)
 
     def pick(self) -> MediaWorker | Literal[_Full.FULL] | None:
-        """The least loaded worker that is up and has a free call slot."""
-        up = [w for w in self._workers.values() if w.up]
+        """The least loaded worker that is up (and ready) and has a free call slot."""
+        up = [w for w in self._workers.values() if w.ready]
         if not up:
             return None
         best = max(up, key=lambda w: (w.free, -w.load))
@@ -348,6 +371,8 @@ class WorkerPool:
             "--log-level",
             s.log_level,
         ]
+        if s.engine == "native":
+            args += ["--capacity", str(s.capacity)]
         task = asyncio.create_task(self._run(worker, args), name=f"media-worker-{worker_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -374,6 +399,7 @@ class WorkerPool:
                         return
                     worker = self._workers[record.worker_id]
                     worker.link, worker.hello = link, record
+                    worker.models_ready = record.kind != "native"
                     worker.last_heard = time.monotonic()
                     log.info(
                         "media_worker_up",
@@ -384,6 +410,8 @@ class WorkerPool:
                     if self._on_worker_up is not None:
                         self._on_worker_up(worker)
                     continue
+                if isinstance(record, Stats) and record.counters.get("ready") == 1:
+                    worker.models_ready = True
                 self._on_record(worker, record)
         finally:
             if worker is not None:

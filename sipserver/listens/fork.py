@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from typing import Final
@@ -36,8 +35,15 @@ from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speake
 from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.session import CallInfo, frame_bytes
+from sipserver.rtp.sessions import called_number, is_listens_number
 
-__all__ = ["TRACK_OF_CHANNEL", "ListenSession", "ListensFork", "called_number"]
+__all__ = [
+    "TRACK_OF_CHANNEL",
+    "ListenSession",
+    "ListensFork",
+    "called_number",
+    "is_listens_number",
+]
 
 log = get_logger(__name__)
 
@@ -47,25 +53,9 @@ TRACK_OF_CHANNEL: Final = {
     "both_tracks": "both_tracks",
 }
 """``listens.channel`` -> the ``track`` attribute of TwiML ``<Stream>``."""
-_URI_USER: Final = re.compile(r"(?:sips?|tel):([^@;>?]+)")
 
 PartsFor = Callable[[Agent], ListenParts | None]
 """The listens parts of an agent (see :meth:`VoiceRuntime.listen_parts`)."""
-
-
-def called_number(uri: str) -> str:
-    """The user part of a SIP or tel URI (``<sip:+1500@host>`` -> ``+1500``), else ``uri``."""
-    match = _URI_USER.search(uri)
-    return match.group(1) if match else uri
-
-
-def is_listens_number(config: Config, agent: Agent, number: str) -> bool:
-    """True when ``number`` is one of ``agent``'s listens numbers (through the numbering plan)."""
-    if not agent.listens.enabled:
-        return False
-    normalize = config.server.sip.numbering.normalize
-    wanted = normalize(number)
-    return bool(wanted) and any(normalize(n) == wanted for n in agent.listens.numbers)
 
 
 class ListenSession:

@@ -36,6 +36,7 @@ __all__ = [
     "AudioFrame",
     "CallEnded",
     "CallStarted",
+    "Configuration",
     "Dtmf",
     "FrameLink",
     "FrameLinkError",
@@ -73,6 +74,7 @@ class RecordType(enum.IntEnum):
     STATS = 6
     PING = 7
     PONG = 8
+    CONFIG = 9
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +124,10 @@ class CallStarted:
     """Caller's RTP address as ``host:port``."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """Selected INVITE headers (e.g. ``X-*``) the session may use."""
+    hosted: bool = False
+    """True: the worker runs the call's session itself (a call worker); main only keeps the
+    bookkeeping and builds no session. False: main's session host runs it from the AUDIO the
+    worker sends (pjsua2 workers; AI Listens calls of a call worker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +202,23 @@ class Pong:
     """The nonce of the :class:`Ping` answered."""
 
 
-LinkRecord = Hello | CallStarted | CallEnded | Audio | Dtmf | Stats | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """The server's configuration (main -> call worker): after HELLO and after every reload
+    that applied."""
+
+    sequence: int
+    """Increases by one per configuration sent on this link (the worker reports the one in use
+    in STATS ``config``)."""
+    config: Mapping[str, Any]
+    """``Config.model_dump(mode="json")``: validating it again gives the same configuration,
+    secrets included (the link is a private unix socket, mode 0600)."""
+    config_path: str | None = None
+    """The file it came from (None: the embedded default): relative knowledge-base globs and
+    sound paths are taken from its directory."""
+
+
+LinkRecord = Hello | CallStarted | CallEnded | Audio | Dtmf | Stats | Ping | Pong | Configuration
 """Any record of the frame link."""
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +319,7 @@ def encode(record: LinkRecord) -> bytes:
                     "codec": record.codec,
                     "remote_rtp": record.remote_rtp,
                     "headers": dict(record.headers),
+                    "hosted": record.hosted,
                 }
             )
             rtype = RecordType.CALL_STARTED
@@ -316,6 +339,15 @@ def encode(record: LinkRecord) -> bytes:
         elif isinstance(record, Stats):
             payload = _json(dict(record.counters))
             rtype = RecordType.STATS
+        elif isinstance(record, Configuration):
+            payload = _json(
+                {
+                    "sequence": record.sequence,
+                    "config": dict(record.config),
+                    "config_path": record.config_path,
+                }
+            )
+            rtype = RecordType.CONFIG
         elif isinstance(record, Ping):
             payload = _U64.pack(record.nonce)
             rtype = RecordType.PING
@@ -350,6 +382,13 @@ def _get_int(obj: Mapping[str, Any], key: str, what: str, default: int | None = 
     value = obj.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise FrameLinkError(f"{what}: {key!r} must be an integer")
+    return value
+
+
+def _get_bool(obj: Mapping[str, Any], key: str, what: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise FrameLinkError(f"{what}: {key!r} must be true or false")
     return value
 
 
@@ -418,7 +457,17 @@ def _decode(rtype: int, p: memoryview) -> LinkRecord:
             codec=_get_str(o, "codec", what),
             remote_rtp=_get_str(o, "remote_rtp", what),
             headers=headers,
+            hosted=_get_bool(o, "hosted", what),
         )
+    if rtype == RecordType.CONFIG:
+        o = _load_object(p, "CONFIG")
+        config = o.get("config")
+        if not isinstance(config, dict):
+            raise FrameLinkError("CONFIG: 'config' must be an object")
+        path = o.get("config_path")
+        if path is not None and not isinstance(path, str):
+            raise FrameLinkError("CONFIG: 'config_path' must be a string or null")
+        return Configuration(_get_int(o, "sequence", "CONFIG"), config, path)
     if rtype == RecordType.CALL_ENDED:
         _need(p, 4, "CALL_ENDED")
         (call,) = _U32.unpack_from(p, 0)

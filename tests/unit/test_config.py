@@ -1415,3 +1415,20 @@ def test_store_commit_ms_is_bounded(value: float, reason: str) -> None:
         parse_config(f"server:\n  store_commit_ms: {value}\n", env={})
     assert any(e.startswith("server.store_commit_ms: ") and reason in e for e in info.value.errors)
     assert parse_config("server:\n  store_commit_ms: 0\n", env={}).server.store_commit_ms == 0
+
+
+def test_media_engine_defaults_to_pjsua2_with_auto_capacity() -> None:
+    media = parse_config("server: {}\n", env={}).server.media
+    assert (media.engine, media.calls_per_worker) == ("pjsua2", "auto")
+    media = parse({"server": {"media": {"engine": "native", "calls_per_worker": 250}}}).server.media
+    assert (media.engine, media.calls_per_worker) == ("native", 250)
+
+
+def test_media_engine_must_be_native_or_pjsua2() -> None:
+    assert_error({"server": {"media": {"engine": "asterisk"}}}, "server.media.engine", "native")
+
+
+@pytest.mark.parametrize("value", [0, -3, "lots", True])
+def test_calls_per_worker_is_auto_or_a_positive_integer(value: Any) -> None:
+    doc = {"server": {"media": {"calls_per_worker": value}}}
+    assert_error(doc, "server.media.calls_per_worker", "must be 'auto' or an integer >= 1")

@@ -1,0 +1,665 @@
+"""Call worker: answers SIP calls with the native engine and runs their sessions itself.
+
+Run as a process (the dispatcher starts one per core with ``server.media.engine: native``)::
+
+    python -m sipserver.rtp.call_worker --link PATH --worker-id w1 --sip-host 127.0.0.1 \
+        --sip-port 0 --rtp-port 20000 --rtp-port-count 500 --capacity 150 [--sample-rate 8000]
+
+The pjsua2 worker's options plus ``--capacity``. The process:
+
+1. starts a :class:`~sipserver.rtp.native_engine.NativeEngine` (SIP UA on loopback + RTP port
+   range), connects the frame link and says HELLO (``kind: native``, its capacity);
+2. waits for the configuration from main (a CONFIG record, sent after HELLO and after every
+   reload that applied): validates it again, builds one
+   :class:`~sipserver.pipeline.runtime.VoiceRuntime` on a thread (so one VAD batcher per rate
+   for every call of the process), warms its models, then reports ``ready: 1`` in STATS; a later
+   CONFIG prepares the new parts on a thread and swaps them for new calls;
+3. runs ONE :class:`~sipserver.rtp.rtp_stream.MediaClock` for every call it holds: each 20 ms
+   tick reads a frame of each call's RTP stream, feeds its session, and writes the session's next
+   frame back (no per-call timer, no drift between the directions);
+4. tells main what happens: CALL_STARTED with ``hosted: true`` (main builds no session), DTMF,
+   CALL_ENDED, STATS; a CALL_ENDED from main hangs the call up.
+
+AI Listens calls (a PBX forks a call to a listens number) are the exception: their session
+publishes to the dashboard, which lives in main, so the worker relays them as a pjsua2 worker
+does: CALL_STARTED without ``hosted``, the caller's frames in AUDIO each tick, and the AUDIO main
+answers with played back.
+
+Records from main that are not for this module (websocket calls relayed to the worker: main's
+CALL_STARTED, their AUDIO and CALL_ENDED, call numbers >= :data:`RELAYED_CALLS_BASE`, and any
+newer record type) go to :attr:`CallWorker.relay` when one is plugged in (see
+``relay_factory``), else are counted in ``records_unhandled``.
+
+SIGTERM/SIGINT hang every call up (BYE) and exit 0; the link dropping hangs up and exits 1 (the
+pool restarts the worker); an engine that cannot start exits 2. Same contract as
+:mod:`sipserver.rtp.pjsua2_worker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+
+from sipserver.config import Config, ConfigError
+from sipserver.observability import LogFormat, configure_logging, get_logger
+from sipserver.pipeline.runtime import VoiceRuntime
+from sipserver.pipeline.session import CallInfo, CallSession
+from sipserver.rtp.framelink import (
+    Audio,
+    AudioFrame,
+    CallEnded,
+    CallStarted,
+    Configuration,
+    Dtmf,
+    FrameLink,
+    Hello,
+    LinkRecord,
+    Ping,
+    Pong,
+    Stats,
+    open_link,
+)
+from sipserver.rtp.sessions import CallSessions, config_from_record
+from sipserver.sip.headers import AGENT_HEADER
+
+__all__ = [
+    "RELAYED_CALLS_BASE",
+    "CallWorker",
+    "CallWorkerOptions",
+    "MainRecordHandler",
+    "main",
+    "parse_args",
+]
+
+log = get_logger(__name__)
+
+RELAYED_CALLS_BASE = 0x8000_0000
+"""Call numbers main allocates for the calls it relays to a worker start here (the engine's
+own numbers stay below)."""
+
+MAX_QUEUED_FRAMES_PER_RELAYED_CALL = 10
+"""Frames from main held per relayed AI Listens call (200 ms); older ones are dropped."""
+
+MainRecordHandler = Callable[[LinkRecord], Iterable[LinkRecord]]
+"""Takes a record from main this module does not handle; returns the records to send back."""
+
+
+# ------------------------------------------------------------------------------------------------
+# What the worker needs of the engine (sipserver/rtp/native_engine.py, rtp_stream.py)
+# ------------------------------------------------------------------------------------------------
+
+
+class _Stream(Protocol):
+    def read_frame(self) -> bytes: ...
+
+    def write_frame(self, pcm: bytes) -> None: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+
+class _Call(Protocol):
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def sip_call_id(self) -> str: ...
+
+    @property
+    def from_uri(self) -> str: ...
+
+    @property
+    def to_uri(self) -> str: ...
+
+    @property
+    def request_uri(self) -> str: ...
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+    @property
+    def codec(self) -> str: ...
+
+    @property
+    def remote_rtp(self) -> str: ...
+
+    @property
+    def stream(self) -> _Stream: ...
+
+
+class _Engine(Protocol):
+    @property
+    def sip_address(self) -> tuple[str, int]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def hangup(self, number: int, reason: str) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class _Clock(Protocol):
+    late_ticks: int
+    ticks: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+EngineFactory = Callable[
+    ["CallWorkerOptions", "CallWorker"],
+    _Engine,
+]
+"""Builds the engine of a worker (tests may pass another); calls back the worker's
+``on_call_started``, ``on_call_ended`` and ``on_dtmf``."""
+
+
+def _native_engine(options: CallWorkerOptions, worker: CallWorker) -> _Engine:
+    engine_module = importlib.import_module("sipserver.rtp.native_engine")
+    settings = engine_module.EngineSettings(
+        sip_host=options.sip_host,
+        sip_port=options.sip_port,
+        rtp_host=options.rtp_host,
+        rtp_port_start=options.rtp_port,
+        rtp_port_count=options.rtp_port_count,
+        sample_rate=options.sample_rate,
+        session_timers=options.session_timers,
+        session_expires=options.session_expires,
+        min_se=options.min_se,
+        answer_delay=options.answer_delay,
+        rtp_timeout=options.rtp_timeout,
+        capacity=options.capacity,
+    )
+    engine: _Engine = engine_module.NativeEngine(
+        settings,
+        on_call_started=worker.on_call_started,
+        on_call_ended=worker.on_call_ended,
+        on_dtmf=worker.on_dtmf,
+    )
+    return engine
+
+
+def _media_clock(on_tick: Callable[[], None]) -> _Clock:
+    clock: _Clock = importlib.import_module("sipserver.rtp.rtp_stream").MediaClock(on_tick)
+    return clock
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallWorkerOptions:
+    """The command line of a call worker."""
+
+    link: str
+    worker_id: str
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 0
+    rtp_host: str = "127.0.0.1"
+    rtp_port: int = 20000
+    rtp_port_count: int = 500
+    capacity: int = 100
+    sample_rate: int = 8000
+    session_timers: str = "optional"
+    session_expires: int = 1800
+    min_se: int = 90
+    answer_delay: float = 0.0
+    rtp_timeout: float = 60.0
+    stats_interval: float = 5.0
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+
+
+@dataclass(slots=True)
+class _Hosted:
+    """A call whose session runs here."""
+
+    call: _Call
+    session: CallSession
+    info: CallInfo
+
+
+@dataclass(slots=True)
+class _Relayed:
+    """An AI Listens call: its session runs in main, fed over the frame link."""
+
+    call: _Call
+    seq: int = 0
+    timestamp: int = 0
+    outbound: deque[bytes] = field(
+        default_factory=lambda: deque(maxlen=MAX_QUEUED_FRAMES_PER_RELAYED_CALL)
+    )
+
+
+class CallWorker:
+    """The worker process's state: engine, clock, sessions and the link to main.
+
+    Args:
+        options: the command line.
+        engine_factory: builds the SIP/RTP engine (the native engine by default).
+        clock_factory: builds the media clock from a tick callback (the 20 ms MediaClock).
+        relay_factory: builds the handler of records from main this module does not handle
+            (relayed websocket calls); it may read :attr:`sessions` when a call starts.
+    """
+
+    def __init__(
+        self,
+        options: CallWorkerOptions,
+        *,
+        engine_factory: EngineFactory = _native_engine,
+        clock_factory: Callable[[Callable[[], None]], _Clock] = _media_clock,
+        relay_factory: Callable[[CallWorker], MainRecordHandler] | None = None,
+    ) -> None:
+        self.options = options
+        self._samples = options.sample_rate // 50
+        self.engine = engine_factory(options, self)
+        self.clock = clock_factory(self.tick)
+        self.relay: MainRecordHandler | None = (
+            relay_factory(self) if relay_factory is not None else None
+        )
+        self.link: FrameLink | None = None
+        self.config: Config | None = None
+        self.voice: VoiceRuntime | None = None
+        self.sessions: CallSessions | None = None
+        """Builds each call's session (None until the first CONFIG is applied)."""
+        self.config_sequence = 0
+        self._hosted: dict[int, _Hosted] = {}
+        self._relayed: dict[int, _Relayed] = {}
+        self._config_lock = asyncio.Lock()
+        self._config_tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self.counters: dict[str, int] = {
+            "calls_started": 0,
+            "calls_ended": 0,
+            "calls_without_session": 0,
+            "session_errors": 0,
+            "dtmf": 0,
+            "config_errors": 0,
+            "records_unhandled": 0,
+            "rx_overflow": 0,
+        }
+
+    @property
+    def ready(self) -> bool:
+        """True once a configuration is applied and its models are warm."""
+        return self.sessions is not None
+
+    # -- engine callbacks ---------------------------------------------------------------------
+
+    def _send(self, record: LinkRecord) -> None:
+        if self.link is not None:
+            self.link.send(record)
+
+    def on_call_started(self, call: _Call) -> None:
+        """The engine answered a call: give it a session here, or relay it to main."""
+        self.counters["calls_started"] += 1
+        info = CallInfo(
+            call_id=call.sip_call_id,
+            agent=_header(call.headers, AGENT_HEADER),
+            caller=call.from_uri,
+            called=call.to_uri,
+            sample_rate=call.stream.sample_rate,
+            transport="sip",
+        )
+        sessions = self.sessions
+        started = CallStarted(
+            call=call.number,
+            sip_call_id=call.sip_call_id,
+            from_uri=call.from_uri,
+            to_uri=call.to_uri,
+            request_uri=call.request_uri,
+            codec=call.codec,
+            remote_rtp=call.remote_rtp,
+            headers=dict(call.headers),
+        )
+        if sessions is not None and sessions.is_listens(info):
+            self._relayed[call.number] = _Relayed(call)
+            self._send(started)
+            log.info("call_relayed_to_main", call_id=info.call_id, agent=info.agent)
+            return
+        session = sessions.new_session(info) if sessions is not None else None
+        if session is None:
+            self.counters["calls_without_session"] += 1
+            why = "no agent for this call" if sessions is not None else "not configured yet"
+            log.warning("call_without_session", call_id=info.call_id, called=info.called, why=why)
+            self.engine.hangup(call.number, why)
+            return
+        session.on_start(info)
+        self._hosted[call.number] = _Hosted(call, session, info)
+        self._send(replace(started, hosted=True))
+        log.info("call_session_started", call_id=info.call_id, agent=info.agent, codec=call.codec)
+
+    def on_call_ended(self, call: _Call, reason: str, status: int) -> None:
+        """The call is over (BYE, CANCEL, RTP timeout, our hang-up...)."""
+        hosted = self._hosted.pop(call.number, None)
+        if hosted is not None:
+            self._end_session(hosted, reason)
+        relayed = self._relayed.pop(call.number, None)
+        if hosted is None and relayed is None:
+            return  # never reported to main (hung up at start)
+        self.counters["calls_ended"] += 1
+        self._send(CallEnded(call.number, reason, status))
+
+    def on_dtmf(self, call: _Call, digit: str, duration_ms: int, method: str) -> None:
+        """A digit from the caller (RFC 4733 or SIP INFO)."""
+        self.counters["dtmf"] += 1
+        hosted = self._hosted.get(call.number)
+        if hosted is None and call.number not in self._relayed:
+            return
+        self._send(Dtmf(call.number, digit, duration_ms, "info" if method == "info" else "rfc4733"))
+        if hosted is not None:
+            try:
+                hosted.session.on_dtmf(digit)
+            except Exception:
+                self._session_failed(hosted)
+                return
+            self._hangup_if_requested(hosted)
+
+    # -- the media clock ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One 20 ms tick: every call's frame in, its session's frame out."""
+        for hosted in list(self._hosted.values()):
+            stream = hosted.call.stream
+            session = hosted.session
+            try:
+                session.on_audio(stream.read_frame())
+                stream.write_frame(session.next_frame())
+            except Exception:
+                self._session_failed(hosted)
+                continue
+            if session.hangup_requested is not None:
+                self._hangup_if_requested(hosted)
+        if self._relayed:
+            self._tick_relayed()
+
+    def _tick_relayed(self) -> None:
+        frames: list[AudioFrame] = []
+        silence = bytes(2 * self._samples)
+        for number, relayed in self._relayed.items():
+            stream = relayed.call.stream
+            frames.append(AudioFrame(number, relayed.seq, relayed.timestamp, stream.read_frame()))
+            relayed.seq = (relayed.seq + 1) & 0xFFFFFFFF
+            relayed.timestamp = (relayed.timestamp + self._samples) & 0xFFFFFFFF
+            stream.write_frame(relayed.outbound.popleft() if relayed.outbound else silence)
+        self._send(Audio(tuple(frames)))
+
+    def _hangup_if_requested(self, hosted: _Hosted) -> None:
+        reason = hosted.session.hangup_requested
+        if reason is None:
+            return
+        log.info("call_session_hangup", call_id=hosted.info.call_id, reason=reason)
+        self.engine.hangup(hosted.call.number, reason)  # on_call_ended follows
+
+    def _session_failed(self, hosted: _Hosted) -> None:
+        self.counters["session_errors"] += 1
+        log.exception("call_session_failed", call_id=hosted.info.call_id)
+        self.engine.hangup(hosted.call.number, "session error")
+        # Never fed again, even if the engine reports the end later.
+        if self._hosted.pop(hosted.call.number, None) is not None:
+            self._end_session(hosted, "session error")
+            self.counters["calls_ended"] += 1
+            self._send(CallEnded(hosted.call.number, "session error", 0))
+
+    def _end_session(self, hosted: _Hosted, reason: str) -> None:
+        try:
+            hosted.session.on_hangup(reason)
+        except Exception:
+            log.exception("call_session_close_failed", call_id=hosted.info.call_id)
+
+    # -- records from main ----------------------------------------------------------------------
+
+    def on_record(self, record: LinkRecord) -> None:
+        """One record from main."""
+        if isinstance(record, Configuration):
+            task = asyncio.get_running_loop().create_task(self._configure(record))
+            self._config_tasks.add(task)
+            task.add_done_callback(self._config_tasks.discard)
+        elif isinstance(record, CallEnded) and (
+            record.call in self._hosted or record.call in self._relayed
+        ):
+            self.engine.hangup(record.call, record.reason or "hung up by the server")
+        elif isinstance(record, Audio):
+            others = []
+            for frame in record.frames:
+                relayed = self._relayed.get(frame.call)
+                if relayed is not None:
+                    if len(relayed.outbound) == relayed.outbound.maxlen:
+                        self.counters["rx_overflow"] += 1
+                    relayed.outbound.append(frame.pcm)
+                elif frame.call >= RELAYED_CALLS_BASE:
+                    others.append(frame)
+            if others:
+                self._to_relay(Audio(tuple(others)))
+        elif isinstance(record, (Ping, Pong)):
+            pass  # the link answers PINGs itself
+        else:
+            self._to_relay(record)
+
+    def _to_relay(self, record: LinkRecord) -> None:
+        if self.relay is None:
+            self.counters["records_unhandled"] += 1
+            return
+        for reply in self.relay(record):
+            self._send(reply)
+
+    async def _configure(self, record: Configuration) -> None:
+        async with self._config_lock:
+            try:
+                config = config_from_record(record)
+            except ConfigError as exc:
+                # main validated it: a mismatch of versions between main and this worker.
+                self.counters["config_errors"] += 1
+                log.error("worker_config_invalid", errors=exc.errors, sequence=record.sequence)
+                return
+            try:
+                if self.voice is None:
+                    voice = await asyncio.to_thread(
+                        VoiceRuntime, config, config_path=record.config_path
+                    )
+                    self.voice = voice
+                else:
+                    voice = self.voice
+                    voice.apply(await asyncio.to_thread(voice.prepare, config))
+                await voice.start()  # loads what is new; loaded models are kept
+            except Exception as exc:
+                self.counters["config_errors"] += 1
+                log.error("worker_config_failed", error=repr(exc), sequence=record.sequence)
+                return
+            self.config = config
+            if self.sessions is None:
+                self.sessions = CallSessions(self._current_config, voice)
+            self.config_sequence = record.sequence
+            log.info("worker_configured", sequence=record.sequence, agents=len(config.agents))
+            self._send(Stats(self.stats()))  # says ready at once
+
+    def _current_config(self) -> Config:
+        assert self.config is not None
+        return self.config
+
+    # -- stats and lifecycle --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters for STATS: the engine's (RTP streams summed), the clock's, the sessions'.
+
+        ``calls``/``capacity``: calls held now and the limit; ``ready``: 1 once the models of
+        the configuration are warm; ``config``: the CONFIG sequence in use; ``late_ticks``:
+        media clock ticks run more than 20 ms late; ``hosted``/``relayed``: calls whose
+        session runs here / in main (AI Listens).
+        """
+        out = dict(self.engine.stats())
+        out.update(self.counters)
+        out["calls"] = len(self._hosted) + len(self._relayed)
+        out["hosted"] = len(self._hosted)
+        out["relayed"] = len(self._relayed)
+        out["capacity"] = self.options.capacity
+        out["ready"] = int(self.ready)
+        out["config"] = self.config_sequence
+        out["ticks"] = self.clock.ticks
+        out["late_ticks"] = self.clock.late_ticks
+        if self.link is not None:
+            out["dropped_frames"] = self.link.dropped_frames
+            out["lost_frames"] = self.link.lost_frames
+        return out
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.stats_interval)
+            self._send(Stats(self.stats()))
+
+    async def _read_link(self, link: FrameLink) -> None:
+        async for record in link.records():
+            self.on_record(record)
+
+    async def run(self) -> int:
+        """Run until SIGTERM (returns 0) or until the link drops (returns 1); 2: no engine."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            log.error("worker_start_failed", error=repr(exc))
+            return 2
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            link = await open_link(self.options.link)
+        except OSError as exc:
+            log.error("worker_link_failed", link=self.options.link, error=str(exc))
+            await self.engine.stop()
+            return 1
+        self.link = link
+        sip_host, sip_port = self.engine.sip_address
+        link.send(
+            Hello(
+                worker_id=self.options.worker_id,
+                pid=os.getpid(),
+                kind="native",
+                sip_host=sip_host,
+                sip_port=sip_port,
+                capacity=self.options.capacity,
+                sample_rate=self.options.sample_rate,
+            )
+        )
+        log.info("worker_ready", sip=f"{sip_host}:{sip_port}", capacity=self.options.capacity)
+        self.clock.start()
+        reader = asyncio.create_task(self._read_link(link), name="link-reader")
+        stats = asyncio.create_task(self._stats_loop(), name="stats")
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        status = 1
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                status = 0
+            else:
+                log.warning("worker_link_closed", action="hanging up")
+                error = reader.exception()
+                if error is not None:
+                    log.error("worker_link_error", error=repr(error))
+        finally:
+            await self.engine.stop()  # BYE every call; their CALL_ENDED go out first
+            self.clock.stop()
+            if status == 0:
+                self._send(Stats(self.stats()))
+            tasks = [reader, stats, stopper, *self._config_tasks]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.voice is not None:
+                await self.voice.close()
+            await link.close(flush_timeout=1.0)
+        return status
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value, its name matched case-insensitively (RFC 3261 §7.3.1); "" if absent."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), "")
+
+
+def parse_args(argv: list[str] | None = None) -> CallWorkerOptions:
+    """Parse the worker's command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m sipserver.rtp.call_worker",
+        description="call worker: native SIP UA + RTP engine, and the sessions of its calls",
+    )
+    p.add_argument("--link", required=True, help="frame link unix socket of the main process")
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--sip-host", default="127.0.0.1")
+    p.add_argument("--sip-port", type=int, default=0, help="0 = pick a free port")
+    p.add_argument("--rtp-host", default=None, help="RTP bind address (default: --sip-host)")
+    p.add_argument("--rtp-port", type=int, required=True, help="first port of the RTP range")
+    p.add_argument("--rtp-port-count", type=int, required=True)
+    p.add_argument("--capacity", type=int, default=100, help="calls held at once (503 beyond)")
+    p.add_argument("--sample-rate", type=int, default=8000, choices=(8000, 16000))
+    p.add_argument("--stats-interval", type=float, default=5.0)
+    p.add_argument("--session-timers", default="optional", choices=("optional", "always", "off"))
+    p.add_argument("--session-expires", type=int, default=1800, help="RFC 4028 interval, s")
+    p.add_argument("--min-se", type=int, default=90, help="RFC 4028 Min-SE, s (>= 90)")
+    p.add_argument("--answer-delay", type=float, default=0.0, help="ring seconds before 200")
+    p.add_argument(
+        "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="log rendering, as for sipserver run (the pool passes the main process's)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    a = p.parse_args(argv)
+    if a.capacity < 1:
+        p.error("--capacity must be >= 1")
+    return CallWorkerOptions(
+        link=a.link,
+        worker_id=a.worker_id,
+        sip_host=a.sip_host,
+        sip_port=a.sip_port,
+        rtp_host=a.rtp_host or a.sip_host,
+        rtp_port=a.rtp_port,
+        rtp_port_count=a.rtp_port_count,
+        capacity=a.capacity,
+        sample_rate=a.sample_rate,
+        session_timers=a.session_timers,
+        session_expires=a.session_expires,
+        min_se=a.min_se,
+        answer_delay=a.answer_delay,
+        rtp_timeout=a.rtp_timeout,
+        stats_interval=a.stats_interval,
+        log_format=a.log_format,
+        log_level=a.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry: run the worker, return its exit status."""
+    options = parse_args(argv)
+    configure_logging(options.log_format, options.log_level)
+    # Every line of this process says which worker wrote it (they share main's log stream).
+    structlog.contextvars.bind_contextvars(worker=options.worker_id)
+
+    async def run() -> int:
+        return await CallWorker(options).run()
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,501 @@
+"""The call worker's own logic (sipserver/rtp/call_worker.py), the CONFIG record and the
+session factory shared with the main process (sipserver/rtp/sessions.py).
+
+The engine and the media clock are hand-written fakes here (the SIP UA and RTP are tested with
+real peers in tests/integration/test_call_worker.py); the sessions are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from sipserver.admission import default_max_calls
+from sipserver.config import Config, ConfigError, load_config, parse_config
+from sipserver.pipeline.session import CallInfo, CallSession
+from sipserver.rtp.call_worker import (
+    RELAYED_CALLS_BASE,
+    CallWorker,
+    CallWorkerOptions,
+    parse_args,
+)
+from sipserver.rtp.framelink import (
+    Audio,
+    AudioFrame,
+    CallEnded,
+    CallStarted,
+    Configuration,
+    Dtmf,
+    FrameLinkError,
+    LinkRecord,
+    RecordDecoder,
+    RecordType,
+    Stats,
+    encode,
+)
+from sipserver.rtp.sessions import (
+    CallSessions,
+    config_from_record,
+    configuration_record,
+)
+from sipserver.server import calls_per_worker
+from tests.unit.test_config import FULL_EXAMPLE, FULL_EXAMPLE_ENV
+
+FRAME = 320  # 20 ms at 8 kHz, s16le
+
+
+def echo_config(**server: Any) -> Config:
+    """One agent without a realtime model: an echo test line."""
+    raw: dict[str, Any] = {
+        "server": {"store": "memory", **server},
+        "agents": [
+            {
+                "slug": "echo",
+                "sip": {
+                    "enabled": True,
+                    "numbers": ["+15005550101"],
+                    "username": "echo",
+                    "password": "echo-password-1",
+                },
+            }
+        ],
+    }
+    return parse_config(yaml.safe_dump(raw), env={})
+
+
+# ------------------------------------------------------------------------------ CONFIG record
+
+
+@pytest.mark.parametrize("path", [FULL_EXAMPLE, None], ids=["full.yaml", "embedded"])
+def test_config_round_trips_through_the_config_record(path: Path | None) -> None:
+    config = load_config(path, env=FULL_EXAMPLE_ENV)
+    record = configuration_record(config, path, 7)
+    (decoded,) = RecordDecoder().feed(encode(record))
+    assert isinstance(decoded, Configuration) and decoded.sequence == 7
+    again = config_from_record(decoded)
+    assert again == config
+    assert again.model_dump(mode="json") == config.model_dump(mode="json")
+    # Secrets travel intact (the link is a private socket): the worker's sessions need them.
+    assert again.credentials == config.credentials
+    assert [a.sip.password for a in again.agents] == [a.sip.password for a in config.agents]
+    assert decoded.config_path == (None if path is None else str(path.resolve()))
+
+
+def test_full_example_secrets_reach_the_worker() -> None:
+    config = load_config(FULL_EXAMPLE, env=FULL_EXAMPLE_ENV)
+    again = config_from_record(configuration_record(config, FULL_EXAMPLE, 1))
+    assert again.credentials["openai"]["api_key"] == "sk-test"
+    assert again.agents[0].sip.password == "support-password"
+
+
+def test_a_config_record_that_does_not_validate_names_the_key() -> None:
+    record = Configuration(1, {"server": {"workers": 0}}, None)
+    with pytest.raises(ConfigError) as info:
+        config_from_record(record)
+    assert any(e.startswith("server.workers:") for e in info.value.errors)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"[]", "not an object"),
+        (b'{"sequence": 1, "config": []}', "'config' must be an object"),
+        (b'{"sequence": 1, "config": {}, "config_path": 3}', "'config_path'"),
+        (b'{"config": {}}', "'sequence' must be an integer"),
+    ],
+)
+def test_bad_config_records_are_protocol_errors(payload: bytes, message: str) -> None:
+    data = (len(payload) + 1).to_bytes(4, "little") + bytes([RecordType.CONFIG]) + payload
+    with pytest.raises(FrameLinkError, match=message):
+        RecordDecoder().feed(data)
+
+
+def test_call_started_says_hosted_and_defaults_to_not_hosted() -> None:
+    record = CallStarted(3, "cid", "<sip:a@x>", "<sip:b@y>", "sip:b@y", "PCMU/8000", "h:1")
+    (decoded,) = RecordDecoder().feed(encode(record))
+    assert isinstance(decoded, CallStarted) and not decoded.hosted
+    hosted = CallStarted(3, "cid", "a", "b", "sip:b@y", "PCMU/8000", "h:1", hosted=True)
+    (decoded,) = RecordDecoder().feed(encode(hosted))
+    assert isinstance(decoded, CallStarted) and decoded.hosted
+    # A record without the key (an older worker) is not hosted; a non-boolean is an error.
+    payload = (
+        b'{"sip_call_id":"c","from":"a","to":"b","request_uri":"r",'
+        b'"codec":"PCMU","remote_rtp":"h:1"'
+    )
+    head = bytes([RecordType.CALL_STARTED]) + (3).to_bytes(4, "little")
+    for tail, hosted_flag in ((b"}", False), (b',"hosted":true}', True)):
+        body = head + payload + tail
+        (decoded,) = RecordDecoder().feed(len(body).to_bytes(4, "little") + body)
+        assert isinstance(decoded, CallStarted) and decoded.hosted is hosted_flag
+    body = head + payload + b',"hosted":1}'
+    with pytest.raises(FrameLinkError, match="'hosted' must be true or false"):
+        RecordDecoder().feed(len(body).to_bytes(4, "little") + body)
+
+
+# ------------------------------------------------------------------------------ capacity
+
+
+def test_calls_per_worker_auto_divides_max_calls_rounding_up() -> None:
+    config = echo_config(max_calls=301, workers=2)
+    assert calls_per_worker(config, 2, 1000) == 151
+    # Never more than the RTP slice holds (2 ports per call).
+    assert calls_per_worker(config, 2, 100) == 50
+
+
+def test_calls_per_worker_explicit_and_auto_max_calls() -> None:
+    config = echo_config(media={"calls_per_worker": 40})
+    assert calls_per_worker(config, 4, 1000) == 40
+    # max_calls auto: what the cores serve for this kind of agent (admission.py).
+    auto = echo_config()
+    total = default_max_calls(auto)
+    assert calls_per_worker(auto, 3, 100_000) == -(-total // 3)
+
+
+# ------------------------------------------------------------------------------ fakes
+
+
+@dataclass(eq=False)
+class FakeStream:
+    sample_rate: int = 8000
+    incoming: list[bytes] = field(default_factory=list)
+    written: list[bytes] = field(default_factory=list)
+
+    def read_frame(self) -> bytes:
+        return self.incoming.pop(0) if self.incoming else bytes(FRAME)
+
+    def write_frame(self, pcm: bytes) -> None:
+        assert len(pcm) == FRAME
+        self.written.append(pcm)
+
+
+@dataclass(eq=False)
+class FakeCall:
+    number: int
+    sip_call_id: str = "call-1"
+    from_uri: str = "<sip:alice@127.0.0.1>;tag=a"
+    to_uri: str = "<sip:+15005550101@127.0.0.1>"
+    request_uri: str = "sip:+15005550101@127.0.0.1"
+    headers: dict[str, str] = field(default_factory=lambda: {"x-sipserver-agent": "echo"})
+    codec: str = "PCMU/8000"
+    remote_rtp: str = "127.0.0.1:4000"
+    stream: FakeStream = field(default_factory=FakeStream)
+
+
+class FakeEngine:
+    """Records hang-ups and reports the end at once, as the UA does after its BYE."""
+
+    def __init__(self, options: CallWorkerOptions, worker: CallWorker) -> None:
+        self.worker = worker
+        self.calls: dict[int, FakeCall] = {}
+        self.hangups: list[tuple[int, str]] = []
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", 5999)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        for number in list(self.calls):
+            self.hangup(number, "worker stopping")
+
+    def hangup(self, number: int, reason: str) -> None:
+        self.hangups.append((number, reason))
+        call = self.calls.pop(number, None)
+        if call is not None:
+            self.worker.on_call_ended(call, reason, 0)
+
+    def stats(self) -> dict[str, int]:
+        return {"calls": len(self.calls), "received": 5, "lost": 1}
+
+    def answer(self, call: FakeCall) -> FakeCall:
+        self.calls[call.number] = call
+        self.worker.on_call_started(call)
+        return call
+
+
+class FakeClock:
+    def __init__(self, on_tick: Callable[[], None]) -> None:
+        self.on_tick = on_tick
+        self.ticks = 0
+        self.late_ticks = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            self.ticks += 1
+            self.on_tick()
+
+
+class RecordingWorker(CallWorker):
+    """A worker whose records to main are kept in a list instead of a link."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            CallWorkerOptions(link="unused", worker_id="w1", capacity=10),
+            engine_factory=FakeEngine,
+            clock_factory=FakeClock,
+            **kwargs,
+        )
+        self.sent: list[LinkRecord] = []
+
+    def _send(self, record: LinkRecord) -> None:
+        self.sent.append(record)
+
+    @property
+    def fake_engine(self) -> FakeEngine:
+        assert isinstance(self.engine, FakeEngine)
+        return self.engine
+
+    @property
+    def fake_clock(self) -> FakeClock:
+        assert isinstance(self.clock, FakeClock)
+        return self.clock
+
+    def sent_of(self, kind: type[Any]) -> list[Any]:
+        return [r for r in self.sent if isinstance(r, kind)]
+
+
+async def configured(worker: RecordingWorker, config: Config, sequence: int = 1) -> None:
+    worker.on_record(configuration_record(config, None, sequence))
+    for _ in range(200):
+        if worker.config_sequence == sequence:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the CONFIG record was not applied")
+
+
+def loud(n: int = FRAME // 2) -> bytes:
+    return (np.full(n, 8000, dtype=np.int16)).tobytes()
+
+
+# ------------------------------------------------------------------------------ the worker
+
+
+async def test_a_call_before_the_configuration_is_hung_up_and_not_reported() -> None:
+    worker = RecordingWorker()
+    assert not worker.ready and worker.stats()["ready"] == 0
+    worker.fake_engine.answer(FakeCall(1))
+    assert worker.fake_engine.hangups == [(1, "not configured yet")]
+    assert worker.sent == []  # main never heard of it
+    assert worker.stats()["calls_without_session"] == 1
+
+
+async def test_configuration_makes_the_worker_ready_and_says_so_at_once() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    (stats,) = worker.sent_of(Stats)
+    assert stats.counters["ready"] == 1 and stats.counters["config"] == 1
+    assert stats.counters["capacity"] == 10
+    assert stats.counters["received"] == 5  # the engine's counters are included
+
+
+async def test_an_echo_call_is_hosted_fed_by_the_clock_and_hung_up_by_its_session() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    call = worker.fake_engine.answer(FakeCall(1))
+    (started,) = worker.sent_of(CallStarted)
+    assert started.hosted and started.call == 1 and started.sip_call_id == "call-1"
+    call.stream.incoming = [loud() for _ in range(100)]
+    worker.fake_clock.run(100)
+    # One frame out per tick; the chime plays first (not silence), then the echo.
+    assert len(call.stream.written) == 100
+    assert any(any(f) for f in call.stream.written[:30])
+    assert worker.stats()["hosted"] == 1 and worker.stats()["ticks"] == 100
+    # '#' hangs the echo line up: the engine is asked, main hears DTMF then CALL_ENDED.
+    worker.on_dtmf(call, "#", 160, "rfc4733")
+    worker.fake_clock.run(1)
+    assert worker.fake_engine.hangups and worker.fake_engine.hangups[0][0] == 1
+    assert worker.sent_of(Dtmf) == [Dtmf(1, "#", 160, "rfc4733")]
+    (ended,) = worker.sent_of(CallEnded)
+    assert ended.call == 1
+    assert worker.stats()["calls"] == 0
+
+
+async def test_call_ended_from_main_hangs_the_call_up() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    worker.fake_engine.answer(FakeCall(4))
+    worker.on_record(CallEnded(4, "admin", 0))
+    assert worker.fake_engine.hangups == [(4, "admin")]
+    assert [r.call for r in worker.sent_of(CallEnded)] == [4]
+
+
+async def test_a_call_for_no_agent_is_hung_up() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    worker.fake_engine.answer(FakeCall(2, headers={"X-Sipserver-Agent": "nobody"}))
+    assert worker.fake_engine.hangups == [(2, "no agent for this call")]
+    assert worker.sent_of(CallStarted) == []
+
+
+class Exploding:
+    """A session whose next_frame raises after a few frames (a bug in one call)."""
+
+    hangup_requested: str | None = None
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.ended: str | None = None
+
+    def on_start(self, info: CallInfo) -> None:
+        pass
+
+    def on_audio(self, pcm: bytes) -> None:
+        pass
+
+    def next_frame(self) -> bytes:
+        self.frames += 1
+        if self.frames > 3:
+            raise RuntimeError("bug")
+        return bytes(FRAME)
+
+    def on_dtmf(self, digit: str) -> None:
+        pass
+
+    def on_hangup(self, reason: str) -> None:
+        self.ended = reason
+
+
+async def test_a_failing_session_ends_only_its_own_call() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    bad = Exploding()
+    assert worker.sessions is not None
+    real = worker.sessions.new_session
+
+    def factory(info: CallInfo, on_event: Any = None) -> CallSession | None:
+        return bad if info.call_id == "bad" else real(info)
+
+    worker.sessions.new_session = factory  # type: ignore[method-assign]
+    good = worker.fake_engine.answer(FakeCall(1, sip_call_id="good"))
+    worker.fake_engine.answer(FakeCall(2, sip_call_id="bad"))
+    worker.fake_clock.run(10)
+    assert bad.ended == "session error"
+    assert worker.stats()["session_errors"] == 1
+    assert [r.call for r in worker.sent_of(CallEnded)] == [2]
+    assert len(good.stream.written) == 10  # the other call never missed a tick
+
+
+async def test_listens_calls_are_relayed_to_main_as_today() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    assert worker.sessions is not None
+    worker.sessions.is_listens = lambda info: True  # type: ignore[method-assign]
+    call = worker.fake_engine.answer(FakeCall(3))
+    (started,) = worker.sent_of(CallStarted)
+    assert not started.hosted  # main's session host runs this one
+    call.stream.incoming = [loud(), loud()]
+    worker.fake_clock.run(1)
+    (audio,) = worker.sent_of(Audio)
+    assert [(f.call, f.seq, f.pcm) for f in audio.frames] == [(3, 0, loud())]
+    # main's answer is played on the next tick; silence when none came.
+    worker.on_record(Audio((AudioFrame(3, 0, 0, loud()),)))
+    worker.fake_clock.run(2)
+    assert call.stream.written == [bytes(FRAME), loud(), bytes(FRAME)]
+    worker.on_record(CallEnded(3, "no agent for this call", 404))
+    assert worker.fake_engine.hangups == [(3, "no agent for this call")]
+
+
+async def test_records_that_are_not_the_workers_go_to_the_relay_hook() -> None:
+    seen: list[LinkRecord] = []
+
+    def relay(worker: CallWorker) -> Callable[[LinkRecord], Iterable[LinkRecord]]:
+        def handle(record: LinkRecord) -> Iterable[LinkRecord]:
+            seen.append(record)
+            if isinstance(record, Audio):
+                return [Audio(tuple(AudioFrame(f.call, 0, 0, f.pcm) for f in record.frames))]
+            return []
+
+        return handle
+
+    worker = RecordingWorker(relay_factory=relay)
+    relayed = RELAYED_CALLS_BASE + 1
+    started = CallStarted(relayed, "ws-1", "a", "b", "", "L16/8000", "")
+    worker.on_record(started)
+    worker.on_record(Audio((AudioFrame(relayed, 0, 0, loud()),)))
+    worker.on_record(CallEnded(relayed, "closed", 0))
+    assert seen[0] == started
+    assert isinstance(seen[1], Audio) and seen[1].frames[0].call == relayed
+    assert seen[2] == CallEnded(relayed, "closed", 0)
+    assert worker.sent_of(Audio)[0].frames[0].call == relayed  # the hook's answer went out
+    # Without a hook they are counted, never an error.
+    plain = RecordingWorker()
+    plain.on_record(started)
+    assert plain.stats()["records_unhandled"] == 1
+
+
+async def test_a_reload_swaps_the_configuration_for_new_calls_with_the_same_runtime() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    runtime = worker.voice
+    first = worker.fake_engine.answer(FakeCall(1))
+    renamed = echo_config()
+    raw = renamed.model_dump(mode="json")
+    raw["agents"][0]["slug"] = "echo2"
+    await configured(worker, Config.model_validate(raw), sequence=2)
+    assert worker.voice is runtime  # one runtime, so one VAD batcher per rate, per process
+    assert worker.stats()["config"] == 2
+    worker.fake_engine.answer(FakeCall(2))  # its header names the old slug: no agent now
+    assert (2, "no agent for this call") in worker.fake_engine.hangups
+    worker.fake_clock.run(3)
+    assert len(first.stream.written) == 3  # the call in progress keeps its session
+
+
+async def test_an_invalid_configuration_keeps_the_running_one() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    worker.on_record(Configuration(2, {"server": {"workers": 0}}, None))
+    await asyncio.sleep(0.05)
+    assert worker.config_sequence == 1 and worker.stats()["config_errors"] == 1
+    worker.fake_engine.answer(FakeCall(1))
+    assert worker.sent_of(CallStarted)[0].hosted
+
+
+COMMON = ["--link", "/x", "--worker-id", "w1"]
+
+
+def test_command_line_needs_a_positive_capacity() -> None:
+    options = parse_args(
+        [*COMMON, "--rtp-port", "20000", "--rtp-port-count", "100", "--capacity", "50"]
+    )
+    assert (options.capacity, options.sample_rate, options.rtp_host) == (50, 8000, "127.0.0.1")
+    with pytest.raises(SystemExit):
+        parse_args([*COMMON, "--rtp-port", "1", "--rtp-port-count", "2", "--capacity", "0"])
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def test_call_sessions_choose_echo_listens_or_nothing() -> None:
+    config = echo_config()
+
+    class NoVoice:
+        def serves(self, agent: Any) -> bool:
+            return False
+
+    listened: list[str] = []
+
+    def listens(agent: Any) -> CallSession | None:
+        listened.append(agent.slug)
+        return None
+
+    sessions = CallSessions(lambda: config, NoVoice(), listens=listens)  # type: ignore[arg-type]
+    info = CallInfo("c", "echo", "a", "<sip:+15005550101@x>", 8000, "sip")
+    assert type(sessions.new_session(info)).__name__ == "EchoSession"
+    assert sessions.new_session(CallInfo("c", "ghost", "a", "b", 8000, "sip")) is None
+    assert not sessions.is_listens(info)
+    assert listened == []
