@@ -1,5 +1,5 @@
-"""G.711 (mu-law, A-law) and L16 conversions, vectorised with numpy (resampling:
-:mod:`sipserver.media.resample`).
+"""G.711 (mu-law, A-law), G.722 and L16 conversions, without Python code per sample
+(resampling: :mod:`sipserver.media.resample`).
 
 Every conversion works on whole buffers: the G.711 encoders index a 64 Ki-entry table with the
 16-bit samples, the decoders a 256-entry table with the code bytes, so no Python code runs per
@@ -7,16 +7,25 @@ sample (Python's ``audioop``, which did this in C, is gone in 3.13). The tables 
 G.711 as the classic Sun reference implementation computes it (mu-law on 14 bits, A-law on 13
 bits, truncating); the tests check them against ``audioop`` for every input.
 
+G.722 (ITU-T G.722, 64 kbit/s sub-band ADPCM, 16 kHz audio) is FFmpeg's ``g722`` codec through
+PyAV. It is stateful (ADPCM predictors), so each direction of each stream has its own
+:class:`G722Encoder` / :class:`G722Decoder`; its RTP clock is 8000 although it samples at
+16 kHz (RFC 3551 §4.5.2).
+
 PCM is always signed 16-bit little-endian mono (s16le), the pipeline's format. ``audio/L16``
 (RFC 2586, RFC 3551 §4.5.11) is network byte order: big-endian.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "G722Decoder",
+    "G722Encoder",
     "alaw_decode",
     "alaw_encode",
     "l16_to_pcm",
@@ -24,6 +33,9 @@ __all__ = [
     "ulaw_decode",
     "ulaw_encode",
 ]
+
+if TYPE_CHECKING:
+    import av
 
 _U8 = npt.NDArray[np.uint8]
 _I16 = npt.NDArray[np.int16]
@@ -131,3 +143,77 @@ def pcm_to_l16(pcm: bytes) -> bytes:
         ValueError: ``pcm`` has an odd length.
     """
     return _samples_u16(pcm).byteswap().tobytes()
+
+
+G722_RATE = 16000
+"""Sample rate of G.722's PCM in Hz (its RTP clock is 8000, RFC 3551 §4.5.2)."""
+
+
+class G722Encoder:
+    """16 kHz s16le PCM to G.722 (one byte per two samples), keeping the ADPCM state between
+    calls: one per outbound stream.
+
+    PyAV is imported on first use (it is heavy and only G.722 calls need it).
+    """
+
+    __slots__ = ("_context", "_pts")
+
+    def __init__(self) -> None:
+        import av
+
+        context: Any = av.CodecContext.create("g722", "w")
+        context.sample_rate = G722_RATE
+        context.format = "s16"
+        context.layout = "mono"
+        context.open()
+        self._context: av.AudioCodecContext = context
+        self._pts = 0
+
+    def encode(self, pcm: bytes) -> bytes:
+        """Encode whole samples (an even count keeps bytes and samples aligned).
+
+        Raises:
+            ValueError: ``pcm`` has an odd length.
+        """
+        import av
+
+        samples = np.frombuffer(pcm, dtype="<i2")
+        if len(pcm) % 2:
+            raise ValueError(f"PCM of odd length {len(pcm)}: not whole 16-bit samples")
+        if not len(samples):
+            return b""
+        frame = av.AudioFrame(format="s16", layout="mono", samples=len(samples))
+        plane = frame.planes[0]
+        if plane.buffer_size == len(pcm):  # copy straight in (half the cost of from_ndarray)
+            plane.update(pcm)
+        else:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = G722_RATE
+        frame.pts = self._pts
+        self._pts += len(samples)
+        return b"".join(bytes(packet) for packet in self._context.encode(frame))
+
+
+class G722Decoder:
+    """G.722 bytes to 16 kHz s16le PCM (two samples per byte), keeping the ADPCM state between
+    calls: one per inbound stream."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self) -> None:
+        import av
+
+        context: Any = av.CodecContext.create("g722", "r")
+        context.sample_rate = G722_RATE
+        context.layout = "mono"
+        context.open()
+        self._context: av.AudioCodecContext = context
+
+    def decode(self, data: bytes) -> bytes:
+        """Decode one payload (any length)."""
+        import av
+
+        if not data:
+            return b""
+        frames = self._context.decode(av.Packet(data))
+        return b"".join(frame.to_ndarray().astype("<i2", copy=False).tobytes() for frame in frames)
