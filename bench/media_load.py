@@ -116,7 +116,7 @@ def server_config(
             "data_dir": str(wd / "data"),
             "store": "memory",
             "workers": workers,
-            "max_calls": calls + 16,
+            "max_calls": calls,  # every worker at its capacity once all calls are up
             "media": media,
             "sip": {"udp": [f"127.0.0.1:{sip_port}"], "tcp": []},
         },
@@ -270,6 +270,7 @@ def measure(server: Server, engine: str, n: int, hold_left: float) -> dict[str, 
         "call_minutes": call_minutes,
         "stats_delta": delta,
         "jitter_ms_max": max((w.get("stats", {}).get("jitter_ms_max", 0) for w in w1), default=0),
+        "workers_at_capacity": sum(1 for w in w1 if w["calls"] >= w["capacity"] > 0),
     }
 
 
@@ -376,6 +377,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("late frames per call-minute [0]", "late_per_call_min", ".2f"),
     ("lost RTP per call-minute", "lost_per_call_min", ".2f"),
     ("concealed frames per call-minute", "concealed_per_call_min", ".2f"),
+    ("workers at capacity during the window", "at_capacity", ""),
     ("OPTIONS p99 idle / load (ms) [<= 20]", "options", ""),
     ("REGISTER p99 idle / load (ms) [<= 20]", "register", ""),
     ("generator CPU (s) / late sends", "gen", ""),
@@ -400,6 +402,8 @@ def _cell(r: dict[str, Any], key: str, spec: str) -> str:
         return f"{_fmt(idle.get('p99_ms'))} / {_fmt(load.get('p99_ms'))}" + (
             f" ({lost} unanswered)" if lost else ""
         )
+    if key == "at_capacity":
+        return f"{w.get('workers_at_capacity', '-')} of {r['workers']}"
     if key == "gen":
         return f"{_fmt(r['generator_cpu_s'])} / {r['generator_late_sends']}"
     return _fmt(r.get(key), spec)
