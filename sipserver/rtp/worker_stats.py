@@ -22,6 +22,10 @@ SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
     "pjsua2": {
         "frames": ("tx_frames",),
         "late_frames": ("tx_underflow",),
+        "rtp_received": ("rtp_received",),
+        "rtp_lost": ("rtp_lost",),
+        "rtp_late": ("rtp_late",),
+        "concealed_frames": ("concealed_frames",),
     },
     "native": {
         "frames": ("frames", "sent"),
@@ -36,9 +40,9 @@ SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
 """Per engine: metric (the keys of :class:`MediaStatsMetrics`' counters) -> the STATS keys
 that feed it, the first one present wins (docs/framelink.md, "STATS counters").
 
-pjsua2: ``tx_frames`` (session frames played) and ``tx_underflow`` (ticks the session had no
-frame ready: silence was played instead, a late frame). Its jitter buffer and RTP counters stay
-inside pjsua and are not in its STATS. native: the documented keys, or the RTP stream's own
+pjsua2: ``tx_frames`` (session frames played), ``tx_underflow`` (ticks the session had no
+frame ready: silence was played instead, a late frame) and pjmedia's stream counters read once
+a second (``pjsua2_ua.stream_counters``). native: the documented keys, or the RTP stream's own
 names (``received``, ``lost``, ``late``, ``sent``) summed by the engine."""
 
 

@@ -20,8 +20,11 @@ def test_pjsua2_totals_feed_frames_and_late_frames_as_deltas() -> None:
     m.update("pjsua2-1", "pjsua2", {"tx_frames": 100, "tx_underflow": 0})
     assert value(reg, "sipserver_media_frames_total", engine="pjsua2") == 1600
     assert value(reg, "sipserver_media_late_frames_total", engine="pjsua2") == 3
-    # pjsua2 has no RTP counters in its STATS: nothing is made up for it.
+    # No RTP counters in these STATS: nothing is made up.
     assert value(reg, "sipserver_rtp_packets_lost_total", engine="pjsua2") == 0
+    m.update("pjsua2-1", "pjsua2", {"rtp_received": 90, "rtp_lost": 3, "concealed_frames": 4})
+    assert value(reg, "sipserver_rtp_packets_lost_total", engine="pjsua2") == 3
+    assert value(reg, "sipserver_rtp_concealed_frames_total", engine="pjsua2") == 4
 
 
 def test_native_keys_and_a_restarted_worker() -> None:
