@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,7 @@ def server_config(
     wd: Path, engine: str, workers: int, calls: int, extra: list[str]
 ) -> dict[str, Any]:
     sip_port = free_port()
-    http_port, admin_port = free_port(), free_port()
+    http_port, admin_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     rtp_min = 30000
     media: dict[str, Any] = {
         "min_workers": workers,
