@@ -442,7 +442,7 @@ class Generator:
                 now = time.monotonic()
                 if key.data is None:
                     self._drain_sip(now)
-                else:
+                elif key.data.rtp.fileno() >= 0:  # not closed by an earlier event of this batch
                     self._on_rtp(key.data, now)
         for call in self.calls:
             if not _done(call.result.state):

@@ -21,7 +21,7 @@ RSS per call; probe p99s; the generator's own CPU and late sends (a saturated ge
 Usage (from the repository root)::
 
     python -m bench.media_load --concurrent 40 --hold 20 --rate 50 --engine pjsua2
-    python -m bench.media_load --concurrent 500 --engine both --procs 2 --out /tmp/load.json
+    python -m bench.media_load --concurrent 500 --hold 30 --engine both --procs 2 --out /tmp/load.json
     python -m bench.media_load --engine native --set server.media.capacity=600
 
 ``--workers`` sets ``server.workers`` (default: ceil(N / 4) for pjsua2, whose workers hold 4 calls
@@ -227,7 +227,7 @@ def run_engine(engine: str, a: argparse.Namespace) -> dict[str, Any]:
             probes.take()  # the ramp is not the hold
             window: dict[str, Any] = {}
             if all_up:
-                window = measure(server, engine, n, a.hold - 4.0)
+                window = measure(server, engine, n, window_seconds(a))
             load_probes = {k: w.figures() for k, w in probes.take().items()}
             reader.join(timeout=n / a.rate + a.hold + 60)
             probes.stop()
@@ -243,10 +243,14 @@ def run_engine(engine: str, a: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def measure(server: Server, engine: str, n: int, hold_left: float) -> dict[str, Any]:
-    """CPU, RSS and the STATS deltas over a window of the hold (all N calls up)."""
+def window_seconds(a: argparse.Namespace) -> float:
+    """The measured window: from 2 s after the last call is up to 1 s before the first ends."""
+    return float(a.hold - a.concurrent / a.rate - 3.0)
+
+
+def measure(server: Server, engine: str, n: int, length: float) -> dict[str, Any]:
+    """CPU, RSS and the STATS deltas over ``length`` s of the hold (all N calls up)."""
     time.sleep(2.0)  # settle; STATS come every 5 s: the window spans a few
-    length = max(5.0, hold_left - 4.0)
     w0 = server.workers()
     wpids = [int(w["pid"]) for w in w0]
     main = server.proc.pid
@@ -466,8 +470,12 @@ def main() -> int:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--keep", help="keep each server's config and log under this directory")
     a = p.parse_args()
-    if a.hold < 12:
-        p.error("--hold must be >= 12 s (a measured window of >= 5 s between STATS)")
+    if window_seconds(a) < 8:
+        least = a.concurrent / a.rate + 11
+        p.error(
+            f"--hold must be >= {least:g} s: every call is up N / rate s after the first, and "
+            "the measured window (>= 8 s: STATS come every 5 s) must end before the first ends"
+        )
     engines = list(ENGINES) if a.engine == "both" else [a.engine]
     info = machine()
     results = [run_engine(e, a) for e in engines]
