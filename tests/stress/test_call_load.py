@@ -251,4 +251,7 @@ def test_media_load_bench_runs_and_reports(tmp_path: Path) -> None:
     for kind in ("options_udp", "register_udp"):
         probe = r["probes_load"][kind]
         assert probe["answered"] > 0 and probe["timeouts"] == 0 and probe["errors"] == 0
+    # The workers' STATS reached /metrics: frames played, and pjmedia's RTP counters.
     assert r["metrics_end"]["sipserver_media_frames_total"] > 0
+    assert r["metrics_end"]["sipserver_rtp_packets_received_total"] > 0
+    assert r["lost_per_call_min"] is not None and r["concealed_per_call_min"] is not None
