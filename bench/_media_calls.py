@@ -232,7 +232,7 @@ class Generator:
             self._finish(call, "ended_by_server")
 
     def _on_response(self, call: _Call, resp: SipResponse, now: float) -> None:
-        _, method = resp.cseq
+        number, method = resp.cseq
         r = call.result
         if method == "BYE":
             if r.state == "bye" and resp.status >= 200:
@@ -245,8 +245,13 @@ class Generator:
                 call.retrans_at = None  # RFC 3261 §17.1.1.2: a provisional stops Timer A
             return
         to = NameAddr.parse(resp.headers.get("To") or "")
+        if resp.status >= 300 and number != call.cseq:
+            # The answer to an earlier INVITE (a retransmission's 407 after ours was answered):
+            # ACK it on its own transaction and ignore it.
+            self._ack_failure(call, resp, number)
+            return
         if resp.status >= 300:
-            self._ack_failure(call, resp)
+            self._ack_failure(call, resp, number)
             if resp.status in (401, 407) and not call.authorized and r.state == "inviting":
                 self._answer_challenge(call, resp, now)
             elif r.state == "inviting":
@@ -273,12 +278,13 @@ class Generator:
         if r.state in ("media", "bye"):
             self._ack_2xx(call)
 
-    def _ack_failure(self, call: _Call, resp: SipResponse) -> None:
-        """ACK of a non-2xx final: same branch as the INVITE (RFC 3261 §17.1.1.3)."""
+    def _ack_failure(self, call: _Call, resp: SipResponse, cseq: int) -> None:
+        """ACK of a non-2xx final: the INVITE's branch, from the response's Via (RFC 3261
+        §17.1.1.3)."""
         head = [f"{k}: {v}" for k, v in resp.headers if k in ("From", "To", "Call-ID")]
-        via = f"Via: SIP/2.0/UDP {self.s.local_host}:{self.sip_port};branch={call.branch};rport"
+        via = f"Via: {resp.headers.get('Via')}"
         lines = [f"ACK {call.ruri} SIP/2.0", via, "Max-Forwards: 70", *head]
-        lines += [f"CSeq: {call.cseq} ACK", "Content-Length: 0", "", ""]
+        lines += [f"CSeq: {cseq} ACK", "Content-Length: 0", "", ""]
         self.sip.sendto("\r\n".join(lines).encode(), self.s.target)
 
     def _answer_challenge(self, call: _Call, resp: SipResponse, now: float) -> None:

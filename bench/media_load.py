@@ -21,8 +21,8 @@ RSS per call; probe p99s; the generator's own CPU and late sends (a saturated ge
 Usage (from the repository root)::
 
     python -m bench.media_load --concurrent 40 --hold 20 --rate 50 --engine pjsua2
-    python -m bench.media_load --concurrent 500 --hold 30 --engine both --procs 2 --out /tmp/load.json
-    python -m bench.media_load --engine native --set server.media.capacity=600
+    python -m bench.media_load --concurrent 500 --hold 30 --engine both --procs 2 --out /tmp/l.json
+    python -m bench.media_load --engine native --set server.media.calls_per_worker=600
 
 ``--workers`` sets ``server.workers`` (default: ceil(N / 4) for pjsua2, whose workers hold 4 calls
 each; 1 for native: one worker = one core, the per-core figure). ``--set dotted.key=value``
@@ -424,13 +424,13 @@ def print_table(results: list[dict[str, Any]], info: dict[str, Any], a: argparse
         f"probes from {PROBE_SOURCE} every {a.probe_every:g} s"
     )
     names = [f"{r['engine']} ({r['workers']} w)" for r in results]
-    header = f"{'':<44}" + "".join(f"{n:>22}" for n in names)
+    header = f"{'':<44}" + "".join(f"{n:>28}" for n in names)
     if len(results) == 2:
         header += f"{'ratio':>10}"
     print(header)
     for label, key, spec in ROWS:
         cells = [_cell(r, key, spec) for r in results]
-        line = f"{label:<44}" + "".join(f"{c:>22}" for c in cells)
+        line = f"{label:<44}" + "".join(f"{c:>28}" for c in cells)
         if len(results) == 2:
             x, y = results[1].get(key), results[0].get(key)
             if isinstance(x, int | float) and isinstance(y, int | float) and y:
