@@ -34,6 +34,7 @@ import importlib.resources
 import ipaddress
 import os
 import pathlib
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -101,8 +102,10 @@ __all__ = [
     "User",
     "VadSettings",
     "WebsocketSettings",
+    "called_number",
     "config_dir",
     "embedded_config_path",
+    "is_listens_number",
     "load_config",
     "normalize_number",
     "parse_config",
@@ -808,3 +811,21 @@ def srtp_warnings(config: Config) -> list[str]:
         for index, agent in enumerate(config.agents)
         if agent.sip.enabled and agent.sip.srtp != "off"
     ]
+
+
+_URI_USER = re.compile(r"(?:sips?|tel):([^@;>?]+)")
+
+
+def called_number(uri: str) -> str:
+    """The user part of a SIP or tel URI (``<sip:+1500@host>`` -> ``+1500``), else ``uri``."""
+    match = _URI_USER.search(uri)
+    return match.group(1) if match else uri
+
+
+def is_listens_number(config: Config, agent: Agent, number: str) -> bool:
+    """True when ``number`` is one of ``agent``'s listens numbers (through the numbering plan)."""
+    if not agent.listens.enabled:
+        return False
+    normalize = config.server.sip.numbering.normalize
+    wanted = normalize(number)
+    return bool(wanted) and any(normalize(n) == wanted for n in agent.listens.numbers)

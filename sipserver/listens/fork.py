@@ -27,7 +27,7 @@ from typing import Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sipserver.admission import RETRY_AFTER, CallLedger, Reservation
-from sipserver.config import Agent, Config
+from sipserver.config import Agent, Config, called_number, is_listens_number
 from sipserver.gateway import twilio
 from sipserver.gateway.twilio import decode_payload, secret_matches, signed
 from sipserver.listens.monitor import CallSummary, ListensHub
@@ -35,7 +35,6 @@ from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speake
 from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.session import CallInfo, frame_bytes
-from sipserver.rtp.sessions import called_number, is_listens_number
 
 __all__ = [
     "TRACK_OF_CHANNEL",

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import sys
@@ -69,6 +68,8 @@ from sipserver.rtp.framelink import (
     Stats,
     open_link,
 )
+from sipserver.rtp.native_engine import EngineSettings, NativeEngine
+from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
 from sipserver.sip.headers import AGENT_HEADER
 
@@ -81,7 +82,7 @@ __all__ = [
     "parse_args",
 ]
 
-log = get_logger(__name__)
+log = get_logger("sipserver.rtp.call_worker")  # not "__main__" when run with -m
 
 RELAYED_CALLS_BASE = 0x8000_0000
 """Call numbers main allocates for the calls it relays to a worker start here (the engine's
@@ -168,8 +169,7 @@ EngineFactory = Callable[
 
 
 def _native_engine(options: CallWorkerOptions, worker: CallWorker) -> _Engine:
-    engine_module = importlib.import_module("sipserver.rtp.native_engine")
-    settings = engine_module.EngineSettings(
+    settings = EngineSettings(
         sip_host=options.sip_host,
         sip_port=options.sip_port,
         rtp_host=options.rtp_host,
@@ -183,18 +183,12 @@ def _native_engine(options: CallWorkerOptions, worker: CallWorker) -> _Engine:
         rtp_timeout=options.rtp_timeout,
         capacity=options.capacity,
     )
-    engine: _Engine = engine_module.NativeEngine(
+    return NativeEngine(
         settings,
         on_call_started=worker.on_call_started,
         on_call_ended=worker.on_call_ended,
         on_dtmf=worker.on_dtmf,
     )
-    return engine
-
-
-def _media_clock(on_tick: Callable[[], None]) -> _Clock:
-    clock: _Clock = importlib.import_module("sipserver.rtp.rtp_stream").MediaClock(on_tick)
-    return clock
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +226,8 @@ class _Hosted:
     call: _Call
     session: CallSession
     info: CallInfo
+    ending: bool = False
+    """Hung up here, waiting for the engine's end: no longer fed."""
 
 
 @dataclass(slots=True)
@@ -262,7 +258,7 @@ class CallWorker:
         options: CallWorkerOptions,
         *,
         engine_factory: EngineFactory = _native_engine,
-        clock_factory: Callable[[Callable[[], None]], _Clock] = _media_clock,
+        clock_factory: Callable[[Callable[[], None]], _Clock] = MediaClock,
         relay_factory: Callable[[CallWorker], MainRecordHandler] | None = None,
     ) -> None:
         self.options = options
@@ -375,6 +371,8 @@ class CallWorker:
     def tick(self) -> None:
         """One 20 ms tick: every call's frame in, its session's frame out."""
         for hosted in list(self._hosted.values()):
+            if hosted.ending:
+                continue
             stream = hosted.call.stream
             session = hosted.session
             try:
@@ -403,6 +401,9 @@ class CallWorker:
         reason = hosted.session.hangup_requested
         if reason is None:
             return
+        if hosted.ending:
+            return
+        hosted.ending = True
         log.info("call_session_hangup", call_id=hosted.info.call_id, reason=reason)
         self.engine.hangup(hosted.call.number, reason)  # on_call_ended follows
 

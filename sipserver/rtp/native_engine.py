@@ -51,6 +51,7 @@ from sipserver.rtp.sdp import (
     negotiate,
     parse_sdp,
 )
+from sipserver.sip.headers import SRTP_HEADER
 
 __all__ = ["EngineCall", "EngineSettings", "NativeEngine"]
 
@@ -244,7 +245,13 @@ class NativeEngine:
         ua, loop = self._ua, self._loop
         if ua is None or loop is None:
             return
-        self._feed(ua.receive(data, source, loop.time()))
+        try:
+            outputs = ua.receive(data, source, loop.time())
+        except Exception:  # the user agent answers bad input itself; this is a bug of ours
+            self.counters["ua_errors"] += 1
+            log.exception("native_ua_receive_failed", source=f"{source[0]}:{source[1]}")
+            return
+        self._feed(outputs)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -282,7 +289,7 @@ class NativeEngine:
                 self._transport.sendto(output.data, output.destination)
         elif isinstance(output, IncomingCall):
             self._setting_up.add(output.call)
-            task = asyncio.get_running_loop().create_task(self._set_up(output))
+            task = asyncio.get_running_loop().create_task(self._set_up_or_refuse(output))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif isinstance(output, CallConfirmed):
@@ -307,6 +314,16 @@ class NativeEngine:
         assert self._ua is not None and self._loop is not None
         self._feed(self._ua.reject(number, status, reason, self._loop.time()))
 
+    async def _set_up_or_refuse(self, incoming: IncomingCall) -> None:
+        """:meth:`_set_up`, and 500 if it failed: an INVITE is never left unanswered."""
+        try:
+            await self._set_up(incoming)
+        except Exception:
+            log.exception("native_call_setup_failed", call=incoming.call)
+            if incoming.call in self._setting_up:
+                self._setting_up.discard(incoming.call)
+                self._refuse(incoming.call, 500, "")
+
     async def _set_up(self, incoming: IncomingCall) -> None:
         """Negotiate the offer, open the stream and answer (RFC 3264 §6)."""
         number = incoming.call
@@ -314,6 +331,12 @@ class NativeEngine:
         offer: SessionDescription | None = None
         negotiated: Negotiated | None = None
         try:
+            if incoming.headers.get(SRTP_HEADER, "off").strip().lower() == "required":
+                # The agent demands SRTP (RFC 4568 SDES), which this engine does not carry yet:
+                # refuse rather than answer with plain RTP.
+                self._setting_up.discard(number)
+                self._refuse(number, 488, "SRTP Not Available")
+                return
             if incoming.offer:
                 try:
                     offer = parse_sdp(incoming.offer)

@@ -225,7 +225,8 @@ class UserAgent(UacCore):
             if now >= c.ok_until:
                 # RFC 3261 §13.3.1.4: no ACK within 64*T1: end the dialog with BYE.
                 c.ok = c.ok_at = None
-                self._send_request(out, c, "BYE", now)
+                reason = (("Reason", 'SIP;cause=408;text="ACK Timeout"'),)
+                self._send_request(out, c, "BYE", now, extra=() if c.bye_reason else reason)
                 self._end(out, c, c.bye_reason or "no-ack", 408)
                 return
             assert c.ok is not None
@@ -242,8 +243,10 @@ class UserAgent(UacCore):
             if timer.we_refresh:
                 self._send_refresh(out, c, now)
             else:
-                # RFC 4028 §10: no refresh came: BYE before the session expires.
-                self._send_request(out, c, "BYE", now)
+                # RFC 4028 §10: no refresh came: BYE before the session expires (RFC 3326
+                # Reason: the edge counts it as an expired session).
+                reason = (("Reason", 'SIP;cause=408;text="No session refresh received"'),)
+                self._send_request(out, c, "BYE", now, extra=reason)
                 self._end(out, c, "session-expired", 408)
                 return
         self._arm(c)

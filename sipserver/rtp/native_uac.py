@@ -51,6 +51,8 @@ __all__ = ["UacCore"]
 #: Digest challenges answered per outgoing call (a second one after new credentials means the
 #: credentials are wrong, unless the nonce was stale).
 _AUTH_TRIES = 2
+#: RFC 3326 Reason of the BYE that ends a call whose session refresh failed (RFC 4028 §10).
+_REFRESH_FAILED = (("Reason", 'SIP;cause=408;text="Session refresh failed"'),)
 
 
 class UacCore:
@@ -276,7 +278,7 @@ class UacCore:
                 out.append(OfferReceived(c.number, response.body, is_answer=True))
         elif status in (408, 481):
             # RFC 4028 §10, RFC 3261 §12.2.1.2: the dialog is gone.
-            self._send_request(out, c, "BYE", now)
+            self._send_request(out, c, "BYE", now, extra=_REFRESH_FAILED)
             self._end(out, c, "refresh-failed", status)
             return
         elif c.timer is not None:
@@ -371,7 +373,7 @@ class UacCore:
             self._end(out, c, "timeout", status)
         elif method in ("INVITE", "UPDATE") and c.refreshing:
             c.refreshing = False
-            self._send_request(out, c, "BYE", now)
+            self._send_request(out, c, "BYE", now, extra=_REFRESH_FAILED)
             self._end(out, c, "refresh-failed", status)
 
     # ------------------------------------------------------------------ bookkeeping

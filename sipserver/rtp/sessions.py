@@ -20,14 +20,19 @@ JSON dump and back through the same validation (secrets included).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 from pydantic import ValidationError
 
-from sipserver.config import Agent, Config, ConfigError, config_dir
+from sipserver.config import (
+    Agent,
+    Config,
+    ConfigError,
+    called_number,
+    config_dir,
+    is_listens_number,
+)
 from sipserver.observability import get_logger
 from sipserver.pipeline.echo import EchoSession, tone_greeting
 from sipserver.pipeline.events import SessionEvent
@@ -38,33 +43,14 @@ from sipserver.rtp.framelink import Configuration
 __all__ = [
     "CallSessions",
     "ListensSessionFactory",
-    "called_number",
     "config_from_record",
     "configuration_record",
-    "is_listens_number",
 ]
 
 log = get_logger(__name__)
 
-_URI_USER: Final = re.compile(r"(?:sips?|tel):([^@;>?]+)")
-
 ListensSessionFactory = Callable[[Agent], CallSession | None]
 """Builds the receive-only session of a SIP call to one of an agent's listens numbers."""
-
-
-def called_number(uri: str) -> str:
-    """The user part of a SIP or tel URI (``<sip:+1500@host>`` -> ``+1500``), else ``uri``."""
-    match = _URI_USER.search(uri)
-    return match.group(1) if match else uri
-
-
-def is_listens_number(config: Config, agent: Agent, number: str) -> bool:
-    """True when ``number`` is one of ``agent``'s listens numbers (through the numbering plan)."""
-    if not agent.listens.enabled:
-        return False
-    normalize = config.server.sip.numbering.normalize
-    wanted = normalize(number)
-    return bool(wanted) and any(normalize(n) == wanted for n in agent.listens.numbers)
 
 
 class CallSessions:

@@ -231,9 +231,13 @@ def _embedded_default(workdir: Path) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture
-def demo_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(_embedded_default(tmp_path), tmp_path)
+@pytest.fixture(params=["pjsua2", "native"])
+def demo_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """The embedded default on each media engine (native: one call worker, its pipeline)."""
+    config = _embedded_default(tmp_path)
+    if request.param == "native":
+        config["server"].update(workers=1, media={"engine": "native"})
+    server = ServerProcess(config, tmp_path)
     server.spawn()
     try:
         # /readyz: a media worker and the voice models are up. Both take seconds on a busy

@@ -214,3 +214,65 @@ def test_a_reload_reaches_the_call_workers(server_factory: Any, tmp_path: Path) 
         time.sleep(0.2)
     assert worker["stats"]["config"] == 2 and worker["stats"]["ready"] == 1, worker
     assert events(server, "worker_configured")
+
+
+async def _worker_against_a_fake_main(tmp_path: Path, end: str) -> tuple[int, list[Any]]:
+    """A call worker process linked to a test's frame link server (no edge): HELLO, CONFIG,
+    ready; then the link is closed (``end="link"``) or the worker gets SIGTERM. Its exit code
+    and the records it sent."""
+    import asyncio
+    import sys
+
+    from sipserver.config import parse_config
+    from sipserver.rtp.framelink import FrameLink, LinkRecord, Stats, serve_links
+    from sipserver.rtp.sessions import configuration_record
+
+    config = parse_config(yaml.safe_dump({"server": {"store": "memory"}}), env={})
+    records: list[LinkRecord] = []
+    ready = asyncio.Event()
+    release = asyncio.Event()
+
+    async def on_link(link: FrameLink) -> None:
+        async for record in link.records():
+            records.append(record)
+            if len(records) == 1:
+                link.send(configuration_record(config, None, 1))
+            if isinstance(record, Stats) and record.counters.get("ready") == 1:
+                ready.set()
+                if end == "link":
+                    return  # serve_links closes the link
+                await release.wait()
+
+    path = str(tmp_path / "link.sock")
+    server = await serve_links(path, on_link)
+    rtp = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipserver.rtp.call_worker", "--link", path, "--worker-id", "w9",
+        "--rtp-port", str(rtp - rtp % 2), "--rtp-port-count", "4", "--capacity", "2",
+        "--log-format", "json",
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        if end == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+    finally:
+        release.set()
+        if proc.returncode is None:
+            proc.kill()
+        server.close()
+        await server.wait_closed()
+    return code, records
+
+
+async def test_a_call_worker_exits_1_when_its_link_drops_and_0_on_sigterm(tmp_path: Path) -> None:
+    from sipserver.rtp.framelink import Hello, Stats
+
+    code, records = await _worker_against_a_fake_main(tmp_path, "link")
+    assert code == 1  # the pool restarts it
+    hello = records[0]
+    assert isinstance(hello, Hello) and (hello.kind, hello.capacity) == ("native", 2)
+    code, records = await _worker_against_a_fake_main(tmp_path, "sigterm")
+    assert code == 0
+    stats = [r for r in records if isinstance(r, Stats)]
+    assert stats[-1].counters["ready"] == 1 and stats[-1].counters["calls"] == 0

@@ -1,4 +1,8 @@
-"""Calls through the edge to real pjsua2 media workers, placed by SIPp."""
+"""Calls through the edge to real media workers, placed by SIPp and the pjsua2 caller.
+
+Every test runs on both engines (``server.media.engine``): pjsua2 media workers and native call
+workers (tests/integration/test_call_worker.py has the call workers' own tests).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,46 @@ from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 pytestmark = pytest.mark.integration
 
 NUMBER = "+15005550101"  # agent "alice" in the test config
+
+ENGINES = ("pjsua2", "native")
+
+NOT_ON_NATIVE: dict[str, str] = {}
+"""Tests of this file that the native engine does not pass yet, with why (skipped on it)."""
+
+
+def on_engine(engine: str, mutate: Any = None) -> Any:
+    """A config mutation that runs ``mutate`` and sets ``server.media.engine``."""
+
+    def with_engine(config: dict[str, Any]) -> None:
+        if mutate is not None:
+            mutate(config)
+        config["server"].setdefault("media", {})["engine"] = engine
+        if engine == "native":
+            # Call workers all start at once (pjsua2: min_workers 1 at start): one.
+            config["server"].setdefault("workers", 1)
+
+    return with_engine
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The media engine the test's server runs."""
+    name: str = request.param
+    reason = NOT_ON_NATIVE.get(request.node.originalname)
+    if name == "native" and reason is not None:
+        pytest.skip(f"not on the native engine yet: {reason}")
+    return name
+
+
+@pytest.fixture
+def server_factory(server_factory: Any, engine: str) -> Any:
+    """conftest's factory with ``server.media.engine`` set to the test's engine."""
+
+    def make(mutate: Any = None, **kwargs: Any) -> ServerProcess:
+        server: ServerProcess = server_factory(on_engine(engine, mutate), **kwargs)
+        return server
+
+    return make
 
 
 def wait_metric(server: ServerProcess, name: str, value: float, **labels: str) -> None:

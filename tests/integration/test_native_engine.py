@@ -12,10 +12,12 @@ The full path (edge -> call-worker process -> engine) is tested with the call wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import wave
@@ -61,6 +63,7 @@ class Harness:
     hang_up_on: str = ""
     """Hang a call up when this digit arrives (the stand-in session of the pjsua2 tests)."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: MediaClock | None = None
 
     @property
     def port(self) -> int:
@@ -70,7 +73,8 @@ class Harness:
         async def loop() -> None:
             while not predicate():
                 self.changed.clear()
-                await self.changed.wait()
+                with contextlib.suppress(TimeoutError):  # re-check now and then (tasks)
+                    await asyncio.wait_for(self.changed.wait(), 0.2)
 
         await asyncio.wait_for(loop(), timeout)
 
@@ -87,13 +91,14 @@ async def workdir() -> AsyncIterator[Path]:
 @pytest.fixture
 async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """An engine on a random port range; ``indirect`` parametrization overrides settings."""
-    options: dict[str, Any] = getattr(request, "param", {})
+    options: dict[str, Any] = dict(getattr(request, "param", {}))
+    count = options.pop("rtp_port_count", 40)
     settings = EngineSettings(
         sip_host="127.0.0.1",
         sip_port=0,
         rtp_host="127.0.0.1",
-        rtp_port_start=random.randrange(20000, 40000, 100),
-        rtp_port_count=40,
+        rtp_port_start=free_port_range(count),
+        rtp_port_count=count,
         **options,
     )
     box: list[Harness] = []
@@ -123,6 +128,7 @@ async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterato
             call.stream.write_frame(pcm if h.echo else bytes(len(pcm)))
 
     clock = MediaClock(tick)
+    h.clock = clock
     await engine.start()
     clock.start()
     try:
@@ -130,6 +136,26 @@ async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterato
     finally:
         clock.stop()
         await engine.stop()
+
+
+def free_port_range(count: int) -> int:
+    """The first port of ``count`` UDP ports that are free now (other tests on the machine run
+    RTP too: a busy pair is skipped by the pool, a busy range would refuse calls with 503)."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000 - count, 2)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} free UDP ports in a row")
 
 
 def without_auth(scenario: str, workdir: Path, pauses: dict[int, int] | None = None) -> str:
@@ -157,7 +183,7 @@ async def run_sipp(
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{h.port}", "-sf", path, "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1",
-        "-mp", str(random.randrange(41000, 49000, 4)), "-m", "1",
+        "-mp", str(random.randrange(41000, 49000, 4)), *(() if "-m" in extra else ("-m", "1")),
         "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(err), *extra,
         cwd=h.workdir, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -236,7 +262,8 @@ async def test_sipp_call_with_rtp_info_dtmf_and_bye(harness: Harness) -> None:
 )
 async def test_codec_negotiation(harness: Harness, pts: str, codec: str) -> None:
     sipp = asyncio.create_task(run_sipp(harness, "uac_codec_offer.xml", "-key", "pts", pts))
-    await harness.wait(lambda: harness.started)
+    await harness.wait(lambda: harness.started or sipp.done())
+    assert harness.started, sipp.result()
     assert harness.started[0].codec == codec
     await asyncio.sleep(0.3)
     harness.engine.hangup(harness.started[0].number, "session")
@@ -244,6 +271,19 @@ async def test_codec_negotiation(harness: Harness, pts: str, codec: str) -> None
     assert code == 0, out  # SIPp received our BYE and answered it
     await harness.wait(lambda: harness.ended)
     assert harness.ended[0][1:3] == ("session", 200)
+
+
+async def test_srtp_required_is_refused_488(harness: Harness) -> None:
+    """An agent that requires SRTP (the edge's X-Sipserver-Srtp) gets no plain-RTP answer."""
+    scenario = (SCENARIOS / "uac_codec_offer.xml").read_text(encoding="iso-8859-1")
+    scenario = scenario.replace(
+        "Max-Forwards: 70", "Max-Forwards: 70\n      X-Sipserver-Srtp: required", 1
+    )
+    path = harness.workdir / "srtp_required.xml"
+    path.write_text(scenario, encoding="iso-8859-1")
+    code, out = await run_sipp(harness, str(path), "-key", "pts", "0", timeout=10)
+    assert code == 0, out  # the scenario's 488 branch
+    assert not harness.started
 
 
 async def test_unsupported_codec_is_rejected_488(harness: Harness) -> None:
@@ -323,7 +363,8 @@ async def test_session_interval_too_small_gets_422(harness: Harness) -> None:
 @pytest.mark.parametrize("harness", [{"capacity": 1}], indirect=True)
 async def test_call_beyond_capacity_is_refused(harness: Harness) -> None:
     first = asyncio.create_task(run_sipp(harness, "uac_call_wait_bye.xml"))
-    await harness.wait(lambda: harness.started)
+    await harness.wait(lambda: harness.started or first.done())
+    assert harness.started, first.result()
     code, out = await run_sipp(harness, "uac_call_refused.xml", timeout=10)
     assert code == 0, out  # 486
     harness.engine.hangup(harness.started[0].number, "session")
@@ -336,6 +377,24 @@ async def test_caller_without_rtp_is_hung_up(harness: Harness) -> None:
     code, out = await run_sipp(harness, "uac_call_wait_bye.xml", timeout=15)
     assert code == 0, out  # SIPp received the BYE and answered it
     assert harness.ended[0][1] == "rtp-timeout"
+
+
+@pytest.mark.parametrize("harness", [{"rtp_port_count": 130}], indirect=True)
+async def test_sixty_concurrent_calls_with_rtp(harness: Harness) -> None:
+    """60 SIPp calls at 20/s, each ~3.5 s of RTP (+ INFO DTMF): all answered, echoed, ended."""
+    code, out = await run_sipp(
+        harness, "uac_pcmu_call.xml", "-m", "60", "-l", "60", "-r", "20", timeout=40
+    )
+    assert code == 0, out
+    await harness.wait(lambda: len(harness.ended) == 60)
+    assert len(harness.started) == 60
+    assert {reason for _, reason, _, _ in harness.ended} == {"bye"}
+    received = sorted(stats["received"] for *_, stats in harness.ended)
+    assert received[0] > 100, received  # every call got its ~150 packets
+    assert len(harness.dtmf) == 120
+    assert harness.engine.stats()["rtp_ports_in_use"] == 0
+    assert harness.clock is not None
+    print(f"clock: {harness.clock.ticks} ticks, {harness.clock.late_ticks} late")
 
 
 @pytest.mark.parametrize("echo", [True, False], ids=["echo", "no-echo"])

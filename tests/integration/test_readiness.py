@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sipserver.edge.router import RETRY_AFTER
+from tests.integration import test_calls
 from tests.integration.conftest import (
     DEMO_PASSWORD,
     DEMO_USER,
@@ -35,6 +36,10 @@ from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 
+# Every test on both engines (pjsua2 media workers, native call workers): see test_calls.py.
+engine = test_calls.engine
+server_factory = test_calls.server_factory
+
 
 def _worker_pids(parent: int) -> list[int]:
     """Media worker processes whose parent is ``parent``, read from /proc (not from the
@@ -46,7 +51,7 @@ def _worker_pids(parent: int) -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue  # gone meanwhile
-        if int(fields[1]) == parent and b"pjsua2_worker" in cmdline:
+        if int(fields[1]) == parent and (b"pjsua2_worker" in cmdline or b"call_worker" in cmdline):
             pids.append(int(stat.parent.name))
     return pids
 

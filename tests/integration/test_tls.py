@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     place_call,
     run_sipp,
 )
+from tests.integration.test_calls import ENGINES, on_engine
 from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 from tests.tls_certs import CertFiles, TestCa
 
@@ -255,10 +256,11 @@ def stunnel(tmp_path: Path) -> Iterator[Any]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sipp_register_options_and_call_over_tls(
-    server_factory: Any, ca: TestCa, stunnel: Any, tmp_path: Path
+    server_factory: Any, ca: TestCa, stunnel: Any, tmp_path: Path, engine: str
 ) -> None:
-    server = server_factory(with_tls(ca.issue("server")))
+    server = server_factory(on_engine(engine, with_tls(ca.issue("server"))))
     port = tls_port(server)
     tunnel = stunnel(port, ca)
     for scenario in ("register.xml", "options.xml"):
@@ -328,7 +330,10 @@ def test_pjsua2_call_over_mutual_tls_with_srtp_required(
     assert server.metric("sipserver_sip_messages_in_total", transport="tls", method="INVITE") >= 2
 
 
-def test_pjsua2_call_to_a_sips_uri(server_factory: Any, ca: TestCa, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_pjsua2_call_to_a_sips_uri(
+    server_factory: Any, ca: TestCa, tmp_path: Path, engine: str
+) -> None:
     """A sips: Request-URI (RFC 5630): the edge Record-Routes with sips: (RFC 3261 §16.6 step 4),
     the caller routes its in-dialog requests by it, and the worker's BYE (a UDP hop on loopback
     from the worker) reaches the caller over its TLS connection."""
@@ -336,7 +341,7 @@ def test_pjsua2_call_to_a_sips_uri(server_factory: Any, ca: TestCa, tmp_path: Pa
     from tests.integration.test_pjsua2_worker import tone
     from tests.speech import write_wav
 
-    server = server_factory(with_tls(ca.issue("server")))
+    server = server_factory(on_engine(engine, with_tls(ca.issue("server"))))
     wait_metric(server, "sipserver_media_workers_up", 1)
     play = tmp_path / "play.wav"
     write_wav(play, tone(1.0), 8000)

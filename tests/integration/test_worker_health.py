@@ -14,11 +14,16 @@ from typing import Any
 
 import pytest
 
+from tests.integration import test_calls
 from tests.integration.conftest import DEMO_PASSWORD, DEMO_USER, ServerProcess, sipp_command
 from tests.integration.test_calls import NUMBER, edge_call, wait_metric
 from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
+
+# Every test on both engines (pjsua2 media workers, native call workers): see test_calls.py.
+engine = test_calls.engine
+server_factory = test_calls.server_factory
 
 
 def two_workers(config: dict[str, Any]) -> None:

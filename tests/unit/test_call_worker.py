@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ import yaml
 
 from sipserver.admission import default_max_calls
 from sipserver.config import Config, ConfigError, load_config, parse_config
+from sipserver.edge.dispatcher import MediaWorker, WorkerPool, WorkerPoolSettings
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.call_worker import (
     RELAYED_CALLS_BASE,
@@ -33,7 +34,9 @@ from sipserver.rtp.framelink import (
     CallStarted,
     Configuration,
     Dtmf,
+    FrameLink,
     FrameLinkError,
+    Hello,
     LinkRecord,
     RecordDecoder,
     RecordType,
@@ -45,7 +48,7 @@ from sipserver.rtp.sessions import (
     config_from_record,
     configuration_record,
 )
-from sipserver.server import calls_per_worker
+from sipserver.server import Server, calls_per_worker
 from tests.unit.test_config import FULL_EXAMPLE, FULL_EXAMPLE_ENV
 
 FRAME = 320  # 20 ms at 8 kHz, s16le
@@ -499,3 +502,74 @@ def test_call_sessions_choose_echo_listens_or_nothing() -> None:
     assert sessions.new_session(CallInfo("c", "ghost", "a", "b", 8000, "sip")) is None
     assert not sessions.is_listens(info)
     assert listened == []
+
+
+# ------------------------------------------------------------------------------ main's side
+
+
+class OpenLink:
+    """Stands in for a worker's frame link: open, records kept."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[LinkRecord] = []
+
+    def send(self, record: LinkRecord) -> None:
+        self.sent.append(record)
+
+
+def worker_of(kind: str, *, ready: bool = False) -> MediaWorker:
+    hello = Hello("w1", 1, kind, "127.0.0.1", 5080, 10, 8000)
+    worker = MediaWorker("w1", 0, link=cast(FrameLink, OpenLink()), hello=hello)
+    worker.models_ready = ready
+    return worker
+
+
+def test_a_call_worker_takes_calls_only_once_its_models_are_warm() -> None:
+    pool = WorkerPool(
+        WorkerPoolSettings(link_path="/unused", engine="native", capacity=10),
+        on_record=lambda w, r: None,
+        on_worker_lost=lambda w, c: None,
+    )
+    worker = worker_of("native")
+    pool._workers["w1"] = worker
+    assert worker.up and not worker.ready and pool.pick() is None
+    worker.models_ready = True
+    assert pool.pick() is worker
+    assert pool._command[-1] == "sipserver.rtp.call_worker"
+
+
+def test_main_counts_a_hosted_call_and_builds_no_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    server = Server(echo_config(media={"engine": "native"}))
+    assert server.sessions is not None and server.pool is not None
+    worker = worker_of("native", ready=True)
+    hosted = CallStarted(1, "c1", "a", "<sip:+15005550101@x>", "r", "PCMU/8000", "h:1",
+                         {"X-Sipserver-Agent": "echo"}, hosted=True)  # fmt: skip
+    server._worker_record(worker, hosted)
+    assert worker.calls == {1} and len(server.sessions) == 0
+    server._worker_record(worker, CallEnded(1, "bye", 200))
+    assert worker.calls == set()
+    # A relayed call (AI Listens, or a pjsua2 worker's) gets its session in main as before.
+    server._worker_record(worker, replace(hosted, call=2, hosted=False))
+    assert worker.calls == {2} and len(server.sessions) == 1
+
+
+def test_a_call_worker_gets_the_configuration_when_it_says_hello(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = echo_config(media={"engine": "native"})
+    server = Server(config)
+    worker = worker_of("native")
+    server._worker_up(worker)
+    link = cast(OpenLink, worker.link)
+    (record,) = link.sent
+    assert isinstance(record, Configuration) and record.sequence == 1
+    assert config_from_record(record) == config
+    pjsua2 = worker_of("pjsua2")
+    server._worker_up(pjsua2)
+    assert cast(OpenLink, pjsua2.link).sent == []  # its sessions run in main

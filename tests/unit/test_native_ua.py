@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipserver.rtp.native_dialog import (
+    Dialog,
+    answer_session_timer,
+    parse_dtmf_info,
+    read_session_timer,
+)
 from sipserver.rtp.native_ua import (
     CallAnswered,
     CallConfirmed,
@@ -474,7 +481,10 @@ def test_session_expires_refresher_uac_then_bye_when_no_refresh() -> None:
     call.confirm(0.0)
     assert not sent(run_until(ua, 59.0))
     out = run_until(ua, 60.4)  # before Timer E sends it again
-    assert [r.method for r in requests(out)] == ["BYE"]
+    (bye,) = requests(out)
+    assert bye.method == "BYE"
+    # RFC 3326: the edge tells an expired session from a hang-up by this Reason
+    assert bye.headers.get("Reason") == 'SIP;cause=408;text="No session refresh received"'
     assert events(out, CallTerminated) == [CallTerminated(call.number, "session-expired", 408)]
 
 
@@ -765,3 +775,88 @@ def test_originate_timeout_is_timer_b() -> None:
     out = run_until(ua, 40.0)
     assert events(out, CallTerminated) == [CallTerminated(number, "timeout", 408)]
     assert len(requests(out)) == 6  # Timer A: 0.5, 1, 2, 4, 8, 16 s
+
+
+# ------------------------------------------------------------------ dialog pieces
+
+
+def _dialog(route_set: tuple[str, ...], target: str = CALLER_CONTACT) -> Dialog:
+    return Dialog(
+        call_id="c",
+        local_party="<sip:us@127.0.0.1>;tag=a",
+        remote_party="<sip:them@192.0.2.10>;tag=b",
+        local_tag="a",
+        remote_target=target,
+        route_set=route_set,
+        local_cseq=0,
+        peer=EDGE,
+        contact="<sip:127.0.0.1:5090>",
+        user_agent="t",
+    )
+
+
+def test_strict_route_becomes_the_request_uri() -> None:
+    """RFC 3261 §12.2.1.1: a first route without ``lr``: it is the Request-URI and the remote
+    target goes last in Route."""
+    dialog = _dialog(("<sip:192.0.2.1:5070>", "<sip:192.0.2.2;lr>"))
+    request = dialog.request("BYE", branch="z9hG4bKx")
+    assert request.uri == "sip:192.0.2.1:5070"
+    assert request.headers.get_all("Route") == ["<sip:192.0.2.2;lr>", f"<{CALLER_CONTACT}>"]
+    assert dialog.destination() == ("192.0.2.1", 5070)
+
+
+def test_destination_by_name_falls_back_to_where_the_peer_sent_from() -> None:
+    assert _dialog((), "sip:alice@pbx.example.com").destination() == EDGE
+    assert _dialog(("<sip:[::1]:5070;lr>",)).destination() == ("::1", 5070)
+    assert _dialog((), "sip:alice@192.0.2.10;maddr=192.0.2.99").destination() == (
+        "192.0.2.99",
+        5060,
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "mode", "expected"),
+    [
+        (
+            "Session-Expires: 1800;refresher=uac\r\nSupported: timer",
+            "optional",
+            (1800, "uac", True),
+        ),
+        ("Session-Expires: 1800", "optional", (1800, "uas", False)),  # the UAC cannot refresh
+        ("Session-Expires: 1800;refresher=uac", "optional", (1800, "uas", False)),
+        ("Session-Expires: 1800\r\nSupported: timer", "optional", (1800, "uac", True)),
+        (
+            "Session-Expires: 1800;refresher=uas\r\nSupported: timer",
+            "optional",
+            (1800, "uas", True),
+        ),
+        ("Session-Expires: 60\r\nMin-SE: 120", "optional", 120),  # 422 with the larger Min-SE
+        ("Supported: timer", "optional", None),
+        ("Supported: timer", "always", (600, "uas", True)),
+        ("Min-SE: 900", "always", (900, "uas", False)),
+        ("Session-Expires: 1800", "off", None),
+    ],
+)
+def test_session_timer_answers(headers: str, mode: str, expected: object) -> None:
+    """RFC 4028 §9: the UAS's choice of interval and refresher."""
+    raw = edge_invite(extra=headers + "\r\n", body=b"")
+    request = parse_message(raw)
+    assert isinstance(request, SipRequest)
+    offer = read_session_timer(request.headers)
+    got = answer_session_timer(offer, mode=mode, session_expires=600, min_se=90)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "expected"),
+    [
+        ("application/dtmf-relay", b"Signal=#\r\nDuration=250\r\n", ("#", 250)),
+        ("application/dtmf-relay", b"signal= a\nduration=x\n", ("A", 0)),
+        ("application/dtmf-relay", b"Duration=100\r\n", None),
+        ("application/dtmf-relay", b"Signal=10\r\n", None),
+        ("application/dtmf", b" 9 ", ("9", 0)),
+        ("application/dtmf", b"99", None),
+    ],
+)
+def test_dtmf_info_bodies(ctype: str, body: bytes, expected: tuple[str, int] | None) -> None:
+    assert parse_dtmf_info(ctype, body) == expected
