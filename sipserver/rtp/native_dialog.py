@@ -310,6 +310,8 @@ class PendingOffer:
     request: SipRequest
     key: tuple[str, str, str]
     timer: tuple[int, str, bool] | None
+    source: tuple[str, int]
+    """Where the request came from: its response goes there (RFC 3581 symmetric)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -334,6 +336,10 @@ class CallRecord:
     ok_at: float | None = None
     ok_interval: float = T1
     ok_until: float = 0.0
+    ok_to: tuple[str, int] = ("", 0)
+    """Where that 2xx goes (where its request came from)."""
+    reply_to: tuple[str, int] = ("", 0)
+    """Where the request being handled came from: responses go there (RFC 3581)."""
     ok_offers: bool = False
     """That 2xx carried an offer of ours: the ACK carries the answer."""
     bye_reason: str | None = None

@@ -149,7 +149,9 @@ class UserAgent(UacCore):
         if c is None or c.outgoing:
             return out
         if c.state is CallState.EARLY and c.invite_key is not None:
-            self._respond(out, c.invite, c.invite_key, status, c, now, reason=reason or None)
+            self._respond(
+                out, c.invite, c.invite_key, status, c, now, reason=reason or None, source=c.source
+            )
             self._end(out, c, reason or "rejected", status)
         elif c.pending is not None:
             pending, c.pending = c.pending, None
@@ -168,9 +170,9 @@ class UserAgent(UacCore):
         self._apply_timer(c, pending.timer, now)
         extra = self._timer_headers(pending.timer)
         data = self._encode(request, 200, c, extra, sdp)
-        self._record(out, request, pending.key, 200, data, c.source, now)
+        self._record(out, request, pending.key, 200, data, pending.source, now)
         if request.method == "INVITE":
-            self._retransmit_ok(c, data, request.cseq[0], now, offers=False)
+            self._retransmit_ok(c, data, request.cseq[0], pending.source, now, offers=False)
         return out
 
     def hangup(self, call: int, reason: str, now: float) -> list[UaOutput]:
@@ -186,7 +188,7 @@ class UserAgent(UacCore):
             else:
                 c.cancel_pending = True  # RFC 3261 §9.1: not before a provisional response
         elif c.state is CallState.EARLY and c.invite_key is not None:
-            self._respond(out, c.invite, c.invite_key, 487, c, now)
+            self._respond(out, c.invite, c.invite_key, 487, c, now, source=c.source)
         elif c.state is CallState.ANSWERED:
             c.bye_reason = reason  # RFC 3261 §15: no BYE before the ACK (or its timeout)
             return out
@@ -230,7 +232,7 @@ class UserAgent(UacCore):
                 self._end(out, c, c.bye_reason or "no-ack", 408)
                 return
             assert c.ok is not None
-            out.append(Send(c.ok, c.source))
+            out.append(Send(c.ok, c.ok_to))
             c.ok_interval = min(c.ok_interval * 2, T2)
             c.ok_at = now + c.ok_interval
         timer = c.timer
@@ -316,7 +318,7 @@ class UserAgent(UacCore):
         source: tuple[str, int] | None = None,
     ) -> None:
         data = self._encode(request, status, call, extra, reason=reason)
-        where = source or (call.source if call is not None else None)
+        where = source or (call.reply_to if call is not None else None)
         assert where is not None
         self._record(out, request, key, status, data, where, now)
 
@@ -351,12 +353,19 @@ class UserAgent(UacCore):
         self._invites.pop(c.invite_key, None)
         c.state = CallState.ANSWERED
         self._apply_timer(c, self._initial_timer(c), now)
-        self._retransmit_ok(c, data, c.invite.cseq[0], now, offers=not c.invite.body)
+        self._retransmit_ok(c, data, c.invite.cseq[0], c.source, now, offers=not c.invite.body)
 
     def _retransmit_ok(
-        self, c: CallRecord, data: bytes, cseq: int, now: float, *, offers: bool
+        self,
+        c: CallRecord,
+        data: bytes,
+        cseq: int,
+        to: tuple[str, int],
+        now: float,
+        *,
+        offers: bool,
     ) -> None:
-        c.ok, c.ok_cseq, c.ok_offers = data, cseq, offers
+        c.ok, c.ok_cseq, c.ok_offers, c.ok_to = data, cseq, offers, to
         c.ok_interval = T1
         c.ok_at = now + T1
         c.ok_until = now + TIMER_B
@@ -451,6 +460,7 @@ class UserAgent(UacCore):
         if c is None:
             self._respond(out, request, key, 481, None, now, source=source)  # RFC 3261 §12.2.2
             return
+        c.reply_to = source
         self._in_dialog(out, c, request, key, now)
 
     def _capabilities(self) -> tuple[tuple[str, str], ...]:
@@ -504,7 +514,7 @@ class UserAgent(UacCore):
             user_agent=self.settings.user_agent,
             remote_cseq=request.cseq[0],
         )
-        c = CallRecord(number, False, dialog, request, source, invite_key=key)
+        c = CallRecord(number, False, dialog, request, source, invite_key=key, reply_to=source)
         c.peer_allows_update = "UPDATE" in (m.upper() for m in request.headers.get_all("Allow"))
         self._calls[number] = c
         self._dialogs[(dialog.call_id, tag)] = c
@@ -543,7 +553,7 @@ class UserAgent(UacCore):
             self._respond(out, request, key, status, c, now, source=source)
             return
         self._respond(out, request, key, 200, c, now, source=source)
-        self._respond(out, c.invite, c.invite_key, 487, c, now)
+        self._respond(out, c.invite, c.invite_key, 487, c, now, source=c.source)
         self._end(out, c, "cancelled", 487)
 
     def _in_dialog(
@@ -622,7 +632,7 @@ class UserAgent(UacCore):
         if contacts:
             c.dialog.remote_target = str(NameAddr.parse(contacts[0]).uri)  # §12.2.2 target refresh
         if request.body:
-            c.pending = PendingOffer(request, key, timer)
+            c.pending = PendingOffer(request, key, timer, c.reply_to)
             out.append(OfferReceived(c.number, request.body))
             return
         # No SDP: an UPDATE refreshes the session only; a re-INVITE wants our offer in the
@@ -632,9 +642,9 @@ class UserAgent(UacCore):
         data = self._encode(
             request, 200, c, self._timer_headers(timer), c.local_sdp if is_invite else b""
         )
-        self._record(out, request, key, 200, data, c.source, now)
+        self._record(out, request, key, 200, data, c.reply_to, now)
         if is_invite:
-            self._retransmit_ok(c, data, request.cseq[0], now, offers=True)
+            self._retransmit_ok(c, data, request.cseq[0], c.reply_to, now, offers=True)
 
     def _on_ack(self, out: list[UaOutput], request: SipRequest, now: float) -> None:
         to_tag = request.to().tag

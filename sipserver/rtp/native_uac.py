@@ -38,6 +38,7 @@ from sipserver.rtp.native_events import (
 from sipserver.sip.digest import DigestChallenge, DigestError, build_authorization
 from sipserver.sip.headers import NameAddr
 from sipserver.sip.invite_transaction import (
+    ClientState,
     ClientTransaction,
     ResponseAction,
     TimerAction,
@@ -78,8 +79,9 @@ class UacCore:
 
     @property
     def requests_in_flight(self) -> int:
-        """Client transactions of ours not finished (BYEs waiting for their answer...)."""
-        return len(self._clients)
+        """Requests of ours still waiting for a final response (BYEs at shutdown...)."""
+        waiting = (ClientState.CALLING, ClientState.TRYING, ClientState.PROCEEDING)
+        return sum(1 for c in self._clients.values() if c.txn.state in waiting)
 
     def next_deadline(self) -> float | None:
         """The earliest pending deadline, or None."""
@@ -133,6 +135,7 @@ class UacCore:
         extra = (("Allow", ALLOW), ("Supported", "timer"), *headers)
         invite = dialog.request("INVITE", branch=branch, body=offer, extra=extra)
         c = CallRecord(number, True, dialog, invite, destination, local_sdp=offer)
+        c.reply_to = destination
         c.credentials = credentials
         self._calls[number] = c
         self._dialogs[(dialog.call_id, tag)] = c
@@ -260,14 +263,14 @@ class UacCore:
             self._outgoing_response(out, c, client, response, now)
             return
         status = response.status
+        if method == "INVITE" and 200 <= status < 300 and client.ack is None:
+            self._ack_2xx(out, c, client)  # even when the call ended meanwhile (§13.2.2.4)
         if c.state is CallState.ENDED or not c.refreshing or status < 200:
             return
         if method not in ("INVITE", "UPDATE"):
             return
         c.refreshing = False
         if 200 <= status < 300:
-            if method == "INVITE":
-                self._ack_2xx(out, c, client)
             offer = read_session_timer(response.headers)
             if c.timer is not None:
                 interval = offer.expires or c.timer.interval
@@ -281,6 +284,11 @@ class UacCore:
             self._send_request(out, c, "BYE", now, extra=_REFRESH_FAILED)
             self._end(out, c, "refresh-failed", status)
             return
+        elif c.timer is not None and status == 491:
+            # RFC 3261 §14.1: glare; try again after 2.1-4 s if we own the Call-ID (we placed
+            # the call), else after 0-2 s.
+            retry = 3.0 if c.outgoing else 1.0
+            c.timer.refreshed_at = now + retry - c.timer.interval / 2
         elif c.timer is not None:
             c.timer.we_refresh = False  # let the session run out: BYE before it expires
         self._arm(c)

@@ -551,6 +551,31 @@ def test_always_mode_refreshes_with_reinvite_and_acks_it() -> None:
     assert ua.receive(ok.encode(), EDGE, 60.6) == sends  # a 2xx retransmission: the same ACK
 
 
+def test_refresh_answered_after_our_hangup_is_still_acked() -> None:
+    ua = UserAgent(settings_(session_timers="always", session_expires=120))
+    call = Call(ua, allow="INVITE, ACK, CANCEL, BYE")
+    call.confirm(0.0)
+    (reinvite,) = requests(run_until(ua, 60.0))
+    assert [r.method for r in requests(ua.hangup(call.number, "session", 60.1))] == ["BYE"]
+    ok = make_response(reinvite, 200)
+    ok.body = ANSWER
+    (ack,) = requests(ua.receive(ok.encode(), EDGE, 60.2))
+    assert ack.method == "ACK" and ack.cseq == (reinvite.cseq[0], "ACK")
+
+
+def test_refresh_glare_491_is_retried() -> None:
+    """RFC 3261 §14.1: a 491 to our refresh: try again (0-2 s later: we do not own the
+    Call-ID); a re-INVITE of the caller meanwhile gets 491 from us (§14.2)."""
+    ua = UserAgent(settings_(session_timers="always", session_expires=120))
+    call = Call(ua)
+    call.confirm(0.0)
+    (update,) = requests(run_until(ua, 60.0))
+    assert statuses(call.request("INVITE", 60.05, body=OFFER)) == [491]
+    assert ua.receive(make_response(update, 491).encode(), EDGE, 60.1) == []
+    (again,) = requests(run_until(ua, 61.2))
+    assert again.method == "UPDATE" and again.cseq[0] == update.cseq[0] + 1
+
+
 def test_refresh_answered_481_ends_the_call() -> None:
     ua = UserAgent(settings_(session_timers="always", session_expires=120))
     call = Call(ua)
@@ -860,3 +885,43 @@ def test_session_timer_answers(headers: str, mode: str, expected: object) -> Non
 )
 def test_dtmf_info_bodies(ctype: str, body: bytes, expected: tuple[str, int] | None) -> None:
     assert parse_dtmf_info(ctype, body) == expected
+
+
+def test_our_uac_calls_our_uas() -> None:
+    """Both sides of this module in memory: originate, answer, session refresh by the UAS
+    (UPDATE, answered by the UAC to where it came from), BYE from the UAC."""
+    a_addr, b_addr = ("127.0.0.1", 5090), ("127.0.0.2", 5092)
+    a = UserAgent(settings_())
+    b = UserAgent(
+        UaSettings(host="127.0.0.2", port=5092, session_timers="always", session_expires=90)
+    )
+    agents = {a_addr: a, b_addr: b}
+    seen: list[tuple[str, UaOutput]] = []
+
+    def pump(outputs: list[UaOutput], origin: tuple[str, int], now: float) -> None:
+        queue = [(origin, o) for o in outputs]
+        while queue:
+            source, output = queue.pop(0)
+            if isinstance(output, Send):
+                peer = agents[output.destination]
+                queue += [(output.destination, o) for o in peer.receive(output.data, source, now)]
+            else:
+                seen.append(("a" if source == a_addr else "b", output))
+
+    number, out = a.originate(
+        target="sip:+1555@127.0.0.2:5092", destination=b_addr,
+        from_uri="sip:agent@127.0.0.1", offer=ANSWER, now=0.0,
+    )  # fmt: skip
+    pump(out, a_addr, 0.0)
+    who, incoming = next((w, o) for w, o in seen if isinstance(o, IncomingCall))
+    assert who == "b" and incoming.offer == ANSWER
+    pump(b.answer(incoming.call, OFFER, 0.1), b_addr, 0.1)
+    assert ("a", CallAnswered(number, OFFER)) in seen
+    assert ("b", CallConfirmed(incoming.call)) in seen
+    for now in (45.1, 70.0, 90.1, 120.0):  # b refreshes at half the interval, a answers
+        pump(b.tick(now), b_addr, now)
+        pump(a.tick(now), a_addr, now)  # a, the non-refresher, would BYE 60 s after a refresh
+    assert a.active_calls == b.active_calls == 1
+    pump(a.hangup(number, "done", 100.0), a_addr, 100.0)
+    assert ("b", CallTerminated(incoming.call, "bye", 200)) in seen
+    assert a.requests_in_flight == 0  # the BYE got its 200
