@@ -41,7 +41,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # each 12-20 s
 
 REPO = Path(__file__).resolve().parents[2]
 HOLD_SCENARIO = REPO / "bench" / "sipp" / "call_rtp_hold.xml"
