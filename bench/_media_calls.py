@@ -145,6 +145,8 @@ class Generator:
         self.by_id: dict[str, _Call] = {}
         self.slots: list[list[_Call]] = [[] for _ in range(SLOTS)]
         self.errors: Counter[str] = Counter()
+        self.samples: dict[str, str] = {}
+        """The first datagram of each kind of error (its first 300 bytes), for a person."""
         self.t0 = time.monotonic()
 
     # -- SIP ------------------------------------------------------------------------------
@@ -210,7 +212,10 @@ class Generator:
             msg = parse_message(data)
             call = self.by_id.get(msg.call_id)
         except (SipParseError, ValueError) as exc:
-            self.errors[f"unparsable SIP: {exc}"[:60]] += 1
+            kind = f"unparsable SIP: {exc}"[:60]
+            if kind not in self.errors:
+                self.samples[kind] = repr(data[:300])
+            self.errors[kind] += 1
             return
         if call is None:
             self.errors["SIP for an unknown call"] += 1
@@ -459,6 +464,7 @@ class Generator:
         return {
             "calls": [asdict(c.result) for c in self.calls],
             "errors": dict(self.errors),
+            "samples": self.samples,
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "wall_s": time.monotonic() - t0,
         }
@@ -521,7 +527,13 @@ def run_processes(settings: LoadSettings, procs: int) -> dict[str, Any]:
         args = [*command(part, 1), "--first-index", str(first)]
         children.append(subprocess.Popen(args, stdout=subprocess.PIPE, env=_env()))
         first += n
-    merged: dict[str, Any] = {"calls": [], "errors": Counter(), "cpu_s": 0.0, "wall_s": 0.0}
+    merged: dict[str, Any] = {
+        "calls": [],
+        "errors": Counter(),
+        "samples": {},
+        "cpu_s": 0.0,
+        "wall_s": 0.0,
+    }
     for child in children:
         out, _ = child.communicate()
         if child.returncode != 0:
@@ -529,6 +541,7 @@ def run_processes(settings: LoadSettings, procs: int) -> dict[str, Any]:
         part_result = json.loads(out)
         merged["calls"] += part_result["calls"]
         merged["errors"].update(part_result["errors"])
+        merged["samples"].update(part_result["samples"])
         merged["cpu_s"] += part_result["cpu_s"]
         merged["wall_s"] = max(merged["wall_s"], part_result["wall_s"])
     merged["errors"] = dict(merged["errors"])

@@ -324,6 +324,7 @@ def summarize(
         "generator_cpu_s": gen.get("cpu_s"),
         "generator_late_sends": sum(c["late_sends"] for c in calls),
         "generator_errors": gen.get("errors", {}),
+        "generator_samples": gen.get("samples", {}),
         "probes_idle": idle_probes,
         "probes_load": load_probes,
         "window": window,
