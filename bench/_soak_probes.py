@@ -13,11 +13,15 @@ from bench._soak_report import ProbeWindow
 from sipserver.sip.framing import StreamFramer
 from sipserver.sip.message import SipParseError, SipResponse, parse_message
 
-__all__ = ["PROBES", "PROBE_SOURCE", "ProbeError", "Probes"]
+__all__ = ["ALL_PROBES", "PROBES", "PROBE_SOURCE", "ProbeError", "Probes"]
 
 PROBE_SOURCE = "127.0.0.2"
 """Probes come from another loopback address than the load (per-source limits stay apart)."""
 PROBES = ("options_udp", "options_tcp", "readyz")
+"""The probes soak.py runs."""
+ALL_PROBES = (*PROBES, "register_udp")
+"""Every probe kind; ``register_udp`` is an unauthenticated REGISTER over UDP, answered 401
+(bench/media_load.py)."""
 PROBE_TIMEOUT = 2.0
 """Seconds a probe waits for its answer before it counts as a timeout."""
 
@@ -29,16 +33,25 @@ class ProbeError(Exception):
 class Probes(threading.Thread):
     """OPTIONS over UDP and TCP and GET /readyz from :data:`PROBE_SOURCE`, one after the other,
     every ``every`` seconds, on blocking sockets in a thread of its own (the load's event loop
-    delays nothing here)."""
+    delays nothing here). ``kinds`` picks other probes of :data:`ALL_PROBES` (``readyz``
+    needs ``http_host_port``)."""
 
-    def __init__(self, sip_port: int, http_host_port: str, every: float) -> None:
+    def __init__(
+        self,
+        sip_port: int,
+        http_host_port: str | None,
+        every: float,
+        *,
+        kinds: tuple[str, ...] = PROBES,
+    ) -> None:
         super().__init__(name="soak-probes", daemon=True)
         self.sip = ("127.0.0.1", sip_port)
-        host, port = http_host_port.rsplit(":", 1)
+        host, port = (http_host_port or "127.0.0.1:0").rsplit(":", 1)
         self.http = (host, int(port))
         self.every = every
-        self.window = {kind: ProbeWindow() for kind in PROBES}
-        self.whole = {kind: ProbeWindow() for kind in PROBES}
+        self.kinds = kinds
+        self.window = {kind: ProbeWindow() for kind in kinds}
+        self.whole = {kind: ProbeWindow() for kind in kinds}
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._n = itertools.count(1)
@@ -55,14 +68,19 @@ class Probes(threading.Thread):
     def take(self) -> dict[str, ProbeWindow]:
         """The outcomes since the last call (and a fresh window)."""
         with self._lock:
-            taken, self.window = self.window, {kind: ProbeWindow() for kind in PROBES}
+            taken, self.window = self.window, {kind: ProbeWindow() for kind in self.kinds}
         for kind, window in taken.items():
             self.whole[kind].merge(window)
         return taken
 
     def run(self) -> None:
-        probes = {"options_udp": self._options_udp, "options_tcp": self._options_tcp}
-        probes["readyz"] = self._readyz
+        every = {
+            "options_udp": self._options_udp,
+            "options_tcp": self._options_tcp,
+            "readyz": self._readyz,
+            "register_udp": self._register_udp,
+        }
+        probes = {kind: every[kind] for kind in self.kinds}
         next_at = time.monotonic()
         while not self._halt.is_set():
             for kind, probe in probes.items():
@@ -89,18 +107,21 @@ class Probes(threading.Thread):
         if self._tcp is not None:
             self._tcp.close()
 
-    def _options(self, transport: str, port: int) -> tuple[bytes, str]:
+    def _options(self, transport: str, port: int, method: str = "OPTIONS") -> tuple[bytes, str]:
         n = next(self._n)
         call_id = f"soak-probe-{n}@{PROBE_SOURCE}"
         host, sip_port = self.sip
+        register = method == "REGISTER"
+        aor = f"sip:probe@{host}" if register else f"sip:{host}:{sip_port}"
         lines = [
-            f"OPTIONS sip:{host}:{sip_port} SIP/2.0",
+            f"{method} sip:{host}:{sip_port} SIP/2.0",
             f"Via: SIP/2.0/{transport} {PROBE_SOURCE}:{port};branch=z9hG4bK-soak-{n};rport",
             "Max-Forwards: 70",
-            f"From: <sip:probe@{PROBE_SOURCE}>;tag=soak{n}",
-            f"To: <sip:{host}:{sip_port}>",
+            f"From: <{aor}>;tag=soak{n}",
+            f"To: <{aor}>",
             f"Call-ID: {call_id}",
-            "CSeq: 1 OPTIONS",
+            f"CSeq: 1 {method}",
+            *([f"Contact: <sip:probe@{PROBE_SOURCE}:{port}>", "Expires: 60"] if register else []),
             "Content-Length: 0",
             "",
             "",
@@ -108,26 +129,31 @@ class Probes(threading.Thread):
         return "\r\n".join(lines).encode(), call_id
 
     @staticmethod
-    def _check(data: bytes, call_id: str) -> bool:
-        """True for the 200 answering ``call_id``; False for another call's answer."""
+    def _check(data: bytes, call_id: str, expect: tuple[int, ...] = (200,)) -> bool:
+        """True for the answer (``expect``) to ``call_id``; False for another call's answer."""
         try:
             message = parse_message(data)
         except SipParseError as exc:
             raise ProbeError(f"unparsable answer: {exc}") from exc
         if not isinstance(message, SipResponse) or message.call_id != call_id:
             return False
-        if message.status != 200:
-            raise ProbeError(f"OPTIONS answered {message.status}")
+        if message.status not in expect:
+            raise ProbeError(f"{message.cseq[1]} answered {message.status}")
         return True
 
-    def _options_udp(self) -> None:
-        data, call_id = self._options("UDP", self._udp.getsockname()[1])
+    def _options_udp(self, method: str = "OPTIONS", expect: tuple[int, ...] = (200,)) -> None:
+        data, call_id = self._options("UDP", self._udp.getsockname()[1], method)
         deadline = time.monotonic() + PROBE_TIMEOUT
         self._udp.sendto(data, self.sip)
         while True:  # answers to earlier probes that timed out are skipped
             self._udp.settimeout(max(0.001, deadline - time.monotonic()))
-            if self._check(self._udp.recv(65535), call_id):
+            if self._check(self._udp.recv(65535), call_id, expect):
                 return
+
+    def _register_udp(self) -> None:
+        """A REGISTER without credentials: the registrar's answer is the challenge (401), or
+        404 when no agent or user owns ``probe`` (both are the registrar answering)."""
+        self._options_udp("REGISTER", (401, 403, 404))
 
     def _options_tcp(self) -> None:
         if self._tcp is None:

@@ -15,6 +15,9 @@ trouble per call-minute from the workers' STATS counters (``/status``): ``tx_und
 the session had no frame ready: silence played), ``rx_overflow`` and the frame link's
 ``dropped_frames``/``lost_frames``.
 
+Many concurrent calls per media engine, side by side (CPU, RSS, late frames, signalling
+probes): bench/media_load.py.
+
 Usage::
 
     python bench/calls.py                     # 20 calls/s, 200 calls

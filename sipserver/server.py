@@ -62,6 +62,7 @@ from sipserver.rtp import framelink
 from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions, configuration_record
+from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -224,6 +225,7 @@ class Server:
         self.config = config
         self.config_path = config_path
         self.metrics = metrics or Metrics()
+        self.media_stats = MediaStatsMetrics(self.metrics.registry)
         self.refusals = RefusalLog(self.metrics)
         """Every door's refusals: counted, and logged once per interval per reason."""
         sip = config.server.sip
@@ -626,8 +628,11 @@ class Server:
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
             self._state_changed()
-        elif isinstance(record, framelink.Stats) and record.counters.get("ready") == 1:
-            self._state_changed()  # a call worker's models are warm: readiness may change
+        elif isinstance(record, framelink.Stats):
+            kind = worker.hello.kind if worker.hello is not None else "pjsua2"
+            self.media_stats.update(worker.worker_id, kind, record.counters)
+            if record.counters.get("ready") == 1:
+                self._state_changed()  # a call worker's models are warm: readiness may change
         assert self.sessions is not None  # built with the pool that calls this
         replies = self.sessions.handle(worker.worker_id, record)
         link = worker.link
@@ -641,6 +646,7 @@ class Server:
     def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
+        self.media_stats.forget(worker.worker_id)
         self.remote_listens.worker_lost(worker.worker_id)
         relayed = self.relayed.worker_lost(worker.worker_id)
         if relayed:

@@ -233,6 +233,26 @@ def _dtmf_info_digit(body: str) -> tuple[str, int] | None:
     return None
 
 
+RTP_COUNTERS = ("rtp_received", "rtp_lost", "rtp_late", "concealed_frames", "jbuf_empty")
+"""Running totals the pjsua2 worker adds to its STATS (docs/framelink.md, "STATS counters")."""
+
+
+def stream_counters(stat: pj.StreamStat) -> dict[str, int]:
+    """One audio stream's counters from pjmedia: RTP packets received and lost (RTCP receive
+    statistics, sequence gaps), packets the jitter buffer discarded (late or overflowing),
+    frames it concealed for lost packets, fetches it found empty, and the current
+    interarrival jitter (ms)."""
+    rx, jbuf = stat.rtcp.rxStat, stat.jbuf
+    return {
+        "rtp_received": int(rx.pkt),
+        "rtp_lost": int(rx.loss),
+        "rtp_late": int(jbuf.discard),
+        "concealed_frames": int(jbuf.lost),
+        "jbuf_empty": int(jbuf.empty),
+        "jitter_ms": int(rx.jitterUsec.last) // 1000,
+    }
+
+
 class WorkerCall(pj.Call):  # type: ignore[misc]
     """One call of the worker; callbacks run in the pjsua thread."""
 
@@ -258,6 +278,8 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         self.started = False
         """CALL_STARTED was sent: the main process knows this call."""
         self.ended = False
+        self.rtp: dict[str, int] = {}
+        """The stream's RTP counters at the last poll (see :func:`stream_counters`)."""
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
@@ -290,6 +312,14 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
                     return
         except Exception as exc:
             self.owner.callback_failed("onCallMediaState", exc)
+
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
+        """The audio stream ends (call end, or a re-INVITE that recreates it): its final
+        counters join the worker's totals (the stream's resources are still there)."""
+        try:
+            self.owner.stream_retired(self, int(prm.streamIdx))
+        except Exception as exc:
+            self.owner.callback_failed("onStreamDestroyed", exc)
 
     def onDtmfEvent(self, prm: pj.OnDtmfEventParam) -> None:
         """RFC 4733 telephone-event: reported once, at the end of the event (with its duration)."""
@@ -439,6 +469,10 @@ class PjsuaThread(threading.Thread):
         self._ports: PortPool | None = None
         self._numbers = itertools.count(1)
         self._answer_at: dict[int, float] = {}  # call number -> when to send its 200
+        self._rtp_retired: dict[str, int] = dict.fromkeys(RTP_COUNTERS, 0)
+        self.rtp_totals: dict[str, int] = {**self._rtp_retired, "jitter_ms_max": 0}
+        """RTP counters of every stream since start (ended ones included) and the largest
+        jitter of a live call, as of the last poll (replaced whole: read from any thread)."""
         self.log = log.bind(worker=options.worker_id)
         """Structured events of this worker (JSON lines in a JSON log)."""
         self._log_writer = PjsipLogWriter(self.log)  # pjsua2 keeps only a pointer to it
@@ -629,18 +663,40 @@ class PjsuaThread(threading.Thread):
         call.started = True
         self._notify(self.sink.call_started, StartedInfo(record, outbound, counters))
 
+    def stream_retired(self, call: WorkerCall, med_idx: int) -> None:
+        """Add a stream's final counters to the totals (before pjsua destroys it)."""
+        try:
+            final = stream_counters(call.getStreamStat(med_idx))
+        except pj.Error:
+            final = call.rtp  # the last poll's
+        for key in RTP_COUNTERS:
+            self._rtp_retired[key] += final.get(key, 0)
+        call.rtp = {}
+        self._sum_rtp()
+
+    def _sum_rtp(self) -> None:
+        totals = dict(self._rtp_retired)
+        jitter = 0
+        for call in self._calls.values():
+            for key in RTP_COUNTERS:
+                totals[key] += call.rtp.get(key, 0)
+            jitter = max(jitter, call.rtp.get("jitter_ms", 0))
+        self.rtp_totals = {**totals, "jitter_ms_max": jitter}
+
     def _check_rtp(self, now: float) -> None:
-        """Hang up calls whose caller sent no RTP for ``rtp_timeout`` seconds."""
+        """Read every call's stream counters; hang up calls whose caller sent no RTP for
+        ``rtp_timeout`` seconds."""
         timeout = self.options.rtp_timeout
-        if timeout <= 0:
-            return
         for call in list(self._calls.values()):
-            if call.port is None or call.on_hold or call.ended or call.end_reason:
+            if call.port is None or call.ended:
                 continue
             try:
-                packets = int(call.getStreamStat(call.med_idx).rtcp.rxStat.pkt)
+                call.rtp = stream_counters(call.getStreamStat(call.med_idx))
             except pj.Error:
                 continue  # no stream at the moment (being updated)
+            if timeout <= 0 or call.on_hold or call.end_reason:
+                continue
+            packets = call.rtp["rtp_received"]
             if packets != call.rx_packets:
                 call.rx_packets = packets
                 call.rx_at = now
@@ -650,6 +706,7 @@ class PjsuaThread(threading.Thread):
                 )
                 call.end_reason = "rtp-timeout"
                 call.hangup(pj.CallOpParam())
+        self._sum_rtp()
 
     def media_changed(self, call: WorkerCall, med_idx: int) -> None:
         port = call.port

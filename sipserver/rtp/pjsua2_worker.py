@@ -185,7 +185,10 @@ class Pjsua2Worker:
         ``tx_frames``: session frames played; ``tx_underflow``: ticks that played silence;
         ``tx_overflow``: session frames dropped from a full outbound queue; ``tx_unknown_call``:
         session frames for a call that is gone; ``ports``: pooled conference ports;
-        ``dropped_frames``/``lost_frames``: the frame link's send drops and receive gaps.
+        ``dropped_frames``/``lost_frames``: the frame link's send drops and receive gaps;
+        ``rtp_received``, ``rtp_lost``, ``rtp_late``, ``concealed_frames``, ``jbuf_empty``,
+        ``jitter_ms_max``: pjmedia's stream counters (see ``pjsua2_ua.stream_counters``), read
+        once a second.
         """
         out = dict(self.counters)
         for call in self._calls.values():
@@ -201,6 +204,8 @@ class Pjsua2Worker:
         out["calls_refused"] = pj_thread.calls_refused if pj_thread else 0
         out["calls_total"] = pj_thread.calls_total if pj_thread else 0
         out["ports"] = pj_thread.port_count if pj_thread else 0
+        if pj_thread is not None:
+            out.update(pj_thread.rtp_totals)
         if self._link is not None:
             out["dropped_frames"] = self._link.dropped_frames
             out["lost_frames"] = self._link.lost_frames
