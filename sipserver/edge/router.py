@@ -11,9 +11,9 @@ It owns the non-INVITE transaction table, answers OPTIONS, hands REGISTER to
 :class:`~sipserver.edge.registration.RegisterHandler` (domain check -> ban check -> CIDR
 allow-lists -> digest auth -> registrar) and holds its 200s until their bindings are committed,
 routes INVITEs alike (the number looked up after the ban and never revealed before the digest
-check: docs/security.md) to the call proxy, and turns every failure into the right SIP response. It never raises on peer input: anything that
-cannot be parsed becomes a 400 when a response can be addressed, and is dropped and counted
-otherwise.
+check: docs/security.md) to the call proxy, and turns every failure into the right SIP
+response. It never raises on peer input: anything that cannot be parsed becomes a 400 when a
+response can be addressed, and is dropped and counted otherwise.
 
 No sockets, no clock reads: the asyncio adapter in :mod:`sipserver.edge.transport` feeds it.
 """
