@@ -15,15 +15,15 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
-from sipserver.admission import CallLedger, Reservation, default_max_calls
+from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Agent, Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
-from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
+from sipserver.edge.dispatcher import WorkerPool
 from sipserver.edge.group_commit import GroupCommitter
 from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import (
@@ -47,7 +47,6 @@ from sipserver.observability import (
     RefusalLog,
     get_logger,
     log_rate_limit,
-    log_settings,
 )
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.model_cache import loaded_models
@@ -58,11 +57,11 @@ from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceM
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
-from sipserver.rtp import framelink
-from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
+from sipserver.rtp.relay import RemoteFork, RemoteSessions
 from sipserver.rtp.session_host import SessionHost
-from sipserver.rtp.sessions import CallSessions, configuration_record
+from sipserver.rtp.sessions import CallSessions
 from sipserver.rtp.worker_stats import MediaStatsMetrics
+from sipserver.server_workers import MediaWorkers, calls_per_worker
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -142,69 +141,6 @@ def _call_proxy(config: Config) -> CallProxy | None:
     )
 
 
-def _worker_pool(
-    config: Config,
-    on_record: Callable[[MediaWorker, framelink.LinkRecord], None],
-    on_lost: Callable[[MediaWorker, set[int]], None],
-    on_up: Callable[[MediaWorker], None],
-) -> WorkerPool:
-    """The media worker pool of ``config`` (``server.workers``, ``server.media``)."""
-    media = config.server.media
-    native = media.engine == "native"
-    # Call workers all start at once, one per core: each holds many calls and warms models.
-    max_workers = (
-        config.server.max_workers if native else max(media.min_workers, config.server.max_workers)
-    )
-    log_format, log_level = log_settings()
-    per_worker = (media.rtp_port_max - media.rtp_port_min + 1) // max_workers
-    ports = per_worker - per_worker % 2
-    return WorkerPool(
-        WorkerPoolSettings(
-            link_path=str(Path(config.server.data_dir).resolve() / "run" / "framelink.sock"),
-            min_workers=max_workers if native else media.min_workers,
-            max_workers=max_workers,
-            sip_host=media.worker_host,
-            rtp_host=media.rtp_host,
-            rtp_port_start=media.rtp_port_min,
-            rtp_ports_per_worker=ports,
-            sample_rate=media.sample_rate,
-            session_timers=media.session_timers,
-            session_expires=media.session_expires,
-            min_se=media.min_se,
-            answer_delay=media.answer_delay,
-            rtp_timeout=media.rtp_timeout,
-            link_timeout=media.worker_timeout,
-            log_format=log_format,
-            log_level=log_level,
-            engine=media.engine,
-            capacity=calls_per_worker(config, max_workers, ports) if native else 0,
-        ),
-        on_record=on_record,
-        on_worker_lost=on_lost,
-        on_worker_up=on_up,
-    )
-
-
-def calls_per_worker(config: Config, workers: int, rtp_ports: int) -> int:
-    """The capacity of each call worker (``server.media.calls_per_worker``).
-
-    ``auto``: ``server.max_calls`` (itself ``auto``: :func:`default_max_calls`) divided among
-    the workers, rounded up. Never more than the worker's RTP port slice holds (2 ports per
-    call), never less than 1.
-
-    Args:
-        config: the configuration.
-        workers: call workers that run.
-        rtp_ports: RTP ports each worker gets.
-    """
-    setting = config.server.media.calls_per_worker
-    if setting == "auto":
-        total = config.server.max_calls
-        total = default_max_calls(config) if total == "auto" else total
-        setting = -(-total // workers)
-    return max(1, min(setting, rtp_ports // 2))
-
-
 class Server:
     """One sipserver process: SIP edge (UDP/TCP), registrar, bindings store and HTTP.
 
@@ -237,20 +173,10 @@ class Server:
         self.tracker = _failure_tracker(config)
         self.proxy = _call_proxy(config)
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
-        self.pool: WorkerPool | None = None
-        self.sessions: SessionHost | None = None
-        """The sessions of the pool's calls (built with the pool, at its sample rate)."""
-        self._pool_started = False
-        self._config_sequence = 1
-        """Sequence of the CONFIG records sent to call workers (+1 per reload applied)."""
         self._sip_calls = needs_call_workers(config)
-        if self._sip_calls:
-            self._build_pool(config)
         self.ledger = CallLedger(config)
         """Calls in progress per agent and in total, at every door, and their limits."""
         self._sip_reservations: dict[str, Reservation] = {}
-        self.relayed = RemoteSessions(on_closed=self._relayed_closed)
-        """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._trimmer = HeapTrimmer()
         self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
@@ -282,13 +208,26 @@ class Server:
         self.dashboard = Dashboard(
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
         )
-        self._reserved: dict[str, MediaWorker] = {}
+        self.media_workers = MediaWorkers(
+            config=lambda: self.config,
+            config_path=config_path,
+            new_session=self._new_session,
+            media_stats=self.media_stats,
+            remote_listens=self.remote_listens,
+            gateway=self.gateway,
+            refusals=self.refusals,
+            on_change=self._state_changed,
+            on_worker_lost=self._worker_lost,
+        )
+        """The media worker pool (built once an agent takes calls the workers answer)."""
+        if self._sip_calls:
+            self.media_workers.build(config)
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
         """Commits the SQLite store's changes and releases the 200s (None for ``memory``)."""
         self.readiness = Readiness()
-        self.metrics.media_workers_up.set_function(self._media_workers_up)
+        self.metrics.media_workers_up.set_function(self.media_workers.up)
         self.metrics.ready.set_function(lambda: float(self.readiness_report().ready))
         self.router = self._build_router(config, transactions=None)
         self.listeners = SipListeners(
@@ -320,6 +259,21 @@ class Server:
         self._admin_listener: HttpListener | None = None
         self.admin_port: int | None = None
         """The admin listener's port once bound (``server.admin_http``)."""
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        """The media worker pool (None until an agent takes calls the workers answer)."""
+        return self.media_workers.pool
+
+    @property
+    def sessions(self) -> SessionHost | None:
+        """The sessions of the pool's calls (built with the pool, at its sample rate)."""
+        return self.media_workers.sessions
+
+    @property
+    def relayed(self) -> RemoteSessions:
+        """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
+        return self.media_workers.relayed
 
     def _configure_connections(self, config: Config) -> None:
         """Apply the connection caps and deadlines of ``config`` (start and reload)."""
@@ -395,7 +349,7 @@ class Server:
             force_rport=sip.force_rport,
             transactions=transactions,
             proxy=self.proxy,
-            choose_worker=self._choose_worker,
+            choose_worker=self.media_workers.choose_worker,
             on_call_event=self._call_event,
             admission=self._admission,
             held=self.held,
@@ -404,23 +358,6 @@ class Server:
         )
 
     # ------------------------------------------------------------------ readiness
-
-    def _build_pool(self, config: Config) -> None:
-        """Build (not start) the media worker pool of ``config``; the frames of its calls go
-        through a session host at its sample rate."""
-        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
-        self.pool = _worker_pool(config, self._worker_record, self._worker_lost, self._worker_up)
-
-    def _worker_up(self, worker: MediaWorker) -> None:
-        """A worker said HELLO: a call worker gets the configuration (CONFIG) first."""
-        if worker.hello is not None and worker.hello.kind == "native":
-            self._send_config(worker)
-        self._state_changed()
-
-    def _send_config(self, worker: MediaWorker) -> None:
-        if worker.link is not None:
-            record = configuration_record(self.config, self.config_path, self._config_sequence)
-            worker.link.send(record)
 
     def _state_changed(self) -> None:
         self._changed.set()
@@ -463,25 +400,16 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def _start_pool(self) -> None:
-        if self.pool is not None and not self._pool_started:
-            self._pool_started = True
-            await self.pool.start()
-
-    def _media_workers_up(self) -> int:
-        pool = self.pool
-        return sum(w.ready for w in pool.workers) if pool is not None else 0
-
     def readiness_report(self) -> ReadinessReport:
         """Whether new calls are taken now, and what is still missing (``GET /readyz``)."""
         return self.readiness.report(
-            media_workers_needed=self._sip_calls, media_workers_up=self._media_workers_up()
+            media_workers_needed=self._sip_calls, media_workers_up=self.media_workers.up()
         )
 
     def _readyz(self) -> tuple[bool, dict[str, Any]]:
         report = self.readiness_report()
         body = report.as_json()
-        body["media_workers_up"] = self._media_workers_up()
+        body["media_workers_up"] = self.media_workers.up()
         body["calls"] = self.calls_in_progress()
         return report.ready, body
 
@@ -498,26 +426,6 @@ class Server:
 
     # ------------------------------------------------------------------ calls
 
-    def _choose_worker(
-        self, agent: str, call_id: str
-    ) -> tuple[str, Endpoint] | Literal["full"] | None:
-        if self.pool is None:
-            return None
-        worker = self.pool.pick()
-        if worker is None:
-            return None
-        if worker is FULL:
-            return "full"
-        assert isinstance(worker, MediaWorker) and worker.hello is not None
-        # Reserved only when the proxy reports CallRouted: an INVITE it refuses (482, 483,
-        # no Contact...) must not hold a call slot.
-        return worker.worker_id, Endpoint("udp", worker.hello.sip_host, worker.hello.sip_port)
-
-    def _release(self, call_id: str) -> None:
-        worker = self._reserved.pop(call_id, None)
-        if worker is not None and self.pool is not None:
-            self.pool.release(worker)
-
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
         if isinstance(event, CallRouted):
@@ -527,11 +435,7 @@ class Server:
                 stale.release()
             self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
             metrics.calls_active.inc()
-            pool = self.pool
-            worker = pool.by_id(event.worker_id) if pool is not None else None
-            if pool is not None and worker is not None:
-                pool.reserve(worker)
-                self._reserved[event.call_id] = worker
+            self.media_workers.reserve(event.call_id, event.worker_id)
             log.info(
                 "call_routed", call_id=event.call_id, agent=event.agent, worker=event.worker_id
             )
@@ -543,7 +447,7 @@ class Server:
                 reservation.release()
             metrics.calls_active.dec()
             metrics.calls_ended.labels(str(event.reason.value)).inc()
-            self._release(event.call_id)
+            self.media_workers.release(event.call_id)
             self._call_finished()
             log.info(
                 "call_ended",
@@ -563,101 +467,15 @@ class Server:
             on_event: receives the session's events (voice sessions only).
         """
         if info.transport in ("websocket", "twilio") and info.agent:
-            relayed = self._relayed_session(info.agent, on_event)
+            relayed = self.media_workers.relayed_session(info.agent, on_event)
             if relayed is not None:
                 return None if relayed == "refused" else relayed
         return self.call_sessions.new_session(info, on_event)
 
-    def _relayed_session(
-        self, agent: str, on_event: Callable[[SessionEvent], None] | None
-    ) -> RemoteSession | Literal["refused"] | None:
-        """With native call workers: a session hosted by the least loaded one ("refused" when
-        none is up or all are full). None: no native workers here, the session runs locally."""
-        pool = self.pool
-        if pool is None or self.config.server.media.engine != "native":
-            return None
-        worker = pool.pick()
-        if not isinstance(worker, MediaWorker):
-            reason = "workers_full" if worker is FULL else "no_worker_up"
-            self.refusals.refuse("websocket", reason, agent=agent)
-            return "refused"
-        link, hello = worker.link, worker.hello
-        if link is None or hello is None or hello.kind != "native":
-            return None  # a pjsua2 worker hosts no sessions
-        session = self.relayed.open(worker.worker_id, link.send, on_event=on_event)
-        worker.calls.add(session.call)  # counted in the worker's load until the call ends
-        return session
-
-    def _relayed_closed(self, worker_id: str, call: int) -> None:
-        worker = self.pool.by_id(worker_id) if self.pool is not None else None
-        if worker is not None:
-            worker.calls.discard(call)
-
-    def _relayed_fork(self, agent: str, tracks: tuple[str, ...]) -> RemoteFork | None:
-        """An AI Listens fork transcribed by the least loaded ready call worker (None: none up
-        or all full: refused)."""
-        worker = self.pool.pick() if self.pool is not None else None
-        link = worker.link if isinstance(worker, MediaWorker) else None
-        if not isinstance(worker, MediaWorker) or link is None:
-            reason = "workers_full" if worker is FULL else "no_worker_up"
-            self.refusals.refuse("listens", reason, agent=agent)
-            return None
-        fork = self.relayed.open_fork(worker.worker_id, link.send, tracks)
-        worker.calls.add(fork.call)  # counted in the worker's load until the fork ends
-        return fork
-
-    def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
-        if isinstance(record, framelink.Event):
-            taken = self.remote_listens.handle(worker.worker_id, record.call, record.event)
-            if taken is False and worker.link is not None:  # the hub is full: end that call
-                ended = framelink.CallEnded(record.call, "too many monitored calls", 503)
-                worker.link.send(ended)
-                self.relayed.handle(worker.worker_id, ended)  # a relayed fork's socket closes
-            if taken is not None:
-                return
-        if is_relayed(record):
-            self.relayed.handle(worker.worker_id, record)
-            return
-        if isinstance(record, framelink.CallStarted):
-            self._release(record.sip_call_id)
-            worker.calls.add(record.call)
-            if record.hosted:
-                # A call worker runs this call's session itself: only the bookkeeping here.
-                log.info("call_hosted", call_id=record.sip_call_id, worker=worker.worker_id)
-                return
-        elif isinstance(record, framelink.CallEnded):
-            worker.calls.discard(record.call)
-            self._state_changed()
-        elif isinstance(record, framelink.Stats):
-            kind = worker.hello.kind if worker.hello is not None else "pjsua2"
-            self.media_stats.update(worker.worker_id, kind, record.counters)
-            if record.counters.get("ready") == 1:
-                self._state_changed()  # a call worker's models are warm: readiness may change
-        assert self.sessions is not None  # built with the pool that calls this
-        replies = self.sessions.handle(worker.worker_id, record)
-        link = worker.link
-        if link is None:
-            return
-        for reply in replies:
-            if isinstance(reply, framelink.CallEnded):
-                worker.calls.discard(reply.call)
-            link.send(reply)
-
-    def _worker_lost(self, worker: MediaWorker, calls: set[int]) -> None:
-        assert self.sessions is not None  # built with the pool that calls this
-        self.sessions.worker_lost(worker.worker_id)
-        self.media_stats.forget(worker.worker_id)
-        self.remote_listens.worker_lost(worker.worker_id)
-        relayed = self.relayed.worker_lost(worker.worker_id)
-        if relayed:
-            closed = self.gateway.close_sessions(
-                set(relayed), WSCloseCode.INTERNAL_ERROR, "call worker lost"
-            )
-            log.warning("relayed_calls_lost", worker=worker.worker_id, calls=closed)
-        for call_id in [c for c, w in self._reserved.items() if w is worker]:
-            del self._reserved[call_id]
+    def _worker_lost(self, worker_id: str) -> None:
+        """A media worker went away (its bookkeeping is done): end the SIP calls routed to it."""
         now = self.listeners.clock()
-        for item in self.router.end_calls_of_worker(worker.worker_id, now=now):
+        for item in self.router.end_calls_of_worker(worker_id, now=now):
             self.listeners.deliver(item)
         # RFC 3261 §17.1.2.2: those BYEs run Timers E/F from now on; a quiet edge (no message
         # arriving) must still retransmit them, or a lost datagram leaves the caller's leg up.
@@ -694,12 +512,8 @@ class Server:
             else:
                 result = await self._apply(new)
             if result.applied and not self.readiness.draining:
-                await self._start_pool()
-                if self.pool is not None:
-                    self._config_sequence += 1
-                    for worker in self.pool.workers:
-                        if worker.up and worker.hello is not None and worker.hello.kind == "native":
-                            self._send_config(worker)
+                await self.media_workers.start()
+                self.media_workers.configuration_changed()
             self._reloads += 1
             try:
                 write_result(
@@ -748,7 +562,7 @@ class Server:
         notes: list[str] = []
         sip_calls = needs_call_workers(config)
         if sip_calls and not pool_runs:
-            self._build_pool(config)
+            self.media_workers.build(config)
             notes.append("media worker pool started: an agent takes calls the workers answer now")
         elif pool_runs and not sip_calls:
             notes.append("no agent takes calls the workers answer now; they keep running idle")
@@ -877,7 +691,7 @@ class Server:
         self.readiness.step_done("listeners")
         self._state_changed()
         # The workers boot (seconds each) while the models load.
-        await self._start_pool()
+        await self.media_workers.start()
         if self.config.server.media.engine == "native":
             # Every session (SIP, websocket, AI Listens) runs in a call worker, which loads and
             # warms the models: readiness waits for a ready worker instead (media_workers_up).
@@ -1007,8 +821,7 @@ class Server:
             await cancel_and_wait(task)
         await self.gateway.close_all()
         await self.listens.close_all()
-        if self.pool is not None and self._pool_started:
-            await self.pool.stop()
+        await self.media_workers.stop()
         if self.committer is not None:
             # Commit what is pending and send its 200s while the listeners are still open.
             await self.committer.stop()
@@ -1081,4 +894,4 @@ class _ForkRelays:
         return server.pool is not None and server.config.server.media.engine == "native"
 
     def open(self, agent: Agent, tracks: tuple[str, ...]) -> RemoteFork | None:
-        return self._server._relayed_fork(agent.slug, tracks)
+        return self._server.media_workers.relayed_fork(agent.slug, tracks)

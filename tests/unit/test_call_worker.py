@@ -554,12 +554,12 @@ def test_main_counts_a_hosted_call_and_builds_no_session(
     worker = worker_of("native", ready=True)
     hosted = CallStarted(1, "c1", "a", "<sip:+15005550101@x>", "r", "PCMU/8000", "h:1",
                          {"X-Sipserver-Agent": "echo"}, hosted=True)  # fmt: skip
-    server._worker_record(worker, hosted)
+    server.media_workers._worker_record(worker, hosted)
     assert worker.calls == {1} and len(server.sessions) == 0
-    server._worker_record(worker, CallEnded(1, "bye", 200))
+    server.media_workers._worker_record(worker, CallEnded(1, "bye", 200))
     assert worker.calls == set()
     # A relayed call (AI Listens, or a pjsua2 worker's) gets its session in main as before.
-    server._worker_record(worker, replace(hosted, call=2, hosted=False))
+    server.media_workers._worker_record(worker, replace(hosted, call=2, hosted=False))
     assert worker.calls == {2} and len(server.sessions) == 1
 
 
@@ -570,11 +570,11 @@ def test_a_call_worker_gets_the_configuration_when_it_says_hello(
     config = echo_config(media={"engine": "native"})
     server = Server(config)
     worker = worker_of("native")
-    server._worker_up(worker)
+    server.media_workers._worker_up(worker)
     link = cast(OpenLink, worker.link)
     (record,) = link.sent
     assert isinstance(record, Configuration) and record.sequence == 1
     assert config_from_record(record) == config
     pjsua2 = worker_of("pjsua2")
-    server._worker_up(pjsua2)
+    server.media_workers._worker_up(pjsua2)
     assert cast(OpenLink, pjsua2.link).sent == []  # its sessions run in main
