@@ -17,21 +17,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from sipserver.admission import CallLedger, Reservation
-from sipserver.config import Agent, Config, ConfigError, load_config
+from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.data_dir import make_private_dir, make_private_file
+from sipserver.edge.build import (
+    build_authenticator,
+    build_call_proxy,
+    build_failure_tracker,
+    build_registrar,
+)
 from sipserver.edge.dispatcher import WorkerPool
 from sipserver.edge.group_commit import GroupCommitter
 from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import (
     CallAnswered,
     CallEnded,
-    CallProxy,
     CallRouted,
-    Endpoint,
     ProxyEvent,
 )
 from sipserver.edge.router import HeldRegister, SipRouter, server_names
@@ -53,21 +55,19 @@ from sipserver.pipeline.model_cache import loaded_models
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
-from sipserver.registrar.auth import DigestAuthenticator, FailureTracker, NonceManager
+from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
-from sipserver.registrar.registrar import Registrar, RegistrarPolicy
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
-from sipserver.rtp.relay import RemoteFork, RemoteSessions
+from sipserver.rtp.relay import RemoteSessions
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.server_workers import MediaWorkers, calls_per_worker
-from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
-from sipserver.web.app import build_admin_app, build_app, request_error_logger
+from sipserver.web.app import build_admin_app, build_app
 from sipserver.web.demo import add_demo_routes
-from sipserver.web.listener import HttpDeadlines, HttpListener
+from sipserver.web.listener import HttpDeadlines, HttpSite
 
 __all__ = ["Server", "calls_per_worker", "needs_call_workers", "pid_file_path", "takes_sip_calls"]
 
@@ -115,32 +115,6 @@ def needs_call_workers(config: Config) -> bool:
     )
 
 
-def _failure_tracker(config: Config) -> FailureTracker:
-    ban = config.server.sip.ban
-    return FailureTracker(
-        max_failures=ban.max_failures,
-        window=ban.window,
-        ban_duration=ban.duration,
-        max_sources=ban.max_tracked_sources,
-    )
-
-
-def _call_proxy(config: Config) -> CallProxy | None:
-    """The call proxy, on the first UDP listener (workers speak UDP on loopback)."""
-    udp = config.server.sip.udp_addresses
-    if not udp:
-        return None
-    host, port = udp[0]
-    inside_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    outside_host = config.server.public_host
-    tls = config.server.sip.tls_addresses
-    return CallProxy(
-        outside=Endpoint("udp", outside_host, port),
-        inside=Endpoint("udp", inside_host, port),
-        outside_ports={"tls": tls[0][1]} if tls else None,
-    )
-
-
 class Server:
     """One sipserver process: SIP edge (UDP/TCP), registrar, bindings store and HTTP.
 
@@ -170,8 +144,8 @@ class Server:
         :meth:`start` opens the configured one; until then an empty memory store stands in
         (nothing is served before :meth:`start`), which is the store itself for ``memory``."""
         self.nonces = NonceManager(secrets.token_bytes(32), ttl=sip.nonce_ttl)
-        self.tracker = _failure_tracker(config)
-        self.proxy = _call_proxy(config)
+        self.tracker = build_failure_tracker(config)
+        self.proxy = build_call_proxy(config)
         self.voice = VoiceRuntime(config, config_path=config_path, metrics=self.metrics)
         self._sip_calls = needs_call_workers(config)
         self.ledger = CallLedger(config)
@@ -192,22 +166,6 @@ class Server:
         self.listens_hub = ListensHub()
         self.remote_listens = RemoteListens(self.listens_hub, self.metrics)
         """Monitored calls transcribed in call workers (engine native), on the hub here."""
-        self.listens = ListensFork(
-            lambda: self.config,
-            self.voice.listen_parts,
-            self.listens_hub,
-            self.metrics,
-            ledger=self.ledger,
-            refusals=self.refusals,
-            relays=_ForkRelays(self),
-        )
-        self.call_sessions = CallSessions(
-            lambda: self.config, self.voice, listens=self.listens.sip_session
-        )
-        """Builds each call's session here (websocket calls, pjsua2 workers' calls)."""
-        self.dashboard = Dashboard(
-            lambda: self.config, self.listens_hub, self.metrics, self.refusals
-        )
         self.media_workers = MediaWorkers(
             config=lambda: self.config,
             config_path=config_path,
@@ -222,6 +180,22 @@ class Server:
         """The media worker pool (built once an agent takes calls the workers answer)."""
         if self._sip_calls:
             self.media_workers.build(config)
+        self.listens = ListensFork(
+            lambda: self.config,
+            self.voice.listen_parts,
+            self.listens_hub,
+            self.metrics,
+            ledger=self.ledger,
+            refusals=self.refusals,
+            relays=self.media_workers.fork_relays(),
+        )
+        self.call_sessions = CallSessions(
+            lambda: self.config, self.voice, listens=self.listens.sip_session
+        )
+        """Builds each call's session here (websocket calls, pjsua2 workers' calls)."""
+        self.dashboard = Dashboard(
+            lambda: self.config, self.listens_hub, self.metrics, self.refusals
+        )
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -241,8 +215,7 @@ class Server:
         self.http_limits = ConnectionLimits(1, 1)
         self.http_deadlines = HttpDeadlines()
         self._configure_connections(config)
-        self._http_runner: web.AppRunner | None = None
-        self._http_listener: HttpListener | None = None
+        self._http: HttpSite | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindings-writer")
         self._stopped = asyncio.Event()
         self._changed = asyncio.Event()
@@ -255,8 +228,7 @@ class Server:
         self._reloads = 0
         self._tasks: set[asyncio.Task[ReloadResult]] = set()
         self.http_port: int | None = None
-        self._admin_runner: web.AppRunner | None = None
-        self._admin_listener: HttpListener | None = None
+        self._admin_http: HttpSite | None = None
         self.admin_port: int | None = None
         """The admin listener's port once bound (``server.admin_http``)."""
 
@@ -314,39 +286,17 @@ class Server:
     ) -> SipRouter:
         """The edge's request handling for ``config``, over this server's store, nonces and
         bans (which outlive a reload)."""
-        sip = config.server.sip
-        registrar = Registrar(
-            self.store,
-            RegistrarPolicy(
-                min_expires=sip.min_expires,
-                max_expires=sip.max_expires,
-                default_expires=sip.default_expires,
-                max_contacts=sip.max_contacts_per_aor,
-            ),
-        )
-        passwords = {
-            a.sip.username: a.sip.password
-            for a in config.agents
-            if a.sip.enabled and a.sip.username and a.sip.password
-        }
         # One set of names for both: a Request-URI the router serves and a digest uri the
         # authenticator accepts are judged alike.
         names = server_names(config)
-        authenticator = DigestAuthenticator(
-            realm=config.server.effective_realm,
-            algorithms=[DigestAlgorithm(a) for a in sip.digest_algorithms],
-            nonces=self.nonces,
-            password_for=passwords.get,
-            uri_names_server=names.names_uri if sip.digest_uri_check == "server" else None,
-        )
         return SipRouter(
             config,
-            registrar=registrar,
-            authenticator=authenticator,
+            registrar=build_registrar(config, self.store),
+            authenticator=build_authenticator(config, self.nonces, names),
             tracker=self.tracker,
             metrics=self.metrics,
             names=names,
-            force_rport=sip.force_rport,
+            force_rport=config.server.sip.force_rport,
             transactions=transactions,
             proxy=self.proxy,
             choose_worker=self.media_workers.choose_worker,
@@ -607,7 +557,6 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """What ``GET /status`` shows."""
-        stats = self.sessions.worker_stats if self.sessions is not None else {}
         return {
             "readiness": self.readiness_report().as_json(),
             "listeners": [
@@ -624,20 +573,7 @@ class Server:
             "models_loaded": loaded_models(),
             "media_engine": self.config.server.media.engine,
             "sessions_in_main": len(self.sessions) if self.sessions is not None else 0,
-            "media_workers": [
-                {
-                    "id": w.worker_id,
-                    "pid": w.process.pid if w.process is not None else None,
-                    "up": w.up,
-                    "kind": w.hello.kind if w.hello is not None else None,
-                    "ready": w.ready,
-                    "sip_port": w.hello.sip_port if w.hello is not None else None,
-                    "capacity": w.capacity,
-                    "calls": w.load,
-                    "stats": stats.get(w.worker_id, {}),
-                }
-                for w in (self.pool.workers if self.pool is not None else [])
-            ],
+            "media_workers": self.media_workers.status(),
         }
 
     async def start(self) -> None:
@@ -670,17 +606,9 @@ class Server:
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
         add_demo_routes(app, lambda: self.config)
-        logger = request_error_logger()
-        self._http_runner = web.AppRunner(app, access_log=None, logger=logger)
-        await self._http_runner.setup()
         host, port = self.config.server.http_host_port
-        self._http_listener = HttpListener(
-            self._http_runner, self.http_limits, self.refusals, self.http_deadlines, logger=logger
-        )
-        try:
-            self.http_port = self._http_listener.start(host, port)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot bind HTTP {host}:{port}: {exc.strerror}") from exc
+        self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
+        self.http_port = await self._http.start(host, port, name="HTTP")
         log.info(
             "http_listening",
             host=host,
@@ -712,28 +640,16 @@ class Server:
         public port."""
         if self.config.server.admin_http is None:
             return
-        logger = request_error_logger()
-        runner = web.AppRunner(
-            build_admin_app(self.metrics, self.status, self._readyz), access_log=None, logger=logger
-        )
-        await runner.setup()
-        self._admin_runner = runner
         host, port = self.config.server.admin_host_port
-        # Its own cap: a flood at the public port leaves the operator's door open.
-        self._admin_listener = HttpListener(
-            runner,
+        self._admin_http = HttpSite(
+            build_admin_app(self.metrics, self.status, self._readyz),
+            # Its own cap: a flood at the public port leaves the operator's door open.
             ConnectionLimits(ADMIN_MAX_CONNECTIONS, ADMIN_MAX_CONNECTIONS),
             self.refusals,
             self.http_deadlines,
-            logger=logger,
             ingress="http_admin",
         )
-        try:
-            self.admin_port = self._admin_listener.start(host, port)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"cannot bind server.admin_http {host}:{port}: {exc.strerror}"
-            ) from exc
+        self.admin_port = await self._admin_http.start(host, port, name="server.admin_http")
         log.info("admin_http_listening", host=host, port=self.admin_port)
 
     def _open_state(self) -> None:
@@ -827,14 +743,10 @@ class Server:
             await self.committer.stop()
         await self.listeners.stop()
         await self.voice.close()
-        if self._http_listener is not None:
-            self._http_listener.close()
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
-        if self._admin_listener is not None:
-            self._admin_listener.close()
-        if self._admin_runner is not None:
-            await self._admin_runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
+        if self._admin_http is not None:
+            await self._admin_http.stop()
         if isinstance(self.store, SqliteStore):
             # Write what changed since (no 200 waits for it: the listeners are closed).
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)
@@ -881,17 +793,3 @@ class Server:
     def pid_file(self) -> Path:
         """Where ``run`` records its process id (``sipserver reload`` signals it)."""
         return pid_file_path(self.config)
-
-
-class _ForkRelays:
-    """AI Listens forks relayed to call workers when they run the sessions (engine native)."""
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-
-    def active(self) -> bool:
-        server = self._server
-        return server.pool is not None and server.config.server.media.engine == "native"
-
-    def open(self, agent: Agent, tracks: tuple[str, ...]) -> RemoteFork | None:
-        return self._server.media_workers.relayed_fork(agent.slug, tracks)

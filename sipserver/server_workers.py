@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import WSCloseCode
 
 from sipserver.admission import default_max_calls
-from sipserver.config import Config
+from sipserver.config import Agent, Config
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
 from sipserver.edge.proxy import Endpoint
 from sipserver.gateway.websocket import MediaStreamGateway
@@ -177,6 +177,28 @@ class MediaWorkers:
         pool = self.pool
         return sum(w.ready for w in pool.workers) if pool is not None else 0
 
+    def status(self) -> list[dict[str, Any]]:
+        """The workers as ``GET /status`` shows them (``media_workers``)."""
+        stats = self.sessions.worker_stats if self.sessions is not None else {}
+        return [
+            {
+                "id": w.worker_id,
+                "pid": w.process.pid if w.process is not None else None,
+                "up": w.up,
+                "kind": w.hello.kind if w.hello is not None else None,
+                "ready": w.ready,
+                "sip_port": w.hello.sip_port if w.hello is not None else None,
+                "capacity": w.capacity,
+                "calls": w.load,
+                "stats": stats.get(w.worker_id, {}),
+            }
+            for w in (self.pool.workers if self.pool is not None else [])
+        ]
+
+    def fork_relays(self) -> _ForkRelays:
+        """AI Listens forks relayed to call workers (``ListensFork``'s ``relays``)."""
+        return _ForkRelays(self)
+
     def configuration_changed(self) -> None:
         """A reload was applied: every call worker up gets the new configuration (CONFIG)."""
         if self.pool is not None:
@@ -323,3 +345,17 @@ class MediaWorkers:
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         self._on_worker_lost(worker.worker_id)
+
+
+class _ForkRelays:
+    """AI Listens forks relayed to call workers when they run the sessions (engine native)."""
+
+    def __init__(self, workers: MediaWorkers) -> None:
+        self._workers = workers
+
+    def active(self) -> bool:
+        workers = self._workers
+        return workers.pool is not None and workers.config.server.media.engine == "native"
+
+    def open(self, agent: Agent, tracks: tuple[str, ...]) -> RemoteFork | None:
+        return self._workers.relayed_fork(agent.slug, tracks)

@@ -32,8 +32,9 @@ from sipserver.connections import (
     listening_sockets,
 )
 from sipserver.observability import RefusalLog, get_logger
+from sipserver.web.app import request_error_logger
 
-__all__ = ["GuardedRequestHandler", "HttpDeadlines", "HttpListener"]
+__all__ = ["GuardedRequestHandler", "HttpDeadlines", "HttpListener", "HttpSite"]
 
 log = get_logger(__name__)
 
@@ -213,3 +214,67 @@ class HttpListener:
         """Stop accepting (the runner's cleanup closes the open connections)."""
         for acceptor in self._acceptors:
             acceptor.close()
+
+
+class HttpSite:
+    """An aiohttp application served behind an :class:`HttpListener` (the server's public
+    port and its admin port each have one).
+
+    Args:
+        app: the application.
+        limits: the caps of its connections.
+        refusals: where refused and timed-out connections are counted.
+        deadlines: the read deadlines.
+        ingress: the refusal metric's ``ingress`` label.
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        limits: ConnectionLimits,
+        refusals: RefusalLog,
+        deadlines: HttpDeadlines,
+        *,
+        ingress: str = "http",
+    ) -> None:
+        self._app = app
+        self.limits = limits
+        self.refusals = refusals
+        self.deadlines = deadlines
+        self.ingress = ingress
+        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
+
+    async def start(self, host: str, port: int, *, name: str) -> int:
+        """Set the application up and bind ``host:port``; the port bound (useful with 0).
+
+        Args:
+            host: the address to listen on.
+            port: the port (0: any free one).
+            name: what the error names when the address cannot be bound (a key path).
+
+        Raises:
+            OSError: the address cannot be bound; the message names ``name``.
+        """
+        logger = request_error_logger()
+        self._runner = web.AppRunner(self._app, access_log=None, logger=logger)
+        await self._runner.setup()
+        self._listener = HttpListener(
+            self._runner,
+            self.limits,
+            self.refusals,
+            self.deadlines,
+            logger=logger,
+            ingress=self.ingress,
+        )
+        try:
+            return self._listener.start(host, port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot bind {name} {host}:{port}: {exc.strerror}") from exc
+
+    async def stop(self) -> None:
+        """Stop accepting, then close the open connections."""
+        if self._listener is not None:
+            self._listener.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
