@@ -43,14 +43,12 @@ when they end, so memory is bounded by the calls in progress plus 32 s of finish
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import heapq
 import itertools
 import secrets
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from sipserver.edge.calls import (
     AGENT_HEADER,
@@ -65,11 +63,11 @@ from sipserver.edge.calls import (
     ProxyEvent,
     Send,
 )
+from sipserver.edge.proxy_addresses import EdgeAddresses
 from sipserver.edge.proxy_headers import (
     encode_relayed_request,
     encode_relayed_response,
     explode,
-    hostport_key,
     insert_record_routes,
     pop_top_via,
     set_max_forwards,
@@ -77,6 +75,16 @@ from sipserver.edge.proxy_headers import (
     sip_toward_worker,
     sips_toward_caller,
     swap_scheme,
+)
+from sipserver.edge.proxy_legs import (
+    ClientLeg,
+    Leg,
+    ProxiedCall,
+    ServerLeg,
+    Side,
+    bye_reason,
+    is_toward_caller,
+    own_to_tag,
 )
 from sipserver.sip.headers import NameAddr, parse_contacts
 from sipserver.sip.invite_transaction import (
@@ -110,67 +118,6 @@ __all__ = [
 _LOST = "Media Worker Lost"
 
 
-class _Side(enum.Enum):
-    CALLER = "caller"
-    WORKER = "worker"
-
-
-@dataclass(slots=True, eq=False)
-class _Call:
-    call_id: str
-    agent: str
-    worker_id: str
-    worker: Endpoint
-    caller: Endpoint
-    caller_tag: str
-    invite_from: str
-    caller_contact: str
-    routes_to_caller: tuple[str, ...]
-    started_at: float
-    worker_tag: str | None = None
-    worker_to: str | None = None
-    worker_cseq: int = 0
-    state: CallState = CallState.EARLY
-    answered_at: float | None = None
-    ended_at: float | None = None
-    legs: int = 0
-    secure: bool = False
-    """A SIPS dialog (a ``sips:`` Request-URI over TLS): see :func:`sips_toward_caller`."""
-
-
-@dataclass(slots=True, eq=False)
-class _ServerLeg:
-    key: tuple[str, str, str]
-    txn: ServerTransaction
-    request: SipRequest
-    source: Endpoint
-    call: _Call | None
-    to_tag: str
-    side: _Side
-    client: _ClientLeg | None = None
-    cancelled: bool = False
-    alive: bool = True
-
-
-@dataclass(slots=True, eq=False)
-class _ClientLeg:
-    key: tuple[str, str]
-    txn: ClientTransaction
-    request: SipRequest
-    data: bytes
-    to: Endpoint
-    server: _ServerLeg | None
-    call: _Call | None
-    side: _Side  # the side the request came from (or stands for, for the edge's own BYE)
-    ack: bytes | None = None
-    cancel_pending: bool = False
-    alive: bool = True
-    initial: bool = field(default=False)
-
-
-_Leg = _ServerLeg | _ClientLeg
-
-
 class CallProxy:
     """Sans-I/O stateful proxy between callers and media workers.
 
@@ -194,25 +141,17 @@ class CallProxy:
         instance: str | None = None,
         outside_ports: Mapping[str, int] | None = None,
     ) -> None:
-        self._outside = outside
-        self._outside_ports = dict(outside_ports or {})
-        self._inside = inside
+        self._addresses = EdgeAddresses(outside, inside, outside_ports)
         token = instance if instance is not None else secrets.token_hex(4)
         self._stem = f"{branch_prefix}-sp{token}-"
         self._counter = itertools.count(1)
         self._seq = itertools.count()
-        self._calls: dict[str, _Call] = {}
-        self._servers: dict[tuple[str, str, str], _ServerLeg] = {}
-        self._clients: dict[tuple[str, str], _ClientLeg] = {}
-        self._timers: list[tuple[float, int, _Leg]] = []
+        self._calls: dict[str, ProxiedCall] = {}
+        self._servers: dict[tuple[str, str, str], ServerLeg] = {}
+        self._clients: dict[tuple[str, str], ClientLeg] = {}
+        self._timers: list[tuple[float, int, Leg]] = []
         self._events: deque[ProxyEvent] = deque()
         self._by_worker: dict[str, int] = {}
-        self._own = {
-            hostport_key(outside.host, outside.port),
-            hostport_key(inside.host, inside.port),
-            *(hostport_key(outside.host, port) for port in self._outside_ports.values()),
-        }
-        self._record_routes: dict[tuple[str, bool], tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -266,7 +205,7 @@ class CallProxy:
         except ValueError as exc:
             return [self._stateless(request, source, 400, _reason(exc))]
 
-        call = _Call(
+        call = ProxiedCall(
             call_id=call_id,
             agent=agent,
             worker_id=worker_id,
@@ -281,7 +220,7 @@ class CallProxy:
         )
         self._calls[call_id] = call
         self._by_worker[worker_id] = self._by_worker.get(worker_id, 0) + 1
-        server = self._new_server(request, source, call, _Side.CALLER, key)
+        server = self._new_server(request, source, call, Side.CALLER, key)
         trying = encode_response(request, 100)
         server.txn.send_response(100, trying, now=now)
         out = [Send(trying, source)]
@@ -292,7 +231,9 @@ class CallProxy:
         items = set_received(items, source)
         items = [(n, v) for n, v in items if n not in ("Route", AGENT_HEADER, SRTP_HEADER)]
         items = set_max_forwards(items, max_forwards)
-        items = insert_record_routes(items, self._record_routes_for(source.transport, call.secure))
+        items = insert_record_routes(
+            items, self._addresses.record_routes_for(source.transport, call.secure)
+        )
         items.append((AGENT_HEADER, agent))
         items.append((SRTP_HEADER, srtp))
         if call.secure:
@@ -307,7 +248,7 @@ class CallProxy:
                 worker,
                 server,
                 call,
-                _Side.CALLER,
+                Side.CALLER,
                 now=now,
                 initial=True,
             )
@@ -400,7 +341,7 @@ class CallProxy:
             action = leg.txn.handle_timer(now=now)
             if action is None:
                 continue
-            if isinstance(leg, _ClientLeg):
+            if isinstance(leg, ClientLeg):
                 out.extend(self._client_timer(leg, action, now=now))
             else:
                 out.extend(self._server_timer(leg, action, now=now))
@@ -445,16 +386,13 @@ class CallProxy:
     @property
     def outside(self) -> Endpoint:
         """The edge's address as callers reach it (Via and Record-Route towards them)."""
-        return self._outside
+        return self._addresses.outside
 
     def set_outside_host(self, host: str) -> None:
         """Use ``host`` (a new ``server.public_host``) in the Via and Record-Route sent towards
         callers from now on. Route entries naming the previous address are still recognised as
         this edge's own, so dialogs set up before keep working (RFC 3261 §16.4)."""
-        self._outside = Endpoint(self._outside.transport, host, self._outside.port)
-        for port in (self._outside.port, *self._outside_ports.values()):
-            self._own.add(hostport_key(host, port))
-        self._record_routes.clear()
+        self._addresses.set_outside_host(host)
 
     def active_calls(self) -> int:
         """Calls routed and not ended."""
@@ -500,22 +438,22 @@ class CallProxy:
     # ------------------------------------------------------------------ requests
 
     def _in_dialog(
-        self, request: SipRequest, source: Endpoint, call: _Call, *, now: float
+        self, request: SipRequest, source: Endpoint, call: ProxiedCall, *, now: float
     ) -> list[Send]:
         method = request.method
         # The worker is known by its address (loopback, not spoofable from outside); anything
         # else must carry the caller's tag in From.
         if source == call.worker:
-            side = _Side.WORKER
+            side = Side.WORKER
         elif request.from_().tag == call.caller_tag:
-            side = _Side.CALLER
+            side = Side.CALLER
         else:
             return [] if method == "ACK" else [self._stateless(request, source, 481)]
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
             return [] if method == "ACK" else [self._stateless(request, source, 483)]
 
-        if side is _Side.WORKER:
+        if side is Side.WORKER:
             call.worker_cseq = max(call.worker_cseq, request.cseq[0])
             to = call.caller
         else:
@@ -529,15 +467,15 @@ class CallProxy:
         # RFC 3261 §16.4: remove the top Route entries that are the edge (two with RFC 5658
         # double record-routing).
         items = explode(list(request.headers))
-        items = self._pop_own_routes(items)
+        items = self._addresses.pop_own_routes(items)
         items = set_received(items, source)
         items = set_max_forwards(items, max_forwards)
         uri = request.uri
-        if call.secure and side is _Side.CALLER:
+        if call.secure and side is Side.CALLER:
             uri, items = swap_scheme(uri, secure=False), sip_toward_worker(items)
         elif call.secure:
             uri = swap_scheme(uri, secure=True)
-            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
+            items = sips_toward_caller(items, self._addresses.record_routes_for("tls", True)[0])
 
         if method == "ACK":
             # RFC 3261 §16.11: stateless forwarding; the branch is a function of the incoming
@@ -545,7 +483,7 @@ class CallProxy:
             incoming = request.top_via().branch or request.headers.get("Via") or ""
             digest = hashlib.blake2s(incoming.encode("utf-8", "surrogateescape"), digest_size=8)
             branch = f"{self._stem}a{digest.hexdigest()}"
-            via = self._via(to, branch, toward_worker=side is _Side.CALLER)
+            via = self._addresses.via(to, branch, toward_worker=side is Side.CALLER)
             data = encode_relayed_request(method, uri, [("Via", via), *items], request.body)
             return [Send(data, to)]
 
@@ -581,14 +519,14 @@ class CallProxy:
                 client.cancel_pending = True
         return out
 
-    def _send_cancel(self, client: _ClientLeg, *, now: float) -> Send:
+    def _send_cancel(self, client: ClientLeg, *, now: float) -> Send:
         # RFC 3261 §16.10: CANCEL the pending client transaction (same branch, §9.1).
         client.cancel_pending = False
         cancel = build_cancel(client.request)
         data = cancel.encode()
         txn = ClientTransaction.start(invite=False, reliable=client.to.reliable, now=now)
         key = (client.key[0], "CANCEL")
-        leg = _ClientLeg(key, txn, cancel, data, client.to, None, client.call, client.side)
+        leg = ClientLeg(key, txn, cancel, data, client.to, None, client.call, client.side)
         self._add_client(leg)
         return Send(data, client.to)
 
@@ -599,31 +537,34 @@ class CallProxy:
         items: list[tuple[str, str]],
         body: bytes,
         to: Endpoint,
-        server: _ServerLeg | None,
-        call: _Call,
-        side: _Side,
+        server: ServerLeg | None,
+        call: ProxiedCall,
+        side: Side,
         *,
         now: float,
         initial: bool = False,
     ) -> Send:
         branch = f"{self._stem}{next(self._counter):x}"
-        items = [("Via", self._via(to, branch, toward_worker=side is _Side.CALLER)), *items]
+        items = [
+            ("Via", self._addresses.via(to, branch, toward_worker=side is Side.CALLER)),
+            *items,
+        ]
         data = encode_relayed_request(method, uri, items, body)
         txn = ClientTransaction.start(invite=method == "INVITE", reliable=to.reliable, now=now)
         sent = SipRequest(method, uri, Headers(items))
-        leg = _ClientLeg((branch, method), txn, sent, data, to, server, call, side, initial=initial)
+        leg = ClientLeg((branch, method), txn, sent, data, to, server, call, side, initial=initial)
         if server is not None:
             server.client = leg
         self._add_client(leg)
         return Send(data, to)
 
-    def _bye_to_caller(self, call: _Call, *, now: float) -> Send:
+    def _bye_to_caller(self, call: ProxiedCall, *, now: float) -> Send:
         # RFC 3261 §12.2.1.1 from the worker's side of the dialog: From is the dialog's To
         # (with the worker's tag), To is the caller's From; the route set is the worker's
         # (the INVITE's Record-Route) without the edge's own entries.
         call.worker_cseq += 1
         branch = f"{self._stem}{next(self._counter):x}"
-        items = [("Via", self._via(call.caller, branch, toward_worker=False))]
+        items = [("Via", self._addresses.via(call.caller, branch, toward_worker=False))]
         items += [("Route", r) for r in call.routes_to_caller]
         items.append(("Max-Forwards", str(MAX_FORWARDS)))
         items += [("From", call.worker_to or ""), ("To", call.invite_from)]
@@ -632,13 +573,13 @@ class CallProxy:
         data = encode_relayed_request("BYE", call.caller_contact, items, b"")
         txn = ClientTransaction.start(invite=False, reliable=call.caller.reliable, now=now)
         bye = SipRequest("BYE", call.caller_contact, Headers(items))
-        leg = _ClientLeg((branch, "BYE"), txn, bye, data, call.caller, None, call, _Side.WORKER)
+        leg = ClientLeg((branch, "BYE"), txn, bye, data, call.caller, None, call, Side.WORKER)
         self._add_client(leg)
         return Send(data, call.caller)
 
     # ------------------------------------------------------------------ responses
 
-    def _relay(self, leg: _ClientLeg, response: SipResponse, *, now: float) -> list[Send]:
+    def _relay(self, leg: ClientLeg, response: SipResponse, *, now: float) -> list[Send]:
         status = response.status
         action = leg.txn.receive_response(status, now=now)
         self._schedule(leg)
@@ -667,8 +608,8 @@ class CallProxy:
             # RFC 3261 §16.7 step 6: a 503 is not forwarded upstream; it becomes 500.
             response = SipResponse(500, "Media Worker Unavailable", response.headers, response.body)
         items = pop_top_via(explode(list(response.headers)))
-        if call is not None and call.secure and server.side is _Side.CALLER:
-            items = sips_toward_caller(items, self._record_routes_for("tls", True)[0])
+        if call is not None and call.secure and server.side is Side.CALLER:
+            items = sips_toward_caller(items, self._addresses.record_routes_for("tls", True)[0])
         elif call is not None and call.secure:
             items = sip_toward_worker(items)
         data = encode_relayed_response(response, items)
@@ -684,10 +625,10 @@ class CallProxy:
                 reason = EndReason.CANCELLED if server.cancelled else EndReason.REJECTED
                 self._end(call, reason, status, now)
             elif method == "BYE":
-                self._end(call, _bye_reason(leg), status, now)
+                self._end(call, bye_reason(leg), status, now)
         return out
 
-    def _track_dialog(self, call: _Call, response: SipResponse, *, now: float) -> None:
+    def _track_dialog(self, call: ProxiedCall, response: SipResponse, *, now: float) -> None:
         to = response.headers.get("To") or ""
         if call.worker_tag is None:
             tag = NameAddr.parse(to).tag if to else None
@@ -714,13 +655,13 @@ class CallProxy:
         vias = response.vias()
         if len(vias) < 2:
             return []
-        to = call.caller if _is_toward_caller(call, response) else call.worker
+        to = call.caller if is_toward_caller(call, response) else call.worker
         data = encode_relayed_response(response, pop_top_via(explode(list(response.headers))))
         return [Send(data, to)]
 
     # ------------------------------------------------------------------ timers
 
-    def _client_timer(self, leg: _ClientLeg, action: TimerAction, *, now: float) -> list[Send]:
+    def _client_timer(self, leg: ClientLeg, action: TimerAction, *, now: float) -> list[Send]:
         if action is TimerAction.RETRANSMIT:
             self._schedule(leg)
             return [Send(leg.data, leg.to)]
@@ -751,7 +692,7 @@ class CallProxy:
                 self._end(call, EndReason.TIMEOUT, None, now)
         return out
 
-    def _server_timer(self, leg: _ServerLeg, action: TimerAction, *, now: float) -> list[Send]:
+    def _server_timer(self, leg: ServerLeg, action: TimerAction, *, now: float) -> list[Send]:
         if action is TimerAction.RETRANSMIT:
             self._schedule(leg)
             response = leg.txn.response
@@ -765,24 +706,24 @@ class CallProxy:
         self,
         request: SipRequest,
         source: Endpoint,
-        call: _Call | None,
-        side: _Side,
+        call: ProxiedCall | None,
+        side: Side,
         key: tuple[str, str, str],
-    ) -> _ServerLeg:
+    ) -> ServerLeg:
         txn = ServerTransaction.start(invite=request.method == "INVITE", reliable=source.reliable)
-        leg = _ServerLeg(key, txn, request, source, call, _to_tag(request), side)
+        leg = ServerLeg(key, txn, request, source, call, own_to_tag(request), side)
         self._servers[key] = leg
         if call is not None:
             call.legs += 1
         return leg
 
-    def _add_client(self, leg: _ClientLeg) -> None:
+    def _add_client(self, leg: ClientLeg) -> None:
         self._clients[leg.key] = leg
         if leg.call is not None:
             leg.call.legs += 1
         self._schedule(leg)
 
-    def _schedule(self, leg: _Leg) -> None:
+    def _schedule(self, leg: Leg) -> None:
         deadline = leg.txn.deadline()
         if deadline is None or not leg.alive:
             return
@@ -796,11 +737,11 @@ class CallProxy:
             self._timers = [e for e in timers if e[2].alive and e[2].txn.deadline() == e[0]]
             heapq.heapify(self._timers)
 
-    def _remove(self, leg: _Leg) -> None:
+    def _remove(self, leg: Leg) -> None:
         if not leg.alive:
             return
         leg.alive = False
-        if isinstance(leg, _ClientLeg):
+        if isinstance(leg, ClientLeg):
             if self._clients.get(leg.key) is leg:
                 del self._clients[leg.key]
         elif self._servers.get(leg.key) is leg:
@@ -810,7 +751,7 @@ class CallProxy:
             call.legs -= 1
             self._forget_if_done(call)
 
-    def _end(self, call: _Call, reason: EndReason, status: int | None, now: float) -> None:
+    def _end(self, call: ProxiedCall, reason: EndReason, status: int | None, now: float) -> None:
         if call.state is CallState.TERMINATED:
             return
         answered = call.answered_at
@@ -827,19 +768,19 @@ class CallProxy:
         )
         self._forget_if_done(call)
 
-    def _forget_if_done(self, call: _Call) -> None:
+    def _forget_if_done(self, call: ProxiedCall) -> None:
         done = call.state is CallState.TERMINATED and call.legs <= 0
         if done and self._calls.get(call.call_id) is call:
             del self._calls[call.call_id]
 
     # ------------------------------------------------------------------ helpers
 
-    def _retransmitted(self, leg: _ServerLeg) -> list[Send]:
+    def _retransmitted(self, leg: ServerLeg) -> list[Send]:
         response = leg.txn.retransmission()
         return [Send(response, leg.source)] if response is not None else []
 
     def _answer(
-        self, server: _ServerLeg, status: int, reason: str | None, *, now: float
+        self, server: ServerLeg, status: int, reason: str | None, *, now: float
     ) -> list[Send]:
         """A response generated by the edge on a server transaction."""
         to_tag = server.to_tag if status >= 200 else None
@@ -852,96 +793,10 @@ class CallProxy:
     def _stateless(
         self, request: SipRequest, source: Endpoint, status: int, reason: str | None = None
     ) -> Send:
-        return Send(encode_response(request, status, reason, to_tag=_to_tag(request)), source)
-
-    def _outside_on(self, transport: str) -> Endpoint:
-        """The edge's outside address on ``transport`` (its listener's port)."""
-        port = self._outside_ports.get(transport, self._outside.port)
-        return Endpoint(transport, self._outside.host, port)
-
-    def _record_routes_for(self, transport: str, secure: bool = False) -> tuple[str, ...]:
-        """The edge's Record-Route entries for a caller on ``transport`` (RFC 5658 §4).
-
-        The outside entry names the caller's transport and that listener's port, so that
-        in-dialog requests come back the same way; one entry when it would equal the inside
-        one. Towards a TLS caller it is ``sips:`` when the Request-URI was (RFC 3261 §16.6
-        step 4: a SIPS Request-URI needs a SIPS Record-Route; RFC 5630: TLS on every hop
-        of the dialog), else ``sip:...;transport=tls``: TLS on the hop to the edge only, which
-        is what a ``sip:`` request over TLS asked for (RFC 5630).
-        """
-        cached = self._record_routes.get((transport, secure))
-        if cached is not None:
-            return cached
-        inside = self._inside
-        outside = self._outside_on(transport)
-        entries: tuple[str, ...]
-        if outside == inside:
-            entries = (f"<sip:{inside.hostport};transport={inside.transport};lr>",)
-        else:
-            inner = f"<sip:{inside.hostport};transport={inside.transport};lr;r2=on>"
-            if secure and transport == "tls":
-                outer = f"<sips:{outside.hostport};lr;r2=on>"
-            else:
-                outer = f"<sip:{outside.hostport};transport={transport};lr;r2=on>"
-            entries = (inner, outer)
-        self._record_routes[(transport, secure)] = entries
-        return entries
-
-    def _via(self, to: Endpoint, branch: str, *, toward_worker: bool) -> str:
-        """The edge's Via: its inside address towards workers, outside towards callers (with
-        the port of the caller's transport: ``SIP/2.0/TLS host:5061``, RFC 3261 §18.2.1)."""
-        local = self._inside if toward_worker else self._outside_on(to.transport)
-        return f"SIP/2.0/{to.transport.upper()} {local.hostport};branch={branch};rport"
-
-    def _is_own(self, route: str) -> bool:
-        try:
-            uri = NameAddr.parse(route).uri
-        except ValueError:
-            return False
-        # RFC 3261 §19.1.2 / RFC 3263 §4.2: sips: or transport=tls without a port means 5061.
-        default = 5061 if uri.scheme == "sips" or uri.transport == "tls" else 5060
-        return hostport_key(uri.host, uri.port or default) in self._own
-
-    def _pop_own_routes(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        popping = True
-        popped = 0
-        for name, value in items:
-            if name == "Route" and popping and popped < 2 and self._is_own(value):
-                popped += 1
-                continue
-            if name == "Route":
-                popping = False
-            out.append((name, value))
-        return out
+        return Send(encode_response(request, status, reason, to_tag=own_to_tag(request)), source)
 
 
 # ------------------------------------------------------------------ message helpers
-
-
-def _is_toward_caller(call: _Call, response: SipResponse) -> bool:
-    # A 2xx to an INVITE the caller sent has the caller's tag in From.
-    try:
-        return response.from_().tag == call.caller_tag
-    except ValueError:
-        return True
-
-
-def _bye_reason(leg: _ClientLeg) -> EndReason:
-    """Why a relayed BYE ended its call: caller, worker, or the worker's RFC 4028 expiry."""
-    if leg.side is _Side.CALLER:
-        return EndReason.CALLER_BYE
-    for value in leg.request.headers.get_all("Reason"):
-        params = [p.strip().lower() for p in value.split(";")]
-        if "cause=408" in params and "refresh" in value.lower():
-            return EndReason.SESSION_EXPIRED
-    return EndReason.WORKER_BYE
-
-
-def _to_tag(request: SipRequest) -> str:
-    # Deterministic per request (the router does the same): retransmitted answers are identical.
-    text = f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}"
-    return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
