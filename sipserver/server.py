@@ -62,6 +62,8 @@ from sipserver.rtp import framelink
 from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions, configuration_record
+from sipserver.rtp.worker_metrics import PREFIX as PIPELINE_PREFIX
+from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.sip.digest import DigestAlgorithm
 from sipserver.sip.transaction import ServerTransactions
@@ -226,6 +228,8 @@ class Server:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.media_stats = MediaStatsMetrics(self.metrics.registry)
+        self.pipeline_metrics = ForwardedPipelineMetrics(self.metrics)
+        """Call workers' voice pipeline metrics (in their STATS) added to ours."""
         self.refusals = RefusalLog(self.metrics)
         """Every door's refusals: counted, and logged once per interval per reason."""
         sip = config.server.sip
@@ -631,6 +635,7 @@ class Server:
         elif isinstance(record, framelink.Stats):
             kind = worker.hello.kind if worker.hello is not None else "pjsua2"
             self.media_stats.update(worker.worker_id, kind, record.counters)
+            self.pipeline_metrics.update(worker.worker_id, record.counters)
             if record.counters.get("ready") == 1:
                 self._state_changed()  # a call worker's models are warm: readiness may change
         assert self.sessions is not None  # built with the pool that calls this
@@ -647,6 +652,7 @@ class Server:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
         self.media_stats.forget(worker.worker_id)
+        self.pipeline_metrics.forget(worker.worker_id)
         self.remote_listens.worker_lost(worker.worker_id)
         relayed = self.relayed.worker_lost(worker.worker_id)
         if relayed:
@@ -820,7 +826,11 @@ class Server:
                     "sip_port": w.hello.sip_port if w.hello is not None else None,
                     "capacity": w.capacity,
                     "calls": w.load,
-                    "stats": stats.get(w.worker_id, {}),
+                    "stats": {  # the pipeline's metrics are in /metrics
+                        k: v
+                        for k, v in stats.get(w.worker_id, {}).items()
+                        if not k.startswith(PIPELINE_PREFIX)
+                    },
                 }
                 for w in (self.pool.workers if self.pool is not None else [])
             ],
