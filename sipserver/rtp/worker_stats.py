@@ -174,8 +174,9 @@ class MediaStatsMetrics:
                 continue
             delta = value - last.get(key, 0.0)
             last[key] = value
+            child = self.counters[metric].labels(engine)  # exported from the first STATS, 0 too
             if delta > 0:
-                self.counters[metric].labels(engine).inc(delta)
+                child.inc(delta)
         jitter = counters.get("jitter_ms_max")
         if isinstance(jitter, int | float) and not isinstance(jitter, bool):
             self._jitter[worker_id] = float(jitter)
