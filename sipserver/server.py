@@ -61,6 +61,7 @@ from sipserver.reload import ReloadResult, plan_reload, result_path, write_resul
 from sipserver.rtp.relay import RemoteSessions
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
+from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 from sipserver.server_workers import MediaWorkers, calls_per_worker
 from sipserver.sip.transaction import ServerTransactions
@@ -136,6 +137,8 @@ class Server:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.media_stats = MediaStatsMetrics(self.metrics.registry)
+        self.pipeline_metrics = ForwardedPipelineMetrics(self.metrics)
+        """Call workers' voice pipeline metrics (in their STATS) added to ours."""
         self.refusals = RefusalLog(self.metrics)
         """Every door's refusals: counted, and logged once per interval per reason."""
         sip = config.server.sip
@@ -171,6 +174,7 @@ class Server:
             config_path=config_path,
             new_session=self._new_session,
             media_stats=self.media_stats,
+            pipeline_metrics=self.pipeline_metrics,
             remote_listens=self.remote_listens,
             gateway=self.gateway,
             refusals=self.refusals,

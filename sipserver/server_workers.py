@@ -29,6 +29,8 @@ from sipserver.rtp import framelink
 from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import configuration_record
+from sipserver.rtp.worker_metrics import PREFIX as PIPELINE_PREFIX
+from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 
 __all__ = ["MediaWorkers", "calls_per_worker"]
@@ -110,6 +112,8 @@ class MediaWorkers:
         config_path: the file the configuration came from (sent along with CONFIG).
         new_session: builds the session of a call (a pjsua2 worker's calls run theirs here).
         media_stats: the workers' STATS counters as metrics.
+        pipeline_metrics: the call workers' voice pipeline metrics (in their STATS), added to
+            the main process's own.
         remote_listens: the AI Listens monitors transcribed in call workers.
         gateway: the websocket calls (those relayed to a lost worker are closed).
         refusals: counts the websocket calls and forks refused for want of a worker.
@@ -125,6 +129,7 @@ class MediaWorkers:
         config_path: str | os.PathLike[str] | None,
         new_session: Callable[[CallInfo], CallSession | None],
         media_stats: MediaStatsMetrics,
+        pipeline_metrics: ForwardedPipelineMetrics,
         remote_listens: RemoteListens,
         gateway: MediaStreamGateway,
         refusals: RefusalLog,
@@ -135,6 +140,7 @@ class MediaWorkers:
         self._config_path = config_path
         self._new_session = new_session
         self.media_stats = media_stats
+        self.pipeline_metrics = pipeline_metrics
         self.remote_listens = remote_listens
         self.gateway = gateway
         self.refusals = refusals
@@ -190,7 +196,11 @@ class MediaWorkers:
                 "sip_port": w.hello.sip_port if w.hello is not None else None,
                 "capacity": w.capacity,
                 "calls": w.load,
-                "stats": stats.get(w.worker_id, {}),
+                "stats": {  # the pipeline's metrics are in /metrics
+                    k: v
+                    for k, v in stats.get(w.worker_id, {}).items()
+                    if not k.startswith(PIPELINE_PREFIX)
+                },
             }
             for w in (self.pool.workers if self.pool is not None else [])
         ]
@@ -319,6 +329,7 @@ class MediaWorkers:
         elif isinstance(record, framelink.Stats):
             kind = worker.hello.kind if worker.hello is not None else "pjsua2"
             self.media_stats.update(worker.worker_id, kind, record.counters)
+            self.pipeline_metrics.update(worker.worker_id, record.counters)
             if record.counters.get("ready") == 1:
                 self._state_changed()  # a call worker's models are warm: readiness may change
         assert self.sessions is not None  # built with the pool that calls this
@@ -335,6 +346,7 @@ class MediaWorkers:
         assert self.sessions is not None  # built with the pool that calls this
         self.sessions.worker_lost(worker.worker_id)
         self.media_stats.forget(worker.worker_id)
+        self.pipeline_metrics.forget(worker.worker_id)
         self.remote_listens.worker_lost(worker.worker_id)
         relayed = self.relayed.worker_lost(worker.worker_id)
         if relayed:

@@ -49,7 +49,7 @@ from typing import Protocol
 import structlog
 
 from sipserver.config import Agent, Config, ConfigError
-from sipserver.observability import LogFormat, configure_logging, get_logger
+from sipserver.observability import LogFormat, Metrics, configure_logging, get_logger
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.runtime import ListenParts, VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
@@ -72,6 +72,8 @@ from sipserver.rtp.native_engine import EngineSettings, NativeEngine
 from sipserver.rtp.relay import RelayedCalls
 from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
+from sipserver.rtp.worker_metrics import pipeline_totals
+from sipserver.rtp.worker_stats import MediaTotals
 from sipserver.sip.headers import AGENT_HEADER
 
 __all__ = [
@@ -90,6 +92,9 @@ RELAYED_CALLS_BASE = 0x8000_0000
 """Call numbers main allocates for the calls it relays to a worker start here (the engine's
 own numbers stay below)."""
 
+PIPELINE_METRICS_INTERVAL = 1.0
+"""Seconds: a change of the voice pipeline's metrics goes to main in a STATS this soon."""
+
 MainRecordHandler = Callable[[LinkRecord], Iterable[LinkRecord]]
 """Takes a record from main this module does not handle; returns the records to send back."""
 
@@ -103,6 +108,8 @@ class _Stream(Protocol):
     def read_frame(self) -> bytes: ...
 
     def write_frame(self, pcm: bytes) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
 
     @property
     def sample_rate(self) -> int: ...
@@ -268,6 +275,12 @@ class CallWorker:
         self._config_lock = asyncio.Lock()
         self._config_tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self.metrics = Metrics()
+        """What this worker's voice pipeline observes (turn latencies...): forwarded to main in
+        STATS (:mod:`sipserver.rtp.worker_metrics`), never served here."""
+        self.media = MediaTotals()
+        """Frames played, late frames and the RTP counters of ended calls (running totals)."""
+        self._late_ticks_seen = 0
         self.counters: dict[str, int] = {
             "calls_started": 0,
             "calls_ended": 0,
@@ -356,6 +369,7 @@ class CallWorker:
 
     def on_call_ended(self, call: _Call, reason: str, status: int) -> None:
         """The call is over (BYE, CANCEL, RTP timeout, our hang-up...)."""
+        self.media.call_ended(call.stream)
         hosted = self._hosted.pop(call.number, None)
         if hosted is None:
             return  # never reported to main (hung up at start)
@@ -381,6 +395,10 @@ class CallWorker:
 
     def tick(self) -> None:
         """One 20 ms tick: every call's frame in, its session's frame out."""
+        late_ticks = self.clock.late_ticks
+        late = late_ticks != self._late_ticks_seen  # the clock counted this tick late
+        self._late_ticks_seen = late_ticks
+        played = 0
         for hosted in list(self._hosted.values()):
             if hosted.ending:
                 continue
@@ -392,8 +410,10 @@ class CallWorker:
             except Exception:
                 self._session_failed(hosted)
                 continue
+            played += 1
             if session.hangup_requested is not None:
                 self._hangup_if_requested(hosted)
+        self.media.frames_played(played, late=late)
 
     def _hangup_if_requested(self, hosted: _Hosted) -> None:
         reason = hosted.session.hangup_requested
@@ -457,7 +477,7 @@ class CallWorker:
             try:
                 if self.voice is None:
                     voice = await asyncio.to_thread(
-                        VoiceRuntime, config, config_path=record.config_path
+                        VoiceRuntime, config, config_path=record.config_path, metrics=self.metrics
                     )
                     self.voice = voice
                 else:
@@ -489,7 +509,7 @@ class CallWorker:
         media clock ticks run more than 20 ms late; ``hosted``: SIP calls whose session runs
         here (every one, AI Listens calls included); ``listens_*``: the monitored calls.
         """
-        out = dict(self.engine.stats())
+        out = self.media.totals(self.engine.stats(), self._streams())
         out.update(self.counters)
         out["calls"] = len(self._hosted)
         out["hosted"] = len(self._hosted)
@@ -507,12 +527,24 @@ class CallWorker:
         if self.link is not None:
             out["dropped_frames"] = self.link.dropped_frames
             out["lost_frames"] = self.link.lost_frames
+        out.update(pipeline_totals(self.metrics))
         return out
 
+    def _streams(self) -> list[_Stream]:
+        return [hosted.call.stream for hosted in self._hosted.values()]
+
     async def _stats_loop(self) -> None:
+        """STATS every ``stats_interval``, and within a second when the pipeline's metrics
+        changed (a turn's latencies reach main's /metrics quickly; never per frame)."""
+        loop = asyncio.get_running_loop()
+        sent_at, sent = loop.time(), pipeline_totals(self.metrics)
         while True:
-            await asyncio.sleep(self.options.stats_interval)
+            await asyncio.sleep(min(PIPELINE_METRICS_INTERVAL, self.options.stats_interval))
+            pipeline = pipeline_totals(self.metrics)
+            if pipeline == sent and loop.time() - sent_at < self.options.stats_interval - 0.01:
+                continue
             self._send(Stats(self.stats()))
+            sent_at, sent = loop.time(), pipeline
 
     async def _read_link(self, link: FrameLink) -> None:
         async for record in link.records():

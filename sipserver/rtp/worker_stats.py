@@ -3,20 +3,21 @@
 A worker sends its counters as running totals every few seconds (docs/framelink.md, STATS).
 :class:`MediaStatsMetrics` keeps each worker's last totals and adds the difference to the
 counters, labelled by engine (the worker's HELLO ``kind``). A worker that is lost is forgotten
-(its replacement's totals count from zero); a total that goes down without that (a worker
-summing only the calls in progress) is taken as the new base and adds nothing, so a counter
-never counts twice. Which STATS key feeds which
+(its replacement's totals count from zero); a total that goes down without that is taken as
+the new base and adds nothing, so a counter never counts twice. :class:`MediaTotals` makes a
+native call worker's totals running totals (ended calls kept). Which STATS key feeds which
 metric depends on the engine, because the pjsua2 worker counts at the frame bridge and the native
 engine at the RTP stream (see :data:`SOURCES`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["SOURCES", "MediaStatsMetrics"]
+__all__ = ["SOURCES", "STREAM_GAUGES", "MediaStatsMetrics", "MediaTotals"]
 
 SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
     "pjsua2": {
@@ -44,6 +45,60 @@ pjsua2: ``tx_frames`` (session frames played), ``tx_underflow`` (ticks the sessi
 frame ready: silence was played instead, a late frame) and pjmedia's stream counters read once
 a second (``pjsua2_ua.stream_counters``). native: the documented keys, or the RTP stream's own
 names (``received``, ``lost``, ``late``, ``sent``) summed by the engine."""
+
+
+STREAM_GAUGES = frozenset({"jitter_ms", "latched", "srtp", "target_ms"})
+"""Keys of ``RtpStream.stats()`` that are states, not counters: not added up when a call ends."""
+
+_RTP_KEYS = {"rtp_received": "received", "rtp_lost": "lost", "rtp_late": "late"}
+
+
+class _CountedStream(Protocol):
+    def stats(self) -> dict[str, int]: ...
+
+
+class MediaTotals:
+    """A native call worker's media counters as running totals (worker side).
+
+    The engine sums the counters of the calls in progress; :meth:`call_ended` keeps an ended
+    call's counters, so :meth:`totals` never goes down when a call ends (docs/framelink.md,
+    "STATS counters"). The worker's clock reports the frames it played (:meth:`frames_played`).
+    """
+
+    def __init__(self) -> None:
+        self.frames = 0
+        """20 ms frames played to callers (one per call per tick)."""
+        self.late_frames = 0
+        """Frames played on a tick the clock ran late (the calls of each late tick, summed)."""
+        self._ended: dict[str, int] = {}
+
+    def frames_played(self, count: int, *, late: bool) -> None:
+        """One tick played ``count`` frames; ``late``: the clock ran it late."""
+        self.frames += count
+        if late:
+            self.late_frames += count
+
+    def call_ended(self, stream: _CountedStream) -> None:
+        """Keep the counters of a call's stream that is closing."""
+        ended = self._ended
+        for key, value in stream.stats().items():
+            if key not in STREAM_GAUGES:
+                ended[key] = ended.get(key, 0) + value
+
+    def totals(self, engine: Mapping[str, int], live: Iterable[_CountedStream]) -> dict[str, int]:
+        """STATS media keys: ``engine`` (its stats: counters summed over the calls in progress)
+        plus the ended calls', ``frames``, ``late_frames``, the documented ``rtp_*`` names and
+        ``jitter_ms_max`` over the ``live`` streams (a gauge)."""
+        out = dict(engine)
+        for key, value in self._ended.items():
+            out[key] = out.get(key, 0) + value
+        for key, stream_key in _RTP_KEYS.items():
+            out[key] = out.get(stream_key, 0)
+        out.setdefault("concealed_frames", 0)
+        out["frames"] = self.frames
+        out["late_frames"] = self.late_frames
+        out["jitter_ms_max"] = max((s.stats().get("jitter_ms", 0) for s in live), default=0)
+        return out
 
 
 class MediaStatsMetrics:
@@ -119,8 +174,9 @@ class MediaStatsMetrics:
                 continue
             delta = value - last.get(key, 0.0)
             last[key] = value
+            child = self.counters[metric].labels(engine)  # exported from the first STATS, 0 too
             if delta > 0:
-                self.counters[metric].labels(engine).inc(delta)
+                child.inc(delta)
         jitter = counters.get("jitter_ms_max")
         if isinstance(jitter, int | float) and not isinstance(jitter, bool):
             self._jitter[worker_id] = float(jitter)

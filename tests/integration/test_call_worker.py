@@ -147,7 +147,12 @@ def test_voice_call_runs_its_pipeline_in_the_call_worker(
     assert started and all(e.get("worker") for e in started), started
     assert events(server, "call_hosted")
     assert server.get("/status")[1]["sessions_in_main"] == 0
-    # main built no voice session at all.
+    # The worker's turn latencies are in main's /metrics (forwarded in its STATS), and its
+    # sessions gauge is back to 0 once the call is over.
+    wait_metric(server, "sipserver_voice_turn_latency_seconds_count", 1, stage="first_frame")
+    deadline = time.monotonic() + 15
+    while server.metric("sipserver_voice_sessions_active") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert server.metric("sipserver_voice_sessions_active") == 0
 
 

@@ -177,6 +177,9 @@ class FakeStream:
         assert len(pcm) == FRAME
         self.written.append(pcm)
 
+    def stats(self) -> dict[str, int]:
+        return {"received": 5, "lost": 1, "concealed_frames": 1, "jitter_ms": 3, "latched": 1}
+
 
 @dataclass(eq=False)
 class FakeCall:
@@ -326,6 +329,40 @@ async def test_an_echo_call_is_hosted_fed_by_the_clock_and_hung_up_by_its_sessio
     (ended,) = worker.sent_of(CallEnded)
     assert ended.call == 1
     assert worker.stats()["calls"] == 0
+
+
+async def test_stats_are_running_totals_ended_calls_included() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    call = worker.fake_engine.answer(FakeCall(1))
+    worker.fake_clock.run(10)
+    worker.fake_clock.late_ticks += 1  # the clock counts the next tick late
+    worker.fake_clock.run(1)
+    stats = worker.stats()
+    assert stats["frames"] == 11 and stats["late_frames"] == 1
+    assert stats["jitter_ms_max"] == 3  # the live stream's
+    # Live: the engine's sum (received 5, lost 1) is all there is.
+    assert stats["rtp_received"] == 5 and stats["rtp_lost"] == 1
+    worker.fake_engine.hangup(call.number, "bye")
+    stats = worker.stats()
+    # The ended stream's counters are kept (the fake engine still reports 5/1 of its own).
+    assert stats["rtp_received"] == 10 and stats["received"] == 10
+    assert stats["rtp_lost"] == 2 and stats["concealed_frames"] == 1
+    assert "latched" not in stats and stats["jitter_ms_max"] == 0  # states, not added up
+    assert stats["frames"] == 11  # no call, no frames
+    worker.fake_clock.run(5)
+    assert worker.stats()["frames"] == 11
+
+
+async def test_the_pipeline_metrics_go_out_in_stats() -> None:
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    worker.metrics.voice_turn_latency.labels("first_frame").observe(0.42)
+    worker.metrics.voice_interruptions.labels("paused").inc()
+    stats = worker.stats()
+    assert stats["pipeline/voice_turn_latency/first_frame/le=0.5"] == 1
+    assert stats["pipeline/voice_turn_latency/first_frame/sum_us"] == 420_000
+    assert stats["pipeline/voice_interruptions/paused"] == 1
 
 
 async def test_call_ended_from_main_hangs_the_call_up() -> None:
