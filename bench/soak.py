@@ -122,7 +122,8 @@ def build_config(args: argparse.Namespace, workdir: Path, voice: bool) -> dict[s
     sip_calls = args.sip_calls + args.sip_voice_calls
     concurrent = sip_calls + args.ws_calls + args.ws_voice_calls
     server_section_max_calls = args.max_calls if args.max_calls is not None else concurrent + 2
-    workers = max(1, math.ceil(sip_calls / 4))  # a pjsua2 worker holds 4 calls
+    # A pjsua2 worker holds 4 calls; a native call worker holds them all (one per core).
+    workers = max(1, math.ceil(sip_calls / 4)) if args.engine == "pjsua2" else 2
     rtp_base = random.randrange(40000, 60000, 2)
     server = config["server"]
     server.update(
@@ -132,7 +133,12 @@ def build_config(args: argparse.Namespace, workdir: Path, voice: bool) -> dict[s
         public_url=f"http://127.0.0.1:{http_port}",
         data_dir=str(workdir / "data"),
         workers=workers,
-        media={"min_workers": workers, "rtp_port_min": rtp_base, "rtp_port_max": rtp_base + 399},
+        media={
+            "engine": args.engine,
+            "min_workers": workers,
+            "rtp_port_min": rtp_base,
+            "rtp_port_max": rtp_base + 399,
+        },
     )
     server["sip"].update(udp=[f"127.0.0.1:{sip_port}"], tcp=[f"127.0.0.1:{sip_port}"])
     agents: list[dict[str, Any]] = []
@@ -688,7 +694,8 @@ async def _run_load(
             for sipp in sipps.values():
                 sipp.soft_stop()
             sipps_done = asyncio.to_thread(lambda: {s.wait(grace) for s in sipps.values()})
-            await asyncio.wait(slots, timeout=grace)
+            if slots:  # no websocket calls asked: nothing to wait for here
+                await asyncio.wait(slots, timeout=grace)
             await sipps_done
         finally:
             for task in slots:
@@ -756,6 +763,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="server.max_calls of the soaked server (default: the concurrent calls asked + 2, "
         "so the load is admitted; lower it to soak a server at capacity)",
+    )
+    add(
+        "--engine",
+        choices=("pjsua2", "native"),
+        default="pjsua2",
+        help="server.media.engine: pjsua2 media workers (sessions and models in the main "
+        "process) or native call workers (media, sessions and models in the workers)",
     )
     add("--call-seconds", type=float, default=10.0, help="length of each call (default 10)")
     add("--probe-every", type=float, default=0.1, help="seconds between probe rounds (0.1)")
