@@ -221,12 +221,13 @@ class MediaConfig(_Model):
     answer_delay: float = Field(0.0, ge=0, le=60)
     """Seconds the worker rings (180 Ringing) before it answers (200 OK), like a PBX's ring
     time; 0 answers at once."""
-    engine: Literal["native", "pjsua2"] = "pjsua2"
-    """What answers the calls: ``pjsua2`` (media workers of 4 calls each; the sessions run in
-    the main process) or ``native`` (call workers, one per core (``server.workers``), all
-    started at start-up: our own SIP UA and RTP engine, and each call's session and models
-    run in the worker that holds the call; websocket and Twilio calls too, their frames relayed
-    from the main process). See docs/calls.md, "Call workers", and docs/websocket.md."""
+    engine: Literal["native", "pjsua2"] = "native"
+    """What answers the calls: ``pjsua2`` (the reference engine: media workers of 4 calls each;
+    the sessions run in the main process) or ``native`` (the default: call workers, one per
+    core (``server.workers``), all started at start-up: our own SIP UA and RTP engine, and
+    each call's session and models run in the worker that holds the call; websocket and Twilio
+    calls too, their frames relayed from the main process). See docs/calls.md, "Call workers",
+    and docs/websocket.md."""
     calls_per_worker: Annotated[Literal["auto"] | int, BeforeValidator(rules.check_workers)] = (
         "auto"
     )

@@ -77,6 +77,10 @@ log = get_logger(__name__)
 #: Connections the admin listener (``server.admin_http``) takes at once.
 ADMIN_MAX_CONNECTIONS = 64
 
+#: Seconds start-up waits for every call worker's models to be warm before it says ready with
+#: the warm ones (a worker that keeps failing must not hold readiness back for ever).
+CALL_WORKERS_WARM_TIMEOUT = 120.0
+
 
 def pid_file_path(config: Config) -> Path:
     """``<data_dir>/sipserver.pid``: the process id of the server running ``config``."""
@@ -227,6 +231,8 @@ class Server:
         worker up or lost, a reload, a call ended, a stop request): see :meth:`_wait_until`."""
         self._stop_now = asyncio.Event()
         self._start_done = asyncio.Event()
+        self._call_workers_warmed = config.server.media.engine != "native"
+        """Start-up saw every call worker warm (or gave up waiting); pjsua2: always."""
         self._commit_failing = False
         self._reload_lock = asyncio.Lock()
         self._reloads = 0
@@ -354,11 +360,16 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
+    def _call_workers_warm(self) -> bool:
+        """Every call worker started has its models warm (``engine: native``)."""
+        pool = self.pool
+        return pool is None or all(w.ready for w in pool.workers)
+
     def readiness_report(self) -> ReadinessReport:
         """Whether new calls are taken now, and what is still missing (``GET /readyz``)."""
-        return self.readiness.report(
-            media_workers_needed=self._sip_calls, media_workers_up=self.media_workers.up()
-        )
+        # At start-up, call workers count once all of them are warm (see start()).
+        up = self.media_workers.up() if self._call_workers_warmed else 0
+        return self.readiness.report(media_workers_needed=self._sip_calls, media_workers_up=up)
 
     def _readyz(self) -> tuple[bool, dict[str, Any]]:
         report = self.readiness_report()
@@ -637,6 +648,14 @@ class Server:
         gc.freeze()
         self.readiness.step_done("voice_models")
         self._state_changed()
+        if not self._call_workers_warmed:
+            # Call workers all start at once: until each is warm, the cold ones refuse what is
+            # routed to them (workers_full), so readiness waits for all of them at start-up.
+            warm = await self._wait_until(self._call_workers_warm, CALL_WORKERS_WARM_TIMEOUT)
+            if not warm:
+                log.warning("call_workers_not_warm", timeout=CALL_WORKERS_WARM_TIMEOUT)
+            self._call_workers_warmed = True
+            self._state_changed()
         self._start_done.set()
 
     async def _start_admin_http(self) -> None:

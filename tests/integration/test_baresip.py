@@ -213,8 +213,9 @@ statmode_default off
 
 
 def _embedded_default(workdir: Path) -> dict[str, Any]:
-    """config/sipserver.yaml with free loopback ports, data under workdir, an absolute
-    knowledge base path and ``end_call_digit: "#"``; its digest settings stay as shipped."""
+    """config/sipserver.yaml with free loopback ports (admin listener too), data under
+    workdir, an absolute knowledge base path and ``end_call_digit: "#"``; its digest settings
+    stay as shipped."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "config" / "sipserver.yaml").read_text())
     sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
     server = config["server"]
@@ -222,6 +223,8 @@ def _embedded_default(workdir: Path) -> dict[str, Any]:
     server.update(
         http=f"127.0.0.1:{http_port}",
         public_url=f"http://127.0.0.1:{http_port}",
+        # The shipped 127.0.0.1:8081 is shared by every server on the machine.
+        admin_http=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
         data_dir=str(workdir / "data"),
     )
     server["sip"].update(udp=[f"127.0.0.1:{sip_port}"], tcp=[f"127.0.0.1:{sip_port}"])

@@ -54,7 +54,10 @@ def events(server: ServerProcess, name: str) -> list[dict[str, Any]]:
 
 def test_call_workers_start_at_once_and_say_ready(server_factory: Any) -> None:
     server: ServerProcess = server_factory(native(workers=2, calls_per_worker=7))
-    wait_metric(server, "sipserver_media_workers_up", 2)
+    # /readyz (server_factory waited for it) said ready only once BOTH were warm: a cold one
+    # would refuse what is routed to it (workers_full).
+    assert server.get("/readyz")[1]["media_workers_up"] == 2
+    assert server.metric("sipserver_media_workers_up") == 2
     status = server.get("/status")[1]
     assert status["media_engine"] == "native"
     workers = status["media_workers"]

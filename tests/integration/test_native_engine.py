@@ -397,6 +397,23 @@ async def test_sixty_concurrent_calls_with_rtp(harness: Harness) -> None:
     print(f"clock: {harness.clock.ticks} ticks, {harness.clock.late_ticks} late")
 
 
+@pytest.mark.parametrize("harness", [{"rtp_port_count": 8}], indirect=True)
+async def test_call_churn_reuses_ports(harness: Harness) -> None:
+    """120 short calls, 4 at a time, through a range of 4 RTP port pairs: every call is
+    answered and ended, so each pair is freed and taken again ~30 times (a leak would 503)."""
+    calls = 120
+    code, out = await run_sipp(
+        harness, "uac_pcmu_short_call.xml",
+        "-m", str(calls), "-l", "4", "-r", "25", "-d", "200", timeout=60,
+    )  # fmt: skip
+    assert code == 0, out
+    await harness.wait(lambda: len(harness.ended) == calls)
+    assert len(harness.started) == calls
+    assert {reason for _, reason, _, _ in harness.ended} == {"bye"}
+    stats = harness.engine.stats()
+    assert stats["calls"] == 0 and stats["rtp_ports_in_use"] == 0, stats
+
+
 async def pjsua2_call(
     harness: Harness, *caller_options: str, echo: bool = True
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:

@@ -131,7 +131,8 @@ async def test_websocket_flood_is_refused_before_the_upgrade_and_signalling_answ
     assert all(r.status == 503 and r.headers.get("Retry-After") == "5" for r in refused)
     # Admitted calls worked: the agent's audio came back at real-time pace, and they ended
     # with the stop they sent.
-    assert all(c.close_code == 1000 and len(c.frames) > 100 for c in admitted)
+    ended = [(c.close_code, len(c.frames)) for c in admitted]
+    assert all(code == 1000 and frames > 100 for code, frames in ended), ended
     assert (
         server.metric("sipserver_refusals_total", ingress="websocket", reason="server_full") == 90
     )

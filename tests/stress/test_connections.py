@@ -261,7 +261,8 @@ async def test_slow_http_headers_and_bodies_are_cut_but_websockets_live(
         config["agents"][0]["websocket"] = {"enabled": True, "secret": WS_SECRET}
         config["server"]["http_limits"] = {"header_timeout": 1.5, "body_timeout": 1.5}
 
-    server: ServerProcess = server_factory(deadlines, wait="/healthz")
+    # /readyz: the websocket call needs a warm call worker (engine: native) or the models.
+    server: ServerProcess = server_factory(deadlines)
     host, port_s = server.config["server"]["http"].rsplit(":", 1)
     loop = asyncio.get_running_loop()
 

@@ -1417,11 +1417,11 @@ def test_store_commit_ms_is_bounded(value: float, reason: str) -> None:
     assert parse_config("server:\n  store_commit_ms: 0\n", env={}).server.store_commit_ms == 0
 
 
-def test_media_engine_defaults_to_pjsua2_with_auto_capacity() -> None:
+def test_media_engine_defaults_to_native_with_auto_capacity() -> None:
     media = parse_config("server: {}\n", env={}).server.media
-    assert (media.engine, media.calls_per_worker) == ("pjsua2", "auto")
-    media = parse({"server": {"media": {"engine": "native", "calls_per_worker": 250}}}).server.media
-    assert (media.engine, media.calls_per_worker) == ("native", 250)
+    assert (media.engine, media.calls_per_worker) == ("native", "auto")
+    media = parse({"server": {"media": {"engine": "pjsua2", "calls_per_worker": 250}}}).server.media
+    assert (media.engine, media.calls_per_worker) == ("pjsua2", 250)
 
 
 def test_media_engine_must_be_native_or_pjsua2() -> None:
