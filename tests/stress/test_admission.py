@@ -228,7 +228,9 @@ async def test_memory_comes_back_after_many_websocket_calls(server_factory: Any)
         f"({after - baseline:+.1f}), {time.monotonic() - started:.1f} s"
     )
     assert after - baseline < MEMORY_MARGIN_MIB
-    assert server.metric("sipserver_voice_sessions_active") == 0
+    # The sessions ran in a call worker (engine: native): its gauge reaches main with the
+    # worker's next STATS, within a second of the change (docs/framelink.md).
+    assert await until(lambda: server.metric("sipserver_voice_sessions_active") == 0, 5)
     assert server.metric("sipserver_ws_calls_active") == 0
 
 
