@@ -53,11 +53,13 @@ ModelKind = Literal["local", "hosted", "echo"]
 on this CPU), ``hosted`` ones (STT/LLM/TTS elsewhere; VAD and the turn model here), or ``echo``
 (no model: the gateway or media path alone)."""
 
-CALLS_PER_CORE: Final[dict[ModelKind, int]] = {"local": 3, "hosted": 60, "echo": 150}
+CALLS_PER_CORE: Final[dict[ModelKind, int]] = {"local": 2, "hosted": 60, "echo": 150}
 """Calls one core serves with room left for signalling, by model kind. Measured on a 2-core
-Xeon VM (bench/README.md, "Capacity"): a talking local-model call costs 0.15-0.3 of a core
-(Whisper RTF 0.10-0.15 on every utterance plus its interims, Piper RTF 0.07, Smart Turn 45 ms
-per pause: bench/models.py; six such calls saturated a core in the issue's run), so 3; VAD and
+Xeon VM (bench/README.md, "Capacity"): local-model calls wait more than they compute (a
+talking call uses 0.15-0.3 of a core) but what they wait for is serial - one Whisper decode and
+one Piper sentence at a time per process - so callers who finish a question together queue:
+voice-to-voice p95 1.40 s with 1 call, 1.38 s with 2, 1.64 s with 3 on one core
+(bench/sessions.py --local), hence 2, the most that keeps p95 under 1.5 s; VAD and
 Smart Turn alone serve ~160-230 sessions per core (bench/sessions.py) and the websocket gateway
 ~290-370 streams (bench/websocket.py), so a hosted-model call (both) ~100 and an echo line
 (the gateway) ~290, taken at about 60% to keep the signalling loop answering within 50 ms."""
