@@ -19,7 +19,7 @@ from tests.integration.conftest import (
     run_sipp,
     spawn_server,
 )
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 
@@ -351,7 +351,7 @@ def test_pjsua2_caller_hears_its_echo_through_the_edge(
     speech 200 ms late (cross-correlated, not merely non-silent); '#' makes the agent hang up."""
     import numpy as np
 
-    from tests.integration.test_pjsua2_worker import RATE
+    from tests.integration.rtp_signals import RATE
     from tests.speech import espeak, read_wav, write_wav
 
     wait_metric(server, "sipserver_media_workers_up", 1)
