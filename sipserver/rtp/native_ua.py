@@ -137,7 +137,7 @@ class UserAgent(UacCore):
         c.local_sdp = sdp
         if c.answer_at is None or c.answer_at <= now:
             c.answer_at = None
-            self._send_ok(out, c, now)
+            self._answer(out, c, now)
         self._arm(c)
         return out
 
@@ -166,13 +166,17 @@ class UserAgent(UacCore):
             return out
         pending, c.pending = c.pending, None
         c.local_sdp = sdp
-        request = pending.request
-        self._apply_timer(c, pending.timer, now)
-        extra = self._timer_headers(pending.timer)
-        data = self._encode(request, 200, c, extra, sdp)
-        self._record(out, request, pending.key, 200, data, pending.source, now)
-        if request.method == "INVITE":
-            self._retransmit_ok(c, data, request.cseq[0], pending.source, now, offers=False)
+        self._send_ok(
+            out,
+            c,
+            pending.request,
+            pending.key,
+            pending.source,
+            now,
+            timer=pending.timer,
+            sdp=sdp,
+            offers=False,
+        )
         return out
 
     def hangup(self, call: int, reason: str, now: float) -> list[UaOutput]:
@@ -222,7 +226,7 @@ class UserAgent(UacCore):
         if c.answer_at is not None and c.answer_at <= now:
             c.answer_at = None
             if c.answer_sdp is not None and c.state is CallState.EARLY:
-                self._send_ok(out, c, now)
+                self._answer(out, c, now)
         if c.ok_at is not None and c.ok_at <= now:
             if now >= c.ok_until:
                 # RFC 3261 §13.3.1.4: no ACK within 64*T1: end the dialog with BYE.
@@ -316,11 +320,15 @@ class UserAgent(UacCore):
         extra: tuple[tuple[str, str], ...] = (),
         reason: str | None = None,
         source: tuple[str, int] | None = None,
-    ) -> None:
-        data = self._encode(request, status, call, extra, reason=reason)
+        body: bytes = b"",
+    ) -> bytes:
+        """Build the response to ``request`` and send it through its server transaction, to
+        ``source`` (by default the call's ``reply_to``); returns its bytes."""
+        data = self._encode(request, status, call, extra, body, reason)
         where = source or (call.reply_to if call is not None else None)
         assert where is not None
         self._record(out, request, key, status, data, where, now)
+        return data
 
     def _record(
         self,
@@ -345,15 +353,46 @@ class UserAgent(UacCore):
             return
         self._arm(server)
 
-    def _send_ok(self, out: list[UaOutput], c: CallRecord, now: float) -> None:
+    def _answer(self, out: list[UaOutput], c: CallRecord, now: float) -> None:
+        """The 200 OK to the initial INVITE, with the adapter's answer (or offer: RFC 3264)."""
         assert c.invite_key is not None and c.answer_sdp is not None
-        extra = self._timer_headers(self._initial_timer(c))
-        data = self._encode(c.invite, 200, c, extra, c.answer_sdp)
-        self._record(out, c.invite, c.invite_key, 200, data, c.source, now)
         self._invites.pop(c.invite_key, None)
         c.state = CallState.ANSWERED
-        self._apply_timer(c, self._initial_timer(c), now)
-        self._retransmit_ok(c, data, c.invite.cseq[0], c.source, now, offers=not c.invite.body)
+        self._send_ok(
+            out,
+            c,
+            c.invite,
+            c.invite_key,
+            c.source,
+            now,
+            timer=self._initial_timer(c),
+            sdp=c.answer_sdp,
+            offers=not c.invite.body,
+        )
+
+    def _send_ok(
+        self,
+        out: list[UaOutput],
+        c: CallRecord,
+        request: SipRequest,
+        key: tuple[str, str, str],
+        to: tuple[str, int],
+        now: float,
+        *,
+        timer: tuple[int, str, bool] | None,
+        sdp: bytes,
+        offers: bool,
+    ) -> None:
+        """200 OK to an INVITE, re-INVITE or UPDATE of ``c`` with ``sdp`` and the negotiated
+        session ``timer`` (RFC 4028 §9), which applies from now; a 2xx to an INVITE is ours to
+        retransmit until its ACK (RFC 3261 §13.3.1.4). ``offers``: ``sdp`` is an offer, the
+        answer comes in the ACK."""
+        data = self._respond(
+            out, request, key, 200, c, now, extra=self._timer_headers(timer), source=to, body=sdp
+        )
+        self._apply_timer(c, timer, now)
+        if request.method == "INVITE":
+            self._retransmit_ok(c, data, request.cseq[0], to, now, offers=offers)
 
     def _retransmit_ok(
         self,
@@ -637,14 +676,8 @@ class UserAgent(UacCore):
             return
         # No SDP: an UPDATE refreshes the session only; a re-INVITE wants our offer in the
         # 200 and the answer in the ACK (RFC 3261 §14.2).
-        self._apply_timer(c, timer, now)
-        is_invite = request.method == "INVITE"
-        data = self._encode(
-            request, 200, c, self._timer_headers(timer), c.local_sdp if is_invite else b""
-        )
-        self._record(out, request, key, 200, data, c.reply_to, now)
-        if is_invite:
-            self._retransmit_ok(c, data, request.cseq[0], c.reply_to, now, offers=True)
+        sdp = c.local_sdp if request.method == "INVITE" else b""
+        self._send_ok(out, c, request, key, c.reply_to, now, timer=timer, sdp=sdp, offers=True)
 
     def _on_ack(self, out: list[UaOutput], request: SipRequest, now: float) -> None:
         to_tag = request.to().tag
