@@ -256,7 +256,7 @@ def sweep_one(n: int, hold: float, wd: Path) -> None:
 def sweep(sizes: list[int], hold: float) -> None:
     """The per-N media sweep (see the module docstring)."""
     sys.path.insert(0, str(HERE.parent))
-    from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
+    from tests.integration.rtp_signals import tone, write_pcmu_pcap
 
     print(f"{hold:.0f} s calls with a PCMU tone, STATS every 5 s (counters at 5 s granularity)")
     for n in sizes:

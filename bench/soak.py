@@ -393,7 +393,7 @@ def sipp_calls(
 ) -> Sipp:
     """``concurrent`` calls of ``hold`` seconds kept going (a new one as one ends), each playing
     ``audio`` (8 kHz int16) as PCMU RTP."""
-    from tests.integration.test_pjsua2_worker import write_pcmu_pcap
+    from tests.integration.rtp_signals import write_pcmu_pcap
 
     (sipp_dir / "pcap").mkdir(parents=True, exist_ok=True)
     write_pcmu_pcap(sipp_dir / "pcap" / "pcmu_tone.pcap", audio)  # the name the scenario plays
@@ -504,7 +504,7 @@ def question_audio(workdir: Path) -> np.ndarray | None:
 
 def tone(seconds: float) -> np.ndarray:
     """A 440 Hz PCMU-friendly tone (8 kHz int16): what the echo line's SIP callers send."""
-    from tests.integration.test_pjsua2_worker import tone as make_tone
+    from tests.integration.rtp_signals import tone as make_tone
 
     return make_tone(seconds)
 

@@ -404,7 +404,8 @@ class Metrics:
         self.ws_closes = Counter(
             "sipserver_ws_closes",
             "Media-stream calls ended, by reason (stop, hangup, client_closed, stalled, "
-            "invalid_json, bad_base64, bad_media, too_big, binary, no_session, error ...).",
+            "invalid_json, bad_base64, bad_media, too_big, binary, no_session, workers_full, "
+            "error ...).",
             ["reason"],
             registry=r,
         )

@@ -430,11 +430,15 @@ class Server:
         Args:
             info: the call.
             on_event: receives the session's events (voice sessions only).
+
+        Raises:
+            CallRefused: a websocket call no call worker can take now (see
+                :meth:`MediaWorkers.relayed_session`).
         """
         if info.transport in ("websocket", "twilio") and info.agent:
             relayed = self.media_workers.relayed_session(info.agent, on_event)
             if relayed is not None:
-                return None if relayed == "refused" else relayed
+                return relayed
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:

@@ -20,7 +20,7 @@ from sipserver.admission import default_max_calls
 from sipserver.config import Agent, Config
 from sipserver.edge.dispatcher import FULL, MediaWorker, WorkerPool, WorkerPoolSettings
 from sipserver.edge.proxy import Endpoint
-from sipserver.gateway.websocket import MediaStreamGateway
+from sipserver.gateway.websocket import CallRefused, MediaStreamGateway
 from sipserver.listens.remote import RemoteListens
 from sipserver.observability import RefusalLog, get_logger, log_settings
 from sipserver.pipeline.events import SessionEvent
@@ -266,17 +266,24 @@ class MediaWorkers:
 
     def relayed_session(
         self, agent: str, on_event: Callable[[SessionEvent], None] | None
-    ) -> RemoteSession | Literal["refused"] | None:
-        """With native call workers: a session hosted by the least loaded one ("refused" when
-        none is up or all are full). None: no native workers here, the session runs locally."""
+    ) -> RemoteSession | None:
+        """With native call workers: a session hosted by the least loaded one. None: no native
+        workers here, the session runs locally.
+
+        Raises:
+            CallRefused: none is up or all are full (counted as a ``websocket`` refusal); the
+                gateway closes the socket 1013, try again later.
+        """
         pool = self.pool
         if pool is None or self.config.server.media.engine != "native":
             return None
         worker = pool.pick()
         if not isinstance(worker, MediaWorker):
-            reason = "workers_full" if worker is FULL else "no_worker_up"
-            self.refusals.refuse("websocket", reason, agent=agent)
-            return "refused"
+            full = worker is FULL
+            self.refusals.refuse(
+                "websocket", "workers_full" if full else "no_worker_up", agent=agent
+            )
+            raise CallRefused("call workers full" if full else "no call worker ready")
         link, hello = worker.link, worker.hello
         if link is None or hello is None or hello.kind != "native":
             return None  # a pjsua2 worker hosts no sessions

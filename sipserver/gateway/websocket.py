@@ -48,6 +48,7 @@ from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
 from sipserver.tasks import cancel_and_wait
 
 __all__ = [
+    "CallRefused",
     "MediaStreamGateway",
     "SessionFactory",
     "StreamCall",
@@ -56,7 +57,21 @@ __all__ = [
 log = get_logger(__name__)
 
 SessionFactory = Callable[[CallInfo, Callable[[SessionEvent], None]], CallSession | None]
-"""Builds a call's session; the callable it gets receives the session's events."""
+"""Builds a call's session; the callable it gets receives the session's events. None: the agent
+cannot take calls (closed 1011); raises :class:`CallRefused` when it could take the call later."""
+
+
+class CallRefused(Exception):
+    """Raised by a :data:`SessionFactory` that has no room for the call now but may later (no
+    call worker ready, every one full; the factory has counted the refusal). The socket closes
+    with 1013 "try again later" (RFC 6455 §7.4.1, the IANA WebSocket close code registry) and
+    the exception's text as the reason; 1011 stays for a server fault, such as a call worker
+    that crashes mid-call.
+
+    Args:
+        reason: the close reason the client reads (short: a close frame holds 123 bytes).
+    """
+
 
 _TICK = FRAME_MS / 1000
 _MAX_BEHIND = 0.5  # a tick loop further behind than this skips ticks instead of bursting
@@ -211,7 +226,10 @@ class StreamCall:
             # Upgraded when there was room, but a reload has lowered the agent's limit since.
             self.gateway.refuse("websocket", "agent_full", self.agent, None)
             raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "agent at capacity")
-        session = self.gateway.session_factory(info, self._on_event)
+        try:
+            session = self.gateway.session_factory(info, self._on_event)
+        except CallRefused as exc:
+            raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, str(exc)) from None
         if session is None:
             raise twilio.ProtocolError(WSCloseCode.INTERNAL_ERROR, "agent unavailable")
         self.info = info
@@ -395,6 +413,8 @@ def _close_label(reason: str) -> str:
         ("mediaFormat", "unsupported_format"),
         ("unavailable", "no_session"),
         ("capacity", "at_capacity"),
+        ("no call worker", "no_worker_up"),
+        ("workers full", "workers_full"),
     ):
         if key in reason:
             return label

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -31,10 +31,11 @@ from sipserver.config import Agent, Config, called_number, is_listens_number
 from sipserver.gateway import twilio
 from sipserver.gateway.twilio import decode_payload, secret_matches, signed
 from sipserver.listens.monitor import CallSummary, ListensHub, MonitoredCall
-from sipserver.listens.transcriber import ListenedCall, sip_speakers_for, speakers_for
+from sipserver.listens.transcriber import ListenedCall, speakers_for
 from sipserver.observability import Metrics, RefusalLog, get_logger
+from sipserver.pipeline.listening import SipListenSession
 from sipserver.pipeline.runtime import ListenParts
-from sipserver.pipeline.session import CallInfo, frame_bytes
+from sipserver.pipeline.session import CallInfo
 
 __all__ = [
     "TRACK_OF_CHANNEL",
@@ -86,12 +87,9 @@ class ForkRelays(Protocol):
         full)."""
 
 
-class ListenSession:
-    """A receive-only SIP call to a listens number (a :class:`CallSession`).
-
-    The call's audio is transcribed as the one track ``listens.channel`` names
-    (:func:`~sipserver.listens.transcriber.sip_speakers_for`); :meth:`next_frame` is always
-    silence.
+class ListenSession(SipListenSession):
+    """A receive-only SIP call to a listens number, monitored in this process (the pjsua2
+    engine: :class:`~sipserver.pipeline.listening.SipListenSession`).
 
     Args:
         fork: The listens service (hub, parts, metrics).
@@ -99,50 +97,19 @@ class ListenSession:
         parts: That agent's listens parts.
     """
 
-    hangup_requested: str | None = None
+    refused_reason = "too many monitored calls"
 
     def __init__(self, fork: ListensFork, agent: Agent, parts: ListenParts) -> None:
+        super().__init__(agent, parts)
         self._fork = fork
-        self._agent = agent
-        self._parts = parts
-        self._call: ListenedCall | None = None
-        self._silence = b""
-        self._speakers = sip_speakers_for(agent.listens.channel)
-        self._track = next(iter(self._speakers))
 
-    def on_start(self, info: CallInfo) -> None:
-        """Open the monitored call."""
-        self._silence = bytes(frame_bytes(info.sample_rate))
-        summary = CallSummary(
-            call_id=info.call_id,
-            agent=self._agent.slug,
-            number=called_number(info.called),
-            caller=called_number(info.caller),
-            channel=self._agent.listens.channel,
-            transport="sip",
-            started_at=time.time(),
+    def _open(self, info: CallInfo, summary: dict[str, Any]) -> ListenedCall | None:
+        return self._fork.open_call(
+            CallSummary(**summary), self._parts, self._speakers, info.sample_rate
         )
-        self._call = self._fork.open_call(summary, self._parts, self._speakers, info.sample_rate)
-        if self._call is None:
-            self.hangup_requested = "too many monitored calls"
 
-    def on_audio(self, frame: bytes) -> None:
-        """The call's audio: transcribed as the channel's track."""
-        if self._call is not None:
-            self._call.push(self._track, frame)
-
-    def on_dtmf(self, digit: str) -> None:
-        """Ignored: the session only listens."""
-
-    def next_frame(self) -> bytes:
-        """Silence, always."""
-        return self._silence
-
-    def on_hangup(self, reason: str) -> None:
-        """Finish the transcription and end the monitored call (in a task)."""
-        call, self._call = self._call, None
-        if call is not None:
-            self._fork.close_later(call, reason)
+    def _close(self, call: ListenedCall, reason: str) -> None:
+        self._fork.close_later(call, reason)
 
 
 class ListensFork:

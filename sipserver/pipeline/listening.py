@@ -16,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+from sipserver.config import Agent, called_number
+from sipserver.media.frames import frame_bytes
 from sipserver.media.resample import Resampler, resample
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.runtime import ListenParts
+from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.suggestions import SuggestionEngine
 from sipserver.pipeline.vad import SpeechEnded, VadStream
 from sipserver.tasks import cancel_and_wait
@@ -32,6 +36,7 @@ __all__ = [
     "SUGGESTING_SPEAKERS",
     "ListenedCall",
     "MonitoredOutlet",
+    "SipListenSession",
     "sip_speakers_for",
     "speakers_for",
 ]
@@ -256,3 +261,76 @@ class ListenedCall:
             mode=suggestion.mode,
             sources=[s.source for s in suggestion.sources],
         )
+
+
+class SipListenSession(ABC):
+    """The receive-only session of a SIP call to a listens number (a
+    :class:`~sipserver.pipeline.session.CallSession`): the call's one stream is transcribed as
+    ``listens.channel`` says (:func:`sip_speakers_for`) by a :class:`ListenedCall`, and
+    :meth:`next_frame` is silence. Where that call is opened and closed is the owner's: the
+    main process's listens hub (pjsua2 engine) or a call worker's monitored calls (native),
+    each a subclass.
+
+    Args:
+        agent: the agent whose listens number was called.
+        parts: its listens parts.
+    """
+
+    hangup_requested: str | None = None
+    """Set when the monitored call could not be opened: the call is hung up with it."""
+
+    def __init__(self, agent: Agent, parts: ListenParts) -> None:
+        self._agent = agent
+        self._parts = parts
+        self._call: ListenedCall | None = None
+        self._silence = b""
+        self._speakers = sip_speakers_for(agent.listens.channel)
+        self._track = next(iter(self._speakers))
+
+    @abstractmethod
+    def _open(self, info: CallInfo, summary: dict[str, Any]) -> ListenedCall | None:
+        """Open the monitored call described by ``summary`` (the fields of a
+        :class:`~sipserver.listens.monitor.CallSummary`); None: refused."""
+
+    @abstractmethod
+    def _close(self, call: ListenedCall, reason: str) -> None:
+        """Finish ``call``'s transcription and end the monitored call (in a task)."""
+
+    @property
+    @abstractmethod
+    def refused_reason(self) -> str:
+        """The hangup reason when :meth:`_open` refuses the call."""
+
+    def on_start(self, info: CallInfo) -> None:
+        """Open the monitored call."""
+        self._silence = bytes(frame_bytes(info.sample_rate))
+        summary: dict[str, Any] = {
+            "call_id": info.call_id,
+            "agent": self._agent.slug,
+            "number": called_number(info.called),
+            "caller": called_number(info.caller),
+            "channel": self._agent.listens.channel,
+            "transport": "sip",
+            "started_at": time.time(),
+        }
+        self._call = self._open(info, summary)
+        if self._call is None:
+            self.hangup_requested = self.refused_reason
+
+    def on_audio(self, frame: bytes) -> None:
+        """The call's audio: transcribed as the channel's track."""
+        if self._call is not None:
+            self._call.push(self._track, frame)
+
+    def on_dtmf(self, digit: str) -> None:  # noqa: B027 (a no-op for every listener)
+        """Ignored: the session only listens."""
+
+    def next_frame(self) -> bytes:
+        """Silence, always."""
+        return self._silence
+
+    def on_hangup(self, reason: str) -> None:
+        """Finish the transcription and end the monitored call (:meth:`_close`)."""
+        call, self._call = self._call, None
+        if call is not None:
+            self._close(call, reason)

@@ -37,7 +37,6 @@ pool restarts the worker); an engine that cannot start exits 2. Same contract as
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -72,6 +71,7 @@ from sipserver.rtp.native_engine import EngineSettings, NativeEngine
 from sipserver.rtp.relay import RelayedCalls
 from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
+from sipserver.rtp.worker_args import common_options, worker_parser
 from sipserver.rtp.worker_metrics import pipeline_totals
 from sipserver.rtp.worker_stats import MediaTotals
 from sipserver.sip.headers import AGENT_HEADER
@@ -625,57 +625,16 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> CallWorkerOptions:
-    """Parse the worker's command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m sipserver.rtp.call_worker",
-        description="call worker: native SIP UA + RTP engine, and the sessions of its calls",
+    """Parse the worker's command line (the options of both workers: :mod:`.worker_args`)."""
+    p = worker_parser(
+        "python -m sipserver.rtp.call_worker",
+        "call worker: native SIP UA + RTP engine, and the sessions of its calls",
     )
-    p.add_argument("--link", required=True, help="frame link unix socket of the main process")
-    p.add_argument("--worker-id", required=True)
-    p.add_argument("--sip-host", default="127.0.0.1")
-    p.add_argument("--sip-port", type=int, default=0, help="0 = pick a free port")
-    p.add_argument("--rtp-host", default=None, help="RTP bind address (default: --sip-host)")
-    p.add_argument("--rtp-port", type=int, required=True, help="first port of the RTP range")
-    p.add_argument("--rtp-port-count", type=int, required=True)
     p.add_argument("--capacity", type=int, default=100, help="calls held at once (503 beyond)")
-    p.add_argument("--sample-rate", type=int, default=8000, choices=(8000, 16000))
-    p.add_argument("--stats-interval", type=float, default=5.0)
-    p.add_argument("--session-timers", default="optional", choices=("optional", "always", "off"))
-    p.add_argument("--session-expires", type=int, default=1800, help="RFC 4028 interval, s")
-    p.add_argument("--min-se", type=int, default=90, help="RFC 4028 Min-SE, s (>= 90)")
-    p.add_argument("--answer-delay", type=float, default=0.0, help="ring seconds before 200")
-    p.add_argument(
-        "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("auto", "console", "json"),
-        default="auto",
-        help="log rendering, as for sipserver run (the pool passes the main process's)",
-    )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     a = p.parse_args(argv)
     if a.capacity < 1:
         p.error("--capacity must be >= 1")
-    return CallWorkerOptions(
-        link=a.link,
-        worker_id=a.worker_id,
-        sip_host=a.sip_host,
-        sip_port=a.sip_port,
-        rtp_host=a.rtp_host or a.sip_host,
-        rtp_port=a.rtp_port,
-        rtp_port_count=a.rtp_port_count,
-        capacity=a.capacity,
-        sample_rate=a.sample_rate,
-        session_timers=a.session_timers,
-        session_expires=a.session_expires,
-        min_se=a.min_se,
-        answer_delay=a.answer_delay,
-        rtp_timeout=a.rtp_timeout,
-        stats_interval=a.stats_interval,
-        log_format=a.log_format,
-        log_level=a.log_level,
-    )
+    return CallWorkerOptions(**common_options(a), capacity=a.capacity)
 
 
 def relayed_calls(worker: CallWorker) -> MainRecordHandler:

@@ -24,17 +24,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sipserver.config import Agent, called_number
+from sipserver.config import Agent
 from sipserver.observability import get_logger
 from sipserver.pipeline.listening import (
     ListenedCall,
     PublishedKind,
-    sip_speakers_for,
+    SipListenSession,
     speakers_for,
 )
 from sipserver.pipeline.listens_events import listens_item_to_json
 from sipserver.pipeline.runtime import ListenParts
-from sipserver.pipeline.session import CallInfo, frame_bytes
+from sipserver.pipeline.session import CallInfo
 from sipserver.rtp.framelink import Audio, CallEnded, Event, LinkRecord, RelayedCallStarted
 
 __all__ = ["EventOutlet", "ListenSession", "ListensForks", "ListensHost"]
@@ -137,11 +137,10 @@ def _ended(reason: str, lines: int, dropped: int, skipped: dict[str, int]) -> di
     )
 
 
-class ListenSession:
-    """The receive-only session of a SIP call to a listens number, in a call worker (a
-    :class:`~sipserver.pipeline.session.CallSession`): its one stream is transcribed as
-    ``listens.channel`` says (:func:`~sipserver.pipeline.listening.sip_speakers_for`);
-    :meth:`next_frame` is silence.
+class ListenSession(SipListenSession):
+    """The receive-only session of a SIP call to a listens number, in a call worker
+    (:class:`~sipserver.pipeline.listening.SipListenSession`): the monitored call is one of
+    the worker's, its items go to main.
 
     Args:
         host: the worker's monitored calls.
@@ -150,53 +149,19 @@ class ListenSession:
         send: sends this call's items to main (EVENT records of the call).
     """
 
-    hangup_requested: str | None = None
+    refused_reason = "listens transcription failed"
 
     def __init__(self, host: ListensHost, agent: Agent, parts: ListenParts, send: SendItem) -> None:
+        super().__init__(agent, parts)
         self._host = host
-        self._agent = agent
-        self._parts = parts
         self._send = send
-        self._call: ListenedCall | None = None
-        self._silence = b""
-        self._speakers = sip_speakers_for(agent.listens.channel)
-        self._track = next(iter(self._speakers))
 
-    def on_start(self, info: CallInfo) -> None:
-        """Open the monitored call."""
-        self._silence = bytes(frame_bytes(info.sample_rate))
-        summary = {
-            "call_id": info.call_id,
-            "agent": self._agent.slug,
-            "number": called_number(info.called),
-            "caller": called_number(info.caller),
-            "channel": self._agent.listens.channel,
-            "transport": "sip",
-            "started_at": time.time(),
-        }
-        self._call = self._host.open(
-            self._send, summary, self._parts, self._speakers, info.sample_rate
-        )
-        if self._call is None:
-            self.hangup_requested = "listens transcription failed"
+    def _open(self, info: CallInfo, summary: dict[str, Any]) -> ListenedCall | None:
+        return self._host.open(self._send, summary, self._parts, self._speakers, info.sample_rate)
 
-    def on_audio(self, frame: bytes) -> None:
-        """The call's audio: transcribed as the channel's track."""
-        if self._call is not None:
-            self._call.push(self._track, frame)
-
-    def on_dtmf(self, digit: str) -> None:
-        """Ignored: the session only listens."""
-
-    def next_frame(self) -> bytes:
-        """Silence, always."""
-        return self._silence
-
-    def on_hangup(self, reason: str) -> None:
-        """Finish the transcription, then ``listens_ended`` (in a task)."""
-        call, self._call = self._call, None
-        if call is not None:
-            self._host.close_later(call, self._send, reason)
+    def _close(self, call: ListenedCall, reason: str) -> None:
+        """``listens_ended`` follows the transcription's end (in a task)."""
+        self._host.close_later(call, self._send, reason)
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ run on client transactions (Timers E/F, A/B) through the dialog's route set (§1
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 from sipserver.rtp.native_dialog import (
     ACCEPT,
@@ -98,6 +99,20 @@ _SUPPORTED_TAGS = frozenset(("timer",))
 _RETRY_AFTER = "2"
 
 
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    """A request being handled, with what each response to it needs."""
+
+    request: SipRequest
+    key: tuple[str, str, str]
+    """Its server transaction's key (RFC 3261 §17.2.3)."""
+    source: tuple[str, int]
+    """Where it came from: its responses go there (RFC 3261 §18.2.2, our peer is the edge)."""
+    out: list[UaOutput]
+    """The outputs of the :meth:`UserAgent.receive` call handling it."""
+    now: float
+
+
 class UserAgent(UacCore):
     """The call worker's SIP user agent; see the module docstring."""
 
@@ -137,7 +152,7 @@ class UserAgent(UacCore):
         c.local_sdp = sdp
         if c.answer_at is None or c.answer_at <= now:
             c.answer_at = None
-            self._send_ok(out, c, now)
+            self._answer(out, c, now)
         self._arm(c)
         return out
 
@@ -166,13 +181,17 @@ class UserAgent(UacCore):
             return out
         pending, c.pending = c.pending, None
         c.local_sdp = sdp
-        request = pending.request
-        self._apply_timer(c, pending.timer, now)
-        extra = self._timer_headers(pending.timer)
-        data = self._encode(request, 200, c, extra, sdp)
-        self._record(out, request, pending.key, 200, data, pending.source, now)
-        if request.method == "INVITE":
-            self._retransmit_ok(c, data, request.cseq[0], pending.source, now, offers=False)
+        self._send_ok(
+            out,
+            c,
+            pending.request,
+            pending.key,
+            pending.source,
+            now,
+            timer=pending.timer,
+            sdp=sdp,
+            offers=False,
+        )
         return out
 
     def hangup(self, call: int, reason: str, now: float) -> list[UaOutput]:
@@ -222,7 +241,7 @@ class UserAgent(UacCore):
         if c.answer_at is not None and c.answer_at <= now:
             c.answer_at = None
             if c.answer_sdp is not None and c.state is CallState.EARLY:
-                self._send_ok(out, c, now)
+                self._answer(out, c, now)
         if c.ok_at is not None and c.ok_at <= now:
             if now >= c.ok_until:
                 # RFC 3261 §13.3.1.4: no ACK within 64*T1: end the dialog with BYE.
@@ -316,11 +335,15 @@ class UserAgent(UacCore):
         extra: tuple[tuple[str, str], ...] = (),
         reason: str | None = None,
         source: tuple[str, int] | None = None,
-    ) -> None:
-        data = self._encode(request, status, call, extra, reason=reason)
+        body: bytes = b"",
+    ) -> bytes:
+        """Build the response to ``request`` and send it through its server transaction, to
+        ``source`` (by default the call's ``reply_to``); returns its bytes."""
+        data = self._encode(request, status, call, extra, body, reason)
         where = source or (call.reply_to if call is not None else None)
         assert where is not None
         self._record(out, request, key, status, data, where, now)
+        return data
 
     def _record(
         self,
@@ -345,15 +368,46 @@ class UserAgent(UacCore):
             return
         self._arm(server)
 
-    def _send_ok(self, out: list[UaOutput], c: CallRecord, now: float) -> None:
+    def _answer(self, out: list[UaOutput], c: CallRecord, now: float) -> None:
+        """The 200 OK to the initial INVITE, with the adapter's answer (or offer: RFC 3264)."""
         assert c.invite_key is not None and c.answer_sdp is not None
-        extra = self._timer_headers(self._initial_timer(c))
-        data = self._encode(c.invite, 200, c, extra, c.answer_sdp)
-        self._record(out, c.invite, c.invite_key, 200, data, c.source, now)
         self._invites.pop(c.invite_key, None)
         c.state = CallState.ANSWERED
-        self._apply_timer(c, self._initial_timer(c), now)
-        self._retransmit_ok(c, data, c.invite.cseq[0], c.source, now, offers=not c.invite.body)
+        self._send_ok(
+            out,
+            c,
+            c.invite,
+            c.invite_key,
+            c.source,
+            now,
+            timer=self._initial_timer(c),
+            sdp=c.answer_sdp,
+            offers=not c.invite.body,
+        )
+
+    def _send_ok(
+        self,
+        out: list[UaOutput],
+        c: CallRecord,
+        request: SipRequest,
+        key: tuple[str, str, str],
+        to: tuple[str, int],
+        now: float,
+        *,
+        timer: tuple[int, str, bool] | None,
+        sdp: bytes,
+        offers: bool,
+    ) -> None:
+        """200 OK to an INVITE, re-INVITE or UPDATE of ``c`` with ``sdp`` and the negotiated
+        session ``timer`` (RFC 4028 §9), which applies from now; a 2xx to an INVITE is ours to
+        retransmit until its ACK (RFC 3261 §13.3.1.4). ``offers``: ``sdp`` is an offer, the
+        answer comes in the ACK."""
+        data = self._respond(
+            out, request, key, 200, c, now, extra=self._timer_headers(timer), source=to, body=sdp
+        )
+        self._apply_timer(c, timer, now)
+        if request.method == "INVITE":
+            self._retransmit_ok(c, data, request.cseq[0], to, now, offers=offers)
 
     def _retransmit_ok(
         self,
@@ -416,6 +470,27 @@ class UserAgent(UacCore):
 
     # ------------------------------------------------------------------ incoming requests
 
+    def _reply(
+        self,
+        r: _Incoming,
+        status: int,
+        call: CallRecord | None = None,
+        *extra: tuple[str, str],
+        reason: str | None = None,
+    ) -> None:
+        """Answer the request being handled (through its server transaction, to its source)."""
+        self._respond(
+            r.out,
+            r.request,
+            r.key,
+            status,
+            call,
+            r.now,
+            extra=extra,
+            reason=reason,
+            source=r.source,
+        )
+
     def _on_request(
         self, out: list[UaOutput], request: SipRequest, source: tuple[str, int], now: float
     ) -> None:
@@ -428,76 +503,60 @@ class UserAgent(UacCore):
             if again is not None:
                 out.append(Send(again, server.destination))
             return
+        r = _Incoming(request, key, source, out, now)
         if method == "CANCEL":
-            self._on_cancel(out, request, key, source, now)
+            self._on_cancel(r)
             return
         if method not in ("INVITE", "BYE", "OPTIONS", "INFO", "UPDATE"):
-            status = 405 if method in _KNOWN_UNSUPPORTED else 501
-            self._respond(
-                out, request, key, status, None, now, extra=(("Allow", ALLOW),), source=source
-            )
+            self._reply(r, 405 if method in _KNOWN_UNSUPPORTED else 501, None, ("Allow", ALLOW))
             return
         unsupported = [
             t for t in request.headers.get_all("Require") if t.lower() not in _SUPPORTED_TAGS
         ]
         if unsupported:
             # RFC 3261 §8.2.2.3: 420 Bad Extension naming what we do not support.
-            extra = (("Unsupported", ", ".join(unsupported)),)
-            self._respond(out, request, key, 420, None, now, extra=extra, source=source)
+            self._reply(r, 420, None, ("Unsupported", ", ".join(unsupported)))
             return
         to_tag = request.to().tag
         if to_tag is None:
             if method == "INVITE":
-                self._on_invite(out, request, key, source, now)
+                self._on_invite(r)
             elif method == "OPTIONS":
-                self._respond(
-                    out, request, key, 200, None, now, extra=self._capabilities(), source=source
-                )
+                self._reply(r, 200, None, *self._capabilities())
             else:
-                self._respond(out, request, key, 481, None, now, source=source)
+                self._reply(r, 481)
             return
         c = self._dialogs.get((request.call_id, to_tag))
         if c is None:
-            self._respond(out, request, key, 481, None, now, source=source)  # RFC 3261 §12.2.2
+            self._reply(r, 481)  # RFC 3261 §12.2.2
             return
         c.reply_to = source
-        self._in_dialog(out, c, request, key, now)
+        self._in_dialog(c, r)
 
     def _capabilities(self) -> tuple[tuple[str, str], ...]:
         return (("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", "timer"))
 
-    def _on_invite(
-        self,
-        out: list[UaOutput],
-        request: SipRequest,
-        key: tuple[str, str, str],
-        source: tuple[str, int],
-        now: float,
-    ) -> None:
-        def refuse(status: int, *extra: tuple[str, str], reason: str | None = None) -> None:
-            self._respond(
-                out, request, key, status, None, now, extra=extra, reason=reason, source=source
-            )
-
+    def _on_invite(self, r: _Incoming) -> None:
+        request, source = r.request, r.source
         if len(self._calls) >= self.settings.capacity:
-            refuse(486)
+            self._reply(r, 486)
             return
         contacts = request.headers.get_all("Contact")
         if len(contacts) != 1:
-            refuse(400, reason="Missing Contact" if not contacts else "Several Contacts")
+            self._reply(r, 400, reason="Missing Contact" if not contacts else "Several Contacts")
             return
         remote_target = str(NameAddr.parse(contacts[0]).uri)
         if request.body and content_type(request) != "application/sdp":
-            refuse(415, ("Accept", "application/sdp"))
+            self._reply(r, 415, None, ("Accept", "application/sdp"))
             return
         timer = self._negotiate_timer(request)
         if isinstance(timer, int):
-            refuse(422, ("Min-SE", str(timer)))  # RFC 4028 §9
+            self._reply(r, 422, None, ("Min-SE", str(timer)))  # RFC 4028 §9
             return
         from_ = request.from_()
         to = request.to()
         if from_.tag is None:
-            refuse(400, reason="Missing From tag")
+            self._reply(r, 400, reason="Missing From tag")
             return
         number = next(self._numbers)
         tag = new_tag()
@@ -514,17 +573,17 @@ class UserAgent(UacCore):
             user_agent=self.settings.user_agent,
             remote_cseq=request.cseq[0],
         )
-        c = CallRecord(number, False, dialog, request, source, invite_key=key, reply_to=source)
+        c = CallRecord(number, False, dialog, request, source, invite_key=r.key, reply_to=source)
         c.peer_allows_update = "UPDATE" in (m.upper() for m in request.headers.get_all("Allow"))
         self._calls[number] = c
         self._dialogs[(dialog.call_id, tag)] = c
-        self._invites[key] = c
-        self._respond(out, request, key, 100, None, now, source=source)
+        self._invites[r.key] = c
+        self._reply(r, 100)
         if self.settings.ring:
-            self._respond(out, request, key, 180, c, now)
+            self._reply(r, 180, c)
         if self.settings.answer_delay > 0:
-            c.answer_at = now + self.settings.answer_delay
-        out.append(
+            c.answer_at = r.now + self.settings.answer_delay
+        r.out.append(
             IncomingCall(
                 number,
                 dialog.call_id,
@@ -537,114 +596,83 @@ class UserAgent(UacCore):
         )
         self._arm(c)
 
-    def _on_cancel(
-        self,
-        out: list[UaOutput],
-        request: SipRequest,
-        key: tuple[str, str, str],
-        source: tuple[str, int],
-        now: float,
-    ) -> None:
-        invite_key = server_key(request, "INVITE")
+    def _on_cancel(self, r: _Incoming) -> None:
+        invite_key = server_key(r.request, "INVITE")
         c = self._invites.get(invite_key)
         if c is None or c.state is not CallState.EARLY or c.invite_key is None:
             # RFC 3261 §9.2: no matching transaction: 481; an answered one: 200, no effect.
-            status = 200 if c is not None or invite_key in self._servers else 481
-            self._respond(out, request, key, status, c, now, source=source)
+            self._reply(r, 200 if c is not None or invite_key in self._servers else 481, c)
             return
-        self._respond(out, request, key, 200, c, now, source=source)
-        self._respond(out, c.invite, c.invite_key, 487, c, now, source=c.source)
-        self._end(out, c, "cancelled", 487)
+        self._reply(r, 200, c)
+        self._respond(r.out, c.invite, c.invite_key, 487, c, r.now, source=c.source)
+        self._end(r.out, c, "cancelled", 487)
 
-    def _in_dialog(
-        self,
-        out: list[UaOutput],
-        c: CallRecord,
-        request: SipRequest,
-        key: tuple[str, str, str],
-        now: float,
-    ) -> None:
-        method = request.method
-        cseq = request.cseq[0]
+    def _in_dialog(self, c: CallRecord, r: _Incoming) -> None:
+        method = r.request.method
+        cseq = r.request.cseq[0]
         if cseq <= c.dialog.remote_cseq and method != "ACK":
-            self._respond(out, request, key, 500, c, now, reason="CSeq Out of Order")
+            self._reply(r, 500, c, reason="CSeq Out of Order")
             return  # RFC 3261 §12.2.2
         c.dialog.remote_cseq = cseq
         if method == "BYE":
-            self._respond(out, request, key, 200, c, now)
+            self._reply(r, 200, c)
             if c.pending is not None:  # RFC 3261 §15.1.2: the pending request gets 487
                 pending, c.pending = c.pending, None
-                self._respond(out, pending.request, pending.key, 487, c, now)
-            self._end(out, c, "bye", 200)
+                self._respond(r.out, pending.request, pending.key, 487, c, r.now)
+            self._end(r.out, c, "bye", 200)
         elif method == "OPTIONS":
-            self._respond(out, request, key, 200, c, now, extra=self._capabilities())
+            self._reply(r, 200, c, *self._capabilities())
         elif method == "INFO":
-            self._on_info(out, c, request, key, now)
+            self._on_info(c, r)
         else:
-            self._on_offer(out, c, request, key, now)
+            self._on_offer(c, r)
 
-    def _on_info(
-        self,
-        out: list[UaOutput],
-        c: CallRecord,
-        request: SipRequest,
-        key: tuple[str, str, str],
-        now: float,
-    ) -> None:
+    def _on_info(self, c: CallRecord, r: _Incoming) -> None:
+        request = r.request
         ctype = content_type(request)
         if not request.body:
-            self._respond(out, request, key, 200, c, now)
+            self._reply(r, 200, c)
             return
         if ctype not in ("application/dtmf-relay", "application/dtmf"):
-            self._respond(out, request, key, 415, c, now, extra=(("Accept", ACCEPT),))
+            self._reply(r, 415, c, ("Accept", ACCEPT))
             return
         found = parse_dtmf_info(ctype, request.body)
-        self._respond(out, request, key, 200 if found is not None else 400, c, now)
+        self._reply(r, 200 if found is not None else 400, c)
         if found is not None and c.state is not CallState.ENDED:
-            out.append(DtmfReceived(c.number, found[0], found[1]))
+            r.out.append(DtmfReceived(c.number, found[0], found[1]))
 
-    def _on_offer(
-        self,
-        out: list[UaOutput],
-        c: CallRecord,
-        request: SipRequest,
-        key: tuple[str, str, str],
-        now: float,
-    ) -> None:
+    def _on_offer(self, c: CallRecord, r: _Incoming) -> None:
         """A re-INVITE or UPDATE (RFC 3261 §14.2, RFC 3311 §5.2): hold, codec change, refresh."""
+        request = r.request
         if c.state is CallState.EARLY or (c.outgoing and c.state is not CallState.CONFIRMED):
-            self._respond(out, request, key, 491, c, now)  # RFC 3311 §5.2: an early UPDATE
+            self._reply(r, 491, c)  # RFC 3311 §5.2: an early UPDATE
             return
         if c.refreshing or (c.ok is not None and request.method == "INVITE"):
-            self._respond(out, request, key, 491, c, now)  # RFC 3261 §14.2: glare
+            self._reply(r, 491, c)  # RFC 3261 §14.2: glare
             return
         if c.pending is not None:
-            self._respond(out, request, key, 500, c, now, extra=(("Retry-After", _RETRY_AFTER),))
+            self._reply(r, 500, c, ("Retry-After", _RETRY_AFTER))
             return
         if request.body and content_type(request) != "application/sdp":
-            self._respond(out, request, key, 415, c, now, extra=(("Accept", "application/sdp"),))
+            self._reply(r, 415, c, ("Accept", "application/sdp"))
             return
         timer = self._negotiate_timer(request)
         if isinstance(timer, int):
-            self._respond(out, request, key, 422, c, now, extra=(("Min-SE", str(timer)),))
+            self._reply(r, 422, c, ("Min-SE", str(timer)))
             return
         contacts = request.headers.get_all("Contact")
         if contacts:
             c.dialog.remote_target = str(NameAddr.parse(contacts[0]).uri)  # §12.2.2 target refresh
         if request.body:
-            c.pending = PendingOffer(request, key, timer, c.reply_to)
-            out.append(OfferReceived(c.number, request.body))
+            c.pending = PendingOffer(request, r.key, timer, c.reply_to)
+            r.out.append(OfferReceived(c.number, request.body))
             return
         # No SDP: an UPDATE refreshes the session only; a re-INVITE wants our offer in the
         # 200 and the answer in the ACK (RFC 3261 §14.2).
-        self._apply_timer(c, timer, now)
-        is_invite = request.method == "INVITE"
-        data = self._encode(
-            request, 200, c, self._timer_headers(timer), c.local_sdp if is_invite else b""
+        sdp = c.local_sdp if request.method == "INVITE" else b""
+        self._send_ok(
+            r.out, c, request, r.key, c.reply_to, r.now, timer=timer, sdp=sdp, offers=True
         )
-        self._record(out, request, key, 200, data, c.reply_to, now)
-        if is_invite:
-            self._retransmit_ok(c, data, request.cseq[0], c.reply_to, now, offers=True)
 
     def _on_ack(self, out: list[UaOutput], request: SipRequest, now: float) -> None:
         to_tag = request.to().tag

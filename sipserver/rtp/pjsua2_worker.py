@@ -32,7 +32,6 @@ destroy the library and exit 0. A library that fails to start exits 2.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -56,13 +55,13 @@ from sipserver.rtp.framelink import (
     open_link,
 )
 from sipserver.rtp.pjsua2_ua import (
-    SESSION_TIMER_USE,
     PjsuaThread,
     StartedInfo,
     WorkerOptions,
     WorkerSink,
     describe_error,
 )
+from sipserver.rtp.worker_args import common_options, worker_parser
 
 __all__ = ["Pjsua2Worker", "PjsuaThread", "WorkerOptions", "main"]
 
@@ -321,29 +320,8 @@ class Pjsua2Worker:
 
 
 def parse_args(argv: list[str] | None = None) -> WorkerOptions:
-    """Parse the worker's command line."""
-    p = argparse.ArgumentParser(
-        prog="python -m sipserver.rtp.pjsua2_worker", description="pjsua2 media worker"
-    )
-    p.add_argument("--link", required=True, help="frame link unix socket of the main process")
-    p.add_argument("--sip-host", default="127.0.0.1")
-    p.add_argument("--sip-port", type=int, default=0, help="0 = pick a free port")
-    p.add_argument("--rtp-host", default=None, help="RTP bind address (default: --sip-host)")
-    p.add_argument("--rtp-port", type=int, required=True, help="first port of the RTP range")
-    p.add_argument("--rtp-port-count", type=int, required=True)
-    p.add_argument("--worker-id", required=True)
-    p.add_argument("--sample-rate", type=int, default=8000, choices=(8000, 16000))
-    p.add_argument("--stats-interval", type=float, default=5.0)
-    p.add_argument(
-        "--rtp-timeout", type=float, default=60.0, help="seconds without RTP before BYE; 0 = off"
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("auto", "console", "json"),
-        default="auto",
-        help="log rendering, as for sipserver run (the pool passes the main process's)",
-    )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    """Parse the worker's command line (the options of both workers: :mod:`.worker_args`)."""
+    p = worker_parser("python -m sipserver.rtp.pjsua2_worker", "pjsua2 media worker")
     p.add_argument(
         "--pjsip-log-level",
         type=int,
@@ -351,32 +329,11 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         default=None,
         help="pjsip's own log level 0-6 (default 2, warnings; 4 with --log-level debug)",
     )
-    p.add_argument("--session-timers", default="optional", choices=tuple(SESSION_TIMER_USE))
-    p.add_argument("--session-expires", type=int, default=1800, help="RFC 4028 interval, s")
-    p.add_argument("--min-se", type=int, default=90, help="RFC 4028 Min-SE, s (>= 90)")
-    p.add_argument("--answer-delay", type=float, default=0.0, help="ring seconds before 200")
     a = p.parse_args(argv)
-    return WorkerOptions(
-        link=a.link,
-        sip_host=a.sip_host,
-        sip_port=a.sip_port,
-        rtp_host=a.rtp_host or a.sip_host,
-        rtp_port=a.rtp_port,
-        rtp_port_count=a.rtp_port_count,
-        worker_id=a.worker_id,
-        sample_rate=a.sample_rate,
-        stats_interval=a.stats_interval,
-        rtp_timeout=a.rtp_timeout,
-        log_format=a.log_format,
-        log_level=a.log_level,
-        pjsip_log_level=(4 if a.log_level == "debug" else 2)
-        if a.pjsip_log_level is None
-        else a.pjsip_log_level,
-        session_timers=a.session_timers,
-        session_expires=a.session_expires,
-        min_se=a.min_se,
-        answer_delay=a.answer_delay,
-    )
+    pjsip_log_level = a.pjsip_log_level
+    if pjsip_log_level is None:
+        pjsip_log_level = 4 if a.log_level == "debug" else 2
+    return WorkerOptions(**common_options(a), pjsip_log_level=pjsip_log_level)
 
 
 def main(argv: list[str] | None = None) -> int:

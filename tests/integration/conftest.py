@@ -240,6 +240,19 @@ class ServerProcess:
         return 0.0
 
 
+def spawn_server(workdir: Path, mutate: Any = None, *, nofile: int | None = None) -> ServerProcess:
+    """A server from base_config (changed by ``mutate``) on free loopback ports, its config,
+    log and data under ``workdir``, spawned and not waited for; the caller stops it. Servers
+    running at the same time need a ``workdir`` each (their logs and data would mix)."""
+    sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+    config = base_config(sip_port, http_port, workdir / "data")
+    if mutate is not None:
+        mutate(config)
+    server = ServerProcess(config, workdir, nofile=nofile)
+    server.spawn()
+    return server
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[ServerProcess] = []
@@ -250,13 +263,8 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
         """A server from base_config (changed by ``mutate``), started and waited for until
         ``wait`` answers 200 (None: not waited for at all), with an open-file limit of
         ``nofile`` (soft and hard) when given."""
-        sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
-        config = base_config(sip_port, http_port, tmp_path / "data")
-        if mutate is not None:
-            mutate(config)
-        server = ServerProcess(config, tmp_path, nofile=nofile)
+        server = spawn_server(tmp_path, mutate, nofile=nofile)
         started.append(server)
-        server.spawn()
         if wait is not None:
             server.wait_until(wait)
         return server

@@ -1,7 +1,7 @@
 """Test signals for RTP tests: G.711 mu-law, tones, noise, SIPp pcap files, correlation.
 
-Shared by the engine-level tests of the native media engine (the pjsua2 worker's tests keep
-their own copies).
+Shared by the engine-level tests of both media engines (test_native_engine.py,
+test_pjsua2_worker.py) and the call tests that give SIPp a pcap to play.
 """
 
 from __future__ import annotations

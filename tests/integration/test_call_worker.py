@@ -29,8 +29,8 @@ from tests.integration.conftest import (
     place_call,
     sipp_path,
 )
+from tests.integration.rtp_signals import RATE, tone, write_pcmu_pcap
 from tests.integration.test_calls import NUMBER, edge_call, wait_metric
-from tests.integration.test_pjsua2_worker import RATE, tone, write_pcmu_pcap
 from tests.integration.test_voice_calls import NUMBER as VOICE_NUMBER
 from tests.integration.test_voice_calls import PASSWORD as VOICE_PASSWORD
 from tests.integration.test_voice_calls import USER as VOICE_USER

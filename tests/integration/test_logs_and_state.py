@@ -27,8 +27,8 @@ from tests.integration.conftest import (
     place_call,
     run_sipp,
 )
+from tests.integration.rtp_signals import RATE, tone
 from tests.integration.test_calls import wait_metric
-from tests.integration.test_pjsua2_worker import RATE, tone
 from tests.speech import write_wav
 
 pytestmark = pytest.mark.integration

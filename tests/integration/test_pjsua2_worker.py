@@ -11,7 +11,6 @@ import json
 import random
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import wave
@@ -38,77 +37,19 @@ from sipserver.rtp.framelink import (
     Stats,
     serve_links,
 )
+from tests.integration.rtp_signals import (
+    RATE,
+    echo_correlation,
+    noise_burst,
+    tone,
+    write_pcmu_pcap,
+)
 
 pytestmark = pytest.mark.integration
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sipp_scenarios"
 CALLER = Path(__file__).resolve().parent / "pjsua2_caller.py"
 SIPP = shutil.which("sipp")
-RATE = 8000
-
-
-# ------------------------------------------------------------------------------------------------
-# signals
-# ------------------------------------------------------------------------------------------------
-
-
-def ulaw_encode(pcm: np.ndarray) -> bytes:
-    """G.711 mu-law of int16 samples (vectorised)."""
-    x = pcm.astype(np.int32)
-    sign = (x < 0).astype(np.int32) << 7
-    mag = np.minimum(np.abs(x), 32635) + 0x84
-    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
-    mantissa = (mag >> (exponent + 3)) & 0x0F
-    return bytes((~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes())
-
-
-def tone(seconds: float, freq: float = 440.0, amplitude: float = 8000.0) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
-
-
-def noise_burst(seconds: float, seed: int = 7) -> np.ndarray:
-    """Pseudo-random speech-band signal: a sharp autocorrelation peak, no periodicity."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(int(seconds * RATE))
-    kernel = np.ones(3) / 3  # soften the top of the band a little
-    x = np.convolve(x, kernel, mode="same")
-    scaled: np.ndarray = np.clip(x / np.abs(x).max() * 12000, -32767, 32767).astype(np.int16)
-    return scaled
-
-
-def write_pcmu_pcap(path: Path, pcm: np.ndarray) -> None:
-    """A pcap of RTP/PCMU packets (PT 0, 20 ms) that SIPp's play_pcap_audio can replay."""
-    payload = ulaw_encode(pcm)
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]  # Ethernet linktype
-    ssrc = 0x1234ABCD
-    for i in range(len(payload) // 160):
-        rtp = (
-            struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * 160, ssrc)
-            + payload[i * 160 : (i + 1) * 160]
-        )
-        udp = struct.pack("!HHHH", 6000, 6000, 8 + len(rtp), 0) + rtp
-        ip = (
-            struct.pack(
-                "!BBHHHBBH4s4s",
-                0x45,
-                0,
-                20 + len(udp),
-                i & 0xFFFF,
-                0,
-                64,
-                17,
-                0,
-                bytes([127, 0, 0, 1]),
-                bytes([127, 0, 0, 1]),
-            )
-            + udp
-        )
-        eth = b"\x00" * 12 + b"\x08\x00" + ip
-        usec = i * 20000
-        out.append(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(eth), len(eth)))
-        out.append(eth)
-    path.write_bytes(b"".join(out))
 
 
 def rms(pcm: bytes) -> float:
@@ -444,25 +385,14 @@ async def test_pjsua2_caller_echo_correlates(worker: Worker, workdir: Path, echo
 
     with wave.open(str(record), "rb") as w:
         assert w.getframerate() == RATE and w.getnchannels() == 1
-        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-    ref = sent.astype(np.float64)
-    n = len(got) + len(ref)
-    size = 1 << (n - 1).bit_length()
-    corr = np.fft.irfft(np.fft.rfft(got, size) * np.conj(np.fft.rfft(ref, size)), size)
-    corr = corr[: len(got)]  # non-negative lags: got lags behind ref
-    lag = int(np.argmax(np.abs(corr)))
-    peak = float(np.abs(corr[lag]))
-    noise_floor = float(np.median(np.abs(corr))) + 1e-9
-    segment = got[lag : lag + len(ref)]
-    coeff = peak / (np.linalg.norm(ref) * np.linalg.norm(segment) + 1e-9)
-    print(
-        f"echo lag {lag / RATE * 1000:.0f} ms, peak/median {peak / noise_floor:.0f}, r={coeff:.2f}"
-    )
+        got = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    lag, peak_to_median, coeff = echo_correlation(got, sent)
+    print(f"echo lag {lag / RATE * 1000:.0f} ms, peak/median {peak_to_median:.0f}, r={coeff:.2f}")
     if not echo:
         assert np.abs(got).max() < 200  # silence (underflow) only
         return
     assert 0 < lag < RATE  # some round trip latency, below a second
-    assert peak > 50 * noise_floor
+    assert peak_to_median > 50
     assert coeff > 0.5
     stats = await main.wait_for(
         lambda r: isinstance(r, Stats) and r.counters["tx_frames"] > 100, timeout=5

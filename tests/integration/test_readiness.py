@@ -31,8 +31,8 @@ from tests.integration.conftest import (
     run_sipp,
     sipp_command,
 )
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import NUMBER, edge_call, wait_metric
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tests.integration.conftest import DEMO_PASSWORD, ServerProcess, run_sipp
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import edge_call
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,8 @@ from tests.integration.conftest import (
     place_call,
     run_sipp,
 )
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import ENGINES, on_engine
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 from tests.tls_certs import CertFiles, TestCa
 
 pytestmark = pytest.mark.integration
@@ -303,8 +303,8 @@ def test_pjsua2_call_over_mutual_tls_with_srtp_required(
     through SRTP on the caller's leg."""
     import numpy as np
 
+    from tests.integration.rtp_signals import RATE
     from tests.integration.test_calls import wait_metric
-    from tests.integration.test_pjsua2_worker import RATE
     from tests.speech import espeak, read_wav, write_wav
 
     server = server_factory(
@@ -344,8 +344,8 @@ def test_pjsua2_call_to_a_sips_uri(
     """A sips: Request-URI (RFC 5630): the edge Record-Routes with sips: (RFC 3261 §16.6 step 4),
     the caller routes its in-dialog requests by it, and the worker's BYE (a UDP hop on loopback
     from the worker) reaches the caller over its TLS connection."""
+    from tests.integration.rtp_signals import tone
     from tests.integration.test_calls import wait_metric
-    from tests.integration.test_pjsua2_worker import tone
     from tests.speech import write_wav
 
     server = server_factory(on_engine(engine, with_tls(ca.issue("server"))))
@@ -378,8 +378,8 @@ def test_srtp_policy_mismatch_is_488(
     status: int,
     engine: str,
 ) -> None:
+    from tests.integration.rtp_signals import tone
     from tests.integration.test_calls import wait_metric
-    from tests.integration.test_pjsua2_worker import tone
     from tests.speech import write_wav
 
     server = server_factory(on_engine(engine, with_tls(ca.issue("server"), srtp=agent)))
@@ -412,8 +412,8 @@ def test_srtp_answers_what_the_policy_allows(
     offers: tuple[tuple[str, bool], ...],
     engine: str,
 ) -> None:
+    from tests.integration.rtp_signals import tone
     from tests.integration.test_calls import wait_metric
-    from tests.integration.test_pjsua2_worker import tone
     from tests.speech import write_wav
 
     server = server_factory(on_engine(engine, with_tls(ca.issue("server"), srtp=agent)))

@@ -138,6 +138,39 @@ async def test_a_lost_call_worker_closes_its_websocket_calls_with_1011(
     assert _in_workers(server) == 0
 
 
+async def test_a_call_no_call_worker_has_room_for_is_closed_1013_and_counted(
+    server_factory: Any,
+) -> None:
+    """One call worker of one call: a second stream, admitted at the door (server.max_calls 4),
+    finds every worker full at its ``start``: 1013 "try again later" (RFC 6455 §7.4.1), not
+    1011, counted as a websocket refusal; the first call goes on."""
+
+    def mutate(config: dict[str, Any]) -> None:
+        _echo_ws(config)
+        config["server"]["workers"] = 1
+        config["server"]["max_calls"] = 4
+        config["server"]["media"] = {"engine": "native", "calls_per_worker": 1}
+
+    server: ServerProcess = server_factory(mutate)
+    async with aiohttp.ClientSession() as http:
+        first = MediaStreamClient(await _connect(http, server))
+        await first.start()
+        await asyncio.sleep(0.5)
+        assert _in_workers(server) == 1
+        second = MediaStreamClient(await _connect(http, server), sid="MZ" + "2" * 32)
+        await second.start()
+        await asyncio.wait_for(second.closed.wait(), 10)
+        await second.aclose()
+        assert not first.closed.is_set()
+        assert _in_workers(server) == 1
+        await first.stop()
+    assert (second.close_code, second.close_reason) == (1013, "call workers full")
+    assert (first.close_code, first.close_reason) == (1000, "stream stopped")
+    refusals = server.metric("sipserver_refusals_total", ingress="websocket", reason="workers_full")
+    assert refusals == 1
+    assert server.metric("sipserver_ws_closes_total", reason="workers_full") == 1
+
+
 async def test_403_and_404_say_nothing_about_the_agent(echo_server: ServerProcess) -> None:
     async with aiohttp.ClientSession() as http:
         for path, status in (

@@ -16,8 +16,8 @@ import pytest
 
 from tests.integration import test_calls
 from tests.integration.conftest import DEMO_PASSWORD, DEMO_USER, ServerProcess, sipp_command
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import NUMBER, edge_call, wait_metric
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import pytest
 
 from tests.integration.conftest import ServerProcess, run_sipp, sipp_command, until
 from tests.integration.media_stream_client import MediaStreamClient
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import wait_metric
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     free_port,
     sipp_path,
 )
-from tests.integration.test_pjsua2_worker import tone, write_pcmu_pcap
+from tests.integration.rtp_signals import tone, write_pcmu_pcap
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # each 12-20 s
 
