@@ -186,6 +186,7 @@ class RtpStream:
         # RTCP) on the same tick: each starts at a random point of the cycle.
         self._reads = random.randrange(_HOUSEKEEPING_READS)
         self._closed = False
+        self._watching = False
 
     def _attach(self, rtp: socket.socket, rtcp: socket.socket) -> None:
         """Take the two bound non-blocking sockets and start reading them.
@@ -201,8 +202,13 @@ class RtpStream:
         self._rtp, self._rtcp = rtp, rtcp
         self._sendto = rtp.sendto
         self._recvfrom = rtp.recvfrom
-        self._loop.add_reader(rtp.fileno(), self._read_rtp)
-        self._loop.add_reader(rtcp.fileno(), self._read_rtcp)
+
+    def _watch(self) -> None:
+        """Read both sockets whenever the loop finds datagrams waiting."""
+        assert self._rtp is not None and self._rtcp is not None
+        self._loop.add_reader(self._rtp.fileno(), self._read_rtp)
+        self._loop.add_reader(self._rtcp.fileno(), self._read_rtcp)
+        self._watching = True
 
     def _read_rtp(self) -> None:
         self._read(self._rtp, self._on_rtp)
@@ -690,9 +696,10 @@ class RtpStream:
         self._recvfrom = None
         for sock in (rtp, rtcp):
             if sock is not None:
-                if not self._loop.is_closed():
+                if self._watching and not self._loop.is_closed():
                     self._loop.remove_reader(sock.fileno())
                 sock.close()
+        self._watching = False
         self.on_dtmf = self.on_timeout = None
         release, self._release = self._release, None
         if release is not None:
@@ -769,6 +776,7 @@ class RtpPortPool:
                 release=functools.partial(self._release, port),
             )
             stream._attach(rtp_socket, rtcp_socket)
+            stream._watch()
             return stream
         raise NoPortsError(f"no free RTP port pair in {self.host} range")
 
