@@ -178,7 +178,6 @@ class NativeEngine:
         """Answered calls in progress (ACK received), by number."""
         self._answering: dict[int, EngineCall] = {}  # 200 sent (or held), no ACK yet
         self._setting_up: set[int] = set()  # IncomingCall whose stream is being opened
-        self._tasks: set[asyncio.Task[None]] = set()
         self._ports = RtpPortPool(
             settings.rtp_host, settings.rtp_port_start, settings.rtp_port_count
         )
@@ -227,8 +226,6 @@ class NativeEngine:
             deadline = asyncio.get_running_loop().time() + STOP_GRACE
             while ua.requests_in_flight and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-        for task in list(self._tasks):
-            task.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -308,10 +305,10 @@ class NativeEngine:
             if self._transport is not None:
                 self._transport.sendto(output.data, output.destination)
         elif isinstance(output, IncomingCall):
+            # Set up here, in this callback: a busy worker's loop passes wait behind slices of
+            # the media tick, and the 200 must not wait for several of them.
             self._setting_up.add(output.call)
-            task = asyncio.get_running_loop().create_task(self._set_up_or_refuse(output))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._set_up_or_refuse(output)
         elif isinstance(output, CallConfirmed):
             call = self._answering.pop(output.call, None)
             if call is not None:
@@ -334,17 +331,17 @@ class NativeEngine:
         assert self._ua is not None and self._loop is not None
         self._feed(self._ua.reject(number, status, reason, self._loop.time()))
 
-    async def _set_up_or_refuse(self, incoming: IncomingCall) -> None:
+    def _set_up_or_refuse(self, incoming: IncomingCall) -> None:
         """:meth:`_set_up`, and 500 if it failed: an INVITE is never left unanswered."""
         try:
-            await self._set_up(incoming)
+            self._set_up(incoming)
         except Exception:
             log.exception("native_call_setup_failed", call=incoming.call)
             if incoming.call in self._setting_up:
                 self._setting_up.discard(incoming.call)
                 self._refuse(incoming.call, 500, "")
 
-    async def _set_up(self, incoming: IncomingCall) -> None:
+    def _set_up(self, incoming: IncomingCall) -> None:
         """Negotiate the offer, open the stream and answer (RFC 3264 §6)."""
         number = incoming.call
         s = self.settings
@@ -370,7 +367,7 @@ class NativeEngine:
                 self._refuse(number, 488, "SRTP Offer Required")
                 return
             try:
-                stream = await self._ports.open_stream(
+                stream = self._ports.open_stream_now(
                     sample_rate=s.sample_rate, rtp_timeout=s.rtp_timeout
                 )
             except NoPortsError:
@@ -380,9 +377,6 @@ class NativeEngine:
         except BaseException:
             self._setting_up.discard(number)
             raise
-        if number not in self._setting_up:  # cancelled (or hung up) while the ports opened
-            stream.close()
-            return
         self._setting_up.discard(number)
         session_id = secrets.randbelow(2**31)
         call = EngineCall(

@@ -83,20 +83,11 @@ class NoPortsError(RuntimeError):
     """Every RTP port pair of the range is in use (the UA answers 503)."""
 
 
-class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("_on_lost", "datagram_received")
-
-    def __init__(
-        self, on_datagram: Callable[[bytes, Any], None], on_lost: Callable[[], None]
-    ) -> None:
-        self.datagram_received = on_datagram  # type: ignore[method-assign,assignment]
-        self._on_lost = on_lost
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP port unreachable while the peer is not listening yet: not our problem
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_lost()  # the socket is closed now: its port may be bound again
+#: Datagrams read per socket per readiness callback. The reader drains what is waiting
+#: (asyncio's datagram transport reads one per loop pass, ~3 us of overhead each) but stops
+#: after this many so one flooded socket cannot hold the loop; epoll is level-triggered, so
+#: the rest is read on the next pass.
+_READS_PER_WAKE = 16
 
 
 class RtpStream:
@@ -130,11 +121,11 @@ class RtpStream:
         self.on_timeout: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._release: Callable[[], None] | None = release
-        self._rtp: asyncio.DatagramTransport | None = None
+        self._rtp: socket.socket | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], object] = _not_open
         self._recvfrom: Callable[[int], tuple[bytes, Any]] | None = None
         self._send_errors = 0
-        self._rtcp: asyncio.DatagramTransport | None = None
+        self._rtcp: socket.socket | None = None
         self._timeout = rtp_timeout
         self._jitter_settings = jitter
         self._frame_bytes = frame_bytes(sample_rate)
@@ -195,20 +186,51 @@ class RtpStream:
         # RTCP) on the same tick: each starts at a random point of the cycle.
         self._reads = random.randrange(_HOUSEKEEPING_READS)
         self._closed = False
-        self._open_sockets = 2
+        self._watching = False
 
-    def _attach(
-        self,
-        rtp: asyncio.DatagramTransport,
-        rtcp: asyncio.DatagramTransport,
-        rtp_socket: socket.socket | None = None,
-    ) -> None:
-        """Take the transports; RTP is sent on ``rtp_socket`` directly when given (asyncio's
-        ``sendto`` adds ~5 us of checks per packet; a full socket buffer drops the packet, as
-        the network would)."""
+    def _attach(self, rtp: socket.socket, rtcp: socket.socket) -> None:
+        """Take the two bound non-blocking sockets and start reading them.
+
+        Plain sockets with ``loop.add_reader``, not asyncio datagram transports: opening a
+        transport takes two loop passes (``connection_made`` is scheduled), closing one a
+        third, and each pass of a busy call worker can wait behind a slice of the media tick;
+        this way a call is set up and torn down within the callback that asks for it
+        (INVITE->200 under load, bench/media_load.py). Sending calls ``sendto`` directly
+        (asyncio's adds ~5 us of checks per packet); a full socket buffer drops the packet,
+        as the network would.
+        """
         self._rtp, self._rtcp = rtp, rtcp
-        self._sendto = rtp_socket.sendto if rtp_socket is not None else rtp.sendto
-        self._recvfrom = rtp_socket.recvfrom if rtp_socket is not None else None
+        self._sendto = rtp.sendto
+        self._recvfrom = rtp.recvfrom
+
+    def _watch(self) -> None:
+        """Read both sockets whenever the loop finds datagrams waiting."""
+        assert self._rtp is not None and self._rtcp is not None
+        self._loop.add_reader(self._rtp.fileno(), self._read_rtp)
+        self._loop.add_reader(self._rtcp.fileno(), self._read_rtcp)
+        self._watching = True
+
+    def _read_rtp(self) -> None:
+        self._read(self._rtp, self._on_rtp)
+
+    def _read_rtcp(self) -> None:
+        self._read(self._rtcp, self._on_rtcp)
+
+    @staticmethod
+    def _read(sock: socket.socket | None, handle: Callable[[bytes, Any], None]) -> None:
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        for _ in range(_READS_PER_WAKE):
+            try:
+                data, addr = recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port unreachable while the peer is not listening yet (an error queued on
+                # the socket): not our problem; what follows it is read normally.
+                continue
+            handle(data, addr)
 
     def _drain(self) -> None:
         """Read every datagram waiting on the RTP socket now.
@@ -615,7 +637,8 @@ class RtpStream:
         )
         if self._srtp is not None:
             compound = self._srtp.protect_rtcp(compound)
-        self._rtcp.sendto(compound, remote)
+        with contextlib.suppress(OSError):  # a full buffer drops it, as the network would
+            self._rtcp.sendto(compound, remote)
         self._rtcp_sent += 1
 
     # ------------------------------------------------------------------------------- state
@@ -667,21 +690,20 @@ class RtpStream:
         self._sending = self._receiving = False
         with contextlib.suppress(OSError):
             self._send_rtcp(self._loop.time(), bye=True)
-        for transport in (self._rtp, self._rtcp):
-            if transport is not None:
-                transport.close()
+        rtp, rtcp = self._rtp, self._rtcp
+        self._rtp = self._rtcp = None
+        self._sendto = _not_open
+        self._recvfrom = None
+        for sock in (rtp, rtcp):
+            if sock is not None:
+                if self._watching and not self._loop.is_closed():
+                    self._loop.remove_reader(sock.fileno())
+                sock.close()
+        self._watching = False
         self.on_dtmf = self.on_timeout = None
-        if self._rtp is None:
-            self._socket_closed()
-
-    def _socket_closed(self) -> None:
-        """One socket is really closed (asyncio closes them on the next loop pass); the pair
-        goes back to the pool when both are."""
-        self._open_sockets -= 1
-        if self._open_sockets <= 0:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+        release, self._release = self._release, None
+        if release is not None:
+            release()  # both sockets are closed now: the pair may be bound again
 
 
 class RtpPortPool:
@@ -716,15 +738,36 @@ class RtpPortPool:
         rtp_timeout: float,
         jitter: JitterSettings | None = None,
     ) -> RtpStream:
-        """Bind the next free pair and return a stream on it (:meth:`RtpStream.apply` it).
+        """:meth:`open_stream_now` from a coroutine."""
+        return self.open_stream_now(sample_rate=sample_rate, rtp_timeout=rtp_timeout, jitter=jitter)
+
+    def open_stream_now(
+        self,
+        *,
+        sample_rate: int,
+        rtp_timeout: float,
+        jitter: JitterSettings | None = None,
+    ) -> RtpStream:
+        """Bind the next free pair and return a stream on it (:meth:`RtpStream.apply` it);
+        called on the event loop's thread, it does not wait for the loop.
 
         Raises:
             NoPortsError: every pair is in use (or held by another program).
         """
-        loop = asyncio.get_running_loop()
         for _ in range(len(self._free)):
             port = self._free.popleft()
             self._used.add(port)
+            rtp_socket = self._socket()
+            rtcp_socket = self._socket()
+            try:
+                rtp_socket.bind((self.host, port))
+                rtcp_socket.bind((self.host, port + 1))
+            except OSError as exc:
+                rtp_socket.close()
+                rtcp_socket.close()
+                self._release(port)
+                log.info("rtp_port_busy", port=port, error=str(exc))
+                continue
             stream = RtpStream(
                 local_port=port,
                 sample_rate=sample_rate,
@@ -732,33 +775,8 @@ class RtpPortPool:
                 jitter=jitter,
                 release=functools.partial(self._release, port),
             )
-            rtp: asyncio.DatagramTransport | None = None
-            rtp_socket = self._socket()
-            try:
-                rtp_socket.bind((self.host, port))
-                rtp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtp, stream._socket_closed),
-                    sock=rtp_socket,
-                )
-                rtcp_socket = self._socket()
-                try:
-                    rtcp_socket.bind((self.host, port + 1))
-                except OSError:
-                    rtcp_socket.close()
-                    raise
-                rtcp, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_RtpProtocol, stream._on_rtcp, stream._socket_closed),
-                    sock=rtcp_socket,
-                )
-            except OSError as exc:
-                if rtp is not None:
-                    rtp.close()  # its connection_lost releases the pair
-                else:
-                    rtp_socket.close()
-                    self._release(port)
-                log.info("rtp_port_busy", port=port, error=str(exc))
-                continue
-            stream._attach(rtp, rtcp, rtp_socket)
+            stream._attach(rtp_socket, rtcp_socket)
+            stream._watch()
             return stream
         raise NoPortsError(f"no free RTP port pair in {self.host} range")
 

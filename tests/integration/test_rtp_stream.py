@@ -123,8 +123,10 @@ async def test_rtcp_reports_go_out_and_come_in(
     a = await pool.open_stream(sample_rate=8000, rtp_timeout=10)
     peer, rtcp_peer = await RtpPeer.open_pair()
     a.apply(offer_to(peer.address[1]))
-    peer.play([ulaw_encode(bytes(320))] * 100, (HOST, a.local_port))
-    await run_clock(100, lambda k: (a.write_frame(bytes(320)), a.read_frame()))
+    peer.play([ulaw_encode(bytes(320))] * 150, (HOST, a.local_port))
+    # RTCP is looked at once a second of frames, from a random point of the cycle, and the
+    # first report is due 0.15-0.45 s in: 3 s of frames give at least two chances after it.
+    await run_clock(150, lambda k: (a.write_frame(bytes(320)), a.read_frame()))
     assert a.stats()["rtcp_sent"] >= 2
     # RTCP went to port + 1 (RFC 3550 §11): SRs (we send) with a report block on their stream
     reports = [p for p in rtcp_peer.rtcp if isinstance(p, RtcpSrPacket)]

@@ -331,6 +331,32 @@ async def test_an_echo_call_is_hosted_fed_by_the_clock_and_hung_up_by_its_sessio
     assert worker.stats()["calls"] == 0
 
 
+async def test_a_tick_plays_its_calls_in_slices_with_other_work_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tick runs TICK_SLICE calls per pass of the event loop: what is scheduled meanwhile (a
+    SIP message, a call set-up step) runs before the rest of the tick, and a call that ends
+    between two slices is not fed."""
+    from sipserver.rtp import call_worker
+
+    monkeypatch.setattr(call_worker, "TICK_SLICE", 2)
+    worker = RecordingWorker()
+    await configured(worker, echo_config())
+    calls = [worker.fake_engine.answer(FakeCall(n, sip_call_id=f"c{n}")) for n in range(1, 8)]
+    worker.fake_clock.run(1)
+    assert [len(c.stream.written) for c in calls] == [1, 1, 0, 0, 0, 0, 0]  # first slice at once
+    seen: list[list[int]] = []
+    asyncio.get_running_loop().call_soon(
+        lambda: seen.append([len(c.stream.written) for c in calls])
+    )
+    worker.fake_engine.hangup(7, "caller hung up")  # ends before its slice
+    for _ in range(6):
+        await asyncio.sleep(0)
+    assert seen == [[1, 1, 1, 1, 0, 0, 0]]  # ran between the second slice and the third
+    assert [len(c.stream.written) for c in calls] == [1, 1, 1, 1, 1, 1, 0]  # call 7 never fed
+    assert worker.stats()["frames"] == 6
+
+
 async def test_stats_are_running_totals_ended_calls_included() -> None:
     worker = RecordingWorker()
     await configured(worker, echo_config())

@@ -38,6 +38,9 @@ class Recorder:
     def sendto(self, data: bytes, addr: Any) -> None:
         self.sent.append((data, addr))
 
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        raise BlockingIOError  # nothing waiting: the test feeds packets with _on_rtp
+
     def close(self) -> None:
         self.closed = True
 
