@@ -184,6 +184,16 @@ def test_features_equal_whisper_log_mel_of_the_padded_window(samples: int) -> No
     )
 
 
+def test_mel_bands_hold_every_weight_of_the_dense_filters() -> None:
+    bins, weights = SmartTurnDetector._mel_bands()
+    filters = FeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=8).mel_filters
+    dense = np.zeros_like(filters, dtype=np.float32)
+    for m in range(filters.shape[0]):
+        np.add.at(dense[m], bins[m], weights[m])  # a clipped bin repeats with weight 0
+    np.testing.assert_array_equal(dense, filters.astype(np.float32))
+    assert weights.shape[1] < filters.shape[1] // 4  # bands, not the whole spectrum
+
+
 async def test_a_transcript_later_than_max_delay_ends_the_turn_without_the_model() -> None:
     # STT takes 3.5 s: the silence (from 1.5 s) has outlasted max_endpointing_delay (3 s) when
     # the transcript comes; the turn ends at once and the model is not asked.
