@@ -120,8 +120,26 @@ class TimedSmartTurn(SmartTurnDetector):
                 TimedSmartTurn.seconds += time.thread_time() - t
 
 
-def question(rate: int = 8000, text: str = "How much does it cost to call Lakeside?") -> Any:
-    """An espeak-ng question at ``rate`` followed by 3.5 s of silence (int16)."""
+QUIET_AFTER = 3.5
+"""Seconds of silence after each question unless a cadence is asked for."""
+
+MIN_QUIET = 1.5
+"""Least silence after a question: the VAD's end of speech (0.55 s), min_endpointing_delay
+(0.5 s) and the reply's 0.2 s must fit before the caller speaks again."""
+
+
+def question(
+    rate: int = 8000,
+    text: str = "How much does it cost to call Lakeside?",
+    *,
+    every: float | None = None,
+) -> Any:
+    """An espeak-ng question at ``rate`` followed by silence (int16): 3.5 s of it, or as much
+    as makes one question every ``every`` seconds.
+
+    Raises:
+        ValueError: ``every`` leaves less than :data:`MIN_QUIET` of silence after the question.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.wav"
         subprocess.run(["espeak-ng", "-w", str(path), text], check=True, timeout=30)
@@ -129,4 +147,10 @@ def question(rate: int = 8000, text: str = "How much does it cost to call Lakesi
             raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
             src = w.getframerate()
     speech = soxr.resample(raw, src, rate).astype(np.int16)
-    return np.concatenate((speech, np.zeros(int(3.5 * rate), dtype=np.int16)))
+    quiet = QUIET_AFTER if every is None else every - speech.size / rate
+    if quiet < MIN_QUIET:
+        raise ValueError(
+            f"a caller turn every {every} s leaves {quiet:.2f} s after the "
+            f"{speech.size / rate:.2f} s question; at least {MIN_QUIET} s is needed"
+        )
+    return np.concatenate((speech, np.zeros(round(quiet * rate), dtype=np.int16)))

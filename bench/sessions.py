@@ -1,13 +1,15 @@
 """Voice sessions per core: the CPU cost of the pipeline itself (VAD, turn model, bookkeeping).
 
-    python bench/sessions.py [--sessions 100] [--seconds 30] [--vad-rate 8000]
+    python bench/sessions.py [--sessions 100] [--seconds 30] [--vad-rate 8000] [--turn-every S]
     python bench/sessions.py --standins [--sessions 100,200,300] [--seconds 20] [--cpu 1]
+                             [--turn-every S]
     python bench/sessions.py --local [--calls 1,2,3,4] [--turns 6] [--cpu 1]
     python bench/sessions.py --turn-batches
 
 Default (virtual clock): N :class:`~sipserver.pipeline.voice.VoiceSession` objects are fed
-8 kHz caller audio (an espeak-ng question, then 3.5 s of silence, looped; sessions are offset so
-pauses do not align) as fast as the CPU allows. VAD is the real batched Silero (one
+8 kHz caller audio (an espeak-ng question of 2.3 s, then 3.5 s of silence, looped: one caller
+turn every 5.8 s; ``--turn-every S`` pads the silence to one turn every S seconds; sessions are
+offset so pauses do not align) as fast as the CPU allows. VAD is the real batched Silero (one
 ``run_once`` per 20 ms tick for every stream), the turn detector the real Smart Turn v3.2 (one
 prediction per pause, awaited before the clock moves on so that all its CPU is counted),
 STT/LLM/TTS are instant stand-ins (:mod:`bench._standins`). The CPU of the whole process
@@ -123,8 +125,8 @@ def make_sessions(
     return sessions
 
 
-def caller_frames() -> list[bytes]:
-    audio = question()
+def caller_frames(every: float | None) -> list[bytes]:
+    audio = question(RATE, every=every)
     period = audio.size // FRAME
     return [audio[k * FRAME : (k + 1) * FRAME].tobytes() for k in range(period)]
 
@@ -144,7 +146,13 @@ def print_split(cpu: float, silero: float, turn: TimedSmartTurn, session_seconds
 
 
 async def run_virtual(
-    sessions: int, seconds: float, vad_rate: int, transcript: str, smart_turn: bool, echo: bool
+    sessions: int,
+    seconds: float,
+    vad_rate: int,
+    transcript: str,
+    smart_turn: bool,
+    echo: bool,
+    every: float | None,
 ) -> None:
     clock = VirtualClock()
     options = VadOptions(sample_rate=vad_rate)
@@ -176,7 +184,7 @@ async def run_virtual(
 
     detector = AwaitedTurn() if smart_turn else None
     calls = make_sessions(sessions, batcher, options, detector, clock, count, transcript, echo)
-    frames = caller_frames()
+    frames = caller_frames(every)
     period = len(frames)
     offsets = [(i * 37) % period for i in range(sessions)]
     TimedSilero.seconds = 0.0
@@ -201,7 +209,8 @@ async def run_virtual(
         f"{sessions} sessions x {seconds:.0f} s of caller audio (VAD at {vad_rate} Hz, "
         f"turn model {'Smart Turn' if smart_turn else 'none (vad)'}, "
         f"echo gate {'on' if echo else 'off'}, "
-        f"transcript {transcript!r}): CPU {cpu:.2f} s (wall {wall:.2f} s), "
+        f"transcript {transcript!r}, a caller turn every {len(frames) * 0.02:.1f} s): "
+        f"CPU {cpu:.2f} s (wall {wall:.2f} s), "
         f"turns committed {committed}"
     )
     print(
@@ -217,7 +226,12 @@ async def run_virtual(
 
 
 async def run_standins(
-    counts: list[int], seconds: float, vad_rate: int, transcript: str, cpu_id: int | None
+    counts: list[int],
+    seconds: float,
+    vad_rate: int,
+    transcript: str,
+    cpu_id: int | None,
+    every: float | None,
 ) -> None:
     clock = MonotonicClock()
     options = VadOptions(sample_rate=vad_rate)
@@ -225,13 +239,13 @@ async def run_standins(
     vad_task = asyncio.create_task(batcher.run(clock))
     turn = TimedSmartTurn()
     await turn.warm_up()
-    frames = caller_frames()
+    frames = caller_frames(every)
     period = len(frames)
     loop = asyncio.get_running_loop()
     print(machine(cpu_id))
     print(
-        f"real time, VAD at {vad_rate} Hz, transcript {transcript!r}, {seconds:.0f} s per step "
-        "(after 3 s of warm-up)"
+        f"real time, VAD at {vad_rate} Hz, transcript {transcript!r}, a caller turn every "
+        f"{period * 0.02:.1f} s, {seconds:.0f} s per step (after 3 s of warm-up)"
     )
     print(
         f"{'sessions':>8} {'cores':>6} {'per core':>8} {'late ticks':>10} {'tick p99':>9} "
@@ -471,13 +485,26 @@ def main() -> None:
     parser.add_argument(
         "--transcript",
         default="how much does it cost",
-        help="what the instant STT hears (a question mark makes the question rule decide, "
-        "but the turn model still runs: its figure is reported)",
+        help="what the instant STT hears (ending in '?': the question rule ends the turn and "
+        "the turn model is not run)",
+    )
+    parser.add_argument(
+        "--turn-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="one caller turn (the question, then silence) every SECONDS (default: the question "
+        "then 3.5 s of silence, ~5.8 s); a real caller's turn comes every ~6-15 s",
     )
     parser.add_argument(
         "--cpu", type=int, default=None, help="CPU to pin to (real-time modes; default the last)"
     )
     args = parser.parse_args()
+    if args.turn_every is not None:
+        try:
+            question(RATE, every=args.turn_every)
+        except ValueError as exc:
+            parser.error(str(exc))
     configure_logging("console", "warning")
     cpu_id = None
     if args.standins or args.local:
@@ -491,7 +518,14 @@ def main() -> None:
     elif args.standins:
         counts = [int(c) for c in (args.sessions or "100,200,300").split(",")]
         asyncio.run(
-            run_standins(counts, args.seconds or 20.0, args.vad_rate, args.transcript, cpu_id)
+            run_standins(
+                counts,
+                args.seconds or 20.0,
+                args.vad_rate,
+                args.transcript,
+                cpu_id,
+                args.turn_every,
+            )
         )
     else:
         asyncio.run(
@@ -502,6 +536,7 @@ def main() -> None:
                 args.transcript,
                 not args.no_turn_model,
                 args.echo_gate,
+                args.turn_every,
             )
         )
 

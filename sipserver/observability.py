@@ -375,6 +375,13 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.voice_turn_predictions = Counter(
+            "sipserver_voice_turn_predictions",
+            "Pauses that can end a caller's turn, by whether the turn model ran on them "
+            "(run, skipped_question, skipped_delays, skipped_late).",
+            ["outcome"],
+            registry=r,
+        )
         self.calls_ended = Counter(
             "sipserver_calls_ended", "Calls that ended, by reason.", ["reason"], registry=r
         )

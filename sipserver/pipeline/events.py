@@ -24,6 +24,7 @@ __all__ = [
     "TranscriptReceived",
     "TurnCommitted",
     "TurnLatency",
+    "TurnPrediction",
     "event_from_json",
     "event_to_json",
 ]
@@ -74,7 +75,25 @@ class TurnCommitted(SessionEvent):
     at: float
     text: str
     probability: float | None
-    """End-of-turn probability from the turn model (None: silence or STT decided)."""
+    """End-of-turn probability from the turn model (None: no model answer decided it: silence
+    only, the STT's verdict, or a pause the model was not asked about, see
+    :class:`TurnPrediction`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPrediction(SessionEvent):
+    """A pause that can end the caller's turn, and whether the turn model was asked about it.
+
+    Only sessions with a turn model publish it, and not when the STT gives its own verdict.
+    """
+
+    at: float
+    outcome: str
+    """``run``: the model was asked. Skipped because its answer could not change when the turn
+    ends: ``skipped_question`` (the transcript ends in "?" and ``question_ends_turn`` is on: the
+    turn is done whatever the model says), ``skipped_delays`` (``min_endpointing_delay`` equals
+    ``max_endpointing_delay``: both verdicts give one deadline), ``skipped_late`` (the silence
+    already outlasted ``max_endpointing_delay`` when the transcript came)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +156,10 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
     """The JSON form of an event: an object with a ``"type"`` tag and the event's fields.
 
     Tags: ``state`` (``old``, ``new``: state values), ``transcript`` (``text``, ``final``),
-    ``turn`` (``text``, ``probability``), ``agent_text`` (``text``), ``interruption`` (``kind``,
-    ``heard``), ``latency`` (the timings, ``preemptive``), ``end_requested`` (``reason``),
-    ``provider_failed`` (``stage``, ``error``); every one has ``at``.
+    ``turn`` (``text``, ``probability``), ``turn_prediction`` (``outcome``), ``agent_text``
+    (``text``), ``interruption`` (``kind``, ``heard``), ``latency`` (the timings,
+    ``preemptive``), ``end_requested`` (``reason``), ``provider_failed`` (``stage``,
+    ``error``); every one has ``at``.
 
     Raises:
         TypeError: not one of this module's events.
@@ -155,6 +175,8 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
             "text": event.text,
             "probability": event.probability,
         }
+    if isinstance(event, TurnPrediction):
+        return {"type": "turn_prediction", "at": event.at, "outcome": event.outcome}
     if isinstance(event, AgentText):
         return {"type": "agent_text", "at": event.at, "text": event.text}
     if isinstance(event, Interruption):
@@ -232,6 +254,8 @@ def event_from_json(obj: Mapping[str, Any]) -> SessionEvent | None:
         return TranscriptReceived(at, _text(obj, "text"), _flag(obj, "final"))
     if kind == "turn":
         return TurnCommitted(at, _text(obj, "text"), _opt_num(obj, "probability"))
+    if kind == "turn_prediction":
+        return TurnPrediction(at, _text(obj, "outcome"))
     if kind == "agent_text":
         return AgentText(at, _text(obj, "text"))
     if kind == "interruption":
@@ -258,6 +282,7 @@ _KNOWN = frozenset(
         "state",
         "transcript",
         "turn",
+        "turn_prediction",
         "agent_text",
         "interruption",
         "latency",

@@ -42,6 +42,7 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
     TurnCommitted,
     TurnLatency,
+    TurnPrediction,
 )
 from sipserver.pipeline.feedback import FeedbackMixer
 from sipserver.pipeline.interruptions import InterruptionOptions
@@ -457,6 +458,9 @@ class VoiceRuntime:
             elif isinstance(event, ProviderFailed):
                 if metrics is not None:
                     metrics.voice_provider_errors.labels(event.stage).inc()
+            elif isinstance(event, TurnPrediction):
+                if metrics is not None:
+                    metrics.voice_turn_predictions.labels(event.outcome).inc()
             elif isinstance(event, TurnLatency):
                 _record_latency(metrics, call_id, event)
             if forward is not None:

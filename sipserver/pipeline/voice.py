@@ -54,6 +54,7 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
     TurnCommitted,
     TurnLatency,
+    TurnPrediction,
 )
 from sipserver.pipeline.interruptions import InterruptionOptions
 from sipserver.pipeline.providers.base import (
@@ -147,8 +148,8 @@ class VoiceOptions:
     interim_interval: float = 0.3
     """Seconds between interim STT runs while interruption words are being counted."""
     question_ends_turn: bool = True
-    """A transcript ending in ``?`` counts as a finished turn even when the turn model is
-    unsure (audio turn models rely on prosody; telephone and synthetic speech flatten it)."""
+    """A transcript ending in ``?`` is a finished turn and the turn model is not asked (audio
+    turn models rely on prosody; telephone and synthetic speech flatten it)."""
     early_stt: float | None = 0.2
     """Seconds of trailing silence after which the segment goes to STT before the VAD ends it
     (``min_silence_duration`` later); the result is used if the caller stays quiet. None: STT
@@ -514,11 +515,26 @@ class VoiceSession:
         if detector is None:
             self._endpointer.decide(None)
             return
+        # The model (~45 ms of a core) runs only when its answer can move the end of the turn.
+        now = self._clock.now()
         forced = self._endpointer.forced_deadline()
-        if forced is not None and self._clock.now() >= forced:
-            # The silence already outlasted max_endpointing_delay (a slow transcript): the turn
-            # ends on this tick whatever the model would say, and the commit would cancel it.
+        if forced is not None and now >= forced:
+            # A slow transcript: the silence outlasted max_endpointing_delay, the turn ends now.
+            self._emit(TurnPrediction(now, "skipped_late"))
             return
+        # A recognised question is a finished turn whatever the audio model thinks: Smart Turn
+        # leans on prosody, and flat (synthetic or band-limited) questions score low.
+        if self.options.question_ends_turn and turn_text.rstrip().endswith("?"):
+            self._emit(TurnPrediction(now, "skipped_question"))
+            self._endpointer.decide(True)
+            return
+        delays = self._endpointer.options
+        if delays.min_delay >= delays.max_delay:
+            # "done" and "not done" give one deadline: the verdict cannot move the commit.
+            self._emit(TurnPrediction(now, "skipped_delays"))
+            self._endpointer.decide(None)
+            return
+        self._emit(TurnPrediction(now, "run"))
         pcm = resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
         try:
             probability = await detector.end_of_turn_probability(
@@ -530,11 +546,7 @@ class VoiceSession:
             self._provider_failed("turn", exc)
             self._endpointer.decide(None)
             return
-        # A recognised question is a finished turn whatever the audio model thinks: Smart Turn
-        # leans on prosody, and flat (synthetic or band-limited) questions score low.
-        question = self.options.question_ends_turn and turn_text.rstrip().endswith("?")
-        done = question or probability >= detector.threshold
-        self._endpointer.decide(done, probability=probability)
+        self._endpointer.decide(probability >= detector.threshold, probability=probability)
 
     def _commit_turn(self, now: float) -> None:
         ep = self._endpointer

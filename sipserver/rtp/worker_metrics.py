@@ -31,6 +31,7 @@ FORWARDED: tuple[str, ...] = (
     "voice_turn_latency",
     "voice_interruptions",
     "voice_provider_errors",
+    "voice_turn_predictions",
     "voice_sessions_active",
 )
 """The :class:`Metrics` attributes the voice pipeline observes (sipserver/pipeline/runtime.py)."""

@@ -80,6 +80,13 @@ def test_caller_asks_and_the_agent_answers_from_its_knowledge_base(
     wait_metric(server, "sipserver_voice_turn_latency_seconds_count", 1, stage="first_frame")
     assert server.metric("sipserver_voice_turn_latency_seconds_count", stage="end_of_turn") >= 1
     assert server.metric("sipserver_voice_turn_latency_seconds_sum", stage="first_frame") > 0
+    # The turn's pause was counted: Smart Turn ran on it, or the question rule made it needless
+    # (which of the two depends on whether the STT heard the question mark).
+    decided = sum(
+        server.metric("sipserver_voice_turn_predictions_total", outcome=outcome)
+        for outcome in ("run", "skipped_question")
+    )
+    assert decided >= 1, server.metrics()
     deadline = time.monotonic() + 15
     while server.metric("sipserver_voice_sessions_active") != 0 and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -19,6 +19,7 @@ from sipserver.pipeline.events import (
     TranscriptReceived,
     TurnCommitted,
     TurnLatency,
+    TurnPrediction,
     event_from_json,
     event_to_json,
 )
@@ -132,6 +133,7 @@ EVENTS: list[SessionEvent] = [
     TranscriptReceived(2.0, "hello there", False),
     TurnCommitted(3.0, "hello there", 0.91),
     TurnCommitted(3.5, "x", None),
+    TurnPrediction(3.2, "skipped_question"),
     AgentText(4.0, "Hi! How can I help?"),
     Interruption(5.0, "interrupted", "Hi! How"),
     TurnLatency(6.0, 1.0, 1.2, 1.5, 1.7, 1.8, True),
@@ -155,6 +157,7 @@ def test_event_json_tags_are_stable() -> None:
         "transcript",
         "turn",
         "turn",
+        "turn_prediction",
         "agent_text",
         "interruption",
         "latency",

@@ -11,7 +11,7 @@ from faster_whisper.feature_extractor import FeatureExtractor  # type: ignore[im
 
 from sipserver.pipeline.clock import VirtualClock
 from sipserver.pipeline.endpointing import EndpointingOptions
-from sipserver.pipeline.events import TurnCommitted
+from sipserver.pipeline.events import TurnCommitted, TurnPrediction
 from sipserver.pipeline.interruptions import InterruptionOptions
 from sipserver.pipeline.turn import SmartTurnDetector
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
@@ -39,16 +39,20 @@ async def drive(
     reply: str = "Fine.",
     interruptions: InterruptionOptions | None = None,
     stt_delay: float = 0.1,
+    endpointing: EndpointingOptions | None = None,
+    question_ends_turn: bool = True,
+    probability: float = 0.9,
 ) -> tuple[VoiceSession, FakeTurn]:
     """One session with a turn model that counts its calls, driven for ``seconds``."""
     clock = VirtualClock()
-    turn = FakeTurn(clock, lambda text: 0.9)
+    turn = FakeTurn(clock, lambda text: probability)
     session = VoiceSession(
         AgentProfile("Be brief."),
         VoiceOptions(
             interruptions=interruptions or InterruptionOptions(),
-            endpointing=EndpointingOptions(0.5, 3.0),
+            endpointing=endpointing or EndpointingOptions(0.5, 3.0),
             preemptive_generation=False,
+            question_ends_turn=question_ends_turn,
         ),
         stt=FakeStt(clock, texts, delay=stt_delay),
         llm=FakeLlm(clock, reply=lambda m: reply),
@@ -71,10 +75,56 @@ def commits(session: VoiceSession) -> list[TurnCommitted]:
     return [e for e in session.events if isinstance(e, TurnCommitted)]
 
 
+def predictions(session: VoiceSession) -> list[str]:
+    return [e.outcome for e in session.events if isinstance(e, TurnPrediction)]
+
+
 async def test_each_pause_that_can_end_the_turn_asks_the_model_once() -> None:
     session, turn = await drive(["how much is it", "and the office hours"], [(0.5, 1.5)], 4.0)
     assert turn.seen == ["how much is it"]
     assert [c.text for c in commits(session)] == ["how much is it"]
+    assert predictions(session) == ["run"]
+    assert commits(session)[0].probability == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("probability", [0.05, 0.9])
+async def test_a_question_ends_the_turn_without_asking_the_model(probability: float) -> None:
+    # Whatever the model would say, "?" ends the turn after min_endpointing_delay: not asked.
+    session, turn = await drive(["how much is it?"], [(0.5, 1.5)], 4.0, probability=probability)
+    assert turn.seen == []
+    assert predictions(session) == ["skipped_question"]
+    (commit,) = commits(session)
+    assert commit.probability is None  # no model figure: none was computed
+    assert commit.at == pytest.approx(1.5 + 0.5, abs=0.03)
+
+
+async def test_without_the_question_rule_a_question_is_asked_about() -> None:
+    session, turn = await drive(
+        ["how much is it?"], [(0.5, 1.5)], 5.0, question_ends_turn=False, probability=0.05
+    )
+    assert turn.seen == ["how much is it?"]
+    assert predictions(session) == ["run"]
+    (commit,) = commits(session)
+    assert commit.probability == pytest.approx(0.05)
+    assert commit.at == pytest.approx(1.5 + 3.0, abs=0.03)  # unsure: max_endpointing_delay
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5])
+async def test_equal_endpointing_delays_end_the_turn_without_asking_the_model(
+    delay: float,
+) -> None:
+    session, turn = await drive(
+        ["I want to book a table"],
+        [(0.5, 1.5)],
+        5.0,
+        endpointing=EndpointingOptions(delay, delay),
+        probability=0.05,
+    )
+    assert turn.seen == []
+    assert predictions(session) == ["skipped_delays"]
+    (commit,) = commits(session)
+    assert commit.probability is None
+    assert commit.at == pytest.approx(1.5 + delay, abs=0.03)
 
 
 async def test_speech_that_does_not_interrupt_the_agent_never_asks_the_model() -> None:
@@ -134,11 +184,22 @@ def test_features_equal_whisper_log_mel_of_the_padded_window(samples: int) -> No
     )
 
 
+def test_mel_bands_hold_every_weight_of_the_dense_filters() -> None:
+    bins, weights = SmartTurnDetector._mel_bands()
+    filters = FeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=8).mel_filters
+    dense = np.zeros_like(filters, dtype=np.float32)
+    for m in range(filters.shape[0]):
+        np.add.at(dense[m], bins[m], weights[m])  # a clipped bin repeats with weight 0
+    np.testing.assert_array_equal(dense, filters.astype(np.float32))
+    assert weights.shape[1] < filters.shape[1] // 4  # bands, not the whole spectrum
+
+
 async def test_a_transcript_later_than_max_delay_ends_the_turn_without_the_model() -> None:
     # STT takes 3.5 s: the silence (from 1.5 s) has outlasted max_endpointing_delay (3 s) when
     # the transcript comes; the turn ends at once and the model is not asked.
     session, turn = await drive(["how much is it"], [(0.5, 1.5)], 7.0, stt_delay=3.5)
     assert turn.seen == []
+    assert predictions(session) == ["skipped_late"]
     (commit,) = commits(session)
     assert commit.text == "how much is it"
     assert commit.probability is None

@@ -10,6 +10,8 @@ import structlog
 import yaml
 
 from sipserver.config import embedded_config_path, parse_config
+from sipserver.observability import Metrics
+from sipserver.pipeline.events import SessionEvent, TurnPrediction
 from sipserver.pipeline.providers import inference
 from sipserver.pipeline.providers.base import ProviderError
 from sipserver.pipeline.providers.openai import OpenAiLlm
@@ -189,3 +191,28 @@ def test_reload_keeps_unchanged_models_and_rebuilds_changed_ones() -> None:
     after = runtime._models["demo-voice"]
     assert after is not before
     assert after.options.endpointing.min_delay == 0.8
+
+
+async def test_turn_predictions_run_and_skipped_are_counted_by_outcome() -> None:
+    config = _config()
+    metrics = Metrics()
+    runtime = VoiceRuntime(config, metrics=metrics)  # type: ignore[arg-type]
+    seen: list[SessionEvent] = []
+    session = runtime.new_session(config.agents[0], INFO, on_event=seen.append)  # type: ignore[attr-defined]
+    assert session is not None
+    published = [
+        TurnPrediction(1.0, "run"),
+        TurnPrediction(2.0, "skipped_question"),
+        TurnPrediction(3.0, "skipped_question"),
+    ]
+    for event in published:
+        session._emit(event)  # as _decide_turn publishes them
+    assert seen == published  # still forwarded (the frame link relays them)
+
+    def count(outcome: str) -> float:
+        name = "sipserver_voice_turn_predictions_total"
+        return metrics.registry.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+    assert (count("run"), count("skipped_question"), count("skipped_delays")) == (1, 2, 0)
+    session.on_hangup("test")
+    await runtime.close()

@@ -36,6 +36,7 @@ def test_totals_are_flat_integer_keys_per_bucket() -> None:
     observe_turns(worker, [0.42, 0.45, 7.0])
     worker.voice_interruptions.labels("paused").inc(2)
     worker.voice_provider_errors.labels("tts").inc()
+    worker.voice_turn_predictions.labels("skipped_question").inc(4)
     worker.voice_sessions_active.inc(3)
     totals = pipeline_totals(worker)
     assert totals["pipeline/voice_turn_latency/first_frame/le=0.5"] == 2  # not cumulative
@@ -44,6 +45,7 @@ def test_totals_are_flat_integer_keys_per_bucket() -> None:
     assert totals["pipeline/voice_turn_latency/first_frame/sum_us"] == 7_870_000
     assert totals["pipeline/voice_interruptions/paused"] == 2
     assert totals["pipeline/voice_provider_errors/tts"] == 1
+    assert totals["pipeline/voice_turn_predictions/skipped_question"] == 4
     assert totals["pipeline/voice_sessions_active"] == 3
     assert all(isinstance(v, int) for v in totals.values())  # STATS values are integers
 
