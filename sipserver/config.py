@@ -35,6 +35,7 @@ import ipaddress
 import os
 import pathlib
 import re
+import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -106,6 +107,7 @@ __all__ = [
     "config_dir",
     "embedded_config_path",
     "format_key_path",
+    "generate_secret",
     "is_listens_number",
     "load_config",
     "normalize_number",
@@ -773,6 +775,23 @@ def read_raw_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
     if raw is None:
         raise ConfigError([syntax_error or f"{source}: unreadable"], source=source)
     return raw
+
+
+GENERATED_SECRET_LENGTH = 32
+"""Length of :func:`generate_secret`'s secrets unless asked otherwise (and the least)."""
+
+
+def generate_secret(length: int = GENERATED_SECRET_LENGTH) -> str:
+    """A random URL-safe secret of exactly ``length`` characters: ``sipserver gen-secret`` and
+    the console's Generate button (websocket secrets, SIP passwords).
+
+    Raises:
+        ValueError: ``length`` is below :data:`GENERATED_SECRET_LENGTH`.
+    """
+    if length < GENERATED_SECRET_LENGTH:
+        raise ValueError(f"a generated secret has at least {GENERATED_SECRET_LENGTH} characters")
+    # token_urlsafe(n) yields about 1.3 characters per byte; trim to the exact length asked.
+    return secrets.token_urlsafe(length)[:length]
 
 
 def format_key_path(loc: Sequence[int | str]) -> str:

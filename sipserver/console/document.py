@@ -42,8 +42,15 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString
 
-from sipserver.config import Config, ConfigError, parse_config, read_raw_config
-from sipserver.console.masking import Kind, shown, written
+from sipserver.config import (
+    Config,
+    ConfigError,
+    embedded_config_path,
+    format_key_path,
+    parse_config,
+    read_raw_config,
+)
+from sipserver.console.masking import BodyError, Kind, shown, written
 from sipserver.data_dir import FILE_MODE
 
 __all__ = [
@@ -124,8 +131,9 @@ class ConfigDocument:
         path: The file (``sipserver run -c``); None: the embedded default (read-only).
         env: Variables for ``${VAR}`` expansion in validation; defaults to ``os.environ``.
 
-    Raises:
-        DocumentError: The file cannot be read or parsed.
+    Nothing is read until the first call (the server builds this before it starts); every
+    read loads the file again when it changed on disk. On the embedded default the objects are
+    read from it, and every write is refused.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, *, env: dict[str, str] | None = None):
@@ -138,9 +146,8 @@ class ConfigDocument:
         self._text = ""
         self._raw: dict[str, Any] = {}
         self.fingerprint = ""
-        """SHA-256 (hex) of the file as last loaded."""
-        if self.path is not None:
-            self._load(self.path.read_bytes() if self.path.exists() else b"")
+        """SHA-256 (hex) of the file as last loaded ("" before the first read)."""
+        self._source = self.path if self.path is not None else embedded_config_path()
 
     @property
     def read_only_reason(self) -> str | None:
@@ -154,18 +161,31 @@ class ConfigDocument:
 
     # ------------------------------------------------------------------------------ read
 
-    def refresh(self) -> None:
-        """Load the file again if it changed on disk (an operator's edit, a reload)."""
-        if self.path is None:
-            return
+    def refresh(self) -> str:
+        """Load the file again if it changed on disk (an operator's edit, a reload).
+
+        Returns:
+            The fingerprint of what is loaded now.
+
+        Raises:
+            DocumentError: The file cannot be read or parsed.
+        """
         with self._lock:
-            data = self.path.read_bytes()
-            if _sha(data) != self.fingerprint:
-                self._load(data)
+            self._fresh()
+            return self.fingerprint
+
+    def _fresh(self) -> None:
+        try:
+            data = self._source.read_bytes()
+        except OSError as exc:
+            raise DocumentError(f"{self._source}: cannot be read: {exc.strerror}") from exc
+        if _sha(data) != self.fingerprint:
+            self._load(data)
 
     def names(self, kind: Kind) -> list[str]:
         """The names (slugs) of the objects of ``kind``, in file order."""
         with self._lock:
+            self._fresh()
             return list(_objects(self._raw, kind))
 
     def get(self, kind: Kind, name: str) -> Any:
@@ -175,6 +195,7 @@ class ConfigDocument:
             NotFound: No such object.
         """
         with self._lock:
+            self._fresh()
             objects = _objects(self._raw, kind)
             if name not in objects:
                 raise NotFound(f"no {kind} {name!r}")
@@ -183,6 +204,7 @@ class ConfigDocument:
     def raw(self, kind: Kind, name: str) -> Any:
         """One object's raw (unexpanded, unmasked) value, or None: for the server's own use."""
         with self._lock:
+            self._fresh()
             return copy.deepcopy(_objects(self._raw, kind).get(name))
 
     # ----------------------------------------------------------------------------- write
@@ -203,16 +225,31 @@ class ConfigDocument:
         """
         if not isinstance(body, dict):
             raise Invalid([("", "the body must be a JSON object (the keys of the YAML file)")])
-        if kind == "agent":
-            slug = body.get("slug", name)
-            if slug != name:
-                raise Invalid([("slug", f"must be {name!r}, the slug in the URL")])
-            body = {"slug": name, **body}
         with self._lock:
             self._writable(expected)
+            at = self._path_of(kind, name)
+            if kind == "agent":
+                slug = body.get("slug", name)
+                if slug != name:
+                    raise Invalid([(f"{at}.slug", f"must be {name!r}, the slug in the URL")])
+                body = {"slug": name, **body}
             before = copy.deepcopy(_objects(self._raw, kind).get(name))
-            after = written(kind, body, before)
+            try:
+                after = written(kind, body, before)
+            except BodyError as exc:
+                raise Invalid([(f"{at}.{loc}", msg) for loc, msg in exc.errors]) from exc
             return self._save(kind, name, before, after)
+
+    def _path_of(self, kind: Kind, name: str) -> str:
+        """The key path of the object (a new agent: the index it will take)."""
+        if kind != "agent":
+            return format_key_path((SECTIONS[kind], name))
+        slugs = list(_objects(self._raw, kind))
+        items = self._raw.get("agents")
+        index = _agent_index(items, name) if isinstance(items, list) else None
+        if index is None:
+            index = len(items) if isinstance(items, list) else len(slugs)
+        return format_key_path(("agents", index))
 
     def delete(self, kind: Kind, name: str, *, expected: str | None = None) -> Saved:
         """Remove one object and save the file (refused when the rest then is invalid, e.g.
@@ -256,9 +293,9 @@ class ConfigDocument:
         if reason is not None:
             raise ReadOnly(reason)
         assert self.path is not None
-        on_disk = _sha(self.path.read_bytes())
-        if on_disk != self.fingerprint:
-            self._load(self.path.read_bytes())
+        loaded = self.fingerprint
+        self._fresh()
+        if loaded and loaded != self.fingerprint:
             raise Conflict("the file changed on disk since it was loaded; load it again")
         if expected is not None and expected != self.fingerprint:
             raise Conflict("the file changed since this client loaded it; load it again")

@@ -187,16 +187,17 @@ def test_invalid_changes_name_the_key_and_leave_the_file(
 
 def test_the_mask_where_no_secret_is_stored_is_refused(doc: ConfigDocument) -> None:
     body = {"sip": {"enabled": True, "username": "erin", "password": MASK}}
-    with pytest.raises(BodyError) as caught:
+    with pytest.raises(Invalid) as caught:
         doc.put("agent", "erin", body)
-    assert caught.value.errors[0][0] == "sip.password"
+    assert caught.value.errors[0][0] == "agents[2].sip.password"
 
 
 def test_conflict_when_the_file_changed_on_disk(doc: ConfigDocument, config_file: Path) -> None:
+    alice = doc.get("agent", "alice")
     loaded = doc.fingerprint
     config_file.write_text(TEXT.replace("name: Alice", "name: Alicia"))
     with pytest.raises(Conflict):
-        doc.put("agent", "alice", doc.get("agent", "alice"))
+        doc.put("agent", "alice", alice)
     assert "Alicia" in config_file.read_text()
     # The document loaded the new file: a client that read it again may save...
     assert doc.get("agent", "alice")["name"] == "Alicia"
@@ -247,6 +248,7 @@ def test_models_and_credentials(doc: ConfigDocument, config_file: Path) -> None:
 
 def test_read_only_on_the_embedded_default() -> None:
     doc = ConfigDocument(None)
+    assert "demo" in doc.names("agent")  # read from the embedded file
     assert doc.read_only_reason is not None and "-c FILE" in doc.read_only_reason
     with pytest.raises(ReadOnly):
         doc.put("model", "x", {"type": "custom"})
