@@ -331,7 +331,7 @@ class ConsoleApi:
         body = await _json_body(request)
         name = request.match_info["name"]
         expected = _if_match(request)
-        saved = await self._save(login, kind, name, lambda: self.document.put(
+        saved, reload = await self._save(login, kind, name, lambda: self.document.put(
             kind, name, body, expected=expected
         ))  # fmt: skip
         answer: dict[str, Any] = {
@@ -341,19 +341,23 @@ class ConsoleApi:
         if kind == "agent":
             agent = saved.config.agent_by_slug(name)
             answer["urls"] = agent.urls(saved.config.server.public_url) if agent else {}
-        answer["reload"] = await self._applied(saved)
+        answer["reload"] = reload
         return self._json(answer, saved.fingerprint)
 
     async def _delete(self, request: web.Request, kind: Kind) -> web.Response:
         login = self._guard(request, write=True)
         name, expected = request.match_info["name"], _if_match(request)
-        saved = await self._save(
+        saved, reload = await self._save(
             login, kind, name, lambda: self.document.delete(kind, name, expected=expected)
         )
-        answer = {"deleted": name, "version": saved.fingerprint}
-        return self._json({**answer, "reload": await self._applied(saved)}, saved.fingerprint)
+        answer = {"deleted": name, "version": saved.fingerprint, "reload": reload}
+        return self._json(answer, saved.fingerprint)
 
-    async def _save(self, login: Who, kind: Kind, name: str, change: Callable[[], Saved]) -> Saved:
+    async def _save(
+        self, login: Who, kind: Kind, name: str, change: Callable[[], Saved]
+    ) -> tuple[Saved, dict[str, Any]]:
+        """Save, record and reload, one save at a time (the reloads follow the saves' order:
+        the server never ends up running an older save than the file holds)."""
         async with self._saving:
             try:
                 saved = await asyncio.to_thread(change)
@@ -368,24 +372,23 @@ class ConsoleApi:
                 raise _error(404, str(exc)) from exc
             except DocumentError as exc:
                 raise _error(503, str(exc)) from exc
-            await asyncio.to_thread(
-                self.audit.append,
-                user=login.name,
-                role=login.role,
-                kind=kind,
-                name=name,
-                action=saved.action,
-                before=saved.before,
-                after=saved.after,
-            )
+            try:
+                await asyncio.to_thread(
+                    self.audit.append,
+                    user=login.name,
+                    role=login.role,
+                    kind=kind,
+                    name=name,
+                    action=saved.action,
+                    before=saved.before,
+                    after=saved.after,
+                )
+            except OSError as exc:  # the file is saved already: the server must follow it
+                log.error("console_audit_not_written", path=str(self.audit.path), error=str(exc))
             log.info("console_saved", user=login.name, kind=kind, name=name, action=saved.action)
-            return saved
-
-    async def _applied(self, saved: Saved) -> dict[str, Any]:
-        result = dict(await self._reload(saved.config))
-        return {
-            key: list(value) if isinstance(value, tuple) else value for key, value in result.items()
-        }
+            result = dict(await self._reload(saved.config))
+            reload = {k: list(v) if isinstance(v, tuple) else v for k, v in result.items()}
+            return saved, reload
 
     def _json(self, data: Any, version: str) -> web.Response:
         read_only = self.document.read_only_reason
