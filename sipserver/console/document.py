@@ -283,10 +283,16 @@ class ConfigDocument:
         self._indent(text)
 
     def _indent(self, text: str) -> None:
-        """Write lists indented as the file has them (``key:\\n- item`` or ``key:\\n  - item``)."""
-        found = re.search(r"^( *)[^\s#-][^\n]*:[ \t]*\n(?:[ \t]*(?:#[^\n]*)?\n)*( *)- ", text, re.M)
-        offset = len(found.group(2)) - len(found.group(1)) if found else 0
-        self._yaml.indent(mapping=2, sequence=offset + 2, offset=offset)
+        """Indent new mappings and lists as the file does (``key:\n  sub:`` with 2 or 4 spaces;
+        ``key:\n- item`` or ``key:\n  - item``)."""
+        blank = r"(?:[ \t]*(?:#[^\n]*)?\n)*"
+        nested = re.search(rf"^( *)[^\s#-][^\n]*:[ \t]*\n{blank}( *)[^\s#-]", text, re.M)
+        mapping = len(nested.group(2)) - len(nested.group(1)) if nested else 2
+        listed = re.search(rf"^( *)[^\s#-][^\n]*:[ \t]*\n{blank}( *)- ", text, re.M)
+        offset = len(listed.group(2)) - len(listed.group(1)) if listed else 0
+        mapping = mapping if 2 <= mapping <= 8 else 2
+        offset = offset if 0 <= offset <= 8 else 0
+        self._yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
 
     def _writable(self, expected: str | None) -> None:
         reason = self.read_only_reason

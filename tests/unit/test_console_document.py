@@ -287,3 +287,19 @@ def test_masking_round_trip_rules() -> None:
     with pytest.raises(BodyError):
         written("agent", {"url": {"from_env": "1BAD"}}, stored)
     assert "fallback-secret" not in masked_diff("agent", "x", stored, {**stored, "n": 2})
+
+
+def test_new_objects_follow_the_files_indentation(tmp_path: Path) -> None:
+    path = tmp_path / "four.yaml"
+    original = (
+        "models:\n    m:\n        type: custom\n"
+        "agents:\n    - slug: a\n      sip:\n          enabled: false\n"
+    )
+    path.write_text(original)
+    doc = ConfigDocument(path)
+    doc.put("agent", "b", {"sip": {"enabled": False, "numbers": ["200"]}})
+    text = path.read_text()
+    added = '    - slug: "b"\n      sip:\n          enabled: false\n          numbers:\n'
+    assert text.startswith(original) and text[len(original) :].startswith(added), text
+    agent = load_config(path).agent_by_slug("b")
+    assert agent is not None and agent.sip.numbers == ["200"]
