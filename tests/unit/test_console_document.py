@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +308,39 @@ def test_new_objects_follow_the_files_indentation(tmp_path: Path) -> None:
     assert text.startswith(original) and text[len(original) :].startswith(added), text
     agent = load_config(path).agent_by_slug("b")
     assert agent is not None and agent.sip.numbers == ["200"]
+
+
+_SAVER = """
+import sys
+from sipserver.console.document import ConfigDocument
+doc = ConfigDocument(sys.argv[1], env={"ALICE_PASSWORD": "x" * 16, "OPENAI_KEY": "k"})
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    alice = doc.get("agent", "alice")
+    alice["name"] = "A" if i % 2 else "B"
+    doc.put("agent", "alice", alice)
+"""
+
+
+def test_a_kill_during_saves_leaves_a_whole_file(config_file: Path) -> None:
+    """SIGKILL a process that saves in a loop: the file is always the old or a new one."""
+    names = set()
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(config_file)],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(random.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        agent = load_config(config_file, env=ENV).agent_by_slug("alice")
+        assert agent is not None and agent.name in ("Alice", "A", "B")
+        names.add(agent.name)
+        backup = config_file.with_name("sipserver.yaml.bak")
+        if backup.exists():  # absent only when the kill came before the first save
+            assert len(yaml.safe_load(backup.read_text())["agents"]) == 2
+    assert names & {"A", "B"}  # the saves did run
