@@ -28,6 +28,7 @@ A server started on the embedded default has no file of its own: the document is
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import io
 import os
@@ -147,7 +148,6 @@ class ConfigDocument:
         self._raw: dict[str, Any] = {}
         self.fingerprint = ""
         """SHA-256 (hex) of the file as last loaded ("" before the first read)."""
-        self._source = self.path if self.path is not None else embedded_config_path()
 
     @property
     def read_only_reason(self) -> str | None:
@@ -176,9 +176,10 @@ class ConfigDocument:
 
     def _fresh(self) -> None:
         try:
-            data = self._source.read_bytes()
+            source = self.path if self.path is not None else embedded_config_path()
+            data = source.read_bytes()
         except OSError as exc:
-            raise DocumentError(f"{self._source}: cannot be read: {exc.strerror}") from exc
+            raise DocumentError(f"{exc.filename}: cannot be read: {exc.strerror}") from exc
         if _sha(data) != self.fingerprint:
             self._load(data)
 
@@ -448,6 +449,26 @@ def _node(value: Any) -> Any:
     return value
 
 
+def _drop_stale_temporaries(path: Path) -> None:
+    """Remove temporary files a killed process left beside ``path`` (they hold a whole
+    configuration, secrets included)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _replace_atomically(path: Path, data: bytes) -> None:
     """``<path>.bak`` := the current file, then ``path`` := ``data``; each by a temporary file
     in the same directory, fsync and rename (a crash leaves the old or the new file)."""
@@ -457,6 +478,7 @@ def _replace_atomically(path: Path, data: bytes) -> None:
 
 
 def _write_and_rename(path: Path, data: bytes) -> None:
+    _drop_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
     try:

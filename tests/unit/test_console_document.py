@@ -344,3 +344,8 @@ def test_a_kill_during_saves_leaves_a_whole_file(config_file: Path) -> None:
         if backup.exists():  # absent only when the kill came before the first save
             assert len(yaml.safe_load(backup.read_text())["agents"]) == 2
     assert names & {"A", "B"}  # the saves did run
+    # A later save removes what the killed processes may have left half written.
+    (config_file.parent / f".sipserver.yaml.{proc.pid}.1.tmp").write_text("agents: [")
+    doc = ConfigDocument(config_file, env=ENV)
+    doc.put("agent", "alice", doc.get("agent", "alice") | {"name": "C"})
+    assert [p.name for p in config_file.parent.iterdir() if p.name.endswith(".tmp")] == []
