@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from sipserver.config import (
     CustomModel,
     config_dir,
     embedded_config_path,
+    generate_secret,
     load_config,
     srtp_warnings,
 )
@@ -263,8 +263,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _cmd_gen_secret(args: argparse.Namespace) -> int:
-    # token_urlsafe(n) yields about 1.3 characters per byte; trim to the exact length asked.
-    print(secrets.token_urlsafe(args.length)[: args.length])
+    print(generate_secret(args.length))
     return 0
 
 

@@ -35,6 +35,7 @@ import ipaddress
 import os
 import pathlib
 import re
+import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -105,11 +106,14 @@ __all__ = [
     "called_number",
     "config_dir",
     "embedded_config_path",
+    "format_key_path",
+    "generate_secret",
     "is_listens_number",
     "load_config",
     "normalize_number",
     "parse_config",
     "parse_host_port",
+    "read_raw_config",
     "srtp_warnings",
 ]
 
@@ -124,11 +128,23 @@ class ConfigError(Exception):
         errors: One line per problem, ``key.path: reason`` (YAML syntax errors and unreadable
             files name the source, with line and column, instead of a key path).
         source: The file name, or ``"<string>"`` for text given to :func:`parse_config`.
+        located: The same problems as ``(key path, reason)`` pairs (the key path is ``""``
+            for a problem of the whole file, such as a YAML syntax error), for callers that
+            show each reason beside its key (the console's API).
     """
 
-    def __init__(self, errors: Iterable[str], *, source: str = "<string>") -> None:
+    def __init__(
+        self,
+        errors: Iterable[str],
+        *,
+        source: str = "<string>",
+        located: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
         self.errors: list[str] = list(errors)
         self.source = source
+        self.located: list[tuple[str, str]] = (
+            list(located) if located is not None else [("", line) for line in self.errors]
+        )
         super().__init__("\n".join(self.errors))
 
 
@@ -748,6 +764,41 @@ def load_config(
     return parse_config(text, source=str(file), env=env, base_dir=config_dir(file))
 
 
+def read_raw_config(text: str, *, source: str = "<string>") -> dict[str, Any]:
+    """The document as the loader reads it, before ``${VAR}`` expansion and validation (what
+    the console shows and compares: the very reading :func:`parse_config` starts from).
+
+    Raises:
+        ConfigError: The YAML is malformed or its top level is not a mapping.
+    """
+    raw, syntax_error = rules.read_yaml(text, source)
+    if raw is None:
+        raise ConfigError([syntax_error or f"{source}: unreadable"], source=source)
+    return raw
+
+
+GENERATED_SECRET_LENGTH = 32
+"""Length of :func:`generate_secret`'s secrets unless asked otherwise (and the least)."""
+
+
+def generate_secret(length: int = GENERATED_SECRET_LENGTH) -> str:
+    """A random URL-safe secret of exactly ``length`` characters: ``sipserver gen-secret`` and
+    the console's Generate button (websocket secrets, SIP passwords).
+
+    Raises:
+        ValueError: ``length`` is below :data:`GENERATED_SECRET_LENGTH`.
+    """
+    if length < GENERATED_SECRET_LENGTH:
+        raise ValueError(f"a generated secret has at least {GENERATED_SECRET_LENGTH} characters")
+    # token_urlsafe(n) yields about 1.3 characters per byte; trim to the exact length asked.
+    return secrets.token_urlsafe(length)[:length]
+
+
+def format_key_path(loc: Sequence[int | str]) -> str:
+    """``("agents", 1, "sip", "numbers", 0)`` -> ``agents[1].sip.numbers[0]``."""
+    return rules.format_path(tuple(loc))
+
+
 def parse_config(
     text: str,
     *,
@@ -793,8 +844,11 @@ def parse_config(
         return not message.startswith("unknown key") and any(loc[: len(u)] == u for u, _ in unset)
 
     issues = [issue for issue in issues if not caused_by_unset(issue)]
-    lines = [f"{rules.format_path(loc)}: {message}" for loc, message in unset + issues]
-    raise ConfigError(list(dict.fromkeys(lines)), source=source)
+    located = list(
+        dict.fromkeys((rules.format_path(loc), message) for loc, message in unset + issues)
+    )
+    lines = [f"{path}: {message}" for path, message in located]
+    raise ConfigError(lines, source=source, located=located)
 
 
 def srtp_warnings(config: Config) -> list[str]:

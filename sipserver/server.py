@@ -14,12 +14,16 @@ import secrets
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
+from sipserver.console.api import ConsoleApi
+from sipserver.console.audit import AUDIT_FILE, AuditLog
+from sipserver.console.document import ConfigDocument
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -204,6 +208,17 @@ class Server:
         self.dashboard = Dashboard(
             lambda: self.config, self.listens_hub, self.metrics, self.refusals
         )
+        self.console = ConsoleApi(
+            document=ConfigDocument(config_path),
+            audit=AuditLog(Path(config.server.data_dir) / AUDIT_FILE),
+            gate=self.dashboard,
+            config=lambda: self.config,
+            reload=self._console_reload,
+            bindings=lambda: self.store,
+            ledger=self.ledger,
+            wall_clock=lambda: self.listeners.wall_clock(),
+        )
+        """The console's JSON API over the configuration file (docs/console.md)."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -496,6 +511,10 @@ class Server:
                 log.error("reload_result_not_written", error=str(exc))
             return result
 
+    async def _console_reload(self, config: Config) -> dict[str, Any]:
+        """The console saved the file: reload with the configuration it validated."""
+        return asdict(await self.reload(config))
+
     async def _read_config(self) -> Config:
         # YAML parsing and file checks: on a thread, off the loop that answers SIP.
         return await asyncio.to_thread(load_config, self.config_path)
@@ -624,6 +643,7 @@ class Server:
         self.gateway.add_routes(app)
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
+        self.console.add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)

@@ -204,7 +204,8 @@ class Dashboard:
 
     # ----------------------------------------------------------------------- sessions
 
-    def _login_of(self, request: web.Request) -> Login | None:
+    def login_of(self, request: web.Request) -> Login | None:
+        """The login of the request's session cookie, or None (also used by the console)."""
         token = request.cookies.get(COOKIE)
         if not token:
             return None
@@ -213,7 +214,7 @@ class Dashboard:
         return self.sessions.get(token, self._config(), asyncio.get_running_loop().time())
 
     def _require(self, request: web.Request, *, api: bool) -> Login:
-        login = self._login_of(request)
+        login = self.login_of(request)
         if login is not None:
             return login
         if api:
@@ -229,7 +230,7 @@ class Dashboard:
             raise _error(403, f"the role {login.role} may not see this agent's calls", api)
         return agent
 
-    def _same_origin(self, request: web.Request) -> bool:
+    def same_origin(self, request: web.Request) -> bool:
         """CSRF defence for POSTs: a browser's Origin must be this server's."""
         origin = request.headers.get("Origin")
         if origin is None:
@@ -258,7 +259,7 @@ class Dashboard:
         read; the attempt is counted for the source and the user name; a hash slot (bounded
         queue); the scrypt check on a thread; the outcome recorded.
         """
-        if not self._same_origin(request):
+        if not self.same_origin(request):
             self.metrics.dashboard_logins.labels("bad_origin").inc()
             raise _error(403, "cross-site login refused", api=False)
         source = request.remote or "?"
@@ -347,7 +348,7 @@ class Dashboard:
 
     async def logout(self, request: web.Request) -> web.Response:
         """End the session (POST, same origin only)."""
-        if not self._same_origin(request):
+        if not self.same_origin(request):
             raise _error(403, "cross-site logout refused", api=False)
         token = request.cookies.get(COOKIE)
         if token:
@@ -450,7 +451,7 @@ class Dashboard:
                 try:
                     item = await sub.get(timeout=_HEARTBEAT)
                 except TimeoutError:
-                    if self._login_of(request) is None:  # logged out or removed meanwhile
+                    if self.login_of(request) is None:  # logged out or removed meanwhile
                         break
                     await response.write(b": keep-alive\n\n")
                     continue
