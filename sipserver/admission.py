@@ -59,10 +59,12 @@ Xeon VM (bench/README.md, "Capacity"): local-model calls wait more than they com
 talking call uses 0.15-0.3 of a core) but what they wait for is serial - one Whisper decode and
 one Piper sentence at a time per process - so callers who finish a question together queue:
 voice-to-voice p95 1.40 s with 1 call, 1.38 s with 2, 1.64 s with 3 on one core
-(bench/sessions.py --local), hence 2, the most that keeps p95 under 1.5 s; VAD and
-Smart Turn alone serve ~160-230 sessions per core (bench/sessions.py) and the websocket gateway
-~290-370 streams (bench/websocket.py), so a hosted-model call (both) ~100 and an echo line
-(the gateway) ~290, taken at about 60% to keep the signalling loop answering within 50 ms."""
+(bench/sessions.py --local), hence 2, the most that keeps p95 under 1.5 s. VAD and Smart
+Turn (45 ms a prediction, one per caller turn) serve 99 sessions per core when the caller ends a
+turn every 6 s, 146 every 10 s, 194 every 15 s (bench/sessions.py --standins --turn-every) and
+the media path ~700 calls (bench/media_load.py), so a hosted-model call ~100 and an echo line
+~290 (the websocket gateway, bench/websocket.py), taken at about 60% to keep the signalling
+loop answering within 50 ms."""
 
 RETRY_AFTER: Final = 5
 """Seconds in the Retry-After of a refusal at capacity: a call slot frees when a call ends."""
