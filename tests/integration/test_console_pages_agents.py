@@ -161,11 +161,34 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         on_disk = yaml.safe_load(server.config_file.read_text())["agents"][-1]
         assert "allowed_ips" not in on_disk["sip"]
 
+        # The file changes underneath (a hand edit): Save gets 409, the page offers to reload;
+        # after the reload the save goes through and the hand edit stays.
+        config_file = server.config_file
+        config_file.write_text(config_file.read_text() + "# a hand edit\n")
+        await set_field(page, "sip.allowed_ips", "10.0.0.5/32")
+        await press(page, "save")
+        await page.until("!document.getElementById('conflict').hidden")
+        await page.screenshot(tmp_path / "agents-5-conflict.png")
+        await page.eval("window.beforeReload = true")
+        await press(page, "reload-page")
+        await page.until("!window.beforeReload && document.body.dataset.loaded === 'yes'")
+        assert await page.eval("document.getElementById('sip.allowed_ips').value") == ""
+        await set_field(page, "sip.allowed_ips", "10.0.0.5/32")
+        await press(page, "save")
+        await page.until(f"{text_of('save-status')}.startsWith('Saved.')")
+        text = config_file.read_text()
+        assert "# a hand edit" in text
+        assert yaml.safe_load(text)["agents"][-1]["sip"]["allowed_ips"] == ["10.0.0.5/32"]
+
         # A supervisor reads the page: inputs disabled, no Save, no Generate, a note why.
-        await page.eval("document.querySelector('form[action=\"/dashboard/logout\"] button').click()")
+        await page.eval(
+            "document.querySelector('form[action=\"/dashboard/logout\"] button').click()"
+        )
         await page.until("location.pathname === '/dashboard/login'")
         await log_in(page, base, "supervisor")
-        assert await page.eval("document.querySelector('a[href=\"/dashboard/agents/new\"]')") is None
+        assert (
+            await page.eval("document.querySelector('a[href=\"/dashboard/agents/new\"]')") is None
+        )
         await page.goto(f"{base}/dashboard/agents/dora/settings")
         await page.until("document.body.dataset.loaded")
         state = await page.eval(
@@ -176,7 +199,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
             " username: document.getElementById('sip.username').value,"
             " sip: document.getElementById('sip.enabled').checked})"
         )
-        await page.screenshot(tmp_path / "agents-5-supervisor-read-only.png")
+        await page.screenshot(tmp_path / "agents-6-supervisor-read-only.png")
         uncaught = [e for e in page.errors if e.startswith("uncaught")]
     print(f"screenshots {tmp_path}")
     assert state["disabled"] and state["save"] and state["generate"], state

@@ -87,6 +87,7 @@ function fill(agent) {
   for (const key of SECRETS) {
     const stored = lookup(agent, key);
     $(key).value = "";
+    $(key).type = "password"; // Generate shows the new secret until it is saved
     let note = "";
     if (isReference(stored) && stored.from_env) {
       note = `From environment variable ${stored.from_env}. Leave empty to keep it.`;
@@ -288,7 +289,7 @@ async function save(event) {
   status.textContent = "";
   if (code === 422) {
     showErrors(data.errors || []);
-    status.textContent = "Not saved: see the errors marked below.";
+    status.textContent = "Not saved: see the errors marked in the form.";
   } else if (code === 409) {
     $("conflict").hidden = false;
     status.textContent = "Not saved.";
