@@ -32,8 +32,18 @@ DORA_PASSWORD = "dora-sip-password-1"
 
 
 @pytest.fixture
-def server(server_factory: Any) -> ServerProcess:
-    s: ServerProcess = server_factory(with_users)
+def server(server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    """The base config with a user per role; alice's display name and SIP password come from
+    the environment (``${VAR}`` references the page must keep)."""
+    monkeypatch.setenv("ALICE_SIP_PASSWORD", "alice-env-password-1")
+
+    def mutate(config: dict[str, Any]) -> None:
+        with_users(config)
+        alice = config["agents"][0]
+        alice["name"] = "${ALICE_DISPLAY_NAME:-Alice}"
+        alice["sip"]["password"] = "${ALICE_SIP_PASSWORD}"
+
+    s: ServerProcess = server_factory(mutate)
     return s
 
 
@@ -87,7 +97,29 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         assert "Settings" in menu and "AI Listens" in menu and "Calls (after [5/7])" in menu
         assert live == "0 calls in progress"
 
+        # The menu's Settings: references show where they come from and survive a save.
+        await page.eval(
+            "document.querySelector('[data-agent=alice] nav a[href$=settings]').click()"
+        )
+        await page.until(
+            "location.pathname === '/dashboard/agents/alice/settings'"
+            " && document.body.dataset.loaded === 'yes'"
+        )
+        name = await page.eval("document.getElementById('name').value")
+        name_note = await page.eval(text_of("name-ref"))
+        password_note = await page.eval(text_of("sip.password-stored"))
+        assert name == "${ALICE_DISPLAY_NAME:-Alice}" and "ALICE_DISPLAY_NAME" in name_note
+        assert "From environment variable ALICE_SIP_PASSWORD" in password_note
+        await set_field(page, "max_concurrent_calls", "5")
+        await press(page, "save")
+        await page.until(f"{text_of('save-status')}.startsWith('Saved.')")
+        await page.screenshot(tmp_path / "agents-2-settings-references.png")
+        text = server.config_file.read_text()
+        assert "${ALICE_DISPLAY_NAME:-Alice}" in text and "${ALICE_SIP_PASSWORD}" in text
+        assert yaml.safe_load(text)["agents"][0]["max_concurrent_calls"] == 5
+
         # A new agent with SIP and a websocket; Generate; Save; the URLs appear.
+        await page.goto(f"{base}/dashboard")
         await page.eval("document.querySelector('a[href=\"/dashboard/agents/new\"]').click()")
         await page.until(
             "location.pathname === '/dashboard/agents/new' && document.body.dataset.loaded"
@@ -111,7 +143,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         await press(page, "generate")
         secret = await page.until("document.getElementById('websocket.secret').value")
         assert len(secret) >= 32
-        await page.screenshot(tmp_path / "agents-2-new-agent.png")
+        await page.screenshot(tmp_path / "agents-3-new-agent.png")
         await press(page, "save")
         try:
             ws_url = await page.until(
@@ -123,7 +155,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         twilio_url = await page.eval(text_of("url-twilio_webhook"))
         saved = await page.eval(text_of("save-status"))
         path = await page.eval("location.pathname")
-        await page.screenshot(tmp_path / "agents-3-saved-urls.png")
+        await page.screenshot(tmp_path / "agents-4-saved-urls.png")
         http_base = base.removeprefix("http://")
         assert ws_url == f"ws://{http_base}/ws/dora/{secret}"
         assert twilio_url == f"{base}/incoming-call/dora/{secret}"
@@ -156,7 +188,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
             "document.getElementById('sip.allowed_ips').getAttribute('aria-invalid')"
         )
         focused = await page.eval("document.activeElement.id")
-        await page.screenshot(tmp_path / "agents-4-error-beside-field.png")
+        await page.screenshot(tmp_path / "agents-5-error-beside-field.png")
         assert "10.0.0.5/32" in error and invalid == "true" and focused == "sip.allowed_ips"
         on_disk = yaml.safe_load(server.config_file.read_text())["agents"][-1]
         assert "allowed_ips" not in on_disk["sip"]
@@ -168,7 +200,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         await set_field(page, "sip.allowed_ips", "10.0.0.5/32")
         await press(page, "save")
         await page.until("!document.getElementById('conflict').hidden")
-        await page.screenshot(tmp_path / "agents-5-conflict.png")
+        await page.screenshot(tmp_path / "agents-6-conflict.png")
         await page.eval("window.beforeReload = true")
         await press(page, "reload-page")
         await page.until("!window.beforeReload && document.body.dataset.loaded === 'yes'")
@@ -199,7 +231,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
             " username: document.getElementById('sip.username').value,"
             " sip: document.getElementById('sip.enabled').checked})"
         )
-        await page.screenshot(tmp_path / "agents-6-supervisor-read-only.png")
+        await page.screenshot(tmp_path / "agents-7-supervisor-read-only.png")
         uncaught = [e for e in page.errors if e.startswith("uncaught")]
     print(f"screenshots {tmp_path}")
     assert state["disabled"] and state["save"] and state["generate"], state

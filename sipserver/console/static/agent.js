@@ -99,11 +99,26 @@ function fill(agent) {
   for (const key of [...BOOLS, ...TEXTS, ...NUMBERS, ...SELECTS, ...LISTS, ...SECRETS]) {
     shown[key] = current(key);
   }
-  for (const key of TEXTS) {
-    const value = lookup(agent, key);
-    if (isReference(value) && value.from_env) $(key).title = `from environment variable ${value.from_env}`;
-  }
+  for (const key of [...TEXTS, ...SELECTS, ...NUMBERS]) referenceNote(key, lookup(agent, key));
   requiredModel();
+}
+
+// A value the file takes from the environment says so beside its field; it stays a
+// reference unless the field is edited.
+function referenceNote(key, value) {
+  let note = $(`${key}-ref`);
+  if (!isReference(value)) {
+    if (note) note.textContent = "";
+    return;
+  }
+  if (!note) {
+    note = Object.assign(document.createElement("p"), { id: `${key}-ref`, className: "stored" });
+    $(key).after(note);
+    $(key).setAttribute("aria-describedby", `${$(key).getAttribute("aria-describedby")} ${note.id}`);
+  }
+  note.textContent = value.from_env
+    ? `From environment variable ${value.from_env}; it stays a reference unless you change it.`
+    : "A template with environment variables; it stays as written unless you change it.";
 }
 
 function requiredModel() {
