@@ -4,7 +4,8 @@ Pages (HTML, served from ``sipserver/listens/static``):
 
 - ``GET /dashboard/login`` and ``POST /dashboard/login`` (form: ``name``, ``password``,
   ``next``), ``POST /dashboard/logout``;
-- ``GET /dashboard``: the agents, each card with a menu; its "AI Listens" entry opens
+- ``GET /dashboard``: the agents, each card with a menu (Settings: the console's agent page,
+  :mod:`sipserver.console.agent_pages`; Calls, disabled until [5/7]); its "AI Listens" entry opens
 - ``GET /dashboard/agents/<slug>/listens``: the agent's monitored calls and, for the selected
   call, its transcript and suggestions, live.
 
