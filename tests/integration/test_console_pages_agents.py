@@ -12,7 +12,6 @@ Skipped when chromium is not installed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.integration.cdp import Page, chromium_path, open_page
-from tests.integration.conftest import ServerProcess, run_sipp
+from tests.integration.conftest import ServerProcess, run_sipp, until
 from tests.integration.media_stream_client import MediaStreamClient
 from tests.integration.test_console_api import password_of, with_users
 
@@ -172,12 +171,9 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         assert result.returncode == 0, result.output
         client = MediaStreamClient(await http.ws_connect(ws_url))
         await client.start()
-        for _ in range(100):
-            if len(client.frames) >= 10:
-                break
-            await asyncio.sleep(0.05)
+        served = await until(lambda: len(client.frames) >= 10, 15)
         await client.stop()
-        assert len(client.frames) >= 10, "the agent's websocket sent no audio"
+        assert served, f"the agent's websocket sent {len(client.frames)} frames"
         assert client.close_code == 1000
 
         # A bare address is not CIDR: the 422 is shown beside the field, nothing is saved.

@@ -128,8 +128,11 @@ function requiredModel() {
 }
 
 function showUrls(urls) {
+  const needs = { websocket: "websocket", twilio_webhook: "websocket", listens: "listens" };
   for (const key of URLS) {
-    $(`url-${key}`).textContent = (urls && urls[key]) || "available after saving";
+    const on = lookup(original, `${needs[key]}.enabled`) === true;
+    const missing = on ? "available after saving" : `available after saving, with ${needs[key] === "listens" ? "AI Listens" : "the websocket"} enabled`;
+    $(`url-${key}`).textContent = (urls && urls[key]) || missing;
   }
 }
 
