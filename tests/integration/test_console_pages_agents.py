@@ -171,10 +171,26 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         assert result.returncode == 0, result.output
         client = MediaStreamClient(await http.ws_connect(ws_url))
         await client.start()
-        served = await until(lambda: len(client.frames) >= 10, 15)
-        await client.stop()
+        try:
+            served = await until(lambda: len(client.frames) >= 10, 15)
+            # The agent list counts the call while it lasts, and no longer once it ended.
+            await page.goto(f"{base}/dashboard")
+            during = await page.until(
+                "(t => t.startsWith('1 ') && t)"
+                "(document.querySelector('[data-agent=dora] .live').textContent)"
+            )
+            await page.screenshot(tmp_path / "agents-4b-list-call-in-progress.png")
+        finally:
+            await client.stop()
         assert served, f"the agent's websocket sent {len(client.frames)} frames"
         assert client.close_code == 1000
+        assert during == "1 call in progress"
+        await page.until(
+            "document.querySelector('[data-agent=dora] .live').textContent"
+            " === '0 calls in progress'"
+        )
+        await page.goto(f"{base}/dashboard/agents/dora/settings")
+        await page.until("document.body.dataset.loaded === 'yes'")
 
         # A bare address is not CIDR: the 422 is shown beside the field, nothing is saved.
         await set_field(page, "sip.allowed_ips", "10.0.0.5")
@@ -220,17 +236,24 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         await page.goto(f"{base}/dashboard/agents/dora/settings")
         await page.until("document.body.dataset.loaded")
         state = await page.eval(
-            "({disabled: document.getElementById('fields').disabled,"
+            "({disabled: [...document.querySelectorAll('#fields input, #fields select,"
+            " #fields textarea')].every(e => e.disabled),"
+            " help: !document.getElementById('listens-help-button').disabled,"
             " save: document.getElementById('save').offsetParent === null,"
             " generate: document.getElementById('generate').offsetParent === null,"
             " note: document.getElementById('read-only-note').textContent,"
             " username: document.getElementById('sip.username').value,"
             " sip: document.getElementById('sip.enabled').checked})"
         )
+        await press(page, "listens-help-button")
+        instructions = await page.until(
+            "!document.getElementById('listens-instructions').hidden"
+            " && document.getElementById('listens-help-button').getAttribute('aria-expanded')"
+        )
         await page.screenshot(tmp_path / "agents-7-supervisor-read-only.png")
         uncaught = [e for e in page.errors if e.startswith("uncaught")]
     print(f"screenshots {tmp_path}")
-    assert state["disabled"] and state["save"] and state["generate"], state
-    assert "may only read" in state["note"], state
+    assert state["disabled"] and state["save"] and state["generate"] and state["help"], state
+    assert "may only read" in state["note"] and instructions == "true", state
     assert state["username"] == "dora" and state["sip"] is True, state
     assert uncaught == []

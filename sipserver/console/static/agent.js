@@ -94,7 +94,7 @@ function fill(agent) {
     } else if (stored !== undefined && stored !== null) {
       note = "A value is stored (not shown). Leave empty to keep it.";
     }
-    $(`${key}-stored`).textContent = note;
+    $(`${key}-stored`).textContent = readOnlyReason ? note.replace(" Leave empty to keep it.", "") : note;
   }
   for (const key of [...BOOLS, ...TEXTS, ...NUMBERS, ...SELECTS, ...LISTS, ...SECRETS]) {
     shown[key] = current(key);
@@ -349,7 +349,8 @@ async function generate() {
 
 async function main() {
   if (readOnlyReason) {
-    $("fields").disabled = true;
+    // Every input, not the fieldset: the "?" button stays usable.
+    for (const input of $("fields").querySelectorAll("input, select, textarea")) input.disabled = true;
     $("actions").hidden = true;
     $("generate").hidden = true;
     const note = $("read-only-note");
