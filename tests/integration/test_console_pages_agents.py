@@ -137,6 +137,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
             ("sip.username", "dora"),
             ("sip.password", DORA_PASSWORD),
             ("websocket.enabled", True),
+            ("websocket.twilio_auth_token", "twilio-auth-token-1"),
         ):
             await set_field(page, field_id, value)
         await press(page, "generate")
@@ -161,7 +162,11 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         assert saved.startswith("Saved.") and path == "/dashboard/agents/dora/settings"
         on_disk = yaml.safe_load(server.config_file.read_text())["agents"][-1]
         assert on_disk["slug"] == "dora" and on_disk["sip"]["numbers"] == ["+15005550104"]
-        assert on_disk["websocket"] == {"enabled": True, "secret": secret}
+        assert on_disk["websocket"] == {
+            "enabled": True,
+            "secret": secret,
+            "twilio_auth_token": "twilio-auth-token-1",
+        }
         # The write-only fields are empty again, with a note that a value is stored.
         assert await page.eval("document.getElementById('sip.password').value") == ""
         assert "stored" in await page.eval(text_of("sip.password-stored"))
@@ -218,11 +223,15 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         await page.until("!window.beforeReload && document.body.dataset.loaded === 'yes'")
         assert await page.eval("document.getElementById('sip.allowed_ips').value") == ""
         await set_field(page, "sip.allowed_ips", "10.0.0.5/32")
+        await set_field(page, "websocket.twilio_auth_token-remove", True)  # an optional secret
         await press(page, "save")
         await page.until(f"{text_of('save-status')}.startsWith('Saved.')")
         text = config_file.read_text()
         assert "# a hand edit" in text
-        assert yaml.safe_load(text)["agents"][-1]["sip"]["allowed_ips"] == ["10.0.0.5/32"]
+        dora = yaml.safe_load(text)["agents"][-1]
+        assert dora["sip"]["allowed_ips"] == ["10.0.0.5/32"]
+        assert dora["websocket"]["secret"] == secret  # kept: left empty
+        assert dora["websocket"].get("twilio_auth_token") is None
 
         # A supervisor reads the page: inputs disabled, no Save, no Generate, a note why.
         await page.eval(

@@ -16,6 +16,7 @@ const SELECTS = ["realtime.model", "sip.invite_auth", "sip.srtp", "listens.chann
 const LISTS = ["sip.numbers", "sip.allowed_ips", "listens.numbers"];
 const SECRETS = ["sip.password", "websocket.secret", "websocket.twilio_auth_token"];
 const NUMBERS = ["max_concurrent_calls"];
+const REMOVABLE = ["websocket.twilio_auth_token"]; // optional secrets the page can remove
 const DEFAULTS = { "sip.invite_auth": "digest", "sip.srtp": "off", "listens.channel": "inbound" };
 const URLS = ["websocket", "twilio_webhook", "listens"];
 
@@ -94,6 +95,10 @@ function fill(agent) {
     } else if (stored !== undefined && stored !== null) {
       note = "A value is stored (not shown). Leave empty to keep it.";
     }
+    if (REMOVABLE.includes(key)) {
+      $(`${key}-remove`).checked = false;
+      $(`${key}-remove-row`).hidden = stored === undefined || stored === null;
+    }
     $(`${key}-stored`).textContent = readOnlyReason ? note.replace(" Leave empty to keep it.", "") : note;
   }
   for (const key of [...BOOLS, ...TEXTS, ...NUMBERS, ...SELECTS, ...LISTS, ...SECRETS]) {
@@ -164,6 +169,7 @@ function collect() {
   for (const key of SECRETS) {
     const text = $(key).value;
     if (text !== "") assign(agent, key, text);
+    else if (REMOVABLE.includes(key) && $(`${key}-remove`).checked) assign(agent, key, null);
   }
   return agent;
 }
