@@ -21,6 +21,7 @@ from typing import Any
 from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
+from sipserver.console.agent_pages import AgentPages
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
@@ -644,6 +645,7 @@ class Server:
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
         self.console.add_routes(app)
+        AgentPages(gate=self.dashboard, document=self.console.document).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)

@@ -4,7 +4,8 @@ Pages (HTML, served from ``sipserver/listens/static``):
 
 - ``GET /dashboard/login`` and ``POST /dashboard/login`` (form: ``name``, ``password``,
   ``next``), ``POST /dashboard/logout``;
-- ``GET /dashboard``: the agents, each card with a menu; its "AI Listens" entry opens
+- ``GET /dashboard``: the agents, each card with a menu (Settings: the console's agent page,
+  :mod:`sipserver.console.agent_pages`; Calls, disabled until [5/7]); its "AI Listens" entry opens
 - ``GET /dashboard/agents/<slug>/listens``: the agent's monitored calls and, for the selected
   call, its transcript and suggestions, live.
 
@@ -61,6 +62,9 @@ SESSION_TTL: Final = 12 * 3600.0
 MAX_SESSIONS: Final = 10_000
 """Logins kept at once (the oldest go first)."""
 _HEARTBEAT: Final = 15.0
+# The console's roles (sipserver.console.api, a sibling layer): who sees and edits agents.
+_CONFIG_WRITERS: Final = frozenset({"admin", "workspace_admin"})
+_CONFIG_READERS: Final = _CONFIG_WRITERS | {"supervisor"}
 _STATIC: Final = {"dashboard.css": "text/css", "listens.js": "text/javascript"}
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -377,6 +381,9 @@ class Dashboard:
             USER=html.escape(login.name),
             ROLE=html.escape(login.role),
             CARDS=cards or "<p>No agents are configured.</p>",
+            ADD='<a class="button" href="/dashboard/agents/new">Add agent</a>'
+            if login.role in _CONFIG_WRITERS
+            else "",
         )
 
     async def listens_page(self, request: web.Request) -> web.Response:
@@ -504,6 +511,11 @@ def _agent_card(agent: Agent, login: Login) -> str:
         if on
     ]
     numbers = ", ".join(html.escape(n) for n in (*agent.sip.numbers, *agent.listens.numbers))
+    if login.role in _CONFIG_READERS:
+        settings = f'<a role="menuitem" href="/dashboard/agents/{slug}/settings">Settings</a>'
+    else:
+        settings = '<span role="menuitem" aria-disabled="true">Settings (not for your role)</span>'
+    calls = '<span role="menuitem" aria-disabled="true">Calls (after [5/7])</span>'
     if agent.listens.enabled and login.role in agent.listens.roles:
         entry = f'<a role="menuitem" href="/dashboard/agents/{slug}/listens">AI Listens</a>'
     elif agent.listens.enabled:
@@ -513,7 +525,7 @@ def _agent_card(agent: Agent, login: Login) -> str:
     return (
         f'<article class="card" data-agent="{slug}"><header><h2>{name}</h2>'
         f'<details class="menu"><summary aria-label="Menu of {name}">&#8942;</summary>'
-        f'<nav role="menu">{entry}</nav></details></header>'
+        f'<nav role="menu">{settings}{entry}{calls}</nav></details></header>'
         f'<p class="slug">{slug}</p><p>{html.escape(", ".join(ways)) or "no ingress"}</p>'
-        f'<p class="numbers">{numbers}</p></article>'
+        f'<p class="numbers">{numbers}</p><p class="live" aria-live="polite"></p></article>'
     )

@@ -75,11 +75,13 @@ async def test_supervisor_sees_the_call_and_a_suggestion_live_agent_is_refused(
         await log_in(page, base, "supervisor")
         await page.eval("document.querySelector('[data-agent=copilot] summary').click(); true")
         assert await page.until(
-            "getComputedStyle(document.querySelector('[data-agent=copilot] nav a')).display"
-            " !== 'none'"
+            "getComputedStyle(document.querySelector("
+            "'[data-agent=copilot] nav a[href$=listens]')).display !== 'none'"
         )
         await page.screenshot(tmp_path / "1-agents-menu.png")
-        await page.eval("document.querySelector('[data-agent=copilot] nav a').click(); true")
+        await page.eval(
+            "document.querySelector('[data-agent=copilot] nav a[href$=listens]').click(); true"
+        )
         await page.until("location.pathname === '/dashboard/agents/copilot/listens'")
         await page.until("document.getElementById('status').textContent.includes('No call')")
 

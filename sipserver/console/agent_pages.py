@@ -1,0 +1,121 @@
+"""The console's agent pages under ``/dashboard`` (docs/console.md, "Pages").
+
+- ``GET /dashboard/agents/new``: a blank agent settings form;
+- ``GET /dashboard/agents/{slug}/settings``: the agent's settings;
+- ``GET /dashboard/static/agents/{name}``: their script and stylesheet, and the agent list's
+  live call counts (``agents-list.js``).
+
+The pages are HTML shells: the script reads and saves the agent through the JSON API
+(``/api/agents/{slug}``, ``/api/models``, ``/api/secrets/generate``), so the page and a script
+use the same rules. The session is the dashboard's (:class:`~sipserver.console.api.SessionGate`).
+A ``supervisor`` gets the page read-only (inputs disabled, no Save, a note why), as does every
+writer when the server runs on the embedded default or cannot write its file.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+from importlib import resources
+from typing import Final
+from urllib.parse import quote
+
+from aiohttp import web
+
+from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
+from sipserver.console.document import ConfigDocument
+
+__all__ = ["AgentPages"]
+
+_SLUG: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
+_STATIC: Final = {
+    "agent.js": "text/javascript",
+    "agent.css": "text/css",
+    "agents-list.js": "text/javascript",
+}
+_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": _CSP,
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+@functools.cache
+def _static(name: str) -> str:
+    return (resources.files("sipserver.console") / "static" / name).read_text(encoding="utf-8")
+
+
+class AgentPages:
+    """The agent settings pages.
+
+    Args:
+        gate: The dashboard's login.
+        document: The configuration file (whether it can be written).
+    """
+
+    def __init__(self, *, gate: SessionGate, document: ConfigDocument) -> None:
+        self.gate = gate
+        self.document = document
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the pages and their static files."""
+        r = app.router
+        r.add_get("/dashboard/agents/new", self.new_page)
+        r.add_get("/dashboard/agents/{slug}/settings", self.settings_page)
+        r.add_get("/dashboard/static/agents/{name}", self.static)
+
+    async def static(self, request: web.Request) -> web.Response:
+        """The pages' script and stylesheet."""
+        name = request.match_info["name"]
+        if name not in _STATIC:
+            raise web.HTTPNotFound(text="not found")
+        return web.Response(
+            text=_static(name), content_type=_STATIC[name], headers={"Cache-Control": "no-cache"}
+        )
+
+    async def new_page(self, request: web.Request) -> web.Response:
+        """A new agent (writers; a reader is sent the read-only note)."""
+        return self._page(request, slug="")
+
+    async def settings_page(self, request: web.Request) -> web.Response:
+        """One agent's settings (the script loads it; an unknown slug shows "no such agent")."""
+        slug = request.match_info["slug"]
+        if not _SLUG.fullmatch(slug):  # the rule of config.Agent.slug
+            raise web.HTTPNotFound(text="no such agent")
+        return self._page(request, slug=slug)
+
+    def _page(self, request: web.Request, *, slug: str) -> web.Response:
+        login = self._require(request)
+        reason = ""
+        if login.role not in WRITE_ROLES:
+            reason = f"The role {login.role} may only read the configuration."
+        elif (why := self.document.read_only_reason) is not None:
+            reason = f"The console is read-only: {why}."
+        values = {
+            "SLUG": html.escape(slug, quote=True),
+            "TITLE": html.escape(slug or "New agent"),
+            "USER": html.escape(login.name),
+            "ROLE": html.escape(login.role),
+            "READ_ONLY": html.escape(reason, quote=True),
+        }
+        body = _static("agent.html")
+        for key, value in values.items():
+            body = body.replace("{{" + key + "}}", value)
+        return web.Response(text=body, content_type="text/html", headers=_HEADERS)
+
+    def _require(self, request: web.Request) -> Who:
+        login = self.gate.login_of(request)
+        if login is None:
+            raise web.HTTPSeeOther(f"/dashboard/login?next={quote(request.path_qs, safe='/')}")
+        if login.role not in READ_ROLES:
+            raise web.HTTPForbidden(
+                text=f"the role {login.role} may not see the configuration",
+                headers=_HEADERS,
+            )
+        return login
