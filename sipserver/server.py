@@ -24,6 +24,7 @@ from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
+from sipserver.console.model_pages import ModelPages
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -219,6 +220,8 @@ class Server:
             wall_clock=lambda: self.listeners.wall_clock(),
         )
         """The console's JSON API over the configuration file (docs/console.md)."""
+        self.model_pages = ModelPages(gate=self.dashboard, document=self.console.document)
+        """The console's model and credential pages."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -644,6 +647,7 @@ class Server:
         self.listens.add_routes(app)
         self.dashboard.add_routes(app)
         self.console.add_routes(app)
+        self.model_pages.add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
