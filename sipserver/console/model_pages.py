@@ -163,9 +163,10 @@ class ModelPages:
 def _banner(reason: str | None) -> str:
     if reason is None:
         return ""
+    why = html.escape(reason[:1].upper() + reason[1:])
     return (
         '<p class="banner" role="status" id="read-only-banner"><strong>Read-only.</strong> '
-        f"{html.escape(reason[:1].upper() + reason[1:])}. To edit here, write a starting point with "
+        f"{why}. To edit here, write a starting point with "
         "<code>sipserver init DIR</code> and start the server with "
         "<code>sipserver run -c DIR/sipserver.yaml</code>.</p>"
     )
