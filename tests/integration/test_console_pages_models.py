@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+import sipserver
 from sipserver.listens.passwords import hash_password
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess
@@ -197,6 +198,23 @@ async def test_admin_edits_models_and_credentials_supervisor_reads(
         await page.goto(f"{base}/dashboard/settings/credentials")
         row = await page.until("document.querySelector('tr[data-credential=lk]')?.innerText")
         assert "lk-voice" in row
+        # replace one value (a blank one keeps the stored secret); delete is refused in use
+        await press(page, "tr[data-credential=lk] button[aria-label='Replace values of lk']")
+        await page.until("!!document.getElementById('cred-value-api_secret')")
+        await set_value(page, "cred-value-api_key", "lk-api-key-2")
+        await press(page, "#cred-save")
+        await page.until("document.getElementById('status').textContent === 'Saved lk.'")
+        assert file_of(server)["credentials"]["lk"] == {
+            "api_key": "lk-api-key-2",
+            "api_secret": LK_SECRET,
+        }
+        await page.eval("window.confirm = () => true; 1")
+        await press(page, "tr[data-credential=lk] button[aria-label='Delete lk']")
+        refused = await page.until(
+            "(t => t.startsWith('Not deleted') && t)(document.getElementById('status').textContent)"
+        )
+        assert "models.lk-voice.credential" in refused
+        assert "lk" in file_of(server)["credentials"]
 
         # --- 409: the file changed on disk after the page loaded it
         await page.goto(f"{base}/dashboard/models/support")
@@ -215,6 +233,30 @@ async def test_admin_edits_models_and_credentials_supervisor_reads(
         await set_value(page, "f-vad.min_speech_duration", "0.1")
         assert (await save(page)).startswith("Saved")
         assert file_of(server)["models"]["support"]["vad"]["min_speech_duration"] == 0.1
+
+        # a thinking sound of the operator's: a path beside the select
+        own = server.config_file.parent / "my-typing.wav"
+        own.write_bytes((Path(sipserver.__file__).parent / "sounds" / "keyboard_typing.wav")
+                        .read_bytes())  # fmt: skip
+        await set_value(page, "f-audio_feedback.thinking_sound", "__file__")
+        assert not await page.eval(
+            "document.getElementById('f-audio_feedback.thinking_sound-path').hidden"
+        )
+        await set_value(page, "f-audio_feedback.thinking_sound-path", "no-such.wav")
+        assert (await save(page)).startswith("Not saved")
+        beside = await page.until(
+            "document.getElementById('err-audio_feedback.thinking_sound').textContent"
+        )
+        assert "no-such.wav" in beside
+        await set_value(page, "f-audio_feedback.thinking_sound-path", "my-typing.wav")
+        assert (await save(page)).startswith("Saved")
+        saved = file_of(server)["models"]["support"]["audio_feedback"]
+        assert saved == {"thinking_sound": "my-typing.wav"}
+        await page.goto(f"{base}/dashboard/models/support")
+        await page.until("document.body.dataset.ready")
+        assert await page.eval(
+            "document.getElementById('f-audio_feedback.thinking_sound-path').value"
+        ) == "my-typing.wav"  # fmt: skip
 
         # --- a supervisor reads
         await page.eval(

@@ -19,6 +19,7 @@ let etag = null;
 let type = null;
 let credentials = [];
 const player = new Audio();
+const FILE = '__file__';
 
 // --------------------------------------------------------------------------- values
 
@@ -61,6 +62,7 @@ function fieldBox(key, label, control, help, unit) {
   const errId = `err-${key}`;
   control.setAttribute('aria-describedby', `${help ? helpId : ''} ${errId}`.trim());
   const row = el('div', { class: 'control' }, control);
+  if (control.pathInput) row.append(control.pathInput);
   if (unit) row.append(el('span', { class: 'unit', text: unit }));
   const box = el('div', { class: 'field', dataset: { key } },
     el('label', { for: control.id, text: label }), row);
@@ -89,10 +91,10 @@ function settingControl(f, value) {
     const v = value === undefined ? '' : String(value);
     return selectOf(id, [['', `Default (${shown(f.default)})`], ['true', 'yes'], ['false', 'no']], v);
   }
-  if (f.kind === 'choice' || f.kind === 'sound') {
-    const options = [['', `Default (${f.default})`], ...f.choices.map((c) => [c, c])];
-    return selectOf(id, options, value);
+  if (f.kind === 'choice') {
+    return selectOf(id, [['', `Default (${f.default})`], ...f.choices.map((c) => [c, c])], value);
   }
+  if (f.kind === 'sound') return soundControl(f, value);
   const input = el('input', {
     id, type: 'number', inputmode: 'decimal',
     step: f.kind === 'integer' ? '1' : 'any',
@@ -101,6 +103,25 @@ function settingControl(f, value) {
   });
   input.value = value === undefined || value === null ? '' : String(value);
   return input;
+}
+
+// A shipped clip, or the path of an audio file of the operator's (typed in beside the select).
+function soundControl(f, value) {
+  const id = `f-${f.key}`;
+  const isFile = typeof value === 'string' && value !== '' && !f.choices.includes(value);
+  const options = [['', `Default (${f.default})`], ...f.choices.map((c) => [c, c]), [FILE, 'Another audio file…']];
+  const select = selectOf(id, options, isFile ? FILE : value);
+  const path = el('input', {
+    id: `${id}-path`, hidden: !isFile, autocomplete: 'off', spellcheck: 'false',
+    placeholder: 'path, relative to the configuration file', 'aria-label': `${f.label}: audio file path`,
+  });
+  path.value = isFile ? value : '';
+  select.addEventListener('change', () => {
+    path.hidden = select.value !== FILE;
+    if (!path.hidden) path.focus();
+  });
+  select.pathInput = path;
+  return select;
 }
 
 function soundPlayers() {
@@ -229,7 +250,7 @@ function collectCustom(body) {
     for (const f of group.fields) {
       const control = document.getElementById(`f-${f.key}`);
       if (!control || control.dataset.keep) continue;
-      const v = control.value.trim();
+      const v = control.value === FILE ? control.pathInput.value.trim() : control.value.trim();
       if (v === '') { deletePath(body, f.key); continue; }
       let parsed = v;
       if (f.kind === 'boolean') parsed = v === 'true';
