@@ -13,6 +13,7 @@ test's temporary directory (docs/console.md "Pages"). Skipped when chromium is n
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,18 +222,34 @@ async def test_admin_edits_models_and_credentials_supervisor_reads(
         await page.until("document.body.dataset.ready")
         assert await page.eval("document.getElementById('f-vad.min_silence_duration').value") \
             == "0.8"  # fmt: skip
-        with server.config_file.open("a") as f:
-            f.write("# a hand edit\n")
+        # a hand edit meanwhile, which adds a ${VAR} reference
+        edited, count = re.subn(
+            r"(?m)^( *)min_silence_duration: 0.8$",
+            r'\g<0>\n\1prefix_padding_duration: "${VAD_PADDING:-0.4}"',
+            server.config_file.read_text(),
+        )
+        assert count == 1
+        server.config_file.write_text(edited)
         await set_value(page, "f-vad.min_speech_duration", "0.1")
         status = await save(page)
         assert status.startswith("Not saved"), status
         assert await page.eval("!document.getElementById('conflict').hidden")
         assert "min_speech_duration" not in file_of(server)["models"]["support"]["vad"]
+        await page.screenshot(shots / "models-7-conflict.png")
         await press(page, "#reload")
         await page.until("document.body.dataset.ready")
+        padding = "document.getElementById('f-vad.prefix_padding_duration')"
+        shown = await page.until(f"{padding}.readOnly && {padding}.value")
+        assert shown == "from environment variable VAD_PADDING"
         await set_value(page, "f-vad.min_speech_duration", "0.1")
         assert (await save(page)).startswith("Saved")
         assert file_of(server)["models"]["support"]["vad"]["min_speech_duration"] == 0.1
+        assert '"${VAD_PADDING:-0.4}"' in server.config_file.read_text()  # kept as written
+        await press(page, "[data-key='vad.prefix_padding_duration'] button.replace")
+        await page.until(f"!{padding}.readOnly && {padding}.type === 'number'")
+        await set_value(page, "f-vad.prefix_padding_duration", "0.3")
+        assert (await save(page)).startswith("Saved")
+        assert file_of(server)["models"]["support"]["vad"]["prefix_padding_duration"] == 0.3
 
         # a thinking sound of the operator's: a path beside the select
         own = server.config_file.parent / "my-typing.wav"
@@ -289,4 +306,4 @@ async def test_admin_edits_models_and_credentials_supervisor_reads(
     print(f"screenshots {shots}")
     assert all((shots / f"models-{n}").stat().st_size > 1000 for n in (
         "1-error-beside-field.png", "2-custom-saved.png", "3-list.png", "4-credentials.png",
-        "5-livekit.png", "6-supervisor.png"))  # fmt: skip
+        "5-livekit.png", "6-supervisor.png", "7-conflict.png"))  # fmt: skip

@@ -53,6 +53,16 @@ function deletePath(obj, key) {
 
 const isRef = (v) => v && typeof v === 'object' && ('from_env' in v || 'template' in v);
 const refText = (v) => ('from_env' in v ? `from environment variable ${v.from_env}` : `template ${v.template}`);
+// A value that comes from ${VAR} (or a template) is shown as such and kept, until the user
+// presses Replace: then `make` draws the ordinary control in its place.
+function orRef(id, value, make) {
+  if (!isRef(value)) return make(value);
+  const input = el('input', { id, value: refText(value), readonly: true, dataset: { keep: '1' } });
+  input.makeControl = () => make(undefined);
+  return input;
+}
+const kept = (id) => Boolean(document.getElementById(id)?.dataset.keep);
+
 const shown = (v) => (typeof v === 'boolean' ? (v ? 'yes' : 'no') : String(v));
 
 // -------------------------------------------------------------------------- drawing
@@ -63,6 +73,18 @@ function fieldBox(key, label, control, help, unit) {
   control.setAttribute('aria-describedby', `${help ? helpId : ''} ${errId}`.trim());
   const row = el('div', { class: 'control' }, control);
   if (control.pathInput) row.append(control.pathInput);
+  if (control.makeControl) {
+    const replace = el('button', { type: 'button', class: 'replace', text: 'Replace', 'aria-label': `Replace the reference of ${label}` });
+    replace.addEventListener('click', () => {
+      const fresh = control.makeControl();
+      fresh.setAttribute('aria-describedby', control.getAttribute('aria-describedby'));
+      control.replaceWith(fresh);
+      if (fresh.pathInput) fresh.after(fresh.pathInput);
+      replace.remove();
+      fresh.focus();
+    });
+    row.append(replace);
+  }
   if (unit) row.append(el('span', { class: 'unit', text: unit }));
   const box = el('div', { class: 'field', dataset: { key } },
     el('label', { for: control.id, text: label }), row);
@@ -82,11 +104,11 @@ function selectOf(id, options, value) {
 }
 
 function settingControl(f, value) {
+  return orRef(`f-${f.key}`, value, (v) => plainControl(f, v));
+}
+
+function plainControl(f, value) {
   const id = `f-${f.key}`;
-  if (isRef(value)) {
-    const input = el('input', { id, value: refText(value), disabled: true, dataset: { keep: '1' } });
-    return input;
-  }
   if (f.kind === 'boolean') {
     const v = value === undefined ? '' : String(value);
     return selectOf(id, [['', `Default (${shown(f.default)})`], ['true', 'yes'], ['false', 'no']], v);
@@ -154,7 +176,11 @@ player.addEventListener('ended', () => document.querySelectorAll('button.play').
 function credentialSelect(value, required) {
   const options = [['', required ? 'Choose a credential' : '(none: the providers need no key)']];
   for (const c of credentials) options.push([c, c]);
-  return selectOf('f-credential', options, value);
+  return orRef('f-credential', value, (v) => {
+    const select = selectOf('f-credential', options, v);
+    select.required = required;
+    return select;
+  });
 }
 
 function drawCustom(base) {
@@ -162,14 +188,18 @@ function drawCustom(base) {
   const providers = el('fieldset', { class: 'panel' }, el('legend', { text: 'Providers' }));
   for (const [stage, title] of Object.entries(STAGES)) {
     const raw = base[stage];
-    const spec = typeof raw === 'string' ? { provider: raw } : (raw && typeof raw === 'object' ? raw : {});
+    const spec = typeof raw === 'string' || isRef(raw) ? { provider: raw } : (raw && typeof raw === 'object' ? raw : {});
     const group = el('fieldset', { class: 'stage', id: `stage-${stage}` }, el('legend', { text: title }));
     const names = schema.providers[stage].map((p) => [p, p]);
-    group.append(fieldBox(`${stage}.provider`, 'Provider', selectOf(`f-${stage}.provider`, [['', 'Default (local)'], ...names], spec.provider),
+    const provider = orRef(`f-${stage}.provider`, spec.provider, (v) => selectOf(`f-${stage}.provider`, [['', 'Default (local)'], ...names], v));
+    group.append(fieldBox(`${stage}.provider`, 'Provider', provider,
       'local runs on this machine, offline (no key); openai needs a credential with api_key.'));
     for (const option of schema.stage_options[stage]) {
-      const input = el('input', { id: `f-${stage}.${option}`, autocomplete: 'off', placeholder: 'provider default' });
-      input.value = typeof spec[option] === 'string' ? spec[option] : '';
+      const input = orRef(`f-${stage}.${option}`, spec[option], (v) => {
+        const plain = el('input', { id: `f-${stage}.${option}`, autocomplete: 'off', placeholder: 'provider default' });
+        plain.value = v === undefined || v === null ? '' : String(v);
+        return plain;
+      });
       group.append(fieldBox(`${stage}.${option}`, option[0].toUpperCase() + option.slice(1), input, OPTION_HELP[option]));
     }
     group.append(el('p', { class: 'error', id: `err-${stage}` }));
@@ -190,7 +220,6 @@ function drawLiveKit(base) {
   const box = document.getElementById('livekit');
   const fs = el('fieldset', { class: 'panel' }, el('legend', { text: 'LiveKit Inference' }));
   const select = credentialSelect(base.credential, true);
-  select.required = true;
   fs.append(fieldBox('credential', 'Credential', select,
     'Required: an entry of Settings > Credentials with api_key and api_secret.'));
   if (!credentials.length) {
@@ -198,8 +227,11 @@ function drawLiveKit(base) {
       el('a', { href: '/dashboard/settings/credentials', text: 'add one under Settings > Credentials' }), '.'));
   }
   for (const [stage, title] of Object.entries(STAGES)) {
-    const input = el('input', { id: `f-${stage}`, required: true, autocomplete: 'off', spellcheck: 'false' });
-    input.value = typeof base[stage] === 'string' ? base[stage] : '';
+    const input = orRef(`f-${stage}`, base[stage], (v) => {
+      const plain = el('input', { id: `f-${stage}`, required: true, autocomplete: 'off', spellcheck: 'false' });
+      plain.value = typeof v === 'string' ? v : '';
+      return plain;
+    });
     fs.append(fieldBox(stage, `${title} model ID`, input, schema.livekit_help[stage]));
   }
   box.replaceChildren(fs);
@@ -219,6 +251,7 @@ function choose(newType) {
 
 function lock() {
   form.querySelectorAll('input, select, textarea').forEach((c) => { c.disabled = true; });
+  form.querySelectorAll('button.replace').forEach((b) => { b.hidden = true; });
   document.getElementById('actions').hidden = true;
   if (!document.getElementById('read-only-banner')) document.getElementById('read-only-note').hidden = false;
 }
@@ -232,10 +265,12 @@ function value(id) {
 
 function collectCustom(body) {
   for (const stage of Object.keys(STAGES)) {
-    const provider = value(`f-${stage}.provider`);
     const raw = body[stage];
-    const spec = raw && typeof raw === 'object' ? { ...raw } : {};
+    if (isRef(raw) && kept(`f-${stage}.provider`)) continue; // the whole stage from ${VAR}
+    const spec = raw && typeof raw === 'object' && !isRef(raw) ? { ...raw } : {};
+    const provider = kept(`f-${stage}.provider`) ? spec.provider : value(`f-${stage}.provider`);
     for (const option of schema.stage_options[stage]) {
+      if (kept(`f-${stage}.${option}`)) continue;
       const v = value(`f-${stage}.${option}`);
       if (v) spec[option] = v; else delete spec[option];
     }
@@ -244,12 +279,14 @@ function collectCustom(body) {
     else if (Object.keys(spec).length === 0) body[stage] = provider;
     else body[stage] = { provider: provider || 'local', ...spec };
   }
-  const credential = value('f-credential');
-  if (credential) body.credential = credential; else delete body.credential;
+  if (!kept('f-credential')) {
+    const credential = value('f-credential');
+    if (credential) body.credential = credential; else delete body.credential;
+  }
   for (const group of schema.groups) {
     for (const f of group.fields) {
       const control = document.getElementById(`f-${f.key}`);
-      if (!control || control.dataset.keep) continue;
+      if (!control || kept(control.id)) continue;
       const v = control.value === FILE ? control.pathInput.value.trim() : control.value.trim();
       if (v === '') { deletePath(body, f.key); continue; }
       let parsed = v;
@@ -268,6 +305,7 @@ function collect() {
   if (type === 'custom') collectCustom(body);
   else {
     for (const key of ['credential', 'stt', 'llm', 'tts']) {
+      if (kept(`f-${key}`)) continue;
       const v = value(`f-${key}`);
       if (v) body[key] = v; else delete body[key];
     }
