@@ -33,7 +33,7 @@ from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
 from sipserver.console.document import ConfigDocument
 from sipserver.console.model_fields import page_schema
 
-__all__ = ["ModelPages"]
+__all__ = ["ModelPages", "read_only_banner"]
 
 _ASSETS: Final = {
     "models.js": "text/javascript",
@@ -109,7 +109,7 @@ class ModelPages:
             "USER": html.escape(login.name),
             "ROLE": html.escape(login.role),
             "CAN_WRITE": "true" if writable else "false",
-            "BANNER": _banner(reason),
+            "BANNER": read_only_banner(reason),
             **values,
         }
         body = _asset(template)
@@ -160,7 +160,12 @@ class ModelPages:
         )
 
 
-def _banner(reason: str | None) -> str:
+def read_only_banner(reason: str | None) -> str:
+    """The HTML of the banner a console page shows when the file cannot be saved.
+
+    Args:
+        reason: :attr:`ConfigDocument.read_only_reason` (None: writable, no banner).
+    """
     if reason is None:
         return ""
     why = html.escape(reason[:1].upper() + reason[1:])

@@ -2,19 +2,20 @@
 
 The server started without ``-c`` runs on the packaged default and its console is read-only
 (docs/console.md). :func:`write_starter` copies that default, and every file it refers to by a
-relative path (the agents' ``knowledge_base`` patterns), to a directory the operator owns, so
+relative path (knowledge base patterns, sound files), to a directory the operator owns, so
 ``sipserver run -c DIR/sipserver.yaml`` gives a console that can save.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import pathlib
 from typing import Any, Final
 
 import yaml
 
-from sipserver.config import embedded_config_path
+from sipserver.config import SHIPPED_SOUNDS, embedded_config_path
 
 __all__ = ["CONFIG_NAME", "StarterExists", "starter_files", "write_starter"]
 
@@ -39,20 +40,30 @@ def starter_files() -> dict[pathlib.PurePosixPath, pathlib.Path]:
     """The files of the starting point: relative target path -> embedded source file.
 
     The configuration itself, then each file matched by a relative ``knowledge_base`` pattern
-    of its agents (taken, like the server does, from the configuration's directory).
+    of its agents and each relative sound file of its models' ``audio_feedback`` (taken, like
+    the server does, from the configuration's directory). Absolute paths are left out: they
+    name files outside the package.
     """
     source = embedded_config_path()
     base = source.parent
     files = {pathlib.PurePosixPath(CONFIG_NAME): source}
     raw: Any = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    patterns: list[str] = []
     for agent in raw.get("agents") or []:
-        patterns = (agent.get("knowledge_base") or []) if isinstance(agent, dict) else []
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            if not isinstance(pattern, str) or os.path.isabs(pattern) or ".." in pattern:
-                continue  # an absolute path is the operator's own file, not a shipped one
-            for match in sorted(base.glob(pattern)):
-                if match.is_file():
-                    files[pathlib.PurePosixPath(match.relative_to(base).as_posix())] = match
+        kb = (agent.get("knowledge_base") or []) if isinstance(agent, dict) else []
+        patterns += [kb] if isinstance(kb, str) else [p for p in kb if isinstance(p, str)]
+    for model in (raw.get("models") or {}).values():
+        feedback = model.get("audio_feedback") if isinstance(model, dict) else None
+        for key in ("thinking_sound", "ambient_sound"):
+            sound = feedback.get(key) if isinstance(feedback, dict) else None
+            if isinstance(sound, str) and sound not in (*SHIPPED_SOUNDS, "none"):
+                patterns.append(glob.escape(sound))
+    for pattern in patterns:
+        if os.path.isabs(pattern) or ".." in pathlib.PurePath(pattern).parts:
+            continue
+        for match in sorted(base.glob(pattern)):
+            if match.is_file():
+                files[pathlib.PurePosixPath(match.relative_to(base).as_posix())] = match
     return files
 
 

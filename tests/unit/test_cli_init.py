@@ -10,6 +10,7 @@ import pytest
 
 from sipserver.cli import main
 from sipserver.config import embedded_config_path, load_config
+from sipserver.console import starter
 from sipserver.pipeline.knowledge import knowledge_base_warnings
 
 
@@ -57,3 +58,32 @@ def test_init_refuses_to_overwrite_and_writes_nothing(
     assert main(["init", "--force", str(tmp_path)]) == 0
     assert mine.read_text() != "my own pricing\n"
     assert (tmp_path / "sipserver.yaml").is_file()
+
+
+def test_init_copies_every_relative_file_the_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Knowledge base globs and sound files given by a relative path travel with the config;
+    shipped sound names and absolute paths are not files to copy."""
+    embedded = tmp_path / "embedded"
+    (embedded / "docs" / "sub").mkdir(parents=True)
+    (embedded / "docs" / "a.md").write_text("a")
+    (embedded / "docs" / "sub" / "b.md").write_text("b")
+    (embedded / "docs" / "skip.txt").write_text("not matched")
+    (embedded / "ding.wav").write_bytes(b"RIFF")
+    (embedded / "sipserver.yaml").write_text(
+        "models:\n  m:\n    audio_feedback: {thinking_sound: ding.wav, ambient_sound: hold_music}\n"
+        "agents:\n  - slug: a\n    knowledge_base: [docs/*.md, docs/sub/*.md, /etc/hostname]\n"
+    )
+    monkeypatch.setattr(starter, "embedded_config_path", lambda: embedded / "sipserver.yaml")
+    assert sorted(str(p) for p in starter.starter_files()) == [
+        "ding.wav",
+        "docs/a.md",
+        "docs/sub/b.md",
+        "sipserver.yaml",
+    ]
+    target = tmp_path / "out"
+    written = starter.write_starter(target)
+    assert written[0] == target / "sipserver.yaml"
+    assert (target / "docs" / "sub" / "b.md").read_text() == "b"
+    assert (target / "ding.wav").read_bytes() == b"RIFF"
