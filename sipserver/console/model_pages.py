@@ -171,8 +171,8 @@ def read_only_banner(reason: str | None) -> str:
     why = html.escape(reason[:1].upper() + reason[1:])
     return (
         '<p class="banner" role="status" id="read-only-banner"><strong>Read-only.</strong> '
-        f"{why}. To edit here, write a starting point with "
-        "<code>sipserver init DIR</code> and start the server with "
+        f"{why}. For a file to edit: <code>sipserver init DIR</code> writes the embedded "
+        "default (with its knowledge base) to DIR; then start "
         "<code>sipserver run -c DIR/sipserver.yaml</code>.</p>"
     )
 
