@@ -1,4 +1,4 @@
-"""Command line: ``sipserver run | check-config | agents | models | reload | gen-secret |
+"""Command line: ``sipserver run | init | check-config | agents | models | reload | gen-secret |
 hash-password``.
 
 Run ``sipserver <command> --help`` for the options of each command.
@@ -262,6 +262,31 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sipserver.console.starter import CONFIG_NAME, StarterExists, write_starter
+
+    directory = Path(args.dir)
+    try:
+        written = write_starter(directory, force=args.force)
+    except StarterExists as exc:
+        print(f"sipserver init: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"sipserver init: cannot write to {directory}: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    config = directory / CONFIG_NAME
+    print(
+        f"\nNext: edit {config} (replace the demo passwords and users), check it with "
+        f"`sipserver check-config {config}`, then start `sipserver run -c {config}`: "
+        "the console at /dashboard can then save changes to it."
+    )
+    return 0
+
+
 def _cmd_gen_secret(args: argparse.Namespace) -> int:
     print(generate_secret(args.length))
     return 0
@@ -319,6 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="minimum log level (default: info)",
     )
     run.set_defaults(func=_cmd_run)
+
+    init = sub.add_parser(
+        "init",
+        help="write the embedded default config (and its knowledge base) to DIR to start from",
+        description=(
+            "Write the embedded default configuration to DIR/sipserver.yaml (mode 0600, it "
+            "holds the demo passwords), with the files it refers to (the demo agent's "
+            "knowledge base under DIR/kb/demo/). Nothing is overwritten unless --force: when a "
+            "file exists, nothing is written. Then run `sipserver run -c DIR/sipserver.yaml`; "
+            "a server started without -c runs on the embedded default, whose console is "
+            "read-only."
+        ),
+    )
+    init.add_argument(
+        "dir", metavar="DIR", nargs="?", default=".", help="target directory (default: .)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=_cmd_init)
 
     check = sub.add_parser(
         "check-config",

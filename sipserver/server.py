@@ -25,6 +25,7 @@ from sipserver.console.agent_pages import AgentPages
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
+from sipserver.console.model_pages import ModelPages
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -220,6 +221,8 @@ class Server:
             wall_clock=lambda: self.listeners.wall_clock(),
         )
         """The console's JSON API over the configuration file (docs/console.md)."""
+        self.model_pages = ModelPages(gate=self.dashboard, document=self.console.document)
+        """The console's model and credential pages."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -646,6 +649,7 @@ class Server:
         self.dashboard.add_routes(app)
         self.console.add_routes(app)
         AgentPages(gate=self.dashboard, document=self.console.document).add_routes(app)
+        self.model_pages.add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
