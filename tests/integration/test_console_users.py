@@ -230,6 +230,10 @@ async def test_admin_manages_users_and_reads_the_audit_log(
         assert logged.count("\n") == 2
         for secret in ("scrypt", SUE_FIRST, SUE_SECOND):
             assert secret not in logged
+        server_log = server.log_path.read_text(errors="replace")
+        assert "console_saved" in server_log  # the saves are logged, without the passwords
+        for secret in (SUE_FIRST, SUE_SECOND, stored["password_hash"]):
+            assert secret not in server_log
 
         # --- sue: the old password no longer logs in, the new one does
         await log_out(page)
