@@ -26,6 +26,8 @@ from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
 from sipserver.console.model_pages import ModelPages
+from sipserver.console.user_pages import UserPages
+from sipserver.console.users import UsersApi
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -49,6 +51,7 @@ from sipserver.heap import HeapTrimmer, trim_heap
 from sipserver.listens.dashboard import Dashboard
 from sipserver.listens.fork import ListensFork
 from sipserver.listens.monitor import ListensHub
+from sipserver.listens.passwords import hash_password
 from sipserver.listens.remote import RemoteListens
 from sipserver.observability import (
     Metrics,
@@ -650,6 +653,8 @@ class Server:
         self.console.add_routes(app)
         AgentPages(gate=self.dashboard, document=self.console.document).add_routes(app)
         self.model_pages.add_routes(app)
+        UsersApi(console=self.console, hash_password=hash_password).add_routes(app)
+        UserPages(gate=self.dashboard, document=self.console.document).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)

@@ -34,6 +34,7 @@ import io
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -63,16 +64,25 @@ __all__ = [
     "Invalid",
     "NotFound",
     "ReadOnly",
+    "Rule",
     "Saved",
+    "path_of",
 ]
 
 SECTIONS: Final[dict[Kind, str]] = {
     "agent": "agents",
     "model": "models",
     "credential": "credentials",
+    "user": "users",
 }
-"""The top-level key of each kind: ``agents`` is a list keyed by ``slug``, the others are
-mappings keyed by name."""
+"""The top-level key of each kind: ``agents`` is a list keyed by ``slug``, ``users`` a list
+keyed by ``name``, the others are mappings keyed by name."""
+_LISTED: Final[dict[Kind, str]] = {"agent": "slug", "user": "name"}
+"""The kinds kept as a list, and the key that names each item."""
+
+Rule = Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str]]]
+"""An extra check of a save, given the raw file before and after: ``(key path, reason)`` of
+each problem (a rule of the console, not of the configuration, e.g. "keep one admin")."""
 
 READ_ONLY_REASON: Final = (
     "the server runs on the embedded default configuration, which the console does not edit;"
@@ -210,7 +220,15 @@ class ConfigDocument:
 
     # ----------------------------------------------------------------------------- write
 
-    def put(self, kind: Kind, name: str, body: Any, *, expected: str | None = None) -> Saved:
+    def put(
+        self,
+        kind: Kind,
+        name: str,
+        body: Any,
+        *,
+        expected: str | None = None,
+        rule: Rule | None = None,
+    ) -> Saved:
         """Create or replace one object from its JSON body and save the file.
 
         Args:
@@ -219,6 +237,8 @@ class ConfigDocument:
             body: The object as JSON (the keys of the configuration file); masked secrets,
                 left-out secrets and unchanged references keep their stored values.
             expected: The fingerprint the client loaded; None: the one loaded here.
+            rule: An extra check of the new file (its problems are :class:`Invalid`), run
+                under the same lock as the save, so nothing changes between it and the write.
 
         Raises:
             ReadOnly, Conflict, Invalid: See the module docstring.
@@ -229,42 +249,38 @@ class ConfigDocument:
         with self._lock:
             self._writable(expected)
             at = self._path_of(kind, name)
-            if kind == "agent":
-                slug = body.get("slug", name)
-                if slug != name:
-                    raise Invalid([(f"{at}.slug", f"must be {name!r}, the slug in the URL")])
-                body = {"slug": name, **body}
+            if kind in _LISTED:
+                field = _LISTED[kind]
+                if body.get(field, name) != name:
+                    raise Invalid([(f"{at}.{field}", f"must be {name!r}, the {field} in the URL")])
+                body = {field: name, **body}
             before = copy.deepcopy(_objects(self._raw, kind).get(name))
             try:
                 after = written(kind, body, before)
             except BodyError as exc:
                 raise Invalid([(f"{at}.{loc}", msg) for loc, msg in exc.errors]) from exc
-            return self._save(kind, name, before, after)
+            return self._save(kind, name, before, after, rule)
 
     def _path_of(self, kind: Kind, name: str) -> str:
-        """The key path of the object (a new agent: the index it will take)."""
-        if kind != "agent":
-            return format_key_path((SECTIONS[kind], name))
-        slugs = list(_objects(self._raw, kind))
-        items = self._raw.get("agents")
-        index = _agent_index(items, name) if isinstance(items, list) else None
-        if index is None:
-            index = len(items) if isinstance(items, list) else len(slugs)
-        return format_key_path(("agents", index))
+        """The key path of the object (a new agent or user: the index it will take)."""
+        return path_of(self._raw, kind, name)
 
-    def delete(self, kind: Kind, name: str, *, expected: str | None = None) -> Saved:
+    def delete(
+        self, kind: Kind, name: str, *, expected: str | None = None, rule: Rule | None = None
+    ) -> Saved:
         """Remove one object and save the file (refused when the rest then is invalid, e.g.
         a model an agent still uses).
 
         Raises:
-            ReadOnly, Conflict, NotFound, Invalid: See the module docstring.
+            ReadOnly, Conflict, NotFound, Invalid: See the module docstring (``rule``: see
+                :meth:`put`).
         """
         with self._lock:
             self._writable(expected)
             objects = _objects(self._raw, kind)
             if name not in objects:
                 raise NotFound(f"no {kind} {name!r}")
-            return self._save(kind, name, copy.deepcopy(objects[name]), None)
+            return self._save(kind, name, copy.deepcopy(objects[name]), None, rule)
 
     # --------------------------------------------------------------------------- private
 
@@ -307,12 +323,17 @@ class ConfigDocument:
         if expected is not None and expected != self.fingerprint:
             raise Conflict("the file changed since this client loaded it; load it again")
 
-    def _save(self, kind: Kind, name: str, before: Any, after: Any) -> Saved:
+    def _save(
+        self, kind: Kind, name: str, before: Any, after: Any, rule: Rule | None = None
+    ) -> Saved:
         assert self.path is not None
         # A fresh document per save (a deep copy of a round-trip document loses comments).
         doc = self._yaml.load(self._text) if self._text.strip() else CommentedMap()
         expected = copy.deepcopy(self._raw)
         _place(expected, kind, name, after)
+        problems = rule(self._raw, expected) if rule is not None else []
+        if problems:
+            raise Invalid(problems)
         _edit(doc, kind, name, before, after)
         out = io.StringIO()
         self._yaml.dump(doc, out)
@@ -341,29 +362,40 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def path_of(raw: dict[str, Any], kind: Kind, name: str) -> str:
+    """The key path of an object in the raw file (a new agent or user: the index it will take)."""
+    if kind not in _LISTED:
+        return format_key_path((SECTIONS[kind], name))
+    items = raw.get(SECTIONS[kind])
+    index = _index(items, kind, name) if isinstance(items, list) else None
+    if index is None:
+        index = len(items) if isinstance(items, list) else 0
+    return format_key_path((SECTIONS[kind], index))
+
+
 def _objects(raw: dict[str, Any], kind: Kind) -> dict[str, Any]:
     """The objects of ``kind`` by name (agents by slug; malformed entries are skipped)."""
     section = raw.get(SECTIONS[kind])
-    if kind == "agent":
+    if kind in _LISTED:
+        field = _LISTED[kind]
         items = section if isinstance(section, list) else []
-        return {
-            a["slug"]: a for a in items if isinstance(a, dict) and isinstance(a.get("slug"), str)
-        }
+        return {a[field]: a for a in items if isinstance(a, dict) and isinstance(a.get(field), str)}
     return dict(section) if isinstance(section, dict) else {}
 
 
-def _agent_index(items: list[Any], slug: str) -> int | None:
+def _index(items: list[Any], kind: Kind, name: str) -> int | None:
+    field = _LISTED[kind]
     return next(
-        (i for i, a in enumerate(items) if isinstance(a, dict) and a.get("slug") == slug), None
+        (i for i, a in enumerate(items) if isinstance(a, dict) and a.get(field) == name), None
     )
 
 
 def _place(raw: dict[str, Any], kind: Kind, name: str, value: Any) -> None:
     """Put ``value`` (None: remove) as the object ``name`` into a plain tree."""
     key = SECTIONS[kind]
-    if kind == "agent":
+    if kind in _LISTED:
         items = raw[key] if isinstance(raw.get(key), list) else []
-        at = _agent_index(items, name)
+        at = _index(items, kind, name)
         if value is None and at is not None:
             del items[at]
         elif value is not None and at is not None:
@@ -385,12 +417,12 @@ def _place(raw: dict[str, Any], kind: Kind, name: str, value: Any) -> None:
 def _edit(doc: CommentedMap, kind: Kind, name: str, before: Any, after: Any) -> None:
     """Apply the change to the round-trip document, touching only what differs."""
     key = SECTIONS[kind]
-    empty = CommentedSeq() if kind == "agent" else CommentedMap()
+    empty = CommentedSeq() if kind in _LISTED else CommentedMap()
     if not isinstance(doc.get(key), type(empty)):
         doc[key] = empty
     section = doc[key]
-    if kind == "agent":
-        at = _agent_index(section, name)
+    if kind in _LISTED:
+        at = _index(section, kind, name)
         if after is None:
             if at is not None:
                 del section[at]

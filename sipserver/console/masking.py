@@ -15,7 +15,7 @@ One rule each way, so that a client may send back what it was shown:
 Secrets are every value of ``credentials`` and every key named ``password``, ``secret``,
 ``token`` or ``key``, or ending in ``_password``, ``_secret``, ``_token`` or ``_key``
 (``sip.password``, ``websocket.secret``, ``websocket.twilio_auth_token``, a provider's
-``api_key``...).
+``api_key``...), and a user's ``password_hash``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ __all__ = ["MASK", "BodyError", "Kind", "Loc", "is_secret", "shown", "written"]
 Loc = tuple[int | str, ...]
 """A key path inside one object, outermost first."""
 
-Kind = Literal["agent", "model", "credential"]
+Kind = Literal["agent", "model", "credential", "user"]
 """The kinds of object the console edits: ``agents[]`` by slug, ``models`` and
-``credentials`` by name."""
+``credentials`` by name, ``users[]`` (the dashboard logins) by name."""
 
 MASK: Final = "********"
 """What a secret is shown as (never a valid secret: those are URL-safe)."""
@@ -56,6 +56,8 @@ def is_secret(kind: Kind, path: Loc) -> bool:
     if kind == "credential":
         return True
     names = [part for part in path if isinstance(part, str)]
+    if kind == "user" and names[-1:] == ["password_hash"]:
+        return True  # a hash is as good as the password to an offline guesser
     return bool(names) and _SECRET_NAME.search(names[-1]) is not None
 
 

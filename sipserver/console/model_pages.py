@@ -32,6 +32,7 @@ from sipserver.config import SHIPPED_SOUNDS
 from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
 from sipserver.console.document import ConfigDocument
 from sipserver.console.model_fields import page_schema
+from sipserver.console.users import admin_links
 
 __all__ = ["ModelPages", "read_only_banner"]
 
@@ -110,6 +111,7 @@ class ModelPages:
             "ROLE": html.escape(login.role),
             "CAN_WRITE": "true" if writable else "false",
             "BANNER": read_only_banner(reason),
+            "ADMIN_LINKS": admin_links(login.role),
             **values,
         }
         body = _asset(template)

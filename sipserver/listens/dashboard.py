@@ -21,10 +21,10 @@ address and per user name *before* its hash is computed (:mod:`sipserver.listens
 so a burst of parallel guesses is refused with 429 from the first one over the limit, without
 hashing, and a login from another address still gets a hash slot at once. The session cookie
 is random, HttpOnly and SameSite=Strict (Secure behind an https ``public_url``); sessions are
-bounded in number and lifetime and are dropped when the user leaves the configuration or
-changes role. Login and logout are POST only and refuse a cross-site ``Origin``. Roles: an
-agent's ``listens.roles`` may see its calls; anyone else gets 403; the API without a session
-gets 401 (pages redirect to the login).
+bounded in number and lifetime and are dropped when the user leaves the configuration,
+changes role or gets a new password. Login and logout are POST only and refuse a cross-site
+``Origin``. Roles: an agent's ``listens.roles`` may see its calls; anyone else gets 403; the API
+without a session gets 401 (pages redirect to the login).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
@@ -65,6 +65,10 @@ _HEARTBEAT: Final = 15.0
 # The console's roles (sipserver.console.api, a sibling layer): who sees and edits agents.
 _CONFIG_WRITERS: Final = frozenset({"admin", "workspace_admin"})
 _CONFIG_READERS: Final = _CONFIG_WRITERS | {"supervisor"}
+# The console's admin pages (sipserver.console.user_pages), linked for admins.
+_ADMIN_LINKS: Final = (
+    '<a href="/dashboard/settings/users">Users</a> <a href="/dashboard/settings/audit">Audit</a>'
+)
 _STATIC: Final = {"dashboard.css": "text/css", "listens.js": "text/javascript"}
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -79,6 +83,8 @@ class Login:
     name: str
     role: str
     expires: float
+    password_hash: str = field(default="", repr=False)
+    """The hash the user logged in with: a new password ends the session."""
 
 
 class LoginSessions:
@@ -92,7 +98,7 @@ class LoginSessions:
     def create(self, user: User, now: float) -> str:
         """A new session for ``user``; returns its token."""
         token = secrets.token_urlsafe(32)
-        self._by_token[token] = Login(user.name, user.role, now + self.ttl)
+        self._by_token[token] = Login(user.name, user.role, now + self.ttl, user.password_hash)
         while len(self._by_token) > self.limit:
             self._by_token.popitem(last=False)
         return token
@@ -103,7 +109,12 @@ class LoginSessions:
         if login is None:
             return None
         user = next((u for u in config.users if u.name == login.name), None)
-        if login.expires <= now or user is None or user.role != login.role:
+        if (
+            login.expires <= now
+            or user is None
+            or user.role != login.role
+            or user.password_hash != login.password_hash
+        ):
             del self._by_token[token]
             return None
         return login
@@ -381,6 +392,7 @@ class Dashboard:
             USER=html.escape(login.name),
             ROLE=html.escape(login.role),
             CARDS=cards or "<p>No agents are configured.</p>",
+            ADMIN_LINKS=_ADMIN_LINKS if login.role == "admin" else "",
             ADD='<a class="button" href="/dashboard/agents/new">Add agent</a>'
             if login.role in _CONFIG_WRITERS
             else "",
