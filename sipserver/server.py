@@ -22,6 +22,7 @@ from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.console.agent_pages import AgentPages
+from sipserver.console.live import LiveViews
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
@@ -650,6 +651,11 @@ class Server:
         self.console.add_routes(app)
         AgentPages(gate=self.dashboard, document=self.console.document).add_routes(app)
         self.model_pages.add_routes(app)
+        LiveViews(
+            gate=self.dashboard,
+            workers=self.media_workers.status,
+            engine=lambda: self.config.server.media.engine,
+        ).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
