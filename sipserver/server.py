@@ -22,11 +22,11 @@ from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.console.agent_pages import AgentPages
-from sipserver.console.live import LiveViews
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
-from sipserver.console.model_pages import ModelPages
+from sipserver.console.live import LiveViews
+from sipserver.console.model_pages import ModelPages, read_only_banner
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -223,6 +223,9 @@ class Server:
         )
         """The console's JSON API over the configuration file (docs/console.md)."""
         self.model_pages = ModelPages(gate=self.dashboard, document=self.console.document)
+        self.dashboard.read_only_banner = lambda: read_only_banner(
+            self.console.document.read_only_reason
+        )
         """The console's model and credential pages."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""

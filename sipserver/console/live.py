@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import html
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote
@@ -83,7 +83,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def worker_rows(
-    status: list[Mapping[str, Any]],
+    status: Sequence[Mapping[str, Any]],
     engine: str,
     cpu: Callable[[int | None], float | None] = cpu_seconds,
 ) -> list[dict[str, Any]]:
