@@ -421,7 +421,9 @@ class Server:
             stale = self._sip_reservations.pop(event.call_id, None)
             if stale is not None:  # a Call-ID routed again: never count one call twice
                 stale.release()
-            self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
+            self._sip_reservations[event.call_id] = self.ledger.reserve(
+                event.agent, "sip", event.call_id
+            )
             metrics.calls_active.inc()
             self.media_workers.reserve(event.call_id, event.worker_id)
             log.info(

@@ -112,6 +112,9 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         )  # fmt: skip
         try:
             busy_agent = await row(page, "calls-rows", "agent", "alice", "c[1] === '1'")
+            call_id = await page.eval(
+                "document.querySelector('#calls-rows tr[data-agent=alice] li').dataset.call"
+            )
             busy_worker = await row(page, "workers-rows", "worker", worker_id, "c[3] === '1 / 4'")
             meter = await page.eval(
                 "(m => [m.value, m.max, m.getAttribute('aria-label')])"
@@ -139,6 +142,9 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
             if sipp.poll() is None:
                 sipp.kill()
         assert busy_agent[0] == "alice" and busy_worker[2] == "ready"
+        # The call's id is SIPp's Call-ID (its default: "<n>-<pid>@<address>"), then the door.
+        assert busy_agent[3].startswith(f"{call_id} · sip · since "), busy_agent
+        assert call_id.endswith("@127.0.0.1"), call_id
         assert meter[:2] == [1, 4] and meter[2] == f"{worker_id}: 1 of 4 calls", meter
         assert DEMO_USER in aor and registration[3] == "alice", registration
         source_port = registration[2].removeprefix("udp:127.0.0.1:")  # SIPp's UDP socket
@@ -147,7 +153,7 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         assert summary.startswith("1 call in progress") and "sip 1" in summary, summary
 
         # The call ended: the counts go back to 0 and the change is announced.
-        await row(page, "calls-rows", "agent", "alice", "c[1] === '0'")
+        await row(page, "calls-rows", "agent", "alice", "c[1] === '0' && c[3] === ''")
         await row(page, "workers-rows", "worker", worker_id, "c[3] === '0 / 4'")
         await page.until(
             "document.getElementById('announce').textContent.includes('calls in progress: 0')"

@@ -146,7 +146,7 @@ async def test_the_page_shell(client: TestClient) -> None:
     text = await resp.text()
     assert resp.status == 200 and "script-src 'self'" in resp.headers["Content-Security-Policy"]
     assert "supervisor (supervisor)" in text and "{{" not in text
-    assert text.count('scope="col"') == 15 and text.count("<caption>") == 3
+    assert text.count('scope="col"') == 16 and text.count("<caption>") == 3
     assert 'aria-live="polite"' in text and 'href="/dashboard/live" aria-current="page"' in text
     for name, kind in (("live.js", "text/javascript"), ("live.css", "text/css")):
         resp = await client.get(f"/dashboard/live/{name}")

@@ -57,7 +57,7 @@ function showCalls(data) {
   const max = data.max_calls === null ? "" : ` of at most ${data.max_calls}`;
   document.getElementById("calls-summary").textContent =
     `${plural(data.total, "call")} in progress${max}` + (byIngress ? ` (${byIngress})` : "");
-  fill("calls-rows", data.agents, 3, (tr, row) => {
+  fill("calls-rows", data.agents, 4, (tr, row) => {
     tr.dataset.agent = row.agent;
     const th = document.createElement("th");
     th.scope = "row";
@@ -65,6 +65,16 @@ function showCalls(data) {
     tr.append(th);
     cell(tr, String(row.calls), "calls");
     cell(tr, row.limit === null ? "no limit" : String(row.limit), "limit");
+    const list = document.createElement("ul");
+    list.className = "call-list";
+    for (const call of row.in_progress || []) {
+      const item = document.createElement("li");
+      item.dataset.call = call.id;
+      const started = new Date(call.started_at).toLocaleTimeString();
+      item.textContent = `${call.id} · ${call.ingress} · since ${started}`;
+      list.append(item);
+    }
+    cell(tr, "", "call-cell").append(list);
   });
   return data.total;
 }
