@@ -4,11 +4,13 @@ native call worker.
 
 SIPp registers a contact for agent alice (register.xml) and then holds a 10 s call to her
 echo line through the edge (uac_edge_call_long.xml, RTP from a pcap). The admin's live page
-shows the registration (AOR, contact, source, expiry counting down), the call under alice and
-the worker holding 1 call, and its status region announces the change; once SIPp hangs up
-the counts are 0 again. A supervisor sees the same page. Screenshots go to the test's
-temporary directory (printed at the end; docs/console.md lists them). Skipped when chromium
-is not installed.
+shows the registration (AOR, contact, source, expiry counting down), the call under alice with
+its Call-ID and the worker holding 1 call, and its status region announces the change (and
+nothing while no count changes). A Twilio Media Streams client
+(tests/integration/media_stream_client.py) then calls alice's websocket too: 2 calls, the
+worker holds both. Once both hang up the counts are 0 again. A supervisor sees the same
+page. Screenshots go to the test's temporary directory (printed at the end; docs/console.md
+lists them). Skipped when chromium is not installed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.integration.cdp import Page, chromium_path, open_page
@@ -31,12 +34,15 @@ from tests.integration.conftest import (
     run_sipp,
     sipp_path,
 )
+from tests.integration.media_stream_client import MediaStreamClient
 from tests.integration.rtp_signals import tone, write_pcmu_pcap
 from tests.integration.test_calls import NUMBER, wait_metric
 from tests.integration.test_console_api import with_users
 from tests.integration.test_console_pages_agents import log_in
 
 pytestmark = pytest.mark.integration
+
+WS_SECRET = "live-page-websocket-secret-0123456789"
 
 
 @pytest.fixture
@@ -47,6 +53,7 @@ def server(server_factory: Any) -> ServerProcess:
         with_users(config)
         config["server"]["workers"] = 1
         config["server"]["media"] = {"engine": "native", "calls_per_worker": 4}
+        config["agents"][0]["websocket"] = {"enabled": True, "secret": WS_SECRET}
 
     s: ServerProcess = server_factory(mutate)
     return s
@@ -94,6 +101,9 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         assert idle_agent[2] == "no limit"
         assert idle_worker[1] == "native" and idle_worker[3] == "0 / 4", idle_worker
         assert int(idle_worker[4]) > 0  # the worker's pid
+        await page.until("Number(document.body.dataset.refreshes) >= 3")
+        quiet = await page.eval("document.getElementById('announce').textContent")
+        assert quiet == ""  # refreshes that change no count are not announced
 
         # SIPp registers a contact for alice, then holds a call to her echo line.
         result = run_sipp("register.xml", server.sip_port)
@@ -137,6 +147,19 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
             )
             summary = await page.eval("document.getElementById('calls-summary').textContent")
             await page.screenshot(tmp_path / "live-1-call-in-progress.png")
+            # A Twilio Media Streams client calls alice's websocket as well: the call worker
+            # runs its session (relayed), so it holds 2 calls.
+            ws_url = f"{base.replace('http://', 'ws://')}/ws/alice/{WS_SECRET}"
+            async with aiohttp.ClientSession() as http:
+                client = MediaStreamClient(await http.ws_connect(ws_url))
+                await client.start()
+                try:
+                    both = await row(page, "calls-rows", "agent", "alice", "c[1] === '2'")
+                    await row(page, "workers-rows", "worker", worker_id, "c[3] === '2 / 4'")
+                    await page.screenshot(tmp_path / "live-1b-sip-and-websocket.png")
+                finally:
+                    await client.stop()
+            after_ws = await row(page, "calls-rows", "agent", "alice", "c[1] === '1'")
             assert sipp.wait(timeout=40) == 0
         finally:
             if sipp.poll() is None:
@@ -145,6 +168,8 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         # The call's id is SIPp's Call-ID (its default: "<n>-<pid>@<address>"), then the door.
         assert busy_agent[3].startswith(f"{call_id} · sip · since "), busy_agent
         assert call_id.endswith("@127.0.0.1"), call_id
+        assert " · websocket · since " in both[3] and call_id in both[3], both
+        assert "websocket" not in after_ws[3] and call_id in after_ws[3], after_ws
         assert meter[:2] == [1, 4] and meter[2] == f"{worker_id}: 1 of 4 calls", meter
         assert DEMO_USER in aor and registration[3] == "alice", registration
         source_port = registration[2].removeprefix("udp:127.0.0.1:")  # SIPp's UDP socket
