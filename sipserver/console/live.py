@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -163,7 +164,7 @@ class LiveViews:
             message = f"the role {login.role} may not see the live views"
             if api:
                 raise web.HTTPForbidden(
-                    text=f'{{"error": "{message}"}}', content_type="application/json"
+                    text=json.dumps({"error": message}), content_type="application/json"
                 )
             raise web.HTTPForbidden(text=message, headers=_HEADERS)
         return login
@@ -194,7 +195,7 @@ class LiveViews:
         return web.Response(text=body, content_type="text/html", headers=_HEADERS)
 
     async def asset(self, request: web.Request) -> web.Response:
-        """The page's script."""
+        """The page's script and stylesheet."""
         name = request.match_info["file"]
         if name not in _ASSETS:
             raise web.HTTPNotFound(text="not found")
