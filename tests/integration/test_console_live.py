@@ -6,11 +6,11 @@ SIPp registers a contact for agent alice (register.xml) and then holds a 10 s ca
 echo line through the edge (uac_edge_call_long.xml, RTP from a pcap). The admin's live page
 shows the registration (AOR, contact, source, expiry counting down), the call under alice with
 its Call-ID and the worker holding 1 call, and its status region announces the change (and
-nothing while no count changes). A Twilio Media Streams client
-(tests/integration/media_stream_client.py) then calls alice's websocket too: 2 calls, the
-worker holds both. Once both hang up the counts are 0 again. A supervisor sees the same
-page. Screenshots go to the test's temporary directory (printed at the end; docs/console.md
-lists them). Skipped when chromium is not installed.
+nothing while no count changes); once SIPp hangs up the counts are 0 again. A Twilio Media
+Streams client (tests/integration/media_stream_client.py) then calls alice's websocket: the
+call worker holds that call too, until it hangs up. A supervisor sees the same page.
+Screenshots go to the test's temporary directory (printed at the end; docs/console.md lists
+them). Skipped when chromium is not installed.
 """
 
 from __future__ import annotations
@@ -105,9 +105,26 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         quiet = await page.eval("document.getElementById('announce').textContent")
         assert quiet == ""  # refreshes that change no count are not announced
 
-        # SIPp registers a contact for alice, then holds a call to her echo line.
+        # SIPp registers a contact for alice: the row counts its time down.
         result = run_sipp("register.xml", server.sip_port)
         assert result.returncode == 0, result.output
+        (aor,) = await page.until(
+            "(a => a.length === 1 && a)([...document.querySelectorAll("
+            "'#registrations-rows tr[data-aor]')].map(r => r.dataset.aor))"
+        )
+        registration = await row(page, "registrations-rows", "aor", aor, "c[4] !== ''")
+        first_left = int(registration[4].removesuffix(" s"))
+        counted_down = await page.until(
+            f"(c => parseInt(c[4]) < {first_left} && c[4])"
+            f"({cells('registrations-rows', 'aor', aor)})",
+            timeout=5,
+        )
+        assert DEMO_USER in aor and registration[3] == "alice", registration
+        source_port = registration[2].removeprefix("udp:127.0.0.1:")  # SIPp's UDP socket
+        assert source_port.isdigit() and f"@127.0.0.1:{source_port}" in registration[1]
+        assert 3500 < first_left <= 3600 and counted_down.endswith(" s")
+
+        # SIPp holds a 10 s call to alice's echo line: the call worker holds it.
         sipp = subprocess.Popen(
             [
                 sipp_path(), f"127.0.0.1:{server.sip_port}",
@@ -130,36 +147,12 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
                 "(m => [m.value, m.max, m.getAttribute('aria-label')])"
                 "(document.querySelector('#workers-rows meter'))"
             )
-            (aor,) = await page.until(
-                "(a => a.length === 1 && a)([...document.querySelectorAll("
-                "'#registrations-rows tr[data-aor]')].map(r => r.dataset.aor))"
-            )
-            registration = await row(page, "registrations-rows", "aor", aor, "c[4] !== ''")
-            first_left = int(registration[4].removesuffix(" s"))
-            counted_down = await page.until(
-                f"(c => parseInt(c[4]) < {first_left} && c[4])"
-                f"({cells('registrations-rows', 'aor', aor)})",
-                timeout=5,
-            )
             await page.until(
                 "(t => t.includes('calls in progress: 1') && t)"
                 "(document.getElementById('announce').textContent)"
             )
             summary = await page.eval("document.getElementById('calls-summary').textContent")
             await page.screenshot(tmp_path / "live-1-call-in-progress.png")
-            # A Twilio Media Streams client calls alice's websocket as well: the call worker
-            # runs its session (relayed), so it holds 2 calls.
-            ws_url = f"{base.replace('http://', 'ws://')}/ws/alice/{WS_SECRET}"
-            async with aiohttp.ClientSession() as http:
-                client = MediaStreamClient(await http.ws_connect(ws_url))
-                await client.start()
-                try:
-                    both = await row(page, "calls-rows", "agent", "alice", "c[1] === '2'")
-                    await row(page, "workers-rows", "worker", worker_id, "c[3] === '2 / 4'")
-                    await page.screenshot(tmp_path / "live-1b-sip-and-websocket.png")
-                finally:
-                    await client.stop()
-            after_ws = await row(page, "calls-rows", "agent", "alice", "c[1] === '1'")
             assert sipp.wait(timeout=40) == 0
         finally:
             if sipp.poll() is None:
@@ -168,13 +161,7 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         # The call's id is SIPp's Call-ID (its default: "<n>-<pid>@<address>"), then the door.
         assert busy_agent[3].startswith(f"{call_id} · sip · since "), busy_agent
         assert call_id.endswith("@127.0.0.1"), call_id
-        assert " · websocket · since " in both[3] and call_id in both[3], both
-        assert "websocket" not in after_ws[3] and call_id in after_ws[3], after_ws
         assert meter[:2] == [1, 4] and meter[2] == f"{worker_id}: 1 of 4 calls", meter
-        assert DEMO_USER in aor and registration[3] == "alice", registration
-        source_port = registration[2].removeprefix("udp:127.0.0.1:")  # SIPp's UDP socket
-        assert source_port.isdigit() and f"@127.0.0.1:{source_port}" in registration[1]
-        assert 3500 < first_left <= 3600 and counted_down.endswith(" s")
         assert summary.startswith("1 call in progress") and "sip 1" in summary, summary
 
         # The call ended: the counts go back to 0 and the change is announced.
@@ -184,6 +171,22 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
             "document.getElementById('announce').textContent.includes('calls in progress: 0')"
         )
         await page.screenshot(tmp_path / "live-2-call-ended.png")
+
+        # A Twilio Media Streams client calls alice's websocket: the call worker runs its
+        # session (relayed), so the worker holds it too; then it hangs up.
+        ws_url = f"{base.replace('http://', 'ws://')}/ws/alice/{WS_SECRET}"
+        async with aiohttp.ClientSession() as http:
+            client = MediaStreamClient(await http.ws_connect(ws_url))
+            await client.start()
+            try:
+                ws_call = await row(page, "calls-rows", "agent", "alice", "c[1] === '1'")
+                await row(page, "workers-rows", "worker", worker_id, "c[3] === '1 / 4'")
+                await page.screenshot(tmp_path / "live-3-websocket-call.png")
+            finally:
+                await client.stop()
+        assert " · websocket · since " in ws_call[3] and call_id not in ws_call[3], ws_call
+        await row(page, "calls-rows", "agent", "alice", "c[1] === '0' && c[3] === ''")
+        await row(page, "workers-rows", "worker", worker_id, "c[3] === '0 / 4'")
         refreshes = int(await page.eval("document.body.dataset.refreshes"))
 
         # A supervisor reads the same page (the registration is still there).
@@ -195,7 +198,7 @@ async def test_live_page_shows_a_registration_a_held_call_and_the_worker_load(
         supervisor_reg = await row(page, "registrations-rows", "aor", aor, "true")
         await row(page, "workers-rows", "worker", worker_id, "c[2] === 'ready'")
         error_shown = not await page.eval("document.getElementById('live-error').hidden")
-        await page.screenshot(tmp_path / "live-3-supervisor.png")
+        await page.screenshot(tmp_path / "live-4-supervisor.png")
         uncaught = [e for e in page.errors if e.startswith("uncaught")]
     print(f"screenshots {tmp_path}")
     assert refreshes > 3  # refreshed on its own, every few seconds
