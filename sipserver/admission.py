@@ -23,12 +23,17 @@ agent in the configuration, times the cores (:func:`default_max_calls`, figures 
 :data:`CALLS_PER_CORE`).
 
 A reservation is released exactly once (:meth:`Reservation.release` is idempotent), so a call
-that ends twice (a drop during a hangup) cannot count twice, and counts return to 0.
+that ends twice (a drop during a hangup) cannot count twice, and counts return to 0. The
+ledger also lists the calls it holds (:meth:`CallLedger.calls`: id, door, start) for the
+console's live view.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
+from collections.abc import Callable
 from typing import Final, Literal
 
 from sipserver.config import Agent, Config, CustomModel
@@ -106,14 +111,34 @@ class Reservation:
     """One call's place in the ledger; :meth:`release` it when the call ends (once is enough:
     later calls do nothing)."""
 
-    __slots__ = ("_ledger", "agent", "ingress")
+    __slots__ = ("_ledger", "agent", "call_id", "ingress", "number", "started_at")
 
-    def __init__(self, ledger: CallLedger, agent: str, ingress: str) -> None:
+    def __init__(
+        self,
+        ledger: CallLedger,
+        agent: str,
+        ingress: str,
+        *,
+        number: int = 0,
+        call_id: str | None = None,
+        started_at: float = 0.0,
+    ) -> None:
         self._ledger: CallLedger | None = ledger
         self.agent = agent
         """The agent's slug."""
         self.ingress = ingress
         """The door the call came in by (``sip``, ``websocket``, ``listens``)."""
+        self.number = number
+        """The ledger's number for the call (1, 2, ... in order of arrival)."""
+        self.call_id = call_id
+        """The call's own id when the door knows it (a SIP call's Call-ID), else None."""
+        self.started_at = started_at
+        """When the place was taken (epoch seconds)."""
+
+    @property
+    def label(self) -> str:
+        """The call's id (``call_id``), or ``<ingress>-<number>`` without one."""
+        return self.call_id or f"{self.ingress}-{self.number}"
 
     @property
     def held(self) -> bool:
@@ -135,8 +160,17 @@ class CallLedger:
         cores: cores for ``server.max_calls: auto`` (this process's by default).
     """
 
-    def __init__(self, config: Config, *, cores: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        cores: int | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._cores = cores
+        self._wall_clock = wall_clock
+        self._held: dict[int, Reservation] = {}
+        self._numbers = itertools.count(1)
         self.max_calls = 0
         """The server's limit in force."""
         self._agent_limits: dict[str, int | None] = {}
@@ -192,14 +226,25 @@ class CallLedger:
             return refusal
         return self.reserve(agent, ingress)
 
-    def reserve(self, agent: str, ingress: str) -> Reservation:
-        """Count a call without checking the limits (the check was made when it was routed)."""
+    def reserve(self, agent: str, ingress: str, call_id: str | None = None) -> Reservation:
+        """Count a call without checking the limits (the check was made when it was routed);
+        ``call_id``: the call's own id, when the door knows it (shown by :meth:`calls`)."""
         self.total += 1
         self._by_agent[agent] = self._by_agent.get(agent, 0) + 1
         self._by_ingress[ingress] = self._by_ingress.get(ingress, 0) + 1
-        return Reservation(self, agent, ingress)
+        number = next(self._numbers)
+        reservation = Reservation(
+            self, agent, ingress, number=number, call_id=call_id, started_at=self._wall_clock()
+        )
+        self._held[number] = reservation
+        return reservation
+
+    def calls(self, agent: str | None = None) -> list[Reservation]:
+        """The calls in progress (of ``agent``; None: all), oldest first."""
+        return [r for r in self._held.values() if agent is None or r.agent == agent]
 
     def _release(self, reservation: Reservation) -> None:
+        self._held.pop(reservation.number, None)
         self.total -= 1
         _decrement(self._by_agent, reservation.agent)
         _decrement(self._by_ingress, reservation.ingress)

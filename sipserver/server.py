@@ -25,7 +25,8 @@ from sipserver.console.agent_pages import AgentPages
 from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
-from sipserver.console.model_pages import ModelPages
+from sipserver.console.live import LiveViews
+from sipserver.console.model_pages import ModelPages, read_only_banner
 from sipserver.console.user_pages import UserPages
 from sipserver.console.users import UsersApi
 from sipserver.data_dir import make_private_dir, make_private_file
@@ -225,6 +226,9 @@ class Server:
         )
         """The console's JSON API over the configuration file (docs/console.md)."""
         self.model_pages = ModelPages(gate=self.dashboard, document=self.console.document)
+        self.dashboard.read_only_banner = lambda: read_only_banner(
+            self.console.document.read_only_reason
+        )
         """The console's model and credential pages."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
@@ -420,7 +424,9 @@ class Server:
             stale = self._sip_reservations.pop(event.call_id, None)
             if stale is not None:  # a Call-ID routed again: never count one call twice
                 stale.release()
-            self._sip_reservations[event.call_id] = self.ledger.reserve(event.agent, "sip")
+            self._sip_reservations[event.call_id] = self.ledger.reserve(
+                event.agent, "sip", event.call_id
+            )
             metrics.calls_active.inc()
             self.media_workers.reserve(event.call_id, event.worker_id)
             log.info(
@@ -655,6 +661,11 @@ class Server:
         self.model_pages.add_routes(app)
         UsersApi(console=self.console, hash_password=hash_password).add_routes(app)
         UserPages(gate=self.dashboard, document=self.console.document).add_routes(app)
+        LiveViews(
+            gate=self.dashboard,
+            workers=self.media_workers.status,
+            engine=lambda: self.config.server.media.engine,
+        ).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)

@@ -9,7 +9,9 @@ The pages are HTML shells: the script reads and saves the agent through the JSON
 (``/api/agents/{slug}``, ``/api/models``, ``/api/secrets/generate``), so the page and a script
 use the same rules. The session is the dashboard's (:class:`~sipserver.console.api.SessionGate`).
 A ``supervisor`` gets the page read-only (inputs disabled, no Save, a note why), as does every
-writer when the server runs on the embedded default or cannot write its file.
+writer when the server runs on the embedded default or cannot write its file; then every role
+also sees the model pages' banner (:func:`~sipserver.console.model_pages.read_only_banner`:
+why, and how to get a file to edit).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiohttp import web
 
 from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
 from sipserver.console.document import ConfigDocument
+from sipserver.console.model_pages import read_only_banner
 
 __all__ = ["AgentPages"]
 
@@ -95,14 +98,15 @@ class AgentPages:
         reason = ""
         if login.role not in WRITE_ROLES:
             reason = f"The role {login.role} may only read the configuration."
-        elif (why := self.document.read_only_reason) is not None:
-            reason = f"The console is read-only: {why}."
+        elif self.document.read_only_reason is not None:
+            reason = "The console is read-only (the banner above says why)."
         values = {
             "SLUG": html.escape(slug, quote=True),
             "TITLE": html.escape(slug or "New agent"),
             "USER": html.escape(login.name),
             "ROLE": html.escape(login.role),
             "READ_ONLY": html.escape(reason, quote=True),
+            "BANNER": read_only_banner(self.document.read_only_reason),
         }
         body = _static("agent.html")
         for key, value in values.items():

@@ -261,7 +261,8 @@ class ConsoleApi:
         return web.json_response({"registrations": rows})
 
     async def active_calls(self, request: web.Request) -> web.Response:
-        """Calls in progress, per agent and in total, with their limits."""
+        """Calls in progress, per agent and in total, with their limits; each agent's calls
+        with their id (a SIP call's Call-ID, else ``<ingress>-<n>``), door and start."""
         self._guard(request)
         ledger = self.ledger
         return web.json_response(
@@ -274,6 +275,10 @@ class ConsoleApi:
                         "agent": agent.slug,
                         "calls": ledger.in_progress(agent.slug),
                         "limit": ledger.limit_of(agent.slug),
+                        "in_progress": [
+                            {"id": r.label, "ingress": r.ingress, "started_at": _iso(r.started_at)}
+                            for r in ledger.calls(agent.slug)
+                        ],
                     }
                     for agent in self._config().agents
                 ],

@@ -202,6 +202,9 @@ class Dashboard:
         self._waiting = 0
         self._dummy_hash: str | None = None
         self._dummy_lock = threading.Lock()
+        self.read_only_banner: Callable[[], str] = lambda: ""
+        """HTML of the console's read-only banner for the agent list ("" when the file can be
+        saved); the server sets it (``sipserver.console.model_pages.read_only_banner``)."""
 
     def add_routes(self, app: web.Application) -> None:
         """Register the pages, the API and the static files."""
@@ -393,6 +396,7 @@ class Dashboard:
             ROLE=html.escape(login.role),
             CARDS=cards or "<p>No agents are configured.</p>",
             ADMIN_LINKS=_ADMIN_LINKS if login.role == "admin" else "",
+            BANNER=self.read_only_banner() if login.role in _CONFIG_READERS else "",
             ADD='<a class="button" href="/dashboard/agents/new">Add agent</a>'
             if login.role in _CONFIG_WRITERS
             else "",

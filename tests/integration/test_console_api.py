@@ -134,7 +134,7 @@ async def test_a_saved_agent_takes_registrations_after_the_reload(
     status, body, _ = await clients["supervisor"].call("GET", "/api/registrations")
     assert any(r["agent"] == "carol" and r["expires_in"] > 0 for r in body["registrations"])
     status, body, _ = await clients["supervisor"].call("GET", "/api/calls/active")
-    assert {"agent": "carol", "calls": 0, "limit": None} in body["agents"]
+    assert {"agent": "carol", "calls": 0, "limit": None, "in_progress": []} in body["agents"]
 
     # Secrets never come back in a GET, nor in the log.
     for path in ("/api/agents", "/api/agents/carol", "/api/agents/alice"):

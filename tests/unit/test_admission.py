@@ -61,6 +61,26 @@ def test_agent_limit_then_server_limit() -> None:
     assert ledger.by_ingress() == {"websocket": 2, "sip": 1}
 
 
+def test_the_ledger_lists_the_calls_in_progress_with_id_door_and_start() -> None:
+    clock = iter([100.0, 101.5, 103.0])
+    ledger = CallLedger(config(5, a=None, b=None), wall_clock=lambda: next(clock))
+    sip = ledger.reserve("a", "sip", "abc@host")
+    ws = ledger.admit("a", "websocket")
+    other = ledger.admit("b", "listens")
+    assert isinstance(ws, Reservation) and isinstance(other, Reservation)
+    assert [(r.label, r.ingress, r.started_at) for r in ledger.calls("a")] == [
+        ("abc@host", "sip", 100.0),
+        ("websocket-2", "websocket", 101.5),  # no id of its own: the door and the number
+    ]
+    assert [r.label for r in ledger.calls()] == ["abc@host", "websocket-2", "listens-3"]
+    sip.release()
+    sip.release()
+    assert [r.label for r in ledger.calls()] == ["websocket-2", "listens-3"]
+    ws.release()
+    other.release()
+    assert ledger.calls() == [] and ledger.total == 0
+
+
 def test_a_reservation_is_released_exactly_once() -> None:
     ledger = CallLedger(config(5))
     first = ledger.reserve("a", "websocket")

@@ -13,7 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sipserver.console.agent_pages import AgentPages
 from sipserver.console.document import ConfigDocument
+from sipserver.console.model_pages import read_only_banner
 from tests.unit.test_console_api import TEXT, FakeGate
+from tests.unit.test_dashboard_logins import PASSWORD, dashboard, login
+from tests.unit.test_dashboard_logins import client_for as dashboard_client
 
 
 async def client_for(document: ConfigDocument) -> TestClient:
@@ -74,10 +77,25 @@ async def test_the_embedded_default_is_read_only_for_writers_too(tmp_path: Path)
     c = await client_for(ConfigDocument(None))
     try:
         resp = await c.get("/dashboard/agents/new", headers={"X-Test-Role": "admin"})
-        reason = read_only_of(await resp.text())
+        page = await resp.text()
+        supervisor = await c.get(
+            "/dashboard/agents/demo/settings", headers={"X-Test-Role": "supervisor"}
+        )
+        supervisor_page = await supervisor.text()
     finally:
         await c.close()
-    assert reason.startswith("The console is read-only: ") and "sipserver run -c" in reason
+    # The fields are disabled (data-read-only) and the model pages' banner says why and how.
+    assert read_only_of(page) == "The console is read-only (the banner above says why)."
+    for shown in (page, supervisor_page):
+        banner = shown.split('id="read-only-banner">', 1)[1].split("</p>", 1)[0]
+        assert "sipserver init DIR" in banner and "sipserver run -c" in banner
+    assert read_only_of(supervisor_page) == "The role supervisor may only read the configuration."
+
+
+async def test_a_writable_file_shows_no_banner(client: TestClient) -> None:
+    resp = await client.get("/dashboard/agents/alice/settings", headers={"X-Test-Role": "admin"})
+    page = await resp.text()
+    assert "read-only-banner" not in page and "{{" not in page
 
 
 async def test_static_files(client: TestClient) -> None:
@@ -90,3 +108,19 @@ async def test_static_files(client: TestClient) -> None:
         assert resp.status == 200 and resp.content_type == kind, name
     resp = await client.get("/dashboard/static/agents/agent.html")
     assert resp.status == 404
+
+
+async def test_the_agent_list_shows_the_banner_the_server_gives_it() -> None:
+    board = dashboard()  # one admin, "ann"
+    client = await dashboard_client(board)
+    try:
+        assert await login(client, PASSWORD) == 303
+        page = await (await client.get("/dashboard")).text()
+        assert "read-only-banner" not in page and "{{" not in page  # a writable file
+        board.read_only_banner = lambda: read_only_banner("no file was given")
+        page = await (await client.get("/dashboard")).text()
+    finally:
+        await client.close()
+    banner = page.split('id="read-only-banner">', 1)[1].split("</p>", 1)[0]
+    assert "No file was given." in banner and "sipserver init DIR" in banner
+    assert 'href="/dashboard/live"' in page  # the Live link beside the other top-bar links
