@@ -141,10 +141,10 @@ class ConsoleApi:
 
     # ------------------------------------------------------------------------ access
 
-    def _guard(self, request: web.Request, *, write: bool = False, roles: Any = None) -> Who:
+    def guard(self, request: web.Request, *, write: bool = False, roles: Any = None) -> Who:
         login = self.gate.login_of(request)
         if login is None:
-            raise _error(401, "login required")
+            raise http_error(401, "login required")
         allowed = roles or (WRITE_ROLES if write else READ_ROLES)
         if login.role not in allowed:
             if write and login.role in READ_ROLES:
@@ -152,30 +152,30 @@ class ConsoleApi:
             else:
                 reason = f"the role {login.role} may not use this"
             log.info("console_forbidden", user=login.name, role=login.role, path=request.path)
-            raise _error(403, reason)
+            raise http_error(403, reason)
         if write and not self.gate.same_origin(request):
-            raise _error(403, "cross-site request refused")
+            raise http_error(403, "cross-site request refused")
         return login
 
     # ------------------------------------------------------------------------- reads
 
-    async def _fresh(self) -> str:
+    async def fresh(self) -> str:
         try:
             return await asyncio.to_thread(self.document.refresh)
         except DocumentError as exc:
-            raise _error(503, str(exc)) from exc
+            raise http_error(503, str(exc)) from exc
 
     async def list_agents(self, request: web.Request) -> web.Response:
         """The agents: summaries (ways in, numbers, URLs with the secret masked)."""
-        self._guard(request)
-        version = await self._fresh()
+        self.guard(request)
+        version = await self.fresh()
         config = self._config()
         agents = []
         for slug in await asyncio.to_thread(self.document.names, "agent"):
             view = await asyncio.to_thread(self.document.get, "agent", slug)
             running = config.agent_by_slug(slug)
             agents.append(_agent_summary(slug, view, running, config.server.public_url))
-        return self._json({"agents": agents}, version)
+        return self.versioned_json({"agents": agents}, version)
 
     async def get_agent(self, request: web.Request) -> web.Response:
         """One agent's mapping, as in the file, secrets masked."""
@@ -186,18 +186,18 @@ class ConsoleApi:
         return await self._get(request, "model")
 
     async def _get(self, request: web.Request, kind: Kind) -> web.Response:
-        self._guard(request)
-        version = await self._fresh()
+        self.guard(request)
+        version = await self.fresh()
         try:
             view = await asyncio.to_thread(self.document.get, kind, request.match_info["name"])
         except NotFound as exc:
-            raise _error(404, str(exc)) from exc
-        return self._json(view, version)
+            raise http_error(404, str(exc)) from exc
+        return self.versioned_json(view, version)
 
     async def list_models(self, request: web.Request) -> web.Response:
         """The models: name, type, credential and the agents that use each."""
-        self._guard(request)
-        version = await self._fresh()
+        self.guard(request)
+        version = await self.fresh()
         agents = await self._views("agent")
         models = []
         for name, view in (await self._views("model")).items():
@@ -215,12 +215,12 @@ class ConsoleApi:
                     ],
                 }
             )
-        return self._json({"models": models}, version)
+        return self.versioned_json({"models": models}, version)
 
     async def list_credentials(self, request: web.Request) -> web.Response:
         """The credentials: names, their keys (never a value) and the models that use each."""
-        self._guard(request)
-        version = await self._fresh()
+        self.guard(request)
+        version = await self.fresh()
         models = await self._views("model")
         credentials = []
         for name, view in (await self._views("credential")).items():
@@ -231,7 +231,7 @@ class ConsoleApi:
                     "used_by": sorted(m for m, v in models.items() if _uses(v, name)),
                 }
             )
-        return self._json({"credentials": credentials}, version)
+        return self.versioned_json({"credentials": credentials}, version)
 
     async def _views(self, kind: Kind) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -241,7 +241,7 @@ class ConsoleApi:
 
     async def registrations(self, request: web.Request) -> web.Response:
         """The SIP registrations: AOR, contact, source, agent, expiry."""
-        self._guard(request)
+        self.guard(request)
         now = self._wall_clock()
         rows = [
             {
@@ -263,7 +263,7 @@ class ConsoleApi:
     async def active_calls(self, request: web.Request) -> web.Response:
         """Calls in progress, per agent and in total, with their limits; each agent's calls
         with their id (a SIP call's Call-ID, else ``<ingress>-<n>``), door and start."""
-        self._guard(request)
+        self.guard(request)
         ledger = self.ledger
         return web.json_response(
             {
@@ -287,7 +287,7 @@ class ConsoleApi:
 
     async def audit_records(self, request: web.Request) -> web.Response:
         """The last saves (``?limit=``, default 100), oldest first; admins only."""
-        self._guard(request, roles=frozenset({"admin"}))
+        self.guard(request, roles=frozenset({"admin"}))
         text = request.query.get("limit", "100")
         limit = min(int(text), 1000) if text.isdigit() else 100
         return web.json_response({"records": await asyncio.to_thread(self.audit.read, limit)})
@@ -296,14 +296,14 @@ class ConsoleApi:
 
     async def generate(self, request: web.Request) -> web.Response:
         """A new random secret (the generator of ``sipserver gen-secret``); nothing is saved."""
-        self._guard(request, write=True)
+        self.guard(request, write=True)
         length = GENERATED_SECRET_LENGTH
         if request.can_read_body:
-            body = await _json_body(request)
+            body = await json_body(request)
             wanted = body.get("length", length) if isinstance(body, dict) else length
             if not isinstance(wanted, int) or not GENERATED_SECRET_LENGTH <= wanted <= 256:
                 message = f"must be a whole number from {GENERATED_SECRET_LENGTH} to 256"
-                return _invalid([("length", message)])
+                return invalid_input([("length", message)])
             length = wanted
         return web.json_response({"secret": generate_secret(length)})
 
@@ -332,11 +332,11 @@ class ConsoleApi:
         return await self._delete(request, "credential")
 
     async def _put(self, request: web.Request, kind: Kind) -> web.Response:
-        login = self._guard(request, write=True)
-        body = await _json_body(request)
+        login = self.guard(request, write=True)
+        body = await json_body(request)
         name = request.match_info["name"]
-        expected = _if_match(request)
-        saved, reload = await self._save(login, kind, name, lambda: self.document.put(
+        expected = if_match(request)
+        saved, reload = await self.save(login, kind, name, lambda: self.document.put(
             kind, name, body, expected=expected
         ))  # fmt: skip
         answer: dict[str, Any] = {
@@ -347,18 +347,18 @@ class ConsoleApi:
             agent = saved.config.agent_by_slug(name)
             answer["urls"] = agent.urls(saved.config.server.public_url) if agent else {}
         answer["reload"] = reload
-        return self._json(answer, saved.fingerprint)
+        return self.versioned_json(answer, saved.fingerprint)
 
     async def _delete(self, request: web.Request, kind: Kind) -> web.Response:
-        login = self._guard(request, write=True)
-        name, expected = request.match_info["name"], _if_match(request)
-        saved, reload = await self._save(
+        login = self.guard(request, write=True)
+        name, expected = request.match_info["name"], if_match(request)
+        saved, reload = await self.save(
             login, kind, name, lambda: self.document.delete(kind, name, expected=expected)
         )
         answer = {"deleted": name, "version": saved.fingerprint, "reload": reload}
-        return self._json(answer, saved.fingerprint)
+        return self.versioned_json(answer, saved.fingerprint)
 
-    async def _save(
+    async def save(
         self, login: Who, kind: Kind, name: str, change: Callable[[], Saved]
     ) -> tuple[Saved, dict[str, Any]]:
         """Save, record and reload, one save at a time (the reloads follow the saves' order:
@@ -368,15 +368,15 @@ class ConsoleApi:
                 saved = await asyncio.to_thread(change)
             except Invalid as exc:
                 log.info("console_invalid", user=login.name, kind=kind, name=name)
-                raise _invalid(exc.errors) from exc
+                raise invalid_input(exc.errors) from exc
             except Conflict as exc:
-                raise _error(409, str(exc)) from exc
+                raise http_error(409, str(exc)) from exc
             except ReadOnly as exc:
-                raise _error(403, str(exc), read_only=True) from exc
+                raise http_error(403, str(exc), read_only=True) from exc
             except NotFound as exc:
-                raise _error(404, str(exc)) from exc
+                raise http_error(404, str(exc)) from exc
             except DocumentError as exc:
-                raise _error(503, str(exc)) from exc
+                raise http_error(503, str(exc)) from exc
             try:
                 await asyncio.to_thread(
                     self.audit.append,
@@ -395,7 +395,7 @@ class ConsoleApi:
             reload = {k: list(v) if isinstance(v, tuple) else v for k, v in result.items()}
             return saved, reload
 
-    def _json(self, data: Any, version: str) -> web.Response:
+    def versioned_json(self, data: Any, version: str) -> web.Response:
         read_only = self.document.read_only_reason
         headers = {"ETag": f'"{version}"', "Cache-Control": "no-store"}
         if read_only is not None:
@@ -451,28 +451,28 @@ def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
 
 
-def _if_match(request: web.Request) -> str | None:
+def if_match(request: web.Request) -> str | None:
     value = request.headers.get("If-Match")
     if value is None or value.strip() == "*":
         return None
     return value.strip().removeprefix("W/").strip('"')
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
-        raise _error(415, "the body must be JSON (Content-Type: application/json)")
+        raise http_error(415, "the body must be JSON (Content-Type: application/json)")
     if request.content_length is not None and request.content_length > _MAX_BODY:
-        raise _error(413, "the body is too large")
+        raise http_error(413, "the body is too large")
     text = await request.text()
     if len(text) > _MAX_BODY:
-        raise _error(413, "the body is too large")
+        raise http_error(413, "the body is too large")
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise _invalid([("", f"the body is not JSON: {exc}")]) from exc
+        raise invalid_input([("", f"the body is not JSON: {exc}")]) from exc
 
 
-def _invalid(errors: list[tuple[str, str]]) -> web.HTTPException:
+def invalid_input(errors: list[tuple[str, str]]) -> web.HTTPException:
     body = {"errors": [{"loc": loc, "msg": msg} for loc, msg in errors]}
     return web.HTTPUnprocessableEntity(text=json.dumps(body), content_type="application/json")
 
@@ -488,7 +488,7 @@ _ERRORS: Final[dict[int, type[web.HTTPException]]] = {
 }
 
 
-def _error(status: int, message: str, **extra: Any) -> web.HTTPException:
+def http_error(status: int, message: str, **extra: Any) -> web.HTTPException:
     body = json.dumps({"error": message, **extra})
     kind = _ERRORS[status]
     if kind is web.HTTPRequestEntityTooLarge:

@@ -26,7 +26,7 @@ from typing import Any, Final, get_args
 from aiohttp import web
 
 from sipserver.config import Role
-from sipserver.console.api import ConsoleApi, Who, _error, _if_match, _invalid, _json_body
+from sipserver.console.api import ConsoleApi, Who, http_error, if_match, invalid_input, json_body
 from sipserver.console.document import Saved, path_of
 from sipserver.observability import get_logger
 
@@ -90,13 +90,13 @@ class UsersApi:
         login = self.console.gate.login_of(request)
         if login is not None and login.role not in ADMIN_ROLES:
             log.info("console_forbidden", user=login.name, role=login.role, path=request.path)
-            raise _error(403, f"only an admin manages the users; the role {login.role} may not")
-        return self.console._guard(request, write=write, roles=ADMIN_ROLES)
+            raise http_error(403, f"only an admin manages the users; the role {login.role} may not")
+        return self.console.guard(request, write=write, roles=ADMIN_ROLES)
 
     async def list_users(self, request: web.Request) -> web.Response:
         """The users: name and role (never the hash)."""
         self._admin(request)
-        version = await self.console._fresh()
+        version = await self.console.fresh()
         document = self.console.document
 
         def read() -> list[dict[str, Any]]:
@@ -109,32 +109,34 @@ class UsersApi:
             "roles": list(ROLES),
             "min_password_length": MIN_PASSWORD_LENGTH,
         }
-        return self.console._json(answer, version)
+        return self.console.versioned_json(answer, version)
 
     async def put_user(self, request: web.Request) -> web.Response:
         """Create a user or change its role (and, if given, its password)."""
         login = self._admin(request, write=True)
         name = request.match_info["name"]
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict):
-            raise _invalid([("", "the body must be a JSON object: {role, password}")])
+            raise invalid_input([("", "the body must be a JSON object: {role, password}")])
         unknown = sorted(set(body) - {"name", "role", "password"})
         if unknown:
-            raise _invalid([(k, "not a field of a user (send role and password)") for k in unknown])
+            raise invalid_input(
+                [(k, "not a field of a user (send role and password)") for k in unknown]
+            )
         at = await self._path(name)
         stored = await asyncio.to_thread(self.console.document.raw, "user", name)
         password = body.get("password")
         if password is None and stored is None:
-            raise _invalid([(f"{at}.password", "a new user needs a password")])
+            raise invalid_input([(f"{at}.password", "a new user needs a password")])
         if "role" not in body:
             if stored is None:
-                raise _invalid([(f"{at}.role", "a new user needs a role")])
+                raise invalid_input([(f"{at}.role", "a new user needs a role")])
             body["role"] = stored.get("role") if isinstance(stored, dict) else None
         mapping: dict[str, Any] = {"name": body.get("name", name), "role": body["role"]}
         if password is not None:
             mapping["password_hash"] = await self._hash(password, f"{at}.password")
-        expected = _if_match(request)
-        saved, reload = await self.console._save(login, "user", name, lambda: (
+        expected = if_match(request)
+        saved, reload = await self.console.save(login, "user", name, lambda: (
             self.console.document.put("user", name, mapping, expected=expected, rule=keep_admin)
         ))  # fmt: skip
         return self._saved(saved, reload, name)
@@ -143,17 +145,17 @@ class UsersApi:
         """A new password for an existing user."""
         login = self._admin(request, write=True)
         name = request.match_info["name"]
-        body = await _json_body(request)
+        body = await json_body(request)
         stored = await asyncio.to_thread(self.console.document.raw, "user", name)
         if not isinstance(stored, dict):
-            raise _error(404, f"no user {name!r}")
+            raise http_error(404, f"no user {name!r}")
         at = await self._path(name)
         password = body.get("password") if isinstance(body, dict) else None
         if password is None:
-            raise _invalid([(f"{at}.password", "give the new password")])
+            raise invalid_input([(f"{at}.password", "give the new password")])
         mapping = {**stored, "password_hash": await self._hash(password, f"{at}.password")}
-        expected = _if_match(request)
-        saved, reload = await self.console._save(login, "user", name, lambda: (
+        expected = if_match(request)
+        saved, reload = await self.console.save(login, "user", name, lambda: (
             self.console.document.put("user", name, mapping, expected=expected, rule=keep_admin)
         ))  # fmt: skip
         return self._saved(saved, reload, name)
@@ -161,15 +163,15 @@ class UsersApi:
     async def delete_user(self, request: web.Request) -> web.Response:
         """Remove a user (not the last admin)."""
         login = self._admin(request, write=True)
-        name, expected = request.match_info["name"], _if_match(request)
-        saved, reload = await self.console._save(login, "user", name, lambda: (
+        name, expected = request.match_info["name"], if_match(request)
+        saved, reload = await self.console.save(login, "user", name, lambda: (
             self.console.document.delete("user", name, expected=expected, rule=keep_admin)
         ))  # fmt: skip
         answer = {"deleted": name, "version": saved.fingerprint, "reload": reload}
-        return self.console._json(answer, saved.fingerprint)
+        return self.console.versioned_json(answer, saved.fingerprint)
 
     async def _path(self, name: str) -> str:
-        await self.console._fresh()
+        await self.console.fresh()
         document = self.console.document
 
         def where() -> str:
@@ -180,11 +182,11 @@ class UsersApi:
 
     async def _hash(self, password: Any, loc: str) -> str:
         if not isinstance(password, str):
-            raise _invalid([(loc, "must be a string")])
+            raise invalid_input([(loc, "must be a string")])
         if len(password) < MIN_PASSWORD_LENGTH:
-            raise _invalid([(loc, f"must have at least {MIN_PASSWORD_LENGTH} characters")])
+            raise invalid_input([(loc, f"must have at least {MIN_PASSWORD_LENGTH} characters")])
         if len(password) > MAX_PASSWORD_LENGTH:
-            raise _invalid([(loc, f"must have at most {MAX_PASSWORD_LENGTH} characters")])
+            raise invalid_input([(loc, f"must have at most {MAX_PASSWORD_LENGTH} characters")])
         return await asyncio.to_thread(self.hash_password, password)
 
     def _saved(self, saved: Saved, reload: dict[str, Any], name: str) -> web.Response:
@@ -194,7 +196,7 @@ class UsersApi:
             "version": saved.fingerprint,
             "reload": reload,
         }
-        return self.console._json(answer, saved.fingerprint)
+        return self.console.versioned_json(answer, saved.fingerprint)
 
 
 def keep_admin(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str]]:
