@@ -28,6 +28,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from sipserver.console.api import READ_ROLES, SessionGate, Who
+from sipserver.console.users import admin_links
 from sipserver.observability import get_logger
 
 __all__ = ["COUNTERS", "LiveViews", "worker_rows"]
@@ -190,6 +191,7 @@ class LiveViews:
         for key, value in {
             "USER": html.escape(login.name),
             "ROLE": html.escape(login.role),
+            "ADMIN_LINKS": admin_links(login.role),
         }.items():
             body = body.replace("{{" + key + "}}", value)
         return web.Response(text=body, content_type="text/html", headers=_HEADERS)

@@ -148,6 +148,10 @@ async def test_the_page_shell(client: TestClient) -> None:
     assert "supervisor (supervisor)" in text and "{{" not in text
     assert text.count('scope="col"') == 16 and text.count("<caption>") == 3
     assert 'aria-live="polite"' in text and 'href="/dashboard/live" aria-current="page"' in text
+    assert "/dashboard/settings/users" not in text  # the Users/Audit links are an admin's
+    resp = await client.get("/dashboard/live", headers={"X-Test-Role": "admin"})
+    text = await resp.text()
+    assert "/dashboard/settings/users" in text and "/dashboard/settings/audit" in text
     for name, kind in (("live.js", "text/javascript"), ("live.css", "text/css")):
         resp = await client.get(f"/dashboard/live/{name}")
         assert resp.status == 200 and resp.content_type == kind
