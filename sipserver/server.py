@@ -26,7 +26,8 @@ from sipserver.console.api import ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
 from sipserver.console.live import LiveViews
-from sipserver.console.model_pages import ModelPages, read_only_banner
+from sipserver.console.model_pages import ModelPages
+from sipserver.console.pages import read_only_banner
 from sipserver.console.user_pages import UserPages
 from sipserver.console.users import UsersApi
 from sipserver.data_dir import make_private_dir, make_private_file

@@ -16,18 +16,21 @@ why, and how to get a file to edit).
 
 from __future__ import annotations
 
-import functools
 import html
 import re
-from importlib import resources
 from typing import Final
-from urllib.parse import quote
 
 from aiohttp import web
 
 from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
 from sipserver.console.document import ConfigDocument
-from sipserver.console.model_pages import read_only_banner
+from sipserver.console.pages import (
+    PAGE_HEADERS,
+    asset_response,
+    login_or_redirect,
+    read_only_banner,
+    render,
+)
 
 __all__ = ["AgentPages"]
 
@@ -37,21 +40,6 @@ _STATIC: Final = {
     "agent.css": "text/css",
     "agents-list.js": "text/javascript",
 }
-_CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": _CSP,
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-@functools.cache
-def _static(name: str) -> str:
-    return (resources.files("sipserver.console") / "static" / name).read_text(encoding="utf-8")
 
 
 class AgentPages:
@@ -75,12 +63,7 @@ class AgentPages:
 
     async def static(self, request: web.Request) -> web.Response:
         """The pages' script and stylesheet."""
-        name = request.match_info["name"]
-        if name not in _STATIC:
-            raise web.HTTPNotFound(text="not found")
-        return web.Response(
-            text=_static(name), content_type=_STATIC[name], headers={"Cache-Control": "no-cache"}
-        )
+        return asset_response(request.match_info["name"], _STATIC)
 
     async def new_page(self, request: web.Request) -> web.Response:
         """A new agent (writers; a reader is sent the read-only note)."""
@@ -108,18 +91,13 @@ class AgentPages:
             "READ_ONLY": html.escape(reason, quote=True),
             "BANNER": read_only_banner(self.document.read_only_reason),
         }
-        body = _static("agent.html")
-        for key, value in values.items():
-            body = body.replace("{{" + key + "}}", value)
-        return web.Response(text=body, content_type="text/html", headers=_HEADERS)
+        return render("agent.html", values)
 
     def _require(self, request: web.Request) -> Who:
-        login = self.gate.login_of(request)
-        if login is None:
-            raise web.HTTPSeeOther(f"/dashboard/login?next={quote(request.path_qs, safe='/')}")
+        login = login_or_redirect(self.gate, request)
         if login.role not in READ_ROLES:
             raise web.HTTPForbidden(
                 text=f"the role {login.role} may not see the configuration",
-                headers=_HEADERS,
+                headers=PAGE_HEADERS,
             )
         return login

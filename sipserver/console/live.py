@@ -16,18 +16,16 @@ login form).
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
 from typing import Any, Final
-from urllib.parse import quote
 
 from aiohttp import web
 
 from sipserver.console.api import READ_ROLES, SessionGate, Who
+from sipserver.console.pages import PAGE_HEADERS, asset_response, login_or_redirect, render
 from sipserver.console.users import admin_links
 from sipserver.observability import get_logger
 
@@ -49,22 +47,7 @@ COUNTERS: Final = (
 worker's ``tx_frames``/``tx_underflow`` are given as ``frames``/``late_frames``."""
 _PJSUA2_NAMES: Final = {"frames": "tx_frames", "late_frames": "tx_underflow"}
 _ASSETS: Final = {"live.js": "text/javascript", "live.css": "text/css"}
-_CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": _CSP,
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
 _TICKS_PER_SECOND: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-@functools.cache
-def _asset(name: str) -> str:
-    return (resources.files("sipserver.console") / "static" / name).read_text(encoding="utf-8")
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -153,13 +136,14 @@ class LiveViews:
         r.add_get("/dashboard/live/{file}", self.asset)
 
     def _login(self, request: web.Request, *, api: bool) -> Who:
-        login = self.gate.login_of(request)
-        if login is None:
-            if api:
-                raise web.HTTPUnauthorized(
-                    text='{"error": "login required"}', content_type="application/json"
-                )
-            raise web.HTTPSeeOther(f"/dashboard/login?next={quote(request.path_qs, safe='/')}")
+        if not api:
+            login = login_or_redirect(self.gate, request)
+        elif (found := self.gate.login_of(request)) is not None:
+            login = found
+        else:
+            raise web.HTTPUnauthorized(
+                text='{"error": "login required"}', content_type="application/json"
+            )
         if login.role not in READ_ROLES:
             log.info("console_forbidden", user=login.name, role=login.role, path=request.path)
             message = f"the role {login.role} may not see the live views"
@@ -167,7 +151,7 @@ class LiveViews:
                 raise web.HTTPForbidden(
                     text=json.dumps({"error": message}), content_type="application/json"
                 )
-            raise web.HTTPForbidden(text=message, headers=_HEADERS)
+            raise web.HTTPForbidden(text=message, headers=PAGE_HEADERS)
         return login
 
     async def workers(self, request: web.Request) -> web.Response:
@@ -187,20 +171,15 @@ class LiveViews:
     async def page(self, request: web.Request) -> web.Response:
         """The live page's shell (its script fills the three panels)."""
         login = self._login(request, api=False)
-        body = _asset("live.html")
-        for key, value in {
-            "USER": html.escape(login.name),
-            "ROLE": html.escape(login.role),
-            "ADMIN_LINKS": admin_links(login.role),
-        }.items():
-            body = body.replace("{{" + key + "}}", value)
-        return web.Response(text=body, content_type="text/html", headers=_HEADERS)
+        return render(
+            "live.html",
+            {
+                "USER": html.escape(login.name),
+                "ROLE": html.escape(login.role),
+                "ADMIN_LINKS": admin_links(login.role),
+            },
+        )
 
     async def asset(self, request: web.Request) -> web.Response:
         """The page's script and stylesheet."""
-        name = request.match_info["file"]
-        if name not in _ASSETS:
-            raise web.HTTPNotFound(text="not found")
-        return web.Response(
-            text=_asset(name), content_type=_ASSETS[name], headers={"Cache-Control": "no-cache"}
-        )
+        return asset_response(request.match_info["file"], _ASSETS)

@@ -24,7 +24,6 @@ import html
 import json
 from importlib import resources
 from typing import Final
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -32,6 +31,14 @@ from sipserver.config import SHIPPED_SOUNDS
 from sipserver.console.api import READ_ROLES, WRITE_ROLES, SessionGate, Who
 from sipserver.console.document import ConfigDocument
 from sipserver.console.model_fields import page_schema
+from sipserver.console.pages import (
+    MEDIA_PAGE_HEADERS,
+    error_page,
+    login_or_redirect,
+    read_only_banner,
+    render,
+    static_text,
+)
 from sipserver.console.users import admin_links
 
 __all__ = ["ModelPages", "read_only_banner"]
@@ -43,23 +50,6 @@ _ASSETS: Final = {
     "console.js": "text/javascript",
     "console.css": "text/css",
 }
-# The dashboard's policy, plus media-src for the sound previews.
-_CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; media-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'"
-)
-_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": _CSP,
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-@functools.cache
-def _asset(name: str) -> str:
-    return (resources.files("sipserver.console") / "static" / name).read_text(encoding="utf-8")
 
 
 @functools.cache
@@ -96,11 +86,11 @@ class ModelPages:
         r.add_get("/dashboard/console/{file}", self.asset)
 
     def _login(self, request: web.Request) -> Who:
-        login = self.gate.login_of(request)
-        if login is None:
-            raise web.HTTPSeeOther(f"/dashboard/login?next={quote(request.path_qs, safe='/')}")
+        login = login_or_redirect(self.gate, request)
         if login.role not in READ_ROLES:
-            raise _refused(403, f"the role {login.role} may not see the configuration")
+            raise error_page(
+                403, f"the role {login.role} may not see the configuration", MEDIA_PAGE_HEADERS
+            )
         return login
 
     def _page(self, template: str, login: Who, **values: str) -> web.Response:
@@ -114,10 +104,7 @@ class ModelPages:
             "ADMIN_LINKS": admin_links(login.role),
             **values,
         }
-        body = _asset(template)
-        for key, value in fields.items():
-            body = body.replace("{{" + key + "}}", value)
-        return web.Response(text=body, content_type="text/html", headers=_HEADERS)
+        return render(template, fields, MEDIA_PAGE_HEADERS)
 
     async def models_page(self, request: web.Request) -> web.Response:
         """The list of realtime voice models."""
@@ -145,7 +132,7 @@ class ModelPages:
         self._login(request)
         name = request.match_info["file"].removesuffix(".wav")
         if name not in SHIPPED_SOUNDS or not request.match_info["file"].endswith(".wav"):
-            raise _refused(404, "no such sound")
+            raise error_page(404, "no such sound", MEDIA_PAGE_HEADERS)
         return web.Response(
             body=_sound(name),
             content_type="audio/wav",
@@ -156,38 +143,9 @@ class ModelPages:
         """The pages' scripts and stylesheet."""
         name = request.match_info["file"]
         if name not in _ASSETS:
-            raise _refused(404, "not found")
+            raise error_page(404, "not found", MEDIA_PAGE_HEADERS)
         return web.Response(
-            text=_asset(name), content_type=_ASSETS[name], headers={"Cache-Control": "no-cache"}
+            text=static_text(name),
+            content_type=_ASSETS[name],
+            headers={"Cache-Control": "no-cache"},
         )
-
-
-def read_only_banner(reason: str | None) -> str:
-    """The HTML of the banner a console page shows when the file cannot be saved.
-
-    Args:
-        reason: :attr:`ConfigDocument.read_only_reason` (None: writable, no banner).
-    """
-    if reason is None:
-        return ""
-    why = html.escape(reason[:1].upper() + reason[1:])
-    return (
-        '<p class="banner" role="status" id="read-only-banner"><strong>Read-only.</strong> '
-        f"{why}. For a file to edit: <code>sipserver init DIR</code> writes the embedded "
-        "default (with its knowledge base) to DIR; then start "
-        "<code>sipserver run -c DIR/sipserver.yaml</code>.</p>"
-    )
-
-
-def _refused(status: int, message: str) -> web.HTTPException:
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{status} · sipserver</title>"
-        '<link rel="stylesheet" href="/dashboard/static/dashboard.css"></head>'
-        f'<body class="narrow"><main><h1 id="error-status">{status}</h1>'
-        f'<p id="error-message">{html.escape(message)}</p>'
-        '<p><a href="/dashboard">Agents</a> · <a href="/dashboard/login">Log in as someone '
-        "else</a></p></main></body></html>"
-    )
-    kind = web.HTTPForbidden if status == 403 else web.HTTPNotFound
-    return kind(text=page, content_type="text/html", headers=_HEADERS)

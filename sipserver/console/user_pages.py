@@ -12,36 +12,26 @@ same rules.
 
 from __future__ import annotations
 
-import functools
 import html
-from importlib import resources
 from typing import Final
-from urllib.parse import quote
 
 from aiohttp import web
 
 from sipserver.console.api import SessionGate, Who
 from sipserver.console.document import ConfigDocument
-from sipserver.console.model_pages import read_only_banner
+from sipserver.console.pages import (
+    PAGE_HEADERS,
+    asset_response,
+    error_page,
+    login_or_redirect,
+    read_only_banner,
+    render,
+)
 from sipserver.console.users import ADMIN_ROLES, MIN_PASSWORD_LENGTH
 
 __all__ = ["UserPages"]
 
 _ASSETS: Final = {"users.js": "text/javascript", "audit.js": "text/javascript"}
-_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-@functools.cache
-def _asset(name: str) -> str:
-    return (resources.files("sipserver.console") / "static" / name).read_text(encoding="utf-8")
 
 
 class UserPages:
@@ -64,11 +54,11 @@ class UserPages:
         r.add_get("/dashboard/settings/static/{file}", self.asset)
 
     def _admin(self, request: web.Request, what: str) -> Who:
-        login = self.gate.login_of(request)
-        if login is None:
-            raise web.HTTPSeeOther(f"/dashboard/login?next={quote(request.path_qs, safe='/')}")
+        login = login_or_redirect(self.gate, request)
         if login.role not in ADMIN_ROLES:
-            raise _forbidden(f"Only an admin {what}; the role {login.role} may not.")
+            raise error_page(
+                403, f"Only an admin {what}; the role {login.role} may not.", PAGE_HEADERS
+            )
         return login
 
     def _page(self, template: str, login: Who) -> web.Response:
@@ -80,10 +70,7 @@ class UserPages:
             "BANNER": read_only_banner(reason),
             "MIN_LENGTH": str(MIN_PASSWORD_LENGTH),
         }
-        body = _asset(template)
-        for key, value in fields.items():
-            body = body.replace("{{" + key + "}}", value)
-        return web.Response(text=body, content_type="text/html", headers=_HEADERS)
+        return render(template, fields)
 
     async def users_page(self, request: web.Request) -> web.Response:
         """Settings > Users."""
@@ -95,22 +82,4 @@ class UserPages:
 
     async def asset(self, request: web.Request) -> web.Response:
         """The pages' scripts."""
-        name = request.match_info["file"]
-        if name not in _ASSETS:
-            raise web.HTTPNotFound(text="not found")
-        return web.Response(
-            text=_asset(name), content_type=_ASSETS[name], headers={"Cache-Control": "no-cache"}
-        )
-
-
-def _forbidden(message: str) -> web.HTTPException:
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<title>403 · sipserver</title>"
-        '<link rel="stylesheet" href="/dashboard/static/dashboard.css"></head>'
-        '<body class="narrow"><main><h1 id="error-status">403</h1>'
-        f'<p id="error-message">{html.escape(message)}</p>'
-        '<p><a href="/dashboard">Agents</a> · <a href="/dashboard/login">Log in as someone '
-        "else</a></p></main></body></html>"
-    )
-    return web.HTTPForbidden(text=page, content_type="text/html", headers=_HEADERS)
+        return asset_response(request.match_info["file"], _ASSETS)

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sipserver.console.agent_pages import AgentPages
 from sipserver.console.document import ConfigDocument
-from sipserver.console.model_pages import read_only_banner
+from sipserver.console.pages import read_only_banner
 from tests.unit.test_console_api import TEXT, FakeGate
 from tests.unit.test_dashboard_logins import PASSWORD, dashboard, login
 from tests.unit.test_dashboard_logins import client_for as dashboard_client
