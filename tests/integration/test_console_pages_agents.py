@@ -22,6 +22,7 @@ import yaml
 
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess, run_sipp, until
+from tests.integration.console_ui import log_in_as
 from tests.integration.media_stream_client import MediaStreamClient
 from tests.integration.test_console_api import password_of, with_users
 
@@ -47,14 +48,7 @@ def server(server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> ServerProces
 
 
 async def log_in(page: Page, base: str, role: str, next_path: str = "/dashboard") -> None:
-    await page.goto(f"{base}/dashboard/login?next={next_path}")
-    await page.eval(
-        f"document.getElementById('name').value = {json.dumps(role)};"
-        f"document.getElementById('password').value = {json.dumps(password_of(role))};"
-        "document.getElementById('login').click(); true"
-    )
-    await page.until(f"location.pathname === {json.dumps(next_path)}")
-    await page.until("document.readyState === 'complete'")
+    await log_in_as(page, base, role, password_of(role), next_path)
 
 
 async def set_field(page: Page, field_id: str, value: str | bool) -> None:

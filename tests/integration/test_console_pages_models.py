@@ -12,7 +12,6 @@ test's temporary directory (docs/console.md "Pages"). Skipped when chromium is n
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import sipserver
 from sipserver.listens.passwords import hash_password
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess
+from tests.integration.console_ui import log_in_as, press, set_value
 
 pytestmark = pytest.mark.integration
 
@@ -35,38 +35,15 @@ def password_of(role: str) -> str:
     return f"{role}-pages-password"
 
 
+async def log_in(page: Page, base: str, name: str, next_path: str) -> None:
+    await log_in_as(page, base, name, password_of(name), next_path)
+
+
 def with_users(config: dict[str, Any]) -> None:
     config["users"] = [
         {"name": role, "role": role, "password_hash": hash_password(password_of(role), n=1024)}
         for role in ("admin", "supervisor")
     ]
-
-
-async def log_in(page: Page, base: str, name: str, next_path: str) -> None:
-    await page.goto(f"{base}/dashboard/login?next={next_path}")
-    await page.eval(
-        f"document.getElementById('name').value = {json.dumps(name)};"
-        f"document.getElementById('password').value = {json.dumps(password_of(name))};"
-        "document.getElementById('login').click(); true"
-    )
-    await page.until(f"location.pathname === {json.dumps(next_path)}")
-    await page.until("document.readyState === 'complete'")
-
-
-async def set_value(page: Page, element_id: str, value: str) -> None:
-    """Type into an input or pick an option, as a user's change would."""
-    await page.eval(
-        f"(() => {{ const c = document.getElementById({json.dumps(element_id)});"
-        f" c.value = {json.dumps(value)}; c.dispatchEvent(new Event('change')); return true; }})()"
-    )
-
-
-async def press(page: Page, selector: str) -> None:
-    """A real click on the element, scrolled into view first."""
-    await page.eval(
-        f"document.querySelector({json.dumps(selector)}).scrollIntoView({{block: 'center'}}); 1"
-    )
-    await page.click(selector)
 
 
 async def save(page: Page) -> str:

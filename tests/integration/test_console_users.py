@@ -22,6 +22,7 @@ import yaml
 from sipserver.listens.passwords import hash_password, verify_password
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess
+from tests.integration.console_ui import press, set_value
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +58,6 @@ async def try_login(page: Page, base: str, name: str, password: str, next_path: 
 async def log_out(page: Page) -> None:
     await page.eval("document.querySelector('form[action=\"/dashboard/logout\"] button').click()")
     await page.until("location.pathname === '/dashboard/login'")
-
-
-async def set_value(page: Page, element_id: str, value: str) -> None:
-    await page.eval(
-        f"(() => {{ const c = document.getElementById({json.dumps(element_id)});"
-        f" c.value = {json.dumps(value)}; c.dispatchEvent(new Event('change')); return true; }})()"
-    )
-
-
-async def press(page: Page, selector: str) -> None:
-    """A real click on the element, scrolled into view first."""
-    await page.eval(
-        f"document.querySelector({json.dumps(selector)}).scrollIntoView({{block: 'center'}}); 1"
-    )
-    await page.click(selector)
 
 
 async def status_after(page: Page, selector: str) -> str:

@@ -9,7 +9,6 @@ to the test's temporary directory. Skipped when chromium is not installed.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess, free_port
+from tests.integration.console_ui import log_in_as
 from tests.integration.listens_client import ForkClient
 from tests.integration.test_listens import (
     ENGINES,
@@ -35,18 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 async def log_in(page: Page, base: str, name: str, next_path: str = "/dashboard") -> None:
-    await page.goto(f"{base}/dashboard/login?next={next_path}")
-    await page.eval(
-        f"document.getElementById('name').value = {json.dumps(name)};"
-        f"document.getElementById('password').value = {json.dumps(password_of(name))};"
-        "document.getElementById('login').click(); true"
-    )
-    try:
-        await page.until(f"location.pathname === {json.dumps(next_path)}")
-    except AssertionError:
-        shown = await page.eval("location.href + ' ' + document.body.innerText")
-        raise AssertionError(f"login as {name} failed: {shown}") from None
-    await page.until("document.readyState === 'complete'")
+    await log_in_as(page, base, name, password_of(name), next_path)
 
 
 @pytest.fixture(params=ENGINES)
