@@ -24,6 +24,7 @@ __all__ = [
     "MediaConfig",
     "MediaStreamsConfig",
     "NumberingPlan",
+    "RecordsConfig",
     "ServerConfig",
     "SipServerConfig",
     "SipTlsConfig",
@@ -331,6 +332,21 @@ class LoginLimitConfig(_Model):
     """Logins waiting for a hash slot; more get 503 with Retry-After (no hash, not counted)."""
 
 
+class RecordsConfig(_Model):
+    """Call records ([5/7]): every call's record, events and recording (docs/records.md)."""
+
+    store: Literal["sqlite", "none"] = "sqlite"
+    """``sqlite``: records in ``<data_dir>/records.db``; ``none``: no records are kept (the
+    calls pages are empty, no end-of-call webhooks)."""
+    retention_days: float = Field(30.0, gt=0)
+    """Records (and their recordings) older than this many days are deleted."""
+    max_size_mb: float = Field(1024.0, gt=0)
+    """Most megabytes the records database and the recordings may take; past it the oldest
+    records go first."""
+    flush_interval: float = Field(0.5, gt=0, le=1.0)
+    """Seconds between two batched writes: a crash loses at most this much of a call's events."""
+
+
 class ServerConfig(_Model):
     """Listeners, public identity, worker count and bindings store of the server."""
 
@@ -369,6 +385,8 @@ class ServerConfig(_Model):
     """Directory for state files (the bindings database, ...)."""
     media_streams: MediaStreamsConfig = Field(default_factory=MediaStreamsConfig)
     """The websocket media-stream gateway."""
+    records: RecordsConfig = Field(default_factory=RecordsConfig)
+    """Call records: where they are kept and for how long."""
     demo_page: bool = False
     """Serve the browser demo at ``/demo/<slug>`` for agents with a websocket (anyone who can
     reach the HTTP port can talk to them)."""
@@ -421,6 +439,13 @@ class ServerConfig(_Model):
     def http_host_port(self) -> tuple[str, int]:
         """The HTTP listener as ``(host, port)``; an IPv6 host without brackets."""
         return parse_host_port(self.http)
+
+    @property
+    def records_path(self) -> pathlib.Path | None:
+        """The records database (``<data_dir>/records.db``); None with ``records.store: none``."""
+        if self.records.store == "none":
+            return None
+        return pathlib.Path(self.data_dir) / "records.db"
 
     @property
     def store_url(self) -> tuple[Literal["memory", "sqlite"], str | None]:

@@ -67,6 +67,7 @@ from sipserver._config_server import (
     MediaConfig,
     MediaStreamsConfig,
     NumberingPlan,
+    RecordsConfig,
     ServerConfig,
     SipServerConfig,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "NumberingPlan",
     "ProviderSpec",
     "RealtimeSettings",
+    "RecordsConfig",
     "Role",
     "ServerConfig",
     "SipServerConfig",

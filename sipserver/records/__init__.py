@@ -1,0 +1,10 @@
+"""Call records ([5/7]): what every call leaves behind, kept, served and posted.
+
+- ``store.py``: the SQLite store of records and their events (batched writes in a thread).
+- ``book.py``: the main process's collector: signalling facts and session events -> records.
+- ``webhooks.py``: signed end-of-call (and started / per-turn) webhooks from a persistent queue.
+- ``api.py`` / ``pages.py``: the calls API and the call history pages.
+
+The record's vocabulary lives in :mod:`sipserver.pipeline.call_record` (the session side
+produces the events).
+"""

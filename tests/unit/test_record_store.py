@@ -1,0 +1,165 @@
+"""The SQLite record store: rows and events round-trip, search pages newest first, text search,
+deletes, batched writes that survive a reopen, and the per-call event cap."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sipserver.pipeline.call_record import (
+    CallRecord,
+    MediaQuality,
+    RecordEvent,
+    RecordingInfo,
+    new_record_id,
+)
+from sipserver.records import store as store_module
+from sipserver.records.store import RecordStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RecordStore:
+    s = RecordStore(tmp_path / "var" / "records.db", flush_interval=0.05)
+    s.open()
+    yield s
+    s.close()
+
+
+def _record(agent: str = "support", started: float = 1_700_000_000.0, **kw: object) -> CallRecord:
+    return CallRecord(
+        id=new_record_id(started),
+        agent=agent,
+        ingress="sip",
+        caller="+14155550123",
+        called="+15550001",
+        started_at=started,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_record_and_its_events_round_trip(store: RecordStore) -> None:
+    record = _record(
+        answered_at=1_700_000_000.5,
+        ended_at=1_700_000_030.5,
+        end_reason="caller_bye",
+        ended_by="caller",
+        codec="PCMU",
+        media=MediaQuality(lost=3, concealed=2, late=1),
+        recording=RecordingInfo("/x/y.ogg", "opus", "stereo", 16000, 30.0, 12345),
+    )
+    store.save(record)
+    events = [
+        RecordEvent("transcript", 1.2, {"speaker": "caller", "text": "What are your hours?"}),
+        RecordEvent("transcript", 3.4, {"speaker": "agent", "text": "Nine to five."}),
+        RecordEvent("turn", 2.0, {"index": 0, "voice_to_voice": 812.0, "stages": {}}),
+    ]
+    store.append(record.id, events)
+    assert store.flush()
+    got = store.get(record.id)
+    assert got is not None
+    assert got.to_json(events=False) == record.to_json(events=False)
+    assert got.duration == pytest.approx(30.0)
+    # Ordered by offset, data intact.
+    assert [e.type for e in got.events] == ["transcript", "turn", "transcript"]
+    assert got.events[2].data["text"] == "Nine to five."
+    assert store.turn_latencies("support", 0) == [812.0]
+    assert store.turn_latencies("other", 0) == []
+
+
+def test_files_are_private(store: RecordStore) -> None:
+    mode = stat.S_IMODE(os.stat(store.path).st_mode)
+    assert mode & 0o077 == 0, oct(mode)
+    assert stat.S_IMODE(os.stat(store.path.parent).st_mode) == 0o700
+
+
+def test_search_pages_newest_first_with_filters(store: RecordStore) -> None:
+    records = [_record("a" if i % 2 else "b", 1_700_000_000.0 + i) for i in range(7)]
+    for r in records:
+        store.save(r)
+    store.append(records[3].id, [RecordEvent("transcript", 0.5, {"text": "My INVOICE is late"})])
+    assert store.flush()
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.search(limit=3, cursor=cursor)
+        seen += [r.id for r in page.records]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == [r.id for r in reversed(records)]
+    assert [r.id for r in store.search(agents=["a"]).records] == [
+        r.id for r in reversed(records) if r.agent == "a"
+    ]
+    assert store.search(agents=[]).records == []
+    window = store.search(since=1_700_000_002.0, until=1_700_000_004.0).records
+    assert [r.id for r in window] == [records[3].id, records[2].id]
+    assert [r.id for r in store.search(text="invoice").records] == [records[3].id]
+    assert store.search(text="100%").records == []  # LIKE wildcards are literal
+    with pytest.raises(ValueError, match="cursor"):
+        store.search(cursor="nonsense:x")
+
+
+def test_delete_removes_row_and_events(store: RecordStore) -> None:
+    record = _record()
+    store.save(record)
+    store.append(record.id, [RecordEvent("dtmf", 1.0, {"digit": "5"})])
+    deleted = store.delete(record.id)
+    assert deleted is not None and deleted.id == record.id
+    assert store.get(record.id) is None
+    assert store.delete(record.id) is None
+    assert store.oldest() == []
+
+
+def test_oldest_for_retention(store: RecordStore) -> None:
+    old, new = _record(started=1000.0), _record(started=2000.0)
+    store.save(new)
+    store.save(old)
+    assert store.flush()
+    assert [r.id for r in store.oldest(before=1500.0)] == [old.id]
+    assert [r.id for r in store.oldest(limit=1)] == [old.id]
+    assert store.database_bytes() > 0
+
+
+def test_writes_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    first = RecordStore(path, flush_interval=0.05)
+    first.open()
+    record = _record()
+    first.save(record)
+    first.append(record.id, [RecordEvent("transcript", 0.1, {"text": "hello"})])
+    first.close()  # commits what is queued
+    second = RecordStore(path)
+    second.open()
+    try:
+        got = second.get(record.id)
+        assert got is not None and got.events[0].data["text"] == "hello"
+    finally:
+        second.close()
+
+
+def test_event_cap_per_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(store_module, "MAX_EVENTS_PER_CALL", 5)
+    registry = CollectorRegistry()
+    s = RecordStore(tmp_path / "r.db", flush_interval=0.05, registry=registry)
+    s.open()
+    try:
+        record = _record()
+        s.save(record)
+        s.append(record.id, [RecordEvent("dtmf", float(i), {"digit": "1"}) for i in range(4)])
+        s.append(record.id, [RecordEvent("dtmf", float(i), {"digit": "2"}) for i in range(4)])
+        assert s.flush()
+        got = s.get(record.id)
+        assert got is not None and len(got.events) == 5
+        assert registry.get_sample_value("sipserver_records_dropped_events_total") == 3
+    finally:
+        s.close()
+
+
+def test_writes_before_open_are_an_error(tmp_path: Path) -> None:
+    s = RecordStore(tmp_path / "r.db")
+    with pytest.raises(RuntimeError, match="not open"):
+        s.save(_record())
