@@ -82,6 +82,9 @@ SERVER_KEYS: dict[str, KeyClass] = {
     # Read again into a new TLS context for new connections (a renewed certificate).
     "server.sip.tls": "live",
     "server.store_commit_ms": "live",  # read by the group commit for each batch
+    # Read by the retention task on each pass.
+    "server.records.retention_days": "live",
+    "server.records.max_size_mb": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.admin_http": "restart",
@@ -93,6 +96,7 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.sip.ban": "restart",
     "server.store": "restart",
     "server.data_dir": "restart",
+    "server.records": "restart",  # the record store is opened at start-up
     # Command-line options of the media worker processes.
     "server.workers": "worker_pool",
     "server.media": "worker_pool",
