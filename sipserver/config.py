@@ -69,6 +69,9 @@ from sipserver._config_server import (
     NumberingPlan,
     ServerConfig,
     SipServerConfig,
+    WebhooksConfig,
+    WebhookSettings,
+    WebhookTarget,
 )
 from sipserver._config_tls import SipTlsConfig
 from sipserver._config_types import Duration, Fraction
@@ -102,6 +105,9 @@ __all__ = [
     "TurnDetectionSettings",
     "User",
     "VadSettings",
+    "WebhookSettings",
+    "WebhookTarget",
+    "WebhooksConfig",
     "WebsocketSettings",
     "called_number",
     "config_dir",
@@ -459,6 +465,8 @@ class Agent(_Model):
     """Calls in progress this agent takes, over every door (SIP, websocket, Twilio, AI Listens
     forks); past it new calls are refused as at ``server.max_calls``. ``null``: only the
     server's limit; 0: every new call refused (the agent is paused)."""
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    """The agent's own webhook targets; a kind left out uses ``server.webhooks``' target."""
 
     @model_validator(mode="before")
     @classmethod

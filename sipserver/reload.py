@@ -82,6 +82,8 @@ SERVER_KEYS: dict[str, KeyClass] = {
     # Read again into a new TLS context for new connections (a renewed certificate).
     "server.sip.tls": "live",
     "server.store_commit_ms": "live",  # read by the group commit for each batch
+    # Targets and sender settings are read by the webhook sender for each delivery attempt.
+    "server.webhooks": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.admin_http": "restart",
