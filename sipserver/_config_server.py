@@ -342,6 +342,8 @@ WEBHOOK_SECRET_MIN_LENGTH = 16
 def _check_webhook_url(value: str) -> str:
     """An ``http(s)://host[:port]/path?query`` URL without user info (the value is not repeated
     in the error: a receiver's URL may carry a token of its own)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")

@@ -345,9 +345,12 @@ class WebhookSender:
             in_flight=frozenset(self._in_flight),
         )
         loop = asyncio.get_running_loop()
-        future.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._queued, done, kind, record_id)
-        )
+
+        def written(done: Future[list[str]]) -> None:  # on the database thread
+            with contextlib.suppress(RuntimeError):  # the loop closed without stop()
+                loop.call_soon_threadsafe(self._queued, done, kind, record_id)
+
+        future.add_done_callback(written)
         return delivery_id
 
     def _queued(self, future: Future[list[str]], kind: str, record_id: str) -> None:
@@ -421,8 +424,11 @@ class WebhookSender:
             else:
                 wait = min(_IDLE_POLL, max(0.0, next_at - time.time()))
             if wait > 0:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancel
+                # that arrives as the wait ends, and stop() would then wait for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     async def _attempt(self, delivery: DueDelivery) -> None:
         """One POST of a delivery, and its outcome written back."""
@@ -525,7 +531,7 @@ class WebhookSender:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         except TimeoutError:
             return None, f"no answer within {settings.timeout:g} s (server.webhooks.timeout)", None
-        except aiohttp.ClientError as exc:
+        except Exception as exc:  # aiohttp.ClientError, OSError, an URL aiohttp refuses...
             return None, _short(f"{type(exc).__name__}: {exc}"), None
         reason = f"HTTP {status} {response.reason or ''}".rstrip()
         text = answer.decode("utf-8", "replace")

@@ -283,6 +283,43 @@ async def test_a_400_fails_at_once_and_says_why(
     assert counted(metrics, "call_ended", "failed") == 1 and depth(metrics) == 0
 
 
+async def test_a_redirect_is_not_followed(
+    tmp_path: Path, receiver: Receiver, senders: list[WebhookSender]
+) -> None:
+    receiver.script = [(302, {"Location": receiver.url("/elsewhere")}, "")]
+    config = make_config({"call_ended": {"url": receiver.url(), "secret": SECRET}, **FAST})
+    sender, _ = new_sender(tmp_path, config, senders)
+    await sender.start()
+    sender.enqueue("call_ended", "support", RECORD["id"], RECORD)
+    (row,) = await settled(sender, RECORD["id"])
+    assert (row["status"], row["last_status"]) == ("failed", 302)
+    assert "/elsewhere: redirects are not followed" in row["last_error"]
+    assert [s.path for s in receiver.seen] == ["/hook"]
+
+
+async def test_an_attempt_cut_short_by_stop_is_sent_again_with_the_same_id(
+    tmp_path: Path, receiver: Receiver, senders: list[WebhookSender]
+) -> None:
+    receiver.delay = 1.0
+    config = make_config({"call_ended": {"url": receiver.url(), "secret": SECRET}})
+    first, _ = new_sender(tmp_path, config, senders)
+    await first.start()
+    delivery = first.enqueue("call_ended", "support", RECORD["id"], RECORD)
+    for _ in range(500):
+        if receiver.in_flight["/hook"]:
+            break
+        await asyncio.sleep(0.01)
+    await first.stop(timeout=0.05)
+    second, _ = new_sender(tmp_path, config, senders)
+    (row,) = await second.deliveries(RECORD["id"])
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+    receiver.delay = 0.0
+    await second.start()
+    (row,) = await settled(second, RECORD["id"])
+    assert row["status"] == "delivered"
+    assert [s.headers[DELIVERY_HEADER] for s in receiver.seen][-1] == delivery
+
+
 async def test_a_restart_between_attempts_loses_nothing(
     tmp_path: Path, senders: list[WebhookSender]
 ) -> None:
@@ -559,6 +596,11 @@ def test_config_errors_name_the_key() -> None:
     assert errors == [
         "server.webhooks.call_ended.secret: is one character repeated, which anyone can guess"
     ]
+    errors = config_errors({"call_ended": {"url": "https://a.example/x y", "secret": SECRET}})
+    assert errors == [
+        "server.webhooks.call_ended.url: must not contain spaces or control characters"
+        " (percent-encode them)"
+    ]
     errors = config_errors({"initial_backoff": 10, "max_backoff": 5})
     assert errors == ["server.webhooks.initial_backoff: must be <= max_backoff (5)"]
     errors = config_errors({"call_ended": {"url": "https://a.example/x", "secret": SECRET, "x": 1}})
@@ -600,3 +642,35 @@ agents:
     assert "server.webhooks.call_ended.secret: must be at least 16 characters, got 8" in (
         " ".join(info.value.errors)
     )
+
+
+def test_the_console_masks_webhook_secrets_and_shows_their_urls() -> None:
+    from sipserver.console.masking import MASK, shown
+
+    raw = {
+        "slug": "support",
+        "webhooks": {
+            "call_ended": {"url": "https://crm.example.com/hooks", "secret": SECRET},
+            "transcript": {"url": "https://crm.example.com/turns", "secret": "${TURN_SECRET}"},
+        },
+    }
+    view = shown("agent", raw)
+    assert view["webhooks"]["call_ended"] == {
+        "url": "https://crm.example.com/hooks",
+        "secret": MASK,
+    }
+    assert view["webhooks"]["transcript"]["secret"] == {"from_env": "TURN_SECRET"}
+    assert SECRET not in repr(view)
+
+
+async def test_stop_is_not_lost_when_the_loop_wakes_at_that_moment(
+    tmp_path: Path, senders: list[WebhookSender]
+) -> None:
+    # Python 3.11's asyncio.wait_for drops a cancel that arrives as its wait ends: a stop()
+    # right after a delivery woke the loop then waited for ever (seen once in this file).
+    sender, _ = new_sender(tmp_path, make_config(), senders)
+    await sender.start()
+    await asyncio.sleep(0.2)  # the loop is idle, waiting to be woken
+    sender._wake.set()  # what a queued delivery or a finished attempt does
+    await asyncio.sleep(0)
+    await asyncio.wait_for(sender.stop(), 10)
