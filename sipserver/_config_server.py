@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pathlib
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
@@ -28,6 +29,9 @@ __all__ = [
     "ServerConfig",
     "SipServerConfig",
     "SipTlsConfig",
+    "WebhookSettings",
+    "WebhookTarget",
+    "WebhooksConfig",
 ]
 
 
@@ -345,6 +349,95 @@ class RecordsConfig(_Model):
     records go first."""
     flush_interval: float = Field(0.5, gt=0, le=1.0)
     """Seconds between two batched writes: a crash loses at most this much of a call's events."""
+WEBHOOK_SECRET_MIN_LENGTH = 16
+"""Shortest webhook signing secret accepted (characters)."""
+
+
+def _check_webhook_url(value: str) -> str:
+    """An ``http(s)://host[:port]/path?query`` URL without user info (the value is not repeated
+    in the error: a receiver's URL may carry a token of its own)."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "must not hold user:password@ (the console shows URLs unmasked); the receiver"
+            " authenticates the requests by their signature (secret)"
+        )
+    if parts.fragment:
+        raise ValueError("must not have a #fragment (it is never sent)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value
+
+
+def _check_webhook_secret(value: str) -> str:
+    if len(value) < WEBHOOK_SECRET_MIN_LENGTH:
+        raise ValueError(
+            f"must be at least {WEBHOOK_SECRET_MIN_LENGTH} characters, got {len(value)};"
+            " generate one: sipserver gen-secret"
+        )
+    if any(c.isspace() for c in value) or not value.isprintable():
+        raise ValueError("must be printable characters without spaces")
+    if len(set(value)) == 1:
+        raise ValueError("is one character repeated, which anyone can guess")
+    return value
+
+
+class WebhookTarget(_Model):
+    """Where one kind of webhook is posted and the secret that signs it."""
+
+    url: Annotated[str, AfterValidator(_check_webhook_url)]
+    """``http(s)://`` URL the JSON is POSTed to (redirects are not followed)."""
+    secret: Annotated[str, AfterValidator(_check_webhook_secret)] = Field(repr=False)
+    """HMAC-SHA256 key of ``X-Sipserver-Signature``, >= 16 printable characters without spaces
+    (``sipserver gen-secret``); shared with the receiver only."""
+
+
+class WebhookSettings(_Model):
+    """The webhooks of an agent (``agents[].webhooks``), one target per kind; each is optional.
+
+    An agent's entry for a kind replaces ``server.webhooks``' entry for that kind."""
+
+    call_started: WebhookTarget | None = None
+    """Posted when a call is answered (the record so far, no events yet)."""
+    call_ended: WebhookTarget | None = None
+    """Posted when a call's record is final (the whole record with its events)."""
+    transcript: WebhookTarget | None = None
+    """Posted for every turn of a call (the transcript lines of that turn)."""
+
+
+class WebhooksConfig(WebhookSettings):
+    """``server.webhooks``: the server-wide targets (for agents without their own entry for a
+    kind) and the sender's settings. Deliveries wait in a queue in ``<data_dir>/records.db``
+    and are retried with exponential back-off (docs/records.md, "Webhooks")."""
+
+    max_concurrent_per_url: int = Field(4, ge=1, le=256)
+    """Requests in flight at once to one URL; the rest wait their turn in the queue."""
+    max_concurrent: int = Field(32, ge=1, le=1024)
+    """Requests in flight at once over every URL."""
+    timeout: float = Field(10.0, gt=0, le=300)
+    """Seconds one request may take (connect to last response byte); then it is retried."""
+    retry_for: float = Field(86400.0, gt=0)
+    """Seconds after its first attempt a delivery is retried (24 h); then it is ``failed``."""
+    initial_backoff: float = Field(5.0, gt=0)
+    """Seconds before the first retry; each retry doubles it (with up to 50% random jitter)."""
+    max_backoff: float = Field(3600.0, gt=0)
+    """Longest wait between two attempts, seconds (a receiver's ``Retry-After`` may ask more)."""
+    max_pending: int = Field(100_000, ge=1)
+    """Deliveries waiting at once; past it the oldest pending are marked ``failed`` (queue
+    full) and counted in ``sipserver_webhook_deliveries_total{outcome="queue_full"}``."""
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> WebhooksConfig:
+        if self.initial_backoff > self.max_backoff:
+            message = f"must be <= max_backoff ({self.max_backoff:g})"
+            raise RuleErrors([(("initial_backoff",), message)])
+        return self
 
 
 class ServerConfig(_Model):
@@ -402,6 +495,9 @@ class ServerConfig(_Model):
     bench/sessions.py and bench/websocket.py: see docs/security.md, "Capacity and admission")."""
     login_limit: LoginLimitConfig = Field(default_factory=LoginLimitConfig)
     """Dashboard login limits (per source, per user name, concurrent password checks)."""
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    """Server-wide webhook targets (``call_started``, ``call_ended``, ``transcript``) and the
+    sender's retry and concurrency settings."""
     drain_timeout: float = Field(5.0, ge=0)
     """Seconds a stop (SIGTERM/SIGINT) waits for calls in progress to end before it ends them;
     new calls get 503 meanwhile. A second signal stops at once. Keep it below the supervisor's

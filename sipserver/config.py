@@ -70,6 +70,9 @@ from sipserver._config_server import (
     RecordsConfig,
     ServerConfig,
     SipServerConfig,
+    WebhooksConfig,
+    WebhookSettings,
+    WebhookTarget,
 )
 from sipserver._config_tls import SipTlsConfig
 from sipserver._config_types import Duration, Fraction
@@ -104,6 +107,9 @@ __all__ = [
     "TurnDetectionSettings",
     "User",
     "VadSettings",
+    "WebhookSettings",
+    "WebhookTarget",
+    "WebhooksConfig",
     "WebsocketSettings",
     "called_number",
     "config_dir",
@@ -461,6 +467,8 @@ class Agent(_Model):
     """Calls in progress this agent takes, over every door (SIP, websocket, Twilio, AI Listens
     forks); past it new calls are refused as at ``server.max_calls``. ``null``: only the
     server's limit; 0: every new call refused (the agent is paused)."""
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    """The agent's own webhook targets; a kind left out uses ``server.webhooks``' target."""
 
     @model_validator(mode="before")
     @classmethod

@@ -478,6 +478,19 @@ class Metrics:
             ["ingress", "reason"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "sipserver_webhook_deliveries",
+            "Webhook delivery outcomes, by kind (call_started, call_ended, transcript) and"
+            " outcome: delivered; retry (an attempt failed, another follows); failed (given up:"
+            " a 4xx answer or retry_for passed); queue_full (dropped unsent, the queue was full).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.webhook_queue_depth = Gauge(
+            "sipserver_webhook_queue_depth",
+            "Webhook deliveries waiting to be delivered (pending).",
+            registry=r,
+        )
         self.event_loop_tasks = Gauge(
             "sipserver_event_loop_tasks",
             "asyncio tasks alive on the server's event loop, counted when /metrics is read "

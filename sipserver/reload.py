@@ -85,6 +85,8 @@ SERVER_KEYS: dict[str, KeyClass] = {
     # Read by the retention task on each pass.
     "server.records.retention_days": "live",
     "server.records.max_size_mb": "live",
+    # Targets and sender settings are read by the webhook sender for each delivery attempt.
+    "server.webhooks": "live",
     # Bound at start-up.
     "server.http": "restart",
     "server.admin_http": "restart",

@@ -6,5 +6,6 @@
 - ``api.py`` / ``pages.py``: the calls API and the call history pages.
 
 The record's vocabulary lives in :mod:`sipserver.pipeline.call_record` (the session side
-produces the events).
+produces the events). An ingress-layer package: it reads the configuration and the record
+vocabulary, never another ingress; ``server.py`` wires it up.
 """

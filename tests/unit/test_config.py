@@ -44,6 +44,8 @@ FULL_EXAMPLE_ENV = {
     "SALES_SIP_PASSWORD": "sales-password",
     "SALES_WS_SECRET": "sales-ws-secret-0123456789",
     "ALICE_PASSWORD_HASH": "scrypt$16384$8$1$salt$hash",
+    "CALLS_WEBHOOK_SECRET": "calls-webhook-secret-0123456789",
+    "SUPPORT_WEBHOOK_SECRET": "support-webhook-secret-0123456789",
 }
 SECRET = "0123456789abcdef"
 
