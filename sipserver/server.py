@@ -66,6 +66,9 @@ from sipserver.pipeline.model_cache import loaded_models
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
+from sipserver.records.api import CallsApi
+from sipserver.records.retention import RecordRetention
+from sipserver.records.store import RecordStore
 from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
@@ -231,6 +234,21 @@ class Server:
             self.console.document.read_only_reason
         )
         """The console's model and credential pages."""
+        self.records_store: RecordStore | None = None
+        """The call record store once opened (None: ``server.records.store: none``)."""
+        self.calls_api = CallsApi(
+            gate=self.dashboard,
+            config=lambda: self.config,
+            store=lambda: self.records_store,
+            wall_clock=lambda: self.listeners.wall_clock(),
+        )
+        """``/api/calls``: the call records over HTTP (docs/records.md)."""
+        self.retention = RecordRetention(
+            store=lambda: self.records_store,
+            config=lambda: self.config,
+            registry=self.metrics.registry,
+        )
+        """Deletes old records past ``server.records.retention_days`` / ``max_size_mb``."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -667,6 +685,7 @@ class Server:
             workers=self.media_workers.status,
             engine=lambda: self.config.server.media.engine,
         ).add_routes(app)
+        self.calls_api.add_routes(app)  # after the console's GET /api/calls/active
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
@@ -678,6 +697,7 @@ class Server:
             max_connections=self.http_limits.max_total,
         )
         await self._start_admin_http()
+        self.retention.start()
         self.readiness.step_done("listeners")
         self._state_changed()
         # The workers boot (seconds each) while the models load.
@@ -813,6 +833,7 @@ class Server:
             await self.committer.stop()
         await self.listeners.stop()
         await self.voice.close()
+        await self.retention.stop()
         if self._http is not None:
             await self._http.stop()
         if self._admin_http is not None:
