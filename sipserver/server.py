@@ -22,14 +22,14 @@ from sipserver.admission import CallLedger, Reservation
 from sipserver.config import Config, ConfigError, load_config
 from sipserver.connections import ConnectionLimits, auto_max_connections
 from sipserver.console.agent_pages import AgentPages
-from sipserver.console.api import ConsoleApi
+from sipserver.console.api import READ_ROLES, ConsoleApi
 from sipserver.console.audit import AUDIT_FILE, AuditLog
 from sipserver.console.document import ConfigDocument
 from sipserver.console.live import LiveViews
 from sipserver.console.model_pages import ModelPages
 from sipserver.console.pages import read_only_banner
 from sipserver.console.user_pages import UserPages
-from sipserver.console.users import UsersApi
+from sipserver.console.users import UsersApi, admin_links
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -66,6 +66,8 @@ from sipserver.pipeline.model_cache import loaded_models
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
+from sipserver.records.pages import RecordPages
+from sipserver.records.store import RecordStore
 from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
@@ -231,6 +233,8 @@ class Server:
             self.console.document.read_only_reason
         )
         """The console's model and credential pages."""
+        self.records_store: RecordStore | None = None
+        """The call records (``server.records.store: sqlite``), opened by :meth:`start`."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -667,6 +671,13 @@ class Server:
             workers=self.media_workers.status,
             engine=lambda: self.config.server.media.engine,
         ).add_routes(app)
+        RecordPages(
+            login=self.dashboard.login_of,
+            visible=self._call_agents,
+            agents=lambda: [a.slug for a in self.config.agents],
+            top_links=admin_links,
+            store=lambda: self.records_store,
+        ).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
@@ -746,6 +757,21 @@ class Server:
             self.router = self._build_router(self.config, transactions=self.router.transactions)
             self.listeners.router = self.router
         self.metrics.registrations_active.set(self.store.count())
+        records_path = server.records_path
+        if records_path is not None and self.records_store is None:
+            self.records_store = RecordStore(
+                records_path,
+                flush_interval=server.records.flush_interval,
+                registry=self.metrics.registry,
+            )
+            self.records_store.open()
+
+    def _call_agents(self, role: str) -> frozenset[str] | None:
+        """The agents whose calls ``role`` may see: every agent's (None) for the roles that
+        read the configuration, else the agents whose AI Listens let that role in."""
+        if role in READ_ROLES:
+            return None
+        return frozenset(a.slug for a in self.config.agents if role in a.listens.roles)
 
     def _bindings_committed(self, seq: int) -> None:
         """The store committed its changes up to ``seq``: send the REGISTER 200s that waited."""
@@ -822,6 +848,8 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)
         self._writer.shutdown(wait=True)
         self.store.close()
+        if self.records_store is not None:
+            await asyncio.to_thread(self.records_store.close)
         log.info("stopped")
 
     async def run(self) -> None:
