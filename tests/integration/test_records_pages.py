@@ -221,6 +221,18 @@ async def test_calls_list_search_and_the_call_page_with_its_player(
         assert cells[1:6] == ["alice", "sip", "+15005550199", "+15005550101", "10 s"], cells
         assert cells[6] == "caller (caller_bye)" and cells[7] == "yes"
 
+        # From half an hour ago (the plain calls started over an hour ago).
+        await set_value(page, "q", "")
+        await page.eval(
+            "(d => { document.getElementById('from').value = new Date(d.getTime() - "
+            "d.getTimezoneOffset() * 60000).toISOString().slice(0, 16); return true; })"
+            "(new Date(Date.now() - 1800e3))"
+        )
+        await press(page, "#apply")
+        assert await loaded(page, 6) == [rich_id]
+        assert (await page.eval("location.search")).startswith("?from=")
+        assert await page.eval("document.getElementById('summary').textContent") == "1 call."
+
         # The call page.
         await press(page, f"#calls-rows tr[data-call='{rich_id}'] a")
         await page.until(f"location.pathname === '/dashboard/calls/{rich_id}'")

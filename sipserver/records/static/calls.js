@@ -111,8 +111,9 @@ async function load() {
   }
   tbody.replaceChildren(...rows);
   const first = page * LIMIT + 1;
+  const range = calls.length === 1 && page === 0 ? "1 call" : `Calls ${first}–${first + calls.length - 1}`;
   document.getElementById("summary").textContent = calls.length
-    ? `Calls ${first}–${first + calls.length - 1}${nextCursor ? ", more on the next page" : ""}.`
+    ? `${range}${nextCursor ? ", more on the next page" : ""}.`
     : "No call matches these filters.";
   document.getElementById("page-number").textContent = `Page ${page + 1}`;
   document.getElementById("first").disabled = page === 0;
