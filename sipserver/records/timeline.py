@@ -29,6 +29,7 @@ from sipserver.pipeline.call_record import CallRecord
 __all__ = [
     "BAR_STAGES",
     "INNER_STAGES",
+    "MAX_ROWS",
     "STAGE_COLOURS",
     "STAGE_LABELS",
     "TimelineTurn",
@@ -72,6 +73,9 @@ _BAR_H: Final = 18
 _THIN_H: Final = 5
 _AXIS_H: Final = 30
 _LABEL_CHARS: Final = 36
+MAX_ROWS: Final = 200
+"""Turns drawn at most (6,000 px); a longer call's drawing says how many it leaves out (the
+export has them all)."""
 _NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
@@ -191,6 +195,10 @@ def timeline_svg(record: CallRecord) -> str:
     to put inline in an HTML page. A call without turns gets a small drawing that says so."""
     turns = timeline_turns(record)
     summary = _summary(turns)
+    left_out = max(0, len(turns) - MAX_ROWS)
+    if left_out:
+        turns = turns[:MAX_ROWS]
+        summary += f" The first {MAX_ROWS} are drawn."
     if not turns:
         return (
             f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" role="img" '
@@ -206,7 +214,7 @@ def timeline_svg(record: CallRecord) -> str:
     step = nice_step(longest)
     axis_ms = max(step, math.ceil(longest / step) * step)
     scale = _PLOT_W / axis_ms
-    height = _TOP + len(turns) * _ROW_H + _AXIS_H
+    height = _TOP + len(turns) * _ROW_H + _AXIS_H + (_ROW_H if left_out else 0)
     plot_bottom = _TOP + len(turns) * _ROW_H
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" role="img" '
@@ -239,6 +247,11 @@ def timeline_svg(record: CallRecord) -> str:
     )
     for row, turn in enumerate(turns):
         out.extend(_row(turn, _TOP + row * _ROW_H, scale))
+    if left_out:
+        out.append(
+            f'<text class="more" x="{_PLOT_X}" y="{plot_bottom + _AXIS_H + 18}" fill="#5b6678">'
+            f"{left_out} more turns are not drawn (the export has every turn).</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 

@@ -9,7 +9,8 @@ rules apply as they do without it:
 - ``GET /api/calls?agent=&from=&to=&q=&limit=&cursor=`` -> ``{"calls": [...], "cursor"}``;
 - ``GET /api/calls/{id}`` -> the record with its events and ``summary`` (``call`` and
   ``agent_24h``: ``p50``/``p95`` of voice-to-voice, ms);
-- ``GET /api/calls/{id}/recording`` -> the file (aiohttp's FileResponse: HTTP ranges).
+- ``GET /api/calls/{id}/recording`` -> the file (aiohttp's FileResponse: HTTP ranges);
+- ``DELETE /api/calls/{id}`` -> the record and its recording deleted.
 
 It checks only that a session cookie is present (the server's scope rules are the API's to
 test). With the real API in the server, :func:`needs_standin` is false and tests talk to the
@@ -95,6 +96,15 @@ async def api_standin(base: str, records_db: Path) -> AsyncIterator[str]:
             record.recording.path, headers={"Content-Type": record.recording.media_type}
         )
 
+    async def delete(request: web.Request) -> web.Response:
+        require_login(request)
+        record = await asyncio.to_thread(store.delete, request.match_info["id"])
+        if record is None:
+            raise web.HTTPNotFound(text='{"error": "no such call"}')
+        if record.recording is not None:
+            Path(record.recording.path).unlink(missing_ok=True)
+        return web.json_response({"deleted": record.id})
+
     async def forward(request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with http.request(
@@ -116,6 +126,7 @@ async def api_standin(base: str, records_db: Path) -> AsyncIterator[str]:
     app.router.add_get("/api/calls/active", forward)  # the console's, not a record id
     app.router.add_get("/api/calls/{id}/recording", recording)
     app.router.add_get("/api/calls/{id}", one_call)
+    app.router.add_delete("/api/calls/{id}", delete)
     app.router.add_route("*", "/{tail:.*}", forward)
     runner = web.AppRunner(app)
     await runner.setup()

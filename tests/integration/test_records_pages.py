@@ -7,8 +7,8 @@ The admin opens Calls from the agent card's menu (filtered to alice), pages thro
 with the cursor, searches the transcripts, opens the call: the facts, the summary row, the
 conversation (caller left, agent right, the interrupted line marked, events between) and the
 server-drawn latency timeline are there; selecting a line moves the player to its offset and
-highlights it, and the highlight follows the player. A supervisor opening an unknown call gets
-the 404 page. Screenshots go to the test's temporary directory (docs/records.md, "Pages").
+highlights it, and the highlight follows the player. The admin deletes another call. A
+supervisor has no Delete button, and an unknown call is the 404 page. Screenshots go to the test's temporary directory (docs/records.md, "Pages").
 
 The pages read the calls API (docs/records.md, "API"). Until that API is in the server (branch
 ``api``), the test puts tests/integration/records_api_standin.py in front of the server: the
@@ -313,6 +313,18 @@ async def test_calls_list_search_and_the_call_page_with_its_player(
         )
         await page.eval("document.getElementById('timeline').scrollIntoView(); 1")
         await page.screenshot(tmp_path / "call-3-timeline.png")
+
+        # The admin deletes a call (confirmed): back to the list, and the call is gone.
+        gone = second[-1]
+        await page.goto(f"{base}/dashboard/calls/{gone}")
+        await page.until("document.body.dataset.loaded === 'true'", timeout=20)
+        await page.eval("window.confirm = () => true; 1")
+        await press(page, "#delete")
+        await page.until("location.pathname === '/dashboard/calls'")
+        listed = await loaded(page, 1)
+        await page.goto(f"{base}/dashboard/calls/{gone}")
+        deleted = await page.eval("document.getElementById('error-status')?.textContent")
+        assert gone not in listed and deleted == "404" and len(listed) == 25
         uncaught = [e for e in page.errors if e.startswith("uncaught")]
 
         # A supervisor: no Delete; an unknown call is the 404 page.

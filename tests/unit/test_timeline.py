@@ -12,6 +12,7 @@ import pytest
 from sipserver.pipeline.call_record import CallRecord, RecordEvent
 from sipserver.records.timeline import (
     BAR_STAGES,
+    MAX_ROWS,
     STAGE_COLOURS,
     nice_step,
     timeline_svg,
@@ -162,3 +163,15 @@ def test_a_call_without_turns() -> None:
 )
 def test_nice_step(span: float, step: float) -> None:
     assert nice_step(span) == step
+
+
+def test_a_long_call_draws_the_first_turns_and_says_how_many_are_left_out() -> None:
+    events = [turn(i, f"turn {i}", 500, end_of_turn=300, llm=100, tts=80, transport=20)
+              for i in range(MAX_ROWS + 7)]  # fmt: skip
+    root = parse(timeline_svg(record(*events)))
+    assert len(root.findall(f".//{SVG}g[@class='turn']")) == MAX_ROWS
+    (more,) = [t.text for t in root.iter(f"{SVG}text") if t.attrib.get("class") == "more"]
+    assert more == "7 more turns are not drawn (the export has every turn)."
+    assert f"of {MAX_ROWS + 7} turns" in root.attrib["aria-label"]
+    assert root.attrib["aria-label"].endswith(f"The first {MAX_ROWS} are drawn.")
+    assert float(root.attrib["height"]) > (MAX_ROWS + 1) * 30
