@@ -8,7 +8,8 @@ with the cursor, searches the transcripts, opens the call: the facts, the summar
 conversation (caller left, agent right, the interrupted line marked, events between) and the
 server-drawn latency timeline are there; selecting a line moves the player to its offset and
 highlights it, and the highlight follows the player. The admin deletes another call. A
-supervisor has no Delete button, and an unknown call is the 404 page. Screenshots go to the test's temporary directory (docs/records.md, "Pages").
+supervisor has no Delete button, and an unknown call is the 404 page. Screenshots go to the
+test's temporary directory (docs/records.md, "Pages").
 
 The pages read the calls API (docs/records.md, "API"). Until that API is in the server (branch
 ``api``), the test puts tests/integration/records_api_standin.py in front of the server: the
