@@ -131,14 +131,15 @@ function item(e, recorded) {
   const tag = recorded ? "button" : "div";
   if (e.type === "transcript") {
     const speaker = ["caller", "agent"].includes(e.speaker) ? e.speaker : "mixed";
+    const who = speaker === "caller" ? "Caller" : speaker === "agent" ? "Agent" : "Both";
     const body = el(tag, { className: "line", type: recorded ? "button" : undefined },
-      el("span", { className: "who-said", text: speaker === "mixed" ? e.speaker || "both" : speaker === "caller" ? "Caller" : "Agent" }),
+      el("span", { className: "who-said", text: who }),
       el("span", { className: "said", text: e.text || "" }),
     );
     if (e.interrupted) body.append(el("span", { className: "tag", text: "interrupted" }));
     body.append(el("span", { className: "at", text: clock(e.offset) }));
     if (recorded) {
-      body.setAttribute("aria-label", `${speaker === "caller" ? "Caller" : "Agent"} at ${clock(e.offset)}: ${e.text || ""}${e.interrupted ? " (interrupted)" : ""}. Play from here.`);
+      body.setAttribute("aria-label", `${who} at ${clock(e.offset)}: ${e.text || ""}${e.interrupted ? " (interrupted)" : ""}. Play from here.`);
       body.addEventListener("click", () => seek(e.offset, body));
     }
     lines.push({ offset: e.offset, end: typeof e.end === "number" ? e.end : null, node: body });
