@@ -29,7 +29,7 @@ from sipserver.console.live import LiveViews
 from sipserver.console.model_pages import ModelPages
 from sipserver.console.pages import read_only_banner
 from sipserver.console.user_pages import UserPages
-from sipserver.console.users import UsersApi
+from sipserver.console.users import UsersApi, admin_links
 from sipserver.data_dir import make_private_dir, make_private_file
 from sipserver.edge.build import (
     build_authenticator,
@@ -66,7 +66,8 @@ from sipserver.pipeline.model_cache import loaded_models
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
-from sipserver.records.api import CallsApi
+from sipserver.records.api import CallsApi, visible_agents
+from sipserver.records.pages import RecordPages
 from sipserver.records.retention import RecordRetention
 from sipserver.records.store import RecordStore
 from sipserver.registrar.auth import NonceManager
@@ -686,6 +687,13 @@ class Server:
             engine=lambda: self.config.server.media.engine,
         ).add_routes(app)
         self.calls_api.add_routes(app)  # after the console's GET /api/calls/active
+        RecordPages(
+            login=self.dashboard.login_of,
+            visible=lambda role: visible_agents(self.config, role),
+            agents=lambda: [a.slug for a in self.config.agents],
+            top_links=admin_links,
+            store=lambda: self.records_store,
+        ).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
@@ -766,6 +774,14 @@ class Server:
             self.router = self._build_router(self.config, transactions=self.router.transactions)
             self.listeners.router = self.router
         self.metrics.registrations_active.set(self.store.count())
+        records_path = server.records_path
+        if records_path is not None and self.records_store is None:
+            self.records_store = RecordStore(
+                records_path,
+                flush_interval=server.records.flush_interval,
+                registry=self.metrics.registry,
+            )
+            self.records_store.open()
 
     def _bindings_committed(self, seq: int) -> None:
         """The store committed its changes up to ``seq``: send the REGISTER 200s that waited."""
@@ -843,6 +859,8 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)
         self._writer.shutdown(wait=True)
         self.store.close()
+        if self.records_store is not None:
+            await asyncio.to_thread(self.records_store.close)
         log.info("stopped")
 
     async def run(self) -> None:

@@ -5,7 +5,8 @@ Pages (HTML, served from ``sipserver/listens/static``):
 - ``GET /dashboard/login`` and ``POST /dashboard/login`` (form: ``name``, ``password``,
   ``next``), ``POST /dashboard/logout``;
 - ``GET /dashboard``: the agents, each card with a menu (Settings: the console's agent page,
-  :mod:`sipserver.console.agent_pages`; Calls, disabled until [5/7]); its "AI Listens" entry opens
+  :mod:`sipserver.console.agent_pages`; Calls: the agent's call history,
+  :mod:`sipserver.records.pages`); its "AI Listens" entry opens
 - ``GET /dashboard/agents/<slug>/listens``: the agent's monitored calls and, for the selected
   call, its transcript and suggestions, live.
 
@@ -531,7 +532,11 @@ def _agent_card(agent: Agent, login: Login) -> str:
         settings = f'<a role="menuitem" href="/dashboard/agents/{slug}/settings">Settings</a>'
     else:
         settings = '<span role="menuitem" aria-disabled="true">Settings (not for your role)</span>'
-    calls = '<span role="menuitem" aria-disabled="true">Calls (after [5/7])</span>'
+    if login.role in _CONFIG_READERS or login.role in agent.listens.roles:
+        # The call history pages (sipserver.records.pages): the same roles see the calls.
+        calls = f'<a role="menuitem" href="/dashboard/calls?agent={slug}">Calls</a>'
+    else:
+        calls = '<span role="menuitem" aria-disabled="true">Calls (not for your role)</span>'
     if agent.listens.enabled and login.role in agent.listens.roles:
         entry = f'<a role="menuitem" href="/dashboard/agents/{slug}/listens">AI Listens</a>'
     elif agent.listens.enabled:
