@@ -11,9 +11,8 @@ highlights it, and the highlight follows the player. The admin deletes another c
 supervisor has no Delete button, and an unknown call is the 404 page. Screenshots go to the
 test's temporary directory (docs/records.md, "Pages").
 
-The pages read the calls API (docs/records.md, "API"). Until that API is in the server (branch
-``api``), the test puts tests/integration/records_api_standin.py in front of the server: the
-same contract from the same ``records.db``. Skipped when chromium is not installed.
+The pages read the server's calls API (docs/records.md, "API"). Skipped when chromium is not
+installed.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ from sipserver.records.store import RecordStore
 from tests.integration.cdp import Page, chromium_path, open_page
 from tests.integration.conftest import ServerProcess
 from tests.integration.console_ui import press, set_value
-from tests.integration.records_api_standin import api_standin, needs_standin
 from tests.integration.test_console_api import with_users
 from tests.integration.test_console_pages_agents import log_in
 
@@ -145,13 +143,8 @@ def seeded(server_factory: Any) -> tuple[ServerProcess, str]:
 
 @asynccontextmanager
 async def site(server: ServerProcess) -> AsyncIterator[str]:
-    """The server's URL, or the API stand-in's in front of it while the API is missing."""
-    if not await needs_standin(server.http_url):
-        yield server.http_url
-        return
-    records_db = Path(server.config["server"]["data_dir"]) / "records.db"
-    async with api_standin(server.http_url, records_db) as url:
-        yield url
+    """The server's URL."""
+    yield server.http_url
 
 
 def rows_js() -> str:

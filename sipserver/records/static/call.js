@@ -242,7 +242,7 @@ async function main() {
     return;
   }
   showFacts(data);
-  showSummary(data.summary);
+  showSummary(data.latency);
   showConversation(data);
   showWebhooks(data.webhooks);
   const del = document.getElementById("delete");
