@@ -50,7 +50,7 @@ frame (``add``) and is closed at the hang-up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sipserver.observability import get_logger
@@ -71,10 +71,13 @@ from sipserver.pipeline.session import FRAME_MS, CallInfo, CallSession
 
 __all__ = [
     "DEFAULT_MAX_EVENTS",
+    "RECORD_EVENT_TYPES",
     "EventSink",
     "RecordEmitter",
+    "RecordEventsHook",
     "RecordedSession",
     "Recorder",
+    "record_batch",
 ]
 
 log = get_logger(__name__)
@@ -90,6 +93,23 @@ RecordEmitter = Callable[[list[RecordEvent]], None]
 
 EventSink = Callable[[SessionEvent], None]
 """Receives a session's events."""
+
+RECORD_EVENT_TYPES = frozenset({"record", "record_media"})
+"""The ``type`` of the frame link EVENT payloads that carry record data to the main process
+(docs/framelink.md, "Call records"): ``record`` (:func:`record_batch`) and ``record_media``
+(a SIP call's media counters and codec, sent by the call worker before its CALL_ENDED)."""
+
+RecordEventsHook = Callable[[str, int, Mapping[str, Any]], None]
+"""Where the main process takes record payloads: ``(worker_id, call, payload)`` with the
+worker's id, the call number on that worker's link (a worker-local SIP call number, or a
+relayed call's number ``>= 0x8000_0000``) and the EVENT payload (``type`` in
+:data:`RECORD_EVENT_TYPES`)."""
+
+
+def record_batch(events: Sequence[RecordEvent]) -> dict[str, Any]:
+    """The EVENT payload of a batch of record events:
+    ``{"type": "record", "events": [RecordEvent.to_json()...]}``."""
+    return {"type": "record", "events": [e.to_json() for e in events]}
 
 
 class Recorder(Protocol):
@@ -185,7 +205,7 @@ class RecordedSession:
 
         Args:
             factory: builds the inner session from the event callback it should use (None:
-                no session for this call; ``recorder`` is then closed).
+                no session for this call; a ``recorder`` given is then closed).
             emit, recorder, on_event, max_events: as for the constructor.
         """
         box: list[RecordedSession] = []
@@ -210,6 +230,16 @@ class RecordedSession:
     def inner(self) -> CallSession:
         """The wrapped session."""
         return self._inner
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """What records the call's audio (None: nothing). Set it before the first tick: the
+        recording's time 0 is the first frame."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: Recorder | None) -> None:
+        self._recorder = recorder
 
     @property
     def hangup_requested(self) -> str | None:
