@@ -390,7 +390,8 @@ class RecordedSession:
         self._add("transcript", offset, data)
 
     def _committed(self, event: TurnCommitted, now: float) -> None:
-        self._end_line(now, None)
+        if self._line_start is not None:
+            self._end_line(now, None)  # a reply still playing ends here (not expected)
         self._flush_turn()
         if not event.preemptive:
             self._pieces.clear()  # a dropped speculative reply's text was never spoken
