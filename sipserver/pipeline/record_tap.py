@@ -341,7 +341,7 @@ class RecordedSession:
             try:
                 self._convert(event)
             except Exception:
-                log.exception("record_event_failed", event=type(event).__name__)
+                log.exception("record_event_failed", session_event=type(event).__name__)
         if self._chain is not None:
             self._chain(event)
 
