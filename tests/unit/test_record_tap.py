@@ -437,3 +437,19 @@ def test_the_new_event_fields_round_trip_and_old_json_still_reads() -> None:
     ]
     with pytest.raises(ValueError, match="preemptive"):
         event_from_json({"type": "turn", "at": 1.0, "text": "x", "preemptive": 1})
+
+
+def test_a_conversion_failure_is_logged_and_the_chained_receiver_still_gets_the_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chained: list[SessionEvent] = []
+    echo = EchoSession(b"", sample_rate=8000)
+    session = RecordedSession(echo, lambda b: None, on_event=chained.append)
+
+    def boom(self: RecordedSession, event: SessionEvent) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(RecordedSession, "_convert", boom)
+    event = TranscriptReceived(1.0, "hi", True)
+    session.on_event(event)  # does not raise
+    assert chained == [event]
