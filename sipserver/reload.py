@@ -93,6 +93,12 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.sip.ban": "restart",
     "server.store": "restart",
     "server.data_dir": "restart",
+    # Call records: the store is opened at start (and its writer's interval set then);
+    # retention is read by each pass of the retention task.
+    "server.records.store": "restart",
+    "server.records.flush_interval": "restart",
+    "server.records.retention_days": "live",
+    "server.records.max_size_mb": "live",
     # Command-line options of the media worker processes.
     "server.workers": "worker_pool",
     "server.media": "worker_pool",
