@@ -74,6 +74,7 @@ from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
 from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
+from sipserver.server_records import ServerRecords
 from sipserver.server_workers import MediaWorkers, calls_per_worker
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -173,6 +174,11 @@ class Server:
         self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
         self.metrics.calls_admitted.set_function(lambda: float(self.ledger.total))
+        self.records = ServerRecords(
+            lambda: self.config, self.metrics, max_calls=lambda: self.ledger.max_calls
+        )
+        """Call records (docs/records.md): opened at start, fed by every ingress."""
+        self.refusals.on_refused = self.records.refused
         self.gateway = MediaStreamGateway(
             lambda: self.config,
             self._new_session,
@@ -180,8 +186,9 @@ class Server:
             on_call_ended=self._call_finished,
             ledger=self.ledger,
             refusals=self.refusals,
+            records=self.records,
         )
-        self.listens_hub = ListensHub()
+        self.listens_hub = ListensHub(records=self.records)
         self.remote_listens = RemoteListens(self.listens_hub, self.metrics)
         """Monitored calls transcribed in call workers (engine native), on the hub here."""
         self.media_workers = MediaWorkers(
@@ -197,6 +204,9 @@ class Server:
             on_worker_lost=self._worker_lost,
         )
         """The media worker pool (built once an agent takes calls the workers answer)."""
+        self.media_workers.on_record_events = self.records.record_events
+        self.media_workers.on_call_started = self.records.call_started
+        self.media_workers.on_call_ended = self.records.call_ended
         if self._sip_calls:
             self.media_workers.build(config)
         self.listens = ListensFork(
@@ -420,6 +430,7 @@ class Server:
 
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
+        self.records.proxy_event(event)
         if isinstance(event, CallRouted):
             # Checked against the limits by the router in the same step (no await between).
             stale = self._sip_reservations.pop(event.call_id, None)
@@ -467,11 +478,13 @@ class Server:
         if info.transport in ("websocket", "twilio") and info.agent:
             relayed = self.media_workers.relayed_session(info.agent, on_event)
             if relayed is not None:
+                self.records.relayed_call(relayed.worker_id, relayed.call, ("ws", info.call_id))
                 return relayed
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:
         """A media worker went away (its bookkeeping is done): end the SIP calls routed to it."""
+        self.records.worker_lost(worker_id)
         now = self.listeners.clock()
         for item in self.router.end_calls_of_worker(worker_id, now=now):
             self.listeners.deliver(item)
@@ -640,6 +653,7 @@ class Server:
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
+        await self.records.start()
         if self.committer is not None:
             self.committer.start()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
@@ -812,6 +826,7 @@ class Server:
             # Commit what is pending and send its 200s while the listeners are still open.
             await self.committer.stop()
         await self.listeners.stop()
+        await self.records.stop()  # after every call ended: what is left is the server's
         await self.voice.close()
         if self._http is not None:
             await self._http.stop()

@@ -10,7 +10,7 @@ reports it. :class:`~sipserver.server.Server` owns one; it hears back through th
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,9 +33,12 @@ from sipserver.rtp.worker_metrics import PREFIX as PIPELINE_PREFIX
 from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 
-__all__ = ["MediaWorkers", "calls_per_worker"]
+__all__ = ["RECORD_EVENT_TYPES", "MediaWorkers", "calls_per_worker"]
 
 log = get_logger(__name__)
+
+#: Frame-link EVENT types that carry a call's record (docs/framelink.md), not session events.
+RECORD_EVENT_TYPES = frozenset({"record", "record_media"})
 
 
 def _worker_pool(
@@ -155,6 +158,15 @@ class MediaWorkers:
         self.relayed = RemoteSessions(on_closed=self._relayed_closed)
         """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._reserved: dict[str, MediaWorker] = {}
+        self.on_record_events: Callable[[str, int, Mapping[str, Any]], None] | None = None
+        """Gets a call's record events (``worker_id, call, event``): the frame-link EVENTs of
+        type ``record`` and ``record_media`` (docs/framelink.md), taken before anything else."""
+        self.on_call_started: Callable[[str, framelink.CallStarted], None] | None = None
+        """Told of every CALL_STARTED (``worker_id, record``): the call's record learns its
+        numbers, codec and worker call number."""
+        self.on_call_ended: Callable[[str, framelink.CallEnded], None] | None = None
+        """Told of every CALL_ENDED a worker sends (``worker_id, record``): the call's last
+        record events are in."""
 
     @property
     def config(self) -> Config:
@@ -312,6 +324,13 @@ class MediaWorkers:
     # ------------------------------------------------------------------ frame links
 
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
+        if (
+            isinstance(record, framelink.Event)
+            and self.on_record_events is not None
+            and record.event.get("type") in RECORD_EVENT_TYPES
+        ):
+            self.on_record_events(worker.worker_id, record.call, record.event)
+            return
         if isinstance(record, framelink.Event):
             taken = self.remote_listens.handle(worker.worker_id, record.call, record.event)
             if taken is False and worker.link is not None:  # the hub is full: end that call
@@ -326,6 +345,8 @@ class MediaWorkers:
         if isinstance(record, framelink.CallStarted):
             self.release(record.sip_call_id)
             worker.calls.add(record.call)
+            if self.on_call_started is not None:
+                self.on_call_started(worker.worker_id, record)
             if record.hosted:
                 # A call worker runs this call's session itself: only the bookkeeping here.
                 log.info("call_hosted", call_id=record.sip_call_id, worker=worker.worker_id)
@@ -333,6 +354,8 @@ class MediaWorkers:
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
             self._state_changed()
+            if self.on_call_ended is not None:
+                self.on_call_ended(worker.worker_id, record)
         elif isinstance(record, framelink.Stats):
             kind = worker.hello.kind if worker.hello is not None else "pjsua2"
             self.media_stats.update(worker.worker_id, kind, record.counters)
