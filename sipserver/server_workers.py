@@ -5,6 +5,11 @@ workers, docs/calls.md), hosts the sessions of a pjsua2 worker's calls (a native
 runs its own), relays websocket calls and AI Listens forks to call workers, sends call workers
 the configuration (CONFIG), and keeps the reservation of each routed SIP call until its worker
 reports it. :class:`~sipserver.server.Server` owns one; it hears back through three callbacks.
+
+Call records: :attr:`MediaWorkers.on_record_events` is the main process's seam for the record
+payloads of every call the workers serve (docs/framelink.md, "Call records"): a call worker's
+``record``/``record_media`` EVENTs (its SIP calls and the websocket calls relayed to it) and the
+record batches of the sessions a pjsua2 worker's calls run here.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sipserver.gateway.websocket import CallRefused, MediaStreamGateway
 from sipserver.listens.remote import RemoteListens
 from sipserver.observability import RefusalLog, get_logger, log_settings
 from sipserver.pipeline.events import SessionEvent
+from sipserver.pipeline.record_tap import RECORD_EVENT_TYPES, Recorder, RecordEventsHook
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp import framelink
 from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
@@ -33,12 +39,9 @@ from sipserver.rtp.worker_metrics import PREFIX as PIPELINE_PREFIX
 from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
 
-__all__ = ["RECORD_EVENT_TYPES", "MediaWorkers", "calls_per_worker"]
+__all__ = ["MediaWorkers", "calls_per_worker"]
 
 log = get_logger(__name__)
-
-#: Frame-link EVENT types that carry a call's record (docs/framelink.md), not session events.
-RECORD_EVENT_TYPES = frozenset({"record", "record_media"})
 
 
 def _worker_pool(
@@ -113,7 +116,8 @@ class MediaWorkers:
     Args:
         config: the running configuration (read at each use: a reload replaces it).
         config_path: the file the configuration came from (sent along with CONFIG).
-        new_session: builds the session of a call (a pjsua2 worker's calls run theirs here).
+        new_session: builds the session of a call (a pjsua2 worker's calls run theirs here),
+            optionally with a receiver of its events.
         media_stats: the workers' STATS counters as metrics.
         pipeline_metrics: the call workers' voice pipeline metrics (in their STATS), added to
             the main process's own.
@@ -130,7 +134,9 @@ class MediaWorkers:
         *,
         config: Callable[[], Config],
         config_path: str | os.PathLike[str] | None,
-        new_session: Callable[[CallInfo], CallSession | None],
+        new_session: Callable[
+            [CallInfo, Callable[[SessionEvent], None] | None], CallSession | None
+        ],
         media_stats: MediaStatsMetrics,
         pipeline_metrics: ForwardedPipelineMetrics,
         remote_listens: RemoteListens,
@@ -158,15 +164,44 @@ class MediaWorkers:
         self.relayed = RemoteSessions(on_closed=self._relayed_closed)
         """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._reserved: dict[str, MediaWorker] = {}
-        self.on_record_events: Callable[[str, int, Mapping[str, Any]], None] | None = None
-        """Gets a call's record events (``worker_id, call, event``): the frame-link EVENTs of
-        type ``record`` and ``record_media`` (docs/framelink.md), taken before anything else."""
         self.on_call_started: Callable[[str, framelink.CallStarted], None] | None = None
         """Told of every CALL_STARTED (``worker_id, record``): the call's record learns its
         numbers, codec and worker call number."""
         self.on_call_ended: Callable[[str, framelink.CallEnded], None] | None = None
         """Told of every CALL_ENDED a worker sends (``worker_id, record``): the call's last
         record events are in."""
+        self._on_record_events: RecordEventsHook | None = None
+        self._recorders: Callable[[CallInfo], Recorder | None] | None = None
+
+    @property
+    def on_record_events(self) -> RecordEventsHook | None:
+        """Main's seam for call records: called ``(worker_id, call, payload)`` for every
+        ``record``/``record_media`` payload (:data:`RECORD_EVENT_TYPES`), before anything else
+        sees the EVENT (such EVENTs go nowhere else; None: they are dropped). ``call`` is the
+        call number on that worker's link: a worker-local SIP call number (as in its
+        CALL_STARTED, whose ``sip_call_id`` names the call) or a relayed call's number
+        (:attr:`RemoteSession.call`). Set, it also makes the sessions of pjsua2 workers' calls
+        (run here) recorded while ``server.records.store`` is not ``none``; their batches come
+        through it synchronously, with the worker's id and call number likewise."""
+        return self._on_record_events
+
+    @on_record_events.setter
+    def on_record_events(self, hook: RecordEventsHook | None) -> None:
+        self._on_record_events = hook
+        if self.sessions is not None:
+            self.sessions.on_record_events = hook
+
+    @property
+    def recorders(self) -> Callable[[CallInfo], Recorder | None] | None:
+        """Builds the recorder of a recorded call whose session runs here (pjsua2 workers'
+        calls; a call worker builds its own). None: no recordings."""
+        return self._recorders
+
+    @recorders.setter
+    def recorders(self, factory: Callable[[CallInfo], Recorder | None] | None) -> None:
+        self._recorders = factory
+        if self.sessions is not None:
+            self.sessions.recorders = factory
 
     @property
     def config(self) -> Config:
@@ -176,7 +211,15 @@ class MediaWorkers:
     def build(self, config: Config) -> None:
         """Build (not start) the media worker pool of ``config``; the frames of its calls go
         through a session host at its sample rate."""
-        self.sessions = SessionHost(self._new_session, sample_rate=config.server.media.sample_rate)
+        new_session = self._new_session
+        self.sessions = SessionHost(
+            lambda info: new_session(info, None),
+            sample_rate=config.server.media.sample_rate,
+            event_factory=new_session,
+            records_on=lambda: self.config.server.records.store != "none",
+        )
+        self.sessions.on_record_events = self._on_record_events
+        self.sessions.recorders = self._recorders
         self.pool = _worker_pool(config, self._worker_record, self._worker_lost, self._worker_up)
 
     async def start(self) -> None:
@@ -324,12 +367,13 @@ class MediaWorkers:
     # ------------------------------------------------------------------ frame links
 
     def _worker_record(self, worker: MediaWorker, record: framelink.LinkRecord) -> None:
-        if (
-            isinstance(record, framelink.Event)
-            and self.on_record_events is not None
-            and record.event.get("type") in RECORD_EVENT_TYPES
-        ):
-            self.on_record_events(worker.worker_id, record.call, record.event)
+        if isinstance(record, framelink.Event) and _is_record_payload(record.event):
+            hook = self._on_record_events
+            if hook is not None:
+                try:
+                    hook(worker.worker_id, record.call, record.event)
+                except Exception:
+                    log.exception("record_events_failed", worker=worker.worker_id, call=record.call)
             return
         if isinstance(record, framelink.Event):
             taken = self.remote_listens.handle(worker.worker_id, record.call, record.event)
@@ -387,6 +431,12 @@ class MediaWorkers:
         for call_id in [c for c, w in self._reserved.items() if w is worker]:
             del self._reserved[call_id]
         self._on_worker_lost(worker.worker_id)
+
+
+def _is_record_payload(event: Mapping[str, Any]) -> bool:
+    """A ``record``/``record_media`` EVENT payload (call records)."""
+    kind = event.get("type")
+    return isinstance(kind, str) and kind in RECORD_EVENT_TYPES
 
 
 class _ForkRelays:

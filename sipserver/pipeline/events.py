@@ -66,6 +66,11 @@ class TranscriptReceived(SessionEvent):
     text: str
     final: bool
     """False for an interim result (used for interruption word counts)."""
+    speech_start: float | None = None
+    """Clock time the transcribed speech began (final results; None: not known)."""
+    speech_end: float | None = None
+    """Clock time the transcribed speech ended: its closing silence began (final results;
+    None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,9 @@ class TurnCommitted(SessionEvent):
     """End-of-turn probability from the turn model (None: no model answer decided it: silence
     only, the STT's verdict, or a pause the model was not asked about, see
     :class:`TurnPrediction`)."""
+    preemptive: bool = False
+    """The speculative reply started on this text is used (its pieces, already published as
+    :class:`AgentText`, belong to this turn's reply); False: any speculative reply is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,11 @@ class TurnLatency(SessionEvent):
     """The first reply frame left the session (``next_frame``)."""
     preemptive: bool
     """The reply was generated speculatively before the turn was committed, and used."""
+    transcript_at: float | None = None
+    """The final transcript that completed the turn's text arrived."""
+    turn_model_ms: float | None = None
+    """Milliseconds (session clock) the turn model took for the prediction that ended the turn
+    (None: no model prediction decided it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +168,14 @@ class ProviderFailed(SessionEvent):
 def event_to_json(event: SessionEvent) -> dict[str, Any]:
     """The JSON form of an event: an object with a ``"type"`` tag and the event's fields.
 
-    Tags: ``state`` (``old``, ``new``: state values), ``transcript`` (``text``, ``final``),
-    ``turn`` (``text``, ``probability``), ``turn_prediction`` (``outcome``), ``agent_text``
-    (``text``), ``interruption`` (``kind``, ``heard``), ``latency`` (the timings,
-    ``preemptive``), ``end_requested`` (``reason``), ``provider_failed`` (``stage``,
-    ``error``); every one has ``at``.
+    Tags: ``state`` (``old``, ``new``: state values), ``transcript`` (``text``, ``final``,
+    ``speech_start``, ``speech_end``), ``turn`` (``text``, ``probability``, ``preemptive``),
+    ``turn_prediction`` (``outcome``), ``agent_text`` (``text``), ``interruption`` (``kind``,
+    ``heard``), ``latency`` (the timings, ``preemptive``, ``transcript_at``,
+    ``turn_model_ms``), ``end_requested`` (``reason``), ``provider_failed`` (``stage``,
+    ``error``); every one has ``at``. Keys added after the first version (``speech_start``,
+    ``speech_end``, ``preemptive`` of ``turn``, ``transcript_at``, ``turn_model_ms``) are
+    optional in :func:`event_from_json`.
 
     Raises:
         TypeError: not one of this module's events.
@@ -167,13 +183,21 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
     if isinstance(event, StateChanged):
         return {"type": "state", "at": event.at, "old": event.old.value, "new": event.new.value}
     if isinstance(event, TranscriptReceived):
-        return {"type": "transcript", "at": event.at, "text": event.text, "final": event.final}
+        return {
+            "type": "transcript",
+            "at": event.at,
+            "text": event.text,
+            "final": event.final,
+            "speech_start": event.speech_start,
+            "speech_end": event.speech_end,
+        }
     if isinstance(event, TurnCommitted):
         return {
             "type": "turn",
             "at": event.at,
             "text": event.text,
             "probability": event.probability,
+            "preemptive": event.preemptive,
         }
     if isinstance(event, TurnPrediction):
         return {"type": "turn_prediction", "at": event.at, "outcome": event.outcome}
@@ -191,6 +215,8 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
             "tts_first_audio": event.tts_first_audio,
             "first_frame": event.first_frame,
             "preemptive": event.preemptive,
+            "transcript_at": event.transcript_at,
+            "turn_model_ms": event.turn_model_ms,
         }
     if isinstance(event, CallEndRequested):
         return {"type": "end_requested", "at": event.at, "reason": event.reason}
@@ -251,9 +277,20 @@ def event_from_json(obj: Mapping[str, Any]) -> SessionEvent | None:
     if kind == "state":
         return StateChanged(at, _state(obj, "old"), _state(obj, "new"))
     if kind == "transcript":
-        return TranscriptReceived(at, _text(obj, "text"), _flag(obj, "final"))
+        return TranscriptReceived(
+            at,
+            _text(obj, "text"),
+            _flag(obj, "final"),
+            _opt_num(obj, "speech_start"),
+            _opt_num(obj, "speech_end"),
+        )
     if kind == "turn":
-        return TurnCommitted(at, _text(obj, "text"), _opt_num(obj, "probability"))
+        return TurnCommitted(
+            at,
+            _text(obj, "text"),
+            _opt_num(obj, "probability"),
+            obj.get("preemptive") is not None and _flag(obj, "preemptive"),
+        )
     if kind == "turn_prediction":
         return TurnPrediction(at, _text(obj, "outcome"))
     if kind == "agent_text":
@@ -269,6 +306,8 @@ def event_from_json(obj: Mapping[str, Any]) -> SessionEvent | None:
             _opt_num(obj, "tts_first_audio"),
             _opt_num(obj, "first_frame"),
             _flag(obj, "preemptive"),
+            _opt_num(obj, "transcript_at"),
+            _opt_num(obj, "turn_model_ms"),
         )
     if kind == "end_requested":
         return CallEndRequested(at, _text(obj, "reason"))

@@ -56,6 +56,10 @@ class Reply:
     end_call: bool = False
     speech_end: float | None = None
     end_of_turn: float | None = None
+    transcript_at: float | None = None
+    """The final transcript that completed the turn arrived (clock time)."""
+    turn_model_ms: float | None = None
+    """The turn model's time for the prediction that ended the turn (None: not decided by it)."""
     llm_first_token: float | None = None
     tts_first_audio: float | None = None
     first_frame: float | None = None

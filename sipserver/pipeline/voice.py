@@ -236,6 +236,8 @@ class VoiceSession:
         self._segment_prefix = 0.0
         self._early: tuple[float, asyncio.Task[Transcript]] | None = None
         self._live_speech = 0.0  # seconds of caller speech (not echo) in the current segment
+        self._transcript_at: float | None = None  # the turn's last final transcript arrived
+        self._turn_model_ms: float | None = None  # the turn model's time for its last verdict
         self._closed = False
 
     # ------------------------------------------------------------------ CallSession protocol
@@ -366,8 +368,12 @@ class VoiceSession:
             early = self._early[1]  # the caller stayed quiet since: its result stands
             self._early = None
         self._drop_early()
+        spoke_at = self._clock_time(event.time - event.speech_duration)
         self._transcribe(
-            event.audio, event.audio[: int(keep * self._vad.sample_rate) * 2], early=early
+            event.audio,
+            event.audio[: int(keep * self._vad.sample_rate) * 2],
+            early=early,
+            span=(spoke_at, silence_at),
         )
 
     # ---------------------------------------------------------------------------- the tick
@@ -440,7 +446,12 @@ class VoiceSession:
             self._early = None
 
     def _transcribe(
-        self, audio: bytes, turn_audio: bytes, *, early: asyncio.Task[Transcript] | None = None
+        self,
+        audio: bytes,
+        turn_audio: bytes,
+        *,
+        early: asyncio.Task[Transcript] | None = None,
+        span: tuple[float, float] | None = None,
     ) -> None:
         if self._stt_pending >= _MAX_PENDING_SEGMENTS:
             log.warning("stt_backlog_dropped_segment", call_id=self._call_id)
@@ -472,15 +483,18 @@ class VoiceSession:
                     result = Transcript("")
             finally:
                 self._stt_pending -= 1
-            self._on_transcript(result, tail)
+            self._on_transcript(result, tail, span)
 
         self._stt_chain = self._spawn(run())
 
-    def _on_transcript(self, result: Transcript, pcm: bytes) -> None:
+    def _on_transcript(
+        self, result: Transcript, pcm: bytes, span: tuple[float, float] | None = None
+    ) -> None:
         now = self._clock.now()
         text = result.text.strip()
         if text:
-            self._emit(TranscriptReceived(now, text, True))
+            start, end = span if span is not None else (None, None)
+            self._emit(TranscriptReceived(now, text, True, start, end))
         if self._paused:
             if self.options.interruptions.is_real(result.words):
                 self._real_interruption(now)
@@ -493,6 +507,7 @@ class VoiceSession:
                     self._set_state(AgentState.LISTENING)
             return
         self._turn_texts.append(text)
+        self._transcript_at = now
         self._turn_audio += pcm
         excess = len(self._turn_audio) - int(_TURN_AUDIO_SECONDS * self._stt.sample_rate) * 2
         if excess > 0:
@@ -536,6 +551,7 @@ class VoiceSession:
             return
         self._emit(TurnPrediction(now, "run"))
         pcm = resample(bytes(self._turn_audio), self._stt.sample_rate, detector.sample_rate)
+        asked = self._clock.now()
         try:
             probability = await detector.end_of_turn_probability(
                 pcm, transcript=turn_text, language=self.profile.language
@@ -546,6 +562,7 @@ class VoiceSession:
             self._provider_failed("turn", exc)
             self._endpointer.decide(None)
             return
+        self._turn_model_ms = (self._clock.now() - asked) * 1000.0
         self._endpointer.decide(probability >= detector.threshold, probability=probability)
 
     def _commit_turn(self, now: float) -> None:
@@ -560,10 +577,11 @@ class VoiceSession:
         if not text:
             self._set_state(AgentState.LISTENING)
             return
-        self._emit(TurnCommitted(now, text, probability))
         spec = self._speculative
         self._speculative = None
-        if spec is not None and spec.user_text == text:
+        reuse = spec is not None and spec.user_text == text
+        self._emit(TurnCommitted(now, text, probability, reuse))
+        if spec is not None and reuse:
             reply = spec
             reply.preemptive = True
         else:
@@ -574,6 +592,8 @@ class VoiceSession:
         self.history.append(ChatMessage("user", text))
         reply.speech_end = speech_end
         reply.end_of_turn = now
+        reply.transcript_at = self._transcript_at
+        reply.turn_model_ms = self._turn_model_ms if probability is not None else None
         self._commit(reply)
 
     # ------------------------------------------------------------------------------ replies
@@ -799,6 +819,8 @@ class VoiceSession:
                 reply.tts_first_audio,
                 reply.first_frame,
                 reply.preemptive,
+                reply.transcript_at,
+                reply.turn_model_ms,
             )
         )
 

@@ -20,6 +20,12 @@ The pjsua2 worker's options plus ``--capacity``. The process:
 4. tells main what happens: CALL_STARTED with ``hosted: true`` (main builds no session), DTMF,
    CALL_ENDED, STATS; a CALL_ENDED from main hangs the call up.
 
+With call records on (``server.records.store`` not ``none``) every hosted voice or echo session
+is wrapped in a :class:`~sipserver.pipeline.record_tap.RecordedSession`: its record events go to
+main as EVENT records ``{"type": "record", "events": [...]}`` of the call, and the end of every
+hosted SIP call sends ``{"type": "record_media", ...}`` (the stream's counters and codec) before
+its CALL_ENDED (docs/framelink.md, "Call records").
+
 AI Listens calls are hosted too (:mod:`sipserver.rtp.listens_host`): a SIP call to a listens
 number gets a receive-only :class:`~sipserver.rtp.listens_host.ListenSession`, a Twilio fork
 main relays (a CALL_STARTED with ``listens``) goes to :class:`~.listens_host.ListensForks`; what
@@ -49,7 +55,9 @@ import structlog
 
 from sipserver.config import Agent, Config, ConfigError
 from sipserver.observability import LogFormat, Metrics, configure_logging, get_logger
+from sipserver.pipeline.call_record import RecordEvent
 from sipserver.pipeline.events import SessionEvent
+from sipserver.pipeline.record_tap import RecordedSession, Recorder, record_batch
 from sipserver.pipeline.runtime import ListenParts, VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.framelink import (
@@ -243,6 +251,8 @@ class _Hosted:
     info: CallInfo
     ending: bool = False
     """Hung up here, waiting for the engine's end: no longer fed."""
+    recorded: bool = False
+    """Call records were on when it started: ``record_media`` goes out before CALL_ENDED."""
 
 
 class CallWorker:
@@ -277,6 +287,9 @@ class CallWorker:
         self.sessions: CallSessions | None = None
         """Builds each call's session (None until the first CONFIG is applied)."""
         self.config_sequence = 0
+        self.recorders: Callable[[CallInfo], Recorder | None] | None = None
+        """Builds the recorder of a call whose session is recorded (None: no recordings);
+        called only when call records are on."""
         self._hosted: dict[int, _Hosted] = {}
         self.listens = ListensHost(self._listen_parts)
         """The AI Listens calls monitored here (SIP calls to listens numbers, Twilio forks)."""
@@ -336,7 +349,13 @@ class CallWorker:
         if sessions is not None and sessions.is_listens(info):
             self._start_listens(call, info, started)
             return
-        session = sessions.new_session(info) if sessions is not None else None
+        recorded = self.records_on
+        if sessions is None:
+            session = None
+        elif recorded:
+            session = self._recorded_session(sessions, info, call.number)
+        else:
+            session = sessions.new_session(info)
         if session is None:
             self.counters["calls_without_session"] += 1
             why = "no agent for this call" if sessions is not None else "not configured yet"
@@ -344,9 +363,30 @@ class CallWorker:
             self.engine.hangup(call.number, why)
             return
         session.on_start(info)
-        self._hosted[call.number] = _Hosted(call, session, info)
+        self._hosted[call.number] = _Hosted(call, session, info, recorded=recorded)
         self._send(replace(started, hosted=True))
         log.info("call_session_started", call_id=info.call_id, agent=info.agent, codec=call.codec)
+
+    @property
+    def records_on(self) -> bool:
+        """Call records are kept (``server.records.store`` is not ``none``)."""
+        return self.config is not None and self.config.server.records.store != "none"
+
+    def _recorded_session(
+        self, sessions: CallSessions, info: CallInfo, number: int
+    ) -> CallSession | None:
+        """The call's session wrapped so that its record events go to main (EVENT records)."""
+
+        def emit(events: list[RecordEvent]) -> None:
+            self._send(Event(number, record_batch(events)))
+
+        session = RecordedSession.build(lambda on_event: sessions.new_session(info, on_event), emit)
+        if session is not None and self.recorders is not None:
+            try:
+                session.recorder = self.recorders(info)
+            except Exception:  # the call goes on unrecorded
+                log.exception("call_recording_failed_to_start", call_id=info.call_id)
+        return session
 
     def _start_listens(self, call: _Call, info: CallInfo, started: CallStarted) -> None:
         """A PBX forks a call to a listens number: answered silently, transcribed here; its
@@ -364,7 +404,7 @@ class CallWorker:
             self._send(Event(number, item))
 
         session = ListenSession(self.listens, agent, parts, send)
-        self._hosted[number] = hosted = _Hosted(call, session, info)
+        self._hosted[number] = hosted = _Hosted(call, session, info, recorded=self.records_on)
         self._send(replace(started, hosted=True))
         session.on_start(info)
         self._hangup_if_requested(hosted)
@@ -384,6 +424,7 @@ class CallWorker:
             return  # never reported to main (hung up at start)
         self._end_session(hosted, reason)
         self.counters["calls_ended"] += 1
+        self._send_media(hosted)
         self._send(CallEnded(call.number, reason, status))
 
     def on_dtmf(self, call: _Call, digit: str, duration_ms: int, method: str) -> None:
@@ -451,7 +492,23 @@ class CallWorker:
         if self._hosted.pop(hosted.call.number, None) is not None:
             self._end_session(hosted, "session error")
             self.counters["calls_ended"] += 1
+            self._send_media(hosted)
             self._send(CallEnded(hosted.call.number, "session error", 0))
+
+    def _send_media(self, hosted: _Hosted) -> None:
+        """A recorded call's ``record_media`` EVENT: what its RTP stream counted, its codec."""
+        if not hosted.recorded:
+            return
+        call = hosted.call
+        stats = call.stream.stats()
+        media = {
+            "type": "record_media",
+            "lost": int(stats.get("lost", 0)),
+            "concealed": int(stats.get("concealed_frames", 0)),
+            "late": int(stats.get("late", 0)),
+            "codec": call.codec,
+        }
+        self._send(Event(call.number, media))
 
     def _end_session(self, hosted: _Hosted, reason: str) -> None:
         try:
@@ -657,13 +714,20 @@ def parse_args(argv: list[str] | None = None) -> CallWorkerOptions:
 
 def relayed_calls(worker: CallWorker) -> MainRecordHandler:
     """The handler of the websocket calls main relays to this worker (:mod:`sipserver.rtp.relay`):
-    their sessions are built like the worker's own calls' (None until the first CONFIG)."""
+    their sessions are built like the worker's own calls' (None until the first CONFIG), and
+    recorded like them when call records are on."""
 
     def factory(info: CallInfo, on_event: Callable[[SessionEvent], None]) -> CallSession | None:
         sessions = worker.sessions
         return sessions.new_session(info, on_event) if sessions is not None else None
 
-    return RelayedCalls(factory)
+    def records(info: CallInfo) -> bool:
+        return worker.records_on
+
+    def recorders(info: CallInfo) -> Recorder | None:
+        return worker.recorders(info) if worker.recorders is not None else None
+
+    return RelayedCalls(factory, records=records, recorders=recorders)
 
 
 def main(argv: list[str] | None = None) -> int:

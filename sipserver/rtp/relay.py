@@ -14,7 +14,11 @@ call worker that hosts it. Both ends are sans-I/O and exchange frame link record
 * Worker side, :class:`RelayedCalls`: builds each call's session through a factory and answers
   every tick record at once: ``on_audio`` per caller frame, then exactly one ``next_frame``, so
   the session sees the gateway's tick order unchanged. Session events go back as EVENT records
-  (before the AUDIO reply of the tick that raised them), a session hangup as CALL_ENDED.
+  (before the AUDIO reply of the tick that raised them), a session hangup as CALL_ENDED. With
+  call records on, each session is wrapped in a
+  :class:`~sipserver.pipeline.record_tap.RecordedSession` whose record events go back as EVENT
+  records ``{"type": "record", ...}`` the same way (the last ones with the CALL_ENDED, or in
+  answer to main's CALL_ENDED).
 
 The reply to tick ``n`` is played at tick ``n + 1``: the relay adds one frame (20 ms) of latency
 as long as the round trip takes less than a tick (docs/websocket.md, "Where the session runs").
@@ -28,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipserver.observability import get_logger
+from sipserver.pipeline.call_record import RecordEvent
 from sipserver.pipeline.events import SessionEvent, event_from_json, event_to_json
+from sipserver.pipeline.record_tap import RecordedSession, Recorder, record_batch
 from sipserver.pipeline.session import CallInfo, CallSession, frame_bytes
 from sipserver.rtp.framelink import (
     RELAY_CALL_BASE,
@@ -128,11 +134,23 @@ class RelayedCalls:
         factory: builds a call's session.
         max_events: events a call may have waiting for its next tick before the oldest are
             dropped (an event raised outside a tick, e.g. by an STT task, waits for the next).
+        records: says, when a call starts, whether its session is recorded (call records on);
+            None: never.
+        recorders: builds the recorder of a recorded call (None: no recordings).
     """
 
-    def __init__(self, factory: RelayedSessionFactory, *, max_events: int = 64) -> None:
+    def __init__(
+        self,
+        factory: RelayedSessionFactory,
+        *,
+        max_events: int = 64,
+        records: Callable[[CallInfo], bool] | None = None,
+        recorders: Callable[[CallInfo], Recorder | None] | None = None,
+    ) -> None:
         self._factory = factory
         self._max_events = max_events
+        self._records = records
+        self._recorders = recorders
         self._calls: dict[int, _Hosted] = {}
         self.counters = RelayCounters()
 
@@ -160,9 +178,10 @@ class RelayedCalls:
             return self._start(record)
         if isinstance(record, CallEnded):
             entry = self._calls.pop(record.call, None)
-            if entry is not None:
-                self._hang_up(entry, record.reason)
-            return []
+            if entry is None:
+                return []
+            self._hang_up(entry, record.reason)
+            return list(entry.events)  # what the session raised since (its last records)
         if not isinstance(record, Dtmf | Event):
             return []
         entry = self._calls.get(record.call)
@@ -197,11 +216,15 @@ class RelayedCalls:
         return out
 
     def end_all(self, reason: str) -> list[LinkRecord]:
-        """Hang every session up (the worker stops); return the CALL_ENDED records for main."""
+        """Hang every session up (the worker stops); return the records for main: each call's
+        last EVENT records, then its CALL_ENDED."""
         calls, self._calls = self._calls, {}
-        for entry in calls.values():
+        out: list[LinkRecord] = []
+        for call, entry in calls.items():
             self._hang_up(entry, reason)
-        return [CallEnded(call, reason, 0) for call in calls]
+            out.extend(entry.events)
+            out.append(CallEnded(call, reason, 0))
+        return out
 
     # ------------------------------------------------------------------------------ internals
 
@@ -222,14 +245,20 @@ class RelayedCalls:
         limit = self._max_events
         call = record.call
 
-        def on_event(event: SessionEvent) -> None:
+        def push(event: Event) -> None:
             if len(events) >= limit:
                 events.popleft()
                 counters.events_dropped += 1
-            events.append(Event(call, event_to_json(event)))
+            events.append(event)
+
+        def on_event(event: SessionEvent) -> None:
+            push(Event(call, event_to_json(event)))
+
+        def on_records(batch: list[RecordEvent]) -> None:
+            push(Event(call, record_batch(batch)))
 
         try:
-            session = self._factory(info, on_event)
+            session = self._new_session(info, on_event, on_records)
             if session is not None:
                 session.on_start(info)
         except Exception:
@@ -244,6 +273,26 @@ class RelayedCalls:
         counters.started += 1
         log.info("relayed_call_started", call_id=info.call_id, agent=info.agent, call=call)
         return []
+
+    def _new_session(
+        self,
+        info: CallInfo,
+        on_event: Callable[[SessionEvent], None],
+        on_records: Callable[[list[RecordEvent]], None],
+    ) -> CallSession | None:
+        """The call's session; with call records on, wrapped (its events go to both)."""
+        if self._records is None or not self._records(info):
+            return self._factory(info, on_event)
+        factory = self._factory
+        session = RecordedSession.build(
+            lambda sink: factory(info, sink), on_records, on_event=on_event
+        )
+        if session is not None and self._recorders is not None:
+            try:
+                session.recorder = self._recorders(info)
+            except Exception:  # the call goes on unrecorded
+                log.exception("call_recording_failed_to_start", call_id=info.call_id)
+        return session
 
     def _tick(self, frames: Iterable[AudioFrame]) -> list[LinkRecord]:
         by_call: dict[int, list[bytes]] = {}
@@ -293,7 +342,7 @@ class RelayedCalls:
         self.counters.session_errors += 1
         del self._calls[call]
         self._hang_up(entry, "session error")
-        return [CallEnded(call, "session error", 500)]
+        return [*entry.events, CallEnded(call, "session error", 500)]
 
     def _hangup_if_requested(self, call: int, entry: _Hosted) -> list[LinkRecord]:
         reason = entry.session.hangup_requested

@@ -5,6 +5,12 @@ send back. The worker's media clock is the master clock: pjsua2 delivers a frame
 every 20 ms whether or not RTP arrived (silence or concealment fills the gaps), so each AUDIO
 record received is answered by one AUDIO record with the next outbound frame of the same calls.
 No timer in the main process, no drift between the two directions.
+
+Call records: when :attr:`SessionHost.on_record_events` is set (and ``records_on`` says records
+are kept), each call's session is wrapped in a
+:class:`~sipserver.pipeline.record_tap.RecordedSession` and its record payloads go to that hook
+as ``(worker_id, call, {"type": "record", "events": [...]})``, the same form a call worker sends
+in EVENT records, so main takes both kinds of call through one seam.
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipserver.observability import get_logger
+from sipserver.pipeline.call_record import RecordEvent
+from sipserver.pipeline.events import SessionEvent
+from sipserver.pipeline.record_tap import (
+    RecordedSession,
+    Recorder,
+    RecordEventsHook,
+    record_batch,
+)
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp.framelink import (
     Audio,
@@ -27,12 +41,15 @@ from sipserver.rtp.framelink import (
 )
 from sipserver.sip.headers import AGENT_HEADER
 
-__all__ = ["SessionFactory", "SessionHost"]
+__all__ = ["EventSessionFactory", "SessionFactory", "SessionHost"]
 
 log = get_logger(__name__)
 
 SessionFactory = Callable[[CallInfo], CallSession | None]
 """Builds the session of a call (None: no agent takes it; the call is ended)."""
+
+EventSessionFactory = Callable[[CallInfo, Callable[[SessionEvent], None]], CallSession | None]
+"""Builds the session of a call whose events go to the callable given (recorded calls)."""
 
 
 @dataclass(slots=True)
@@ -49,10 +66,28 @@ class SessionHost:
     Args:
         factory: builds a session for a started call.
         sample_rate: the workers' PCM sample rate (frames are 20 ms at this rate).
+        event_factory: builds a recorded call's session with an event callback (None: with
+            ``factory``, and the record has no transcript or turns, only DTMF and the end).
+        records_on: says whether call records are kept now (read at each call's start; None:
+            whenever :attr:`on_record_events` is set).
     """
 
-    def __init__(self, factory: SessionFactory, *, sample_rate: int = 8000) -> None:
+    def __init__(
+        self,
+        factory: SessionFactory,
+        *,
+        sample_rate: int = 8000,
+        event_factory: EventSessionFactory | None = None,
+        records_on: Callable[[], bool] | None = None,
+    ) -> None:
         self._factory = factory
+        self._event_factory = event_factory
+        self._records_on = records_on
+        self.on_record_events: RecordEventsHook | None = None
+        """Main's record seam: when set, sessions are recorded and their record payloads go
+        here (see the module doc)."""
+        self.recorders: Callable[[CallInfo], Recorder | None] | None = None
+        """Builds the recorder of a recorded call (None: no recordings)."""
         self._rate = sample_rate
         self._samples = sample_rate // 50
         self._calls: dict[tuple[str, int], _Call] = {}
@@ -104,7 +139,7 @@ class SessionHost:
             sample_rate=self._rate,
             transport="sip",
         )
-        session = self._factory(info)
+        session = self._new_session(worker_id, record.call, info)
         if session is None:
             log.warning("call_without_session", call_id=info.call_id, called=info.called)
             return [CallEnded(record.call, "no agent for this call", 404)]
@@ -112,6 +147,26 @@ class SessionHost:
         self._calls[(worker_id, record.call)] = _Call(session, info)
         log.info("call_session_started", call_id=info.call_id, agent=info.agent, codec=record.codec)
         return []
+
+    def _new_session(self, worker_id: str, call: int, info: CallInfo) -> CallSession | None:
+        hook = self.on_record_events
+        if hook is None or (self._records_on is not None and not self._records_on()):
+            return self._factory(info)
+
+        def emit(events: list[RecordEvent]) -> None:
+            hook(worker_id, call, record_batch(events))
+
+        event_factory = self._event_factory
+        if event_factory is not None:
+            session = RecordedSession.build(lambda sink: event_factory(info, sink), emit)
+        else:
+            session = RecordedSession.build(lambda sink: self._factory(info), emit)
+        if session is not None and self.recorders is not None:
+            try:
+                session.recorder = self.recorders(info)
+            except Exception:  # the call goes on unrecorded
+                log.exception("call_recording_failed_to_start", call_id=info.call_id)
+        return session
 
     def _audio(self, worker_id: str, record: Audio) -> list[LinkRecord]:
         out: list[AudioFrame] = []
