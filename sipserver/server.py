@@ -63,6 +63,7 @@ from sipserver.observability import (
 )
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.model_cache import loaded_models
+from sipserver.pipeline.record_tap import RecordedSession
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
@@ -480,6 +481,14 @@ class Server:
             if relayed is not None:
                 self.records.relayed_call(relayed.worker_id, relayed.call, ("ws", info.call_id))
                 return relayed
+            if self.records.book is not None:
+                # The session runs here: its record events go straight to the call's record.
+                key = ("ws", info.call_id)
+                return RecordedSession.build(
+                    lambda sink: self.call_sessions.new_session(info, sink),
+                    lambda events: self.records.add(key, events),
+                    on_event=on_event,
+                )
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:

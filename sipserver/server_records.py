@@ -36,13 +36,24 @@ from sipserver.records.store import RecordStore
 from sipserver.rtp import framelink
 from sipserver.sip.headers import AGENT_HEADER
 
-__all__ = ["CAPACITY_REFUSALS", "WORKER_END_GRACE", "ServerRecords", "sip_ended_by"]
+__all__ = [
+    "CAPACITY_REFUSALS",
+    "RELAYED_END_GRACE",
+    "WORKER_END_GRACE",
+    "ServerRecords",
+    "sip_ended_by",
+]
 
 log = get_logger(__name__)
 
 #: Seconds a SIP call's record waits, after the edge saw the call end, for its worker's last
 #: events and CALL_ENDED before it is closed without them.
 WORKER_END_GRACE = 5.0
+
+#: Seconds a websocket call's record stays open after the gateway ended the call when its
+#: session runs in a call worker: the worker sends the session's last events (the agent's last
+#: line, its ``end``) when main's CALL_ENDED reaches it, a few milliseconds later.
+RELAYED_END_GRACE = 1.0
 
 #: Refusal words that are about capacity or readiness (a call turned away that would have been
 #: taken another time): each becomes a refused record. Security refusals (bans, allow-lists,
@@ -122,6 +133,10 @@ class ServerRecords:
         self._sip: dict[str, _SipCall] = {}
         self._worker_calls: dict[tuple[str, int], Hashable] = {}
         """``(worker_id, call)`` -> record key: SIP calls and relayed websocket calls."""
+        self._relayed: dict[Hashable, tuple[str, int]] = {}
+        """Record key -> ``(worker_id, call)`` of the websocket calls relayed to call workers."""
+        self._closing: dict[Hashable, tuple[str, str, asyncio.TimerHandle]] = {}
+        """Relayed calls' records waiting :data:`RELAYED_END_GRACE` for their last events."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -161,7 +176,11 @@ class ServerRecords:
             elif call.timer is not None:
                 call.timer.cancel()
         self._sip.clear()
+        for key, (end_reason, ended_by, timer) in list(self._closing.items()):
+            timer.cancel()
+            self._close_relayed(key, end_reason, ended_by)
         self._worker_calls.clear()
+        self._relayed.clear()
         book, store = self.book, self.store
         self.book = None
         if book is not None:
@@ -225,10 +244,25 @@ class ServerRecords:
         return self.book.offset(key) if self.book is not None else 0.0
 
     def close(self, key: Hashable, *, end_reason: str, ended_by: str) -> CallRecord | None:
-        """:meth:`CallRecordBook.close`."""
+        """:meth:`CallRecordBook.close`; a relayed call's record closes
+        :data:`RELAYED_END_GRACE` later (its last events are on their way: returns None)."""
         if self.book is None:
             return None
+        if key in self._relayed and self._loop is not None and key not in self._closing:
+            timer = self._loop.call_later(
+                RELAYED_END_GRACE, self._close_relayed, key, end_reason, ended_by
+            )
+            self._closing[key] = (end_reason, ended_by, timer)
+            return None
         return self.book.close(key, end_reason=end_reason, ended_by=ended_by)
+
+    def _close_relayed(self, key: Hashable, end_reason: str, ended_by: str) -> None:
+        self._closing.pop(key, None)
+        worker_call = self._relayed.pop(key, None)
+        if worker_call is not None and self._worker_calls.get(worker_call) == key:
+            del self._worker_calls[worker_call]
+        if self.book is not None:
+            self.book.close(key, end_reason=end_reason, ended_by=ended_by)
 
     # -- SIP calls ----------------------------------------------------------------------------
 
@@ -318,24 +352,26 @@ class ServerRecords:
             except (TypeError, ValueError):
                 book.bad_events.inc()
                 return
-            codec = event.get("codec")
-            book.media(key, quality, codec if isinstance(codec, str) else None)
+            codec = event.get("codec")  # an SDP rtpmap name, "PCMU/8000": the record keeps "PCMU"
+            book.media(key, quality, codec.partition("/")[0] if isinstance(codec, str) else None)
 
     def relayed_call(self, worker_id: str, call: int, key: Hashable) -> None:
         """A websocket call whose session runs in a call worker: its record events arrive with
         the worker's relayed call number."""
         if self.book is None:
             return
-        if len(self._worker_calls) >= 2 * self.book.max_open:
-            # Forget relayed calls whose record is closed (they are not told one by one).
-            for stale in [k for k, v in self._worker_calls.items() if v not in self.book]:
-                del self._worker_calls[stale]
+        if len(self._relayed) >= self.book.max_open:
+            # A call refused after its session was built never opened a record: forget such.
+            for stale in [k for k in self._relayed if k not in self.book]:
+                self._worker_calls.pop(self._relayed.pop(stale), None)
         self._worker_calls[(worker_id, call)] = key
+        self._relayed[key] = (worker_id, call)
 
     def worker_lost(self, worker_id: str) -> None:
         """A worker went away: its calls send nothing more."""
         for worker_call in [w for w in self._worker_calls if w[0] == worker_id]:
             key = self._worker_calls.pop(worker_call)
+            self._relayed.pop(key, None)
             if isinstance(key, tuple) and key[0] == "sip":
                 call = self._sip.get(str(key[1]))
                 if call is not None:

@@ -150,7 +150,9 @@ def test_a_sip_call_leaves_its_record(
     )
     if not TAPPED:
         return  # the session's events come with the session tap (module doc)
-    assert any("cost" in line for line in _lines(record, "caller")), record.events
+    print("record events:", [e.to_json() for e in record.events])
+    # Whisper tiny on espeak-ng speech: "How much does it cost?" may come out a little off.
+    assert any(re.search(r"how much|cost", x) for x in _lines(record, "caller")), record.events
     assert any(re.search(r"dollars|starter|business|plans?", x) for x in _lines(record, "agent"))
     turns = [e for e in record.events if e.type == "turn"]
     assert turns, record.events

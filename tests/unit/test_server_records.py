@@ -18,6 +18,7 @@ from sipserver.edge.calls import CallAnswered, CallEnded, CallRouted, Endpoint, 
 from sipserver.listens.monitor import CallSummary, ListensHub
 from sipserver.observability import Metrics, RefusalLog
 from sipserver.pipeline.call_record import CallRecord, MediaQuality
+from sipserver.records.store import RecordStore
 from sipserver.rtp import framelink
 from sipserver.server_records import ServerRecords, sip_ended_by
 from sipserver.sip.headers import AGENT_HEADER
@@ -229,3 +230,42 @@ async def test_records_off_is_a_quiet_no_op(tmp_path: Path) -> None:
     assert recs.open("k", agent="support", ingress="websocket") is None
     await recs.stop()
     assert not (tmp_path / "var" / "records.db").exists()
+
+
+async def test_a_relayed_call_s_record_waits_for_its_last_events(
+    records: ServerRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_records_module, "RELAYED_END_GRACE", 0.05)
+    key = ("ws", "MZ1")
+    records.relayed_call("w1", 0x8000_0001, key)
+    records.open(key, agent="support", ingress="twilio", call_sid="CA1")
+    assert records.close(key, end_reason="stop", ended_by="caller") is None  # not yet
+    last = {"type": "transcript", "offset": 2.0, "speaker": "agent", "text": "Bye now"}
+    records.record_events("w1", 0x8000_0001, {"type": "record", "events": [last]})
+    assert records.book is not None and key in records.book
+    for _ in range(100):
+        if key not in records.book:
+            break
+        await asyncio.sleep(0.02)
+    assert key not in records.book
+    assert records.store is not None
+    await asyncio.to_thread(records.store.flush)
+    (row,) = (await asyncio.to_thread(records.store.search)).records
+    full = await _stored(records, row.id)
+    assert (full.end_reason, full.ended_by) == ("stop", "caller")
+    assert [e.data["text"] for e in full.events] == ["Bye now"]
+    # A relayed call still closing at stop keeps its own end.
+    records.relayed_call("w1", 0x8000_0002, ("ws", "MZ2"))
+    records.open(("ws", "MZ2"), agent="support", ingress="websocket")
+    records.close(("ws", "MZ2"), end_reason="hangup", ended_by="agent")
+    assert records.store is not None
+    path = records.store.path
+    await records.stop()
+    reader = RecordStore(path)
+    reader.open()
+    page = reader.search(agents=["support"])
+    reader.close()
+    assert {(r.end_reason, r.ended_by) for r in page.records} == {
+        ("stop", "caller"),
+        ("hangup", "agent"),
+    }
