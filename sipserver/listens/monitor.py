@@ -211,6 +211,9 @@ class ListensHub:
         self.history_limit = history_limit
         self.max_calls = max_calls
         self.records = records
+        self._call_sids: dict[str, str] = {}
+        """Twilio CallSids of forks about to open (streamSid -> CallSid), for their records;
+        at most ``max_calls`` (the oldest go first)."""
         self._calls: dict[str, MonitoredCall] = {}
         self._list_viewers: dict[str, set[Subscription]] = {}
 
@@ -221,6 +224,7 @@ class ListensHub:
         call = MonitoredCall(summary, self, self.history_limit)
         self._calls[summary.call_id] = call
         self._list_changed(summary.agent)
+        call_sid = self._call_sids.pop(summary.call_id, None)
         if self.records is not None:
             sip = summary.transport == "sip"
             self.records.open(
@@ -230,8 +234,17 @@ class ListensHub:
                 caller=summary.caller,
                 called=summary.number,
                 sip_call_id=summary.call_id if sip else None,
+                call_sid=call_sid,
             )
         return call
+
+    def note_call_sid(self, call_id: str, call_sid: str) -> None:
+        """The Twilio CallSid of the fork ``call_id`` that opens next (its record keeps it)."""
+        if self.records is None:
+            return
+        while len(self._call_sids) >= self.max_calls:  # forks that never opened
+            del self._call_sids[next(iter(self._call_sids))]
+        self._call_sids[call_id] = call_sid
 
     def _ended(self, call: MonitoredCall, reason: str) -> None:
         if self._calls.get(call.summary.call_id) is call:

@@ -222,6 +222,7 @@ async def test_a_listens_fork_leaves_a_record_with_both_speakers(
         _wait_record, records, "copilot", lambda r: r.ended_at is not None
     )
     assert record.ingress == "listens_twilio" and record.called == LISTENS_NUMBER
+    assert record.call_sid == "CA777"  # ForkClient's start
     assert record.ended_by == "caller"
     assert any("cost" in line for line in _lines(record, "caller")), record.events
     assert any(re.search(r"plans?|dollars|month", x) for x in _lines(record, "agent"))

@@ -184,6 +184,7 @@ async def test_the_listens_hub_records_transcripts_suggestions_and_the_end(
 ) -> None:
     hub = ListensHub(records=records)
     summary = CallSummary("MZ123", "support", "+15005550102", "+1415", "both_tracks", "twilio", 0)
+    hub.note_call_sid("MZ123", "CA42")
     call = hub.open(summary)
     assert call is not None
     call.publish("transcript", {"speaker": "caller", "text": "My order is late", "offset": 1.5})
@@ -199,7 +200,7 @@ async def test_the_listens_hub_records_transcripts_suggestions_and_the_end(
     (record,) = (await asyncio.to_thread(records.store.search)).records
     full = await _stored(records, record.id)
     assert (full.ingress, full.called) == ("listens_twilio", "+15005550102")
-    assert full.ended_by == "caller"
+    assert full.ended_by == "caller" and full.call_sid == "CA42"
     assert [(e.type, e.data.get("speaker")) for e in full.events] == [
         ("transcript", "caller"),
         ("suggestion", None),
