@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "records-secret-0123456789"
 LISTENS_NUMBER = "+15005550199"
+PAUSED_NUMBER = "+15005550107"
 RATE = 8000
 
 TAPPED = importlib.util.find_spec("sipserver.pipeline.record_tap") is not None
@@ -72,6 +73,12 @@ def _config(workdir: Path) -> dict[str, Any]:
             "max_concurrent_calls": 0,
             "realtime": {"enabled": False},
             "websocket": {"enabled": True, "secret": "paused-secret-0123456789"},
+            "sip": {
+                "enabled": True,
+                "numbers": [PAUSED_NUMBER],
+                "username": "paused",
+                "password": "paused-password-1",
+            },
         },
     ]
     return config
@@ -258,3 +265,20 @@ def test_the_pjsua2_engine_s_calls_leave_records_too(
     assert record.end_reason == "worker_bye"
     # The session's `end` event (with the tap) says the hang-up was the caller's DTMF key.
     assert record.ended_by == ("dtmf" if TAPPED else "agent"), record
+
+
+def test_a_sip_call_refused_at_capacity_leaves_a_refused_record(
+    records_server: ServerProcess, records: RecordStore, tmp_path: Path
+) -> None:
+    play = tmp_path / "play.wav"
+    write_wav(play, np.zeros(RATE // 2), RATE)
+    result = place_call(
+        sip_port=records_server.sip_port, number=PAUSED_NUMBER, user="paused",
+        password="paused-password-1", play=play, record=tmp_path / "rec.wav", seconds=0.5,
+        timeout=60,
+    )  # fmt: skip
+    assert result["status"] == 503, result
+    record = _wait_record(records, "paused", lambda r: r.ingress == "sip")
+    assert (record.ended_by, record.end_reason) == ("refused", "agent_full")
+    assert record.sip_call_id and record.caller == "caller" and record.called == PAUSED_NUMBER
+    assert record.answered_at is None
