@@ -16,16 +16,19 @@ Event types (``RecordEvent.type``) and their ``data`` keys:
 ``transcript``       ``speaker`` (``caller``, ``agent``; listens: ``caller``/``agent``/``mixed``),
                      ``text``, ``end`` (offset when the line ended, s; optional), ``interrupted``
                      (agent lines: true when the caller cut in; ``text`` then keeps only what the
-                     caller heard)
+                     caller heard), ``received`` (caller lines whose offset is when the speech
+                     began: offset the transcript arrived, s; optional)
 ``turn``             ``index`` (0, 1, ...), ``text`` (what went to the LLM), ``preemptive``,
                      ``stages``: a :data:`TURN_STAGES` -> milliseconds mapping (a stage that did not
                      happen is null), ``voice_to_voice`` (ms, speech end to first reply frame; null
-                     when no reply frame left)
+                     when no reply frame left); the event's offset is the speech end (the start of
+                     its stacked bar; the commit when unknown)
 ``interruption``     ``kind`` (``paused``, ``resumed``, ``false``, ``interrupted``)
 ``dtmf``             ``digit``
 ``tool_call``        ``name``, ``arguments`` (object), ``result`` (text; optional)
 ``suggestion``       ``text``, ``title`` (optional), ``source`` (optional) (AI Listens)
-``error``            ``stage`` (``stt``, ``llm``, ``tts``, ``turn``, ``session``, ``media``...),
+``error``            ``stage`` (``stt``, ``llm``, ``tts``, ``turn``, ``session``, ``media``...;
+                     ``record``: events of this record were dropped past the per-call cap),
                      ``error``
 ``end``              ``reason``, ``ended_by`` (one of :data:`ENDED_BY`)
 ===================  ===============================================================================

@@ -132,8 +132,8 @@ class RecordedSession:
         inner: the session that handles the call.
         emit: receives the record events, one batch per tick at most (and one at the hang-up).
         recorder: records the call's audio, or None.
-        on_event: another receiver of the session's events (chained: called first, with
-            every event :meth:`on_event` gets).
+        on_event: another receiver of the session's events (chained: called with every event
+            :meth:`on_event` gets, after it was converted).
         max_events: record events kept for this call at most (see the module doc).
     """
 
@@ -334,11 +334,18 @@ class RecordedSession:
     # ------------------------------------------------------------------------ session events
 
     def on_event(self, event: SessionEvent) -> None:
-        """A session event (the voice session's ``on_event``): chained, then converted."""
+        """A session event (the voice session's ``on_event``): converted, then given to the
+        chained receiver (whose errors reach the caller as they would without this wrapper; a
+        failure to convert is logged and never reaches the call)."""
+        if not self._closed:
+            try:
+                self._convert(event)
+            except Exception:
+                log.exception("record_event_failed", session_event=type(event).__name__)
         if self._chain is not None:
             self._chain(event)
-        if self._closed:
-            return
+
+    def _convert(self, event: SessionEvent) -> None:
         now = self.offset
         if isinstance(event, StateChanged):
             self._state_changed(event, now)
@@ -390,7 +397,8 @@ class RecordedSession:
         self._add("transcript", offset, data)
 
     def _committed(self, event: TurnCommitted, now: float) -> None:
-        self._end_line(now, None)
+        if self._line_start is not None:
+            self._end_line(now, None)  # a reply still playing ends here (not expected)
         self._flush_turn()
         if not event.preemptive:
             self._pieces.clear()  # a dropped speculative reply's text was never spoken
