@@ -349,6 +349,8 @@ class RecordsConfig(_Model):
     records go first."""
     flush_interval: float = Field(0.5, gt=0, le=1.0)
     """Seconds between two batched writes: a crash loses at most this much of a call's events."""
+
+
 WEBHOOK_SECRET_MIN_LENGTH = 16
 """Shortest webhook signing secret accepted (characters)."""
 

@@ -174,6 +174,9 @@ class RefusalLog:
         self._lock = threading.Lock()
         self._state: dict[tuple[str, str], list[float]] = {}  # key -> [last line time, count]
         self._log = get_logger("sipserver.refusals")
+        self.on_refused: Callable[[str, str, dict[str, object]], None] | None = None
+        """Also told of every refusal (ingress, reason, fields): the server turns capacity
+        refusals of a known agent into call records. Must not raise or block."""
 
     def refuse(self, ingress: str, reason: str, **fields: object) -> None:
         """Count one refusal at ``ingress`` (``sip``, ``sip_tcp``, ``websocket``, ``twilio``,
@@ -181,6 +184,8 @@ class RefusalLog:
         ``server_full``, ``agent_full``, ``per_source_limit``); ``fields`` describe the newest
         one in the log line (source address, agent)."""
         self._metrics.refusal(ingress, reason)
+        if self.on_refused is not None:
+            self.on_refused(ingress, reason, fields)
         now = self._clock()
         key = (ingress, reason)
         with self._lock:

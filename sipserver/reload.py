@@ -82,9 +82,6 @@ SERVER_KEYS: dict[str, KeyClass] = {
     # Read again into a new TLS context for new connections (a renewed certificate).
     "server.sip.tls": "live",
     "server.store_commit_ms": "live",  # read by the group commit for each batch
-    # Read by the retention task on each pass.
-    "server.records.retention_days": "live",
-    "server.records.max_size_mb": "live",
     # Targets and sender settings are read by the webhook sender for each delivery attempt.
     "server.webhooks": "live",
     # Bound at start-up.
@@ -98,7 +95,12 @@ SERVER_KEYS: dict[str, KeyClass] = {
     "server.sip.ban": "restart",
     "server.store": "restart",
     "server.data_dir": "restart",
-    "server.records": "restart",  # the record store is opened at start-up
+    # Call records: the store is opened at start (and its writer's interval set then);
+    # retention is read by each pass of the retention task.
+    "server.records.store": "restart",
+    "server.records.flush_interval": "restart",
+    "server.records.retention_days": "live",
+    "server.records.max_size_mb": "live",
     # Command-line options of the media worker processes.
     "server.workers": "worker_pool",
     "server.media": "worker_pool",

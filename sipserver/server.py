@@ -63,13 +63,13 @@ from sipserver.observability import (
 )
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.model_cache import loaded_models
+from sipserver.pipeline.record_tap import RecordedSession
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
 from sipserver.records.api import CallsApi, visible_agents
 from sipserver.records.pages import RecordPages
 from sipserver.records.retention import RecordRetention
-from sipserver.records.store import RecordStore
 from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
@@ -78,6 +78,7 @@ from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
 from sipserver.rtp.worker_metrics import ForwardedPipelineMetrics
 from sipserver.rtp.worker_stats import MediaStatsMetrics
+from sipserver.server_records import ServerRecords
 from sipserver.server_workers import MediaWorkers, calls_per_worker
 from sipserver.sip.transaction import ServerTransactions
 from sipserver.tasks import cancel_and_wait
@@ -177,6 +178,11 @@ class Server:
         self._trims: set[asyncio.Task[bool]] = set()
         self.metrics.calls_capacity.set_function(lambda: float(self.ledger.max_calls))
         self.metrics.calls_admitted.set_function(lambda: float(self.ledger.total))
+        self.records = ServerRecords(
+            lambda: self.config, self.metrics, max_calls=lambda: self.ledger.max_calls
+        )
+        """Call records (docs/records.md): opened at start, fed by every ingress."""
+        self.refusals.on_refused = self.records.refused
         self.gateway = MediaStreamGateway(
             lambda: self.config,
             self._new_session,
@@ -184,8 +190,9 @@ class Server:
             on_call_ended=self._call_finished,
             ledger=self.ledger,
             refusals=self.refusals,
+            records=self.records,
         )
-        self.listens_hub = ListensHub()
+        self.listens_hub = ListensHub(records=self.records)
         self.remote_listens = RemoteListens(self.listens_hub, self.metrics)
         """Monitored calls transcribed in call workers (engine native), on the hub here."""
         self.media_workers = MediaWorkers(
@@ -201,6 +208,9 @@ class Server:
             on_worker_lost=self._worker_lost,
         )
         """The media worker pool (built once an agent takes calls the workers answer)."""
+        self.media_workers.on_record_events = self.records.record_events
+        self.media_workers.on_call_started = self.records.call_started
+        self.media_workers.on_call_ended = self.records.call_ended
         if self._sip_calls:
             self.media_workers.build(config)
         self.listens = ListensFork(
@@ -235,17 +245,18 @@ class Server:
             self.console.document.read_only_reason
         )
         """The console's model and credential pages."""
-        self.records_store: RecordStore | None = None
-        """The call record store once opened (None: ``server.records.store: none``)."""
         self.calls_api = CallsApi(
             gate=self.dashboard,
             config=lambda: self.config,
-            store=lambda: self.records_store,
+            store=lambda: self.records.store,
             wall_clock=lambda: self.listeners.wall_clock(),
+            webhook_status=self.records.webhook_status,
+            on_deleted=self.records.forget,
         )
         """``/api/calls``: the call records over HTTP (docs/records.md)."""
         self.retention = RecordRetention(
-            store=lambda: self.records_store,
+            store=lambda: self.records.store,
+            on_deleted=self.records.forget,
             config=lambda: self.config,
             registry=self.metrics.registry,
         )
@@ -439,6 +450,7 @@ class Server:
 
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
+        self.records.proxy_event(event)
         if isinstance(event, CallRouted):
             # Checked against the limits by the router in the same step (no await between).
             stale = self._sip_reservations.pop(event.call_id, None)
@@ -486,11 +498,21 @@ class Server:
         if info.transport in ("websocket", "twilio") and info.agent:
             relayed = self.media_workers.relayed_session(info.agent, on_event)
             if relayed is not None:
+                self.records.relayed_call(relayed.worker_id, relayed.call, ("ws", info.call_id))
                 return relayed
+            if self.records.book is not None:
+                # The session runs here: its record events go straight to the call's record.
+                key = ("ws", info.call_id)
+                return RecordedSession.build(
+                    lambda sink: self.call_sessions.new_session(info, sink),
+                    lambda events: self.records.add(key, events),
+                    on_event=on_event,
+                )
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:
         """A media worker went away (its bookkeeping is done): end the SIP calls routed to it."""
+        self.records.worker_lost(worker_id)
         now = self.listeners.clock()
         for item in self.router.end_calls_of_worker(worker_id, now=now):
             self.listeners.deliver(item)
@@ -659,6 +681,7 @@ class Server:
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         self.metrics.count_tasks_of(asyncio.get_running_loop())
         self._open_state()
+        await self.records.start()
         if self.committer is not None:
             self.committer.start()
         # Drop the bindings that expired while the server was down (their expiry is wall time).
@@ -692,7 +715,7 @@ class Server:
             visible=lambda role: visible_agents(self.config, role),
             agents=lambda: [a.slug for a in self.config.agents],
             top_links=admin_links,
-            store=lambda: self.records_store,
+            store=lambda: self.records.store,
         ).add_routes(app)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
@@ -774,14 +797,6 @@ class Server:
             self.router = self._build_router(self.config, transactions=self.router.transactions)
             self.listeners.router = self.router
         self.metrics.registrations_active.set(self.store.count())
-        records_path = server.records_path
-        if records_path is not None and self.records_store is None:
-            self.records_store = RecordStore(
-                records_path,
-                flush_interval=server.records.flush_interval,
-                registry=self.metrics.registry,
-            )
-            self.records_store.open()
 
     def _bindings_committed(self, seq: int) -> None:
         """The store committed its changes up to ``seq``: send the REGISTER 200s that waited."""
@@ -848,8 +863,9 @@ class Server:
             # Commit what is pending and send its 200s while the listeners are still open.
             await self.committer.stop()
         await self.listeners.stop()
+        await self.retention.stop()  # before the store closes
+        await self.records.stop()  # after every call ended: what is left is the server's
         await self.voice.close()
-        await self.retention.stop()
         if self._http is not None:
             await self._http.stop()
         if self._admin_http is not None:
@@ -859,8 +875,6 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.flush)
         self._writer.shutdown(wait=True)
         self.store.close()
-        if self.records_store is not None:
-            await asyncio.to_thread(self.records_store.close)
         log.info("stopped")
 
     async def run(self) -> None:

@@ -164,6 +164,12 @@ class MediaWorkers:
         self.relayed = RemoteSessions(on_closed=self._relayed_closed)
         """Websocket calls whose session runs in a native call worker (docs/websocket.md)."""
         self._reserved: dict[str, MediaWorker] = {}
+        self.on_call_started: Callable[[str, framelink.CallStarted], None] | None = None
+        """Told of every CALL_STARTED (``worker_id, record``): the call's record learns its
+        numbers, codec and worker call number."""
+        self.on_call_ended: Callable[[str, framelink.CallEnded], None] | None = None
+        """Told of every CALL_ENDED a worker sends (``worker_id, record``): the call's last
+        record events are in."""
         self._on_record_events: RecordEventsHook | None = None
         self._recorders: Callable[[CallInfo], Recorder | None] | None = None
 
@@ -383,6 +389,8 @@ class MediaWorkers:
         if isinstance(record, framelink.CallStarted):
             self.release(record.sip_call_id)
             worker.calls.add(record.call)
+            if self.on_call_started is not None:
+                self.on_call_started(worker.worker_id, record)
             if record.hosted:
                 # A call worker runs this call's session itself: only the bookkeeping here.
                 log.info("call_hosted", call_id=record.sip_call_id, worker=worker.worker_id)
@@ -390,6 +398,8 @@ class MediaWorkers:
         elif isinstance(record, framelink.CallEnded):
             worker.calls.discard(record.call)
             self._state_changed()
+            if self.on_call_ended is not None:
+                self.on_call_ended(worker.worker_id, record)
         elif isinstance(record, framelink.Stats):
             kind = worker.hello.kind if worker.hello is not None else "pjsua2"
             self.media_stats.update(worker.worker_id, kind, record.counters)

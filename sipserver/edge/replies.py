@@ -78,13 +78,37 @@ def unavailable(request: SipRequest, refusal: str) -> Reply:
 
 
 def count_refusal(
-    refusals: RefusalLog | None, reason: str, agent: Agent | None, source: str, method: str
+    refusals: RefusalLog | None,
+    reason: str,
+    agent: Agent | None,
+    source: str,
+    method: str,
+    request: SipRequest | None = None,
 ) -> None:
     """Count a refusal in ``sipserver_refusals_total{ingress="sip"}`` and log it once per
-    interval (capacity, readiness, ban, allow-list, failed credentials)."""
-    if refusals is not None:
-        slug = agent.slug if agent is not None else None
+    interval (capacity, readiness, ban, allow-list, failed credentials). ``request``: a refused
+    INVITE of a known agent, whose Call-ID and numbers go along (the call's record)."""
+    if refusals is None:
+        return
+    slug = agent.slug if agent is not None else None
+    if request is None:
         refusals.refuse("sip", reason, agent=slug, source=source, method=method)
+        return
+    try:
+        call_id = request.call_id
+        caller, called = request.from_().uri.user or "", request.to().uri.user or ""
+    except ValueError:  # a malformed header: the refusal still counts
+        call_id = caller = called = ""
+    refusals.refuse(
+        "sip",
+        reason,
+        agent=slug,
+        source=source,
+        method=method,
+        call_id=call_id,
+        caller=caller,
+        called=called,
+    )
 
 
 def to_tag(request: SipRequest) -> str:

@@ -466,7 +466,7 @@ class SipRouter:
             # Before the digest challenge: a caller retrying after Retry-After is challenged
             # then, and no nonce is spent on a call that cannot be taken.
             metrics.call_result(refusal)
-            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE")
+            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE", request)
             return unavailable(request, refusal)
         if agent.sip.invite_auth == "digest":
             denied = self._authorize_invite(request, peer, (agent.sip.username,), now=now)
@@ -477,7 +477,7 @@ class SipRouter:
             # The agent's own limit only after authentication: before it, an answer that
             # depends on the number would tell a scanner the number exists (see above).
             metrics.call_result(refusal)
-            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE")
+            count_refusal(self._refusals, refusal, agent, peer.host, "INVITE", request)
             return unavailable(request, refusal)
         choice = self._choose_worker(agent.slug, request.call_id) if self._choose_worker else None
         if choice is None:
@@ -487,7 +487,7 @@ class SipRouter:
             return response_to(request, 480, "No Media Worker Available")
         if choice == "full":
             metrics.call_result("overloaded")
-            count_refusal(self._refusals, "workers_full", agent, peer.host, "INVITE")
+            count_refusal(self._refusals, "workers_full", agent, peer.host, "INVITE", request)
             return response_to(request, 503, "All Media Workers Busy", headers=RETRY_AFTER_HEADER)
         worker_id, worker = choice
         request.headers.remove("Proxy-Authorization")  # consumed here, not for the worker

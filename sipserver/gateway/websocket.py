@@ -37,6 +37,7 @@ from sipserver.config import Agent, Config
 from sipserver.gateway import twilio
 from sipserver.media.jitter import JitterBuffer
 from sipserver.observability import Metrics, RefusalLog, get_logger
+from sipserver.pipeline.call_record import CallBook
 from sipserver.pipeline.events import (
     AgentText,
     Interruption,
@@ -234,6 +235,18 @@ class StreamCall:
             raise twilio.ProtocolError(WSCloseCode.INTERNAL_ERROR, "agent unavailable")
         self.info = info
         self.jitter = JitterBuffer(info.sample_rate, target_ms=self.jitter_ms)
+        records = self.gateway.records
+        if records is not None:
+            # Before on_start: the session's first events (a greeting) find the record open.
+            records.open(
+                ("ws", info.call_id),
+                agent=info.agent,
+                ingress=transport,
+                caller=info.caller,
+                called=info.called or info.agent,
+                call_sid=start.call_sid or None,
+                codec=self.format.encoding,
+            )
         session.on_start(info)
         self.session = session
         self.ticker = asyncio.get_running_loop().create_task(
@@ -380,6 +393,12 @@ class StreamCall:
                 self.session.on_hangup(self.session_reason)
             except Exception:
                 log.exception("session_hangup_failed", call_id=self._call_id)
+        records = self.gateway.records
+        if records is not None and self.info is not None:
+            # After on_hangup: the session's last events (the agent's last line) are in.
+            label = self.end_reason or "client_closed"
+            reason = self.session_reason if label == "hangup" else label
+            records.close(("ws", self.info.call_id), end_reason=reason, ended_by=_ended_by(label))
         jitter = self.jitter
         if jitter is not None:
             self.gateway.metrics.ws_jitter_counts(jitter.stats.as_dict())
@@ -403,6 +422,19 @@ def _event_label(event: twilio.StreamEvent) -> str:
     if isinstance(event, twilio.Unknown):
         return "unknown"
     return type(event).__name__.lower()
+
+
+def _ended_by(label: str) -> str:
+    """Who ended a stream call (a call record's ``ended_by``), from its end label."""
+    if label in ("client_closed", "stop"):
+        return "caller"
+    if label == "hangup":
+        return "agent"  # the record book takes the session's word for a DTMF hang-up
+    if label == "stalled":
+        return "timeout"
+    if label == "server_shutdown":
+        return "server"
+    return "error"  # worker_lost, socket_error, protocol errors, an internal error
 
 
 def _close_label(reason: str) -> str:
@@ -433,6 +465,7 @@ class MediaStreamGateway:
             ``<Reject reason="busy"/>`` at the webhook) past the server's or the agent's limit,
             and holds its place from the upgrade until its handler ends.
         refusals: where those refusals are counted and logged.
+        records: where each call's record goes (None: not recorded; assignable later).
     """
 
     def __init__(
@@ -444,9 +477,11 @@ class MediaStreamGateway:
         on_call_ended: Callable[[], None] | None = None,
         ledger: CallLedger | None = None,
         refusals: RefusalLog | None = None,
+        records: CallBook | None = None,
     ) -> None:
         self._config = config
         self.session_factory = session_factory
+        self.records = records
         self.metrics = metrics
         self._on_call_ended = on_call_ended
         self.ledger = ledger

@@ -360,6 +360,8 @@ class ListensFork:
                     call.push(event.track, decode_payload(fmt, event.payload))
                 elif isinstance(event, twilio.Start) and call is None:
                     fmt = event.media_format
+                    if event.call_sid:  # the fork's record names the Twilio call
+                        self.hub.note_call_sid(event.stream_sid, event.call_sid)
                     call = self._start(agent, parts, relays, event)
                     if call is None:
                         raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "too many calls")

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from sipserver.pipeline.call_record import CallBook, RecordEvent
+
 __all__ = [
     "DEFAULT_HISTORY",
     "CallSummary",
@@ -142,12 +144,16 @@ class MonitoredCall:
         self.history: deque[Item] = deque(maxlen=history_limit)
         self._subscribers: set[Subscription] = set()
         self.ended = False
+        self.record_offset = 0.0
+        """Offset (s) of the newest event of the call's record: a suggestion, stamped when it
+        arrives, never sorts before the line it answers."""
 
     def publish(self, kind: Kind, data: dict[str, Any]) -> Item:
         """Record an item (``suggestion_delta`` items are not kept) and send it to viewers."""
         item = Item(next(self._seq), kind, data)
         if kind != "suggestion_delta":
             self.history.append(item)
+            self._hub.record_item(self, kind, data)
         for sub in list(self._subscribers):
             if not sub.put(item):
                 self._subscribers.discard(sub)
@@ -181,7 +187,7 @@ class MonitoredCall:
         for sub in self._subscribers:
             sub.end()
         self._subscribers.clear()
-        self._hub._ended(self)
+        self._hub._ended(self, reason)
 
 
 class ListensHub:
@@ -190,11 +196,24 @@ class ListensHub:
     Args:
         history_limit: Items each call keeps (see :data:`DEFAULT_HISTORY`).
         max_calls: Calls monitored at once; :meth:`open` refuses more.
+        records: where each monitored call's record goes (transcript lines, suggestions, how
+            it ended); None: not recorded. Assignable later (the server opens its records at
+            start).
     """
 
-    def __init__(self, *, history_limit: int = DEFAULT_HISTORY, max_calls: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        history_limit: int = DEFAULT_HISTORY,
+        max_calls: int = 1000,
+        records: CallBook | None = None,
+    ) -> None:
         self.history_limit = history_limit
         self.max_calls = max_calls
+        self.records = records
+        self._call_sids: dict[str, str] = {}
+        """Twilio CallSids of forks about to open (streamSid -> CallSid), for their records;
+        at most ``max_calls`` (the oldest go first)."""
         self._calls: dict[str, MonitoredCall] = {}
         self._list_viewers: dict[str, set[Subscription]] = {}
 
@@ -205,12 +224,59 @@ class ListensHub:
         call = MonitoredCall(summary, self, self.history_limit)
         self._calls[summary.call_id] = call
         self._list_changed(summary.agent)
+        call_sid = self._call_sids.pop(summary.call_id, None)
+        if self.records is not None:
+            sip = summary.transport == "sip"
+            self.records.open(
+                _record_key(summary),
+                agent=summary.agent,
+                ingress="listens_sip" if sip else "listens_twilio",
+                caller=summary.caller,
+                called=summary.number,
+                sip_call_id=summary.call_id if sip else None,
+                call_sid=call_sid,
+            )
         return call
 
-    def _ended(self, call: MonitoredCall) -> None:
+    def note_call_sid(self, call_id: str, call_sid: str) -> None:
+        """The Twilio CallSid of the fork ``call_id`` that opens next (its record keeps it)."""
+        if self.records is None:
+            return
+        while len(self._call_sids) >= self.max_calls:  # forks that never opened
+            del self._call_sids[next(iter(self._call_sids))]
+        self._call_sids[call_id] = call_sid
+
+    def _ended(self, call: MonitoredCall, reason: str) -> None:
         if self._calls.get(call.summary.call_id) is call:
             del self._calls[call.summary.call_id]
             self._list_changed(call.summary.agent)
+        if self.records is not None and call.summary.transport != "sip":
+            # A SIP listens call's record is closed by the SIP side, which knows who hung up.
+            self.records.close(
+                _record_key(call.summary), end_reason=reason, ended_by=_ended_by(reason)
+            )
+
+    def record_item(self, call: MonitoredCall, kind: Kind, data: dict[str, Any]) -> None:
+        """A transcript line or a suggestion of a monitored call -> an event of its record."""
+        records = self.records
+        if records is None or kind not in ("transcript", "suggestion"):
+            return
+        key = _record_key(call.summary)
+        offset = data.get("offset")
+        if isinstance(offset, bool) or not isinstance(offset, int | float):
+            offset = max(records.offset(key), call.record_offset)
+        call.record_offset = max(call.record_offset, float(offset))
+        if kind == "transcript":
+            body = {"speaker": data.get("speaker", ""), "text": data.get("text", "")}
+        else:
+            sources = data.get("sources") or []
+            first = sources[0] if sources and isinstance(sources[0], dict) else {}
+            body = {"text": data.get("text", "")}
+            if first.get("title"):
+                body["title"] = first["title"]
+            if first.get("source"):
+                body["source"] = first["source"]
+        records.add(key, [RecordEvent(kind, float(offset), body)])
 
     def get(self, call_id: str) -> MonitoredCall | None:
         """The active call with this id, or None."""
@@ -265,3 +331,20 @@ class ListensHub:
                 for sub in viewers:
                     sub.end()
             self._list_viewers.clear()
+
+
+def _record_key(summary: CallSummary) -> tuple[str, str]:
+    """The call's record key (:class:`~sipserver.pipeline.call_record.CallBook`): a SIP listens
+    call shares the SIP call's."""
+    return ("sip" if summary.transport == "sip" else "listens", summary.call_id)
+
+
+def _ended_by(reason: str) -> str:
+    """Who ended a fork, from its end reason."""
+    if reason == "server_shutdown":
+        return "server"
+    if reason == "stalled":
+        return "timeout"
+    if reason in ("error", "call worker lost", "replaced"):
+        return "error"
+    return "caller"

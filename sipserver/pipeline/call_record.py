@@ -41,15 +41,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "ENDED_BY",
     "EVENT_TYPES",
     "INGRESSES",
     "TURN_STAGES",
+    "CallBook",
     "CallRecord",
     "MediaQuality",
     "RecordEvent",
@@ -309,3 +310,43 @@ class CallRecord:
 
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+class CallBook(Protocol):
+    """What an ingress tells about its calls (the main process's
+    :class:`~sipserver.records.book.CallRecordBook`; ingresses never import it, the server
+    passes it in).
+
+    Keys are the ingress's own: ``("sip", Call-ID)`` for SIP calls (the edge, the call workers
+    and AI Listens SIP calls share it), ``("ws", streamSid)`` for websocket and Twilio calls,
+    ``("listens", streamSid)`` for AI Listens Twilio forks. Opening a key that is open merges
+    the new facts into its record.
+    """
+
+    def open(
+        self,
+        key: Hashable,
+        *,
+        agent: str,
+        ingress: str,
+        caller: str = "",
+        called: str = "",
+        sip_call_id: str | None = None,
+        call_sid: str | None = None,
+        codec: str | None = None,
+        answered: bool = True,
+    ) -> CallRecord | None:
+        """Open (or complete) the record of a call; None: not recorded (too many open)."""
+        ...
+
+    def add(self, key: Hashable, events: Sequence[RecordEvent]) -> None:
+        """Append events to the call's record."""
+        ...
+
+    def offset(self, key: Hashable) -> float:
+        """Seconds since the call's record started."""
+        ...
+
+    def close(self, key: Hashable, *, end_reason: str, ended_by: str) -> CallRecord | None:
+        """The call ended (``ended_by``: one of :data:`ENDED_BY`)."""
+        ...

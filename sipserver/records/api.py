@@ -28,7 +28,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -152,6 +152,9 @@ class CallsApi:
         store: The record store, or None while there is none (``server.records.store: none``,
             or not opened yet): the API then answers 503.
         wall_clock: Epoch seconds (the agent's last 24 h).
+        webhook_status: the record's webhook delivery status per kind (the ``webhooks`` key
+            of a record; None: the record's stored one).
+        on_deleted: awaited with the id of a deleted record (its webhook deliveries go too).
     """
 
     def __init__(
@@ -161,11 +164,15 @@ class CallsApi:
         config: Callable[[], Config],
         store: Callable[[], RecordStore | None],
         wall_clock: Callable[[], float],
+        webhook_status: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+        on_deleted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.gate = gate
         self._config = config
         self._store = store
         self._wall_clock = wall_clock
+        self._webhook_status = webhook_status
+        self._on_deleted = on_deleted
 
     def add_routes(self, app: web.Application) -> None:
         """Register the API on the public site, after the console's (its
@@ -247,6 +254,8 @@ class CallsApi:
         store = self._records()
         since = self._wall_clock() - AGENT_WINDOW
         agent_turns = await asyncio.to_thread(store.turn_latencies, record.agent, since)
+        if self._webhook_status is not None:
+            record.webhook_status = await self._webhook_status(record.id)
         body = _public(record.to_json())
         body["latency"] = {
             "call": _summary(record.voice_to_voice()),
@@ -330,6 +339,8 @@ class CallsApi:
         record, file_deleted = await asyncio.to_thread(delete)
         if record is None:
             raise _error(404, "no such call")
+        if self._on_deleted is not None:
+            await self._on_deleted([record_id])
         log.info(
             "records_deleted",
             record=record_id,

@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -75,6 +75,8 @@ class RetentionPass:
     bytes_after: int
     more: bool
     """The batch limit stopped the pass: more is due."""
+    ids: tuple[str, ...] = ()
+    """The records deleted (their webhook deliveries go too: ``on_deleted``)."""
 
 
 def database_used_bytes(path: str | os.PathLike[str]) -> int:
@@ -123,6 +125,7 @@ class RecordRetention:
         interval: Seconds between two passes.
         backlog_interval: Seconds before the next pass when one hit ``batch``.
         batch: Most records one pass deletes.
+        on_deleted: awaited with the ids a pass deleted (their webhook deliveries go too).
     """
 
     def __init__(
@@ -135,8 +138,10 @@ class RecordRetention:
         interval: float = INTERVAL,
         backlog_interval: float = BACKLOG_INTERVAL,
         batch: int = BATCH,
+        on_deleted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        self._on_deleted = on_deleted
         self._config = config
         self._wall_clock = wall_clock
         self.interval = interval
@@ -191,6 +196,8 @@ class RecordRetention:
             else:
                 if result.more:
                     delay = self.backlog_interval
+                if result.ids and self._on_deleted is not None:
+                    await self._on_deleted(list(result.ids))
             await asyncio.sleep(delay)
 
     # -------------------------------------------------------------------- one pass
@@ -211,11 +218,13 @@ class RecordRetention:
         recordings_bytes = directory_bytes(recordings)
         bytes_before = database_used_bytes(store.path) + recordings_bytes
         left = self.batch
+        ids: list[str] = []
 
         def remove(record: CallRecord, reason: str) -> None:
             nonlocal files_deleted, files_missing, recordings_bytes, left
             path = recording_file(record, config.server.data_dir)
             store.delete(record.id)
+            ids.append(record.id)
             left -= 1
             self.deleted.labels(reason).inc()
             if path is None:
@@ -260,7 +269,7 @@ class RecordRetention:
             total = database_used_bytes(store.path) + recordings_bytes
         more = left <= 0 and not self._stopping.is_set()
         result = RetentionPass(
-            expired, oversize, files_deleted, files_missing, bytes_before, total, more
+            expired, oversize, files_deleted, files_missing, bytes_before, total, more, tuple(ids)
         )
         if expired or oversize:
             log.info(

@@ -1,0 +1,284 @@
+"""Call records end to end: one server (native call workers, the offline voice stack) takes a SIP
+call with speech, a Twilio-protocol call, an AI Listens fork and a call refused at capacity; each
+leaves its record in ``<data_dir>/records.db``, read here through a RecordStore of its own.
+
+What the session side adds (transcript lines, turns with their latency stages, the media
+counters: the call workers' ``record`` EVENTs) is asserted when the session tap is in the tree
+(``sipserver.pipeline.record_tap``); without it the signalling facts main knows are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from sipserver.pipeline.call_record import TURN_STAGES, CallRecord
+from sipserver.records.store import RecordStore
+from tests.integration.conftest import ServerProcess, base_config, free_port, place_call
+from tests.integration.listens_client import ForkClient
+from tests.integration.media_stream_client import MediaStreamClient
+from tests.integration.test_calls import wait_metric
+from tests.integration.test_voice_calls import GREETING, KB, NUMBER, PASSWORD, USER
+from tests.speech import espeak, write_wav
+
+pytestmark = pytest.mark.integration
+
+SECRET = "records-secret-0123456789"
+LISTENS_NUMBER = "+15005550199"
+PAUSED_NUMBER = "+15005550107"
+RATE = 8000
+
+TAPPED = importlib.util.find_spec("sipserver.pipeline.record_tap") is not None
+"""The session side of records is in the tree: the records carry the sessions' events."""
+
+
+def _config(workdir: Path) -> dict[str, Any]:
+    config = base_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
+    config["server"]["media"] = {"engine": "native"}
+    config["server"]["workers"] = 1
+    config["agents"] += [
+        {
+            "slug": "voice",
+            "greeting": GREETING,
+            "knowledge_base": [str(KB)],
+            "realtime": {"enabled": True, "model": "m"},
+            "sip": {"enabled": True, "numbers": [NUMBER], "username": USER, "password": PASSWORD},
+            "websocket": {"enabled": True, "secret": SECRET},
+        },
+        {
+            "slug": "copilot",
+            "knowledge_base": [str(KB)],
+            "realtime": {"enabled": False, "model": "m"},
+            "websocket": {"enabled": False, "secret": "copilot-secret-0123456789"},
+            "listens": {
+                "enabled": True,
+                "numbers": [LISTENS_NUMBER],
+                "channel": "both_tracks",
+                "forward_to": "+15005550123",
+            },
+        },
+        {
+            # Paused (no call taken): every call to it is refused at the door.
+            "slug": "paused",
+            "max_concurrent_calls": 0,
+            "realtime": {"enabled": False},
+            "websocket": {"enabled": True, "secret": "paused-secret-0123456789"},
+            "sip": {
+                "enabled": True,
+                "numbers": [PAUSED_NUMBER],
+                "username": "paused",
+                "password": "paused-password-1",
+            },
+        },
+    ]
+    return config
+
+
+@pytest.fixture(scope="module")
+def records_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("records")
+    server = ServerProcess(_config(workdir), workdir)
+    server.start()
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def records(records_server: ServerProcess) -> Iterator[RecordStore]:
+    """The server's records database, read by a store of the test's own."""
+    store = RecordStore(Path(records_server.config["server"]["data_dir"]) / "records.db")
+    store.open()
+    yield store
+    store.close()
+
+
+def _wait_record(
+    store: RecordStore,
+    agent: str,
+    done: Callable[[CallRecord], bool],
+    timeout: float = 20.0,
+) -> CallRecord:
+    """The newest record of ``agent`` (with its events) once ``done`` holds for it."""
+    deadline = time.monotonic() + timeout
+    last: CallRecord | None = None
+    while time.monotonic() < deadline:
+        page = store.search(agents=[agent], limit=1)
+        if page.records:
+            last = store.get(page.records[0].id)
+            if last is not None and done(last):
+                return last
+        time.sleep(0.2)
+    pytest.fail(f"no record of {agent} as expected in {timeout} s; last: {last}")
+
+
+def _lines(record: CallRecord, speaker: str) -> list[str]:
+    return [
+        str(e.data["text"]).lower()
+        for e in record.events
+        if e.type == "transcript" and e.data.get("speaker") == speaker
+    ]
+
+
+@pytest.mark.slow
+def test_a_sip_call_leaves_its_record(
+    records_server: ServerProcess, records: RecordStore, tmp_path: Path
+) -> None:
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
+    lead, tail = int(6.0 * RATE), int(8.0 * RATE)  # the greeting first, then the answer
+    play = tmp_path / "play.wav"
+    write_wav(play, np.concatenate((np.zeros(lead), question, np.zeros(tail))), RATE)
+    seconds = (lead + question.size + tail) / RATE
+    result = place_call(
+        sip_port=records_server.sip_port, number=NUMBER, user=USER, password=PASSWORD,
+        play=play, record=tmp_path / "rec.wav", seconds=seconds, timeout=90,
+    )  # fmt: skip
+    assert result["ended_by"] == "local", result  # the caller hung up
+    record = _wait_record(records, "voice", lambda r: r.ended_at is not None)
+    routed = [e for e in records_server.log_events() if e.get("event") == "call_routed"]
+    assert record.sip_call_id == routed[-1]["call_id"]
+    assert record.ingress == "sip" and record.called == NUMBER and record.caller == "caller"
+    assert record.codec in ("PCMU", "PCMA", "G722"), record.codec
+    assert record.answered_at is not None and record.duration is not None
+    assert record.duration > seconds - 3, record
+    assert (record.end_reason, record.ended_by) == ("caller_bye", "caller")
+    assert (
+        records_server.metric("sipserver_call_records_total", ingress="sip", ended_by="caller") >= 1
+    )
+    if not TAPPED:
+        return  # the session's events come with the session tap (module doc)
+    print("record events:", [e.to_json() for e in record.events])
+    # Whisper tiny on espeak-ng speech: "How much does it cost?" may come out a little off.
+    assert any(re.search(r"how much|cost", x) for x in _lines(record, "caller")), record.events
+    assert any(re.search(r"dollars|starter|business|plans?", x) for x in _lines(record, "agent"))
+    turns = [e for e in record.events if e.type == "turn"]
+    assert turns, record.events
+    stages = turns[0].data["stages"]
+    for stage in TURN_STAGES:
+        if stage == "turn_model" and stages.get(stage) is None:
+            continue  # the question rule can make the turn model needless
+        assert isinstance(stages.get(stage), int | float), (stage, stages)
+    assert isinstance(turns[0].data["voice_to_voice"], int | float)
+    offsets = [e.offset for e in record.events]
+    assert offsets == sorted(offsets)
+
+
+async def test_a_twilio_call_and_a_refused_one_leave_records(
+    records_server: ServerProcess, records: RecordStore
+) -> None:
+    base = records_server.http_url.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base}/ws/voice/{SECRET}")
+        client = MediaStreamClient(ws, sid="MZrecords000000000000000000000001")
+        await client.start({"caller": "+14155550123", "called": "+15005550100"})
+        record = await asyncio.to_thread(
+            _wait_record, records, "voice", lambda r: r.call_sid == "CA0" and r.ended_at is None
+        )
+        assert record.ingress == "twilio" and record.codec == "audio/x-mulaw"
+        assert record.caller == "+14155550123" and record.answered_at is not None
+        await asyncio.sleep(2.0)  # the greeting plays
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{base}/ws/paused/paused-secret-0123456789")
+        assert refused.value.status == 503
+        await client.stop()
+    record = await asyncio.to_thread(
+        _wait_record, records, "voice", lambda r: r.call_sid == "CA0" and r.ended_at is not None
+    )
+    assert (record.end_reason, record.ended_by) == ("stop", "caller")
+    assert record.duration is not None and record.duration >= 2.0
+    if TAPPED:
+        assert any("lakeside" in line for line in _lines(record, "agent")), record.events
+    no = await asyncio.to_thread(_wait_record, records, "paused", lambda r: True)
+    assert (no.ingress, no.ended_by, no.end_reason) == ("websocket", "refused", "agent_full")
+    assert no.answered_at is None and no.ended_at is not None
+
+
+async def test_a_listens_fork_leaves_a_record_with_both_speakers(
+    records_server: ServerProcess, records: RecordStore, tmp_path: Path
+) -> None:
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
+    reply = espeak("Our plans start at nineteen dollars a month.", tmp_path, rate=RATE)
+    base = records_server.http_url.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base}/listens/copilot/copilot-secret-0123456789/stream")
+        fork = ForkClient(ws, sid="MZrecordsfork0000000000000000001")
+        await fork.start({"caller": "+14155550123", "called": LISTENS_NUMBER})
+        await asyncio.sleep(0.5)
+        fork.say("inbound", question)
+        await fork.idle()
+        fork.say("outbound", reply)
+        await fork.idle()
+
+        def both(r: CallRecord) -> bool:
+            return bool(_lines(r, "caller")) and bool(_lines(r, "agent"))
+
+        record = await asyncio.to_thread(_wait_record, records, "copilot", both, 40.0)
+        assert record.ended_at is None  # listed while in progress
+        await fork.stop()
+    record = await asyncio.to_thread(
+        _wait_record, records, "copilot", lambda r: r.ended_at is not None
+    )
+    assert record.ingress == "listens_twilio" and record.called == LISTENS_NUMBER
+    assert record.call_sid == "CA777"  # ForkClient's start
+    assert record.ended_by == "caller"
+    assert any("cost" in line for line in _lines(record, "caller")), record.events
+    assert any(re.search(r"plans?|dollars|month", x) for x in _lines(record, "agent"))
+    assert any(e.type == "suggestion" for e in record.events), record.events
+
+
+def test_the_pjsua2_engine_s_calls_leave_records_too(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """pjsua2 media workers (the sessions run in main): the echo line hangs up on '#'."""
+    from tests.integration.conftest import DEMO_PASSWORD, DEMO_USER
+
+    def pjsua2(config: dict[str, Any]) -> None:
+        config["server"]["media"] = {"engine": "pjsua2"}
+
+    server = server_factory(pjsua2)
+    wait_metric(server, "sipserver_media_workers_up", 1)
+    play = tmp_path / "play.wav"
+    write_wav(play, np.zeros(int(1.5 * RATE)), RATE)
+    result = place_call(
+        sip_port=server.sip_port, number="+15005550101", user=DEMO_USER, password=DEMO_PASSWORD,
+        play=play, record=tmp_path / "rec.wav", seconds=1.5, dtmf="#", wait_bye=5, timeout=60,
+    )  # fmt: skip
+    assert result["ended_by"] == "remote", result  # the echo line hung up on '#'
+    store = RecordStore(Path(server.config["server"]["data_dir"]) / "records.db")
+    store.open()
+    try:
+        record = _wait_record(store, "alice", lambda r: r.ended_at is not None)
+    finally:
+        store.close()
+    assert record.ingress == "sip" and record.called == "+15005550101"
+    assert record.caller == "caller" and record.codec in ("PCMU", "PCMA", "G722")  # its From
+    assert record.end_reason == "worker_bye"
+    # The session's `end` event (with the tap) says the hang-up was the caller's DTMF key.
+    assert record.ended_by == ("dtmf" if TAPPED else "agent"), record
+
+
+def test_a_sip_call_refused_at_capacity_leaves_a_refused_record(
+    records_server: ServerProcess, records: RecordStore, tmp_path: Path
+) -> None:
+    play = tmp_path / "play.wav"
+    write_wav(play, np.zeros(RATE // 2), RATE)
+    result = place_call(
+        sip_port=records_server.sip_port, number=PAUSED_NUMBER, user="paused",
+        password="paused-password-1", play=play, record=tmp_path / "rec.wav", seconds=0.5,
+        timeout=60,
+    )  # fmt: skip
+    assert result["status"] == 503, result
+    record = _wait_record(records, "paused", lambda r: r.ingress == "sip")
+    assert (record.ended_by, record.end_reason) == ("refused", "agent_full")
+    assert record.sip_call_id and record.caller == "caller" and record.called == PAUSED_NUMBER
+    assert record.answered_at is None
