@@ -448,8 +448,8 @@ class RecordingSettings(_Model):
     """``stereo``: the caller on the left channel, the agent on the right; ``mixed``: one channel
     with both."""
     format: Literal["opus", "wav"] = "opus"
-    """``opus``: Ogg/Opus (about 4 KB per second of stereo call at 16 kHz); ``wav``: 16-bit PCM
-    (64 KB per second at 16 kHz stereo)."""
+    """``opus``: Ogg/Opus (about 6 KB per second of a stereo call); ``wav``: 16-bit PCM (64 KB per
+    second of a 16 kHz stereo call)."""
 
 
 class Agent(_Model):

@@ -93,16 +93,19 @@ MAX_CALLER_LEAD: Final = 5
 """Default of ``max_caller_lead``: frames (100 ms) the caller track may run ahead of the ticks,
 enough for clients that send up to 120 ms at once."""
 
-OPUS_BITRATE_PER_CHANNEL: Final = {8000: 16_000, 16000: 24_000}
-"""Opus bit rate per channel, bit/s, by the call's sample rate (a stereo file has twice this):
-telephone speech is transparent well below it, and one hour of an 8 kHz stereo call is ~14 MB."""
-OPUS_OPTIONS: Final = {"application": "audio", "compression_level": "5", "frame_duration": "60"}
-"""libopus settings. ``audio`` codes 8/16 kHz speech at these rates in CELT mode, 2-3x cheaper
-than ``voip`` (SILK) on this machine for the same bit rate (bench/README.md, "Call records");
-complexity 5 of 10 and 60 ms packets halve the cost again against the defaults (10, 20 ms)
-with no audible difference on telephone audio. The encoder's rate is the call's (libopus takes
-8/12/16/24/48 kHz); players decode Ogg/Opus at 48 kHz, and the Ogg pre-skip removes the
-encoder's look-ahead, so sample 0 of the file is tick 0."""
+OPUS_BITRATE_PER_CHANNEL: Final = {8000: 24_000, 16000: 24_000}
+"""Opus bit rate per channel, bit/s, by the call's sample rate (a stereo file has twice this).
+Not lower: at 16 kbit/s per channel CELT codes the two channels jointly (intensity stereo) and
+each party leaks into the other's channel at about -30 dB (measured); at 24 kbit/s they stay
+apart. One hour of a stereo call is about 22 MB (Ogg pages included)."""
+OPUS_OPTIONS: Final = {"application": "audio", "compression_level": "0", "frame_duration": "20"}
+"""libopus settings, chosen by measurement on espeak-ng conversations (bench/README.md, "Call
+records"): ``audio`` codes 8/16 kHz speech at these rates in CELT mode, cheaper than ``voip``
+(SILK) and as close to the input (log-spectral distance) as ``voip`` at complexity 10;
+complexity 0 costs about half of complexity 5 for a small loss; 20 ms packets keep CELT's time
+resolution (60 ms ones cost 15-20% less but smear speech). The encoder's rate is the call's
+(libopus takes 8/12/16/24/48 kHz); players decode Ogg/Opus at 48 kHz, and the Ogg pre-skip
+removes the encoder's look-ahead, so sample 0 of the file is tick 0."""
 
 _LIMIT_KNEE: Final = 16384.0
 """Mixed recordings: sums above this magnitude are compressed smoothly (no hard clipping)."""
