@@ -16,9 +16,9 @@ Alignment (the rule): the agent track has exactly one frame per tick, so tick ``
 - a burst (n frames in one tick) is laid out consecutively. Its last frame is taken as this
   tick's and the others as late ones: they first take the places of the silence frames inserted
   for the ticks just before (at most n - 1 of them, at most ``max_caller_lead``), so a packet
-  that came one tick late with the next one lands on its own tick; what is left runs ahead of
-  the tick count (a client that sends 40-100 ms at once) and catches up at the next ticks
-  without a frame;
+  that came one tick late with the next one, or a client that sends 100 ms at a time, lands on
+  its own ticks; what is left (a burst after ticks that had their frames) runs ahead of the tick
+  count and catches up at the next ticks without a frame;
 - a frame that would put the caller track more than ``max_caller_lead`` frames ahead of the
   ticks is dropped (counted in ``sipserver_recording_dropped_frames_total``). So a caller frame
   is never placed more than ``max_caller_lead`` x 20 ms from the tick it arrived in.
@@ -194,6 +194,7 @@ class _Writer:
     __slots__ = (
         "channels",
         "container",
+        "created",
         "failed",
         "file",
         "format",
@@ -215,6 +216,7 @@ class _Writer:
         self.file: Any = None
         self.container: Any = None
         self.stream: Any = None
+        self.created = False  # the file is ours to remove (never a path we could not open)
 
     @property
     def layout(self) -> str:
@@ -225,6 +227,7 @@ class _Writer:
         make_private_dir(self.path.parent, key="server.data_dir")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, FILE_MODE)
+        self.created = True
         try:
             os.fchmod(fd, FILE_MODE)  # the umask may have taken bits; an old file kept its own
             self.file = os.fdopen(fd, "wb")
@@ -272,7 +275,8 @@ class _Writer:
             self.container.mux(packet)
 
     def finish(self) -> RecordingFile:
-        """Flush the encoder, close the container and the file; the facts of the file."""
+        """Flush the encoder, close the container and the file (synced to disk, so the file a
+        stored record points at survives a crash); the facts of the file."""
         for packet in self.stream.encode(None):
             self.container.mux(packet)
         self.container.close()
@@ -282,8 +286,6 @@ class _Writer:
         size = os.fstat(self.file.fileno()).st_size
         self.file.close()
         self.file = None
-        if self.samples == 0:
-            raise RecordingError(f"{self.path}: nothing was recorded (the call had no audio)")
         return RecordingFile(
             path=str(self.path),
             format=self.format,
@@ -304,8 +306,9 @@ class _Writer:
             with contextlib.suppress(Exception):
                 self.file.close()
             self.file = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 _OPEN, _CHUNK, _CLOSE = 0, 1, 2
@@ -488,6 +491,11 @@ class RecordingEncoder:
 
     def _finish(self, writer: _Writer) -> None:
         self._writers.discard(writer)
+        if writer.samples == 0:  # the call ended before its first tick: no file, no error
+            writer.discard()
+            _log.info("recording_empty", path=str(writer.path))
+            _resolve(writer.future, RecordingError(f"{writer.path}: nothing was recorded"))
+            return
         try:
             result = writer.finish()
         except Exception as exc:

@@ -185,17 +185,33 @@ def test_mixed_never_clips_when_both_talk_loudly(tmp_path: Path, encoder: Record
 # --- alignment -------------------------------------------------------------------------------
 
 
+def arrivals(frames: Sequence[bytes], pattern: str) -> list[list[bytes]]:
+    """The caller frames each tick receives: ``steady`` (one per tick), ``late`` (every 7th
+    frame comes one tick late, with the next one), ``chunked`` (a client sending 100 ms at a
+    time: five frames every fifth tick, when the last of them is due)."""
+    ticks: list[list[bytes]] = [[] for _ in frames]
+    for k, frame in enumerate(frames):
+        if pattern == "steady":
+            due = k
+        elif pattern == "late":
+            due = k + 1 if k % 7 == 3 else k
+        else:
+            due = k - k % 5 + 4
+        ticks[min(due, len(frames) - 1)].append(frame)
+    return ticks
+
+
+@pytest.mark.parametrize("pattern", ["steady", "late", "chunked"])
 @pytest.mark.parametrize("fmt", ["opus", "wav"])
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_a_click_at_tick_k_is_at_k_times_20_ms(
-    tmp_path: Path, encoder: RecordingEncoder, fmt: str, rate: int
+    tmp_path: Path, encoder: RecordingEncoder, fmt: str, rate: int, pattern: str
 ) -> None:
     silence = bytes(rate // 50 * 2)
     caller_tick, agent_tick = 123, 201
-    ticks: list[tuple[Sequence[bytes], bytes]] = []
-    for k in range(300):
-        caller = [click(rate)] if k == caller_tick else [silence]
-        ticks.append((caller, click(rate) if k == agent_tick else silence))
+    caller = [click(rate) if k == caller_tick else silence for k in range(300)]
+    agent = [click(rate) if k == agent_tick else silence for k in range(300)]
+    ticks = list(zip(arrivals(caller, pattern), agent, strict=True))
     _, info = record(tmp_path / "click", encoder, ticks, rate=rate, format=fmt)
     out_rate, (left, right) = decode(info.path)
     frame = 0.020
@@ -403,6 +419,20 @@ def test_a_call_without_audio_leaves_no_file(tmp_path: Path, encoder: RecordingE
     with pytest.raises(RecordingError, match="nothing was recorded"):
         rec.future.result(timeout=WAIT)
     assert not path.exists()
+    assert encoder.stats()["errors"] == 0  # not a failure: the call had no media
+
+
+def test_a_path_that_cannot_be_opened_is_left_alone(
+    tmp_path: Path, encoder: RecordingEncoder
+) -> None:
+    target = tmp_path / "someone-elses.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.ogg"
+    link.symlink_to(target)
+    rec = CallRecording(link, sample_rate=8000, encoder=encoder)
+    with pytest.raises(RecordingError):
+        rec.future.result(timeout=WAIT)
+    assert link.is_symlink() and target.read_text() == "keep me"
 
 
 def test_stop_finishes_open_recordings_and_refuses_new_ones(tmp_path: Path) -> None:
