@@ -38,6 +38,18 @@ Files are created 0600 in directories created 0700 (:mod:`sipserver.data_dir`), 
 :func:`recording_path`: ``<data_dir>/recordings/YYYY-MM-DD/<record_id>.ogg|.wav`` (UTC date of
 the call's start).
 
+Use (the process hosting the sessions; ``settings`` is the agent's ``recording`` block)::
+
+    encoder = RecordingEncoder(registry=metrics.registry)    # once per process (and registry)
+    path = recording_path(data_dir, record.id, settings.format, record.started_at)
+    rec = CallRecording(path, sample_rate=16000, channels=settings.channels,
+                        format=settings.format, encoder=encoder)
+    rec.add(frames_received_this_tick, frame_sent_this_tick)  # every 20 ms tick
+    rec.close()                                                # at the end of the call
+    file = await asyncio.wrap_future(rec.future)               # RecordingFile, or RecordingError
+    record.recording = RecordingInfo(**dataclasses.asdict(file))
+    encoder.stop()                                             # at shutdown: files finished
+
 This module is the media layer's one piece of I/O (a thread, files); it imports no clock.
 """
 
@@ -377,7 +389,7 @@ class RecordingEncoder:
             worker process ships them to the main process).
     """
 
-    def __init__(self, *, max_chunks: int = 256, registry: CollectorRegistry | None = None):
+    def __init__(self, *, max_chunks: int = 256, registry: CollectorRegistry | None = None) -> None:
         if max_chunks < 1:
             raise ValueError("max_chunks must be at least 1")
         self._queue = _ChunkQueue(max_chunks)
