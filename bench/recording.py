@@ -15,6 +15,11 @@ Usage::
     python bench/recording.py                          # 50 calls x 30 s, every configuration
     python bench/recording.py --calls 10 --seconds 10 --formats opus --rates 8000
     python bench/recording.py --formats opus --opus application=voip,compression_level=10
+    python bench/recording.py --formats opus --channels stereo --rates 16000 --clock 20
+
+``--clock S`` also runs a realtime 20 ms clock on the main thread feeding the calls for S
+seconds, without and with recording, and prints how late its ticks ran: the encoder thread
+shares the process (and the GIL) with the media clock, this is what that costs the clock.
 """
 
 from __future__ import annotations
@@ -124,6 +129,55 @@ def run(
     }
 
 
+def clock(
+    calls: int, seconds: float, rate: int, caller: np.ndarray, agent: np.ndarray, record: bool
+) -> dict[str, float]:
+    """A realtime 20 ms media clock on this thread feeding ``calls`` calls for ``seconds``
+    (``record``: each tick also goes to the calls' recordings, encoded on the encoder thread);
+    how late its ticks ran, ms."""
+    size = rate // 50
+    ticks = caller.size // size
+    caller_frames = [caller[i * size : (i + 1) * size].tobytes() for i in range(ticks)]
+    agent_frames = [agent[i * size : (i + 1) * size].tobytes() for i in range(ticks)]
+    late: list[float] = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        encoder = RecordingEncoder()
+        recs = [
+            CallRecording(Path(tmp) / f"{i}", sample_rate=rate, encoder=encoder)
+            for i in range(calls if record else 0)
+        ]
+        sink: list[bytes] = []
+        start = time.perf_counter()
+        for t in range(int(seconds * 50)):
+            due = start + t * 0.020
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            late.append((time.perf_counter() - due) * 1000)
+            k = t % ticks
+            frames = [caller_frames[k]]
+            if record:
+                for rec in recs:
+                    rec.add(frames, agent_frames[k])
+            else:  # the same loop, the frames going nowhere
+                for _ in range(calls):
+                    sink.append(agent_frames[k])
+                sink.clear()
+        for rec in recs:
+            rec.close()
+        for rec in recs:
+            rec.future.result(timeout=600)
+        encoder.stop()
+        dropped = encoder.stats()["dropped_chunks"]
+    values = np.array(late)
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p99": float(np.percentile(values, 99)),
+        "max": float(values.max()),
+        "dropped": dropped,
+    }
+
+
 def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -147,6 +201,13 @@ def main() -> None:
         "--opus",
         default="",
         help="libopus options replacing the module's, e.g. application=voip,compression_level=10",
+    )
+    parser.add_argument(
+        "--clock",
+        type=float,
+        default=0.0,
+        help="also run a realtime 20 ms clock for this many seconds, without and with recording "
+        "(stereo opus, the first rate), and print how late its ticks ran",
     )
     args = parser.parse_args()
     if args.opus:
@@ -175,6 +236,17 @@ def main() -> None:
                     f"{r['encode_ms_per_s']:>7.3f} | {r['kb_per_s']:>5.1f} {r['wall_s']:>6.1f} "
                     f"{r['audio_s'] / r['wall_s']:>10.0f} {r['dropped'] + r['errors']:>7.0f}"
                 )
+    if args.clock:
+        rate = next(iter(tracks))
+        print()
+        print(f"realtime clock, {args.calls} calls, {args.clock:g} s, {rate} Hz stereo opus:")
+        for record in (False, True):
+            r = clock(args.calls, args.clock, rate, *tracks[rate], record)
+            print(
+                f"  {'recording' if record else 'no recording':12} tick lateness ms: "
+                f"p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  max {r['max']:.2f}  "
+                f"dropped chunks {r['dropped']:.0f}"
+            )
     print()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average after: {load}; threads left: {threading.active_count()}")
