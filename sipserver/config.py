@@ -98,6 +98,7 @@ __all__ = [
     "NumberingPlan",
     "ProviderSpec",
     "RealtimeSettings",
+    "RecordingSettings",
     "RecordsConfig",
     "Role",
     "ServerConfig",
@@ -445,6 +446,20 @@ class ListensSettings(_Model):
     """Dashboard roles that see the live transcripts and suggestions."""
 
 
+class RecordingSettings(_Model):
+    """Recording of the agent's calls (docs/records.md, "Recording"): the operator's legal
+    responsibility; off by default."""
+
+    enabled: bool = False
+    """Record every call the agent answers."""
+    channels: Literal["stereo", "mixed"] = "stereo"
+    """``stereo``: the caller on the left channel, the agent on the right; ``mixed``: one channel
+    with both."""
+    format: Literal["opus", "wav"] = "opus"
+    """``opus``: Ogg/Opus (about 6 KB per second of a stereo call); ``wav``: 16-bit PCM (64 KB per
+    second of a 16 kHz stereo call)."""
+
+
 class Agent(_Model):
     """One AI voice agent and the ways calls reach it."""
 
@@ -463,6 +478,7 @@ class Agent(_Model):
     sip: SipSettings = Field(default_factory=SipSettings)
     websocket: WebsocketSettings = Field(default_factory=WebsocketSettings)
     listens: ListensSettings = Field(default_factory=ListensSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     max_concurrent_calls: int | None = Field(None, ge=0)
     """Calls in progress this agent takes, over every door (SIP, websocket, Twilio, AI Listens
     forks); past it new calls are refused as at ``server.max_calls``. ``null``: only the
