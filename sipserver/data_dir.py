@@ -69,8 +69,15 @@ def make_private_file(path: str | os.PathLike[str]) -> None:
     Raises:
         OSError: The file cannot be created.
     """
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE)
-    os.close(fd)
+    # An existing file is never opened here: it may be an SQLite database this process already
+    # has a connection to, and closing any descriptor of a file drops every POSIX lock the
+    # process holds on it (SQLite's locks included: "How To Corrupt An SQLite Database File",
+    # 2.2). A reader in another process then thinks nobody uses the WAL and resets it, and the
+    # writes that follow land in an unlinked file until the writer closes (seen with the
+    # webhook queue opening records.db beside the record store).
+    if not os.path.exists(path):
+        with contextlib.suppress(FileExistsError):  # created meanwhile: only chmod below
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
     make_private_if_present(path)
 
 

@@ -73,6 +73,7 @@ from sipserver.records.retention import RecordRetention
 from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
+from sipserver.rtp.recordings import CallRecorders
 from sipserver.rtp.relay import RemoteSessions
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
@@ -211,6 +212,9 @@ class Server:
         self.media_workers.on_record_events = self.records.record_events
         self.media_workers.on_call_started = self.records.call_started
         self.media_workers.on_call_ended = self.records.call_ended
+        self.call_recorders = CallRecorders(lambda: self.config)
+        """Records the calls whose sessions run here (pjsua2 workers' calls)."""
+        self.media_workers.recorders = self.call_recorders
         if self._sip_calls:
             self.media_workers.build(config)
         self.listens = ListensFork(
@@ -503,11 +507,16 @@ class Server:
             if self.records.book is not None:
                 # The session runs here: its record events go straight to the call's record.
                 key = ("ws", info.call_id)
-                return RecordedSession.build(
+                session = RecordedSession.build(
                     lambda sink: self.call_sessions.new_session(info, sink),
                     lambda events: self.records.add(key, events),
                     on_event=on_event,
                 )
+                if session is not None:
+                    session.recorder = self.call_recorders(
+                        info, lambda payload: self.records.payload(key, payload)
+                    )
+                return session
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:
@@ -864,6 +873,7 @@ class Server:
             await self.committer.stop()
         await self.listeners.stop()
         await self.retention.stop()  # before the store closes
+        await asyncio.to_thread(self.call_recorders.stop)  # their files finished
         await self.records.stop()  # after every call ended: what is left is the server's
         await self.voice.close()
         if self._http is not None:

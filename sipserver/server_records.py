@@ -30,7 +30,8 @@ from typing import Any
 from sipserver.config import Config, called_number, is_listens_number
 from sipserver.edge.calls import CallAnswered, CallEnded, CallRouted, EndReason, ProxyEvent
 from sipserver.observability import Metrics, get_logger
-from sipserver.pipeline.call_record import CallRecord, MediaQuality, RecordEvent
+from sipserver.pipeline.call_record import CallRecord, MediaQuality, RecordEvent, RecordingInfo
+from sipserver.pipeline.record_tap import RECORDING_EVENT
 from sipserver.records.book import CallRecordBook, max_open_records
 from sipserver.records.store import RecordStore
 from sipserver.records.webhooks import WebhookSender, delivery_status
@@ -394,6 +395,8 @@ class ServerRecords:
             events = event.get("events")
             if isinstance(events, list):
                 book.add_json(key, [e for e in events if isinstance(e, Mapping)])
+        elif event.get("type") == RECORDING_EVENT:
+            self.payload(key, event)
         else:  # record_media
             try:
                 quality = MediaQuality.from_json(event)
@@ -402,6 +405,15 @@ class ServerRecords:
                 return
             codec = event.get("codec")  # an SDP rtpmap name, "PCMU/8000": the record keeps "PCMU"
             book.media(key, quality, codec.partition("/")[0] if isinstance(codec, str) else None)
+
+    def payload(self, key: Hashable, event: Mapping[str, Any]) -> None:
+        """A ``record_recording`` payload of a call whose session runs in this process."""
+        if self.book is None or event.get("type") != RECORDING_EVENT:
+            return
+        try:
+            self.book.recording(key, RecordingInfo.from_json(event))
+        except (KeyError, TypeError, ValueError):
+            self.book.bad_events.inc()
 
     def relayed_call(self, worker_id: str, call: int, key: Hashable) -> None:
         """A websocket call whose session runs in a call worker: its record events arrive with

@@ -29,9 +29,10 @@ from sipserver.gateway.websocket import CallRefused, MediaStreamGateway
 from sipserver.listens.remote import RemoteListens
 from sipserver.observability import RefusalLog, get_logger, log_settings
 from sipserver.pipeline.events import SessionEvent
-from sipserver.pipeline.record_tap import RECORD_EVENT_TYPES, Recorder, RecordEventsHook
+from sipserver.pipeline.record_tap import RECORD_EVENT_TYPES, RecordEventsHook
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.rtp import framelink
+from sipserver.rtp.recordings import RecorderFactory
 from sipserver.rtp.relay import RemoteFork, RemoteSession, RemoteSessions, is_relayed
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import configuration_record
@@ -171,7 +172,7 @@ class MediaWorkers:
         """Told of every CALL_ENDED a worker sends (``worker_id, record``): the call's last
         record events are in."""
         self._on_record_events: RecordEventsHook | None = None
-        self._recorders: Callable[[CallInfo], Recorder | None] | None = None
+        self._recorders: RecorderFactory | None = None
 
     @property
     def on_record_events(self) -> RecordEventsHook | None:
@@ -192,13 +193,13 @@ class MediaWorkers:
             self.sessions.on_record_events = hook
 
     @property
-    def recorders(self) -> Callable[[CallInfo], Recorder | None] | None:
+    def recorders(self) -> RecorderFactory | None:
         """Builds the recorder of a recorded call whose session runs here (pjsua2 workers'
         calls; a call worker builds its own). None: no recordings."""
         return self._recorders
 
     @recorders.setter
-    def recorders(self, factory: Callable[[CallInfo], Recorder | None] | None) -> None:
+    def recorders(self, factory: RecorderFactory | None) -> None:
         self._recorders = factory
         if self.sessions is not None:
             self.sessions.recorders = factory

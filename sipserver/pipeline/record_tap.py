@@ -94,10 +94,16 @@ RecordEmitter = Callable[[list[RecordEvent]], None]
 EventSink = Callable[[SessionEvent], None]
 """Receives a session's events."""
 
-RECORD_EVENT_TYPES = frozenset({"record", "record_media"})
+RECORDING_EVENT = "record_recording"
+"""The ``type`` of the EVENT payload that tells main about a call's recording file (the
+:class:`~sipserver.pipeline.call_record.RecordingInfo` JSON with this ``type``), sent when the
+call ends, before its CALL_ENDED (sipserver/rtp/recordings.py)."""
+
+RECORD_EVENT_TYPES = frozenset({"record", "record_media", RECORDING_EVENT})
 """The ``type`` of the frame link EVENT payloads that carry record data to the main process
-(docs/framelink.md, "Call records"): ``record`` (:func:`record_batch`) and ``record_media``
-(a SIP call's media counters and codec, sent by the call worker before its CALL_ENDED)."""
+(docs/framelink.md, "Call records"): ``record`` (:func:`record_batch`), ``record_media``
+(a SIP call's media counters and codec, sent by the call worker before its CALL_ENDED) and
+``record_recording`` (:data:`RECORDING_EVENT`)."""
 
 RecordEventsHook = Callable[[str, int, Mapping[str, Any]], None]
 """Where the main process takes record payloads: ``(worker_id, call, payload)`` with the

@@ -34,6 +34,7 @@ from sipserver.pipeline.call_record import (
     CallRecord,
     MediaQuality,
     RecordEvent,
+    RecordingInfo,
     new_record_id,
 )
 from sipserver.records.store import MAX_EVENTS_PER_CALL, RecordStore
@@ -283,6 +284,14 @@ class CallRecordBook:
                 ended_by = event.data.get("ended_by")
                 if isinstance(ended_by, str) and ended_by in ENDED_BY:
                     entry.end_hint = (str(event.data.get("reason") or ""), ended_by)
+
+    def recording(self, key: Hashable, info: RecordingInfo) -> None:
+        """The open record of ``key`` has this recording file."""
+        entry = self._open.get(key)
+        if entry is None:
+            return
+        entry.record.recording = info
+        self.store.save(entry.record)
 
     def add_json(self, key: Hashable, events: Sequence[Mapping[str, Any]]) -> None:
         """:meth:`add` of events in their JSON form (a call worker's EVENT record); malformed

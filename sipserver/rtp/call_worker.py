@@ -76,6 +76,7 @@ from sipserver.rtp.framelink import (
 )
 from sipserver.rtp.listens_host import ListenSession, ListensForks, ListensHost
 from sipserver.rtp.native_engine import EngineSettings, NativeEngine
+from sipserver.rtp.recordings import CallRecorders, RecorderFactory, SendPayload
 from sipserver.rtp.relay import RelayedCalls
 from sipserver.rtp.rtp_stream import MediaClock
 from sipserver.rtp.sessions import CallSessions, config_from_record
@@ -287,7 +288,9 @@ class CallWorker:
         self.sessions: CallSessions | None = None
         """Builds each call's session (None until the first CONFIG is applied)."""
         self.config_sequence = 0
-        self.recorders: Callable[[CallInfo], Recorder | None] | None = None
+        self.call_recorders = CallRecorders(lambda: self.config)
+        """Records the calls of agents with ``recording.enabled`` (one encoder thread)."""
+        self.recorders: RecorderFactory | None = self.call_recorders
         """Builds the recorder of a call whose session is recorded (None: no recordings);
         called only when call records are on."""
         self._hosted: dict[int, _Hosted] = {}
@@ -383,7 +386,7 @@ class CallWorker:
         session = RecordedSession.build(lambda on_event: sessions.new_session(info, on_event), emit)
         if session is not None and self.recorders is not None:
             try:
-                session.recorder = self.recorders(info)
+                session.recorder = self.recorders(info, lambda p: self._send(Event(number, p)))
             except Exception:  # the call goes on unrecorded
                 log.exception("call_recording_failed_to_start", call_id=info.call_id)
         return session
@@ -686,6 +689,7 @@ class CallWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.voice is not None:
                 await self.voice.close()
+            await asyncio.to_thread(self.call_recorders.stop)  # the files are finished
             await link.close(flush_timeout=1.0)
         return status
 
@@ -724,8 +728,8 @@ def relayed_calls(worker: CallWorker) -> MainRecordHandler:
     def records(info: CallInfo) -> bool:
         return worker.records_on
 
-    def recorders(info: CallInfo) -> Recorder | None:
-        return worker.recorders(info) if worker.recorders is not None else None
+    def recorders(info: CallInfo, send: SendPayload) -> Recorder | None:
+        return worker.recorders(info, send) if worker.recorders is not None else None
 
     return RelayedCalls(factory, records=records, recorders=recorders)
 

@@ -34,7 +34,7 @@ from typing import Any
 from sipserver.observability import get_logger
 from sipserver.pipeline.call_record import RecordEvent
 from sipserver.pipeline.events import SessionEvent, event_from_json, event_to_json
-from sipserver.pipeline.record_tap import RecordedSession, Recorder, record_batch
+from sipserver.pipeline.record_tap import RecordedSession, record_batch
 from sipserver.pipeline.session import CallInfo, CallSession, frame_bytes
 from sipserver.rtp.framelink import (
     RELAY_CALL_BASE,
@@ -46,6 +46,7 @@ from sipserver.rtp.framelink import (
     LinkRecord,
     RelayedCallStarted,
 )
+from sipserver.rtp.recordings import RecorderFactory, SendPayload
 
 __all__ = [
     "RelayedCalls",
@@ -145,7 +146,7 @@ class RelayedCalls:
         *,
         max_events: int = 64,
         records: Callable[[CallInfo], bool] | None = None,
-        recorders: Callable[[CallInfo], Recorder | None] | None = None,
+        recorders: RecorderFactory | None = None,
     ) -> None:
         self._factory = factory
         self._max_events = max_events
@@ -257,8 +258,11 @@ class RelayedCalls:
         def on_records(batch: list[RecordEvent]) -> None:
             push(Event(call, record_batch(batch)))
 
+        def on_payload(payload: Mapping[str, Any]) -> None:
+            push(Event(call, dict(payload)))
+
         try:
-            session = self._new_session(info, on_event, on_records)
+            session = self._new_session(info, on_event, on_records, on_payload)
             if session is not None:
                 session.on_start(info)
         except Exception:
@@ -279,6 +283,7 @@ class RelayedCalls:
         info: CallInfo,
         on_event: Callable[[SessionEvent], None],
         on_records: Callable[[list[RecordEvent]], None],
+        on_payload: SendPayload,
     ) -> CallSession | None:
         """The call's session; with call records on, wrapped (its events go to both)."""
         if self._records is None or not self._records(info):
@@ -289,7 +294,7 @@ class RelayedCalls:
         )
         if session is not None and self._recorders is not None:
             try:
-                session.recorder = self._recorders(info)
+                session.recorder = self._recorders(info, on_payload)
             except Exception:  # the call goes on unrecorded
                 log.exception("call_recording_failed_to_start", call_id=info.call_id)
         return session

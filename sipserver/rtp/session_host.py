@@ -23,7 +23,6 @@ from sipserver.pipeline.call_record import RecordEvent
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.record_tap import (
     RecordedSession,
-    Recorder,
     RecordEventsHook,
     record_batch,
 )
@@ -39,6 +38,7 @@ from sipserver.rtp.framelink import (
     Pong,
     Stats,
 )
+from sipserver.rtp.recordings import RecorderFactory
 from sipserver.sip.headers import AGENT_HEADER
 
 __all__ = ["EventSessionFactory", "SessionFactory", "SessionHost"]
@@ -86,7 +86,7 @@ class SessionHost:
         self.on_record_events: RecordEventsHook | None = None
         """Main's record seam: when set, sessions are recorded and their record payloads go
         here (see the module doc)."""
-        self.recorders: Callable[[CallInfo], Recorder | None] | None = None
+        self.recorders: RecorderFactory | None = None
         """Builds the recorder of a recorded call (None: no recordings)."""
         self._rate = sample_rate
         self._samples = sample_rate // 50
@@ -163,7 +163,7 @@ class SessionHost:
             session = RecordedSession.build(lambda sink: self._factory(info), emit)
         if session is not None and self.recorders is not None:
             try:
-                session.recorder = self.recorders(info)
+                session.recorder = self.recorders(info, lambda p: hook(worker_id, call, p))
             except Exception:  # the call goes on unrecorded
                 log.exception("call_recording_failed_to_start", call_id=info.call_id)
         return session

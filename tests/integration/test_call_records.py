@@ -2,15 +2,14 @@
 call with speech, a Twilio-protocol call, an AI Listens fork and a call refused at capacity; each
 leaves its record in ``<data_dir>/records.db``, read here through a RecordStore of its own.
 
-What the session side adds (transcript lines, turns with their latency stages, the media
-counters: the call workers' ``record`` EVENTs) is asserted when the session tap is in the tree
-(``sipserver.pipeline.record_tap``); without it the signalling facts main knows are.
+Both sides are asserted: what main knows from signalling (numbers, Call-ID or CallSid, codec,
+how the call ended) and what the call's session adds through its worker (transcript lines,
+turns with their latency stages, the recording: the caller's speech on the left channel only).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
 import socket
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 
@@ -38,9 +38,6 @@ LISTENS_NUMBER = "+15005550199"
 PAUSED_NUMBER = "+15005550107"
 RATE = 8000
 
-TAPPED = importlib.util.find_spec("sipserver.pipeline.record_tap") is not None
-"""The session side of records is in the tree: the records carry the sessions' events."""
-
 
 def _config(workdir: Path) -> dict[str, Any]:
     config = base_config(free_port(), free_port(socket.SOCK_STREAM), workdir / "data")
@@ -54,6 +51,7 @@ def _config(workdir: Path) -> dict[str, Any]:
             "realtime": {"enabled": True, "model": "m"},
             "sip": {"enabled": True, "numbers": [NUMBER], "username": USER, "password": PASSWORD},
             "websocket": {"enabled": True, "secret": SECRET},
+            "recording": {"enabled": True},  # Ogg/Opus, stereo: the defaults
         },
         {
             "slug": "copilot",
@@ -155,8 +153,6 @@ def test_a_sip_call_leaves_its_record(
     assert (
         records_server.metric("sipserver_call_records_total", ingress="sip", ended_by="caller") >= 1
     )
-    if not TAPPED:
-        return  # the session's events come with the session tap (module doc)
     print("record events:", [e.to_json() for e in record.events])
     # Whisper tiny on espeak-ng speech: "How much does it cost?" may come out a little off.
     assert any(re.search(r"how much|cost", x) for x in _lines(record, "caller")), record.events
@@ -171,6 +167,58 @@ def test_a_sip_call_leaves_its_record(
     assert isinstance(turns[0].data["voice_to_voice"], int | float)
     offsets = [e.offset for e in record.events]
     assert offsets == sorted(offsets)
+    _assert_recording(record, question, lead / RATE)
+
+
+def _decode_stereo(path: str) -> np.ndarray:
+    """The file's audio as int16 [samples, 2] at :data:`RATE` (PyAV: Opus decodes at 48 kHz)."""
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=RATE)
+    chunks = []
+    with av.open(path) as container:
+        for frame in container.decode(audio=0):
+            chunks += [r.to_ndarray().reshape(-1, 2) for r in resampler.resample(frame)]
+    chunks += [r.to_ndarray().reshape(-1, 2) for r in resampler.resample(None)]
+    return np.concatenate(chunks)
+
+
+def _best_match(channel: np.ndarray, probe: np.ndarray) -> tuple[float, float]:
+    """Normalised cross-correlation of ``probe`` along ``channel``: (the best value, its time in
+    seconds). FFT-based; each lag is normalised by the channel's energy under the probe."""
+    x = channel.astype(np.float64)
+    p = probe.astype(np.float64)
+    n = x.size + p.size
+    corr = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(p, n)), n)[: x.size - p.size + 1]
+    energy = np.concatenate(([0.0], np.cumsum(x * x)))
+    local = np.sqrt(energy[p.size :] - energy[: -p.size]) * np.linalg.norm(p)
+    ncc = np.abs(corr) / np.maximum(local, 1e-9 * np.linalg.norm(p) ** 2 + 1.0)
+    best = int(np.argmax(ncc))
+    return float(ncc[best]), best / RATE
+
+
+def _assert_recording(record: CallRecord, question: np.ndarray, spoken_at: float) -> None:
+    """The record points at a private stereo file whose LEFT channel holds the caller's
+    question when it was said, and whose right channel does not (the agent's side)."""
+    assert record.recording is not None, record
+    info = record.recording
+    assert (info.format, info.channels) == ("opus", "stereo")
+    assert info.duration > spoken_at, info
+    path = Path(info.path)
+    for _ in range(50):  # the encoder finishes the file just after the call
+        if path.exists():
+            break
+        time.sleep(0.1)
+    assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+    audio = _decode_stereo(info.path)
+    left, right = audio[:, 0], audio[:, 1]
+    left_score, left_at = _best_match(left, question)
+    right_score, _ = _best_match(right, question)
+    print(f"recording: left {left_score:.2f} at {left_at:.2f} s, right {right_score:.2f}")
+    # G.711, the jitter buffer and Opus change the waveform, never its shape this much.
+    assert left_score > 0.5, (left_score, left_at)
+    assert abs(left_at - spoken_at) < 0.5, (left_at, spoken_at)  # on the call's clock
+    assert right_score < 0.5 * left_score, (right_score, left_score)
+    # The agent spoke (the greeting, the answer): the right channel is not silent.
+    assert np.sqrt(np.mean(right.astype(np.float64) ** 2)) > 100
 
 
 async def test_a_twilio_call_and_a_refused_one_leave_records(
@@ -196,8 +244,7 @@ async def test_a_twilio_call_and_a_refused_one_leave_records(
     )
     assert (record.end_reason, record.ended_by) == ("stop", "caller")
     assert record.duration is not None and record.duration >= 2.0
-    if TAPPED:
-        assert any("lakeside" in line for line in _lines(record, "agent")), record.events
+    assert any("lakeside" in line for line in _lines(record, "agent")), record.events
     no = await asyncio.to_thread(_wait_record, records, "paused", lambda r: True)
     assert (no.ingress, no.ended_by, no.end_reason) == ("websocket", "refused", "agent_full")
     assert no.answered_at is None and no.ended_at is not None
@@ -264,7 +311,7 @@ def test_the_pjsua2_engine_s_calls_leave_records_too(
     assert record.caller == "caller" and record.codec in ("PCMU", "PCMA", "G722")  # its From
     assert record.end_reason == "worker_bye"
     # The session's `end` event (with the tap) says the hang-up was the caller's DTMF key.
-    assert record.ended_by == ("dtmf" if TAPPED else "agent"), record
+    assert record.ended_by == "dtmf", record
 
 
 def test_a_sip_call_refused_at_capacity_leaves_a_refused_record(

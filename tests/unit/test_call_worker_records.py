@@ -119,7 +119,7 @@ async def test_a_sip_call_recorder_gets_every_tick_and_is_closed() -> None:
         def close(self) -> None:
             closed.append("closed")
 
-    worker.recorders = lambda info: Recorder()
+    worker.recorders = lambda info, send: Recorder()
     call = worker.fake_engine.answer(FakeCall(2))
     worker.fake_clock.run(25)
     worker.on_record(CallEnded(2, "admin", 0))  # main hangs up: no `end` from the session

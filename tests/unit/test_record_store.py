@@ -163,3 +163,50 @@ def test_writes_before_open_are_an_error(tmp_path: Path) -> None:
     s = RecordStore(tmp_path / "r.db")
     with pytest.raises(RuntimeError, match="not open"):
         s.save(_record())
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from sipserver.data_dir import make_private_file
+from sipserver.pipeline.call_record import CallRecord, new_record_id
+from sipserver.records.store import RecordStore
+store = RecordStore(Path(sys.argv[1]), flush_interval=0.05)
+store.open()
+make_private_file(sys.argv[1])  # as a second user of the file does (the webhook queue)
+for i in range(40):
+    store.save(CallRecord(id=new_record_id(), agent="a", ingress="sip", started_at=float(i)))
+    store.flush()
+    print(i, flush=True)
+    time.sleep(0.1)
+store.close()
+"""
+
+
+def test_another_process_sees_each_commit(tmp_path: Path) -> None:
+    """A reader in another process, connecting afresh each time, sees every commit while the
+    writer runs - also after the writer's process touched the file again (make_private_file
+    once opened and closed it, which dropped SQLite's POSIX locks: the reader then reset the
+    WAL and later commits were invisible until the writer closed)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "records.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None
+    seen: list[int] = []
+    try:
+        for line in writer.stdout:
+            written = int(line.split()[0]) + 1
+            if written % 10 == 0:
+                conn = sqlite3.connect(path)
+                (count,) = conn.execute("SELECT COUNT(*) FROM calls").fetchone()
+                conn.close()
+                seen.append(count)
+                assert count >= written, seen
+    finally:
+        writer.wait(timeout=30)
+    assert len(seen) == 4
