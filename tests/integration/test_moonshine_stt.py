@@ -80,13 +80,11 @@ async def test_moonshine_concurrent_decodes_agree(moonshine: MoonshineStt, tmp_p
 
 async def test_moonshine_reports_busy_while_decoding(tmp_path: Path) -> None:
     stt = MoonshineStt(workers=1)
+    stt.load()
     pcm = SILENCE_16K + espeak_pcm(tmp_path, OFFICE)
     assert not stt.busy
     task = asyncio.create_task(stt.transcribe(pcm))
-    for _ in range(2000):  # until the decode is queued (the model loads first)
-        if stt.busy:
-            break
-        await asyncio.sleep(0.005)
+    await asyncio.sleep(0)  # the model is loaded: the decode is queued at the first await
     assert stt.busy
     await task
     assert not stt.busy
