@@ -1,7 +1,13 @@
-"""bench/_wer.py: the text normalisation and word error rate of the STT accuracy benchmark."""
+"""bench/_wer.py (text normalisation, word error rate) and the telephone line and level
+normalisation of bench/stt_accuracy.py."""
 
 from __future__ import annotations
 
+import io
+import shutil
+import wave
+
+import numpy as np
 import pytest
 
 from bench._wer import ErrorCounts, corpus_wer, normalize, word_errors
@@ -81,3 +87,60 @@ def test_corpus_wer_weights_by_reference_words() -> None:
     )
     assert total.reference_words == 10
     assert total.wer == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------- the benchmark's telephone line
+
+
+def _tones(*freqs: float, seconds: float = 1.0, rate: int = 22050) -> bytes:
+    """A WAV of equal-amplitude sines (what espeak-ng hands the line)."""
+    t = np.arange(int(seconds * rate)) / rate
+    mix = sum(np.sin(2 * np.pi * f * t) for f in freqs) / len(freqs)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((0.5 * 32767 * mix).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def _level_db(pcm: bytes, freq: float, rate: int = 16000) -> float:
+    """Level of ``freq`` in ``pcm`` (dB, arbitrary reference; Hann-windowed FFT)."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    bin_ = round(freq * samples.size / rate)
+    return float(20 * np.log10(spectrum[bin_ - 2 : bin_ + 3].max() + 1e-9))
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="needs sox")
+def test_telephone_line_keeps_the_voice_band_only() -> None:
+    from bench.stt_accuracy import LEAD_S, TRAIL_S, telephone_line
+
+    line = telephone_line(_tones(100, 1000, 6000), peak_db=-3.0, noisy=False, seed=0)
+    # 16 kHz out, with the line silence around the 1 s of sound.
+    assert len(line) // 2 == pytest.approx(16000 * (1 + LEAD_S + TRAIL_S), abs=16)
+    lead = np.frombuffer(line, dtype="<i2")[: int(LEAD_S * 16000) - 160]
+    assert np.abs(lead.astype(np.int32)).max() <= 2  # silent (the resampler's ringing aside)
+    voice = _level_db(line, 1000)
+    assert voice - _level_db(line, 100) > 30  # below the band: filtered out
+    assert voice - _level_db(line, 6000) > 40  # above 4 kHz: gone at 8 kHz...
+    assert voice - _level_db(line, 2000) > 40  # ...and not folded back to 8000 - 6000 Hz
+    # The level of the line is the call's (peak at -3 or -26 dBFS), whatever the input's.
+    quiet = telephone_line(_tones(100, 1000, 6000), peak_db=-26.0, noisy=False, seed=0)
+    assert voice - _level_db(quiet, 1000) == pytest.approx(23.0, abs=1.0)
+
+
+def test_level_normalisation_targets_the_speech_not_the_silence() -> None:
+    from bench.stt_accuracy import normalize_level
+
+    rate = 16000
+    speech = (0.01 * 32767 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype("<i2")
+    pcm = np.concatenate([np.zeros(rate, dtype="<i2"), speech]).tobytes()
+    out = np.frombuffer(normalize_level(pcm, target_dbfs=-20.0), dtype="<i2").astype(np.float64)
+    level = np.sqrt(np.mean(out[rate:] ** 2)) / 32768
+    assert 20 * np.log10(level) == pytest.approx(-20.0, abs=0.2)
+    assert not out[:rate].any()  # silence stays silence
+    loud = (0.9 * 32767 * np.sign(np.sin(2 * np.pi * 5 * np.arange(rate) / rate))).astype("<i2")
+    limited = np.frombuffer(normalize_level(loud.tobytes(), peak_dbfs=-1.0), dtype="<i2")
+    assert np.abs(limited.astype(np.int32)).max() <= 32768 * 10 ** (-1 / 20) + 1
