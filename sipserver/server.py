@@ -63,17 +63,12 @@ from sipserver.observability import (
 )
 from sipserver.pipeline.events import SessionEvent
 from sipserver.pipeline.model_cache import loaded_models
-from sipserver.pipeline.record_tap import RecordedSession
 from sipserver.pipeline.runtime import VoiceRuntime
 from sipserver.pipeline.session import CallInfo, CallSession
 from sipserver.readiness import Readiness, ReadinessReport
-from sipserver.records.api import CallsApi, visible_agents
-from sipserver.records.pages import RecordPages
-from sipserver.records.retention import RecordRetention
 from sipserver.registrar.auth import NonceManager
 from sipserver.registrar.bindings import BindingStore, MemoryStore, SqliteStore, open_store
 from sipserver.reload import ReloadResult, plan_reload, result_path, write_result
-from sipserver.rtp.recordings import CallRecorders
 from sipserver.rtp.relay import RemoteSessions
 from sipserver.rtp.session_host import SessionHost
 from sipserver.rtp.sessions import CallSessions
@@ -212,9 +207,7 @@ class Server:
         self.media_workers.on_record_events = self.records.record_events
         self.media_workers.on_call_started = self.records.call_started
         self.media_workers.on_call_ended = self.records.call_ended
-        self.call_recorders = CallRecorders(lambda: self.config)
-        """Records the calls whose sessions run here (pjsua2 workers' calls)."""
-        self.media_workers.recorders = self.call_recorders
+        self.media_workers.recorders = self.records.recorders
         if self._sip_calls:
             self.media_workers.build(config)
         self.listens = ListensFork(
@@ -249,22 +242,6 @@ class Server:
             self.console.document.read_only_reason
         )
         """The console's model and credential pages."""
-        self.calls_api = CallsApi(
-            gate=self.dashboard,
-            config=lambda: self.config,
-            store=lambda: self.records.store,
-            wall_clock=lambda: self.listeners.wall_clock(),
-            webhook_status=self.records.webhook_status,
-            on_deleted=self.records.forget,
-        )
-        """``/api/calls``: the call records over HTTP (docs/records.md)."""
-        self.retention = RecordRetention(
-            store=lambda: self.records.store,
-            on_deleted=self.records.forget,
-            config=lambda: self.config,
-            registry=self.metrics.registry,
-        )
-        """Deletes old records past ``server.records.retention_days`` / ``max_size_mb``."""
         self.held: HeldResponses[HeldRegister] = HeldResponses()
         """REGISTER 200s waiting for their bindings to be committed (kept across reloads)."""
         self.committer: GroupCommitter | None = None
@@ -504,19 +481,8 @@ class Server:
             if relayed is not None:
                 self.records.relayed_call(relayed.worker_id, relayed.call, ("ws", info.call_id))
                 return relayed
-            if self.records.book is not None:
-                # The session runs here: its record events go straight to the call's record.
-                key = ("ws", info.call_id)
-                session = RecordedSession.build(
-                    lambda sink: self.call_sessions.new_session(info, sink),
-                    lambda events: self.records.add(key, events),
-                    on_event=on_event,
-                )
-                if session is not None:
-                    session.recorder = self.call_recorders(
-                        info, lambda payload: self.records.payload(key, payload)
-                    )
-                return session
+            if self.records.book is not None:  # the session runs here: recorded here
+                return self.records.local_session(info, on_event, self.call_sessions.new_session)
         return self.call_sessions.new_session(info, on_event)
 
     def _worker_lost(self, worker_id: str) -> None:
@@ -718,14 +684,8 @@ class Server:
             workers=self.media_workers.status,
             engine=lambda: self.config.server.media.engine,
         ).add_routes(app)
-        self.calls_api.add_routes(app)  # after the console's GET /api/calls/active
-        RecordPages(
-            login=self.dashboard.login_of,
-            visible=lambda role: visible_agents(self.config, role),
-            agents=lambda: [a.slug for a in self.config.agents],
-            top_links=admin_links,
-            store=lambda: self.records.store,
-        ).add_routes(app)
+        # After the console's GET /api/calls/active.
+        self.records.add_routes(app, self.dashboard, top_links=admin_links)
         add_demo_routes(app, lambda: self.config)
         host, port = self.config.server.http_host_port
         self._http = HttpSite(app, self.http_limits, self.refusals, self.http_deadlines)
@@ -737,7 +697,6 @@ class Server:
             max_connections=self.http_limits.max_total,
         )
         await self._start_admin_http()
-        self.retention.start()
         self.readiness.step_done("listeners")
         self._state_changed()
         # The workers boot (seconds each) while the models load.
@@ -872,8 +831,6 @@ class Server:
             # Commit what is pending and send its 200s while the listeners are still open.
             await self.committer.stop()
         await self.listeners.stop()
-        await self.retention.stop()  # before the store closes
-        await asyncio.to_thread(self.call_recorders.stop)  # their files finished
         await self.records.stop()  # after every call ended: what is left is the server's
         await self.voice.close()
         if self._http is not None:

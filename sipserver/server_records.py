@@ -24,18 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
+
+from aiohttp import web
 
 from sipserver.config import Config, called_number, is_listens_number
 from sipserver.edge.calls import CallAnswered, CallEnded, CallRouted, EndReason, ProxyEvent
 from sipserver.observability import Metrics, get_logger
 from sipserver.pipeline.call_record import CallRecord, MediaQuality, RecordEvent, RecordingInfo
-from sipserver.pipeline.record_tap import RECORDING_EVENT
+from sipserver.pipeline.events import SessionEvent
+from sipserver.pipeline.record_tap import RECORDING_EVENT, RecordedSession
+from sipserver.pipeline.session import CallInfo, CallSession
+from sipserver.records.api import CallsApi, SessionGate, visible_agents
 from sipserver.records.book import CallRecordBook, max_open_records
+from sipserver.records.pages import RecordPages
+from sipserver.records.retention import RecordRetention
 from sipserver.records.store import RecordStore
 from sipserver.records.webhooks import WebhookSender, delivery_status
 from sipserver.rtp import framelink
+from sipserver.rtp.recordings import CallRecorders
 from sipserver.sip.headers import AGENT_HEADER
 
 __all__ = [
@@ -162,6 +171,59 @@ class ServerRecords:
         """Relayed calls' records waiting :data:`RELAYED_END_GRACE` for their last events."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self.recorders = CallRecorders(config)
+        """Records the calls whose sessions run in main (pjsua2 workers' calls, websocket calls
+        without call workers); call workers record their own."""
+        self.retention = RecordRetention(
+            store=lambda: self.store,
+            on_deleted=self.forget,
+            config=config,
+            registry=metrics.registry,
+        )
+        """Deletes records past ``server.records.retention_days`` / ``max_size_mb``."""
+
+    def add_routes(
+        self,
+        app: web.Application,
+        gate: SessionGate,
+        *,
+        top_links: Callable[[str], str],
+    ) -> None:
+        """The calls API and the call history pages on the public site (docs/records.md)."""
+        config = self._config
+        CallsApi(
+            gate=gate,
+            config=config,
+            store=lambda: self.store,
+            wall_clock=time.time,
+            webhook_status=self.webhook_status,
+            on_deleted=self.forget,
+        ).add_routes(app)
+        RecordPages(
+            login=gate.login_of,
+            visible=lambda role: visible_agents(config(), role),
+            agents=lambda: [a.slug for a in config().agents],
+            top_links=top_links,
+            store=lambda: self.store,
+        ).add_routes(app)
+
+    def local_session(
+        self,
+        info: CallInfo,
+        on_event: Callable[[SessionEvent], None] | None,
+        factory: Callable[[CallInfo, Callable[[SessionEvent], None]], CallSession | None],
+    ) -> CallSession | None:
+        """The session of a websocket call that runs in main, recorded: its record events go
+        straight to the call's record, its audio to a recording when the agent asks."""
+        key = ("ws", info.call_id)
+        session = RecordedSession.build(
+            lambda sink: factory(info, sink),
+            lambda events: self.add(key, events),
+            on_event=on_event,
+        )
+        if session is not None:
+            session.recorder = self.recorders(info, lambda payload: self.payload(key, payload))
+        return session
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -190,11 +252,14 @@ class ServerRecords:
         )
         self.webhooks = WebhookSender(path, self._config, self._metrics)
         await self.webhooks.start()
+        self.retention.start()
         log.info("call_records_open", path=str(path))
 
     async def stop(self) -> None:
         """After the calls ended: close what is still open (``ended_by`` ``server``), commit
         and close the store (in a thread)."""
+        await self.retention.stop()  # before the store closes
+        await asyncio.to_thread(self.recorders.stop)  # the recordings' files finished
         for call_id, call in list(self._sip.items()):
             if call.end is not None:  # the edge saw it end: its own reason, not the server's
                 self._close_sip(call_id, call)

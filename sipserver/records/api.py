@@ -254,8 +254,9 @@ class CallsApi:
         store = self._records()
         since = self._wall_clock() - AGENT_WINDOW
         agent_turns = await asyncio.to_thread(store.turn_latencies, record.agent, since)
-        if self._webhook_status is not None:
-            record.webhook_status = await self._webhook_status(record.id)
+        if self._webhook_status is not None:  # the sender's live status over the stored one
+            live = await self._webhook_status(record.id)
+            record.webhook_status = {**record.webhook_status, **live}
         body = _public(record.to_json())
         body["latency"] = {
             "call": _summary(record.voice_to_voice()),
