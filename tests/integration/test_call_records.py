@@ -222,8 +222,9 @@ def _assert_recording(record: CallRecord, question: np.ndarray, spoken_at: float
 
 
 async def test_a_twilio_call_and_a_refused_one_leave_records(
-    records_server: ServerProcess, records: RecordStore
+    records_server: ServerProcess, records: RecordStore, tmp_path: Path
 ) -> None:
+    question = espeak("How much does it cost?", tmp_path, rate=RATE)
     base = records_server.http_url.replace("http://", "ws://")
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{base}/ws/voice/{SECRET}")
@@ -238,13 +239,22 @@ async def test_a_twilio_call_and_a_refused_one_leave_records(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(f"{base}/ws/paused/paused-secret-0123456789")
         assert refused.value.status == 503
+        await asyncio.sleep(3.0)  # the greeting ends
+        client.say(question)
+        await client.idle()
+        await asyncio.sleep(7.0)  # the answer plays
         await client.stop()
     record = await asyncio.to_thread(
         _wait_record, records, "voice", lambda r: r.call_sid == "CA0" and r.ended_at is not None
     )
     assert (record.end_reason, record.ended_by) == ("stop", "caller")
     assert record.duration is not None and record.duration >= 2.0
-    assert any("lakeside" in line for line in _lines(record, "agent")), record.events
+    agent_lines = _lines(record, "agent")
+    assert any("lakeside" in line for line in agent_lines), record.events  # the greeting
+    assert any(re.search(r"how much|cost", x) for x in _lines(record, "caller")), record.events
+    assert any(re.search(r"dollars|starter|business|plans?", x) for x in agent_lines)
+    turns = [e for e in record.events if e.type == "turn"]
+    assert turns and isinstance(turns[0].data["voice_to_voice"], int | float), record.events
     no = await asyncio.to_thread(_wait_record, records, "paused", lambda r: True)
     assert (no.ingress, no.ended_by, no.end_reason) == ("websocket", "refused", "agent_full")
     assert no.answered_at is None and no.ended_at is not None
