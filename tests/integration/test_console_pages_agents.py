@@ -244,7 +244,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         await set_field(page, "recording.channels", "mixed")
         hook_url = "https://crm.example.com/hooks/sipserver?tenant=7"
         await set_field(page, "webhooks.call_ended.url", hook_url)
-        await press(page, "webhooks.call_ended.secret-generate")
+        await press(page, "generate-webhook-call_ended")
         hook_secret = await page.until(
             "document.getElementById('webhooks.call_ended.secret').value"
         )
@@ -273,6 +273,7 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         api_secret = await page.eval(
             "fetch('/api/agents/dora').then(r => r.json()).then(a => a.webhooks.call_ended.secret)"
         )
+        await page.eval("document.getElementById('h-recording').scrollIntoView(); true")
         await page.screenshot(tmp_path / "agents-9-recording-webhooks-kept.png")
         assert kept["recording"] is True and kept["disabled"] is False, kept
         assert (kept["format"], kept["channels"]) == ("wav", "mixed"), kept
