@@ -214,12 +214,14 @@ def test_recording_and_webhooks_as_the_agent_page_edits_them(
 
     shown_now["webhooks"]["call_ended"]["url"] = "https://crm.example/b"  # secret: the mask
     shown_now["webhooks"]["transcript"] = {"url": "ftp://x", "secret": "short"}
+    shown_now["webhooks"]["call_started"] = {"secret": hook_secret}  # a secret, no URL
     with pytest.raises(Invalid) as caught:
         doc.put("agent", "alice", shown_now)
     locs = dict(caught.value.errors)
     assert "http://" in locs["agents[0].webhooks.transcript.url"]
     assert "at least 16" in locs["agents[0].webhooks.transcript.secret"]
-    del shown_now["webhooks"]["transcript"]
+    assert "agents[0].webhooks.call_started.url" in locs
+    del shown_now["webhooks"]["transcript"], shown_now["webhooks"]["call_started"]
     doc.put("agent", "alice", shown_now)
     agent = load_config(config_file, env=ENV).agent_by_slug("alice")
     assert agent is not None and agent.webhooks.call_ended is not None
