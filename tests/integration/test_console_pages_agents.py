@@ -5,9 +5,12 @@ An admin logs in, sees the agent cards' menus (Settings, AI Listens, Calls) with
 counts, adds an agent with SIP and a websocket, presses Generate and Save, and sees the URLs
 appear; SIPp then registers with the agent's SIP username and password, and a Twilio Media
 Streams client (tests/integration/media_stream_client.py) is served on the websocket URL the
-page showed. A CIDR mistake comes back as a 422 shown beside its field, and a supervisor sees
-the page read-only. Screenshots go to the test's temporary directory (printed at the end).
-Skipped when chromium is not installed.
+page showed. A CIDR mistake comes back as a 422 shown beside its field. The admin then turns
+call recording on (WAV, mixed) and sets a call_ended webhook with a generated secret: the file
+holds them, a reload shows them (the secret masked), "ftp://x" gets its 422 beside the URL field
+and emptying the URL removes the webhook. Finally a supervisor sees the page read-only.
+Screenshots go to the test's temporary directory (printed at the end). Skipped when chromium
+is not installed.
 """
 
 from __future__ import annotations
@@ -227,6 +230,80 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
         assert dora["websocket"]["secret"] == secret  # kept: left empty
         assert dora["websocket"].get("twilio_auth_token") is None
 
+        # Call recording and a webhook: the channels and format follow the toggle; Generate
+        # fills the webhook's secret; after Save and a reload the values are kept, the secret
+        # masked (the stored note, never the value), and the YAML holds them.
+        await page.goto(f"{base}/dashboard/agents/dora/settings")
+        await page.until("document.body.dataset.loaded === 'yes'")
+        choices = "document.getElementById('recording.format').disabled"
+        assert await page.eval(choices) is True  # recording is off
+        await set_field(page, "recording.enabled", True)
+        assert await page.eval(choices) is False
+        assert "legal responsibility" in await page.eval(text_of("recording-legal"))
+        await set_field(page, "recording.format", "wav")
+        await set_field(page, "recording.channels", "mixed")
+        hook_url = "https://crm.example.com/hooks/sipserver?tenant=7"
+        await set_field(page, "webhooks.call_ended.url", hook_url)
+        await press(page, "generate-webhook-call_ended")
+        hook_secret = await page.until(
+            "document.getElementById('webhooks.call_ended.secret').value"
+        )
+        assert len(hook_secret) >= 32 and hook_secret != secret
+        await press(page, "webhooks-help-button")
+        await page.screenshot(tmp_path / "agents-8-recording-webhooks.png")
+        await press(page, "save")
+        await page.until(f"{text_of('save-status')}.startsWith('Saved.')")
+        dora = yaml.safe_load(config_file.read_text())["agents"][-1]
+        assert dora["recording"] == {"enabled": True, "channels": "mixed", "format": "wav"}
+        assert dora["webhooks"] == {"call_ended": {"url": hook_url, "secret": hook_secret}}
+        assert dora["websocket"]["secret"] == secret
+
+        await page.goto(f"{base}/dashboard/agents/dora/settings")
+        await page.until("document.body.dataset.loaded === 'yes'")
+        kept = await page.eval(
+            "(v => ({recording: v('recording.enabled').checked,"
+            " format: v('recording.format').value, channels: v('recording.channels').value,"
+            " disabled: v('recording.format').disabled, url: v('webhooks.call_ended.url').value,"
+            " secret: v('webhooks.call_ended.secret').value,"
+            " type: v('webhooks.call_ended.secret').type,"
+            " stored: v('webhooks.call_ended.secret-stored').textContent,"
+            " other: v('webhooks.transcript.url').value,"
+            " html: document.documentElement.outerHTML}))(id => document.getElementById(id))"
+        )
+        api_secret = await page.eval(
+            "fetch('/api/agents/dora').then(r => r.json()).then(a => a.webhooks.call_ended.secret)"
+        )
+        await page.eval("document.getElementById('h-recording').scrollIntoView(); true")
+        await page.screenshot(tmp_path / "agents-9-recording-webhooks-kept.png")
+        assert kept["recording"] is True and kept["disabled"] is False, kept
+        assert (kept["format"], kept["channels"]) == ("wav", "mixed"), kept
+        assert kept["url"] == hook_url and kept["other"] == "", kept
+        assert kept["secret"] == "" and kept["type"] == "password", kept
+        assert "stored" in kept["stored"] and hook_secret not in kept["html"], kept
+        assert api_secret == "********"
+
+        # A URL the API refuses: the 422 beside the URL field, nothing saved.
+        await set_field(page, "webhooks.call_ended.url", "ftp://x")
+        await press(page, "save")
+        error = await page.until(text_of("webhooks.call_ended.url-error"))
+        invalid = await page.eval(
+            "document.getElementById('webhooks.call_ended.url').getAttribute('aria-invalid')"
+        )
+        await page.eval(
+            "document.getElementById('webhooks.call_ended.url').scrollIntoView({block: 'center'})"
+        )
+        await page.screenshot(tmp_path / "agents-10-webhook-url-error.png")
+        assert "http://" in error and invalid == "true", error
+        assert yaml.safe_load(config_file.read_text())["agents"][-1]["webhooks"] == dora["webhooks"]
+
+        # Emptying the URL removes the webhook (its secret with it); recording stays.
+        await set_field(page, "webhooks.call_ended.url", "")
+        await press(page, "save")
+        await page.until(f"{text_of('save-status')}.startsWith('Saved.')")
+        dora = yaml.safe_load(config_file.read_text())["agents"][-1]
+        assert "webhooks" not in dora and dora["recording"]["enabled"] is True
+        assert hook_secret not in config_file.read_text()
+
         # A supervisor reads the page: inputs disabled, no Save, no Generate, a note why.
         await page.eval(
             "document.querySelector('form[action=\"/dashboard/logout\"] button').click()"
@@ -243,7 +320,9 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
             " #fields textarea')].every(e => e.disabled),"
             " help: !document.getElementById('listens-help-button').disabled,"
             " save: document.getElementById('save').offsetParent === null,"
-            " generate: document.getElementById('generate').offsetParent === null,"
+            " generate: [...document.querySelectorAll('#generate, button.generate')]"
+            ".every(b => b.offsetParent === null),"
+            " recording: document.getElementById('recording.enabled').checked,"
             " note: document.getElementById('read-only-note').textContent,"
             " username: document.getElementById('sip.username').value,"
             " sip: document.getElementById('sip.enabled').checked})"
@@ -259,4 +338,5 @@ async def test_admin_adds_an_agent_it_takes_sip_and_websocket_supervisor_reads_i
     assert state["disabled"] and state["save"] and state["generate"] and state["help"], state
     assert "may only read" in state["note"] and instructions == "true", state
     assert state["username"] == "dora" and state["sip"] is True, state
+    assert state["recording"] is True, state
     assert uncaught == []

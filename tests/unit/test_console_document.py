@@ -197,6 +197,46 @@ def test_the_mask_where_no_secret_is_stored_is_refused(doc: ConfigDocument) -> N
     assert caught.value.errors[0][0] == "agents[2].sip.password"
 
 
+def test_recording_and_webhooks_as_the_agent_page_edits_them(
+    doc: ConfigDocument, config_file: Path
+) -> None:
+    """What the agent settings page relies on (agent.js): the webhook secret masked and kept
+    when the URL changes, an entry left out removed, and a bad URL or short secret refused
+    with the key path of its field."""
+    hook_secret = "hook-secret-0123456789abcdef"
+    alice = doc.get("agent", "alice")
+    alice["recording"] = {"enabled": True, "channels": "mixed", "format": "wav"}
+    alice["webhooks"] = {"call_ended": {"url": "https://crm.example/a", "secret": hook_secret}}
+    doc.put("agent", "alice", alice)
+    shown_now = doc.get("agent", "alice")
+    assert shown_now["webhooks"]["call_ended"] == {"url": "https://crm.example/a", "secret": MASK}
+    assert shown_now["recording"] == {"enabled": True, "channels": "mixed", "format": "wav"}
+
+    shown_now["webhooks"]["call_ended"]["url"] = "https://crm.example/b"  # secret: the mask
+    shown_now["webhooks"]["transcript"] = {"url": "ftp://x", "secret": "short"}
+    shown_now["webhooks"]["call_started"] = {"secret": hook_secret}  # a secret, no URL
+    with pytest.raises(Invalid) as caught:
+        doc.put("agent", "alice", shown_now)
+    locs = dict(caught.value.errors)
+    assert "http://" in locs["agents[0].webhooks.transcript.url"]
+    assert "at least 16" in locs["agents[0].webhooks.transcript.secret"]
+    assert "agents[0].webhooks.call_started.url" in locs
+    del shown_now["webhooks"]["transcript"], shown_now["webhooks"]["call_started"]
+    doc.put("agent", "alice", shown_now)
+    agent = load_config(config_file, env=ENV).agent_by_slug("alice")
+    assert agent is not None and agent.webhooks.call_ended is not None
+    assert agent.webhooks.call_ended.url == "https://crm.example/b"
+    assert agent.webhooks.call_ended.secret == hook_secret  # kept through the mask
+    assert agent.recording.format == "wav" and agent.recording.channels == "mixed"
+
+    alice = doc.get("agent", "alice")
+    del alice["webhooks"]  # the page removes an entry whose URL was emptied
+    doc.put("agent", "alice", alice)
+    assert hook_secret not in config_file.read_text()
+    agent = load_config(config_file, env=ENV).agent_by_slug("alice")
+    assert agent is not None and agent.webhooks.call_ended is None
+
+
 def test_conflict_when_the_file_changed_on_disk(doc: ConfigDocument, config_file: Path) -> None:
     alice = doc.get("agent", "alice")
     loaded = doc.fingerprint

@@ -10,14 +10,27 @@ const readOnlyReason = body.dataset.readOnly;
 const form = document.getElementById("agent-form");
 const $ = (id) => document.getElementById(id);
 
-const BOOLS = ["realtime.enabled", "sip.enabled", "websocket.enabled", "listens.enabled"];
-const TEXTS = ["name", "realtime.end_call_digit", "sip.username", "listens.forward_to"];
-const SELECTS = ["realtime.model", "sip.invite_auth", "sip.srtp", "listens.channel"];
+// The webhook kinds of agents[].webhooks: each is {url, secret}, or absent.
+const HOOKS = ["call_started", "call_ended", "transcript"];
+const BOOLS = ["realtime.enabled", "sip.enabled", "websocket.enabled", "listens.enabled", "recording.enabled"];
+const TEXTS = [
+  "name", "realtime.end_call_digit", "sip.username", "listens.forward_to",
+  ...HOOKS.map((kind) => `webhooks.${kind}.url`),
+];
+const SELECTS = [
+  "realtime.model", "sip.invite_auth", "sip.srtp", "listens.channel", "recording.channels", "recording.format",
+];
 const LISTS = ["sip.numbers", "sip.allowed_ips", "listens.numbers"];
-const SECRETS = ["sip.password", "websocket.secret", "websocket.twilio_auth_token"];
+const SECRETS = [
+  "sip.password", "websocket.secret", "websocket.twilio_auth_token",
+  ...HOOKS.map((kind) => `webhooks.${kind}.secret`),
+];
 const NUMBERS = ["max_concurrent_calls"];
 const REMOVABLE = ["websocket.twilio_auth_token"]; // optional secrets the page can remove
-const DEFAULTS = { "sip.invite_auth": "digest", "sip.srtp": "off", "listens.channel": "inbound" };
+const DEFAULTS = {
+  "sip.invite_auth": "digest", "sip.srtp": "off", "listens.channel": "inbound",
+  "recording.channels": "stereo", "recording.format": "opus",
+};
 const URLS = ["websocket", "twilio_webhook", "listens"];
 
 let version = null; // the file's version this page edits (ETag)
@@ -106,6 +119,7 @@ function fill(agent) {
   }
   for (const key of [...TEXTS, ...SELECTS, ...NUMBERS]) referenceNote(key, lookup(agent, key));
   requiredModel();
+  recordingChoices();
 }
 
 // A value the file takes from the environment says so beside its field; it stays a
@@ -130,6 +144,12 @@ function requiredModel() {
   const on = $("realtime.enabled").checked || $("listens.enabled").checked;
   $("model-required").hidden = !on;
   $("realtime.model").required = on;
+}
+
+// Channels and format mean something only while recording is on.
+function recordingChoices() {
+  const off = !$("recording.enabled").checked;
+  for (const key of ["recording.channels", "recording.format"]) $(key).disabled = off || Boolean(readOnlyReason);
 }
 
 function showUrls(urls) {
@@ -171,6 +191,17 @@ function collect() {
     if (text !== "") assign(agent, key, text);
     else if (REMOVABLE.includes(key) && $(`${key}-remove`).checked) assign(agent, key, null);
   }
+  // A webhook whose URL was emptied (and no new secret typed) is removed; a new secret with
+  // no URL is sent as is, so the API's 422 says the URL is missing.
+  const hooks = agent.webhooks;
+  if (hooks !== null && typeof hooks === "object" && !Array.isArray(hooks)) {
+    for (const kind of HOOKS) {
+      if ($(`webhooks.${kind}.url`).value.trim() === "" && $(`webhooks.${kind}.secret`).value === "") {
+        delete hooks[kind];
+      }
+    }
+    if (Object.keys(hooks).length === 0) delete agent.webhooks;
+  }
   return agent;
 }
 
@@ -190,13 +221,21 @@ function banner(text) {
   box.hidden = false;
 }
 
+// Key paths with no field of their own, shown beside the field that stands for them: a
+// webhook entry (for example "Input should be a valid dictionary") beside its URL.
+const FIELD_OF = {
+  recording: "recording.enabled",
+  ...Object.fromEntries(HOOKS.map((kind) => [`webhooks.${kind}`, `webhooks.${kind}.url`])),
+};
+
 // "agents[2].sip.allowed_ips[0]" -> the field "sip.allowed_ips" (its nearest shown parent).
 function fieldOf(loc) {
   const match = /^agents\[\d+\]\.?(.*)$/.exec(loc);
   if (!match) return null;
   let path = match[1].replace(/\[\d+\]/g, "");
   while (path) {
-    const field = form.querySelector(`.field[data-key="${CSS.escape(path)}"]`);
+    const key = FIELD_OF[path] || path;
+    const field = form.querySelector(`.field[data-key="${CSS.escape(key)}"]`);
     if (field) return field;
     path = path.includes(".") ? path.slice(0, path.lastIndexOf(".")) : "";
   }
@@ -341,13 +380,14 @@ async function save(event) {
   }
 }
 
-async function generate() {
+// Fills the secret input `target` (the websocket's or a webhook's) with a new random secret.
+async function generate(target) {
   const { status, data } = await api("POST", "/api/secrets/generate");
   if (status !== 200) {
     banner(data.error || `no secret was generated (${status})`);
     return;
   }
-  const input = $("websocket.secret");
+  const input = $(target);
   input.type = "text"; // the user copies it now; after saving it is write-only again
   input.value = data.secret;
   input.focus();
@@ -358,7 +398,7 @@ async function main() {
     // Every input, not the fieldset: the "?" button stays usable.
     for (const input of $("fields").querySelectorAll("input, select, textarea")) input.disabled = true;
     $("actions").hidden = true;
-    $("generate").hidden = true;
+    for (const button of form.querySelectorAll("#generate, button.generate")) button.hidden = true;
     const note = $("read-only-note");
     note.textContent = `${readOnlyReason} The fields below cannot be changed here.`;
     note.hidden = false;
@@ -369,13 +409,19 @@ async function main() {
   } else {
     $("page-title").textContent = "New agent";
   }
-  $("listens-help-button").addEventListener("click", () => {
-    const box = $("listens-instructions");
-    box.hidden = !box.hidden;
-    $("listens-help-button").setAttribute("aria-expanded", String(!box.hidden));
-  });
+  for (const button of form.querySelectorAll("button.help-button")) {
+    button.addEventListener("click", () => {
+      const box = $(button.getAttribute("aria-controls"));
+      box.hidden = !box.hidden;
+      button.setAttribute("aria-expanded", String(!box.hidden));
+    });
+  }
   $("reload-page").addEventListener("click", () => location.reload());
-  $("generate").addEventListener("click", generate);
+  $("generate").addEventListener("click", () => generate("websocket.secret"));
+  for (const button of form.querySelectorAll("button.generate")) {
+    button.addEventListener("click", () => generate(button.dataset.for));
+  }
+  $("recording.enabled").addEventListener("change", recordingChoices);
   $("realtime.enabled").addEventListener("change", requiredModel);
   $("listens.enabled").addEventListener("change", requiredModel);
   form.addEventListener("submit", save);
