@@ -6,7 +6,10 @@ The default model (``model: fast``) is Whisper tiny.en, shipped as CTranslate2 f
     stt: {provider: local, model: /srv/models/whisper-base-ct2, language: de, cpu_threads: 2}
 
 ``prompt`` (the agent's vocabulary) biases every final decode towards the words a call is likely
-to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py).
+to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py). With
+``vocabulary`` (on by default: ``stt.vocabulary: auto``) sessions also pass, per decode, the
+agent's name and knowledge-base terms and its last question (:mod:`sipserver.pipeline.vocabulary`),
+added after ``prompt``.
 
 A model is loaded once per process (per path and thread count) and shared by every session; its
 decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
@@ -80,6 +83,8 @@ class WhisperStt:
             spelling towards it. None: no prompt.
         hotwords: words to favour (faster-whisper ``hotwords``, a prompt of their own when
             ``prompt`` is None). None: none.
+        vocabulary: sessions pass the agent's vocabulary and last question with each final
+            decode (``stt.vocabulary: auto``); False: only ``prompt`` (``off``).
 
     Raises:
         ProviderError: an option is invalid or the model directory does not exist.
@@ -102,6 +107,7 @@ class WhisperStt:
         workers: int | None = None,
         prompt: str | None = None,
         hotwords: str | None = None,
+        vocabulary: bool = True,
     ) -> None:
         path = Path(model).expanduser() if model is not None else default_whisper_model_path()
         if not (path / "model.bin").is_file():
@@ -128,6 +134,7 @@ class WhisperStt:
                 raise ProviderError(f"stt.{key} must be a string, not {value!r}")
         self.prompt = prompt or None
         self.hotwords = hotwords or None
+        self.vocabulary = vocabulary
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
@@ -193,7 +200,12 @@ class WhisperStt:
     # ---------------------------------------------------------------------------- transcribe
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (s16le mono, 16 kHz).
 
@@ -203,6 +215,9 @@ class WhisperStt:
                 of audio. It saves the beam and fallbacks, not the encoder (see :attr:`busy`).
             language: ISO 639-1 hint (ignored by English-only models and when the provider is
                 configured with a language).
+            prompt: context of this decode (the agent's vocabulary and last question), given
+                to Whisper after the configured ``prompt``; final decodes only. Whisper keeps
+                the last 223 tokens of a longer prompt.
 
         Returns:
             The recognised text with the language used or detected.
@@ -214,11 +229,12 @@ class WhisperStt:
         if not final:
             audio = audio[-_MAX_WINDOW_S * _SAMPLE_RATE :]
         lang = self._language_for(loaded, language)
+        context = (" ".join(p for p in (self.prompt, prompt) if p) or None) if final else None
         loop = asyncio.get_running_loop()
         loaded.pending += 1
         try:
             text, detected = await loop.run_in_executor(
-                loaded.executor, self._decode, loaded.model, audio, final, lang
+                loaded.executor, self._decode, loaded.model, audio, final, lang, context
             )
         finally:
             loaded.pending -= 1
@@ -250,6 +266,7 @@ class WhisperStt:
         audio: np.ndarray[Any, np.dtype[np.float32]],
         final: bool,
         lang: str | None,
+        prompt: str | None = None,
     ) -> tuple[str, str | None]:
         segments, info = model.transcribe(
             audio,
@@ -260,7 +277,7 @@ class WhisperStt:
             vad_filter=False,
             condition_on_previous_text=False,
             without_timestamps=True,
-            initial_prompt=self.prompt if final else None,
+            initial_prompt=prompt,
             hotwords=self.hotwords if final else None,
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
