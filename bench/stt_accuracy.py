@@ -16,7 +16,12 @@ Run as ``python -m bench.stt_accuracy`` from the checkout (``--help`` for the op
    time, and reports the corpus WER (normalised text, :mod:`bench._wer`), the WER on the
    utterances with the agent's vocabulary, and the decode time per utterance;
 3. optionally repeats with variants: ``prompt`` (Whisper's initial prompt with the agent's
-   vocabulary), ``hotwords`` (faster-whisper hotwords), ``beam5`` (another beam size),
+   vocabulary, written by hand), ``auto`` (the server's automatic vocabulary: the agent's name
+   and the terms of its knowledge base, :file:`bench/kb/brightline.md`, plus the greeting's
+   question, through the same functions and the same ``transcribe(prompt=...)`` path as a
+   call), ``auto-demo`` (the same built from the demo agent's knowledge base
+   :file:`config/kb/demo`, which holds none of the set's product names: what biasing towards
+   the wrong words costs), ``hotwords`` (faster-whisper hotwords), ``beam5`` (another beam size),
    ``level`` (level normalisation of each utterance before the STT), or several joined with
    ``+`` (``prompt+level``), and with more threads per decode.
 
@@ -50,10 +55,12 @@ import numpy as np
 from bench._wer import ErrorCounts, normalize, word_errors
 from sipserver.media.codecs import ulaw_decode, ulaw_encode
 from sipserver.media.resample import resample
+from sipserver.pipeline.knowledge import KnowledgeBase
 from sipserver.pipeline.providers.base import SpeechToText
 from sipserver.pipeline.providers.local_moonshine import MoonshineStt
 from sipserver.pipeline.providers.local_stt import WhisperStt
 from sipserver.pipeline.providers.local_tts import PiperTts
+from sipserver.pipeline.vocabulary import agent_vocabulary, last_question, stt_prompt
 
 STT_RATE = 16000
 LINE_RATE = 8000
@@ -67,6 +74,29 @@ AGENT_PROMPT = (
     "Brightline customer support. Products: FiberMax broadband, SecureVault backup, "
     "Zentrio router, Kestrel Plus bundle."
 )
+ROOT = Path(__file__).resolve().parent.parent
+AUTO_AGENTS = {
+    # variant: (agent name, knowledge base, greeting): what the runtime builds for that agent
+    "auto": (
+        "Brightline support",
+        [str(ROOT / "bench/kb/brightline.md")],
+        "Thank you for calling Brightline. How can I help you?",
+    ),
+    "auto-demo": (
+        "Demo agent",
+        [str(ROOT / "config/kb/demo/*.md")],
+        "Hello, this is the sipserver demo agent. How can I help you?",
+    ),
+}
+
+
+def auto_prompt(variant: str) -> str | None:
+    """The prompt a call's first turn gets with ``stt.vocabulary: auto``: the agent's
+    vocabulary (built as :class:`~sipserver.pipeline.runtime.VoiceRuntime` builds it) and the
+    greeting's question (the agent's last utterance)."""
+    name, patterns, greeting = AUTO_AGENTS[variant]
+    vocabulary = agent_vocabulary(name, KnowledgeBase.from_globs(patterns))
+    return stt_prompt(vocabulary, last_question([greeting]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,10 +400,13 @@ async def evaluate(
     load_s: float, rss: float,
 ) -> Result:  # fmt: skip
     result = Result(candidate.name, variant, threads, load_s, rss)
+    parts = variant.split("+")
+    auto = next((p for p in parts if p in AUTO_AGENTS), None)
+    prompt = auto_prompt(auto) if auto is not None else None
     for clip in clips:
-        pcm = normalize_level(clip.pcm) if "level" in variant.split("+") else clip.pcm
+        pcm = normalize_level(clip.pcm) if "level" in parts else clip.pcm
         started = time.perf_counter()
-        transcript = await stt.transcribe(pcm)
+        transcript = await stt.transcribe(pcm, prompt=prompt)
         result.decode_s.append(time.perf_counter() - started)
         result.audio_s += clip.seconds
         result.transcripts.append(transcript.text)
@@ -398,6 +431,8 @@ def provider_for(candidate: Candidate, threads: int, variant: str) -> SpeechToTe
                 stt.prompt = AGENT_PROMPT
             elif part == "hotwords":
                 stt.hotwords = " ".join(AGENT_TERMS)
+            elif part in AUTO_AGENTS:
+                pass  # a prompt per transcribe call (evaluate), as sessions pass it
             elif part.startswith("beam"):
                 stt.beam_size = int(part.removeprefix("beam"))
             else:
@@ -495,7 +530,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--variants", type=lambda s: [x for x in s.split(",") if x], default=[],
-        help="also run: prompt, hotwords, beamN (Whisper only), level; join with + to combine",
+        help="also run: prompt, auto, auto-demo, hotwords, beamN (Whisper only), level; "
+        "join with + to combine",
     )  # fmt: skip
     parser.add_argument(
         "--engine", choices=("all", "espeak", "piper"), default="all",
