@@ -25,6 +25,11 @@ Run as ``python -m bench.stt_accuracy`` from the checkout (``--help`` for the op
    ``level`` (level normalisation of each utterance before the STT), or several joined with
    ``+`` (``prompt+level``), and with more threads per decode.
 
+With ``--lang es,pt`` it measures instead the multilingual Whisper base (``model: base``) on a
+Spanish and a Portuguese set (:mod:`bench._stt_multilingual`: 15 utterances each, espeak-ng in
+two accents per language, the same line), with the language set (``stt.language``) and
+detected.
+
 Decode times depend on the machine's load (printed); WERs do not (greedy and beam decoding
 are deterministic on one machine, and the test asserts nothing about them).
 """
