@@ -18,12 +18,12 @@ Run as ``python -m bench.stt_accuracy`` from the checkout (``--help`` for the op
 3. optionally repeats with variants: ``prompt`` (Whisper's initial prompt with the agent's
    vocabulary, written by hand), ``auto`` (the server's automatic vocabulary: the agent's name
    and the terms of its knowledge base, :file:`bench/kb/brightline.md`, plus the greeting's
-   question, through the same functions and the same ``transcribe(prompt=...)`` path as a
-   call), ``auto-demo`` (the same built from the demo agent's knowledge base
-   :file:`config/kb/demo`, which holds none of the set's product names: what biasing towards
-   the wrong words costs), ``hotwords`` (faster-whisper hotwords), ``beam5`` (another beam size),
-   ``level`` (level normalisation of each utterance before the STT), or several joined with
-   ``+`` (``prompt+level``), and with more threads per decode.
+   question, through the same functions and the same ``transcribe(prompt=...)`` path as a call;
+   ``auto-kb``: without the question), ``auto-demo`` (the same built from the demo agent's
+   knowledge base :file:`config/kb/demo`, which holds none of the set's product names: what
+   biasing towards the wrong words costs), ``hotwords`` (faster-whisper hotwords), ``beam5``
+   (another beam size), ``level`` (level normalisation of each utterance before the STT), or
+   several joined with ``+`` (``prompt+level``), and with more threads per decode.
 
 With ``--lang es,pt`` it measures instead the multilingual Whisper base (``model: base``) on a
 Spanish and a Portuguese set (:mod:`bench._stt_multilingual`: 15 utterances each, espeak-ng in
@@ -81,13 +81,14 @@ AGENT_PROMPT = (
     "Zentrio router, Kestrel Plus bundle."
 )
 ROOT = Path(__file__).resolve().parent.parent
-AUTO_AGENTS = {
+AUTO_AGENTS: dict[str, tuple[str, list[str], str | None]] = {
     # variant: (agent name, knowledge base, greeting): what the runtime builds for that agent
     "auto": (
         "Brightline support",
         [str(ROOT / "bench/kb/brightline.md")],
         "Thank you for calling Brightline. How can I help you?",
     ),
+    "auto-kb": ("Brightline support", [str(ROOT / "bench/kb/brightline.md")], None),
     "auto-demo": (
         "Demo agent",
         [str(ROOT / "config/kb/demo/*.md")],
@@ -102,7 +103,7 @@ def auto_prompt(variant: str) -> str | None:
     greeting's question (the agent's last utterance)."""
     name, patterns, greeting = AUTO_AGENTS[variant]
     vocabulary = agent_vocabulary(name, KnowledgeBase.from_globs(patterns))
-    return stt_prompt(vocabulary, last_question([greeting]))
+    return stt_prompt(vocabulary, last_question([greeting] if greeting else []))
 
 
 @dataclass(frozen=True, slots=True)
