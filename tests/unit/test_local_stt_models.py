@@ -51,7 +51,7 @@ def test_moonshine_base_is_the_shipped_moonshine_model() -> None:
         ({"model": "moonshine-base", "beam_size": 3}, "unknown option(s) beam_size"),
         ({"model": "moonshine-base", "cpu_threads": 0}, "stt.cpu_threads"),
         ({"model": "moonshine-base", "workers": -1}, "stt.workers"),
-        ({"model": "small.en"}, "or one of the names fast, tiny.en, moonshine-base"),
+        ({"model": "small.en"}, "or one of the names fast, tiny.en, base, moonshine-base"),
         ({"prompt": 3}, "stt.prompt must be a string"),
         ({"hotwords": ["a"]}, "stt.hotwords must be a string"),
     ],

@@ -122,11 +122,19 @@ class FakeStt:
         """Virtual time at which each call began."""
         self.cancelled: list[float] = []
         """Virtual time at which each cancelled call was cancelled."""
+        self.prompts: list[str | None] = []
+        """The ``prompt`` of each call (None: none given)."""
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         self.started.append(self.clock.now())
+        self.prompts.append(prompt)
         try:
             await self.clock.sleep_until(self.clock.now() + self.delay)
         except asyncio.CancelledError:

@@ -70,14 +70,25 @@ class SpeechToText(Protocol):
     """True when :attr:`Transcript.end_of_turn` is meaningful (then it overrides the turn model)."""
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (s16le mono at :attr:`sample_rate`).
+
+        A provider that wants the call's context (the agent's vocabulary and last question,
+        :mod:`sipserver.pipeline.vocabulary`) sets an attribute ``vocabulary = True``; sessions
+        then pass ``prompt`` on final decodes. Providers that cannot use it ignore it.
 
         Args:
             pcm: the speech segment, prefix padding included.
             final: False asks for a cheap interim result on a segment still growing.
             language: ISO 639-1 hint, or None to detect.
+            prompt: text said just before this segment (context that biases spelling), added
+                to the provider's own configured prompt; None: none.
         """
         ...
 

@@ -222,9 +222,15 @@ class LiveKitStt(_AudioStage):
     _suffix_option = "language"
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
-        """Stream ``pcm`` (s16le 16 kHz) to LiveKit and join the final transcripts.
+        """Stream ``pcm`` (s16le 16 kHz) to LiveKit and join the final transcripts (``prompt``
+        is ignored: the gateway's streams take none).
 
         Raises:
             ProviderError: the gateway failed or is unreachable.

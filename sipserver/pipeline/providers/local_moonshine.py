@@ -227,7 +227,12 @@ class MoonshineStt:
     # ---------------------------------------------------------------------------- transcribe
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (s16le mono, 16 kHz).
 
@@ -236,6 +241,7 @@ class MoonshineStt:
             final: False for an interim result (at most the last 30 s; decoding is greedy
                 either way, so an interim costs what a final decode of the same audio does).
             language: ignored (English only).
+            prompt: ignored (Moonshine takes no context).
         """
         samples = len(pcm) // 2
         if samples == 0:

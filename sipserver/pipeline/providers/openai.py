@@ -382,6 +382,9 @@ class OpenAiStt(_OpenAiClient):
         language: ISO 639-1 code sent when the session gives none; None: the model detects.
         prompt: text that guides spelling and vocabulary (names, products).
         sample_rate: rate of the PCM the session sends (the WAV says it to the server).
+        vocabulary: True: sessions pass the agent's vocabulary and last question per request
+            (``stt.vocabulary: auto``; off by default here: it sends knowledge-base terms to
+            the API), added after ``prompt``.
     """
 
     name = "openai"
@@ -394,16 +397,23 @@ class OpenAiStt(_OpenAiClient):
         language: str | None = None,
         prompt: str | None = None,
         sample_rate: int = 16000,
+        vocabulary: bool = False,
     ) -> None:
         self.settings = settings
         self.language = language
         self.prompt = prompt
         self.sample_rate = sample_rate
+        self.vocabulary = vocabulary
         self._client: AsyncOpenAI | None = None
         settings.check()
 
     async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
     ) -> Transcript:
         """Transcribe ``pcm``; an interim request costs as much as a final one here.
 
@@ -415,8 +425,9 @@ class OpenAiStt(_OpenAiClient):
         extra: dict[str, Any] = {}
         if lang:
             extra["language"] = lang
-        if self.prompt:
-            extra["prompt"] = self.prompt
+        context = " ".join(p for p in (self.prompt, prompt) if p)
+        if context:
+            extra["prompt"] = context
         try:
             result = await client.audio.transcriptions.create(
                 file=("speech.wav", pcm_to_wav(pcm, self.sample_rate), "audio/wav"),

