@@ -45,7 +45,7 @@ import numpy as np
 from bench.pipeline import QUESTIONS, TimedLlm, TimedStt, TimedTts, TimedTurn, pct, speech
 from sipserver.config import CustomModel, load_config
 from sipserver.pipeline.clock import MonotonicClock
-from sipserver.pipeline.events import AgentState, SessionEvent, TurnLatency
+from sipserver.pipeline.events import AgentState, SessionEvent, TurnCommitted, TurnLatency
 from sipserver.pipeline.knowledge import KnowledgeBase
 from sipserver.pipeline.providers.base import ChatMessage, TextDelta
 from sipserver.pipeline.providers.local_llm import KnowledgeBaseLlm
@@ -71,8 +71,10 @@ FIGURES = (
     "stt_compute",
     "turn_compute",
     "tts_compute",
+    "turn_probability",
 )
-"""Rows of the table, seconds; each framework fills those it exposes."""
+"""Rows of the table: seconds, but for the turn model's probability (0..1) where it ran; each
+framework fills those it exposes."""
 
 _ROLES = {"system", "user", "assistant"}
 
@@ -150,9 +152,10 @@ class Feeder:
 
 
 async def run_sipserver(
-    questions: Sequence[np.ndarray[Any, Any]], rate: int
+    questions: Sequence[np.ndarray[Any, Any]], rate: int, heard: list[str]
 ) -> list[dict[str, float]]:
-    """One VoiceSession of the demo agent with its defaults; one row per answered question."""
+    """One VoiceSession of the demo agent with its defaults; one row per answered question
+    (each committed turn's text appended to ``heard``)."""
     config = load_config(None)
     agent = config.agents[0]
     assert agent.realtime.model is not None
@@ -211,6 +214,7 @@ async def run_sipserver(
             speech_end = clock.now()
             await wait_listening(15.0)
             latency = next((e for e in events[seen:] if isinstance(e, TurnLatency)), None)
+            heard += [e.text for e in events[seen:] if isinstance(e, TurnCommitted)]
             if latency is None or latency.first_frame is None:
                 print("sipserver: turn without a reply")
                 continue
@@ -219,14 +223,14 @@ async def run_sipserver(
                 "end_of_turn": latency.end_of_turn,
                 "llm_first_text": latency.llm_first_token,
                 "tts_first_audio": latency.tts_first_audio,
-                "stt_final": stt.last.done_at,
+                "stt_final": latency.transcript_at,
             }
             row = since({k: v for k, v in marks.items() if v is not None}, speech_end)
-            row.update(
-                stt_compute=stt.last.seconds,
-                turn_compute=turn.last.seconds,
-                tts_compute=tts.first[-1] if tts.first else 0.0,
-            )
+            row.update(stt_compute=stt.last.seconds, tts_compute=tts.first[-1] if tts.first else 0)
+            if latency.turn_model_ms is not None:  # not asked for a question (see docs)
+                row.update(
+                    turn_compute=latency.turn_model_ms / 1e3, turn_probability=turn.probability
+                )
             rows.append(row)
     finally:
         session.on_hangup("bench over")
@@ -247,12 +251,15 @@ class PeerMarks:
     stt_compute: float | None = None
     tts_compute: float | None = None
     turn_compute: float | None = None
+    turn_probability: float | None = None
+    heard: str = ""
 
     def reset(self) -> None:
         self.marks.clear()
         self.tts_audio_bytes = 0
         self.tts_stopped = False
-        self.stt_compute = self.tts_compute = self.turn_compute = None
+        self.stt_compute = self.tts_compute = self.turn_compute = self.turn_probability = None
+        self.heard = ""
 
 
 def build_pipecat(rate: int, voice_dir: Path) -> tuple[Any, Any, PeerMarks, Any]:
@@ -335,14 +342,17 @@ def build_pipecat(rate: int, voice_dir: Path) -> tuple[Any, Any, PeerMarks, Any]
             for name, kind in first_of:
                 if isinstance(frame, kind) and name not in peer.marks:
                     peer.marks[name] = at
-            if isinstance(frame, TTSAudioRawFrame) and data.source is tts:
+            if isinstance(frame, TranscriptionFrame) and data.source is stt:
+                peer.heard += frame.text
+            elif isinstance(frame, TTSAudioRawFrame) and data.source is tts:
                 peer.tts_audio_bytes += len(frame.audio)
             elif isinstance(frame, TTSStoppedFrame):
                 peer.tts_stopped = True
             elif isinstance(frame, MetricsFrame) and data.first_push:
                 for item in frame.data:
-                    if isinstance(item, TurnMetricsData):
+                    if isinstance(item, TurnMetricsData):  # features + inference, wall time
                         peer.turn_compute = item.e2e_processing_time_ms / 1e3
+                        peer.turn_probability = item.probability
                     elif isinstance(item, ProcessingMetricsData) and data.source is stt:
                         peer.stt_compute = item.value
                     elif isinstance(item, TTFBMetricsData) and data.source is tts:
@@ -392,9 +402,13 @@ def link_voice(directory: Path) -> None:
 
 
 async def run_pipecat(
-    questions: Sequence[np.ndarray[Any, Any]], rate: int, parts: tuple[Any, Any, PeerMarks, Any]
+    questions: Sequence[np.ndarray[Any, Any]],
+    rate: int,
+    parts: tuple[Any, Any, PeerMarks, Any],
+    heard: list[str],
 ) -> list[dict[str, float]]:
-    """The questions through the running Pipecat pipeline; one row per answered question."""
+    """The questions through the running Pipecat pipeline; one row per answered question
+    (each turn's transcript appended to ``heard``)."""
     worker, clock, peer, audio_frame = parts
     feeder = Feeder(rate)
     loop = asyncio.get_running_loop()
@@ -421,6 +435,7 @@ async def run_pipecat(
             played = peer.tts_audio_bytes / 2 / rate
             if clock.get_time() / 1e9 > first + played + 1.0:
                 break
+        heard.append(peer.heard.strip())
         if "tts_first_audio" not in peer.marks:
             print("pipecat: turn without a reply")
             continue
@@ -430,6 +445,7 @@ async def run_pipecat(
             ("stt_compute", peer.stt_compute),
             ("turn_compute", peer.turn_compute),
             ("tts_compute", peer.tts_compute),
+            ("turn_probability", peer.turn_probability),
         ):
             if value is not None:
                 row[name] = value
@@ -441,19 +457,21 @@ async def run_pipecat(
 
 
 async def run(turns: int, repeat: int, rate: int) -> None:
-    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.workers.runner import WorkerRunner
 
     questions = [speech(q, rate) for q in (QUESTIONS * 2)[:turns]]
     results: dict[str, list[dict[str, float]]] = {"sipserver": [], "pipecat": []}
+    heard: dict[str, list[str]] = {"sipserver": [], "pipecat": []}
     with tempfile.TemporaryDirectory() as tmp:
         link_voice(Path(tmp))
         parts = build_pipecat(rate, Path(tmp))  # loads the models: blocks while it does
-        runner = PipelineRunner(handle_sigint=False)
-        running = asyncio.create_task(runner.run(parts[0]))
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(parts[0])
+        running = asyncio.create_task(runner.run())
         try:
             for _ in range(repeat):
-                results["sipserver"] += await run_sipserver(questions, rate)
-                results["pipecat"] += await run_pipecat(questions, rate, parts)
+                results["sipserver"] += await run_sipserver(questions, rate, heard["sipserver"])
+                results["pipecat"] += await run_pipecat(questions, rate, parts, heard["pipecat"])
         finally:
             await parts[0].cancel()
             await asyncio.wait({running}, timeout=10)
@@ -464,6 +482,10 @@ async def run(turns: int, repeat: int, rate: int) -> None:
     )
     for line in table(results):
         print(line)
+    print("heard (first round):")
+    for k in range(turns):
+        said = [h[k] if k < len(h) else "-" for h in heard.values()]
+        print(f"  {QUESTIONS[k % len(QUESTIONS)]!r}: " + " | ".join(repr(x) for x in said))
 
 
 def main(argv: Any = None) -> None:
