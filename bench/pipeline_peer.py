@@ -77,6 +77,7 @@ FIGURES = (
 framework fills those it exposes."""
 
 _ROLES = {"system", "user", "assistant"}
+_STATS = ("p50", "p95", "max")
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -106,20 +107,23 @@ def since(marks: Mapping[str, float], start: float) -> dict[str, float]:
     return {name: t - start for name, t in marks.items() if t >= start}
 
 
-def table(results: Mapping[str, Sequence[Mapping[str, float]]]) -> list[str]:
-    """Lines of the comparison: one row per figure of :data:`FIGURES`, p50 and p95 per
-    framework over its turns (``-`` where a framework has no value for the figure)."""
+def table(results: Mapping[str, Sequence[Mapping[str, float]]], asked: int) -> list[str]:
+    """Lines of the comparison: the turns answered of ``asked``, then one row per figure of
+    :data:`FIGURES` with p50, p95 and max per framework over its answered turns (``-`` where a
+    framework has no value for the figure)."""
     names = list(results)
-    head = f"{'figure (s)':<18}" + "".join(f"{n + ' p50':>16}{n + ' p95':>16}" for n in names)
-    lines = [head, f"{'turns':<18}" + "".join(f"{len(results[n]):>16}{'':>16}" for n in names)]
+    head = f"{'figure (s)':<18}" + "".join(f"{n + ' ' + q:>15}" for n in names for q in _STATS)
+    answered = "".join(f"{f'{len(results[n])}/{asked}':>15}{'':>30}" for n in names)
+    lines = [head, f"{'answered':<18}" + answered]
     for figure in FIGURES:
         cells = []
         for name in names:
             values = [row[figure] for row in results[name] if figure in row]
             if values:
-                cells.append(f"{statistics.median(values):>16.3f}{pct(values, 0.95):>16.3f}")
+                stats = (statistics.median(values), pct(values, 0.95), max(values))
+                cells.append("".join(f"{v:>15.3f}" for v in stats))
             else:
-                cells.append(f"{'-':>16}{'-':>16}")
+                cells.append(f"{'-':>15}" * len(_STATS))
         lines.append(f"{figure:<18}" + "".join(cells))
     return lines
 
@@ -480,7 +484,7 @@ async def run(turns: int, repeat: int, rate: int) -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; caller audio {rate} Hz"
     )
-    for line in table(results):
+    for line in table(results, turns * repeat):
         print(line)
     print("heard (first round):")
     for k in range(turns):

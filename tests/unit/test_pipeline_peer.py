@@ -32,14 +32,16 @@ def test_since_drops_marks_before_the_start() -> None:
 
 
 def test_table_has_every_figure_and_dashes_for_missing_ones() -> None:
-    rows = [{"voice_to_voice": v, "end_of_turn": v / 2} for v in (1.0, 2.0, 3.0)]
-    lines = table({"one": rows, "two": [{"voice_to_voice": 0.5}]})
+    rows = [{"voice_to_voice": v, "end_of_turn": v / 2} for v in (1.0, 2.0, 3.0, 9.0)]
+    lines = table({"one": rows, "two": [{"voice_to_voice": 0.5}]}, asked=4)
     assert len(lines) == 2 + len(FIGURES)
+    header = [f"{n} {q}" for n in ("one", "two") for q in ("p50", "p95", "max")]
+    assert lines[0].split(maxsplit=2)[2].split() == " ".join(header).split()
+    assert lines[1].split()[1:] == ["4/4", "1/4"]
     v2v = next(line for line in lines if line.startswith("voice_to_voice"))
-    assert v2v.split()[1:] == ["2.000", "3.000", "0.500", "0.500"]
+    assert v2v.split()[1:] == ["2.500", "9.000", "9.000", "0.500", "0.500", "0.500"]
     eot = next(line for line in lines if line.startswith("end_of_turn"))
-    assert eot.split()[1:] == ["1.000", "1.500", "-", "-"]
-    assert lines[1].split()[1:] == ["3", "1"]
+    assert eot.split()[1:] == ["1.250", "4.500", "4.500", "-", "-", "-"]
 
 
 def test_feeder_pads_the_last_frame_with_silence() -> None:
