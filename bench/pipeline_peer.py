@@ -2,7 +2,7 @@
 
     python bench/pipeline_peer.py [--turns 6] [--repeat 1] [--rate 16000]
 
-Needs the dev extra (``pipecat-ai[piper]``: Pipecat's in-process Piper service runs on the
+Needs the peer extra (``pip install -e '.[peer]'``: Pipecat's in-process Piper service runs on the
 ``piper-tts`` package, which is GPL-3.0: a bench-only tool, never imported by sipserver).
 
 The espeak-ng questions of bench/pipeline.py, fed in real time (20 ms frames on absolute
