@@ -19,7 +19,6 @@ and the webhook sender's table (:mod:`sipserver.records.webhooks`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import sqlite3
@@ -398,14 +397,6 @@ class RecordStore:
             args.append(before)
         sql += " ORDER BY started_at, id LIMIT ?"
         return [_record(r) for r in self._read(sql, [*args, limit])]
-
-    def database_bytes(self) -> int:
-        """Bytes the database takes on disk (file + WAL)."""
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):  # no WAL file right now
-                total += Path(str(self.path) + suffix).stat().st_size
-        return total
 
     def turn_latencies(self, agent: str, since: float) -> list[float]:
         """Voice-to-voice times (ms) of an agent's turns in calls started since ``since``."""

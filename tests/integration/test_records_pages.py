@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import time
 import wave
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +139,6 @@ def seeded(server_factory: Any) -> tuple[ServerProcess, str]:
     return server, ids[0]
 
 
-@asynccontextmanager
-async def site(server: ServerProcess) -> AsyncIterator[str]:
-    """The server's URL."""
-    yield server.http_url
-
-
 def rows_js() -> str:
     return "[...document.querySelectorAll('#calls-rows tr[data-call]')].map(r => r.dataset.call)"
 
@@ -164,8 +156,8 @@ async def test_calls_list_search_and_the_call_page_with_its_player(
     if chromium_path() is None:
         pytest.skip("chromium is not installed (scripts/test installs it)")
     server, rich_id = seeded
+    base = server.http_url
     async with (
-        site(server) as base,
         open_page("about:blank", tmp_path / "chromium-profile", ("--window-size=1280,1500",))
         as page,
     ):  # fmt: skip
