@@ -198,6 +198,7 @@ class ServerRecords:
             wall_clock=time.time,
             webhook_status=self.webhook_status,
             on_deleted=self.forget,
+            in_progress=lambda record_id: self.book is not None and self.book.is_open(record_id),
         ).add_routes(app)
         RecordPages(
             login=gate.login_of,

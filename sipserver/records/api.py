@@ -155,6 +155,8 @@ class CallsApi:
         webhook_status: the record's webhook delivery status per kind (the ``webhooks`` key
             of a record; None: the record's stored one).
         on_deleted: awaited with the id of a deleted record (its webhook deliveries go too).
+        in_progress: whether the record's call is still going on (its record open in the
+            book): such a record is not deleted (409), or its last events would write it again.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class CallsApi:
         wall_clock: Callable[[], float],
         webhook_status: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
         on_deleted: Callable[[list[str]], Awaitable[None]] | None = None,
+        in_progress: Callable[[str], bool] | None = None,
     ) -> None:
         self.gate = gate
         self._config = config
@@ -173,6 +176,7 @@ class CallsApi:
         self._wall_clock = wall_clock
         self._webhook_status = webhook_status
         self._on_deleted = on_deleted
+        self._in_progress = in_progress
 
     def add_routes(self, app: web.Application) -> None:
         """Register the API on the public site, after the console's (its
@@ -321,6 +325,8 @@ class CallsApi:
             raise _error(403, "cross-site request refused")
         store = self._records()
         record_id = request.match_info["id"]
+        if self._in_progress is not None and self._in_progress(record_id):
+            raise _error(409, "the call is in progress: delete its record after it ends")
         data_dir = self._config().server.data_dir
 
         def delete() -> tuple[CallRecord | None, bool]:
@@ -398,6 +404,7 @@ _ERRORS: Final[dict[int, type[web.HTTPException]]] = {
     401: web.HTTPUnauthorized,
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
+    409: web.HTTPConflict,
     503: web.HTTPServiceUnavailable,
 }
 

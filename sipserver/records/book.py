@@ -140,6 +140,11 @@ class CallRecordBook:
     def __contains__(self, key: object) -> bool:
         return key in self._open
 
+    def is_open(self, record_id: str) -> bool:
+        """The record ``record_id`` belongs to a call in progress (at most ``max_open`` looked
+        at: called on an operator's delete, not per packet)."""
+        return any(entry.record.id == record_id for entry in self._open.values())
+
     def get(self, key: Hashable) -> CallRecord | None:
         """The open record of ``key`` (None: none open)."""
         entry = self._open.get(key)

@@ -55,6 +55,7 @@ def test_a_call_is_listed_while_in_progress_then_closed_with_its_events(
     key = ("sip", "abc@host")
     record = book.open(key, agent="support", ingress="sip", sip_call_id="abc@host", answered=False)
     assert record is not None and started == [record]
+    assert book.is_open(record.id) and not book.is_open("not-a-record")
     store.flush()
     listed = store.get(record.id)
     assert listed is not None and listed.ended_at is None and listed.answered_at is None
@@ -84,7 +85,7 @@ def test_a_call_is_listed_while_in_progress_then_closed_with_its_events(
 
     clock.now += 10
     closed = book.close(key, end_reason="caller_bye", ended_by="caller")
-    assert closed is record and key not in book
+    assert closed is record and key not in book and not book.is_open(record.id)
     assert ended == [record] and len(record.events) == 3  # the webhook gets the events
     store.flush()
     final = store.get(record.id)

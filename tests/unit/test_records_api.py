@@ -135,6 +135,8 @@ class Site:
     recorded: CallRecord
     wav: bytes
     cookies: dict[str, str]
+    live: set[str]
+    """Ids of records whose call is in progress (the API's ``in_progress``)."""
 
     def as_(self, user: str) -> dict[str, str]:
         return {"Cookie": f"{COOKIE}={self.cookies[user]}"}
@@ -168,7 +170,14 @@ async def site(tmp_path: Path, store: RecordStore) -> AsyncIterator[Site]:
     store.save(recorded)
     assert store.flush()
     board = Dashboard(lambda: config, ListensHub(), Metrics())
-    api = CallsApi(gate=board, config=lambda: config, store=lambda: store, wall_clock=lambda: NOW)
+    live: set[str] = set()
+    api = CallsApi(
+        gate=board,
+        config=lambda: config,
+        store=lambda: store,
+        wall_clock=lambda: NOW,
+        in_progress=live.__contains__,
+    )
     app = web.Application()
     board.add_routes(app)
     api.add_routes(app)
@@ -185,7 +194,7 @@ async def site(tmp_path: Path, store: RecordStore) -> AsyncIterator[Site]:
         cookies[name] = response.cookies[COOKIE].value
         client.session.cookie_jar.clear()
     try:
-        yield Site(client, store, data_dir, alpha[::-1], beta, recorded, wav, cookies)
+        yield Site(client, store, data_dir, alpha[::-1], beta, recorded, wav, cookies, live)
     finally:
         await client.close()
 
@@ -430,6 +439,20 @@ async def test_an_admin_deletes_the_record_and_its_file(site: Site) -> None:
     # No events left behind: the agent's latencies lost that call's turn.
     turns = await asyncio.to_thread(site.store.turn_latencies, "alpha", 0)
     assert sorted(turns) == [800.0 + 100 * i for i in range(6)]
+
+
+async def test_a_call_in_progress_is_not_deleted(site: Site) -> None:
+    site.live.add(site.recorded.id)
+    path = Path(site.recorded.recording.path)  # type: ignore[union-attr]
+    response = await site.client.delete(f"/api/calls/{site.recorded.id}", headers=site.as_("ann"))
+    assert response.status == 409
+    assert "in progress" in (await response.json())["error"]
+    assert path.exists()
+    assert await asyncio.to_thread(site.store.get, site.recorded.id) is not None
+    site.live.clear()  # the call ended: now it goes
+    response = await site.client.delete(f"/api/calls/{site.recorded.id}", headers=site.as_("ann"))
+    assert response.status == 200
+    assert not path.exists()
 
 
 async def test_without_a_store_the_api_is_503(tmp_path: Path) -> None:
