@@ -83,8 +83,9 @@ class _UdpListener:
     Not an asyncio datagram transport: that reads one datagram per loop pass (a select call
     and a callback handle each) and adds its checks to every send. Here a wake-up drains up to
     :data:`_READS_PER_WAKE` waiting datagrams, the clocks are read once per wake-up, and
-    answers go straight to ``sendto``; a full send buffer drops the datagram (counted), as the
-    network would: SIP over UDP retransmits (RFC 3261 §17).
+    answers go straight to ``sendto``; a full send buffer drops the datagram (counted in
+    ``sipserver_sip_send_errors_total``), as the network would: SIP over UDP retransmits
+    (RFC 3261 §17).
     """
 
     def __init__(
@@ -96,8 +97,6 @@ class _UdpListener:
         self.sock = sock
         self._max_size = max_size
         self._closed = False
-        self.send_errors = 0
-        """Datagrams ``sendto`` refused (a full send buffer, an unreachable address)."""
         asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -105,7 +104,7 @@ class _UdpListener:
         try:
             self.sock.sendto(data, addr)
         except OSError as exc:
-            self.send_errors += 1
+            self._listeners.metrics.send_errors.inc()
             log.debug("udp_send_failed", host=addr[0], port=addr[1], error=str(exc))
 
     def _read_ready(self) -> None:
