@@ -82,7 +82,8 @@ def run_sipp(
 
 
 def retransmissions(http_port: int | None) -> int | None:
-    """sipserver_sip_retransmissions_total of the server on ``http_port`` (None: not sipserver)."""
+    """sipserver_sip_retransmissions_total of the server whose admin listener is on ``http_port``
+    (None: not sipserver)."""
     if http_port is None:
         return None
     url = f"http://127.0.0.1:{http_port}/metrics"
@@ -117,12 +118,12 @@ def measure(
 def start_sipserver(
     wd: Path, store: str, profile: str | None, commit_ms: float | None = None
 ) -> tuple[subprocess.Popen[bytes], int, int]:
-    sip_port, http_port = free_port(), free_port()
+    sip_port, http_port, admin_port = free_port(), free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
     config = {
         "server": {
             "http": f"127.0.0.1:{http_port}",
-            "admin_http": None,  # only /healthz is read
+            "admin_http": f"127.0.0.1:{admin_port}",  # /metrics: the retransmissions
             "public_url": f"http://127.0.0.1:{http_port}",
             "data_dir": str(wd / "data"),
             "store": store,
@@ -155,7 +156,7 @@ def start_sipserver(
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1).read()
-            return proc, sip_port, http_port
+            return proc, sip_port, admin_port
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError((wd / "sipserver.log").read_text()) from None

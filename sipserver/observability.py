@@ -319,6 +319,12 @@ class Metrics:
             ["transport", "answered"],
             registry=r,
         )
+        self.send_errors = Counter(
+            "sipserver_sip_send_errors",
+            "SIP datagrams the UDP socket refused to send (a full send buffer, an unreachable "
+            "address): dropped, as the network would; the peer retransmits.",
+            registry=r,
+        )
         self.retransmissions = Counter(
             "sipserver_sip_retransmissions",
             "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2).",

@@ -73,41 +73,80 @@ def parse_host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
     return value, default_port
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, listeners: SipListeners, index: int) -> None:
-        # The router is looked up per datagram: a config reload swaps it on the listeners.
+_READS_PER_WAKE = 32
+"""Datagrams one wake-up of a UDP listener reads at most before the loop runs other work."""
+
+
+class _UdpListener:
+    """One SIP UDP socket, read with ``loop.add_reader`` and written with ``sendto``.
+
+    Not an asyncio datagram transport: that reads one datagram per loop pass (a select call
+    and a callback handle each) and adds its checks to every send. Here a wake-up drains up to
+    :data:`_READS_PER_WAKE` waiting datagrams, the clocks are read once per wake-up, and
+    answers go straight to ``sendto``; a full send buffer drops the datagram (counted in
+    ``sipserver_sip_send_errors_total``), as the network would: SIP over UDP retransmits
+    (RFC 3261 §17).
+    """
+
+    def __init__(
+        self, listeners: SipListeners, index: int, sock: socket.socket, max_size: int
+    ) -> None:
+        # The router is looked up per wake-up: a config reload swaps it on the listeners.
         self._listeners = listeners
         self._index = index  # in SipListeners._udp: where a held response goes out
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self._max_size = max_size
+        self._closed = False
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram now; a refused send is counted and dropped."""
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            self._listeners.metrics.send_errors.inc()
+            log.debug("udp_send_failed", host=addr[0], port=addr[1], error=str(exc))
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        if len(data) <= 4 and not data.strip():
-            return  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
-        host, port = str(addr[0]), int(addr[1])
+    def _read_ready(self) -> None:
         listeners = self._listeners
-        out = listeners.router.handle_message(
-            data,
-            Peer("udp", host, port, self._index),
-            now=listeners.clock(),
-            wall=listeners.wall_clock(),
-        )
-        transport = self.transport
-        if transport is None:
-            return
-        for item in out:
-            if item.transport in ("", "udp"):
-                transport.sendto(item.data, (item.host, item.port))
-            else:
-                listeners.deliver(item)
-        listeners.arm_proxy_timer()
+        router = listeners.router
+        recvfrom = self.sock.recvfrom
+        sendto = self.sendto
+        now = listeners.clock()
+        wall = listeners.wall_clock()
+        index = self._index
+        handled = 0
+        for _ in range(_READS_PER_WAKE):
+            try:
+                data, addr = recvfrom(self._max_size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP port unreachable and friends, queued on the socket: the peer went away.
+                log.debug("udp_error", error=str(exc))
+                continue
+            if len(data) <= 4 and not data.strip():
+                continue  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
+            handled += 1
+            out = router.handle_message(
+                data, Peer("udp", str(addr[0]), int(addr[1]), index), now=now, wall=wall
+            )
+            for item in out:
+                if item.transport == "udp" or not item.transport:
+                    sendto(item.data, (item.host, item.port))
+                else:
+                    listeners.deliver(item)
+        if handled:
+            listeners.arm_proxy_timer()
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: the peer went away; nothing to do.
-        log.debug("udp_error", error=str(exc))
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -347,7 +386,7 @@ class SipListeners:
         self._proxy_timer_at: float | None = None
         self.bound: list[tuple[str, str, int]] = []
         """(transport, host, port) of every listener, with the real port when 0 was asked."""
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[_UdpListener] = []
         self._streams: list[StreamAcceptor] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -356,21 +395,18 @@ class SipListeners:
 
         TLS listeners need :attr:`tls_context` set first.
         """
-        loop = asyncio.get_running_loop()
         for spec in udp:
             host, port = parse_host_port(spec)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_UdpProtocol, self, len(self._udp)),
-                    local_addr=(host, port),
-                    family=family,
-                )
+                sock.setblocking(False)
+                sock.bind((host, port))
             except OSError as exc:
+                sock.close()
                 raise OSError(exc.errno, f"cannot bind SIP UDP {spec}: {exc.strerror}") from exc
-            sock = transport.get_extra_info("socket")
             _grow_buffers(sock)
-            self._udp.append(transport)
+            self._udp.append(_UdpListener(self, len(self._udp), sock, _MAX_DATAGRAM))
             self.bound.append(("udp", host, int(sock.getsockname()[1])))
         for spec in tcp:
             self.start_stream(spec, "tcp")
@@ -464,10 +500,9 @@ class SipListeners:
             self._udp[item.listener].sendto(item.data, (item.host, item.port))
             return
         family = socket.AF_INET6 if ":" in item.host else socket.AF_INET
-        for transport in self._udp:
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family == family:
-                transport.sendto(item.data, (item.host, item.port))
+        for listener in self._udp:
+            if listener.sock.family == family:
+                listener.sendto(item.data, (item.host, item.port))
                 return
         self._udp[0].sendto(item.data, (item.host, item.port))
 
@@ -508,8 +543,8 @@ class SipListeners:
             await cancel_and_wait(self._ticker)
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()
-        for transport in self._udp:
-            transport.close()
+        for listener in self._udp:
+            listener.close()
         for acceptor in self._streams:
             acceptor.close()
         for task in list(self.handshakes):
@@ -517,6 +552,10 @@ class SipListeners:
         for conn in list(self.connections):
             conn.close()
         await asyncio.sleep(0)  # let the transports call connection_lost
+
+
+_MAX_DATAGRAM = 65535
+"""Largest UDP datagram read (the IPv4/IPv6 payload limit)."""
 
 
 def _grow_buffers(sock: socket.socket) -> None:

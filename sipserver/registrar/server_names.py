@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipserver.sip.uri import SipUri
 
@@ -25,6 +25,10 @@ __all__ = ["ServerNames"]
 
 #: RFC 3263 §4.2: a URI naming an IP literal without a port means 5060 (5061 for sips).
 _DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+#: Hosts whose answer :meth:`ServerNames.is_local_host` remembers (every REGISTER and INVITE
+#: asks about its Request-URI host, nearly always one of a handful); past it the memory starts
+#: afresh, so hosts sent to churn it cost a parse each, as without it.
+_LOCAL_HOST_MEMORY = 1024
 
 
 def _ip_key(host: str) -> str | None:
@@ -52,6 +56,9 @@ class ServerNames:
     ours (the interfaces' addresses are not enumerated; the router has always taken it so)."""
     ports: frozenset[int]
     """Listener ports (UDP and TCP)."""
+    _local: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    """The answers of :meth:`is_local_host` so far (an IP literal costs an ``ipaddress``
+    parse): a cache, not state; the names themselves never change."""
 
     @classmethod
     def build(cls, hosts: Iterable[str], ports: Iterable[int] = ()) -> ServerNames:
@@ -89,6 +96,15 @@ class ServerNames:
             True for a served domain, a listener address, or any IP literal while a listener
             is bound to a wildcard address.
         """
+        local = self._local.get(host)
+        if local is None:
+            local = self._is_local_host(host)
+            if len(self._local) >= _LOCAL_HOST_MEMORY:
+                self._local.clear()
+            self._local[host] = local
+        return local
+
+    def _is_local_host(self, host: str) -> bool:
         if host.lower() in self.domains:
             return True
         key = _ip_key(host)

@@ -95,3 +95,16 @@ def test_wildcard_listener_makes_every_ip_literal_local() -> None:
 )
 def test_names_uri(uri: str, names: bool) -> None:
     assert NAMES.names_uri(uri) is names
+
+
+def test_remembered_answers_stay_right_past_the_memory_bound() -> None:
+    names = ServerNames.build(["sip.example.com", "127.0.0.1"], ports=[5060])
+    # Asked twice each, through more distinct hosts than the memory holds (it starts afresh).
+    hosts = [f"10.0.{i // 256}.{i % 256}" for i in range(3000)] + ["127.0.0.1", "::ffff:127.0.0.1"]
+    for _ in range(2):
+        assert [h for h in hosts if names.is_local_host(h)] == ["127.0.0.1", "::ffff:127.0.0.1"]
+        assert names.is_local_host("SIP.EXAMPLE.com")
+        assert not names.is_local_host("other.example.com")
+    # The memory is not part of the value.
+    assert names == ServerNames.build(["sip.example.com", "127.0.0.1"], ports=[5060])
+    assert hash(names) == hash(ServerNames.build(["sip.example.com", "127.0.0.1"], ports=[5060]))
