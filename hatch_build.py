@@ -116,10 +116,10 @@ def compile_in_place(root: Path, files: list[str]) -> str | None:
 
 
 def write_manifest(root: Path, files: list[str]) -> None:
-    modules = {
-        path[: -len(".py")].replace("/", "."): hashlib.sha256((root / path).read_bytes()).hexdigest()
-        for path in files
-    }
+    modules = {}
+    for path in files:
+        digest = hashlib.sha256((root / path).read_bytes()).hexdigest()
+        modules[path[: -len(".py")].replace("/", ".")] = digest
     (root / PACKAGE / MANIFEST).write_text(json.dumps({"modules": modules}, indent=1) + "\n")
 
 
@@ -135,7 +135,8 @@ def build(root: Path, patterns: list[str], log: Any) -> bool:
     if reason is not None:
         log(f"{PACKAGE}: pure-Python build: {reason}")
         return False
-    log(f"{PACKAGE}: compiled {len(files)} modules with mypyc in {time.monotonic() - started:.0f} s")
+    took = time.monotonic() - started
+    log(f"{PACKAGE}: compiled {len(files)} modules with mypyc in {took:.0f} s")
     return True
 
 
@@ -168,4 +169,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--clean"]:
         clean(here)
     else:
-        sys.exit(0 if build(here, configured_patterns(here), lambda text: print(text, file=sys.stderr)) else 1)
+        compiled = build(here, configured_patterns(here), lambda text: print(text, file=sys.stderr))
+        sys.exit(0 if compiled else 1)

@@ -24,8 +24,9 @@ def server_env(*, pure: bool) -> dict[str, str]:
 
 
 def build_label(pure: bool) -> str:
-    """"sipserver-mypyc" or "sipserver-pure": what a server started with server_env(pure=pure)
-    runs, asked of the same interpreter (a checkout without the build runs pure either way)."""
+    """Either "sipserver-mypyc" or "sipserver-pure": what a server started with
+    server_env(pure=pure) runs, asked of the same interpreter (a checkout without the build
+    runs pure either way)."""
     probe = "import sipserver.sip.message as m; print(m.__file__)"
     origin = subprocess.run(
         [sys.executable, "-c", probe],

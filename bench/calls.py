@@ -23,7 +23,7 @@ Usage::
     python bench/calls.py                     # 20 calls/s, 200 calls
     python bench/calls.py --rate 10 --calls 100 --no-kamailio
     python bench/calls.py --sweep 4,8,16 --hold 30
-    python bench/calls.py --pure              # sipserver's pure-Python modules (SIPSERVER_PURE_PYTHON=1)
+    python bench/calls.py --pure              # pure-Python modules (SIPSERVER_PURE_PYTHON=1)
     python bench/calls.py --both              # the mypyc build, then the pure one, then Kamailio
 """
 
