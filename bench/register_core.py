@@ -34,9 +34,9 @@ def child(count: int) -> float:
     """CPU microseconds per registration (two handle_message calls) in this process."""
     sys.path.insert(0, str(REPO))
     import structlog
-    from tests.unit.test_router import NOW, PEER, answer, make_router, request
 
     from sipserver.sip.message import SipResponse, parse_message
+    from tests.unit.test_router import NOW, PEER, answer, make_router, request
 
     # Like `sipserver run --log-level warning` in bench/register.py: no line per registration.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
