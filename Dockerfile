@@ -5,7 +5,9 @@ FROM python:3.11-slim-bookworm
 # two arenas hold the server's resident size down (see docs/security.md, memory per call).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MALLOC_ARENA_MAX=2
 WORKDIR /opt/sipserver
-COPY pyproject.toml README.md ./
+# hatch_build.py: the mypyc build of the signalling modules; this slim image has no C compiler,
+# so the install falls back to the pure-Python modules (pip install -v . says so).
+COPY pyproject.toml README.md hatch_build.py ./
 COPY sipserver ./sipserver
 COPY config ./config
 RUN pip install . \

@@ -7,9 +7,35 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def server_env(*, pure: bool) -> dict[str, str]:
+    """The server's environment: SIPSERVER_PURE_PYTHON=1 loads every module from its .py file
+    even where the mypyc build (hatch_build.py) is present."""
+    env = dict(os.environ)
+    env.pop("SIPSERVER_PURE_PYTHON", None)
+    if pure:
+        env["SIPSERVER_PURE_PYTHON"] = "1"
+    return env
+
+
+def build_label(pure: bool) -> str:
+    """Either "sipserver-mypyc" or "sipserver-pure": what a server started with
+    server_env(pure=pure) runs, asked of the same interpreter (a checkout without the build
+    runs pure either way)."""
+    probe = "import sipserver.sip.message as m; print(m.__file__)"
+    origin = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=server_env(pure=pure),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return "sipserver-pure" if origin.endswith(".py") else "sipserver-mypyc"
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -17,6 +17,11 @@ Usage::
     python bench/register.py --rates 500,1000 --seconds 10 --store sqlite
     python bench/register.py --rates 1000 --store sqlite --commit-ms 0
     python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
+    python bench/register.py --pure             # the pure-Python modules (SIPSERVER_PURE_PYTHON=1)
+    python bench/register.py --both             # compiled, then pure, then Kamailio: both ratios
+
+The compiled build is the mypyc one of ``hatch_build.py`` (``pip install -e .`` or ``python
+hatch_build.py``); without it both runs are pure Python, and the header line says so.
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from _common import cpu_seconds, free_port, process_tree, run_sipp_load, stop
+from _common import (
+    build_label,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    run_sipp_load,
+    server_env,
+    stop,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -82,8 +95,8 @@ def run_sipp(
 
 
 def retransmissions(http_port: int | None) -> int | None:
-    """sipserver_sip_retransmissions_total of the server whose admin listener is on ``http_port``
-    (None: not sipserver)."""
+    """sipserver_sip_retransmissions_total of the server whose admin listener (/metrics) is on
+    ``http_port`` (None: not sipserver)."""
     if http_port is None:
         return None
     url = f"http://127.0.0.1:{http_port}/metrics"
@@ -116,14 +129,19 @@ def measure(
 
 
 def start_sipserver(
-    wd: Path, store: str, profile: str | None, commit_ms: float | None = None
+    wd: Path,
+    store: str,
+    profile: str | None,
+    commit_ms: float | None = None,
+    *,
+    pure: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     sip_port, http_port, admin_port = free_port(), free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
     config = {
         "server": {
             "http": f"127.0.0.1:{http_port}",
-            "admin_http": f"127.0.0.1:{admin_port}",  # /metrics: the retransmissions
+            "admin_http": f"127.0.0.1:{admin_port}",  # /metrics (retransmissions)
             "public_url": f"http://127.0.0.1:{http_port}",
             "data_dir": str(wd / "data"),
             "store": store,
@@ -150,7 +168,11 @@ def start_sipserver(
         cmd += ["-m", "cProfile", "-o", profile]
     cmd += ["-m", "sipserver", "run", "-c", str(cfg), "--log-level", "warning"]
     proc = subprocess.Popen(
-        cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=(wd / "sipserver.log").open("wb")
+        cmd,
+        cwd=wd,
+        env=server_env(pure=pure),
+        stdout=subprocess.DEVNULL,
+        stderr=(wd / "sipserver.log").open("wb"),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -203,7 +225,11 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
+    build = parser.add_mutually_exclusive_group()
+    build.add_argument("--pure", action="store_true", help="SIPSERVER_PURE_PYTHON=1 for sipserver")
+    build.add_argument("--both", action="store_true", help="the compiled build, then the pure one")
     args = parser.parse_args()
+    builds = [False, True] if args.both else [args.pure]
     if shutil.which("sipp") is None:
         print("SIPp is required: apt-get install sip-tester", file=sys.stderr)
         return 2
@@ -213,14 +239,17 @@ def main() -> int:
         users = wd / "users.csv"
         write_users(users)
         results: dict[str, list[Run]] = {}
-        sips, sip_port, http_port = start_sipserver(wd, args.store, args.profile, args.commit_ms)
-        try:
-            results["sipserver"] = [
-                measure([sips.pid], sip_port, users, r, args.seconds, wd, http_port=http_port)
-                for r in rates
-            ]
-        finally:
-            stop(sips)
+        for pure in builds:
+            sips, sip_port, http_port = start_sipserver(
+                wd, args.store, args.profile, args.commit_ms, pure=pure
+            )
+            try:
+                results[build_label(pure)] = [
+                    measure([sips.pid], sip_port, users, r, args.seconds, wd, http_port=http_port)
+                    for r in rates
+                ]
+            finally:
+                stop(sips)
         kam = None if args.no_kamailio else start_kamailio(wd)
         if kam is not None:
             kproc, kport = kam
@@ -244,7 +273,7 @@ def main() -> int:
     print(f"REGISTER+digest, {USERS} AORs, store={args.store}{commit}, {os.cpu_count()} cores")
     print(f"CPU: {cpu_model}")
     print(
-        f"{'server':<10} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
+        f"{'server':<18} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
         f"{'reg/cpu-s':>10} {'us/reg':>7} {'retrans':>7}"
     )
     for name, runs in results.items():
@@ -252,16 +281,17 @@ def main() -> int:
             us = 1e6 * run.cpu / run.ok if run.ok else float("nan")
             retrans = "-" if run.retransmissions is None else str(run.retransmissions)
             print(
-                f"{name:<10} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
+                f"{name:<18} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
                 f"{run.per_cpu_second:>10.0f} {us:>7.1f} {retrans:>7}"
             )
     if "kamailio" in results:
-        for ours, ref in zip(results["sipserver"], results["kamailio"], strict=True):
-            ratio = ours.per_cpu_second / ref.per_cpu_second
-            print(
-                f"ratio at {ours.rate}/s: sipserver/kamailio "
-                f"registrations per CPU-second = {ratio:.2f}"
-            )
+        for name in (build_label(pure) for pure in builds):
+            for ours, ref in zip(results[name], results["kamailio"], strict=True):
+                ratio = ours.per_cpu_second / ref.per_cpu_second
+                print(
+                    f"ratio at {ours.rate}/s: {name}/kamailio "
+                    f"registrations per CPU-second = {ratio:.2f}"
+                )
     return 0
 
 

@@ -167,7 +167,8 @@ class Headers:
         cls, items: list[tuple[str, str]], first: dict[str, str], multi: dict[str, list[str]]
     ) -> Headers:
         # Fast constructor for the parser and make_response: inputs are already canonical.
-        headers = cls.__new__(cls)
+        # (cls(), not cls.__new__(cls): mypyc compiles no __new__ call on a native class.)
+        headers = cls()
         headers._items = items
         headers._first = first
         headers._multi = multi
