@@ -17,22 +17,30 @@ is marked by ``zlib.crc32`` calls)::
         --count 1000 --repeats 1
     # /tmp/cg.out.2 is the first timed region (Ir per registration: its total / --count)
 
+``--both`` runs the measurement in fresh interpreters, alternating the mypyc build
+(hatch_build.py) and pure Python (SIPSERVER_PURE_PYTHON=1) round by round so that both see the
+same load, and prints the ratio.
+
 Usage::
 
     PYTHONPATH=$PWD python bench/register_inproc.py        # 10,000 registrations, 5 repeats
     PYTHONPATH=$PWD python bench/register_inproc.py --profile /tmp/reg_inproc.prof
+    PYTHONPATH=$PWD python bench/register_inproc.py --both --count 4000 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import statistics
+import subprocess
 import sys
 import time
 import zlib
 
 import yaml
+from _common import build_label, server_env
 
 from sipserver.config import parse_config
 from sipserver.edge.build import build_authenticator, build_registrar
@@ -178,12 +186,49 @@ def run(
     return spent
 
 
+def both(count: int, rounds: int) -> None:
+    """The mypyc build and pure Python alternating, one fresh interpreter per round each."""
+    builds = {build_label(pure): pure for pure in (False, True)}
+    if len(builds) == 1:
+        print("no mypyc build here (python hatch_build.py makes one): pure Python only")
+    results: dict[str, list[float]] = {name: [] for name in builds}
+    load = os.getloadavg()[0]
+    for _ in range(rounds):
+        for name, pure in builds.items():
+            done = subprocess.run(
+                [sys.executable, __file__, "--count", str(count), "--repeats", "1"],
+                env=server_env(pure=pure),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[name].append(float(done.stdout.split("median ")[1].split()[0]))
+    print(
+        f"router CPU per registration, {rounds} rounds x {count}, load average "
+        f"{load:.1f} -> {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores"
+    )
+    for name, values in results.items():
+        print(
+            f"{name:<16} us/registration: median {statistics.median(values):6.1f} "
+            f"min {min(values):6.1f} max {max(values):6.1f}"
+        )
+    if len(results) == 2:
+        ratio = statistics.median(results["sipserver-pure"]) / statistics.median(
+            results["sipserver-mypyc"]
+        )
+        print(f"pure / mypyc CPU per registration (medians): {ratio:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=USERS, help="registrations per repeat")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats (--both: rounds)")
     parser.add_argument("--profile", help="write a cProfile of the router calls to this file")
+    parser.add_argument("--both", action="store_true", help="mypyc build vs pure, alternating")
     args = parser.parse_args()
+    if args.both:
+        both(args.count, args.repeats)
+        return 0
     configure_logging("console", "warning")  # as bench/register.py runs the server
     router, twin, realm = build_router()
     if args.count > USERS:
