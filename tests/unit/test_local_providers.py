@@ -12,7 +12,7 @@ import pytest
 from sipserver.config import ProviderSpec
 from sipserver.pipeline.providers.base import ProviderError
 from sipserver.pipeline.providers.local import EspeakTts, PiperTts, WhisperStt
-from sipserver.pipeline.providers.local_stt import encoder_frames
+from sipserver.pipeline.providers.local_stt import collapse_repeat, encoder_frames
 from sipserver.pipeline.providers.registry import make_stt, make_tts
 from sipserver.pipeline.turn import SmartTurnDetector, turn_detector_for
 
@@ -66,6 +66,28 @@ def test_whisper_encoder_window_follows_the_audio(seconds: float, frames: int) -
     samples = round(seconds * 16000)
     assert encoder_frames(samples, "auto") == frames
     assert encoder_frames(samples, "full") == 3000
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "How do I register my phone system? How do I register my phone system?",
+            "How do I register my phone system?",
+        ),
+        (
+            "My package is not around yet. my package is not  around yet.",
+            "My package is not around yet.",
+        ),
+        ("Hello? Hello? Hello?", "Hello?"),
+        ("Where is the office? How do I contact support?", None),
+        ("Yes. Yes, I do.", None),
+        ("One sentence only.", None),
+        ("", None),
+    ],
+)
+def test_whisper_whole_utterance_repeats_are_collapsed(text: str, kept: str | None) -> None:
+    assert collapse_repeat(text) == (text if kept is None else kept)
 
 
 @pytest.mark.parametrize(

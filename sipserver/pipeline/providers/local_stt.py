@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
 import threading
 import time
@@ -57,6 +58,7 @@ _FULL_FRAMES = _MAX_WINDOW_S * _SAMPLE_RATE // _HOP
 _WINDOW_LEAST_S = 10.0
 _WINDOW_PAD_S = 4.0
 WINDOWS = ("auto", "full")
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 
 
 def encoder_frames(samples: int, window: str) -> int:
@@ -72,6 +74,17 @@ def encoder_frames(samples: int, window: str) -> int:
         return _FULL_FRAMES
     frames = max(samples // _HOP + 1 + int(_WINDOW_PAD_S * 100), int(_WINDOW_LEAST_S * 100))
     return min(_FULL_FRAMES, -(-frames // 100) * 100)
+
+
+def collapse_repeat(text: str) -> str:
+    """``text`` without the whole-utterance repeats Whisper sometimes adds when its window holds
+    padding after the speech ("How do I register? How do I register?" -> once). Only an
+    utterance that is one sentence said over and over is collapsed ("Hello? Hello?" too)."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    if len(sentences) < 2:
+        return text
+    keys = {" ".join(s.casefold().split()) for s in sentences}
+    return sentences[0] if len(keys) == 1 else text
 
 
 class _WindowedWhisper(WhisperModel):  # type: ignore[misc]
@@ -422,4 +435,4 @@ class WhisperStt:
             hotwords=self.hotwords if final else None,
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
-        return text, info.language
+        return collapse_repeat(text), info.language
