@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faster_whisper import WhisperModel  # type: ignore[import-untyped]
 
 from sipserver.media.resample import resample
 from sipserver.pipeline.providers.local import EspeakTts, PiperTts, WhisperStt
@@ -123,6 +124,26 @@ async def test_whisper_interim_is_greedy_and_marked(stt: WhisperStt, tmp_path: P
     # An interim transcript (greedy, no temperature fallback) is used for early answers and
     # interruption words: the question's words are what it has to carry.
     assert_heard(result.text, OFFICE_KEYS)
+
+
+async def test_whisper_encoder_sees_the_utterance_window(
+    stt: WhisperStt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    original = WhisperModel.encode
+
+    def spy(self: WhisperModel, features: np.ndarray) -> object:
+        seen.append(features.shape[-1])
+        return original(self, features)
+
+    monkeypatch.setattr(WhisperModel, "encode", spy)
+    pcm = espeak_pcm(tmp_path, OFFICE)
+    assert len(pcm) < 6 * 32000  # under 6 s: the 10 s window
+    result = await stt.transcribe(pcm)
+    assert_heard(result.text, OFFICE_KEYS)
+    full = WhisperStt(window="full")  # the same loaded model: the window is per decode
+    assert_heard((await full.transcribe(pcm)).text, OFFICE_KEYS)
+    assert seen == [1000, 3000]
 
 
 async def test_whisper_empty_audio_is_empty_text(stt: WhisperStt) -> None:

@@ -12,6 +12,7 @@ import pytest
 from sipserver.config import ProviderSpec
 from sipserver.pipeline.providers.base import ProviderError
 from sipserver.pipeline.providers.local import EspeakTts, PiperTts, WhisperStt
+from sipserver.pipeline.providers.local_stt import collapse_repeat, encoder_frames
 from sipserver.pipeline.providers.registry import make_stt, make_tts
 from sipserver.pipeline.turn import SmartTurnDetector, turn_detector_for
 
@@ -42,6 +43,53 @@ def test_options_reach_the_constructor() -> None:
     assert (espeak.voice, espeak.speed) == ("es", 150)
 
 
+def test_whisper_window_defaults_to_auto_and_takes_full() -> None:
+    assert isinstance(stt := make_stt(spec("local")), WhisperStt)
+    assert stt.window == "auto"
+    assert isinstance(stt := make_stt(spec({"provider": "local", "window": "full"})), WhisperStt)
+    assert stt.window == "full"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "frames"),
+    [
+        (0.0, 1000),  # at least 10 s
+        (2.5, 1000),
+        (5.98, 1000),  # 599 frames of audio + 400
+        (6.0, 1100),  # 601 + 400 -> rounded up to the next second
+        (12.34, 1700),  # 1235 + 400 -> 1700
+        (26.0, 3000),
+        (29.99, 3000),  # never more than Whisper's 30 s
+    ],
+)
+def test_whisper_encoder_window_follows_the_audio(seconds: float, frames: int) -> None:
+    samples = round(seconds * 16000)
+    assert encoder_frames(samples, "auto") == frames
+    assert encoder_frames(samples, "full") == 3000
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "How do I register my phone system? How do I register my phone system?",
+            "How do I register my phone system?",
+        ),
+        (
+            "My package is not around yet. my package is not  around yet.",
+            "My package is not around yet.",
+        ),
+        ("Hello? Hello? Hello?", "Hello?"),
+        ("Where is the office? How do I contact support?", None),
+        ("Yes. Yes, I do.", None),
+        ("One sentence only.", None),
+        ("", None),
+    ],
+)
+def test_whisper_whole_utterance_repeats_are_collapsed(text: str, kept: str | None) -> None:
+    assert collapse_repeat(text) == (text if kept is None else kept)
+
+
 @pytest.mark.parametrize(
     ("make", "data", "message"),
     [
@@ -52,6 +100,7 @@ def test_options_reach_the_constructor() -> None:
         (make_tts, {"provider": "local", "pitch": 3}, "unknown option(s) pitch"),
         (make_stt, {"provider": "local", "model": "/nonexistent"}, "not a CTranslate2 Whisper"),
         (make_stt, {"provider": "local", "cpu_threads": 0}, "cpu_threads"),
+        (make_stt, {"provider": "local", "window": "short"}, "stt.window must be one of auto"),
         (make_tts, {"provider": "local", "voice": "/nonexistent.onnx"}, "must exist"),
         (make_tts, {"provider": "local", "speed": 1, "length_scale": 1}, "not both"),
         (make_tts, {"provider": "local", "engine": "espeak", "speed": 5}, "80..500"),

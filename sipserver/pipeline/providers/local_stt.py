@@ -16,6 +16,10 @@ to use; on telephone audio it is worth more than a bigger model (bench/stt_accur
 agent's name and knowledge-base terms and its last question (:mod:`sipserver.pipeline.vocabulary`),
 added after ``prompt``.
 
+Whisper's encoder is given the utterance plus 4 s (at least 10 s), not the 30 s window
+faster-whisper pads every decode to (``window: auto``; :func:`encoder_frames`): 2-3x cheaper on a
+call's short turns at the same WER; ``window: full`` restores 30 s.
+
 A model is loaded once per process (per path and thread count) and shared by every session; its
 decodes run one at a time on a dedicated thread, so two calls never fight over the same cores.
 """
@@ -25,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +50,58 @@ __all__ = ["WhisperStt", "default_whisper_model_path", "whisper_base_parts", "wh
 _SAMPLE_RATE = 16000
 _MAX_WINDOW_S = 30
 """Whisper's encoder sees 30 s at a time; interim results decode at most the last window."""
+
+
+_HOP = 160
+"""Samples per mel frame (10 ms)."""
+_FULL_FRAMES = _MAX_WINDOW_S * _SAMPLE_RATE // _HOP
+_WINDOW_LEAST_S = 10.0
+_WINDOW_PAD_S = 4.0
+WINDOWS = ("auto", "full")
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
+def encoder_frames(samples: int, window: str) -> int:
+    """Mel frames Whisper's encoder is given for ``samples`` of 16 kHz audio.
+
+    ``full``: 30 s (3000 frames), the window Whisper was trained on and faster-whisper pads
+    every decode to. ``auto``: the audio plus 4 s, at least 10 s, rounded up to the next second,
+    at most 30 s. The encoder's cost follows the window; on telephone audio
+    (bench/stt_accuracy.py) this one keeps the WER of the full window, while shorter ones (8 s,
+    or the audio plus 0.5-3 s) make Whisper repeat or drop words more often.
+    """
+    if window == "full":
+        return _FULL_FRAMES
+    frames = max(samples // _HOP + 1 + int(_WINDOW_PAD_S * 100), int(_WINDOW_LEAST_S * 100))
+    return min(_FULL_FRAMES, -(-frames // 100) * 100)
+
+
+def collapse_repeat(text: str) -> str:
+    """``text`` without the whole-utterance repeats Whisper sometimes adds when its window holds
+    padding after the speech ("How do I register? How do I register?" -> once). Only an
+    utterance that is one sentence said over and over is collapsed ("Hello? Hello?" too)."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    if len(sentences) < 2:
+        return text
+    keys = {" ".join(s.casefold().split()) for s in sentences}
+    return sentences[0] if len(keys) == 1 else text
+
+
+class _WindowedWhisper(WhisperModel):  # type: ignore[misc]
+    """faster-whisper's model, but its encoder sees only the frames set in :attr:`frames` by
+    the decode running on this thread (faster-whisper pads every window to 30 s of frames;
+    CTranslate2's Whisper encoder takes any even number up to 3000)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames = threading.local()
+        """``n``: frames of the encoder's input on this thread; None: as given (3000)."""
+
+    def encode(self, features: Any) -> Any:
+        frames: int | None = getattr(self.frames, "n", None)
+        if frames is not None and features.shape[-1] > frames:
+            features = np.ascontiguousarray(features[..., :frames])
+        return super().encode(features)
 
 
 def default_whisper_model_path() -> Path:
@@ -139,6 +197,8 @@ class WhisperStt:
             ``prompt`` is None). None: none.
         vocabulary: sessions pass the agent's vocabulary and last question with each final
             decode (``stt.vocabulary: auto``); False: only ``prompt`` (``off``).
+        window: the encoder's input: ``auto`` (the audio plus 4 s, at least 10 s; 2-3x
+            cheaper on calls' short turns) or ``full`` (always 30 s); :func:`encoder_frames`.
 
     Raises:
         ProviderError: an option is invalid or the model directory does not exist.
@@ -162,6 +222,7 @@ class WhisperStt:
         prompt: str | None = None,
         hotwords: str | None = None,
         vocabulary: bool = True,
+        window: str = "auto",
     ) -> None:
         self._parts: list[Path] | None = None
         if model == "base":
@@ -199,11 +260,14 @@ class WhisperStt:
         self.prompt = prompt or None
         self.hotwords = hotwords or None
         self.vocabulary = vocabulary
+        if window not in WINDOWS:
+            raise ProviderError(f"stt.window must be one of {', '.join(WINDOWS)}, not {window!r}")
+        self.window = window
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> WhisperStt:
         """Build from a provider spec's options (``model``, ``language``, ``cpu_threads``,
-        ``beam_size``, ``compute_type``, ``workers``, ``prompt``, ``hotwords``).
+        ``beam_size``, ``compute_type``, ``workers``, ``prompt``, ``hotwords``, ``window``).
 
         Raises:
             ProviderError: an unknown option or an invalid value.
@@ -217,6 +281,7 @@ class WhisperStt:
             "workers",
             "prompt",
             "hotwords",
+            "window",
         }
         unknown = sorted(set(options) - known)
         if unknown:
@@ -254,7 +319,7 @@ class WhisperStt:
         path, threads, compute_type, workers = key
         started = time.perf_counter()
         try:
-            model = WhisperModel(
+            model = _WindowedWhisper(
                 path,
                 device="cpu",
                 compute_type=compute_type,
@@ -319,8 +384,9 @@ class WhisperStt:
         """True while every worker of this model has a decode queued or running (any
         session's): a new request would wait.
 
-        Whisper's encoder always processes a 30 s window, so an interim decode costs about as
-        much as a final one: skip interim requests while the model is busy.
+        The encoder's window (at least 10 s) costs more than the greedy decoding an interim
+        result saves, so an interim decode costs about as much as a final one: skip interim
+        requests while the model is busy.
         """
         loaded = self._cache.peek(self._key)
         return loaded is not None and loaded.pending >= loaded.workers
@@ -342,6 +408,20 @@ class WhisperStt:
         lang: str | None,
         prompt: str | None = None,
     ) -> tuple[str, str | None]:
+        model.frames.n = encoder_frames(len(audio), self.window)
+        try:
+            return self._run(model, audio, final, lang, prompt)
+        finally:
+            model.frames.n = None
+
+    def _run(
+        self,
+        model: Any,
+        audio: np.ndarray[Any, np.dtype[np.float32]],
+        final: bool,
+        lang: str | None,
+        prompt: str | None,
+    ) -> tuple[str, str | None]:
         segments, info = model.transcribe(
             audio,
             language=lang,
@@ -355,4 +435,4 @@ class WhisperStt:
             hotwords=self.hotwords if final else None,
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
-        return text, info.language
+        return collapse_repeat(text), info.language
