@@ -48,6 +48,9 @@ class Reply:
     pending: list[bytes] = field(default_factory=list)
     """Audio produced before commit (speculative replies)."""
     pieces: list[str] = field(default_factory=list)
+    unannounced: list[str] = field(default_factory=list)
+    """Pieces produced before commit, not yet published as ``AgentText`` (a speculative
+    reply's text is announced when it is committed; a dropped one's never is)."""
     timeline: list[tuple[str, int]] = field(default_factory=list)
     """(piece, cumulative bytes of reply audio at the end of that piece)."""
     audio_bytes: int = 0

@@ -241,6 +241,7 @@ class VoiceSession:
         self._frame_seconds = 0.02
         self._segment_prefix = 0.0
         self._early: tuple[float, asyncio.Task[Transcript]] | None = None
+        self._early_spec: Reply | None = None  # the speculative reply begun on the early result
         self._live_speech = 0.0  # seconds of caller speech (not echo) in the current segment
         self._transcript_at: float | None = None  # the turn's last final transcript arrived
         self._turn_model_ms: float | None = None  # the turn model's time for its last verdict
@@ -411,6 +412,12 @@ class VoiceSession:
             and self._vad.silence_duration >= early
         ):
             self._start_early_stt()
+        elif (
+            self._early is not None
+            and speaking
+            and abs(self._early[0] - self._vad.speech_duration) > 1e-6
+        ):
+            self._drop_early()  # the caller spoke again in the same segment
         if (
             self._paused
             and self._false_deadline is not None
@@ -442,12 +449,43 @@ class VoiceSession:
         task = asyncio.get_running_loop().create_task(self._final_stt(pcm))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        task.add_done_callback(self._early_done)
         self._early = (duration, task)
+
+    def _early_done(self, task: asyncio.Task[Transcript]) -> None:
+        """The early transcript is in while the caller is still quiet: with
+        ``preemptive_generation`` the speculative reply begins on it now rather than when the
+        VAD ends the segment (``min_silence_duration`` later), so that its first audio is
+        ready at the end of the turn. The caller speaking again drops it (:meth:`_drop_early`);
+        the final transcript keeps it when the text is the same."""
+        if (
+            self._early is None
+            or self._early[1] is not task
+            or task.cancelled()
+            or task.exception() is not None
+            or not self.options.preemptive_generation
+            or self._reply is not None
+            or self._segment_during_agent
+            or self._paused
+        ):
+            return
+        text = task.result().text.strip()
+        if not text:
+            return
+        turn_text = " ".join([*self._turn_texts, text])
+        if self._speculative is not None and self._speculative.user_text == turn_text:
+            return
+        self._drop_speculative()
+        self._speculative = self._early_spec = Reply(user_text=turn_text)
+        self._begin(self._speculative)
 
     def _drop_early(self) -> None:
         if self._early is not None:
             self._cancel(self._early[1])
             self._early = None
+            if self._early_spec is not None and self._early_spec is self._speculative:
+                self._drop_speculative()  # begun on words the caller has since gone on from
+        self._early_spec = None
 
     def _transcribe(
         self,
@@ -530,10 +568,16 @@ class VoiceSession:
         if self._vad.speaking:
             return  # the caller goes on: no verdict yet
         turn_text = " ".join(self._turn_texts)
-        if self.options.preemptive_generation and self._reply is None:
+        spec = self._speculative
+        if (
+            self.options.preemptive_generation
+            and self._reply is None
+            and (spec is None or spec.user_text != turn_text)
+        ):
             self._drop_speculative()
             self._speculative = Reply(user_text=turn_text)
             self._begin(self._speculative)
+        self._early_spec = None  # a speculative reply on the early result is now the turn's
         self._cancel(self._verdict)
         self._verdict = self._spawn(self._decide_turn(result, turn_text))
 
@@ -626,6 +670,10 @@ class VoiceSession:
             self._cancel(old.task)
         reply.committed = True
         self._reply = reply
+        now = self._clock.now()
+        for piece in reply.unannounced:
+            self._emit(AgentText(now, piece))
+        reply.unannounced.clear()
         self._playout.clear()
         self._playout.begin_segment()
         for pcm in reply.pending:
@@ -640,7 +688,10 @@ class VoiceSession:
         try:
             while (piece := await pieces.get()) is not None:
                 reply.pieces.append(piece)
-                self._emit(AgentText(self._clock.now(), piece))
+                if reply.committed:
+                    self._emit(AgentText(self._clock.now(), piece))
+                else:
+                    reply.unannounced.append(piece)
                 try:
                     async for chunk in self._tts.synthesize(piece):
                         if reply.tts_first_audio is None:

@@ -17,6 +17,7 @@ from sipserver.pipeline.clock import VirtualClock
 from sipserver.pipeline.endpointing import EndpointingOptions
 from sipserver.pipeline.events import (
     AgentState,
+    AgentText,
     CallEndRequested,
     Interruption,
     ProviderFailed,
@@ -495,6 +496,45 @@ async def test_early_stt_discarded_when_caller_speaks_again() -> None:
     assert [c.text for c in rig.commits()] == ["first part and more"]
     # the early result of the first stretch was thrown away; one final for the whole segment
     assert len(rig.stt.finals) == 2
+
+
+async def test_the_speculative_reply_begins_on_the_early_transcript() -> None:
+    # The VAD ends the segment 0.55 s into the silence; the early transcript is in at
+    # 0.2 + 0.1 s: the reply's LLM and TTS start then, and the commit uses that reply.
+    rig = make(min_silence=0.55, stt_delay=0.1, preemptive=True)
+    await rig.run(1.5 + 0.45, speech=[(0.5, 1.5)])  # still before the VAD's end of speech
+    assert len(rig.llm.calls) == 1
+    assert rig.llm.calls[0][-1].content == "hello there"
+    assert not [e for e in rig.session.events if isinstance(e, AgentText)]  # not committed yet
+    await rig.run(3.0)
+    (commit,) = rig.commits()
+    assert commit.preemptive and commit.text == "hello there"
+    assert len(rig.llm.calls) == 1 and len(rig.stt.finals) == 1
+    spoken = [e.text for e in rig.session.events if isinstance(e, AgentText)]
+    assert spoken == ["Hi.", "How can I help you today?"]
+    assert all(e.at >= commit.at for e in rig.session.events if isinstance(e, AgentText))
+
+
+async def test_a_speculative_reply_on_an_early_transcript_goes_when_the_caller_goes_on() -> None:
+    rig = make(
+        texts=["first part", "first part and more"],
+        min_silence=0.55,
+        stt_delay=0.1,
+        preemptive=True,
+        reply="Answer to the whole. Second sentence.",
+    )
+    # a 0.4 s pause: the early transcript (and a reply on it) at 0.3 s into it, then speech
+    await rig.run(6.0, speech=[(0.5, 1.5), (1.9, 2.5)])
+    assert [c.text for c in rig.commits()] == ["first part and more"]
+    asked = [call[-1].content for call in rig.llm.calls]
+    assert asked[0] == "first part" and asked[-1] == "first part and more"
+    # Only the committed reply's text is announced, once: the dropped one's never was.
+    spoken = [e.text for e in rig.session.events if isinstance(e, AgentText)]
+    assert spoken == ["Answer to the whole.", "Second sentence."]
+    assert [m.content for m in rig.session.history] == [
+        "first part and more",
+        "Answer to the whole. Second sentence.",
+    ]
 
 
 # ------------------------------------------------------- VAD settings as the session sees them
