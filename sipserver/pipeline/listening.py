@@ -29,6 +29,7 @@ from sipserver.pipeline.runtime import ListenParts
 from sipserver.pipeline.session import CallInfo
 from sipserver.pipeline.suggestions import SuggestionEngine
 from sipserver.pipeline.vad import SpeechEnded, VadStream
+from sipserver.pipeline.vocabulary import stt_prompt
 from sipserver.tasks import cancel_and_wait
 
 __all__ = [
@@ -222,7 +223,13 @@ class ListenedCall:
     async def _transcribe(self, utterance: _Utterance) -> None:
         stt = self.parts.stt
         pcm = resample(utterance.audio, self.parts.vad_options.sample_rate, stt.sample_rate)
-        result = await stt.transcribe(pcm)
+        vocabulary = self.parts.vocabulary
+        if vocabulary is None:
+            result = await stt.transcribe(pcm)
+        else:
+            # The agent's words guide the recogniser as on its own calls (no last question:
+            # the listened-to agent is a person).
+            result = await stt.transcribe(pcm, prompt=stt_prompt(vocabulary, None))
         text = result.text.strip()
         if not any(ch.isalnum() for ch in text):
             return

@@ -189,7 +189,7 @@ class PreparedVoice:
     """Shared stages by model name (unchanged models are the running objects)."""
     llms: dict[str, LanguageModel]
     """Language model by agent slug (agents with ``realtime.enabled``)."""
-    listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]]
+    listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]]
     """AI Listens parts by agent slug: model name, knowledge base, suggestion writer."""
     phrases: dict[str, PhraseCache]
     """Each model's TTS with its agents' greetings (and the apology) kept once synthesised."""
@@ -207,6 +207,8 @@ class ListenParts:
     vad_options: VadOptions
     knowledge: KnowledgeBase
     llm: LanguageModel | None
+    vocabulary: str | None = None
+    """The agent's words, the prompt of every decode (``stt.vocabulary: auto``); None: none."""
 
 
 class VoiceRuntime:
@@ -234,7 +236,7 @@ class VoiceRuntime:
         self._batcher_tasks: dict[int, asyncio.Task[None]] = {}
         self._models: dict[str, _ModelParts] = {}
         self._llms: dict[str, LanguageModel] = {}
-        self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
+        self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]] = {}
         self._phrases: dict[str, PhraseCache] = {}
         self._vocabularies: dict[str, str] = {}
         self._config = config
@@ -259,7 +261,7 @@ class VoiceRuntime:
         """
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
-        listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None]] = {}
+        listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]] = {}
         vocabularies: dict[str, str] = {}
         for index, agent in enumerate(config.agents):
             if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
@@ -291,7 +293,11 @@ class VoiceRuntime:
                 # The offline answerer is no writer of suggestions: listens quotes the passage.
                 local = isinstance(spec, CustomModel) and spec.llm.provider == "local"
                 writer = None if local else llm or _llm_for(name, parts, config, kb)
-                listens[agent.slug] = (name, kb, writer)
+                # The recogniser gets the agent's words on listened calls too (stt.vocabulary).
+                vocabulary = vocabularies.get(agent.slug)
+                if vocabulary is None and getattr(parts.stt, "vocabulary", False) is True:
+                    vocabulary = agent_vocabulary(agent.name, kb)
+                listens[agent.slug] = (name, kb, writer, vocabulary)
         phrases: dict[str, PhraseCache] = {}
         for name, parts in models.items():
             fixed = [
@@ -393,7 +399,7 @@ class VoiceRuntime:
         entry = self._listens.get(agent.slug)
         if entry is None:
             return None
-        model_name, knowledge, llm = entry
+        model_name, knowledge, llm, vocabulary = entry
         parts = self._models[model_name]
         return ListenParts(
             stt=parts.stt,
@@ -401,6 +407,7 @@ class VoiceRuntime:
             vad_options=parts.vad,
             knowledge=knowledge,
             llm=llm,
+            vocabulary=vocabulary,
         )
 
     def new_session(

@@ -373,3 +373,44 @@ async def test_sip_listens_call_transcribes_its_one_stream_as_the_channel_says(
     transcripts = [i.data for i in items if i.kind == "transcript"]
     assert [t["speaker"] for t in transcripts] == [speaker]
     assert any(i.kind == "suggestion" for i in items) is suggested
+
+
+class _PromptedStt(_FakeStt):
+    """Records the prompt of each decode."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str | None] = []
+
+    async def transcribe(
+        self,
+        pcm: bytes,
+        *,
+        final: bool = True,
+        language: str | None = None,
+        prompt: str | None = None,
+    ) -> Transcript:
+        self.prompts.append(prompt)
+        return await super().transcribe(pcm, final=final, language=language)
+
+
+@pytest.mark.parametrize("vocabulary", [None, "Lakeside Voice: Pricing, PBX, Twilio."])
+async def test_a_listened_call_is_decoded_with_the_agent_s_vocabulary(
+    vocabulary: str | None,
+) -> None:
+    config = listens_config("inbound")
+    stt = _PromptedStt()
+    parts = ListenParts(stt, _FakeVad(), VadOptions(sample_rate=8000), KB, None, vocabulary)  # type: ignore[arg-type]
+    hub = ListensHub()
+    session = ListensFork(lambda: config, lambda a: parts, hub, Metrics()).sip_session(
+        config.agents[0]
+    )
+    assert session is not None
+    session.on_start(CallInfo("call-1", "a", "sip:+1", "sip:+15005550199@h", 8000, "sip"))
+    monitored = hub.get("call-1")
+    assert monitored is not None
+    _, subscription = monitored.subscribe()
+    session.on_audio(bytes(320))
+    session.on_hangup("bye")
+    while (await subscription.get(timeout=5)).kind != "ended":
+        pass
+    assert stt.prompts == [vocabulary]  # the vocabulary alone: no agent question to add
