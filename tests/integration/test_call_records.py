@@ -29,7 +29,7 @@ from tests.integration.listens_client import ForkClient
 from tests.integration.media_stream_client import MediaStreamClient
 from tests.integration.test_calls import wait_metric
 from tests.integration.test_voice_calls import GREETING, KB, NUMBER, PASSWORD, USER
-from tests.speech import espeak, write_wav
+from tests.speech import HEARD_COST, espeak, write_wav
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +288,9 @@ async def test_a_listens_fork_leaves_a_record_with_both_speakers(
     assert record.ingress == "listens_twilio" and record.called == LISTENS_NUMBER
     assert record.call_sid == "CA777"  # ForkClient's start
     assert record.ended_by == "caller"
-    assert any("cost" in line for line in _lines(record, "caller")), record.events
+    # "much" or "cost": tiny.en hears this espeak question at 8 kHz as "How much none is
+    # caught?" on some builds and windows (issue 18); the record is what is tested here.
+    assert any(HEARD_COST.search(line) for line in _lines(record, "caller")), record.events
     assert any(re.search(r"plans?|dollars|month", x) for x in _lines(record, "agent"))
     assert any(e.type == "suggestion" for e in record.events), record.events
 

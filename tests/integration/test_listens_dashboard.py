@@ -29,7 +29,7 @@ from tests.integration.test_listens import (
     password_of,
     start_on,
 )
-from tests.speech import espeak
+from tests.speech import HEARD_COST, espeak
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ async def test_supervisor_sees_the_call_and_a_suggestion_live_agent_is_refused(
         status = await page.until("document.getElementById('error-status')?.textContent")
         await page.screenshot(tmp_path / "4-agent-refused.png")
     print(f"caller line {caller_line!r}\nsuggestion {suggestion[:80]!r}...\nscreenshots {tmp_path}")
-    assert "cost" in caller_line.lower()
+    assert HEARD_COST.search(caller_line.lower())
     assert "19 dollars" in suggestion and "pricing.md" in suggestion
     assert status == "403"
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("2-listens-live.png",))
