@@ -335,9 +335,12 @@ class _FakeVad:
 class _FakeStt:
     sample_rate = 8000
 
-    async def transcribe(
-        self, pcm: bytes, *, final: bool = True, language: str | None = None
-    ) -> Transcript:
+    def __init__(self) -> None:
+        self.prompts: list[str | None] = []
+        """The prompt of each decode."""
+
+    async def transcribe(self, pcm: bytes, *, prompt: str | None = None) -> Transcript:
+        self.prompts.append(prompt)
         return Transcript("How much does it cost?")
 
 
@@ -375,30 +378,12 @@ async def test_sip_listens_call_transcribes_its_one_stream_as_the_channel_says(
     assert any(i.kind == "suggestion" for i in items) is suggested
 
 
-class _PromptedStt(_FakeStt):
-    """Records the prompt of each decode."""
-
-    def __init__(self) -> None:
-        self.prompts: list[str | None] = []
-
-    async def transcribe(
-        self,
-        pcm: bytes,
-        *,
-        final: bool = True,
-        language: str | None = None,
-        prompt: str | None = None,
-    ) -> Transcript:
-        self.prompts.append(prompt)
-        return await super().transcribe(pcm, final=final, language=language)
-
-
 @pytest.mark.parametrize("vocabulary", [None, "Lakeside Voice: Pricing, PBX, Twilio."])
 async def test_a_listened_call_is_decoded_with_the_agent_s_vocabulary(
     vocabulary: str | None,
 ) -> None:
     config = listens_config("inbound")
-    stt = _PromptedStt()
+    stt = _FakeStt()
     parts = ListenParts(stt, _FakeVad(), VadOptions(sample_rate=8000), KB, None, vocabulary)  # type: ignore[arg-type]
     hub = ListensHub()
     session = ListensFork(lambda: config, lambda a: parts, hub, Metrics()).sip_session(
