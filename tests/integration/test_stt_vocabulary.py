@@ -58,12 +58,19 @@ async def test_product_names_are_spelled_as_the_knowledge_base_writes_them() -> 
         ("My Zentrio router shows a red light.", "zentrio"),
         ("Is SecureVault included in my Brightline contract?", "securevault"),
     ):
-        chunks = [c async for c in piper.synthesize(sentence)]
-        pcm = resample(b"".join(chunks), piper.sample_rate, stt.sample_rate)
-        plain = await stt.transcribe(pcm)
-        biased = await stt.transcribe(pcm, prompt=prompt)
-        print(f"\n{sentence!r}: plain {plain.text!r}, with the vocabulary {biased.text!r}")
-        assert name in _words(biased.text), biased.text
+        # Piper samples noise: every synthesis is another take of the sentence. With the
+        # vocabulary, Whisper spelled the name right in 19 of 20 takes here (the 30 s encoder
+        # window: 20 of 20); without it, in none. Four takes, at least two right: the
+        # vocabulary's effect, not one take's luck.
+        heard = []
+        for _ in range(4):
+            chunks = [c async for c in piper.synthesize(sentence)]
+            pcm = resample(b"".join(chunks), piper.sample_rate, stt.sample_rate)
+            plain = await stt.transcribe(pcm)
+            biased = await stt.transcribe(pcm, prompt=prompt)
+            print(f"\n{sentence!r}: plain {plain.text!r}, with the vocabulary {biased.text!r}")
+            heard.append(biased.text)
+        assert sum(name in _words(text) for text in heard) >= 2, heard
 
 
 @pytest.fixture(scope="module")
