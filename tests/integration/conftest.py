@@ -7,6 +7,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -66,6 +67,35 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         _handed_out.append(port)
         return port
     raise RuntimeError("no free port")
+
+
+_ranges_handed_out: collections.deque[range] = collections.deque(maxlen=64)
+"""First ports of the ranges recently returned by :func:`free_port_range` (as ``_handed_out``:
+several SIPp callers of one test take their ranges before any of them binds)."""
+
+
+def free_port_range(count: int) -> int:
+    """The first port of ``count`` UDP ports on 127.0.0.1 that are free now and overlap no
+    range handed out lately (other tests and processes on the machine hold ports in the same
+    span: a SIPp media port picked at random once collided, and SIPp exits when it cannot bind)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count, 2)
+        if any(base < r.stop and r.start < base + count for r in _ranges_handed_out):
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        _ranges_handed_out.append(range(base, base + count))
+        return base
+    raise RuntimeError(f"no {count} free UDP ports in a row")
 
 
 def base_config(

@@ -17,7 +17,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import wave
@@ -31,6 +30,7 @@ import pytest
 
 from sipserver.rtp.native_engine import EngineCall, EngineSettings, NativeEngine
 from sipserver.rtp.rtp_stream import MediaClock
+from tests.integration.conftest import free_port_range
 from tests.integration.rtp_signals import (
     RATE,
     echo_correlation,
@@ -136,26 +136,6 @@ async def harness(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterato
     finally:
         clock.stop()
         await engine.stop()
-
-
-def free_port_range(count: int) -> int:
-    """The first port of ``count`` UDP ports that are free now (other tests on the machine run
-    RTP too: a busy pair is skipped by the pool, a busy range would refuse calls with 503)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000 - count, 2)
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no {count} free UDP ports in a row")
 
 
 def without_auth(scenario: str, workdir: Path, pauses: dict[int, int] | None = None) -> str:

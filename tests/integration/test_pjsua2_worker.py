@@ -37,6 +37,7 @@ from sipserver.rtp.framelink import (
     Stats,
     serve_links,
 )
+from tests.integration.conftest import free_port_range
 from tests.integration.rtp_signals import (
     RATE,
     echo_correlation,
@@ -144,7 +145,7 @@ async def worker(workdir: Path, request: pytest.FixtureRequest) -> AsyncIterator
     main = MainSide()
     sock = str(workdir / "link.sock")
     server = await serve_links(sock, main.on_link)
-    rtp_base = random.randrange(20000, 40000, 100)
+    rtp_base = free_port_range(80)
     log = workdir / "worker.log"
     with log.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
@@ -177,7 +178,7 @@ async def run_sipp(
     workdir: Path, scenario: str, port: int, *extra: str, timeout: float = 30
 ) -> tuple[int, str]:
     assert SIPP is not None
-    media_port = random.randrange(41000, 49000, 4)
+    media_port = free_port_range(4)
     proc = await asyncio.create_subprocess_exec(
         SIPP, f"127.0.0.1:{port}", "-sf", str(SCENARIOS / scenario), "-s", "+15005550101",
         "-i", "127.0.0.1", "-p", "0", "-mi", "127.0.0.1", "-mp", str(media_port),
