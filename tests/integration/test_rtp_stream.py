@@ -12,7 +12,6 @@ import asyncio
 import functools
 import itertools
 import json
-import random
 import sys
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,7 @@ from sipserver.rtp import rtp_stream
 from sipserver.rtp.rtp_stream import MediaClock, RtpPortPool, RtpStream
 from sipserver.rtp.sdp import Negotiated, build_answer, build_offer, negotiate, parse_sdp
 from sipserver.sip.message import SipRequest, make_response, parse_message
-from tests.integration.conftest import until
+from tests.integration.conftest import free_port_range, until
 from tests.rtp_sender import RtpPeer
 
 pytestmark = pytest.mark.integration
@@ -38,8 +37,7 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 async def pool() -> AsyncIterator[RtpPortPool]:
-    first = random.randrange(20000, 60000, 2)
-    yield RtpPortPool(HOST, first, 40)
+    yield RtpPortPool(HOST, free_port_range(40), 40)
 
 
 def offer_to(port: int, codec: str = "PCMU", direction: str = "sendrecv") -> Negotiated:
@@ -295,8 +293,7 @@ async def test_rtp_timeout_fires_once_but_never_on_hold(pool: RtpPortPool) -> No
 
 
 async def test_port_pool_runs_out_cleanly() -> None:
-    first = random.randrange(20000, 60000, 2)
-    pool = RtpPortPool(HOST, first, 4)  # two pairs
+    pool = RtpPortPool(HOST, free_port_range(4), 4)  # two pairs, free now
     streams: list[RtpStream] = []
     for _ in range(2):
         streams.append(await pool.open_stream(sample_rate=8000, rtp_timeout=0))
