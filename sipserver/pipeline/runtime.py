@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sipserver.config import (
     Agent,
@@ -178,6 +179,18 @@ def _llm_for(name: str, parts: _ModelParts, config: Config, kb: KnowledgeBase) -
     )
 
 
+class _ListenEntry(NamedTuple):
+    """What AI Listens uses of one agent, kept by :class:`PreparedVoice`."""
+
+    model: str
+    """The name of the agent's model (its shared STT and VAD)."""
+    knowledge: KnowledgeBase
+    writer: LanguageModel | None
+    """The language model that writes suggestions (None: ``llm: local``, quote passages)."""
+    vocabulary: str | None
+    """The STT prompt of every decode (``stt.vocabulary: auto``); None: none."""
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedVoice:
     """The voice parts of a configuration, built but not in use yet (:meth:`VoiceRuntime.prepare`,
@@ -189,8 +202,8 @@ class PreparedVoice:
     """Shared stages by model name (unchanged models are the running objects)."""
     llms: dict[str, LanguageModel]
     """Language model by agent slug (agents with ``realtime.enabled``)."""
-    listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]]
-    """AI Listens parts by agent slug: model name, knowledge base, suggestion writer."""
+    listens: dict[str, _ListenEntry]
+    """What AI Listens uses of each agent (by slug) that enables it."""
     phrases: dict[str, PhraseCache]
     """Each model's TTS with its agents' greetings (and the apology) kept once synthesised."""
     vocabularies: dict[str, str] = field(default_factory=dict)
@@ -236,7 +249,7 @@ class VoiceRuntime:
         self._batcher_tasks: dict[int, asyncio.Task[None]] = {}
         self._models: dict[str, _ModelParts] = {}
         self._llms: dict[str, LanguageModel] = {}
-        self._listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]] = {}
+        self._listens: dict[str, _ListenEntry] = {}
         self._phrases: dict[str, PhraseCache] = {}
         self._vocabularies: dict[str, str] = {}
         self._config = config
@@ -261,7 +274,7 @@ class VoiceRuntime:
         """
         models: dict[str, _ModelParts] = {}
         llms: dict[str, LanguageModel] = {}
-        listens: dict[str, tuple[str, KnowledgeBase, LanguageModel | None, str | None]] = {}
+        listens: dict[str, _ListenEntry] = {}
         vocabularies: dict[str, str] = {}
         for index, agent in enumerate(config.agents):
             if not (agent.realtime.enabled or agent.listens.enabled) or not agent.realtime.model:
@@ -297,7 +310,7 @@ class VoiceRuntime:
                 vocabulary = vocabularies.get(agent.slug)
                 if vocabulary is None and getattr(parts.stt, "vocabulary", False) is True:
                     vocabulary = agent_vocabulary(agent.name, kb)
-                listens[agent.slug] = (name, kb, writer, vocabulary)
+                listens[agent.slug] = _ListenEntry(name, kb, writer, vocabulary)
         phrases: dict[str, PhraseCache] = {}
         for name, parts in models.items():
             fixed = [
@@ -399,15 +412,14 @@ class VoiceRuntime:
         entry = self._listens.get(agent.slug)
         if entry is None:
             return None
-        model_name, knowledge, llm, vocabulary = entry
-        parts = self._models[model_name]
+        parts = self._models[entry.model]
         return ListenParts(
             stt=parts.stt,
             vad=self._batcher(parts.vad.sample_rate),
             vad_options=parts.vad,
-            knowledge=knowledge,
-            llm=llm,
-            vocabulary=vocabulary,
+            knowledge=entry.knowledge,
+            llm=entry.writer,
+            vocabulary=entry.vocabulary,
         )
 
     def new_session(
