@@ -49,6 +49,8 @@ class SipTimer:
     status: bytes = b"200"
     _sent: dict[bytes, int] = field(default_factory=dict)
     _answered: dict[bytes, int] = field(default_factory=dict)
+    _relayed: dict[bytes, int] = field(default_factory=dict)
+    _next_answered: dict[bytes, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _sock: socket.socket | None = None
@@ -98,28 +100,31 @@ class SipTimer:
                 continue
             ihl = (data[0] & 0x0F) * 4
             src, dst = struct.unpack_from("!HH", data, ihl)
+            if port not in (src, dst):
+                continue
             payload = data[ihl + 8 :]
-            if dst == port and payload.startswith(request):
-                kind = self._sent
-            elif src == port and payload.startswith(answer):
-                kind = self._answered
+            if payload.startswith(request):
+                # to the server: from the caller; from it: relayed to the next hop
+                seen = self._sent if dst == port else self._relayed
+            elif payload.startswith(answer):
+                seen = self._answered if src == port else self._next_answered
             else:
                 continue
             if _header(payload, b"CSeq") != cseq:
                 continue
             call_id = _header(payload, b"Call-ID")
-            if call_id is None or call_id in kind:  # a retransmission: the first one counts
+            if call_id is None or call_id in seen:  # a retransmission: the first one counts
                 continue
             stamp = next(
                 (
                     TIMESPEC.unpack_from(cdata)
-                    for level, kind_, cdata in ancillary
-                    if level == socket.SOL_SOCKET and kind_ == SO_TIMESTAMPNS
+                    for level, kind, cdata in ancillary
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
                 ),
                 None,
             )
             if stamp is not None:
-                kind[call_id] = stamp[0] * 1_000_000_000 + stamp[1]
+                seen[call_id] = stamp[0] * 1_000_000_000 + stamp[1]
 
     def times(self) -> list[float]:
         """Milliseconds from each request to its response (calls with both seen)."""
@@ -128,3 +133,16 @@ class SipTimer:
             for cid, sent in self._sent.items()
             if cid in self._answered
         ]
+
+    def own_times(self) -> list[float]:
+        """The server's own share of each of :meth:`times`, in milliseconds: from the request
+        to its relay to the next hop, plus from the next hop's response to the response sent
+        on (a proxy or B2BUA that keeps the Call-ID, as both edges here do; calls where a part
+        was not seen are left out). The next hop's time is the rest."""
+        out = []
+        for cid, sent in self._sent.items():
+            parts = (self._relayed.get(cid), self._next_answered.get(cid), self._answered.get(cid))
+            if None not in parts:
+                relayed, next_answered, answered = parts
+                out.append((relayed - sent + answered - next_answered) / 1e6)  # type: ignore[operator]
+        return out

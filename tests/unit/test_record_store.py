@@ -209,3 +209,24 @@ def test_another_process_sees_each_commit(tmp_path: Path) -> None:
     finally:
         writer.wait(timeout=30)
     assert len(seen) == 4
+
+
+def test_writes_wait_for_the_interval_but_a_flush_does_not(tmp_path: Path) -> None:
+    """The writer sleeps through its interval (each wake-up takes the GIL from the event loop),
+    so writes queued meanwhile are not committed one by one; a flush wakes it at once."""
+    import threading
+    import time
+
+    s = RecordStore(tmp_path / "r.db", flush_interval=30.0)
+    s.open()
+    try:
+        for i in range(3):
+            s.save(_record(started=1_700_000_000.0 + i))
+        time.sleep(0.3)
+        assert s.search().records == [], "committed before the interval or a flush"
+        done = threading.Event()
+        threading.Thread(target=lambda: done.set() if s.flush(timeout=10.0) else None).start()
+        assert done.wait(5.0), "the flush waited for the 30 s interval"
+        assert len(s.search().records) == 3
+    finally:
+        s.close()
