@@ -200,7 +200,7 @@ def _status(raw: bytes) -> SipResponse:
 def test_invite_past_the_agents_limit_is_503_with_retry_after_once_authenticated() -> None:
     edge = LedgerEdge(max_calls=10, alice=1)
     sent = authenticated_invite(edge, "c1")  # type: ignore[arg-type]
-    assert _status(sent[0]).status == 100 and edge.ledger.in_progress("alice") == 1
+    assert _status(sent[1]).status == 100 and edge.ledger.in_progress("alice") == 1
     # Before authentication the answer must not depend on the number (a scanner would learn
     # it exists): the usual challenge...
     assert send(edge.router, invite(call_id="c2")).status == 407

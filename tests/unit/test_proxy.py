@@ -302,15 +302,16 @@ def test_basic_call_header_by_header() -> None:
     data = caller.make_invite()
     sends = net.invite(data)
 
-    # RFC 3261 §16.2: 100 Trying at once, to the source, Via as received, no To tag.
-    assert [s.to for s in sends] == [CALLER, WORKER]
-    trying = response(parse(sends[0].data))
+    # The INVITE goes to the worker first (the call's set-up waits for it), then, in the same
+    # step, RFC 3261 §16.2's 100 Trying to the source, Via as received, no To tag.
+    assert [s.to for s in sends] == [WORKER, CALLER]
+    trying = response(parse(sends[1].data))
     assert trying.status == 100
     assert trying.headers.get_all("Via") == caller.invite.headers.get_all("Via")  # type: ignore[union-attr]
     assert trying.to().tag is None
 
     # RFC 3261 §16.6: the forwarded INVITE.
-    invite = request(parse(sends[1].data))
+    invite = request(parse(sends[0].data))
     assert invite.uri == f"sip:{NUMBER}@127.0.0.1:6001"
     vias = invite.vias()
     assert len(vias) == 2
@@ -520,7 +521,7 @@ def test_invite_retransmission_absorbed() -> None:
     first = net.invite(data)
     invite = request(to(first, WORKER)[0])
     again = net.deliver(data, CALLER)
-    assert again == [first[0]]  # the 100 Trying again; nothing to the worker
+    assert again == [first[1]]  # the 100 Trying again; nothing to the worker
     worker.on_invite(invite)
     ringing = net.deliver(worker.answer(invite, 180), WORKER)
     assert net.deliver(data, CALLER) == ringing  # the last provisional response
@@ -535,7 +536,7 @@ def test_invite_retransmission_absorbed() -> None:
 def test_timer_b_timeout_sends_408() -> None:
     net, caller = Net(), caller_ua()
     sends = net.invite(caller.make_invite())
-    invite_data = sends[1].data
+    invite_data = sends[0].data
     net.events()
     retransmits = net.advance(T0 + 31.9)
     # RFC 3261 §17.1.1.2 Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s.

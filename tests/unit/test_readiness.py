@@ -177,7 +177,7 @@ def test_ready_edge_challenges_then_routes_to_the_worker() -> None:
     edge = Edge()
     assert send(edge.router, invite()).status == 407
     sent = authenticated_invite(edge, "inv-3")
-    trying, forwarded = (parse_message(d) for d in sent)
+    forwarded, trying = (parse_message(d) for d in sent)
     assert isinstance(trying, SipResponse) and trying.status == 100
     assert not isinstance(forwarded, SipResponse) and forwarded.method == "INVITE"
     assert edge.attempts("routed") == 1
