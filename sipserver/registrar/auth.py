@@ -79,8 +79,8 @@ class NonceManager:
     """Issues and checks digest nonces.
 
     Nonces are stateless and unforgeable: each carries its issue time and random bytes, signed
-    with keyed BLAKE2b (a MAC, RFC 7693 §2.5) under ``secret``, so any worker or edge sharing the secret can
-    check a nonce another one issued, and issuing stores nothing.
+    with keyed BLAKE2b (a MAC, RFC 7693 §2.5) under ``secret``, so any worker or edge sharing
+    the secret can check a nonce another one issued, and issuing stores nothing.
 
     Nonce-count replay protection (RFC 7616 §3.4) needs state: the last accepted ``nc`` per
     nonce is kept in an LRU of at most ``max_tracked`` entries, only for unexpired nonces. When

@@ -643,7 +643,6 @@ def test_a_call_worker_gets_the_configuration_when_it_says_hello(
     assert cast(OpenLink, pjsua2.link).sent == []  # its sessions run in main
 
 
-
 class CountingClock(FakeClock):
     """A FakeClock that knows whether it runs, as MediaClock does."""
 

@@ -83,7 +83,7 @@ def copy_build(tmp_path: Path) -> Path:
     for name in os.listdir(PACKAGE):
         if name in ("__init__.py", "data_dir.py") or name.startswith("_native"):
             shutil.copy2(PACKAGE / name, target / name)
-    for sub in ("sip", "registrar"):
+    for sub in ("sip", "registrar", "edge"):  # every package with a compiled module
         shutil.copytree(PACKAGE / sub, target / sub, ignore=shutil.ignore_patterns("__pycache__"))
     return target
 
