@@ -6,7 +6,7 @@ must not lift a ban early or make an old nonce fresh again, nor one stepped forw
 nonce at once. Nonces are signed with a secret made per process, so none outlives it; edges that
 come to share a secret across hosts will need a clock they share.
 
-- :class:`NonceManager` issues stateless HMAC-signed nonces and tracks nonce-counts
+- :class:`NonceManager` issues stateless MAC-signed nonces (keyed BLAKE2b) and tracks nonce-counts
   (RFC 7616 §3.4) in bounded memory.
 - :class:`DigestAuthenticator` builds the challenge and turns an Authorization header into an
   :class:`AuthResult` (RFC 3261 §22.4).
