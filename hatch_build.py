@@ -88,9 +88,12 @@ def compile_in_place(root: Path, files: list[str]) -> str | None:
     cwd = os.getcwd()
     try:
         # mypy must not read the project's [tool.mypy] (its pydantic plugin is not a build
-        # dependency): the type check already ran in CI, mypyc only needs the types.
+        # dependency): the type check already ran in CI, mypyc only needs the types. Modules
+        # the compiled ones import are read for their types only (follow_imports = silent):
+        # without the plugin, pydantic's Field(default_factory=Model) would be reported in
+        # config.py, which is not compiled (the edge's modules import the config).
         config = work / "mypy.ini"
-        config.write_text("[mypy]\nignore_missing_imports = True\n")
+        config.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n")
         os.chdir(root)
         extensions = mypycify(
             [f"--config-file={config}", *files],

@@ -2,11 +2,13 @@
 
 SIPp sends REGISTER, gets 401, answers the challenge and expects 200, for 10,000 distinct AORs at
 increasing rates. For each rate the script reports successful registrations, failures and the
-server's CPU time (utime+stime of the process from /proc), then the ratio of registrations per
-CPU-second: sipserver / Kamailio. Both servers do the same work per registration: look up the
-AOR's credentials, check the digest, write the binding (sipserver: memory store, like Kamailio's
-usrloc db_mode=0; ``--store sqlite`` measures the SQLite store instead, where each 200 waits
-for its binding's group commit; ``--commit-ms`` sets its ``server.store_commit_ms``).
+server's CPU time (utime+stime from /proc of its whole process tree: sipserver's main process and
+its call workers, all Kamailio processes; the ``main`` column is the main process alone), then the
+ratio of registrations per CPU-second: sipserver / Kamailio. sipserver is measured once /readyz
+answers (its call workers started and warm). Both servers do the same work per registration:
+look up the AOR's credentials, check the digest, write the binding (sipserver: memory store, like
+Kamailio's usrloc db_mode=0; ``--store sqlite`` measures the SQLite store instead, where each 200
+waits for its binding's group commit; ``--commit-ms`` sets its ``server.store_commit_ms``).
 
 Kamailio runs from ../shared/bench/kamailio/kamailio.cfg when ``kamailio`` is installed
 (``apt-get install kamailio``); otherwise only sipserver's figures are printed.
@@ -78,6 +80,8 @@ class Run:
     cpu: float
     retransmissions: int | None = None
     """REGISTER retransmissions the server received (sipserver only): each costs a parse."""
+    main_cpu: float | None = None
+    """CPU seconds of the main process alone (``cpu`` is the whole process tree's)."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -107,7 +111,7 @@ def retransmissions(http_port: int | None) -> int | None:
 
 
 def measure(
-    pids: list[int],
+    root: int,
     port: int,
     users: Path,
     rate: int,
@@ -116,16 +120,19 @@ def measure(
     password: str = PASSWORD,
     http_port: int | None = None,
 ) -> Run:
+    """One rate step against the server whose main process is ``root``: the CPU of its whole
+    process tree (sipserver's call workers, Kamailio's children) and of ``root`` alone."""
     calls = int(rate * seconds)
+    pids = process_tree(root)
     retrans_before = retransmissions(http_port)
-    before = cpu_seconds(pids)
+    main_before, before = cpu_seconds([root]), cpu_seconds(pids)
     ok, failed = run_sipp(port, users, rate, calls, wd, password)
-    after = cpu_seconds(pids)
+    main_after, after = cpu_seconds([root]), cpu_seconds(pids)
     retrans_after = retransmissions(http_port)
     retrans = None
     if retrans_before is not None and retrans_after is not None:
         retrans = retrans_after - retrans_before
-    return Run(rate, ok, failed, after - before, retrans)
+    return Run(rate, ok, failed, after - before, retrans, main_after - main_before)
 
 
 def start_sipserver(
@@ -177,7 +184,9 @@ def start_sipserver(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1).read()
+            # /readyz, not /healthz: ready once the call workers are up and warm, so that their
+            # start-up (~1 s of CPU each) does not overlap the first rate step.
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1).read()
             return proc, sip_port, admin_port
         except OSError:
             if proc.poll() is not None:
@@ -245,7 +254,7 @@ def main() -> int:
             )
             try:
                 results[build_label(pure)] = [
-                    measure([sips.pid], sip_port, users, r, args.seconds, wd, http_port=http_port)
+                    measure(sips.pid, sip_port, users, r, args.seconds, wd, http_port=http_port)
                     for r in rates
                 ]
             finally:
@@ -254,9 +263,8 @@ def main() -> int:
         if kam is not None:
             kproc, kport = kam
             try:
-                pids = process_tree(kproc.pid)
                 results["kamailio"] = [
-                    measure(pids, kport, users, r, args.seconds, wd, KAMAILIO_PASSWORD)
+                    measure(kproc.pid, kport, users, r, args.seconds, wd, KAMAILIO_PASSWORD)
                     for r in rates
                 ]
             finally:
@@ -274,15 +282,18 @@ def main() -> int:
     print(f"CPU: {cpu_model}")
     print(
         f"{'server':<18} {'rate/s':>7} {'ok':>7} {'failed':>7} {'cpu s':>7} "
-        f"{'reg/cpu-s':>10} {'us/reg':>7} {'retrans':>7}"
+        f"{'reg/cpu-s':>10} {'us/reg':>7} {'main':>7} {'retrans':>7}"
     )
     for name, runs in results.items():
         for run in runs:
             us = 1e6 * run.cpu / run.ok if run.ok else float("nan")
+            main = "-"  # Kamailio's main process only forks its workers
+            if name != "kamailio" and run.ok and run.main_cpu is not None:
+                main = f"{1e6 * run.main_cpu / run.ok:.1f}"
             retrans = "-" if run.retransmissions is None else str(run.retransmissions)
             print(
                 f"{name:<18} {run.rate:>7} {run.ok:>7} {run.failed:>7} {run.cpu:>7.2f} "
-                f"{run.per_cpu_second:>10.0f} {us:>7.1f} {retrans:>7}"
+                f"{run.per_cpu_second:>10.0f} {us:>7.1f} {main:>7} {retrans:>7}"
             )
     if "kamailio" in results:
         for name in (build_label(pure) for pure in builds):

@@ -120,14 +120,16 @@ def _skip_ws(value: str, pos: int) -> int:
     return pos
 
 
-# Fast path: one regex match per parameter (the loop runs in C inside each match). Any input it
-# does not accept is handed to the strict parser below, which either accepts it too or raises
-# the precise DigestError, so both paths accept exactly the same language.
-_SCHEME_RE = re.compile(r"[ \t\r\n]*([A-Za-z0-9\-.!%*_+`'~]+)(?:[ \t\r\n]+|\Z)")
+# Fast path: one regex match per parameter (the loop runs in C inside each match). The grammar
+# leaves no choice in where a parameter ends (names, bare values and separators are disjoint
+# classes), so the quantifiers are possessive: the engine keeps no backtracking state. Any input
+# it does not accept is handed to the strict parser below, which either accepts it too or raises
+# the precise DigestError, so both paths accept exactly the same language (checked by hypothesis).
+_SCHEME_RE = re.compile(r"[ \t\r\n]*+([A-Za-z0-9\-.!%*_+`'~]++)(?:[ \t\r\n]++|\Z)")
 _PARAM_RE = re.compile(
-    r"[ \t\r\n,]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t\r\n]*=[ \t\r\n]*"
-    r'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|([^\s,"]+))'
-    r"[ \t\r\n]*(?:,[ \t\r\n,]*|\Z)",
+    r"[ \t\r\n,]*+([A-Za-z0-9\-.!%*_+`'~]++)[ \t\r\n]*+=[ \t\r\n]*+"
+    r'(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([^\s,"]++))'
+    r"[ \t\r\n]*+(?:,[ \t\r\n,]*+|\Z)",
     re.DOTALL,
 )
 
@@ -166,10 +168,12 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         name = name.lower()
         if name in params:
             return _parse_auth_params_strict(value)
-        if quoted is not None:
-            params[name] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
-        else:
+        if quoted is None:
             params[name] = bare
+        elif "\\" in quoted:
+            params[name] = _ESCAPE_RE.sub(r"\1", quoted)
+        else:
+            params[name] = quoted
         pos = p.end()
     return scheme, params
 

@@ -190,7 +190,12 @@ def test_expired_nonce_check_forgets_its_count() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"secret": b"short", "ttl": 1.0}, {"ttl": 0.0}, {"ttl": 1.0, "max_tracked": 0}],
+    [
+        {"secret": b"short", "ttl": 1.0},
+        {"secret": b"k" * 65, "ttl": 1.0},  # longer than a BLAKE2b key
+        {"ttl": 0.0},
+        {"ttl": 1.0, "max_tracked": 0},
+    ],
 )
 def test_nonce_manager_validation(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"secret": SECRET}
@@ -678,3 +683,15 @@ def test_digest_uri_naming_the_server(
         header = answer(auth.challenge(now=0.0), uri=digest_uri, method="INVITE")
         result = auth.verify(header, method="INVITE", request_uri=request_uri, now=1.0)
         assert result.outcome is expected, (digest_uri, names_uri)
+
+
+def test_a_nonce_is_bound_to_its_tag_and_secret() -> None:
+    nonces = make_nonces()
+    nonce = nonces.issue(now=100.0)
+    assert len(nonce) == 48 and nonces.check(nonce, 1, now=101.0) is NonceStatus.VALID
+    # Any change of the issue time, the random bytes or the tag is a nonce we did not issue.
+    for i in (0, 20, 47):
+        forged = nonce[:i] + ("A" if nonce[i] != "A" else "B") + nonce[i + 1 :]
+        assert make_nonces().check(forged, 1, now=101.0) is NonceStatus.INVALID
+    other = NonceManager(b"another secret, 32 bytes long!!!", ttl=60.0)
+    assert other.check(nonce, 1, now=101.0) is NonceStatus.INVALID

@@ -641,3 +641,35 @@ def test_a_call_worker_gets_the_configuration_when_it_says_hello(
     pjsua2 = worker_of("pjsua2")
     server.media_workers._worker_up(pjsua2)
     assert cast(OpenLink, pjsua2.link).sent == []  # its sessions run in main
+
+
+class CountingClock(FakeClock):
+    """A FakeClock that knows whether it runs, as MediaClock does."""
+
+    def __init__(self, on_tick: Callable[[], None]) -> None:
+        super().__init__(on_tick)
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+
+async def test_the_clock_stops_without_a_hosted_call_and_restarts_with_the_next() -> None:
+    worker = RecordingWorker()
+    worker.clock = clock = CountingClock(worker.tick)
+    worker._clock_wanted = True  # as run() does once the link is up
+    clock.start()
+    clock.run(1)  # a tick with no call hosted: an idle worker stops its 50 Hz wake-ups
+    assert not clock.running
+    await configured(worker, echo_config())
+    call = worker.fake_engine.answer(FakeCall(1))
+    assert clock.running  # the hosted call started it again
+    call.stream.incoming = [loud() for _ in range(3)]
+    clock.run(3)
+    assert clock.running and len(call.stream.written) == 3
+    worker.on_call_ended(call, "bye", 200)
+    clock.run(1)
+    assert not clock.running

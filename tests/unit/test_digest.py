@@ -485,3 +485,54 @@ def _auth_headers(draw: _st.DrawFn) -> str:
 @hypothesis.settings(max_examples=3000, deadline=None)
 def test_fast_auth_param_parser_agrees_on_structured_input(value: str) -> None:
     test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+# Real-world shapes the fast path itself must accept (not hand to the strict parser), with the
+# strict parser's result: quoted commas and escapes, bare values, folded whitespace, empty values.
+_VALID_AUTH_HEADERS = [
+    'Digest username="bench",realm="127.0.0.1",cnonce="6b8b4567",nc=00000001,qop=auth,'
+    'uri="sip:127.0.0.1:5090",nonce="AbC-_x",response="0123456789abcdef0123456789abcdef",'
+    "algorithm=MD5",
+    'Digest username="a,b", realm="r", nonce="n", uri=sip:x@y;transport=udp, response="00"',
+    'Digest username="say \\"hi\\"", realm="back\\\\slash", opaque=""',
+    'digest\tusername = "u" ,\r\n realm="r",, nonce="n" ',
+    "Digest",
+]
+
+
+@pytest.mark.parametrize("value", _VALID_AUTH_HEADERS)
+def test_fast_auth_param_parser_takes_valid_headers_itself(value: str) -> None:
+    from sipserver.sip.digest import _PARAM_RE, _SCHEME_RE, _parse_auth_params_strict
+
+    # The fast path's own matches reach the end of the value: no fallback to the strict parser.
+    scheme = _SCHEME_RE.match(value)
+    assert scheme is not None
+    pos = scheme.end()
+    while pos < len(value):
+        param = _PARAM_RE.match(value, pos)
+        assert param is not None, value[pos:]
+        pos = param.end()
+    assert parse_auth_params(value) == _parse_auth_params_strict(value)
+
+
+def test_fast_auth_param_parser_unescapes_and_keeps_quoted_commas() -> None:
+    scheme, params = parse_auth_params(_VALID_AUTH_HEADERS[2])
+    assert scheme == "Digest"
+    assert params == {"username": 'say "hi"', "realm": "back\\slash", "opaque": ""}
+    assert parse_auth_params(_VALID_AUTH_HEADERS[1])[1]["username"] == "a,b"
+    assert parse_auth_params(_VALID_AUTH_HEADERS[1])[1]["uri"] == "sip:x@y;transport=udp"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ('Digest a="b', "unterminated quoted string in a"),
+        ("Digest a=b, a=c", "duplicate parameter a"),
+        ("Digest a", "parameter a has no value"),
+        ('Digest a=b "c"', "unexpected '\"' after parameter a"),
+    ],
+)
+def test_malformed_auth_params_get_the_strict_parsers_error(value: str, reason: str) -> None:
+    with pytest.raises(DigestError) as caught:
+        parse_auth_params(value)
+    assert str(caught.value) == reason
