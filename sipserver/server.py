@@ -431,7 +431,13 @@ class Server:
 
     def _call_event(self, event: ProxyEvent) -> None:
         metrics = self.metrics
-        self.records.proxy_event(event)
+        # The record's bookkeeping after this step's datagrams are sent: the router reports
+        # the events before it returns them, and a call's set-up waits for those datagrams.
+        # In order: callbacks run first-in first-out, before the next I/O callbacks.
+        try:
+            asyncio.get_running_loop().call_soon(self.records.proxy_event, event)
+        except RuntimeError:  # no running loop (a test driving the router by hand)
+            self.records.proxy_event(event)
         if isinstance(event, CallRouted):
             # Checked against the limits by the router in the same step (no await between).
             stale = self._sip_reservations.pop(event.call_id, None)
