@@ -309,6 +309,9 @@ class CallWorker:
         self._late_ticks_seen = 0
         self._clock_wanted = False
         """The worker runs (:meth:`run`): the clock ticks while a call is hosted."""
+        self._stats_sent = 0
+        """STATS records sent so far (``stats_sent``: tells a newer STATS from an older one
+        while the idle clock's ``ticks`` stand still)."""
         self.counters: dict[str, int] = {
             "calls_started": 0,
             "calls_ended": 0,
@@ -586,7 +589,7 @@ class CallWorker:
                 self.sessions = CallSessions(self._current_config, voice)
             self.config_sequence = record.sequence
             log.info("worker_configured", sequence=record.sequence, agents=len(config.agents))
-            self._send(Stats(self.stats()))  # says ready at once
+            self._send_stats()  # says ready at once
 
     def _current_config(self) -> Config:
         assert self.config is not None
@@ -613,6 +616,7 @@ class CallWorker:
         out["ready"] = int(self.ready)
         out["config"] = self.config_sequence
         out["ticks"] = self.clock.ticks
+        out["stats_sent"] = self._stats_sent
         out["late_ticks"] = self.clock.late_ticks
         relay_stats = getattr(self.relay, "stats", None)  # relayed websocket calls
         if relay_stats is not None:
@@ -626,6 +630,10 @@ class CallWorker:
     def _streams(self) -> list[_Stream]:
         return [hosted.call.stream for hosted in self._hosted.values()]
 
+    def _send_stats(self) -> None:
+        self._stats_sent += 1
+        self._send(Stats(self.stats()))
+
     async def _stats_loop(self) -> None:
         """STATS every ``stats_interval``, and within a second when the pipeline's metrics
         changed (a turn's latencies reach main's /metrics quickly; never per frame)."""
@@ -636,7 +644,7 @@ class CallWorker:
             pipeline = pipeline_totals(self.metrics)
             if pipeline == sent and loop.time() - sent_at < self.options.stats_interval - 0.01:
                 continue
-            self._send(Stats(self.stats()))
+            self._send_stats()
             sent_at, sent = loop.time(), pipeline
 
     async def _read_link(self, link: FrameLink) -> None:
@@ -699,7 +707,7 @@ class CallWorker:
             self._clock_wanted = False
             self.clock.stop()
             if status == 0:
-                self._send(Stats(self.stats()))
+                self._send_stats()
             tasks = [reader, stats, stopper, *self._config_tasks]
             for task in tasks:
                 task.cancel()

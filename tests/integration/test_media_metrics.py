@@ -62,19 +62,20 @@ def test_a_lossy_sipp_call_shows_in_the_media_metrics_after_it_ended(
     for name in ("sipserver_media_late_frames_total", "sipserver_media_late_ticks_total"):
         assert f'{name}{{engine="native"}}' in text, name
     # The next STATS repeat the same totals: nothing counts twice.
-    ticks = server.get("/status")[1]["media_workers"][0]["stats"]["ticks"]
-    newer = wait_stats_after(server, ticks)
+    sent = server.get("/status")[1]["media_workers"][0]["stats"]["stats_sent"]
+    newer = wait_stats_after(server, sent)
     assert newer["rtp_lost"] == lost
     assert server.metric("sipserver_rtp_packets_lost_total", **labels) == lost
     assert server.metric("sipserver_media_frames_total", **labels) == frames
 
 
-def wait_stats_after(server: ServerProcess, ticks: int) -> dict[str, int]:
-    """The worker's STATS once a newer one than at ``ticks`` arrived."""
+def wait_stats_after(server: ServerProcess, sent: int) -> dict[str, int]:
+    """The worker's STATS once a newer one than the ``sent``-th arrived (an idle worker's
+    clock stands still: its ``ticks`` do not tell one STATS from the next)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         stats: dict[str, int] = server.get("/status")[1]["media_workers"][0]["stats"]
-        if stats["ticks"] > ticks:
+        if stats["stats_sent"] > sent:
             return stats
         time.sleep(0.2)
     pytest.fail("no new STATS from the call worker")
