@@ -139,10 +139,9 @@ class SipTimer:
         to its relay to the next hop, plus from the next hop's response to the response sent
         on (a proxy or B2BUA that keeps the Call-ID, as both edges here do; calls where a part
         was not seen are left out). The next hop's time is the rest."""
-        out = []
-        for cid, sent in self._sent.items():
-            parts = (self._relayed.get(cid), self._next_answered.get(cid), self._answered.get(cid))
-            if None not in parts:
-                relayed, next_answered, answered = parts
-                out.append((relayed - sent + answered - next_answered) / 1e6)  # type: ignore[operator]
-        return out
+        seen = self._relayed.keys() & self._next_answered.keys() & self._answered.keys()
+        return [
+            (self._relayed[cid] - sent + self._answered[cid] - self._next_answered[cid]) / 1e6
+            for cid, sent in self._sent.items()
+            if cid in seen
+        ]

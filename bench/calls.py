@@ -50,6 +50,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from _common import (
@@ -199,6 +200,17 @@ class EchoLinkServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
+class Figures(NamedTuple):
+    """One server's INVITE->200 p50/p99 (ms), CPU seconds per call, and the edge's own share's
+    p50/p99 (ms; NaN without the tap)."""
+
+    p50: float
+    p99: float
+    cpu: float
+    own_p50: float
+    own_p99: float
+
+
 def report(
     name: str,
     ok: int,
@@ -207,10 +219,9 @@ def report(
     tapped: tuple[list[float], list[float]],
     cpu: float,
     rss: float,
-) -> tuple[float, ...]:
-    """Print one server's lines; return (p50, p99, CPU seconds per call, the edge's own p50 and
-    p99): the tap's times when it ran (microseconds), SIPp's otherwise (whole 4 ms ticks; no
-    own times)."""
+) -> Figures:
+    """Print one server's lines; return its figures: the tap's times when it ran
+    (microseconds), SIPp's otherwise (whole 4 ms ticks; no own times)."""
     per_call = 1e3 * cpu / ok if ok else float("nan")
     print(
         f"{name:<15} ok {ok:>5} failed {failed:>4}  INVITE->200 p50 {pct(times, 0.5):6.1f} ms "
@@ -230,7 +241,7 @@ def report(
             f"p50 {pct(own, 0.5):6.2f} ms  p99 {pct(own, 0.99):6.2f} ms  max {max(own):6.2f} ms"
         )
     best = total or times
-    return pct(best, 0.5), pct(best, 0.99), cpu / max(ok, 1), pct(own, 0.5), pct(own, 0.99)
+    return Figures(pct(best, 0.5), pct(best, 0.99), cpu / max(ok, 1), pct(own, 0.5), pct(own, 0.99))
 
 
 def http_json(url: str) -> dict[str, object]:
@@ -336,7 +347,7 @@ def main() -> int:
     if args.sweep:
         sweep([int(n) for n in args.sweep.split(",")], args.hold)
         return 0
-    results: dict[str, tuple[float, ...]] = {}
+    results: dict[str, Figures] = {}
     names = [build_label(pure) for pure in builds]
     with tempfile.TemporaryDirectory(prefix="sipserver-calls-") as tmp:
         wd = Path(tmp)
@@ -345,10 +356,10 @@ def main() -> int:
             try:
                 pids = process_tree(proc.pid)
                 before = cpu_seconds(pids)
-                ok, failed, times, *tapped = run_sipp(port, args.rate, args.calls, wd)
+                ok, failed, times, total, own = run_sipp(port, args.rate, args.calls, wd)
                 cpu = cpu_seconds(pids) - before
                 rss = max((rss_mb(p) for p in pids[1:]), default=0.0)
-                results[name] = report(name, ok, failed, times, (tapped[0], tapped[1]), cpu, rss)
+                results[name] = report(name, ok, failed, times, (total, own), cpu, rss)
             finally:
                 stop(proc)
         cfg = HERE / "kamailio" / "proxy_two_workers.cfg"
@@ -388,14 +399,12 @@ def main() -> int:
             try:
                 pids = [*process_tree(kam.pid), *(w.pid for w in workers)]
                 before = cpu_seconds(pids)
-                ok, failed, times, *tapped = run_sipp(
+                ok, failed, times, total, own = run_sipp(
                     5092, args.rate, args.calls, wd, KAMAILIO_PASSWORD
                 )
                 cpu = cpu_seconds(pids) - before
                 rss = max(rss_mb(w.pid) for w in workers)
-                results["kamailio"] = report(
-                    "kamailio", ok, failed, times, (tapped[0], tapped[1]), cpu, rss
-                )
+                results["kamailio"] = report("kamailio", ok, failed, times, (total, own), cpu, rss)
             finally:
                 stop(kam)
                 for worker in workers:
@@ -407,14 +416,15 @@ def main() -> int:
         for name in names:
             ours = results[name]
             print(
-                f"{name} at {args.rate} calls/s: INVITE->200 p50 ratio {ours[0] / ref[0]:.2f}, "
-                f"p99 ratio {ours[1] / ref[1]:.2f}, CPU per call ratio {ours[2] / ref[2]:.2f} "
+                f"{name} at {args.rate} calls/s: INVITE->200 p50 ratio {ours.p50 / ref.p50:.2f}, "
+                f"p99 ratio {ours.p99 / ref.p99:.2f}, CPU per call ratio {ours.cpu / ref.cpu:.2f} "
                 "(/ kamailio; targets p99 <= 1.2, CPU <= 1.2)"
             )
-            if not math.isnan(ours[3]) and not math.isnan(ref[3]):
+            if not math.isnan(ours.own_p50) and not math.isnan(ref.own_p50):
                 print(
                     f"{name} at {args.rate} calls/s: the edge's own share p50 ratio "
-                    f"{ours[3] / ref[3]:.2f}, p99 ratio {ours[4] / ref[4]:.2f} (/ kamailio)"
+                    f"{ours.own_p50 / ref.own_p50:.2f}, p99 ratio {ours.own_p99 / ref.own_p99:.2f} "
+                    "(/ kamailio)"
                 )
     return 0
 

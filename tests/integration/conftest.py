@@ -44,10 +44,15 @@ async def until(predicate: Callable[[], object], timeout: float) -> bool:
     return False
 
 
-_handed_out: collections.deque[int] = collections.deque(maxlen=256)
-"""Ports recently returned by :func:`free_port`: nothing is bound to them until the server
-starts, so the kernel may offer the same number again (a SIP port and an admin port of one
-test server were once equal)."""
+_handed_out: collections.deque[range] = collections.deque(maxlen=256)
+"""Ports recently returned by :func:`free_port` (one-port ranges) and :func:`free_port_range`:
+nothing is bound to them until the server or SIPp starts, so the kernel may offer the same
+number again (a SIP port and an admin port of one test server were once equal), and several
+SIPp callers of one test take their media ranges before any of them binds."""
+
+
+def _overlaps_handed_out(start: int, count: int) -> bool:
+    return any(start < r.stop and r.start < start + count for r in _handed_out)
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -56,7 +61,7 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port in _handed_out:
+        if _overlaps_handed_out(port, 1):
             continue
         other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, other) as s2:
@@ -64,23 +69,19 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
                 s2.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        _handed_out.append(port)
+        _handed_out.append(range(port, port + 1))
         return port
     raise RuntimeError("no free port")
 
 
-_ranges_handed_out: collections.deque[range] = collections.deque(maxlen=64)
-"""First ports of the ranges recently returned by :func:`free_port_range` (as ``_handed_out``:
-several SIPp callers of one test take their ranges before any of them binds)."""
-
-
 def free_port_range(count: int) -> int:
     """The first port of ``count`` UDP ports on 127.0.0.1 that are free now and overlap no
-    range handed out lately (other tests and processes on the machine hold ports in the same
-    span: a SIPp media port picked at random once collided, and SIPp exits when it cannot bind)."""
+    port or range handed out lately (other tests and processes on the machine hold ports in
+    the same span: a SIPp media port picked at random once collided, and SIPp exits when it
+    cannot bind)."""
     for _ in range(200):
         base = random.randrange(20000, 60000 - count, 2)
-        if any(base < r.stop and r.start < base + count for r in _ranges_handed_out):
+        if _overlaps_handed_out(base, count):
             continue
         held: list[socket.socket] = []
         try:
@@ -93,7 +94,7 @@ def free_port_range(count: int) -> int:
         finally:
             for sock in held:
                 sock.close()
-        _ranges_handed_out.append(range(base, base + count))
+        _handed_out.append(range(base, base + count))
         return base
     raise RuntimeError(f"no {count} free UDP ports in a row")
 
