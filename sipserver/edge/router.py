@@ -110,7 +110,7 @@ def server_names(config: Config) -> ServerNames:
     return ServerNames.build(hosts, ports=[port for _, port in listeners])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Outgoing:
     """A message to send."""
 
@@ -123,6 +123,17 @@ class Outgoing:
     listener: int = -1
     """The listener to send from (:attr:`Peer.listener` of the request); -1: any of the
     transport's."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self, data: bytes, host: str, port: int, transport: str = "", listener: int = -1
+    ) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "listener", listener)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sipserver.data_dir import make_private_file, make_private_if_present
+from sipserver.registrar.binding import Binding
 
 __all__ = [
     "Binding",
@@ -52,52 +52,6 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True, frozen=True)
-class Binding:
-    """One registered contact of an address-of-record (RFC 3261 §10.2.1)."""
-
-    aor: str
-    """Address-of-record key, already canonical, e.g. ``"sip:demo@127.0.0.1"``."""
-    contact: str
-    """Contact URI as given, without ``<>`` and without header params."""
-    expires_at: float
-    """Absolute expiry, on the same clock as ``now`` (epoch seconds in production)."""
-    registered_at: float
-    """When the binding was created; a refresh keeps it."""
-    call_id: str
-    """Call-ID of the REGISTER that last created or refreshed it (RFC 3261 §10.3 step 8)."""
-    cseq: int
-    """CSeq number of that REGISTER."""
-    q: float | None = None
-    """The ``;q`` Contact parameter, None when absent."""
-    agent: str = ""
-    """Slug of the agent owning the AOR."""
-    source: str = ""
-    """Where the REGISTER came from, e.g. ``"udp:203.0.113.7:5060"``: requests go there (NAT)."""
-    path: tuple[str, ...] = ()
-    """Path header values (RFC 3327), outermost first."""
-    user_agent: str | None = None
-    """User-Agent header of the REGISTER."""
-    instance: str | None = None
-    """``+sip.instance`` (RFC 5626); when both sides have one, bindings match by it."""
-
-    def expires_in(self, now: float) -> int:
-        """Remaining lifetime in whole seconds, for ``;expires=`` in a 200 (RFC 3261 §10.3 step 8).
-
-        Rounded up, so an unexpired binding never reports 0 (which a UA reads as "removed");
-        the difference is first rounded to microseconds so that float noise in
-        ``now + expires`` does not turn 3600 into 3601.
-
-        Args:
-            now: current time, same clock as ``expires_at``.
-
-        Returns:
-            Seconds until expiry, 0 when already expired.
-        """
-        remaining = self.expires_at - now
-        if remaining <= 0.0:
-            return 0
-        return math.ceil(round(remaining, 6))
 
 
 class BindingStore(Protocol):

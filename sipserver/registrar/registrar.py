@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ContactSpec:
     """One Contact of a REGISTER, as parsed by the edge."""
 
@@ -56,8 +56,22 @@ class ContactSpec:
     instance: str | None = None
     """The ``+sip.instance`` Contact parameter (RFC 5626), None when absent."""
 
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        uri: str,
+        expires: int | None = None,
+        q: float | None = None,
+        instance: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "expires", expires)
+        object.__setattr__(self, "q", q)
+        object.__setattr__(self, "instance", instance)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class RegisterRequest:
     """An authenticated REGISTER, reduced to what RFC 3261 §10.3 steps 6-8 need."""
 
@@ -82,8 +96,34 @@ class RegisterRequest:
     user_agent: str | None = None
     """User-Agent header."""
 
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        aor: str,
+        agent: str,
+        call_id: str,
+        cseq: int,
+        contacts: tuple[ContactSpec, ...] = (),
+        wildcard: bool = False,
+        expires: int | None = None,
+        source: str = "",
+        path: tuple[str, ...] = (),
+        user_agent: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "aor", aor)
+        object.__setattr__(self, "agent", agent)
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "cseq", cseq)
+        object.__setattr__(self, "contacts", contacts)
+        object.__setattr__(self, "wildcard", wildcard)
+        object.__setattr__(self, "expires", expires)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "user_agent", user_agent)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class RegisterResult:
     """Outcome of :meth:`Registrar.handle_register`, for the edge to turn into a response."""
 
@@ -103,6 +143,28 @@ class RegisterResult:
     """Bindings removed to keep the AOR within ``max_contacts`` (the earliest registered)."""
     refreshed_bindings: tuple[Binding, ...] = ()
     """Existing bindings updated by the request, as they are now."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        bindings: tuple[Binding, ...] = (),
+        min_expires: int | None = None,
+        added_bindings: tuple[Binding, ...] = (),
+        removed_bindings: tuple[Binding, ...] = (),
+        evicted_bindings: tuple[Binding, ...] = (),
+        refreshed_bindings: tuple[Binding, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "bindings", bindings)
+        object.__setattr__(self, "min_expires", min_expires)
+        object.__setattr__(self, "added_bindings", added_bindings)
+        object.__setattr__(self, "removed_bindings", removed_bindings)
+        object.__setattr__(self, "evicted_bindings", evicted_bindings)
+        object.__setattr__(self, "refreshed_bindings", refreshed_bindings)
 
     @property
     def added(self) -> int:

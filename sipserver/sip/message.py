@@ -395,7 +395,7 @@ class _MessageMixin:
         return NameAddr.parse(self._required("To"))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipRequest(_MessageMixin):
     """A SIP request (RFC 3261 §7.1)."""
 
@@ -410,6 +410,23 @@ class SipRequest(_MessageMixin):
     version: str = SIP_VERSION
     """Always ``SIP/2.0`` for parsed messages."""
     _ruri: tuple[str, SipUri] | None = field(default=None, init=False, repr=False, compare=False)
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Headers,
+        body: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+        self.version = version
+        self._ruri = None
 
     def request_uri(self) -> SipUri:
         """The Request-URI parsed as a SIP/SIPS URI (cached).
@@ -443,7 +460,7 @@ class SipRequest(_MessageMixin):
         return _encode(f"{self.method} {self.uri} {self.version}", self.headers, self.body)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipResponse(_MessageMixin):
     """A SIP response (RFC 3261 §7.2)."""
 
@@ -457,6 +474,22 @@ class SipResponse(_MessageMixin):
     """Message body."""
     version: str = SIP_VERSION
     """Always ``SIP/2.0`` for parsed messages."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Headers,
+        body: bytes = b"",
+        version: str = SIP_VERSION,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.version = version
 
     def encode(self) -> bytes:
         """Wire form, with Content-Length computed from the body."""
