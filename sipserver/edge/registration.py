@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sipserver.config import Config
 from sipserver.edge.replies import Peer, Reply, count_refusal, response_to, unavailable
 from sipserver.edge.sip_agents import SipAgents
-from sipserver.observability import Metrics, RefusalLog, get_logger
+from sipserver.observability import Metrics, RefusalLog, debug_logged, get_logger
 from sipserver.registrar.auth import AuthOutcome, DigestAuthenticator, FailureTracker
 from sipserver.registrar.bindings import Binding
 from sipserver.registrar.registrar import (
@@ -276,7 +276,8 @@ def log_binding_changes(result: RegisterResult, request: RegisterRequest, *, wal
             agent=request.agent,
             user_agent=request.user_agent,
         )
-    for b in result.refreshed_bindings:
+    # A refresh (most REGISTERs) logs at debug: its fields are not even built otherwise.
+    for b in result.refreshed_bindings if debug_logged() else ():
         log.debug(
             "registration_refreshed",
             aor=b.aor,

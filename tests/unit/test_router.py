@@ -588,11 +588,26 @@ class _Recorder:
         return [line for line in self.lines if line[1] in names]
 
 
+def test_a_refresh_logs_nothing_unless_debug_lines_are_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sipserver.edge import registration as registration_module
+
+    recorder = _Recorder()
+    monkeypatch.setattr(registration_module, "log", recorder)
+    monkeypatch.setattr(registration_module, "debug_logged", lambda: False)
+    router, _ = make_router()
+    assert register(router, expires=120).status == 200
+    assert register(router, expires=120, call_id="c1", now=NOW + 60).status == 200
+    assert [line[1] for line in recorder.lines] == ["registered"]
+
+
 def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
     from sipserver.edge import registration as registration_module
 
     recorder = _Recorder()
     monkeypatch.setattr(registration_module, "log", recorder)
+    monkeypatch.setattr(registration_module, "debug_logged", lambda: True)
     router, _ = make_router()
     names = ("registered", "registration_refreshed", "unregistered")
     assert register(router, expires=120).status == 200
