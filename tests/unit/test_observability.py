@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import logging, warnings
 from sipserver.observability import configure_logging, get_logger, log_settings
@@ -75,3 +77,28 @@ def test_event_loop_tasks_gauge_counts_the_tasks_alive_at_each_scrape() -> None:
         return alone, with_five, tasks()
 
     assert asyncio.run(main()) == (1.0, 6.0, 1.0)
+
+
+def test_loop_counter_exports_what_a_prometheus_counter_would() -> None:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from sipserver.observability import LoopCounter
+
+    reference, ours = CollectorRegistry(), CollectorRegistry()
+    counter = Counter("x_messages", "Messages.", ["transport", "status"], registry=reference)
+    loop = LoopCounter("x_messages", "Messages.", ("transport", "status"), registry=ours)
+    for transport, status in [("udp", 200), ("udp", 200), ("tcp", 401)]:
+        counter.labels(transport, str(status)).inc()
+        loop.inc((transport, status))
+    assert loop.value(("udp", 200)) == 2 and loop.value(("tls", 200)) == 0
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        # The _created values differ by the microseconds between the two increments.
+        lines = generate_latest(registry).decode().splitlines()
+        return sorted(line.rsplit(" ", 1)[0] if "_created{" in line else line for line in lines)
+
+    assert samples(ours) == samples(reference)
+    assert ours.get_sample_value("x_messages_total", {"transport": "udp", "status": "200"}) == 2
+    # The registry still refuses a second metric of the same name.
+    with pytest.raises(ValueError, match="Duplicated"):
+        LoopCounter("x_messages", "Again.", ("a",), registry=ours)
