@@ -6,6 +6,10 @@ workers (tests/integration/test_call_worker.py has the call workers' own tests).
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -519,76 +523,130 @@ def test_session_expires_below_min_se_gets_422(server_factory: Any, tmp_path: Pa
     assert status_calls(server) == [0]
 
 
+SESSION_TIMER_TEST = "test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones"
+SESSION_SCENARIOS = ("expires", "refresh", "update")
+
+
+class SessionTimerCalls:
+    """The servers and callers of the session-timer test (:data:`SESSION_TIMER_TEST`), run on a
+    thread from this module's first test on: the calls last ~75 s (see the test), and
+    they idle (no RTP) while the module's other tests run, instead of holding the suite alone.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.engines = [
+            e for e in ENGINES if e != "native" or SESSION_TIMER_TEST not in NOT_ON_NATIVE
+        ]
+        self.servers: dict[str, ServerProcess] = {}
+        self.run_times: dict[str, list[float]] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="session-timer-calls", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for name in self.engines:  # spawned together: their start-ups overlap too
+                (self.workdir / name).mkdir()
+                self.servers[name] = spawn_server(
+                    self.workdir / name, on_engine(name, _no_rtp_timeout)
+                )
+            for server in self.servers.values():
+                server.wait_until("/readyz")
+                wait_metric(server, "sipserver_media_workers_up", 1)
+            with ThreadPoolExecutor(len(self.servers) * len(SESSION_SCENARIOS)) as pool:
+                runs = {
+                    name: [
+                        pool.submit(self._timed, name, f"uac_edge_session_{s}.xml")
+                        for s in SESSION_SCENARIOS
+                    ]
+                    for name in self.servers
+                }
+                self.run_times = {name: [run.result() for run in runs[name]] for name in runs}
+        except BaseException as exc:  # reported by the test itself
+            self.error = exc
+
+    def _timed(self, name: str, scenario: str) -> float:
+        start = time.monotonic()
+        run_edge_sipp(self.servers[name], self.workdir / name, scenario, "-key", "se", "90",
+                      timeout=110)  # fmt: skip
+        return time.monotonic() - start
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            pytest.fail(f"the session-timer calls did not end within {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
+
+
+def _no_rtp_timeout(config: dict[str, Any]) -> None:
+    config["server"]["media"] = {"rtp_timeout": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def session_timer_calls(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SessionTimerCalls | None]:
+    """Starts :class:`SessionTimerCalls` with the module's first test when the session-timer
+    test is among the tests to run."""
+    if not any(item.name == SESSION_TIMER_TEST for item in request.session.items):
+        yield None
+        return
+    calls = SessionTimerCalls(tmp_path_factory.mktemp("session_timer"))
+    try:
+        yield calls
+    finally:
+        calls.join(timeout=150)  # a server is not stopped under a caller still running
+        calls.stop()
+
+
 @pytest.mark.slow
-def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(tmp_path: Path) -> None:
+def test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones(
+    session_timer_calls: SessionTimerCalls | None,
+) -> None:
     """RFC 4028 through the edge, on each engine three callers at once, all offering
     Session-Expires: 90 with refresher=uac. One never refreshes: the worker (the non-refresher)
     sends BYE when its expiry timer fires, max(90 - 32, 90 - 90/3) = 60 s after the answer (as
     pjsip does), and both legs are cleaned up. The others refresh after 30 s, one with a
     re-INVITE, one with an UPDATE, and hang up themselves after 75 s: their calls outlive the
-    first. 90 s is the smallest interval RFC 4028 and pjsip allow, so a run takes ~75 s: a
-    server per engine runs its three callers at the same time as the other's, so the suite
-    pays those 75 s once rather than once per engine. The callers send no RTP: the RTP timeout
+    first. 90 s is the smallest interval RFC 4028 and pjsip allow, so the calls take ~75 s: they
+    start with this module's first test (:class:`SessionTimerCalls`) and this test, the
+    module's last, waits for what is left of them. The callers send no RTP: the RTP timeout
     (60 s by default, as long as the expiry) is off, so only the session timer can end a call.
     """
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    def no_rtp_timeout(config: dict[str, Any]) -> None:
-        config["server"]["media"] = {"rtp_timeout": 0}
-
-    reason = NOT_ON_NATIVE.get("test_session_timer_ends_unrefreshed_calls_and_keeps_refreshed_ones")
-    if reason is not None:
-        print(f"not on the native engine yet: {reason}")
-    engines = [e for e in ENGINES if e != "native" or reason is None]
-    servers: dict[str, ServerProcess] = {}
-    try:
-        for name in engines:  # spawned together: their start-ups overlap too
-            (tmp_path / name).mkdir()
-            servers[name] = spawn_server(tmp_path / name, on_engine(name, no_rtp_timeout))
-        for server in servers.values():
-            server.wait_until("/readyz")
-            wait_metric(server, "sipserver_media_workers_up", 1)
-
-        def timed(name: str, scenario: str) -> float:
-            start = time.monotonic()
-            run_edge_sipp(servers[name], tmp_path / name, scenario, "-key", "se", "90",
-                          timeout=110)  # fmt: skip
-            return time.monotonic() - start
-
-        scenarios = ("expires", "refresh", "update")
-        with ThreadPoolExecutor(len(servers) * len(scenarios)) as pool:
-            runs = {
-                name: [pool.submit(timed, name, f"uac_edge_session_{s}.xml") for s in scenarios]
-                for name in servers
-            }
-            run_times = {name: [run.result() for run in runs[name]] for name in servers}
-        for name, server in servers.items():
-            expired_after, reinvited_after, updated_after = run_times[name]
-            wait_metric(server, "sipserver_calls_ended_total", 1, reason="session_expired")
-            (expired,) = [
-                e
-                for e in server.log_events()
-                if e.get("event") == "call_ended" and e.get("reason") == "session_expired"
-            ]
-            # The edge's own answer-to-BYE time; the caller's run time adds call set-up, which
-            # a busy machine stretches. The timer fires at 60 s; a BYE delivered a few seconds
-            # late under load is still the session timer, while an expiry taken at face value
-            # (90 s) is not.
-            print(f"{name}: unrefreshed call ended by the server {expired['duration']:.1f} s "
-                  "after the answer")  # fmt: skip
-            assert 58 <= expired["duration"] < 85, (name, expired)
-            assert expired_after >= expired["duration"], (name, expired_after, expired)
-            assert reinvited_after >= 75 and updated_after >= 75, (
-                name,
-                reinvited_after,
-                updated_after,
-            )
-            wait_metric(server, "sipserver_calls_ended_total", 2, reason="caller_bye")
-            assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 0, name
-            assert server.metric("sipserver_calls_active") == 0, name
-            assert status_calls(server) == [0], name
-    finally:
-        for server in servers.values():
-            if server.proc is not None and server.proc.poll() is None:
-                server.stop()
+    assert session_timer_calls is not None  # the fixture starts the calls when this test runs
+    for name in ENGINES:
+        if name not in session_timer_calls.engines:
+            print(f"not on the native engine yet: {NOT_ON_NATIVE[SESSION_TIMER_TEST]}")
+    session_timer_calls.join(timeout=150)
+    for name, server in session_timer_calls.servers.items():
+        expired_after, reinvited_after, updated_after = session_timer_calls.run_times[name]
+        wait_metric(server, "sipserver_calls_ended_total", 1, reason="session_expired")
+        (expired,) = [
+            e
+            for e in server.log_events()
+            if e.get("event") == "call_ended" and e.get("reason") == "session_expired"
+        ]
+        # The edge's own answer-to-BYE time; the caller's run time adds call set-up, which a
+        # busy machine stretches. The timer fires at 60 s; a BYE delivered a few seconds late
+        # under load is still the session timer, while an expiry taken at face value (90 s) is
+        # not.
+        print(f"{name}: unrefreshed call ended by the server {expired['duration']:.1f} s "
+              "after the answer")  # fmt: skip
+        assert 58 <= expired["duration"] < 85, (name, expired)
+        assert expired_after >= expired["duration"], (name, expired_after, expired)
+        assert reinvited_after >= 75 and updated_after >= 75, (
+            name,
+            reinvited_after,
+            updated_after,
+        )
+        wait_metric(server, "sipserver_calls_ended_total", 2, reason="caller_bye")
+        assert server.metric("sipserver_calls_ended_total", reason="worker_bye") == 0, name
+        assert server.metric("sipserver_calls_active") == 0, name
+        assert status_calls(server) == [0], name
