@@ -21,7 +21,8 @@ from typing import Any, Literal
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily
+
+from sipserver.counters import LoopCounter, method_label
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -37,25 +38,6 @@ __all__ = [
 ]
 
 LogFormat = Literal["auto", "console", "json"]
-
-#: Methods counted under their own label; anything else is counted as ``OTHER`` so that a
-#: scanner sending random method names cannot blow up the metric's cardinality.
-KNOWN_METHODS = (
-    "REGISTER",
-    "OPTIONS",
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "INFO",
-    "UPDATE",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "MESSAGE",
-    "REFER",
-)
 
 
 _RECORD_ATTRIBUTES: frozenset[str] = frozenset(
@@ -256,65 +238,6 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-
-
-class LoopCounter:
-    """A labelled Prometheus counter for the event loop's per-message path.
-
-    :meth:`inc` adds one to a plain integer: prometheus_client's ``Counter.inc`` runs four
-    Python calls and takes a lock, about a fifth of the interpreted code of a REGISTER at the
-    edge (cProfile, bench/register_inproc.py), where a dictionary update costs one. The counts
-    are exported when the registry is read, with the name, help, labels and ``_created``
-    samples a ``Counter`` would have. Call :meth:`inc` from one thread (the event loop's);
-    reading from another (``/metrics``) is safe.
-
-    Args:
-        name: the metric name without ``_total``.
-        documentation: its help text.
-        labelnames: the label names; a key passed to :meth:`inc` holds their values in order
-            (ints are exported as their decimal text).
-        registry: where it is exported.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: tuple[str, ...],
-        *,
-        registry: CollectorRegistry,
-    ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = labelnames
-        self._counts: dict[tuple[str | int, ...], int] = {}
-        self._created: dict[tuple[str | int, ...], float] = {}
-        registry.register(self)
-
-    def inc(self, key: tuple[str | int, ...]) -> None:
-        """Count one for the label values ``key``."""
-        counts = self._counts
-        value = counts.get(key)
-        if value is None:
-            self._created[key] = time.time()
-            value = 0
-        counts[key] = value + 1
-
-    def value(self, key: tuple[str | int, ...]) -> int:
-        """The count for ``key`` (0 before the first)."""
-        return self._counts.get(key, 0)
-
-    def describe(self) -> list[CounterMetricFamily]:
-        """The family without samples: what the registry checks names against."""
-        return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
-
-    def collect(self) -> list[CounterMetricFamily]:
-        """The family with a sample per key counted so far."""
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        # One C-level copy under the GIL: the loop cannot add a key halfway through.
-        for key, value in list(self._counts.items()):
-            family.add_metric([str(v) for v in key], value, created=self._created.get(key))
-        return [family]
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -581,9 +504,7 @@ class Metrics:
 
     def message_in(self, transport: str, method: str) -> None:
         """Count one received SIP message (``method`` is ``RESPONSE`` for responses)."""
-        if method not in KNOWN_METHODS and method != "RESPONSE":
-            method = "OTHER"
-        self.messages_in.inc((transport, method))
+        self.messages_in.inc((transport, method_label(method)))
 
     def message_out(self, transport: str, status: int) -> None:
         """Count one sent SIP response."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sipserver.config import Agent, Config
+from sipserver.counters import method_label
 from sipserver.edge.held import HeldResponses
 from sipserver.edge.proxy import CallProxy, Endpoint, ProxyEvent, Send
 from sipserver.edge.registration import (
@@ -214,6 +215,10 @@ class SipRouter:
         self._auth = authenticator
         self._tracker = tracker
         self._metrics = metrics
+        # The per-message counters, compiled (sipserver.counters): called directly.
+        self._messages_in = metrics.messages_in
+        self._messages_out = metrics.messages_out
+        self._register_results = metrics.register_requests
         self._transactions = transactions if transactions is not None else ServerTransactions()
         self._force_rport = force_rport
         self._names = names
@@ -257,9 +262,8 @@ class SipRouter:
             return self._reject_unparseable(exc, peer, now=now)
         proxy = self._proxy
         if proxy is not None and proxy.owns(message):
-            self._metrics.message_in(
-                peer.transport, "RESPONSE" if isinstance(message, SipResponse) else message.method
-            )
+            label = "RESPONSE" if isinstance(message, SipResponse) else method_label(message.method)
+            self._messages_in.inc((peer.transport, label))
             source = Endpoint(peer.transport, peer.host, peer.port)
             if isinstance(message, SipResponse):
                 sends = proxy.handle_response(message, source, now=now)
@@ -269,9 +273,9 @@ class SipRouter:
         if isinstance(message, SipResponse):
             # Responses of proxied calls were taken above; anything else is stray
             # (RFC 3261 §18.1.2).
-            self._metrics.message_in(peer.transport, "RESPONSE")
+            self._messages_in.inc((peer.transport, "RESPONSE"))
             return []
-        self._metrics.message_in(peer.transport, message.method)
+        self._messages_in.inc((peer.transport, method_label(message.method)))
         if message.method == "ACK":
             # ACK to a non-2xx final response is absorbed by the INVITE transaction; there is
             # no dialog on the edge yet, so there is nothing else to do (RFC 3261 §17.2.1).
@@ -315,7 +319,7 @@ class SipRouter:
         self._transactions.respond(
             key, raw, status=status, reliable=peer.transport != "udp", now=now
         )
-        self._metrics.message_out(peer.transport, status)
+        self._messages_out.inc((peer.transport, status))
         return [self._address(raw, message, peer)]
 
     def proxy_timer(self) -> float | None:
@@ -373,7 +377,7 @@ class SipRouter:
         out = []
         for held in released:
             out.append(self._answer_held(held, 200, held.response, now=now))
-            metrics.register_result("ok")
+            self._register_results.inc(("ok",))
             log_binding_changes(held.result, held.register, wall=held.wall)
         metrics.registrations_active.set(self._registrar.store.count())
         return out
@@ -395,7 +399,7 @@ class SipRouter:
         for h in held:
             status, raw = unavailable(h.request, "bindings not stored")
             out.append(self._answer_held(h, status, raw, now=now))
-            self._metrics.register_result("not_stored")
+            self._register_results.inc(("not_stored",))
             if self._refusals is not None:
                 self._refusals.refuse(
                     "sip", "bindings_not_stored", source=h.peer.host, aor=h.register.aor
@@ -408,7 +412,7 @@ class SipRouter:
         self._transactions.respond(
             held.key, raw, status=status, reliable=peer.transport != "udp", now=now
         )
-        self._metrics.message_out(peer.transport, status)
+        self._messages_out.inc((peer.transport, status))
         to = self._address(raw, held.request, peer)
         return Outgoing(to.data, to.host, to.port, peer.transport, peer.listener)
 
@@ -624,7 +628,7 @@ class SipRouter:
             out = self._address(raw, partial, peer)
         except (ValueError, KeyError):
             return []
-        self._metrics.message_out(peer.transport, exc.status)
+        self._messages_out.inc((peer.transport, exc.status))
         return [out]
 
     def _address(self, raw: bytes, request: SipRequest, peer: Peer) -> Outgoing:

@@ -52,8 +52,6 @@ __all__ = [
 ]
 
 
-
-
 class BindingStore(Protocol):
     """Bindings of every AOR. Used from one thread (the event loop); never reads a clock."""
 

@@ -81,7 +81,8 @@ def copy_build(tmp_path: Path) -> Path:
     target = tmp_path / "sipserver"
     target.mkdir()
     for name in os.listdir(PACKAGE):
-        if name in ("__init__.py", "data_dir.py") or name.startswith("_native"):
+        # counters: a compiled top-level module
+        if name in ("__init__.py", "data_dir.py") or name.startswith(("_native", "counters.")):
             shutil.copy2(PACKAGE / name, target / name)
     for sub in ("sip", "registrar", "edge"):  # every package with a compiled module
         shutil.copytree(PACKAGE / sub, target / sub, ignore=shutil.ignore_patterns("__pycache__"))
