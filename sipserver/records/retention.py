@@ -191,6 +191,10 @@ class RecordRetention:
                 result = await asyncio.to_thread(self.run_once)
             except asyncio.CancelledError:
                 raise
+            except (OSError, sqlite3.Error) as exc:
+                # The machine, not a bug: out of file descriptors (a connection flood), a full
+                # or failing disk. One line without a stack; the next pass tries again.
+                log.warning("records_retention_failed", error=f"{type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("records_retention_failed")
             else:

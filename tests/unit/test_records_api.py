@@ -491,6 +491,51 @@ def deleted(registry: CollectorRegistry, reason: str) -> float:
     return registry.get_sample_value(name, {"reason": reason}) or 0.0
 
 
+async def test_a_pass_the_machine_fails_is_one_line_and_the_next_pass_runs(
+    tmp_path: Path, store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (a connection flood) or a failing disk: a warning naming the
+    error, no stack trace in the log, and the task goes on."""
+    import errno
+
+    from sipserver.records import retention as retention_module
+
+    lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Log:
+        def warning(self, event: str, **kw: Any) -> None:
+            lines.append(("warning", event, kw))
+
+        def exception(self, event: str, **kw: Any) -> None:
+            lines.append(("exception", event, kw))
+
+    monkeypatch.setattr(retention_module, "log", Log())
+    retention, _ = retention_for(store, make_config(tmp_path / "data"), interval=0.01)
+    passes = 0
+
+    def failing() -> Any:
+        nonlocal passes
+        passes += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(retention, "run_once", failing)
+    retention.start()
+    try:
+        for _ in range(200):
+            if passes >= 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await retention.stop()
+    assert passes >= 2
+    assert lines[0] == (
+        "warning",
+        "records_retention_failed",
+        {"error": "OSError: [Errno 24] Too many open files"},
+    )
+    assert all(level == "warning" for level, _, _ in lines)
+
+
 def test_retention_deletes_old_records_and_their_files(tmp_path: Path, store: RecordStore) -> None:
     data_dir = tmp_path / "data"
     config = make_config(data_dir, retention_days=30)
