@@ -48,10 +48,9 @@ class LoopCounter:
 
     :meth:`inc` adds one to a plain integer: prometheus_client's ``Counter.inc`` runs four
     Python calls and takes a lock (six per registration at the edge); this is one compiled
-    dictionary update. The counts
-    are exported when the registry is read, with the name, help, labels and ``_created``
-    samples a ``Counter`` would have. Call :meth:`inc` from one thread (the event loop's);
-    reading from another (``/metrics``) is safe.
+    dictionary update. The counts are exported when the registry is read, with the name, help,
+    labels and ``_created`` samples a ``Counter`` would have. Call :meth:`inc` from one thread
+    (the event loop's); reading from another (``/metrics``) is safe.
 
     Args:
         name: the metric name without ``_total``.
