@@ -538,6 +538,7 @@ class ServerRecords:
             loop.call_soon_threadsafe(self.refused, ingress, reason, fields)
             return
         call_id = fields.get("call_id")
+        call_sid = fields.get("call_sid")
         self.book.refused(
             agent=str(agent),
             ingress=record_ingress,
@@ -545,4 +546,5 @@ class ServerRecords:
             caller=str(fields.get("caller") or ""),
             called=str(fields.get("called") or ""),
             sip_call_id=str(call_id) if call_id else None,
+            call_sid=str(call_sid) if call_sid else None,
         )

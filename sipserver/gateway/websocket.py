@@ -225,7 +225,15 @@ class StreamCall:
         ledger = self.gateway.ledger
         if ledger is not None and ledger.over_limit(self.agent.slug):
             # Upgraded when there was room, but a reload has lowered the agent's limit since.
-            self.gateway.refuse("websocket", "agent_full", self.agent, None)
+            self.gateway.refuse(
+                "websocket",
+                "agent_full",
+                self.agent,
+                None,
+                caller=info.caller,
+                called=info.called,
+                call_sid=start.call_sid,
+            )
             raise twilio.ProtocolError(WSCloseCode.TRY_AGAIN_LATER, "agent at capacity")
         try:
             session = self.gateway.session_factory(info, self._on_event)
@@ -533,11 +541,29 @@ class MediaStreamGateway:
             raise web.HTTPNotFound(text="not found")
         return agent
 
-    def refuse(self, ingress: str, reason: str, agent: Agent, request: web.Request | None) -> None:
-        """Count and log one refusal at capacity."""
+    def refuse(
+        self,
+        ingress: str,
+        reason: str,
+        agent: Agent,
+        request: web.Request | None,
+        *,
+        caller: str = "",
+        called: str = "",
+        call_sid: str = "",
+    ) -> None:
+        """Count and log one refusal at capacity; what is known of the call (the caller, the
+        number called, Twilio's CallSid) goes into its log line and its call record."""
         if self._refusals is not None:
             source = request.remote if request is not None else None
-            self._refusals.refuse(ingress, reason, agent=agent.slug, source=source)
+            call = {"caller": caller, "called": called, "call_sid": call_sid}
+            self._refusals.refuse(
+                ingress,
+                reason,
+                agent=agent.slug,
+                source=source,
+                **{k: v for k, v in call.items() if v},
+            )
 
     def _admit(self, request: web.Request, agent: Agent) -> Reservation | None:
         """Reserve the call's place, or raise HTTP 503 with Retry-After (before any upgrade:
@@ -567,7 +593,15 @@ class MediaStreamGateway:
         refusal = self.ledger.refusal(agent.slug) if self.ledger is not None else None
         if refusal is not None:
             # Twilio plays a busy signal and does not bill the call; it is not retried.
-            self.refuse("twilio", refusal, agent, request)
+            self.refuse(
+                "twilio",
+                refusal,
+                agent,
+                request,
+                caller=params.get("From", ""),
+                called=params.get("To", ""),
+                call_sid=params.get("CallSid", ""),
+            )
             self.metrics.twilio_webhooks.labels("busy").inc()
             return web.Response(text=twilio.busy_twiml(), content_type="application/xml")
         stream_url = agent.urls(self.config.server.public_url)["websocket"]

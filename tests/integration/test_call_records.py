@@ -244,6 +244,17 @@ async def test_a_twilio_call_and_a_refused_one_leave_records(
         await client.idle()
         await asyncio.sleep(7.0)  # the answer plays
         await client.stop()
+        no = await asyncio.to_thread(_wait_record, records, "paused", lambda r: True)
+        assert (no.ingress, no.ended_by, no.end_reason) == ("websocket", "refused", "agent_full")
+        assert no.answered_at is None and no.ended_at is not None
+        # Twilio's webhook for the agent at capacity: busy TwiML, and a record that names the
+        # caller, the number and the CallSid (seconds after the websocket refusal: the book
+        # keeps at most a few refused records per agent and second).
+        form = {"From": "+14155550199", "To": "+15005550111", "CallSid": "CArefused0001"}
+        async with http.post(
+            f"{records_server.http_url}/incoming-call/paused/paused-secret-0123456789", data=form
+        ) as busy:
+            assert busy.status == 200 and "<Reject" in await busy.text()
     record = await asyncio.to_thread(
         _wait_record, records, "voice", lambda r: r.call_sid == "CA0" and r.ended_at is not None
     )
@@ -255,9 +266,12 @@ async def test_a_twilio_call_and_a_refused_one_leave_records(
     assert any(re.search(r"dollars|starter|business|plans?", x) for x in agent_lines)
     turns = [e for e in record.events if e.type == "turn"]
     assert turns and isinstance(turns[0].data["voice_to_voice"], int | float), record.events
-    no = await asyncio.to_thread(_wait_record, records, "paused", lambda r: True)
-    assert (no.ingress, no.ended_by, no.end_reason) == ("websocket", "refused", "agent_full")
-    assert no.answered_at is None and no.ended_at is not None
+    busy_record = await asyncio.to_thread(
+        _wait_record, records, "paused", lambda r: r.ingress == "twilio"
+    )
+    assert (busy_record.ended_by, busy_record.end_reason) == ("refused", "agent_full")
+    assert (busy_record.caller, busy_record.called) == ("+14155550199", "+15005550111")
+    assert busy_record.call_sid == "CArefused0001" and busy_record.answered_at is None
 
 
 async def test_a_listens_fork_leaves_a_record_with_both_speakers(
