@@ -146,23 +146,23 @@ class ServerTransactions:
     def handle_timer(self, *, now: float) -> int:
         """Drop every transaction whose timer has fired; return how many were dropped."""
         dropped = 0
-        entries = self._entries
         for queue in (self._completed, self._pending):
             while queue and queue[0][0] <= now:
-                deadline, key = queue.popleft()
-                # Only a current record drops its entry (see __init__).
-                entry = entries.get(key)
-                if entry is not None and entry[1] == deadline:
-                    del entries[key]
+                if self._drop_if_current(queue.popleft()):
                     dropped += 1
         return dropped
 
     def _evict_one(self) -> None:
-        entries = self._entries
         for queue in (self._completed, self._pending):
             while queue:
-                deadline, key = queue.popleft()
-                entry = entries.get(key)
-                if entry is not None and entry[1] == deadline:
-                    del entries[key]
+                if self._drop_if_current(queue.popleft()):
                     return
+
+    def _drop_if_current(self, record: tuple[float, TransactionKey]) -> bool:
+        """Drop the entry of a queue record that is still current (see __init__)."""
+        deadline, key = record
+        entry = self._entries.get(key)
+        if entry is None or entry[1] != deadline:
+            return False
+        del self._entries[key]
+        return True
