@@ -572,9 +572,14 @@ class SessionTimerCalls:
                       timeout=110)  # fmt: skip
         return time.monotonic() - start
 
-    def join(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> bool:
+        """Wait for the calls to end; whether they did."""
         self._thread.join(timeout)
-        if self._thread.is_alive():
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the calls to end and raise what stopped them, if anything (the test)."""
+        if not self.wait(timeout):
             pytest.fail(f"the session-timer calls did not end within {timeout:.0f} s")
         if self.error is not None:
             raise self.error
@@ -602,7 +607,9 @@ def session_timer_calls(
     try:
         yield calls
     finally:
-        calls.join(timeout=150)  # a server is not stopped under a caller still running
+        # A server is not stopped under a caller still running; what went wrong is the test's
+        # to report, not this teardown's a second time.
+        calls.wait(timeout=150)
         calls.stop()
 
 
