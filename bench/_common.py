@@ -12,6 +12,24 @@ from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+_PINNING: dict[str, str] = {}
+"""Role ("server", "load") -> CPU list for taskset; empty: nothing pinned (see pin_roles)."""
+
+
+def pin_roles(server: str, load: str) -> None:
+    """Run servers on the CPUs ``server`` and load generators on ``load`` (taskset lists,
+    e.g. "0" and "1"). On loopback, a reply's ``sendto`` wakes the load generator, and the
+    scheduler places a synchronously woken task on the waker's CPU, where it preempts the
+    server: the server then pays a context switch per reply that a server reached over a
+    network would not. Pinning each side to its own core takes that out, for both servers."""
+    _PINNING.update(server=server, load=load)
+
+
+def pinned(cmd: list[str], role: str) -> list[str]:
+    """``cmd`` under ``taskset -c`` for its role when pin_roles was called, else unchanged."""
+    cpus = _PINNING.get(role)
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
 
 def server_env(*, pure: bool) -> dict[str, str]:
     """The server's environment: SIPSERVER_PURE_PYTHON=1 loads every module from its .py file
@@ -102,7 +120,9 @@ def run_sipp_load(
         str(stat),
         *args,
     ]
-    subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=calls // rate + 60)
+    subprocess.run(
+        pinned(cmd, "load"), cwd=workdir, capture_output=True, timeout=calls // rate + 60
+    )
     return sipp_counts(stat)
 
 

@@ -44,6 +44,8 @@ from _common import (
     build_label,
     cpu_seconds,
     free_port,
+    pin_roles,
+    pinned,
     process_tree,
     run_sipp_load,
     server_env,
@@ -175,7 +177,7 @@ def start_sipserver(
         cmd += ["-m", "cProfile", "-o", profile]
     cmd += ["-m", "sipserver", "run", "-c", str(cfg), "--log-level", "warning"]
     proc = subprocess.Popen(
-        cmd,
+        pinned(cmd, "server"),
         cwd=wd,
         env=server_env(pure=pure),
         stdout=subprocess.DEVNULL,
@@ -200,19 +202,22 @@ def start_kamailio(wd: Path) -> tuple[subprocess.Popen[bytes], int] | None:
         return None
     pid_file = wd / "kam.pid"
     proc = subprocess.Popen(
-        [
-            "kamailio",
-            "-f",
-            str(KAMAILIO_DIR / "kamailio.cfg"),
-            "-P",
-            str(pid_file),
-            "-m",
-            "256",
-            "-M",
-            "16",
-            "-DD",
-            "-E",
-        ],
+        pinned(
+            [
+                "kamailio",
+                "-f",
+                str(KAMAILIO_DIR / "kamailio.cfg"),
+                "-P",
+                str(pid_file),
+                "-m",
+                "256",
+                "-M",
+                "16",
+                "-DD",
+                "-E",
+            ],
+            "server",
+        ),
         cwd=wd,
         stdout=subprocess.DEVNULL,
         stderr=(wd / "kamailio.log").open("wb"),
@@ -234,10 +239,17 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
     parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on CPU 0, SIPp on CPU 1 (taskset): no loopback wake-up preemption",
+    )
     build = parser.add_mutually_exclusive_group()
     build.add_argument("--pure", action="store_true", help="SIPSERVER_PURE_PYTHON=1 for sipserver")
     build.add_argument("--both", action="store_true", help="the compiled build, then the pure one")
     args = parser.parse_args()
+    if args.pin:
+        pin_roles("0", "1")
     builds = [False, True] if args.both else [args.pure]
     if shutil.which("sipp") is None:
         print("SIPp is required: apt-get install sip-tester", file=sys.stderr)
