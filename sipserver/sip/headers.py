@@ -287,7 +287,7 @@ _LIST_HEADERS = frozenset(
 # ------------------------------------------------------------------ Via
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Via:
     """One Via value (RFC 3261 §20.42): ``SIP/2.0/UDP host:port;branch=...``."""
 
@@ -301,6 +301,22 @@ class Via:
     """sent-by port, or None."""
     params: Params = ()
     """Via parameters in order (names lower-cased, values raw)."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        protocol: str,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params = (),
+    ) -> None:
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
 
     @classmethod
     def parse(cls, value: str) -> Via:
@@ -401,7 +417,7 @@ _MEMO_MAX = 4096
 _MEMO_KEY_MAX = 512  # longer values are parsed every time: bounds the memo's memory
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class NameAddr:
     """``[display-name] <uri> *(;param)`` or a bare ``uri *(;param)`` (RFC 3261 §20.10).
 
@@ -414,6 +430,13 @@ class NameAddr:
     """The SIP URI."""
     params: Params = ()
     """Header parameters (``tag``, ``expires``, ``q``, ``+sip.instance``...), values raw."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(self, display_name: str | None, uri: SipUri, params: Params = ()) -> None:
+        object.__setattr__(self, "display_name", display_name)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "params", params)
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:

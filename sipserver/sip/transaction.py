@@ -38,7 +38,7 @@ TransactionKey = tuple[str, str, str]
 """(top Via value, Call-ID, CSeq value) of a request."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class TransactionMatch:
     """Result of :meth:`ServerTransactions.receive`."""
 
@@ -46,6 +46,12 @@ class TransactionMatch:
     """True when the request starts a new transaction and must be processed."""
     response: bytes | None = None
     """For a retransmission: the last response to send again (None: absorb silently)."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(self, is_new: bool, response: bytes | None = None) -> None:
+        object.__setattr__(self, "is_new", is_new)
+        object.__setattr__(self, "response", response)
 
 
 _NEW = TransactionMatch(is_new=True)

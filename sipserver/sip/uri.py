@@ -109,7 +109,7 @@ def _format_params(params: Params) -> str:
     return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1.1).
 
@@ -130,6 +130,26 @@ class SipUri:
     """URI parameters in order, names lower-cased, values raw."""
     headers: tuple[tuple[str, str], ...] = ()
     """``?name=value&...`` header components, raw."""
+
+    # init=False and this __init__: compiled by mypyc, ~20x cheaper than the interpreted one
+    # dataclasses writes (tests/unit/test_native_init.py checks it against the fields).
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None = None,
+        params: Params = (),
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "headers", headers)
 
     @classmethod
     def parse(cls, text: str) -> SipUri:

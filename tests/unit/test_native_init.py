@@ -24,7 +24,10 @@ from sipserver.registrar.auth import AuthOutcome, AuthResult
 from sipserver.registrar.binding import Binding
 from sipserver.registrar.registrar import ContactSpec, RegisterRequest, RegisterResult
 from sipserver.sip.digest import DigestAlgorithm, DigestCredentials
+from sipserver.sip.headers import NameAddr, Via
 from sipserver.sip.message import Headers, SipRequest, SipResponse
+from sipserver.sip.transaction import TransactionMatch
+from sipserver.sip.uri import SipUri
 
 MD5_RESPONSE = "0123456789abcdef0123456789abcdef"
 
@@ -89,6 +92,28 @@ EXAMPLES: dict[type, dict[str, Any]] = {
         "body": b"body",
         "version": "SIP/2.0",
     },
+    SipUri: {
+        "scheme": "sips",
+        "user": "alice",
+        "password": "pw",
+        "host": "example.com",
+        "port": 5061,
+        "params": (("transport", "tls"),),
+        "headers": (("subject", "x"),),
+    },
+    NameAddr: {
+        "display_name": "Alice",
+        "uri": SipUri("sip", "alice", None, "example.com"),
+        "params": (("tag", "1"),),
+    },
+    Via: {
+        "protocol": "SIP/2.0",
+        "transport": "TCP",
+        "host": "192.0.2.1",
+        "port": 5070,
+        "params": (("branch", "z9hG4bK1"),),
+    },
+    TransactionMatch: {"is_new": False, "response": b"SIP/2.0 200 OK"},
     SipResponse: {
         "status": 486,
         "reason": "Busy Here",
