@@ -84,8 +84,8 @@ from sipserver.edge.proxy_legs import (
     Side,
     bye_reason,
     is_toward_caller,
-    own_to_tag,
 )
+from sipserver.edge.replies import to_tag
 from sipserver.sip.headers import NameAddr, parse_contacts
 from sipserver.sip.invite_transaction import (
     MAX_FORWARDS,
@@ -710,7 +710,7 @@ class CallProxy:
         key: tuple[str, str, str],
     ) -> ServerLeg:
         txn = ServerTransaction.start(invite=request.method == "INVITE", reliable=source.reliable)
-        leg = ServerLeg(key, txn, request, source, call, own_to_tag(request), side)
+        leg = ServerLeg(key, txn, request, source, call, to_tag(request), side)
         self._servers[key] = leg
         if call is not None:
             call.legs += 1
@@ -792,7 +792,7 @@ class CallProxy:
     def _stateless(
         self, request: SipRequest, source: Endpoint, status: int, reason: str | None = None
     ) -> Send:
-        return Send(encode_response(request, status, reason, to_tag=own_to_tag(request)), source)
+        return Send(encode_response(request, status, reason, to_tag=to_tag(request)), source)
 
 
 # ------------------------------------------------------------------ message helpers

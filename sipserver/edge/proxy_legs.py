@@ -9,7 +9,6 @@ forwards on). The proxy keeps them in tables keyed by transaction and removes th
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass, field
 
 from sipserver.edge.calls import CallState, Endpoint, EndReason
@@ -24,7 +23,6 @@ __all__ = [
     "Side",
     "bye_reason",
     "is_toward_caller",
-    "own_to_tag",
 ]
 
 
@@ -116,10 +114,3 @@ def bye_reason(leg: ClientLeg) -> EndReason:
         if "cause=408" in params and "refresh" in value.lower():
             return EndReason.SESSION_EXPIRED
     return EndReason.WORKER_BYE
-
-
-def own_to_tag(request: SipRequest) -> str:
-    """The To tag of the edge's own answers to ``request``: deterministic per request (the
-    router does the same), so retransmitted answers are identical."""
-    text = f"{request.headers.get('Call-ID')}|{request.headers.get('Via')}"
-    return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
