@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 
 import pytest
@@ -695,3 +696,39 @@ def test_a_nonce_is_bound_to_its_tag_and_secret() -> None:
         assert make_nonces().check(forged, 1, now=101.0) is NonceStatus.INVALID
     other = NonceManager(b"another secret, 32 bytes long!!!", ttl=60.0)
     assert other.check(nonce, 1, now=101.0) is NonceStatus.INVALID
+
+
+def test_random_pool_hands_out_each_byte_once_and_refills() -> None:
+    from sipserver.registrar.auth import _RandomPool
+
+    pool = _RandomPool(size=64)
+    draws = [pool.take(12) for _ in range(20)]  # 240 bytes: three refills of 64
+    assert all(len(d) == 12 for d in draws)
+    assert len(set(draws)) == len(draws)
+    # A take that does not fit in what is left draws a new block instead of a short slice.
+    pool.drop()
+    assert len(pool.take(60)) == 60 and len(pool.take(12)) == 12
+
+
+def test_random_pool_of_a_forked_child_does_not_repeat_the_parent() -> None:
+    from sipserver.registrar.auth import _RandomPool
+
+    pool = _RandomPool()
+    pool.take(12)  # the parent has a block with unread bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes must come from a fresh draw
+        os.write(write, pool.take(12))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 12
+    assert child != pool.take(12)
+
+
+def test_default_nonces_are_all_distinct() -> None:
+    nonces = NonceManager(SECRET, ttl=300)
+    issued = {nonces.issue(now=1000.0) for _ in range(2000)}  # the same instant: random only
+    assert len(issued) == 2000
