@@ -138,7 +138,19 @@ _ABSOLUTE_URI = re.compile(r'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\U0010ffff
 _SINGLE = frozenset(("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length"))
 #: What make_response needs to address a response (RFC 3261 §8.2.6.2).
 _ADDRESSING = ("Via", "From", "To", "Call-ID", "CSeq")
-_ADDRESSING_SET = frozenset(_ADDRESSING)
+
+
+def _has_addressing(first: dict[str, str]) -> bool:
+    # Five dict lookups; frozenset.issubset(dict) would first build a set of every header name.
+    return (
+        "Via" in first
+        and "From" in first
+        and "To" in first
+        and "Call-ID" in first
+        and "CSeq" in first
+    )
+
+
 #: Methods of RFC 3261 and its extensions: known tokens skip the token check.
 _METHODS = frozenset(("REGISTER", "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"))
 _METHODS |= {"PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
@@ -162,13 +174,14 @@ class Headers:
         for name, value in items:
             self.add(name, value)
 
-    @classmethod
+    @staticmethod
     def _trusted(
-        cls, items: list[tuple[str, str]], first: dict[str, str], multi: dict[str, list[str]]
+        items: list[tuple[str, str]], first: dict[str, str], multi: dict[str, list[str]]
     ) -> Headers:
         # Fast constructor for the parser and make_response: inputs are already canonical.
-        # (cls(), not cls.__new__(cls): mypyc compiles no __new__ call on a native class.)
-        headers = cls()
+        # (Headers() by name: mypyc calls a native class's constructor directly, where cls()
+        # is a generic call; no __new__ call either, which mypyc does not compile.)
+        headers = Headers()
         headers._items = items
         headers._first = first
         headers._multi = multi
@@ -590,10 +603,11 @@ def _read_headers(lines: list[str]) -> _Fields | None:
     first: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
     error: _Failure | None = None
-    canon_get = _CANON.get
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        canon = canon_get(name)
+        # _CANON.get(...) itself, not a bound method in a local: mypyc compiles the former to a
+        # direct dict lookup and the latter to a generic Python call.
+        canon = _CANON.get(name)
         if canon is None:
             if line[:1] in (" ", "\t"):
                 return None
@@ -698,7 +712,7 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
     try:
         if error is not None:
             raise error
-        if not _ADDRESSING_SET.issubset(first):
+        if not _has_addressing(first):
             missing = next(name for name in _ADDRESSING if name not in first)
             raise _Failure(f"Missing {missing}")
         cseq = first["CSeq"].split()
@@ -743,7 +757,7 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
         return request
     except _Failure as exc:
         partial = None
-        if method is not None and _ADDRESSING_SET.issubset(first):
+        if method is not None and _has_addressing(first):
             partial = SipRequest(method, uri, headers)
         raise SipParseError(exc.reason, exc.status, partial) from None
 
@@ -885,9 +899,8 @@ def encode_response(
     else:
         lines = [f"{SIP_VERSION} {status} {reason}", *[f"Via: {v}" for v in vias]]
     lines += (f"From: {from_}", f"To: {to}", f"Call-ID: {call_id}", f"CSeq: {cseq}")
-    canon_get = _CANON.get
     for name, value in headers:
-        canon = canon_get(name) or canonical_header_name(name)
+        canon = _CANON.get(name) or canonical_header_name(name)
         if "\n" in value or "\r" in value:
             raise ValueError(f"Header {canon} value contains a line break")
         if canon == "Content-Length":
