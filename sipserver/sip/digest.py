@@ -120,11 +120,16 @@ def _skip_ws(value: str, pos: int) -> int:
     return pos
 
 
-# Fast path: one regex match per parameter (the loop runs in C inside each match). The grammar
-# leaves no choice in where a parameter ends (names, bare values and separators are disjoint
-# classes), so the quantifiers are possessive: the engine keeps no backtracking state. Any input
-# it does not accept is handed to the strict parser below, which either accepts it too or raises
-# the precise DigestError, so both paths accept exactly the same language (checked by hypothesis).
+# parse_auth_params runs in three tiers that accept exactly the same language and give the same
+# results (checked by hypothesis); a tier that is not sure about its input hands the whole value
+# on to the next one, and only the last one raises:
+#  1. str.find and slicing (C-level scans, no per-character Python loop, no regex) for the form
+#     user agents send: an alphanumeric scheme, one space, then alphanumeric names with `=` and a
+#     quoted value without a backslash or a bare value, separated by `,` or `, `, ASCII only.
+#  2. One regex match per parameter (the loop runs in C inside each match). The grammar leaves no
+#     choice in where a parameter ends (names, bare values and separators are disjoint classes),
+#     so the quantifiers are possessive: the engine keeps no backtracking state.
+#  3. The strict parser below: the reference grammar, and the path that names the problem.
 _SCHEME_RE = re.compile(r"[ \t\r\n]*+([A-Za-z0-9\-.!%*_+`'~]++)(?:[ \t\r\n]++|\Z)")
 _PARAM_RE = re.compile(
     r"[ \t\r\n,]*+([A-Za-z0-9\-.!%*_+`'~]++)[ \t\r\n]*+=[ \t\r\n]*+"
@@ -152,22 +157,116 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         DigestError: On a missing scheme, an unterminated quoted string, a duplicate parameter,
             a parameter without ``=value``, or other text that is not an auth-param list.
     """
+    return _parse_auth_params(value, False)
+
+
+def _digest_params(value: str) -> dict[str, str]:
+    """Parameters of a Digest header value; another scheme is reported before its syntax."""
+    return _parse_auth_params(value, True)[1]
+
+
+def _parse_auth_params(value: str, digest_only: bool) -> tuple[str, dict[str, str]]:
+    """:func:`parse_auth_params` through the three tiers; with ``digest_only``, a scheme other
+    than Digest raises "unsupported auth scheme <scheme>" before the parameters are parsed (e.g.
+    Basic with a token68, RFC 7235 §2.1, which is not an auth-param list)."""
+    scheme, pos = _split_scheme(value)
+    if pos < 0:
+        if digest_only:
+            m = _TOKEN_RE.match(value, _skip_ws(value, 0))
+            if m is not None and m.group().lower() != "digest":
+                raise DigestError(f"unsupported auth scheme {m.group()}")
+        return _parse_auth_params_strict(value)
+    if digest_only and scheme.lower() != "digest":
+        raise DigestError(f"unsupported auth scheme {scheme}")
+    params = _parse_params_fast(value, pos)
+    if params is None:
+        params = _parse_params_regex(value, pos)
+        if params is None:
+            return _parse_auth_params_strict(value)
+    return scheme, params
+
+
+def _split_scheme(value: str) -> tuple[str, int]:
+    """The scheme and the offset where its parameters start (tier 1: an ASCII alphanumeric
+    scheme and a space; tier 2: ``_SCHEME_RE``), or ``("", -1)`` for the strict parser."""
+    space = value.find(" ")
+    if space > 0:
+        scheme = value[:space]
+        if scheme.isalnum() and scheme.isascii():
+            return scheme, space + 1
     m = _SCHEME_RE.match(value)
     if m is None:
-        return _parse_auth_params_strict(value)
-    scheme = m.group(1)
-    pos = m.end()
+        return "", -1
+    return m.group(1), m.end()
+
+
+def _parse_params_fast(value: str, pos: int) -> dict[str, str] | None:
+    """Tier 1: the parameters from ``pos`` on (where the strict parser would expect the next
+    parameter), or None when the value is not in the common form this tier is sure about.
+
+    Sure means: the value is ASCII without a backslash (no quoted-pair to unescape), every name
+    is alphanumeric and directly followed by ``=``, a quoted value is directly followed by ``,``
+    or the end, a bare value is a non-empty run of printable characters other than space and
+    quote up to the next ``,`` or the end, each ``,`` is followed by at most one space, and no
+    name repeats. Everything else (whitespace around names and ``=``, tabs, folded lines, empty
+    list elements, other token characters, errors) is left to the next tiers.
+    """
+    if not value.isascii() or "\\" in value:
+        return None
+    end = len(value)
+    params: dict[str, str] = {}
+    count = 0
+    while pos < end:
+        eq = value.find("=", pos)
+        if eq < 0:
+            return None
+        name = value[pos:eq]
+        if not name.isalnum():
+            return None
+        name = name.lower()
+        count += 1
+        start = eq + 1
+        if start < end and value[start] == '"':
+            pos = value.find('"', start + 1)
+            if pos < 0:
+                return None
+            params[name] = value[start + 1 : pos]
+            pos += 1
+        else:
+            pos = value.find(",", start)
+            if pos < 0:
+                pos = end
+            bare = value[start:pos]
+            # ASCII: printable excludes every \s character but the space.
+            if not bare.isalnum() and (
+                not bare or '"' in bare or " " in bare or not bare.isprintable()
+            ):
+                return None
+            params[name] = bare
+        if pos < end:
+            if value[pos] != ",":
+                return None
+            pos += 1
+            if pos < end and value[pos] == " ":
+                pos += 1
+    # A repeated name overwrote its first value: one size check instead of a lookup per name.
+    return params if len(params) == count else None
+
+
+def _parse_params_regex(value: str, pos: int) -> dict[str, str] | None:
+    """Tier 2: the parameters from ``pos`` on, one ``_PARAM_RE`` match each, or None when a
+    parameter does not match or repeats (the strict parser then accepts it too or raises)."""
     end = len(value)
     params: dict[str, str] = {}
     match = _PARAM_RE.match
     while pos < end:
         p = match(value, pos)
         if p is None:
-            return _parse_auth_params_strict(value)
+            return None
         name, quoted, bare = p.groups()
         name = name.lower()
         if name in params:
-            return _parse_auth_params_strict(value)
+            return None
         if quoted is None:
             params[name] = bare
         elif "\\" in quoted:
@@ -175,7 +274,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         else:
             params[name] = quoted
         pos = p.end()
-    return scheme, params
+    return params
 
 
 def _parse_auth_params_strict(value: str) -> tuple[str, dict[str, str]]:
@@ -223,15 +322,6 @@ def _parse_auth_params_strict(value: str) -> tuple[str, dict[str, str]]:
         pos = _skip_ws(value, pos)
         if pos < end and value[pos] != ",":
             raise DigestError(f"unexpected {value[pos]!r} after parameter {name}")
-
-
-def _digest_params(value: str) -> dict[str, str]:
-    """Parameters of a Digest header value; another scheme is reported before its syntax."""
-    m = _TOKEN_RE.match(value, _skip_ws(value, 0))
-    if m is not None and m.group().lower() != "digest":
-        # e.g. Basic with a token68 (RFC 7235 §2.1), which is not an auth-param list.
-        raise DigestError(f"unsupported auth scheme {m.group()}")
-    return parse_auth_params(value)[1]
 
 
 def _quote(value: str) -> str:
