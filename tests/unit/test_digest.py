@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Callable
 
 import hypothesis
 import hypothesis.strategies
@@ -443,25 +445,62 @@ def test_credentials_nc_range(nc: int) -> None:
         )
 
 
-# The fast parser hands anything it does not accept to the strict one; both must agree on every
-# input: same result, or the strict parser's error.
-_AUTH_ALPHABET = 'Digest rnu=",\\ \t\r\nab-.:@;%'
+# parse_auth_params has three tiers (find/slice, one regex per parameter, the strict parser);
+# the first two hand anything they are not sure about to the next. Every tier must agree with the
+# strict parser on every input: the same result, or (only the strict parser raises) its error.
+_AUTH_ALPHABET = 'Digest rnu=",\\ \t\r\nab-.:@;%0Aé\x0b'
+
+
+def _outcome(parse: Callable[[str], object], value: str) -> object:
+    try:
+        return parse(value)
+    except DigestError as exc:
+        return ("error", str(exc))
+
+
+def _first_tier(value: str) -> tuple[str, dict[str, str]] | None:
+    """What the find/slice tier makes of the parameters after the scheme (None: handed on)."""
+    from sipserver.sip.digest import _parse_params_fast, _split_scheme
+
+    scheme, pos = _split_scheme(value)
+    if pos < 0:
+        return None
+    params = _parse_params_fast(value, pos)
+    return None if params is None else (scheme, params)
+
+
+def _second_tier(value: str) -> tuple[str, dict[str, str]] | None:
+    """What the regex tier makes of the whole value (None: handed on)."""
+    from sipserver.sip.digest import _SCHEME_RE, _parse_params_regex
+
+    m = _SCHEME_RE.match(value)
+    if m is None:
+        return None
+    params = _parse_params_regex(value, m.end())
+    return None if params is None else (m.group(1), params)
+
+
+def _reference_digest_params(value: str) -> dict[str, str]:
+    """_digest_params as first written: the scheme token checked, then the strict parser."""
+    from sipserver.sip.digest import _parse_auth_params_strict
+
+    m = re.match(r"[A-Za-z0-9\-.!%*_+`'~]+", value.lstrip(" \t\r\n"))
+    if m is not None and m.group().lower() != "digest":
+        raise DigestError(f"unsupported auth scheme {m.group()}")
+    return _parse_auth_params_strict(value)[1]
 
 
 @hypothesis.given(hypothesis.strategies.text(alphabet=_AUTH_ALPHABET, max_size=60))
 @hypothesis.settings(max_examples=3000, deadline=None)
 def test_fast_auth_param_parser_agrees_with_strict(value: str) -> None:
-    from sipserver.sip.digest import _parse_auth_params_strict
+    from sipserver.sip.digest import _digest_params, _parse_auth_params_strict
 
-    try:
-        expected: object = _parse_auth_params_strict(value)
-    except DigestError as exc:
-        expected = ("error", str(exc))
-    try:
-        got: object = parse_auth_params(value)
-    except DigestError as exc:
-        got = ("error", str(exc))
-    assert got == expected
+    expected = _outcome(_parse_auth_params_strict, value)
+    assert _outcome(parse_auth_params, value) == expected
+    for tier in (_first_tier, _second_tier):
+        taken = tier(value)
+        assert taken is None or taken == expected, tier.__name__
+    assert _outcome(_digest_params, value) == _outcome(_reference_digest_params, value)
 
 
 _st = hypothesis.strategies
@@ -471,20 +510,238 @@ _st = hypothesis.strategies
 def _auth_headers(draw: _st.DrawFn) -> str:
     parts = []
     for _ in range(draw(_st.integers(0, 6))):
-        name = draw(_st.sampled_from(["username", "realm", "nonce", "uri", "qop", "nc", "X-y"]))
-        raw = draw(_st.text(alphabet='abc:@;,= \\"\t', max_size=12))
+        name = draw(
+            _st.sampled_from(["username", "realm", "nonce", "uri", "qop", "nc", "X-y", "NC", "Uri"])
+        )
+        alphabet = draw(_st.sampled_from(['abc:@;,= \\"\t', "aB09:@;.-=/é\r\n "]))
+        raw = draw(_st.text(alphabet=alphabet, max_size=12))
         value = draw(_st.sampled_from([f'"{raw}"', raw, f'"{raw}', raw.strip()]))
-        eq = draw(_st.sampled_from(["=", " = ", "\t="]))
+        eq = draw(_st.sampled_from(["=", "=", " = ", "\t="]))
         parts.append(f"{name}{eq}{value}")
-    sep = draw(_st.sampled_from([", ", ",", " ,", ",,", " "]))
-    scheme = draw(_st.sampled_from(["Digest ", "digest\t", "Digest", " Digest  "]))
-    return scheme + sep.join(parts)
+    sep = draw(_st.sampled_from([", ", ",", " ,", ",,", " ", ",\r\n\t"]))
+    scheme = draw(
+        _st.sampled_from(["Digest ", "digest\t", "Digest", " Digest  ", "DIGEST ", "Basic "])
+    )
+    tail = draw(_st.sampled_from(["", "", ",", ", ", " "]))
+    return scheme + sep.join(parts) + tail
 
 
 @hypothesis.given(_auth_headers())
 @hypothesis.settings(max_examples=3000, deadline=None)
 def test_fast_auth_param_parser_agrees_on_structured_input(value: str) -> None:
     test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+# The common form as user agents send it: the first tier must take it itself (not hand it on)
+# and give the strict parser's result.
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_QUOTED_CHARS = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in '"\\')
+_BARE_CHARS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '",\\')
+
+
+@_st.composite
+def _common_auth_headers(draw: _st.DrawFn) -> str:
+    names = draw(
+        _st.lists(
+            _st.text(alphabet=_NAME_CHARS, min_size=1, max_size=9),
+            max_size=10,
+            unique_by=str.lower,
+        )
+    )
+    parts = []
+    for name in names:
+        if draw(_st.booleans()):
+            value = '"' + draw(_st.text(alphabet=_QUOTED_CHARS, max_size=20)) + '"'
+        else:
+            value = draw(_st.text(alphabet=_BARE_CHARS, min_size=1, max_size=20))
+        parts.append(f"{name}={value}")
+    sep = draw(_st.sampled_from([",", ", "]))
+    scheme = draw(_st.sampled_from(["Digest", "digest", "DIGEST", "Basic", "X1"]))
+    tail = draw(_st.sampled_from(["", ",", ", "])) if parts else ""
+    return f"{scheme} " + sep.join(parts) + tail
+
+
+@hypothesis.given(_common_auth_headers())
+@hypothesis.settings(max_examples=2000, deadline=None)
+def test_first_tier_takes_the_common_form_itself(value: str) -> None:
+    from sipserver.sip.digest import _parse_auth_params_strict
+
+    assert _first_tier(value) == _parse_auth_params_strict(value)
+    test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+# The common form with a few characters inserted or deleted: the inputs next to the first
+# tier's boundary, where it must either give the strict result or hand the value on.
+@_st.composite
+def _near_common_auth_headers(draw: _st.DrawFn) -> str:
+    value = draw(_common_auth_headers())
+    for _ in range(draw(_st.integers(1, 3))):
+        pos = draw(_st.integers(0, len(value)))
+        if draw(_st.booleans()):
+            value = value[:pos] + draw(_st.sampled_from(' \t\r\n,,==""\\é\x0b-A')) + value[pos:]
+        else:
+            value = value[:pos] + value[pos + 1 :]
+    return value
+
+
+@hypothesis.given(_near_common_auth_headers())
+@hypothesis.settings(max_examples=3000, deadline=None)
+def test_fast_auth_param_parser_agrees_near_the_common_form(value: str) -> None:
+    test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+_TYPICAL = (
+    'Digest username="1001",realm="example.com",nonce="ZTk1YjQ3MmEtNjM0Ni00ZWQ5",'
+    'uri="sip:example.com",response="0123456789abcdef0123456789abcdef",algorithm=MD5,'
+    'cnonce="6b8b4567",qop=auth,nc=00000001'
+)
+_TYPICAL_PARAMS = {
+    "username": "1001",
+    "realm": "example.com",
+    "nonce": "ZTk1YjQ3MmEtNjM0Ni00ZWQ5",
+    "uri": "sip:example.com",
+    "response": "0123456789abcdef0123456789abcdef",
+    "algorithm": "MD5",
+    "cnonce": "6b8b4567",
+    "qop": "auth",
+    "nc": "00000001",
+}
+
+
+# (value, what the first tier makes of it: its result or None when it hands the value on,
+# the final result or the strict parser's error)
+_TIER_BOUNDARIES: list[tuple[str, object, object]] = [
+    (_TYPICAL, ("Digest", _TYPICAL_PARAMS), ("Digest", _TYPICAL_PARAMS)),
+    (
+        _TYPICAL.replace(",", ", "),
+        ("Digest", _TYPICAL_PARAMS),
+        ("Digest", _TYPICAL_PARAMS),
+    ),
+    (
+        "Digest nc=00000001, qop=auth-int, algorithm=SHA-256-sess, uri=sip:a@b;transport=tcp",
+        (
+            "Digest",
+            {
+                "nc": "00000001",
+                "qop": "auth-int",
+                "algorithm": "SHA-256-sess",
+                "uri": "sip:a@b;transport=tcp",
+            },
+        ),
+        (
+            "Digest",
+            {
+                "nc": "00000001",
+                "qop": "auth-int",
+                "algorithm": "SHA-256-sess",
+                "uri": "sip:a@b;transport=tcp",
+            },
+        ),
+    ),
+    # empty quoted value
+    ('Digest a=""', ("Digest", {"a": ""}), ("Digest", {"a": ""})),
+    ('Digest a="",b=c', ("Digest", {"a": "", "b": "c"}), ("Digest", {"a": "", "b": "c"})),
+    # empty list element: handed on, skipped by the next tier
+    ("Digest a=b,,c=d", None, ("Digest", {"a": "b", "c": "d"})),
+    ("Digest a=b, ,c=d", None, ("Digest", {"a": "b", "c": "d"})),
+    # trailing comma
+    ("Digest a=b,", ("Digest", {"a": "b"}), ("Digest", {"a": "b"})),
+    ('Digest a="b", ', ("Digest", {"a": "b"}), ("Digest", {"a": "b"})),
+    ("Digest a=b,  ", None, ("Digest", {"a": "b"})),
+    # tabs
+    ("Digest a=b,\tc=d", None, ("Digest", {"a": "b", "c": "d"})),
+    ("Digest a=\tb", None, ("Digest", {"a": "b"})),
+    ("Digest a=b\t", None, ("Digest", {"a": "b"})),
+    ("Digest\ta=b", ("Digest", {"a": "b"}), ("Digest", {"a": "b"})),
+    # folded CRLF whitespace (between parameters; inside a quoted string it is content)
+    ("Digest a=b,\r\n c=d", None, ("Digest", {"a": "b", "c": "d"})),
+    ('Digest a="b"\r\n ,c=d', None, ("Digest", {"a": "b", "c": "d"})),
+    ('Digest a="x\r\n y"', ("Digest", {"a": "x\r\n y"}), ("Digest", {"a": "x\r\n y"})),
+    # whitespace around names and '='
+    ("Digest a = b", None, ("Digest", {"a": "b"})),
+    ("Digest  a=b", None, ("Digest", {"a": "b"})),
+    # scheme case, and schemes other than Digest (parse_auth_params takes any scheme)
+    ("digest A=b", ("digest", {"a": "b"}), ("digest", {"a": "b"})),
+    ('Basic realm="r"', ("Basic", {"realm": "r"}), ("Basic", {"realm": "r"})),
+    ("Basic Ym9iOnB3", None, ("error", "parameter ym9ionb3 has no value")),
+    ("Basic Ym9iOnB3==", ("Basic", {"ym9ionb3": "="}), ("Basic", {"ym9ionb3": "="})),
+    # missing '='
+    ("Digest a", None, ("error", "parameter a has no value")),
+    ("Digest a, b=c", None, ("error", "parameter a has no value")),
+    ("Digest a=", None, ("error", "parameter a has no value")),
+    ("Digest a=,b=c", None, ("error", "parameter a has no value")),
+    # duplicate parameter, also in another case
+    ("Digest a=b,a=c", None, ("error", "duplicate parameter a")),
+    ('Digest a=b, A="c"', None, ("error", "duplicate parameter a")),
+    # quoted value with a comma (and '=' and a space)
+    ('Digest a="b,c=d e",f=g', ("Digest", {"a": "b,c=d e", "f": "g"}), None),
+    # unterminated quote
+    ('Digest a="b', None, ("error", "unterminated quoted string in a")),
+    ('Digest a="b,c=d', None, ("error", "unterminated quoted string in a")),
+    ('Digest a=b, c="', None, ("error", "unterminated quoted string in c")),
+    # text after a value
+    ('Digest a="b"c', None, ("error", "unexpected 'c' after parameter a")),
+    ('Digest a=b"c"', None, ("error", "unexpected '\"' after parameter a")),
+    ("Digest a=b\x0bc", None, ("error", "unexpected '\\x0b' after parameter a")),
+    # backslashes, other token characters, non-ASCII: handed on
+    ('Digest a="x\\"y"', None, ("Digest", {"a": 'x"y'})),
+    ("Digest a=x\\y", None, ("Digest", {"a": "x\\y"})),
+    ("Digest X-y=1", None, ("Digest", {"x-y": "1"})),
+    ('Digest username="José"', None, ("Digest", {"username": "José"})),
+    ("Digesté a=b", None, ("error", "unexpected 'é' after auth scheme")),
+    ("Digest a=b\x7f", None, ("Digest", {"a": "b\x7f"})),
+    # no parameters
+    ("Digest ", ("Digest", {}), ("Digest", {})),
+    ("Digest", ("Digest", {}), ("Digest", {})),
+    (" Digest a=b", ("Digest", {"a": "b"}), ("Digest", {"a": "b"})),
+    ("", None, ("error", "missing auth scheme")),
+    (" =a", None, ("error", "missing auth scheme")),
+]
+
+
+@pytest.mark.parametrize(("value", "first", "final"), _TIER_BOUNDARIES)
+def test_auth_param_tier_boundaries(value: str, first: object, final: object) -> None:
+    from sipserver.sip.digest import _parse_auth_params_strict
+
+    assert _first_tier(value) == first
+    expected = _outcome(_parse_auth_params_strict, value)
+    assert final is None or expected == final
+    assert _outcome(parse_auth_params, value) == expected
+    test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("Basic Ym9iOnB3", "unsupported auth scheme Basic"),
+        ("Basic Ym9iOnB3==", "unsupported auth scheme Basic"),
+        ('Basic realm="r"', "unsupported auth scheme Basic"),
+        ("  Bearer\tabc", "unsupported auth scheme Bearer"),
+        ("Basic", "unsupported auth scheme Basic"),
+        ("Basic;x", "unsupported auth scheme Basic"),
+        ("Digestx a=b", "unsupported auth scheme Digestx"),
+        ("Digest a", "parameter a has no value"),
+        ("Digest;x", "unexpected ';' after auth scheme"),
+        ("", "missing auth scheme"),
+    ],
+)
+def test_digest_params_reports_another_scheme_first(value: str, reason: str) -> None:
+    from sipserver.sip.digest import _digest_params
+
+    with pytest.raises(DigestError) as caught:
+        _digest_params(value)
+    assert str(caught.value) == reason
+    with pytest.raises(DigestError) as reference:
+        _reference_digest_params(value)
+    assert str(reference.value) == reason
+
+
+def test_credentials_parse_typical_header() -> None:
+    for value in (_TYPICAL, _TYPICAL.replace(",", ", "), _TYPICAL.replace("Digest", "digest")):
+        creds = DigestCredentials.parse(value)
+        assert creds.username == "1001" and creds.uri == "sip:example.com"
+        assert creds.nc == 1 and creds.qop == "auth" and creds.cnonce == "6b8b4567"
+        assert creds.algorithm is DigestAlgorithm.MD5
 
 
 # Real-world shapes the fast path itself must accept (not hand to the strict parser), with the
