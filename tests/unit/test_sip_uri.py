@@ -276,3 +276,18 @@ def test_generated_uris_round_trip(uri: SipUri) -> None:
 def test_parse_raises_only_value_error(text: str) -> None:
     with contextlib.suppress(ValueError):
         SipUri.parse("sip:" + text)
+
+
+def test_forbidden_characters_are_exactly_the_rfc_3261_set() -> None:
+    import re
+
+    from sipserver.sip.uri import _FORBIDDEN
+
+    # RFC 3261 §25.1: no whitespace, controls, non-ASCII, nor <>"{}|\^` unescaped in a URI.
+    reference = re.compile(r'[^\x21-\x7e]|[<>"{}|\\^`]')
+    differ = [
+        hex(c)
+        for c in range(0x110000)
+        if (_FORBIDDEN.search(chr(c)) is None) != (reference.search(chr(c)) is None)
+    ]
+    assert differ == []
