@@ -36,6 +36,7 @@ __all__ = [
     "configure_logging",
     "debug_logged",
     "get_logger",
+    "info_logged",
     "log_settings",
 ]
 
@@ -195,6 +196,11 @@ def debug_logged() -> bool:
     """Whether debug lines are logged: a caller on the per-message path asks before it builds
     a debug line's fields (structlog drops the line cheaply, not the work of its arguments)."""
     return _settings["level"] == "debug"
+
+
+def info_logged() -> bool:
+    """Whether info lines are logged (level ``debug`` or ``info``): see :func:`debug_logged`."""
+    return _settings["level"] in ("debug", "info")
 
 
 def log_settings() -> tuple[Literal["console", "json"], str]:

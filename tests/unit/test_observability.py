@@ -102,3 +102,17 @@ def test_loop_counter_exports_what_a_prometheus_counter_would() -> None:
     # The registry still refuses a second metric of the same name.
     with pytest.raises(ValueError, match="Duplicated"):
         LoopCounter("x_messages", "Again.", ("a",), registry=ours)
+
+
+def test_info_and_debug_logged_follow_the_configured_level() -> None:
+    from sipserver.observability import configure_logging, debug_logged, info_logged
+
+    try:
+        configure_logging("json", "warning")
+        assert not info_logged() and not debug_logged()
+        configure_logging("json", "info")
+        assert info_logged() and not debug_logged()
+        configure_logging("json", "debug")
+        assert info_logged() and debug_logged()
+    finally:
+        configure_logging("json", "info")

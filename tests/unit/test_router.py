@@ -596,10 +596,24 @@ def test_a_refresh_logs_nothing_unless_debug_lines_are_logged(
     recorder = _Recorder()
     monkeypatch.setattr(registration_module, "log", recorder)
     monkeypatch.setattr(registration_module, "debug_logged", lambda: False)
+    monkeypatch.setattr(registration_module, "info_logged", lambda: True)
     router, _ = make_router()
     assert register(router, expires=120).status == 200
     assert register(router, expires=120, call_id="c1", now=NOW + 60).status == 200
     assert [line[1] for line in recorder.lines] == ["registered"]
+
+
+def test_below_info_no_binding_change_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipserver.edge import registration as registration_module
+
+    recorder = _Recorder()
+    monkeypatch.setattr(registration_module, "log", recorder)
+    monkeypatch.setattr(registration_module, "debug_logged", lambda: False)
+    monkeypatch.setattr(registration_module, "info_logged", lambda: False)
+    router, _ = make_router()
+    assert register(router, expires=120).status == 200
+    assert register(router, expires=0, call_id="c1", now=NOW + 60).status == 200
+    assert recorder.lines == []
 
 
 def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -608,6 +622,7 @@ def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.Monkey
     recorder = _Recorder()
     monkeypatch.setattr(registration_module, "log", recorder)
     monkeypatch.setattr(registration_module, "debug_logged", lambda: True)
+    monkeypatch.setattr(registration_module, "info_logged", lambda: True)
     router, _ = make_router()
     names = ("registered", "registration_refreshed", "unregistered")
     assert register(router, expires=120).status == 200
