@@ -21,6 +21,12 @@ Usage::
     python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
     python bench/register.py --pure             # the pure-Python modules (SIPSERVER_PURE_PYTHON=1)
     python bench/register.py --both             # compiled, then pure, then Kamailio: both ratios
+    python bench/register.py --callgrind /tmp/cg --rates 50 --seconds 10 --no-kamailio
+
+``--callgrind DIR`` runs sipserver's main process under valgrind's callgrind with collection
+off until the server is ready, and dumps ``DIR/sipserver.<pid>.<n>`` for each rate step: the
+instructions of the whole main process (event loop, UDP reads and sends, router, timers) per
+registration, load-independent (valgrind slows the server ~50x: use low rates).
 
 The compiled build is the mypyc one of ``hatch_build.py`` (``pip install -e .`` or ``python
 hatch_build.py``); without it both runs are pure Python, and the header line says so.
@@ -121,15 +127,23 @@ def measure(
     wd: Path,
     password: str = PASSWORD,
     http_port: int | None = None,
+    callgrind: bool = False,
 ) -> Run:
     """One rate step against the server whose main process is ``root``: the CPU of its whole
-    process tree (sipserver's call workers, Kamailio's children) and of ``root`` alone."""
+    process tree (sipserver's call workers, Kamailio's children) and of ``root`` alone. With
+    ``callgrind`` (``root`` runs under callgrind), collection is on during the step only and
+    the step's counts are dumped at its end."""
     calls = int(rate * seconds)
     pids = process_tree(root)
     retrans_before = retransmissions(http_port)
+    if callgrind:
+        subprocess.run(["callgrind_control", "-i", "on", str(root)], check=True)
     main_before, before = cpu_seconds([root]), cpu_seconds(pids)
     ok, failed = run_sipp(port, users, rate, calls, wd, password)
     main_after, after = cpu_seconds([root]), cpu_seconds(pids)
+    if callgrind:
+        subprocess.run(["callgrind_control", "-d", str(root)], check=True)
+        subprocess.run(["callgrind_control", "-i", "off", str(root)], check=True)
     retrans_after = retransmissions(http_port)
     retrans = None
     if retrans_before is not None and retrans_after is not None:
@@ -144,6 +158,7 @@ def start_sipserver(
     commit_ms: float | None = None,
     *,
     pure: bool = False,
+    callgrind: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     sip_port, http_port, admin_port = free_port(), free_port(), free_port()
     numbers = [user_name(i) for i in range(1, USERS + 1)]
@@ -173,6 +188,15 @@ def start_sipserver(
     cfg = wd / "sipserver.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [sys.executable]
+    if callgrind:
+        Path(callgrind).mkdir(parents=True, exist_ok=True)
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={Path(callgrind).resolve()}/sipserver.%p",
+            *cmd,
+        ]
     if profile:
         cmd += ["-m", "cProfile", "-o", profile]
     cmd += ["-m", "sipserver", "run", "-c", str(cfg), "--log-level", "warning"]
@@ -183,7 +207,7 @@ def start_sipserver(
         stdout=subprocess.DEVNULL,
         stderr=(wd / "sipserver.log").open("wb"),
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + (600 if callgrind else 60)
     while time.monotonic() < deadline:
         try:
             # /readyz, not /healthz: ready once the call workers are up and warm, so that their
@@ -238,6 +262,11 @@ def main() -> int:
         "--commit-ms", type=float, help="server.store_commit_ms (sqlite; default: the server's)"
     )
     parser.add_argument("--profile", help="write a cProfile of sipserver to this file")
+    parser.add_argument(
+        "--callgrind",
+        metavar="DIR",
+        help="run sipserver under callgrind, one dump per rate step in DIR (use low rates)",
+    )
     parser.add_argument("--no-kamailio", action="store_true", help="skip the reference run")
     parser.add_argument(
         "--pin",
@@ -262,11 +291,20 @@ def main() -> int:
         results: dict[str, list[Run]] = {}
         for pure in builds:
             sips, sip_port, http_port = start_sipserver(
-                wd, args.store, args.profile, args.commit_ms, pure=pure
+                wd, args.store, args.profile, args.commit_ms, pure=pure, callgrind=args.callgrind
             )
             try:
                 results[build_label(pure)] = [
-                    measure(sips.pid, sip_port, users, r, args.seconds, wd, http_port=http_port)
+                    measure(
+                        sips.pid,
+                        sip_port,
+                        users,
+                        r,
+                        args.seconds,
+                        wd,
+                        http_port=http_port,
+                        callgrind=bool(args.callgrind),
+                    )
                     for r in rates
                 ]
             finally:
