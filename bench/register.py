@@ -21,6 +21,7 @@ Usage::
     python bench/register.py --profile prof.out # sipserver under cProfile (where time goes)
     python bench/register.py --pure             # the pure-Python modules (SIPSERVER_PURE_PYTHON=1)
     python bench/register.py --both             # compiled, then pure, then Kamailio: both ratios
+    python bench/register.py --pin              # servers on CPU 0, SIPp on CPU 1 (taskset)
     python bench/register.py --callgrind /tmp/cg --rates 50 --seconds 10 --no-kamailio
 
 ``--callgrind DIR`` runs sipserver's main process under valgrind's callgrind with collection
