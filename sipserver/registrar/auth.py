@@ -80,7 +80,7 @@ class _RandomPool:
 
     The same kernel CSPRNG bytes, one ``getrandom`` system call per ~340 nonces instead of one
     per 401. A forked child drops the parent's unread bytes, so two processes never hand out
-    the same ones.
+    the same ones. One thread at a time, like :class:`NonceManager` (the edge's event loop).
     """
 
     def __init__(self, size: int = 4096) -> None:
