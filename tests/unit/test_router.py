@@ -588,15 +588,21 @@ class _Recorder:
         return [line for line in self.lines if line[1] in names]
 
 
-def test_a_refresh_logs_nothing_unless_debug_lines_are_logged(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _record_logs(monkeypatch: pytest.MonkeyPatch, *, debug: bool, info: bool) -> _Recorder:
+    """The registration handler's logger replaced by a recorder, at the level given."""
     from sipserver.edge import registration as registration_module
 
     recorder = _Recorder()
     monkeypatch.setattr(registration_module, "log", recorder)
-    monkeypatch.setattr(registration_module, "debug_logged", lambda: False)
-    monkeypatch.setattr(registration_module, "info_logged", lambda: True)
+    monkeypatch.setattr(registration_module, "debug_logged", lambda: debug)
+    monkeypatch.setattr(registration_module, "info_logged", lambda: info)
+    return recorder
+
+
+def test_a_refresh_logs_nothing_unless_debug_lines_are_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recorder = _record_logs(monkeypatch, debug=False, info=True)
     router, _ = make_router()
     assert register(router, expires=120).status == 200
     assert register(router, expires=120, call_id="c1", now=NOW + 60).status == 200
@@ -604,12 +610,7 @@ def test_a_refresh_logs_nothing_unless_debug_lines_are_logged(
 
 
 def test_below_info_no_binding_change_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sipserver.edge import registration as registration_module
-
-    recorder = _Recorder()
-    monkeypatch.setattr(registration_module, "log", recorder)
-    monkeypatch.setattr(registration_module, "debug_logged", lambda: False)
-    monkeypatch.setattr(registration_module, "info_logged", lambda: False)
+    recorder = _record_logs(monkeypatch, debug=False, info=False)
     router, _ = make_router()
     assert register(router, expires=120).status == 200
     assert register(router, expires=0, call_id="c1", now=NOW + 60).status == 200
@@ -617,12 +618,7 @@ def test_below_info_no_binding_change_is_logged(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_registrations_are_logged_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sipserver.edge import registration as registration_module
-
-    recorder = _Recorder()
-    monkeypatch.setattr(registration_module, "log", recorder)
-    monkeypatch.setattr(registration_module, "debug_logged", lambda: True)
-    monkeypatch.setattr(registration_module, "info_logged", lambda: True)
+    recorder = _record_logs(monkeypatch, debug=True, info=True)
     router, _ = make_router()
     names = ("registered", "registration_refreshed", "unregistered")
     assert register(router, expires=120).status == 200
