@@ -562,7 +562,7 @@ def _common_auth_headers(draw: _st.DrawFn) -> str:
 
 
 @hypothesis.given(_common_auth_headers())
-@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.settings(max_examples=500, deadline=None)
 def test_first_tier_takes_the_common_form_itself(value: str) -> None:
     from sipserver.sip.digest import _parse_auth_params_strict
 
@@ -585,7 +585,7 @@ def _near_common_auth_headers(draw: _st.DrawFn) -> str:
 
 
 @hypothesis.given(_near_common_auth_headers())
-@hypothesis.settings(max_examples=3000, deadline=None)
+@hypothesis.settings(max_examples=800, deadline=None)
 def test_fast_auth_param_parser_agrees_near_the_common_form(value: str) -> None:
     test_fast_auth_param_parser_agrees_with_strict.hypothesis.inner_test(value)  # type: ignore[attr-defined]
 
