@@ -126,6 +126,9 @@ async function startCall() {
   };
   playback.port.onmessage = (event) => {
     session.played = event.data.played;
+    // The worklet reports until the audio context has closed, which is after a hang-up has
+    // closed the socket: marks go out only while it is open.
+    if (ws.readyState !== WebSocket.OPEN) return;
     while (marks.length && marks[0][1] <= event.data.played) {
       ws.send(JSON.stringify({ event: "mark", streamSid, mark: { name: marks.shift()[0] } }));
     }
