@@ -21,7 +21,9 @@ def pin_roles(server: str, load: str) -> None:
     e.g. "0" and "1"). On loopback, a reply's ``sendto`` wakes the load generator, and the
     scheduler places a synchronously woken task on the waker's CPU, where it preempts the
     server: the server then pays a context switch per reply that a server reached over a
-    network would not. Pinning each side to its own core takes that out, for both servers."""
+    network would not. Pinning each side to its own core takes that out, for both servers; on
+    the 2-core VMs measured, the cross-CPU wake-ups it costs instead were dearer (bench/README,
+    "Issue 17 on an Intel machine")."""
     _PINNING.update(server=server, load=load)
 
 
