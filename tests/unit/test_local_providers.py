@@ -38,6 +38,10 @@ def test_options_reach_the_constructor() -> None:
     tts = make_tts(spec({"provider": "local", "speed": 1.25}))
     assert isinstance(tts, PiperTts)
     assert tts.length_scale == pytest.approx(0.8)
+    assert (tts.noise_scale, tts.noise_w) == (None, None)  # the voice's own
+    quiet = make_tts(spec({"provider": "local", "noise_scale": 0, "noise_w": 0.5}))
+    assert isinstance(quiet, PiperTts)
+    assert (quiet.noise_scale, quiet.noise_w) == (0.0, 0.5)
     espeak = make_tts(spec({"provider": "local", "engine": "espeak", "voice": "es", "speed": 150}))
     assert isinstance(espeak, EspeakTts)
     assert (espeak.voice, espeak.speed) == ("es", 150)
@@ -103,6 +107,8 @@ def test_whisper_whole_utterance_repeats_are_collapsed(text: str, kept: str | No
         (make_stt, {"provider": "local", "window": "short"}, "stt.window must be one of auto"),
         (make_tts, {"provider": "local", "voice": "/nonexistent.onnx"}, "must exist"),
         (make_tts, {"provider": "local", "speed": 1, "length_scale": 1}, "not both"),
+        (make_tts, {"provider": "local", "noise_scale": -0.1}, "tts.noise_scale must be a number"),
+        (make_tts, {"provider": "local", "noise_w": "none"}, "tts.noise_w must be a number >= 0"),
         (make_tts, {"provider": "local", "engine": "espeak", "speed": 5}, "80..500"),
         (
             make_tts,

@@ -79,6 +79,10 @@ class PiperTts:
             en_US-joe-medium.
         length_scale: phoneme duration factor (> 1 slower, < 1 faster); None keeps the voice's.
         speed: alternative to ``length_scale`` (``speed=1.25`` is ``length_scale=0.8``).
+        noise_scale: how much random variation the voice gets (>= 0); None keeps the voice's
+            (0.667 for most). With ``noise_w`` 0 too, the same text gives the same audio.
+        noise_w: how much random variation phoneme durations get (>= 0); None keeps the
+            voice's (0.8 for most).
         threads: onnxruntime intra-op threads of one synthesis.
         workers: sentences synthesised at once by this process (each holds its own buffers,
             tens of MB); more sentences wait their turn.
@@ -100,6 +104,8 @@ class PiperTts:
         *,
         length_scale: float | None = None,
         speed: float | None = None,
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
         threads: int = 1,
         workers: int = 1,
     ) -> None:
@@ -115,6 +121,11 @@ class PiperTts:
             length_scale = 1.0 / speed
         if length_scale is not None and length_scale <= 0:
             raise ProviderError(f"tts.length_scale must be > 0, not {length_scale!r}")
+        for name, value in (("noise_scale", noise_scale), ("noise_w", noise_w)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+            ):
+                raise ProviderError(f"tts.{name} must be a number >= 0, not {value!r}")
         if not isinstance(threads, int) or threads < 1:
             raise ProviderError(f"tts.threads must be a positive integer, not {threads!r}")
         if not isinstance(workers, int) or workers < 1:
@@ -128,18 +139,20 @@ class PiperTts:
         self.sample_rate: int = int(config["audio"]["sample_rate"])
         self.voice_path = path
         self.length_scale = length_scale
+        self.noise_scale = None if noise_scale is None else float(noise_scale)
+        self.noise_w = None if noise_w is None else float(noise_w)
         self.threads = threads
         self.workers = workers
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> PiperTts:
         """Build from a provider spec's options (``voice``, ``length_scale``, ``speed``,
-        ``threads``, ``workers``).
+        ``noise_scale``, ``noise_w``, ``threads``, ``workers``).
 
         Raises:
             ProviderError: an unknown option or an invalid value.
         """
-        known = {"voice", "length_scale", "speed", "threads", "workers"}
+        known = {"voice", "length_scale", "speed", "noise_scale", "noise_w", "threads", "workers"}
         _check_options("piper", options, known)
         return cls(**options)
 
@@ -197,7 +210,12 @@ class PiperTts:
                 return
             future = loop.run_in_executor(
                 loaded.executor,
-                partial(loaded.voice.speak, length_scale=self.length_scale),
+                partial(
+                    loaded.voice.speak,
+                    length_scale=self.length_scale,
+                    noise_scale=self.noise_scale,
+                    noise_w=self.noise_w,
+                ),
                 sentence,
             )
             loaded.pending += 1

@@ -244,14 +244,30 @@ class PiperVoiceModel:
         """Phoneme ids of one sentence (blocking: runs espeak-ng)."""
         return phoneme_ids(self.phonemes(sentence), self.id_map, self.phoneme_map)
 
-    def audio(self, ids: Sequence[int], *, length_scale: float | None = None) -> bytes:
+    def audio(
+        self,
+        ids: Sequence[int],
+        *,
+        length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+    ) -> bytes:
         """Run the model on phoneme ids; s16le PCM at :attr:`sample_rate`, peak-normalised
-        like Piper's default (blocking)."""
-        scale = self.length_scale if length_scale is None else length_scale
+        like Piper's default (blocking).
+
+        A None scale keeps the voice's own. The model draws random noise scaled by
+        ``noise_scale`` (voice) and ``noise_w`` (phoneme durations), so the same text sounds
+        slightly different each time unless both are 0.
+        """
+        scales = [
+            self.noise_scale if noise_scale is None else noise_scale,
+            self.length_scale if length_scale is None else length_scale,
+            self.noise_w if noise_w is None else noise_w,
+        ]
         inputs = {
             "input": np.asarray([ids], dtype=np.int64),
             "input_lengths": np.asarray([len(ids)], dtype=np.int64),
-            "scales": np.asarray([self.noise_scale, scale, self.noise_w], dtype=np.float32),
+            "scales": np.asarray(scales, dtype=np.float32),
         }
         if "sid" in self.input_names:
             inputs["sid"] = np.zeros(1, dtype=np.int64)
@@ -262,12 +278,20 @@ class PiperVoiceModel:
         pcm = np.clip(audio * (32767.0 / max(peak, 0.01)), -32768, 32767)
         return bytes(pcm.astype("<i2").tobytes())
 
-    def speak(self, sentence: str, *, length_scale: float | None = None) -> bytes:
-        """One sentence of text to PCM (blocking); b"" when it has nothing to pronounce."""
+    def speak(
+        self,
+        sentence: str,
+        *,
+        length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+    ) -> bytes:
+        """One sentence of text to PCM (blocking); b"" when it has nothing to pronounce.
+        The scales are :meth:`audio`'s."""
         ids = self.ids(sentence)
         if len(ids) <= len(self.id_map[BOS]) + len(self.id_map[PAD]) + len(self.id_map[EOS]):
             return b""
-        return self.audio(ids, length_scale=length_scale)
+        return self.audio(ids, length_scale=length_scale, noise_scale=noise_scale, noise_w=noise_w)
 
 
 def read_config(config_path: Path) -> dict[str, Any]:
