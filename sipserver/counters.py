@@ -8,6 +8,7 @@ router and REGISTER handler call them directly.
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily
@@ -17,7 +18,7 @@ __all__ = ["KNOWN_METHODS", "LoopCounter", "method_label"]
 #: Method labels counted as themselves (``RESPONSE`` stands for a response); anything else is
 #: counted as ``OTHER`` so that a scanner sending random method names cannot blow up the metric's
 #: cardinality.
-KNOWN_METHODS = frozenset(
+KNOWN_METHODS: Final = frozenset(
     {
         "REGISTER",
         "OPTIONS",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.config import Config
 from sipserver.edge.replies import Peer, Reply, count_refusal, response_to, unavailable
@@ -42,7 +43,7 @@ __all__ = [
 log = get_logger(__name__)
 
 #: Outcomes that count toward a ban: a wrong password, or a user name that does not exist.
-AUTH_FAILURES_THAT_BAN = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER})
+AUTH_FAILURES_THAT_BAN: Final = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOWN_USER})
 #: Outcomes answered with a fresh challenge (``stale=false``), counted in the auth-failure
 #: metric but never toward a ban: a nonce this process did not issue (a restart), a re-sent
 #: Authorization, or credentials for another realm. RFC 3261 §22.1 (a realm names a protection
@@ -50,7 +51,7 @@ AUTH_FAILURES_THAT_BAN = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome.UNKNOW
 #: for the server whose realm they name): they say nothing about the password, and a phone that
 #: cached credentials for the realm before a reload changed it (the realm follows
 #: ``server.public_host``) must get the new realm's challenge, not a 403 and then a ban.
-AUTH_OUTCOMES_RECHALLENGED = frozenset(
+AUTH_OUTCOMES_RECHALLENGED: Final = frozenset(
     {AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY, AuthOutcome.WRONG_REALM}
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.config import Agent
 from sipserver.observability import RefusalLog
@@ -24,11 +25,11 @@ __all__ = [
     "unavailable",
 ]
 
-RETRY_AFTER = 5
+RETRY_AFTER: Final = 5
 """Seconds in the Retry-After of every 503 (starting, draining, all workers busy): about one
 cold start of the server (bench/cold_start.py), short enough that a retrying trunk loses little."""
-RETRY_AFTER_HEADER = (("Retry-After", str(RETRY_AFTER)),)
-SERVER_HEADER = ("Server", "sipserver")
+RETRY_AFTER_HEADER: Final = (("Retry-After", str(RETRY_AFTER)),)
+SERVER_HEADER: Final = ("Server", "sipserver")
 
 
 @dataclass(frozen=True, slots=True, init=False)

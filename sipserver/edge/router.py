@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from sipserver.config import Agent, Config
 from sipserver.counters import method_label
@@ -85,10 +85,10 @@ Capacity = Callable[["str | None"], "str | None"]
 log = get_logger(__name__)
 
 #: Methods this edge serves, advertised in Allow (RFC 3261 §20.5).
-ALLOWED_METHODS = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE"
+ALLOWED_METHODS: Final = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE"
 #: Methods defined by RFC 3261 and its extensions that the edge recognises but does not serve:
 #: answered 405 (RFC 3261 §8.2.1). Unrecognised methods get 501 (RFC 3261 §21.5.2).
-_RECOGNISED_UNSUPPORTED = frozenset(
+_RECOGNISED_UNSUPPORTED: Final = frozenset(
     {"INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
 )
 

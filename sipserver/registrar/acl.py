@@ -11,11 +11,12 @@ import bisect
 import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
+from typing import Final
 
 __all__ = ["AllowList"]
 
-_IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
-_CACHE_SIZE = 4096
+_IPV4_MAPPED: Final = IPv6Network("::ffff:0:0/96")
+_CACHE_SIZE: Final = 4096
 _Ranges = tuple[tuple[int, ...], tuple[int, ...]]
 
 

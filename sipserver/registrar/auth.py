@@ -27,6 +27,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote
 
 from sipserver.sip.digest import (
@@ -65,14 +66,14 @@ class NonceStatus(enum.Enum):
 # 16-byte keyed BLAKE2b tag (RFC 7693 keyed mode: a MAC, one C call through hashlib) over the
 # first two fields, with a personalisation string as the domain. 8 + 12 + 16 = 36 bytes = 48
 # base64 characters without padding.
-_NONCE_DOMAIN = b"sipserver nonce2"  # BLAKE2b personalisation: at most 16 bytes
-_TIME = struct.Struct(">d")
-_RANDOM_LEN = 12
-_TAG_LEN = 16
-_BODY_LEN = _TIME.size + _RANDOM_LEN
-_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{48}")
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_NONCE_DOMAIN: Final = b"sipserver nonce2"  # BLAKE2b personalisation: at most 16 bytes
+_TIME: Final = struct.Struct(">d")
+_RANDOM_LEN: Final = 12
+_TAG_LEN: Final = 16
+_BODY_LEN: Final = _TIME.size + _RANDOM_LEN
+_NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{48}")
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 
 
 class _RandomPool:
@@ -105,7 +106,7 @@ class _RandomPool:
         return self._buf[pos:end]
 
 
-_RANDOM = _RandomPool()
+_RANDOM: Final = _RandomPool()
 
 
 class NonceManager:
@@ -357,8 +358,8 @@ class AuthResult:
         return self.outcome is AuthOutcome.OK
 
 
-_MAX_REASON = 120
-_DUMMY_HA1 = "0" * 64
+_MAX_REASON: Final = 120
+_DUMMY_HA1: Final = "0" * 64
 
 
 def _short(text: str) -> str:
@@ -568,7 +569,7 @@ class DigestAuthenticator:
 # other parameters present in only one are ignored, headers must all match. Other schemes
 # compare case-insensitively. (Kept local: the URI model lives in another module.)
 # ---------------------------------------------------------------------------------------------
-_STRICT_URI_PARAMS = frozenset({"user", "ttl", "method", "maddr"})
+_STRICT_URI_PARAMS: Final = frozenset({"user", "ttl", "method", "maddr"})
 _UriKey = tuple[str, str, str, dict[str, str], dict[str, str]]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote
 
 from sipserver.registrar.bindings import Binding, BindingStore
@@ -211,9 +212,9 @@ class RegistrarPolicy:
             raise ValueError(f"registrar policy needs max_contacts >= 1, got {self.max_contacts}")
 
 
-_INVALID_WILDCARD = RegisterResult(400, "Invalid wildcard")
-_INVALID_EXPIRES = RegisterResult(400, "Invalid Expires")
-_OUT_OF_ORDER = RegisterResult(400, "Out of Order CSeq")
+_INVALID_WILDCARD: Final = RegisterResult(400, "Invalid wildcard")
+_INVALID_EXPIRES: Final = RegisterResult(400, "Invalid Expires")
+_OUT_OF_ORDER: Final = RegisterResult(400, "Out of Order CSeq")
 
 ContactKey = Callable[[str], Hashable]
 """Maps a Contact URI to a value that is equal for URIs that RFC 3261 §19.1.4 calls equal."""

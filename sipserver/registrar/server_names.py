@@ -18,17 +18,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipserver.sip.uri import SipUri
 
 __all__ = ["ServerNames"]
 
 #: RFC 3263 §4.2: a URI naming an IP literal without a port means 5060 (5061 for sips).
-_DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+_DEFAULT_PORTS: Final = {"sip": 5060, "sips": 5061}
 #: Hosts whose answer :meth:`ServerNames.is_local_host` remembers (every REGISTER and INVITE
 #: asks about its Request-URI host, nearly always one of a handful); past it the memory starts
 #: afresh, so hosts sent to churn it cost a parse each, as without it.
-_LOCAL_HOST_MEMORY = 1024
+_LOCAL_HOST_MEMORY: Final = 1024
 
 
 def _ip_key(host: str) -> str | None:

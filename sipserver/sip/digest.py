@@ -20,7 +20,7 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "DigestAlgorithm",
@@ -72,10 +72,10 @@ class DigestAlgorithm(enum.StrEnum):
             raise DigestError(f"unsupported algorithm {token}") from None
 
 
-_ALGORITHMS_BY_TOKEN = {a.value.lower(): a for a in DigestAlgorithm}
+_ALGORITHMS_BY_TOKEN: Final = {a.value.lower(): a for a in DigestAlgorithm}
 
 _HashFactory = Callable[..., Any]
-_HASH_FACTORIES: dict[DigestAlgorithm, _HashFactory] = {
+_HASH_FACTORIES: Final[dict[DigestAlgorithm, _HashFactory]] = {
     DigestAlgorithm.MD5: hashlib.md5,
     DigestAlgorithm.MD5_SESS: hashlib.md5,
     DigestAlgorithm.SHA256: hashlib.sha256,
@@ -103,14 +103,14 @@ class DigestError(ValueError):
 # auth-scheme LWS auth-param *(COMMA auth-param). Unquoted values are accepted as any run of
 # characters other than whitespace, comma, and quote (some UAs leave uri= unquoted).
 # ---------------------------------------------------------------------------------------------
-_WS = " \t\r\n"
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
-_UNQUOTED_RE = re.compile(r'[^\s,"]+')
-_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
-_HEX8_RE = re.compile(r"[0-9A-Fa-f]{8}")
-_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
-_QOP_VALUES = frozenset({"auth", "auth-int"})
+_WS: Final = " \t\r\n"
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_QUOTED_RE: Final = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNQUOTED_RE: Final = re.compile(r'[^\s,"]+')
+_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+_HEX8_RE: Final = re.compile(r"[0-9A-Fa-f]{8}")
+_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+")
+_QOP_VALUES: Final = frozenset({"auth", "auth-int"})
 
 
 def _skip_ws(value: str, pos: int) -> int:
@@ -130,8 +130,8 @@ def _skip_ws(value: str, pos: int) -> int:
 #     choice in where a parameter ends (names, bare values and separators are disjoint classes),
 #     so the quantifiers are possessive: the engine keeps no backtracking state.
 #  3. The strict parser below: the reference grammar, and the path that names the problem.
-_SCHEME_RE = re.compile(r"[ \t\r\n]*+([A-Za-z0-9\-.!%*_+`'~]++)(?:[ \t\r\n]++|\Z)")
-_PARAM_RE = re.compile(
+_SCHEME_RE: Final = re.compile(r"[ \t\r\n]*+([A-Za-z0-9\-.!%*_+`'~]++)(?:[ \t\r\n]++|\Z)")
+_PARAM_RE: Final = re.compile(
     r"[ \t\r\n,]*+([A-Za-z0-9\-.!%*_+`'~]++)[ \t\r\n]*+=[ \t\r\n]*+"
     r'(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([^\s,"]++))'
     r"[ \t\r\n]*+(?:,[ \t\r\n,]*+|\Z)",

@@ -8,10 +8,12 @@ returned as ``b"\\r\\n\\r\\n"`` and the adapter answers with a single CRLF *pong
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = ["PING", "FramingError", "StreamFramer"]
 
 #: RFC 5626 §3.5.1 keepalive ping, returned by :meth:`StreamFramer.feed` as its own item.
-PING = b"\r\n\r\n"
+PING: Final = b"\r\n\r\n"
 
 
 class FramingError(ValueError):

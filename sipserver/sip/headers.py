@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Final, Literal
 
 from sipserver.sip.uri import Params, SipUri, _set_params, split_host_port
 
@@ -30,14 +30,14 @@ __all__ = [
 
 #: Header the edge sets on the INVITE it proxies to a media worker: the slug of the agent the
 #: call is for (an extension header, RFC 3261 §7.3; the edge removes any copy from the caller).
-AGENT_HEADER = "X-Sipserver-Agent"
+AGENT_HEADER: Final = "X-Sipserver-Agent"
 #: Header the edge sets beside :data:`AGENT_HEADER`: the agent's ``sip.srtp`` policy (``off``,
 #: ``optional``, ``required``), which the media worker applies to the call's SDP answer.
-SRTP_HEADER = "X-Sipserver-Srtp"
+SRTP_HEADER: Final = "X-Sipserver-Srtp"
 #: RFC 3261 §25.1 token.
-_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 #: A display-name word in the unquoted form: a token, leniently also non-ASCII (seen in the wild).
-_DISPLAY_WORD = re.compile(r"[^\x00-\x20\x7f\"<>,;:\\/\[\]?={}@()]+")
+_DISPLAY_WORD: Final = re.compile(r"[^\x00-\x20\x7f\"<>,;:\\/\[\]?={}@()]+")
 
 
 def _find_quote_end(text: str, start: int) -> int:
@@ -125,7 +125,7 @@ def split_comma_list(value: str) -> list[str]:
 
 
 #: Lower-case parameter names seen on nearly every message: no token check needed.
-_COMMON_PARAMS = frozenset(
+_COMMON_PARAMS: Final = frozenset(
     ("tag", "branch", "rport", "received", "expires", "q", "lr", "transport", "maddr", "ttl")
 ) | {"user", "method", "+sip.instance", "reg-id", "ob", "alias"}
 
@@ -195,7 +195,7 @@ def _has_param(params: Params, name: str) -> bool:
 # ------------------------------------------------------------------ header names
 
 #: Canonical spellings; every other spelling maps here case-insensitively.
-_CANONICAL_NAMES = (  # noqa: SIM905 - a word list reads better than 88 quoted strings
+_CANONICAL_NAMES: Final = (  # noqa: SIM905 - a word list reads better than 88 quoted strings
     "Accept Accept-Contact Accept-Encoding Accept-Language Accept-Resource-Priority Alert-Info "
     "Allow Allow-Events Answer-Mode Authentication-Info Authorization Call-ID Call-Info Contact "
     "Content-Disposition Content-Encoding Content-ID Content-Language Content-Length "
@@ -212,7 +212,7 @@ _CANONICAL_NAMES = (  # noqa: SIM905 - a word list reads better than 88 quoted s
 ).split()
 #: RFC 3261 §7.3.3 compact forms plus those registered by later RFCs (3265, 3515, 3841, 3892,
 #: 4028, 4474, 4538).
-_COMPACT = {
+_COMPACT: Final = {
     "a": "Accept-Contact",
     "b": "Referred-By",
     "c": "Content-Type",
@@ -234,16 +234,16 @@ _COMPACT = {
     "x": "Session-Expires",
     "y": "Identity",
 }
-_CANON_BY_LOWER = {n.lower(): n for n in _CANONICAL_NAMES} | _COMPACT
+_CANON_BY_LOWER: Final = {n.lower(): n for n in _CANONICAL_NAMES} | _COMPACT
 #: Exact spelling -> canonical name. Seeded with the common spellings; unknown spellings seen on
 #: the wire are added up to _CANON_CACHE_MAX entries (bounded: names are peer-controlled).
-_CANON: dict[str, str] = {n: n for n in _CANONICAL_NAMES}
+_CANON: Final[dict[str, str]] = {n: n for n in _CANONICAL_NAMES}
 _CANON.update({n.lower(): n for n in _CANONICAL_NAMES})
 _CANON.update({n.upper(): n for n in _CANONICAL_NAMES})
 _CANON.update(_COMPACT)
 _CANON.update({k.upper(): v for k, v in _COMPACT.items()})
 _CANON.update({"Call-Id": "Call-ID", "Cseq": "CSeq", "Www-Authenticate": "WWW-Authenticate"})
-_CANON_CACHE_MAX = 4096
+_CANON_CACHE_MAX: Final = 4096
 
 
 def canonical_header_name(name: str) -> str:
@@ -273,7 +273,7 @@ def canonical_header_name(name: str) -> str:
 
 #: Headers whose grammar is a comma-separated list: get_all() splits them (RFC 3261 §7.3.1).
 #: Authorization and friends, Date, and unknown headers are never split.
-_LIST_HEADERS = frozenset(
+_LIST_HEADERS: Final = frozenset(
     (  # noqa: SIM905
         "Accept Accept-Contact Accept-Encoding Accept-Language Alert-Info Allow Allow-Events "
         "Call-Info Contact Content-Encoding Content-Language Error-Info History-Info In-Reply-To "
@@ -412,9 +412,9 @@ class Via:
 
 #: Memo of parsed name-addr values (immutable): To, From and Contact values repeat on every
 #: registration refresh. Bounded, cleared when full: peers choose the strings.
-_NAME_ADDRS: dict[str, NameAddr] = {}
-_MEMO_MAX = 4096
-_MEMO_KEY_MAX = 512  # longer values are parsed every time: bounds the memo's memory
+_NAME_ADDRS: Final[dict[str, NameAddr]] = {}
+_MEMO_MAX: Final = 4096
+_MEMO_KEY_MAX: Final = 512  # longer values are parsed every time: bounds the memo's memory
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from sipserver.sip.message import Headers, SipRequest, SipResponse
 
@@ -44,21 +45,21 @@ __all__ = [
 ]
 
 #: RFC 3261 §17.1.1.1: RTT estimate.
-T1 = 0.5
+T1: Final = 0.5
 #: RFC 3261 §17.1.2.2: maximum retransmission interval of non-INVITE requests and of INVITE
 #: final responses.
-T2 = 4.0
+T2: Final = 4.0
 #: RFC 3261 §17.1.2.2: maximum time a message stays in the network.
-T4 = 5.0
+T4: Final = 5.0
 #: RFC 3261 §17.1.1.2: INVITE transaction timeout (Timer B); also Timer F, H, J, L, M.
-TIMER_B = 64 * T1
+TIMER_B: Final = 64 * T1
 #: RFC 3261 §16.6 step 11: a proxy's INVITE timeout after a provisional response, "greater than
 #: 3 minutes".
-TIMER_C = 181.0
+TIMER_C: Final = 181.0
 #: RFC 3261 §17.1.1.2: Timer D, "at least 32 seconds" on unreliable transports.
-TIMER_D = 32.0
+TIMER_D: Final = 32.0
 #: RFC 3261 §8.1.1.6: Max-Forwards of requests built here.
-MAX_FORWARDS = 70
+MAX_FORWARDS: Final = 70
 
 
 class ClientState(enum.Enum):

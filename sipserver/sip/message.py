@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipserver.sip.headers import (
     _CANON,
@@ -48,10 +49,10 @@ __all__ = [
     "parse_message",
 ]
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 
 #: Standard reason phrases (RFC 3261 §21 and the extensions registered with IANA).
-REASON_PHRASES: dict[int, str] = {
+REASON_PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -126,18 +127,20 @@ REASON_PHRASES: dict[int, str] = {
     607: "Unwanted",
     608: "Rejected",
 }
-_CLASS_REASONS = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error"}
+_CLASS_REASONS: Final = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error"}
 _CLASS_REASONS.update({5: "Server Error", 6: "Global Failure"})
 
 #: RFC 3261 §25.1 token (header names, methods).
-_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 #: RFC 3986 §3.1 scheme, ':', then at least one character allowed in a URI (RFC 3986 §2).
-_ABSOLUTE_URI = re.compile(r'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\U0010ffff<>"{}|\\^`]+')
+_ABSOLUTE_URI: Final = re.compile(
+    r'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\U0010ffff<>"{}|\\^`]+'
+)
 
 #: Headers that may appear once only (RFC 3261 §7.3.1; RFC 4475 §3.3.8-3.3.9).
-_SINGLE = frozenset(("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length"))
+_SINGLE: Final = frozenset(("Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length"))
 #: What make_response needs to address a response (RFC 3261 §8.2.6.2).
-_ADDRESSING = ("Via", "From", "To", "Call-ID", "CSeq")
+_ADDRESSING: Final = ("Via", "From", "To", "Call-ID", "CSeq")
 
 
 def _has_addressing(first: dict[str, str]) -> bool:
@@ -152,8 +155,12 @@ def _has_addressing(first: dict[str, str]) -> bool:
 
 
 #: Methods of RFC 3261 and its extensions: known tokens skip the token check.
-_METHODS = frozenset(("REGISTER", "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"))
-_METHODS |= {"PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"}
+_METHODS: Final = frozenset(
+    (
+        *("REGISTER", "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"),
+        *("PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"),
+    )
+)
 
 
 class Headers:

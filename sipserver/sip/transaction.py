@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = [
     "T1",
@@ -30,9 +31,9 @@ __all__ = [
 ]
 
 #: RFC 3261 §17.1.1.1: RTT estimate, 500 ms.
-T1 = 0.5
+T1: Final = 0.5
 #: RFC 3261 §17.2.2: Timer J = 64*T1 on unreliable transports (0 on reliable ones).
-TIMER_J = 64 * T1
+TIMER_J: Final = 64 * T1
 
 TransactionKey = tuple[str, str, str]
 """(top Via value, Call-ID, CSeq value) of a request."""
@@ -54,8 +55,8 @@ class TransactionMatch:
         object.__setattr__(self, "response", response)
 
 
-_NEW = TransactionMatch(is_new=True)
-_ABSORB = TransactionMatch(is_new=False)
+_NEW: Final = TransactionMatch(is_new=True)
+_ABSORB: Final = TransactionMatch(is_new=False)
 
 
 _Entry = tuple[bytes | None, float]
