@@ -565,10 +565,15 @@ def _split_head(data: bytes) -> tuple[list[str], int]:
     if end >= 0:
         text = data[:end].decode("utf-8", "surrogateescape")
         lines = text.split("\r\n")
-        breaks = len(lines) - 1
-        # Every CR and LF was part of a CRLF we split on: the common, all-CRLF case.
-        if text.count("\n") == breaks and text.count("\r") == breaks and "\0" not in text:
-            return lines, end + 4
+        # Every CR and LF was part of a CRLF we split on: the common, all-CRLF case. Checked
+        # per line: `in` is a memchr, where str.count walks the text a character at a time
+        # (two counts were 3% of a registration's instructions).
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                break
+        else:
+            if "\0" not in text:
+                return lines, end + 4
     # RFC 3261 §7 is strict about CRLF, but bare LF line endings are accepted (as Kamailio and
     # PJSIP do). A bare CR or a NUL would be echoed into responses: drop, do not answer.
     head_end, body_start = _find_body(data)
