@@ -809,8 +809,11 @@ def test_make_response_validation() -> None:
             make_response(request, status)
     with pytest.raises(ValueError, match="line break"):
         make_response(request, 400, "bad\r\nX: 1")
-    with pytest.raises(ValueError, match="tag"):
-        make_response(request, 200, to_tag="a b")
+    # Alphanumeric but not ASCII (str.isalnum alone would pass it), and not a token at all.
+    for tag in ("a b", "caf\u00e9", "\u00b2", ""):
+        with pytest.raises(ValueError, match="tag"):
+            make_response(request, 200, to_tag=tag)
+    assert "tag=a.b-c_9" in make_response(request, 200, to_tag="a.b-c_9").headers.get("To")
     with pytest.raises(ValueError, match="line break"):
         make_response(request, 200, headers=[("X", "a\nb")])
     with pytest.raises(ValueError, match="header name"):
