@@ -567,7 +567,7 @@ def _split_head(data: bytes) -> tuple[list[str], int]:
         lines = text.split("\r\n")
         # Every CR and LF was part of a CRLF we split on: the common, all-CRLF case. Checked
         # per line: `in` is a memchr, where str.count walks the text a character at a time
-        # (two counts were 3% of a registration's instructions).
+        # (the two counts were 3% of a registration's instructions, these checks are 1.7%).
         for line in lines:
             if "\r" in line or "\n" in line:
                 break
