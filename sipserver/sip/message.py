@@ -904,21 +904,26 @@ def encode_response(
         ValueError: as :func:`make_response`.
     """
     reason, via, from_, to, call_id, cseq = _response_head(request, status, reason, to_tag)
-    source = request.headers
-    if not isinstance(headers, tuple | list):
-        headers = tuple(headers)
-    vias = source._multi.get("Via")
-    if vias is None:
-        lines = [f"{SIP_VERSION} {status} {reason}", f"Via: {via}"]
-    else:
-        lines = [f"{SIP_VERSION} {status} {reason}", *[f"Via: {v}" for v in vias]]
-    lines += (f"From: {from_}", f"To: {to}", f"Call-ID: {call_id}", f"CSeq: {cseq}")
-    for name, value in headers:
+    # A typed tuple: mypyc iterates it and unpacks its pairs natively (an Iterable is iterated
+    # through the generic protocol, and `tuple | list` built a union object on every call).
+    extra: tuple[tuple[str, str], ...] = headers if isinstance(headers, tuple) else tuple(headers)
+    vias = request.headers._multi.get("Via")
+    if vias is not None:
+        via = "\r\nVia: ".join(vias)
+    # One string for the copied head, instead of a line each and a join.
+    head = (
+        f"{SIP_VERSION} {status} {reason}\r\nVia: {via}\r\nFrom: {from_}\r\nTo: {to}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq}\r\n"
+    )
+    if not extra:
+        return f"{head}Content-Length: 0\r\n\r\n".encode("utf-8", "surrogateescape")
+    parts = [head]
+    for name, value in extra:
         canon = _CANON.get(name) or canonical_header_name(name)
         if "\n" in value or "\r" in value:
             raise ValueError(f"Header {canon} value contains a line break")
         if canon == "Content-Length":
-            return make_response(request, status, reason, to_tag=to_tag, headers=headers).encode()
-        lines.append(f"{canon}: {value}")
-    lines.append("Content-Length: 0\r\n\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+            return make_response(request, status, reason, to_tag=to_tag, headers=extra).encode()
+        parts.append(f"{canon}: {value}\r\n")
+    parts.append("Content-Length: 0\r\n\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
