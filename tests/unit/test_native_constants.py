@@ -14,13 +14,11 @@ see the replacement of a ``Final``): they are listed in ``PLAIN``.
 from __future__ import annotations
 
 import ast
-import glob
-import tomllib
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.test_native_build import ROOT, load_hook
 
 PLAIN = {"__all__", "log"}
 """Module names that stay plain: ``__all__`` is read by Python, and ``log`` is replaced by
@@ -28,14 +26,9 @@ tests (test_router's log recorder)."""
 
 
 def _compiled_sources() -> list[Path]:
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        hooks = tomllib.load(f)["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]
-    paths: set[Path] = set()
-    for pattern in hooks["custom"]["native-modules"]:
-        for path in glob.glob(pattern, root_dir=ROOT):
-            if path.endswith(".py") and not path.endswith("__init__.py"):
-                paths.add(ROOT / path)
-    return sorted(paths)
+    """The files hatch_build.py compiles, as it finds them."""
+    hook = load_hook()
+    return [ROOT / path for path in hook.source_files(ROOT, hook.configured_patterns(ROOT))]
 
 
 def _is_type_alias(value: ast.expr) -> bool:
