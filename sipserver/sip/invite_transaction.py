@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sipserver.sip.message import Headers, SipRequest, SipResponse
+from sipserver.sip.transaction import T1  # RFC 3261 §17.1.1.1: RTT estimate (re-exported)
 
 __all__ = [
     "T1",
@@ -44,8 +45,6 @@ __all__ = [
     "server_key",
 ]
 
-#: RFC 3261 §17.1.1.1: RTT estimate.
-T1: Final = 0.5
 #: RFC 3261 §17.1.2.2: maximum retransmission interval of non-INVITE requests and of INVITE
 #: final responses.
 T2: Final = 4.0
