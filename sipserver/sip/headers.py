@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from sipserver.sip.uri import Params, SipUri, _set_params, split_host_port
+from sipserver.sip.uri import _TOKEN, Params, SipUri, _set_params, split_host_port
 
 __all__ = [
     "AGENT_HEADER",
@@ -34,8 +34,6 @@ AGENT_HEADER: Final = "X-Sipserver-Agent"
 #: Header the edge sets beside :data:`AGENT_HEADER`: the agent's ``sip.srtp`` policy (``off``,
 #: ``optional``, ``required``), which the media worker applies to the call's SDP answer.
 SRTP_HEADER: Final = "X-Sipserver-Srtp"
-#: RFC 3261 §25.1 token.
-_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 #: A display-name word in the unquoted form: a token, leniently also non-ASCII (seen in the wild).
 _DISPLAY_WORD: Final = re.compile(r"[^\x00-\x20\x7f\"<>,;:\\/\[\]?={}@()]+")
 

@@ -35,7 +35,7 @@ from sipserver.sip.headers import (
     canonical_header_name,
     split_comma_list,
 )
-from sipserver.sip.uri import SipUri
+from sipserver.sip.uri import _TOKEN, SipUri
 
 __all__ = [
     "REASON_PHRASES",
@@ -130,8 +130,6 @@ REASON_PHRASES: Final[dict[int, str]] = {
 _CLASS_REASONS: Final = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error"}
 _CLASS_REASONS.update({5: "Server Error", 6: "Global Failure"})
 
-#: RFC 3261 §25.1 token (header names, methods).
-_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 #: RFC 3986 §3.1 scheme, ':', then at least one character allowed in a URI (RFC 3986 §2).
 _ABSOLUTE_URI: Final = re.compile(
     r'[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x20\x7f-\U0010ffff<>"{}|\\^`]+'

@@ -25,7 +25,8 @@ __all__ = ["SipUri", "split_host_port", "uri_equal"]
 _FORBIDDEN: Final = re.compile(r"[^\x21\x23-\x3b\x3d\x3f-\x5b\x5d\x5f\x61-\x7a\x7e]")
 #: RFC 3261 §25.1 hostname characters (``_`` tolerated: it is common in the wild).
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
-#: RFC 3261 §25.1 token, used for URI parameter names.
+#: RFC 3261 §25.1 token (URI parameter names here; header names, Via, methods and tags in
+#: headers.py and message.py, which import it).
 _TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
 
 Params = tuple[tuple[str, str | None], ...]
