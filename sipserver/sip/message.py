@@ -614,7 +614,8 @@ def _read_headers(lines: list[str]) -> _Fields | None:
     multi: dict[str, list[str]] = {}
     error: _Failure | None = None
     for line in lines[1:]:
-        name, colon, value = line.partition(":")
+        colon = line.find(":")
+        name = line[:colon] if colon >= 0 else line
         # _CANON.get(...) itself, not a bound method in a local: mypyc compiles the former to a
         # direct dict lookup and the latter to a generic Python call.
         canon = _CANON.get(name)
@@ -626,10 +627,18 @@ def _read_headers(lines: list[str]) -> _Fields | None:
             except ValueError:
                 error = error or _Failure("Malformed header line")
                 continue
-        if not colon:
+        if colon < 0:
             error = error or _Failure("Malformed header line")
             continue
-        value = value.strip(" \t")
+        # The value without SP/HTAB around it, found by index and sliced once: partition and
+        # strip made two copies of it (compiled, a character compare is a cached-string check).
+        start = colon + 1
+        end = len(line)
+        while start < end and (line[start] == " " or line[start] == "\t"):
+            start += 1
+        while end > start and (line[end - 1] == " " or line[end - 1] == "\t"):
+            end -= 1
+        value = line[start:end]
         items.append((canon, value))
         if canon in first:
             previous = first[canon]
