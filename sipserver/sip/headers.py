@@ -352,7 +352,13 @@ class Via:
                 sent_by = host_part.rstrip(" \t") + ":" + port_part.lstrip(" \t")
         host, port = split_host_port(sent_by)
         params = parse_params(value[semi + 1 :]) if semi >= 0 else ()
-        via = cls(protocol, parts[0].upper(), host, port, params)
+        transport = parts[0].upper()
+        # By name when cls is Via: a direct call of the compiled __init__ (see SipUri.parse).
+        via = (
+            Via(protocol, transport, host, port, params)
+            if cls is Via
+            else cls(protocol, transport, host, port, params)
+        )
         rport = _param(params, "rport")
         if rport is not None and not (rport.isascii() and rport.isdigit() and len(rport) <= 5):
             raise ValueError(f"Invalid rport {rport!r}")
@@ -466,13 +472,14 @@ class NameAddr:
                 raise ValueError("Unterminated <URI>")
             uri = SipUri.parse(value[1:gt])
             tail = value[gt + 1 :]
-            if not tail:
-                return cls(None, uri, ())
-            if tail[0] != ";":
+            if tail and tail[0] != ";":
                 tail = tail.strip(" \t")
                 if tail and tail[0] != ";":
                     raise ValueError(f"Unexpected {tail[:30]!r} after URI")
-            return cls(None, uri, parse_params(tail))
+            params: Params = parse_params(tail) if tail else ()
+            # By name when cls is NameAddr: a direct call of the compiled __init__ (see
+            # SipUri.parse).
+            return NameAddr(None, uri, params) if cls is NameAddr else cls(None, uri, params)
         if value.startswith('"'):
             end = _find_quote_end(value, 0)
             if end < 0:
@@ -510,7 +517,7 @@ class NameAddr:
         if tail and not tail.startswith(";"):
             raise ValueError(f"Unexpected {tail[:30]!r} after URI")
         params = parse_params(tail) if tail else ()
-        return cls(display, uri, params)
+        return NameAddr(display, uri, params) if cls is NameAddr else cls(display, uri, params)
 
     def __str__(self) -> str:
         name = "" if self.display_name is None else _quote(self.display_name) + " "

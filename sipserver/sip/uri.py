@@ -201,7 +201,13 @@ class SipUri:
             params = _parse_uri_params(rest[semi + 1 :])
             rest = rest[:semi]
         host, port = split_host_port(rest)
-        uri = cls(low, user, password, host, port, params, headers)
+        # The class by name when it is this one: mypyc calls the compiled __init__ directly,
+        # where cls(...) goes through Python's call protocol (~1 k instructions).
+        uri = (
+            SipUri(low, user, password, host, port, params, headers)
+            if cls is SipUri
+            else cls(low, user, password, host, port, params, headers)
+        )
         if len(text) <= _PARSED_KEY_MAX:
             if len(_PARSED) >= _PARSED_MAX:
                 _PARSED.clear()
