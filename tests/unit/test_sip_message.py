@@ -449,6 +449,7 @@ def test_invalid_header_names(name: str) -> None:
         "Subject :hello",
         "Subject\t:\thello",
         "subject  :   hello   ",
+        "Subject:\t \thello \t",
         "s: hello",
         "Subject:\r\n hello",
         "Subject:\r\n\thello",
@@ -457,6 +458,11 @@ def test_invalid_header_names(name: str) -> None:
 )
 def test_lws_around_colon_and_folding(line: str) -> None:
     assert parse_request(options(line)).headers.get("Subject") == "hello"
+
+
+@pytest.mark.parametrize("line", ["Subject:", "Subject: ", "Subject:\t \t", "Subject :  "])
+def test_empty_header_value(line: str) -> None:
+    assert parse_request(options(line)).headers.get("Subject") == ""
 
 
 def test_folding_replaces_the_fold_with_one_space() -> None:
