@@ -770,7 +770,6 @@ class Server:
             store.on_change = self.committer.wake
             self.router = self._build_router(self.config, transactions=self.router.transactions)
             self.listeners.router = self.router
-        self.metrics.registrations_active.set(self.store.count())
 
     def _bindings_committed(self, seq: int) -> None:
         """The store committed its changes up to ``seq``: send the REGISTER 200s that waited."""

@@ -205,8 +205,6 @@ class RegisterHandler:
             # query reports): it waits for their commit (see release_committed).
             return PendingCommit(ticket, reply[1], outcome_reg, register)
         self._count("ok")
-        if outcome_reg.added or outcome_reg.removed:
-            metrics.registrations_active.set(self.registrar.store.count())
         log_binding_changes(outcome_reg, register, wall=wall)
         return reply
 

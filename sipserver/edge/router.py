@@ -215,6 +215,10 @@ class SipRouter:
         self._auth = authenticator
         self._tracker = tracker
         self._metrics = metrics
+        # Read at scrape time: always the store's count (including changes a commit has yet to
+        # make durable), and no Gauge.set (a lock and two Python calls) on each new binding.
+        store = registrar.store
+        metrics.registrations_active.set_function(lambda: float(store.count()))
         # The per-message counters, compiled (sipserver.counters): called directly.
         self._messages_in = metrics.messages_in
         self._messages_out = metrics.messages_out
@@ -355,7 +359,6 @@ class SipRouter:
         self._transactions.handle_timer(now=now)
         log_expired(self._registrar.expire(now=wall))
         self._tracker.purge(now=now)
-        self._metrics.registrations_active.set(self._registrar.store.count())
         self._metrics.banned_sources.set(self._tracker.banned_count(now=now))
 
     # ------------------------------------------------------------------ dispatch
@@ -373,13 +376,11 @@ class SipRouter:
         released = self._held.release(seq)
         if not released:
             return []
-        metrics = self._metrics
         out = []
         for held in released:
             out.append(self._answer_held(held, 200, held.response, now=now))
             self._register_results.inc(("ok",))
             log_binding_changes(held.result, held.register, wall=held.wall)
-        metrics.registrations_active.set(self._registrar.store.count())
         return out
 
     def refuse_uncommitted(self, *, now: float) -> list[Outgoing]:
@@ -404,7 +405,6 @@ class SipRouter:
                 self._refusals.refuse(
                     "sip", "bindings_not_stored", source=h.peer.host, aor=h.register.aor
                 )
-        self._metrics.registrations_active.set(self._registrar.store.count())
         return out
 
     def _answer_held(self, held: HeldRegister, status: int, raw: bytes, *, now: float) -> Outgoing:

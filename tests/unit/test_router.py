@@ -469,6 +469,22 @@ def test_bindings_expire_on_the_timer() -> None:
     assert sample(metrics, "sipserver_registrations_active") == 0
 
 
+def test_registrations_gauge_counts_the_store_at_scrape_time() -> None:
+    # The gauge reads the store when scraped: each new contact, a refresh (no change) and
+    # a removal with Expires: 0 show at once, without a timer pass.
+    router, metrics = make_router()
+    assert register(router, call_id="c1").status == 200
+    assert register(router, call_id="c2", contact="<sip:alice@198.51.100.7:5070>").status == 200
+    assert sample(metrics, "sipserver_registrations_active") == 2
+    assert register(router, call_id="c3").status == 200
+    assert sample(metrics, "sipserver_registrations_active") == 2
+    assert (
+        register(router, call_id="c4", contact="<sip:alice@198.51.100.7:5070>", expires=0).status
+        == 200
+    )
+    assert sample(metrics, "sipserver_registrations_active") == 1
+
+
 def test_non_sip_request_uri_is_416() -> None:
     router, _ = make_router()
     resp = send(router, request("OPTIONS", uri="tel:+15005550101", contact=None, expires=None))
