@@ -1,10 +1,11 @@
-"""SIP and SIPS URIs (RFC 3261 §19.1), parsed with string methods only.
+"""SIP and SIPS URIs (RFC 3261 §19.1), parsed with string methods and character classes.
 
-``SipUri.parse`` splits ``sip:user:password@host:port;params?headers`` with ``find`` and
-``partition``; the only regular expressions are single character classes (linear, no
-backtracking). Values are kept raw (escapes included) so that ``str(SipUri.parse(s))`` gives ``s``
-back, except that parameter names are lower-cased. Comparison per RFC 3261 §19.1.4 is
-:func:`uri_equal`; :meth:`SipUri.aor` gives the canonical address-of-record key of §10.3.
+``SipUri.parse`` first tries the common shape with one regex (``_SIMPLE``: character classes in
+sequence, linear in the length), else splits ``sip:user:password@host:port;params?headers``
+with ``find`` and ``partition``; its regular expressions are single character classes. Values
+are kept raw (escapes included) so that ``str(SipUri.parse(s))`` gives ``s`` back, except that
+parameter names are lower-cased. Comparison per RFC 3261 §19.1.4 is :func:`uri_equal`;
+:meth:`SipUri.aor` gives the canonical address-of-record key of §10.3.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, cast
 from urllib.parse import unquote
 
 __all__ = ["SipUri", "split_host_port", "uri_equal"]
@@ -28,6 +29,20 @@ _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 #: RFC 3261 §25.1 token (URI parameter names here; header names, Via, methods and tags in
 #: headers.py and message.py, which import it).
 _TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~\-]+")
+
+#: The common shape, parsed by one regex: ``sip(s):[user@]host[:port][;params]`` with a user
+#: of characters _FORBIDDEN allows minus ``:;?`` (no password, no telephone-subscriber
+#: parameters), a hostname or IPv4 host, a port of 1-5 digits and parameters of allowed
+#: characters minus ``;?@``. A URI of this shape passes every check of the general path, which
+#: would split it the same way (tests/unit/test_sip_uri.py compares the two on random URIs);
+#: anything else, or a port out of range, takes the general path.
+_SIMPLE: Final = re.compile(
+    r"([sS][iI][pP][sS]?):"
+    r"(?:([\x21\x23-\x39\x3d\x41-\x5b\x5d\x5f\x61-\x7a\x7e]+)@)?"
+    r"([A-Za-z0-9_.\-]+)"
+    r"(?::([0-9]{1,5}))?"
+    r"((?:;[\x21\x23-\x3a\x3d\x41-\x5b\x5d\x5f\x61-\x7a\x7e]*)*)"
+)
 
 Params = tuple[tuple[str, str | None], ...]
 """``;name=value`` parameters in order; names lower-cased, value None for a bare flag."""
@@ -173,41 +188,13 @@ class SipUri:
         cached = _PARSED.get(text)
         if cached is not None and cls is SipUri:
             return cached
-        scheme, sep, rest = text.partition(":")
-        low = scheme.lower()
-        if not sep or (low != "sip" and low != "sips"):
-            raise ValueError(f"Unsupported URI scheme in {text[:40]!r}")
-        if _FORBIDDEN.search(rest) is not None:
-            raise ValueError(f"Invalid character in URI {text[:60]!r}")
-        user: str | None = None
-        password: str | None = None
-        at = rest.find("@")
-        if at >= 0:
-            userinfo = rest[:at]
-            rest = rest[at + 1 :]
-            user, colon, pw = userinfo.partition(":")
-            if colon:
-                password = pw
-            if not user:
-                raise ValueError("Empty user part")
-        headers: tuple[tuple[str, str], ...] = ()
-        qmark = rest.find("?")
-        if qmark >= 0:
-            headers = _parse_uri_headers(rest[qmark + 1 :])
-            rest = rest[:qmark]
-        params: Params = ()
-        semi = rest.find(";")
-        if semi >= 0:
-            params = _parse_uri_params(rest[semi + 1 :])
-            rest = rest[:semi]
-        host, port = split_host_port(rest)
-        # The class by name when it is this one: mypyc calls the compiled __init__ directly,
-        # where cls(...) goes through Python's call protocol (~1 k instructions).
-        uri = (
-            SipUri(low, user, password, host, port, params, headers)
-            if cls is SipUri
-            else cls(low, user, password, host, port, params, headers)
-        )
+        uri = _parse_simple(text)
+        if uri is None:
+            uri = _parse_general(text)
+        if cls is not SipUri:
+            uri = cls(
+                uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params, uri.headers
+            )
         if len(text) <= _PARSED_KEY_MAX:
             if len(_PARSED) >= _PARSED_MAX:
                 _PARSED.clear()
@@ -317,6 +304,58 @@ def _unescape(value: str | None) -> str | None:
     if value is None or "%" not in value:
         return value
     return unquote(value, errors="surrogateescape")
+
+
+def _parse_simple(text: str) -> SipUri | None:
+    """The URI when it has the common shape (see _SIMPLE), else None: one regex match where
+    the general path makes ~20 calls (two regex searches among them); ~5 k instructions less
+    per URI parsed, compiled."""
+    m = _SIMPLE.fullmatch(text)
+    if m is None:
+        return None
+    # Typed: mypyc then calls str.lower and int() natively (m.groups() is a tuple of Any).
+    groups = cast(tuple[str, str | None, str, str | None, str], m.groups())
+    scheme, user, host, port_text, params_text = groups
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if not 0 < port <= 65535:
+            return None  # the general path names the error
+    params: Params = _parse_uri_params(params_text[1:]) if params_text else ()
+    return SipUri(scheme.lower(), user, None, host, port, params, ())
+
+
+def _parse_general(text: str) -> SipUri:
+    """Any SIP or SIPS URI; raises ValueError naming the problem (see SipUri.parse)."""
+    scheme, sep, rest = text.partition(":")
+    low = scheme.lower()
+    if not sep or (low != "sip" and low != "sips"):
+        raise ValueError(f"Unsupported URI scheme in {text[:40]!r}")
+    if _FORBIDDEN.search(rest) is not None:
+        raise ValueError(f"Invalid character in URI {text[:60]!r}")
+    user: str | None = None
+    password: str | None = None
+    at = rest.find("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        rest = rest[at + 1 :]
+        user, colon, pw = userinfo.partition(":")
+        if colon:
+            password = pw
+        if not user:
+            raise ValueError("Empty user part")
+    headers: tuple[tuple[str, str], ...] = ()
+    qmark = rest.find("?")
+    if qmark >= 0:
+        headers = _parse_uri_headers(rest[qmark + 1 :])
+        rest = rest[:qmark]
+    params: Params = ()
+    semi = rest.find(";")
+    if semi >= 0:
+        params = _parse_uri_params(rest[semi + 1 :])
+        rest = rest[:semi]
+    host, port = split_host_port(rest)
+    return SipUri(low, user, password, host, port, params, headers)
 
 
 def uri_equal(a: SipUri, b: SipUri) -> bool:

@@ -291,3 +291,90 @@ def test_forbidden_characters_are_exactly_the_rfc_3261_set() -> None:
         if (_FORBIDDEN.search(chr(c)) is None) != (reference.search(chr(c)) is None)
     ]
     assert differ == []
+
+
+# Every printable ASCII character, the structural ones several times over so that random
+# strings often hit the boundaries of the common shape (a second '@', ':' in the user, ';' and
+# '?' in odd places, ports of 0 or 6 digits, brackets).
+_SHAPES = string.printable[:95] + "@@::;;??==[]0000999" + string.ascii_lowercase
+
+
+# Mostly the common shape; a piece is clean or has characters of every other kind mixed in.
+_ODD = '@:;?<> %[]"\t'
+
+
+def _piece(alphabet: str, max_size: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet, max_size=max_size) | st.text(alphabet + _ODD, max_size=max_size)
+
+
+_SHAPED = st.builds(
+    lambda user, at, host, port, params: user + at + host + port + params,
+    _piece(string.ascii_letters + string.digits + "-_.!~*'()&=+$,/#%", 10),
+    st.sampled_from(["@", "", "@@"]),
+    _piece(string.ascii_letters + string.digits + "-_.", 12),
+    st.sampled_from(["", ":"]).flatmap(lambda c: st.text("0123456789x", max_size=7).map(c.__add__)),
+    _piece(string.ascii_lowercase + string.digits + ";=-_.!~*'", 16),
+)
+
+
+@given(
+    st.sampled_from(["sip:", "SIP:", "sips:", "sIpS:", "tel:", "sip"]),
+    st.text(_SHAPES, max_size=40) | _SHAPED,
+)
+@settings(max_examples=3000, deadline=None)
+def test_common_shape_is_parsed_as_the_general_path_parses_it(scheme: str, rest: str) -> None:
+    from sipserver.sip.uri import _parse_general, _parse_simple
+
+    text = scheme + rest
+    try:
+        simple = _parse_simple(text)
+    except ValueError as exc:
+        # A bad parameter list in the common shape: the general path refuses it as well.
+        with pytest.raises(ValueError) as general:
+            _parse_general(text)
+        assert str(general.value) == str(exc)
+        return
+    if simple is None:
+        return  # the general path alone decides (covered by the tests above)
+    # Where the one-regex path answers, the general one accepts the URI and gives equal fields.
+    assert _parse_general(text) == simple
+    assert (simple.scheme, simple.password, simple.headers) == (
+        text[: text.index(":")].lower(),
+        None,
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice@192.0.2.1",
+        "SIP:alice@192.0.2.1:5060",
+        "sips:bob@example.com:5061;transport=tcp;lr",
+        "sip:192.0.2.1:5060;ob",
+        "sip:+15005550101@sip.example.com",
+        "sip:alice@host;maddr=239.255.255.1;ttl=15",
+    ],
+)
+def test_common_uris_take_the_one_regex_path(text: str) -> None:
+    from sipserver.sip.uri import _parse_general, _parse_simple
+
+    assert _parse_simple(text) == _parse_general(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:alice:secret@host",  # a password
+        "sip:+1555;phone-context=example.com@host",  # telephone-subscriber parameters
+        "sip:alice@[2001:db8::1]:5060",  # IPv6 reference
+        "sip:alice@host?subject=hi",  # URI headers
+        "sip:alice@host:0",  # port out of range: the general path names the error
+        "sip:alice@host:65536",
+        "sip:@host",
+    ],
+)
+def test_other_uris_take_the_general_path(text: str) -> None:
+    from sipserver.sip.uri import _parse_simple
+
+    assert _parse_simple(text) is None
