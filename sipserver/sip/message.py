@@ -835,7 +835,7 @@ def _response_head(
     except KeyError as exc:
         raise ValueError(f"Request has no {exc.args[0]}") from None
     if to_tag is not None and not _has_tag(to):
-        # An ASCII alphanumeric tag (ours are hex) is a token without the regex (1.9k
+        # An ASCII alphanumeric tag (ours are digits) is a token without the regex (1.9k
         # instructions a response); anything else is checked against the grammar.
         if not (to_tag.isascii() and to_tag.isalnum()) and _TOKEN.fullmatch(to_tag) is None:
             raise ValueError(f"Invalid tag {to_tag!r}")
