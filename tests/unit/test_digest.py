@@ -277,6 +277,17 @@ def test_credentials_missing_param(missing: str) -> None:
         DigestCredentials.parse(value)
 
 
+def test_credentials_name_the_first_missing_param() -> None:
+    with pytest.raises(DigestError, match="missing realm"):
+        DigestCredentials.parse('Digest username="bob", response="' + "0" * 32 + '"')
+
+
+@pytest.mark.parametrize(("nc", "value"), [("00000001", 1), ("0000000a", 10), ("0000001F", 31)])
+def test_credentials_nc_is_hex(nc: str, value: int) -> None:
+    tail = f'response="{"0" * 32}", qop=auth, nc={nc}, cnonce="c"'
+    assert DigestCredentials.parse(BASE + tail).nc == value
+
+
 BASE = 'Digest username="bob", realm="r", nonce="n", uri="sip:r", '
 
 
@@ -287,6 +298,11 @@ BASE = 'Digest username="bob", realm="r", nonce="n", uri="sip:r", '
         ('response="' + "0" * 32 + '", qop=auth, nc=0000000g, cnonce="c"', "bad nc"),
         ('response="' + "0" * 32 + '", qop=auth, nc=000000001, cnonce="c"', "bad nc"),
         ('response="' + "0" * 32 + '", qop=auth, nc=00000000, cnonce="c"', "bad nc"),
+        # int(x, 16) alone would take these: the nc grammar is exactly 8 hex digits.
+        ('response="' + "0" * 32 + '", qop=auth, nc=0x000001, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=+0000001, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc=0000_001, cnonce="c"', "bad nc"),
+        ('response="' + "0" * 32 + '", qop=auth, nc="١٢٣٤٥٦٧٨", cnonce="c"', "bad nc"),
         ('response="' + "0" * 32 + '", qop=auth, cnonce="c"', "missing nc"),
         ('response="' + "0" * 32 + '", qop=auth, nc=00000001', "missing cnonce"),
         ('response="' + "0" * 32 + '", nc=00000001', "nc without qop"),
