@@ -72,22 +72,25 @@ class LoopCounter:
         self._name = name
         self._documentation = documentation
         self._labelnames = labelnames
-        self._counts: dict[tuple[str | int, ...], int] = {}
+        # A one-element list per key: an increment looks the key up once and bumps the list's
+        # item, where `counts[key] = value + 1` hashed the key tuple a second time to store it.
+        self._counts: dict[tuple[str | int, ...], list[int]] = {}
         self._created: dict[tuple[str | int, ...], float] = {}
         registry.register(self)
 
     def inc(self, key: tuple[str | int, ...]) -> None:
         """Count one for the label values ``key``."""
-        counts = self._counts
-        value = counts.get(key)
-        if value is None:
+        cell = self._counts.get(key)
+        if cell is None:
             self._created[key] = time.time()
-            value = 0
-        counts[key] = value + 1
+            self._counts[key] = [1]
+            return
+        cell[0] += 1
 
     def value(self, key: tuple[str | int, ...]) -> int:
         """The count for ``key`` (0 before the first)."""
-        return self._counts.get(key, 0)
+        cell = self._counts.get(key)
+        return 0 if cell is None else cell[0]
 
     def describe(self) -> list[CounterMetricFamily]:
         """The family without samples: what the registry checks names against."""
@@ -97,6 +100,6 @@ class LoopCounter:
         """The family with a sample per key counted so far."""
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
         # One C-level copy under the GIL: the loop cannot add a key halfway through.
-        for key, value in list(self._counts.items()):
-            family.add_metric([str(v) for v in key], value, created=self._created.get(key))
+        for key, cell in list(self._counts.items()):
+            family.add_metric([str(v) for v in key], cell[0], created=self._created.get(key))
         return [family]
