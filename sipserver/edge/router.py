@@ -59,7 +59,7 @@ from sipserver.sip.message import (
     make_response,
     parse_message,
 )
-from sipserver.sip.transaction import ServerTransactions, TransactionKey
+from sipserver.sip.transaction import ServerTransactions, TransactionKey, transaction_key
 
 __all__ = [
     "ALLOWED_METHODS",
@@ -285,7 +285,9 @@ class SipRouter:
             # no dialog on the edge yet, so there is nothing else to do (RFC 3261 §17.2.1).
             return []
         headers = message.headers
-        key = (headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or "")
+        key = transaction_key(
+            headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or ""
+        )
         match = self._transactions.receive(key, now=now)
         if not match.is_new:
             self._metrics.retransmissions.inc()
