@@ -75,8 +75,9 @@ class Binding:
         """Remaining lifetime in whole seconds, for ``;expires=`` in a 200 (RFC 3261 §10.3 step 8).
 
         Rounded up, so an unexpired binding never reports 0 (which a UA reads as "removed");
-        the difference is first rounded to microseconds so that float noise in
-        ``now + expires`` does not turn 3600 into 3601.
+        up to half a microsecond over a whole second is float noise in ``now + expires`` and
+        rounds down, so that it does not turn 3600 into 3601. (That is ``ceil(round(x, 6))``
+        without the decimal rounding, which cost ~1.4 k instructions a contact compiled.)
 
         Args:
             now: current time, same clock as ``expires_at``.
@@ -87,4 +88,4 @@ class Binding:
         remaining = self.expires_at - now
         if remaining <= 0.0:
             return 0
-        return math.ceil(round(remaining, 6))
+        return math.ceil(remaining - 5e-7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import stat
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipserver.registrar.bindings import (
     Binding,
@@ -65,10 +68,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BindingSto
         (T0 + 3600, T0 + 3600, 0),
         (T0 + 3600, T0 + 4000, 0),
         (T0 + 0.123 + 3600, T0 + 0.123, 3600),  # float noise does not make it 3601
+        (1.0000004, 0.0, 1),  # under half a microsecond over: noise
+        (1.0000006, 0.0, 2),  # over it: time left
+        (0.0000004, 0.0, 0),
     ],
 )
 def test_expires_in(expires_at: float, now: float, expected: int) -> None:
     assert make(expires_at=expires_at).expires_in(now) == expected
+
+
+@given(st.floats(0, 10_000, allow_nan=False), st.floats(0, 10_000, allow_nan=False))
+@settings(max_examples=2000, deadline=None)
+def test_expires_in_is_the_ceiling_of_the_remaining_microseconds(at: float, now: float) -> None:
+    # The reference: whole seconds up from the remaining time rounded to microseconds. The two
+    # may differ only where the remainder is within float error of half a microsecond.
+    remaining = (T0 + at) - (T0 + now)
+    reference = 0 if remaining <= 0 else math.ceil(round(remaining, 6))
+    got = make(expires_at=T0 + at).expires_in(T0 + now)
+    if got != reference:
+        assert abs(remaining - math.floor(remaining) - 5e-7) < 1e-9, (remaining, got, reference)
 
 
 def test_binding_is_frozen_and_slotted() -> None:
