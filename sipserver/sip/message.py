@@ -559,9 +559,14 @@ def _find_body(data: bytes) -> tuple[int, int]:
 
 def _split_head(data: bytes) -> tuple[list[str], int]:
     """Lines of the header section and the offset of the body (-1: no empty line)."""
-    end = data.find(b"\r\n\r\n")
+    # Decoded first and searched as text: str.find is a direct call compiled, where bytes.find
+    # is a generic method call. Text offsets are byte offsets when the lengths agree: every
+    # byte became one character (ASCII, or a byte surrogateescape kept); a multi-byte UTF-8
+    # character takes the path below.
+    whole = data.decode("utf-8", "surrogateescape")
+    end = whole.find("\r\n\r\n") if len(whole) == len(data) else -1
     if end >= 0:
-        text = data[:end].decode("utf-8", "surrogateescape")
+        text = whole[:end]
         lines = text.split("\r\n")
         # Every CR and LF was part of a CRLF we split on: the common, all-CRLF case. Checked
         # per line: `in` is a memchr, where str.count walks the text a character at a time

@@ -514,6 +514,22 @@ def test_header_line_control_characters() -> None:
     assert parse_error(options("X-A: a\rb")).partial is None
 
 
+@pytest.mark.parametrize(
+    "subject",
+    [b"caf\xc3\xa9 \xe2\x82\xac", b"caf\xe9", b"\xc3\xa9\xe9"],
+    ids=["utf-8", "invalid byte", "both"],
+)
+def test_body_after_non_ascii_header_bytes(subject: bytes) -> None:
+    # The body starts at a byte offset, whatever the header bytes decode to (one character for
+    # several bytes in UTF-8, one for each byte surrogateescape keeps).
+    data = options("Content-Length: 4").replace(
+        b"\r\n\r\n", b"\r\nSubject: " + subject + b"\r\n\r\n"
+    )
+    request = parse_request(data + b"\x00\xffhi")
+    assert request.body == b"\x00\xffhi"
+    assert request.headers.get("Subject") == subject.decode("utf-8", "surrogateescape")
+
+
 def test_tab_and_non_ascii_in_values_are_kept() -> None:
     request = parse_request(options("Subject: a\tb ü"))
     assert request.headers.get("Subject") == "a\tb ü"
