@@ -15,8 +15,10 @@ nonce-count is rendered as 8 lowercase hex digits (RFC 7616 §3.4: ``nc-value = 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,12 +77,31 @@ class DigestAlgorithm(enum.StrEnum):
 _ALGORITHMS_BY_TOKEN: Final = {a.value.lower(): a for a in DigestAlgorithm}
 
 _HashFactory = Callable[..., Any]
+
+
+def _md5_factory() -> _HashFactory:
+    """CPython's own MD5 (the ``_md5`` module hashlib falls back to) when the build has it:
+    190 ns a digest input against 370 ns for OpenSSL's through hashlib, whose every call sets
+    up and frees an EVP context. Same digest (tests/unit/test_digest.py); a build without it
+    (``--without-builtin-hashlib-hashes``) uses hashlib's."""
+    try:
+        factory: _HashFactory = importlib.import_module("_md5").md5
+    except ImportError:
+        # usedforsecurity=False keeps MD5 available on FIPS builds; digest mandates it.
+        return functools.partial(hashlib.md5, usedforsecurity=False)
+    return factory
+
+
+_MD5: Final = _md5_factory()
 _HASH_FACTORIES: Final[dict[DigestAlgorithm, _HashFactory]] = {
-    DigestAlgorithm.MD5: hashlib.md5,
-    DigestAlgorithm.MD5_SESS: hashlib.md5,
+    DigestAlgorithm.MD5: _MD5,
+    DigestAlgorithm.MD5_SESS: _MD5,
     DigestAlgorithm.SHA256: hashlib.sha256,
     DigestAlgorithm.SHA256_SESS: hashlib.sha256,
 }
+#: nc values as RFC 7616 writes them, for the counts user agents send (a nonce is answered a
+#: few times): a tuple index instead of printf-style formatting (~1.4 k instructions compiled).
+_NC_TEXT: Final = tuple("%08x" % n for n in range(256))  # noqa: UP031
 
 
 class DigestError(ValueError):
@@ -607,8 +628,9 @@ class DigestCredentials:
 
 def _hash(algorithm: DigestAlgorithm, data: str | bytes) -> str:
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    # usedforsecurity=False keeps MD5 available on FIPS builds; digest mandates it.
-    digest: str = _HASH_FACTORIES[algorithm](raw, usedforsecurity=False).hexdigest()
+    # One positional argument: a call with a keyword goes through argument parsing (~1 k
+    # instructions); the MD5 factory says usedforsecurity=False itself where it matters.
+    digest: str = _HASH_FACTORIES[algorithm](raw).hexdigest()
     return digest
 
 
@@ -686,7 +708,7 @@ def compute_response(
         raise DigestError("missing cnonce (required with qop)")
     # nc formatted on its own: a format spec inside the f-string makes mypyc build the whole
     # string through str.format (916 ns against 238 ns compiled).
-    nc_value = "%08x" % nc  # noqa: UP031 - f"{nc:08x}" is 1.7x dearer compiled
+    nc_value = _NC_TEXT[nc] if 0 <= nc < 256 else "%08x" % nc  # noqa: UP031 - f"{nc:08x}" is 1.7x dearer compiled
     return _hash(algorithm, f"{ha1}:{nonce}:{nc_value}:{cnonce}:{qop}:{ha2}")
 
 

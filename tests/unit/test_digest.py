@@ -809,3 +809,43 @@ def test_malformed_auth_params_get_the_strict_parsers_error(value: str, reason: 
     with pytest.raises(DigestError) as caught:
         parse_auth_params(value)
     assert str(caught.value) == reason
+
+
+@hypothesis.given(hypothesis.strategies.binary(max_size=300))
+@hypothesis.settings(max_examples=200, deadline=None)
+def test_md5_is_hashlibs_md5(data: bytes) -> None:
+    from sipserver.sip import digest
+
+    assert digest._MD5(data).hexdigest() == hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.parametrize("nc", [1, 255, 256, 0xFFFFFFFF])
+def test_response_formats_nc_as_eight_hex_digits(nc: int) -> None:
+    # RFC 7616 §3.4.1: KD(HA1, nonce ":" nc ":" cnonce ":" qop ":" H(A2)), nc as 8LHEX.
+    ha1 = hashlib.md5(b"bob:r:pw").hexdigest()
+    ha2 = hashlib.md5(b"REGISTER:sip:r").hexdigest()
+    expected = hashlib.md5(f"{ha1}:n:{nc:08x}:c:auth:{ha2}".encode()).hexdigest()
+    got = compute_response(
+        ha1=ha1,
+        algorithm=DigestAlgorithm.MD5,
+        method="REGISTER",
+        uri="sip:r",
+        nonce="n",
+        qop="auth",
+        nc=nc,
+        cnonce="c",
+    )
+    assert got == expected
+
+
+def test_md5_falls_back_to_hashlib_without_the_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from sipserver.sip import digest
+
+    def no_builtin(name: str) -> object:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", no_builtin)
+    factory = digest._md5_factory()
+    assert factory(b"abc").hexdigest() == hashlib.md5(b"abc").hexdigest()
