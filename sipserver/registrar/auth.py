@@ -15,18 +15,18 @@ come to share a secret across hosts will need a clock they share.
 
 from __future__ import annotations
 
-import binascii
 import enum
 import hashlib
-import hmac
 import ipaddress
 import math
 import os
 import re
 import struct
+from binascii import a2b_base64, b2a_base64
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Final
 from urllib.parse import unquote
 
@@ -72,6 +72,7 @@ _RANDOM_LEN: Final = 12
 _TAG_LEN: Final = 16
 _BODY_LEN: Final = _TIME.size + _RANDOM_LEN
 _NONCE_RE: Final = re.compile(r"[A-Za-z0-9_-]{48}")
+_INF: Final = math.inf
 _TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 
@@ -194,7 +195,7 @@ class NonceManager:
         """
         body = _TIME.pack(now) + self._random_bytes(_RANDOM_LEN)
         # base64.urlsafe_b64encode, without its Python wrapper (the 401 hot path).
-        encoded = binascii.b2a_base64(body + self._tag(body), newline=False)
+        encoded = b2a_base64(body + self._tag(body), newline=False)
         return encoded.translate(_TO_URLSAFE).decode("ascii")
 
     def _issued_at(self, nonce: str) -> float | None:
@@ -207,12 +208,14 @@ class NonceManager:
             return None
         # bytes.translate: one table lookup a byte (str.translate with a dict raised and caught
         # a KeyError for every character it left alone). The regex above made it ASCII.
-        raw = binascii.a2b_base64(nonce.encode("ascii").translate(_FROM_URLSAFE))
+        # Functions imported by name (here and below): from compiled code a module attribute is
+        # a generic attribute lookup on every call, a module global a dictionary read.
+        raw = a2b_base64(nonce.encode("ascii").translate(_FROM_URLSAFE))
         body, tag = raw[:_BODY_LEN], raw[_BODY_LEN:]
-        if not hmac.compare_digest(tag, self._tag(body)):
+        if not compare_digest(tag, self._tag(body)):
             return None
         issued: float = _TIME.unpack_from(body)[0]
-        if not math.isfinite(issued):
+        if not -_INF < issued < _INF:  # finite (NaN compares false), in native float compares
             return None
         self._last_nonce, self._last_issued = nonce, issued
         return issued
