@@ -849,3 +849,23 @@ def test_md5_falls_back_to_hashlib_without_the_builtin(monkeypatch: pytest.Monke
     monkeypatch.setattr(importlib, "import_module", no_builtin)
     factory = digest._md5_factory()
     assert factory(b"abc").hexdigest() == hashlib.md5(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "response",
+    ["0" * 31 + "g", "g" + "0" * 31, " " + "0" * 31, "0" * 16 + "-" + "0" * 15, "\u0660" * 32],
+)
+def test_response_must_be_hex_digits(response: str) -> None:
+    with pytest.raises(DigestError, match="bad response for MD5"):
+        DigestCredentials.parse(
+            f'Digest username="bob", realm="r", nonce="n", uri="sip:r", response="{response}"'
+        )
+
+
+def test_response_in_upper_case_hex_is_kept_lower_cased() -> None:
+    value = (
+        'Digest username="bob", realm="r", nonce="n", uri="sip:r", response="'
+        + "AbCdEf" * 5
+        + '09"'
+    )
+    assert DigestCredentials.parse(value).response == "abcdef" * 5 + "09"
