@@ -707,8 +707,9 @@ def compute_response(
     if cnonce is None:
         raise DigestError("missing cnonce (required with qop)")
     # nc formatted on its own: a format spec inside the f-string makes mypyc build the whole
-    # string through str.format (916 ns against 238 ns compiled).
-    nc_value = _NC_TEXT[nc] if 0 <= nc < 256 else "%08x" % nc  # noqa: UP031 - f"{nc:08x}" is 1.7x dearer compiled
+    # string through str.format (916 ns against 238 ns compiled, and f"{nc:08x}" alone is 1.7x
+    # dearer than "%08x" %); the common counts come from a table.
+    nc_value = _NC_TEXT[nc] if 0 <= nc < 256 else "%08x" % nc  # noqa: UP031
     return _hash(algorithm, f"{ha1}:{nonce}:{nc_value}:{cnonce}:{qop}:{ha2}")
 
 

@@ -353,7 +353,8 @@ class Via:
         host, port = split_host_port(sent_by)
         params = parse_params(value[semi + 1 :]) if semi >= 0 else ()
         transport = parts[0].upper()
-        # By name when cls is Via: a direct call of the compiled __init__ (see SipUri.parse).
+        # The class by name when cls is Via: mypyc calls the compiled __init__ directly, where
+        # cls(...) goes through Python's call protocol (~1 k instructions a parse).
         via = (
             Via(protocol, transport, host, port, params)
             if cls is Via
@@ -477,8 +478,8 @@ class NameAddr:
                 if tail and tail[0] != ";":
                     raise ValueError(f"Unexpected {tail[:30]!r} after URI")
             params: Params = parse_params(tail) if tail else ()
-            # By name when cls is NameAddr: a direct call of the compiled __init__ (see
-            # SipUri.parse).
+            # The class by name when cls is NameAddr: a direct call of the compiled __init__
+            # (see Via.parse).
             return NameAddr(None, uri, params) if cls is NameAddr else cls(None, uri, params)
         if value.startswith('"'):
             end = _find_quote_end(value, 0)
