@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -46,10 +47,13 @@ def server_env(*, pure: bool) -> dict[str, str]:
 def build_label(pure: bool) -> str:
     """Either "sipserver-mypyc" or "sipserver-pure": what a server started with
     server_env(pure=pure) runs, asked of the same interpreter (a checkout without the build
-    runs pure either way)."""
+    runs pure either way). Asked from the temporary directory, as servers are started from
+    their work directory: from the checkout, ``-c`` would import the checkout's package
+    ahead of a PYTHONPATH pointing at another tree."""
     probe = "import sipserver.sip.message as m; print(m.__file__)"
     origin = subprocess.run(
         [sys.executable, "-c", probe],
+        cwd=tempfile.gettempdir(),
         env=server_env(pure=pure),
         capture_output=True,
         text=True,
