@@ -822,9 +822,8 @@ def test_md5_is_hashlibs_md5(data: bytes) -> None:
 @pytest.mark.parametrize("nc", [1, 255, 256, 0xFFFFFFFF])
 def test_response_formats_nc_as_eight_hex_digits(nc: int) -> None:
     # RFC 7616 §3.4.1: KD(HA1, nonce ":" nc ":" cnonce ":" qop ":" H(A2)), nc as 8LHEX.
-    ha1 = hashlib.md5(b"bob:r:pw").hexdigest()
-    ha2 = hashlib.md5(b"REGISTER:sip:r").hexdigest()
-    expected = hashlib.md5(f"{ha1}:n:{nc:08x}:c:auth:{ha2}".encode()).hexdigest()
+    ha1, ha2 = _md5("bob:r:pw"), _md5("REGISTER:sip:r")
+    expected = _md5(f"{ha1}:n:{nc:08x}:c:auth:{ha2}")
     got = compute_response(
         ha1=ha1,
         algorithm=DigestAlgorithm.MD5,
