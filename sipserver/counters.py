@@ -47,9 +47,9 @@ def method_label(method: str) -> str:
 class LoopCounter:
     """A labelled Prometheus counter for the event loop's per-message path.
 
-    :meth:`inc` adds one to a plain integer: prometheus_client's ``Counter.inc`` runs four
-    Python calls and takes a lock (six per registration at the edge); this is one compiled
-    dictionary update. The counts are exported when the registry is read, with the name, help,
+    :meth:`inc` adds one to the key's count in place: prometheus_client's ``Counter.inc`` runs
+    four Python calls and takes a lock (six per registration at the edge); this is one compiled
+    dictionary lookup. The counts are exported when the registry is read, with the name, help,
     labels and ``_created`` samples a ``Counter`` would have. Call :meth:`inc` from one thread
     (the event loop's); reading from another (``/metrics``) is safe.
 
