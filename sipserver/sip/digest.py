@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import importlib
 import re
+from binascii import a2b_hex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -144,7 +145,6 @@ _QUOTED_RE: Final = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _UNQUOTED_RE: Final = re.compile(r'[^\s,"]+')
 _ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
 _HEX8_RE: Final = re.compile(r"[0-9A-Fa-f]{8}")
-_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+")
 _QOP_VALUES: Final = frozenset({"auth", "auth-int"})
 #: The parameters RFC 7616 §3.4 requires in credentials, in the order errors name them.
 _REQUIRED_CREDENTIALS: Final = ("username", "realm", "nonce", "uri", "response")
@@ -366,6 +366,18 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _is_hex(text: str) -> bool:
+    """True when ``text`` is hex digits (either case) in pairs; "" counts as hex."""
+    # a2b_hex is strict (no sign, prefix, underscore or space; ASCII only, else ValueError, of
+    # which binascii.Error is one) and one direct call: a regex fullmatch is a generic method
+    # call from compiled code, ~4.5 k instructions on a 32-digit response against ~0.5 k.
+    try:
+        a2b_hex(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_header_safe(field: str, value: str | None) -> None:
     # A CR, LF or NUL inside a header value would split or truncate the SIP message.
     if value is not None and ("\r" in value or "\n" in value or "\x00" in value):
@@ -534,7 +546,7 @@ class DigestCredentials:
             raise DigestError(f"bad nc {self.nc}")
         if self.algorithm.is_session and self.cnonce is None:
             raise DigestError(f"missing cnonce (required by {self.algorithm.value})")
-        if len(self.response) != self.algorithm.digest_size or not _HEX_RE.fullmatch(self.response):
+        if len(self.response) != self.algorithm.digest_size or not _is_hex(self.response):
             raise DigestError(f"bad response for {self.algorithm.value}")
         lowered = self.response.lower()
         if lowered != self.response:

@@ -852,7 +852,19 @@ def test_md5_falls_back_to_hashlib_without_the_builtin(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize(
     "response",
-    ["0" * 31 + "g", "g" + "0" * 31, " " + "0" * 31, "0" * 16 + "-" + "0" * 15, "\u0660" * 32],
+    [
+        "0" * 31 + "g",
+        "g" + "0" * 31,
+        " " + "0" * 31,
+        "0" * 16 + "-" + "0" * 15,
+        "\u0660" * 32,
+        # int(x, 16) or bytes.fromhex would take some of these: the check must not.
+        "0x" + "0" * 30,
+        "+" + "0" * 31,
+        "0" * 15 + "_" + "0" * 16,
+        "0" * 30 + " 0",
+        "\u00e9" * 32,
+    ],
 )
 def test_response_must_be_hex_digits(response: str) -> None:
     with pytest.raises(DigestError, match="bad response for MD5"):
