@@ -569,14 +569,11 @@ def _split_head(data: bytes) -> tuple[list[str], int]:
         text = whole[:end]
         lines = text.split("\r\n")
         # Every CR and LF was part of a CRLF we split on: the common, all-CRLF case. Checked
-        # per line: `in` is a memchr, where str.count walks the text a character at a time
-        # (the two counts were 3% of a registration's instructions, these checks are 1.7%).
-        for line in lines:
-            if "\r" in line or "\n" in line:
-                break
-        else:
-            if "\0" not in text:
-                return lines, end + 4
+        # on the lines joined again: three memchr calls, where two `in` tests per line cost
+        # 2.6 k instructions a message, and str.count walks the text a character at a time.
+        rest = "".join(lines)
+        if "\r" not in rest and "\n" not in rest and "\0" not in rest:
+            return lines, end + 4
     # RFC 3261 §7 is strict about CRLF, but bare LF line endings are accepted (as Kamailio and
     # PJSIP do). A bare CR or a NUL would be echoed into responses: drop, do not answer.
     head_end, body_start = _find_body(data)
