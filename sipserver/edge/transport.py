@@ -41,6 +41,7 @@ from sipserver.connections import (
     listening_sockets,
 )
 from sipserver.edge.router import Outgoing, Peer, SipRouter
+from sipserver.edge.udp_read import drain
 from sipserver.observability import Metrics, RefusalLog, get_logger
 from sipserver.sip.framing import PING, FramingError, StreamFramer
 from sipserver.tasks import cancel_and_wait
@@ -82,10 +83,10 @@ class _UdpListener:
 
     Not an asyncio datagram transport: that reads one datagram per loop pass (a select call
     and a callback handle each) and adds its checks to every send. Here a wake-up drains up to
-    :data:`_READS_PER_WAKE` waiting datagrams, the clocks are read once per wake-up, and
-    answers go straight to ``sendto``; a full send buffer drops the datagram (counted in
-    ``sipserver_sip_send_errors_total``), as the network would: SIP over UDP retransmits
-    (RFC 3261 §17).
+    :data:`_READS_PER_WAKE` waiting datagrams in the compiled :func:`~sipserver.edge.udp_read.
+    drain`, the clocks are read once per wake-up, and answers go straight to ``sendto``; a full
+    send buffer drops the datagram (counted in ``sipserver_sip_send_errors_total``), as the
+    network would: SIP over UDP retransmits (RFC 3261 §17).
     """
 
     def __init__(
@@ -104,38 +105,33 @@ class _UdpListener:
         try:
             self.sock.sendto(data, addr)
         except OSError as exc:
-            self._listeners.metrics.send_errors.inc()
-            log.debug("udp_send_failed", host=addr[0], port=addr[1], error=str(exc))
+            self._send_failed(exc, addr[0], addr[1])
+
+    def _send_failed(self, exc: OSError, host: str, port: int) -> None:
+        self._listeners.metrics.send_errors.inc()
+        log.debug("udp_send_failed", host=host, port=port, error=str(exc))
+
+    @staticmethod
+    def _receive_failed(exc: OSError) -> None:
+        # ICMP port unreachable and friends, queued on the socket: the peer went away.
+        log.debug("udp_error", error=str(exc))
 
     def _read_ready(self) -> None:
         listeners = self._listeners
-        router = listeners.router
-        recvfrom = self.sock.recvfrom
-        sendto = self.sendto
-        now = listeners.clock()
-        wall = listeners.wall_clock()
-        index = self._index
-        handled = 0
-        for _ in range(_READS_PER_WAKE):
-            try:
-                data, addr = recvfrom(self._max_size)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                # ICMP port unreachable and friends, queued on the socket: the peer went away.
-                log.debug("udp_error", error=str(exc))
-                continue
-            if len(data) <= 4 and not data.strip():
-                continue  # RFC 5626 §4.4.1 / common CRLF keepalives over UDP
-            handled += 1
-            out = router.handle_message(
-                data, Peer("udp", str(addr[0]), int(addr[1]), index), now=now, wall=wall
-            )
-            for item in out:
-                if item.transport == "udp" or not item.transport:
-                    sendto(item.data, (item.host, item.port))
-                else:
-                    listeners.deliver(item)
+        sock = self.sock
+        handled = drain(
+            sock.recvfrom,
+            sock.sendto,
+            listeners.router.handle_message,
+            listeners.deliver,
+            self._receive_failed,
+            self._send_failed,
+            listener=self._index,
+            max_size=self._max_size,
+            reads=_READS_PER_WAKE,
+            now=listeners.clock(),
+            wall=listeners.wall_clock(),
+        )
         if handled:
             listeners.arm_proxy_timer()
 
