@@ -265,7 +265,13 @@ class SipRouter:
         except SipParseError as exc:
             return self._reject_unparseable(exc, peer, now=now)
         proxy = self._proxy
-        if proxy is not None and proxy.owns(message):
+        # The proxy never owns a REGISTER (CallProxy.owns); asked anyway, the interpreted
+        # call cost ~1.5 k instructions a message on the registration path.
+        if (
+            proxy is not None
+            and (isinstance(message, SipResponse) or message.method != "REGISTER")
+            and proxy.owns(message)
+        ):
             label = "RESPONSE" if isinstance(message, SipResponse) else method_label(message.method)
             self._messages_in.inc((peer.transport, label))
             source = Endpoint(peer.transport, peer.host, peer.port)
