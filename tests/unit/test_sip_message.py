@@ -500,6 +500,17 @@ def test_repeated_single_value_header_with_same_value_is_tolerated() -> None:
     assert request.max_forwards == 70
 
 
+def test_repeated_headers_with_one_character_values_are_all_kept() -> None:
+    # CPython shares one object per one-character string: a repeat must be told by the
+    # table's size, not by identity with the first value.
+    request = parse_request(
+        options("X-A: 1", "Max-Forwards: 7", "X-A: 1", "Max-Forwards: 7", "X-A: 2")
+    )
+    assert request.headers.get_all("X-A") == ["1", "1", "2"]
+    assert request.headers.get_all("Max-Forwards") == ["7", "7"]
+    assert request.max_forwards == 7
+
+
 @pytest.mark.parametrize(
     "header", ["From: <sip:c@example.com>;tag=2", "To: <sip:c@example.com>", "CSeq: 2 OPTIONS"]
 )
