@@ -291,21 +291,28 @@ class SipRouter:
             # no dialog on the edge yet, so there is nothing else to do (RFC 3261 §17.2.1).
             return []
         headers = message.headers
-        key = transaction_key(
-            headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or ""
-        )
-        match = self._transactions.receive(key, now=now)
-        if not match.is_new:
-            self._metrics.retransmissions.inc()
-            if match.response is None:
-                return []
-            return [self._address(match.response, message, peer)]
+        key: TransactionKey | None = None
+        if message.method != "REGISTER" or "Authorization" in headers:
+            key = transaction_key(
+                headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or ""
+            )
+            match = self._transactions.receive(key, now=now)
+            if not match.is_new:
+                self._metrics.retransmissions.inc()
+                if match.response is None:
+                    return []
+                return [self._address(match.response, message, peer)]
+        # else a REGISTER without credentials, answered statelessly (RFC 3261 §8.2.7): its
+        # answer is a challenge or a 403 and changes nothing, and a flood of them must not
+        # leave 32 s of transaction state each (§26.1.5). A retransmission is answered again
+        # (a fresh nonce, the same To tag); the registrations themselves stay stateful.
         try:
             if message.method == "INVITE" and proxy is not None:
                 routed = self._invite(message, peer, proxy, now=now)
                 if isinstance(routed, list):
                     # The proxy owns this call's transactions from here on.
-                    self._transactions.forget(key)
+                    if key is not None:
+                        self._transactions.forget(key)
                     return routed
                 status, raw = routed
             else:
@@ -313,6 +320,8 @@ class SipRouter:
                 if isinstance(reply, PendingCommit):
                     # Durable registrations: the 200 goes out once the store committed the
                     # change; until then a retransmission is absorbed (RFC 3261 §17.2.2, Trying).
+                    # Only an authenticated REGISTER changes bindings: it has a transaction.
+                    assert key is not None
                     held = HeldRegister(
                         key, message, peer, reply.response, reply.result, reply.register, wall
                     )
@@ -328,9 +337,10 @@ class SipRouter:
             log.exception("sip_request_failed", method=message.method, source=peer.host)
             self._metrics.internal_errors.inc()
             status, raw = response_to(message, 500)
-        self._transactions.respond(
-            key, raw, status=status, reliable=peer.transport != "udp", now=now
-        )
+        if key is not None:
+            self._transactions.respond(
+                key, raw, status=status, reliable=peer.transport != "udp", now=now
+            )
         self._messages_out.inc((peer.transport, status))
         return [self._address(raw, message, peer)]
 

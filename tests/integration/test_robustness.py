@@ -113,3 +113,29 @@ def test_retransmission_is_answered_from_the_transaction(server: ServerProcess) 
     second = udp_exchange(server.sip_port, msg)
     assert first == second
     assert server.metric("sipserver_sip_retransmissions_total") == 1
+
+
+def test_a_register_without_credentials_is_challenged_statelessly(server: ServerProcess) -> None:
+    # RFC 3261 §8.2.7: the same unauthenticated REGISTER twice (a retransmission: same branch)
+    # gets two challenges, each with its own nonce and the same To tag; nothing is absorbed.
+    register = (
+        b"REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-stateless-1\r\n"
+        b"From: <sip:alice@127.0.0.1>;tag=s1\r\n"
+        b"To: <sip:alice@127.0.0.1>\r\n"
+        b"Call-ID: stateless-1\r\n"
+        b"CSeq: 1 REGISTER\r\n"
+        b"Contact: <sip:alice@127.0.0.1:5099>\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    before = server.metric("sipserver_sip_retransmissions_total")
+    answers = [udp_exchange(server.sip_port, register) for _ in range(2)]
+    heads = []
+    for answer in answers:
+        assert answer is not None and answer.startswith(b"SIP/2.0 401 "), answer
+        lines = answer.decode().split("\r\n")
+        heads.append({line.partition(":")[0]: line.partition(":")[2] for line in lines[1:]})
+    assert heads[0]["To"] == heads[1]["To"] and ";tag=" in heads[0]["To"]
+    assert heads[0]["WWW-Authenticate"] != heads[1]["WWW-Authenticate"]
+    assert server.metric("sipserver_sip_retransmissions_total") == before

@@ -71,7 +71,8 @@ def test_a_nonce_ages_on_the_monotonic_clock() -> None:
 @pytest.mark.parametrize("step", [-HOUR, HOUR], ids=["wall-back", "wall-forward"])
 def test_transactions_time_out_on_the_monotonic_clock(step: float) -> None:
     router, metrics = make_router()
-    data = request(branch="z9hG4bKretransmitted")
+    # An OPTIONS: a REGISTER without credentials is answered statelessly (test_router.py).
+    data = request("OPTIONS", contact=None, expires=None, branch="z9hG4bKretransmitted")
     first = router.handle_message(data, PEER, now=MONO, wall=WALL)
     # A retransmission 0.5 s later is answered from the transaction, wall step or not.
     again = router.handle_message(data, PEER, now=MONO + 0.5, wall=WALL + 0.5 + step)

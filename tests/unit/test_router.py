@@ -407,13 +407,67 @@ def test_interval_too_brief_has_min_expires() -> None:
     assert resp.headers.get("Min-Expires") == "60"
 
 
-def test_retransmission_is_answered_from_the_transaction() -> None:
+def _challenge_of(router: SipRouter, **kw: Any) -> str:
+    resp = send(router, request(cseq=1, **kw))
+    assert resp.status == 401
+    (header,) = resp.headers.get_all("WWW-Authenticate")
+    return header
+
+
+def _authenticated(router: SipRouter, header: str, **kw: Any) -> bytes:
+    auth = build_authorization(
+        DigestChallenge.parse(header),
+        username="alice",
+        password="alice-pw-1234",
+        method="REGISTER",
+        uri=URI,
+        cnonce="c0",
+    )
+    return request(cseq=2, authorization=auth, **kw)
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "REGISTER"])
+def test_retransmission_is_answered_from_the_transaction(method: str) -> None:
     router, metrics = make_router()
-    data = request(branch="z9hG4bKsame")
+    if method == "OPTIONS":
+        data = request("OPTIONS", contact=None, expires=None, branch="z9hG4bKsame")
+    else:
+        data = _authenticated(router, _challenge_of(router), branch="z9hG4bKsame")
     first = router.handle_message(data, PEER, now=NOW, wall=NOW)
     second = router.handle_message(data, PEER, now=NOW + 0.5, wall=NOW + 0.5)
     assert first[0].data == second[0].data
+    assert b" 200 OK\r\n" in first[0].data
     assert sample(metrics, "sipserver_sip_retransmissions_total") == 1
+    assert len(router.transactions) == 1
+
+
+def test_a_register_without_credentials_is_challenged_statelessly() -> None:
+    # RFC 3261 §8.2.7: no transaction state for an unauthenticated request; a retransmission
+    # is challenged again, with a fresh nonce and the same To tag (§19.3, derived from the
+    # request), and either challenge can be answered.
+    router, metrics = make_router()
+    data = request(branch="z9hG4bKunauth")
+    first = parse_message(router.handle_message(data, PEER, now=NOW, wall=NOW)[0].data)
+    again = parse_message(router.handle_message(data, PEER, now=NOW + 0.5, wall=NOW + 0.5)[0].data)
+    assert isinstance(first, SipResponse) and isinstance(again, SipResponse)
+    assert first.status == again.status == 401
+    assert first.headers.get("To") == again.headers.get("To")
+    assert "tag=" in (first.headers.get("To") or "")
+    assert first.headers.get("WWW-Authenticate") != again.headers.get("WWW-Authenticate")
+    assert len(router.transactions) == 0
+    assert sample(metrics, "sipserver_sip_retransmissions_total") == 0
+    for header in (first.headers.get("WWW-Authenticate"), again.headers.get("WWW-Authenticate")):
+        assert header is not None
+        final = send(
+            router, _authenticated(router, header, call_id=f"c-{len(header)}-{id(header)}")
+        )
+        assert final.status == 200
+
+
+def test_a_refused_register_without_credentials_leaves_no_transaction() -> None:
+    router, _ = make_router()
+    assert send(router, request(uri="sip:elsewhere.example.org")).status == 403
+    assert len(router.transactions) == 0
 
 
 @pytest.mark.parametrize(
