@@ -12,7 +12,14 @@ import re
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from sipserver.sip.uri import _TOKEN, Params, SipUri, _set_params, split_host_port
+from sipserver.sip.uri import (
+    _TOKEN,
+    Params,
+    SipUri,
+    _set_params,
+    parse_uri_uncached,
+    split_host_port,
+)
 
 __all__ = [
     "AGENT_HEADER",
@@ -471,7 +478,7 @@ class NameAddr:
             gt = value.find(">")
             if gt < 0:
                 raise ValueError("Unterminated <URI>")
-            uri = SipUri.parse(value[1:gt])
+            uri = parse_uri_uncached(value[1:gt])
             tail = value[gt + 1 :]
             if tail and tail[0] != ";":
                 tail = tail.strip(" \t")
@@ -505,7 +512,7 @@ class NameAddr:
             gt = rest.find(">", lt)
             if gt < 0:
                 raise ValueError("Unterminated <URI>")
-            uri = SipUri.parse(rest[lt + 1 : gt])
+            uri = parse_uri_uncached(rest[lt + 1 : gt])
             tail = rest[gt + 1 :].strip(" \t")
         else:
             semi = value.find(";")
@@ -513,7 +520,7 @@ class NameAddr:
             spec = spec.rstrip(" \t")
             if "?" in spec or "," in spec or ">" in spec:
                 raise ValueError("A URI with '?' or ',' must be enclosed in <>")
-            uri = SipUri.parse(spec)
+            uri = parse_uri_uncached(spec)
             tail = "" if semi < 0 else value[semi:]
         if tail and not tail.startswith(";"):
             raise ValueError(f"Unexpected {tail[:30]!r} after URI")
