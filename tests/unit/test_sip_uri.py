@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import string
 
 import pytest
@@ -342,6 +343,47 @@ def test_common_shape_is_parsed_as_the_general_path_parses_it(scheme: str, rest:
         text[: text.index(":")].lower(),
         None,
         (),
+    )
+
+
+# The common shape as the regular expression uri.py documents; _parse_simple scans for it.
+_COMMON_SHAPE = re.compile(
+    r"([sS][iI][pP][sS]?):"
+    r"(?:([\x21\x23-\x39\x3d\x41-\x5b\x5d\x5f\x61-\x7a\x7e]+)@)?"
+    r"([A-Za-z0-9_.\-]+)"
+    r"(?::([0-9]{1,5}))?"
+    r"((?:;[\x21\x23-\x3a\x3d\x41-\x5b\x5d\x5f\x61-\x7a\x7e]*)*)"
+)
+
+
+@given(
+    st.sampled_from(["sip:", "SIP:", "sips:", "sIpS:", "sipS:", "tel:", "sip", "si:", "sipss:"]),
+    st.text(_SHAPES, max_size=40) | _SHAPED | st.text(max_size=12),
+)
+@settings(max_examples=3000, deadline=None)
+def test_the_scan_takes_exactly_the_common_shape(scheme: str, rest: str) -> None:
+    from sipserver.sip.uri import _parse_simple
+
+    text = scheme + rest
+    m = _COMMON_SHAPE.fullmatch(text)
+    if m is not None and m[4] is not None and not 0 < int(m[4]) <= 65535:
+        m = None  # a port out of range: the general path names the error
+    try:
+        simple = _parse_simple(text)
+    except ValueError:
+        # A bad parameter list inside the common shape: the scan took it, as it should.
+        assert m is not None
+        return
+    if m is None:
+        assert simple is None, text
+        return
+    assert simple is not None, text
+    port = int(m[4]) if m[4] is not None else None
+    assert (simple.scheme, simple.user, simple.host, simple.port) == (
+        m[1].lower(),
+        m[2],
+        m[3],
+        port,
     )
 
 
