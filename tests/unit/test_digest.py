@@ -324,15 +324,23 @@ def test_credentials_other_scheme() -> None:
         DigestCredentials.parse("Basic Ym9iOnB3")
 
 
-def test_credentials_reject_header_injection() -> None:
-    with pytest.raises(DigestError, match="control character"):
-        DigestCredentials(
-            username="bob\r\nVia: x",
-            realm="r",
-            nonce="n",
-            uri="sip:r",
-            response="0" * 32,
-        )
+@pytest.mark.parametrize("field", ["username", "realm", "nonce", "uri", "cnonce", "opaque"])
+@pytest.mark.parametrize("bad", ["\r\nVia: x", "\r", "\n", "\x00"])
+def test_credentials_reject_header_injection(field: str, bad: str) -> None:
+    fields: dict[str, object] = {
+        "username": "bob",
+        "realm": "r",
+        "nonce": "n",
+        "uri": "sip:r",
+        "response": "0" * 32,
+        "qop": "auth",
+        "nc": 1,
+        "cnonce": "c",
+        "opaque": "o",
+    }
+    fields[field] = f"a{bad}b"
+    with pytest.raises(DigestError, match=f"^{field} contains a control character$"):
+        DigestCredentials(**fields)  # type: ignore[arg-type]
 
 
 def test_credentials_round_trip() -> None:
