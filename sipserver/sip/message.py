@@ -748,11 +748,22 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
     try:
         if error is not None:
             raise error
-        if not _has_addressing(first):
+        # The five addressing headers looked up once each (_has_addressing, then three of the
+        # values again, made eight lookups).
+        via = first.get("Via")
+        call_id = first.get("Call-ID")
+        cseq_value = first.get("CSeq")
+        if (
+            via is None
+            or call_id is None
+            or cseq_value is None
+            or "From" not in first
+            or "To" not in first
+        ):
             missing = next(name for name in _ADDRESSING if name not in first)
             raise _Failure(f"Missing {missing}")
-        cseq = first["CSeq"].split()
-        if len(cseq) != 2 or not first["Call-ID"] or not first["Via"]:
+        cseq = cseq_value.split()
+        if len(cseq) != 2 or not call_id or not via:
             raise _Failure("Invalid CSeq" if len(cseq) != 2 else "Empty Call-ID or Via")
         number, cseq_method = cseq
         # RFC 3261 §8.1.1.5: 1*DIGIT, less than 2**31.
