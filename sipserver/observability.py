@@ -326,7 +326,8 @@ class Metrics:
         )
         self.retransmissions = Counter(
             "sipserver_sip_retransmissions",
-            "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2).",
+            "Request retransmissions answered from the transaction layer (RFC 3261 17.2.2); a "
+            "REGISTER without credentials is answered statelessly (8.2.7) and not counted.",
             registry=r,
         )
         self.internal_errors = Counter(
