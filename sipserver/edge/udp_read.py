@@ -6,7 +6,7 @@ a listener's socket readable. The loop lives here, apart from the asyncio protoc
 :mod:`sipserver.edge.transport`, so that mypyc compiles it (``native-modules`` in
 pyproject.toml): interpreted, its own work per datagram (the read, the peer, the call into the
 router, the sends) cost about as much CPU as the two system calls it makes (bench/README.md,
-"Issue 17: the UDP read loop compiled").
+"Issue 17: stateless challenges, the UDP loop and the URI scan compiled").
 
 Sans policy: what to do with an error is the caller's (it counts and logs them).
 """

@@ -391,7 +391,7 @@ class _MessageMixin:
             ValueError: missing or malformed CSeq.
         """
         parts = _split_cseq(self._required("CSeq"))
-        if parts is None or not (_digits(parts[0])) or len(parts[0]) > 10:
+        if parts is None or not _digits(parts[0]) or len(parts[0]) > 10:
             raise ValueError("Invalid CSeq")
         return int(parts[0]), parts[1]
 
@@ -767,7 +767,7 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
             raise _Failure("Invalid CSeq" if len(cseq) != 2 else "Empty Call-ID or Via")
         number, cseq_method = cseq
         # RFC 3261 §8.1.1.5: 1*DIGIT, less than 2**31.
-        if not (_digits(number)):
+        if not _digits(number):
             raise _Failure("Invalid CSeq")
         if len(number) > 10 or int(number) >= 2**31:
             raise _Failure("CSeq number too large")
@@ -788,7 +788,7 @@ def _parse(data: bytes) -> SipRequest | SipResponse:
         body = data[body_start:] if body_start < len(data) else b""
         cl = first.get("Content-Length")
         if cl is not None:
-            if not (_digits(cl)):
+            if not _digits(cl):
                 raise _Failure("Invalid Content-Length")
             if len(cl) > 10 or int(cl) > len(body):
                 raise _Failure("Content-Length mismatch")
