@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sipserver.sip.uri import ascii_digits
+
 __all__ = [
     "DigestAlgorithm",
     "DigestChallenge",
@@ -601,9 +603,9 @@ class DigestCredentials:
         nc: int | None = None
         if nc_text is not None:
             # Eight decimal digits (what user agents send) need no regex: they are hex digits.
-            if not (
-                len(nc_text) == 8 and nc_text.isascii() and nc_text.isdigit()
-            ) and not _HEX8_RE.fullmatch(nc_text):
+            if not (len(nc_text) == 8 and ascii_digits(nc_text)) and not _HEX8_RE.fullmatch(
+                nc_text
+            ):
                 raise DigestError(f"bad nc {nc_text!r}")
             nc = int(nc_text, 16)
             if nc == 0:

@@ -17,6 +17,7 @@ from sipserver.sip.uri import (
     Params,
     SipUri,
     _set_params,
+    ascii_digits,
     parse_uri_uncached,
     split_host_port,
 )
@@ -368,7 +369,7 @@ class Via:
             else cls(protocol, transport, host, port, params)
         )
         rport = _param(params, "rport")
-        if rport is not None and not (rport.isascii() and rport.isdigit() and len(rport) <= 5):
+        if rport is not None and not (ascii_digits(rport) and len(rport) <= 5):
             raise ValueError(f"Invalid rport {rport!r}")
         return via
 
@@ -552,7 +553,7 @@ class NameAddr:
 def _valid_q(q: str) -> bool:
     # RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
     head, dot, frac = q.partition(".")
-    if len(frac) > 3 or (dot and frac and not (frac.isascii() and frac.isdigit())):
+    if len(frac) > 3 or (dot and frac and not ascii_digits(frac)):
         return False
     if head == "0":
         return True

@@ -1115,12 +1115,3 @@ def test_encode_response_agrees_with_make_response(
     except ValueError as exc:
         got = ("error", type(exc), str(exc))
     assert got == expected
-
-
-@given(st.text(max_size=12) | st.text("0123456789\u0660\u00b2 x", max_size=6))
-@settings(max_examples=500, deadline=None)
-def test_digits_is_ascii_and_isdigit(text: str) -> None:
-    # The native loop stands for str.isascii() and str.isdigit() on CSeq, Content-Length,
-    # Max-Forwards, Expires and status codes: non-ASCII digits (Arabic-Indic, superscript)
-    # are refused.
-    assert message_module._digits(text) == (text.isascii() and text.isdigit())

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipserver.sip.uri import SipUri, split_host_port, uri_equal
+from sipserver.sip.uri import SipUri, ascii_digits, split_host_port, uri_equal
 
 
 @pytest.mark.parametrize(
@@ -420,3 +420,12 @@ def test_other_uris_take_the_general_path(text: str) -> None:
     from sipserver.sip.uri import _parse_simple
 
     assert _parse_simple(text) is None
+
+
+@given(st.text(max_size=12) | st.text("0123456789\u0660\u00b2 x", max_size=6))
+@settings(max_examples=500, deadline=None)
+def test_ascii_digits_is_isascii_and_isdigit(text: str) -> None:
+    # The native loop stands for str.isascii() and str.isdigit() on CSeq, Content-Length,
+    # Max-Forwards, Expires, status codes, ports and nonce-counts: non-ASCII digits
+    # (Arabic-Indic, superscript) are refused.
+    assert ascii_digits(text) == (text.isascii() and text.isdigit())
