@@ -36,6 +36,7 @@ __all__ = [
     "AUTH_OUTCOMES_RECHALLENGED",
     "PendingCommit",
     "RegisterHandler",
+    "answered_statelessly",
     "log_binding_changes",
     "log_expired",
 ]
@@ -54,6 +55,13 @@ AUTH_FAILURES_THAT_BAN: Final = frozenset({AuthOutcome.BAD_PASSWORD, AuthOutcome
 AUTH_OUTCOMES_RECHALLENGED: Final = frozenset(
     {AuthOutcome.INVALID_NONCE, AuthOutcome.REPLAY, AuthOutcome.WRONG_REALM}
 )
+
+
+def answered_statelessly(request: SipRequest) -> bool:
+    """A REGISTER without credentials: :meth:`RegisterHandler.handle` answers it with a
+    challenge or a 403 and changes no binding, so the router keeps no server transaction for
+    it (RFC 3261 §8.2.7: a flood of them must not leave 32 s of state each, §26.1.5)."""
+    return request.method == "REGISTER" and "Authorization" not in request.headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,8 @@ class RegisterHandler:
 
         authorization = request.headers.get("Authorization")
         if authorization is None:
+            # Nothing below changes a binding: the router answers this one statelessly
+            # (answered_statelessly).
             self._count("challenged")
             return self._challenge(request, now=now, stale=False)
         result = self._auth.verify(

@@ -33,6 +33,7 @@ from sipserver.edge.registration import (
     AUTH_OUTCOMES_RECHALLENGED,
     PendingCommit,
     RegisterHandler,
+    answered_statelessly,
     log_binding_changes,
     log_expired,
 )
@@ -292,7 +293,7 @@ class SipRouter:
             return []
         headers = message.headers
         key: TransactionKey | None = None
-        if message.method != "REGISTER" or "Authorization" in headers:
+        if not answered_statelessly(message):
             key = transaction_key(
                 headers.get("Via") or "", headers.get("Call-ID") or "", headers.get("CSeq") or ""
             )
@@ -302,10 +303,8 @@ class SipRouter:
                 if match.response is None:
                     return []
                 return [self._address(match.response, message, peer)]
-        # else a REGISTER without credentials, answered statelessly (RFC 3261 §8.2.7): its
-        # answer is a challenge or a 403 and changes nothing, and a flood of them must not
-        # leave 32 s of transaction state each (§26.1.5). A retransmission is answered again
-        # (a fresh nonce, the same To tag); the registrations themselves stay stateful.
+        # else a REGISTER without credentials (see answered_statelessly): a retransmission is
+        # answered again (a fresh nonce, the same To tag); registrations stay stateful.
         try:
             if message.method == "INVITE" and proxy is not None:
                 routed = self._invite(message, peer, proxy, now=now)
