@@ -22,16 +22,19 @@ class _Socket:
         self.refuse = refuse
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
         self.reads = 0
+        self.calls: list[str] = []  # "read" and "send", in the order they were made
 
     def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
         assert size == 1500
         self.reads += 1
+        self.calls.append("read")
         item = next(self._script, BlockingIOError())
         if isinstance(item, OSError):
             raise item
         return item, _SOURCE
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        self.calls.append("send")
         if addr[0] in self.refuse:
             raise BlockingIOError("send buffer full")
         self.sent.append((data, addr))
@@ -39,12 +42,15 @@ class _Socket:
 
 
 class _Router:
-    def __init__(self, answers: list[Outgoing] | None = None) -> None:
+    def __init__(self, answers: list[Outgoing] | None = None, fail_on: bytes = b"") -> None:
         self.seen: list[tuple[bytes, Peer, float, float]] = []
         self.answers = answers
+        self.fail_on = fail_on
 
     def handle_message(self, data: bytes, peer: Peer, *, now: float, wall: float) -> list[Outgoing]:
         self.seen.append((data, peer, now, wall))
+        if data == self.fail_on:
+            raise RuntimeError("router bug")
         if self.answers is not None:
             return self.answers
         return [Outgoing(b"re:" + data, peer.host, peer.port)]
@@ -80,6 +86,25 @@ def test_reads_until_nothing_waits_and_answers_each_in_order() -> None:
     assert data == b"one"
     assert (peer.transport, peer.host, peer.port, peer.listener) == ("udp", *_SOURCE, 3)
     assert (now, wall) == (12.5, 1_700_000_000.0)
+
+
+def test_answers_go_out_after_the_last_read_of_the_wake_up() -> None:
+    # Sent between the reads, each answer to a local peer let the scheduler switch to it.
+    sock = _Socket([b"one", b"two", b"three"])
+    _drain(sock, _Router())
+    assert sock.calls == ["read"] * 4 + ["send"] * 3
+    sock = _Socket([b"m%d" % i for i in range(5)])
+    _drain(sock, _Router(), reads=2)  # the read limit ends the wake-up: its answers go then
+    assert sock.calls == ["read", "read", "send", "send"]
+
+
+def test_answers_made_before_a_router_error_still_go_out() -> None:
+    sock = _Socket([b"one", b"two", b"three"])
+    router = _Router(fail_on=b"two")
+    with pytest.raises(RuntimeError, match="router bug"):
+        _drain(sock, router)
+    assert sock.sent == [(b"re:one", _SOURCE)]
+    assert sock.reads == 2  # the rest waits for the next wake-up
 
 
 def test_reads_at_most_the_limit_in_one_wake_up() -> None:
