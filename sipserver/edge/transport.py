@@ -84,9 +84,10 @@ class _UdpListener:
     Not an asyncio datagram transport: that reads one datagram per loop pass (a select call
     and a callback handle each) and adds its checks to every send. Here a wake-up drains up to
     :data:`_READS_PER_WAKE` waiting datagrams in the compiled :func:`~sipserver.edge.udp_read.
-    drain`, the clocks are read once per wake-up, and answers go straight to ``sendto``; a full
-    send buffer drops the datagram (counted in ``sipserver_sip_send_errors_total``), as the
-    network would: SIP over UDP retransmits (RFC 3261 §17).
+    drain`, the clocks are read once per wake-up, and the answers go to ``sendto`` after its
+    reads; a full send buffer drops the datagram (counted in
+    ``sipserver_sip_send_errors_total``), as the network would: SIP over UDP retransmits (RFC
+    3261 §17).
     """
 
     def __init__(

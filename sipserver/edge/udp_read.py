@@ -1,5 +1,5 @@
-"""One wake-up of a SIP UDP listener: read the waiting datagrams, hand each to the router, send
-its answers.
+"""One wake-up of a SIP UDP listener: read the waiting datagrams, hand each to the router, then
+send their answers.
 
 :class:`sipserver.edge.transport.SipListeners` calls :func:`drain` when the event loop reports
 a listener's socket readable. The loop lives here, apart from the asyncio protocols of
@@ -48,7 +48,7 @@ def drain(
     Args:
         recvfrom: the non-blocking socket's ``recvfrom``.
         sendto: the same socket's ``sendto``: answers for UDP (or for the way the message came)
-            go out of the socket it came in on, at once.
+            go out of the socket it came in on, after the wake-up's last read.
         handle: the router's ``handle_message``.
         deliver: sends an answer for another transport (a stream connection).
         receive_failed: told of a receive error other than "nothing waiting" (an ICMP port
