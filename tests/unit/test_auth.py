@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable
 
 import pytest
 
 from sipserver.registrar.auth import (
+    _RECENT_NONCES,
     AuthOutcome,
     AuthResult,
     DigestAuthenticator,
@@ -105,6 +107,43 @@ def test_nonce_shared_between_managers_with_same_secret() -> None:
     assert checker.check(issuer.issue(now=5.0), 1, now=6.0) is NonceStatus.VALID
     other = NonceManager(b"another secret, 32 bytes long!!!", ttl=60.0)
     assert other.check(issuer.issue(now=5.0), 1, now=6.0) is NonceStatus.INVALID
+
+
+def test_recent_nonces_are_a_cache_that_agrees_with_the_tag_check() -> None:
+    # The last _RECENT_NONCES nonces issued are found without checking their tags; an older
+    # one, or another manager's, is checked by its tag: the answers are the same.
+    issuer, checker = make_nonces(ttl=60.0), make_nonces(ttl=60.0)
+    nonce = issuer.issue(now=1000.0)
+    assert nonce in issuer._recent and nonce not in checker._recent
+    for nc, now, status in [
+        (1, 1000.0 - 61.0, NonceStatus.INVALID),  # from too far in the future
+        (1, 1000.0, NonceStatus.VALID),
+        (1, 1001.0, NonceStatus.REPLAY),
+        (2, 1060.0, NonceStatus.VALID),
+        (3, 1060.5, NonceStatus.STALE),
+    ]:
+        assert issuer.check(nonce, nc, now=now) is status
+        assert checker.check(nonce, nc, now=now) is status
+    assert nonce in checker._recent  # remembered once its tag checked out
+
+
+def test_the_recent_nonces_are_bounded_and_the_oldest_still_checks() -> None:
+    nonces = make_nonces(ttl=60.0)
+    first = nonces.issue(now=10.0)
+    later = [nonces.issue(now=11.0) for _ in range(_RECENT_NONCES)]
+    assert len(nonces._recent) == _RECENT_NONCES
+    assert first not in nonces._recent and later[0] in nonces._recent
+    assert nonces.check(first, 1, now=12.0) is NonceStatus.VALID  # by its tag
+    assert nonces.check(_flip(first, 3), 1, now=12.0) is NonceStatus.INVALID
+    assert len(nonces._recent) == _RECENT_NONCES  # first came back in, later[0] went
+
+
+def test_a_nonce_issued_at_a_non_finite_time_is_refused_as_before() -> None:
+    nonces = make_nonces()
+    for now in (math.inf, -math.inf, math.nan):
+        nonce = nonces.issue(now=now)
+        assert nonce not in nonces._recent
+        assert nonces.check(nonce, 1, now=0.0) is NonceStatus.INVALID
 
 
 def _flip(nonce: str, index: int) -> str:
