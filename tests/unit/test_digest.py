@@ -888,3 +888,141 @@ def test_response_in_upper_case_hex_is_kept_lower_cased() -> None:
         + '09"'
     )
     assert DigestCredentials.parse(value).response == "abcdef" * 5 + "09"
+
+
+# DigestCredentials.parse reads the form user agents send straight into the fields
+# (_credentials_fast) and hands everything else to _credentials_general, which goes through
+# the three tiers above: on every input the two must give equal credentials or the same error.
+_CREDENTIAL_VALUES: dict[str, list[str]] = {
+    "response": ["0123456789abcdef0123456789abcdef", "0123456789ABCDEF" * 2, "0" * 64, "xyz", ""],
+    "nc": ["00000001", "0000000a", "0000000A", "00000000", "1", "0000000g", "000000001"],
+    "qop": ["auth", "AUTH", "auth-int", "bogus", "auth,auth-int", ""],
+    "algorithm": ["MD5", "md5", "SHA-256", "MD5-sess", "SHA-512-256", "bogus"],
+    "userhash": ["true", "false", "TRUE"],
+}
+_CREDENTIAL_NAMES = [
+    *("username", "realm", "nonce", "uri", "response", "algorithm", "qop", "nc", "cnonce"),
+    *("opaque", "userhash", "x", "nonc", "uris", "cnonce2", "n", "user-name"),
+]
+
+
+@_st.composite
+def _credentials_headers(draw: _st.DrawFn) -> str:
+    names = draw(_st.lists(_st.sampled_from(_CREDENTIAL_NAMES), max_size=4))
+    if draw(_st.integers(0, 3)):
+        required = ["username", "realm", "nonce", "uri", "response"]
+        names = draw(_st.permutations(required + names))
+    parts = []
+    for name in names:
+        spelled = draw(_st.sampled_from([name, name, name, name.upper(), name.capitalize()]))
+        quoted = draw(_st.booleans())
+        if name in _CREDENTIAL_VALUES and draw(_st.integers(0, 4)):
+            value = draw(_st.sampled_from(_CREDENTIAL_VALUES[name]))
+        elif draw(_st.integers(0, 3)):
+            value = draw(_st.text(alphabet=_QUOTED_CHARS if quoted else _BARE_CHARS, max_size=10))
+        else:
+            value = draw(_st.text(alphabet='ab:@;.-=/ ,"\\é\r\n', max_size=10))
+        parts.append(f'{spelled}="{value}"' if quoted else f"{spelled}={value}")
+    sep = draw(_st.sampled_from([",", ", ", ",", ", ", " ,", ",,", ",  "]))
+    scheme = draw(_st.sampled_from(["Digest ", "Digest ", "digest ", "DIGEST ", "Basic ", "Dig "]))
+    value = scheme + sep.join(parts) + draw(_st.sampled_from(["", "", "", ",", " "]))
+    for _ in range(draw(_st.sampled_from([0, 0, 0, 1, 2]))):
+        pos = draw(_st.integers(0, len(value)))
+        value = value[:pos] + draw(_st.sampled_from(' \t,=""\\é-Aa1')) + value[pos:]
+    return value
+
+
+def _fast_credentials(value: str) -> object:
+    from sipserver.sip.digest import _credentials_fast, _split_scheme
+
+    scheme, pos = _split_scheme(value)
+    if pos < 0 or scheme.lower() != "digest":
+        return None
+    return _outcome(lambda v: _credentials_fast(v, pos), value)
+
+
+@hypothesis.given(_credentials_headers())
+@hypothesis.settings(max_examples=3000, deadline=None)
+def test_credentials_fast_path_agrees_with_the_tiers(value: str) -> None:
+    from sipserver.sip.digest import _credentials_general
+
+    expected = _outcome(_credentials_general, value)
+    assert _outcome(DigestCredentials.parse, value) == expected
+    fast = _fast_credentials(value)
+    assert fast is None or fast == expected
+
+
+@_st.composite
+def _clean_credentials_headers(draw: _st.DrawFn) -> str:
+    """The fast path's own form: the names of credentials, each once, the required ones."""
+    optional = ["algorithm", "qop", "nc", "cnonce", "opaque"]
+    names = ["username", "realm", "nonce", "uri", "response"]
+    names += draw(_st.lists(_st.sampled_from(optional), unique=True))
+    parts = []
+    for name in draw(_st.permutations(names)):
+        spelled = draw(_st.sampled_from([name, name, name.upper(), name.capitalize()]))
+        if name in _CREDENTIAL_VALUES and draw(_st.integers(0, 5)):
+            value = draw(_st.sampled_from(_CREDENTIAL_VALUES[name][:3]))
+        else:
+            value = draw(_st.text(alphabet=_BARE_CHARS, min_size=1, max_size=10))
+        parts.append(f'{spelled}="{value}"' if draw(_st.booleans()) else f"{spelled}={value}")
+    return draw(_st.sampled_from(["Digest ", "digest "])) + draw(
+        _st.sampled_from([",", ", "])
+    ).join(parts)
+
+
+@hypothesis.given(_clean_credentials_headers())
+@hypothesis.settings(max_examples=1000, deadline=None)
+def test_credentials_fast_path_agrees_on_its_own_form(value: str) -> None:
+    test_credentials_fast_path_agrees_with_the_tiers.hypothesis.inner_test(value)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _TYPICAL,
+        _TYPICAL.replace(",", ", ").replace("Digest", "DIGEST"),
+        _VALID_AUTH_HEADERS[0],
+        _VALID_AUTH_HEADERS[0].replace("username", "UserName").replace("algorithm=MD5", "opaque=x"),
+    ],
+)
+def test_credentials_fast_path_takes_what_user_agents_send(value: str) -> None:
+    from sipserver.sip.digest import _credentials_general
+
+    fast = _fast_credentials(value)
+    assert isinstance(fast, DigestCredentials)
+    assert fast == _credentials_general(value) == DigestCredentials.parse(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (_TYPICAL.replace("nc=00000001", "nc=00000000"), "bad nc '00000000'"),
+        (_TYPICAL.replace("algorithm=MD5", "algorithm=SHA-512-256"), "unsupported algorithm"),
+        (_TYPICAL.replace("qop=auth", "qop=bogus"), "bad qop 'bogus'"),
+        (_TYPICAL.replace("0123456789abcdef0123", "0123"), "bad response for MD5"),
+    ],
+)
+def test_credentials_fast_path_raises_what_the_tiers_raise(value: str, error: str) -> None:
+    from sipserver.sip.digest import _credentials_general
+
+    fast = _fast_credentials(value)
+    assert fast == _outcome(_credentials_general, value)
+    assert isinstance(fast, tuple) and error in fast[1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _TYPICAL + ",userhash=false",  # a name credentials do not read into a field
+        _TYPICAL + ",nc=00000002",  # a repeat
+        _TYPICAL.replace('realm="example.com",', ""),  # a required one missing
+        _TYPICAL.replace('"1001"', '"10\\01"'),  # a quoted-pair
+        _TYPICAL.replace(",", " ,", 1),  # space before a comma
+    ],
+)
+def test_credentials_fast_path_hands_on_other_forms(value: str) -> None:
+    from sipserver.sip.digest import _credentials_general
+
+    assert _fast_credentials(value) is None
+    assert _outcome(DigestCredentials.parse, value) == _outcome(_credentials_general, value)
