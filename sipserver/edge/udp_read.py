@@ -66,11 +66,12 @@ def drain(
     """
     handled = 0
     # Answers for UDP are sent after the last read of the wake-up, not one by one between the
-    # reads: a datagram to a local peer wakes it during sendto, and the scheduler often lets it
-    # take this core there and then. Sent one by one, that preemption came ~once a message
-    # (/proc nonvoluntary_ctxt_switches at 4,000 registrations/s); sent together, at most once
-    # a wake-up. An answer waits for the rest of the wake-up's reads at most (``reads``
-    # messages), in the order it was made.
+    # reads. A datagram to a local peer wakes it inside sendto, and the scheduler often switches
+    # to it there and then (SIPp in bench/register.py: ~0.9 times a registration); sent between
+    # the reads, every such switch also split the wake-up's reads and routing. Sent after them:
+    # 8% less server CPU a registration at 4,000/s (bench/README.md, "Issue 17: answers after
+    # the reads"), though the switches are hardly fewer. An answer waits for the rest of the
+    # wake-up's reads at most (``reads`` messages), in the order it was made.
     pending: list[Outgoing] = []
     try:
         for _ in range(reads):
