@@ -942,7 +942,7 @@ def _fast_credentials(value: str) -> object:
 
 
 @hypothesis.given(_credentials_headers())
-@hypothesis.settings(max_examples=3000, deadline=None)
+@hypothesis.settings(max_examples=1000, deadline=None)
 def test_credentials_fast_path_agrees_with_the_tiers(value: str) -> None:
     from sipserver.sip.digest import _credentials_general
 
@@ -972,7 +972,7 @@ def _clean_credentials_headers(draw: _st.DrawFn) -> str:
 
 
 @hypothesis.given(_clean_credentials_headers())
-@hypothesis.settings(max_examples=1000, deadline=None)
+@hypothesis.settings(max_examples=400, deadline=None)
 def test_credentials_fast_path_agrees_on_its_own_form(value: str) -> None:
     test_credentials_fast_path_agrees_with_the_tiers.hypothesis.inner_test(value)  # type: ignore[attr-defined]
 
